@@ -1,0 +1,141 @@
+# tasam build. `make` builds build/tasam and build/tasamd (and the CUDA
+# backend where nvcc is found); `make test` builds and runs every test, plain
+# and under ASan+UBSan, then the fuzzers for a bounded time; `make bench`
+# runs the benchmarks. `make deps` installs what all of that needs.
+
+CC      ?= cc
+BUILD   ?= build
+OPT     ?= -O3 -march=x86-64-v2 -mtune=generic
+SAN     ?= 0
+CUDA    ?= auto
+FUZZ_SECONDS ?= 15
+
+CSTD     = -std=c11 -D_GNU_SOURCE
+WARN     = -Wall -Wextra -Werror -Wno-unused-parameter
+INCLUDES = -I. -I/usr/include/x86_64-linux-gnu/openblas-pthread
+CFLAGS_ALL = $(CSTD) $(WARN) $(OPT) -g -pthread -fno-strict-aliasing $(INCLUDES) $(CFLAGS)
+LDLIBS_ALL = -lopenblas -ljpeg -lpng -lz -ljansson -lmicrohttpd -luv -lsqlite3 -lm -lpthread $(LDLIBS)
+
+ifeq ($(SAN),1)
+  CC := clang
+  BUILD := build/asan
+  OPT := -O1 -fno-omit-frame-pointer
+  CFLAGS_ALL += -fsanitize=address,undefined -fno-sanitize-recover=undefined
+  LDFLAGS += -fsanitize=address,undefined
+  CUDA := 0
+endif
+
+# CUDA backend: built where nvcc is found, never required.
+NVCC := $(shell command -v nvcc 2>/dev/null || ls /usr/local/cuda/bin/nvcc 2>/dev/null)
+ifeq ($(CUDA),auto)
+  ifneq ($(NVCC),)
+    CUDA := 1
+  else
+    CUDA := 0
+  endif
+endif
+CUDA_HOME ?= $(patsubst %/bin/nvcc,%,$(NVCC))
+CUDA_ARCHS ?= 75 80 86 89 90
+NVCCFLAGS = -O3 -std=c++17 -I. -Xcompiler -Wall,-Wextra,-Werror,-Wno-unused-parameter,-fPIC \
+            $(foreach a,$(CUDA_ARCHS),-gencode arch=compute_$(a),code=sm_$(a)) \
+            -gencode arch=compute_90,code=compute_90
+
+ENGINE_SRC   := $(wildcard engine/*.c)
+HYPERNET_SRC := $(wildcard hypernet/*.c)
+ADAPTERS_SRC := $(wildcard adapters/*.c)
+SERVER_SRC   := $(filter-out server/main.c server/tasam_cli.c,$(wildcard server/*.c))
+CUDA_SRC     := $(wildcard engine/cuda/*.cu)
+
+ifeq ($(CUDA),1)
+  CFLAGS_ALL += -DENG_HAVE_CUDA=1 -I$(CUDA_HOME)/include
+  LDLIBS_ALL += -L$(CUDA_HOME)/lib64 -Wl,-rpath,$(CUDA_HOME)/lib64 -lcublasLt -lcublas -lcudart -lstdc++
+  CUDA_OBJ := $(CUDA_SRC:%.cu=$(BUILD)/obj/%.o)
+else
+  CUDA_OBJ :=
+endif
+
+LIB_SRC  := $(ENGINE_SRC) $(HYPERNET_SRC) $(ADAPTERS_SRC) $(SERVER_SRC)
+LIB_OBJ  := $(LIB_SRC:%.c=$(BUILD)/obj/%.o) $(CUDA_OBJ)
+LIB      := $(BUILD)/libtasam.a
+
+TEST_SRC := $(wildcard tests/test_*.c)
+TEST_BIN := $(TEST_SRC:tests/%.c=$(BUILD)/tests/%)
+BENCH_SRC := $(wildcard bench/*.c)
+BENCH_BIN := $(BENCH_SRC:bench/%.c=$(BUILD)/bench/%)
+FUZZ_SRC := $(wildcard tests/fuzz/fuzz_*.c)
+
+BINS := $(BUILD)/tasam $(if $(wildcard server/main.c),$(BUILD)/tasamd)
+
+.PHONY: all deps test test-plain test-san fuzz bench clean run format help
+all: $(BINS)
+
+help:
+	@echo "make            build build/tasam (and build/tasamd)"
+	@echo "make deps       install the Debian packages the build and tests need"
+	@echo "make run        fetch the ViT-H checkpoint if needed and segment an example image"
+	@echo "make test       every test: plain, ASan+UBSan, then bounded fuzzing"
+	@echo "make bench      CPU (and GPU where present) benchmarks"
+	@echo "variables: CUDA=0|1|auto SAN=1 FUZZ_SECONDS=$(FUZZ_SECONDS) TASAM_FIXTURES=dir"
+
+deps:
+	@deploy/deps.sh
+
+$(BUILD)/obj/%.o: %.c
+	@mkdir -p $(dir $@)
+	$(CC) $(CFLAGS_ALL) -MMD -MP -c $< -o $@
+
+$(BUILD)/obj/%.o: %.cu
+	@mkdir -p $(dir $@)
+	$(NVCC) $(NVCCFLAGS) -c $< -o $@
+
+$(LIB): $(LIB_OBJ)
+	@rm -f $@
+	ar rcs $@ $^
+
+$(BUILD)/tasam: $(BUILD)/obj/server/tasam_cli.o $(LIB)
+	$(CC) $(LDFLAGS) -pthread -o $@ $^ $(LDLIBS_ALL)
+
+$(BUILD)/tasamd: $(BUILD)/obj/server/main.o $(LIB)
+	$(CC) $(LDFLAGS) -pthread -o $@ $^ $(LDLIBS_ALL)
+
+$(BUILD)/tests/%: $(BUILD)/obj/tests/%.o $(LIB)
+	@mkdir -p $(dir $@)
+	$(CC) $(LDFLAGS) -pthread -o $@ $^ $(LDLIBS_ALL)
+
+$(BUILD)/bench/%: $(BUILD)/obj/bench/%.o $(LIB)
+	@mkdir -p $(dir $@)
+	$(CC) $(LDFLAGS) -pthread -o $@ $^ $(LDLIBS_ALL)
+
+# Tests: the plain build, then the sanitizer build, then bounded fuzzing. The
+# last line printed is the total "N passed, N failed, N skipped".
+test: deps
+	@$(MAKE) --no-print-directory test-plain test-san fuzz 2>&1 | tee build/test.log; \
+	 tests/summarize.sh build/test.log
+
+test-plain: $(BINS) $(TEST_BIN)
+	@tests/run.sh $(BUILD) plain || true
+
+test-san:
+	@$(MAKE) --no-print-directory SAN=1 all-tests-san
+	@ASAN_OPTIONS=detect_leaks=1:abort_on_error=0 UBSAN_OPTIONS=print_stacktrace=1 \
+	  tests/run.sh build/asan sanitizers || true
+
+.PHONY: all-tests-san
+all-tests-san: $(BINS) $(TEST_BIN)
+
+fuzz:
+	@tests/fuzz/run.sh $(FUZZ_SECONDS) || true
+
+bench: $(BINS) $(BENCH_BIN)
+	@bench/run.sh $(BUILD)
+
+run: $(BUILD)/tasam
+	@deploy/run-example.sh
+
+format:
+	clang-format -i $$(git ls-files '*.c' '*.h' '*.cu' '*.cuh')
+
+clean:
+	rm -rf build
+
+-include $(shell find $(BUILD)/obj -name '*.d' 2>/dev/null)
