@@ -26,9 +26,10 @@ ifeq ($(SAN),1)
 endif
 
 # CUDA backend: built where nvcc is found, never required.
+CUDA_SRC := $(wildcard engine/cuda/*.cu)
 NVCC := $(shell command -v nvcc 2>/dev/null || ls /usr/local/cuda/bin/nvcc 2>/dev/null)
 ifeq ($(CUDA),auto)
-  ifneq ($(NVCC),)
+  ifneq ($(and $(NVCC),$(CUDA_SRC)),)
     CUDA := 1
   else
     CUDA := 0
@@ -44,7 +45,6 @@ ENGINE_SRC   := $(wildcard engine/*.c)
 HYPERNET_SRC := $(wildcard hypernet/*.c)
 ADAPTERS_SRC := $(wildcard adapters/*.c)
 SERVER_SRC   := $(filter-out server/main.c server/tasam_cli.c,$(wildcard server/*.c))
-CUDA_SRC     := $(wildcard engine/cuda/*.cu)
 
 ifeq ($(CUDA),1)
   CFLAGS_ALL += -DENG_HAVE_CUDA=1 -I$(CUDA_HOME)/include

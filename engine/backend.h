@@ -1,0 +1,56 @@
+/*
+ * engine/backend.h: the function table a backend implements (private to
+ * engine/). The op wrappers in ops.c check shapes, honour measure mode and
+ * the sticky error, then call these with raw device pointers and sizes.
+ * Every entry is required unless marked optional. Pointers are device
+ * memory in the backend's storage dtype. Return 0 or a negative ENG_E*.
+ */
+#ifndef TASAM_ENGINE_BACKEND_H
+#define TASAM_ENGINE_BACKEND_H
+
+#include "ops.h"
+
+typedef struct eng_backend_ops {
+    void *(*alloc)(eng_backend *be, size_t bytes);
+    void (*free)(eng_backend *be, void *p);
+    int (*upload)(eng_backend *be, void *dst, const float *src, size_t n);
+    int (*download)(eng_backend *be, float *dst, const void *src, size_t n);
+    int (*sync)(eng_backend *be);
+    void (*destroy)(eng_backend *be);
+    void (*memory)(const eng_backend *be, size_t *used, size_t *total);
+
+    /* y[M,N] = act(x[M,K] w[N,K]^T + b) + res; x rows at stride ldx. */
+    int (*linear)(eng_backend *be, void *y, const void *x, int64_t ldx, const void *w,
+                  const void *b, const void *res, int M, int K, int N, eng_act act);
+    /* y[M,N] = x[M,K] w[K,N] + b[n / group]. */
+    int (*matmul_nn)(eng_backend *be, void *y, const void *x, const void *w, const void *b,
+                     int M, int K, int N, int group);
+    int (*layernorm)(eng_backend *be, void *y, const void *x, const void *res, const void *g,
+                     const void *b, int M, int N, float eps);
+    int (*activate)(eng_backend *be, void *y, const void *x, int64_t n, eng_act act);
+    /* y = a + b; b has n elements, or bn < n elements broadcast (n % bn == 0). */
+    int (*add)(eng_backend *be, void *y, const void *a, const void *b, int64_t n, int64_t bn);
+    int (*copy)(eng_backend *be, void *y, const void *x, int64_t n);
+    int (*transpose)(eng_backend *be, void *y, const void *x, int M, int N);
+    int (*attention)(eng_backend *be, void *out, const void *q, const void *k, const void *v,
+                     const eng_attn *a, const void *rel_h, const void *rel_w);
+    int (*conv2d)(eng_backend *be, void *y, const void *x, int x_chw, int Cin, int H, int W,
+                  const void *w, const void *b, int Cout, int kh, int kw, int stride, int pad);
+    int (*conv_transpose2x2)(eng_backend *be, void *y, const void *x, int H, int W, int Cin,
+                             const void *w, const void *b, int Cout);
+    int (*window_partition)(eng_backend *be, void *y, const void *x, int H, int W, int C, int ws);
+    int (*window_unpartition_add)(eng_backend *be, void *y, const void *x, int H, int W, int C,
+                                  int ws);
+    /* Output rows [y0, y0 + rows) of the OH x OW result into y [C, rows, OW]. */
+    int (*resize_bilinear)(eng_backend *be, void *y, const void *x, int C, int H, int W,
+                           int crop_h, int crop_w, int OH, int OW, int y0, int rows);
+} eng_backend_ops;
+
+struct eng_backend {
+    const eng_backend_ops *ops;
+    eng_device dev;
+    eng_dtype dtype;  /* storage dtype of every tensor this backend holds */
+    char desc[160];   /* eng_backend_describe() */
+};
+
+#endif

@@ -1,0 +1,21 @@
+/*
+ * engine/parallel.h: a small fixed pool of worker threads for the CPU
+ * backend's non-BLAS loops (OpenBLAS threads its own GEMMs).
+ */
+#ifndef TASAM_ENGINE_PARALLEL_H
+#define TASAM_ENGINE_PARALLEL_H
+
+#include <stdint.h>
+
+/* fn(arg, i0, i1) handles items [i0, i1). Runs the range split into about
+ * equal chunks over the pool and the calling thread, and returns when all are
+ * done. Small ranges (n < grain) run inline. Safe to call from several
+ * threads: calls are serialised. */
+typedef void (*eng_range_fn)(void *arg, int64_t i0, int64_t i1);
+void eng_parallel_for(int64_t n, int64_t grain, eng_range_fn fn, void *arg);
+
+/* Set the pool size (before first use; <= 0: all cores). */
+void eng_parallel_set_threads(int n);
+int eng_parallel_threads(void);
+
+#endif

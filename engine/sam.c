@@ -1,0 +1,937 @@
+/*
+ * engine/sam.c: Segment Anything, written once against engine/ops.h.
+ *
+ * Dimension letters used in shape comments:
+ *   C   image-encoder width (768 / 1024 / 1280; 64 in the tiny fixture)
+ *   G   embedding grid side, 64;  P = G*G = 4096 image tokens
+ *   E   prompt/decoder width, 256
+ *   T   decoder tokens: 1 IoU token + 4 mask tokens + sparse prompt tokens
+ *   W   window side, 14 (windows padded to 70x70 -> 25 windows of 196 tokens)
+ * Images inside the model are HWC ([P, C]); the public embedding is CHW
+ * [E, G, G] as the reference returns it.
+ *
+ * Reference: segment_anything (Kirillov et al. 2023): ImageEncoderViT,
+ * PromptEncoder, MaskDecoder + TwoWayTransformer, SamPredictor.
+ */
+#include "sam.h"
+
+#include <assert.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "ckpt.h"
+#include "error.h"
+#include "weights.h"
+
+#define G ENG_SAM_GRID
+#define P (G * G)
+#define E ENG_SAM_EMB_DIM
+#define NMASK 4          /* mask tokens (3 multimask outputs + 1 single) */
+#define UPC1 64          /* output_upscaling channels after the first 2x */
+#define UPC2 32          /* ... after the second 2x (= hypernetwork MLP output) */
+#define PE_FEATS 128     /* random Fourier features per axis pair */
+#define VIT_EPS 1e-6f    /* ViT and LayerNorm2d eps */
+#define DEC_EPS 1e-5f    /* two-way transformer nn.LayerNorm default */
+#define BAND_FLOATS (1 << 22) /* postprocess output band: 16 MiB of f32 */
+
+typedef struct { eng_tensor w, b; } lin_t;  /* w [out, in], b [out] */
+typedef struct { eng_tensor g, b; } norm_t; /* [width] */
+
+typedef struct vit_block {
+    norm_t norm1, norm2;
+    eng_tensor rel_h, rel_w; /* [2*S-1, hd], S = window or G */
+    lin_t qkv;               /* [3C, C] */
+    lin_t proj;              /* [C, C] */
+    lin_t lin1, lin2;        /* [4C, C], [C, 4C] */
+} vit_block;
+
+typedef struct dec_attn {
+    lin_t q, k, v;  /* [I, E] each, I = E / downsample */
+    lin_t out;      /* [E, I] */
+    int inner;      /* I */
+} dec_attn;
+
+typedef struct twoway_layer {
+    dec_attn self_attn, t2i, i2t;
+    norm_t norm1, norm2, norm3, norm4;
+    lin_t mlp1, mlp2; /* [2048, E], [E, 2048] */
+} twoway_layer;
+
+struct eng_sam {
+    eng_sam_config cfg;
+    eng_sam_options opt;
+    eng_backend *be;  /* borrowed */
+    eng_weights wts;  /* owns the device allocation behind every eng_tensor below */
+    eng_ctx ctx;      /* activation workspace */
+    char model_id[48];
+
+    /* image encoder */
+    eng_tensor patch_w;       /* [C, 3, 16, 16] */
+    eng_tensor patch_b;       /* [C] */
+    eng_tensor pos_embed;     /* [P, C] */
+    vit_block blocks[ENG_SAM_MAX_DEPTH];
+    eng_tensor neck0_w;       /* [E, C] (1x1 conv, no bias) */
+    norm_t neck1;             /* [E] */
+    eng_tensor neck2_w;       /* [E, E, 3, 3] (no bias) */
+    norm_t neck3;
+
+    /* prompt encoder: the sparse side runs on the host (a few tokens) */
+    float pe_gauss[2 * PE_FEATS];      /* positional_encoding_gaussian_matrix [2, 128] */
+    float point_embed[4][E];           /* 0 neg, 1 pos, 2 box top-left, 3 box bottom-right */
+    float not_a_point[E];
+    eng_tensor no_mask;                /* [E] */
+    eng_tensor md0_w, md0_b;           /* mask_downscaling.0: [4,1,2,2], [4] */
+    norm_t md1;                        /* [4] */
+    eng_tensor md3_w, md3_b;           /* [16,4,2,2], [16] */
+    norm_t md4;                        /* [16] */
+    eng_tensor md6_w, md6_b;           /* [E,16,1,1], [E] */
+    eng_tensor dense_pe;               /* [P, E] HWC, computed at load */
+
+    /* mask decoder */
+    float out_tokens[(1 + NMASK) * E]; /* iou_token then mask_tokens */
+    twoway_layer layers[2];
+    dec_attn final_attn;
+    norm_t norm_final;
+    eng_tensor up0_w, up0_b;           /* [E, 64, 2, 2], [64] */
+    norm_t up1;                        /* [64] */
+    eng_tensor up3_w, up3_b;           /* [64, 32, 2, 2], [32] */
+    lin_t hyper[NMASK][3];             /* 256->256->256->32 */
+    lin_t iou_head[3];                 /* 256->256->256->4 */
+
+    float *band_host;                  /* [BAND_FLOATS] postprocess download buffer */
+};
+
+/* ------------------------------------------------------------------ */
+/* small helpers                                                        */
+
+/* Upload host floats into a workspace tensor (skipped while planning). */
+static void sam_upload(eng_ctx *ctx, eng_tensor *t, const float *src)
+{
+    if (ctx->measure || ctx->status)
+        return;
+    int rc = eng_backend_upload(ctx->be, t->data, src, (size_t)eng_numel(t));
+    if (rc)
+        eng_ctx_fail(ctx, rc);
+}
+
+static void sam_download(eng_ctx *ctx, float *dst, const eng_tensor *t, size_t n)
+{
+    if (ctx->measure || ctx->status)
+        return;
+    int rc = eng_backend_download(ctx->be, dst, t->data, n);
+    if (rc)
+        eng_ctx_fail(ctx, rc);
+}
+
+static void decl_lin(eng_weights *w, lin_t *l, int out, int in, const char *name)
+{
+    eng_weights_add(w, &l->w, 2, (int64_t[]){out, in}, "%.140s.weight", name);
+    eng_weights_add(w, &l->b, 1, (int64_t[]){out}, "%.140s.bias", name);
+}
+
+static void decl_norm(eng_weights *w, norm_t *n, int dim, const char *name)
+{
+    eng_weights_add(w, &n->g, 1, (int64_t[]){dim}, "%.140s.weight", name);
+    eng_weights_add(w, &n->b, 1, (int64_t[]){dim}, "%.140s.bias", name);
+}
+
+static void decl_dec_attn(eng_weights *w, dec_attn *a, int down, const char *name)
+{
+    char buf[160];
+    a->inner = E / down;
+    snprintf(buf, sizeof buf, "%.120s.q_proj", name);
+    decl_lin(w, &a->q, a->inner, E, buf);
+    snprintf(buf, sizeof buf, "%.120s.k_proj", name);
+    decl_lin(w, &a->k, a->inner, E, buf);
+    snprintf(buf, sizeof buf, "%.120s.v_proj", name);
+    decl_lin(w, &a->v, a->inner, E, buf);
+    snprintf(buf, sizeof buf, "%.120s.out_proj", name);
+    decl_lin(w, &a->out, E, a->inner, buf);
+}
+
+/* ------------------------------------------------------------------ */
+/* configuration from tensor shapes                                     */
+
+static int sam_infer_config(const eng_ckpt *c, eng_sam_config *cfg)
+{
+    const char *path = eng_ckpt_path(c);
+    memset(cfg, 0, sizeof *cfg);
+    const eng_ckpt_tensor *pw = eng_ckpt_find(c, "image_encoder.patch_embed.proj.weight");
+    if (!pw)
+        return eng_error(ENG_ENOTFOUND,
+                         "%s: tensor 'image_encoder.patch_embed.proj.weight': missing (not a SAM "
+                         "checkpoint?)",
+                         path);
+    if (pw->ndim != 4 || pw->shape[1] != 3 || pw->shape[2] != 16 || pw->shape[3] != 16 ||
+        pw->shape[0] < 8 || pw->shape[0] > 8192)
+        return eng_error(ENG_ESHAPE,
+                         "%s: tensor 'image_encoder.patch_embed.proj.weight': shape is not "
+                         "[C,3,16,16]",
+                         path);
+    cfg->embed_dim = (int)pw->shape[0];
+    cfg->mlp_dim = 4 * cfg->embed_dim;
+    cfg->window = 14;
+    char key[128];
+    for (;;) {
+        snprintf(key, sizeof key, "image_encoder.blocks.%d.attn.rel_pos_h", cfg->depth);
+        const eng_ckpt_tensor *rp = eng_ckpt_find(c, key);
+        if (!rp)
+            break;
+        if (cfg->depth == ENG_SAM_MAX_DEPTH)
+            return eng_error(ENG_EUNSUP, "%s: more than %d encoder blocks", path,
+                             ENG_SAM_MAX_DEPTH);
+        if (rp->ndim != 2 || (rp->shape[0] != 2 * G - 1 && rp->shape[0] != 2 * 14 - 1))
+            return eng_error(ENG_ESHAPE,
+                             "%s: tensor '%s': expected [127,hd] (global) or [27,hd] (window); "
+                             "other input sizes are not supported",
+                             path, key);
+        int hd = (int)rp->shape[1];
+        if (cfg->depth == 0)
+            cfg->head_dim = hd;
+        else if (hd != cfg->head_dim)
+            return eng_error(ENG_ESHAPE, "%s: tensor '%s': head dim %d differs from block 0's %d",
+                             path, key, hd, cfg->head_dim);
+        cfg->global[cfg->depth] = rp->shape[0] == 2 * G - 1;
+        cfg->depth++;
+    }
+    if (cfg->depth == 0)
+        return eng_error(ENG_ENOTFOUND,
+                         "%s: tensor 'image_encoder.blocks.0.attn.rel_pos_h': missing", path);
+    if (cfg->head_dim <= 0 || cfg->embed_dim % cfg->head_dim)
+        return eng_error(ENG_ESHAPE, "%s: embed dim %d is not a multiple of head dim %d", path,
+                         cfg->embed_dim, cfg->head_dim);
+    cfg->heads = cfg->embed_dim / cfg->head_dim;
+    const char *nm = "custom";
+    if (cfg->embed_dim == 768 && cfg->depth == 12)
+        nm = "vit_b";
+    else if (cfg->embed_dim == 1024 && cfg->depth == 24)
+        nm = "vit_l";
+    else if (cfg->embed_dim == 1280 && cfg->depth == 32)
+        nm = "vit_h";
+    snprintf(cfg->name, sizeof cfg->name, "%s", nm);
+    return 0;
+}
+
+/* ------------------------------------------------------------------ */
+/* prompt encoder (host side)                                           */
+
+/* PositionEmbeddingRandom._pe_encoding of a point already normalised to
+ * [0,1]^2: [sin(2 pi (2p-1) G), cos(...)] -> out[E]. float32 throughout, in
+ * the reference's order of operations. */
+static void pe_encode(const eng_sam *m, float x, float y, float *out)
+{
+    float cx = 2.0f * x - 1.0f, cy = 2.0f * y - 1.0f;
+    const float two_pi = 6.2831855f; /* float32(2 * pi) */
+    for (int j = 0; j < PE_FEATS; j++) {
+        float v = cx * m->pe_gauss[j] + cy * m->pe_gauss[PE_FEATS + j];
+        v = two_pi * v;
+        out[j] = sinf(v);
+        out[PE_FEATS + j] = cosf(v);
+    }
+}
+
+/* ResizeLongestSide.apply_coords: original pixels -> 1024-frame pixels,
+ * computed in double as numpy does, then rounded to float32. */
+static void scale_coord(const eng_sam_imginfo *info, double x, double y, float *ox, float *oy)
+{
+    *ox = (float)(x * ((double)info->input_w / info->orig_w));
+    *oy = (float)(y * ((double)info->input_h / info->orig_h));
+}
+
+/* Sparse prompt tokens for one prompt: [n_tokens, E] into `out`, returns
+ * n_tokens. Points (+ a padding point when there is no box), then the two
+ * box corners. */
+static int sam_sparse_tokens(const eng_sam *m, const eng_sam_imginfo *info,
+                             const eng_sam_prompt *p, float *out)
+{
+    int n = 0;
+    for (int i = 0; i < p->n_points; i++, n++) {
+        float x, y;
+        scale_coord(info, p->points[2 * i], p->points[2 * i + 1], &x, &y);
+        pe_encode(m, (x + 0.5f) / (float)ENG_SAM_IMG, (y + 0.5f) / (float)ENG_SAM_IMG,
+                  out + n * E);
+        const float *add = p->labels[i] == 1 ? m->point_embed[1] : m->point_embed[0];
+        for (int j = 0; j < E; j++)
+            out[n * E + j] += add[j];
+    }
+    if (p->n_points > 0 && !p->has_box) {
+        /* padding point: its encoding is zeroed, then not_a_point added */
+        memcpy(out + n * E, m->not_a_point, sizeof m->not_a_point);
+        n++;
+    }
+    if (p->has_box) {
+        for (int c = 0; c < 2; c++, n++) {
+            float x, y;
+            scale_coord(info, p->box[2 * c], p->box[2 * c + 1], &x, &y);
+            pe_encode(m, (x + 0.5f) / (float)ENG_SAM_IMG, (y + 0.5f) / (float)ENG_SAM_IMG,
+                      out + n * E);
+            for (int j = 0; j < E; j++)
+                out[n * E + j] += m->point_embed[2 + c][j];
+        }
+    }
+    return n;
+}
+
+/* ------------------------------------------------------------------ */
+/* image encoder                                                        */
+
+/* One ViT block, in place on x [P, C]. */
+static void vit_block_forward(eng_sam *m, const vit_block *blk, int global, eng_tensor *x)
+{
+    eng_ctx *ctx = &m->ctx;
+    const eng_sam_config *cfg = &m->cfg;
+    int C = cfg->embed_dim, ws = cfg->window;
+    size_t mark = eng_ctx_mark(ctx);
+
+    eng_tensor h = eng_new2(ctx, P, C);
+    eng_layernorm(ctx, &h, x, NULL, &blk->norm1.g, &blk->norm1.b, VIT_EPS);
+
+    int grid = global ? G : ws;
+    int nwin = global ? 1 : ((G + ws - 1) / ws) * ((G + ws - 1) / ws);
+    int T = grid * grid;
+    eng_tensor tokens = h; /* [nwin * T, C] */
+    if (!global) {
+        tokens = eng_new2(ctx, (int64_t)nwin * T, C);
+        eng_window_partition(ctx, &tokens, &h, G, G, ws);
+    }
+    eng_tensor qkv = eng_new2(ctx, (int64_t)nwin * T, 3 * C); /* per token: q | k | v */
+    eng_linear(ctx, &qkv, &tokens, &blk->qkv.w, &blk->qkv.b, ENG_ACT_NONE, NULL);
+    eng_tensor att = eng_new2(ctx, (int64_t)nwin * T, C);
+    eng_tensor q = qkv, k = qkv, v = qkv;
+    size_t es = eng_dtype_size(qkv.dtype);
+    if (qkv.data) {
+        k.data = (uint8_t *)qkv.data + (size_t)C * es;
+        v.data = (uint8_t *)qkv.data + (size_t)2 * C * es;
+    }
+    eng_relpos rp = {&blk->rel_h, &blk->rel_w, grid, grid};
+    eng_attn a = {.B = nwin,
+                  .H = cfg->heads,
+                  .Tq = T,
+                  .Tk = T,
+                  .D = cfg->head_dim,
+                  .q_rs = 3 * C,
+                  .kv_rs = 3 * C,
+                  .scale = 1.0f / sqrtf((float)cfg->head_dim),
+                  .relpos = &rp};
+    eng_attention(ctx, &att, &q, &k, &v, &a);
+    if (global) {
+        eng_linear(ctx, x, &att, &blk->proj.w, &blk->proj.b, ENG_ACT_NONE, x);
+    } else {
+        eng_tensor pr = eng_new2(ctx, (int64_t)nwin * T, C);
+        eng_linear(ctx, &pr, &att, &blk->proj.w, &blk->proj.b, ENG_ACT_NONE, NULL);
+        eng_window_unpartition_add(ctx, x, &pr, G, G, ws);
+    }
+    eng_ctx_release(ctx, mark);
+
+    h = eng_new2(ctx, P, C);
+    eng_layernorm(ctx, &h, x, NULL, &blk->norm2.g, &blk->norm2.b, VIT_EPS);
+    eng_tensor mid = eng_new2(ctx, P, cfg->mlp_dim);
+    eng_linear(ctx, &mid, &h, &blk->lin1.w, &blk->lin1.b, ENG_ACT_GELU, NULL);
+    eng_linear(ctx, x, &mid, &blk->lin2.w, &blk->lin2.b, ENG_ACT_NONE, x);
+    eng_ctx_release(ctx, mark);
+}
+
+/* input [3,1024,1024] host -> embedding [E,G,G] host; optional taps. */
+static int sam_encode_one(eng_sam *m, const float *input, float *patch, float **blocks,
+                          int n_blocks, float *embedding)
+{
+    eng_ctx *ctx = &m->ctx;
+    const eng_sam_config *cfg = &m->cfg;
+    int C = cfg->embed_dim;
+    size_t mark = eng_ctx_mark(ctx);
+
+    eng_tensor img = eng_new3(ctx, 3, ENG_SAM_IMG, ENG_SAM_IMG);
+    sam_upload(ctx, &img, input);
+    eng_tensor x = eng_new2(ctx, P, C);
+    eng_conv2d(ctx, &x, &img, 1, ENG_SAM_IMG, ENG_SAM_IMG, &m->patch_w, &m->patch_b, 16, 0);
+    if (patch)
+        sam_download(ctx, patch, &x, (size_t)P * C);
+    eng_add(ctx, &x, &x, &m->pos_embed);
+    for (int i = 0; i < cfg->depth; i++) {
+        vit_block_forward(m, &m->blocks[i], cfg->global[i], &x);
+        if (blocks && i < n_blocks && blocks[i])
+            sam_download(ctx, blocks[i], &x, (size_t)P * C);
+    }
+    /* neck: 1x1 conv (a linear over HWC), LayerNorm2d (a row LayerNorm in
+     * HWC), 3x3 conv, LayerNorm2d, then CHW for the caller. */
+    eng_tensor n0 = eng_new2(ctx, P, E);
+    eng_tensor w0 = eng_reshape2(m->neck0_w, E, C);
+    eng_linear(ctx, &n0, &x, &w0, NULL, ENG_ACT_NONE, NULL);
+    eng_layernorm(ctx, &n0, &n0, NULL, &m->neck1.g, &m->neck1.b, VIT_EPS);
+    eng_tensor n2 = eng_new2(ctx, P, E);
+    eng_conv2d(ctx, &n2, &n0, 0, G, G, &m->neck2_w, NULL, 1, 1);
+    eng_layernorm(ctx, &n2, &n2, NULL, &m->neck3.g, &m->neck3.b, VIT_EPS);
+    eng_tensor chw = eng_new2(ctx, E, P);
+    eng_transpose(ctx, &chw, &n2);
+    sam_download(ctx, embedding, &chw, (size_t)ENG_SAM_EMB_FLOATS);
+    eng_ctx_release(ctx, mark);
+    return eng_ctx_status(ctx);
+}
+
+/* ------------------------------------------------------------------ */
+/* mask decoder                                                         */
+
+/* Attention of the two-way transformer: out [Nq, E] = out_proj(attn(q_proj(q_in),
+ * k_proj(k_in), v_proj(v_in))) with 8 heads; residual `res` added when non-NULL
+ * (out may alias res). */
+static void dec_attention(eng_sam *m, const dec_attn *a, eng_tensor *out, const eng_tensor *q_in,
+                          const eng_tensor *k_in, const eng_tensor *v_in, const eng_tensor *res)
+{
+    eng_ctx *ctx = &m->ctx;
+    size_t mark = eng_ctx_mark(ctx);
+    int64_t Nq = q_in->shape[0], Nk = k_in->shape[0];
+    eng_tensor q = eng_new2(ctx, Nq, a->inner);
+    eng_tensor k = eng_new2(ctx, Nk, a->inner);
+    eng_tensor v = eng_new2(ctx, Nk, a->inner);
+    eng_linear(ctx, &q, q_in, &a->q.w, &a->q.b, ENG_ACT_NONE, NULL);
+    eng_linear(ctx, &k, k_in, &a->k.w, &a->k.b, ENG_ACT_NONE, NULL);
+    eng_linear(ctx, &v, v_in, &a->v.w, &a->v.b, ENG_ACT_NONE, NULL);
+    eng_tensor o = eng_new2(ctx, Nq, a->inner);
+    int heads = 8, D = a->inner / heads;
+    eng_attn d = {.B = 1, .H = heads, .Tq = (int)Nq, .Tk = (int)Nk, .D = D,
+                  .scale = 1.0f / sqrtf((float)D)};
+    eng_attention(ctx, &o, &q, &k, &v, &d);
+    eng_linear(ctx, out, &o, &a->out.w, &a->out.b, ENG_ACT_NONE, res);
+    eng_ctx_release(ctx, mark);
+}
+
+/* A 3-layer MLP with ReLU between layers on rows x [M, 256] -> y [M, out]. */
+static void dec_mlp3(eng_sam *m, const lin_t *l, eng_tensor *y, const eng_tensor *x)
+{
+    eng_ctx *ctx = &m->ctx;
+    size_t mark = eng_ctx_mark(ctx);
+    int64_t M = x->shape[0];
+    eng_tensor h1 = eng_new2(ctx, M, l[0].w.shape[0]);
+    eng_linear(ctx, &h1, x, &l[0].w, &l[0].b, ENG_ACT_RELU, NULL);
+    eng_tensor h2 = eng_new2(ctx, M, l[1].w.shape[0]);
+    eng_linear(ctx, &h2, &h1, &l[1].w, &l[1].b, ENG_ACT_RELU, NULL);
+    eng_linear(ctx, y, &h2, &l[2].w, &l[2].b, ENG_ACT_NONE, NULL);
+    eng_ctx_release(ctx, mark);
+}
+
+/* One prompt: tokens_host [T, E], emb [E, P] CHW device tensor, dense from
+ * mask_input or no_mask. Writes iou_all[4] and masks_all [4, 256*256] into
+ * host buffers. */
+static void sam_decode_one(eng_sam *m, const eng_tensor *emb_chw, const float *tokens_host, int T,
+                           const float *mask_input, float *iou_all, float *masks_out,
+                           int first, int count)
+{
+    eng_ctx *ctx = &m->ctx;
+    size_t mark = eng_ctx_mark(ctx);
+
+    /* src = image embedding (HWC) + dense prompt embedding */
+    eng_tensor src = eng_new2(ctx, P, E); /* keys */
+    eng_transpose(ctx, &src, emb_chw);
+    if (mask_input) {
+        eng_tensor mi = eng_new3(ctx, 1, ENG_SAM_LOWRES, ENG_SAM_LOWRES);
+        sam_upload(ctx, &mi, mask_input);
+        int h1 = ENG_SAM_LOWRES / 2;
+        eng_tensor d1 = eng_new2(ctx, (int64_t)h1 * h1, 4);
+        eng_conv2d(ctx, &d1, &mi, 1, ENG_SAM_LOWRES, ENG_SAM_LOWRES, &m->md0_w, &m->md0_b, 2, 0);
+        eng_layernorm(ctx, &d1, &d1, NULL, &m->md1.g, &m->md1.b, VIT_EPS);
+        eng_activate(ctx, &d1, &d1, ENG_ACT_GELU);
+        eng_tensor d2 = eng_new2(ctx, P, 16);
+        eng_conv2d(ctx, &d2, &d1, 0, h1, h1, &m->md3_w, &m->md3_b, 2, 0);
+        eng_layernorm(ctx, &d2, &d2, NULL, &m->md4.g, &m->md4.b, VIT_EPS);
+        eng_activate(ctx, &d2, &d2, ENG_ACT_GELU);
+        eng_tensor w6 = eng_reshape2(m->md6_w, E, 16);
+        eng_linear(ctx, &src, &d2, &w6, &m->md6_b, ENG_ACT_NONE, &src);
+    } else {
+        eng_add(ctx, &src, &src, &m->no_mask);
+    }
+
+    eng_tensor pe_tok = eng_new2(ctx, T, E); /* query_pe: the prompt tokens themselves */
+    sam_upload(ctx, &pe_tok, tokens_host);
+    eng_tensor queries = eng_new2(ctx, T, E);
+    eng_copy(ctx, &queries, &pe_tok);
+    eng_tensor qp = eng_new2(ctx, T, E);  /* queries + query_pe */
+    eng_tensor kp = eng_new2(ctx, P, E);  /* keys + key_pe */
+    eng_tensor tmpq = eng_new2(ctx, T, E);
+    eng_tensor mid = eng_new2(ctx, T, 2048);
+
+    for (int l = 0; l < 2; l++) {
+        const twoway_layer *L = &m->layers[l];
+        if (l == 0) {
+            /* skip_first_layer_pe: queries are replaced, no residual */
+            dec_attention(m, &L->self_attn, &tmpq, &queries, &queries, &queries, NULL);
+            eng_copy(ctx, &queries, &tmpq);
+        } else {
+            eng_add(ctx, &qp, &queries, &pe_tok);
+            dec_attention(m, &L->self_attn, &queries, &qp, &qp, &queries, &queries);
+        }
+        eng_layernorm(ctx, &queries, &queries, NULL, &L->norm1.g, &L->norm1.b, DEC_EPS);
+
+        eng_add(ctx, &qp, &queries, &pe_tok);
+        eng_add(ctx, &kp, &src, &m->dense_pe);
+        dec_attention(m, &L->t2i, &queries, &qp, &kp, &src, &queries);
+        eng_layernorm(ctx, &queries, &queries, NULL, &L->norm2.g, &L->norm2.b, DEC_EPS);
+
+        eng_linear(ctx, &mid, &queries, &L->mlp1.w, &L->mlp1.b, ENG_ACT_RELU, NULL);
+        eng_linear(ctx, &queries, &mid, &L->mlp2.w, &L->mlp2.b, ENG_ACT_NONE, &queries);
+        eng_layernorm(ctx, &queries, &queries, NULL, &L->norm3.g, &L->norm3.b, DEC_EPS);
+
+        eng_add(ctx, &qp, &queries, &pe_tok);
+        /* keys + key_pe unchanged since the token-to-image step */
+        dec_attention(m, &L->i2t, &src, &kp, &qp, &queries, &src);
+        eng_layernorm(ctx, &src, &src, NULL, &L->norm4.g, &L->norm4.b, DEC_EPS);
+    }
+    eng_add(ctx, &qp, &queries, &pe_tok);
+    eng_add(ctx, &kp, &src, &m->dense_pe);
+    dec_attention(m, &m->final_attn, &queries, &qp, &kp, &src, &queries);
+    eng_layernorm(ctx, &queries, &queries, NULL, &m->norm_final.g, &m->norm_final.b, DEC_EPS);
+
+    /* upscale src [P, E] -> [(2G)^2, 64] -> [(4G)^2, 32], HWC */
+    eng_tensor u1 = eng_new2(ctx, (int64_t)4 * P, UPC1);
+    eng_conv_transpose2x2(ctx, &u1, &src, G, G, &m->up0_w, &m->up0_b);
+    eng_layernorm(ctx, &u1, &u1, NULL, &m->up1.g, &m->up1.b, VIT_EPS);
+    eng_activate(ctx, &u1, &u1, ENG_ACT_GELU);
+    eng_tensor u2 = eng_new2(ctx, (int64_t)16 * P, UPC2);
+    eng_conv_transpose2x2(ctx, &u2, &u1, 2 * G, 2 * G, &m->up3_w, &m->up3_b);
+    eng_activate(ctx, &u2, &u2, ENG_ACT_GELU);
+
+    /* hyper_in [4, 32]: one MLP per mask token; masks [4, 256*256] */
+    eng_tensor hyper = eng_new2(ctx, NMASK, UPC2);
+    for (int i = 0; i < NMASK; i++) {
+        eng_tensor tok = eng_rows(queries, 1 + i, 1);
+        eng_tensor out = eng_rows(hyper, i, 1);
+        dec_mlp3(m, m->hyper[i], &out, &tok);
+    }
+    eng_tensor masks = eng_new2(ctx, NMASK, ENG_SAM_LOWRES_FLOATS);
+    eng_linear(ctx, &masks, &hyper, &u2, NULL, ENG_ACT_NONE, NULL);
+    eng_tensor iou = eng_new2(ctx, 1, NMASK);
+    eng_tensor iou_tok = eng_rows(queries, 0, 1);
+    dec_mlp3(m, m->iou_head, &iou, &iou_tok);
+
+    sam_download(ctx, iou_all, &iou, NMASK);
+    eng_tensor sel = eng_rows(masks, first, count);
+    sam_download(ctx, masks_out, &sel, (size_t)count * ENG_SAM_LOWRES_FLOATS);
+    eng_ctx_release(ctx, mark);
+}
+
+/* ------------------------------------------------------------------ */
+/* public API                                                           */
+
+static void sam_declare(eng_sam *m)
+{
+    eng_weights *w = &m->wts;
+    const eng_sam_config *cfg = &m->cfg;
+    int C = cfg->embed_dim;
+    char nm[160];
+
+    eng_weights_add(w, &m->patch_w, 4, (int64_t[]){C, 3, 16, 16},
+                    "image_encoder.patch_embed.proj.weight");
+    eng_weights_add(w, &m->patch_b, 1, (int64_t[]){C}, "image_encoder.patch_embed.proj.bias");
+    /* [1, G, G, C] in the file; the same bytes as [P, C] */
+    eng_weights_add(w, &m->pos_embed, 4, (int64_t[]){1, G, G, C}, "image_encoder.pos_embed");
+    for (int i = 0; i < cfg->depth; i++) {
+        vit_block *b = &m->blocks[i];
+        int S = cfg->global[i] ? G : cfg->window;
+#define BLK(s) (snprintf(nm, sizeof nm, "image_encoder.blocks.%d.%s", i, s), nm)
+        decl_norm(w, &b->norm1, C, BLK("norm1"));
+        decl_norm(w, &b->norm2, C, BLK("norm2"));
+        eng_weights_add(w, &b->rel_h, 2, (int64_t[]){2 * S - 1, cfg->head_dim}, "%s",
+                        BLK("attn.rel_pos_h"));
+        eng_weights_add(w, &b->rel_w, 2, (int64_t[]){2 * S - 1, cfg->head_dim}, "%s",
+                        BLK("attn.rel_pos_w"));
+        decl_lin(w, &b->qkv, 3 * C, C, BLK("attn.qkv"));
+        decl_lin(w, &b->proj, C, C, BLK("attn.proj"));
+        decl_lin(w, &b->lin1, cfg->mlp_dim, C, BLK("mlp.lin1"));
+        decl_lin(w, &b->lin2, C, cfg->mlp_dim, BLK("mlp.lin2"));
+#undef BLK
+    }
+    eng_weights_add(w, &m->neck0_w, 4, (int64_t[]){E, C, 1, 1}, "image_encoder.neck.0.weight");
+    decl_norm(w, &m->neck1, E, "image_encoder.neck.1");
+    eng_weights_add(w, &m->neck2_w, 4, (int64_t[]){E, E, 3, 3}, "image_encoder.neck.2.weight");
+    decl_norm(w, &m->neck3, E, "image_encoder.neck.3");
+
+    eng_weights_add(w, &m->no_mask, 2, (int64_t[]){1, E}, "prompt_encoder.no_mask_embed.weight");
+    eng_weights_add(w, &m->md0_w, 4, (int64_t[]){4, 1, 2, 2},
+                    "prompt_encoder.mask_downscaling.0.weight");
+    eng_weights_add(w, &m->md0_b, 1, (int64_t[]){4}, "prompt_encoder.mask_downscaling.0.bias");
+    decl_norm(w, &m->md1, 4, "prompt_encoder.mask_downscaling.1");
+    eng_weights_add(w, &m->md3_w, 4, (int64_t[]){16, 4, 2, 2},
+                    "prompt_encoder.mask_downscaling.3.weight");
+    eng_weights_add(w, &m->md3_b, 1, (int64_t[]){16}, "prompt_encoder.mask_downscaling.3.bias");
+    decl_norm(w, &m->md4, 16, "prompt_encoder.mask_downscaling.4");
+    eng_weights_add(w, &m->md6_w, 4, (int64_t[]){E, 16, 1, 1},
+                    "prompt_encoder.mask_downscaling.6.weight");
+    eng_weights_add(w, &m->md6_b, 1, (int64_t[]){E}, "prompt_encoder.mask_downscaling.6.bias");
+
+    for (int l = 0; l < 2; l++) {
+        twoway_layer *L = &m->layers[l];
+        char base[96], buf[160];
+        snprintf(base, sizeof base, "mask_decoder.transformer.layers.%d", l);
+        snprintf(buf, sizeof buf, "%.90s.self_attn", base);
+        decl_dec_attn(w, &L->self_attn, 1, buf);
+        snprintf(buf, sizeof buf, "%.90s.cross_attn_token_to_image", base);
+        decl_dec_attn(w, &L->t2i, 2, buf);
+        snprintf(buf, sizeof buf, "%.90s.cross_attn_image_to_token", base);
+        decl_dec_attn(w, &L->i2t, 2, buf);
+        snprintf(buf, sizeof buf, "%.90s.norm1", base);
+        decl_norm(w, &L->norm1, E, buf);
+        snprintf(buf, sizeof buf, "%.90s.norm2", base);
+        decl_norm(w, &L->norm2, E, buf);
+        snprintf(buf, sizeof buf, "%.90s.norm3", base);
+        decl_norm(w, &L->norm3, E, buf);
+        snprintf(buf, sizeof buf, "%.90s.norm4", base);
+        decl_norm(w, &L->norm4, E, buf);
+        snprintf(buf, sizeof buf, "%.90s.mlp.lin1", base);
+        decl_lin(w, &L->mlp1, 2048, E, buf);
+        snprintf(buf, sizeof buf, "%.90s.mlp.lin2", base);
+        decl_lin(w, &L->mlp2, E, 2048, buf);
+    }
+    decl_dec_attn(w, &m->final_attn, 2, "mask_decoder.transformer.final_attn_token_to_image");
+    decl_norm(w, &m->norm_final, E, "mask_decoder.transformer.norm_final_attn");
+    eng_weights_add(w, &m->up0_w, 4, (int64_t[]){E, UPC1, 2, 2},
+                    "mask_decoder.output_upscaling.0.weight");
+    eng_weights_add(w, &m->up0_b, 1, (int64_t[]){UPC1}, "mask_decoder.output_upscaling.0.bias");
+    decl_norm(w, &m->up1, UPC1, "mask_decoder.output_upscaling.1");
+    eng_weights_add(w, &m->up3_w, 4, (int64_t[]){UPC1, UPC2, 2, 2},
+                    "mask_decoder.output_upscaling.3.weight");
+    eng_weights_add(w, &m->up3_b, 1, (int64_t[]){UPC2}, "mask_decoder.output_upscaling.3.bias");
+    for (int i = 0; i < NMASK; i++)
+        for (int j = 0; j < 3; j++) {
+            snprintf(nm, sizeof nm, "mask_decoder.output_hypernetworks_mlps.%d.layers.%d", i, j);
+            decl_lin(w, &m->hyper[i][j], j == 2 ? UPC2 : E, E, nm);
+        }
+    for (int j = 0; j < 3; j++) {
+        snprintf(nm, sizeof nm, "mask_decoder.iou_prediction_head.layers.%d", j);
+        decl_lin(w, &m->iou_head[j], j == 2 ? NMASK : E, E, nm);
+    }
+}
+
+/* Host-side parameters of the prompt encoder and the decoder's output tokens. */
+static int sam_load_host(eng_sam *m, const eng_ckpt *c)
+{
+    int rc;
+    char nm[96];
+    if ((rc = eng_ckpt_load_f32(c, "prompt_encoder.pe_layer.positional_encoding_gaussian_matrix",
+                                2, (int64_t[]){2, PE_FEATS}, m->pe_gauss)))
+        return rc;
+    for (int i = 0; i < 4; i++) {
+        snprintf(nm, sizeof nm, "prompt_encoder.point_embeddings.%d.weight", i);
+        if ((rc = eng_ckpt_load_f32(c, nm, 2, (int64_t[]){1, E}, m->point_embed[i])))
+            return rc;
+    }
+    if ((rc = eng_ckpt_load_f32(c, "prompt_encoder.not_a_point_embed.weight", 2,
+                                (int64_t[]){1, E}, m->not_a_point)))
+        return rc;
+    if ((rc = eng_ckpt_load_f32(c, "mask_decoder.iou_token.weight", 2, (int64_t[]){1, E},
+                                m->out_tokens)))
+        return rc;
+    return eng_ckpt_load_f32(c, "mask_decoder.mask_tokens.weight", 2, (int64_t[]){NMASK, E},
+                             m->out_tokens + E);
+}
+
+/* 64-bit FNV-1a, for the model id. */
+static uint64_t fnv1a(uint64_t h, const void *p, size_t n)
+{
+    const uint8_t *b = p;
+    for (size_t i = 0; i < n; i++) {
+        h ^= b[i];
+        h *= 0x100000001b3ull;
+    }
+    return h;
+}
+
+/* Model id: the architecture name and a hash of every tensor's name and shape
+ * and of a sample of its bytes (up to 4 KiB at each of its start, middle and
+ * end), so different weights get different cache keys without reading all
+ * 2.5 GB of ViT-H. */
+static void sam_model_id(eng_sam *m, const eng_ckpt *c)
+{
+    uint64_t h = 0xcbf29ce484222325ull;
+    for (size_t i = 0; i < eng_ckpt_count(c); i++) {
+        const eng_ckpt_tensor *t = eng_ckpt_at(c, i);
+        h = fnv1a(h, t->name, strlen(t->name) + 1);
+        h = fnv1a(h, t->shape, (size_t)t->ndim * sizeof t->shape[0]);
+        size_t bytes = (size_t)t->numel * eng_dtype_size(t->dtype);
+        int contiguous = 1;
+        for (int d = t->ndim - 1, s = 1; d >= 0; s *= (int)t->shape[d], d--)
+            if (t->shape[d] > 1 && t->stride[d] != s)
+                contiguous = 0;
+        if (!contiguous || !bytes)
+            continue;
+        size_t chunk = bytes < 4096 ? bytes : 4096;
+        const uint8_t *d = t->data;
+        h = fnv1a(h, d, chunk);
+        h = fnv1a(h, d + (bytes - chunk) / 2, chunk);
+        h = fnv1a(h, d + bytes - chunk, chunk);
+    }
+    snprintf(m->model_id, sizeof m->model_id, "%s-%016llx", m->cfg.name, (unsigned long long)h);
+}
+
+/* Dense positional encoding of the 64x64 grid, HWC [P, E], on the device. */
+static int sam_make_dense_pe(eng_sam *m)
+{
+    float *pe = malloc((size_t)P * E * sizeof(float));
+    if (!pe)
+        return eng_error(ENG_ENOMEM, "out of memory");
+    for (int y = 0; y < G; y++)
+        for (int x = 0; x < G; x++)
+            pe_encode(m, ((float)x + 0.5f) / (float)G, ((float)y + 0.5f) / (float)G,
+                      pe + ((size_t)y * G + x) * E);
+    int rc = 0;
+    void *mem = eng_backend_alloc(m->be, (size_t)P * E * eng_dtype_size(eng_backend_dtype(m->be)));
+    if (!mem)
+        rc = ENG_ENOMEM;
+    else
+        rc = eng_backend_upload(m->be, mem, pe, (size_t)P * E);
+    if (mem)
+        m->dense_pe = eng_view(mem, eng_backend_dtype(m->be), eng_backend_device(m->be), 2,
+                               (int64_t[]){P, E});
+    free(pe);
+    return rc;
+}
+
+/* Plan the workspace: run each entry point once in measure mode with the
+ * largest inputs the options allow, then allocate the peak once. */
+static int sam_plan(eng_sam *m)
+{
+    int rc = eng_ctx_init(&m->ctx, m->be, 0);
+    if (rc)
+        return rc;
+    float dummy_iou[NMASK];
+    sam_encode_one(m, NULL, NULL, NULL, 0, NULL);
+    eng_ctx_release(&m->ctx, 0);
+    {
+        size_t mark = eng_ctx_mark(&m->ctx);
+        eng_tensor emb = eng_new2(&m->ctx, E, P);
+        int T = 1 + NMASK + m->opt.max_points + 2;
+        float dummy_mask = 0;
+        sam_decode_one(m, &emb, NULL, T, &dummy_mask, dummy_iou, NULL, 0, NMASK);
+        eng_ctx_release(&m->ctx, mark);
+    }
+    {
+        eng_tensor lo = eng_new3(&m->ctx, 1, ENG_SAM_LOWRES, ENG_SAM_LOWRES);
+        eng_tensor up = eng_new3(&m->ctx, 1, ENG_SAM_IMG, ENG_SAM_IMG);
+        eng_tensor band = eng_new2(&m->ctx, 1, BAND_FLOATS);
+        (void)lo, (void)up, (void)band;
+        eng_ctx_release(&m->ctx, 0);
+    }
+    if ((rc = eng_ctx_status(&m->ctx)))
+        return rc;
+    return eng_ctx_commit(&m->ctx);
+}
+
+int eng_sam_load(eng_sam **out, const char *path, eng_backend *be, const eng_sam_options *opt)
+{
+    *out = NULL;
+    eng_ckpt *c = NULL;
+    eng_sam *m = calloc(1, sizeof *m);
+    if (!m)
+        return eng_error(ENG_ENOMEM, "out of memory");
+    int rc;
+    m->be = be;
+    m->opt.max_points = opt && opt->max_points > 0 ? opt->max_points : 16;
+    m->opt.max_batch = opt && opt->max_batch > 0 ? opt->max_batch : 1;
+    eng_weights_init(&m->wts, be);
+    if ((rc = eng_ckpt_open(&c, path)))
+        goto err;
+    if ((rc = sam_infer_config(c, &m->cfg)))
+        goto err;
+    sam_declare(m);
+    if ((rc = eng_weights_load(&m->wts, c)))
+        goto err;
+    if ((rc = sam_load_host(m, c)))
+        goto err;
+    /* pos_embed [1,G,G,C] is used as rows [P, C] */
+    m->pos_embed = eng_reshape2(m->pos_embed, P, m->cfg.embed_dim);
+    m->no_mask = eng_reshape2(m->no_mask, 1, E);
+    sam_model_id(m, c);
+    eng_ckpt_close(c);
+    c = NULL;
+    if ((rc = sam_make_dense_pe(m)))
+        goto err;
+    m->band_host = malloc((size_t)BAND_FLOATS * sizeof(float));
+    if (!m->band_host) {
+        rc = eng_error(ENG_ENOMEM, "out of memory");
+        goto err;
+    }
+    if ((rc = sam_plan(m)))
+        goto err;
+    *out = m;
+    return 0;
+err:
+    eng_ckpt_close(c);
+    eng_sam_destroy(m);
+    return rc;
+}
+
+void eng_sam_destroy(eng_sam *m)
+{
+    if (!m)
+        return;
+    eng_ctx_free(&m->ctx);
+    if (m->dense_pe.data)
+        eng_backend_free(m->be, m->dense_pe.data);
+    eng_weights_free(&m->wts);
+    free(m->band_host);
+    free(m);
+}
+
+const eng_sam_config *eng_sam_get_config(const eng_sam *m) { return &m->cfg; }
+const char *eng_sam_model_id(const eng_sam *m) { return m->model_id; }
+eng_backend *eng_sam_backend(const eng_sam *m) { return m->be; }
+size_t eng_sam_workspace_bytes(const eng_sam *m) { return m->ctx.cap; }
+
+int eng_sam_preprocess(const eng_image *img, float *input, eng_sam_imginfo *info)
+{
+    int nw, nh;
+    if (!img || !img->rgb || img->w <= 0 || img->h <= 0)
+        return eng_error(ENG_EINVAL, "empty image");
+    eng_resize_shape(img->w, img->h, ENG_SAM_IMG, &nw, &nh);
+    uint8_t *rs = malloc((size_t)nw * nh * 3);
+    if (!rs)
+        return eng_error(ENG_ENOMEM, "out of memory resizing a %dx%d image", img->w, img->h);
+    int rc = eng_resize_bilinear_aa(img->rgb, img->w, img->h, rs, nw, nh);
+    if (!rc)
+        eng_sam_normalize_pad(rs, nw, nh, input);
+    free(rs);
+    if (rc)
+        return rc;
+    info->orig_w = img->w;
+    info->orig_h = img->h;
+    info->input_w = nw;
+    info->input_h = nh;
+    return 0;
+}
+
+/* Reset the sticky error of the model's context before a call. */
+static void sam_begin(eng_sam *m)
+{
+    m->ctx.status = 0;
+    eng_ctx_release(&m->ctx, 0);
+}
+
+static int sam_end(eng_sam *m)
+{
+    int rc = eng_ctx_status(&m->ctx);
+    if (!rc)
+        rc = eng_backend_sync(m->be);
+    eng_ctx_release(&m->ctx, 0);
+    return rc;
+}
+
+int eng_sam_encode(eng_sam *m, const float *inputs, int n, float *embeddings)
+{
+    if (n < 1 || n > m->opt.max_batch)
+        return eng_error(ENG_EINVAL, "encoder batch %d outside 1..%d", n, m->opt.max_batch);
+    sam_begin(m);
+    for (int i = 0; i < n && !m->ctx.status; i++)
+        sam_encode_one(m, inputs + (size_t)i * 3 * ENG_SAM_IMG * ENG_SAM_IMG, NULL, NULL, 0,
+                       embeddings + (size_t)i * ENG_SAM_EMB_FLOATS);
+    return sam_end(m);
+}
+
+int eng_sam_encode_debug(eng_sam *m, const float *input, float *patch, float **blocks,
+                         int n_blocks, float *embedding)
+{
+    sam_begin(m);
+    sam_encode_one(m, input, patch, blocks, n_blocks, embedding);
+    return sam_end(m);
+}
+
+int eng_sam_dense_pe(eng_sam *m, float *out)
+{
+    sam_begin(m);
+    eng_tensor chw = eng_new2(&m->ctx, E, P);
+    eng_transpose(&m->ctx, &chw, &m->dense_pe);
+    sam_download(&m->ctx, out, &chw, (size_t)E * P);
+    return sam_end(m);
+}
+
+static int sam_check_prompt(const eng_sam *m, const eng_sam_prompt *p, int idx)
+{
+    if (p->n_points < 0 || p->n_points > m->opt.max_points)
+        return eng_error(ENG_EINVAL, "prompt %d: %d points (at most %d)", idx, p->n_points,
+                         m->opt.max_points);
+    if (p->n_points && (!p->points || !p->labels))
+        return eng_error(ENG_EINVAL, "prompt %d: points without coordinates or labels", idx);
+    for (int i = 0; i < p->n_points; i++) {
+        if (p->labels[i] != 0 && p->labels[i] != 1)
+            return eng_error(ENG_EINVAL, "prompt %d: point %d: label %d is not 0 or 1", idx, i,
+                             p->labels[i]);
+        if (!isfinite(p->points[2 * i]) || !isfinite(p->points[2 * i + 1]))
+            return eng_error(ENG_EINVAL, "prompt %d: point %d is not finite", idx, i);
+    }
+    for (int i = 0; p->has_box && i < 4; i++)
+        if (!isfinite(p->box[i]))
+            return eng_error(ENG_EINVAL, "prompt %d: box is not finite", idx);
+    return 0;
+}
+
+int eng_sam_decode(eng_sam *m, const float *embedding, const eng_sam_imginfo *info,
+                   const eng_sam_prompt *prompts, int n, int multimask, float *iou,
+                   float *low_res)
+{
+    if (n < 1)
+        return eng_error(ENG_EINVAL, "no prompts to decode");
+    if (info->orig_w < 1 || info->orig_h < 1 || info->input_w < 1 || info->input_h < 1)
+        return eng_error(ENG_EINVAL, "bad image size");
+    int rc;
+    for (int i = 0; i < n; i++)
+        if ((rc = sam_check_prompt(m, &prompts[i], i)))
+            return rc;
+    int T_max = 1 + NMASK + m->opt.max_points + 2;
+    float *tokens = malloc((size_t)T_max * E * sizeof(float));
+    if (!tokens)
+        return eng_error(ENG_ENOMEM, "out of memory");
+    int first = multimask ? 1 : 0, count = multimask ? 3 : 1;
+    sam_begin(m);
+    eng_tensor emb = eng_new2(&m->ctx, E, P);
+    sam_upload(&m->ctx, &emb, embedding);
+    for (int i = 0; i < n && !m->ctx.status; i++) {
+        memcpy(tokens, m->out_tokens, sizeof m->out_tokens);
+        int ns = sam_sparse_tokens(m, info, &prompts[i], tokens + (1 + NMASK) * E);
+        float iou4[NMASK];
+        sam_decode_one(m, &emb, tokens, 1 + NMASK + ns, prompts[i].mask_input, iou4,
+                       low_res + (size_t)i * count * ENG_SAM_LOWRES_FLOATS, first, count);
+        memcpy(iou + (size_t)i * count, iou4 + first, (size_t)count * sizeof(float));
+    }
+    free(tokens);
+    return sam_end(m);
+}
+
+int eng_sam_postprocess(eng_sam *m, const float *low_res, int n, const eng_sam_imginfo *info,
+                        uint8_t *masks, float *stability)
+{
+    int ow = info->orig_w, oh = info->orig_h;
+    if (ow < 1 || oh < 1 || ow > BAND_FLOATS || info->input_w < 1 || info->input_h < 1 ||
+        info->input_w > ENG_SAM_IMG || info->input_h > ENG_SAM_IMG)
+        return eng_error(ENG_EINVAL, "bad image size %dx%d for postprocessing", ow, oh);
+    int band = BAND_FLOATS / ow;
+    if (band > oh)
+        band = oh;
+    sam_begin(m);
+    eng_ctx *ctx = &m->ctx;
+    eng_tensor lo = eng_new3(ctx, 1, ENG_SAM_LOWRES, ENG_SAM_LOWRES);
+    eng_tensor up = eng_new3(ctx, 1, ENG_SAM_IMG, ENG_SAM_IMG);
+    for (int i = 0; i < n && !ctx->status; i++) {
+        sam_upload(ctx, &lo, low_res + (size_t)i * ENG_SAM_LOWRES_FLOATS);
+        eng_resize_bilinear(ctx, &up, &lo, ENG_SAM_LOWRES, ENG_SAM_LOWRES, ENG_SAM_IMG, 0);
+        uint64_t inter = 0, uni = 0;
+        for (int y0 = 0; y0 < oh && !ctx->status; y0 += band) {
+            int rows = oh - y0 < band ? oh - y0 : band;
+            size_t mark = eng_ctx_mark(ctx);
+            eng_tensor out = eng_new3(ctx, 1, rows, ow);
+            eng_resize_bilinear(ctx, &out, &up, info->input_h, info->input_w, oh, y0);
+            sam_download(ctx, m->band_host, &out, (size_t)rows * ow);
+            eng_ctx_release(ctx, mark);
+            if (ctx->status)
+                break;
+            uint8_t *dst = masks + ((size_t)i * oh + y0) * ow;
+            for (size_t j = 0; j < (size_t)rows * ow; j++) {
+                float v = m->band_host[j];
+                dst[j] = v > 0.0f;
+                inter += v > 1.0f;
+                uni += v > -1.0f;
+            }
+        }
+        if (stability)
+            stability[i] = uni ? (float)((double)inter / (double)uni) : 0.0f;
+    }
+    return sam_end(m);
+}

@@ -1,0 +1,112 @@
+/*
+ * engine/sam.h: the Segment Anything model (image encoder, prompt encoder,
+ * mask decoder, postprocessing), written once against the op interface.
+ *
+ * A loaded model is bound to one backend and is NOT thread-safe: one thread
+ * (the daemon's inference worker, or the CLI) owns it and calls it in turn.
+ * Weights are uploaded once at load; activations come from one workspace
+ * planned at load for the configured limits; no call allocates device memory.
+ *
+ * Coordinates in prompts are original-image pixels (x, y), as in SAM's
+ * SamPredictor; the model scales them like ResizeLongestSide.
+ */
+#ifndef TASAM_ENGINE_SAM_H
+#define TASAM_ENGINE_SAM_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "image.h"
+#include "ops.h"
+
+#define ENG_SAM_IMG 1024          /* encoder input side */
+#define ENG_SAM_GRID 64           /* embedding side (1024 / patch 16) */
+#define ENG_SAM_EMB_DIM 256       /* prompt/decoder width */
+#define ENG_SAM_LOWRES 256        /* decoder mask side */
+#define ENG_SAM_EMB_FLOATS (ENG_SAM_EMB_DIM * ENG_SAM_GRID * ENG_SAM_GRID)
+#define ENG_SAM_LOWRES_FLOATS (ENG_SAM_LOWRES * ENG_SAM_LOWRES)
+#define ENG_SAM_MAX_DEPTH 64
+
+/* Read from the checkpoint's tensor shapes. */
+typedef struct eng_sam_config {
+    char name[16];       /* "vit_b", "vit_l", "vit_h", or "custom" */
+    int embed_dim;       /* 768 / 1024 / 1280 (tiny fixture: 64) */
+    int depth;           /* 12 / 24 / 32 */
+    int heads;           /* embed_dim / head_dim */
+    int head_dim;        /* 64 / 64 / 80 */
+    int mlp_dim;         /* 4 * embed_dim */
+    int window;          /* 14 */
+    int global[ENG_SAM_MAX_DEPTH]; /* 1 where block i attends globally */
+} eng_sam_config;
+
+typedef struct eng_sam_options {
+    int max_points;  /* points per prompt the decoder plans for (default 16) */
+    int max_batch;   /* images per encoder call (default 1) */
+} eng_sam_options;
+
+/* Sizes of one image as SAM sees it. */
+typedef struct eng_sam_imginfo {
+    int orig_w, orig_h;   /* decoded image */
+    int input_w, input_h; /* after ResizeLongestSide(1024) */
+} eng_sam_imginfo;
+
+/* One decoder prompt. Points and a box may be combined; neither (and no
+ * mask) is SAM's prompt-free output. */
+typedef struct eng_sam_prompt {
+    int n_points;
+    const float *points;     /* [n_points, 2] x, y in original pixels */
+    const int *labels;       /* [n_points]: 1 foreground, 0 background */
+    int has_box;
+    float box[4];            /* x0, y0, x1, y1 in original pixels */
+    const float *mask_input; /* [256, 256] low-res logits from an earlier call, or NULL */
+} eng_sam_prompt;
+
+typedef struct eng_sam eng_sam;
+
+/* Load a checkpoint (official .pth or safetensors, SAM key names) onto `be`
+ * (borrowed: must outlive the model). opt may be NULL for defaults. Errors
+ * name the file and tensor. */
+int eng_sam_load(eng_sam **out, const char *path, eng_backend *be, const eng_sam_options *opt);
+void eng_sam_destroy(eng_sam *m);
+
+const eng_sam_config *eng_sam_get_config(const eng_sam *m);
+/* Identifies the weights for cache keys: "<name>-<16 hex>" from a hash of
+ * the tensor names, shapes and sampled contents. */
+const char *eng_sam_model_id(const eng_sam *m);
+eng_backend *eng_sam_backend(const eng_sam *m);
+/* Workspace bytes planned at load. */
+size_t eng_sam_workspace_bytes(const eng_sam *m);
+
+/* Resize (Pillow bilinear, long side 1024), normalise and pad an RGB image:
+ * input [3,1024,1024] f32 host. */
+int eng_sam_preprocess(const eng_image *img, float *input, eng_sam_imginfo *info);
+
+/* Image encoder on n preprocessed inputs (n <= max_batch), each
+ * [3,1024,1024] host f32, giving n embeddings [256,64,64] host f32. */
+int eng_sam_encode(eng_sam *m, const float *inputs, int n, float *embeddings);
+
+/* Encoder with the block outputs kept, for golden tests: patch
+ * [64*64, C] (HWC, before pos_embed), blocks[i] [64*64, C] for i < n_blocks
+ * (NULL entries skipped), embedding [256,64,64]. */
+int eng_sam_encode_debug(eng_sam *m, const float *input, float *patch, float **blocks,
+                         int n_blocks, float *embedding);
+
+/* The prompt encoder's dense positional encoding [256,64,64] host f32. */
+int eng_sam_dense_pe(eng_sam *m, float *out);
+
+/* Decode n prompts against one embedding [256,64,64] (host f32). Each
+ * prompt gives C = 3 masks when multimask, else 1 (SAM's slicing: masks
+ * 1..3 or mask 0). iou [n, C] and low_res [n, C, 256, 256] host f32. */
+int eng_sam_decode(eng_sam *m, const float *embedding, const eng_sam_imginfo *info,
+                   const eng_sam_prompt *prompts, int n, int multimask, float *iou,
+                   float *low_res);
+
+/* Upscale n low-res logit maps [n,256,256] to the original size exactly as
+ * SAM's postprocess_masks (bilinear to 1024, crop to the resized input,
+ * bilinear to the original) and threshold at 0: masks [n, orig_h, orig_w]
+ * u8 0/1. stability[n] (may be NULL) gets SAM's stability score with offset
+ * 1.0: |logits > 1| / |logits > -1|. */
+int eng_sam_postprocess(eng_sam *m, const float *low_res, int n, const eng_sam_imginfo *info,
+                        uint8_t *masks, float *stability);
+
+#endif
