@@ -1,0 +1,104 @@
+/*
+ * server/cache.h: the embedding cache, two tiers.
+ *
+ * Tier 1 is a small LRU of embeddings held in process memory (the engine
+ * takes host embeddings, so the "device-resident" tier lives in host memory
+ * for now). Tier 2 is an SQLite database in WAL mode, STATE_DIR/cache.db,
+ * keyed by (image sha256, model id, precision), with a CRC-32 over every blob
+ * checked on read, a byte budget and LRU eviction by last use. Schema and
+ * migrations: schema/cache.sql (kept identical to cache_schema[] in cache.c).
+ *
+ * Crash safety: every change is one transaction; a kill -9 loses at most the
+ * entry being written. At open, a database that fails `PRAGMA quick_check`,
+ * cannot be read, or belongs to another application or a newer schema is
+ * renamed aside (cache.db.corrupt-<unix time>) with a log line and a fresh
+ * one is created.
+ *
+ * Threads: the inference worker is the only caller of srv_cache_get and
+ * srv_cache_put (they mutate the memory tier and hand out pointers into it);
+ * every other function may be called from any thread. One mutex guards the
+ * memory tier and the SQLite connection.
+ */
+#ifndef TASAM_SERVER_CACHE_H
+#define TASAM_SERVER_CACHE_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "server/metrics.h"
+
+/* The schema version this build writes (PRAGMA user_version). */
+#define SRV_CACHE_SCHEMA_VERSION 1
+/* PRAGMA application_id of our databases ("tsam"). */
+#define SRV_CACHE_APP_ID 0x7473616d
+
+typedef struct srv_cache srv_cache;
+
+/* Where an embedding came from. */
+typedef enum srv_cache_tier { SRV_TIER_NONE = 0, SRV_TIER_MEMORY, SRV_TIER_DISK } srv_cache_tier;
+
+/* One row's metadata (GET /v1/embeddings/{id}). */
+typedef struct srv_cache_meta {
+    char image_id[65];     /* sha256 hex of the image bytes */
+    char model_id[64];     /* eng_sam_model_id() */
+    char precision[8];     /* "fp32", "fp16", "bf16" */
+    int width, height;     /* original image size */
+    int64_t bytes;         /* blob size */
+    int64_t created_ms;    /* unix milliseconds */
+    int64_t last_used_ms;  /* unix milliseconds */
+    int64_t hits;          /* times served from the cache */
+    int in_memory;         /* 1 when also in the memory tier */
+} srv_cache_meta;
+
+/*
+ * Open (creating the directory and database as needed) STATE_DIR/cache.db.
+ * `floats` is the size of one embedding in floats; budget_bytes the disk
+ * byte budget (0: disk tier disabled); mem_slots entries in the memory tier.
+ * `m` (borrowed, may be NULL) receives counters and gauges. Also takes an
+ * exclusive lock on STATE_DIR/tasamd.lock so two daemons never share a state
+ * directory. Returns 0 or a negative code with a message in err.
+ */
+int srv_cache_open(srv_cache **out, const char *state_dir, size_t floats, int64_t budget_bytes,
+                   int mem_slots, srv_metrics *m, char *err, size_t errlen);
+
+/* Close the database cleanly (WAL checkpoint) and free everything. NULL ok. */
+void srv_cache_close(srv_cache *c);
+
+/* Bind the cache to the loaded model: rows are keyed by (sha, model_id,
+ * precision). Until this is called every lookup misses. */
+void srv_cache_set_model(srv_cache *c, const char *model_id, const char *precision);
+
+/* Change the disk byte budget (evicts at the next put or maintenance). */
+void srv_cache_set_budget(srv_cache *c, int64_t budget_bytes);
+
+/*
+ * Worker only. Look up `sha` (64 lowercase hex). On a hit returns 0 with
+ * *emb pointing at the embedding (valid until the next srv_cache_get/put),
+ * *w, *h the image size and *tier where it was found; bumps hits and
+ * last_used. Returns 1 on a miss (a corrupt row is dropped, logged and
+ * reported as a miss), or a negative code on a database error (treated by
+ * callers as a miss).
+ */
+int srv_cache_get(srv_cache *c, const char *sha, const float **emb, int *w, int *h,
+                  srv_cache_tier *tier);
+
+/* Worker only. Store an embedding (copied) in both tiers, evicting by LRU to
+ * stay within the budget. Returns 0 or a negative code (the memory tier is
+ * updated even when the disk write fails). */
+int srv_cache_put(srv_cache *c, const char *sha, const float *emb, int w, int h);
+
+/* Any thread. 1 when `sha` is in either tier (fills *w, *h), 0 when absent. */
+int srv_cache_peek(srv_cache *c, const char *sha, int *w, int *h);
+
+/* Any thread. 0 and *out filled when present, 1 when absent, negative on a
+ * database error. */
+int srv_cache_meta_get(srv_cache *c, const char *sha, srv_cache_meta *out);
+
+/* Any thread (the control loop's timer): enforce the budget, checkpoint the
+ * WAL and refresh the gauges. */
+void srv_cache_maintain(srv_cache *c);
+
+/* Path of the database file (borrowed). */
+const char *srv_cache_path(const srv_cache *c);
+
+#endif

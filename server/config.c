@@ -1,0 +1,594 @@
+/*
+ * server/config.c: the option table and everything that reads it.
+ *
+ * Adding an option: add its id to srv_opt_id in config.h and a row here in
+ * the same position; flags, the config file, the environment, --help and
+ * /v1/info pick it up from the table.
+ */
+#include "server/config.h"
+
+#include <ctype.h>
+#include <errno.h>
+#include <stdarg.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "server/log.h"
+
+#define TASAMD_VERSION "0.1.0"
+
+static const char *const device_choices[] = {"auto", "cpu", "cuda", NULL};
+static const char *const precision_choices[] = {"auto", "fp32", "fp16", "bf16", NULL};
+static const char *const log_choices[] = {"error", "warn", "info", "debug", NULL};
+
+#define KiB 1024LL
+#define MiB (1024LL * 1024)
+#define GiB (1024LL * 1024 * 1024)
+
+/* The table. Order must match srv_opt_id. */
+static const srv_opt_def opt_table[SRV_OPT_COUNT] = {
+    {"config", SRV_T_STRING, "", 0, 0, NULL, 0, 0,
+     "config file of `name = value` lines (# comments); re-read on SIGHUP"},
+    {"checkpoint", SRV_T_STRING, "", 0, 0, NULL, 0, 0,
+     "SAM checkpoint (.pth or .safetensors); required"},
+    {"listen", SRV_T_STRING, "127.0.0.1:8080", 0, 0, NULL, 0, 0,
+     "HOST:PORT to serve HTTP on ([v6addr]:PORT for IPv6; port 0 picks a free one)"},
+    {"port-file", SRV_T_STRING, "", 0, 0, NULL, 0, 0,
+     "write the bound TCP port to this file once listening"},
+    {"state-dir", SRV_T_STRING, "./state", 0, 0, NULL, 0, 0,
+     "directory for the embedding cache database (created if missing)"},
+    {"device", SRV_T_ENUM, "auto", 0, 0, device_choices, 0, 0,
+     "auto (CUDA if usable, else CPU), cpu or cuda"},
+    {"precision", SRV_T_ENUM, "auto", 0, 0, precision_choices, 0, 0,
+     "auto, fp32, fp16 or bf16 (CPU runs fp32 only)"},
+    {"cpu-threads", SRV_T_INT, "0", 0, 1024, NULL, 0, 0,
+     "threads of the CPU backend (0: all cores)"},
+    {"admin-token", SRV_T_STRING, "", 0, 0, NULL, 1, 1,
+     "bearer token for /admin routes (prefer admin-token-file)"},
+    {"admin-token-file", SRV_T_STRING, "", 0, 0, NULL, 1, 0,
+     "file whose first line is the admin token"},
+    {"max-body-bytes", SRV_T_BYTES, "32MiB", 1 * KiB, 1 * GiB, NULL, 1, 0,
+     "largest request body accepted (413 beyond)"},
+    {"max-pixels", SRV_T_COUNT, "40M", 1, 1000000000LL, NULL, 1, 0,
+     "largest decoded image, width*height (413 beyond)"},
+    {"max-points", SRV_T_INT, "16", 1, 64, NULL, 0, 0,
+     "most points in one prompt"},
+    {"max-prompts", SRV_T_INT, "64", 1, 256, NULL, 1, 0,
+     "most prompts (boxes) in one request"},
+    {"max-mask-bytes", SRV_T_BYTES, "512MiB", 1 * MiB, 64 * GiB, NULL, 1, 0,
+     "largest full-size mask output of one request, prompts*masks*width*height (413 beyond)"},
+    {"queue-depth", SRV_T_INT, "64", 1, 100000, NULL, 1, 0,
+     "jobs waiting for the model before new ones get 429"},
+    {"max-batch", SRV_T_INT, "4", 1, 64, NULL, 0, 0,
+     "images per image-encoder call"},
+    {"batch-wait-ms", SRV_T_INT, "2", 0, 1000, NULL, 1, 0,
+     "how long the encoder waits to fill a batch"},
+    {"cache-bytes", SRV_T_BYTES, "2GiB", 0, 1024 * GiB, NULL, 1, 0,
+     "byte budget of the on-disk embedding cache (LRU eviction; 0 disables it)"},
+    {"gpu-cache-slots", SRV_T_INT, "8", 0, 4096, NULL, 0, 0,
+     "embeddings kept in the in-memory LRU in front of the disk cache"},
+    {"request-timeout-ms", SRV_T_INT, "30000", 1, 3600000, NULL, 1, 0,
+     "deadline of a request from arrival (504 if it expires while queued)"},
+    {"shutdown-timeout-ms", SRV_T_INT, "10000", 0, 3600000, NULL, 1, 0,
+     "how long SIGTERM waits for in-flight requests"},
+    {"threads", SRV_T_INT, "4", 1, 256, NULL, 0, 0,
+     "HTTP threads (they parse and decode; they never run the model)"},
+    {"max-connections", SRV_T_INT, "512", 1, 65536, NULL, 0, 0,
+     "simultaneous HTTP connections"},
+    {"log-level", SRV_T_ENUM, "info", 0, 0, log_choices, 1, 0,
+     "error, warn, info or debug"},
+};
+
+const srv_opt_def *srv_config_table(size_t *n)
+{
+    if (n)
+        *n = SRV_OPT_COUNT;
+    return opt_table;
+}
+
+static int cfg_err(char *err, size_t errlen, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
+
+/* Contract: formats into err (may be NULL) and returns -1. */
+static int cfg_err(char *err, size_t errlen, const char *fmt, ...)
+{
+    va_list ap;
+    if (err && errlen) {
+        va_start(ap, fmt);
+        vsnprintf(err, errlen, fmt, ap);
+        va_end(ap);
+    }
+    return -1;
+}
+
+static int find_opt(const char *name, size_t len)
+{
+    for (int i = 0; i < SRV_OPT_COUNT; i++)
+        if (strlen(opt_table[i].name) == len && memcmp(opt_table[i].name, name, len) == 0)
+            return i;
+    return -1;
+}
+
+/* Contract: parses an integer with an optional unit suffix. `base` is 1000
+ * or 1024 (0: no suffix allowed). Rejects overflow, junk and negatives. */
+static int parse_scaled(const char *s, int base, int64_t *out)
+{
+    char *end;
+    errno = 0;
+    while (isspace((unsigned char)*s))
+        s++;
+    if (*s == '-' || *s == '+')
+        return -1;
+    if (!isdigit((unsigned char)*s))
+        return -1;
+    unsigned long long v = strtoull(s, &end, 10);
+    if (errno)
+        return -1;
+    while (*end == ' ')
+        end++;
+    long long mul = 1;
+    if (*end && base) {
+        char u = (char)toupper((unsigned char)*end);
+        int pow = u == 'K' ? 1 : u == 'M' ? 2 : u == 'G' ? 3 : u == 'T' ? 4 : 0;
+        if (!pow)
+            return -1;
+        end++;
+        if (base == 1024) {
+            /* K, KB, KiB all mean 1024 for byte sizes. */
+            if (*end == 'i' || *end == 'I')
+                end++;
+            if (*end == 'B' || *end == 'b')
+                end++;
+        }
+        for (int i = 0; i < pow; i++)
+            mul *= base;
+    }
+    while (*end == ' ')
+        end++;
+    if (*end)
+        return -1;
+    if (v > (unsigned long long)INT64_MAX / (unsigned long long)mul)
+        return -1;
+    *out = (int64_t)(v * (unsigned long long)mul);
+    return 0;
+}
+
+int srv_config_parse_value(srv_opt_id id, const char *text, int64_t *num, char *err,
+                           size_t errlen)
+{
+    const srv_opt_def *d;
+    int64_t v = 0;
+
+    if ((int)id < 0 || id >= SRV_OPT_COUNT)
+        return cfg_err(err, errlen, "unknown option");
+    d = &opt_table[id];
+    switch (d->type) {
+    case SRV_T_STRING:
+        if (strlen(text) > 4096)
+            return cfg_err(err, errlen, "option --%s: value longer than 4096 bytes", d->name);
+        *num = 0;
+        return 0;
+    case SRV_T_ENUM:
+        for (int i = 0; d->choices[i]; i++)
+            if (strcmp(d->choices[i], text) == 0) {
+                *num = i;
+                return 0;
+            }
+        {
+            char list[256] = "";
+            for (int i = 0; d->choices[i]; i++) {
+                if (i)
+                    strncat(list, ", ", sizeof list - strlen(list) - 1);
+                strncat(list, d->choices[i], sizeof list - strlen(list) - 1);
+            }
+            return cfg_err(err, errlen, "option --%s: '%s' is not one of %s", d->name, text,
+                           list);
+        }
+    case SRV_T_INT:
+    case SRV_T_COUNT:
+    case SRV_T_BYTES:
+        if (parse_scaled(text, d->type == SRV_T_INT ? 0 : d->type == SRV_T_COUNT ? 1000 : 1024,
+                         &v) != 0)
+            return cfg_err(err, errlen, "option --%s: '%s' is not a %s", d->name, text,
+                           d->type == SRV_T_INT     ? "non-negative integer"
+                           : d->type == SRV_T_COUNT ? "count (e.g. 40M)"
+                                                    : "byte size (e.g. 32MiB)");
+        if (v < d->min || v > d->max)
+            return cfg_err(err, errlen, "option --%s: %lld is outside [%lld, %lld]", d->name,
+                           (long long)v, (long long)d->min, (long long)d->max);
+        *num = v;
+        return 0;
+    }
+    return cfg_err(err, errlen, "option --%s: bad type", d->name);
+}
+
+/* Contract: sets option `id` from text, recording its source; on a parse
+ * error nothing changes. `where` prefixes the message ("file:3: "). */
+static int set_opt(srv_config *c, int id, const char *text, srv_opt_source src, const char *where,
+                   char *err, size_t errlen)
+{
+    int64_t v;
+    char e[512];
+    char *copy;
+    if (srv_config_parse_value((srv_opt_id)id, text, &v, e, sizeof e) != 0)
+        return cfg_err(err, errlen, "%s%s", where ? where : "", e);
+    copy = strdup(text);
+    if (!copy)
+        return cfg_err(err, errlen, "out of memory");
+    free(c->str[id]);
+    c->str[id] = copy;
+    c->num[id] = v;
+    c->src[id] = src;
+    return 0;
+}
+
+static char *trim(char *s)
+{
+    char *e;
+    while (isspace((unsigned char)*s))
+        s++;
+    e = s + strlen(s);
+    while (e > s && isspace((unsigned char)e[-1]))
+        *--e = 0;
+    return s;
+}
+
+/* Contract: applies `name = value` lines of `path`. Blank lines and lines
+ * starting with '#' are skipped; values may be wrapped in double quotes.
+ * Errors name the file and line. */
+static int load_file(srv_config *c, const char *path, char *err, size_t errlen)
+{
+    FILE *f = fopen(path, "r");
+    char line[8192], where[600];
+    int lineno = 0, rc = 0;
+    if (!f)
+        return cfg_err(err, errlen, "option --config: cannot open '%s': %s", path,
+                       strerror(errno));
+    while (fgets(line, sizeof line, f)) {
+        char *s, *eq, *key, *val;
+        int id;
+        lineno++;
+        if (!strchr(line, '\n') && !feof(f)) {
+            rc = cfg_err(err, errlen, "%s:%d: line too long", path, lineno);
+            break;
+        }
+        s = trim(line);
+        if (!*s || *s == '#')
+            continue;
+        eq = strchr(s, '=');
+        if (!eq) {
+            rc = cfg_err(err, errlen, "%s:%d: expected `name = value`", path, lineno);
+            break;
+        }
+        *eq = 0;
+        key = trim(s);
+        val = trim(eq + 1);
+        if (val[0] == '"' && strlen(val) >= 2 && val[strlen(val) - 1] == '"') {
+            val[strlen(val) - 1] = 0;
+            val++;
+        }
+        id = find_opt(key, strlen(key));
+        if (id < 0 || id == SRV_OPT_CONFIG) {
+            rc = cfg_err(err, errlen, "%s:%d: unknown option '%s'", path, lineno, key);
+            break;
+        }
+        snprintf(where, sizeof where, "%s:%d: ", path, lineno);
+        if ((rc = set_opt(c, id, val, SRV_SRC_FILE, where, err, errlen)) != 0)
+            break;
+    }
+    fclose(f);
+    return rc;
+}
+
+static void env_name(const char *opt, char *out, size_t n)
+{
+    size_t i = 0, k = 0;
+    const char *pre = "TASAMD_";
+    while (pre[k] && i + 1 < n)
+        out[i++] = pre[k++];
+    for (k = 0; opt[k] && i + 1 < n; k++)
+        out[i++] = opt[k] == '-' ? '_' : (char)toupper((unsigned char)opt[k]);
+    out[i] = 0;
+}
+
+static int load_env(srv_config *c, char *err, size_t errlen)
+{
+    char name[96], where[128];
+    for (int i = 0; i < SRV_OPT_COUNT; i++) {
+        const char *v;
+        if (i == SRV_OPT_CONFIG)
+            continue;
+        env_name(opt_table[i].name, name, sizeof name);
+        v = getenv(name);
+        if (!v)
+            continue;
+        snprintf(where, sizeof where, "environment %s: ", name);
+        if (set_opt(c, i, v, SRV_SRC_ENV, where, err, errlen) != 0)
+            return -1;
+    }
+    return 0;
+}
+
+/* Contract: walks argv. With apply = 0 it only finds --config (into
+ * c->str[SRV_OPT_CONFIG]) and --help/--version (*special = 1/2); with
+ * apply = 1 it applies every flag. Errors name the flag. */
+static int scan_args(srv_config *c, int argc, char **argv, int apply, int *special, char *err,
+                     size_t errlen)
+{
+    for (int i = 1; i < argc; i++) {
+        const char *a = argv[i], *val, *eq;
+        size_t nlen;
+        int id;
+        if (strcmp(a, "--help") == 0 || strcmp(a, "-h") == 0) {
+            if (special)
+                *special = 1;
+            continue;
+        }
+        if (strcmp(a, "--version") == 0) {
+            if (special && !*special)
+                *special = 2;
+            continue;
+        }
+        if (strncmp(a, "--", 2) != 0)
+            return cfg_err(err, errlen, "unexpected argument '%s' (options are --name value)", a);
+        a += 2;
+        eq = strchr(a, '=');
+        nlen = eq ? (size_t)(eq - a) : strlen(a);
+        id = find_opt(a, nlen);
+        if (id < 0)
+            return cfg_err(err, errlen, "unknown option '--%.*s' (see --help)", (int)nlen, a);
+        if (eq) {
+            val = eq + 1;
+        } else {
+            if (i + 1 >= argc)
+                return cfg_err(err, errlen, "option --%s needs a value", opt_table[id].name);
+            val = argv[++i];
+        }
+        if (apply || id == SRV_OPT_CONFIG)
+            if (set_opt(c, id, val, SRV_SRC_FLAG, "", err, errlen) != 0)
+                return -1;
+    }
+    return 0;
+}
+
+/* Contract: reads the first line of a token file (trimmed, non-empty). */
+static int read_token_file(const char *path, char **out, char *err, size_t errlen)
+{
+    char buf[1024];
+    FILE *f = fopen(path, "r");
+    if (!f)
+        return cfg_err(err, errlen, "option --admin-token-file: cannot open '%s': %s", path,
+                       strerror(errno));
+    if (!fgets(buf, sizeof buf, f))
+        buf[0] = 0;
+    fclose(f);
+    char *t = trim(buf);
+    if (!*t)
+        return cfg_err(err, errlen, "option --admin-token-file: '%s' has no token on its first line",
+                       path);
+    *out = strdup(t);
+    return *out ? 0 : cfg_err(err, errlen, "out of memory");
+}
+
+/* Contract: checks values that depend on each other; fills admin_token. */
+static int validate(srv_config *c, char *err, size_t errlen)
+{
+    const char *listen = c->str[SRV_OPT_LISTEN];
+    const char *colon = strrchr(listen, ':');
+    int64_t port;
+
+    if (!c->str[SRV_OPT_CHECKPOINT][0])
+        return cfg_err(err, errlen, "option --checkpoint is required (a SAM .pth or .safetensors)");
+    if (!colon || colon == listen || parse_scaled(colon + 1, 0, &port) != 0 || port > 65535)
+        return cfg_err(err, errlen, "option --listen: '%s' is not HOST:PORT", listen);
+    if (listen[0] == '[' && colon[-1] != ']')
+        return cfg_err(err, errlen, "option --listen: '%s' is not [ADDR]:PORT", listen);
+    if (c->num[SRV_OPT_DEVICE] == SRV_DEVICE_CPU && c->num[SRV_OPT_PRECISION] != SRV_PREC_AUTO &&
+        c->num[SRV_OPT_PRECISION] != SRV_PREC_FP32)
+        return cfg_err(err, errlen, "option --precision: %s needs --device cuda (the CPU runs fp32)",
+                       c->str[SRV_OPT_PRECISION]);
+    if (!c->str[SRV_OPT_STATE_DIR][0])
+        return cfg_err(err, errlen, "option --state-dir must not be empty");
+    free(c->admin_token);
+    c->admin_token = NULL;
+    if (c->str[SRV_OPT_ADMIN_TOKEN][0] && c->str[SRV_OPT_ADMIN_TOKEN_FILE][0])
+        return cfg_err(err, errlen,
+                       "options --admin-token and --admin-token-file are exclusive: give one");
+    if (c->str[SRV_OPT_ADMIN_TOKEN_FILE][0])
+        return read_token_file(c->str[SRV_OPT_ADMIN_TOKEN_FILE], &c->admin_token, err, errlen);
+    if (c->str[SRV_OPT_ADMIN_TOKEN][0]) {
+        c->admin_token = strdup(c->str[SRV_OPT_ADMIN_TOKEN]);
+        if (!c->admin_token)
+            return cfg_err(err, errlen, "out of memory");
+    }
+    return 0;
+}
+
+/* Contract: builds a complete config in c (zeroed on entry) from the
+ * layers; *special reports --help (1) / --version (2). */
+static int build(srv_config *c, int argc, char **argv, int *special, char *err, size_t errlen)
+{
+    const char *cfgfile;
+    for (int i = 0; i < SRV_OPT_COUNT; i++)
+        if (set_opt(c, i, opt_table[i].def, SRV_SRC_DEFAULT, "default of ", err, errlen) != 0)
+            return -1;
+    if (getenv("TASAMD_CONFIG") &&
+        set_opt(c, SRV_OPT_CONFIG, getenv("TASAMD_CONFIG"), SRV_SRC_ENV, "", err, errlen) != 0)
+        return -1;
+    if (scan_args(c, argc, argv, 0, special, err, errlen) != 0)
+        return -1;
+    if (special && *special)
+        return 0;
+    cfgfile = c->str[SRV_OPT_CONFIG];
+    if (cfgfile[0] && load_file(c, cfgfile, err, errlen) != 0)
+        return -1;
+    if (load_env(c, err, errlen) != 0)
+        return -1;
+    if (scan_args(c, argc, argv, 1, NULL, err, errlen) != 0)
+        return -1;
+    return validate(c, err, errlen);
+}
+
+static void free_values(srv_config *c)
+{
+    for (int i = 0; i < SRV_OPT_COUNT; i++) {
+        free(c->str[i]);
+        c->str[i] = NULL;
+    }
+    free(c->admin_token);
+    c->admin_token = NULL;
+}
+
+int srv_config_load(srv_config *c, int argc, char **argv, FILE *out, char *err, size_t errlen)
+{
+    int special = 0;
+    memset(c, 0, sizeof *c);
+    pthread_mutex_init(&c->mu, NULL);
+    if (build(c, argc, argv, &special, err, errlen) != 0)
+        goto err;
+    if (special == 1) {
+        srv_config_usage(out, argc > 0 ? argv[0] : "tasamd");
+        srv_config_free(c);
+        return 1;
+    }
+    if (special == 2) {
+        fprintf(out, "tasamd %s\n", TASAMD_VERSION);
+        srv_config_free(c);
+        return 1;
+    }
+    c->argv = calloc((size_t)argc + 1, sizeof *c->argv);
+    if (!c->argv) {
+        cfg_err(err, errlen, "out of memory");
+        goto err;
+    }
+    c->argc = argc;
+    for (int i = 0; i < argc; i++)
+        if (!(c->argv[i] = strdup(argv[i]))) {
+            cfg_err(err, errlen, "out of memory");
+            goto err;
+        }
+    srv_log_set_level((int)c->num[SRV_OPT_LOG_LEVEL]);
+    return 0;
+err:
+    srv_config_free(c);
+    return -1;
+}
+
+int srv_config_reload(srv_config *c, char *err, size_t errlen)
+{
+    srv_config n;
+    memset(&n, 0, sizeof n);
+    if (build(&n, c->argc, c->argv, NULL, err, errlen) != 0) {
+        free_values(&n);
+        return -1;
+    }
+    pthread_mutex_lock(&c->mu);
+    for (int i = 0; i < SRV_OPT_COUNT; i++) {
+        if (strcmp(n.str[i], c->str[i]) == 0)
+            continue;
+        if (!opt_table[i].mutable_) {
+            srv_log_warn("config reload: %s changed but needs a restart; keeping the old value",
+                         opt_table[i].name);
+            continue;
+        }
+        srv_log_info("config reload: %s = %s", opt_table[i].name,
+                     opt_table[i].secret ? "<set>" : n.str[i]);
+        char *t = c->str[i];
+        c->str[i] = n.str[i];
+        n.str[i] = t;
+        c->src[i] = n.src[i];
+        __atomic_store_n(&c->num[i], n.num[i], __ATOMIC_RELAXED);
+    }
+    char *t = c->admin_token;
+    c->admin_token = n.admin_token;
+    n.admin_token = t;
+    pthread_mutex_unlock(&c->mu);
+    srv_log_set_level((int)srv_config_int(c, SRV_OPT_LOG_LEVEL));
+    free_values(&n);
+    return 0;
+}
+
+void srv_config_free(srv_config *c)
+{
+    if (!c)
+        return;
+    free_values(c);
+    if (c->argv) {
+        for (int i = 0; i < c->argc; i++)
+            free(c->argv[i]);
+        free(c->argv);
+    }
+    c->argv = NULL;
+    c->argc = 0;
+    pthread_mutex_destroy(&c->mu);
+}
+
+int64_t srv_config_int(const srv_config *c, srv_opt_id id)
+{
+    return __atomic_load_n(&c->num[id], __ATOMIC_RELAXED);
+}
+
+const char *srv_config_str(const srv_config *c, srv_opt_id id)
+{
+    return c->str[id] ? c->str[id] : "";
+}
+
+int srv_config_check_token(srv_config *c, const char *token, int *configured)
+{
+    int ok = 0;
+    pthread_mutex_lock(&c->mu);
+    if (configured)
+        *configured = c->admin_token != NULL;
+    if (c->admin_token && token) {
+        size_t a = strlen(c->admin_token), b = strlen(token);
+        unsigned char diff = (unsigned char)(a != b);
+        for (size_t i = 0; i < a; i++)
+            diff |= (unsigned char)(c->admin_token[i] ^ token[i < b ? i : 0]);
+        ok = diff == 0 && b > 0;
+    }
+    pthread_mutex_unlock(&c->mu);
+    return ok;
+}
+
+json_t *srv_config_to_json(srv_config *c)
+{
+    json_t *o = json_object();
+    if (!o)
+        return NULL;
+    pthread_mutex_lock(&c->mu);
+    for (int i = 0; i < SRV_OPT_COUNT; i++) {
+        const srv_opt_def *d = &opt_table[i];
+        json_t *v;
+        if (d->secret)
+            v = c->str[i][0] ? json_string("<set>") : json_null();
+        else if (d->type == SRV_T_STRING || d->type == SRV_T_ENUM)
+            v = json_string(c->str[i]);
+        else
+            v = json_integer((json_int_t)srv_config_int(c, (srv_opt_id)i));
+        json_object_set_new(o, d->name, v);
+    }
+    pthread_mutex_unlock(&c->mu);
+    return o;
+}
+
+void srv_config_usage(FILE *out, const char *prog)
+{
+    char env[96];
+    fprintf(out,
+            "usage: %s --checkpoint FILE [--name value | --name=value]...\n"
+            "tasamd %s: the Segment Anything HTTP daemon.\n\n"
+            "Every option can also be set in the --config file (`name = value`) or the\n"
+            "environment (TASAMD_NAME); flags win over the environment, which wins over\n"
+            "the file. Options marked [reload] change on SIGHUP.\n\n",
+            prog, TASAMD_VERSION);
+    for (int i = 0; i < SRV_OPT_COUNT; i++) {
+        const srv_opt_def *d = &opt_table[i];
+        env_name(d->name, env, sizeof env);
+        fprintf(out, "  --%-22s %s%s\n", d->name, d->help, d->mutable_ ? " [reload]" : "");
+        if (d->def[0])
+            fprintf(out, "  %-24s default %s; env %s\n", "", d->def, env);
+        else
+            fprintf(out, "  %-24s env %s\n", "", env);
+    }
+    fprintf(out, "  --help                   this text\n  --version                print the version\n");
+}
