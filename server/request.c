@@ -1,0 +1,564 @@
+/*
+ * server/request.c: request bodies -> srv_request, with precise 400s.
+ */
+#include "server/request.h"
+
+#include <ctype.h>
+#include <math.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+
+#include <jansson.h>
+
+#include "engine/error.h"
+#include "server/base64.h"
+
+#define TASK_MAX_BYTES 1000
+
+int srv_fail(srv_error *e, int status, const char *field, const char *fmt, ...)
+{
+    va_list ap;
+    e->status = status;
+    snprintf(e->field, sizeof e->field, "%s", field ? field : "");
+    va_start(ap, fmt);
+    vsnprintf(e->message, sizeof e->message, fmt, ap);
+    va_end(ap);
+    return -1;
+}
+
+int srv_utf8_valid(const char *s, size_t len)
+{
+    const unsigned char *p = (const unsigned char *)s, *end = p + len;
+    while (p < end) {
+        unsigned c = *p;
+        size_t n;
+        unsigned cp;
+        if (c == 0)
+            return 0;
+        if (c < 0x80) {
+            p++;
+            continue;
+        }
+        if (c >= 0xC2 && c <= 0xDF) {
+            n = 1;
+            cp = c & 0x1F;
+        } else if (c >= 0xE0 && c <= 0xEF) {
+            n = 2;
+            cp = c & 0x0F;
+        } else if (c >= 0xF0 && c <= 0xF4) {
+            n = 3;
+            cp = c & 0x07;
+        } else {
+            return 0;
+        }
+        if ((size_t)(end - p) <= n)
+            return 0;
+        for (size_t i = 1; i <= n; i++) {
+            if ((p[i] & 0xC0) != 0x80)
+                return 0;
+            cp = (cp << 6) | (p[i] & 0x3F);
+        }
+        /* overlong forms, surrogates, beyond U+10FFFF */
+        if ((n == 2 && cp < 0x800) || (n == 3 && cp < 0x10000) || cp > 0x10FFFF ||
+            (cp >= 0xD800 && cp <= 0xDFFF))
+            return 0;
+        p += n + 1;
+    }
+    return 1;
+}
+
+int srv_sha_hex_valid(const char *s, char out[65])
+{
+    for (int i = 0; i < 64; i++) {
+        if (!isxdigit((unsigned char)s[i]))
+            return 0;
+        out[i] = (char)tolower((unsigned char)s[i]);
+    }
+    if (s[64])
+        return 0;
+    out[64] = 0;
+    return 1;
+}
+
+void srv_request_free(srv_request *r)
+{
+    if (!r)
+        return;
+    if (r->image_owned)
+        free(r->image);
+    free(r->points);
+    free(r->labels);
+    free(r->boxes);
+    memset(r, 0, sizeof *r);
+}
+
+void srv_prompts_free(srv_prompts *p)
+{
+    if (!p)
+        return;
+    free(p->p);
+    p->p = NULL;
+    p->n = 0;
+}
+
+static const char *type_name(const json_t *v)
+{
+    switch (json_typeof(v)) {
+    case JSON_OBJECT: return "an object";
+    case JSON_ARRAY: return "an array";
+    case JSON_STRING: return "a string";
+    case JSON_INTEGER:
+    case JSON_REAL: return "a number";
+    case JSON_TRUE:
+    case JSON_FALSE: return "a boolean";
+    case JSON_NULL: return "null";
+    }
+    return "unknown";
+}
+
+/* Contract: a finite JSON number as double; 0 on success. */
+static int get_num(const json_t *v, double *out)
+{
+    if (!json_is_number(v))
+        return -1;
+    *out = json_number_value(v);
+    return isfinite(*out) ? 0 : -1;
+}
+
+static int parse_points(const json_t *v, const srv_limits *lim, srv_request *r, srv_error *e)
+{
+    size_t n;
+    if (!json_is_array(v))
+        return srv_fail(e, 400, "points", "points must be an array of [x, y, label], not %s",
+                        type_name(v));
+    n = json_array_size(v);
+    if (n > (size_t)lim->max_points)
+        return srv_fail(e, 400, "points", "%zu points given; at most %d are allowed per request", n,
+                        lim->max_points);
+    if (n == 0)
+        return 0;
+    r->points = malloc(n * 2 * sizeof(float));
+    r->labels = malloc(n * sizeof(int));
+    if (!r->points || !r->labels)
+        return srv_fail(e, 500, "", "out of memory");
+    for (size_t i = 0; i < n; i++) {
+        const json_t *p = json_array_get(v, i);
+        char f[64];
+        double x, y;
+        snprintf(f, sizeof f, "points[%zu]", i);
+        if (!json_is_array(p) || json_array_size(p) != 3)
+            return srv_fail(e, 400, f, "%s must be [x, y, label] (3 numbers)", f);
+        if (get_num(json_array_get(p, 0), &x) || get_num(json_array_get(p, 1), &y))
+            return srv_fail(e, 400, f, "%s: x and y must be numbers", f);
+        const json_t *l = json_array_get(p, 2);
+        if (!json_is_integer(l) || (json_integer_value(l) != 0 && json_integer_value(l) != 1))
+            return srv_fail(e, 400, f, "%s: label must be 1 (foreground) or 0 (background)", f);
+        r->points[2 * i] = (float)x;
+        r->points[2 * i + 1] = (float)y;
+        r->labels[i] = (int)json_integer_value(l);
+    }
+    r->n_points = (int)n;
+    return 0;
+}
+
+static int parse_boxes(const json_t *v, const srv_limits *lim, srv_request *r, srv_error *e)
+{
+    size_t n;
+    if (!json_is_array(v))
+        return srv_fail(e, 400, "boxes", "boxes must be an array of [x0, y0, x1, y1], not %s",
+                        type_name(v));
+    n = json_array_size(v);
+    if (n > (size_t)lim->max_prompts)
+        return srv_fail(e, 400, "boxes", "%zu boxes given; at most %d are allowed per request", n,
+                        lim->max_prompts);
+    if (n == 0)
+        return 0;
+    r->boxes = malloc(n * 4 * sizeof(float));
+    if (!r->boxes)
+        return srv_fail(e, 500, "", "out of memory");
+    for (size_t i = 0; i < n; i++) {
+        const json_t *b = json_array_get(v, i);
+        char f[64];
+        double c[4];
+        snprintf(f, sizeof f, "boxes[%zu]", i);
+        if (!json_is_array(b) || json_array_size(b) != 4)
+            return srv_fail(e, 400, f, "%s must be [x0, y0, x1, y1] (4 numbers)", f);
+        for (int k = 0; k < 4; k++)
+            if (get_num(json_array_get(b, (size_t)k), &c[k]))
+                return srv_fail(e, 400, f, "%s: coordinates must be numbers", f);
+        if (c[0] > c[2] || c[1] > c[3])
+            return srv_fail(e, 400, f, "%s: need x0 <= x1 and y0 <= y1", f);
+        for (int k = 0; k < 4; k++)
+            r->boxes[4 * i + (size_t)k] = (float)c[k];
+    }
+    r->n_boxes = (int)n;
+    return 0;
+}
+
+/* Contract: image bytes from a base64 string or data URL into r (owned). */
+static int parse_image(const json_t *v, srv_request *r, srv_error *e)
+{
+    const char *s;
+    size_t len;
+    if (!json_is_string(v))
+        return srv_fail(e, 400, "image", "image must be a base64 string, not %s", type_name(v));
+    s = json_string_value(v);
+    len = json_string_length(v);
+    s = srv_base64_strip_data_url(s, &len);
+    if (!s)
+        return srv_fail(e, 400, "image", "image is a data URL that is not base64");
+    if (len == 0)
+        return srv_fail(e, 400, "image", "image is empty");
+    if (srv_base64_decode(s, len, &r->image, &r->image_len) != 0)
+        return srv_fail(e, 400, "image", "image is not valid base64: %s", eng_last_error());
+    r->image_owned = 1;
+    if (r->image_len == 0)
+        return srv_fail(e, 400, "image", "image is empty");
+    return 0;
+}
+
+int srv_request_parse_json(const char *json, size_t len, srv_kind kind, const uint8_t *image_part,
+                           size_t image_part_len, const srv_limits *lim, srv_request *out,
+                           srv_error *e)
+{
+    json_t *root = NULL;
+    json_error_t jerr;
+    const char *key;
+    json_t *v;
+    int rc = -1;
+
+    memset(out, 0, sizeof *out);
+    out->kind = kind;
+    out->multimask = 1;
+    out->output = SRV_OUT_RLE;
+    if (json && len) {
+        root = json_loadb(json, len, JSON_REJECT_DUPLICATES, &jerr);
+        if (!root) {
+            srv_fail(e, 400, "", "malformed JSON at line %d, column %d: %s", jerr.line, jerr.column,
+                     jerr.text);
+            goto out;
+        }
+        if (!json_is_object(root)) {
+            srv_fail(e, 400, "", "the request must be a JSON object, not %s", type_name(root));
+            goto out;
+        }
+    } else {
+        root = json_object();
+        if (!root) {
+            srv_fail(e, 500, "", "out of memory");
+            goto out;
+        }
+    }
+
+    /* Unknown fields first: a typo must not be silently ignored. */
+    json_object_foreach(root, key, v)
+    {
+        static const char *const seg[] = {"image", "image_id", "points", "boxes", "mask_input_id",
+                                          "multimask", "output", "task", NULL};
+        static const char *const emb[] = {"image", NULL};
+        const char *const *allowed = kind == SRV_KIND_SEGMENT ? seg : emb;
+        int ok = 0;
+        for (int i = 0; allowed[i]; i++)
+            ok |= strcmp(allowed[i], key) == 0;
+        if (!ok) {
+            char f[64];
+            snprintf(f, sizeof f, "%.60s", key);
+            srv_fail(e, 400, f, "unknown field '%.100s'", key);
+            goto out;
+        }
+    }
+
+    v = json_object_get(root, "image");
+    if (v && image_part) {
+        srv_fail(e, 400, "image", "image given both as a file part and in the request JSON");
+        goto out;
+    }
+    if (v && parse_image(v, out, e) != 0)
+        goto out;
+    if (image_part) {
+        out->image = (uint8_t *)image_part;
+        out->image_len = image_part_len;
+        out->image_owned = 0;
+        if (image_part_len == 0) {
+            srv_fail(e, 400, "image", "the image part is empty");
+            goto out;
+        }
+    }
+    v = json_object_get(root, "image_id");
+    if (v) {
+        if (out->image) {
+            srv_fail(e, 400, "image_id", "give either image or image_id, not both");
+            goto out;
+        }
+        if (!json_is_string(v) || json_string_length(v) != 64 ||
+            !srv_sha_hex_valid(json_string_value(v), out->image_id)) {
+            srv_fail(e, 400, "image_id", "image_id must be a 64-digit sha256 hex string");
+            goto out;
+        }
+    }
+    if (!out->image && !out->image_id[0]) {
+        srv_fail(e, 400, "image",
+                 kind == SRV_KIND_SEGMENT ? "an image is required (image, image_id, or a multipart "
+                                            "`image` file part)"
+                                          : "an image is required (image or a multipart `image` "
+                                            "file part)");
+        goto out;
+    }
+    if ((v = json_object_get(root, "points")) && parse_points(v, lim, out, e) != 0)
+        goto out;
+    if ((v = json_object_get(root, "boxes")) && parse_boxes(v, lim, out, e) != 0)
+        goto out;
+    if (out->n_boxes > 1 && out->n_points > 0) {
+        srv_fail(e, 400, "points",
+                 "points can be combined with one box only; with several boxes each box is its own "
+                 "prompt");
+        goto out;
+    }
+    if ((v = json_object_get(root, "multimask"))) {
+        if (!json_is_boolean(v)) {
+            srv_fail(e, 400, "multimask", "multimask must be true or false, not %s", type_name(v));
+            goto out;
+        }
+        out->multimask = json_is_true(v);
+    }
+    if ((v = json_object_get(root, "output"))) {
+        const char *s = json_string_value(v);
+        if (!s || (strcmp(s, "rle") && strcmp(s, "png") && strcmp(s, "polygon"))) {
+            srv_fail(e, 400, "output", "output must be \"rle\", \"png\" or \"polygon\"");
+            goto out;
+        }
+        out->output = !strcmp(s, "rle") ? SRV_OUT_RLE : !strcmp(s, "png") ? SRV_OUT_PNG
+                                                                             : SRV_OUT_POLYGON;
+    }
+    if ((v = json_object_get(root, "mask_input_id"))) {
+        srv_fail(e, 400, "mask_input_id", "mask_input_id is not supported yet");
+        goto out;
+    }
+    if ((v = json_object_get(root, "task"))) {
+        size_t n = json_is_string(v) ? json_string_length(v) : 0;
+        if (!json_is_string(v)) {
+            srv_fail(e, 400, "task", "task must be a string, not %s", type_name(v));
+            goto out;
+        }
+        if (n == 0) {
+            srv_fail(e, 400, "task", "task must not be empty");
+            goto out;
+        }
+        if (n > TASK_MAX_BYTES) {
+            srv_fail(e, 400, "task", "task is %zu bytes; at most %d are allowed", n, TASK_MAX_BYTES);
+            goto out;
+        }
+        if (!srv_utf8_valid(json_string_value(v), n)) {
+            srv_fail(e, 400, "task", "task must be valid UTF-8 without NUL characters");
+            goto out;
+        }
+        out->has_task = 1;
+    }
+    rc = 0;
+out:
+    json_decref(root);
+    if (rc != 0)
+        srv_request_free(out);
+    return rc;
+}
+
+/* Contract: 1 when the media type of a Content-Type header is `type`
+ * (case-insensitive, parameters ignored). */
+static int media_is(const char *ct, const char *type)
+{
+    size_t n = strlen(type);
+    while (*ct == ' ')
+        ct++;
+    return strncasecmp(ct, type, n) == 0 && (ct[n] == 0 || ct[n] == ';' || ct[n] == ' ');
+}
+
+int srv_request_parse(const char *content_type, const uint8_t *body, size_t len, srv_kind kind,
+                      const srv_limits *lim, srv_request *out, srv_error *e)
+{
+    memset(out, 0, sizeof *out);
+    if (!content_type || media_is(content_type, "application/json"))
+        return srv_request_parse_json((const char *)body, len, kind, NULL, 0, lim, out, e);
+    if (media_is(content_type, "multipart/form-data")) {
+        srv_part parts[SRV_MULTIPART_MAX_PARTS];
+        const srv_part *img = NULL, *req = NULL;
+        int n = srv_multipart_parse(content_type, body, len, parts, SRV_MULTIPART_MAX_PARTS, e);
+        if (n < 0)
+            return -1;
+        for (int i = 0; i < n; i++) {
+            const srv_part **slot = !strcmp(parts[i].name, "image")     ? &img
+                                    : !strcmp(parts[i].name, "request") ? &req
+                                                                        : NULL;
+            if (!slot)
+                return srv_fail(e, 400, parts[i].name,
+                                "unknown form part '%s' (expected `image` and `request`)",
+                                parts[i].name);
+            if (*slot)
+                return srv_fail(e, 400, parts[i].name, "form part '%s' given twice", parts[i].name);
+            *slot = &parts[i];
+        }
+        if (!img)
+            return srv_fail(e, 400, "image", "multipart request without an `image` file part");
+        return srv_request_parse_json(req ? (const char *)req->data : NULL, req ? req->len : 0,
+                                      kind, img->data, img->len, lim, out, e);
+    }
+    return srv_fail(e, 415, "", "unsupported Content-Type '%.100s' (use application/json or "
+                                "multipart/form-data)",
+                    content_type);
+}
+
+int srv_request_prompts(const srv_request *r, int w, int h, srv_prompts *out, srv_error *e)
+{
+    int n = r->n_boxes > 0 ? r->n_boxes : 1;
+    out->n = 0;
+    out->p = NULL;
+    for (int i = 0; i < r->n_points; i++) {
+        float x = r->points[2 * i], y = r->points[2 * i + 1];
+        if (!(x >= 0 && x <= (float)w && y >= 0 && y <= (float)h)) {
+            char f[64];
+            snprintf(f, sizeof f, "points[%d]", i);
+            return srv_fail(e, 400, f, "%s = (%g, %g) is outside the %dx%d image", f, x, y, w, h);
+        }
+    }
+    for (int i = 0; i < r->n_boxes; i++) {
+        const float *b = &r->boxes[4 * i];
+        if (!(b[0] >= 0 && b[2] <= (float)w && b[1] >= 0 && b[3] <= (float)h)) {
+            char f[64];
+            snprintf(f, sizeof f, "boxes[%d]", i);
+            return srv_fail(e, 400, f, "%s = [%g, %g, %g, %g] is outside the %dx%d image", f, b[0],
+                            b[1], b[2], b[3], w, h);
+        }
+    }
+    out->p = calloc((size_t)n, sizeof *out->p);
+    if (!out->p)
+        return srv_fail(e, 500, "", "out of memory");
+    out->n = n;
+    for (int i = 0; i < n; i++) {
+        eng_sam_prompt *p = &out->p[i];
+        if (r->n_boxes > 0) {
+            p->has_box = 1;
+            memcpy(p->box, &r->boxes[4 * i], sizeof p->box);
+        }
+        if (r->n_boxes <= 1 && r->n_points > 0) {
+            p->n_points = r->n_points;
+            p->points = r->points;
+            p->labels = r->labels;
+        }
+    }
+    return 0;
+}
+
+/* ---- multipart ---- */
+
+/* Contract: finds `needle` in [h, h+hl); NULL when absent. */
+static const uint8_t *find_bytes(const uint8_t *h, size_t hl, const char *needle, size_t nl)
+{
+    if (nl == 0 || hl < nl)
+        return NULL;
+    const uint8_t *end = h + hl - nl;
+    for (const uint8_t *p = h; p <= end; p++) {
+        p = memchr(p, needle[0], (size_t)(end - p) + 1);
+        if (!p)
+            return NULL;
+        if (memcmp(p, needle, nl) == 0)
+            return p;
+    }
+    return NULL;
+}
+
+/* Contract: copies parameter `param` (e.g. "name") of a header value into
+ * out (quoted or bare). 0 found, -1 absent or too long. */
+static int header_param(const char *v, size_t vl, const char *param, char *out, size_t outlen)
+{
+    size_t pl = strlen(param);
+    for (size_t i = 0; i + pl < vl; i++) {
+        if ((i == 0 || v[i - 1] == ';' || v[i - 1] == ' ') && strncasecmp(v + i, param, pl) == 0 &&
+            v[i + pl] == '=') {
+            size_t j = i + pl + 1, k = 0;
+            int quoted = j < vl && v[j] == '"';
+            if (quoted)
+                j++;
+            while (j < vl && (quoted ? v[j] != '"' : (v[j] != ';' && v[j] != ' '))) {
+                if (k + 1 >= outlen)
+                    return -1;
+                out[k++] = v[j++];
+            }
+            out[k] = 0;
+            return 0;
+        }
+    }
+    return -1;
+}
+
+int srv_multipart_parse(const char *content_type, const uint8_t *body, size_t len,
+                        srv_part *parts, int max, srv_error *e)
+{
+    char boundary[80], delim[96];
+    size_t dl;
+    const uint8_t *p, *end = body + len;
+    int n = 0;
+
+    if (header_param(content_type, strlen(content_type), "boundary", boundary, sizeof boundary) != 0 ||
+        !boundary[0])
+        return srv_fail(e, 400, "", "multipart/form-data without a usable boundary parameter");
+    /* Parts are separated by CRLF "--" boundary; the first may start the body. */
+    snprintf(delim, sizeof delim, "\r\n--%s", boundary);
+    dl = strlen(delim);
+    if (len >= dl - 2 && memcmp(body, delim + 2, dl - 2) == 0) {
+        p = body + dl - 2;
+    } else {
+        const uint8_t *f = find_bytes(body, len, delim, dl);
+        if (!f)
+            return srv_fail(e, 400, "", "multipart body has no boundary line");
+        p = f + dl;
+    }
+    for (;;) {
+        /* After a boundary: "--" ends the body, else CRLF then headers. */
+        if (end - p >= 2 && p[0] == '-' && p[1] == '-')
+            return n;
+        while (p < end && (*p == ' ' || *p == '\t'))
+            p++;
+        if (end - p < 2 || p[0] != '\r' || p[1] != '\n')
+            return srv_fail(e, 400, "", "malformed multipart boundary line");
+        p += 2;
+        const uint8_t *hend = find_bytes(p, (size_t)(end - p), "\r\n\r\n", 4);
+        if (!hend)
+            return srv_fail(e, 400, "", "multipart part without a header end");
+        if (n >= max)
+            return srv_fail(e, 400, "", "too many multipart parts (at most %d)", max);
+        srv_part *pt = &parts[n];
+        memset(pt, 0, sizeof *pt);
+        int have_disp = 0;
+        const uint8_t *h = p;
+        while (h < hend + 2) {
+            const uint8_t *eol = find_bytes(h, (size_t)(hend + 2 - h), "\r\n", 2);
+            if (!eol)
+                break;
+            size_t hl = (size_t)(eol - h);
+            static const char cd[] = "content-disposition:";
+            if (hl > sizeof cd - 1 && strncasecmp((const char *)h, cd, sizeof cd - 1) == 0) {
+                const char *v = (const char *)h + sizeof cd - 1;
+                size_t vl = hl - (sizeof cd - 1);
+                if (header_param(v, vl, "name", pt->name, sizeof pt->name) != 0 || !pt->name[0])
+                    return srv_fail(e, 400, "", "multipart part without a (short) name");
+                if (header_param(v, vl, "filename", pt->filename, sizeof pt->filename) != 0)
+                    pt->filename[0] = 0;
+                have_disp = 1;
+            }
+            h = eol + 2;
+        }
+        if (!have_disp)
+            return srv_fail(e, 400, "", "multipart part without Content-Disposition");
+        p = hend + 4;
+        const uint8_t *next = find_bytes(p, (size_t)(end - p), delim, dl);
+        if (!next)
+            return srv_fail(e, 400, pt->name, "multipart part '%s' is not terminated by the boundary",
+                            pt->name);
+        pt->data = p;
+        pt->len = (size_t)(next - p);
+        n++;
+        p = next + dl;
+    }
+}

@@ -1,0 +1,119 @@
+/*
+ * server/request.h: parsing and validating the bodies of POST /v1/segment
+ * and POST /v1/embeddings (JSON, or multipart/form-data with an `image` file
+ * part and a `request` JSON part), and the JSON error shape every route
+ * answers with.
+ *
+ * Validation happens in two steps: srv_request_parse() checks everything
+ * that does not need the image (fields, types, counts, box ordering, task
+ * text); srv_request_prompts() checks coordinates against the image size
+ * once it is known and builds the engine prompts.
+ */
+#ifndef TASAM_SERVER_REQUEST_H
+#define TASAM_SERVER_REQUEST_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "engine/sam.h"
+
+/* An HTTP error: status, message and the request field at fault. */
+typedef struct srv_error {
+    int status;          /* HTTP status (400, 413, ...) */
+    char message[512];   /* human-readable, one line */
+    char field[64];      /* "points[2]", "image", or "" */
+} srv_error;
+
+/* Set *e and return -1, so `return srv_fail(e, 400, "points", "...")`. */
+int srv_fail(srv_error *e, int status, const char *field, const char *fmt, ...)
+    __attribute__((format(printf, 4, 5)));
+
+/* Mask output encodings. */
+typedef enum srv_output { SRV_OUT_RLE = 0, SRV_OUT_PNG, SRV_OUT_POLYGON } srv_output;
+
+/* What the request is for. */
+typedef enum srv_kind { SRV_KIND_SEGMENT = 0, SRV_KIND_EMBED } srv_kind;
+
+/* Per-request limits (from the config). */
+typedef struct srv_limits {
+    int max_points;     /* points per prompt */
+    int max_prompts;    /* boxes per request */
+} srv_limits;
+
+/* A parsed request. Free with srv_request_free(). */
+typedef struct srv_request {
+    srv_kind kind;             /* segment or embeddings */
+    uint8_t *image;            /* image bytes (owned when image_owned) or NULL */
+    size_t image_len;          /* bytes at image */
+    int image_owned;           /* 1: image is malloc'd here (base64); 0: borrowed from the body */
+    char image_id[65];         /* lowercase sha256 hex when given instead of an image, else "" */
+    int n_points;              /* points (shared by the single prompt) */
+    float *points;             /* [n_points, 2] x, y (malloc'd) */
+    int *labels;               /* [n_points] 0/1 (malloc'd) */
+    int n_boxes;               /* boxes, one prompt each */
+    float *boxes;              /* [n_boxes, 4] x0, y0, x1, y1 (malloc'd) */
+    int multimask;             /* 1: three masks per prompt (default), 0: one */
+    srv_output output;         /* mask encoding */
+    int has_task;              /* a valid `task` was given (answered 501 for now) */
+} srv_request;
+
+/* The engine prompts of a request, built against an image size. */
+typedef struct srv_prompts {
+    int n;                     /* prompts (>= 1) */
+    eng_sam_prompt *p;         /* [n] (malloc'd); point arrays borrowed from the request */
+} srv_prompts;
+
+/*
+ * Parse a JSON request body. `image_part` (may be NULL) is the bytes of a
+ * multipart `image` part, borrowed: then the JSON must not carry `image` or
+ * `image_id`. A NULL/empty json means "{}" (multipart without a request
+ * part). Returns 0, or -1 with *e set (400 for malformed input, 413 never:
+ * the body limit is enforced earlier).
+ */
+int srv_request_parse_json(const char *json, size_t len, srv_kind kind, const uint8_t *image_part,
+                           size_t image_part_len, const srv_limits *lim, srv_request *out,
+                           srv_error *e);
+
+/*
+ * Parse a body by its Content-Type: application/json, or multipart/form-data
+ * with parts `image` (required, the file) and `request` (optional JSON).
+ * Unknown content types are 415. The request borrows from `body`.
+ */
+int srv_request_parse(const char *content_type, const uint8_t *body, size_t len, srv_kind kind,
+                      const srv_limits *lim, srv_request *out, srv_error *e);
+
+/* Check every coordinate against a w x h image and build the prompts:
+ * no boxes -> one prompt (the points, or none at all: prompt-free);
+ * k boxes -> k prompts (points allowed only with one box). */
+int srv_request_prompts(const srv_request *r, int w, int h, srv_prompts *out, srv_error *e);
+
+void srv_prompts_free(srv_prompts *p);
+void srv_request_free(srv_request *r);
+
+/* 1 when s[0..len) is valid UTF-8 without NUL bytes. */
+int srv_utf8_valid(const char *s, size_t len);
+
+/* 1 when s is 64 hex digits; writes the lowercase form to out (65 bytes). */
+int srv_sha_hex_valid(const char *s, char out[65]);
+
+/* ---- multipart/form-data ---- */
+
+#define SRV_MULTIPART_MAX_PARTS 8
+
+/* One part, pointing into the body. */
+typedef struct srv_part {
+    char name[64];              /* form field name */
+    char filename[128];         /* filename parameter, "" when absent */
+    const uint8_t *data;        /* content (borrowed) */
+    size_t len;                 /* content bytes */
+} srv_part;
+
+/*
+ * Split a multipart/form-data body. `content_type` is the header value
+ * (its boundary parameter is used). At most `max` parts. Returns the number
+ * of parts, or -1 with *e set (400 naming what is malformed).
+ */
+int srv_multipart_parse(const char *content_type, const uint8_t *body, size_t len,
+                        srv_part *parts, int max, srv_error *e);
+
+#endif

@@ -1,0 +1,374 @@
+/*
+ * server/worker.c: the inference worker thread. It alone owns the backend
+ * and the SAM model: it loads them, then takes jobs from the scheduler,
+ * batches image-encoder work, runs the decoder and postprocessing, and hands
+ * each job back through its `done` callback.
+ */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "engine/error.h"
+#include "engine/image.h"
+#include "engine/ops.h"
+#include "engine/sam.h"
+#include "server/log.h"
+#include "server/scheduler.h"
+
+#define IMG_FLOATS ((size_t)3 * ENG_SAM_IMG * ENG_SAM_IMG)
+
+/* The worker's state, on its own stack. */
+typedef struct worker {
+    srv_sched *s;          /* the scheduler (borrowed) */
+    eng_backend *be;       /* owned */
+    eng_sam *m;            /* owned */
+    int max_batch;         /* images per encoder call */
+    float *inputs;         /* [max_batch, 3, 1024, 1024] encoder inputs */
+    float *embs;           /* [max_batch, 256, 64, 64] encoder outputs */
+    srv_job **batch;       /* jobs of the current batch */
+    int batch_cap;         /* capacity of batch */
+} worker;
+
+static const char *dtype_precision(eng_dtype t)
+{
+    return t == ENG_F16 ? "fp16" : t == ENG_BF16 ? "bf16" : "fp32";
+}
+
+/* Contract: creates the backend the config asks for (auto: CUDA if usable,
+ * else CPU). Returns 0 or a negative code with eng_last_error() set. */
+static int make_backend(worker *w)
+{
+    srv_config *cfg = w->s->cfg;
+    int dev = (int)srv_config_int(cfg, SRV_OPT_DEVICE);
+    int prec = (int)srv_config_int(cfg, SRV_OPT_PRECISION);
+    int rc = ENG_EUNSUP;
+    if (dev != SRV_DEVICE_CPU) {
+        if (prec == SRV_PREC_AUTO) {
+            rc = eng_backend_cuda_create(&w->be, 0, ENG_BF16);
+            if (rc)
+                rc = eng_backend_cuda_create(&w->be, 0, ENG_F16);
+        } else {
+            eng_dtype t = prec == SRV_PREC_FP32 ? ENG_F32 : prec == SRV_PREC_FP16 ? ENG_F16 : ENG_BF16;
+            rc = eng_backend_cuda_create(&w->be, 0, t);
+        }
+        if (rc && dev == SRV_DEVICE_CUDA)
+            return rc;
+        if (rc)
+            srv_log_info("worker: no usable CUDA device (%s); using the CPU", eng_last_error());
+    }
+    if (rc) {
+        if (prec == SRV_PREC_FP16 || prec == SRV_PREC_BF16)
+            return eng_error(ENG_EUNSUP, "precision %s needs a CUDA device; the CPU runs fp32",
+                             srv_config_str(cfg, SRV_OPT_PRECISION));
+        rc = eng_backend_cpu_create(&w->be, (int)srv_config_int(cfg, SRV_OPT_CPU_THREADS));
+    }
+    return rc;
+}
+
+static void update_memory(worker *w)
+{
+    size_t used = 0, total = 0;
+    eng_backend_memory(w->be, &used, &total);
+    srv_metrics_gauge_set(&w->s->metrics->memory_used, (int64_t)used);
+    srv_metrics_gauge_set(&w->s->metrics->memory_total, (int64_t)total);
+}
+
+/* Contract: loads everything; on failure records the message in the
+ * scheduler, returns -1 and leaves nothing allocated. */
+static int worker_load(worker *w)
+{
+    srv_sched *s = w->s;
+    eng_sam_options opt = {0};
+    double t0 = srv_now();
+    const char *ckpt = srv_config_str(s->cfg, SRV_OPT_CHECKPOINT);
+    int rc;
+
+    w->max_batch = (int)srv_config_int(s->cfg, SRV_OPT_MAX_BATCH);
+    if ((rc = make_backend(w)) != 0) {
+        snprintf(s->load_error, sizeof s->load_error, "backend: %s", eng_last_error());
+        return -1;
+    }
+    opt.max_points = (int)srv_config_int(s->cfg, SRV_OPT_MAX_POINTS);
+    opt.max_batch = w->max_batch;
+    srv_log_info("worker: loading %s on %s", ckpt, eng_backend_describe(w->be));
+    if ((rc = eng_sam_load(&w->m, ckpt, w->be, &opt)) != 0) {
+        snprintf(s->load_error, sizeof s->load_error, "%s", eng_last_error());
+        return -1;
+    }
+    w->batch_cap = 4 * (int)srv_config_int(s->cfg, SRV_OPT_QUEUE_DEPTH) + 16;
+    if (w->batch_cap > 4096)
+        w->batch_cap = 4096;
+    w->inputs = malloc((size_t)w->max_batch * IMG_FLOATS * sizeof(float));
+    w->embs = malloc((size_t)w->max_batch * ENG_SAM_EMB_FLOATS * sizeof(float));
+    w->batch = malloc((size_t)w->batch_cap * sizeof *w->batch);
+    if (!w->inputs || !w->embs || !w->batch) {
+        snprintf(s->load_error, sizeof s->load_error, "out of memory for %d encoder inputs",
+                 w->max_batch);
+        return -1;
+    }
+    const eng_sam_config *mc = eng_sam_get_config(w->m);
+    srv_model_info *in = &s->info;
+    snprintf(in->model_id, sizeof in->model_id, "%s", eng_sam_model_id(w->m));
+    snprintf(in->arch, sizeof in->arch, "%s", mc->name);
+    in->embed_dim = mc->embed_dim;
+    in->depth = mc->depth;
+    snprintf(in->device, sizeof in->device, "%s", eng_backend_describe(w->be));
+    snprintf(in->precision, sizeof in->precision, "%s", dtype_precision(eng_backend_dtype(w->be)));
+    in->workspace_bytes = eng_sam_workspace_bytes(w->m);
+    in->load_seconds = srv_now() - t0;
+    srv_cache_set_model(s->cache, in->model_id, in->precision);
+    update_memory(w);
+    srv_log_info("worker: model %s (%s, embed %d, depth %d) ready on %s in %.2f s", in->model_id,
+                 in->arch, in->embed_dim, in->depth, in->device, in->load_seconds);
+    return 0;
+}
+
+static void worker_unload(worker *w)
+{
+    eng_sam_destroy(w->m);
+    eng_backend_destroy(w->be);
+    free(w->inputs);
+    free(w->embs);
+    free(w->batch);
+    w->m = NULL;
+    w->be = NULL;
+}
+
+static void fail_job(srv_sched *s, srv_job *j, int status, const char *fmt, const char *detail)
+{
+    j->status = status;
+    srv_fail(&j->err, status, "", fmt, detail);
+    srv__sched_finish(s, j);
+}
+
+/*
+ * Contract: answers one job from an embedding: for segment jobs the decoder
+ * and postprocessing; then completes the job.
+ */
+static void serve(worker *w, srv_job *j, const float *emb, int hit, srv_cache_tier tier)
+{
+    srv_sched *s = w->s;
+    const srv_prompts *pr = j->prompts;
+    eng_sam_imginfo info = j->info;
+    float *low = NULL;
+    double t;
+    int rc;
+
+    j->cache_hit = hit;
+    j->tier = tier;
+    if (j->kind == SRV_KIND_EMBED || !pr) {
+        j->status = 200;
+        srv__sched_finish(s, j);
+        return;
+    }
+    eng_resize_shape(info.orig_w, info.orig_h, ENG_SAM_IMG, &info.input_w, &info.input_h);
+    int C = j->multimask ? 3 : 1;
+    size_t n = (size_t)pr->n * (size_t)C;
+    size_t px = (size_t)info.orig_w * (size_t)info.orig_h;
+    j->per_prompt = C;
+    j->iou = malloc(n * sizeof(float));
+    j->stability = malloc(n * sizeof(float));
+    low = malloc(n * ENG_SAM_LOWRES_FLOATS * sizeof(float));
+    j->masks = malloc(n * px);
+    if (!j->iou || !j->stability || !low || !j->masks) {
+        free(low);
+        srv_job_free_results(j);
+        fail_job(s, j, 503, "%s", "not enough memory for the masks of this request; retry later");
+        return;
+    }
+    t = srv_now();
+    rc = eng_sam_decode(w->m, emb, &info, pr->p, pr->n, j->multimask, j->iou, low);
+    j->t.decode_masks = (srv_now() - t) * 1e3;
+    srv_hist_observe(&s->metrics->decoder_seconds, j->t.decode_masks * 1e-3);
+    if (rc == 0) {
+        t = srv_now();
+        rc = eng_sam_postprocess(w->m, low, (int)n, &info, j->masks, j->stability);
+        j->t.postprocess = (srv_now() - t) * 1e3;
+        srv_hist_observe(&s->metrics->postprocess_seconds, j->t.postprocess * 1e-3);
+    }
+    free(low);
+    if (rc != 0) {
+        srv_job_free_results(j);
+        srv_log_error("worker: decoding %s failed: %s", j->sha, eng_last_error());
+        fail_job(s, j, 500, "the mask decoder failed: %s", eng_last_error());
+        return;
+    }
+    j->n_masks = (int)n;
+    j->status = 200;
+    srv__sched_finish(s, j);
+}
+
+/* Contract: fills `input` from the job's resized pixels, or decodes and
+ * resizes its raw bytes. Returns 0, or an HTTP status with j->err set. */
+static int prepare_input(srv_job *j, float *input)
+{
+    if (j->resized) {
+        eng_sam_normalize_pad(j->resized, j->info.input_w, j->info.input_h, input);
+        return 0;
+    }
+    eng_image img = {0};
+    int rc = eng_image_decode(j->raw, j->raw_len, j->max_pixels, &img);
+    if (rc == 0) {
+        eng_sam_imginfo info;
+        rc = eng_sam_preprocess(&img, input, &info);
+        eng_image_free(&img);
+        if (rc == 0) {
+            j->info = info;
+            return 0;
+        }
+    }
+    int st = rc == ENG_ELIMIT ? 413 : rc == ENG_EUNSUP ? 415 : rc == ENG_ENOMEM ? 503 : 400;
+    srv_fail(&j->err, st, "image", "image: %s", eng_last_error());
+    return st;
+}
+
+/* Contract: encodes the batch's distinct images, stores the embeddings and
+ * serves every job of the batch. */
+static void run_batch(worker *w, char (*shas)[65], int n_shas, srv_job **jobs, int n_jobs)
+{
+    srv_sched *s = w->s;
+    srv_job *rep[64];
+    int ok[64], n_ok = 0, slot[64];
+    double t;
+
+    /* One representative job per image supplies the pixels. */
+    for (int k = 0; k < n_shas; k++) {
+        rep[k] = NULL;
+        for (int i = 0; i < n_jobs && !rep[k]; i++)
+            if (strcmp(jobs[i]->sha, shas[k]) == 0)
+                rep[k] = jobs[i];
+        ok[k] = 0;
+        slot[k] = -1;
+        if (!rep[k])
+            continue;
+        int st = prepare_input(rep[k], w->inputs + (size_t)n_ok * IMG_FLOATS);
+        if (st) {
+            for (int i = 0; i < n_jobs; i++)
+                if (jobs[i] && strcmp(jobs[i]->sha, shas[k]) == 0) {
+                    srv_job *j = jobs[i];
+                    jobs[i] = NULL;
+                    if (j != rep[k])
+                        j->err = rep[k]->err;
+                    j->status = st;
+                    srv__sched_finish(s, j);
+                }
+            continue;
+        }
+        ok[k] = 1;
+        slot[k] = n_ok++;
+    }
+    if (n_ok == 0)
+        return;
+    t = srv_now();
+    int rc = eng_sam_encode(w->m, w->inputs, n_ok, w->embs);
+    double enc_ms = (srv_now() - t) * 1e3;
+    srv_hist_observe(&s->metrics->encoder_seconds, enc_ms * 1e-3);
+    srv_hist_observe(&s->metrics->batch_size, n_ok);
+    srv_metrics_add(&s->metrics->images_encoded, (uint64_t)n_ok);
+    if (rc != 0)
+        srv_log_error("worker: encoding %d images failed: %s", n_ok, eng_last_error());
+    for (int k = 0; k < n_shas; k++) {
+        if (!ok[k])
+            continue;
+        const float *emb = w->embs + (size_t)slot[k] * ENG_SAM_EMB_FLOATS;
+        int first = 1;
+        if (rc == 0 && srv_cache_put(s->cache, shas[k], emb, rep[k]->info.orig_w,
+                                     rep[k]->info.orig_h) != 0)
+            srv_log_warn("worker: could not store the embedding of %s", shas[k]);
+        for (int i = 0; i < n_jobs; i++) {
+            srv_job *j = jobs[i];
+            if (!j || strcmp(j->sha, shas[k]) != 0)
+                continue;
+            jobs[i] = NULL;
+            if (rc != 0) {
+                fail_job(s, j, 500, "the image encoder failed: %s", eng_last_error());
+                continue;
+            }
+            srv_metrics_add(&s->metrics->cache_misses, 1);
+            if (!first)
+                srv_metrics_add(&s->metrics->encodes_shared, 1);
+            first = 0;
+            j->t.encode = enc_ms;
+            j->info.orig_w = rep[k]->info.orig_w;
+            j->info.orig_h = rep[k]->info.orig_h;
+            serve(w, j, emb, 0, SRV_TIER_NONE);
+        }
+    }
+    update_memory(w);
+}
+
+static void worker_loop(worker *w)
+{
+    srv_sched *s = w->s;
+    srv_job *j;
+    char shas[64][65];
+
+    while ((j = srv__sched_next(s))) {
+        const float *emb;
+        int ew, eh, rc;
+        srv_cache_tier tier;
+        double now = srv_now();
+
+        j->t.queue = (now - j->t_submit) * 1e3;
+        if (j->deadline > 0 && now >= j->deadline) {
+            srv_metrics_add(&s->metrics->deadline_expired, 1);
+            fail_job(s, j, 504, "%s", "the request's deadline passed while it was queued");
+            continue;
+        }
+        rc = srv_cache_get(s->cache, j->sha, &emb, &ew, &eh, &tier);
+        if (rc == 0) {
+            srv_metrics_add(tier == SRV_TIER_MEMORY ? &s->metrics->cache_hits_mem
+                                                    : &s->metrics->cache_hits_disk,
+                            1);
+            j->info.orig_w = ew;
+            j->info.orig_h = eh;
+            serve(w, j, emb, 1, tier);
+            continue;
+        }
+        if (!j->raw && !j->resized) {
+            j->status = 404;
+            srv_fail(&j->err, 404, "image_id",
+                     "no cached embedding for image_id %s (evicted or never computed); send the "
+                     "image",
+                     j->sha);
+            srv__sched_finish(s, j);
+            continue;
+        }
+        int n_shas = 1, n_jobs = 1;
+        memcpy(shas[0], j->sha, 65);
+        w->batch[0] = j;
+        double wait = (double)srv_config_int(s->cfg, SRV_OPT_BATCH_WAIT_MS) * 1e-3;
+        int maxb = w->max_batch < 64 ? w->max_batch : 64;
+        srv__sched_gather(s, shas, &n_shas, maxb, w->batch, &n_jobs, w->batch_cap, srv_now() + wait);
+        run_batch(w, shas, n_shas, w->batch, n_jobs);
+    }
+}
+
+void *srv__worker_main(void *arg)
+{
+    worker w;
+    srv_sched *s = arg;
+    memset(&w, 0, sizeof w);
+    w.s = s;
+    if (worker_load(&w) != 0) {
+        srv_log_error("worker: cannot load the model: %s", s->load_error);
+        worker_unload(&w);
+        pthread_mutex_lock(&s->mu);
+        s->failed = 1;
+        pthread_mutex_unlock(&s->mu);
+        if (s->on_state)
+            s->on_state(s->on_state_arg);
+        return NULL;
+    }
+    pthread_mutex_lock(&s->mu);
+    __atomic_store_n(&s->ready, 1, __ATOMIC_RELEASE);
+    pthread_mutex_unlock(&s->mu);
+    srv_metrics_gauge_set(&s->metrics->ready, 1);
+    if (s->on_state)
+        s->on_state(s->on_state_arg);
+    worker_loop(&w);
+    srv_metrics_gauge_set(&s->metrics->ready, 0);
+    worker_unload(&w);
+    srv_log_info("worker: stopped");
+    return NULL;
+}
