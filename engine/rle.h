@@ -38,4 +38,40 @@ void eng_rle_free(eng_rle *r);
 uint64_t eng_rle_area(const eng_rle *r);
 void eng_rle_bbox(const eng_rle *r, double bbox[4]);
 
+/*
+ * Outer boundaries of a mask's connected components, for the API's
+ * `output: "polygon"`.
+ *
+ * Foreground (non-zero) pixels are 8-connected. Each component yields one
+ * closed polygon: its outer boundary, traced along pixel edges, so vertices
+ * are pixel-corner coordinates (pixel (x, y) covers [x, x+1] x [y, y+1]).
+ * Vertices are listed clockwise as seen on screen (y down), starting at the
+ * top-left corner of the component's first pixel in raster order; the
+ * closing edge back to the first vertex is implied, and only turning points
+ * are kept (no collinear vertices). Two pixels of one component that touch
+ * only at a corner make the polygon pass through that corner twice: the
+ * polygon may touch itself there, but never crosses itself.
+ *
+ * Holes are not reported: a ring-shaped component gives only its outside
+ * boundary, and a component inside a hole of another gets its own polygon.
+ * Polygons come in the raster order of their first pixels.
+ */
+typedef struct eng_polygon {
+    size_t n;          /* number of vertices */
+    int32_t *xy;       /* x0, y0, x1, y1, ...: 2n values, inside the owning
+                        * eng_polygons' storage */
+} eng_polygon;
+
+typedef struct eng_polygons {
+    size_t n;            /* number of polygons */
+    eng_polygon *polys;  /* malloc'd */
+    int32_t *coords;     /* malloc'd; every polygon's xy points in here */
+} eng_polygons;
+
+/* Trace a row-major h x w mask (non-zero = foreground). An empty mask gives
+ * n = 0. On failure *out is left empty (safe to free). */
+int eng_mask_polygons(const uint8_t *mask, int h, int w, eng_polygons *out);
+
+void eng_polygons_free(eng_polygons *p);
+
 #endif
