@@ -13,7 +13,7 @@ FUZZ_SECONDS ?= 15
 CSTD     = -std=c11 -D_GNU_SOURCE
 WARN     = -Wall -Wextra -Werror -Wno-unused-parameter
 INCLUDES = -I. -I/usr/include/x86_64-linux-gnu/openblas-pthread
-CFLAGS_ALL = $(CSTD) $(WARN) $(OPT) -g -pthread -fno-strict-aliasing $(INCLUDES) $(CFLAGS)
+CFLAGS_ALL = $(CSTD) $(WARN) $(OPT) -g -pthread -fno-strict-aliasing -fno-trapping-math $(INCLUDES) $(CFLAGS)
 LDLIBS_ALL = -lopenblas -ljpeg -lpng -lz -ljansson -lmicrohttpd -luv -lsqlite3 -lm -lpthread $(LDLIBS)
 
 ifeq ($(SAN),1)
@@ -80,31 +80,47 @@ help:
 deps:
 	@deploy/deps.sh
 
-$(BUILD)/obj/%.o: %.c
-	@mkdir -p $(dir $@)
-	$(CC) $(CFLAGS_ALL) -MMD -MP -c $< -o $@
+# Objects rebuild when the compiler command line changes (CUDA on/off, SAN,
+# OPT): the stamp is rewritten only when its content differs.
+CONFIG_SIG := $(CC) $(CFLAGS_ALL) | $(NVCC) $(NVCCFLAGS) | $(CUDA)
+$(BUILD)/.config: FORCE
+	@mkdir -p $(BUILD)
+	@echo '$(CONFIG_SIG)' | cmp -s - $@ || echo '$(CONFIG_SIG)' > $@
+.PHONY: FORCE
+FORCE:
 
-$(BUILD)/obj/%.o: %.cu
+$(BUILD)/obj/%.o: %.c $(BUILD)/.config
 	@mkdir -p $(dir $@)
-	$(NVCC) $(NVCCFLAGS) -c $< -o $@
+	@echo "  CC      $<"
+	@$(CC) $(CFLAGS_ALL) -MMD -MP -c $< -o $@
+
+$(BUILD)/obj/%.o: %.cu $(BUILD)/.config
+	@mkdir -p $(dir $@)
+	@echo "  NVCC    $<"
+	@$(NVCC) $(NVCCFLAGS) -c $< -o $@
 
 $(LIB): $(LIB_OBJ)
 	@rm -f $@
-	ar rcs $@ $^
+	@echo "  AR      $@"
+	@ar rcs $@ $^
 
 $(BUILD)/tasam: $(BUILD)/obj/server/tasam_cli.o $(LIB)
-	$(CC) $(LDFLAGS) -pthread -o $@ $^ $(LDLIBS_ALL)
+	@echo "  LD      $@"
+	@$(CC) $(LDFLAGS) -pthread -o $@ $^ $(LDLIBS_ALL)
 
 $(BUILD)/tasamd: $(BUILD)/obj/server/main.o $(LIB)
-	$(CC) $(LDFLAGS) -pthread -o $@ $^ $(LDLIBS_ALL)
+	@echo "  LD      $@"
+	@$(CC) $(LDFLAGS) -pthread -o $@ $^ $(LDLIBS_ALL)
 
 $(BUILD)/tests/%: $(BUILD)/obj/tests/%.o $(LIB)
 	@mkdir -p $(dir $@)
-	$(CC) $(LDFLAGS) -pthread -o $@ $^ $(LDLIBS_ALL)
+	@echo "  LD      $@"
+	@$(CC) $(LDFLAGS) -pthread -o $@ $^ $(LDLIBS_ALL)
 
 $(BUILD)/bench/%: $(BUILD)/obj/bench/%.o $(LIB)
 	@mkdir -p $(dir $@)
-	$(CC) $(LDFLAGS) -pthread -o $@ $^ $(LDLIBS_ALL)
+	@echo "  LD      $@"
+	@$(CC) $(LDFLAGS) -pthread -o $@ $^ $(LDLIBS_ALL)
 
 # Tests: the plain build, then the sanitizer build, then bounded fuzzing. The
 # last line printed is the total "N passed, N failed, N skipped".

@@ -109,37 +109,144 @@ static float *cpu_scratch(eng_cpu *c, size_t n)
     return c->scratch;
 }
 
-static inline float eng__gelu(float x) { return 0.5f * x * (1.0f + erff(x * 0.70710678118654752f)); }
 
-static inline float eng__act(float x, eng_act act)
+/* exp for x <= 0 (softmax after max subtraction): 2^n * p(r), |r| <= ln2/2,
+ * degree-6 polynomial, about 1 ulp; branch-free so the loop vectorises. */
+static inline float eng__exp_neg(float x)
 {
-    switch (act) {
-    case ENG_ACT_GELU: return eng__gelu(x);
-    case ENG_ACT_RELU: return x > 0.0f ? x : 0.0f;
-    default: return x;
-    }
+    x = x < -87.0f ? -87.0f : x;
+    /* round to nearest with the 1.5 * 2^23 trick: no libm call, vectorises */
+    float n = (x * 1.44269504088896341f + 12582912.0f) - 12582912.0f;
+    float r = x - n * 0.693359375f + n * 2.12194440e-4f;
+    float p = 1.0f + r * (1.0f + r * (0.5f + r * (0.166666672f + r * (0.0416666679f +
+                                                                   r * (0.00833333377f +
+                                                                        r * 0.00138888892f)))));
+    int32_t e = ((int32_t)n + 127) << 23;
+    float scale;
+    memcpy(&scale, &e, 4);
+    return p * scale;
 }
 
-/* ---- bias + activation + residual epilogue, parallel over rows ---- */
-
-typedef struct {
-    float *y;
-    const float *b, *res;
-    int N;
-    eng_act act;
-} eng__epi;
-
-static void eng__epi_rows(void *p, int64_t r0, int64_t r1)
+/* erf to about 1.5e-7 absolute (Abramowitz & Stegun 7.1.26), branch-free so
+ * GELU loops vectorise; libm's erff is exact to an ulp but scalar and was a
+ * tenth of the decoder's time. The fp32 tolerances (2e-3) leave ample room. */
+static inline float eng__erf(float x)
 {
-    const eng__epi *e = p;
+    float ax = x < 0 ? -x : x;
+    float t = 1.0f / (1.0f + 0.3275911f * ax);
+    float poly = t * (0.254829592f +
+                      t * (-0.284496736f + t * (1.421413741f + t * (-1.453152027f + t * 1.061405429f))));
+    float e = eng__exp_neg(-ax * ax);
+    float y = 1.0f - poly * e;
+    return x < 0 ? -y : y;
+}
+
+static void eng__act_vec(float *y, const float *x, int64_t n, eng_act act)
+{
+    if (act == ENG_ACT_GELU)
+        for (int64_t i = 0; i < n; i++)
+            y[i] = 0.5f * x[i] * (1.0f + eng__erf(x[i] * 0.70710678118654752f));
+    else if (act == ENG_ACT_RELU)
+        for (int64_t i = 0; i < n; i++)
+            y[i] = x[i] > 0.0f ? x[i] : 0.0f;
+    else if (y != x)
+        memmove(y, x, (size_t)n * sizeof(float));
+}
+
+static void eng__add_vec(float *restrict y, const float *restrict b, int64_t n)
+{
+    for (int64_t i = 0; i < n; i++)
+        y[i] += b[i];
+}
+
+/* ---- GEMM: OpenBLAS single-threaded per call, split over the pool ----
+ * OpenBLAS runs with one thread (set at create) and every GEMM is cut into
+ * one block of rows (or of columns, when there are few rows) per worker, so
+ * all CPU parallelism lives in one pool and GEMMs can also be called from
+ * inside parallel tasks (attention) without oversubscribing the cores. The
+ * epilogue (bias, activation, residual) runs on each block while it is hot. */
+
+typedef struct eng__gemm {
+    int tb;              /* B is [N, K] (transposed use) rather than [K, N] */
+    int M, N, K;
+    float alpha, beta;
+    const float *A;      /* [M, K], row stride lda */
+    int lda;
+    const float *B;
+    int ldb;
+    float *C;            /* [M, N], row stride ldc */
+    int ldc;
+    int split_n;         /* 1: workers take column blocks */
+    const float *bias;   /* [N / group] or NULL */
+    int group;
+    const float *res;    /* [M, N] contiguous or NULL, added after act */
+    eng_act act;
+} eng__gemm;
+
+static void eng__gemm_epilogue(const eng__gemm *g, int64_t r0, int64_t r1, int64_t c0, int64_t c1);
+
+static void eng__gemm_block(void *p, int64_t i0, int64_t i1, int worker)
+{
+    const eng__gemm *g = p;
+    int64_t r0 = 0, r1 = g->M, c0 = 0, c1 = g->N;
+    if (g->split_n) {
+        c0 = i0;
+        c1 = i1;
+    } else {
+        r0 = i0;
+        r1 = i1;
+    }
+    const float *B = g->tb ? g->B + c0 * g->ldb : g->B + c0;
+    cblas_sgemm(CblasRowMajor, CblasNoTrans, g->tb ? CblasTrans : CblasNoTrans, (int)(r1 - r0),
+                (int)(c1 - c0), g->K, g->alpha, g->A + r0 * g->lda, g->lda, B, g->ldb, g->beta,
+                g->C + r0 * g->ldc + c0, g->ldc);
+    if (g->bias || g->res || g->act != ENG_ACT_NONE)
+        eng__gemm_epilogue(g, r0, r1, c0, c1);
+}
+
+static void eng__gemm_run(eng__gemm *g)
+{
+    int nt = eng_parallel_threads();
+    /* Blocks of at least 16 rows / 64 columns keep the BLAS kernels efficient. */
+    int64_t by_rows = g->M / 16, by_cols = g->N / 64;
+    if (g->group < 1)
+        g->group = 1;
+    g->split_n = by_rows < nt && by_cols > by_rows;
+    int64_t n = g->split_n ? g->N : g->M;
+    if (nt == 1 || (g->split_n ? by_cols : by_rows) < 2)
+        eng__gemm_block(g, 0, n, 0);
+    else if (g->split_n)
+        /* column blocks must keep bias groups whole: split in units of `group` */
+        eng_parallel_run(n, eng__gemm_block, g);
+    else
+        eng_parallel_run(n, eng__gemm_block, g);
+}
+
+/* ---- bias + activation + residual epilogue ---- */
+
+static void eng__gemm_epilogue(const eng__gemm *g, int64_t r0, int64_t r1, int64_t c0, int64_t c1)
+{
+    int64_t n = c1 - c0;
+    float *bias = NULL;
+    float bbuf[1024]; /* the block's bias, expanded from groups */
+    if (g->bias && g->group > 1 && n <= 1024) {
+        for (int64_t j = 0; j < n; j++)
+            bbuf[j] = g->bias[(c0 + j) / g->group];
+        bias = bbuf;
+    } else if (g->bias && g->group == 1) {
+        bias = (float *)g->bias + c0;
+    }
     for (int64_t r = r0; r < r1; r++) {
-        float *y = e->y + r * e->N;
-        const float *res = e->res ? e->res + r * e->N : NULL;
-        for (int j = 0; j < e->N; j++) {
-            float v = y[j] + (e->b ? e->b[j] : 0.0f);
-            v = eng__act(v, e->act);
-            y[j] = res ? v + res[j] : v;
-        }
+        float *y = g->C + r * g->ldc + c0;
+        if (bias)
+            eng__add_vec(y, bias, n);
+        else if (g->bias) /* wide grouped block: rare, index per element */
+            for (int64_t j = 0; j < n; j++)
+                y[j] += g->bias[(c0 + j) / g->group];
+        if (g->act != ENG_ACT_NONE)
+            eng__act_vec(y, y, n, g->act);
+        if (g->res)
+            eng__add_vec(y, g->res + r * g->N + c0, n);
     }
 }
 
@@ -148,7 +255,7 @@ static int cpu_linear(eng_backend *be, void *yv, const void *xv, int64_t ldx, co
 {
     float *y = yv;
     const float *res = resv;
-    /* With no activation the residual can ride in GEMM's beta; y may alias it. */
+    /* With no activation the residual rides in GEMM's beta; y may alias it. */
     float beta = 0.0f;
     if (res && act == ENG_ACT_NONE) {
         if (res != y)
@@ -157,37 +264,19 @@ static int cpu_linear(eng_backend *be, void *yv, const void *xv, int64_t ldx, co
         res = NULL;
     }
     assert(!res || res != y); /* act + residual needs y distinct from res */
-    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, M, N, K, 1.0f, xv, (int)ldx, wv, K, beta,
-                y, N);
-    if (bv || res || act != ENG_ACT_NONE) {
-        eng__epi e = {y, bv, res, N, act};
-        eng_parallel_for(M, 64, eng__epi_rows, &e);
-    }
+    eng__gemm g = {.tb = 1, .M = M, .N = N, .K = K, .alpha = 1.0f, .beta = beta,
+                   .A = xv, .lda = (int)ldx, .B = wv, .ldb = K, .C = y, .ldc = N,
+                   .bias = bv, .group = 1, .res = res, .act = act};
+    eng__gemm_run(&g);
     return 0;
-}
-
-typedef struct {
-    float *y;
-    const float *b;
-    int N, group;
-} eng__gbias;
-
-static void eng__gbias_rows(void *p, int64_t r0, int64_t r1)
-{
-    const eng__gbias *g = p;
-    for (int64_t r = r0; r < r1; r++)
-        for (int j = 0; j < g->N; j++)
-            g->y[r * g->N + j] += g->b[j / g->group];
 }
 
 static int cpu_matmul_nn(eng_backend *be, void *y, const void *x, const void *w, const void *b,
                          int M, int K, int N, int group)
 {
-    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, M, N, K, 1.0f, x, K, w, N, 0.0f, y, N);
-    if (b) {
-        eng__gbias g = {y, b, N, group};
-        eng_parallel_for(M, 64, eng__gbias_rows, &g);
-    }
+    eng__gemm g = {.tb = 0, .M = M, .N = N, .K = K, .alpha = 1.0f, .A = x, .lda = K, .B = w,
+                   .ldb = N, .C = y, .ldc = N, .bias = b, .group = group};
+    eng__gemm_run(&g);
     return 0;
 }
 
@@ -200,30 +289,49 @@ typedef struct {
     float eps;
 } eng__ln;
 
+/* Sum of n floats with 8 partial lanes (vectorises without reassociation
+ * flags; also more accurate than one running sum). */
+static float eng__sum8(const float *restrict x, int n)
+{
+    float s8[8] = {0};
+    int j = 0;
+    for (; j + 8 <= n; j += 8)
+        for (int l = 0; l < 8; l++)
+            s8[l] += x[j + l];
+    float s = 0;
+    for (; j < n; j++)
+        s += x[j];
+    return s + ((s8[0] + s8[1]) + (s8[2] + s8[3])) + ((s8[4] + s8[5]) + (s8[6] + s8[7]));
+}
+
+/* Two-pass mean and variance (biased, as PyTorch) per row. */
 static void eng__ln_rows(void *p, int64_t r0, int64_t r1)
 {
     const eng__ln *l = p;
+    int N = l->N;
     for (int64_t r = r0; r < r1; r++) {
-        const float *x = l->x + r * l->N;
-        const float *res = l->res ? l->res + r * l->N : NULL;
-        float *y = l->y + r * l->N;
-        double mean = 0, var = 0;
+        const float *x = l->x + r * N;
+        const float *res = l->res ? l->res + r * N : NULL;
+        float *restrict y = l->y + r * N;
         if (res)
-            for (int j = 0; j < l->N; j++)
+            for (int j = 0; j < N; j++)
                 y[j] = x[j] + res[j];
         else if (y != x)
-            memcpy(y, x, (size_t)l->N * sizeof(float));
-        for (int j = 0; j < l->N; j++)
-            mean += y[j];
-        mean /= l->N;
-        for (int j = 0; j < l->N; j++) {
-            double d = y[j] - mean;
-            var += d * d;
-        }
-        var /= l->N;
-        float rstd = (float)(1.0 / sqrt(var + l->eps)), m = (float)mean;
-        for (int j = 0; j < l->N; j++)
-            y[j] = (y[j] - m) * rstd * l->g[j] + l->b[j];
+            memcpy(y, x, (size_t)N * sizeof(float));
+        float mean = eng__sum8(y, N) / (float)N;
+        float d8[8] = {0};
+        int j = 0;
+        for (; j + 8 <= N; j += 8)
+            for (int k = 0; k < 8; k++)
+                d8[k] += (y[j + k] - mean) * (y[j + k] - mean);
+        float var = 0;
+        for (; j < N; j++)
+            var += (y[j] - mean) * (y[j] - mean);
+        var += ((d8[0] + d8[1]) + (d8[2] + d8[3])) + ((d8[4] + d8[5]) + (d8[6] + d8[7]));
+        float rstd = 1.0f / sqrtf(var / (float)N + l->eps);
+        const float *restrict g = l->g, *restrict b = l->b;
+        for (j = 0; j < N; j++)
+            y[j] = (y[j] - mean) * rstd * g[j] + b[j];
     }
 }
 
@@ -247,8 +355,7 @@ typedef struct {
 static void eng__act_range(void *p, int64_t i0, int64_t i1)
 {
     const eng__ew *e = p;
-    for (int64_t i = i0; i < i1; i++)
-        e->y[i] = eng__act(e->a[i], e->act);
+    eng__act_vec(e->y + i0, e->a + i0, i1 - i0, e->act);
 }
 
 static int cpu_activate(eng_backend *be, void *y, const void *x, int64_t n, eng_act act)
@@ -258,17 +365,33 @@ static int cpu_activate(eng_backend *be, void *y, const void *x, int64_t n, eng_
     return 0;
 }
 
+/* Items are rows of bn elements (b is one row, broadcast). */
+static void eng__add_rows(void *p, int64_t r0, int64_t r1)
+{
+    const eng__ew *e = p;
+    for (int64_t r = r0; r < r1; r++) {
+        float *y = e->y + r * e->bn;
+        const float *a = e->a + r * e->bn;
+        if (y != a)
+            memcpy(y, a, (size_t)e->bn * sizeof(float));
+        eng__add_vec(y, e->b, e->bn);
+    }
+}
+
 static void eng__add_range(void *p, int64_t i0, int64_t i1)
 {
     const eng__ew *e = p;
     for (int64_t i = i0; i < i1; i++)
-        e->y[i] = e->a[i] + e->b[i % e->bn];
+        e->y[i] = e->a[i] + e->b[i];
 }
 
 static int cpu_add(eng_backend *be, void *y, const void *a, const void *b, int64_t n, int64_t bn)
 {
     eng__ew e = {y, a, b, bn, ENG_ACT_NONE};
-    eng_parallel_for(n, 1 << 14, eng__add_range, &e);
+    if (bn == n)
+        eng_parallel_for(n, 1 << 14, eng__add_range, &e);
+    else
+        eng_parallel_for(n / bn, 64, eng__add_rows, &e);
     return 0;
 }
 
@@ -293,59 +416,110 @@ static int cpu_transpose(eng_backend *be, void *yv, const void *xv, int M, int N
 }
 
 /* ---- attention ----
- * Per (batch, head): S = scale * Q K^T (sgemm), + decomposed rel-pos bias,
- * + key mask, row softmax, O = S V (sgemm). S is Tq x Tk floats of scratch
- * (64 MiB for SAM's 64x64 global attention), reused head after head. */
+ * Blocked like flash attention, so the scores stay in cache: a task is one
+ * (batch, head, block of QB queries); it computes S = scale Q_blk K^T
+ * [QB, Tk] (sgemm), adds the decomposed rel-pos bias, the key mask, takes
+ * the row softmax and writes O_blk = S V. Tasks run on the pool, each with
+ * its own scratch (QB * Tk + the rel-pos tables). The rel-pos terms come
+ * from one small sgemm per block against the whole table,
+ * QR = Q_blk rel^T [QB, 2S-1], then a gather: bias term (i, ky) =
+ * QR[i, qy(i) - ky + S - 1]. */
 
-typedef struct {
-    float *S;
-    const float *q; /* this (b, h)'s first query row */
-    int64_t q_rs;
-    const float *rel_h, *rel_w, *key_bias;
-    int Tk, D, gh, gw;
-} eng__sm;
+#define ENG_ATT_QB 64
 
-static void eng__softmax_rows(void *p, int64_t r0, int64_t r1)
+/* r[k] += bh + rw[k] for k < n. */
+static void eng__add_bias_row(float *restrict r, const float *restrict rw, float bh, int n)
 {
-    const eng__sm *s = p;
-    float rh[128], rw[128]; /* grid sides are <= 64 in SAM; checked by the caller */
-    for (int64_t i = r0; i < r1; i++) {
-        float *row = s->S + i * s->Tk;
-        if (s->rel_h) {
-            const float *qi = s->q + i * s->q_rs;
-            int qy = (int)(i / s->gw), qx = (int)(i % s->gw);
-            for (int ky = 0; ky < s->gh; ky++) {
-                const float *r = s->rel_h + (int64_t)(qy - ky + s->gh - 1) * s->D;
-                float acc = 0;
-                for (int d = 0; d < s->D; d++)
-                    acc += qi[d] * r[d];
-                rh[ky] = acc;
-            }
-            for (int kx = 0; kx < s->gw; kx++) {
-                const float *r = s->rel_w + (int64_t)(qx - kx + s->gw - 1) * s->D;
-                float acc = 0;
-                for (int d = 0; d < s->D; d++)
-                    acc += qi[d] * r[d];
-                rw[kx] = acc;
-            }
-            for (int ky = 0; ky < s->gh; ky++)
-                for (int kx = 0; kx < s->gw; kx++)
-                    row[ky * s->gw + kx] += rh[ky] + rw[kx];
+    for (int k = 0; k < n; k++)
+        r[k] += bh + rw[k];
+}
+
+/* In place: row[j] = softmax(row + kbias)[j] over n entries. Separate
+ * passes with 8 partial lanes so every loop vectorises without
+ * reassociation flags. */
+static void eng__softmax_row(float *restrict row, const float *restrict kbias, int n)
+{
+    if (kbias)
+        for (int j = 0; j < n; j++)
+            row[j] += kbias[j];
+    float mx8[8];
+    for (int l = 0; l < 8; l++)
+        mx8[l] = -INFINITY;
+    int j = 0;
+    for (; j + 8 <= n; j += 8)
+        for (int l = 0; l < 8; l++)
+            mx8[l] = row[j + l] > mx8[l] ? row[j + l] : mx8[l];
+    float mx = -INFINITY;
+    for (int l = 0; l < 8; l++)
+        mx = mx8[l] > mx ? mx8[l] : mx;
+    for (; j < n; j++)
+        mx = row[j] > mx ? row[j] : mx;
+    for (j = 0; j < n; j++)
+        row[j] = eng__exp_neg(row[j] - mx);
+    float s8[8] = {0};
+    for (j = 0; j + 8 <= n; j += 8)
+        for (int l = 0; l < 8; l++)
+            s8[l] += row[j + l];
+    float sum = 0;
+    for (int l = 0; l < 8; l++)
+        sum += s8[l];
+    for (; j < n; j++)
+        sum += row[j];
+    float inv = 1.0f / sum;
+    for (j = 0; j < n; j++)
+        row[j] *= inv;
+}
+
+typedef struct eng__att {
+    const eng_attn *a;
+    const float *q, *k, *v, *rel_h, *rel_w, *key_bias;
+    float *out;
+    int nqb;           /* query blocks per (b, h) */
+    float *scratch;    /* per worker: per_worker floats */
+    size_t per_worker;
+} eng__att;
+
+static void eng__att_task(void *p, int64_t t0, int64_t t1, int worker)
+{
+    const eng__att *s = p;
+    const eng_attn *a = s->a;
+    int64_t HD = (int64_t)a->H * a->D;
+    int gh = a->relpos ? a->relpos->h : 0, gw = a->relpos ? a->relpos->w : 0;
+    int nrh = 2 * gh - 1, nrw = 2 * gw - 1;
+    float *S = s->scratch + (size_t)worker * s->per_worker;
+    float *QRh = S + (size_t)ENG_ATT_QB * a->Tk, *QRw = QRh + (size_t)ENG_ATT_QB * nrh;
+    for (int64_t t = t0; t < t1; t++) {
+        int qb = (int)(t % s->nqb), h = (int)(t / s->nqb % a->H), b = (int)(t / s->nqb / a->H);
+        int i0 = qb * ENG_ATT_QB, nq = a->Tq - i0 < ENG_ATT_QB ? a->Tq - i0 : ENG_ATT_QB;
+        const float *qb_ = s->q + ((int64_t)b * a->Tq + i0) * a->q_rs + (int64_t)h * a->D;
+        const float *kb = s->k + (int64_t)b * a->Tk * a->kv_rs + (int64_t)h * a->D;
+        const float *vb = s->v + (int64_t)b * a->Tk * a->kv_rs + (int64_t)h * a->D;
+        float *ob = s->out + ((int64_t)b * a->Tq + i0) * HD + (int64_t)h * a->D;
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, nq, a->Tk, a->D, a->scale, qb_,
+                    (int)a->q_rs, kb, (int)a->kv_rs, 0.0f, S, a->Tk);
+        if (a->relpos) {
+            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, nq, nrh, a->D, 1.0f, qb_,
+                        (int)a->q_rs, s->rel_h, a->D, 0.0f, QRh, nrh);
+            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, nq, nrw, a->D, 1.0f, qb_,
+                        (int)a->q_rs, s->rel_w, a->D, 0.0f, QRw, nrw);
         }
-        if (s->key_bias)
-            for (int j = 0; j < s->Tk; j++)
-                row[j] += s->key_bias[j];
-        float mx = -INFINITY;
-        for (int j = 0; j < s->Tk; j++)
-            mx = row[j] > mx ? row[j] : mx;
-        float sum = 0;
-        for (int j = 0; j < s->Tk; j++) {
-            row[j] = expf(row[j] - mx);
-            sum += row[j];
+        const float *kbias = s->key_bias ? s->key_bias + (int64_t)b * a->Tk : NULL;
+        for (int i = 0; i < nq; i++) {
+            float *row = S + (size_t)i * a->Tk;
+            if (a->relpos) {
+                int qi = i0 + i, qy = qi / gw, qx = qi % gw;
+                const float *rh = QRh + (size_t)i * nrh + qy + gh - 1; /* rh[-ky] */
+                const float *rw = QRw + (size_t)i * nrw + qx + gw - 1; /* rw[-kx] */
+                float rwr[128]; /* rw reversed into order; grid sides <= 128 (checked) */
+                for (int kx = 0; kx < gw; kx++)
+                    rwr[kx] = rw[-kx];
+                for (int ky = 0; ky < gh; ky++)
+                    eng__add_bias_row(row + (size_t)ky * gw, rwr, rh[-ky], gw);
+            }
+            eng__softmax_row(row, kbias, a->Tk);
         }
-        float inv = 1.0f / sum;
-        for (int j = 0; j < s->Tk; j++)
-            row[j] *= inv;
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, nq, a->D, a->Tk, 1.0f, S, a->Tk,
+                    vb, (int)a->kv_rs, 0.0f, ob, (int)HD);
     }
 }
 
@@ -353,39 +527,19 @@ static int cpu_attention(eng_backend *be, void *outv, const void *qv, const void
                          const void *vv, const eng_attn *a, const void *rel_h, const void *rel_w)
 {
     eng_cpu *c = (eng_cpu *)be;
-    const float *q = qv, *k = kv, *v = vv;
-    float *out = outv;
-    int64_t HD = (int64_t)a->H * a->D;
     if (a->relpos && (a->relpos->h > 128 || a->relpos->w > 128))
         return eng_error(ENG_EUNSUP, "relative-position grid %dx%d over 128", a->relpos->h,
                          a->relpos->w);
-    float *S = cpu_scratch(c, (size_t)a->Tq * a->Tk);
-    if (!S)
+    int nrel = a->relpos ? (2 * a->relpos->h - 1) + (2 * a->relpos->w - 1) : 0;
+    size_t per = (size_t)ENG_ATT_QB * (a->Tk + nrel);
+    int nt = eng_parallel_threads();
+    float *scratch = cpu_scratch(c, per * nt);
+    if (!scratch)
         return ENG_ENOMEM;
-    for (int b = 0; b < a->B; b++) {
-        for (int h = 0; h < a->H; h++) {
-            const float *qb = q + (int64_t)b * a->Tq * a->q_rs + (int64_t)h * a->D;
-            const float *kb = k + (int64_t)b * a->Tk * a->kv_rs + (int64_t)h * a->D;
-            const float *vb = v + (int64_t)b * a->Tk * a->kv_rs + (int64_t)h * a->D;
-            float *ob = out + (int64_t)b * a->Tq * HD + (int64_t)h * a->D;
-            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, a->Tq, a->Tk, a->D, a->scale,
-                        qb, (int)a->q_rs, kb, (int)a->kv_rs, 0.0f, S, a->Tk);
-            eng__sm s = {S,
-                         qb,
-                         a->q_rs,
-                         rel_h,
-                         rel_w,
-                         a->key_bias ? (const float *)a->key_bias->data + (int64_t)b * a->Tk
-                                     : NULL,
-                         a->Tk,
-                         a->D,
-                         a->relpos ? a->relpos->h : 0,
-                         a->relpos ? a->relpos->w : 0};
-            eng_parallel_for(a->Tq, 32, eng__softmax_rows, &s);
-            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, a->Tq, a->D, a->Tk, 1.0f, S,
-                        a->Tk, vb, (int)a->kv_rs, 0.0f, ob, (int)HD);
-        }
-    }
+    eng__att s = {a, qv, kv, vv, rel_h, rel_w,
+                  a->key_bias ? (const float *)a->key_bias->data : NULL,
+                  outv, (a->Tq + ENG_ATT_QB - 1) / ENG_ATT_QB, scratch, per};
+    eng_parallel_run((int64_t)a->B * a->H * s.nqb, eng__att_task, &s);
     return 0;
 }
 
@@ -436,12 +590,10 @@ static int cpu_conv2d(eng_backend *be, void *y, const void *x, int x_chw, int Ci
         eng_parallel_for(P, 16, eng__im2col_rows, &m);
         col = buf;
     }
-    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, (int)P, Cout, (int)K, 1.0f, col, (int)K,
-                w, (int)K, 0.0f, y, Cout);
-    if (b) {
-        eng__epi e = {y, b, NULL, Cout, ENG_ACT_NONE};
-        eng_parallel_for(P, 64, eng__epi_rows, &e);
-    }
+    eng__gemm g = {.tb = 1, .M = (int)P, .N = Cout, .K = (int)K, .alpha = 1.0f, .A = col,
+                   .lda = (int)K, .B = w, .ldb = (int)K, .C = y, .ldc = Cout, .bias = b,
+                   .group = 1};
+    eng__gemm_run(&g);
     return 0;
 }
 
@@ -475,8 +627,9 @@ static int cpu_conv_transpose2x2(eng_backend *be, void *y, const void *x, int H,
     float *t = cpu_scratch(c, (size_t)(P * Cout * 4));
     if (!t)
         return ENG_ENOMEM;
-    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, (int)P, Cout * 4, Cin, 1.0f, x, Cin, w,
-                Cout * 4, 0.0f, t, Cout * 4);
+    eng__gemm g = {.tb = 0, .M = (int)P, .N = Cout * 4, .K = Cin, .alpha = 1.0f, .A = x,
+                   .lda = Cin, .B = w, .ldb = Cout * 4, .C = t, .ldc = Cout * 4, .group = 1};
+    eng__gemm_run(&g);
     eng__ct s = {y, t, b, W, Cout};
     eng_parallel_for(P, 64, eng__ct_scatter, &s);
     return 0;
@@ -618,10 +771,10 @@ int eng_backend_cpu_create(eng_backend **out, int threads)
     c->base.dev = ENG_DEV_CPU;
     c->base.dtype = ENG_F32;
     pthread_mutex_init(&c->mu, NULL);
-    if (threads > 0) {
+    if (threads > 0)
         eng_parallel_set_threads(threads);
-        openblas_set_num_threads(threads);
-    }
+    /* all parallelism is the pool's: see the GEMM section */
+    openblas_set_num_threads(1);
     snprintf(c->base.desc, sizeof c->base.desc, "cpu (fp32, OpenBLAS, %d threads)",
              eng_parallel_threads());
     *out = &c->base;

@@ -14,7 +14,8 @@ static struct {
     int nthreads;              /* workers + the caller */
     unsigned long generation;  /* bumped per job */
     int pending;               /* workers still running the current job */
-    eng_range_fn fn;
+    eng_range_fn fn;           /* one of fn / task is set per job */
+    eng_task_fn task;
     void *arg;
     int64_t n;
 } eng__pool = {.once = PTHREAD_ONCE_INIT,
@@ -29,7 +30,11 @@ static void eng__run_chunk(int idx)
 {
     int64_t n = eng__pool.n, t = eng__pool.nthreads;
     int64_t i0 = n * idx / t, i1 = n * (idx + 1) / t;
-    if (i1 > i0)
+    if (i1 <= i0)
+        return;
+    if (eng__pool.task)
+        eng__pool.task(eng__pool.arg, i0, i1, idx);
+    else
         eng__pool.fn(eng__pool.arg, i0, i1);
 }
 
@@ -81,18 +86,12 @@ int eng_parallel_threads(void)
     return eng__pool.nthreads;
 }
 
-void eng_parallel_for(int64_t n, int64_t grain, eng_range_fn fn, void *arg)
+static void eng__dispatch(int64_t n, eng_range_fn fn, eng_task_fn task, void *arg)
 {
-    if (n <= 0)
-        return;
-    pthread_once(&eng__pool.once, eng__pool_start);
-    if (eng__pool.nthreads == 1 || n < grain || n < 2) {
-        fn(arg, 0, n);
-        return;
-    }
     pthread_mutex_lock(&eng__pool.call_lock);
     pthread_mutex_lock(&eng__pool.mu);
     eng__pool.fn = fn;
+    eng__pool.task = task;
     eng__pool.arg = arg;
     eng__pool.n = n;
     eng__pool.pending = eng__pool.nthreads - 1;
@@ -105,4 +104,28 @@ void eng_parallel_for(int64_t n, int64_t grain, eng_range_fn fn, void *arg)
         pthread_cond_wait(&eng__pool.done_cv, &eng__pool.mu);
     pthread_mutex_unlock(&eng__pool.mu);
     pthread_mutex_unlock(&eng__pool.call_lock);
+}
+
+void eng_parallel_for(int64_t n, int64_t grain, eng_range_fn fn, void *arg)
+{
+    if (n <= 0)
+        return;
+    pthread_once(&eng__pool.once, eng__pool_start);
+    if (eng__pool.nthreads == 1 || n < grain || n < 2) {
+        fn(arg, 0, n);
+        return;
+    }
+    eng__dispatch(n, fn, NULL, arg);
+}
+
+void eng_parallel_run(int64_t n, eng_task_fn fn, void *arg)
+{
+    if (n <= 0)
+        return;
+    pthread_once(&eng__pool.once, eng__pool_start);
+    if (eng__pool.nthreads == 1 || n < 2) {
+        fn(arg, 0, n, 0);
+        return;
+    }
+    eng__dispatch(n, NULL, fn, arg);
 }

@@ -14,6 +14,12 @@
 typedef void (*eng_range_fn)(void *arg, int64_t i0, int64_t i1);
 void eng_parallel_for(int64_t n, int64_t grain, eng_range_fn fn, void *arg);
 
+/* As eng_parallel_for, but fn also gets the index of the worker running it
+ * (0 .. eng_parallel_threads()-1), for per-worker scratch. Each worker gets
+ * one contiguous chunk. */
+typedef void (*eng_task_fn)(void *arg, int64_t i0, int64_t i1, int worker);
+void eng_parallel_run(int64_t n, eng_task_fn fn, void *arg);
+
 /* Set the pool size (before first use; <= 0: all cores). */
 void eng_parallel_set_threads(int n);
 int eng_parallel_threads(void);

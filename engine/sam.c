@@ -17,6 +17,7 @@
 
 #include <assert.h>
 #include <math.h>
+#include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -150,6 +151,8 @@ static void decl_dec_attn(eng_weights *w, dec_attn *a, int down, const char *nam
     snprintf(buf, sizeof buf, "%.120s.out_proj", name);
     decl_lin(w, &a->out, E, a->inner, buf);
 }
+
+static void sam_declare(eng_sam *m);
 
 /* ------------------------------------------------------------------ */
 /* configuration from tensor shapes                                     */
@@ -602,27 +605,84 @@ static void sam_declare(eng_sam *m)
     }
 }
 
-/* Host-side parameters of the prompt encoder and the decoder's output tokens. */
+/* Parameters kept on the host: the prompt encoder's sparse side and the
+ * decoder's output tokens (a few KiB, assembled into tokens per prompt). */
+typedef struct host_param {
+    const char *name;
+    int rows, cols;
+    size_t offset; /* of the float array inside eng_sam */
+} host_param;
+
+static const host_param sam_host_params[] = {
+    {"prompt_encoder.pe_layer.positional_encoding_gaussian_matrix", 2, PE_FEATS,
+     offsetof(eng_sam, pe_gauss)},
+    {"prompt_encoder.point_embeddings.0.weight", 1, E, offsetof(eng_sam, point_embed[0])},
+    {"prompt_encoder.point_embeddings.1.weight", 1, E, offsetof(eng_sam, point_embed[1])},
+    {"prompt_encoder.point_embeddings.2.weight", 1, E, offsetof(eng_sam, point_embed[2])},
+    {"prompt_encoder.point_embeddings.3.weight", 1, E, offsetof(eng_sam, point_embed[3])},
+    {"prompt_encoder.not_a_point_embed.weight", 1, E, offsetof(eng_sam, not_a_point)},
+    {"mask_decoder.iou_token.weight", 1, E, offsetof(eng_sam, out_tokens)},
+    {"mask_decoder.mask_tokens.weight", NMASK, E, offsetof(eng_sam, out_tokens) + E * sizeof(float)},
+};
+#define N_HOST_PARAMS (sizeof sam_host_params / sizeof sam_host_params[0])
+
 static int sam_load_host(eng_sam *m, const eng_ckpt *c)
 {
-    int rc;
-    char nm[96];
-    if ((rc = eng_ckpt_load_f32(c, "prompt_encoder.pe_layer.positional_encoding_gaussian_matrix",
-                                2, (int64_t[]){2, PE_FEATS}, m->pe_gauss)))
-        return rc;
-    for (int i = 0; i < 4; i++) {
-        snprintf(nm, sizeof nm, "prompt_encoder.point_embeddings.%d.weight", i);
-        if ((rc = eng_ckpt_load_f32(c, nm, 2, (int64_t[]){1, E}, m->point_embed[i])))
+    for (size_t i = 0; i < N_HOST_PARAMS; i++) {
+        const host_param *hp = &sam_host_params[i];
+        int rc = eng_ckpt_load_f32(c, hp->name, 2, (int64_t[]){hp->rows, hp->cols},
+                                   (float *)((uint8_t *)m + hp->offset));
+        if (rc)
             return rc;
     }
-    if ((rc = eng_ckpt_load_f32(c, "prompt_encoder.not_a_point_embed.weight", 2,
-                                (int64_t[]){1, E}, m->not_a_point)))
-        return rc;
-    if ((rc = eng_ckpt_load_f32(c, "mask_decoder.iou_token.weight", 2, (int64_t[]){1, E},
-                                m->out_tokens)))
-        return rc;
-    return eng_ckpt_load_f32(c, "mask_decoder.mask_tokens.weight", 2, (int64_t[]){NMASK, E},
-                             m->out_tokens + E);
+    return 0;
+}
+
+int eng_sam_config_preset(const char *name, eng_sam_config *cfg)
+{
+    static const struct {
+        const char *name;
+        int dim, depth, head_dim, global[4];
+    } presets[] = {
+        {"vit_b", 768, 12, 64, {2, 5, 8, 11}},
+        {"vit_l", 1024, 24, 64, {5, 11, 17, 23}},
+        {"vit_h", 1280, 32, 80, {7, 15, 23, 31}},
+    };
+    memset(cfg, 0, sizeof *cfg);
+    for (size_t i = 0; i < sizeof presets / sizeof presets[0]; i++) {
+        if (strcmp(name, presets[i].name) != 0)
+            continue;
+        snprintf(cfg->name, sizeof cfg->name, "%s", name);
+        cfg->embed_dim = presets[i].dim;
+        cfg->depth = presets[i].depth;
+        cfg->head_dim = presets[i].head_dim;
+        cfg->heads = cfg->embed_dim / cfg->head_dim;
+        cfg->mlp_dim = 4 * cfg->embed_dim;
+        cfg->window = 14;
+        for (int j = 0; j < 4; j++)
+            cfg->global[presets[i].global[j]] = 1;
+        return 0;
+    }
+    return eng_error(ENG_EINVAL, "unknown SAM architecture '%s' (vit_b, vit_l or vit_h)", name);
+}
+
+int eng_sam_list_params(const eng_sam_config *cfg, eng_sam_param_fn fn, void *arg)
+{
+    eng_sam *m = calloc(1, sizeof *m);
+    if (!m)
+        return eng_error(ENG_ENOMEM, "out of memory");
+    m->cfg = *cfg;
+    eng_weights_init(&m->wts, NULL);
+    sam_declare(m);
+    int rc = m->wts.status;
+    for (int i = 0; !rc && i < m->wts.n; i++)
+        rc = fn(arg, m->wts.specs[i].name, m->wts.specs[i].ndim, m->wts.specs[i].shape);
+    for (size_t i = 0; !rc && i < N_HOST_PARAMS; i++)
+        rc = fn(arg, sam_host_params[i].name, 2,
+                (int64_t[]){sam_host_params[i].rows, sam_host_params[i].cols});
+    eng_weights_free(&m->wts);
+    free(m);
+    return rc;
 }
 
 /* 64-bit FNV-1a, for the model id. */
@@ -773,6 +833,41 @@ void eng_sam_destroy(eng_sam *m)
 }
 
 const eng_sam_config *eng_sam_get_config(const eng_sam *m) { return &m->cfg; }
+
+double eng_sam_encoder_flops(const eng_sam_config *cfg)
+{
+    double C = cfg->embed_dim, f = 0;
+    int ws = cfg->window, wp = (G + ws - 1) / ws * ws; /* padded side, 70 */
+    f += 2.0 * P * C * 3 * 16 * 16;                   /* patch embed */
+    for (int i = 0; i < cfg->depth; i++) {
+        double T = cfg->global[i] ? P : (double)wp * wp; /* tokens incl. window padding */
+        double L = cfg->global[i] ? P : (double)ws * ws; /* attention span */
+        int S = cfg->global[i] ? G : ws;
+        f += 2.0 * T * C * 3 * C;                        /* qkv */
+        f += 4.0 * T * L * C;                            /* QK^T and PV over all heads */
+        f += 2.0 * T * C * 2 * (2 * S - 1);              /* rel-pos tables */
+        f += 2.0 * T * C * C;                            /* proj */
+        f += 2.0 * 2 * P * C * cfg->mlp_dim;             /* MLP */
+    }
+    f += 2.0 * P * C * E + 2.0 * P * E * E * 9;         /* neck */
+    return f;
+}
+
+double eng_sam_decoder_flops(int n_tokens)
+{
+    double T = n_tokens, f = 0, I = E / 2;
+    /* token-side and image-side projections and attention, per two-way layer */
+    double layer = 2 * T * E * E * 4 + 4 * T * T * E            /* self attention */
+                   + 2 * T * E * I * 2 + 2 * P * E * I * 2 + 4 * T * P * I /* token->image */
+                   + 2 * T * E * 2048 * 2                          /* MLP */
+                   + 2 * T * E * I * 2 + 2 * P * E * I * 2 + 4 * T * P * I; /* image->token */
+    f += 2 * layer;
+    f += 2 * T * E * I * 2 + 2 * P * E * I * 2 + 4 * T * P * I;   /* final attention */
+    f += 2.0 * P * E * UPC1 * 4 + 2.0 * 4 * P * UPC1 * UPC2 * 4;  /* upscaling */
+    f += NMASK * (2.0 * E * E * 2 + 2.0 * E * UPC2) + 2.0 * E * E * 2 + 2.0 * E * NMASK;
+    f += 2.0 * NMASK * UPC2 * 16 * P;                              /* masks */
+    return f;
+}
 const char *eng_sam_model_id(const eng_sam *m) { return m->model_id; }
 eng_backend *eng_sam_backend(const eng_sam *m) { return m->be; }
 size_t eng_sam_workspace_bytes(const eng_sam *m) { return m->ctx.cap; }

@@ -63,6 +63,14 @@ typedef struct eng_sam_prompt {
 
 typedef struct eng_sam eng_sam;
 
+/* The configuration of an official architecture ("vit_b", "vit_l", "vit_h"). */
+int eng_sam_config_preset(const char *name, eng_sam_config *cfg);
+
+/* Every parameter a checkpoint of `cfg` holds, official key and shape, in a
+ * fixed order; fn returning non-zero stops the walk with that code. */
+typedef int (*eng_sam_param_fn)(void *arg, const char *name, int ndim, const int64_t *shape);
+int eng_sam_list_params(const eng_sam_config *cfg, eng_sam_param_fn fn, void *arg);
+
 /* Load a checkpoint (official .pth or safetensors, SAM key names) onto `be`
  * (borrowed: must outlive the model). opt may be NULL for defaults. Errors
  * name the file and tensor. */
@@ -76,6 +84,11 @@ const char *eng_sam_model_id(const eng_sam *m);
 eng_backend *eng_sam_backend(const eng_sam *m);
 /* Workspace bytes planned at load. */
 size_t eng_sam_workspace_bytes(const eng_sam *m);
+
+/* Analytic FLOP counts (multiply-add = 2) of one image through the encoder,
+ * and of one prompt of n_tokens decoder tokens (5 + sparse prompt tokens). */
+double eng_sam_encoder_flops(const eng_sam_config *cfg);
+double eng_sam_decoder_flops(int n_tokens);
 
 /* Resize (Pillow bilinear, long side 1024), normalise and pad an RGB image:
  * input [3,1024,1024] f32 host. */

@@ -1,0 +1,140 @@
+/*
+ * bench/bench_cpu.c: engine benchmark on the CPU backend (or CUDA with
+ * --device cuda): encoder ms per image and decoder ms per prompt, with
+ * GFLOP/s against the analytic FLOP counts (eng_sam_*_flops). A benchmark,
+ * never a test: it asserts nothing about speed.
+ *
+ *   build/bench/bench_cpu --checkpoint FILE [--reps N] [--prompts N]
+ *                         [--threads N] [--device cpu|cuda]
+ */
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "engine/error.h"
+#include "engine/ops.h"
+#include "engine/sam.h"
+
+static double now_ms(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return ts.tv_sec * 1e3 + ts.tv_nsec / 1e6;
+}
+
+static int cmp_double(const void *a, const void *b)
+{
+    double x = *(const double *)a, y = *(const double *)b;
+    return x < y ? -1 : x > y;
+}
+
+/* Median of n timings (sorts in place). */
+static double median(double *t, int n)
+{
+    qsort(t, (size_t)n, sizeof *t, cmp_double);
+    return n % 2 ? t[n / 2] : 0.5 * (t[n / 2 - 1] + t[n / 2]);
+}
+
+int main(int argc, char **argv)
+{
+    const char *ckpt = NULL, *device = "cpu";
+    int reps = 5, prompts = 1, threads = 0;
+    for (int i = 1; i < argc; i++) {
+        if (!strcmp(argv[i], "--checkpoint") && i + 1 < argc)
+            ckpt = argv[++i];
+        else if (!strcmp(argv[i], "--reps") && i + 1 < argc)
+            reps = atoi(argv[++i]);
+        else if (!strcmp(argv[i], "--prompts") && i + 1 < argc)
+            prompts = atoi(argv[++i]);
+        else if (!strcmp(argv[i], "--threads") && i + 1 < argc)
+            threads = atoi(argv[++i]);
+        else if (!strcmp(argv[i], "--device") && i + 1 < argc)
+            device = argv[++i];
+        else {
+            fprintf(stderr, "usage: bench_cpu --checkpoint FILE [--reps N] [--prompts N] "
+                            "[--threads N] [--device cpu|cuda]\n");
+            return 2;
+        }
+    }
+    if (!ckpt || reps < 1 || reps > 1000 || prompts < 1 || prompts > 256) {
+        fprintf(stderr, "bench_cpu: --checkpoint is required; reps 1..1000, prompts 1..256\n");
+        return 2;
+    }
+    eng_backend *be = NULL;
+    int rc = !strcmp(device, "cuda") ? eng_backend_cuda_create(&be, 0, ENG_BF16)
+                                     : eng_backend_cpu_create(&be, threads);
+    if (rc) {
+        fprintf(stderr, "bench_cpu: %s\n", eng_last_error());
+        return 1;
+    }
+    eng_sam *m = NULL;
+    double t0 = now_ms();
+    if (eng_sam_load(&m, ckpt, be, NULL)) {
+        fprintf(stderr, "bench_cpu: %s\n", eng_last_error());
+        eng_backend_destroy(be);
+        return 1;
+    }
+    const eng_sam_config *cfg = eng_sam_get_config(m);
+    printf("model %s (%s, embed %d, depth %d) on %s, loaded in %.0f ms, workspace %.1f MiB\n",
+           ckpt, cfg->name, cfg->embed_dim, cfg->depth, eng_backend_describe(be), now_ms() - t0,
+           eng_sam_workspace_bytes(m) / 1048576.0);
+
+    float *input = malloc((size_t)3 * ENG_SAM_IMG * ENG_SAM_IMG * sizeof(float));
+    float *emb = malloc((size_t)ENG_SAM_EMB_FLOATS * sizeof(float));
+    float *iou = malloc((size_t)prompts * 3 * sizeof(float));
+    float *lo = malloc((size_t)prompts * 3 * ENG_SAM_LOWRES_FLOATS * sizeof(float));
+    eng_sam_prompt *pr = calloc((size_t)prompts, sizeof *pr);
+    double *t = malloc((size_t)reps * sizeof(double));
+    if (!input || !emb || !iou || !lo || !pr || !t) {
+        fprintf(stderr, "bench_cpu: out of memory\n");
+        return 1;
+    }
+    /* a smooth synthetic image, already normalised */
+    for (size_t i = 0; i < (size_t)3 * ENG_SAM_IMG * ENG_SAM_IMG; i++)
+        input[i] = (float)sin((double)i * 1e-3);
+    /* warm-up: first touch of the workspace and scratch */
+    if (eng_sam_encode(m, input, 1, emb)) {
+        fprintf(stderr, "bench_cpu: %s\n", eng_last_error());
+        return 1;
+    }
+    for (int r = 0; r < reps; r++) {
+        double s = now_ms();
+        eng_sam_encode(m, input, 1, emb);
+        t[r] = now_ms() - s;
+    }
+    double enc = median(t, reps), ef = eng_sam_encoder_flops(cfg);
+    printf("encoder  batch 1: %8.1f ms median of %d   %7.1f GFLOP/s (%.1f GFLOP)\n", enc, reps,
+           ef / enc / 1e6, ef / 1e9);
+
+    const eng_sam_imginfo info = {1024, 768, 1024, 768};
+    float pts[2] = {500, 300};
+    int lab = 1;
+    for (int i = 0; i < prompts; i++) {
+        pr[i].n_points = 1;
+        pr[i].points = pts;
+        pr[i].labels = &lab;
+    }
+    eng_sam_decode(m, emb, &info, pr, prompts, 1, iou, lo);
+    for (int r = 0; r < reps; r++) {
+        double s = now_ms();
+        eng_sam_decode(m, emb, &info, pr, prompts, 1, iou, lo);
+        t[r] = now_ms() - s;
+    }
+    double dec = median(t, reps), df = eng_sam_decoder_flops(7) * prompts;
+    printf("decoder  %3d prompt(s): %8.1f ms median of %d (%.1f ms a prompt)   %7.1f GFLOP/s\n",
+           prompts, dec, reps, dec / prompts, df / dec / 1e6);
+    size_t used = 0;
+    eng_backend_memory(be, &used, NULL);
+    printf("memory   %.1f MiB held by the backend\n", used / 1048576.0);
+    free(input);
+    free(emb);
+    free(iou);
+    free(lo);
+    free(pr);
+    free(t);
+    eng_sam_destroy(m);
+    eng_backend_destroy(be);
+    return 0;
+}

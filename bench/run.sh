@@ -1,0 +1,25 @@
+#!/usr/bin/env bash
+# bench/run.sh BUILD_DIR: the engine benchmarks (`make bench`). Uses the
+# fixture `tiny` model when ../shared/fixtures (or $TASAM_FIXTURES) exists,
+# and ViT-B-sized random weights it generates into build/bench/. Prints the
+# machine it ran on: figures are only comparable on the same machine.
+set -eu
+build=${1:-build}
+fixtures=${TASAM_FIXTURES:-../shared/fixtures}
+reps=${BENCH_REPS:-5}
+echo "machine: $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ //'), $(uname -sr)"
+if [ -f "$fixtures/sam_tiny.safetensors" ]; then
+    echo "== tiny (fixture)"
+    "$build/bench/bench_cpu" --checkpoint "$fixtures/sam_tiny.safetensors" --reps "$reps"
+    "$build/bench/bench_cpu" --checkpoint "$fixtures/sam_tiny.safetensors" --reps "$reps" --prompts 16
+else
+    echo "== tiny: fixtures not found at $fixtures (set TASAM_FIXTURES), skipped"
+fi
+vitb="$build/bench/sam_vit_b_random.safetensors"
+[ -f "$vitb" ] || "$build/bench/mkweights" --arch vit_b --out "$vitb"
+echo "== vit_b (random weights)"
+"$build/bench/bench_cpu" --checkpoint "$vitb" --reps "${BENCH_REPS_VITB:-2}"
+if [ -x "$build/bench/bench_gpu" ]; then
+    echo "== GPU"
+    "$build/bench/bench_gpu" || echo "bench_gpu: no GPU run (see its message)"
+fi
