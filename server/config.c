@@ -262,7 +262,17 @@ static int load_file(srv_config *c, const char *path, char *err, size_t errlen)
         }
         *eq = 0;
         key = trim(s);
-        val = trim(eq + 1);
+        val = eq + 1;
+        /* An inline comment starts at a '#' after whitespace (outside quotes). */
+        for (char *q = val, inq = 0; *q; q++) {
+            if (*q == '"')
+                inq = (char)!inq;
+            else if (*q == '#' && !inq && q > val && (q[-1] == ' ' || q[-1] == '\t')) {
+                *q = 0;
+                break;
+            }
+        }
+        val = trim(val);
         if (val[0] == '"' && strlen(val) >= 2 && val[strlen(val) - 1] == '"') {
             val[strlen(val) - 1] = 0;
             val++;
