@@ -125,7 +125,9 @@ $(BUILD)/bench/%: $(BUILD)/obj/bench/%.o $(LIB)
 # Tests: the plain build, then the sanitizer build, then bounded fuzzing. The
 # last line printed is the total "N passed, N failed, N skipped".
 test: deps
-	@$(MAKE) --no-print-directory test-plain test-san fuzz 2>&1 | tee build/test.log; \
+	@mkdir -p build
+	@{ $(MAKE) --no-print-directory test-plain; $(MAKE) --no-print-directory test-san; \
+	   $(MAKE) --no-print-directory fuzz; } 2>&1 | tee build/test.log; \
 	 tests/summarize.sh build/test.log
 
 test-plain: $(BINS) $(TEST_BIN)
@@ -145,8 +147,16 @@ fuzz:
 bench: $(BINS) $(BENCH_BIN)
 	@bench/run.sh $(BUILD)
 
-run: $(BUILD)/tasam
-	@deploy/run-example.sh
+# `make run`: the README's first command. Installs what is missing, builds,
+# fetches and verifies the ViT-H checkpoint (unless CHECKPOINT names
+# another), and segments IMAGE at POINTS into out/.
+CHECKPOINT ?= checkpoints/sam_vit_h_4b8939.pth
+IMAGE ?= deploy/example.png
+POINTS ?= 330,330,1
+run:
+	@deploy/deps.sh
+	@$(MAKE) --no-print-directory $(BUILD)/tasam
+	@BUILD=$(BUILD) CHECKPOINT="$(CHECKPOINT)" IMAGE="$(IMAGE)" POINTS="$(POINTS)" deploy/run-example.sh
 
 format:
 	clang-format -i $$(git ls-files '*.c' '*.h' '*.cu' '*.cuh')

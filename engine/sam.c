@@ -17,6 +17,8 @@
 
 #include <assert.h>
 #include <math.h>
+#include <pthread.h>
+#include <stdarg.h>
 #include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -37,7 +39,9 @@
 #define DEC_EPS 1e-5f    /* two-way transformer nn.LayerNorm default */
 #define BAND_FLOATS (1 << 22) /* postprocess output band: 16 MiB of f32 */
 
-typedef struct { eng_tensor w, b; } lin_t;  /* w [out, in], b [out] */
+/* A linear layer: w [out, in], b [out]; `tid` is its index in the LoRA
+ * target table (eng_sam_lora_targets), -1 for layers LoRA never adapts. */
+typedef struct { eng_tensor w, b; int tid; } lin_t;
 typedef struct { eng_tensor g, b; } norm_t; /* [width] */
 
 typedef struct vit_block {
@@ -105,6 +109,233 @@ struct eng_sam {
 };
 
 /* ------------------------------------------------------------------ */
+/* LoRA targets and adapters                                            */
+
+/* The mask decoder's linear layers, in the fixed order adapters and the
+ * hypernetwork use: per two-way layer its three attentions' q/k/v/out
+ * projections and its MLP, then the final attention, the output
+ * hypernetwork MLPs and the IoU head. */
+static eng_sam_lora_target lora_targets[ENG_SAM_LORA_TARGETS];
+static pthread_once_t lora_targets_once = PTHREAD_ONCE_INIT;
+
+static void lora_add(int *n, int out, int in, const char *fmt, ...)
+    __attribute__((format(printf, 4, 5)));
+static void lora_add(int *n, int out, int in, const char *fmt, ...)
+{
+    eng_sam_lora_target *t = &lora_targets[(*n)++];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(t->name, sizeof t->name, fmt, ap);
+    va_end(ap);
+    t->out = out;
+    t->in = in;
+}
+
+static void lora_targets_init(void)
+{
+    static const char *attn[3] = {"self_attn", "cross_attn_token_to_image",
+                                  "cross_attn_image_to_token"};
+    int n = 0;
+    for (int l = 0; l < 2; l++) {
+        for (int a = 0; a < 3; a++) {
+            int I = a == 0 ? E : E / 2;
+            const char *p = "mask_decoder.transformer.layers";
+            lora_add(&n, I, E, "%s.%d.%s.q_proj", p, l, attn[a]);
+            lora_add(&n, I, E, "%s.%d.%s.k_proj", p, l, attn[a]);
+            lora_add(&n, I, E, "%s.%d.%s.v_proj", p, l, attn[a]);
+            lora_add(&n, E, I, "%s.%d.%s.out_proj", p, l, attn[a]);
+        }
+        lora_add(&n, 2048, E, "mask_decoder.transformer.layers.%d.mlp.lin1", l);
+        lora_add(&n, E, 2048, "mask_decoder.transformer.layers.%d.mlp.lin2", l);
+    }
+    const char *f = "mask_decoder.transformer.final_attn_token_to_image";
+    lora_add(&n, E / 2, E, "%s.q_proj", f);
+    lora_add(&n, E / 2, E, "%s.k_proj", f);
+    lora_add(&n, E / 2, E, "%s.v_proj", f);
+    lora_add(&n, E, E / 2, "%s.out_proj", f);
+    for (int i = 0; i < NMASK; i++)
+        for (int j = 0; j < 3; j++)
+            lora_add(&n, j == 2 ? UPC2 : E, E, "mask_decoder.output_hypernetworks_mlps.%d.layers.%d",
+                     i, j);
+    for (int j = 0; j < 3; j++)
+        lora_add(&n, j == 2 ? NMASK : E, E, "mask_decoder.iou_prediction_head.layers.%d", j);
+    assert(n == ENG_SAM_LORA_TARGETS);
+}
+
+const eng_sam_lora_target *eng_sam_lora_targets(void)
+{
+    pthread_once(&lora_targets_once, lora_targets_init);
+    return lora_targets;
+}
+
+static int lora_target_index(const char *name)
+{
+    const eng_sam_lora_target *t = eng_sam_lora_targets();
+    for (int i = 0; i < ENG_SAM_LORA_TARGETS; i++)
+        if (!strcmp(t[i].name, name))
+            return i;
+    return -1;
+}
+
+struct eng_sam_lora {
+    int rank;
+    int merged;                            /* W' = W + scale B A folded in */
+    int present[ENG_SAM_LORA_TARGETS];     /* 1 where this adapter changes the layer */
+    eng_tensor A[ENG_SAM_LORA_TARGETS];    /* [r, in] */
+    eng_tensor B[ENG_SAM_LORA_TARGETS];    /* [out, r], already multiplied by the scale */
+    eng_tensor W[ENG_SAM_LORA_TARGETS];    /* merged: [out, in] */
+    void *mem;                             /* one device allocation for all of the above */
+    size_t bytes;
+};
+
+/* An adapter record with every tensor described (data NULL) at `rank`. */
+static eng_sam_lora *lora_new(const eng_sam *m, int rank, int merged)
+{
+    eng_sam_lora *l = calloc(1, sizeof *l);
+    if (!l)
+        return NULL;
+    const eng_sam_lora_target *t = eng_sam_lora_targets();
+    eng_dtype dt = eng_backend_dtype(m->be);
+    eng_device dev = eng_backend_device(m->be);
+    l->rank = rank;
+    l->merged = merged;
+    for (int i = 0; i < ENG_SAM_LORA_TARGETS; i++) {
+        l->A[i] = eng_view(NULL, dt, dev, 2, (int64_t[]){rank, t[i].in});
+        l->B[i] = eng_view(NULL, dt, dev, 2, (int64_t[]){t[i].out, rank});
+        l->W[i] = eng_view(NULL, dt, dev, 2, (int64_t[]){t[i].out, t[i].in});
+    }
+    return l;
+}
+
+/* The model's weight for target t. */
+static const lin_t *lora_base(const eng_sam *m, int t)
+{
+    /* targets follow lora_targets_init's order */
+    if (t < 28) {
+        const twoway_layer *L = &m->layers[t / 14];
+        int k = t % 14;
+        if (k == 12)
+            return &L->mlp1;
+        if (k == 13)
+            return &L->mlp2;
+        const dec_attn *a = k < 4 ? &L->self_attn : k < 8 ? &L->t2i : &L->i2t;
+        const lin_t *p[4] = {&a->q, &a->k, &a->v, &a->out};
+        return p[k % 4];
+    }
+    if (t < 32) {
+        const lin_t *p[4] = {&m->final_attn.q, &m->final_attn.k, &m->final_attn.v,
+                             &m->final_attn.out};
+        return p[t - 28];
+    }
+    if (t < 44)
+        return &m->hyper[(t - 32) / 3][(t - 32) % 3];
+    return &m->iou_head[t - 44];
+}
+
+int eng_sam_lora_create(eng_sam *m, int rank, float scale, const float *const *A,
+                        const float *const *B, int merged, eng_sam_lora **out)
+{
+    *out = NULL;
+    if (rank < 1 || rank > ENG_SAM_LORA_MAX_RANK)
+        return eng_error(ENG_EINVAL, "LoRA rank %d outside 1..%d", rank, ENG_SAM_LORA_MAX_RANK);
+    if (!isfinite(scale))
+        return eng_error(ENG_EINVAL, "LoRA scale is not finite");
+    eng_sam_lora *l = lora_new(m, rank, merged);
+    if (!l)
+        return eng_error(ENG_ENOMEM, "out of memory");
+    size_t esz = eng_dtype_size(eng_backend_dtype(m->be)), total = 0;
+    for (int t = 0; t < ENG_SAM_LORA_TARGETS; t++) {
+        if (!A[t] != !B[t]) {
+            free(l);
+            return eng_error(ENG_EINVAL, "LoRA target %s: A and B must both be given",
+                             eng_sam_lora_targets()[t].name);
+        }
+        if (!A[t])
+            continue;
+        l->present[t] = 1;
+        total += (size_t)(eng_numel(&l->A[t]) + eng_numel(&l->B[t]) +
+                          (merged ? eng_numel(&l->W[t]) : 0)) * esz + 3 * 256;
+    }
+    l->mem = total ? eng_backend_alloc(m->be, total) : NULL;
+    if (total && !l->mem) {
+        free(l);
+        return ENG_ENOMEM;
+    }
+    l->bytes = total;
+    uint8_t *p = l->mem;
+    float *stage = NULL;
+    size_t stage_n = 0;
+    int rc = 0;
+    for (int t = 0; t < ENG_SAM_LORA_TARGETS && !rc; t++) {
+        if (!l->present[t])
+            continue;
+        eng_tensor *ts[3] = {&l->A[t], &l->B[t], merged ? &l->W[t] : NULL};
+        for (int k = 0; k < 3 && ts[k]; k++) {
+            ts[k]->data = p;
+            p += ((size_t)eng_numel(ts[k]) * esz + 255) & ~(size_t)255;
+        }
+        size_t nb = (size_t)eng_numel(&l->B[t]);
+        for (size_t i = 0; i < (size_t)eng_numel(&l->A[t]); i++)
+            if (!isfinite(A[t][i])) {
+                rc = eng_error(ENG_EINVAL, "LoRA target %s: A is not finite",
+                               eng_sam_lora_targets()[t].name);
+                break;
+            }
+        if (rc)
+            break;
+        if (nb > stage_n) {
+            float *s2 = realloc(stage, nb * sizeof(float));
+            if (!s2) {
+                rc = eng_error(ENG_ENOMEM, "out of memory");
+                break;
+            }
+            stage = s2;
+            stage_n = nb;
+        }
+        for (size_t i = 0; i < nb; i++) {
+            stage[i] = scale * B[t][i];
+            if (!isfinite(stage[i])) {
+                rc = eng_error(ENG_EINVAL, "LoRA target %s: B is not finite",
+                               eng_sam_lora_targets()[t].name);
+                break;
+            }
+        }
+        if (rc || (rc = eng_backend_upload(m->be, l->A[t].data, A[t],
+                                           (size_t)eng_numel(&l->A[t]))) ||
+            (rc = eng_backend_upload(m->be, l->B[t].data, stage, nb)))
+            break;
+        if (merged) {
+            /* W' = (scale B) A + W, computed on the device */
+            const lin_t *base = lora_base(m, t);
+            m->ctx.status = 0;
+            eng_matmul_nn(&m->ctx, &l->W[t], &l->B[t], &l->A[t], NULL, 1);
+            eng_add(&m->ctx, &l->W[t], &l->W[t], &base->w);
+            rc = eng_ctx_status(&m->ctx);
+            if (!rc)
+                rc = eng_backend_sync(m->be);
+        }
+    }
+    free(stage);
+    if (rc) {
+        eng_sam_lora_destroy(m, l);
+        return rc;
+    }
+    *out = l;
+    return 0;
+}
+
+void eng_sam_lora_destroy(eng_sam *m, eng_sam_lora *l)
+{
+    if (!l)
+        return;
+    if (l->mem)
+        eng_backend_free(m->be, l->mem);
+    free(l);
+}
+
+size_t eng_sam_lora_bytes(const eng_sam_lora *l) { return l ? l->bytes : 0; }
+
+/* ------------------------------------------------------------------ */
 /* small helpers                                                        */
 
 /* Upload host floats into a workspace tensor (skipped while planning). */
@@ -126,8 +357,11 @@ static void sam_download(eng_ctx *ctx, float *dst, const eng_tensor *t, size_t n
         eng_ctx_fail(ctx, rc);
 }
 
+static int lora_target_index(const char *name);
+
 static void decl_lin(eng_weights *w, lin_t *l, int out, int in, const char *name)
 {
+    l->tid = lora_target_index(name);
     eng_weights_add(w, &l->w, 2, (int64_t[]){out, in}, "%.140s.weight", name);
     eng_weights_add(w, &l->b, 1, (int64_t[]){out}, "%.140s.bias", name);
 }
@@ -376,11 +610,40 @@ static int sam_encode_one(eng_sam *m, const float *input, float *patch, float **
 /* ------------------------------------------------------------------ */
 /* mask decoder                                                         */
 
+/* A decoder linear layer under an optional adapter:
+ * y = act(x W^T + b + x A^T B^T) + res (B carries the scale), or with the
+ * merged weight W' = W + B A. y may alias res, never x. */
+static void dec_lin(eng_sam *m, const eng_sam_lora *lo, const lin_t *l, eng_tensor *y,
+                    const eng_tensor *x, eng_act act, const eng_tensor *res)
+{
+    eng_ctx *ctx = &m->ctx;
+    int t = l->tid;
+    if (!lo || t < 0 || !lo->present[t]) {
+        eng_linear(ctx, y, x, &l->w, &l->b, act, res);
+        return;
+    }
+    if (lo->merged) {
+        eng_linear(ctx, y, x, &lo->W[t], &l->b, act, res);
+        return;
+    }
+    assert(act == ENG_ACT_NONE || !res);
+    size_t mark = eng_ctx_mark(ctx);
+    int64_t M = x->shape[0];
+    eng_tensor xa = eng_new2(ctx, M, lo->rank); /* x A^T [M, r] */
+    eng_linear(ctx, &xa, x, &lo->A[t], NULL, ENG_ACT_NONE, NULL);
+    eng_linear(ctx, y, x, &l->w, &l->b, ENG_ACT_NONE, res);
+    eng_linear(ctx, y, &xa, &lo->B[t], NULL, ENG_ACT_NONE, y);
+    if (act != ENG_ACT_NONE)
+        eng_activate(ctx, y, y, act);
+    eng_ctx_release(ctx, mark);
+}
+
 /* Attention of the two-way transformer: out [Nq, E] = out_proj(attn(q_proj(q_in),
  * k_proj(k_in), v_proj(v_in))) with 8 heads; residual `res` added when non-NULL
  * (out may alias res). */
-static void dec_attention(eng_sam *m, const dec_attn *a, eng_tensor *out, const eng_tensor *q_in,
-                          const eng_tensor *k_in, const eng_tensor *v_in, const eng_tensor *res)
+static void dec_attention(eng_sam *m, const eng_sam_lora *lo, const dec_attn *a, eng_tensor *out,
+                          const eng_tensor *q_in, const eng_tensor *k_in, const eng_tensor *v_in,
+                          const eng_tensor *res)
 {
     eng_ctx *ctx = &m->ctx;
     size_t mark = eng_ctx_mark(ctx);
@@ -388,38 +651,39 @@ static void dec_attention(eng_sam *m, const dec_attn *a, eng_tensor *out, const 
     eng_tensor q = eng_new2(ctx, Nq, a->inner);
     eng_tensor k = eng_new2(ctx, Nk, a->inner);
     eng_tensor v = eng_new2(ctx, Nk, a->inner);
-    eng_linear(ctx, &q, q_in, &a->q.w, &a->q.b, ENG_ACT_NONE, NULL);
-    eng_linear(ctx, &k, k_in, &a->k.w, &a->k.b, ENG_ACT_NONE, NULL);
-    eng_linear(ctx, &v, v_in, &a->v.w, &a->v.b, ENG_ACT_NONE, NULL);
+    dec_lin(m, lo, &a->q, &q, q_in, ENG_ACT_NONE, NULL);
+    dec_lin(m, lo, &a->k, &k, k_in, ENG_ACT_NONE, NULL);
+    dec_lin(m, lo, &a->v, &v, v_in, ENG_ACT_NONE, NULL);
     eng_tensor o = eng_new2(ctx, Nq, a->inner);
     int heads = 8, D = a->inner / heads;
     eng_attn d = {.B = 1, .H = heads, .Tq = (int)Nq, .Tk = (int)Nk, .D = D,
                   .scale = 1.0f / sqrtf((float)D)};
     eng_attention(ctx, &o, &q, &k, &v, &d);
-    eng_linear(ctx, out, &o, &a->out.w, &a->out.b, ENG_ACT_NONE, res);
+    dec_lin(m, lo, &a->out, out, &o, ENG_ACT_NONE, res);
     eng_ctx_release(ctx, mark);
 }
 
 /* A 3-layer MLP with ReLU between layers on rows x [M, 256] -> y [M, out]. */
-static void dec_mlp3(eng_sam *m, const lin_t *l, eng_tensor *y, const eng_tensor *x)
+static void dec_mlp3(eng_sam *m, const eng_sam_lora *lo, const lin_t *l, eng_tensor *y,
+                     const eng_tensor *x)
 {
     eng_ctx *ctx = &m->ctx;
     size_t mark = eng_ctx_mark(ctx);
     int64_t M = x->shape[0];
     eng_tensor h1 = eng_new2(ctx, M, l[0].w.shape[0]);
-    eng_linear(ctx, &h1, x, &l[0].w, &l[0].b, ENG_ACT_RELU, NULL);
+    dec_lin(m, lo, &l[0], &h1, x, ENG_ACT_RELU, NULL);
     eng_tensor h2 = eng_new2(ctx, M, l[1].w.shape[0]);
-    eng_linear(ctx, &h2, &h1, &l[1].w, &l[1].b, ENG_ACT_RELU, NULL);
-    eng_linear(ctx, y, &h2, &l[2].w, &l[2].b, ENG_ACT_NONE, NULL);
+    dec_lin(m, lo, &l[1], &h2, &h1, ENG_ACT_RELU, NULL);
+    dec_lin(m, lo, &l[2], y, &h2, ENG_ACT_NONE, NULL);
     eng_ctx_release(ctx, mark);
 }
 
 /* One prompt: tokens_host [T, E], emb [E, P] CHW device tensor, dense from
  * mask_input or no_mask. Writes iou_all[4] and masks_all [4, 256*256] into
  * host buffers. */
-static void sam_decode_one(eng_sam *m, const eng_tensor *emb_chw, const float *tokens_host, int T,
-                           const float *mask_input, float *iou_all, float *masks_out,
-                           int first, int count)
+static void sam_decode_one(eng_sam *m, const eng_sam_lora *lo, const eng_tensor *emb_chw,
+                           const float *tokens_host, int T, const float *mask_input,
+                           float *iou_all, float *masks_out, int first, int count)
 {
     eng_ctx *ctx = &m->ctx;
     size_t mark = eng_ctx_mark(ctx);
@@ -458,31 +722,31 @@ static void sam_decode_one(eng_sam *m, const eng_tensor *emb_chw, const float *t
         const twoway_layer *L = &m->layers[l];
         if (l == 0) {
             /* skip_first_layer_pe: queries are replaced, no residual */
-            dec_attention(m, &L->self_attn, &tmpq, &queries, &queries, &queries, NULL);
+            dec_attention(m, lo, &L->self_attn, &tmpq, &queries, &queries, &queries, NULL);
             eng_copy(ctx, &queries, &tmpq);
         } else {
             eng_add(ctx, &qp, &queries, &pe_tok);
-            dec_attention(m, &L->self_attn, &queries, &qp, &qp, &queries, &queries);
+            dec_attention(m, lo, &L->self_attn, &queries, &qp, &qp, &queries, &queries);
         }
         eng_layernorm(ctx, &queries, &queries, NULL, &L->norm1.g, &L->norm1.b, DEC_EPS);
 
         eng_add(ctx, &qp, &queries, &pe_tok);
         eng_add(ctx, &kp, &src, &m->dense_pe);
-        dec_attention(m, &L->t2i, &queries, &qp, &kp, &src, &queries);
+        dec_attention(m, lo, &L->t2i, &queries, &qp, &kp, &src, &queries);
         eng_layernorm(ctx, &queries, &queries, NULL, &L->norm2.g, &L->norm2.b, DEC_EPS);
 
-        eng_linear(ctx, &mid, &queries, &L->mlp1.w, &L->mlp1.b, ENG_ACT_RELU, NULL);
-        eng_linear(ctx, &queries, &mid, &L->mlp2.w, &L->mlp2.b, ENG_ACT_NONE, &queries);
+        dec_lin(m, lo, &L->mlp1, &mid, &queries, ENG_ACT_RELU, NULL);
+        dec_lin(m, lo, &L->mlp2, &queries, &mid, ENG_ACT_NONE, &queries);
         eng_layernorm(ctx, &queries, &queries, NULL, &L->norm3.g, &L->norm3.b, DEC_EPS);
 
         eng_add(ctx, &qp, &queries, &pe_tok);
         /* keys + key_pe unchanged since the token-to-image step */
-        dec_attention(m, &L->i2t, &src, &kp, &qp, &queries, &src);
+        dec_attention(m, lo, &L->i2t, &src, &kp, &qp, &queries, &src);
         eng_layernorm(ctx, &src, &src, NULL, &L->norm4.g, &L->norm4.b, DEC_EPS);
     }
     eng_add(ctx, &qp, &queries, &pe_tok);
     eng_add(ctx, &kp, &src, &m->dense_pe);
-    dec_attention(m, &m->final_attn, &queries, &qp, &kp, &src, &queries);
+    dec_attention(m, lo, &m->final_attn, &queries, &qp, &kp, &src, &queries);
     eng_layernorm(ctx, &queries, &queries, NULL, &m->norm_final.g, &m->norm_final.b, DEC_EPS);
 
     /* upscale src [P, E] -> [(2G)^2, 64] -> [(4G)^2, 32], HWC */
@@ -499,13 +763,13 @@ static void sam_decode_one(eng_sam *m, const eng_tensor *emb_chw, const float *t
     for (int i = 0; i < NMASK; i++) {
         eng_tensor tok = eng_rows(queries, 1 + i, 1);
         eng_tensor out = eng_rows(hyper, i, 1);
-        dec_mlp3(m, m->hyper[i], &out, &tok);
+        dec_mlp3(m, lo, m->hyper[i], &out, &tok);
     }
     eng_tensor masks = eng_new2(ctx, NMASK, ENG_SAM_LOWRES_FLOATS);
     eng_linear(ctx, &masks, &hyper, &u2, NULL, ENG_ACT_NONE, NULL);
     eng_tensor iou = eng_new2(ctx, 1, NMASK);
     eng_tensor iou_tok = eng_rows(queries, 0, 1);
-    dec_mlp3(m, m->iou_head, &iou, &iou_tok);
+    dec_mlp3(m, lo, m->iou_head, &iou, &iou_tok);
 
     sam_download(ctx, iou_all, &iou, NMASK);
     eng_tensor sel = eng_rows(masks, first, count);
@@ -761,7 +1025,15 @@ static int sam_plan(eng_sam *m)
         eng_tensor emb = eng_new2(&m->ctx, E, P);
         int T = 1 + NMASK + m->opt.max_points + 2;
         float dummy_mask = 0;
-        sam_decode_one(m, &emb, NULL, T, &dummy_mask, dummy_iou, NULL, 0, NMASK);
+        /* an unmerged adapter of the largest rank on every target: the
+         * heaviest decoder path (only its shapes matter while measuring) */
+        eng_sam_lora *plan_lora = lora_new(m, ENG_SAM_LORA_MAX_RANK, 0);
+        if (!plan_lora)
+            return eng_error(ENG_ENOMEM, "out of memory");
+        for (int t = 0; t < ENG_SAM_LORA_TARGETS; t++)
+            plan_lora->present[t] = 1;
+        sam_decode_one(m, plan_lora, &emb, NULL, T, &dummy_mask, dummy_iou, NULL, 0, NMASK);
+        free(plan_lora);
         eng_ctx_release(&m->ctx, mark);
     }
     {
@@ -793,6 +1065,8 @@ int eng_sam_load(eng_sam **out, const char *path, eng_backend *be, const eng_sam
     if ((rc = sam_infer_config(c, &m->cfg)))
         goto err;
     sam_declare(m);
+    for (int t = 0; t < ENG_SAM_LORA_TARGETS; t++)
+        assert(lora_base(m, t)->tid == t); /* target table and model agree */
     if ((rc = eng_weights_load(&m->wts, c)))
         goto err;
     if ((rc = sam_load_host(m, c)))
@@ -982,7 +1256,7 @@ int eng_sam_decode(eng_sam *m, const float *embedding, const eng_sam_imginfo *in
         memcpy(tokens, m->out_tokens, sizeof m->out_tokens);
         int ns = sam_sparse_tokens(m, info, &prompts[i], tokens + (1 + NMASK) * E);
         float iou4[NMASK];
-        sam_decode_one(m, &emb, tokens, 1 + NMASK + ns, prompts[i].mask_input, iou4,
+        sam_decode_one(m, prompts[i].lora, &emb, tokens, 1 + NMASK + ns, prompts[i].mask_input, iou4,
                        low_res + (size_t)i * count * ENG_SAM_LOWRES_FLOATS, first, count);
         memcpy(iou + (size_t)i * count, iou4 + first, (size_t)count * sizeof(float));
     }

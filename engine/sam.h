@@ -50,6 +50,37 @@ typedef struct eng_sam_imginfo {
     int input_w, input_h; /* after ResizeLongestSide(1024) */
 } eng_sam_imginfo;
 
+typedef struct eng_sam eng_sam;
+
+/* ---- LoRA adapters on the mask decoder ---- */
+
+#define ENG_SAM_LORA_TARGETS 47   /* decoder linear layers an adapter may change */
+#define ENG_SAM_LORA_MAX_RANK 16
+
+typedef struct eng_sam_lora_target {
+    char name[96]; /* official weight prefix, e.g. "mask_decoder.transformer.layers.0.self_attn.q_proj" */
+    int out, in;   /* weight shape [out, in] */
+} eng_sam_lora_target;
+
+/* The targets in their fixed order (ENG_SAM_LORA_TARGETS entries). */
+const eng_sam_lora_target *eng_sam_lora_targets(void);
+
+typedef struct eng_sam_lora eng_sam_lora;
+
+/* An adapter on model m: for each target t, A[t] [rank, in] and B[t]
+ * [out, rank] host f32 (both NULL: the layer is not adapted); the layer
+ * computes x (W + scale B A)^T + b. merged = 1 folds W + scale B A into a
+ * private copy of each adapted weight (one GEMM per layer then; costs that
+ * weight's size of device memory); merged = 0 keeps A and B and adds
+ * x A^T (scale B)^T per call (small, and prompts with different adapters can
+ * share a batch). Allocates device memory: create adapters once and cache
+ * them, not per request. Same thread rules as the model. */
+int eng_sam_lora_create(eng_sam *m, int rank, float scale, const float *const *A,
+                        const float *const *B, int merged, eng_sam_lora **out);
+void eng_sam_lora_destroy(eng_sam *m, eng_sam_lora *l);
+/* Device bytes held by the adapter. */
+size_t eng_sam_lora_bytes(const eng_sam_lora *l);
+
 /* One decoder prompt. Points and a box may be combined; neither (and no
  * mask) is SAM's prompt-free output. */
 typedef struct eng_sam_prompt {
@@ -59,9 +90,8 @@ typedef struct eng_sam_prompt {
     int has_box;
     float box[4];            /* x0, y0, x1, y1 in original pixels */
     const float *mask_input; /* [256, 256] low-res logits from an earlier call, or NULL */
+    const eng_sam_lora *lora; /* adapter for this prompt, or NULL for plain SAM */
 } eng_sam_prompt;
-
-typedef struct eng_sam eng_sam;
 
 /* The configuration of an official architecture ("vit_b", "vit_l", "vit_h"). */
 int eng_sam_config_preset(const char *name, eng_sam_config *cfg);

@@ -1,0 +1,229 @@
+/*
+ * tests/test_lora.c: LoRA adapters on the mask decoder (engine side): a zero
+ * adapter is plain SAM exactly, a random one changes the masks
+ * deterministically, merged and unmerged application agree, and a batch
+ * mixing adapters equals separate calls. Uses the fixture `tiny` model and
+ * the golden embedding of images/dog.jpg.
+ */
+#include "harness.h"
+
+#include "engine/ckpt.h"
+#include "engine/error.h"
+#include "engine/ops.h"
+#include "engine/sam.h"
+
+static eng_backend *be;
+static eng_sam *model;
+static float *emb;
+static const eng_sam_imginfo info = {800, 534, 1024, 684};
+static const float pts[4] = {400, 293.7f, 200, 160.2f};
+static const int labels[2] = {1, 0};
+
+/* Host factors for every target: A ~ U(-a, a), B ~ U(-b, b) (b = 0: zero B). */
+typedef struct {
+    float *A[ENG_SAM_LORA_TARGETS], *B[ENG_SAM_LORA_TARGETS];
+} factors;
+
+static uint64_t rng_state;
+static float urand(void)
+{
+    rng_state = rng_state * 6364136223846793005ull + 1442695040888963407ull;
+    return (float)((rng_state >> 40) / 16777216.0) * 2.0f - 1.0f;
+}
+
+static void make_factors(factors *f, int rank, float a, float b, uint64_t seed, int every_other)
+{
+    const eng_sam_lora_target *t = eng_sam_lora_targets();
+    rng_state = seed;
+    for (int i = 0; i < ENG_SAM_LORA_TARGETS; i++) {
+        f->A[i] = f->B[i] = NULL;
+        if (every_other && i % 2)
+            continue;
+        f->A[i] = malloc(sizeof(float) * rank * t[i].in);
+        f->B[i] = malloc(sizeof(float) * rank * t[i].out);
+        for (int k = 0; k < rank * t[i].in; k++)
+            f->A[i][k] = a * urand();
+        for (int k = 0; k < rank * t[i].out; k++)
+            f->B[i][k] = b * urand();
+    }
+}
+
+static void free_factors(factors *f)
+{
+    for (int i = 0; i < ENG_SAM_LORA_TARGETS; i++) {
+        free(f->A[i]);
+        free(f->B[i]);
+    }
+}
+
+/* Decode the fixture's two-point prompt (multimask) under `lo`. */
+static int decode(const eng_sam_lora *lo, float *iou, float *lo_res)
+{
+    eng_sam_prompt p = {.n_points = 2, .points = pts, .labels = labels, .lora = lo};
+    return eng_sam_decode(model, emb, &info, &p, 1, 1, iou, lo_res);
+}
+
+#define LR (3 * ENG_SAM_LOWRES_FLOATS)
+
+static void setup(void)
+{
+    if (!t_fixtures())
+        return;
+    eng_ckpt *g = NULL;
+    if (eng_backend_cpu_create(&be, 0) || eng_sam_load(&model, t_fixture("sam_tiny.safetensors"), be, NULL) ||
+        eng_ckpt_open(&g, t_fixture("golden_tiny.safetensors"))) {
+        fprintf(stderr, "setup: %s\n", eng_last_error());
+        return;
+    }
+    const eng_ckpt_tensor *t = eng_ckpt_find(g, "image_embedding");
+    if (t) {
+        emb = malloc(ENG_SAM_EMB_FLOATS * sizeof(float));
+        eng_ckpt_read_f32(g, t, emb);
+    }
+    eng_ckpt_close(g);
+}
+
+static void test_target_table(void)
+{
+    const eng_sam_lora_target *t = eng_sam_lora_targets();
+    T_CHECK(!strcmp(t[0].name, "mask_decoder.transformer.layers.0.self_attn.q_proj"), "%s", t[0].name);
+    T_CHECK(t[4].out == 128 && t[4].in == 256, "t2i q_proj shape");
+    T_CHECK(t[7].out == 256 && t[7].in == 128, "t2i out_proj shape");
+    T_CHECK(t[12].out == 2048 && t[13].in == 2048, "mlp shapes");
+    T_CHECK(!strcmp(t[46].name, "mask_decoder.iou_prediction_head.layers.2") && t[46].out == 4,
+            "last target %s", t[46].name);
+}
+
+static void test_zero_adapter_is_plain_sam(void)
+{
+    T_NEED_FIXTURES();
+    T_REQUIRE(model && emb, "setup failed");
+    factors f;
+    make_factors(&f, 4, 0.5f, 0.0f, 1, 0);
+    eng_sam_lora *un = NULL, *mg = NULL;
+    T_REQUIRE(eng_sam_lora_create(model, 4, 2.0f, (const float *const *)f.A,
+                                  (const float *const *)f.B, 0, &un) == 0, "%s", eng_last_error());
+    T_REQUIRE(eng_sam_lora_create(model, 4, 2.0f, (const float *const *)f.A,
+                                  (const float *const *)f.B, 1, &mg) == 0, "%s", eng_last_error());
+    float iou0[3], iou1[3], iou2[3];
+    float *l0 = malloc(LR * 4), *l1 = malloc(LR * 4), *l2 = malloc(LR * 4);
+    T_CHECK(decode(NULL, iou0, l0) == 0, "%s", eng_last_error());
+    T_CHECK(decode(un, iou1, l1) == 0, "%s", eng_last_error());
+    T_CHECK(decode(mg, iou2, l2) == 0, "%s", eng_last_error());
+    T_CHECK(memcmp(l0, l1, LR * 4) == 0 && memcmp(iou0, iou1, sizeof iou0) == 0,
+            "unmerged zero adapter changed the output (max diff %g)",
+            t_max_abs_diff(l0, l1, LR, NULL));
+    T_CHECK(memcmp(l0, l2, LR * 4) == 0, "merged zero adapter changed the output (max diff %g)",
+            t_max_abs_diff(l0, l2, LR, NULL));
+    eng_sam_lora_destroy(model, un);
+    eng_sam_lora_destroy(model, mg);
+    free_factors(&f);
+    free(l0);
+    free(l1);
+    free(l2);
+}
+
+static void test_random_adapter_changes_and_merge_agrees(void)
+{
+    T_NEED_FIXTURES();
+    T_REQUIRE(model && emb, "setup failed");
+    factors f;
+    make_factors(&f, 8, 0.3f, 0.3f, 7, 0);
+    eng_sam_lora *un = NULL, *mg = NULL;
+    T_REQUIRE(eng_sam_lora_create(model, 8, 0.5f, (const float *const *)f.A,
+                                  (const float *const *)f.B, 0, &un) == 0, "%s", eng_last_error());
+    T_REQUIRE(eng_sam_lora_create(model, 8, 0.5f, (const float *const *)f.A,
+                                  (const float *const *)f.B, 1, &mg) == 0, "%s", eng_last_error());
+    T_CHECK(eng_sam_lora_bytes(mg) > eng_sam_lora_bytes(un), "merged holds the weights too");
+    float iou0[3], iou1[3], iou1b[3], iou2[3];
+    float *l0 = malloc(LR * 4), *l1 = malloc(LR * 4), *l1b = malloc(LR * 4), *l2 = malloc(LR * 4);
+    decode(NULL, iou0, l0);
+    decode(un, iou1, l1);
+    decode(un, iou1b, l1b);
+    decode(mg, iou2, l2);
+    double change = t_max_abs_diff(l0, l1, LR, NULL);
+    printf("  random adapter: max logit change %.3f, merged vs unmerged %.2g\n", change,
+           t_max_abs_diff(l1, l2, LR, NULL));
+    T_CHECK(change > 0.1, "adapter barely changed the logits (%g)", change);
+    T_CHECK(memcmp(l1, l1b, LR * 4) == 0 && memcmp(iou1, iou1b, sizeof iou1) == 0,
+            "not deterministic");
+    T_CHECK(t_max_abs_diff(l1, l2, LR, NULL) <= 1e-3, "merged vs unmerged logits");
+    T_CHECK(t_max_abs_diff(iou1, iou2, 3, NULL) <= 1e-4, "merged vs unmerged IoU");
+    eng_sam_lora_destroy(model, un);
+    eng_sam_lora_destroy(model, mg);
+    free_factors(&f);
+    free(l0);
+    free(l1);
+    free(l1b);
+    free(l2);
+}
+
+static void test_mixed_batch_equals_separate_calls(void)
+{
+    T_NEED_FIXTURES();
+    T_REQUIRE(model && emb, "setup failed");
+    factors f1, f2;
+    make_factors(&f1, 4, 0.3f, 0.3f, 11, 0);
+    make_factors(&f2, 2, 0.3f, 0.3f, 12, 1); /* only every other layer */
+    eng_sam_lora *a1 = NULL, *a2 = NULL;
+    T_REQUIRE(eng_sam_lora_create(model, 4, 1.0f, (const float *const *)f1.A,
+                                  (const float *const *)f1.B, 0, &a1) == 0, "%s", eng_last_error());
+    T_REQUIRE(eng_sam_lora_create(model, 2, 1.0f, (const float *const *)f2.A,
+                                  (const float *const *)f2.B, 1, &a2) == 0, "%s", eng_last_error());
+    const eng_sam_lora *ls[3] = {a1, NULL, a2};
+    eng_sam_prompt p[3];
+    for (int i = 0; i < 3; i++)
+        p[i] = (eng_sam_prompt){.n_points = 2, .points = pts, .labels = labels, .lora = ls[i]};
+    float iou[9], *lb = malloc(3 * LR * 4), *ls1 = malloc(LR * 4), iou1[3];
+    T_REQUIRE(eng_sam_decode(model, emb, &info, p, 3, 1, iou, lb) == 0, "%s", eng_last_error());
+    for (int i = 0; i < 3; i++) {
+        T_CHECK(decode(ls[i], iou1, ls1) == 0, "%s", eng_last_error());
+        T_CHECK(memcmp(ls1, lb + (size_t)i * LR, LR * 4) == 0, "prompt %d differs in the batch", i);
+        T_CHECK(memcmp(iou1, iou + 3 * i, sizeof iou1) == 0, "prompt %d IoU differs", i);
+    }
+    T_CHECK(memcmp(lb, lb + LR, LR * 4) != 0 && memcmp(lb + LR, lb + 2 * LR, LR * 4) != 0,
+            "adapters had no effect");
+    eng_sam_lora_destroy(model, a1);
+    eng_sam_lora_destroy(model, a2);
+    free_factors(&f1);
+    free_factors(&f2);
+    free(lb);
+    free(ls1);
+}
+
+static void test_bad_adapters(void)
+{
+    T_NEED_FIXTURES();
+    T_REQUIRE(model, "setup failed");
+    factors f;
+    make_factors(&f, 4, 1, 1, 3, 0);
+    eng_sam_lora *l = NULL;
+    T_CHECK(eng_sam_lora_create(model, 0, 1, (const float *const *)f.A, (const float *const *)f.B,
+                                0, &l) == ENG_EINVAL && !l, "rank 0");
+    T_CHECK(eng_sam_lora_create(model, 99, 1, (const float *const *)f.A,
+                                (const float *const *)f.B, 0, &l) == ENG_EINVAL, "rank 99");
+    float *keep = f.B[5];
+    f.B[5] = NULL;
+    T_CHECK(eng_sam_lora_create(model, 4, 1, (const float *const *)f.A, (const float *const *)f.B,
+                                0, &l) == ENG_EINVAL, "A without B");
+    f.B[5] = keep;
+    f.A[3][2] = NAN;
+    T_CHECK(eng_sam_lora_create(model, 4, 1, (const float *const *)f.A, (const float *const *)f.B,
+                                1, &l) == ENG_EINVAL && !l, "NaN factor");
+    T_CHECK(strstr(eng_last_error(), "not finite") != NULL, "message: %s", eng_last_error());
+    free_factors(&f);
+}
+
+int main(void)
+{
+    setup();
+    T_RUN(test_target_table);
+    T_RUN(test_zero_adapter_is_plain_sam);
+    T_RUN(test_random_adapter_changes_and_merge_agrees);
+    T_RUN(test_mixed_batch_equals_separate_calls);
+    T_RUN(test_bad_adapters);
+    free(emb);
+    eng_sam_destroy(model);
+    eng_backend_destroy(be);
+    return t_summary("test_lora");
+}
