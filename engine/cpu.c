@@ -485,7 +485,7 @@ static void eng__att_task(void *p, int64_t t0, int64_t t1, int worker)
     const eng_attn *a = s->a;
     int64_t HD = (int64_t)a->H * a->D;
     int gh = a->relpos ? a->relpos->h : 0, gw = a->relpos ? a->relpos->w : 0;
-    int nrh = 2 * gh - 1, nrw = 2 * gw - 1;
+    int nrh = a->relpos ? 2 * gh - 1 : 0, nrw = a->relpos ? 2 * gw - 1 : 0;
     float *S = s->scratch + (size_t)worker * s->per_worker;
     float *QRh = S + (size_t)ENG_ATT_QB * a->Tk, *QRw = QRh + (size_t)ENG_ATT_QB * nrh;
     for (int64_t t = t0; t < t1; t++) {
