@@ -228,7 +228,7 @@ static void run_batch(worker *w, char (*shas)[65], int n_shas, srv_job **jobs, i
 {
     srv_sched *s = w->s;
     srv_job *rep[64];
-    int ok[64], n_ok = 0, slot[64];
+    int ok[64], n_ok = 0, slot[64], ow[64], oh[64];
     double t;
 
     /* One representative job per image supplies the pixels. */
@@ -243,17 +243,22 @@ static void run_batch(worker *w, char (*shas)[65], int n_shas, srv_job **jobs, i
             continue;
         int st = prepare_input(rep[k], w->inputs + (size_t)n_ok * IMG_FLOATS);
         if (st) {
+            /* The representative may be freed once finished: copy first. */
+            srv_error err = rep[k]->err;
+            rep[k] = NULL;
             for (int i = 0; i < n_jobs; i++)
                 if (jobs[i] && strcmp(jobs[i]->sha, shas[k]) == 0) {
                     srv_job *j = jobs[i];
                     jobs[i] = NULL;
-                    if (j != rep[k])
-                        j->err = rep[k]->err;
+                    j->err = err;
                     j->status = st;
                     srv__sched_finish(s, j);
                 }
             continue;
         }
+        ow[k] = rep[k]->info.orig_w;
+        oh[k] = rep[k]->info.orig_h;
+        rep[k] = NULL; /* only the sizes are used from here on */
         ok[k] = 1;
         slot[k] = n_ok++;
     }
@@ -272,8 +277,7 @@ static void run_batch(worker *w, char (*shas)[65], int n_shas, srv_job **jobs, i
             continue;
         const float *emb = w->embs + (size_t)slot[k] * ENG_SAM_EMB_FLOATS;
         int first = 1;
-        if (rc == 0 && srv_cache_put(s->cache, shas[k], emb, rep[k]->info.orig_w,
-                                     rep[k]->info.orig_h) != 0)
+        if (rc == 0 && srv_cache_put(s->cache, shas[k], emb, ow[k], oh[k]) != 0)
             srv_log_warn("worker: could not store the embedding of %s", shas[k]);
         for (int i = 0; i < n_jobs; i++) {
             srv_job *j = jobs[i];
@@ -289,8 +293,8 @@ static void run_batch(worker *w, char (*shas)[65], int n_shas, srv_job **jobs, i
                 srv_metrics_add(&s->metrics->encodes_shared, 1);
             first = 0;
             j->t.encode = enc_ms;
-            j->info.orig_w = rep[k]->info.orig_w;
-            j->info.orig_h = rep[k]->info.orig_h;
+            j->info.orig_w = ow[k];
+            j->info.orig_h = oh[k];
             serve(w, j, emb, 0, SRV_TIER_NONE);
         }
     }
