@@ -636,6 +636,8 @@ static void hn__bump(float *v, int dim, uint64_t h, float w)
 static int hn__hashed_one(int dim, const char *s, size_t len, float *v)
 {
     size_t n = 0;
+    if (!s && len)
+        return eng_error(ENG_EINVAL, "text is NULL");
     int rc = hn__utf8_decode(s, len, NULL, &n);
     if (rc)
         return rc;

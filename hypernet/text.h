@@ -66,8 +66,10 @@ typedef struct hn_text hn_text;
  * max_seq_length caps the sequence length as sentence-transformers does.
  * Weights go to `be` (borrowed; must outlive the handle) in one allocation,
  * and the activation workspace is planned for batches of up to `max_batch`
- * texts of the maximum length; larger calls are split. Errors name the file
- * and, for weights, the tensor. */
+ * texts of the maximum length; larger calls are split. The workspace takes
+ * about max_batch * max_len * (6 * hidden + intermediate) * 4 bytes of
+ * backend memory (MiniLM, max_batch 8: 31 MB). Errors name the file and, for
+ * weights, the tensor. */
 int hn_text_load(hn_text **out, const char *dir, eng_backend *be, int max_batch);
 
 /* The built-in fallback: a deterministic `dim`-dimensional embedding

@@ -235,7 +235,16 @@ static void test_wordpiece_long_words(void)
     memset(w, 'x', 101);
     w[101] = '\0';
     T_CHECK(ids_are(wp, w, (int[]){2, 1, 3, -1}), "101 x is [UNK]");
-    /* 100 characters counted as code points, not bytes: 100 x "é" -> e... */
+    /* Characters are counted after accents are stripped: 100 x "x" + U+0301
+     * (300 bytes) is a 100-character word; 101 of them is [UNK]. */
+    char acc[400];
+    for (int i = 0; i < 101; i++)
+        memcpy(acc + 3 * i, "x\xcc\x81", 3);
+    T_CHECK(hn_wordpiece_encode(wp, acc, 300, 128, ids, NULL, &n) == 0 && n == 102 &&
+                ids[1] == 18 && ids[101] == 3,
+            "100 accented x: n %d", n);
+    T_CHECK(hn_wordpiece_encode(wp, acc, 303, 128, ids, NULL, &n) == 0 && n == 3 && ids[1] == 1,
+            "101 accented x: n %d", n);
     hn_wordpiece_destroy(wp);
 }
 
