@@ -66,12 +66,13 @@ FUZZ_SRC := $(wildcard tests/fuzz/fuzz_*.c)
 
 BINS := $(BUILD)/tasam $(if $(wildcard server/main.c),$(BUILD)/tasamd)
 
-.PHONY: all deps test test-plain test-san fuzz bench clean run format help
+.PHONY: all deps test test-plain test-san fuzz bench clean run serve format help
 all: $(BINS)
 
 help:
 	@echo "make            build build/tasam (and build/tasamd)"
 	@echo "make deps       install the Debian packages the build and tests need"
+	@echo "make serve      fetch the ViT-H checkpoint if needed and run tasamd on 127.0.0.1:8080"
 	@echo "make run        fetch the ViT-H checkpoint if needed and segment an example image"
 	@echo "make test       every test: plain, ASan+UBSan, then bounded fuzzing"
 	@echo "make bench      CPU (and GPU where present) benchmarks"
@@ -157,6 +158,15 @@ run:
 	@deploy/deps.sh
 	@$(MAKE) --no-print-directory $(BUILD)/tasam
 	@BUILD=$(BUILD) CHECKPOINT="$(CHECKPOINT)" IMAGE="$(IMAGE)" POINTS="$(POINTS)" deploy/run-example.sh
+
+# `make serve`: the main job. Installs what is missing, builds, fetches the
+# checkpoint as `make run` does and runs tasamd in the foreground.
+LISTEN ?= 127.0.0.1:8080
+STATE_DIR ?= state
+serve:
+	@deploy/deps.sh
+	@$(MAKE) --no-print-directory $(BUILD)/tasamd
+	@BUILD=$(BUILD) CHECKPOINT="$(CHECKPOINT)" LISTEN="$(LISTEN)" STATE_DIR="$(STATE_DIR)" deploy/serve.sh
 
 format:
 	clang-format -i $$(git ls-files '*.c' '*.h' '*.cu' '*.cuh')
