@@ -74,6 +74,7 @@ struct srv_cache {
     mem_slot *slots;         /* memory tier */
     int n_slots;             /* entries in slots */
     uint64_t tick;           /* LRU clock for the memory tier */
+    int64_t clock_ms;        /* last last_used written: strictly increasing, so LRU order has no ties */
     float *scratch;          /* a disk hit lands here when the memory tier has no slots */
     srv_metrics *m;          /* borrowed; may be NULL */
 };
@@ -95,6 +96,15 @@ static int64_t now_ms(void)
     struct timeval tv;
     gettimeofday(&tv, NULL);
     return (int64_t)tv.tv_sec * 1000 + tv.tv_usec / 1000;
+}
+
+/* Contract: under mu; a unix-ms timestamp greater than every one written
+ * before by this process or found in the database at open. */
+static int64_t use_stamp(srv_cache *c)
+{
+    int64_t t = now_ms();
+    c->clock_ms = t > c->clock_ms ? t : c->clock_ms + 1;
+    return c->clock_ms;
 }
 
 static uint32_t blob_crc(const void *p, size_t n)
@@ -235,6 +245,7 @@ static int try_open(srv_cache *c, char *why, size_t whylen)
         srv_log_info("cache: %s migrated to schema version %lld", c->path, (long long)v);
     }
     refresh_totals(c);
+    c->clock_ms = query_int(c->db, "SELECT COALESCE(MAX(last_used), 0) FROM embedding");
     return 0;
 fail_migrate:
     snprintf(why, whylen, "migration failed: %s", sqlite3_errmsg(c->db));
@@ -416,7 +427,7 @@ static void touch_row(srv_cache *c, const char *sha)
                            "UPDATE embedding SET last_used=?1, hits=hits+1 WHERE image_sha256=?2 "
                            "AND model_id=?3 AND precision=?4",
                            -1, &st, NULL) == SQLITE_OK) {
-        sqlite3_bind_int64(st, 1, now_ms());
+        sqlite3_bind_int64(st, 1, use_stamp(c));
         sqlite3_bind_text(st, 2, sha, -1, SQLITE_STATIC);
         sqlite3_bind_text(st, 3, c->model_id, -1, SQLITE_STATIC);
         sqlite3_bind_text(st, 4, c->precision, -1, SQLITE_STATIC);
@@ -537,8 +548,8 @@ static int evict(srv_cache *c, int64_t keep_id)
     while (c->disk_bytes > c->budget) {
         int64_t id = -1, bytes = 0;
         if (sqlite3_prepare_v2(c->db,
-                               "SELECT id, bytes FROM embedding WHERE id != ?1 ORDER BY last_used "
-                               "LIMIT 1",
+                               "SELECT id, bytes FROM embedding WHERE id != ?1 ORDER BY last_used, "
+                               "id LIMIT 1",
                                -1, &st, NULL) != SQLITE_OK)
             break;
         sqlite3_bind_int64(st, 1, keep_id);
@@ -565,7 +576,7 @@ int srv_cache_put(srv_cache *c, const char *sha, const float *emb, int w, int h)
     sqlite3_stmt *st = NULL;
     size_t bytes = c->floats * sizeof(float);
     int rc = 0;
-    int64_t t = now_ms(), id;
+    int64_t t, id;
     mem_slot *s;
 
     pthread_mutex_lock(&c->mu);
@@ -584,6 +595,7 @@ int srv_cache_put(srv_cache *c, const char *sha, const float *emb, int w, int h)
     }
     if (!c->db || c->budget < (int64_t)bytes)
         goto out;
+    t = use_stamp(c);
     if (exec(c->db, "BEGIN IMMEDIATE") != SQLITE_OK) {
         rc = -1;
         goto out;

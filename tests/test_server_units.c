@@ -1,0 +1,381 @@
+/*
+ * tests/test_server_units.c: tasamd's pieces without HTTP: the option
+ * table (flags, file, environment), request validation, the multipart
+ * parser (including mutated inputs), the embedding cache (checksums, budget,
+ * schema file agreement) and the metrics text.
+ */
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <jansson.h>
+#include <sqlite3.h>
+
+#include "server/base64.h"
+#include "server/cache.h"
+#include "server/config.h"
+#include "server/log.h"
+#include "server/metrics.h"
+#include "server/request.h"
+#include "tests/harness.h"
+
+#if defined(__GNUC__) && !defined(__clang__)
+#pragma GCC diagnostic ignored "-Wformat-truncation"
+#endif
+
+const char *srv__cache_migration(int v);
+
+static char g_tmp[256];
+
+static int load(srv_config *c, char *err, const char *const *args)
+{
+    char *argv[32];
+    int n = 0;
+    argv[n++] = (char *)"tasamd";
+    for (int i = 0; args[i]; i++)
+        argv[n++] = (char *)args[i];
+    argv[n] = NULL;
+    FILE *null = fopen("/dev/null", "w");
+    int rc = srv_config_load(c, n, argv, null, err, 512);
+    fclose(null);
+    return rc;
+}
+
+static void test_config_layers(void)
+{
+    srv_config c;
+    char err[512], path[512];
+    snprintf(path, sizeof path, "%s/t.conf", g_tmp);
+    FILE *f = fopen(path, "w");
+    fprintf(f, "# comment\ncheckpoint = /x.pth\nqueue-depth = 7   # inline\nmax-batch = 3\n"
+               "max-body-bytes = \"2MiB\"\nlog-level = error\n");
+    fclose(f);
+    setenv("TASAMD_MAX_BATCH", "5", 1);
+    const char *args[] = {"--config", path, "--batch-wait-ms=9", "--cache-bytes", "1G", NULL};
+    T_REQUIRE(load(&c, err, args) == 0, "load: %s", err);
+    T_CHECK(srv_config_int(&c, SRV_OPT_QUEUE_DEPTH) == 7, "file value");
+    T_CHECK(srv_config_int(&c, SRV_OPT_MAX_BATCH) == 5, "env beats file");
+    T_CHECK(srv_config_int(&c, SRV_OPT_BATCH_WAIT_MS) == 9, "--name=value");
+    T_CHECK(srv_config_int(&c, SRV_OPT_CACHE_BYTES) == 1073741824LL, "1G bytes");
+    T_CHECK(srv_config_int(&c, SRV_OPT_MAX_BODY_BYTES) == 2097152, "quoted 2MiB");
+    T_CHECK(srv_config_int(&c, SRV_OPT_MAX_PIXELS) == 40000000, "default 40M pixels");
+    T_CHECK(!strcmp(srv_config_str(&c, SRV_OPT_LISTEN), "127.0.0.1:8080"), "default listen");
+    json_t *j = srv_config_to_json(&c);
+    T_CHECK(json_integer_value(json_object_get(j, "queue-depth")) == 7, "json");
+    T_CHECK(json_is_null(json_object_get(j, "admin-token")), "secret shown as null when unset");
+    json_decref(j);
+    /* reload: mutable changes apply, immutable ones do not */
+    f = fopen(path, "w");
+    fprintf(f, "checkpoint = /x.pth\nqueue-depth = 11\nmax-batch = 3\nlog-level = error\n");
+    fclose(f);
+    unsetenv("TASAMD_MAX_BATCH");
+    T_CHECK(srv_config_reload(&c, err, sizeof err) == 0, "reload: %s", err);
+    T_CHECK(srv_config_int(&c, SRV_OPT_QUEUE_DEPTH) == 11, "reloaded queue-depth");
+    T_CHECK(srv_config_int(&c, SRV_OPT_MAX_BATCH) == 5, "max-batch is not runtime-mutable");
+    srv_config_free(&c);
+    srv_log_set_level(SRV_LOG_LEVEL_ERROR);
+}
+
+static void test_config_errors(void)
+{
+    srv_config c;
+    char err[512];
+    static const char *const cases[][4] = {
+        {"--checkpoint", "x", "--threads", "0"},
+        {"--checkpoint", "x", "--max-body-bytes", "-5"},
+        {"--checkpoint", "x", "--max-pixels", "99999999999999999999"},
+        {"--checkpoint", "x", "--log-level", "loud"},
+        {"--checkpoint", "x", "--listen", "1.2.3.4"},
+        {"--checkpoint", "x", "--nope", "1"},
+    };
+    static const char *const names[] = {"threads", "max-body-bytes", "max-pixels",
+                                        "log-level", "listen", "nope"};
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+        const char *args[] = {cases[i][0], cases[i][1], cases[i][2], cases[i][3], NULL};
+        err[0] = 0;
+        T_CHECK(load(&c, err, args) < 0, "case %zu accepted", i);
+        T_CHECK(strstr(err, names[i]) != NULL, "error '%s' does not name %s", err, names[i]);
+    }
+    const char *only[] = {"--checkpoint", NULL};
+    T_CHECK(load(&c, err, only) < 0 && strstr(err, "needs a value"), "missing value: %s", err);
+    const char *help[] = {"--help", NULL};
+    T_CHECK(load(&c, err, help) == 1, "--help returns 1");
+    int64_t v;
+    T_CHECK(srv_config_parse_value(SRV_OPT_CACHE_BYTES, "3KiB", &v, err, sizeof err) == 0 && v == 3072,
+            "3KiB");
+    T_CHECK(srv_config_parse_value(SRV_OPT_MAX_PIXELS, "2k", &v, err, sizeof err) == 0 && v == 2000, "2k");
+}
+
+static const srv_limits LIM = {16, 64};
+
+static int parse(const char *json, srv_request *r, srv_error *e)
+{
+    return srv_request_parse("application/json", (const uint8_t *)json, strlen(json),
+                             SRV_KIND_SEGMENT, &LIM, r, e);
+}
+
+static void test_request_validation(void)
+{
+    srv_request r;
+    srv_error e;
+    srv_prompts p;
+    /* "iVBO" is valid base64 (3 bytes); the image is not decoded here */
+    T_REQUIRE(parse("{\"image\":\"iVBO\",\"points\":[[1,2,1],[3.5,4,0]],\"multimask\":false}", &r,
+                    &e) == 0,
+              "valid: %s", e.message);
+    T_CHECK(r.n_points == 2 && r.labels[1] == 0 && r.points[2] == 3.5f && !r.multimask, "fields");
+    T_CHECK(srv_request_prompts(&r, 10, 10, &p, &e) == 0 && p.n == 1 && p.p[0].n_points == 2,
+            "prompts");
+    srv_prompts_free(&p);
+    T_CHECK(srv_request_prompts(&r, 3, 3, &p, &e) != 0 && !strcmp(e.field, "points[1]"),
+            "range check names points[1]: %s", e.field);
+    srv_request_free(&r);
+
+    T_REQUIRE(parse("{\"image\":\"iVBO\",\"boxes\":[[0,0,5,5],[1,1,2,2],[0,0,0,0]]}", &r, &e) == 0,
+              "boxes: %s", e.message);
+    T_CHECK(srv_request_prompts(&r, 10, 10, &p, &e) == 0 && p.n == 3 && p.p[2].has_box, "3 prompts");
+    srv_prompts_free(&p);
+    srv_request_free(&r);
+
+    static const char *const bad[][2] = {
+        {"[]", ""},
+        {"{\"image\":\"iVBO\",\"image\":\"iVBO\"}", ""},
+        {"{\"image\":\"iVBO\",\"extra\":1}", "extra"},
+        {"{\"image\":\"iVBO\",\"points\":[[1,2]]}", "points[0]"},
+        {"{\"image\":\"iVBO\",\"points\":[[1,2,1.0]]}", "points[0]"},
+        {"{\"image\":\"iVBO\",\"points\":{}}", "points"},
+        {"{\"image\":\"iVBO\",\"boxes\":[[5,0,1,1]]}", "boxes[0]"},
+        {"{\"image\":\"iVBO\",\"boxes\":[[0,0,1,\"a\"]]}", "boxes[0]"},
+        {"{\"image\":\"iVB\"}", "image"},
+        {"{\"image\":\"\"}", "image"},
+        {"{\"image\":7}", "image"},
+        {"{\"image\":\"iVBO\",\"image_id\":\"" "0000000000000000000000000000000000000000000000000000000000000000\"}",
+         "image_id"},
+        {"{\"image_id\":\"zz\"}", "image_id"},
+        {"{\"image\":\"iVBO\",\"task\":3}", "task"},
+        {"{\"image\":\"iVBO\",\"task\":\"a\\u0000b\"}", ""},
+        {"{\"image\":\"iVBO\",\"output\":\"RLE\"}", "output"},
+        {"{}", "image"},
+    };
+    for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
+        int rc = parse(bad[i][0], &r, &e);
+        T_CHECK(rc != 0 && e.status == 400, "accepted: %s", bad[i][0]);
+        if (rc != 0)
+            T_CHECK(!strcmp(e.field, bad[i][1]), "%s: field '%s', want '%s'", bad[i][0], e.field,
+                    bad[i][1]);
+        else
+            srv_request_free(&r);
+    }
+    /* 17 points > max-points */
+    char buf[1024] = "{\"image\":\"iVBO\",\"points\":[";
+    for (int i = 0; i < 17; i++)
+        strcat(buf, i ? ",[1,1,1]" : "[1,1,1]");
+    strcat(buf, "]}");
+    T_CHECK(parse(buf, &r, &e) != 0 && !strcmp(e.field, "points"), "too many points");
+    T_CHECK(srv_request_parse("text/csv", (const uint8_t *)"a", 1, SRV_KIND_SEGMENT, &LIM, &r, &e) != 0 &&
+                e.status == 415,
+            "415 for text/csv");
+    T_CHECK(srv_utf8_valid("h\xc3\xa9", 3) && !srv_utf8_valid("\xc0\xaf", 2) &&
+                !srv_utf8_valid("\xed\xa0\x80", 3) && !srv_utf8_valid("a\0b", 3),
+            "utf8");
+}
+
+static const char MP[] = "--XyZ\r\n"
+                         "Content-Disposition: form-data; name=\"image\"; filename=\"a.png\"\r\n"
+                         "Content-Type: image/png\r\n\r\n"
+                         "\x89PNG\r\n--X not the boundary\r\n"
+                         "\r\n--XyZ\r\n"
+                         "Content-Disposition: form-data; name=\"request\"\r\n\r\n"
+                         "{\"multimask\":false}"
+                         "\r\n--XyZ--\r\n";
+
+static void test_multipart(void)
+{
+    srv_part parts[SRV_MULTIPART_MAX_PARTS];
+    srv_error e;
+    const char *ct = "multipart/form-data; boundary=XyZ";
+    int n = srv_multipart_parse(ct, (const uint8_t *)MP, sizeof MP - 1, parts, SRV_MULTIPART_MAX_PARTS, &e);
+    T_REQUIRE(n == 2, "parts %d (%s)", n, e.message);
+    T_CHECK(!strcmp(parts[0].name, "image") && !strcmp(parts[0].filename, "a.png") &&
+                parts[0].len == 28 && !memcmp(parts[0].data, "\x89PNG", 4),
+            "image part (%zu bytes)", parts[0].len);
+    T_CHECK(!strcmp(parts[1].name, "request") && parts[1].len == 19, "request part");
+    srv_request r;
+    T_CHECK(srv_request_parse(ct, (const uint8_t *)MP, sizeof MP - 1, SRV_KIND_SEGMENT, &LIM, &r, &e) == 0 &&
+                r.image_len == 28 && !r.multimask && !r.image_owned,
+            "multipart request: %s", e.message);
+    srv_request_free(&r);
+    T_CHECK(srv_multipart_parse("multipart/form-data", (const uint8_t *)MP, sizeof MP - 1, parts, 8, &e) < 0,
+            "no boundary");
+    /* every truncation and many byte flips: never a crash, parts stay inside */
+    uint8_t buf[sizeof MP];
+    unsigned s = 12345;
+    for (size_t cut = 0; cut < sizeof MP - 1; cut++) {
+        n = srv_multipart_parse(ct, (const uint8_t *)MP, cut, parts, 8, &e);
+        for (int i = 0; i < n; i++)
+            T_CHECK(parts[i].data >= (const uint8_t *)MP &&
+                        parts[i].data + parts[i].len <= (const uint8_t *)MP + cut,
+                    "part outside the body at cut %zu", cut);
+    }
+    for (int it = 0; it < 20000; it++) {
+        memcpy(buf, MP, sizeof MP);
+        for (int k = 0; k < 3; k++) {
+            s = s * 1103515245u + 12345u;
+            buf[(s >> 8) % (sizeof MP - 1)] = (uint8_t)(s >> 20);
+        }
+        n = srv_multipart_parse(ct, buf, sizeof MP - 1, parts, 8, &e);
+        for (int i = 0; i < n; i++)
+            if (parts[i].data < buf || parts[i].data + parts[i].len > buf + sizeof MP - 1)
+                T_CHECK(0, "part outside the body");
+        if (srv_request_parse(ct, buf, sizeof MP - 1, SRV_KIND_SEGMENT, &LIM, &r, &e) == 0)
+            srv_request_free(&r);
+    }
+}
+
+/* Normalise SQL text: drop comments and whitespace. */
+static void squash(const char *in, char *out, size_t n)
+{
+    size_t k = 0;
+    for (const char *p = in; *p && k + 1 < n; p++) {
+        if (p[0] == '-' && p[1] == '-') {
+            while (*p && *p != '\n')
+                p++;
+            if (!*p)
+                break;
+            continue;
+        }
+        if (*p != ' ' && *p != '\n' && *p != '\t')
+            out[k++] = *p;
+    }
+    out[k] = 0;
+}
+
+static void test_schema_file_matches(void)
+{
+    size_t n;
+    char *sql = (char *)t_read_file("schema/cache.sql", &n);
+    T_REQUIRE(sql, "schema/cache.sql not readable (run from the repository root)");
+    char *b = realloc(sql, n + 1);
+    b[n] = 0;
+    for (int v = 1; srv__cache_migration(v); v++) {
+        char mark[32], want[8192], got[8192];
+        snprintf(mark, sizeof mark, "-- migration %d\n", v);
+        char *start = strstr(b, mark);
+        T_REQUIRE(start, "schema/cache.sql lacks '-- migration %d'", v);
+        start += strlen(mark);
+        char *end = strstr(start, "-- migration ");
+        char *block = strndup(start, end ? (size_t)(end - start) : strlen(start));
+        squash(block, want, sizeof want);
+        squash(srv__cache_migration(v), got, sizeof got);
+        T_CHECK(!strcmp(want, got), "migration %d differs between schema/cache.sql and cache.c", v);
+        free(block);
+    }
+    free(b);
+}
+
+static void test_cache(void)
+{
+    char dir[512], err[512];
+    srv_cache *c;
+    srv_metrics m;
+    const size_t F = 1024; /* small embeddings for the test */
+    float *e1 = malloc(F * sizeof(float)), *e2 = malloc(F * sizeof(float));
+    for (size_t i = 0; i < F; i++) {
+        e1[i] = (float)i;
+        e2[i] = -(float)i;
+    }
+    srv_metrics_init(&m);
+    snprintf(dir, sizeof dir, "%s/cache1", g_tmp);
+    /* budget: two entries; one memory slot */
+    T_REQUIRE(srv_cache_open(&c, dir, F, (int64_t)(2 * F * sizeof(float)), 1, &m, err, sizeof err) == 0,
+              "open: %s", err);
+    srv_cache *c2;
+    T_CHECK(srv_cache_open(&c2, dir, F, 1 << 20, 1, NULL, err, sizeof err) < 0 && strstr(err, "in use"),
+            "second open of the same state dir: %s", err);
+    const char *A = "aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa";
+    const char *B = "bbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbb";
+    const char *C = "cccccccccccccccccccccccccccccccccccccccccccccccccccccccccccccccc";
+    const float *got;
+    int w, h;
+    srv_cache_tier tier;
+    T_CHECK(srv_cache_get(c, A, &got, &w, &h, &tier) == 1, "miss before set_model");
+    srv_cache_set_model(c, "test-model", "fp32");
+    T_CHECK(srv_cache_put(c, A, e1, 30, 20) == 0, "put A");
+    T_CHECK(srv_cache_put(c, B, e2, 31, 21) == 0, "put B");
+    /* A left the single memory slot: a disk hit with the right content */
+    T_CHECK(srv_cache_get(c, A, &got, &w, &h, &tier) == 0 && tier == SRV_TIER_DISK && w == 30 &&
+                h == 20 && got[5] == 5.0f,
+            "A from disk");
+    T_CHECK(srv_cache_get(c, A, &got, &w, &h, &tier) == 0 && tier == SRV_TIER_MEMORY, "A from memory");
+    /* C evicts the least recently used (B) from disk */
+    T_CHECK(srv_cache_put(c, C, e1, 1, 1) == 0, "put C");
+    srv_cache_meta meta;
+    T_CHECK(srv_cache_meta_get(c, B, &meta) == 1, "B evicted");
+    T_CHECK(srv_cache_meta_get(c, A, &meta) == 0 && meta.hits == 2, "A kept, hits %lld", (long long)meta.hits);
+    T_CHECK(m.cache_evictions == 1, "evictions %llu", (unsigned long long)m.cache_evictions);
+    srv_cache_close(c);
+
+    /* corrupt A's blob behind the cache's back: dropped on read */
+    char db[600];
+    sqlite3 *s;
+    snprintf(db, sizeof db, "%s/cache.db", dir);
+    T_REQUIRE(sqlite3_open(db, &s) == SQLITE_OK, "sqlite open");
+    T_CHECK(sqlite3_exec(s, "UPDATE embedding_blob SET data = zeroblob(4096) WHERE embedding_id = "
+                            "(SELECT id FROM embedding WHERE image_sha256 LIKE 'aaaa%')",
+                         NULL, NULL, NULL) == SQLITE_OK,
+            "corrupt");
+    sqlite3_close(s);
+    T_REQUIRE(srv_cache_open(&c, dir, F, 1 << 20, 0, &m, err, sizeof err) == 0, "reopen: %s", err);
+    srv_cache_set_model(c, "test-model", "fp32");
+    T_CHECK(srv_cache_get(c, A, &got, &w, &h, &tier) == 1, "corrupt row served");
+    T_CHECK(m.cache_corrupt == 1, "corrupt not counted");
+    T_CHECK(srv_cache_meta_get(c, A, &meta) == 1, "corrupt row not dropped");
+    T_CHECK(srv_cache_get(c, C, &got, &w, &h, &tier) == 0 && got[7] == 7.0f, "C intact");
+    /* another model id does not see C */
+    srv_cache_set_model(c, "other-model", "fp32");
+    T_CHECK(srv_cache_peek(c, C, &w, &h) == 0, "keyed by model id");
+    srv_cache_close(c);
+    free(e1);
+    free(e2);
+}
+
+static void test_metrics_render(void)
+{
+    srv_metrics m;
+    char *t;
+    size_t n;
+    srv_metrics_init(&m);
+    srv_metrics_request(&m, SRV_ROUTE_SEGMENT, 200, 0.003);
+    srv_metrics_request(&m, SRV_ROUTE_SEGMENT, 418, 0.5);
+    srv_hist_observe(&m.batch_size, 3);
+    T_REQUIRE(srv_metrics_render(&m, &t, &n) == 0, "render");
+    T_CHECK(strstr(t, "tasam_requests_total{route=\"segment\",code=\"200\"} 1\n") != NULL, "200 line");
+    T_CHECK(strstr(t, "tasam_requests_total{route=\"segment\",code=\"other\"} 1\n") != NULL, "other");
+    T_CHECK(strstr(t, "tasam_request_duration_seconds_bucket{route=\"segment\",le=\"0.005\"} 1\n") != NULL,
+            "cumulative bucket");
+    T_CHECK(strstr(t, "tasam_request_duration_seconds_bucket{route=\"segment\",le=\"+Inf\"} 2\n") != NULL,
+            "+Inf bucket");
+    T_CHECK(strstr(t, "tasam_batch_size_bucket{le=\"3\"} 1\n") && strstr(t, "tasam_batch_size_sum 3.0"),
+            "batch histogram");
+    T_CHECK(strlen(t) == n && t[n - 1] == '\n', "length");
+    free(t);
+}
+
+int main(void)
+{
+    snprintf(g_tmp, sizeof g_tmp, "/tmp/tasam-test-units-XXXXXX");
+    if (!mkdtemp(g_tmp))
+        return 1;
+    srv_log_set_level(SRV_LOG_LEVEL_ERROR);
+    T_RUN(test_config_layers);
+    T_RUN(test_config_errors);
+    T_RUN(test_request_validation);
+    T_RUN(test_multipart);
+    T_RUN(test_schema_file_matches);
+    T_RUN(test_cache);
+    T_RUN(test_metrics_render);
+    char cmd[300];
+    snprintf(cmd, sizeof cmd, "rm -rf '%s'", g_tmp);
+    if (system(cmd) != 0)
+        fprintf(stderr, "could not remove %s\n", g_tmp);
+    return t_summary("test_server_units");
+}
