@@ -47,8 +47,10 @@ int hn_wordpiece_size(const hn_wordpiece *wp);
 /* The token of `id` (NUL-terminated, borrowed), NULL when out of range. */
 const char *hn_wordpiece_token(const hn_wordpiece *wp, int32_t id);
 
-/* Tokenize `s` (len bytes of UTF-8) exactly as BERT's uncased
- * BasicTokenizer + WordpieceTokenizer, into [CLS] tokens [SEP], truncated to
+/* Tokenize `s` (len bytes of UTF-8) as BERT's uncased BasicTokenizer +
+ * WordpieceTokenizer do (where BERT's implementations differ, as Hugging
+ * Face's tokenizers library, which sentence-transformers runs: see
+ * wordpiece.c), into [CLS] tokens [SEP], truncated to
  * `max_len` (>= 2) ids. ids[max_len] receives the ids padded with 0,
  * mask[max_len] 1 for each real token and 0 for padding (mask may be NULL);
  * *n_tokens the number of real tokens, [CLS] and [SEP] included.
