@@ -1120,6 +1120,25 @@ static void test_queue_full_429(void)
     T_CHECK(daemon_stop(&d) == 0, "stop");
 }
 
+static void test_deadline_504(void)
+{
+    char state[PATH_MAX], path[PATH_MAX];
+    daemon_proc d;
+    T_NEED_FIXTURES();
+    snprintf(state, sizeof state, "%s/state-deadline", g_tmp);
+    /* 1 ms from arrival: decoding and resizing the image alone take longer,
+     * so the worker finds the deadline passed. */
+    static const char *const args[] = {"--request-timeout-ms", "1", NULL};
+    T_REQUIRE(daemon_start(&d, state, 1, args) == 0, "start");
+    write_request(path, sizeof path, g_dog_b64, NULL);
+    expect_error(d.port, "POST", "/v1/segment", "application/json", path, NULL, 504, "",
+                 "expired deadline");
+    char *m = get_metrics(d.port);
+    T_CHECK(m && metric(m, "tasam_deadline_expired_total") >= 1, "504 not counted");
+    free(m);
+    T_CHECK(daemon_stop(&d) == 0, "stop");
+}
+
 static void test_corrupt_db_moved_aside(void)
 {
     char state[PATH_MAX], db[PATH_MAX];
@@ -1247,6 +1266,7 @@ int main(int argc, char **argv)
     T_RUN(test_stop_main);
     T_RUN(test_kill9_during_burst);
     T_RUN(test_queue_full_429);
+    T_RUN(test_deadline_504);
     T_RUN(test_corrupt_db_moved_aside);
     T_RUN(test_sighup_reload);
     if (g_d.pid)
