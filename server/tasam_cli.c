@@ -6,6 +6,15 @@
  *                 [--single-mask] [--dump OUT.safetensors] [--json OUT.json]
  *                 [--png OUT_PREFIX] [--device auto|cpu|cuda] [--precision ...]
  *
+ *                 [--hypernet FILE --task TEXT [--text-model DIR] [--merged]]
+ *                 [--adapter FILE.safetensors]
+ *   tasam embed-text [--text-model DIR] [--dump OUT.safetensors] TEXT...
+ *   tasam hypernet init --out FILE [--seed N] [--random] [--rank R] [--alpha A]
+ *                 [--text-dim D] [--text-model NAME|DIR|hashed] [--targets LIST]
+ *   tasam hypernet info FILE
+ *   tasam adapter --hypernet FILE --task TEXT --out FILE [--text-model DIR]
+ *   tasam adapter --info FILE
+ *
  * Points and one box form one prompt; several boxes form a batch of prompts
  * (the points, if any, join each). Exit status: 0 success, 1 runtime error,
  * 2 usage error.
@@ -16,6 +25,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <time.h>
 
 #include "engine/ckpt.h"
@@ -24,6 +34,9 @@
 #include "engine/ops.h"
 #include "engine/rle.h"
 #include "engine/sam.h"
+#include "adapters/adapter.h"
+#include "hypernet/hypernet.h"
+#include "hypernet/text.h"
 
 #define CLI_MAX_POINTS 64
 #define CLI_MAX_BOXES 256
@@ -59,6 +72,8 @@ static int parse_numbers(const char *s, double *out, int n)
 typedef struct segment_args {
     const char *checkpoint, *image, *mask_input, *dump, *json, *png;
     const char *device, *precision;
+    const char *hypernet, *task, *text_model, *adapter; /* task adapter (optional) */
+    int merged;
     int threads;
     int multimask;
     long long max_pixels;
@@ -94,6 +109,16 @@ static void segment_usage(FILE *f)
             "  --precision P         auto (default), fp32, fp16 or bf16 (cuda only)\n"
             "  --threads N           CPU threads (default: all cores)\n"
             "  --max-pixels N        refuse larger images (default %lld)\n"
+            "\n"
+            "Task adapters (LoRA on the mask decoder):\n"
+            "  --hypernet FILE       hypernetwork (tasam hypernet init) that turns --task into\n"
+            "                        an adapter\n"
+            "  --task TEXT           the task in words, e.g. 'segment all round orange fruits'\n"
+            "  --text-model DIR      text encoder folder (default: what the hypernetwork names:\n"
+            "                        the hashed fallback, or models/NAME)\n"
+            "  --merged              fold the adapter into a copy of the decoder weights\n"
+            "                        (default: applied unmerged; the masks agree)\n"
+            "  --adapter FILE        use a saved adapter (tasam adapter --out) instead\n"
             "\n"
             "With no point, box or mask, SAM's prompt-free output is returned.\n",
             (long long)ENG_IMAGE_DEFAULT_MAX_PIXELS);
@@ -175,6 +200,20 @@ static int parse_segment_args(int argc, char **argv, segment_args *a)
         } else if (!strcmp(o, "--precision")) {
             NEEDV();
             a->precision = v;
+        } else if (!strcmp(o, "--hypernet")) {
+            NEEDV();
+            a->hypernet = v;
+        } else if (!strcmp(o, "--task")) {
+            NEEDV();
+            a->task = v;
+        } else if (!strcmp(o, "--text-model")) {
+            NEEDV();
+            a->text_model = v;
+        } else if (!strcmp(o, "--adapter")) {
+            NEEDV();
+            a->adapter = v;
+        } else if (!strcmp(o, "--merged")) {
+            a->merged = 1;
         } else if (!strcmp(o, "--threads")) {
             NEEDV();
             a->threads = atoi(v);
@@ -193,6 +232,18 @@ static int parse_segment_args(int argc, char **argv, segment_args *a)
     }
     if (!a->image) {
         fprintf(stderr, "tasam segment: --image is required (see tasam segment --help)\n");
+        return 2;
+    }
+    if (!a->hypernet != !a->task) {
+        fprintf(stderr, "tasam segment: --hypernet and --task go together\n");
+        return 2;
+    }
+    if (a->adapter && a->hypernet) {
+        fprintf(stderr, "tasam segment: give --adapter or --hypernet/--task, not both\n");
+        return 2;
+    }
+    if ((a->text_model || a->merged) && !a->hypernet && !a->adapter) {
+        fprintf(stderr, "tasam segment: --text-model and --merged need --hypernet and --task\n");
         return 2;
     }
     if (strcmp(a->device, "auto") && strcmp(a->device, "cpu") && strcmp(a->device, "cuda")) {
@@ -326,7 +377,7 @@ out:
 
 static int write_json(const segment_args *a, const eng_sam *model, const eng_image *img,
                       const uint8_t *masks, const float *iou, const float *stab, int n_prompts,
-                      int C, const double *timings)
+                      int C, const double *timings, const ad_adapter *ad)
 {
     size_t npx = (size_t)img->w * img->h;
     json_t *root = json_object(), *arr = json_array();
@@ -336,6 +387,12 @@ static int write_json(const segment_args *a, const eng_sam *model, const eng_ima
     json_object_set_new(root, "height", json_integer(img->h));
     json_object_set_new(root, "model", json_string(eng_sam_model_id(model)));
     json_object_set_new(root, "device", json_string(eng_backend_describe(eng_sam_backend(model))));
+    if (ad)
+        json_object_set_new(root, "adapter",
+                            json_pack("{s:s,s:s,s:s,s:s,s:i,s:f}", "id", ad->id, "task",
+                                      ad->task, "hypernet_id", ad->hypernet_id,
+                                      "hypernet_version", ad->hypernet_version, "rank", ad->rank,
+                                      "alpha", (double)ad->alpha));
     for (int p = 0; p < n_prompts && !rc; p++)
         for (int c = 0; c < C && !rc; c++) {
             eng_rle r = {0};
@@ -387,6 +444,53 @@ static int load_mask_input(const char *path, float *dst)
     return rc;
 }
 
+/* Load a hypernetwork and the text encoder it was built for (text_dir, or
+ * what the hypernetwork names), on `be`. Prints what it does. */
+static int load_hypernet_and_text(const char *path, const char *text_dir, eng_backend *be,
+                                  hn_hypernet **h, hn_text **text)
+{
+    double t0 = now_ms();
+    if (hn_hypernet_load(h, path, be)) {
+        fprintf(stderr, "tasam: %s\n", eng_last_error());
+        return 1;
+    }
+    size_t trunk, heads;
+    hn_hypernet_count(*h, &trunk, &heads);
+    fprintf(stderr,
+            "tasam: hypernetwork %s: version %s, id %.16s..., rank %d, alpha %g, %zu + %zu "
+            "parameters, for text model %s (%d-d), loaded in %.0f ms\n",
+            path, hn_hypernet_version(*h), hn_hypernet_id(*h), hn_hypernet_rank(*h),
+            (double)hn_hypernet_alpha(*h), trunk, heads, hn_hypernet_text_model(*h),
+            hn_hypernet_text_dim(*h), now_ms() - t0);
+    t0 = now_ms();
+    if (hn_hypernet_open_text(*h, text_dir, be, text)) {
+        fprintf(stderr, "tasam: %s\n", eng_last_error());
+        return 1;
+    }
+    fprintf(stderr, "tasam: text encoder: %s%s, loaded in %.0f ms\n", hn_text_describe(*text),
+            hn_text_wordpiece(*text) ? "" : " (no text model: the built-in hashed embedding)",
+            now_ms() - t0);
+    return 0;
+}
+
+/* One line per adapter property, on stderr; the id alone on stdout's
+ * "adapter ID" line for scripts. */
+static void print_adapter(const ad_adapter *ad)
+{
+    char tg[64];
+    if (ad->n_targets == ENG_SAM_LORA_TARGETS)
+        snprintf(tg, sizeof tg, "all %d decoder layers", ad->n_targets);
+    else
+        snprintf(tg, sizeof tg, "%d of %d decoder layers", ad->n_targets, ENG_SAM_LORA_TARGETS);
+    fprintf(stderr,
+            "tasam: adapter for task \"%s\": rank %d, alpha %g (scale %g), %s, %zu KiB, "
+            "hypernetwork version %s, text model %s\n",
+            ad->task_normalized, ad->rank, (double)ad->alpha, (double)ad_adapter_scale(ad), tg,
+            ad_adapter_bytes(ad) >> 10, ad->hypernet_version, ad->text_model);
+    printf("adapter %s\n", ad->id);
+    fflush(stdout);
+}
+
 static int cmd_segment(int argc, char **argv)
 {
     segment_args a;
@@ -399,6 +503,10 @@ static int cmd_segment(int argc, char **argv)
     float *input = NULL, *emb = NULL, *iou = NULL, *lo = NULL, *stab = NULL, *mask_in = NULL;
     uint8_t *masks = NULL;
     eng_sam_prompt *prompts = NULL;
+    hn_hypernet *hyper = NULL;
+    hn_text *text = NULL;
+    ad_adapter *ad = NULL;
+    eng_sam_lora *lora = NULL;
     double t[4] = {0}, t0;
     int status = 1;
 
@@ -418,6 +526,29 @@ static int cmd_segment(int argc, char **argv)
     fprintf(stderr, "tasam: %s (embed %d, depth %d, %d heads) loaded in %.0f ms, model %s\n",
             cfg->name, cfg->embed_dim, cfg->depth, cfg->heads, now_ms() - t0,
             eng_sam_model_id(model));
+
+    if (a.hypernet || a.adapter) {
+        if (a.hypernet) {
+            if (load_hypernet_and_text(a.hypernet, a.text_model, be, &hyper, &text))
+                goto out;
+            t0 = now_ms();
+            if (ad_adapter_generate(text, hyper, a.task, strlen(a.task), &ad)) {
+                fprintf(stderr, "tasam: --task: %s\n", eng_last_error());
+                goto out;
+            }
+            fprintf(stderr, "tasam: adapter generated in %.1f ms\n", now_ms() - t0);
+        } else if (ad_adapter_load(&ad, a.adapter)) {
+            fprintf(stderr, "tasam: %s\n", eng_last_error());
+            goto out;
+        }
+        if (ad_adapter_to_lora(ad, model, a.merged, &lora)) {
+            fprintf(stderr, "tasam: adapter: %s\n", eng_last_error());
+            goto out;
+        }
+        print_adapter(ad);
+        fprintf(stderr, "tasam: adapter applied %s (%zu KiB of device memory)\n",
+                a.merged ? "merged" : "unmerged", eng_sam_lora_bytes(lora) >> 10);
+    }
 
     t0 = now_ms();
     if (eng_image_load(a.image, a.max_pixels, &img)) {
@@ -472,6 +603,7 @@ static int cmd_segment(int argc, char **argv)
         prompts[p].points = a.points;
         prompts[p].labels = a.labels;
         prompts[p].mask_input = mask_in;
+        prompts[p].lora = lora;
         if (a.n_boxes) {
             prompts[p].has_box = 1;
             memcpy(prompts[p].box, a.boxes + 4 * p, sizeof prompts[p].box);
@@ -517,15 +649,16 @@ static int cmd_segment(int argc, char **argv)
             e[2] = (eng_st_entry){"low_res_logits", ENG_F32, 4, {n_prompts, C, 256, 256}, lo};
             e[3] = (eng_st_entry){"masks", ENG_U8, 4, {n_prompts, C, img.h, img.w}, masks};
         }
-        const char *meta[] = {"model", eng_sam_model_id(model), "image", a.image};
-        if (eng_safetensors_write(a.dump, e, 4, meta, 2)) {
+        const char *meta[] = {"model", eng_sam_model_id(model), "image", a.image, "adapter",
+                              ad ? ad->id : ""};
+        if (eng_safetensors_write(a.dump, e, 4, meta, ad ? 3 : 2)) {
             fprintf(stderr, "tasam: %s\n", eng_last_error());
             goto out;
         }
         fprintf(stderr, "tasam: wrote %s\n", a.dump);
     }
     if (a.json) {
-        if (write_json(&a, model, &img, masks, iou, stab, n_prompts, C, t)) {
+        if (write_json(&a, model, &img, masks, iou, stab, n_prompts, C, t, ad)) {
             fprintf(stderr, "tasam: %s\n", eng_last_error());
             goto out;
         }
@@ -550,7 +683,499 @@ out:
     free(mask_in);
     free(prompts);
     eng_image_free(&img);
+    eng_sam_lora_destroy(model, lora);
+    ad_adapter_destroy(ad);
+    hn_text_destroy(text);
+    hn_hypernet_destroy(hyper);
     eng_sam_destroy(model);
+    eng_backend_destroy(be);
+    return status;
+}
+
+/* ---- tasam embed-text ---- */
+
+static void embed_usage(FILE *f)
+{
+    fprintf(f,
+            "usage: tasam embed-text [--text-model DIR] [--dump OUT.safetensors] TEXT...\n"
+            "\n"
+            "Embed texts with the task-text encoder and print a summary per text.\n"
+            "\n"
+            "  --text-model DIR   a Hugging Face BERT folder (config.json, vocab.txt,\n"
+            "                     model.safetensors), e.g. models/all-MiniLM-L6-v2\n"
+            "                     (deploy/fetch-text-model.sh fetches it); without it the\n"
+            "                     built-in hashed n-gram embedding is used\n"
+            "  --dim N            width of the hashed embedding (default 384)\n"
+            "  --dump FILE        write input_ids and attention_mask [n, T] (i32; BERT only)\n"
+            "                     and embeddings [n, d] (f32) as safetensors\n"
+            "  --device D         auto, cpu (default) or cuda\n");
+}
+
+static int cmd_embed_text(int argc, char **argv)
+{
+    const char *model = NULL, *dump = NULL, *device = "cpu";
+    int dim = 384, n = 0, status = 1;
+    const char **texts = calloc((size_t)argc + 1, sizeof *texts);
+    if (!texts)
+        return 1;
+    for (int i = 0; i < argc; i++) {
+        const char *o = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
+        int takes = !strcmp(o, "--text-model") || !strcmp(o, "--dump") || !strcmp(o, "--dim") ||
+                    !strcmp(o, "--device");
+        if (!strcmp(o, "--help") || !strcmp(o, "-h")) {
+            embed_usage(stdout);
+            free(texts);
+            return 0;
+        } else if (takes && !v) {
+            fprintf(stderr, "tasam embed-text: %s needs a value\n", o);
+            free(texts);
+            return 2;
+        } else if (!strcmp(o, "--")) {
+            while (++i < argc)
+                texts[n++] = argv[i];
+        } else if (takes) {
+            i++;
+            if (!strcmp(o, "--text-model"))
+                model = v;
+            else if (!strcmp(o, "--dump"))
+                dump = v;
+            else if (!strcmp(o, "--device"))
+                device = v;
+            else if ((dim = atoi(v)) < 16 || dim > 65536) {
+                fprintf(stderr, "tasam embed-text: --dim must be 16..65536\n");
+                free(texts);
+                return 2;
+            }
+        } else if (o[0] == '-' && o[1] == '-') {
+            fprintf(stderr, "tasam embed-text: unknown option '%s' (see --help)\n", o);
+            free(texts);
+            return 2;
+        } else {
+            texts[n++] = o;
+        }
+    }
+    if (n == 0) {
+        fprintf(stderr, "tasam embed-text: no TEXT given (see tasam embed-text --help)\n");
+        free(texts);
+        return 2;
+    }
+    eng_backend *be = NULL;
+    hn_text *t = NULL;
+    size_t *lens = calloc((size_t)n, sizeof *lens);
+    float *emb = NULL;
+    int32_t *ids = NULL, *mask = NULL, *ntok = calloc((size_t)n, sizeof *ntok);
+    if (!lens || !ntok)
+        goto out;
+    if (model) {
+        int rc = open_backend(device, "fp32", 0, &be);
+        if (rc) {
+            status = rc;
+            goto out;
+        }
+        if (hn_text_load(&t, model, be, n < 16 ? n : 16)) {
+            fprintf(stderr, "tasam: %s\n", eng_last_error());
+            goto out;
+        }
+    } else {
+        if (hn_text_create_hashed(&t, dim)) {
+            fprintf(stderr, "tasam: %s\n", eng_last_error());
+            goto out;
+        }
+        fprintf(stderr, "tasam: no --text-model: using the built-in hashed n-gram embedding "
+                        "(%d-d); it carries no meaning beyond shared words\n", dim);
+    }
+    const int d = hn_text_dim(t), L = hn_text_max_len(t);
+    int T = 0;
+    for (int i = 0; i < n; i++)
+        lens[i] = strlen(texts[i]);
+    if (L > 0) {
+        ids = calloc((size_t)n * L, sizeof *ids);
+        mask = calloc((size_t)n * L, sizeof *mask);
+        if (!ids || !mask)
+            goto out;
+        for (int i = 0; i < n; i++) {
+            if (hn_text_tokenize(t, texts[i], lens[i], L, ids + (size_t)i * L,
+                                 mask + (size_t)i * L, &ntok[i])) {
+                fprintf(stderr, "tasam: text %d: %s\n", i + 1, eng_last_error());
+                goto out;
+            }
+            if (ntok[i] > T)
+                T = ntok[i];
+        }
+        /* [n, L] -> [n, T]: the batch is padded to its longest text */
+        for (int i = 0; i < n; i++) {
+            memmove(ids + (size_t)i * T, ids + (size_t)i * L, (size_t)T * sizeof *ids);
+            memmove(mask + (size_t)i * T, mask + (size_t)i * L, (size_t)T * sizeof *mask);
+        }
+    }
+    emb = malloc((size_t)n * d * sizeof *emb);
+    if (!emb)
+        goto out;
+    double t0 = now_ms();
+    if (hn_text_embed(t, texts, lens, n, emb)) {
+        fprintf(stderr, "tasam: %s\n", eng_last_error());
+        goto out;
+    }
+    double ms = now_ms() - t0;
+    printf("text model: %s\n", hn_text_describe(t));
+    for (int i = 0; i < n; i++) {
+        const float *e = emb + (size_t)i * d;
+        double nrm = 0;
+        for (int k = 0; k < d; k++)
+            nrm += (double)e[k] * e[k];
+        printf("[%d] ", i);
+        if (L > 0)
+            printf("%d tokens, ", ntok[i]);
+        printf("norm %.4f, [%.4f, %.4f, %.4f, %.4f, ...]  \"%.60s%s\"\n", sqrt(nrm), e[0], e[1],
+               e[2], e[3], texts[i], lens[i] > 60 ? "..." : "");
+    }
+    for (int i = 1; i < n && i < 8; i++) {
+        double dot = 0;
+        for (int k = 0; k < d; k++)
+            dot += (double)emb[k] * emb[(size_t)i * d + k];
+        printf("cosine([0], [%d]) = %.4f\n", i, dot);
+    }
+    fprintf(stderr, "tasam: %d text(s) embedded in %.2f ms\n", n, ms);
+    if (dump) {
+        eng_st_entry e[3];
+        memset(e, 0, sizeof e);
+        size_t ne = 0;
+        if (L > 0 && T > 0) {
+            e[ne++] = (eng_st_entry){"input_ids", ENG_I32, 2, {n, T}, ids};
+            e[ne++] = (eng_st_entry){"attention_mask", ENG_I32, 2, {n, T}, mask};
+        }
+        e[ne++] = (eng_st_entry){"embeddings", ENG_F32, 2, {n, d}, emb};
+        const char *meta[] = {"text_model", hn_text_describe(t)};
+        if (eng_safetensors_write(dump, e, ne, meta, 1)) {
+            fprintf(stderr, "tasam: %s\n", eng_last_error());
+            goto out;
+        }
+        fprintf(stderr, "tasam: wrote %s%s\n", dump,
+                L > 0 ? "" : " (embeddings only: the hashed embedding has no tokens)");
+    }
+    status = 0;
+out:
+    if (status == 1 && (!lens || !ntok))
+        fprintf(stderr, "tasam: out of memory\n");
+    free(texts);
+    free(lens);
+    free(emb);
+    free(ids);
+    free(mask);
+    free(ntok);
+    hn_text_destroy(t);
+    eng_backend_destroy(be);
+    return status;
+}
+
+/* ---- tasam hypernet ---- */
+
+static void hypernet_usage(FILE *f)
+{
+    fprintf(f,
+            "usage: tasam hypernet init --out FILE [options]\n"
+            "       tasam hypernet info FILE\n"
+            "\n"
+            "init writes a fresh hypernetwork (version \"0\"). Untrained, its adapters are\n"
+            "exactly zero (delta W = 0: plain SAM) unless --random.\n"
+            "\n"
+            "  --out FILE          where to write it (safetensors)\n"
+            "  --seed N            random seed (default 0)\n"
+            "  --random            random output heads too: adapters change the masks\n"
+            "                      (tests, demos)\n"
+            "  --rank R            LoRA rank, %d..%d (default %d)\n"
+            "  --alpha A           LoRA alpha; the scale is alpha/rank (default 2*rank)\n"
+            "  --hidden H          hidden width (default %d)\n"
+            "  --text-model M      the text encoder its adapters are made with: a name\n"
+            "                      (default all-MiniLM-L6-v2, looked up as models/NAME), a\n"
+            "                      model folder (its name and width are read from it), or\n"
+            "                      'hashed' for the built-in hashed embedding (no files)\n"
+            "  --text-dim D        embedding width (default 384; taken from a folder)\n"
+            "  --targets LIST      decoder layers to adapt: all (default), groups attn, mlp,\n"
+            "                      hyper, iou, or layer names, comma-separated; '-' removes\n"
+            "                      (e.g. all,-mlp)\n",
+            HN_MIN_RANK, HN_MAX_RANK, HN_DEFAULT_RANK, HN_DEFAULT_HIDDEN);
+}
+
+/* A whole-string integer in [lo, hi]. */
+static int parse_int(const char *s, long long lo, long long hi, long long *out)
+{
+    char *end;
+    errno = 0;
+    long long v = strtoll(s, &end, 0);
+    if (end == s || *end || errno || v < lo || v > hi)
+        return -1;
+    *out = v;
+    return 0;
+}
+
+static int cmd_hypernet_info(const char *path)
+{
+    hn_params *p = NULL;
+    char version[HN_NAME_MAX], id[HN_ID_LEN + 1], tg[4096];
+    if (hn_params_read(&p, path, version)) {
+        fprintf(stderr, "tasam: %s\n", eng_last_error());
+        return 1;
+    }
+    size_t trunk, heads;
+    hn_params_count(p, &trunk, &heads);
+    hn_params_id(p, id);
+    hn_targets_format(p->cfg.present, tg, sizeof tg);
+    int n = 0;
+    for (int t = 0; t < ENG_SAM_LORA_TARGETS; t++)
+        n += p->cfg.present[t];
+    printf("hypernetwork %s\n  id %s\n  version %s\n  text model %s (%d-d)\n  hidden %d, rank "
+           "%d, alpha %g\n  parameters: trunk %zu, heads %zu (%.1f MiB f32)\n  targets: %d "
+           "(%s)\n",
+           path, id, version, p->cfg.text_model, p->cfg.text_dim, p->cfg.hidden, p->cfg.rank,
+           (double)p->cfg.alpha, trunk, heads, (trunk + heads) * 4.0 / (1 << 20), n,
+           n == ENG_SAM_LORA_TARGETS ? "all" : tg);
+    hn_params_destroy(p);
+    return 0;
+}
+
+static int cmd_hypernet(int argc, char **argv)
+{
+    if (argc < 1 || !strcmp(argv[0], "--help") || !strcmp(argv[0], "-h")) {
+        hypernet_usage(argc < 1 ? stderr : stdout);
+        return argc < 1 ? 2 : 0;
+    }
+    if (!strcmp(argv[0], "info")) {
+        if (argc == 2 && strcmp(argv[1], "--help"))
+            return cmd_hypernet_info(argv[1]);
+        hypernet_usage(argc == 2 ? stdout : stderr);
+        return argc == 2 ? 0 : 2;
+    }
+    if (strcmp(argv[0], "init")) {
+        fprintf(stderr, "tasam hypernet: unknown subcommand '%s' (init or info)\n", argv[0]);
+        return 2;
+    }
+    hn_hypernet_config cfg;
+    hn_hypernet_config_default(&cfg);
+    const char *out = NULL, *model = NULL, *targets = "all";
+    long long seed = 0, v;
+    int random = 0, alpha_set = 0, dim_set = 0;
+    for (int i = 1; i < argc; i++) {
+        const char *o = argv[i], *val = i + 1 < argc ? argv[i + 1] : NULL;
+        if (!strcmp(o, "--help") || !strcmp(o, "-h")) {
+            hypernet_usage(stdout);
+            return 0;
+        }
+        if (!strcmp(o, "--random")) {
+            random = 1;
+            continue;
+        }
+        int known = !strcmp(o, "--out") || !strcmp(o, "--seed") || !strcmp(o, "--rank") ||
+                    !strcmp(o, "--alpha") || !strcmp(o, "--hidden") ||
+                    !strcmp(o, "--text-model") || !strcmp(o, "--text-dim") ||
+                    !strcmp(o, "--targets");
+        if (!known) {
+            fprintf(stderr, "tasam hypernet init: unknown option '%s' (see --help)\n", o);
+            return 2;
+        }
+        if (!val) {
+            fprintf(stderr, "tasam hypernet init: %s needs a value\n", o);
+            return 2;
+        }
+        i++;
+        if (!strcmp(o, "--out")) {
+            out = val;
+        } else if (!strcmp(o, "--seed")) {
+            if (parse_int(val, 0, INT64_MAX, &seed)) {
+                fprintf(stderr, "tasam hypernet init: --seed must be a non-negative integer\n");
+                return 2;
+            }
+        } else if (!strcmp(o, "--rank")) {
+            if (parse_int(val, HN_MIN_RANK, HN_MAX_RANK, &v)) {
+                fprintf(stderr, "tasam hypernet init: --rank must be %d..%d\n", HN_MIN_RANK,
+                        HN_MAX_RANK);
+                return 2;
+            }
+            cfg.rank = (int)v;
+        } else if (!strcmp(o, "--alpha")) {
+            char *end;
+            cfg.alpha = strtof(val, &end);
+            if (end == val || *end || !(cfg.alpha > 0) || cfg.alpha > 1024) {
+                fprintf(stderr, "tasam hypernet init: --alpha must be in (0, 1024]\n");
+                return 2;
+            }
+            alpha_set = 1;
+        } else if (!strcmp(o, "--hidden")) {
+            if (parse_int(val, 8, 4096, &v)) {
+                fprintf(stderr, "tasam hypernet init: --hidden must be 8..4096\n");
+                return 2;
+            }
+            cfg.hidden = (int)v;
+        } else if (!strcmp(o, "--text-dim")) {
+            if (parse_int(val, 1, 65536, &v)) {
+                fprintf(stderr, "tasam hypernet init: --text-dim must be 1..65536\n");
+                return 2;
+            }
+            cfg.text_dim = (int)v;
+            dim_set = 1;
+        } else if (!strcmp(o, "--text-model")) {
+            model = val;
+        } else {
+            targets = val;
+        }
+    }
+    if (!out) {
+        fprintf(stderr, "tasam hypernet init: --out FILE is required (see --help)\n");
+        return 2;
+    }
+    if (!alpha_set)
+        cfg.alpha = 2.0f * cfg.rank;
+    if (hn_targets_parse(targets, cfg.present)) {
+        fprintf(stderr, "tasam hypernet init: --targets: %s\n", eng_last_error());
+        return 2;
+    }
+    struct stat st;
+    if (model && stat(model, &st) == 0 && S_ISDIR(st.st_mode)) {
+        /* A model folder: its name and width, from the encoder itself. */
+        eng_backend *be = NULL;
+        hn_text *t = NULL;
+        if (eng_backend_cpu_create(&be, 1) || hn_text_load(&t, model, be, 1)) {
+            fprintf(stderr, "tasam: %s: %s\n", model, eng_last_error());
+            eng_backend_destroy(be);
+            return 1;
+        }
+        if (dim_set && cfg.text_dim != hn_text_dim(t)) {
+            fprintf(stderr, "tasam hypernet init: --text-dim %d, but %s is %d-d\n", cfg.text_dim,
+                    model, hn_text_dim(t));
+            hn_text_destroy(t);
+            eng_backend_destroy(be);
+            return 2;
+        }
+        cfg.text_dim = hn_text_dim(t);
+        hn_hypernet_text_name(t, cfg.text_model, sizeof cfg.text_model);
+        hn_text_destroy(t);
+        eng_backend_destroy(be);
+    } else if (model && !strcmp(model, "hashed")) {
+        snprintf(cfg.text_model, sizeof cfg.text_model, "hashed-%d", cfg.text_dim);
+    } else if (model && !strncmp(model, "hashed-", 7)) {
+        if (parse_int(model + 7, 16, 65536, &v) || (dim_set && v != cfg.text_dim)) {
+            fprintf(stderr, "tasam hypernet init: --text-model %s: expected hashed-D with D "
+                            "16..65536 (and equal to --text-dim)\n", model);
+            return 2;
+        }
+        cfg.text_dim = (int)v;
+        snprintf(cfg.text_model, sizeof cfg.text_model, "hashed-%d", cfg.text_dim);
+    } else if (model) {
+        if (strchr(model, '/')) {
+            fprintf(stderr, "tasam hypernet init: --text-model %s: no such folder\n", model);
+            return 1;
+        }
+        if (strlen(model) >= sizeof cfg.text_model) {
+            fprintf(stderr, "tasam hypernet init: --text-model name too long\n");
+            return 2;
+        }
+        snprintf(cfg.text_model, sizeof cfg.text_model, "%s", model);
+    }
+    if (hn_hypernet_config_check(&cfg)) {
+        fprintf(stderr, "tasam hypernet init: %s\n", eng_last_error());
+        return 2;
+    }
+    if (hn_hypernet_init(out, &cfg, (uint64_t)seed, random)) {
+        fprintf(stderr, "tasam: %s\n", eng_last_error());
+        return 1;
+    }
+    fprintf(stderr, "tasam: wrote %s (%s adapters)\n", out,
+            random ? "random: non-zero" : "zero: delta W = 0, plain SAM");
+    return cmd_hypernet_info(out);
+}
+
+/* ---- tasam adapter ---- */
+
+static void adapter_usage(FILE *f)
+{
+    fprintf(f,
+            "usage: tasam adapter --hypernet FILE --task TEXT --out FILE [options]\n"
+            "       tasam adapter --info FILE\n"
+            "\n"
+            "Generate the LoRA adapter for a task (text encoder + hypernetwork) and save it\n"
+            "as safetensors with its metadata; prints \"adapter ID\" on stdout.\n"
+            "\n"
+            "  --hypernet FILE     hypernetwork (tasam hypernet init)\n"
+            "  --task TEXT         the task in words (at most %d bytes of UTF-8)\n"
+            "  --out FILE          the adapter file to write\n"
+            "  --text-model DIR    text encoder folder (default: what the hypernetwork names)\n"
+            "  --device D          auto, cpu (default) or cuda\n"
+            "  --info FILE         check a saved adapter and describe it\n",
+            AD_TASK_MAX);
+}
+
+static int cmd_adapter(int argc, char **argv)
+{
+    const char *hyper = NULL, *task = NULL, *out = NULL, *model = NULL, *info = NULL;
+    const char *device = "cpu";
+    for (int i = 0; i < argc; i++) {
+        const char *o = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
+        const char **dst = !strcmp(o, "--hypernet")     ? &hyper
+                           : !strcmp(o, "--task")       ? &task
+                           : !strcmp(o, "--out")        ? &out
+                           : !strcmp(o, "--text-model") ? &model
+                           : !strcmp(o, "--info")       ? &info
+                           : !strcmp(o, "--device")     ? &device
+                                                        : NULL;
+        if (!strcmp(o, "--help") || !strcmp(o, "-h")) {
+            adapter_usage(stdout);
+            return 0;
+        }
+        if (!dst) {
+            fprintf(stderr, "tasam adapter: unknown option '%s' (see --help)\n", o);
+            return 2;
+        }
+        if (!v) {
+            fprintf(stderr, "tasam adapter: %s needs a value\n", o);
+            return 2;
+        }
+        *dst = v;
+        i++;
+    }
+    if (info) {
+        ad_adapter *ad = NULL;
+        if (ad_adapter_load(&ad, info)) {
+            fprintf(stderr, "tasam: %s\n", eng_last_error());
+            return 1;
+        }
+        print_adapter(ad);
+        printf("task %s\nhypernet %s (version %s)\ncreated %lld\n", ad->task, ad->hypernet_id,
+               ad->hypernet_version, (long long)ad->created);
+        ad_adapter_destroy(ad);
+        return 0;
+    }
+    if (!hyper || !task || !out) {
+        fprintf(stderr, "tasam adapter: --hypernet, --task and --out are required (see --help)\n");
+        return 2;
+    }
+    eng_backend *be = NULL;
+    hn_hypernet *h = NULL;
+    hn_text *text = NULL;
+    ad_adapter *ad = NULL;
+    int status = open_backend(device, "fp32", 0, &be);
+    if (status)
+        return status;
+    status = 1;
+    if (load_hypernet_and_text(hyper, model, be, &h, &text))
+        goto out;
+    double t0 = now_ms();
+    if (ad_adapter_generate(text, h, task, strlen(task), &ad)) {
+        fprintf(stderr, "tasam: --task: %s\n", eng_last_error());
+        status = 2;
+        goto out;
+    }
+    double ms = now_ms() - t0;
+    if (ad_adapter_save(ad, out)) {
+        fprintf(stderr, "tasam: %s\n", eng_last_error());
+        goto out;
+    }
+    fprintf(stderr, "tasam: adapter generated in %.2f ms, wrote %s\n", ms, out);
+    print_adapter(ad);
+    status = 0;
+out:
+    ad_adapter_destroy(ad);
+    hn_text_destroy(text);
+    hn_hypernet_destroy(h);
     eng_backend_destroy(be);
     return status;
 }
@@ -560,7 +1185,11 @@ static void usage(FILE *f)
     fprintf(f, "usage: tasam COMMAND [options]\n"
                "\n"
                "commands:\n"
-               "  segment     segment an image with SAM (points, boxes, masks or no prompt)\n"
+               "  segment     segment an image with SAM (points, boxes, masks or no prompt),\n"
+               "              optionally adapted to a task in words (--hypernet, --task)\n"
+               "  embed-text  embed texts with the task-text encoder\n"
+               "  hypernet    init: write a fresh hypernetwork; info: describe one\n"
+               "  adapter     generate a task's LoRA adapter and save it\n"
                "\n"
                "`tasam COMMAND --help` describes each command.\n");
 }
@@ -577,6 +1206,12 @@ int main(int argc, char **argv)
     }
     if (!strcmp(argv[1], "segment"))
         return cmd_segment(argc - 2, argv + 2);
+    if (!strcmp(argv[1], "embed-text"))
+        return cmd_embed_text(argc - 2, argv + 2);
+    if (!strcmp(argv[1], "hypernet"))
+        return cmd_hypernet(argc - 2, argv + 2);
+    if (!strcmp(argv[1], "adapter"))
+        return cmd_adapter(argc - 2, argv + 2);
     fprintf(stderr, "tasam: unknown command '%s'\n", argv[1]);
     usage(stderr);
     return 2;
