@@ -1,0 +1,613 @@
+/*
+ * engine/cuda/attention.cu: multi-head attention with SAM's decomposed
+ * relative-position bias and an optional additive key mask.
+ *
+ * Shapes (eng_attn): q [B, Tq, H*D] with token stride q_rs, k and v
+ * [B, Tk, H*D] with token stride kv_rs (views into a fused qkv buffer are
+ * fine), out [B, Tq, H*D] contiguous.
+ *   s(i, j) = scale * q_i . k_j + bias(i, j) + key_bias[b, j]
+ *   bias(i, j) = q_i . rel_h[qy(i) - ky(j) + gh - 1] + q_i . rel_w[qx(i) - kx(j) + gw - 1]
+ * (unscaled q; query and key grids are gh x gw, i = qy * gw + qx), then a
+ * softmax over j and out_i = sum_j p(i, j) v_j. cpu.c's eng__softmax_rows is
+ * the reference.
+ *
+ * Two paths:
+ *  - flash (sm_80+, f16/bf16, D in {16, 32, 64, 80, 96, 128}, 16-byte
+ *    aligned rows, grid side <= 64): one block of 4 warps per 64 queries of
+ *    one (b, h); each warp owns 16 query rows. K/V tiles of 64 keys stream
+ *    through shared memory (cp.async, two stages); S = Q K^T and O += P V run
+ *    on tensor cores (mma.sync m16n8k16, fp32 accumulators) with an online
+ *    softmax in registers: no Tq x Tk matrix exists anywhere. The rel-pos
+ *    bias is folded in from two small tables per warp computed in the
+ *    prologue, also on tensor cores: QRh[r][m] = q_r . rel_h[m] for every
+ *    m < 2*gh-1 (and QRw likewise), so bias(i, j) is two shared-memory reads.
+ *  - generic (everything else: fp32 storage, sm_75, other head dims): per
+ *    head, S = scale Q K^T by a strided-batched cuBLAS GEMM into fp32 scratch,
+ *    a row kernel adding the bias and mask and taking the softmax, and
+ *    O = P V by a second batched GEMM.
+ */
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "cuda_internal.cuh"
+
+#define FA_BR 64     /* query rows per block (4 warps x 16) */
+#define FA_BC 64     /* keys per tile */
+#define FA_WARPS 4
+#define FA_LOG2E 1.4426950408889634f
+
+typedef struct fa_params {
+    void *out;
+    const void *q, *k, *v;
+    const void *rel_h, *rel_w; /* NULL: no rel-pos bias */
+    const void *key_bias;      /* [B, Tk] or NULL */
+    int64_t q_rs, kv_rs;
+    int B, H, Tq, Tk;
+    float scale;
+    int gh, gw;     /* rel-pos grid */
+    int nrh, nrw;   /* 2g-1 rounded up to 16 */
+    int qr_ld;      /* floats per row of a warp's QR table */
+} fa_params;
+
+// ----------------------------------------------------------------------------
+// CUDA kernels
+
+__device__ __forceinline__ void cp_async16(void *smem, const void *gmem, int src_bytes)
+{
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
+    unsigned s = (unsigned)__cvta_generic_to_shared(smem);
+    asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(s), "l"(gmem),
+                 "r"(src_bytes));
+#endif
+}
+
+__device__ __forceinline__ void cp_async_commit()
+{
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
+    asm volatile("cp.async.commit_group;\n" ::);
+#endif
+}
+
+__device__ __forceinline__ void cp_async_wait_all()
+{
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
+    asm volatile("cp.async.wait_group 0;\n" ::);
+#endif
+}
+
+__device__ __forceinline__ void ldmatrix_x4(unsigned r[4], const void *smem)
+{
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 750
+    unsigned s = (unsigned)__cvta_generic_to_shared(smem);
+    asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];\n"
+                 : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+                 : "r"(s));
+#endif
+}
+
+__device__ __forceinline__ void ldmatrix_x4_trans(unsigned r[4], const void *smem)
+{
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 750
+    unsigned s = (unsigned)__cvta_generic_to_shared(smem);
+    asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0,%1,%2,%3}, [%4];\n"
+                 : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+                 : "r"(s));
+#endif
+}
+
+/* c[16x8] += a[16x16] b[16x8], fp32 accumulators */
+template <typename T> __device__ __forceinline__ void mma16816(float c[4], const unsigned a[4],
+                                                               unsigned b0, unsigned b1);
+template <>
+__device__ __forceinline__ void mma16816<__nv_bfloat16>(float c[4], const unsigned a[4],
+                                                        unsigned b0, unsigned b1)
+{
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
+    asm volatile("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, "
+                 "{%4,%5,%6,%7}, {%8,%9}, {%0,%1,%2,%3};\n"
+                 : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+                 : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+#endif
+}
+template <>
+__device__ __forceinline__ void mma16816<__half>(float c[4], const unsigned a[4], unsigned b0,
+                                                 unsigned b1)
+{
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
+    asm volatile("mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0,%1,%2,%3}, "
+                 "{%4,%5,%6,%7}, {%8,%9}, {%0,%1,%2,%3};\n"
+                 : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+                 : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+#endif
+}
+
+template <typename T> __device__ __forceinline__ unsigned pack2(float lo, float hi);
+template <> __device__ __forceinline__ unsigned pack2<__nv_bfloat16>(float lo, float hi)
+{
+    __nv_bfloat162 v = __floats2bfloat162_rn(lo, hi);
+    return *(unsigned *)&v;
+}
+template <> __device__ __forceinline__ unsigned pack2<__half>(float lo, float hi)
+{
+    __half2 v = __floats2half2_rn(lo, hi);
+    return *(unsigned *)&v;
+}
+
+/* rows [row0, row0 + nrows) of a [*, D] matrix (row stride rs elements,
+ * column offset col0) into smem [nrows][LDS]; rows >= valid are zeros. */
+template <typename T, int D>
+__device__ __forceinline__ void fa_load_rows(T *s, const T *g, int64_t rs, int row0, int nrows,
+                                             int valid, int tid)
+{
+    constexpr int LDS = D + 8, CH = D / 8;
+    for (int c = tid; c < nrows * CH; c += FA_WARPS * 32) {
+        int r = c / CH, ch = c % CH;
+        int gr = row0 + r;
+        const T *src = gr < valid ? g + (int64_t)gr * rs + ch * 8 : g;
+        cp_async16(s + r * LDS + ch * 8, src, gr < valid ? 16 : 0);
+    }
+}
+
+/* QR[r][m] = q_r . rel[m] for the warp's 16 rows and m < nr (nr % 16 == 0),
+ * rel rows staged in srel [nr][LDS]. */
+template <typename T, int D>
+__device__ __forceinline__ void fa_relpos_table(float *qr, int qr_ld, const unsigned qf[][4],
+                                                const T *srel, int nr, int lane)
+{
+    constexpr int LDS = D + 8;
+    int g = lane / 4, t = lane % 4;
+    for (int n0 = 0; n0 < nr; n0 += 16) {
+        float acc[2][4] = {{0, 0, 0, 0}, {0, 0, 0, 0}};
+#pragma unroll
+        for (int kk = 0; kk < D / 16; kk++) {
+            unsigned b[4];
+            ldmatrix_x4(b, srel + (n0 + (lane % 8) + 8 * (lane / 16)) * LDS + kk * 16 +
+                               8 * ((lane / 8) % 2));
+            mma16816<T>(acc[0], qf[kk], b[0], b[1]);
+            mma16816<T>(acc[1], qf[kk], b[2], b[3]);
+        }
+#pragma unroll
+        for (int h = 0; h < 2; h++) {
+            int col = n0 + 8 * h + 2 * t;
+            qr[g * qr_ld + col] = acc[h][0];
+            qr[g * qr_ld + col + 1] = acc[h][1];
+            qr[(g + 8) * qr_ld + col] = acc[h][2];
+            qr[(g + 8) * qr_ld + col + 1] = acc[h][3];
+        }
+    }
+}
+
+template <typename T, int D>
+__global__ void __launch_bounds__(FA_WARPS * 32, 2) flash_attn_kernel(const fa_params p)
+{
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ < 800
+    __trap();
+#else
+    constexpr int LDS = D + 8;
+    extern __shared__ __align__(16) unsigned char fa_smem[];
+    T *sK = (T *)fa_smem;                      /* [2][FA_BC][LDS] */
+    T *sV = sK + 2 * FA_BC * LDS;              /* [2][FA_BC][LDS] */
+    float *sQR = (float *)(sV + 2 * FA_BC * LDS); /* [FA_WARPS][16][qr_ld] */
+    T *sQ = (T *)sQR;                          /* [FA_BR][LDS], before the tables exist */
+
+    const int tid = threadIdx.x, warp = tid / 32, lane = tid % 32;
+    const int g = lane / 4, t = lane % 4;
+    const int b = blockIdx.z, h = blockIdx.y, q0 = blockIdx.x * FA_BR;
+    const T *qg = (const T *)p.q + (int64_t)b * p.Tq * p.q_rs + (int64_t)h * D;
+    const T *kg = (const T *)p.k + (int64_t)b * p.Tk * p.kv_rs + (int64_t)h * D;
+    const T *vg = (const T *)p.v + (int64_t)b * p.Tk * p.kv_rs + (int64_t)h * D;
+    const T *kb = p.key_bias ? (const T *)p.key_bias + (int64_t)b * p.Tk : NULL;
+    const bool relpos = p.rel_h != NULL;
+
+    /* Q tile -> registers (A fragments, 16 rows x D per warp) */
+    fa_load_rows<T, D>(sQ, qg, p.q_rs, q0, FA_BR, p.Tq, tid);
+    cp_async_commit();
+    if (relpos)
+        fa_load_rows<T, D>(sK, (const T *)p.rel_h, D, 0, p.nrh, 2 * p.gh - 1, tid);
+    cp_async_commit();
+    cp_async_wait_all();
+    __syncthreads();
+    unsigned qf[D / 16][4];
+#pragma unroll
+    for (int kk = 0; kk < D / 16; kk++)
+        ldmatrix_x4(qf[kk], sQ + (warp * 16 + (lane % 8) + 8 * ((lane / 8) % 2)) * LDS +
+                                kk * 16 + 8 * (lane / 16));
+    __syncthreads(); /* sQ is dead: the tables may overwrite it */
+
+    float *qrh = sQR + warp * 16 * p.qr_ld, *qrw = qrh + p.nrh;
+    if (relpos) {
+        fa_relpos_table<T, D>(qrh, p.qr_ld, qf, sK, p.nrh, lane);
+        __syncthreads();
+        fa_load_rows<T, D>(sK, (const T *)p.rel_w, D, 0, p.nrw, 2 * p.gw - 1, tid);
+        cp_async_commit();
+        cp_async_wait_all();
+        __syncthreads();
+        fa_relpos_table<T, D>(qrw, p.qr_ld, qf, sK, p.nrw, lane);
+        __syncthreads();
+    }
+
+    /* this thread's two query rows: r = g and g + 8 of the warp */
+    int cy[2] = {0, 0}, cx[2] = {0, 0}; /* QR column bases: qy + gh - 1, qx + gw - 1 */
+    if (relpos) {
+#pragma unroll
+        for (int e = 0; e < 2; e++) {
+            int qi = q0 + warp * 16 + g + 8 * e;
+            if (qi < p.Tq) {
+                cy[e] = qi / p.gw + p.gh - 1;
+                cx[e] = qi % p.gw + p.gw - 1;
+            } else {
+                cy[e] = p.gh - 1;
+                cx[e] = p.gw - 1;
+            }
+        }
+    }
+    const bool active = q0 + warp * 16 < p.Tq;
+    const float sl = p.scale * FA_LOG2E;
+    const float inv_gw = relpos ? 1.0f / (float)p.gw : 0.0f;
+
+    float o[D / 8][4];
+#pragma unroll
+    for (int i = 0; i < D / 8; i++)
+        o[i][0] = o[i][1] = o[i][2] = o[i][3] = 0.0f;
+    float m_run[2] = {-INFINITY, -INFINITY}, l_run[2] = {0.0f, 0.0f};
+
+    const int ntiles = (p.Tk + FA_BC - 1) / FA_BC;
+    fa_load_rows<T, D>(sK, kg, p.kv_rs, 0, FA_BC, p.Tk, tid);
+    fa_load_rows<T, D>(sV, vg, p.kv_rs, 0, FA_BC, p.Tk, tid);
+    cp_async_commit();
+
+    for (int it = 0; it < ntiles; it++) {
+        const int k0 = it * FA_BC, st = it & 1;
+        cp_async_wait_all();
+        __syncthreads();
+        if (it + 1 < ntiles) {
+            fa_load_rows<T, D>(sK + (st ^ 1) * FA_BC * LDS, kg, p.kv_rs, k0 + FA_BC, FA_BC, p.Tk,
+                               tid);
+            fa_load_rows<T, D>(sV + (st ^ 1) * FA_BC * LDS, vg, p.kv_rs, k0 + FA_BC, FA_BC, p.Tk,
+                               tid);
+        }
+        cp_async_commit();
+        if (!active)
+            continue;
+        const T *cK = sK + st * FA_BC * LDS, *cV = sV + st * FA_BC * LDS;
+        const int kvalid = p.Tk - k0 < FA_BC ? p.Tk - k0 : FA_BC;
+
+        /* S = Q K^T: 8 n-tiles of 8 keys */
+        float s[8][4];
+#pragma unroll
+        for (int i = 0; i < 8; i++)
+            s[i][0] = s[i][1] = s[i][2] = s[i][3] = 0.0f;
+#pragma unroll
+        for (int np = 0; np < 4; np++) {
+            if (np * 16 < kvalid) {
+#pragma unroll
+                for (int kk = 0; kk < D / 16; kk++) {
+                    unsigned bb[4];
+                    ldmatrix_x4(bb, cK + (np * 16 + (lane % 8) + 8 * (lane / 16)) * LDS +
+                                        kk * 16 + 8 * ((lane / 8) % 2));
+                    mma16816<T>(s[2 * np], qf[kk], bb[0], bb[1]);
+                    mma16816<T>(s[2 * np + 1], qf[kk], bb[2], bb[3]);
+                }
+            }
+        }
+
+        /* scale, bias, mask (log2 domain); tile row max */
+        float mx[2] = {-INFINITY, -INFINITY};
+#pragma unroll
+        for (int nt = 0; nt < 8; nt++) {
+#pragma unroll
+            for (int e = 0; e < 4; e++) {
+                int c = nt * 8 + 2 * t + (e & 1), r = e >> 1;
+                int j = k0 + c;
+                float x;
+                if (c < kvalid) {
+                    x = s[nt][e] * sl;
+                    if (relpos) {
+                        int ky = (int)(((float)j + 0.5f) * inv_gw), kx = j - ky * p.gw;
+                        x += (qrh[(g + 8 * r) * p.qr_ld + cy[r] - ky] +
+                              qrw[(g + 8 * r) * p.qr_ld + cx[r] - kx]) *
+                             FA_LOG2E;
+                    }
+                    if (kb)
+                        x += eng_to_f(kb[j]) * FA_LOG2E;
+                } else {
+                    x = -INFINITY;
+                }
+                s[nt][e] = x;
+                mx[r] = fmaxf(mx[r], x);
+            }
+        }
+        float corr[2];
+#pragma unroll
+        for (int r = 0; r < 2; r++) {
+            mx[r] = fmaxf(mx[r], __shfl_xor_sync(0xffffffffu, mx[r], 1));
+            mx[r] = fmaxf(mx[r], __shfl_xor_sync(0xffffffffu, mx[r], 2));
+            float m_new = fmaxf(m_run[r], mx[r]);
+            float m_use = m_new == -INFINITY ? 0.0f : m_new;
+            corr[r] = exp2f(m_run[r] - m_use);
+            m_run[r] = m_new;
+            mx[r] = m_use;
+        }
+        float rs[2] = {0.0f, 0.0f};
+#pragma unroll
+        for (int nt = 0; nt < 8; nt++)
+#pragma unroll
+            for (int e = 0; e < 4; e++) {
+                float pv = exp2f(s[nt][e] - mx[e >> 1]);
+                s[nt][e] = pv;
+                rs[e >> 1] += pv;
+            }
+#pragma unroll
+        for (int r = 0; r < 2; r++)
+            l_run[r] = l_run[r] * corr[r] + rs[r];
+#pragma unroll
+        for (int i = 0; i < D / 8; i++) {
+            o[i][0] *= corr[0];
+            o[i][1] *= corr[0];
+            o[i][2] *= corr[1];
+            o[i][3] *= corr[1];
+        }
+
+        /* O += P V: 4 k-steps of 16 keys */
+#pragma unroll
+        for (int kk = 0; kk < 4; kk++) {
+            if (kk * 16 < kvalid) {
+                unsigned pa[4];
+                pa[0] = pack2<T>(s[2 * kk][0], s[2 * kk][1]);
+                pa[1] = pack2<T>(s[2 * kk][2], s[2 * kk][3]);
+                pa[2] = pack2<T>(s[2 * kk + 1][0], s[2 * kk + 1][1]);
+                pa[3] = pack2<T>(s[2 * kk + 1][2], s[2 * kk + 1][3]);
+#pragma unroll
+                for (int dp = 0; dp < D / 16; dp++) {
+                    unsigned bb[4];
+                    ldmatrix_x4_trans(bb, cV + (kk * 16 + (lane % 8) + 8 * ((lane / 8) % 2)) *
+                                                   LDS +
+                                              dp * 16 + 8 * (lane / 16));
+                    mma16816<T>(o[2 * dp], pa, bb[0], bb[1]);
+                    mma16816<T>(o[2 * dp + 1], pa, bb[2], bb[3]);
+                }
+            }
+        }
+    }
+    cp_async_wait_all();
+    if (!active)
+        return;
+
+    /* out = O / l */
+    T *og = (T *)p.out + (int64_t)b * p.Tq * p.H * D + (int64_t)h * D;
+#pragma unroll
+    for (int r = 0; r < 2; r++) {
+        float l = l_run[r];
+        l += __shfl_xor_sync(0xffffffffu, l, 1);
+        l += __shfl_xor_sync(0xffffffffu, l, 2);
+        float inv = l > 0.0f ? 1.0f / l : 0.0f;
+        int qi = q0 + warp * 16 + g + 8 * r;
+        if (qi < p.Tq) {
+            T *orow = og + (int64_t)qi * p.H * D;
+#pragma unroll
+            for (int i = 0; i < D / 8; i++)
+                *(unsigned *)(orow + i * 8 + 2 * t) =
+                    pack2<T>(o[i][2 * r] * inv, o[i][2 * r + 1] * inv);
+        }
+    }
+#endif
+}
+
+/* Generic path, one block per (query row i, batch b) of one head: S row
+ * (fp32, already scaled) + rel-pos bias + key mask -> softmax -> P row in
+ * storage type. Shared: q row (D floats), rh (gh), rw (gw), reduction. */
+template <typename T>
+__global__ void softmax_rows_kernel(T *P, const float *S, const T *q, int64_t q_rs, const T *rel_h,
+                                    const T *rel_w, const T *key_bias, int Tq, int Tk, int D,
+                                    int gh, int gw)
+{
+    extern __shared__ float sm[];
+    float *qs = sm, *rh = sm + D, *rw = rh + gh, *red = rw + gw; /* red: 32 floats */
+    int i = blockIdx.x, b = blockIdx.y;
+    const float *srow = S + ((int64_t)b * Tq + i) * Tk;
+    T *prow = P + ((int64_t)b * Tq + i) * Tk;
+    const T *kb = key_bias ? key_bias + (int64_t)b * Tk : NULL;
+    if (rel_h) {
+        const T *qi = q + ((int64_t)b * Tq + i) * q_rs;
+        for (int d = threadIdx.x; d < D; d += blockDim.x)
+            qs[d] = eng_to_f(qi[d]);
+        __syncthreads();
+        int qy = i / gw, qx = i % gw;
+        for (int e = threadIdx.x; e < gh + gw; e += blockDim.x) {
+            const T *r = e < gh ? rel_h + (int64_t)(qy - e + gh - 1) * D
+                                : rel_w + (int64_t)(qx - (e - gh) + gw - 1) * D;
+            float acc = 0.0f;
+            for (int d = 0; d < D; d++)
+                acc += qs[d] * eng_to_f(r[d]);
+            rh[e] = acc; /* rw follows rh contiguously */
+        }
+        __syncthreads();
+    }
+    float mx = -INFINITY;
+    for (int j = threadIdx.x; j < Tk; j += blockDim.x) {
+        float x = srow[j];
+        if (rel_h)
+            x += rh[j / gw] + rw[j % gw];
+        if (kb)
+            x += eng_to_f(kb[j]);
+        mx = fmaxf(mx, x);
+    }
+    for (int o = 16; o > 0; o >>= 1)
+        mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, o));
+    if (threadIdx.x % 32 == 0)
+        red[threadIdx.x / 32] = mx;
+    __syncthreads();
+    mx = -INFINITY;
+    for (int w = 0; w < (int)blockDim.x / 32; w++)
+        mx = fmaxf(mx, red[w]);
+    __syncthreads();
+    float sum = 0.0f;
+    for (int j = threadIdx.x; j < Tk; j += blockDim.x) {
+        float x = srow[j];
+        if (rel_h)
+            x += rh[j / gw] + rw[j % gw];
+        if (kb)
+            x += eng_to_f(kb[j]);
+        sum += expf(x - mx);
+    }
+    for (int o = 16; o > 0; o >>= 1)
+        sum += __shfl_xor_sync(0xffffffffu, sum, o);
+    if (threadIdx.x % 32 == 0)
+        red[threadIdx.x / 32] = sum;
+    __syncthreads();
+    sum = 0.0f;
+    for (int w = 0; w < (int)blockDim.x / 32; w++)
+        sum += red[w];
+    float inv = 1.0f / sum;
+    for (int j = threadIdx.x; j < Tk; j += blockDim.x) {
+        float x = srow[j];
+        if (rel_h)
+            x += rh[j / gw] + rw[j % gw];
+        if (kb)
+            x += eng_to_f(kb[j]);
+        prow[j] = eng_from_f<T>(expf(x - mx) * inv);
+    }
+}
+
+// ----------------------------------------------------------------------------
+// kernel launchers
+
+template <typename T, int D>
+static int flash_launch(eng_cuda *cu, const fa_params *p)
+{
+    constexpr int LDS = D + 8;
+    size_t kv = (size_t)4 * FA_BC * LDS * sizeof(T);
+    size_t qbytes = (size_t)FA_BR * LDS * sizeof(T);
+    size_t qr = p->rel_h ? (size_t)FA_WARPS * 16 * p->qr_ld * sizeof(float) : 0;
+    size_t smem = kv + (qr > qbytes ? qr : qbytes);
+    ENG_CU_CHECK(cudaFuncSetAttribute(flash_attn_kernel<T, D>,
+                                      cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem));
+    dim3 grid((unsigned)((p->Tq + FA_BR - 1) / FA_BR), (unsigned)p->H, (unsigned)p->B);
+    flash_attn_kernel<T, D><<<grid, FA_WARPS * 32, smem, cu->stream>>>(*p);
+    ENG_CU_LAUNCH_CHECK();
+    return 0;
+}
+
+template <typename T>
+static int flash_dispatch_d(eng_cuda *cu, const fa_params *p, int D)
+{
+    switch (D) {
+    case 16: return flash_launch<T, 16>(cu, p);
+    case 32: return flash_launch<T, 32>(cu, p);
+    case 64: return flash_launch<T, 64>(cu, p);
+    case 80: return flash_launch<T, 80>(cu, p);
+    case 96: return flash_launch<T, 96>(cu, p);
+    case 128: return flash_launch<T, 128>(cu, p);
+    default: return eng_error(ENG_EUNSUP, "cuda: flash attention head dim %d", D);
+    }
+}
+
+/* Whether the flash kernel handles this call. */
+static int flash_ok(const eng_cuda *cu, const eng_attn *a, const void *q, const void *k,
+                    const void *v, const void *out, const void *rel_h, const void *rel_w)
+{
+    if (cu->cc < 80 || cu->base.dtype == ENG_F32 || getenv("TASAM_CUDA_NO_FLASH"))
+        return 0;
+    if (a->D != 16 && a->D != 32 && a->D != 64 && a->D != 80 && a->D != 96 && a->D != 128)
+        return 0;
+    if ((a->q_rs | a->kv_rs) % 8 ||
+        (((uintptr_t)q | (uintptr_t)k | (uintptr_t)v | (uintptr_t)out) & 15))
+        return 0;
+    if (rel_h && ((((uintptr_t)rel_h | (uintptr_t)rel_w) & 15) || a->relpos->h > 64 ||
+                  a->relpos->w > 64))
+        return 0;
+    if (a->H > 65535 || a->B > 65535)
+        return 0;
+    return 1;
+}
+
+static int generic_attention(eng_cuda *cu, void *out, const void *q, const void *k,
+                             const void *v, const eng_attn *a, const void *rel_h,
+                             const void *rel_w)
+{
+    eng_dtype dt = cu->base.dtype;
+    size_t es = dt == ENG_F32 ? 4 : 2;
+    int64_t per = (int64_t)a->B * a->Tq * a->Tk;
+    size_t s_bytes = ((size_t)per * 4 + 255) & ~(size_t)255;
+    uint8_t *scratch = (uint8_t *)eng_cuda_scratch(cu, s_bytes + (size_t)per * es);
+    if (!scratch)
+        return ENG_ENOMEM;
+    float *S = (float *)scratch;
+    void *P = scratch + s_bytes;
+    cudaDataType_t ty = dt == ENG_BF16 ? CUDA_R_16BF : (dt == ENG_F16 ? CUDA_R_16F : CUDA_R_32F);
+    int gh = rel_h ? a->relpos->h : 1, gw = rel_h ? a->relpos->w : 1;
+    int64_t HD = (int64_t)a->H * a->D;
+    size_t smem = (size_t)(a->D + gh + gw + 32) * sizeof(float);
+    if (smem > 48 * 1024)
+        return eng_error(ENG_EUNSUP, "cuda: attention head dim %d / grid %dx%d too large", a->D,
+                         gh, gw);
+    if (a->B > 65535)
+        return eng_error(ENG_EUNSUP, "cuda: attention batch %d too large", a->B);
+    float one = 1.0f, zero = 0.0f;
+    for (int h = 0; h < a->H; h++) {
+        const uint8_t *qh = (const uint8_t *)q + (size_t)h * a->D * es;
+        const uint8_t *kh = (const uint8_t *)k + (size_t)h * a->D * es;
+        const uint8_t *vh = (const uint8_t *)v + (size_t)h * a->D * es;
+        uint8_t *oh = (uint8_t *)out + (size_t)h * a->D * es;
+        /* S^T [Tk, Tq] (col-major) = K [Tk, D] Q^T, per b */
+        ENG_BLAS_CHECK(cublasGemmStridedBatchedEx(
+            cu->blas, CUBLAS_OP_T, CUBLAS_OP_N, a->Tk, a->Tq, a->D, &a->scale, kh, ty,
+            (int)a->kv_rs, (long long)a->Tk * a->kv_rs, qh, ty, (int)a->q_rs,
+            (long long)a->Tq * a->q_rs, &zero, S, CUDA_R_32F, a->Tk, (long long)a->Tq * a->Tk,
+            a->B, CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT));
+        dim3 grid((unsigned)a->Tq, (unsigned)a->B);
+        ENG_CU_DISPATCH(dt, T, {
+            softmax_rows_kernel<T><<<grid, 128, smem, cu->stream>>>(
+                (T *)P, S, (const T *)qh, a->q_rs, (const T *)rel_h, (const T *)rel_w,
+                a->key_bias ? (const T *)a->key_bias->data : NULL, a->Tq, a->Tk, a->D, gh, gw);
+        });
+        ENG_CU_LAUNCH_CHECK();
+        /* O^T [D, Tq] = V^T [D, Tk] P^T [Tk, Tq] */
+        ENG_BLAS_CHECK(cublasGemmStridedBatchedEx(
+            cu->blas, CUBLAS_OP_N, CUBLAS_OP_N, a->D, a->Tq, a->Tk, &one, vh, ty, (int)a->kv_rs,
+            (long long)a->Tk * a->kv_rs, P, ty, a->Tk, (long long)a->Tq * a->Tk, &zero, oh, ty,
+            (int)HD, (long long)a->Tq * HD, a->B, CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT));
+    }
+    return 0;
+}
+
+int eng_cuda_attention(eng_backend *be, void *out, const void *q, const void *k, const void *v,
+                       const eng_attn *a, const void *rel_h, const void *rel_w)
+{
+    eng_cuda *cu = (eng_cuda *)be;
+    if (a->B <= 0 || a->H <= 0 || a->Tq <= 0)
+        return 0;
+    if (a->Tk <= 0)
+        return eng_error(ENG_EINVAL, "cuda: attention over zero keys");
+    if (!flash_ok(cu, a, q, k, v, out, rel_h, rel_w))
+        return generic_attention(cu, out, q, k, v, a, rel_h, rel_w);
+    fa_params p;
+    memset(&p, 0, sizeof p);
+    p.out = out;
+    p.q = q;
+    p.k = k;
+    p.v = v;
+    p.rel_h = rel_h;
+    p.rel_w = rel_w;
+    p.key_bias = a->key_bias ? a->key_bias->data : NULL;
+    p.q_rs = a->q_rs;
+    p.kv_rs = a->kv_rs;
+    p.B = a->B;
+    p.H = a->H;
+    p.Tq = a->Tq;
+    p.Tk = a->Tk;
+    p.scale = a->scale;
+    if (rel_h) {
+        p.gh = a->relpos->h;
+        p.gw = a->relpos->w;
+        p.nrh = (2 * p.gh - 1 + 15) / 16 * 16;
+        p.nrw = (2 * p.gw - 1 + 15) / 16 * 16;
+        /* a row stride of 4 (mod 32) floats spreads the 8 rows a quad group
+         * reads over distinct banks */
+        p.qr_ld = (p.nrh + p.nrw + 31) / 32 * 32 + 4;
+    }
+    if (be->dtype == ENG_BF16)
+        return flash_dispatch_d<__nv_bfloat16>(cu, &p, a->D);
+    return flash_dispatch_d<__half>(cu, &p, a->D);
+}

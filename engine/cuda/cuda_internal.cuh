@@ -1,0 +1,213 @@
+/*
+ * engine/cuda/cuda_internal.cuh: what the CUDA backend's files share (private
+ * to engine/cuda/). The backend object, the check macros, the storage-type
+ * helpers and the launchers each op file provides.
+ *
+ * Storage: every tensor the backend holds is in its storage dtype `T`
+ * (float, __half or __nv_bfloat16, chosen at create); kernels read T,
+ * compute in fp32 and write T. Launchers take raw device pointers and the
+ * backend's dtype and dispatch on it at run time.
+ *
+ * Rules that hold across the files:
+ *  - Every kernel runs on the backend's one stream `cu->stream`.
+ *  - Every CUDA / cuBLAS call goes through ENG_CU_CHECK / ENG_BLAS_CHECK,
+ *    and every launch is followed by ENG_CU_LAUNCH_CHECK: a failure records
+ *    "file:line: call: reason" with eng_error() and returns an ENG_E* code.
+ *  - Nothing allocates device memory per request: scratch (im2col columns,
+ *    the generic attention's score matrix, conv-transpose products) comes
+ *    from eng_cuda_scratch(), which grows only when a larger size is first
+ *    asked for.
+ */
+#ifndef TASAM_ENGINE_CUDA_INTERNAL_CUH
+#define TASAM_ENGINE_CUDA_INTERNAL_CUH
+
+#include <cublasLt.h>
+#include <cublas_v2.h>
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+#include <cuda_runtime.h>
+#include <stdint.h>
+
+extern "C" {
+#include "engine/backend.h"
+#include "engine/error.h"
+}
+
+/* ---- the backend object ---- */
+
+typedef struct eng_cuda_gemm_plan eng_cuda_gemm_plan; /* gemm.cu: cached cuBLASLt plans */
+
+typedef struct eng_cuda_alloc {
+    void *p;
+    size_t bytes;
+} eng_cuda_alloc;
+
+typedef struct eng_cuda_prof_entry {
+    char name[64];
+    double ms;
+    long calls;
+} eng_cuda_prof_entry;
+
+typedef struct eng_cuda {
+    eng_backend base;
+    int device;              /* CUDA ordinal */
+    int cc;                  /* compute capability, 10 * major + minor */
+    int sm_count;
+    size_t total_mem;        /* device total */
+    cudaStream_t stream;     /* every op runs here */
+    cublasLtHandle_t lt;
+    cublasHandle_t blas;     /* fallback GEMMs and the generic attention's batched GEMMs */
+    void *lt_ws;             /* cuBLASLt workspace */
+    size_t lt_ws_bytes;
+    void *scratch;           /* grown on first use, see eng_cuda_scratch */
+    size_t scratch_bytes;
+    float *h_stage;          /* pinned host staging for upload/download, stage_n floats */
+    float *d_stage;          /* device f32 staging, stage_n floats */
+    size_t stage_n;
+    eng_cuda_alloc *allocs;  /* live alloc() results, for free() accounting */
+    int n_allocs, cap_allocs;
+    size_t used;             /* bytes handed out by alloc() */
+    eng_cuda_gemm_plan *plans; /* gemm.cu's plan cache (owned) */
+    int n_plans, cap_plans;
+    int profile;             /* TASAM_CUDA_PROFILE=1: time each op (synchronising) */
+    cudaEvent_t ev0, ev1;
+    eng_cuda_prof_entry *prof;
+    int n_prof;
+} eng_cuda;
+
+/* ---- error checks ---- */
+
+int eng_cuda_fail(cudaError_t e, const char *call, const char *file, int line);
+int eng_blas_fail(int status, const char *call, const char *file, int line);
+
+#define ENG_CU_CHECK(call)                                                                        \
+    do {                                                                                          \
+        cudaError_t e_ = (call);                                                                  \
+        if (e_ != cudaSuccess)                                                                    \
+            return eng_cuda_fail(e_, #call, __FILE__, __LINE__);                                  \
+    } while (0)
+
+#define ENG_CU_LAUNCH_CHECK() ENG_CU_CHECK(cudaGetLastError())
+
+#define ENG_BLAS_CHECK(call)                                                                      \
+    do {                                                                                          \
+        int s_ = (int)(call);                                                                     \
+        if (s_ != 0)                                                                              \
+            return eng_blas_fail(s_, #call, __FILE__, __LINE__);                                  \
+    } while (0)
+
+/* Run a call returning an ENG_E* code; return it on failure. */
+#define ENG_TRY(call)                                                                             \
+    do {                                                                                          \
+        int r_ = (call);                                                                          \
+        if (r_)                                                                                   \
+            return r_;                                                                            \
+    } while (0)
+
+/* Scratch of at least `bytes` (256-byte aligned), NULL + error on failure.
+ * Invalidates pointers from earlier calls when it grows. */
+void *eng_cuda_scratch(eng_cuda *cu, size_t bytes);
+
+/* ---- storage types ---- */
+
+__device__ __forceinline__ float eng_to_f(float x) { return x; }
+__device__ __forceinline__ float eng_to_f(__half x) { return __half2float(x); }
+__device__ __forceinline__ float eng_to_f(__nv_bfloat16 x) { return __bfloat162float(x); }
+
+template <typename T> __device__ __forceinline__ T eng_from_f(float x);
+template <> __device__ __forceinline__ float eng_from_f<float>(float x) { return x; }
+template <> __device__ __forceinline__ __half eng_from_f<__half>(float x)
+{
+    return __float2half_rn(x);
+}
+template <> __device__ __forceinline__ __nv_bfloat16 eng_from_f<__nv_bfloat16>(float x)
+{
+    return __float2bfloat16_rn(x);
+}
+
+__device__ __forceinline__ float eng_gelu(float x)
+{
+    return 0.5f * x * (1.0f + erff(x * 0.70710678118654752f));
+}
+
+__device__ __forceinline__ float eng_apply_act(float x, int act)
+{
+    if (act == ENG_ACT_GELU)
+        return eng_gelu(x);
+    if (act == ENG_ACT_RELU)
+        return x > 0.0f ? x : 0.0f;
+    return x;
+}
+
+/* Run `body` with `T` bound to the storage type of `dt`. */
+#define ENG_CU_DISPATCH(dt, T, ...)                                                              \
+    do {                                                                                          \
+        switch (dt) {                                                                             \
+        case ENG_F32: {                                                                           \
+            typedef float T;                                                                      \
+            __VA_ARGS__;                                                                          \
+        } break;                                                                                  \
+        case ENG_F16: {                                                                           \
+            typedef __half T;                                                                     \
+            __VA_ARGS__;                                                                          \
+        } break;                                                                                  \
+        case ENG_BF16: {                                                                          \
+            typedef __nv_bfloat16 T;                                                              \
+            __VA_ARGS__;                                                                          \
+        } break;                                                                                  \
+        default:                                                                                  \
+            return eng_error(ENG_EUNSUP, "cuda: storage dtype %d", (int)(dt));                   \
+        }                                                                                         \
+    } while (0)
+
+static inline unsigned eng_cu_blocks(int64_t n, int threads)
+{
+    int64_t b = (n + threads - 1) / threads;
+    return (unsigned)(b < 1 ? 1 : (b > 1048576 ? 1048576 : b));
+}
+
+/* ---- launchers (one file per op family) ---- */
+
+/* elementwise.cu */
+int eng_cuda_convert_from_f32(eng_cuda *cu, void *dst, const float *src, int64_t n);
+int eng_cuda_convert_to_f32(eng_cuda *cu, float *dst, const void *src, int64_t n);
+int eng_cuda_activate(eng_backend *be, void *y, const void *x, int64_t n, eng_act act);
+int eng_cuda_add(eng_backend *be, void *y, const void *a, const void *b, int64_t n, int64_t bn);
+int eng_cuda_copy(eng_backend *be, void *y, const void *x, int64_t n);
+int eng_cuda_transpose(eng_backend *be, void *y, const void *x, int M, int N);
+/* y[M,N] = act(y + b[n / group]) (+ res): the fallback GEMM epilogue. */
+int eng_cuda_epilogue(eng_cuda *cu, void *y, const void *b, int group, const void *res, int M,
+                      int N, eng_act act);
+
+/* gemm.cu */
+int eng_cuda_linear(eng_backend *be, void *y, const void *x, int64_t ldx, const void *w,
+                    const void *b, const void *res, int M, int K, int N, eng_act act);
+int eng_cuda_matmul_nn(eng_backend *be, void *y, const void *x, const void *w, const void *b,
+                       int M, int K, int N, int group);
+void eng_cuda_gemm_plans_free(eng_cuda *cu);
+
+/* layernorm.cu */
+int eng_cuda_layernorm(eng_backend *be, void *y, const void *x, const void *res, const void *g,
+                       const void *b, int M, int N, float eps);
+
+/* attention.cu */
+int eng_cuda_attention(eng_backend *be, void *out, const void *q, const void *k, const void *v,
+                       const eng_attn *a, const void *rel_h, const void *rel_w);
+
+/* conv.cu */
+int eng_cuda_conv2d(eng_backend *be, void *y, const void *x, int x_chw, int Cin, int H, int W,
+                    const void *w, const void *b, int Cout, int kh, int kw, int stride, int pad);
+int eng_cuda_conv_transpose2x2(eng_backend *be, void *y, const void *x, int H, int W, int Cin,
+                               const void *w, const void *b, int Cout);
+
+/* windows.cu */
+int eng_cuda_window_partition(eng_backend *be, void *y, const void *x, int H, int W, int C,
+                              int ws);
+int eng_cuda_window_unpartition_add(eng_backend *be, void *y, const void *x, int H, int W, int C,
+                                    int ws);
+
+/* resize.cu */
+int eng_cuda_resize_bilinear(eng_backend *be, void *y, const void *x, int C, int H, int W,
+                             int crop_h, int crop_w, int OH, int OW, int y0, int rows);
+
+#endif
