@@ -410,22 +410,18 @@ static int ad__parse(ad_adapter **out, const eng_ckpt *c, const char *label)
     int n_present = 0;
     for (int t = 0; t < AD_T; t++)
         n_present += present[t];
-    if (eng_ckpt_count(c) != (size_t)(2 * n_present)) {
-        for (size_t i = 0; i < eng_ckpt_count(c); i++) {
-            const char *nm = eng_ckpt_at(c, i)->name;
-            size_t l = strlen(nm);
-            int known = 0;
-            for (int t = 0; t < AD_T && !known; t++) {
-                size_t tl = strlen(tt[t].name);
-                known = present[t] && l == tl + 7 && !strncmp(nm, tt[t].name, tl) &&
-                        (!strcmp(nm + tl, ".lora_A") || !strcmp(nm + tl, ".lora_B"));
-            }
-            if (!known)
-                return eng_error(ENG_EFORMAT, "%s: unknown tensor '%.120s' (not a factor of a "
-                                 "listed target)", label, nm);
+    for (size_t i = 0; i < eng_ckpt_count(c); i++) {
+        const char *nm = eng_ckpt_at(c, i)->name;
+        size_t l = strlen(nm);
+        int known = 0;
+        for (int t = 0; t < AD_T && !known; t++) {
+            size_t tl = strlen(tt[t].name);
+            known = present[t] && l == tl + 7 && !strncmp(nm, tt[t].name, tl) &&
+                    (!strcmp(nm + tl, ".lora_A") || !strcmp(nm + tl, ".lora_B"));
         }
-        return eng_error(ENG_EFORMAT, "%s: %zu tensors, expected %d (A and B for each of %d "
-                         "targets)", label, eng_ckpt_count(c), 2 * n_present, n_present);
+        if (!known)
+            return eng_error(ENG_EFORMAT, "%s: unknown tensor '%.120s' (not a factor of a "
+                             "listed target)", label, nm);
     }
     for (int t = 0; t < AD_T; t++) {
         if (!present[t])
@@ -443,6 +439,9 @@ static int ad__parse(ad_adapter **out, const eng_ckpt *c, const char *label)
                                  (long long)r1, rank);
         }
     }
+    if (eng_ckpt_count(c) != (size_t)(2 * n_present))
+        return eng_error(ENG_EFORMAT, "%s: %zu tensors, expected %d", label, eng_ckpt_count(c),
+                         2 * n_present);
     ad_adapter *a = NULL;
     if ((rc = ad__new(&a, (int)rank, present)))
         return rc;
