@@ -1129,8 +1129,7 @@ static int cmd_adapter(int argc, char **argv)
             fprintf(stderr, "tasam adapter: %s needs a value\n", o);
             return 2;
         }
-        *dst = v;
-        i++;
+        *dst = argv[++i];
     }
     if (info) {
         ad_adapter *ad = NULL;
