@@ -66,7 +66,7 @@ FUZZ_SRC := $(wildcard tests/fuzz/fuzz_*.c)
 
 BINS := $(BUILD)/tasam $(if $(wildcard server/main.c),$(BUILD)/tasamd)
 
-.PHONY: all deps test test-plain test-san fuzz bench clean run serve format help
+.PHONY: all deps test test-plain test-san fuzz bench clean run serve format help reference reference-deps
 all: $(BINS)
 
 help:
@@ -158,6 +158,22 @@ run:
 	@deploy/deps.sh
 	@$(MAKE) --no-print-directory $(BUILD)/tasam
 	@BUILD=$(BUILD) CHECKPOINT="$(CHECKPOINT)" IMAGE="$(IMAGE)" POINTS="$(POINTS)" deploy/run-example.sh
+
+# `make reference`: tasam against the official PyTorch segment-anything on
+# ViT-B-sized random weights and another photo, both checkpoint formats (not
+# part of `make test`: it needs torch, about 1 GB of packages).
+reference-deps:
+	@deploy/deps.sh
+	@dpkg-query -W -f='$${Status}\n' python3-torch python3-torchvision python3-venv 2>/dev/null | \
+	  grep -c "install ok installed" | grep -q 3 || \
+	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
+	   python3-torch python3-torchvision python3-venv python3-pil python3-numpy)
+	@[ -x build/reference/venv/bin/python3 ] || /usr/bin/python3 -m venv --system-site-packages build/reference/venv
+	@build/reference/venv/bin/python3 -c "import segment_anything" 2>/dev/null || \
+	  build/reference/venv/bin/pip install -q --no-deps segment-anything
+
+reference: reference-deps $(BUILD)/tasam $(BUILD)/bench/mkweights
+	@tests/reference/compare.sh vit_b
 
 # `make serve`: the main job. Installs what is missing, builds, fetches the
 # checkpoint as `make run` does and runs tasamd in the foreground.
