@@ -185,6 +185,10 @@ typedef struct eng__gemm {
 
 static void eng__gemm_epilogue(const eng__gemm *g, int64_t r0, int64_t r1, int64_t c0, int64_t c1);
 
+#ifndef ENG_GEMV_ROWS
+#define ENG_GEMV_ROWS 4
+#endif
+
 static void eng__gemm_block(void *p, int64_t i0, int64_t i1, int worker)
 {
     const eng__gemm *g = p;
@@ -197,9 +201,17 @@ static void eng__gemm_block(void *p, int64_t i0, int64_t i1, int worker)
         r1 = i1;
     }
     const float *B = g->tb ? g->B + c0 * g->ldb : g->B + c0;
-    cblas_sgemm(CblasRowMajor, CblasNoTrans, g->tb ? CblasTrans : CblasNoTrans, (int)(r1 - r0),
+    if (g->tb && r1 - r0 <= ENG_GEMV_ROWS) {
+        /* A few rows (decoder tokens, a text batch): matrix-vector products
+         * read the weight as it lies; sgemm would first pack all of it. */
+        for (int64_t r = r0; r < r1; r++)
+            cblas_sgemv(CblasRowMajor, CblasNoTrans, (int)(c1 - c0), g->K, g->alpha, B, g->ldb,
+                        g->A + r * g->lda, 1, g->beta, g->C + r * g->ldc + c0, 1);
+    } else {
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, g->tb ? CblasTrans : CblasNoTrans, (int)(r1 - r0),
                 (int)(c1 - c0), g->K, g->alpha, g->A + r0 * g->lda, g->lda, B, g->ldb, g->beta,
-                g->C + r0 * g->ldc + c0, g->ldc);
+                    g->C + r0 * g->ldc + c0, g->ldc);
+    }
     if (g->bias || g->res || g->act != ENG_ACT_NONE)
         eng__gemm_epilogue(g, r0, r1, c0, c1);
 }
