@@ -21,6 +21,9 @@
  *    bias is folded in from two small tables per warp computed in the
  *    prologue, also on tensor cores: QRh[r][m] = q_r . rel_h[m] for every
  *    m < 2*gh-1 (and QRw likewise), so bias(i, j) is two shared-memory reads.
+ *    When there are fewer query blocks than SMs (the decoder's 7 tokens over
+ *    4096 image keys), the key range is split over several blocks whose
+ *    partial (max, sum, unnormalised O) a small kernel merges.
  *  - generic (everything else: fp32 storage, sm_75, other head dims): per
  *    head, S = scale Q K^T by a strided-batched cuBLAS GEMM into fp32 scratch,
  *    a row kernel adding the bias and mask and taking the softmax, and
@@ -48,6 +51,9 @@ typedef struct fa_params {
     int gh, gw;     /* rel-pos grid */
     int nrh, nrw;   /* 2g-1 rounded up to 16 */
     int qr_ld;      /* floats per row of a warp's QR table */
+    int splits;     /* key-range splits per query block (1: no split) */
+    float *part_o;  /* splits > 1: unnormalised O [splits][B][H][Tq][D] */
+    float *part_ml; /* splits > 1: running max (log2 domain) and sum [splits][B][H][Tq][2] */
 } fa_params;
 
 // ----------------------------------------------------------------------------
@@ -178,8 +184,11 @@ __device__ __forceinline__ void fa_relpos_table(float *qr, int qr_ld, const unsi
     }
 }
 
-template <typename T, int D>
-__global__ void __launch_bounds__(FA_WARPS * 32, 2) flash_attn_kernel(const fa_params p)
+/* ROWT: the key tiles are whole rows of the rel-pos grid (see `rowtiles`
+ * below); the other instances drop its 32 registers and fit 3 blocks/SM. */
+template <typename T, int D, bool ROWT>
+__global__ void __launch_bounds__(FA_WARPS * 32, (ROWT || D > 80) ? 2 : 3)
+    flash_attn_kernel(const fa_params p)
 {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ < 800
     __trap();
@@ -193,7 +202,8 @@ __global__ void __launch_bounds__(FA_WARPS * 32, 2) flash_attn_kernel(const fa_p
 
     const int tid = threadIdx.x, warp = tid / 32, lane = tid % 32;
     const int g = lane / 4, t = lane % 4;
-    const int b = blockIdx.z, h = blockIdx.y, q0 = blockIdx.x * FA_BR;
+    const int b = blockIdx.z, h = blockIdx.y, split = blockIdx.x % p.splits;
+    const int q0 = blockIdx.x / p.splits * FA_BR;
     const T *qg = (const T *)p.q + (int64_t)b * p.Tq * p.q_rs + (int64_t)h * D;
     const T *kg = (const T *)p.k + (int64_t)b * p.Tk * p.kv_rs + (int64_t)h * D;
     const T *vg = (const T *)p.v + (int64_t)b * p.Tk * p.kv_rs + (int64_t)h * D;
@@ -203,8 +213,11 @@ __global__ void __launch_bounds__(FA_WARPS * 32, 2) flash_attn_kernel(const fa_p
     /* Q tile -> registers (A fragments, 16 rows x D per warp) */
     fa_load_rows<T, D>(sQ, qg, p.q_rs, q0, FA_BR, p.Tq, tid);
     cp_async_commit();
-    if (relpos)
+    if (relpos) {
+        /* both tables' rows at once: rel_h into the K stages, rel_w into V's */
         fa_load_rows<T, D>(sK, (const T *)p.rel_h, D, 0, p.nrh, 2 * p.gh - 1, tid);
+        fa_load_rows<T, D>(sV, (const T *)p.rel_w, D, 0, p.nrw, 2 * p.gw - 1, tid);
+    }
     cp_async_commit();
     cp_async_wait_all();
     __syncthreads();
@@ -218,13 +231,8 @@ __global__ void __launch_bounds__(FA_WARPS * 32, 2) flash_attn_kernel(const fa_p
     float *qrh = sQR + warp * 16 * p.qr_ld, *qrw = qrh + p.nrh;
     if (relpos) {
         fa_relpos_table<T, D>(qrh, p.qr_ld, qf, sK, p.nrh, lane);
-        __syncthreads();
-        fa_load_rows<T, D>(sK, (const T *)p.rel_w, D, 0, p.nrw, 2 * p.gw - 1, tid);
-        cp_async_commit();
-        cp_async_wait_all();
-        __syncthreads();
-        fa_relpos_table<T, D>(qrw, p.qr_ld, qf, sK, p.nrw, lane);
-        __syncthreads();
+        fa_relpos_table<T, D>(qrw, p.qr_ld, qf, sV, p.nrw, lane);
+        __syncthreads(); /* the stages are free for K/V; the tables are complete */
     }
 
     /* this thread's two query rows: r = g and g + 8 of the warp */
@@ -243,6 +251,21 @@ __global__ void __launch_bounds__(FA_WARPS * 32, 2) flash_attn_kernel(const fa_p
         }
     }
     const bool active = q0 + warp * 16 < p.Tq;
+    /* Key tiles that are whole rows of the key grid (gw == FA_BC: SAM's
+     * 64x64 global attention): ky is the tile index and kx the column, so
+     * the rel_w term is the same in every tile and stays in registers, and
+     * the rel_h term is one value per row per tile. */
+    constexpr bool rowtiles = ROWT;
+    float bw[ROWT ? 8 : 1][4];
+    if (ROWT) {
+#pragma unroll
+        for (int nt = 0; nt < (ROWT ? 8 : 1); nt++)
+#pragma unroll
+            for (int e = 0; e < 4; e++) {
+                int r = e >> 1, c = nt * 8 + 2 * t + (e & 1);
+                bw[nt][e] = qrw[(g + 8 * r) * p.qr_ld + cx[r] - c] * FA_LOG2E;
+            }
+    }
     const float sl = p.scale * FA_LOG2E;
     const float inv_gw = relpos ? 1.0f / (float)p.gw : 0.0f;
 
@@ -252,16 +275,21 @@ __global__ void __launch_bounds__(FA_WARPS * 32, 2) flash_attn_kernel(const fa_p
         o[i][0] = o[i][1] = o[i][2] = o[i][3] = 0.0f;
     float m_run[2] = {-INFINITY, -INFINITY}, l_run[2] = {0.0f, 0.0f};
 
+    /* this block's key tiles: [it0, it1) of ceil(Tk / FA_BC) */
     const int ntiles = (p.Tk + FA_BC - 1) / FA_BC;
-    fa_load_rows<T, D>(sK, kg, p.kv_rs, 0, FA_BC, p.Tk, tid);
-    fa_load_rows<T, D>(sV, vg, p.kv_rs, 0, FA_BC, p.Tk, tid);
+    const int per = (ntiles + p.splits - 1) / p.splits;
+    const int it0 = split * per, it1 = min(ntiles, it0 + per);
+    if (it0 < it1) {
+        fa_load_rows<T, D>(sK, kg, p.kv_rs, it0 * FA_BC, FA_BC, p.Tk, tid);
+        fa_load_rows<T, D>(sV, vg, p.kv_rs, it0 * FA_BC, FA_BC, p.Tk, tid);
+    }
     cp_async_commit();
 
-    for (int it = 0; it < ntiles; it++) {
-        const int k0 = it * FA_BC, st = it & 1;
+    for (int it = it0; it < it1; it++) {
+        const int k0 = it * FA_BC, st = (it - it0) & 1;
         cp_async_wait_all();
         __syncthreads();
-        if (it + 1 < ntiles) {
+        if (it + 1 < it1) {
             fa_load_rows<T, D>(sK + (st ^ 1) * FA_BC * LDS, kg, p.kv_rs, k0 + FA_BC, FA_BC, p.Tk,
                                tid);
             fa_load_rows<T, D>(sV + (st ^ 1) * FA_BC * LDS, vg, p.kv_rs, k0 + FA_BC, FA_BC, p.Tk,
@@ -294,26 +322,46 @@ __global__ void __launch_bounds__(FA_WARPS * 32, 2) flash_attn_kernel(const fa_p
 
         /* scale, bias, mask (log2 domain); tile row max */
         float mx[2] = {-INFINITY, -INFINITY};
+        if (rowtiles) {
+            float bh0 = qrh[g * p.qr_ld + cy[0] - it] * FA_LOG2E;
+            float bh1 = qrh[(g + 8) * p.qr_ld + cy[1] - it] * FA_LOG2E;
+#pragma unroll
+            for (int nt = 0; nt < 8; nt++)
+#pragma unroll
+                for (int e = 0; e < 4; e++)
+                    s[nt][e] = fmaf(s[nt][e], sl, bw[ROWT ? nt : 0][e] + (e < 2 ? bh0 : bh1));
+        } else if (relpos) {
+            const float *h0 = qrh + g * p.qr_ld + cy[0], *h1 = qrh + (g + 8) * p.qr_ld + cy[1];
+            const float *w0 = qrw + g * p.qr_ld + cx[0], *w1 = qrw + (g + 8) * p.qr_ld + cx[1];
+#pragma unroll
+            for (int nt = 0; nt < 8; nt++)
+#pragma unroll
+                for (int e2 = 0; e2 < 2; e2++) {
+                    /* one column, both rows */
+                    int j = k0 + nt * 8 + 2 * t + e2;
+                    int ky = (int)(((float)j + 0.5f) * inv_gw), kx = j - ky * p.gw;
+                    if (j < p.Tk) {
+                        s[nt][e2] = fmaf(s[nt][e2], sl, (h0[-ky] + w0[-kx]) * FA_LOG2E);
+                        s[nt][2 + e2] = fmaf(s[nt][2 + e2], sl, (h1[-ky] + w1[-kx]) * FA_LOG2E);
+                    }
+                }
+        } else {
+#pragma unroll
+            for (int nt = 0; nt < 8; nt++)
+#pragma unroll
+                for (int e = 0; e < 4; e++)
+                    s[nt][e] *= sl;
+        }
 #pragma unroll
         for (int nt = 0; nt < 8; nt++) {
 #pragma unroll
             for (int e = 0; e < 4; e++) {
                 int c = nt * 8 + 2 * t + (e & 1), r = e >> 1;
-                int j = k0 + c;
-                float x;
-                if (c < kvalid) {
-                    x = s[nt][e] * sl;
-                    if (relpos) {
-                        int ky = (int)(((float)j + 0.5f) * inv_gw), kx = j - ky * p.gw;
-                        x += (qrh[(g + 8 * r) * p.qr_ld + cy[r] - ky] +
-                              qrw[(g + 8 * r) * p.qr_ld + cx[r] - kx]) *
-                             FA_LOG2E;
-                    }
-                    if (kb)
-                        x += eng_to_f(kb[j]) * FA_LOG2E;
-                } else {
+                float x = s[nt][e];
+                if (c >= kvalid)
                     x = -INFINITY;
-                }
+                else if (kb)
+                    x += eng_to_f(kb[k0 + c]) * FA_LOG2E;
                 s[nt][e] = x;
                 mx[r] = fmaxf(mx[r], x);
             }
@@ -374,6 +422,31 @@ __global__ void __launch_bounds__(FA_WARPS * 32, 2) flash_attn_kernel(const fa_p
     if (!active)
         return;
 
+    if (p.splits > 1) {
+        /* partial results; flash_combine_kernel merges the splits */
+#pragma unroll
+        for (int r = 0; r < 2; r++) {
+            float l = l_run[r];
+            l += __shfl_xor_sync(0xffffffffu, l, 1);
+            l += __shfl_xor_sync(0xffffffffu, l, 2);
+            int qi = q0 + warp * 16 + g + 8 * r;
+            if (qi < p.Tq) {
+                int64_t row = (((int64_t)split * p.B + b) * p.H + h) * p.Tq + qi;
+                float *po = p.part_o + row * D;
+#pragma unroll
+                for (int i = 0; i < D / 8; i++) {
+                    po[i * 8 + 2 * t] = o[i][2 * r];
+                    po[i * 8 + 2 * t + 1] = o[i][2 * r + 1];
+                }
+                if (t == 0) {
+                    p.part_ml[row * 2] = m_run[r];
+                    p.part_ml[row * 2 + 1] = l;
+                }
+            }
+        }
+        return;
+    }
+
     /* out = O / l */
     T *og = (T *)p.out + (int64_t)b * p.Tq * p.H * D + (int64_t)h * D;
 #pragma unroll
@@ -392,6 +465,36 @@ __global__ void __launch_bounds__(FA_WARPS * 32, 2) flash_attn_kernel(const fa_p
         }
     }
 #endif
+}
+
+/* Merge key-range splits: one thread per (b, h, query, d).
+ *   M = max_s m_s, L = sum_s l_s 2^(m_s - M), out = sum_s o_s 2^(m_s - M) / L */
+template <typename T>
+__global__ void flash_combine_kernel(T *out, const float *part_o, const float *part_ml,
+                                     int splits, int B, int H, int Tq, int D)
+{
+    int64_t n = (int64_t)B * H * Tq * D, rows = (int64_t)B * H * Tq;
+    for (int64_t i = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; i < n;
+         i += (int64_t)gridDim.x * blockDim.x) {
+        int d = (int)(i % D);
+        int64_t row = i / D; /* (b, h, q) */
+        float M = -INFINITY;
+        for (int s = 0; s < splits; s++)
+            M = fmaxf(M, part_ml[(s * rows + row) * 2]);
+        float L = 0.0f, acc = 0.0f;
+        for (int s = 0; s < splits; s++) {
+            float m = part_ml[(s * rows + row) * 2];
+            if (m == -INFINITY)
+                continue;
+            float w = exp2f(m - M);
+            L += part_ml[(s * rows + row) * 2 + 1] * w;
+            acc += part_o[(s * rows + row) * D + d] * w;
+        }
+        int q = (int)(row % Tq);
+        int64_t bh = row / Tq;
+        int h = (int)(bh % H), b = (int)(bh / H);
+        out[(((int64_t)b * Tq + q) * H + h) * D + d] = eng_from_f<T>(L > 0.0f ? acc / L : 0.0f);
+    }
 }
 
 /* Generic path, one block per (query row i, batch b) of one head: S row
@@ -481,11 +584,24 @@ static int flash_launch(eng_cuda *cu, const fa_params *p)
     size_t qbytes = (size_t)FA_BR * LDS * sizeof(T);
     size_t qr = p->rel_h ? (size_t)FA_WARPS * 16 * p->qr_ld * sizeof(float) : 0;
     size_t smem = kv + (qr > qbytes ? qr : qbytes);
-    ENG_CU_CHECK(cudaFuncSetAttribute(flash_attn_kernel<T, D>,
-                                      cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem));
-    dim3 grid((unsigned)((p->Tq + FA_BR - 1) / FA_BR), (unsigned)p->H, (unsigned)p->B);
-    flash_attn_kernel<T, D><<<grid, FA_WARPS * 32, smem, cu->stream>>>(*p);
+    dim3 grid((unsigned)((p->Tq + FA_BR - 1) / FA_BR * p->splits), (unsigned)p->H,
+              (unsigned)p->B);
+    if (p->rel_h && p->gw == FA_BC) {
+        ENG_CU_CHECK(cudaFuncSetAttribute(flash_attn_kernel<T, D, true>,
+                                          cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem));
+        flash_attn_kernel<T, D, true><<<grid, FA_WARPS * 32, smem, cu->stream>>>(*p);
+    } else {
+        ENG_CU_CHECK(cudaFuncSetAttribute(flash_attn_kernel<T, D, false>,
+                                          cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem));
+        flash_attn_kernel<T, D, false><<<grid, FA_WARPS * 32, smem, cu->stream>>>(*p);
+    }
     ENG_CU_LAUNCH_CHECK();
+    if (p->splits > 1) {
+        int64_t n = (int64_t)p->B * p->H * p->Tq * D;
+        flash_combine_kernel<T><<<eng_cu_blocks(n, 256), 256, 0, cu->stream>>>(
+            (T *)p->out, p->part_o, p->part_ml, p->splits, p->B, p->H, p->Tq, D);
+        ENG_CU_LAUNCH_CHECK();
+    }
     return 0;
 }
 
@@ -606,6 +722,29 @@ int eng_cuda_attention(eng_backend *be, void *out, const void *q, const void *k,
         /* a row stride of 4 (mod 32) floats spreads the 8 rows a quad group
          * reads over distinct banks */
         p.qr_ld = (p.nrh + p.nrw + 31) / 32 * 32 + 4;
+    }
+    /* Few query blocks over many keys (the decoder's token-to-image
+     * attention: 8 blocks over 4096 keys) leave the GPU idle: split the key
+     * range so about two blocks per SM run, and merge the partial softmaxes. */
+    p.splits = 1;
+    int64_t blocks = (int64_t)(a->Tq + FA_BR - 1) / FA_BR * a->H * a->B;
+    int ntiles = (a->Tk + FA_BC - 1) / FA_BC;
+    if (blocks < cu->sm_count && ntiles >= 4 && !getenv("TASAM_CUDA_NO_SPLIT")) {
+        int s = (int)((2 * cu->sm_count + blocks - 1) / blocks);
+        if (s > ntiles / 2)
+            s = ntiles / 2;
+        if (s > 64)
+            s = 64;
+        if (s > 1) {
+            int64_t rows = (int64_t)a->B * a->H * a->Tq;
+            size_t ob = ((size_t)s * rows * a->D * sizeof(float) + 255) & ~(size_t)255;
+            uint8_t *scr = (uint8_t *)eng_cuda_scratch(cu, ob + (size_t)s * rows * 2 * sizeof(float));
+            if (!scr)
+                return ENG_ENOMEM;
+            p.splits = s;
+            p.part_o = (float *)scr;
+            p.part_ml = (float *)(scr + ob);
+        }
     }
     if (be->dtype == ENG_BF16)
         return flash_dispatch_d<__nv_bfloat16>(cu, &p, a->D);

@@ -64,11 +64,15 @@ typedef struct eng_cuda {
     float *h_stage;          /* pinned host staging for upload/download, stage_n floats */
     float *d_stage;          /* device f32 staging, stage_n floats */
     size_t stage_n;
+    cudaEvent_t stage_ev[2]; /* last transfer through each half of the stage */
     eng_cuda_alloc *allocs;  /* live alloc() results, for free() accounting */
     int n_allocs, cap_allocs;
     size_t used;             /* bytes handed out by alloc() */
     eng_cuda_gemm_plan *plans; /* gemm.cu's plan cache (owned) */
     int n_plans, cap_plans;
+    void *tune_buf;          /* GEMM autotuning output, grown on first use */
+    size_t tune_bytes;
+    cudaEvent_t tune_ev[2];
     int profile;             /* TASAM_CUDA_PROFILE=1: time each op (synchronising) */
     cudaEvent_t ev0, ev1;
     eng_cuda_prof_entry *prof;

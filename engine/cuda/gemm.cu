@@ -9,9 +9,11 @@
  *   matmul_nn: y[M,N] = x[M,K] w[K,N]    is  D[N,M] = W[N,K] X[K,M]
  * and the per-output-feature bias is cuBLASLt's per-row bias of D.
  *
- * Plans (descriptors, layouts and the heuristic's algorithm) are cached per
+ * Plans (descriptors, layouts and the chosen algorithm) are cached per
  * shape, leading dimensions, epilogue and pointer alignment: the heuristic
- * runs once per distinct call site. Where cuBLASLt offers no algorithm, a
+ * runs once per distinct call site, and its first 8 candidates are timed on
+ * that site's first call (into a private buffer) to keep the fastest
+ * (TASAM_CUDA_NO_TUNE=1: take the heuristic's first). Where cuBLASLt offers no algorithm, a
  * cublasGemmEx call and the epilogue kernel do the same work.
  *
  * Activation: cuBLASLt's GELU epilogue is the tanh approximation; it is used
@@ -19,6 +21,7 @@
  * below half-precision rounding); fp32 storage keeps the exact erf GELU via
  * the epilogue kernel.
  */
+#include <math.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -32,7 +35,13 @@ struct eng_cuda_gemm_plan {
     cublasLtMatrixLayout_t la, lb, ld;
     cublasLtMatmulAlgo_t algo;
     int ok; /* 0: no algorithm, use the fallback */
+    /* up to ENG_GEMM_CANDIDATES of the heuristic's algorithms, timed on the
+     * first call; `algo` is then the fastest */
+    cublasLtMatmulAlgo_t cand[8];
+    int n_cand, tuned;
 };
+
+#define ENG_GEMM_CANDIDATES 8
 
 // ----------------------------------------------------------------------------
 // kernel launchers (cuBLAS)
@@ -101,14 +110,19 @@ static int plan_build(eng_cuda *cu, eng_cuda_gemm_plan *p)
                                          sizeof al[2]);
     cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_D_BYTES, &al[3],
                                          sizeof al[3]);
-    cublasLtMatmulHeuristicResult_t res;
+    cublasLtMatmulHeuristicResult_t res[ENG_GEMM_CANDIDATES];
     int count = 0;
-    cublasStatus_t st = cublasLtMatmulAlgoGetHeuristic(cu->lt, p->desc, p->la, p->lb, p->ld,
-                                                       p->ld, pref, 1, &res, &count);
+    cublasStatus_t st = cublasLtMatmulAlgoGetHeuristic(
+        cu->lt, p->desc, p->la, p->lb, p->ld, p->ld, pref, ENG_GEMM_CANDIDATES, res, &count);
     cublasLtMatmulPreferenceDestroy(pref);
-    p->ok = st == CUBLAS_STATUS_SUCCESS && count > 0 && res.state == CUBLAS_STATUS_SUCCESS;
+    p->n_cand = 0;
+    for (int i = 0; st == CUBLAS_STATUS_SUCCESS && i < count; i++)
+        if (res[i].state == CUBLAS_STATUS_SUCCESS)
+            p->cand[p->n_cand++] = res[i].algo;
+    p->ok = p->n_cand > 0;
     if (p->ok)
-        p->algo = res.algo;
+        p->algo = p->cand[0];
+    p->tuned = p->n_cand <= 1 || getenv("TASAM_CUDA_NO_TUNE") != NULL;
     return 0;
 }
 
@@ -159,6 +173,61 @@ static eng_cuda_gemm_plan *plan_get(eng_cuda *cu, const eng_cuda_gemm_plan *key)
     }
     cu->n_plans++;
     return p;
+}
+
+/* Time each candidate algorithm of a plan once (into a private buffer, so
+ * the caller's C and D are untouched) and keep the fastest. Failures here
+ * only leave the heuristic's first choice in place. */
+static void plan_tune(eng_cuda *cu, eng_cuda_gemm_plan *p, const void *A, const void *B,
+                      const void *bias)
+{
+    p->tuned = 1;
+    size_t es = cu->base.dtype == ENG_F32 ? 4 : 2;
+    size_t bytes = (size_t)p->ldd * p->n * es;
+    if (bytes > cu->tune_bytes) {
+        if (cu->tune_buf)
+            cudaFree(cu->tune_buf);
+        cu->tune_buf = NULL;
+        cu->tune_bytes = 0;
+        if (cudaMalloc(&cu->tune_buf, bytes) != cudaSuccess) {
+            cudaGetLastError();
+            cu->tune_buf = NULL;
+            return;
+        }
+        cu->tune_bytes = bytes;
+    }
+    if (!cu->tune_ev[0] && (cudaEventCreate(&cu->tune_ev[0]) != cudaSuccess ||
+                            cudaEventCreate(&cu->tune_ev[1]) != cudaSuccess)) {
+        cudaGetLastError();
+        return;
+    }
+    if (bias)
+        cublasLtMatmulDescSetAttribute(p->desc, CUBLASLT_MATMUL_DESC_BIAS_POINTER, &bias,
+                                       sizeof bias);
+    float alpha = 1.0f, beta = 0.0f, best = INFINITY;
+    int best_i = 0;
+    for (int i = 0; i < p->n_cand; i++) {
+        float ms = 0.0f;
+        int bad = 0;
+        for (int rep = 0; rep < 3 && !bad; rep++) {
+            if (rep == 1)
+                cudaEventRecord(cu->tune_ev[0], cu->stream);
+            bad = cublasLtMatmul(cu->lt, p->desc, &alpha, A, p->la, B, p->lb, &beta,
+                                 cu->tune_buf, p->ld, cu->tune_buf, p->ld, &p->cand[i],
+                                 cu->lt_ws, cu->lt_ws_bytes, cu->stream) != CUBLAS_STATUS_SUCCESS;
+        }
+        cudaEventRecord(cu->tune_ev[1], cu->stream);
+        if (bad || cudaEventSynchronize(cu->tune_ev[1]) != cudaSuccess ||
+            cudaEventElapsedTime(&ms, cu->tune_ev[0], cu->tune_ev[1]) != cudaSuccess) {
+            cudaGetLastError();
+            continue;
+        }
+        if (ms < best) {
+            best = ms;
+            best_i = i;
+        }
+    }
+    p->algo = p->cand[best_i];
 }
 
 /*
@@ -224,6 +293,8 @@ static int gemm(eng_cuda *cu, int transa, int m, int n, int k, const void *A, in
         return eng_last_error()[0] ? ENG_EDEVICE : ENG_ENOMEM;
     float alpha = 1.0f, beta = C ? 1.0f : 0.0f;
     int done = 0;
+    if (p->ok && !p->tuned)
+        plan_tune(cu, p, A, B, epi != CUBLASLT_EPILOGUE_DEFAULT ? bias : NULL);
     if (p->ok) {
         if (bias && epi != CUBLASLT_EPILOGUE_DEFAULT)
             ENG_BLAS_CHECK(cublasLtMatmulDescSetAttribute(
