@@ -638,12 +638,13 @@ static void dec_lin(eng_sam *m, const eng_sam_lora *lo, const lin_t *l, eng_tens
     eng_ctx_release(ctx, mark);
 }
 
-/* Attention of the two-way transformer: out [Nq, E] = out_proj(attn(q_proj(q_in),
- * k_proj(k_in), v_proj(v_in))) with 8 heads; residual `res` added when non-NULL
- * (out may alias res). */
-static void dec_attention(eng_sam *m, const eng_sam_lora *lo, const dec_attn *a, eng_tensor *out,
-                          const eng_tensor *q_in, const eng_tensor *k_in, const eng_tensor *v_in,
-                          const eng_tensor *res)
+/* Attention of the two-way transformer over B independent prompts:
+ * out [B*Tq, E] = out_proj(attn(q_proj(q_in), k_proj(k_in), v_proj(v_in)))
+ * with 8 heads, q_in [B*Tq, E], k_in and v_in [B*Tk, E]; residual `res`
+ * added when non-NULL (out may alias res). */
+static void dec_attention(eng_sam *m, const eng_sam_lora *lo, const dec_attn *a, int B,
+                          eng_tensor *out, const eng_tensor *q_in, const eng_tensor *k_in,
+                          const eng_tensor *v_in, const eng_tensor *res)
 {
     eng_ctx *ctx = &m->ctx;
     size_t mark = eng_ctx_mark(ctx);
@@ -656,7 +657,7 @@ static void dec_attention(eng_sam *m, const eng_sam_lora *lo, const dec_attn *a,
     dec_lin(m, lo, &a->v, &v, v_in, ENG_ACT_NONE, NULL);
     eng_tensor o = eng_new2(ctx, Nq, a->inner);
     int heads = 8, D = a->inner / heads;
-    eng_attn d = {.B = 1, .H = heads, .Tq = (int)Nq, .Tk = (int)Nk, .D = D,
+    eng_attn d = {.B = B, .H = heads, .Tq = (int)(Nq / B), .Tk = (int)(Nk / B), .D = D,
                   .scale = 1.0f / sqrtf((float)D)};
     eng_attention(ctx, &o, &q, &k, &v, &d);
     dec_lin(m, lo, &a->out, out, &o, ENG_ACT_NONE, res);
@@ -678,20 +679,50 @@ static void dec_mlp3(eng_sam *m, const eng_sam_lora *lo, const lin_t *l, eng_ten
     eng_ctx_release(ctx, mark);
 }
 
-/* One prompt: tokens_host [T, E], emb [E, P] CHW device tensor, dense from
- * mask_input or no_mask. Writes iou_all[4] and masks_all [4, 256*256] into
- * host buffers. */
-static void sam_decode_one(eng_sam *m, const eng_sam_lora *lo, const eng_tensor *emb_chw,
-                           const float *tokens_host, int T, const float *mask_input,
-                           float *iou_all, float *masks_out, int first, int count)
+/* Rows first, first + step, ... (n of them) of a contiguous 2-D tensor, as a
+ * strided view ([n, cols], row stride step * cols): e.g. the IoU token of
+ * every prompt in a batch of [B * T, E] tokens. */
+static eng_tensor rows_every(eng_tensor t, int64_t first, int64_t n, int64_t step)
+{
+    assert(t.ndim == 2 && first + (n - 1) * step < t.shape[0]);
+    eng_tensor r = eng_rows(t, first, 1);
+    r.shape[0] = n;
+    r.stride[0] = step * t.shape[1];
+    return r;
+}
+
+/* A group of B prompts with the same token count T and the same adapter,
+ * decoded in one pass: every activation carries the batch as leading rows
+ * (tokens [B*T, E], image side [B*P, E]; the upscaled masks stack the B
+ * images vertically, which is exact for the non-overlapping 2x2 transposed
+ * convolutions). tokens_host [B, T, E]; mask_inputs[b] a [256,256] low-res
+ * mask or NULL (mask_inputs itself may be NULL). Writes iou_out [B, 4] and,
+ * for each prompt, masks `first` .. `first + count - 1` into
+ * masks_out [B, count, 256*256]. */
+static void sam_decode_group(eng_sam *m, const eng_sam_lora *lo, const eng_tensor *emb_chw,
+                             const float *tokens_host, int B, int T,
+                             const float *const *mask_inputs, float *iou_out, float *masks_out,
+                             int first, int count)
 {
     eng_ctx *ctx = &m->ctx;
     size_t mark = eng_ctx_mark(ctx);
 
-    /* src = image embedding (HWC) + dense prompt embedding */
-    eng_tensor src = eng_new2(ctx, P, E); /* keys */
-    eng_transpose(ctx, &src, emb_chw);
-    if (mask_input) {
+    /* src = image embedding (HWC) + each prompt's dense embedding */
+    eng_tensor src = eng_new2(ctx, (int64_t)B * P, E); /* keys [B*P, E] */
+    eng_tensor src0 = eng_rows(src, 0, P);
+    eng_transpose(ctx, &src0, emb_chw);
+    for (int b = 1; b < B; b++) {
+        eng_tensor sb = eng_rows(src, (int64_t)b * P, P);
+        eng_copy(ctx, &sb, &src0);
+    }
+    for (int b = 0; b < B; b++) {
+        eng_tensor sb = eng_rows(src, (int64_t)b * P, P);
+        const float *mask_input = mask_inputs ? mask_inputs[b] : NULL;
+        if (!mask_input) {
+            eng_add(ctx, &sb, &sb, &m->no_mask);
+            continue;
+        }
+        size_t mk = eng_ctx_mark(ctx);
         eng_tensor mi = eng_new3(ctx, 1, ENG_SAM_LOWRES, ENG_SAM_LOWRES);
         sam_upload(ctx, &mi, mask_input);
         int h1 = ENG_SAM_LOWRES / 2;
@@ -704,35 +735,35 @@ static void sam_decode_one(eng_sam *m, const eng_sam_lora *lo, const eng_tensor 
         eng_layernorm(ctx, &d2, &d2, NULL, &m->md4.g, &m->md4.b, VIT_EPS);
         eng_activate(ctx, &d2, &d2, ENG_ACT_GELU);
         eng_tensor w6 = eng_reshape2(m->md6_w, E, 16);
-        eng_linear(ctx, &src, &d2, &w6, &m->md6_b, ENG_ACT_NONE, &src);
-    } else {
-        eng_add(ctx, &src, &src, &m->no_mask);
+        eng_linear(ctx, &sb, &d2, &w6, &m->md6_b, ENG_ACT_NONE, &sb);
+        eng_ctx_release(ctx, mk);
     }
 
-    eng_tensor pe_tok = eng_new2(ctx, T, E); /* query_pe: the prompt tokens themselves */
+    int64_t BT = (int64_t)B * T;
+    eng_tensor pe_tok = eng_new2(ctx, BT, E); /* query_pe: the prompt tokens themselves */
     sam_upload(ctx, &pe_tok, tokens_host);
-    eng_tensor queries = eng_new2(ctx, T, E);
+    eng_tensor queries = eng_new2(ctx, BT, E);
     eng_copy(ctx, &queries, &pe_tok);
-    eng_tensor qp = eng_new2(ctx, T, E);  /* queries + query_pe */
-    eng_tensor kp = eng_new2(ctx, P, E);  /* keys + key_pe */
-    eng_tensor tmpq = eng_new2(ctx, T, E);
-    eng_tensor mid = eng_new2(ctx, T, 2048);
+    eng_tensor qp = eng_new2(ctx, BT, E);              /* queries + query_pe */
+    eng_tensor kp = eng_new2(ctx, (int64_t)B * P, E);  /* keys + key_pe */
+    eng_tensor tmpq = eng_new2(ctx, BT, E);
+    eng_tensor mid = eng_new2(ctx, BT, 2048);
 
     for (int l = 0; l < 2; l++) {
         const twoway_layer *L = &m->layers[l];
         if (l == 0) {
             /* skip_first_layer_pe: queries are replaced, no residual */
-            dec_attention(m, lo, &L->self_attn, &tmpq, &queries, &queries, &queries, NULL);
+            dec_attention(m, lo, &L->self_attn, B, &tmpq, &queries, &queries, &queries, NULL);
             eng_copy(ctx, &queries, &tmpq);
         } else {
             eng_add(ctx, &qp, &queries, &pe_tok);
-            dec_attention(m, lo, &L->self_attn, &queries, &qp, &qp, &queries, &queries);
+            dec_attention(m, lo, &L->self_attn, B, &queries, &qp, &qp, &queries, &queries);
         }
         eng_layernorm(ctx, &queries, &queries, NULL, &L->norm1.g, &L->norm1.b, DEC_EPS);
 
         eng_add(ctx, &qp, &queries, &pe_tok);
-        eng_add(ctx, &kp, &src, &m->dense_pe);
-        dec_attention(m, lo, &L->t2i, &queries, &qp, &kp, &src, &queries);
+        eng_add(ctx, &kp, &src, &m->dense_pe); /* dense_pe [P, E] broadcast over the batch */
+        dec_attention(m, lo, &L->t2i, B, &queries, &qp, &kp, &src, &queries);
         eng_layernorm(ctx, &queries, &queries, NULL, &L->norm2.g, &L->norm2.b, DEC_EPS);
 
         dec_lin(m, lo, &L->mlp1, &mid, &queries, ENG_ACT_RELU, NULL);
@@ -741,39 +772,50 @@ static void sam_decode_one(eng_sam *m, const eng_sam_lora *lo, const eng_tensor 
 
         eng_add(ctx, &qp, &queries, &pe_tok);
         /* keys + key_pe unchanged since the token-to-image step */
-        dec_attention(m, lo, &L->i2t, &src, &kp, &qp, &queries, &src);
+        dec_attention(m, lo, &L->i2t, B, &src, &kp, &qp, &queries, &src);
         eng_layernorm(ctx, &src, &src, NULL, &L->norm4.g, &L->norm4.b, DEC_EPS);
     }
     eng_add(ctx, &qp, &queries, &pe_tok);
     eng_add(ctx, &kp, &src, &m->dense_pe);
-    dec_attention(m, lo, &m->final_attn, &queries, &qp, &kp, &src, &queries);
+    dec_attention(m, lo, &m->final_attn, B, &queries, &qp, &kp, &src, &queries);
     eng_layernorm(ctx, &queries, &queries, NULL, &m->norm_final.g, &m->norm_final.b, DEC_EPS);
 
-    /* upscale src [P, E] -> [(2G)^2, 64] -> [(4G)^2, 32], HWC */
-    eng_tensor u1 = eng_new2(ctx, (int64_t)4 * P, UPC1);
-    eng_conv_transpose2x2(ctx, &u1, &src, G, G, &m->up0_w, &m->up0_b);
+    /* upscale src [B*P, E] -> [B*(2G)^2, 64] -> [B*(4G)^2, 32], HWC, the B
+     * images stacked vertically */
+    eng_tensor u1 = eng_new2(ctx, (int64_t)B * 4 * P, UPC1);
+    eng_conv_transpose2x2(ctx, &u1, &src, B * G, G, &m->up0_w, &m->up0_b);
     eng_layernorm(ctx, &u1, &u1, NULL, &m->up1.g, &m->up1.b, VIT_EPS);
     eng_activate(ctx, &u1, &u1, ENG_ACT_GELU);
-    eng_tensor u2 = eng_new2(ctx, (int64_t)16 * P, UPC2);
-    eng_conv_transpose2x2(ctx, &u2, &u1, 2 * G, 2 * G, &m->up3_w, &m->up3_b);
+    eng_tensor u2 = eng_new2(ctx, (int64_t)B * 16 * P, UPC2);
+    eng_conv_transpose2x2(ctx, &u2, &u1, 2 * B * G, 2 * G, &m->up3_w, &m->up3_b);
     eng_activate(ctx, &u2, &u2, ENG_ACT_GELU);
 
-    /* hyper_in [4, 32]: one MLP per mask token; masks [4, 256*256] */
-    eng_tensor hyper = eng_new2(ctx, NMASK, UPC2);
+    /* hyper_in [4, B, 32]: one MLP per mask token over the batch */
+    eng_tensor hyper = eng_new2(ctx, (int64_t)NMASK * B, UPC2);
     for (int i = 0; i < NMASK; i++) {
-        eng_tensor tok = eng_rows(queries, 1 + i, 1);
-        eng_tensor out = eng_rows(hyper, i, 1);
+        eng_tensor tok = rows_every(queries, 1 + i, B, T);
+        eng_tensor out = eng_rows(hyper, (int64_t)i * B, B);
         dec_mlp3(m, lo, m->hyper[i], &out, &tok);
     }
-    eng_tensor masks = eng_new2(ctx, NMASK, ENG_SAM_LOWRES_FLOATS);
-    eng_linear(ctx, &masks, &hyper, &u2, NULL, ENG_ACT_NONE, NULL);
-    eng_tensor iou = eng_new2(ctx, 1, NMASK);
-    eng_tensor iou_tok = eng_rows(queries, 0, 1);
+    /* masks [B, 4, 256*256]: prompt b's 4 hypernetwork outputs against its
+     * upscaled image */
+    eng_tensor masks = eng_new2(ctx, (int64_t)B * NMASK, ENG_SAM_LOWRES_FLOATS);
+    for (int b = 0; b < B; b++) {
+        eng_tensor hb = rows_every(hyper, b, NMASK, B);
+        eng_tensor ub = eng_rows(u2, (int64_t)b * 16 * P, 16 * P);
+        eng_tensor mb = eng_rows(masks, (int64_t)b * NMASK, NMASK);
+        eng_linear(ctx, &mb, &hb, &ub, NULL, ENG_ACT_NONE, NULL);
+    }
+    eng_tensor iou = eng_new2(ctx, B, NMASK);
+    eng_tensor iou_tok = rows_every(queries, 0, B, T);
     dec_mlp3(m, lo, m->iou_head, &iou, &iou_tok);
 
-    sam_download(ctx, iou_all, &iou, NMASK);
-    eng_tensor sel = eng_rows(masks, first, count);
-    sam_download(ctx, masks_out, &sel, (size_t)count * ENG_SAM_LOWRES_FLOATS);
+    sam_download(ctx, iou_out, &iou, (size_t)B * NMASK);
+    for (int b = 0; b < B && masks_out; b++) {
+        eng_tensor sel = eng_rows(masks, (int64_t)b * NMASK + first, count);
+        sam_download(ctx, masks_out + (size_t)b * count * ENG_SAM_LOWRES_FLOATS, &sel,
+                     (size_t)count * ENG_SAM_LOWRES_FLOATS);
+    }
     eng_ctx_release(ctx, mark);
 }
 
@@ -1017,23 +1059,32 @@ static int sam_plan(eng_sam *m)
     int rc = eng_ctx_init(&m->ctx, m->be, 0);
     if (rc)
         return rc;
-    float dummy_iou[NMASK];
     sam_encode_one(m, NULL, NULL, NULL, 0, NULL);
     eng_ctx_release(&m->ctx, 0);
     {
         size_t mark = eng_ctx_mark(&m->ctx);
         eng_tensor emb = eng_new2(&m->ctx, E, P);
         int T = 1 + NMASK + m->opt.max_points + 2;
-        float dummy_mask = 0;
+        static const float dummy_mask = 0;
+        int GB = m->opt.max_decode_batch;
+        const float **masks = malloc((size_t)GB * sizeof *masks);
+        if (!masks)
+            return eng_error(ENG_ENOMEM, "out of memory");
+        for (int b = 0; b < GB; b++)
+            masks[b] = &dummy_mask;
         /* an unmerged adapter of the largest rank on every target: the
          * heaviest decoder path (only its shapes matter while measuring) */
         eng_sam_lora *plan_lora = lora_new(m, ENG_SAM_LORA_MAX_RANK, 0);
-        if (!plan_lora)
+        if (!plan_lora) {
+            free(masks);
             return eng_error(ENG_ENOMEM, "out of memory");
+        }
         for (int t = 0; t < ENG_SAM_LORA_TARGETS; t++)
             plan_lora->present[t] = 1;
-        sam_decode_one(m, plan_lora, &emb, NULL, T, &dummy_mask, dummy_iou, NULL, 0, NMASK);
+        /* the largest group, every prompt with a mask input */
+        sam_decode_group(m, plan_lora, &emb, NULL, GB, T, masks, NULL, NULL, 0, NMASK);
         free(plan_lora);
+        free(masks);
         eng_ctx_release(&m->ctx, mark);
     }
     {
@@ -1059,6 +1110,13 @@ int eng_sam_load(eng_sam **out, const char *path, eng_backend *be, const eng_sam
     m->be = be;
     m->opt.max_points = opt && opt->max_points > 0 ? opt->max_points : 16;
     m->opt.max_batch = opt && opt->max_batch > 0 ? opt->max_batch : 1;
+    /* Decoder groups: worth it where many small kernels are the cost (GPU);
+     * the CPU's GEMMs are already large enough per prompt. Each prompt of a
+     * group holds about 30 MiB (f32) of activations. */
+    m->opt.max_decode_batch = opt && opt->max_decode_batch > 0 ? opt->max_decode_batch
+                              : eng_backend_device(be) == ENG_DEV_CUDA ? 64 : 1;
+    if (m->opt.max_decode_batch > 256)
+        m->opt.max_decode_batch = 256;
     eng_weights_init(&m->wts, be);
     if ((rc = eng_ckpt_open(&c, path)))
         goto err;
@@ -1244,23 +1302,47 @@ int eng_sam_decode(eng_sam *m, const float *embedding, const eng_sam_imginfo *in
     for (int i = 0; i < n; i++)
         if ((rc = sam_check_prompt(m, &prompts[i], i)))
             return rc;
-    int T_max = 1 + NMASK + m->opt.max_points + 2;
-    float *tokens = malloc((size_t)T_max * E * sizeof(float));
-    if (!tokens)
+    int T_max = 1 + NMASK + m->opt.max_points + 2, GB = m->opt.max_decode_batch;
+    /* host staging for one group: tokens [GB, T_max, E], IoU [GB, 4], masks */
+    float *tokens = malloc((size_t)GB * T_max * E * sizeof(float));
+    float *iou4 = malloc((size_t)GB * NMASK * sizeof(float));
+    const float **mask_in = malloc((size_t)GB * sizeof *mask_in);
+    if (!tokens || !iou4 || !mask_in) {
+        free(tokens);
+        free(iou4);
+        free(mask_in);
         return eng_error(ENG_ENOMEM, "out of memory");
+    }
     int first = multimask ? 1 : 0, count = multimask ? 3 : 1;
     sam_begin(m);
     eng_tensor emb = eng_new2(&m->ctx, E, P);
     sam_upload(&m->ctx, &emb, embedding);
-    for (int i = 0; i < n && !m->ctx.status; i++) {
+    for (int i = 0; i < n && !m->ctx.status;) {
+        /* a group: consecutive prompts with the same token count and the same
+         * adapter, at most max_decode_batch of them */
+        int T = 1 + NMASK + sam_sparse_tokens(m, info, &prompts[i], tokens + (1 + NMASK) * E);
         memcpy(tokens, m->out_tokens, sizeof m->out_tokens);
-        int ns = sam_sparse_tokens(m, info, &prompts[i], tokens + (1 + NMASK) * E);
-        float iou4[NMASK];
-        sam_decode_one(m, prompts[i].lora, &emb, tokens, 1 + NMASK + ns, prompts[i].mask_input, iou4,
-                       low_res + (size_t)i * count * ENG_SAM_LOWRES_FLOATS, first, count);
-        memcpy(iou + (size_t)i * count, iou4 + first, (size_t)count * sizeof(float));
+        mask_in[0] = prompts[i].mask_input;
+        int B = 1;
+        while (i + B < n && B < GB && prompts[i + B].lora == prompts[i].lora) {
+            float *tb = tokens + (size_t)B * T * E;
+            int tb_n = sam_sparse_tokens(m, info, &prompts[i + B], tb + (1 + NMASK) * E);
+            if (1 + NMASK + tb_n != T)
+                break;
+            memcpy(tb, m->out_tokens, sizeof m->out_tokens);
+            mask_in[B] = prompts[i + B].mask_input;
+            B++;
+        }
+        sam_decode_group(m, prompts[i].lora, &emb, tokens, B, T, mask_in, iou4,
+                         low_res + (size_t)i * count * ENG_SAM_LOWRES_FLOATS, first, count);
+        for (int b = 0; b < B; b++)
+            memcpy(iou + (size_t)(i + b) * count, iou4 + (size_t)b * NMASK + first,
+                   (size_t)count * sizeof(float));
+        i += B;
     }
     free(tokens);
+    free(iou4);
+    free(mask_in);
     return sam_end(m);
 }
 

@@ -42,6 +42,7 @@ typedef struct eng_sam_config {
 typedef struct eng_sam_options {
     int max_points;  /* points per prompt the decoder plans for (default 16) */
     int max_batch;   /* images per encoder call (default 1) */
+    int max_decode_batch; /* prompts decoded in one pass (default 64 on CUDA, 1 on the CPU) */
 } eng_sam_options;
 
 /* Sizes of one image as SAM sees it. */

@@ -247,6 +247,42 @@ static void test_end_to_end_image(void)
     eng_image_free(&img);
 }
 
+/* Decoder groups: a model decoding up to 3 prompts per pass gives what
+ * prompt-by-prompt decoding gives, for 5 prompts of the same token count,
+ * some with a mask input and some without (groups of 3 + 2). */
+static void test_batched_decode(void)
+{
+    T_NEED_FIXTURES();
+    T_REQUIRE(model && golden, "setup failed");
+    eng_sam *mb = NULL;
+    eng_sam_options opt = {.max_points = 8, .max_batch = 1, .max_decode_batch = 3};
+    T_REQUIRE(eng_sam_load(&mb, t_fixture("sam_tiny.safetensors"), be, &opt) == 0, "%s",
+              eng_last_error());
+    const eng_sam_imginfo info = {800, 534, 1024, 684};
+    float *emb = gold_f32("image_embedding", NULL);
+    float *mi = gold_f32("mask_refine.mask_input", NULL);
+    float pts[5][4] = {{400, 293.7f, 200, 160.2f}, {100, 100, 700, 400}, {50, 500, 600, 60},
+                       {300, 300, 310, 310}, {790, 10, 5, 520}};
+    int labels[2] = {1, 0};
+    eng_sam_prompt p[5];
+    for (int i = 0; i < 5; i++)
+        p[i] = (eng_sam_prompt){.n_points = 2, .points = pts[i], .labels = labels,
+                                .mask_input = i % 2 ? mi : NULL};
+    size_t per = 3 * ENG_SAM_LOWRES_FLOATS;
+    float *a = malloc(5 * per * 4), *b = malloc(5 * per * 4), ia[15], ib[15];
+    T_CHECK(eng_sam_decode(model, emb, &info, p, 5, 1, ia, a) == 0, "%s", eng_last_error());
+    T_CHECK(eng_sam_decode(mb, emb, &info, p, 5, 1, ib, b) == 0, "%s", eng_last_error());
+    double d = t_max_abs_diff(a, b, 5 * per, NULL), di = t_max_abs_diff(ia, ib, 15, NULL);
+    printf("  groups of 3 vs one by one: logits %.3g, IoU %.3g\n", d, di);
+    T_CHECK(d <= 1e-4 && di <= 1e-5, "batched decode differs: %g / %g", d, di);
+    T_CHECK(t_max_abs_diff(a, a + per, per, NULL) > 1e-2, "prompts gave the same logits");
+    free(a);
+    free(b);
+    free(emb);
+    free(mi);
+    eng_sam_destroy(mb);
+}
+
 static void test_bad_prompts(void)
 {
     T_NEED_FIXTURES();
@@ -304,6 +340,7 @@ int main(void)
     T_RUN(test_case_mask_refine);
     T_RUN(test_case_boxes4);
     T_RUN(test_end_to_end_image);
+    T_RUN(test_batched_decode);
     T_RUN(test_bad_prompts);
     T_RUN(test_load_errors);
     free(embedding);
