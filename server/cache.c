@@ -1,5 +1,6 @@
 /*
- * server/cache.c: the two-tier embedding cache (memory LRU + SQLite).
+ * server/cache.c: the two-tier embedding cache (memory LRU + SQLite) and the
+ * adapter cache's SQLite tier.
  */
 #include "server/cache.h"
 
@@ -43,6 +44,27 @@ static const char *const cache_migrations[SRV_CACHE_SCHEMA_VERSION] = {
     "    embedding_id INTEGER PRIMARY KEY REFERENCES embedding (id) ON DELETE CASCADE,\n"
     "    data         BLOB NOT NULL\n"
     ");\n",
+    "CREATE TABLE adapter (\n"
+    "    id               INTEGER PRIMARY KEY,\n"
+    "    adapter_id       TEXT    NOT NULL UNIQUE,\n"
+    "    task             TEXT    NOT NULL,\n"
+    "    task_normalized  TEXT    NOT NULL,\n"
+    "    hypernet_id      TEXT    NOT NULL,\n"
+    "    hypernet_version TEXT    NOT NULL,\n"
+    "    text_model       TEXT    NOT NULL,\n"
+    "    rank             INTEGER NOT NULL,\n"
+    "    alpha            REAL    NOT NULL,\n"
+    "    bytes            INTEGER NOT NULL,\n"
+    "    crc32            INTEGER NOT NULL,\n"
+    "    created          INTEGER NOT NULL,\n"
+    "    last_used        INTEGER NOT NULL,\n"
+    "    hits             INTEGER NOT NULL DEFAULT 0\n"
+    ");\n"
+    "CREATE INDEX adapter_last_used ON adapter (last_used);\n"
+    "CREATE TABLE adapter_blob (\n"
+    "    adapter_row INTEGER PRIMARY KEY REFERENCES adapter (id) ON DELETE CASCADE,\n"
+    "    data        BLOB NOT NULL\n"
+    ");\n",
 };
 
 /* Exposed for the schema test: migration text taking version v-1 to v. */
@@ -77,6 +99,9 @@ struct srv_cache {
     int64_t clock_ms;        /* last last_used written: strictly increasing, so LRU order has no ties */
     float *scratch;          /* a disk hit lands here when the memory tier has no slots */
     srv_metrics *m;          /* borrowed; may be NULL */
+    int64_t ad_budget;       /* adapter byte budget; 0 disables the adapter tier */
+    int64_t ad_bytes;        /* SUM(bytes) of the adapter rows */
+    int64_t ad_rows;         /* COUNT(*) of the adapter rows */
 };
 
 static int cerr(char *err, size_t errlen, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
@@ -130,6 +155,8 @@ static void gauges(srv_cache *c)
     srv_metrics_gauge_set(&c->m->cache_bytes_disk, c->disk_bytes);
     srv_metrics_gauge_set(&c->m->cache_entries_disk, c->disk_rows);
     srv_metrics_gauge_set(&c->m->cache_bytes_mem, (int64_t)used * (int64_t)(c->floats * sizeof(float)));
+    srv_metrics_gauge_set(&c->m->adapter_bytes_disk, c->ad_bytes);
+    srv_metrics_gauge_set(&c->m->adapter_entries_disk, c->ad_rows);
 }
 
 /* Contract: runs SQL without results; returns 0 or the SQLite code. */
@@ -159,6 +186,7 @@ static void refresh_totals(srv_cache *c)
 {
     sqlite3_stmt *st = NULL;
     c->disk_bytes = c->disk_rows = 0;
+    c->ad_bytes = c->ad_rows = 0;
     if (!c->db)
         return;
     if (sqlite3_prepare_v2(c->db, "SELECT COALESCE(SUM(bytes),0), COUNT(*) FROM embedding", -1, &st,
@@ -166,6 +194,14 @@ static void refresh_totals(srv_cache *c)
         sqlite3_step(st) == SQLITE_ROW) {
         c->disk_bytes = sqlite3_column_int64(st, 0);
         c->disk_rows = sqlite3_column_int64(st, 1);
+    }
+    sqlite3_finalize(st);
+    st = NULL;
+    if (sqlite3_prepare_v2(c->db, "SELECT COALESCE(SUM(bytes),0), COUNT(*) FROM adapter", -1, &st,
+                           NULL) == SQLITE_OK &&
+        sqlite3_step(st) == SQLITE_ROW) {
+        c->ad_bytes = sqlite3_column_int64(st, 0);
+        c->ad_rows = sqlite3_column_int64(st, 1);
     }
     sqlite3_finalize(st);
 }
@@ -245,7 +281,8 @@ static int try_open(srv_cache *c, char *why, size_t whylen)
         srv_log_info("cache: %s migrated to schema version %lld", c->path, (long long)v);
     }
     refresh_totals(c);
-    c->clock_ms = query_int(c->db, "SELECT COALESCE(MAX(last_used), 0) FROM embedding");
+    c->clock_ms = query_int(c->db, "SELECT MAX(COALESCE((SELECT MAX(last_used) FROM embedding), 0), "
+                                   "COALESCE((SELECT MAX(last_used) FROM adapter), 0))");
     return 0;
 fail_migrate:
     snprintf(why, whylen, "migration failed: %s", sqlite3_errmsg(c->db));
@@ -345,8 +382,10 @@ int srv_cache_open(srv_cache **out, const char *state_dir, size_t floats, int64_
         cerr(err, errlen, "cache %s: %s", c->path, why);
         goto err;
     }
-    srv_log_info("cache: %s: %lld embeddings, %lld bytes (budget %lld); %d memory slots", c->path,
-                 (long long)c->disk_rows, (long long)c->disk_bytes, (long long)c->budget, mem_slots);
+    srv_log_info("cache: %s: %lld embeddings, %lld bytes (budget %lld); %d memory slots; %lld "
+                 "adapters, %lld bytes",
+                 c->path, (long long)c->disk_rows, (long long)c->disk_bytes, (long long)c->budget,
+                 mem_slots, (long long)c->ad_rows, (long long)c->ad_bytes);
     gauges(c);
     *out = c;
     return 0;
@@ -739,6 +778,8 @@ out:
     return rc;
 }
 
+static int ad_evict(srv_cache *c, int64_t keep_id);
+
 void srv_cache_maintain(srv_cache *c)
 {
     if (!c)
@@ -754,6 +795,15 @@ void srv_cache_maintain(srv_cache *c)
                 srv_log_info("cache: evicted %d embeddings to fit the budget of %lld bytes", n,
                              (long long)c->budget);
         }
+        if (c->ad_bytes > c->ad_budget && exec(c->db, "BEGIN IMMEDIATE") == SQLITE_OK) {
+            int n = ad_evict(c, -1);
+            if (exec(c->db, "COMMIT") != SQLITE_OK)
+                exec(c->db, "ROLLBACK");
+            refresh_totals(c);
+            if (n)
+                srv_log_info("cache: evicted %d adapters to fit the budget of %lld bytes", n,
+                             (long long)c->ad_budget);
+        }
         exec(c->db, "PRAGMA wal_checkpoint(PASSIVE)");
     }
     gauges(c);
@@ -763,4 +813,340 @@ void srv_cache_maintain(srv_cache *c)
 const char *srv_cache_path(const srv_cache *c)
 {
     return c->path;
+}
+
+/* ---- adapters ---- */
+
+void srv_cache_set_adapter_budget(srv_cache *c, int64_t budget_bytes)
+{
+    pthread_mutex_lock(&c->mu);
+    c->ad_budget = budget_bytes;
+    pthread_mutex_unlock(&c->mu);
+}
+
+#define AD_COLS                                                                                   \
+    "a.adapter_id, a.task, a.task_normalized, a.hypernet_id, a.hypernet_version, a.text_model, "  \
+    "a.rank, a.alpha, a.bytes, a.created, a.last_used, a.hits"
+#define AD_NCOLS 12
+
+static void col_text(sqlite3_stmt *st, int i, char *out, size_t cap)
+{
+    const unsigned char *t = sqlite3_column_text(st, i);
+    snprintf(out, cap, "%s", t ? (const char *)t : "");
+}
+
+/* Contract: fills *m from the AD_COLS columns of the current row. */
+static void ad_row(sqlite3_stmt *st, srv_adapter_meta *m)
+{
+    memset(m, 0, sizeof *m);
+    col_text(st, 0, m->id, sizeof m->id);
+    col_text(st, 1, m->task, sizeof m->task);
+    col_text(st, 2, m->task_normalized, sizeof m->task_normalized);
+    col_text(st, 3, m->hypernet_id, sizeof m->hypernet_id);
+    col_text(st, 4, m->hypernet_version, sizeof m->hypernet_version);
+    col_text(st, 5, m->text_model, sizeof m->text_model);
+    m->rank = sqlite3_column_int(st, 6);
+    m->alpha = sqlite3_column_double(st, 7);
+    m->bytes = sqlite3_column_int64(st, 8);
+    m->created_ms = sqlite3_column_int64(st, 9);
+    m->last_used_ms = sqlite3_column_int64(st, 10);
+    m->hits = sqlite3_column_int64(st, 11);
+}
+
+/* Contract: under mu; bump hits and last_used of the row of `id`. */
+static void ad_touch_locked(srv_cache *c, const char *id)
+{
+    sqlite3_stmt *st = NULL;
+    if (!c->db || c->ad_budget <= 0)
+        return;
+    if (sqlite3_prepare_v2(c->db,
+                           "UPDATE adapter SET last_used=?1, hits=hits+1 WHERE adapter_id=?2", -1,
+                           &st, NULL) == SQLITE_OK) {
+        sqlite3_bind_int64(st, 1, use_stamp(c));
+        sqlite3_bind_text(st, 2, id, -1, SQLITE_STATIC);
+        sqlite3_step(st);
+    }
+    sqlite3_finalize(st);
+}
+
+/* Contract: under mu; delete the row of `id` (its blob goes by cascade). */
+static void ad_delete_locked(srv_cache *c, const char *id)
+{
+    sqlite3_stmt *st = NULL;
+    if (!c->db)
+        return;
+    if (sqlite3_prepare_v2(c->db, "DELETE FROM adapter WHERE adapter_id=?1", -1, &st, NULL) ==
+        SQLITE_OK) {
+        sqlite3_bind_text(st, 1, id, -1, SQLITE_STATIC);
+        sqlite3_step(st);
+    }
+    sqlite3_finalize(st);
+    refresh_totals(c);
+}
+
+void srv_cache_adapter_touch(srv_cache *c, const char *id)
+{
+    pthread_mutex_lock(&c->mu);
+    ad_touch_locked(c, id);
+    pthread_mutex_unlock(&c->mu);
+}
+
+void srv_cache_adapter_delete(srv_cache *c, const char *id)
+{
+    pthread_mutex_lock(&c->mu);
+    ad_delete_locked(c, id);
+    gauges(c);
+    pthread_mutex_unlock(&c->mu);
+}
+
+int srv_cache_adapter_get(srv_cache *c, const char *id, int touch, uint8_t **blob, size_t *len,
+                          srv_adapter_meta *meta)
+{
+    sqlite3_stmt *st = NULL;
+    int rc = 1;
+    *blob = NULL;
+    *len = 0;
+    pthread_mutex_lock(&c->mu);
+    if (!c->db || c->ad_budget <= 0)
+        goto out;
+    if (sqlite3_prepare_v2(c->db,
+                           "SELECT " AD_COLS ", a.crc32, b.data FROM adapter a JOIN adapter_blob b "
+                           "ON b.adapter_row = a.id WHERE a.adapter_id=?1",
+                           -1, &st, NULL) != SQLITE_OK) {
+        srv_log_warn("cache: adapter lookup: %s", sqlite3_errmsg(c->db));
+        rc = -1;
+        goto out;
+    }
+    sqlite3_bind_text(st, 1, id, -1, SQLITE_STATIC);
+    int step = sqlite3_step(st);
+    if (step == SQLITE_ROW) {
+        srv_adapter_meta m;
+        ad_row(st, &m);
+        uint32_t crc = (uint32_t)sqlite3_column_int64(st, AD_NCOLS);
+        const void *data = sqlite3_column_blob(st, AD_NCOLS + 1);
+        size_t n = (size_t)sqlite3_column_bytes(st, AD_NCOLS + 1);
+        if (!data || n == 0 || (int64_t)n != m.bytes || blob_crc(data, n) != crc) {
+            srv_log_warn("cache: adapter %s in %s is corrupt (%zu bytes, %lld expected, checksum "
+                         "%s); dropped",
+                         id, c->path, n, (long long)m.bytes,
+                         data && blob_crc(data, n) == crc ? "ok" : "mismatch");
+            sqlite3_finalize(st);
+            st = NULL;
+            ad_delete_locked(c, id);
+            if (c->m)
+                srv_metrics_add(&c->m->adapter_corrupt, 1);
+            gauges(c);
+            rc = 1;
+            goto out;
+        }
+        *blob = malloc(n);
+        if (!*blob) {
+            rc = -1;
+            goto out;
+        }
+        memcpy(*blob, data, n);
+        *len = n;
+        sqlite3_finalize(st);
+        st = NULL;
+        if (touch) {
+            ad_touch_locked(c, id);
+            m.hits++;
+        }
+        if (meta)
+            *meta = m;
+        rc = 0;
+    } else if (step != SQLITE_DONE) {
+        srv_log_warn("cache: adapter lookup: %s", sqlite3_errmsg(c->db));
+        rc = -1;
+    }
+out:
+    sqlite3_finalize(st);
+    pthread_mutex_unlock(&c->mu);
+    return rc;
+}
+
+int srv_cache_adapter_meta(srv_cache *c, const char *id, srv_adapter_meta *out)
+{
+    sqlite3_stmt *st = NULL;
+    int rc = 1;
+    pthread_mutex_lock(&c->mu);
+    if (!c->db || c->ad_budget <= 0)
+        goto out;
+    if (sqlite3_prepare_v2(c->db, "SELECT " AD_COLS " FROM adapter a WHERE a.adapter_id=?1", -1,
+                           &st, NULL) != SQLITE_OK) {
+        rc = -1;
+        goto out;
+    }
+    sqlite3_bind_text(st, 1, id, -1, SQLITE_STATIC);
+    int step = sqlite3_step(st);
+    if (step == SQLITE_ROW) {
+        ad_row(st, out);
+        rc = 0;
+    } else if (step != SQLITE_DONE) {
+        rc = -1;
+    }
+out:
+    sqlite3_finalize(st);
+    pthread_mutex_unlock(&c->mu);
+    return rc;
+}
+
+/* Contract: under mu, inside a transaction: delete least recently used
+ * adapter rows (never `keep_id`) until the total fits the budget. */
+static int ad_evict(srv_cache *c, int64_t keep_id)
+{
+    sqlite3_stmt *st = NULL;
+    int n = 0;
+    while (c->ad_bytes > c->ad_budget) {
+        int64_t id = -1, bytes = 0;
+        if (sqlite3_prepare_v2(c->db,
+                               "SELECT id, bytes FROM adapter WHERE id != ?1 ORDER BY last_used, id "
+                               "LIMIT 1",
+                               -1, &st, NULL) != SQLITE_OK)
+            break;
+        sqlite3_bind_int64(st, 1, keep_id);
+        if (sqlite3_step(st) == SQLITE_ROW) {
+            id = sqlite3_column_int64(st, 0);
+            bytes = sqlite3_column_int64(st, 1);
+        }
+        sqlite3_finalize(st);
+        st = NULL;
+        if (id < 0)
+            break;
+        if (sqlite3_prepare_v2(c->db, "DELETE FROM adapter WHERE id=?1", -1, &st, NULL) ==
+            SQLITE_OK) {
+            sqlite3_bind_int64(st, 1, id);
+            sqlite3_step(st);
+        }
+        sqlite3_finalize(st);
+        st = NULL;
+        c->ad_bytes -= bytes;
+        c->ad_rows--;
+        n++;
+    }
+    if (n && c->m)
+        srv_metrics_add(&c->m->adapter_evictions_disk, (uint64_t)n);
+    return n;
+}
+
+int srv_cache_adapter_put(srv_cache *c, const srv_adapter_meta *m, const uint8_t *blob,
+                          size_t len)
+{
+    sqlite3_stmt *st = NULL;
+    int rc = 0;
+    int64_t t, row;
+    pthread_mutex_lock(&c->mu);
+    if (!c->db || c->ad_budget < (int64_t)len || len == 0) {
+        rc = 1;
+        goto out;
+    }
+    t = use_stamp(c);
+    if (exec(c->db, "BEGIN IMMEDIATE") != SQLITE_OK) {
+        rc = -1;
+        goto out;
+    }
+    if (sqlite3_prepare_v2(c->db, "DELETE FROM adapter WHERE adapter_id=?1", -1, &st, NULL) !=
+        SQLITE_OK)
+        goto fail;
+    sqlite3_bind_text(st, 1, m->id, -1, SQLITE_STATIC);
+    if (sqlite3_step(st) != SQLITE_DONE)
+        goto fail;
+    sqlite3_finalize(st);
+    if (sqlite3_prepare_v2(c->db,
+                           "INSERT INTO adapter (adapter_id, task, task_normalized, hypernet_id, "
+                           "hypernet_version, text_model, rank, alpha, bytes, crc32, created, "
+                           "last_used, hits) VALUES (?1,?2,?3,?4,?5,?6,?7,?8,?9,?10,?11,?12,0)",
+                           -1, &st, NULL) != SQLITE_OK)
+        goto fail;
+    sqlite3_bind_text(st, 1, m->id, -1, SQLITE_STATIC);
+    sqlite3_bind_text(st, 2, m->task, -1, SQLITE_STATIC);
+    sqlite3_bind_text(st, 3, m->task_normalized, -1, SQLITE_STATIC);
+    sqlite3_bind_text(st, 4, m->hypernet_id, -1, SQLITE_STATIC);
+    sqlite3_bind_text(st, 5, m->hypernet_version, -1, SQLITE_STATIC);
+    sqlite3_bind_text(st, 6, m->text_model, -1, SQLITE_STATIC);
+    sqlite3_bind_int(st, 7, m->rank);
+    sqlite3_bind_double(st, 8, m->alpha);
+    sqlite3_bind_int64(st, 9, (int64_t)len);
+    sqlite3_bind_int64(st, 10, (int64_t)blob_crc(blob, len));
+    sqlite3_bind_int64(st, 11, m->created_ms > 0 ? m->created_ms : t);
+    sqlite3_bind_int64(st, 12, t);
+    if (sqlite3_step(st) != SQLITE_DONE)
+        goto fail;
+    sqlite3_finalize(st);
+    row = sqlite3_last_insert_rowid(c->db);
+    if (sqlite3_prepare_v2(c->db, "INSERT INTO adapter_blob (adapter_row, data) VALUES (?1, ?2)",
+                           -1, &st, NULL) != SQLITE_OK)
+        goto fail;
+    sqlite3_bind_int64(st, 1, row);
+    sqlite3_bind_blob64(st, 2, blob, len, SQLITE_STATIC);
+    if (sqlite3_step(st) != SQLITE_DONE)
+        goto fail;
+    sqlite3_finalize(st);
+    st = NULL;
+    refresh_totals(c);
+    ad_evict(c, row);
+    if (exec(c->db, "COMMIT") != SQLITE_OK)
+        goto fail;
+    refresh_totals(c);
+    goto out;
+fail:
+    srv_log_warn("cache: storing adapter %s: %s", m->id, sqlite3_errmsg(c->db));
+    sqlite3_finalize(st);
+    st = NULL;
+    exec(c->db, "ROLLBACK");
+    refresh_totals(c);
+    rc = -1;
+out:
+    gauges(c);
+    pthread_mutex_unlock(&c->mu);
+    return rc;
+}
+
+int srv_cache_adapter_list(srv_cache *c, const char *after, int64_t offset, int limit,
+                           srv_adapter_meta *out, int *n, int64_t *total)
+{
+    sqlite3_stmt *st = NULL;
+    int rc = 0;
+    *n = 0;
+    *total = 0;
+    pthread_mutex_lock(&c->mu);
+    if (!c->db || c->ad_budget <= 0)
+        goto out;
+    *total = c->ad_rows;
+    if (sqlite3_prepare_v2(c->db,
+                           "SELECT " AD_COLS " FROM adapter a WHERE a.adapter_id > ?1 ORDER BY "
+                           "a.adapter_id LIMIT ?2 OFFSET ?3",
+                           -1, &st, NULL) != SQLITE_OK) {
+        rc = -1;
+        goto out;
+    }
+    sqlite3_bind_text(st, 1, after ? after : "", -1, SQLITE_STATIC);
+    sqlite3_bind_int(st, 2, limit);
+    sqlite3_bind_int64(st, 3, offset);
+    int step = SQLITE_DONE;
+    while (*n < limit && (step = sqlite3_step(st)) == SQLITE_ROW)
+        ad_row(st, &out[(*n)++]);
+    if (*n < limit && step != SQLITE_DONE)
+        rc = -1;
+out:
+    sqlite3_finalize(st);
+    pthread_mutex_unlock(&c->mu);
+    return rc;
+}
+
+int64_t srv_cache_adapter_clear(srv_cache *c)
+{
+    int64_t n = 0;
+    pthread_mutex_lock(&c->mu);
+    if (c->db) {
+        n = c->ad_rows;
+        if (exec(c->db, "DELETE FROM adapter") != SQLITE_OK) {
+            srv_log_warn("cache: flushing adapters: %s", sqlite3_errmsg(c->db));
+            n = -1;
+        }
+        refresh_totals(c);
+        gauges(c);
+    }
+    pthread_mutex_unlock(&c->mu);
+    return n;
 }

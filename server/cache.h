@@ -1,5 +1,7 @@
 /*
- * server/cache.h: the embedding cache, two tiers.
+ * server/cache.h: the embedding cache, two tiers, and the disk tier of the
+ * adapter cache (same database; the adapters' memory tier is the worker's,
+ * server/adapters.h).
  *
  * Tier 1 is a small LRU of embeddings held in process memory (the engine
  * takes host embeddings, so the "device-resident" tier lives in host memory
@@ -28,7 +30,7 @@
 #include "server/metrics.h"
 
 /* The schema version this build writes (PRAGMA user_version). */
-#define SRV_CACHE_SCHEMA_VERSION 1
+#define SRV_CACHE_SCHEMA_VERSION 2
 /* PRAGMA application_id of our databases ("tsam"). */
 #define SRV_CACHE_APP_ID 0x7473616d
 
@@ -100,5 +102,74 @@ void srv_cache_maintain(srv_cache *c);
 
 /* Path of the database file (borrowed). */
 const char *srv_cache_path(const srv_cache *c);
+
+/* ---- adapters (disk tier) ----
+ *
+ * Table `adapter` (schema/cache.sql, migration 2): one row per adapter id
+ * (ad_task_id: SHA-256 of the normalised task and the hypernetwork's content
+ * id, so another hypernetwork never shares a row), with the serialized
+ * adapter (adapters/adapter.h's safetensors form) in `adapter_blob`, a
+ * CRC-32 of it checked on every read, and its own byte budget
+ * (adapter-cache-bytes) with LRU eviction by last use. Any thread may call
+ * these; they share the cache's mutex and connection.
+ */
+
+/* Task text limit in bytes (AD_TASK_MAX). */
+#define SRV_TASK_MAX 1000
+
+/* One adapter row's metadata. */
+typedef struct srv_adapter_meta {
+    char id[65];                       /* adapter id, 64 lowercase hex */
+    char task[SRV_TASK_MAX + 1];       /* the task as first given */
+    char task_normalized[SRV_TASK_MAX + 1]; /* ad_normalize_task(task) */
+    char hypernet_id[65];              /* hypernetwork content id */
+    char hypernet_version[64];         /* the trainer's label */
+    char text_model[64];               /* encoder that embedded the task */
+    int rank;                          /* LoRA rank */
+    double alpha;                      /* LoRA alpha (scale alpha/rank) */
+    int64_t bytes;                     /* serialized size */
+    int64_t created_ms;                /* unix milliseconds */
+    int64_t last_used_ms;              /* unix milliseconds */
+    int64_t hits;                      /* requests served from the cache */
+} srv_adapter_meta;
+
+/* Change the adapter byte budget (0 disables the adapter disk tier). */
+void srv_cache_set_adapter_budget(srv_cache *c, int64_t budget_bytes);
+
+/*
+ * Read adapter `id`: 0 with *blob (malloc'd; the caller frees it), *len and
+ * *meta (may be NULL) filled, bumping hits and last_used when `touch`; 1 when
+ * absent or disabled. A row whose blob fails its size or CRC-32 check is
+ * deleted, logged and counted (adapter_corrupt) and reported as absent.
+ * Negative on a database error.
+ */
+int srv_cache_adapter_get(srv_cache *c, const char *id, int touch, uint8_t **blob, size_t *len,
+                          srv_adapter_meta *meta);
+
+/* Store (or replace) an adapter row and its blob in one transaction with the
+ * evictions the budget needs (never the new row). A blob larger than the
+ * whole budget is not stored (returns 1). 0 stored, negative on error. */
+int srv_cache_adapter_put(srv_cache *c, const srv_adapter_meta *meta, const uint8_t *blob,
+                          size_t len);
+
+/* Metadata only: 0 found, 1 absent, negative on error. No hit is counted. */
+int srv_cache_adapter_meta(srv_cache *c, const char *id, srv_adapter_meta *out);
+
+/* Bump hits and last_used of `id` (a memory-tier hit). */
+void srv_cache_adapter_touch(srv_cache *c, const char *id);
+
+/* Drop a row (a blob that would not parse). */
+void srv_cache_adapter_delete(srv_cache *c, const char *id);
+
+/*
+ * List rows ordered by id: those with id > `after` (NULL or "" for the
+ * start), skipping `offset` more, at most `limit` (<= cap of out). *n gets
+ * the rows written, *total the number of rows in the table. 0 or negative.
+ */
+int srv_cache_adapter_list(srv_cache *c, const char *after, int64_t offset, int limit,
+                           srv_adapter_meta *out, int *n, int64_t *total);
+
+/* Delete every adapter row; returns how many, or negative on error. */
+int64_t srv_cache_adapter_clear(srv_cache *c);
 
 #endif

@@ -19,6 +19,7 @@
 
 static const char *const device_choices[] = {"auto", "cpu", "cuda", NULL};
 static const char *const precision_choices[] = {"auto", "fp32", "fp16", "bf16", NULL};
+static const char *const merge_choices[] = {"off", "on", NULL};
 static const char *const log_choices[] = {"error", "warn", "info", "debug", NULL};
 
 #define KiB 1024LL
@@ -36,7 +37,7 @@ static const srv_opt_def opt_table[SRV_OPT_COUNT] = {
     {"port-file", SRV_T_STRING, "", 0, 0, NULL, 0, 0,
      "write the bound TCP port to this file once listening"},
     {"state-dir", SRV_T_STRING, "./state", 0, 0, NULL, 0, 0,
-     "directory for the embedding cache database (created if missing)"},
+     "directory for the cache database of embeddings and adapters (created if missing)"},
     {"device", SRV_T_ENUM, "auto", 0, 0, device_choices, 0, 0,
      "auto (CUDA if usable, else CPU), cpu or cuda"},
     {"precision", SRV_T_ENUM, "auto", 0, 0, precision_choices, 0, 0,
@@ -67,6 +68,19 @@ static const srv_opt_def opt_table[SRV_OPT_COUNT] = {
      "byte budget of the on-disk embedding cache (LRU eviction; 0 disables it)"},
     {"gpu-cache-slots", SRV_T_INT, "8", 0, 4096, NULL, 0, 0,
      "embeddings kept in the in-memory LRU in front of the disk cache"},
+    {"hypernet", SRV_T_STRING, "", 0, 0, NULL, 0, 0,
+     "hypernetwork file (tasam hypernet init) that turns `task` text into LoRA adapters; "
+     "without it `task` answers 501"},
+    {"text-model", SRV_T_STRING, "", 0, 0, NULL, 0, 0,
+     "text encoder folder for --hypernet (default: what the hypernetwork names: the hashed "
+     "fallback, or models/NAME)"},
+    {"adapter-slots", SRV_T_INT, "16", 0, 4096, NULL, 0, 0,
+     "task adapters kept ready on the device in an LRU in front of the disk cache"},
+    {"adapter-cache-bytes", SRV_T_BYTES, "256MiB", 0, 1024 * GiB, NULL, 1, 0,
+     "byte budget of the on-disk adapter cache (LRU eviction; 0 disables it)"},
+    {"adapter-merge", SRV_T_ENUM, "off", 0, 0, merge_choices, 0, 0,
+     "off: adapters stay unmerged (small; prompts with different adapters share a decoder "
+     "call); on: fold each into a copy of the decoder weights"},
     {"request-timeout-ms", SRV_T_INT, "30000", 1, 3600000, NULL, 1, 0,
      "deadline of a request from arrival (504 if it expires while queued)"},
     {"shutdown-timeout-ms", SRV_T_INT, "10000", 0, 3600000, NULL, 1, 0,
@@ -399,6 +413,10 @@ static int validate(srv_config *c, char *err, size_t errlen)
                        c->str[SRV_OPT_PRECISION]);
     if (!c->str[SRV_OPT_STATE_DIR][0])
         return cfg_err(err, errlen, "option --state-dir must not be empty");
+    if (c->str[SRV_OPT_TEXT_MODEL][0] && !c->str[SRV_OPT_HYPERNET][0])
+        return cfg_err(err, errlen,
+                       "option --text-model needs --hypernet (the text encoder only feeds the "
+                       "hypernetwork)");
     free(c->admin_token);
     c->admin_token = NULL;
     if (c->str[SRV_OPT_ADMIN_TOKEN][0] && c->str[SRV_OPT_ADMIN_TOKEN_FILE][0])

@@ -45,6 +45,11 @@ typedef enum srv_opt_id {
     SRV_OPT_BATCH_WAIT_MS,
     SRV_OPT_CACHE_BYTES,
     SRV_OPT_GPU_CACHE_SLOTS,
+    SRV_OPT_HYPERNET,
+    SRV_OPT_TEXT_MODEL,
+    SRV_OPT_ADAPTER_SLOTS,
+    SRV_OPT_ADAPTER_CACHE_BYTES,
+    SRV_OPT_ADAPTER_MERGE,
     SRV_OPT_REQUEST_TIMEOUT_MS,
     SRV_OPT_SHUTDOWN_TIMEOUT_MS,
     SRV_OPT_THREADS,
@@ -84,6 +89,8 @@ typedef struct srv_opt_def {
 
 /* device choices, in order. */
 enum { SRV_DEVICE_AUTO = 0, SRV_DEVICE_CPU, SRV_DEVICE_CUDA };
+/* adapter-merge choices, in order. */
+enum { SRV_MERGE_OFF = 0, SRV_MERGE_ON };
 /* precision choices, in order. */
 enum { SRV_PREC_AUTO = 0, SRV_PREC_FP32, SRV_PREC_FP16, SRV_PREC_BF16 };
 

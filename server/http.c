@@ -80,6 +80,10 @@ static enum MHD_Result send_reply(conn *c, srv_reply *r)
         MHD_add_response_header(resp, MHD_HTTP_HEADER_CONTENT_TYPE, r->content_type);
     if (r->allow)
         MHD_add_response_header(resp, MHD_HTTP_HEADER_ALLOW, r->allow);
+    if (r->auth_challenge)
+        MHD_add_response_header(resp, MHD_HTTP_HEADER_WWW_AUTHENTICATE, "Bearer realm=\"tasamd\"");
+    if (r->disposition[0])
+        MHD_add_response_header(resp, MHD_HTTP_HEADER_CONTENT_DISPOSITION, r->disposition);
     if (r->retry_after > 0) {
         snprintf(ra, sizeof ra, "%d", r->retry_after);
         MHD_add_response_header(resp, MHD_HTTP_HEADER_RETRY_AFTER, ra);
@@ -118,19 +122,50 @@ static int64_t max_body(conn *c)
     return srv_config_int(c->h->srv->cfg, SRV_OPT_MAX_BODY_BYTES);
 }
 
+/* MHD iterator: collects query arguments into a srv_http_in. */
+static enum MHD_Result collect_arg(void *cls, enum MHD_ValueKind kind, const char *key,
+                                   size_t key_size, const char *value, size_t value_size)
+{
+    srv_http_in *in = cls;
+    (void)kind;
+    (void)key_size;
+    if (in->n_query >= SRV_QUERY_MAX) {
+        in->query_overflow = 1;
+        return MHD_NO;
+    }
+    srv_query_arg *a = &in->query[in->n_query++];
+    a->key = key ? key : "";
+    a->val = value;
+    a->len = value ? value_size : 0;
+    return MHD_YES;
+}
+
+/* Contract: the headers and query arguments the routes read (borrowed
+ * from MHD, valid while the request lives). */
+static void request_in(conn *c, srv_http_in *in)
+{
+    memset(in, 0, sizeof *in);
+    in->content_type =
+        MHD_lookup_connection_value(c->mc, MHD_HEADER_KIND, MHD_HTTP_HEADER_CONTENT_TYPE);
+    in->authorization =
+        MHD_lookup_connection_value(c->mc, MHD_HEADER_KIND, MHD_HTTP_HEADER_AUTHORIZATION);
+    MHD_get_connection_values_n(c->mc, MHD_GET_ARGUMENT_KIND, collect_arg, in);
+}
+
 /* Contract: the body is complete: run the route. */
 static enum MHD_Result handle(conn *c)
 {
     srv_server *srv = c->h->srv;
     srv_reply r;
-    if (!srv_route_has_body(c->route)) {
-        srv_routes_get(srv, c->route, c->path[0] ? c->path : "/", &r);
+    srv_http_in in;
+    request_in(c, &in);
+    if (!srv_route_uses_job(c->route)) {
+        srv_routes_get(srv, c->route, c->path[0] ? c->path : "/", &in, &r);
         return send_reply(c, &r);
     }
-    const char *ct = MHD_lookup_connection_value(c->mc, MHD_HEADER_KIND, MHD_HTTP_HEADER_CONTENT_TYPE);
-    if (!c->len)
+    if (srv_route_has_body(c->route) && !c->len)
         return send_error(c, 400, "", "the request body is empty");
-    if (srv_routes_post_prepare(srv, c->route, ct, c->body, c->len, c->t_start, &c->post, &r))
+    if (srv_routes_post_prepare(srv, c->route, &in, c->body, c->len, c->t_start, &c->post, &r))
         return send_reply(c, &r);
     c->post.job.done = job_done;
     c->post.job.done_arg = c;

@@ -116,6 +116,8 @@ static void on_signal(uv_signal_t *h, int signum)
             return;
         }
         srv_cache_set_budget(ds->cache, srv_config_int(&ds->cfg, SRV_OPT_CACHE_BYTES));
+        srv_cache_set_adapter_budget(ds->cache,
+                                     srv_config_int(&ds->cfg, SRV_OPT_ADAPTER_CACHE_BYTES));
         srv_cache_maintain(ds->cache);
         return;
     }
@@ -206,6 +208,8 @@ int main(int argc, char **argv)
         return 1;
     }
     ds.srv.cache = ds.cache;
+    srv_cache_set_adapter_budget(ds.cache, srv_config_int(&ds.cfg, SRV_OPT_ADAPTER_CACHE_BYTES));
+    srv_cache_maintain(ds.cache);
     srv_sched_init(&ds.sched, &ds.cfg, ds.cache, &ds.metrics, worker_state_cb, &ds);
 
     uv_loop_init(&ds.loop);

@@ -18,7 +18,8 @@ static const int tracked_codes[SRV_METRIC_CODES] = {200, 400, 401, 403, 404, 405
 
 static const char *const route_names[SRV_ROUTE_COUNT] = {
     "segment", "embeddings_post", "embeddings_get", "healthz", "readyz",
-    "metrics", "info",            "admin",          "other"};
+    "metrics", "info",            "admin",          "adapters",       "adapters_post",
+    "adapter_get", "adapter_weights", "other"};
 
 const char *srv_route_name(srv_route r)
 {
@@ -41,6 +42,8 @@ void srv_metrics_init(srv_metrics *m)
     hist_init(&m->encoder_seconds, latency_bounds, (int)(sizeof latency_bounds / sizeof(double)));
     hist_init(&m->decoder_seconds, latency_bounds, (int)(sizeof latency_bounds / sizeof(double)));
     hist_init(&m->postprocess_seconds, latency_bounds,
+              (int)(sizeof latency_bounds / sizeof(double)));
+    hist_init(&m->adapter_gen_seconds, latency_bounds,
               (int)(sizeof latency_bounds / sizeof(double)));
     m->start_time = (int64_t)time(NULL);
 }
@@ -206,6 +209,37 @@ int srv_metrics_render(srv_metrics *m, char **out, size_t *len)
             ld(&m->cache_evictions));
     counter(&b, "tasam_cache_corrupt_total", "Cache rows dropped after a checksum mismatch.",
             ld(&m->cache_corrupt));
+    tb_printf(&b, "# HELP tasam_adapter_generation_seconds Adapter generation time (text encoder + "
+                  "hypernetwork).\n"
+                  "# TYPE tasam_adapter_generation_seconds histogram\n");
+    render_hist(&b, "tasam_adapter_generation_seconds", "", &m->adapter_gen_seconds);
+    tb_printf(&b, "# HELP tasam_adapter_cache_hits_total Task adapters served from the cache, by "
+                  "tier.\n"
+                  "# TYPE tasam_adapter_cache_hits_total counter\n"
+                  "tasam_adapter_cache_hits_total{tier=\"memory\"} %llu\n"
+                  "tasam_adapter_cache_hits_total{tier=\"disk\"} %llu\n",
+              (unsigned long long)ld(&m->adapter_hits_mem),
+              (unsigned long long)ld(&m->adapter_hits_disk));
+    counter(&b, "tasam_adapter_cache_misses_total", "Task adapters that had to be generated.",
+            ld(&m->adapter_misses));
+    tb_printf(&b, "# HELP tasam_adapter_cache_evictions_total Task adapters evicted, by tier (memory: "
+                  "the device LRU; disk: the byte budget).\n"
+                  "# TYPE tasam_adapter_cache_evictions_total counter\n"
+                  "tasam_adapter_cache_evictions_total{tier=\"memory\"} %llu\n"
+                  "tasam_adapter_cache_evictions_total{tier=\"disk\"} %llu\n",
+              (unsigned long long)ld(&m->adapter_evictions_mem),
+              (unsigned long long)ld(&m->adapter_evictions_disk));
+    counter(&b, "tasam_adapter_cache_corrupt_total",
+            "Cached adapters dropped after a checksum or parse failure.", ld(&m->adapter_corrupt));
+    gauge(&b, "tasam_adapters_resident", "Task adapters ready on the device (the memory tier).",
+          ldi(&m->adapters_resident));
+    tb_printf(&b, "# HELP tasam_adapter_cache_bytes Task adapter bytes held, by tier.\n"
+                  "# TYPE tasam_adapter_cache_bytes gauge\n"
+                  "tasam_adapter_cache_bytes{tier=\"memory\"} %lld\n"
+                  "tasam_adapter_cache_bytes{tier=\"disk\"} %lld\n",
+              (long long)ldi(&m->adapter_bytes_mem), (long long)ldi(&m->adapter_bytes_disk));
+    gauge(&b, "tasam_adapter_cache_entries", "Task adapters in the on-disk cache.",
+          ldi(&m->adapter_entries_disk));
     counter(&b, "tasam_encodes_shared_total",
             "Requests served by another request's in-flight encode.", ld(&m->encodes_shared));
     counter(&b, "tasam_rejected_total", "Requests refused because the queue was full (429).",

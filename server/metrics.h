@@ -21,7 +21,11 @@ typedef enum srv_route {
     SRV_ROUTE_READYZ,       /* GET /readyz */
     SRV_ROUTE_METRICS,      /* GET /metrics */
     SRV_ROUTE_INFO,         /* GET /v1/info */
-    SRV_ROUTE_ADMIN,        /* /admin/... */
+    SRV_ROUTE_ADMIN,        /* /admin/... (DELETE /admin/adapters) */
+    SRV_ROUTE_ADAPTERS,     /* GET /v1/adapters (list, or ?task= lookup) */
+    SRV_ROUTE_ADAPTERS_POST,/* POST /v1/adapters */
+    SRV_ROUTE_ADAPTER_GET,  /* GET /v1/adapters/{id} */
+    SRV_ROUTE_ADAPTER_WEIGHTS, /* GET /v1/adapters/{id}/weights */
     SRV_ROUTE_OTHER,        /* anything else (404/405) */
     SRV_ROUTE_COUNT
 } srv_route;
@@ -53,6 +57,13 @@ typedef struct srv_metrics {
     uint64_t cache_evictions;             /* rows evicted from SQLite by the byte budget */
     uint64_t cache_corrupt;               /* rows dropped on a checksum mismatch */
     uint64_t encodes_shared;              /* requests that shared another's in-flight encode */
+    srv_hist adapter_gen_seconds;         /* one adapter generation (text encoder + hypernetwork) */
+    uint64_t adapter_hits_mem;            /* adapters served from the device LRU */
+    uint64_t adapter_hits_disk;           /* ... from SQLite (parsed and uploaded) */
+    uint64_t adapter_misses;              /* adapters that had to be generated */
+    uint64_t adapter_evictions_mem;       /* adapters dropped from the device LRU */
+    uint64_t adapter_evictions_disk;      /* adapter rows evicted from SQLite by the budget */
+    uint64_t adapter_corrupt;             /* adapter rows dropped (checksum or parse failure) */
     uint64_t rejected_queue_full;         /* 429s */
     uint64_t deadline_expired;            /* 504s */
     int64_t queue_depth;                  /* jobs waiting (gauge) */
@@ -60,6 +71,10 @@ typedef struct srv_metrics {
     int64_t cache_bytes_disk;             /* embedding bytes in SQLite (gauge) */
     int64_t cache_bytes_mem;              /* embedding bytes in the in-memory LRU (gauge) */
     int64_t cache_entries_disk;           /* rows in SQLite (gauge) */
+    int64_t adapters_resident;            /* adapters in the device LRU (gauge) */
+    int64_t adapter_bytes_mem;            /* device bytes of those (gauge) */
+    int64_t adapter_bytes_disk;           /* adapter bytes in SQLite (gauge) */
+    int64_t adapter_entries_disk;         /* adapter rows in SQLite (gauge) */
     int64_t memory_used;                  /* backend device/host bytes (gauge) */
     int64_t memory_total;                 /* device total, 0 if unknown (gauge) */
     int64_t ready;                        /* 1 once the model is loaded (gauge) */

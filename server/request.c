@@ -13,10 +13,9 @@
 
 #include <jansson.h>
 
+#include "adapters/adapter.h"
 #include "engine/error.h"
 #include "server/base64.h"
-
-#define TASK_MAX_BYTES 1000
 
 int srv_fail(srv_error *e, int status, const char *field, const char *fmt, ...)
 {
@@ -92,6 +91,7 @@ void srv_request_free(srv_request *r)
     free(r->points);
     free(r->labels);
     free(r->boxes);
+    free(r->task);
     memset(r, 0, sizeof *r);
 }
 
@@ -220,9 +220,169 @@ static int parse_image(const json_t *v, srv_request *r, srv_error *e)
     return 0;
 }
 
+/* Contract: length of the one well-formed UTF-8 character at p (at most
+ * `left` bytes), or 0 when the bytes there are not one. */
+static size_t utf8_char_len(const unsigned char *p, size_t left)
+{
+    return left && srv_utf8_valid((const char *)p, 1)                       ? 1
+           : left >= 2 && p[0] >= 0xC2 && p[0] <= 0xDF && srv_utf8_valid((const char *)p, 2) ? 2
+           : left >= 3 && p[0] >= 0xE0 && p[0] <= 0xEF && srv_utf8_valid((const char *)p, 3) ? 3
+           : left >= 4 && p[0] >= 0xF0 && p[0] <= 0xF4 && srv_utf8_valid((const char *)p, 4) ? 4
+                                                                                  : 0;
+}
+
+static int hex4(const unsigned char *p, size_t left, unsigned *v)
+{
+    unsigned x = 0;
+    if (left < 4)
+        return -1;
+    for (int i = 0; i < 4; i++) {
+        int c = p[i];
+        int d = c >= '0' && c <= '9' ? c - '0' : c >= 'a' && c <= 'f' ? c - 'a' + 10
+                : c >= 'A' && c <= 'F'                               ? c - 'A' + 10
+                                                                     : -1;
+        if (d < 0)
+            return -1;
+        x = x << 4 | (unsigned)d;
+    }
+    *v = x;
+    return 0;
+}
+
+/*
+ * Contract: rewrites the JSON text so that each piece of string content
+ * jansson refuses (a lone UTF-16 surrogate escape, bytes that are not UTF-8,
+ * a raw control character) becomes the escape \u0000. With `out` NULL only
+ * counts; returns the length of the rewritten text.
+ */
+static size_t mark_bad_text(const unsigned char *in, size_t len, char *out)
+{
+    size_t i = 0, k = 0;
+    int in_str = 0;
+#define EMIT(ptr, n)                                                                              \
+    do {                                                                                          \
+        if (out)                                                                                  \
+            memcpy(out + k, (ptr), (n));                                                          \
+        k += (n);                                                                                 \
+    } while (0)
+    while (i < len) {
+        unsigned char c = in[i];
+        if (!in_str) {
+            in_str = c == '"';
+            EMIT(&in[i], 1);
+            i++;
+            continue;
+        }
+        if (c == '"') {
+            in_str = 0;
+            EMIT(&in[i], 1);
+            i++;
+        } else if (c == '\\' && i + 1 < len && in[i + 1] == 'u') {
+            unsigned u, u2;
+            if (hex4(in + i + 2, len - i - 2, &u) != 0) {
+                EMIT(&in[i], 2);
+                i += 2;
+            } else if (u >= 0xD800 && u <= 0xDBFF && i + 11 < len && in[i + 6] == '\\' &&
+                       in[i + 7] == 'u' && hex4(in + i + 8, len - i - 8, &u2) == 0 &&
+                       u2 >= 0xDC00 && u2 <= 0xDFFF) {
+                EMIT(&in[i], 12);
+                i += 12;
+            } else if (u >= 0xD800 && u <= 0xDFFF) {
+                EMIT("\\u0000", 6);
+                i += 6;
+            } else {
+                EMIT(&in[i], 6);
+                i += 6;
+            }
+        } else if (c == '\\') {
+            size_t n = i + 1 < len ? 2 : 1;
+            EMIT(&in[i], n);
+            i += n;
+        } else if (c < 0x20) {
+            EMIT("\\u0000", 6);
+            i++;
+        } else {
+            size_t n = utf8_char_len(in + i, len - i);
+            if (n == 0) {
+                EMIT("\\u0000", 6);
+                i++;
+            } else {
+                EMIT(&in[i], n);
+                i += n;
+            }
+        }
+    }
+#undef EMIT
+    return k;
+}
+
+static int json_has_nul(const json_t *v)
+{
+    size_t i;
+    const char *key;
+    json_t *x;
+    if (json_is_string(v))
+        return memchr(json_string_value(v), 0, json_string_length(v)) != NULL;
+    if (json_is_array(v)) {
+        json_array_foreach(v, i, x) if (json_has_nul(x)) return 1;
+    }
+    if (json_is_object(v)) {
+        json_object_foreach((json_t *)v, key, x) if (json_has_nul(x)) return 1;
+    }
+    return 0;
+}
+
+/*
+ * Contract: jansson refused `json` for its string content; find the
+ * top-level member that holds the bad text (see mark_bad_text) and copy its
+ * name to field. 0 when found, -1 otherwise.
+ */
+static int locate_bad_text(const char *json, size_t len, char *field, size_t cap)
+{
+    size_t n = mark_bad_text((const unsigned char *)json, len, NULL);
+    char *buf = malloc(n ? n : 1);
+    json_t *root;
+    const char *key;
+    json_t *v;
+    int rc = -1;
+    if (!buf)
+        return -1;
+    mark_bad_text((const unsigned char *)json, len, buf);
+    root = json_loadb(buf, n, JSON_REJECT_DUPLICATES | JSON_ALLOW_NUL, NULL);
+    free(buf);
+    if (json_is_object(root)) {
+        json_object_foreach(root, key, v)
+        {
+            if (json_has_nul(v)) {
+                snprintf(field, cap, "%.60s", key);
+                rc = 0;
+                break;
+            }
+        }
+    }
+    json_decref(root);
+    return rc;
+}
+
+/* Contract: checks task text and keeps a copy in r. */
+static int take_task(const char *s, size_t len, srv_request *r, srv_error *e)
+{
+    char norm[AD_TASK_MAX + 1];
+    if (ad_normalize_task(s, len, norm, sizeof norm) != 0)
+        return srv_fail(e, 400, "task", "task: %s", eng_last_error());
+    r->task = malloc(len + 1);
+    if (!r->task)
+        return srv_fail(e, 500, "task", "out of memory");
+    memcpy(r->task, s, len);
+    r->task[len] = 0;
+    r->task_len = len;
+    r->has_task = 1;
+    return 0;
+}
+
 int srv_request_parse_json(const char *json, size_t len, srv_kind kind, const uint8_t *image_part,
-                           size_t image_part_len, const srv_limits *lim, srv_request *out,
-                           srv_error *e)
+                           size_t image_part_len, const uint8_t *task_part, size_t task_part_len,
+                           const srv_limits *lim, srv_request *out, srv_error *e)
 {
     json_t *root = NULL;
     json_error_t jerr;
@@ -235,8 +395,20 @@ int srv_request_parse_json(const char *json, size_t len, srv_kind kind, const ui
     out->multimask = 1;
     out->output = SRV_OUT_RLE;
     if (json && len) {
-        root = json_loadb(json, len, JSON_REJECT_DUPLICATES, &jerr);
+        /* NUL is allowed here so that "\u0000" in `task` gets the task's
+         * own 400; every string member is checked for it. */
+        root = json_loadb(json, len, JSON_REJECT_DUPLICATES | JSON_ALLOW_NUL, &jerr);
         if (!root) {
+            char f[64];
+            if ((strstr(jerr.text, "invalid Unicode") || strstr(jerr.text, "unable to decode") ||
+                 strstr(jerr.text, "control character")) &&
+                locate_bad_text(json, len, f, sizeof f) == 0) {
+                srv_fail(e, 400, f,
+                         "%s is not valid text: %s (strings must be UTF-8 without lone UTF-16 "
+                         "surrogates or raw control characters)",
+                         f, jerr.text);
+                goto out;
+            }
             srv_fail(e, 400, "", "malformed JSON at line %d, column %d: %s", jerr.line, jerr.column,
                      jerr.text);
             goto out;
@@ -259,7 +431,10 @@ int srv_request_parse_json(const char *json, size_t len, srv_kind kind, const ui
         static const char *const seg[] = {"image", "image_id", "points", "boxes", "mask_input_id",
                                           "multimask", "output", "task", NULL};
         static const char *const emb[] = {"image", NULL};
-        const char *const *allowed = kind == SRV_KIND_SEGMENT ? seg : emb;
+        static const char *const ad[] = {"task", NULL};
+        const char *const *allowed = kind == SRV_KIND_SEGMENT ? seg
+                                     : kind == SRV_KIND_EMBED ? emb
+                                                              : ad;
         int ok = 0;
         for (int i = 0; allowed[i]; i++)
             ok |= strcmp(allowed[i], key) == 0;
@@ -299,7 +474,7 @@ int srv_request_parse_json(const char *json, size_t len, srv_kind kind, const ui
             goto out;
         }
     }
-    if (!out->image && !out->image_id[0]) {
+    if (!out->image && !out->image_id[0] && kind != SRV_KIND_ADAPTER) {
         srv_fail(e, 400, "image",
                  kind == SRV_KIND_SEGMENT ? "an image is required (image, image_id, or a multipart "
                                             "`image` file part)"
@@ -326,7 +501,8 @@ int srv_request_parse_json(const char *json, size_t len, srv_kind kind, const ui
     }
     if ((v = json_object_get(root, "output"))) {
         const char *s = json_string_value(v);
-        if (!s || (strcmp(s, "rle") && strcmp(s, "png") && strcmp(s, "polygon"))) {
+        if (!s || strlen(s) != json_string_length(v) ||
+            (strcmp(s, "rle") && strcmp(s, "png") && strcmp(s, "polygon"))) {
             srv_fail(e, 400, "output", "output must be \"rle\", \"png\" or \"polygon\"");
             goto out;
         }
@@ -337,25 +513,24 @@ int srv_request_parse_json(const char *json, size_t len, srv_kind kind, const ui
         srv_fail(e, 400, "mask_input_id", "mask_input_id is not supported yet");
         goto out;
     }
-    if ((v = json_object_get(root, "task"))) {
-        size_t n = json_is_string(v) ? json_string_length(v) : 0;
+    v = json_object_get(root, "task");
+    if (v && task_part) {
+        srv_fail(e, 400, "task", "task given both as a form part and in the request JSON");
+        goto out;
+    }
+    if (v) {
         if (!json_is_string(v)) {
             srv_fail(e, 400, "task", "task must be a string, not %s", type_name(v));
             goto out;
         }
-        if (n == 0) {
-            srv_fail(e, 400, "task", "task must not be empty");
+        if (take_task(json_string_value(v), json_string_length(v), out, e) != 0)
             goto out;
-        }
-        if (n > TASK_MAX_BYTES) {
-            srv_fail(e, 400, "task", "task is %zu bytes; at most %d are allowed", n, TASK_MAX_BYTES);
+    } else if (task_part) {
+        if (take_task((const char *)task_part, task_part_len, out, e) != 0)
             goto out;
-        }
-        if (!srv_utf8_valid(json_string_value(v), n)) {
-            srv_fail(e, 400, "task", "task must be valid UTF-8 without NUL characters");
-            goto out;
-        }
-        out->has_task = 1;
+    } else if (kind == SRV_KIND_ADAPTER) {
+        srv_fail(e, 400, "task", "task is required: {\"task\": \"segment every ...\"}");
+        goto out;
     }
     rc = 0;
 out:
@@ -380,29 +555,34 @@ int srv_request_parse(const char *content_type, const uint8_t *body, size_t len,
 {
     memset(out, 0, sizeof *out);
     if (!content_type || media_is(content_type, "application/json"))
-        return srv_request_parse_json((const char *)body, len, kind, NULL, 0, lim, out, e);
+        return srv_request_parse_json((const char *)body, len, kind, NULL, 0, NULL, 0, lim, out, e);
     if (media_is(content_type, "multipart/form-data")) {
         srv_part parts[SRV_MULTIPART_MAX_PARTS];
-        const srv_part *img = NULL, *req = NULL;
+        const srv_part *img = NULL, *req = NULL, *task = NULL;
         int n = srv_multipart_parse(content_type, body, len, parts, SRV_MULTIPART_MAX_PARTS, e);
         if (n < 0)
             return -1;
         for (int i = 0; i < n; i++) {
-            const srv_part **slot = !strcmp(parts[i].name, "image")     ? &img
-                                    : !strcmp(parts[i].name, "request") ? &req
-                                                                        : NULL;
+            const srv_part **slot =
+                !strcmp(parts[i].name, "image") && kind != SRV_KIND_ADAPTER ? &img
+                : !strcmp(parts[i].name, "request")                         ? &req
+                : !strcmp(parts[i].name, "task") && kind != SRV_KIND_EMBED  ? &task
+                                                                            : NULL;
             if (!slot)
                 return srv_fail(e, 400, parts[i].name,
-                                "unknown form part '%s' (expected `image` and `request`)",
-                                parts[i].name);
+                                "unknown form part '%s' (expected %s)", parts[i].name,
+                                kind == SRV_KIND_SEGMENT  ? "`image`, `request` and `task`"
+                                : kind == SRV_KIND_EMBED ? "`image` and `request`"
+                                                         : "`task` or `request`");
             if (*slot)
                 return srv_fail(e, 400, parts[i].name, "form part '%s' given twice", parts[i].name);
             *slot = &parts[i];
         }
-        if (!img)
+        if (!img && kind != SRV_KIND_ADAPTER)
             return srv_fail(e, 400, "image", "multipart request without an `image` file part");
         return srv_request_parse_json(req ? (const char *)req->data : NULL, req ? req->len : 0,
-                                      kind, img->data, img->len, lim, out, e);
+                                      kind, img ? img->data : NULL, img ? img->len : 0,
+                                      task ? task->data : NULL, task ? task->len : 0, lim, out, e);
     }
     return srv_fail(e, 415, "", "unsupported Content-Type '%.100s' (use application/json or "
                                 "multipart/form-data)",

@@ -31,8 +31,13 @@ int srv_fail(srv_error *e, int status, const char *field, const char *fmt, ...)
 /* Mask output encodings. */
 typedef enum srv_output { SRV_OUT_RLE = 0, SRV_OUT_PNG, SRV_OUT_POLYGON } srv_output;
 
-/* What the request is for. */
-typedef enum srv_kind { SRV_KIND_SEGMENT = 0, SRV_KIND_EMBED } srv_kind;
+/* What the request (and its worker job) is for. */
+typedef enum srv_kind {
+    SRV_KIND_SEGMENT = 0,  /* POST /v1/segment */
+    SRV_KIND_EMBED,        /* POST /v1/embeddings */
+    SRV_KIND_ADAPTER,      /* POST /v1/adapters: find or generate the adapter of `task` */
+    SRV_KIND_ADAPTER_FLUSH /* DELETE /admin/adapters: empty both adapter tiers (no body) */
+} srv_kind;
 
 /* Per-request limits (from the config). */
 typedef struct srv_limits {
@@ -54,7 +59,9 @@ typedef struct srv_request {
     float *boxes;              /* [n_boxes, 4] x0, y0, x1, y1 (malloc'd) */
     int multimask;             /* 1: three masks per prompt (default), 0: one */
     srv_output output;         /* mask encoding */
-    int has_task;              /* a valid `task` was given (answered 501 for now) */
+    int has_task;              /* a valid `task` was given */
+    char *task;                /* the task as given, NUL-terminated (malloc'd), or NULL */
+    size_t task_len;           /* bytes at task (it passed ad_normalize_task) */
 } srv_request;
 
 /* The engine prompts of a request, built against an image size. */
@@ -66,18 +73,25 @@ typedef struct srv_prompts {
 /*
  * Parse a JSON request body. `image_part` (may be NULL) is the bytes of a
  * multipart `image` part, borrowed: then the JSON must not carry `image` or
- * `image_id`. A NULL/empty json means "{}" (multipart without a request
- * part). Returns 0, or -1 with *e set (400 for malformed input, 413 never:
- * the body limit is enforced earlier).
+ * `image_id`; `task_part` likewise a multipart `task` part (then the JSON
+ * must not carry `task`). A NULL/empty json means "{}" (multipart without a
+ * request part). Task text is checked with ad_normalize_task (empty,
+ * whitespace only, over 1000 bytes, invalid UTF-8, NUL or control
+ * characters: 400 naming `task`); a string that jansson refuses (a lone
+ * surrogate escape, raw invalid UTF-8) is also answered 400 naming the
+ * member that holds it. Returns 0, or -1 with *e set (400 for malformed
+ * input, 413 never: the body limit is enforced earlier).
  */
 int srv_request_parse_json(const char *json, size_t len, srv_kind kind, const uint8_t *image_part,
-                           size_t image_part_len, const srv_limits *lim, srv_request *out,
-                           srv_error *e);
+                           size_t image_part_len, const uint8_t *task_part, size_t task_part_len,
+                           const srv_limits *lim, srv_request *out, srv_error *e);
 
 /*
  * Parse a body by its Content-Type: application/json, or multipart/form-data
- * with parts `image` (required, the file) and `request` (optional JSON).
- * Unknown content types are 415. The request borrows from `body`.
+ * with parts `image` (the file; required for segment and embeddings),
+ * `request` (optional JSON) and `task` (optional task text, segment and
+ * adapters only). Unknown content types are 415. The request borrows from
+ * `body`.
  */
 int srv_request_parse(const char *content_type, const uint8_t *body, size_t len, srv_kind kind,
                       const srv_limits *lim, srv_request *out, srv_error *e);

@@ -9,12 +9,14 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 
 #include <jansson.h>
 #include <microhttpd.h>
 #include <sqlite3.h>
 #include <uv.h>
 
+#include "adapters/adapter.h"
 #include "engine/error.h"
 #include "engine/image.h"
 #include "engine/rle.h"
@@ -47,6 +49,20 @@ int srv_route_match(const char *method, const char *url, srv_route *route, const
         *allow = fixed[i].is_post ? "POST" : "GET, HEAD";
         return 405;
     }
+    if (strcmp(url, "/v1/adapters") == 0) {
+        *route = post ? SRV_ROUTE_ADAPTERS_POST : SRV_ROUTE_ADAPTERS;
+        if (get || post)
+            return 0;
+        *allow = "GET, HEAD, POST";
+        return 405;
+    }
+    if (strcmp(url, "/admin/adapters") == 0) {
+        *route = SRV_ROUTE_ADMIN;
+        if (!strcmp(method, "DELETE"))
+            return 0;
+        *allow = "DELETE";
+        return 405;
+    }
     static const char pre[] = "/v1/embeddings/";
     if (strncmp(url, pre, sizeof pre - 1) == 0 && url[sizeof pre - 1] &&
         !strchr(url + sizeof pre - 1, '/')) {
@@ -56,13 +72,33 @@ int srv_route_match(const char *method, const char *url, srv_route *route, const
         *allow = "GET, HEAD";
         return 405;
     }
+    static const char apre[] = "/v1/adapters/";
+    if (strncmp(url, apre, sizeof apre - 1) == 0 && url[sizeof apre - 1]) {
+        const char *id = url + sizeof apre - 1, *slash = strchr(id, '/');
+        if (!slash)
+            *route = SRV_ROUTE_ADAPTER_GET;
+        else if (slash > id && strcmp(slash, "/weights") == 0)
+            *route = SRV_ROUTE_ADAPTER_WEIGHTS;
+        else
+            goto none;
+        if (get)
+            return 0;
+        *allow = "GET, HEAD";
+        return 405;
+    }
+none:
     *route = SRV_ROUTE_OTHER;
     return 404;
 }
 
 int srv_route_has_body(srv_route r)
 {
-    return r == SRV_ROUTE_SEGMENT || r == SRV_ROUTE_EMBED_POST;
+    return r == SRV_ROUTE_SEGMENT || r == SRV_ROUTE_EMBED_POST || r == SRV_ROUTE_ADAPTERS_POST;
+}
+
+int srv_route_uses_job(srv_route r)
+{
+    return srv_route_has_body(r) || r == SRV_ROUTE_ADMIN;
 }
 
 /* Contract: serialises j (stolen) into out as the body; on failure a
@@ -111,6 +147,30 @@ void srv_reply_errorf(srv_reply *out, int status, const char *field, const char 
     srv_reply_error(out, &e);
 }
 
+/* Contract: the /v1/info "hypernetwork" object. */
+static json_t *hypernet_json(srv_server *srv, int ready)
+{
+    const srv_model_info *mi = &srv->sched->info;
+    const char *path = srv_config_str(srv->cfg, SRV_OPT_HYPERNET);
+    if (!path[0])
+        return json_pack("{s:b,s:s}", "available", 0, "note",
+                         "no hypernetwork configured (start tasamd with --hypernet FILE): requests "
+                         "with `task` answer 501");
+    if (!ready || !mi->has_hypernet)
+        return json_pack("{s:b,s:s,s:s}", "available", 0, "path", path, "note",
+                         "the hypernetwork is still loading");
+    return json_pack("{s:b,s:s,s:s,s:s,s:i,s:f,s:i,s:I,s:s,s:s,s:b,s:s,s:I,s:I}", "available", 1,
+                     "path", path, "id", mi->hypernet_id, "version", mi->hypernet_version, "rank",
+                     mi->hypernet_rank, "alpha", mi->hypernet_alpha, "targets",
+                     mi->hypernet_targets, "parameters", (json_int_t)mi->hypernet_params,
+                     "text_model", mi->text_model, "text_encoder", mi->text_describe,
+                     "text_fallback", mi->text_fallback, "adapters",
+                     mi->adapter_merged ? "merged" : "unmerged", "adapter_slots",
+                     (json_int_t)srv_config_int(srv->cfg, SRV_OPT_ADAPTER_SLOTS),
+                     "adapter_cache_bytes",
+                     (json_int_t)srv_config_int(srv->cfg, SRV_OPT_ADAPTER_CACHE_BYTES));
+}
+
 static json_t *info_json(srv_server *srv)
 {
     srv_sched *s = srv->sched;
@@ -126,7 +186,7 @@ static json_t *info_json(srv_server *srv)
     }
     o = json_pack(
         "{s:s,s:s,s:b,s:s,s:o,s:s?,s:s?,s:{s:I,s:I,s:I,s:I,s:I,s:I,s:I,s:I},"
-        "s:{s:s,s:s,s:s,s:s},s:{s:b,s:s},s:o,s:f}",
+        "s:{s:s,s:s,s:s,s:s},s:o,s:o,s:f}",
         "name", "tasamd", "version", TASAMD_VERSION_STRING, "ready", ready, "state",
         s->failed ? "failed" : ready ? "ready" : "loading", "model", model, "device",
         ready ? s->info.device : NULL, "precision", ready ? s->info.precision : NULL, "limits",
@@ -139,9 +199,7 @@ static json_t *info_json(srv_server *srv)
         (json_int_t)srv_config_int(cfg, SRV_OPT_MAX_BATCH), "request_timeout_ms",
         (json_int_t)srv_config_int(cfg, SRV_OPT_REQUEST_TIMEOUT_MS), "versions", "libmicrohttpd",
         MHD_get_version(), "jansson", JANSSON_VERSION, "sqlite", sqlite3_libversion(), "libuv",
-        uv_version_string(), "hypernetwork", "available", 0, "note",
-        "task-conditioned segmentation is not available yet: requests with `task` answer 501",
-        "config", srv_config_to_json(cfg), "uptime_seconds", srv_now() - srv->t_start);
+        uv_version_string(), "hypernetwork", hypernet_json(srv, ready), "config", srv_config_to_json(cfg), "uptime_seconds", srv_now() - srv->t_start);
     return o;
 }
 
@@ -175,7 +233,223 @@ static void get_embedding(srv_server *srv, const char *url, srv_reply *out)
     reply_json(out, 200, o);
 }
 
-void srv_routes_get(srv_server *srv, srv_route route, const char *url, srv_reply *out)
+/* ---- adapters ---- */
+
+/* Contract: the JSON of one adapter row (NULL when out of memory). */
+static json_t *adapter_meta_json(srv_server *srv, const srv_adapter_meta *m)
+{
+    const srv_model_info *mi = &srv->sched->info;
+    int current = srv_sched_is_ready(srv->sched) && mi->has_hypernet &&
+                  !strcmp(m->hypernet_id, mi->hypernet_id);
+    return json_pack("{s:s,s:s,s:s,s:s,s:s,s:s,s:i,s:f,s:I,s:I,s:I,s:I,s:b}", "id", m->id, "task",
+                     m->task, "task_normalized", m->task_normalized, "hypernet_id", m->hypernet_id,
+                     "hypernet_version", m->hypernet_version, "text_model", m->text_model, "rank",
+                     m->rank, "alpha", m->alpha, "bytes", (json_int_t)m->bytes, "created_ms",
+                     (json_int_t)m->created_ms, "last_used_ms", (json_int_t)m->last_used_ms,
+                     "hits", (json_int_t)m->hits, "current", current);
+}
+
+/* Contract: the argument `key` of the query, or NULL. */
+static const srv_query_arg *query_get(const srv_http_in *in, const char *key)
+{
+    for (int i = 0; in && i < in->n_query; i++)
+        if (!strcmp(in->query[i].key, key))
+            return &in->query[i];
+    return NULL;
+}
+
+/* Contract: every query argument is one of `allowed` and given once.
+ * Returns 0, or 1 with *out set (400 naming the argument). */
+static int query_check(const srv_http_in *in, const char *const *allowed, srv_reply *out)
+{
+    if (!in)
+        return 0;
+    if (in->query_overflow) {
+        srv_reply_errorf(out, 400, "", "too many query arguments (at most %d)", SRV_QUERY_MAX);
+        return 1;
+    }
+    for (int i = 0; i < in->n_query; i++) {
+        const char *k = in->query[i].key;
+        int ok = 0;
+        for (int a = 0; allowed[a]; a++)
+            ok |= !strcmp(allowed[a], k);
+        if (!ok) {
+            srv_reply_errorf(out, 400, k, "unknown query argument '%.60s'", k);
+            return 1;
+        }
+        for (int j = 0; j < i; j++)
+            if (!strcmp(in->query[j].key, k)) {
+                srv_reply_errorf(out, 400, k, "query argument '%.60s' given twice", k);
+                return 1;
+            }
+    }
+    return 0;
+}
+
+/* Contract: a decimal integer argument in [lo, hi]; 0, or 1 with *out set. */
+static int query_int(const srv_query_arg *a, int64_t lo, int64_t hi, int64_t *v, srv_reply *out)
+{
+    char buf[24], *end;
+    if (!a->val || a->len == 0 || a->len >= sizeof buf || memchr(a->val, 0, a->len))
+        goto bad;
+    memcpy(buf, a->val, a->len);
+    buf[a->len] = 0;
+    if (buf[0] < '0' || buf[0] > '9')
+        goto bad;
+    long long x = strtoll(buf, &end, 10);
+    if (*end || x < lo || x > hi)
+        goto bad;
+    *v = x;
+    return 0;
+bad:
+    srv_reply_errorf(out, 400, a->key, "%s must be an integer in [%lld, %lld]", a->key,
+                     (long long)lo, (long long)hi);
+    return 1;
+}
+
+/* Contract: 1 when the daemon can work with tasks now; else 0 with *out set
+ * (503 loading, 501 no hypernetwork). */
+static int tasks_available(srv_server *srv, srv_reply *out)
+{
+    if (!srv_sched_is_ready(srv->sched)) {
+        srv_reply_errorf(out, 503, "", srv->sched->failed ? "the model failed to load"
+                                                          : "the model is still loading");
+        return 0;
+    }
+    if (!srv->sched->info.has_hypernet) {
+        srv_reply_errorf(out, 501, "task",
+                         "no hypernetwork configured (start tasamd with --hypernet FILE)");
+        return 0;
+    }
+    return 1;
+}
+
+#define ADAPTER_LIST_MAX 500
+
+/* GET /v1/adapters?task=... (one lookup, never generates) or the paged list. */
+static void get_adapters(srv_server *srv, const srv_http_in *in, srv_reply *out)
+{
+    static const char *const allowed[] = {"task", "limit", "after", "offset", NULL};
+    const srv_query_arg *task, *lim, *after, *off;
+    srv_adapter_meta m, *rows;
+    char id[AD_ID_LEN + 1], after_id[65] = "";
+    int64_t limit = 50, offset = 0, total = 0;
+    int n = 0, rc;
+
+    if (query_check(in, allowed, out))
+        return;
+    task = query_get(in, "task");
+    lim = query_get(in, "limit");
+    after = query_get(in, "after");
+    off = query_get(in, "offset");
+    if (task) {
+        if (lim || after || off) {
+            srv_reply_errorf(out, 400, "task",
+                             "task looks up one adapter; limit, after and offset page the list");
+            return;
+        }
+        if (!tasks_available(srv, out))
+            return;
+        if (ad_task_id(task->val ? task->val : "", task->val ? task->len : 0,
+                       srv->sched->info.hypernet_id, id) != 0) {
+            srv_reply_errorf(out, 400, "task", "task: %s", eng_last_error());
+            return;
+        }
+        rc = srv_cache_adapter_meta(srv->cache, id, &m);
+        if (rc < 0)
+            srv_reply_errorf(out, 500, "", "adapter cache lookup failed");
+        else if (rc == 1)
+            srv_reply_errorf(out, 404, "task",
+                             "no cached adapter for this task under hypernetwork %.16s (adapter id "
+                             "%s); POST /v1/adapters generates one",
+                             srv->sched->info.hypernet_id, id);
+        else
+            reply_json(out, 200, adapter_meta_json(srv, &m));
+        return;
+    }
+    if (lim && query_int(lim, 1, ADAPTER_LIST_MAX, &limit, out))
+        return;
+    if (off && query_int(off, 0, INT64_MAX / 2, &offset, out))
+        return;
+    if (after) {
+        if (off) {
+            srv_reply_errorf(out, 400, "offset", "give after (the last id of a page) or offset, "
+                                                 "not both");
+            return;
+        }
+        if (!after->val || after->len != 64 || !srv_sha_hex_valid(after->val, after_id)) {
+            srv_reply_errorf(out, 400, "after", "after must be an adapter id (64 hex digits)");
+            return;
+        }
+    }
+    rows = calloc((size_t)limit + 1, sizeof *rows);
+    if (!rows) {
+        srv_reply_errorf(out, 503, "", "out of memory; retry later");
+        return;
+    }
+    if (srv_cache_adapter_list(srv->cache, after_id, offset, (int)limit + 1, rows, &n, &total) !=
+        0) {
+        free(rows);
+        srv_reply_errorf(out, 500, "", "adapter cache listing failed");
+        return;
+    }
+    json_t *arr = json_array();
+    int more = n > limit;
+    if (more)
+        n = (int)limit;
+    for (int i = 0; i < n; i++)
+        json_array_append_new(arr, adapter_meta_json(srv, &rows[i]));
+    json_t *o = json_pack("{s:o,s:I,s:I,s:o}", "adapters", arr, "total", (json_int_t)total,
+                          "limit", (json_int_t)limit, "next_after",
+                          more ? json_string(rows[n - 1].id) : json_null());
+    free(rows);
+    reply_json(out, 200, o);
+}
+
+/* GET /v1/adapters/{id} and /v1/adapters/{id}/weights. */
+static void get_adapter(srv_server *srv, const char *url, int weights, srv_reply *out)
+{
+    const char *p = url + strlen("/v1/adapters/");
+    char id[65];
+    srv_adapter_meta m;
+    size_t n = strcspn(p, "/");
+    int rc;
+    if (n != 64 || (memcpy(id, p, 64), id[64] = 0, !srv_sha_hex_valid(id, id))) {
+        srv_reply_errorf(out, 400, "id", "the id must be a 64-digit adapter id (hex)");
+        return;
+    }
+    if (!weights) {
+        rc = srv_cache_adapter_meta(srv->cache, id, &m);
+        if (rc == 0)
+            reply_json(out, 200, adapter_meta_json(srv, &m));
+        else if (rc == 1)
+            srv_reply_errorf(out, 404, "id", "no cached adapter %s", id);
+        else
+            srv_reply_errorf(out, 500, "", "adapter cache lookup failed");
+        return;
+    }
+    uint8_t *blob = NULL;
+    size_t len = 0;
+    rc = srv_cache_adapter_get(srv->cache, id, 0, &blob, &len, NULL);
+    if (rc == 1) {
+        srv_reply_errorf(out, 404, "id", "no cached adapter %s", id);
+        return;
+    }
+    if (rc < 0) {
+        srv_reply_errorf(out, 500, "", "adapter cache lookup failed");
+        return;
+    }
+    memset(out, 0, sizeof *out);
+    out->status = 200;
+    out->body = (char *)blob;
+    out->len = len;
+    out->content_type = "application/octet-stream";
+    snprintf(out->disposition, sizeof out->disposition,
+             "attachment; filename=\"adapter-%.16s.safetensors\"", id);
+}
+
+void srv_routes_get(srv_server *srv, srv_route route, const char *url, const srv_http_in *in,
+                    srv_reply *out)
 {
     memset(out, 0, sizeof *out);
     switch (route) {
@@ -208,6 +482,13 @@ void srv_routes_get(srv_server *srv, srv_route route, const char *url, srv_reply
         return;
     case SRV_ROUTE_EMBED_GET:
         get_embedding(srv, url, out);
+        return;
+    case SRV_ROUTE_ADAPTERS:
+        get_adapters(srv, in, out);
+        return;
+    case SRV_ROUTE_ADAPTER_GET:
+    case SRV_ROUTE_ADAPTER_WEIGHTS:
+        get_adapter(srv, url, route == SRV_ROUTE_ADAPTER_WEIGHTS, out);
         return;
     default:
         srv_reply_errorf(out, 404, "", "no such route");
@@ -268,27 +549,66 @@ static int decode_image(srv_server *srv, srv_post *p, srv_reply *out)
     return 0;
 }
 
-int srv_routes_post_prepare(srv_server *srv, srv_route route, const char *content_type,
+/* Contract: 0 when the request carries the admin token (Authorization:
+ * Bearer TOKEN); else 1 with *out set: 401 without a usable token, 403 with
+ * a wrong one or when no token is configured. The comparison is constant
+ * time (srv_config_check_token). */
+static int check_admin(srv_server *srv, const srv_http_in *in, srv_reply *out)
+{
+    const char *h = in ? in->authorization : NULL, *tok = NULL;
+    int configured = 0;
+    if (h) {
+        while (*h == ' ')
+            h++;
+        if (strncasecmp(h, "Bearer ", 7) == 0) {
+            tok = h + 7;
+            while (*tok == ' ')
+                tok++;
+        }
+    }
+    if (srv_config_check_token(srv->cfg, tok, &configured))
+        return 0;
+    if (!configured) {
+        srv_reply_errorf(out, 403, "",
+                         "admin routes are disabled: no admin token is configured (admin-token or "
+                         "admin-token-file)");
+    } else if (!tok || !*tok) {
+        srv_reply_errorf(out, 401, "",
+                         "this route needs the admin token: send `Authorization: Bearer <token>`");
+        out->auth_challenge = 1;
+    } else {
+        srv_reply_errorf(out, 403, "", "the admin token is wrong");
+    }
+    return 1;
+}
+
+int srv_routes_post_prepare(srv_server *srv, srv_route route, const srv_http_in *in,
                             const uint8_t *body, size_t len, double t_start, srv_post *p,
                             srv_reply *out)
 {
     srv_error e;
     srv_limits lim;
-    srv_kind kind = route == SRV_ROUTE_SEGMENT ? SRV_KIND_SEGMENT : SRV_KIND_EMBED;
+    srv_kind kind = route == SRV_ROUTE_SEGMENT        ? SRV_KIND_SEGMENT
+                    : route == SRV_ROUTE_EMBED_POST   ? SRV_KIND_EMBED
+                    : route == SRV_ROUTE_ADAPTERS_POST ? SRV_KIND_ADAPTER
+                                                       : SRV_KIND_ADAPTER_FLUSH;
     srv_job *j = &p->job;
+    char ad_id[AD_ID_LEN + 1] = "";
     int w = 0, h = 0;
 
     memset(out, 0, sizeof *out);
+    if (kind == SRV_KIND_ADAPTER_FLUSH && check_admin(srv, in, out))
+        return 1;
     lim.max_points = (int)srv_config_int(srv->cfg, SRV_OPT_MAX_POINTS);
     lim.max_prompts = (int)srv_config_int(srv->cfg, SRV_OPT_MAX_PROMPTS);
-    if (srv_request_parse(content_type, body, len, kind, &lim, &p->req, &e) != 0) {
+    if (kind != SRV_KIND_ADAPTER_FLUSH &&
+        srv_request_parse(in ? in->content_type : NULL, body, len, kind, &lim, &p->req, &e) != 0) {
         srv_reply_error(out, &e);
         return 1;
     }
-    if (p->req.has_task) {
+    if (p->req.has_task && !srv->sched->info.has_hypernet && srv_sched_is_ready(srv->sched)) {
         srv_reply_errorf(out, 501, "task",
-                         "task-conditioned segmentation is not available yet (the hypernetwork is "
-                         "not built); send the request without `task`");
+                         "no hypernetwork configured (start tasamd with --hypernet FILE)");
         return 1;
     }
     if (__atomic_load_n(&srv->draining, __ATOMIC_RELAXED)) {
@@ -300,9 +620,29 @@ int srv_routes_post_prepare(srv_server *srv, srv_route route, const char *conten
                                                           : "the model is still loading");
         return 1;
     }
+    if (p->req.has_task &&
+        ad_task_id(p->req.task, p->req.task_len, srv->sched->info.hypernet_id, ad_id) != 0) {
+        srv_reply_errorf(out, 400, "task", "task: %s", eng_last_error());
+        return 1;
+    }
+    if (kind == SRV_KIND_ADAPTER || kind == SRV_KIND_ADAPTER_FLUSH) {
+        memset(j, 0, sizeof *j);
+        j->kind = kind;
+        j->task = p->req.task;
+        j->task_len = p->req.task_len;
+        memcpy(j->adapter_id, ad_id, sizeof j->adapter_id);
+        j->deadline =
+            t_start + (double)srv_config_int(srv->cfg, SRV_OPT_REQUEST_TIMEOUT_MS) * 1e-3;
+        return 0;
+    }
     memset(j, 0, sizeof *j);
     j->kind = kind;
     j->multimask = p->req.multimask;
+    if (p->req.has_task) {
+        j->task = p->req.task;
+        j->task_len = p->req.task_len;
+        memcpy(j->adapter_id, ad_id, sizeof j->adapter_id);
+    }
     j->max_pixels = srv_config_int(srv->cfg, SRV_OPT_MAX_PIXELS);
     if (p->req.image) {
         uint8_t d[32];
@@ -428,6 +768,28 @@ void srv_routes_post_finish(srv_server *srv, srv_route route, srv_post *p, doubl
         srv_reply_error(out, &j->err);
         return;
     }
+    if (j->kind == SRV_KIND_ADAPTER_FLUSH) {
+        reply_json(out, 200,
+                   json_pack("{s:{s:I,s:I}}", "flushed", "memory", (json_int_t)j->flushed_mem,
+                             "disk", (json_int_t)j->flushed_disk));
+        return;
+    }
+    if (j->kind == SRV_KIND_ADAPTER) {
+        srv_adapter_meta m;
+        /* The row as it is now (hits and last_used), when it is on disk. */
+        if (srv_cache_adapter_meta(srv->cache, j->adapter_id, &m) != 0)
+            m = j->ad_meta;
+        o = adapter_meta_json(srv, &m);
+        if (o) {
+            json_object_set_new(o, "source", json_string(srv_adapter_source_name(j->ad_source)));
+            json_object_set_new(o, "timings_ms",
+                                json_pack("{s:o,s:o,s:o}", "queue", num3(j->t.queue), "adapter",
+                                          num3(j->t.adapter), "total",
+                                          num3((srv_now() - t_start) * 1e3)));
+        }
+        reply_json(out, 200, o);
+        return;
+    }
     json_t *cache = json_pack("{s:s,s:s?}", "embedding", j->cache_hit ? "hit" : "miss", "tier",
                               j->tier == SRV_TIER_MEMORY ? "memory"
                               : j->tier == SRV_TIER_DISK ? "disk"
@@ -438,6 +800,13 @@ void srv_routes_post_finish(srv_server *srv, srv_route route, srv_post *p, doubl
         srv_reply_errorf(out, 500, "", "out of memory");
         return;
     }
+    if (j->task && j->ad_source != SRV_AD_NONE)
+        json_object_set_new(o, "adapter",
+                            json_pack("{s:s,s:s,s:s,s:s,s:s}", "id", j->ad_meta.id,
+                                      "task_normalized", j->ad_meta.task_normalized, "source",
+                                      srv_adapter_source_name(j->ad_source), "hypernet_id",
+                                      j->ad_meta.hypernet_id, "hypernet_version",
+                                      j->ad_meta.hypernet_version));
     if (route == SRV_ROUTE_SEGMENT) {
         masks = json_array();
         json_object_set_new(o, "masks", masks);
@@ -457,9 +826,9 @@ void srv_routes_post_finish(srv_server *srv, srv_route route, srv_post *p, doubl
     }
     json_object_set_new(
         o, "timings_ms",
-        json_pack("{s:o,s:o,s:o,s:o,s:o,s:o}", "decode", num3(j->t.decode), "queue",
-                  num3(j->t.queue), "encode", num3(j->t.encode), "decode_masks",
-                  num3(j->t.decode_masks), "postprocess", num3(j->t.postprocess), "total",
-                  num3((srv_now() - t_start) * 1e3)));
+        json_pack("{s:o,s:o,s:o,s:o,s:o,s:o,s:o}", "decode", num3(j->t.decode), "queue",
+                  num3(j->t.queue), "encode", num3(j->t.encode), "adapter", num3(j->t.adapter),
+                  "decode_masks", num3(j->t.decode_masks), "postprocess", num3(j->t.postprocess),
+                  "total", num3((srv_now() - t_start) * 1e3)));
     reply_json(out, 200, o);
 }

@@ -17,6 +17,14 @@ double srv_now(void)
     return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
 }
 
+const char *srv_adapter_source_name(srv_adapter_source s)
+{
+    return s == SRV_AD_GENERATED      ? "generated"
+           : s == SRV_AD_CACHE_MEMORY ? "cache-memory"
+           : s == SRV_AD_CACHE_DISK   ? "cache-disk"
+                                      : NULL;
+}
+
 void srv_job_free_results(srv_job *j)
 {
     free(j->masks);

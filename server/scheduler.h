@@ -37,19 +37,34 @@ typedef struct srv_timings {
     double decode;       /* image decode + resize (HTTP thread) */
     double queue;        /* waiting for the worker */
     double encode;       /* image encoder (the whole batch it ran in) */
+    double adapter;      /* finding or generating the task adapter (0 without a task) */
     double decode_masks; /* mask decoder */
     double postprocess;  /* upscaling + thresholding */
 } srv_timings;
 
+/* Where a job's task adapter came from. */
+typedef enum srv_adapter_source {
+    SRV_AD_NONE = 0,       /* no task */
+    SRV_AD_GENERATED,      /* text encoder + hypernetwork ran for this request */
+    SRV_AD_CACHE_MEMORY,   /* the device LRU */
+    SRV_AD_CACHE_DISK      /* SQLite: parsed and uploaded */
+} srv_adapter_source;
+
+/* "generated", "cache-memory", "cache-disk" (NULL for SRV_AD_NONE). */
+const char *srv_adapter_source_name(srv_adapter_source s);
+
 struct srv_job {
     /* ---- input, set by the submitter ---- */
-    srv_kind kind;               /* segment or embeddings */
+    srv_kind kind;               /* segment, embeddings, adapter or adapter flush */
     char sha[65];                /* embedding key: sha256 hex of the image bytes */
     const uint8_t *raw;          /* image bytes (borrowed) to decode if the embedding is missing; may be NULL */
     size_t raw_len;              /* bytes at raw */
     uint8_t *resized;            /* RGB resized to the encoder input (long side 1024), or NULL; owned by the submitter */
     eng_sam_imginfo info;        /* sizes; orig_w/h always set, input_w/h set with resized */
-    const srv_prompts *prompts;  /* segment: the prompts (borrowed) */
+    srv_prompts *prompts;        /* segment: the prompts (borrowed; the worker sets their .lora) */
+    const char *task;            /* segment/adapter: task text (borrowed) or NULL */
+    size_t task_len;             /* bytes at task */
+    char adapter_id[65];         /* ad_task_id(task, hypernetwork) computed at submit */
     int multimask;               /* 3 masks per prompt (1) or 1 (0) */
     int64_t max_pixels;          /* for a decode in the worker */
     double t_submit;             /* monotonic seconds at submit */
@@ -68,6 +83,10 @@ struct srv_job {
     uint8_t *masks;              /* [n_masks, orig_h, orig_w] 0/1 (malloc'd; the submitter frees) */
     float *iou;                  /* [n_masks] predicted IoU (malloc'd) */
     float *stability;            /* [n_masks] stability score (malloc'd) */
+    srv_adapter_source ad_source;/* where the task adapter came from */
+    srv_adapter_meta ad_meta;    /* the adapter's metadata (with a task) */
+    int64_t flushed_mem;         /* adapter flush: adapters dropped from the device LRU */
+    int64_t flushed_disk;        /* adapter flush: rows deleted from SQLite */
     srv_timings t;               /* stage times */
 };
 
@@ -84,6 +103,17 @@ typedef struct srv_model_info {
     char precision[8];      /* fp32 / fp16 / bf16 */
     size_t workspace_bytes; /* planned activation workspace */
     double load_seconds;    /* time to load */
+    int has_hypernet;       /* 1 when --hypernet is loaded */
+    char hypernet_id[65];   /* its content id (the adapter cache key part) */
+    char hypernet_version[64]; /* its version label */
+    int hypernet_rank;      /* LoRA rank of its adapters */
+    double hypernet_alpha;  /* LoRA alpha */
+    int hypernet_targets;   /* decoder layers its adapters change */
+    size_t hypernet_params; /* parameters (trunk + heads) */
+    char text_model[64];    /* the text encoder's name (hn_hypernet_text_name) */
+    char text_describe[160];/* hn_text_describe */
+    int text_fallback;      /* 1: the built-in hashed embedding, no model files */
+    int adapter_merged;     /* 1: adapters are folded into weight copies */
 } srv_model_info;
 
 typedef struct srv_sched {

@@ -1,8 +1,10 @@
 /*
- * server/worker.c: the inference worker thread. It alone owns the backend
- * and the SAM model: it loads them, then takes jobs from the scheduler,
- * batches image-encoder work, runs the decoder and postprocessing, and hands
- * each job back through its `done` callback.
+ * server/worker.c: the inference worker thread. It alone owns the backend,
+ * the SAM model and, with --hypernet, the hypernetwork, its text encoder and
+ * the device tier of task adapters: it loads them, then takes jobs from the
+ * scheduler, batches image-encoder work, finds or generates task adapters,
+ * runs the decoder and postprocessing, and hands each job back through its
+ * `done` callback.
  */
 #include <stdio.h>
 #include <stdlib.h>
@@ -12,6 +14,9 @@
 #include "engine/image.h"
 #include "engine/ops.h"
 #include "engine/sam.h"
+#include "hypernet/hypernet.h"
+#include "hypernet/text.h"
+#include "server/adapters.h"
 #include "server/log.h"
 #include "server/scheduler.h"
 
@@ -22,6 +27,9 @@ typedef struct worker {
     srv_sched *s;          /* the scheduler (borrowed) */
     eng_backend *be;       /* owned */
     eng_sam *m;            /* owned */
+    hn_hypernet *h;        /* owned; NULL without --hypernet */
+    hn_text *text;         /* owned; the encoder h was built for */
+    srv_adapters *ads;     /* owned; the adapter tiers (NULL without --hypernet) */
     int max_batch;         /* images per encoder call */
     float *inputs;         /* [max_batch, 3, 1024, 1024] encoder inputs */
     float *embs;           /* [max_batch, 256, 64, 64] encoder outputs */
@@ -73,6 +81,63 @@ static void update_memory(worker *w)
     srv_metrics_gauge_set(&w->s->metrics->memory_total, (int64_t)total);
 }
 
+/* Contract: with --hypernet, loads the hypernetwork and its text encoder
+ * and sets up the adapter tiers; fills the hypernetwork part of s->info. On
+ * failure records the message in the scheduler and returns -1. */
+static int load_hypernet(worker *w)
+{
+    srv_sched *s = w->s;
+    srv_model_info *in = &s->info;
+    const char *path = srv_config_str(s->cfg, SRV_OPT_HYPERNET);
+    const char *tdir = srv_config_str(s->cfg, SRV_OPT_TEXT_MODEL);
+    size_t trunk = 0, heads = 0;
+    double t0 = srv_now();
+
+    in->adapter_merged = srv_config_int(s->cfg, SRV_OPT_ADAPTER_MERGE) == SRV_MERGE_ON;
+    if (!path[0]) {
+        srv_log_info("worker: no hypernetwork configured: requests with `task` answer 501 (start "
+                     "tasamd with --hypernet FILE)");
+        return 0;
+    }
+    if (hn_hypernet_load(&w->h, path, w->be) != 0) {
+        snprintf(s->load_error, sizeof s->load_error, "hypernetwork: %s", eng_last_error());
+        return -1;
+    }
+    if (hn_hypernet_open_text(w->h, tdir[0] ? tdir : NULL, w->be, &w->text) != 0) {
+        snprintf(s->load_error, sizeof s->load_error, "text encoder for %s: %s", path,
+                 eng_last_error());
+        return -1;
+    }
+    if (srv_adapters_create(&w->ads, w->m, w->h, w->text, s->cache, s->metrics,
+                            (int)srv_config_int(s->cfg, SRV_OPT_ADAPTER_SLOTS),
+                            in->adapter_merged) != 0) {
+        snprintf(s->load_error, sizeof s->load_error, "out of memory for the adapter slots");
+        return -1;
+    }
+    const hn_hypernet_config *hc = hn_hypernet_get_config(w->h);
+    hn_hypernet_count(w->h, &trunk, &heads);
+    in->has_hypernet = 1;
+    snprintf(in->hypernet_id, sizeof in->hypernet_id, "%s", hn_hypernet_id(w->h));
+    snprintf(in->hypernet_version, sizeof in->hypernet_version, "%s", hn_hypernet_version(w->h));
+    in->hypernet_rank = hn_hypernet_rank(w->h);
+    in->hypernet_alpha = hn_hypernet_alpha(w->h);
+    in->hypernet_targets = 0;
+    for (int t = 0; t < ENG_SAM_LORA_TARGETS; t++)
+        in->hypernet_targets += hc->present[t] != 0;
+    in->hypernet_params = trunk + heads;
+    hn_hypernet_text_name(w->text, in->text_model, sizeof in->text_model);
+    snprintf(in->text_describe, sizeof in->text_describe, "%s", hn_text_describe(w->text));
+    in->text_fallback = hn_text_wordpiece(w->text) == NULL;
+    srv_log_info("worker: hypernetwork %s: id %.16s..., version %s, rank %d, alpha %g, %d decoder "
+                 "layers; adapters %s; loaded in %.2f s",
+                 path, in->hypernet_id, in->hypernet_version, in->hypernet_rank,
+                 in->hypernet_alpha, in->hypernet_targets,
+                 in->adapter_merged ? "merged" : "unmerged", srv_now() - t0);
+    srv_log_info("worker: text encoder: %s%s", in->text_describe,
+                 in->text_fallback ? " (no text model: the built-in hashed embedding)" : "");
+    return 0;
+}
+
 /* Contract: loads everything; on failure records the message in the
  * scheduler, returns -1 and leaves nothing allocated. */
 static int worker_load(worker *w)
@@ -115,6 +180,8 @@ static int worker_load(worker *w)
     snprintf(in->device, sizeof in->device, "%s", eng_backend_describe(w->be));
     snprintf(in->precision, sizeof in->precision, "%s", dtype_precision(eng_backend_dtype(w->be)));
     in->workspace_bytes = eng_sam_workspace_bytes(w->m);
+    if (load_hypernet(w) != 0)
+        return -1;
     in->load_seconds = srv_now() - t0;
     srv_cache_set_model(s->cache, in->model_id, in->precision);
     update_memory(w);
@@ -125,6 +192,12 @@ static int worker_load(worker *w)
 
 static void worker_unload(worker *w)
 {
+    srv_adapters_destroy(w->ads);
+    hn_text_destroy(w->text);
+    hn_hypernet_destroy(w->h);
+    w->ads = NULL;
+    w->text = NULL;
+    w->h = NULL;
     eng_sam_destroy(w->m);
     eng_backend_destroy(w->be);
     free(w->inputs);
@@ -142,14 +215,66 @@ static void fail_job(srv_sched *s, srv_job *j, int status, const char *fmt, cons
 }
 
 /*
+ * Contract: finds or generates the adapter of j's task (timed into
+ * j->t.adapter, metadata into j->ad_meta). Returns 1 with *lora set, or 0
+ * with the job's status and error set (the caller completes it).
+ */
+static int adapter_for(worker *w, srv_job *j, const eng_sam_lora **lora)
+{
+    double t = srv_now();
+    if (!w->ads) {
+        j->status = 501;
+        srv_fail(&j->err, 501, "task",
+                 "no hypernetwork configured (start tasamd with --hypernet FILE)");
+        return 0;
+    }
+    int st = srv_adapters_acquire(w->ads, j->adapter_id, j->task, j->task_len, lora, &j->ad_meta,
+                                  &j->ad_source, &j->err);
+    j->t.adapter = (srv_now() - t) * 1e3;
+    if (st) {
+        j->status = st;
+        return 0;
+    }
+    return 1;
+}
+
+/* Contract: answers an adapter job (POST /v1/adapters) or a flush
+ * (DELETE /admin/adapters) and completes it. */
+static void serve_adapter_job(worker *w, srv_job *j)
+{
+    srv_sched *s = w->s;
+    if (j->kind == SRV_KIND_ADAPTER_FLUSH) {
+        j->flushed_mem = srv_adapters_flush(w->ads);
+        j->flushed_disk = srv_cache_adapter_clear(s->cache);
+        srv_log_info("worker: adapter cache flushed: %lld from the device, %lld from disk",
+                     (long long)j->flushed_mem, (long long)j->flushed_disk);
+        if (j->flushed_disk < 0) {
+            fail_job(s, j, 500, "%s", "flushing the adapter table failed (see the log)");
+            return;
+        }
+        j->status = 200;
+        srv__sched_finish(s, j);
+        return;
+    }
+    const eng_sam_lora *lora = NULL;
+    if (adapter_for(w, j, &lora)) {
+        srv_adapters_release(w->ads, lora);
+        j->status = 200;
+    }
+    srv__sched_finish(s, j);
+}
+
+/*
  * Contract: answers one job from an embedding: for segment jobs the decoder
- * and postprocessing; then completes the job.
+ * and postprocessing (with the task's adapter when it has a task); then
+ * completes the job.
  */
 static void serve(worker *w, srv_job *j, const float *emb, int hit, srv_cache_tier tier)
 {
     srv_sched *s = w->s;
-    const srv_prompts *pr = j->prompts;
+    srv_prompts *pr = j->prompts;
     eng_sam_imginfo info = j->info;
+    const eng_sam_lora *lora = NULL;
     float *low = NULL;
     double t;
     int rc;
@@ -176,8 +301,21 @@ static void serve(worker *w, srv_job *j, const float *emb, int hit, srv_cache_ti
         fail_job(s, j, 503, "%s", "not enough memory for the masks of this request; retry later");
         return;
     }
+    if (j->task) {
+        if (!adapter_for(w, j, &lora)) {
+            free(low);
+            srv_job_free_results(j);
+            srv__sched_finish(s, j);
+            return;
+        }
+        for (int i = 0; i < pr->n; i++)
+            pr->p[i].lora = lora;
+    }
     t = srv_now();
     rc = eng_sam_decode(w->m, emb, &info, pr->p, pr->n, j->multimask, j->iou, low);
+    for (int i = 0; i < pr->n; i++)
+        pr->p[i].lora = NULL;
+    srv_adapters_release(w->ads, lora);
     j->t.decode_masks = (srv_now() - t) * 1e3;
     srv_hist_observe(&s->metrics->decoder_seconds, j->t.decode_masks * 1e-3);
     if (rc == 0) {
@@ -317,6 +455,10 @@ static void worker_loop(worker *w)
         if (j->deadline > 0 && now >= j->deadline) {
             srv_metrics_add(&s->metrics->deadline_expired, 1);
             fail_job(s, j, 504, "%s", "the request's deadline passed while it was queued");
+            continue;
+        }
+        if (j->kind == SRV_KIND_ADAPTER || j->kind == SRV_KIND_ADAPTER_FLUSH) {
+            serve_adapter_job(w, j);
             continue;
         }
         rc = srv_cache_get(s->cache, j->sha, &emb, &ew, &eh, &tier);

@@ -1,0 +1,68 @@
+/*
+ * server/adapters.h: task adapters as the inference worker uses them.
+ *
+ * Two tiers, like the embedding cache:
+ *   - memory: an LRU of `adapter-slots` engine adapters (eng_sam_lora),
+ *     uploaded and ready for eng_sam_decode. Adapters stay unmerged unless
+ *     `adapter-merge on`: an unmerged adapter is its rank-r factors only
+ *     (about 0.5 MiB at rank 4 where a merged one copies every adapted
+ *     decoder weight), it is built in well under a millisecond, and prompts
+ *     with different adapters can share one decoder call;
+ *   - disk: the `adapter` table of the cache database (server/cache.h), the
+ *     serialized adapter under its id with a CRC-32, surviving restarts.
+ * A miss in both runs the text encoder and the hypernetwork
+ * (ad_adapter_generate) and writes through to both tiers. The id is
+ * ad_task_id(task, hypernetwork content id), so a new hypernetwork simply
+ * misses and the rows of the old one age out by LRU.
+ *
+ * Threads: worker only. The model, the hypernetwork and the text encoder
+ * belong to the inference worker; so does everything here.
+ */
+#ifndef TASAM_SERVER_ADAPTERS_H
+#define TASAM_SERVER_ADAPTERS_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "engine/sam.h"
+#include "hypernet/hypernet.h"
+#include "hypernet/text.h"
+#include "server/cache.h"
+#include "server/metrics.h"
+#include "server/request.h"
+#include "server/scheduler.h"
+
+typedef struct srv_adapters srv_adapters;
+
+/*
+ * Set up the tiers for model m, hypernetwork h and its text encoder (all
+ * borrowed: they must outlive the handle). slots = 0 keeps no adapter on the
+ * device between requests (each request uploads its own). Returns 0 or -1
+ * (out of memory).
+ */
+int srv_adapters_create(srv_adapters **out, eng_sam *m, hn_hypernet *h, hn_text *text,
+                        srv_cache *cache, srv_metrics *metrics, int slots, int merged);
+
+/* Destroy every engine adapter and the handle. NULL ok. */
+void srv_adapters_destroy(srv_adapters *a);
+
+/*
+ * The engine adapter for `task` (len bytes, already checked with
+ * ad_normalize_task) whose id is `id`: from the memory tier, else the disk
+ * tier (a row that does not parse is dropped and regenerated), else
+ * generated. *lora stays valid until srv_adapters_release(). *meta gets the
+ * adapter's metadata (hits and last_used as of the read), *src where it came
+ * from. Returns 0, or an HTTP status with *e set.
+ */
+int srv_adapters_acquire(srv_adapters *a, const char *id, const char *task, size_t len,
+                         const eng_sam_lora **lora, srv_adapter_meta *meta,
+                         srv_adapter_source *src, srv_error *e);
+
+/* Done with an adapter from srv_adapters_acquire (frees it when it is not
+ * kept in the memory tier). NULL ok. */
+void srv_adapters_release(srv_adapters *a, const eng_sam_lora *lora);
+
+/* Drop every adapter of the memory tier; returns how many. */
+int64_t srv_adapters_flush(srv_adapters *a);
+
+#endif
