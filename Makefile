@@ -131,7 +131,7 @@ test: deps
 	   $(MAKE) --no-print-directory fuzz; } 2>&1 | tee build/test.log; \
 	 tests/summarize.sh build/test.log
 
-test-plain: $(BINS) $(TEST_BIN)
+test-plain: $(BINS) $(TEST_BIN) $(BUILD)/bench/tasam-bench
 	@tests/run.sh $(BUILD) plain || true
 
 test-san:
@@ -140,7 +140,7 @@ test-san:
 	  tests/run.sh build/asan sanitizers || true
 
 .PHONY: all-tests-san
-all-tests-san: $(BINS) $(TEST_BIN)
+all-tests-san: $(BINS) $(TEST_BIN) $(BUILD)/bench/tasam-bench
 
 fuzz:
 	@tests/fuzz/run.sh $(FUZZ_SECONDS) || true

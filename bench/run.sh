@@ -19,6 +19,8 @@ vitb="$build/bench/sam_vit_b_random.safetensors"
 [ -f "$vitb" ] || "$build/bench/mkweights" --arch vit_b --out "$vitb"
 echo "== vit_b (random weights)"
 "$build/bench/bench_cpu" --checkpoint "$vitb" --reps "${BENCH_REPS_VITB:-2}"
+echo "== tasamd over HTTP (tasam-bench)"
+bench/serve_bench.sh "$build"
 if [ -x "$build/bench/bench_gpu" ]; then
     echo "== GPU"
     "$build/bench/bench_gpu" || echo "bench_gpu: no GPU run (see its message)"
