@@ -1,8 +1,10 @@
 /*
  * tests/test_server_units.c: tasamd's pieces without HTTP: the option
  * table (flags, file, environment), request validation, the multipart
- * parser (including mutated inputs), the embedding cache (checksums, budget,
- * schema file agreement) and the metrics text.
+ * parser (including mutated inputs), task text, the embedding cache
+ * (checksums, budget, schema file agreement), the adapter rows (budget,
+ * checksums, paging, flush), the in-place schema upgrade and the metrics
+ * text.
  */
 #include <sys/stat.h>
 #include <unistd.h>
@@ -346,6 +348,205 @@ static void test_cache(void)
     free(e2);
 }
 
+
+static void test_request_task(void)
+{
+    srv_request r;
+    srv_error e;
+    T_REQUIRE(parse("{\"image\":\"iVBO\",\"task\":\"  Segment  the DOG \"}", &r, &e) == 0,
+              "valid task: %s", e.message);
+    T_CHECK(r.has_task && r.task_len == 19 && !strcmp(r.task, "  Segment  the DOG "),
+            "task kept as given");
+    srv_request_free(&r);
+    /* POST /v1/adapters: task only */
+    const char *ok = "{\"task\":\"find the cat\"}";
+    T_CHECK(srv_request_parse("application/json", (const uint8_t *)ok, strlen(ok),
+                              SRV_KIND_ADAPTER, &LIM, &r, &e) == 0 &&
+                r.has_task,
+            "adapters body: %s", e.message);
+    srv_request_free(&r);
+    static const char *const bad[][2] = {
+        {"{}", "task"},
+        {"{\"task\":\"x\",\"image\":\"iVBO\"}", "image"},
+        {"{\"task\":\"\\ud83d\"}", "task"},
+        {"{\"ta\\u0000sk\":\"x\"}", ""},
+    };
+    for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
+        int rc = srv_request_parse("application/json", (const uint8_t *)bad[i][0],
+                                   strlen(bad[i][0]), SRV_KIND_ADAPTER, &LIM, &r, &e);
+        T_CHECK(rc != 0 && e.status == 400 && !strcmp(e.field, bad[i][1]),
+                "%s: rc %d field '%s', want '%s'", bad[i][0], rc, rc ? e.field : "", bad[i][1]);
+        if (rc == 0)
+            srv_request_free(&r);
+    }
+    /* a surrogate pair is fine */
+    const char *pair = "{\"task\":\"find the \\ud83d\\udc36\"}";
+    T_CHECK(srv_request_parse("application/json", (const uint8_t *)pair, strlen(pair),
+                              SRV_KIND_ADAPTER, &LIM, &r, &e) == 0,
+            "surrogate pair: %s", e.message);
+    srv_request_free(&r);
+    /* multipart: a `task` part; not twice */
+    static const char MP[] = "--XyZ\r\nContent-Disposition: form-data; name=\"image\"; "
+                             "filename=\"a.png\"\r\n\r\nPNGDATA\r\n--XyZ\r\nContent-Disposition: "
+                             "form-data; name=\"task\"\r\n\r\nfind the dog\r\n--XyZ--\r\n";
+    const char *ct = "multipart/form-data; boundary=XyZ";
+    T_CHECK(srv_request_parse(ct, (const uint8_t *)MP, sizeof MP - 1, SRV_KIND_SEGMENT, &LIM, &r,
+                              &e) == 0 &&
+                r.has_task && !strcmp(r.task, "find the dog"),
+            "multipart task part: %s", e.message);
+    srv_request_free(&r);
+    static const char MP2[] = "--XyZ\r\nContent-Disposition: form-data; name=\"image\"\r\n\r\nPNG"
+                              "\r\n--XyZ\r\nContent-Disposition: form-data; name=\"task\"\r\n\r\n"
+                              "a\r\n--XyZ\r\nContent-Disposition: form-data; name=\"request\"\r\n"
+                              "\r\n{\"task\":\"b\"}\r\n--XyZ--\r\n";
+    T_CHECK(srv_request_parse(ct, (const uint8_t *)MP2, sizeof MP2 - 1, SRV_KIND_SEGMENT, &LIM,
+                              &r, &e) != 0 &&
+                !strcmp(e.field, "task"),
+            "task twice");
+    T_CHECK(srv_request_parse(ct, (const uint8_t *)MP, sizeof MP - 1, SRV_KIND_EMBED, &LIM, &r,
+                              &e) != 0 &&
+                !strcmp(e.field, "task"),
+            "a task part for embeddings");
+}
+
+static void ad_meta(srv_adapter_meta *m, char c, const char *task)
+{
+    memset(m, 0, sizeof *m);
+    memset(m->id, c, 64);
+    snprintf(m->task, sizeof m->task, "%s", task);
+    snprintf(m->task_normalized, sizeof m->task_normalized, "%s", task);
+    memset(m->hypernet_id, 'f', 64);
+    snprintf(m->hypernet_version, sizeof m->hypernet_version, "7");
+    snprintf(m->text_model, sizeof m->text_model, "hashed-384");
+    m->rank = 4;
+    m->alpha = 8;
+}
+
+static void test_adapter_rows(void)
+{
+    char dir[512], err[512];
+    srv_cache *c;
+    srv_metrics m;
+    srv_adapter_meta a, b, d, got, list[4];
+    uint8_t blob[1000], *out = NULL;
+    size_t len = 0;
+    int n;
+    int64_t total;
+    for (size_t i = 0; i < sizeof blob; i++)
+        blob[i] = (uint8_t)(i * 13 + 1);
+    srv_metrics_init(&m);
+    snprintf(dir, sizeof dir, "%s/adapters", g_tmp);
+    T_REQUIRE(srv_cache_open(&c, dir, 16, 1 << 20, 0, &m, err, sizeof err) == 0, "open: %s", err);
+    ad_meta(&a, 'a', "task a");
+    ad_meta(&b, 'b', "task b");
+    ad_meta(&d, 'd', "task d");
+    /* budget 0: the adapter tier is off */
+    T_CHECK(srv_cache_adapter_put(c, &a, blob, sizeof blob) == 1, "stored with budget 0");
+    T_CHECK(srv_cache_adapter_get(c, a.id, 1, &out, &len, NULL) == 1, "found with budget 0");
+    /* room for two */
+    srv_cache_set_adapter_budget(c, 2 * (int64_t)sizeof blob + 10);
+    T_CHECK(srv_cache_adapter_put(c, &a, blob, sizeof blob) == 0, "put a");
+    T_CHECK(srv_cache_adapter_put(c, &b, blob, sizeof blob) == 0, "put b");
+    T_CHECK(srv_cache_adapter_get(c, a.id, 1, &out, &len, &got) == 0 && len == sizeof blob &&
+                !memcmp(out, blob, len) && got.hits == 1 && !strcmp(got.task, "task a") &&
+                got.rank == 4 && got.alpha == 8 && got.bytes == (int64_t)sizeof blob,
+            "get a");
+    free(out);
+    out = NULL;
+    /* d evicts the least recently used: b */
+    T_CHECK(srv_cache_adapter_put(c, &d, blob, sizeof blob) == 0, "put d");
+    T_CHECK(srv_cache_adapter_meta(c, b.id, &got) == 1, "b was not evicted");
+    T_CHECK(srv_cache_adapter_meta(c, a.id, &got) == 0 && got.hits == 1, "a (used last) was evicted");
+    T_CHECK(m.adapter_evictions_disk == 1 && m.adapter_entries_disk == 2 &&
+                m.adapter_bytes_disk == 2 * (int64_t)sizeof blob,
+            "eviction metrics");
+    /* larger than the whole budget: not stored */
+    static uint8_t huge[4096];
+    T_CHECK(srv_cache_adapter_put(c, &b, huge, sizeof huge) == 1, "huge blob stored");
+    /* list, paged by id */
+    T_CHECK(srv_cache_adapter_list(c, NULL, 0, 4, list, &n, &total) == 0 && n == 2 &&
+                total == 2 && list[0].id[0] == 'a' && list[1].id[0] == 'd',
+            "list");
+    T_CHECK(srv_cache_adapter_list(c, a.id, 0, 4, list, &n, &total) == 0 && n == 1 &&
+                list[0].id[0] == 'd',
+            "list after a");
+    T_CHECK(srv_cache_adapter_list(c, NULL, 1, 1, list, &n, &total) == 0 && n == 1 &&
+                list[0].id[0] == 'd',
+            "list offset 1");
+    srv_cache_close(c);
+    /* a blob changed behind the cache's back is dropped on read */
+    char db[600];
+    sqlite3 *s;
+    snprintf(db, sizeof db, "%s/cache.db", dir);
+    T_REQUIRE(sqlite3_open(db, &s) == SQLITE_OK, "sqlite open");
+    T_CHECK(sqlite3_exec(s, "UPDATE adapter_blob SET data = zeroblob(1000) WHERE adapter_row = "
+                            "(SELECT id FROM adapter WHERE adapter_id LIKE 'dddd%')",
+                         NULL, NULL, NULL) == SQLITE_OK,
+            "corrupt");
+    sqlite3_close(s);
+    T_REQUIRE(srv_cache_open(&c, dir, 16, 1 << 20, 0, &m, err, sizeof err) == 0, "reopen: %s",
+              err);
+    srv_cache_set_adapter_budget(c, 1 << 20);
+    T_CHECK(srv_cache_adapter_get(c, d.id, 1, &out, &len, NULL) == 1, "corrupt adapter served");
+    T_CHECK(m.adapter_corrupt == 1, "corrupt adapter not counted");
+    T_CHECK(srv_cache_adapter_meta(c, d.id, &got) == 1, "corrupt row kept");
+    T_CHECK(srv_cache_adapter_get(c, a.id, 0, &out, &len, &got) == 0 && got.hits == 1,
+            "a survives (and no hit counted without touch)");
+    free(out);
+    srv_cache_adapter_touch(c, a.id);
+    T_CHECK(srv_cache_adapter_meta(c, a.id, &got) == 0 && got.hits == 2, "touch");
+    T_CHECK(srv_cache_adapter_clear(c) == 1, "clear");
+    T_CHECK(srv_cache_adapter_meta(c, a.id, &got) == 1 && m.adapter_entries_disk == 0,
+            "rows after clear");
+    srv_cache_close(c);
+}
+
+/* A version-1 database (embeddings only) is upgraded in place: its rows
+ * stay, the adapter tables appear. */
+static void test_cache_upgrade_v1(void)
+{
+    char dir[512], db[600], err[512];
+    sqlite3 *s;
+    srv_cache *c;
+    srv_cache_meta meta;
+    srv_adapter_meta a, got;
+    uint8_t blob[100] = {1, 2, 3};
+    snprintf(dir, sizeof dir, "%s/upgrade", g_tmp);
+    mkdir(dir, 0755);
+    snprintf(db, sizeof db, "%s/cache.db", dir);
+    T_REQUIRE(sqlite3_open(db, &s) == SQLITE_OK, "sqlite open");
+    char sql[4096];
+    snprintf(sql, sizeof sql,
+             "%s PRAGMA user_version=1; PRAGMA application_id=%d; INSERT INTO embedding "
+             "(image_sha256, model_id, precision, width, height, bytes, crc32, created, last_used, "
+             "hits) VALUES ('%064d', 'm', 'fp32', 3, 4, 64, 0, 1, 2, 5);",
+             srv__cache_migration(1), SRV_CACHE_APP_ID, 7);
+    T_REQUIRE(sqlite3_exec(s, sql, NULL, NULL, NULL) == SQLITE_OK, "v1 database: %s",
+              sqlite3_errmsg(s));
+    sqlite3_close(s);
+    T_REQUIRE(srv_cache_open(&c, dir, 16, 1 << 20, 0, NULL, err, sizeof err) == 0, "open: %s", err);
+    srv_cache_set_model(c, "m", "fp32");
+    char sha[65];
+    snprintf(sha, sizeof sha, "%064d", 7);
+    T_CHECK(srv_cache_meta_get(c, sha, &meta) == 0 && meta.width == 3 && meta.hits == 5,
+            "the v1 row is gone after the upgrade");
+    srv_cache_set_adapter_budget(c, 1 << 20);
+    ad_meta(&a, 'e', "task e");
+    T_CHECK(srv_cache_adapter_put(c, &a, blob, sizeof blob) == 0 &&
+                srv_cache_adapter_meta(c, a.id, &got) == 0,
+            "adapters in an upgraded database");
+    srv_cache_close(c);
+    T_REQUIRE(sqlite3_open(db, &s) == SQLITE_OK, "sqlite open");
+    sqlite3_stmt *st = NULL;
+    int ver = -1;
+    if (sqlite3_prepare_v2(s, "PRAGMA user_version", -1, &st, NULL) == SQLITE_OK &&
+        sqlite3_step(st) == SQLITE_ROW)
+        ver = sqlite3_column_int(st, 0);
+    sqlite3_finalize(st);
+    sqlite3_close(s);
+    T_CHECK(ver == SRV_CACHE_SCHEMA_VERSION && ver == 2, "user_version %d after the upgrade", ver);
+}
+
 static void test_metrics_render(void)
 {
     srv_metrics m;
@@ -380,6 +581,9 @@ int main(void)
     T_RUN(test_multipart);
     T_RUN(test_schema_file_matches);
     T_RUN(test_cache);
+    T_RUN(test_request_task);
+    T_RUN(test_adapter_rows);
+    T_RUN(test_cache_upgrade_v1);
     T_RUN(test_metrics_render);
     char cmd[300];
     snprintf(cmd, sizeof cmd, "rm -rf '%s'", g_tmp);
