@@ -98,7 +98,7 @@ $(BUILD)/obj/%.o: %.c $(BUILD)/.config
 $(BUILD)/obj/%.o: %.cu $(BUILD)/.config
 	@mkdir -p $(dir $@)
 	@echo "  NVCC    $<"
-	@$(NVCC) $(NVCCFLAGS) -c $< -o $@
+	@$(NVCC) $(NVCCFLAGS) -MMD -MP -c $< -o $@
 
 $(LIB): $(LIB_OBJ)
 	@rm -f $@

@@ -67,9 +67,14 @@ typedef struct twoway_layer {
 struct eng_sam {
     eng_sam_config cfg;
     eng_sam_options opt;
-    eng_backend *be;  /* borrowed */
-    eng_weights wts;  /* owns the device allocation behind every eng_tensor below */
-    eng_ctx ctx;      /* activation workspace */
+    eng_backend *be;  /* borrowed: runs the image encoder */
+    eng_backend *dbe; /* borrowed: runs the prompt encoder, decoder and postprocess (== be
+                         unless opt.decoder_backend split them) */
+    eng_weights wts;  /* owns the image encoder's weights (on be) */
+    eng_weights dwts; /* owns the prompt encoder's and decoder's weights (on dbe) */
+    eng_ctx ctx;      /* activation workspace on be */
+    eng_ctx dctx_own; /* workspace on dbe when it is another backend */
+    eng_ctx *dctx;    /* the decoder's workspace: &ctx or &dctx_own */
     char model_id[48];
 
     /* image encoder */
@@ -195,8 +200,8 @@ static eng_sam_lora *lora_new(const eng_sam *m, int rank, int merged)
     if (!l)
         return NULL;
     const eng_sam_lora_target *t = eng_sam_lora_targets();
-    eng_dtype dt = eng_backend_dtype(m->be);
-    eng_device dev = eng_backend_device(m->be);
+    eng_dtype dt = eng_backend_dtype(m->dbe);
+    eng_device dev = eng_backend_device(m->dbe);
     l->rank = rank;
     l->merged = merged;
     for (int i = 0; i < ENG_SAM_LORA_TARGETS; i++) {
@@ -243,7 +248,7 @@ int eng_sam_lora_create(eng_sam *m, int rank, float scale, const float *const *A
     eng_sam_lora *l = lora_new(m, rank, merged);
     if (!l)
         return eng_error(ENG_ENOMEM, "out of memory");
-    size_t esz = eng_dtype_size(eng_backend_dtype(m->be)), total = 0;
+    size_t esz = eng_dtype_size(eng_backend_dtype(m->dbe)), total = 0;
     for (int t = 0; t < ENG_SAM_LORA_TARGETS; t++) {
         if (!A[t] != !B[t]) {
             free(l);
@@ -256,7 +261,7 @@ int eng_sam_lora_create(eng_sam *m, int rank, float scale, const float *const *A
         total += (size_t)(eng_numel(&l->A[t]) + eng_numel(&l->B[t]) +
                           (merged ? eng_numel(&l->W[t]) : 0)) * esz + 3 * 256;
     }
-    l->mem = total ? eng_backend_alloc(m->be, total) : NULL;
+    l->mem = total ? eng_backend_alloc(m->dbe, total) : NULL;
     if (total && !l->mem) {
         free(l);
         return ENG_ENOMEM;
@@ -300,19 +305,19 @@ int eng_sam_lora_create(eng_sam *m, int rank, float scale, const float *const *A
                 break;
             }
         }
-        if (rc || (rc = eng_backend_upload(m->be, l->A[t].data, A[t],
+        if (rc || (rc = eng_backend_upload(m->dbe, l->A[t].data, A[t],
                                            (size_t)eng_numel(&l->A[t]))) ||
-            (rc = eng_backend_upload(m->be, l->B[t].data, stage, nb)))
+            (rc = eng_backend_upload(m->dbe, l->B[t].data, stage, nb)))
             break;
         if (merged) {
             /* W' = (scale B) A + W, computed on the device */
             const lin_t *base = lora_base(m, t);
-            m->ctx.status = 0;
-            eng_matmul_nn(&m->ctx, &l->W[t], &l->B[t], &l->A[t], NULL, 1);
-            eng_add(&m->ctx, &l->W[t], &l->W[t], &base->w);
-            rc = eng_ctx_status(&m->ctx);
+            m->dctx->status = 0;
+            eng_matmul_nn(m->dctx, &l->W[t], &l->B[t], &l->A[t], NULL, 1);
+            eng_add(m->dctx, &l->W[t], &l->W[t], &base->w);
+            rc = eng_ctx_status(m->dctx);
             if (!rc)
-                rc = eng_backend_sync(m->be);
+                rc = eng_backend_sync(m->dbe);
         }
     }
     free(stage);
@@ -329,7 +334,7 @@ void eng_sam_lora_destroy(eng_sam *m, eng_sam_lora *l)
     if (!l)
         return;
     if (l->mem)
-        eng_backend_free(m->be, l->mem);
+        eng_backend_free(m->dbe, l->mem);
     free(l);
 }
 
@@ -616,7 +621,7 @@ static int sam_encode_one(eng_sam *m, const float *input, float *patch, float **
 static void dec_lin(eng_sam *m, const eng_sam_lora *lo, const lin_t *l, eng_tensor *y,
                     const eng_tensor *x, eng_act act, const eng_tensor *res)
 {
-    eng_ctx *ctx = &m->ctx;
+    eng_ctx *ctx = m->dctx;
     int t = l->tid;
     if (!lo || t < 0 || !lo->present[t]) {
         eng_linear(ctx, y, x, &l->w, &l->b, act, res);
@@ -646,7 +651,7 @@ static void dec_attention(eng_sam *m, const eng_sam_lora *lo, const dec_attn *a,
                           eng_tensor *out, const eng_tensor *q_in, const eng_tensor *k_in,
                           const eng_tensor *v_in, const eng_tensor *res)
 {
-    eng_ctx *ctx = &m->ctx;
+    eng_ctx *ctx = m->dctx;
     size_t mark = eng_ctx_mark(ctx);
     int64_t Nq = q_in->shape[0], Nk = k_in->shape[0];
     eng_tensor q = eng_new2(ctx, Nq, a->inner);
@@ -668,7 +673,7 @@ static void dec_attention(eng_sam *m, const eng_sam_lora *lo, const dec_attn *a,
 static void dec_mlp3(eng_sam *m, const eng_sam_lora *lo, const lin_t *l, eng_tensor *y,
                      const eng_tensor *x)
 {
-    eng_ctx *ctx = &m->ctx;
+    eng_ctx *ctx = m->dctx;
     size_t mark = eng_ctx_mark(ctx);
     int64_t M = x->shape[0];
     eng_tensor h1 = eng_new2(ctx, M, l[0].w.shape[0]);
@@ -704,7 +709,7 @@ static void sam_decode_group(eng_sam *m, const eng_sam_lora *lo, const eng_tenso
                              const float *const *mask_inputs, float *iou_out, float *masks_out,
                              int first, int count)
 {
-    eng_ctx *ctx = &m->ctx;
+    eng_ctx *ctx = m->dctx;
     size_t mark = eng_ctx_mark(ctx);
 
     /* src = image embedding (HWC) + each prompt's dense embedding */
@@ -855,6 +860,9 @@ static void sam_declare(eng_sam *m)
     eng_weights_add(w, &m->neck2_w, 4, (int64_t[]){E, E, 3, 3}, "image_encoder.neck.2.weight");
     decl_norm(w, &m->neck3, E, "image_encoder.neck.3");
 
+    /* everything after the image encoder lives on the decoder's backend */
+    w = &m->dwts;
+
     eng_weights_add(w, &m->no_mask, 2, (int64_t[]){1, E}, "prompt_encoder.no_mask_embed.weight");
     eng_weights_add(w, &m->md0_w, 4, (int64_t[]){4, 1, 2, 2},
                     "prompt_encoder.mask_downscaling.0.weight");
@@ -979,14 +987,18 @@ int eng_sam_list_params(const eng_sam_config *cfg, eng_sam_param_fn fn, void *ar
         return eng_error(ENG_ENOMEM, "out of memory");
     m->cfg = *cfg;
     eng_weights_init(&m->wts, NULL);
+    eng_weights_init(&m->dwts, NULL);
     sam_declare(m);
-    int rc = m->wts.status;
-    for (int i = 0; !rc && i < m->wts.n; i++)
-        rc = fn(arg, m->wts.specs[i].name, m->wts.specs[i].ndim, m->wts.specs[i].shape);
+    int rc = m->wts.status ? m->wts.status : m->dwts.status;
+    const eng_weights *ws[2] = {&m->wts, &m->dwts};
+    for (int k = 0; k < 2; k++)
+        for (int i = 0; !rc && i < ws[k]->n; i++)
+            rc = fn(arg, ws[k]->specs[i].name, ws[k]->specs[i].ndim, ws[k]->specs[i].shape);
     for (size_t i = 0; !rc && i < N_HOST_PARAMS; i++)
         rc = fn(arg, sam_host_params[i].name, 2,
                 (int64_t[]){sam_host_params[i].rows, sam_host_params[i].cols});
     eng_weights_free(&m->wts);
+    eng_weights_free(&m->dwts);
     free(m);
     return rc;
 }
@@ -1040,13 +1052,13 @@ static int sam_make_dense_pe(eng_sam *m)
             pe_encode(m, ((float)x + 0.5f) / (float)G, ((float)y + 0.5f) / (float)G,
                       pe + ((size_t)y * G + x) * E);
     int rc = 0;
-    void *mem = eng_backend_alloc(m->be, (size_t)P * E * eng_dtype_size(eng_backend_dtype(m->be)));
+    void *mem = eng_backend_alloc(m->dbe, (size_t)P * E * eng_dtype_size(eng_backend_dtype(m->dbe)));
     if (!mem)
         rc = ENG_ENOMEM;
     else
-        rc = eng_backend_upload(m->be, mem, pe, (size_t)P * E);
+        rc = eng_backend_upload(m->dbe, mem, pe, (size_t)P * E);
     if (mem)
-        m->dense_pe = eng_view(mem, eng_backend_dtype(m->be), eng_backend_device(m->be), 2,
+        m->dense_pe = eng_view(mem, eng_backend_dtype(m->dbe), eng_backend_device(m->dbe), 2,
                                (int64_t[]){P, E});
     free(pe);
     return rc;
@@ -1059,11 +1071,18 @@ static int sam_plan(eng_sam *m)
     int rc = eng_ctx_init(&m->ctx, m->be, 0);
     if (rc)
         return rc;
+    m->dctx = &m->ctx;
+    if (m->dbe != m->be) {
+        if ((rc = eng_ctx_init(&m->dctx_own, m->dbe, 0)))
+            return rc;
+        m->dctx = &m->dctx_own;
+    }
     sam_encode_one(m, NULL, NULL, NULL, 0, NULL);
     eng_ctx_release(&m->ctx, 0);
     {
-        size_t mark = eng_ctx_mark(&m->ctx);
-        eng_tensor emb = eng_new2(&m->ctx, E, P);
+        eng_ctx *dc = m->dctx;
+        size_t mark = eng_ctx_mark(dc);
+        eng_tensor emb = eng_new2(dc, E, P);
         int T = 1 + NMASK + m->opt.max_points + 2;
         static const float dummy_mask = 0;
         int GB = m->opt.max_decode_batch;
@@ -1085,18 +1104,18 @@ static int sam_plan(eng_sam *m)
         sam_decode_group(m, plan_lora, &emb, NULL, GB, T, masks, NULL, NULL, 0, NMASK);
         free(plan_lora);
         free(masks);
-        eng_ctx_release(&m->ctx, mark);
+        eng_ctx_release(dc, mark);
+        /* postprocess: one low-res map, its 1024 upscale, one output band */
+        eng_new3(dc, 1, ENG_SAM_LOWRES, ENG_SAM_LOWRES);
+        eng_new3(dc, 1, ENG_SAM_IMG, ENG_SAM_IMG);
+        eng_new2(dc, 1, BAND_FLOATS);
+        eng_ctx_release(dc, 0);
     }
-    {
-        eng_tensor lo = eng_new3(&m->ctx, 1, ENG_SAM_LOWRES, ENG_SAM_LOWRES);
-        eng_tensor up = eng_new3(&m->ctx, 1, ENG_SAM_IMG, ENG_SAM_IMG);
-        eng_tensor band = eng_new2(&m->ctx, 1, BAND_FLOATS);
-        (void)lo, (void)up, (void)band;
-        eng_ctx_release(&m->ctx, 0);
-    }
-    if ((rc = eng_ctx_status(&m->ctx)))
+    if ((rc = eng_ctx_status(&m->ctx)) || (rc = eng_ctx_status(m->dctx)))
         return rc;
-    return eng_ctx_commit(&m->ctx);
+    if ((rc = eng_ctx_commit(&m->ctx)))
+        return rc;
+    return m->dctx != &m->ctx ? eng_ctx_commit(m->dctx) : 0;
 }
 
 int eng_sam_load(eng_sam **out, const char *path, eng_backend *be, const eng_sam_options *opt)
@@ -1108,16 +1127,19 @@ int eng_sam_load(eng_sam **out, const char *path, eng_backend *be, const eng_sam
         return eng_error(ENG_ENOMEM, "out of memory");
     int rc;
     m->be = be;
+    m->dbe = opt && opt->decoder_backend ? opt->decoder_backend : be;
+    m->dctx = &m->ctx;
     m->opt.max_points = opt && opt->max_points > 0 ? opt->max_points : 16;
     m->opt.max_batch = opt && opt->max_batch > 0 ? opt->max_batch : 1;
     /* Decoder groups: worth it where many small kernels are the cost (GPU);
      * the CPU's GEMMs are already large enough per prompt. Each prompt of a
      * group holds about 30 MiB (f32) of activations. */
     m->opt.max_decode_batch = opt && opt->max_decode_batch > 0 ? opt->max_decode_batch
-                              : eng_backend_device(be) == ENG_DEV_CUDA ? 64 : 1;
+                              : eng_backend_device(m->dbe) == ENG_DEV_CUDA ? 64 : 1;
     if (m->opt.max_decode_batch > 256)
         m->opt.max_decode_batch = 256;
     eng_weights_init(&m->wts, be);
+    eng_weights_init(&m->dwts, m->dbe);
     if ((rc = eng_ckpt_open(&c, path)))
         goto err;
     if ((rc = sam_infer_config(c, &m->cfg)))
@@ -1125,7 +1147,7 @@ int eng_sam_load(eng_sam **out, const char *path, eng_backend *be, const eng_sam
     sam_declare(m);
     for (int t = 0; t < ENG_SAM_LORA_TARGETS; t++)
         assert(lora_base(m, t)->tid == t); /* target table and model agree */
-    if ((rc = eng_weights_load(&m->wts, c)))
+    if ((rc = eng_weights_load(&m->wts, c)) || (rc = eng_weights_load(&m->dwts, c)))
         goto err;
     if ((rc = sam_load_host(m, c)))
         goto err;
@@ -1157,9 +1179,11 @@ void eng_sam_destroy(eng_sam *m)
     if (!m)
         return;
     eng_ctx_free(&m->ctx);
+    eng_ctx_free(&m->dctx_own);
     if (m->dense_pe.data)
-        eng_backend_free(m->be, m->dense_pe.data);
+        eng_backend_free(m->dbe, m->dense_pe.data);
     eng_weights_free(&m->wts);
+    eng_weights_free(&m->dwts);
     free(m->band_host);
     free(m);
 }
@@ -1202,7 +1226,51 @@ double eng_sam_decoder_flops(int n_tokens)
 }
 const char *eng_sam_model_id(const eng_sam *m) { return m->model_id; }
 eng_backend *eng_sam_backend(const eng_sam *m) { return m->be; }
-size_t eng_sam_workspace_bytes(const eng_sam *m) { return m->ctx.cap; }
+eng_backend *eng_sam_decoder_backend(const eng_sam *m) { return m->dbe; }
+size_t eng_sam_workspace_bytes(const eng_sam *m)
+{
+    return m->ctx.cap + (m->dctx != &m->ctx ? m->dctx->cap : 0);
+}
+
+int eng_sam_open_backends(const char *device, const char *precision, int cpu_threads,
+                          eng_backend **enc, eng_backend **dec, char *note, size_t note_cap)
+{
+    *enc = *dec = NULL;
+    if (note_cap)
+        note[0] = '\0';
+    int want_cpu = !strcmp(device, "cpu"), want_cuda = !strcmp(device, "cuda");
+    if (!want_cpu && !want_cuda && strcmp(device, "auto"))
+        return eng_error(ENG_EINVAL, "device '%s': expected auto, cpu or cuda", device);
+    eng_dtype dt = ENG_BF16;
+    int autop = !strcmp(precision, "auto");
+    if (!strcmp(precision, "fp32"))
+        dt = ENG_F32;
+    else if (!strcmp(precision, "fp16"))
+        dt = ENG_F16;
+    else if (strcmp(precision, "bf16") && !autop)
+        return eng_error(ENG_EINVAL, "precision '%s': expected auto, fp32, fp16 or bf16",
+                         precision);
+    if (!want_cpu) {
+        int rc = eng_backend_cuda_create(enc, 0, dt);
+        if (rc && autop) /* no bf16 on this GPU (sm_75): fp16 */
+            rc = eng_backend_cuda_create(enc, 0, dt = ENG_F16);
+        if (!rc) {
+            /* bf16's 8-bit mantissa costs the masks about 1.5% IoU through the
+             * decoder; fp16 keeps them within 0.2% at the same speed, and the
+             * decoder's activations are small enough for its range */
+            if (dt == ENG_BF16 && eng_backend_cuda_create(dec, 0, ENG_F16) != 0)
+                *dec = NULL;
+            return 0;
+        }
+        if (want_cuda)
+            return rc;
+        snprintf(note, note_cap, "no usable GPU (%s); running on the CPU", eng_last_error());
+    }
+    if (!autop && dt != ENG_F32 && note_cap && !note[0])
+        snprintf(note, note_cap, "the CPU backend computes in fp32 (precision %s ignored)",
+                 precision);
+    return eng_backend_cpu_create(enc, cpu_threads);
+}
 
 int eng_sam_preprocess(const eng_image *img, float *input, eng_sam_imginfo *info)
 {
@@ -1226,19 +1294,20 @@ int eng_sam_preprocess(const eng_image *img, float *input, eng_sam_imginfo *info
     return 0;
 }
 
-/* Reset the sticky error of the model's context before a call. */
-static void sam_begin(eng_sam *m)
+/* Reset the sticky error of a workspace before a call. */
+static void sam_begin(eng_ctx *ctx)
 {
-    m->ctx.status = 0;
-    eng_ctx_release(&m->ctx, 0);
+    ctx->status = 0;
+    eng_ctx_release(ctx, 0);
 }
 
-static int sam_end(eng_sam *m)
+/* The call's status once its queued work is done. */
+static int sam_end(eng_ctx *ctx)
 {
-    int rc = eng_ctx_status(&m->ctx);
+    int rc = eng_ctx_status(ctx);
     if (!rc)
-        rc = eng_backend_sync(m->be);
-    eng_ctx_release(&m->ctx, 0);
+        rc = eng_backend_sync(ctx->be);
+    eng_ctx_release(ctx, 0);
     return rc;
 }
 
@@ -1246,28 +1315,28 @@ int eng_sam_encode(eng_sam *m, const float *inputs, int n, float *embeddings)
 {
     if (n < 1 || n > m->opt.max_batch)
         return eng_error(ENG_EINVAL, "encoder batch %d outside 1..%d", n, m->opt.max_batch);
-    sam_begin(m);
+    sam_begin(&m->ctx);
     for (int i = 0; i < n && !m->ctx.status; i++)
         sam_encode_one(m, inputs + (size_t)i * 3 * ENG_SAM_IMG * ENG_SAM_IMG, NULL, NULL, 0,
                        embeddings + (size_t)i * ENG_SAM_EMB_FLOATS);
-    return sam_end(m);
+    return sam_end(&m->ctx);
 }
 
 int eng_sam_encode_debug(eng_sam *m, const float *input, float *patch, float **blocks,
                          int n_blocks, float *embedding)
 {
-    sam_begin(m);
+    sam_begin(&m->ctx);
     sam_encode_one(m, input, patch, blocks, n_blocks, embedding);
-    return sam_end(m);
+    return sam_end(&m->ctx);
 }
 
 int eng_sam_dense_pe(eng_sam *m, float *out)
 {
-    sam_begin(m);
-    eng_tensor chw = eng_new2(&m->ctx, E, P);
-    eng_transpose(&m->ctx, &chw, &m->dense_pe);
-    sam_download(&m->ctx, out, &chw, (size_t)E * P);
-    return sam_end(m);
+    sam_begin(m->dctx);
+    eng_tensor chw = eng_new2(m->dctx, E, P);
+    eng_transpose(m->dctx, &chw, &m->dense_pe);
+    sam_download(m->dctx, out, &chw, (size_t)E * P);
+    return sam_end(m->dctx);
 }
 
 static int sam_check_prompt(const eng_sam *m, const eng_sam_prompt *p, int idx)
@@ -1314,10 +1383,10 @@ int eng_sam_decode(eng_sam *m, const float *embedding, const eng_sam_imginfo *in
         return eng_error(ENG_ENOMEM, "out of memory");
     }
     int first = multimask ? 1 : 0, count = multimask ? 3 : 1;
-    sam_begin(m);
-    eng_tensor emb = eng_new2(&m->ctx, E, P);
-    sam_upload(&m->ctx, &emb, embedding);
-    for (int i = 0; i < n && !m->ctx.status;) {
+    sam_begin(m->dctx);
+    eng_tensor emb = eng_new2(m->dctx, E, P);
+    sam_upload(m->dctx, &emb, embedding);
+    for (int i = 0; i < n && !m->dctx->status;) {
         /* a group: consecutive prompts with the same token count and the same
          * adapter, at most max_decode_batch of them */
         int T = 1 + NMASK + sam_sparse_tokens(m, info, &prompts[i], tokens + (1 + NMASK) * E);
@@ -1343,7 +1412,7 @@ int eng_sam_decode(eng_sam *m, const float *embedding, const eng_sam_imginfo *in
     free(tokens);
     free(iou4);
     free(mask_in);
-    return sam_end(m);
+    return sam_end(m->dctx);
 }
 
 int eng_sam_postprocess(eng_sam *m, const float *low_res, int n, const eng_sam_imginfo *info,
@@ -1356,8 +1425,8 @@ int eng_sam_postprocess(eng_sam *m, const float *low_res, int n, const eng_sam_i
     int band = BAND_FLOATS / ow;
     if (band > oh)
         band = oh;
-    sam_begin(m);
-    eng_ctx *ctx = &m->ctx;
+    eng_ctx *ctx = m->dctx;
+    sam_begin(ctx);
     eng_tensor lo = eng_new3(ctx, 1, ENG_SAM_LOWRES, ENG_SAM_LOWRES);
     eng_tensor up = eng_new3(ctx, 1, ENG_SAM_IMG, ENG_SAM_IMG);
     for (int i = 0; i < n && !ctx->status; i++) {
@@ -1384,5 +1453,5 @@ int eng_sam_postprocess(eng_sam *m, const float *low_res, int n, const eng_sam_i
         if (stability)
             stability[i] = uni ? (float)((double)inter / (double)uni) : 0.0f;
     }
-    return sam_end(m);
+    return sam_end(ctx);
 }

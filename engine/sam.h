@@ -43,6 +43,10 @@ typedef struct eng_sam_options {
     int max_points;  /* points per prompt the decoder plans for (default 16) */
     int max_batch;   /* images per encoder call (default 1) */
     int max_decode_batch; /* prompts decoded in one pass (default 64 on CUDA, 1 on the CPU) */
+    eng_backend *decoder_backend; /* borrowed; runs the prompt encoder, mask decoder and
+                                     postprocessing (NULL: the model's backend). E.g. the
+                                     encoder in bf16 and the decoder in fp32 on one GPU: the
+                                     cheap decoder then adds no bf16 rounding to the masks. */
 } eng_sam_options;
 
 /* Sizes of one image as SAM sees it. */
@@ -113,6 +117,8 @@ const eng_sam_config *eng_sam_get_config(const eng_sam *m);
  * the tensor names, shapes and sampled contents. */
 const char *eng_sam_model_id(const eng_sam *m);
 eng_backend *eng_sam_backend(const eng_sam *m);
+/* The backend that runs the decoder (eng_sam_backend's unless split). */
+eng_backend *eng_sam_decoder_backend(const eng_sam *m);
 /* Workspace bytes planned at load. */
 size_t eng_sam_workspace_bytes(const eng_sam *m);
 
@@ -120,6 +126,17 @@ size_t eng_sam_workspace_bytes(const eng_sam *m);
  * and of one prompt of n_tokens decoder tokens (5 + sparse prompt tokens). */
 double eng_sam_encoder_flops(const eng_sam_config *cfg);
 double eng_sam_decoder_flops(int n_tokens);
+
+/* The backends for a device ("auto", "cpu", "cuda") and precision ("auto",
+ * "fp32", "fp16", "bf16") choice. CUDA with auto precision stores bf16 where
+ * the GPU has it (fp16 on sm_75) and then runs the decoder on a second, fp16
+ * backend (*dec; pass it as eng_sam_options.decoder_backend), since bf16
+ * rounding through the decoder costs the masks IoU. *dec is NULL when the
+ * encoder's backend decodes too. "auto" falls back to the CPU when no GPU is
+ * usable and leaves a line for the log in `note` (empty otherwise).
+ * The caller destroys both backends (after the model). */
+int eng_sam_open_backends(const char *device, const char *precision, int cpu_threads,
+                          eng_backend **enc, eng_backend **dec, char *note, size_t note_cap);
 
 /* Resize (Pillow bilinear, long side 1024), normalise and pad an RGB image:
  * input [3,1024,1024] f32 host. */

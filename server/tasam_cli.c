@@ -253,42 +253,25 @@ static int parse_segment_args(int argc, char **argv, segment_args *a)
     return 0;
 }
 
-/* Backend per --device/--precision; auto falls back to the CPU with a note. */
-static int open_backend(const char *device, const char *precision, int threads, eng_backend **be)
+/* Backends per --device/--precision (eng_sam_open_backends); auto falls back
+ * to the CPU with a note. `dec` (may be NULL: not wanted) gets the decoder's
+ * own backend where the choice splits them. */
+static int open_backend(const char *device, const char *precision, int threads, eng_backend **be,
+                        eng_backend **dec)
 {
-    eng_dtype dt = ENG_BF16;
-    int explicit_dt = 1;
-    if (!strcmp(precision, "fp32"))
-        dt = ENG_F32;
-    else if (!strcmp(precision, "fp16"))
-        dt = ENG_F16;
-    else if (!strcmp(precision, "bf16"))
-        dt = ENG_BF16;
-    else if (!strcmp(precision, "auto"))
-        explicit_dt = 0;
-    else {
-        fprintf(stderr, "tasam: --precision must be auto, fp32, fp16 or bf16\n");
-        return 2;
-    }
-    if (strcmp(device, "cpu") != 0) {
-        /* auto precision: bf16 where the GPU has it; the backend picks fp16 on
-         * sm_75 when asked for bf16 without an explicit choice */
-        int rc = eng_backend_cuda_create(be, 0, explicit_dt ? dt : ENG_BF16);
-        if (!rc)
-            return 0;
-        if (!strcmp(device, "cuda")) {
-            fprintf(stderr, "tasam: cannot use CUDA: %s\n", eng_last_error());
-            return 1;
-        }
-        fprintf(stderr, "tasam: no usable GPU (%s); running on the CPU\n", eng_last_error());
-    }
-    if (explicit_dt && dt != ENG_F32)
-        fprintf(stderr, "tasam: the CPU backend computes in fp32 (--precision %s ignored)\n",
-                precision);
-    if (eng_backend_cpu_create(be, threads)) {
+    char note[512];
+    eng_backend *d = NULL;
+    int rc = eng_sam_open_backends(device, precision, threads, be, &d, note, sizeof note);
+    if (rc) {
         fprintf(stderr, "tasam: %s\n", eng_last_error());
-        return 1;
+        return rc == ENG_EINVAL ? 2 : 1;
     }
+    if (note[0])
+        fprintf(stderr, "tasam: %s\n", note);
+    if (dec)
+        *dec = d;
+    else
+        eng_backend_destroy(d);
     return 0;
 }
 
@@ -507,14 +490,17 @@ static int cmd_segment(int argc, char **argv)
     hn_text *text = NULL;
     ad_adapter *ad = NULL;
     eng_sam_lora *lora = NULL;
+    eng_backend *dbe = NULL; /* the decoder's own backend, where split */
     double t[4] = {0}, t0;
     int status = 1;
 
-    if ((rc = open_backend(a.device, a.precision, a.threads, &be)))
+    if ((rc = open_backend(a.device, a.precision, a.threads, &be, &dbe)))
         return rc;
-    fprintf(stderr, "tasam: loading %s on %s\n", a.checkpoint, eng_backend_describe(be));
+    fprintf(stderr, "tasam: loading %s on %s%s%s\n", a.checkpoint, eng_backend_describe(be),
+            dbe ? ", decoder on " : "", dbe ? eng_backend_describe(dbe) : "");
     t0 = now_ms();
-    eng_sam_options opt = {.max_points = a.n_points > 16 ? a.n_points : 16, .max_batch = 1};
+    eng_sam_options opt = {.max_points = a.n_points > 16 ? a.n_points : 16, .max_batch = 1,
+                           .decoder_backend = dbe};
     if (eng_sam_load(&model, a.checkpoint, be, &opt)) {
         fprintf(stderr, "tasam: %s\n", eng_last_error());
         if (!strcmp(a.checkpoint, DEFAULT_CHECKPOINT))
@@ -688,6 +674,7 @@ out:
     hn_text_destroy(text);
     hn_hypernet_destroy(hyper);
     eng_sam_destroy(model);
+    eng_backend_destroy(dbe);
     eng_backend_destroy(be);
     return status;
 }
@@ -767,7 +754,7 @@ static int cmd_embed_text(int argc, char **argv)
     if (!lens || !ntok)
         goto out;
     if (model) {
-        int rc = open_backend(device, "fp32", 0, &be);
+        int rc = open_backend(device, "fp32", 0, &be, NULL);
         if (rc) {
             status = rc;
             goto out;
@@ -1151,7 +1138,7 @@ static int cmd_adapter(int argc, char **argv)
     hn_hypernet *h = NULL;
     hn_text *text = NULL;
     ad_adapter *ad = NULL;
-    int status = open_backend(device, "fp32", 0, &be);
+    int status = open_backend(device, "fp32", 0, &be, NULL);
     if (status)
         return status;
     status = 1;

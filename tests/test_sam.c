@@ -283,6 +283,42 @@ static void test_batched_decode(void)
     eng_sam_destroy(mb);
 }
 
+/* The decoder on a backend of its own (here a second CPU backend) computes
+ * what the one-backend model computes. */
+static void test_split_decoder_backend(void)
+{
+    T_NEED_FIXTURES();
+    T_REQUIRE(model && golden, "setup failed");
+    eng_backend *dbe = NULL;
+    T_REQUIRE(eng_backend_cpu_create(&dbe, 0) == 0, "%s", eng_last_error());
+    eng_sam *ms = NULL;
+    eng_sam_options opt = {.max_points = 8, .decoder_backend = dbe};
+    T_REQUIRE(eng_sam_load(&ms, t_fixture("sam_tiny.safetensors"), be, &opt) == 0, "%s",
+              eng_last_error());
+    T_CHECK(eng_sam_decoder_backend(ms) == dbe && eng_sam_backend(ms) == be, "backends");
+    T_CHECK(!strcmp(eng_sam_model_id(ms), eng_sam_model_id(model)), "same model id");
+    const eng_sam_imginfo info = {800, 534, 1024, 684};
+    float *emb = gold_f32("image_embedding", NULL);
+    float pts[2] = {400, 293.7f};
+    int lab = 1;
+    eng_sam_prompt p = {.n_points = 1, .points = pts, .labels = &lab};
+    size_t per = 3 * ENG_SAM_LOWRES_FLOATS;
+    float *a = malloc(per * 4), *b = malloc(per * 4), ia[3], ib[3];
+    T_CHECK(eng_sam_decode(model, emb, &info, &p, 1, 1, ia, a) == 0, "%s", eng_last_error());
+    T_CHECK(eng_sam_decode(ms, emb, &info, &p, 1, 1, ib, b) == 0, "%s", eng_last_error());
+    T_CHECK(memcmp(a, b, per * 4) == 0 && memcmp(ia, ib, sizeof ia) == 0,
+            "split decoder differs (max %g)", t_max_abs_diff(a, b, per, NULL));
+    float *in = calloc(3 * 1024 * 1024, sizeof(float)), *e2 = malloc(ENG_SAM_EMB_FLOATS * 4);
+    T_CHECK(eng_sam_encode(ms, in, 1, e2) == 0, "encode on the split model: %s", eng_last_error());
+    free(in);
+    free(e2);
+    free(a);
+    free(b);
+    free(emb);
+    eng_sam_destroy(ms);
+    eng_backend_destroy(dbe);
+}
+
 static void test_bad_prompts(void)
 {
     T_NEED_FIXTURES();
@@ -341,6 +377,7 @@ int main(void)
     T_RUN(test_case_boxes4);
     T_RUN(test_end_to_end_image);
     T_RUN(test_batched_decode);
+    T_RUN(test_split_decoder_backend);
     T_RUN(test_bad_prompts);
     T_RUN(test_load_errors);
     free(embedding);
