@@ -606,7 +606,7 @@ int srv_routes_post_prepare(srv_server *srv, srv_route route, const srv_http_in 
         srv_reply_error(out, &e);
         return 1;
     }
-    if (p->req.has_task && !srv->sched->info.has_hypernet && srv_sched_is_ready(srv->sched)) {
+    if (p->req.has_task && srv_sched_is_ready(srv->sched) && !srv->sched->info.has_hypernet) {
         srv_reply_errorf(out, 501, "task",
                          "no hypernetwork configured (start tasamd with --hypernet FILE)");
         return 1;

@@ -405,6 +405,9 @@ static void test_config_errors(void)
         "--checkpoint x --max-body-bytes 12Q", "max-body-bytes",
         "--checkpoint x --listen nowhere",     "listen",
         "--checkpoint x --device cpu --precision fp16", "precision",
+        "--checkpoint x --text-model /tmp",    "text-model",
+        "--checkpoint x --adapter-slots -1",   "adapter-slots",
+        "--checkpoint x --adapter-merge maybe", "adapter-merge",
     };
     for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i += 2) {
         tmp_name(logp, sizeof logp, ".log");
@@ -1333,6 +1336,23 @@ static void test_tasks_start(void)
     T_REQUIRE(write_hypernet(g_hn_random, 1, 1) == 0, "hypernet init: %s", eng_last_error());
     T_REQUIRE(write_hypernet(g_hn_zero, 1, 0) == 0, "hypernet init: %s", eng_last_error());
     snprintf(g_t_state, sizeof g_t_state, "%s/state-tasks", g_tmp);
+    /* a hypernetwork that cannot be loaded stops the daemon with a clear message */
+    {
+        char cmd[3 * PATH_MAX], logp[PATH_MAX], bad[PATH_MAX];
+        size_t n;
+        tmp_name(logp, sizeof logp, ".log");
+        tmp_name(bad, sizeof bad, ".safetensors");
+        write_file(bad, "not a hypernetwork", 18);
+        snprintf(cmd, sizeof cmd,
+                 "timeout 60 '%s' --checkpoint '%s' --device cpu --listen 127.0.0.1:0 "
+                 "--state-dir '%s/state-badhn' --hypernet '%s' >'%s' 2>&1",
+                 g_tasamd, t_fixture("sam_tiny.safetensors"), g_tmp, bad, logp);
+        int rc = system(cmd);
+        char *s = (char *)t_read_file(logp, &n);
+        T_CHECK(WIFEXITED(rc) && WEXITSTATUS(rc) == 1 && s && memmem(s, n, "hypernetwork", 12),
+                "a bad --hypernet: exit %d", WIFEXITED(rc) ? WEXITSTATUS(rc) : -1);
+        free(s);
+    }
     T_REQUIRE(t_daemon_start(&g_t, g_t_state, g_hn_random) == 0, "start with --hypernet");
     g_t_up = 1;
     json_t *info = http_json(g_t.port, "GET", "/v1/info", NULL, NULL, NULL, &st);
