@@ -71,17 +71,24 @@ static size_t device_used(void)
 
 static int bench_model(const char *label, const char *path, eng_dtype dt, int reps, int batch)
 {
-    eng_backend *be = NULL;
+    eng_backend *be = NULL, *dbe = NULL;
     if (eng_backend_cuda_create(&be, 0, dt) != 0) {
         printf("%s: no CUDA backend: %s\n", label, eng_last_error());
         return 1;
     }
+    /* bf16 is served with the decoder in fp16 (eng_sam_open_backends) */
+    if (dt == ENG_BF16 && eng_backend_cuda_create(&dbe, 0, ENG_F16) != 0) {
+        printf("%s: no fp16 decoder backend: %s\n", label, eng_last_error());
+        eng_backend_destroy(be);
+        return 1;
+    }
     size_t dev0 = device_used();
     eng_sam *m = NULL;
-    eng_sam_options opt = {.max_points = 16, .max_batch = batch};
+    eng_sam_options opt = {.max_points = 16, .max_batch = batch, .decoder_backend = dbe};
     double t0 = now_ms();
     if (eng_sam_load(&m, path, be, &opt) != 0) {
         printf("%s: load %s: %s\n", label, path, eng_last_error());
+        eng_backend_destroy(dbe);
         eng_backend_destroy(be);
         return 1;
     }
@@ -175,6 +182,7 @@ static int bench_model(const char *label, const char *path, eng_dtype dt, int re
 out:
     free(in), free(emb), free(t);
     eng_sam_destroy(m);
+    eng_backend_destroy(dbe);
     eng_backend_destroy(be);
     return rc ? 1 : 0;
 }

@@ -171,20 +171,29 @@ out:
     return ok;
 }
 
-static void run_dtype(eng_dtype dt)
+/* The model stored in `dt`; with dec_dt != dt the decoder runs on a second
+ * backend in dec_dt (bf16 is served that way: encoder bf16, decoder fp16,
+ * as eng_sam_open_backends sets it up). */
+static void run_dtype(eng_dtype dt, eng_dtype dec_dt)
 {
     T_NEED_FIXTURES();
-    eng_backend *be = NULL;
+    eng_backend *be = NULL, *dbe = NULL;
     if (eng_backend_cuda_create(&be, 0, dt) != 0) {
         snprintf(no_gpu, sizeof no_gpu, "%s", eng_last_error());
         T_SKIP("no CUDA backend in %s: %s", eng_dtype_name(dt), no_gpu);
     }
+    if (dec_dt != dt && eng_backend_cuda_create(&dbe, 0, dec_dt) != 0) {
+        eng_backend_destroy(be);
+        T_REQUIRE(0, "decoder backend: %s", eng_last_error());
+    }
     int f32 = dt == ENG_F32;
-    printf("  %s\n", eng_backend_describe(be));
+    printf("  %s%s%s\n", eng_backend_describe(be), dbe ? ", decoder on " : "",
+           dbe ? eng_backend_describe(dbe) : "");
     eng_sam *m = NULL;
-    eng_sam_options opt = {.max_points = 8, .max_batch = 1};
+    eng_sam_options opt = {.max_points = 8, .max_batch = 1, .decoder_backend = dbe};
     int rc = eng_sam_load(&m, t_fixture("sam_tiny.safetensors"), be, &opt);
     if (rc) {
+        eng_backend_destroy(dbe);
         eng_backend_destroy(be);
         T_REQUIRE(0, "load: %s", eng_last_error());
     }
@@ -262,12 +271,13 @@ static void run_dtype(eng_dtype dt)
            used / 1048576.0, eng_sam_workspace_bytes(m) / 1048576.0);
     free(input), free(patch), free(b0), free(b1), free(emb);
     eng_sam_destroy(m);
+    eng_backend_destroy(dbe);
     eng_backend_destroy(be);
 }
 
-static void test_bf16(void) { run_dtype(ENG_BF16); }
-static void test_fp16(void) { run_dtype(ENG_F16); }
-static void test_fp32(void) { run_dtype(ENG_F32); }
+static void test_bf16(void) { run_dtype(ENG_BF16, ENG_F16); }
+static void test_fp16(void) { run_dtype(ENG_F16, ENG_F16); }
+static void test_fp32(void) { run_dtype(ENG_F32, ENG_F32); }
 
 /* The CPU backend must keep working in a binary with the CUDA backend. */
 static void test_cpu_still_works(void)
