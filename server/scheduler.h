@@ -99,7 +99,7 @@ typedef struct srv_model_info {
     char arch[16];          /* vit_b / vit_l / vit_h / custom */
     int embed_dim;          /* encoder width */
     int depth;              /* encoder blocks */
-    char device[160];       /* eng_backend_describe */
+    char device[352];       /* eng_backend_describe, and the decoder's where split */
     char precision[8];      /* fp32 / fp16 / bf16 */
     size_t workspace_bytes; /* planned activation workspace */
     double load_seconds;    /* time to load */

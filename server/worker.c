@@ -25,7 +25,8 @@
 /* The worker's state, on its own stack. */
 typedef struct worker {
     srv_sched *s;          /* the scheduler (borrowed) */
-    eng_backend *be;       /* owned */
+    eng_backend *be;       /* owned: runs the image encoder (and the rest unless dbe) */
+    eng_backend *dbe;      /* owned: the decoder's own backend (fp16 beside a bf16 encoder), or NULL */
     eng_sam *m;            /* owned */
     hn_hypernet *h;        /* owned; NULL without --hypernet */
     hn_text *text;         /* owned; the encoder h was built for */
@@ -42,41 +43,44 @@ static const char *dtype_precision(eng_dtype t)
     return t == ENG_F16 ? "fp16" : t == ENG_BF16 ? "bf16" : "fp32";
 }
 
-/* Contract: creates the backend the config asks for (auto: CUDA if usable,
- * else CPU). Returns 0 or a negative code with eng_last_error() set. */
+/* Contract: creates the backends the config asks for through
+ * eng_sam_open_backends (auto: CUDA if usable, else CPU; on CUDA in bf16 the
+ * decoder gets its own fp16 backend, w->dbe). Returns 0 or a negative code
+ * with eng_last_error() set. */
 static int make_backend(worker *w)
 {
+    static const char *devs[] = {[SRV_DEVICE_AUTO] = "auto", [SRV_DEVICE_CPU] = "cpu",
+                                 [SRV_DEVICE_CUDA] = "cuda"};
+    static const char *precs[] = {[SRV_PREC_AUTO] = "auto", [SRV_PREC_FP32] = "fp32",
+                                  [SRV_PREC_FP16] = "fp16", [SRV_PREC_BF16] = "bf16"};
     srv_config *cfg = w->s->cfg;
     int dev = (int)srv_config_int(cfg, SRV_OPT_DEVICE);
     int prec = (int)srv_config_int(cfg, SRV_OPT_PRECISION);
-    int rc = ENG_EUNSUP;
-    if (dev != SRV_DEVICE_CPU) {
-        if (prec == SRV_PREC_AUTO) {
-            rc = eng_backend_cuda_create(&w->be, 0, ENG_BF16);
-            if (rc)
-                rc = eng_backend_cuda_create(&w->be, 0, ENG_F16);
-        } else {
-            eng_dtype t = prec == SRV_PREC_FP32 ? ENG_F32 : prec == SRV_PREC_FP16 ? ENG_F16 : ENG_BF16;
-            rc = eng_backend_cuda_create(&w->be, 0, t);
-        }
-        if (rc && dev == SRV_DEVICE_CUDA)
-            return rc;
-        if (rc)
-            srv_log_info("worker: no usable CUDA device (%s); using the CPU", eng_last_error());
+    char note[512];
+    int rc = eng_sam_open_backends(devs[dev], precs[prec],
+                                   (int)srv_config_int(cfg, SRV_OPT_CPU_THREADS), &w->be, &w->dbe,
+                                   note, sizeof note);
+    if (rc)
+        return rc;
+    if (eng_backend_device(w->be) == ENG_DEV_CPU &&
+        (prec == SRV_PREC_FP16 || prec == SRV_PREC_BF16)) {
+        eng_backend_destroy(w->be);
+        w->be = NULL;
+        return eng_error(ENG_EUNSUP, "precision %s needs a CUDA device; the CPU runs fp32 (%s)",
+                         precs[prec], note);
     }
-    if (rc) {
-        if (prec == SRV_PREC_FP16 || prec == SRV_PREC_BF16)
-            return eng_error(ENG_EUNSUP, "precision %s needs a CUDA device; the CPU runs fp32",
-                             srv_config_str(cfg, SRV_OPT_PRECISION));
-        rc = eng_backend_cpu_create(&w->be, (int)srv_config_int(cfg, SRV_OPT_CPU_THREADS));
-    }
-    return rc;
+    if (note[0])
+        srv_log_info("worker: %s", note);
+    return 0;
 }
 
 static void update_memory(worker *w)
 {
-    size_t used = 0, total = 0;
+    size_t used = 0, total = 0, dused = 0;
     eng_backend_memory(w->be, &used, &total);
+    if (w->dbe)
+        eng_backend_memory(w->dbe, &dused, NULL);
+    used += dused;
     srv_metrics_gauge_set(&w->s->metrics->memory_used, (int64_t)used);
     srv_metrics_gauge_set(&w->s->metrics->memory_total, (int64_t)total);
 }
@@ -99,11 +103,13 @@ static int load_hypernet(worker *w)
                      "tasamd with --hypernet FILE)");
         return 0;
     }
-    if (hn_hypernet_load(&w->h, path, w->be) != 0) {
+    /* the hypernetwork and its text encoder run beside the decoder */
+    eng_backend *hbe = w->dbe ? w->dbe : w->be;
+    if (hn_hypernet_load(&w->h, path, hbe) != 0) {
         snprintf(s->load_error, sizeof s->load_error, "hypernetwork: %s", eng_last_error());
         return -1;
     }
-    if (hn_hypernet_open_text(w->h, tdir[0] ? tdir : NULL, w->be, &w->text) != 0) {
+    if (hn_hypernet_open_text(w->h, tdir[0] ? tdir : NULL, hbe, &w->text) != 0) {
         snprintf(s->load_error, sizeof s->load_error, "text encoder for %s: %s", path,
                  eng_last_error());
         return -1;
@@ -155,7 +161,9 @@ static int worker_load(worker *w)
     }
     opt.max_points = (int)srv_config_int(s->cfg, SRV_OPT_MAX_POINTS);
     opt.max_batch = w->max_batch;
-    srv_log_info("worker: loading %s on %s", ckpt, eng_backend_describe(w->be));
+    opt.decoder_backend = w->dbe;
+    srv_log_info("worker: loading %s on %s%s%s", ckpt, eng_backend_describe(w->be),
+                 w->dbe ? ", decoder on " : "", w->dbe ? eng_backend_describe(w->dbe) : "");
     if ((rc = eng_sam_load(&w->m, ckpt, w->be, &opt)) != 0) {
         snprintf(s->load_error, sizeof s->load_error, "%s", eng_last_error());
         return -1;
@@ -177,7 +185,9 @@ static int worker_load(worker *w)
     snprintf(in->arch, sizeof in->arch, "%s", mc->name);
     in->embed_dim = mc->embed_dim;
     in->depth = mc->depth;
-    snprintf(in->device, sizeof in->device, "%s", eng_backend_describe(w->be));
+    snprintf(in->device, sizeof in->device, "%s%s%s", eng_backend_describe(w->be),
+             w->dbe ? "; decoder on " : "", w->dbe ? eng_backend_describe(w->dbe) : "");
+    /* the encoder's precision keys the embedding cache */
     snprintf(in->precision, sizeof in->precision, "%s", dtype_precision(eng_backend_dtype(w->be)));
     in->workspace_bytes = eng_sam_workspace_bytes(w->m);
     if (load_hypernet(w) != 0)
@@ -199,7 +209,9 @@ static void worker_unload(worker *w)
     w->text = NULL;
     w->h = NULL;
     eng_sam_destroy(w->m);
+    eng_backend_destroy(w->dbe);
     eng_backend_destroy(w->be);
+    w->dbe = NULL;
     free(w->inputs);
     free(w->embs);
     free(w->batch);
