@@ -182,7 +182,8 @@ STATE_DIR ?= state
 serve:
 	@deploy/deps.sh
 	@$(MAKE) --no-print-directory $(BUILD)/tasamd
-	@BUILD=$(BUILD) CHECKPOINT="$(CHECKPOINT)" LISTEN="$(LISTEN)" STATE_DIR="$(STATE_DIR)" deploy/serve.sh
+	@BUILD=$(BUILD) CHECKPOINT="$(CHECKPOINT)" LISTEN="$(LISTEN)" STATE_DIR="$(STATE_DIR)" \
+	  TASAMD_ARGS="$(TASAMD_ARGS)" deploy/serve.sh
 
 format:
 	clang-format -i $$(git ls-files '*.c' '*.h' '*.cu' '*.cuh')
