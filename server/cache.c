@@ -475,14 +475,52 @@ static void touch_row(srv_cache *c, const char *sha)
     sqlite3_finalize(st);
 }
 
-static void delete_row(srv_cache *c, int64_t id)
+/* Contract: under mu: delete row `id` of `table` ("embedding" or "adapter");
+ * its blob goes with it (ON DELETE CASCADE). */
+static void delete_from(srv_cache *c, const char *table, int64_t id)
 {
     sqlite3_stmt *st = NULL;
-    if (sqlite3_prepare_v2(c->db, "DELETE FROM embedding WHERE id=?1", -1, &st, NULL) == SQLITE_OK) {
+    char sql[64];
+    snprintf(sql, sizeof sql, "DELETE FROM %s WHERE id=?1", table);
+    if (sqlite3_prepare_v2(c->db, sql, -1, &st, NULL) == SQLITE_OK) {
         sqlite3_bind_int64(st, 1, id);
         sqlite3_step(st);
     }
     sqlite3_finalize(st);
+}
+
+static void delete_row(srv_cache *c, int64_t id) { delete_from(c, "embedding", id); }
+
+/* Contract: under mu, inside a transaction: delete the least recently used
+ * rows of `table` (never `keep_id`) until *bytes fits `budget`, keeping
+ * *bytes and *rows in step; returns how many went. Both tiers evict alike. */
+static int evict_lru(srv_cache *c, const char *table, int64_t keep_id, int64_t *bytes,
+                     int64_t *rows, int64_t budget)
+{
+    sqlite3_stmt *st = NULL;
+    char sql[128];
+    int n = 0;
+    snprintf(sql, sizeof sql,
+             "SELECT id, bytes FROM %s WHERE id != ?1 ORDER BY last_used, id LIMIT 1", table);
+    while (*bytes > budget) {
+        int64_t id = -1, b = 0;
+        if (sqlite3_prepare_v2(c->db, sql, -1, &st, NULL) != SQLITE_OK)
+            break;
+        sqlite3_bind_int64(st, 1, keep_id);
+        if (sqlite3_step(st) == SQLITE_ROW) {
+            id = sqlite3_column_int64(st, 0);
+            b = sqlite3_column_int64(st, 1);
+        }
+        sqlite3_finalize(st);
+        st = NULL;
+        if (id < 0)
+            break;
+        delete_from(c, table, id);
+        *bytes -= b;
+        (*rows)--;
+        n++;
+    }
+    return n;
 }
 
 int srv_cache_get(srv_cache *c, const char *sha, const float **emb, int *w, int *h,
@@ -578,33 +616,11 @@ out:
     return rc;
 }
 
-/* Contract: under mu, inside a transaction: delete least recently used rows
- * (never `keep_id`) until the total fits the budget. */
+/* Contract: under mu, inside a transaction: evict embeddings (never
+ * `keep_id`) until the total fits the budget. */
 static int evict(srv_cache *c, int64_t keep_id)
 {
-    sqlite3_stmt *st = NULL;
-    int n = 0;
-    while (c->disk_bytes > c->budget) {
-        int64_t id = -1, bytes = 0;
-        if (sqlite3_prepare_v2(c->db,
-                               "SELECT id, bytes FROM embedding WHERE id != ?1 ORDER BY last_used, "
-                               "id LIMIT 1",
-                               -1, &st, NULL) != SQLITE_OK)
-            break;
-        sqlite3_bind_int64(st, 1, keep_id);
-        if (sqlite3_step(st) == SQLITE_ROW) {
-            id = sqlite3_column_int64(st, 0);
-            bytes = sqlite3_column_int64(st, 1);
-        }
-        sqlite3_finalize(st);
-        st = NULL;
-        if (id < 0)
-            break;
-        delete_row(c, id);
-        c->disk_bytes -= bytes;
-        c->disk_rows--;
-        n++;
-    }
+    int n = evict_lru(c, "embedding", keep_id, &c->disk_bytes, &c->disk_rows, c->budget);
     if (n && c->m)
         srv_metrics_add(&c->m->cache_evictions, (uint64_t)n);
     return n;
@@ -991,39 +1007,11 @@ out:
     return rc;
 }
 
-/* Contract: under mu, inside a transaction: delete least recently used
- * adapter rows (never `keep_id`) until the total fits the budget. */
+/* Contract: under mu, inside a transaction: evict adapter rows (never
+ * `keep_id`) until the total fits the adapter budget. */
 static int ad_evict(srv_cache *c, int64_t keep_id)
 {
-    sqlite3_stmt *st = NULL;
-    int n = 0;
-    while (c->ad_bytes > c->ad_budget) {
-        int64_t id = -1, bytes = 0;
-        if (sqlite3_prepare_v2(c->db,
-                               "SELECT id, bytes FROM adapter WHERE id != ?1 ORDER BY last_used, id "
-                               "LIMIT 1",
-                               -1, &st, NULL) != SQLITE_OK)
-            break;
-        sqlite3_bind_int64(st, 1, keep_id);
-        if (sqlite3_step(st) == SQLITE_ROW) {
-            id = sqlite3_column_int64(st, 0);
-            bytes = sqlite3_column_int64(st, 1);
-        }
-        sqlite3_finalize(st);
-        st = NULL;
-        if (id < 0)
-            break;
-        if (sqlite3_prepare_v2(c->db, "DELETE FROM adapter WHERE id=?1", -1, &st, NULL) ==
-            SQLITE_OK) {
-            sqlite3_bind_int64(st, 1, id);
-            sqlite3_step(st);
-        }
-        sqlite3_finalize(st);
-        st = NULL;
-        c->ad_bytes -= bytes;
-        c->ad_rows--;
-        n++;
-    }
+    int n = evict_lru(c, "adapter", keep_id, &c->ad_bytes, &c->ad_rows, c->ad_budget);
     if (n && c->m)
         srv_metrics_add(&c->m->adapter_evictions_disk, (uint64_t)n);
     return n;
