@@ -131,11 +131,13 @@ test: deps
 	   $(MAKE) --no-print-directory fuzz; } 2>&1 | tee build/test.log; \
 	 tests/summarize.sh build/test.log
 
-test-plain: $(BINS) $(TEST_BIN) $(BUILD)/bench/tasam-bench
+JOBS ?= $(shell nproc 2>/dev/null || echo 2)
+test-plain:
+	@$(MAKE) --no-print-directory -j$(JOBS) $(BINS) $(TEST_BIN) $(BUILD)/bench/tasam-bench
 	@tests/run.sh $(BUILD) plain || true
 
 test-san:
-	@$(MAKE) --no-print-directory SAN=1 all-tests-san
+	@$(MAKE) --no-print-directory -j$(JOBS) SAN=1 all-tests-san
 	@ASAN_OPTIONS=detect_leaks=1:abort_on_error=0 UBSAN_OPTIONS=print_stacktrace=1 \
 	  tests/run.sh build/asan sanitizers || true
 
