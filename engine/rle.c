@@ -15,6 +15,9 @@
 #include <assert.h>
 #include <stdlib.h>
 #include <string.h>
+#ifdef __SSE2__
+#include <emmintrin.h>
+#endif
 
 /* Counts are uint32 as in pycocotools, so a mask of more pixels than that
  * could hold a run we cannot represent; such masks are refused up front. */
@@ -77,34 +80,121 @@ int eng_rle_encode(const uint8_t *mask, int h, int w, eng_rle *out)
     if (!b.v)
         return eng_error(ENG_ENOMEM, "rle: out of memory for %zu runs", b.cap);
 
-    /* Walk each column top to bottom. Rather than test pixel by pixel, look
-     * for the next pixel that differs from the current value and add the
-     * whole stretch to the run at once. */
-    const size_t stride = (size_t)w;
-    uint32_t run = 0;
-    int cur = 0;
-    for (int x = 0; x < w; x++) {
-        const uint8_t *col = mask + x;
-        int y = 0;
-        while (y < h) {
-            int y0 = y;
-            if (cur) {
-                while (y < h && col[(size_t)y * stride])
-                    y++;
-            } else {
-                while (y < h && !col[(size_t)y * stride])
-                    y++;
-            }
-            run += (uint32_t)(y - y0);
-            if (y < h) {
-                if ((rc = rle__push(&b, run)) < 0) {
-                    free(b.v);
-                    return rc;
+    /* Runs are column-major but the mask is row-major: walking columns
+     * touches one cache line per pixel (7 ms for a 6 MP mask). Instead scan
+     * rows once: a run boundary inside a column is a pixel that differs from
+     * the one above it (row -1 counts as background), so compare each row
+     * with the previous one 16 bytes at a time (masks have few boundaries,
+     * so almost every block matches) and collect the boundaries as (x, y) in
+     * row order; then bucket them by column (counting sort: stable, so each
+     * column's list stays in increasing y). */
+    uint32_t *start = calloc((size_t)w + 1, sizeof *start); /* per-column counts, then ends */
+    size_t nev = 0, cap_ev = 4096;
+    uint32_t *exs = malloc(cap_ev * 2 * sizeof *exs); /* (x, y) pairs in row order */
+    uint32_t *ev = NULL;                              /* y of each boundary, by column */
+    if (!start || !exs) {
+        rc = eng_error(ENG_ENOMEM, "rle: out of memory");
+        goto fail;
+    }
+    for (int y = 0; y < h; y++) {
+        const uint8_t *row = mask + (size_t)y * (size_t)w;
+        const uint8_t *up = y ? row - w : NULL;
+        int x = 0;
+#ifdef __SSE2__
+        const __m128i zero = _mm_setzero_si128();
+        for (; x + 16 <= w; x += 16) {
+            __m128i a = _mm_cmpeq_epi8(_mm_loadu_si128((const __m128i *)(row + x)), zero);
+            __m128i c = up ? _mm_cmpeq_epi8(_mm_loadu_si128((const __m128i *)(up + x)), zero)
+                           : _mm_set1_epi8(-1);
+            unsigned d = (unsigned)_mm_movemask_epi8(_mm_xor_si128(a, c));
+            while (d) {
+                if (nev == cap_ev) {
+                    uint32_t *p = realloc(exs, cap_ev * 4 * sizeof *exs);
+                    if (!p) {
+                        rc = eng_error(ENG_ENOMEM, "rle: out of memory for run boundaries");
+                        goto fail;
+                    }
+                    exs = p;
+                    cap_ev *= 2;
                 }
-                run = 0;
-                cur = !cur;
+                uint32_t xx = (uint32_t)(x + __builtin_ctz(d));
+                exs[2 * nev] = xx;
+                exs[2 * nev + 1] = (uint32_t)y;
+                nev++;
+                start[xx]++;
+                d &= d - 1;
             }
         }
+#endif
+        for (; x < w; x++)
+            if ((row[x] != 0) != (up ? up[x] != 0 : 0)) {
+                if (nev == cap_ev) {
+                    uint32_t *p = realloc(exs, cap_ev * 4 * sizeof *exs);
+                    if (!p) {
+                        rc = eng_error(ENG_ENOMEM, "rle: out of memory for run boundaries");
+                        goto fail;
+                    }
+                    exs = p;
+                    cap_ev *= 2;
+                }
+                exs[2 * nev] = (uint32_t)x;
+                exs[2 * nev + 1] = (uint32_t)y;
+                nev++;
+                start[x]++;
+            }
+    }
+    /* counts -> column starts (exclusive prefix sums), then place */
+    uint32_t acc = 0;
+    for (int x = 0; x <= w; x++) {
+        uint32_t c = start[x];
+        start[x] = acc;
+        acc += c;
+    }
+    ev = malloc((nev + 1) * sizeof *ev);
+    if (!ev) {
+        rc = eng_error(ENG_ENOMEM, "rle: out of memory for run boundaries");
+        goto fail;
+    }
+    for (size_t k = 0; k < nev; k++)
+        ev[start[exs[2 * k]]++] = exs[2 * k + 1];
+    free(exs);
+    exs = NULL;
+    /* Now start[x] is the end of column x's boundaries (= the beginning of
+     * column x+1's). Walk the column-major stream: column x
+     * begins at index x*h with its top pixel's value (an event at y = 0),
+     * and flips at each of its other events. */
+    uint32_t run = 0, last = 0; /* last: index where the current run began */
+    int cur = 0;
+    uint32_t e0 = 0;
+    for (int x = 0; x < w; x++) {
+        uint32_t e1 = start[x];
+        uint32_t base = (uint32_t)x * (uint32_t)h;
+        int top = e0 < e1 && ev[e0] == 0;
+        uint32_t k = e0 + (uint32_t)top;
+        if (top != cur) {
+            if ((rc = rle__push(&b, base - last)) < 0)
+                goto fail;
+            last = base;
+            cur = top;
+        }
+        for (; k < e1; k++) {
+            if ((rc = rle__push(&b, base + ev[k] - last)) < 0)
+                goto fail;
+            last = base + ev[k];
+            cur = !cur;
+        }
+        e0 = e1;
+    }
+    free(start);
+    free(ev);
+    run = (uint32_t)(area - last);
+    if (0) {
+fail:
+        free(start);
+        free(exs);
+        free(ev);
+        free(b.v);
+        return rc;
     }
     if ((rc = rle__push(&b, run)) < 0) {
         free(b.v);
