@@ -64,6 +64,14 @@ typedef struct twoway_layer {
     lin_t mlp1, mlp2; /* [2048, E], [E, 2048] */
 } twoway_layer;
 
+/* One device-resident embedding (eng_sam_decode_cached). */
+typedef struct emb_slot {
+    char key[96];     /* caller's key, "" when unused */
+    int used;         /* holds a complete embedding */
+    uint64_t tick;    /* last use */
+    eng_tensor t;     /* [P, E] on the decoder's backend */
+} emb_slot;
+
 struct eng_sam {
     eng_sam_config cfg;
     eng_sam_options opt;
@@ -111,6 +119,12 @@ struct eng_sam {
     lin_t iou_head[3];                 /* 256->256->256->4 */
 
     float *band_host;                  /* [BAND_FLOATS] postprocess download buffer */
+
+    /* image embeddings resident on the decoder's device, rows [P, E] */
+    struct emb_slot *slots;            /* [n_slots] */
+    int n_slots;
+    uint64_t slot_tick;                /* LRU clock */
+    void *slot_mem;                    /* one allocation behind every slot */
 };
 
 /* ------------------------------------------------------------------ */
@@ -700,11 +714,11 @@ static eng_tensor rows_every(eng_tensor t, int64_t first, int64_t n, int64_t ste
  * decoded in one pass: every activation carries the batch as leading rows
  * (tokens [B*T, E], image side [B*P, E]; the upscaled masks stack the B
  * images vertically, which is exact for the non-overlapping 2x2 transposed
- * convolutions). tokens_host [B, T, E]; mask_inputs[b] a [256,256] low-res
+ * convolutions). emb_hwc [P, E] is the image embedding; tokens_host [B, T, E]; mask_inputs[b] a [256,256] low-res
  * mask or NULL (mask_inputs itself may be NULL). Writes iou_out [B, 4] and,
  * for each prompt, masks `first` .. `first + count - 1` into
  * masks_out [B, count, 256*256]. */
-static void sam_decode_group(eng_sam *m, const eng_sam_lora *lo, const eng_tensor *emb_chw,
+static void sam_decode_group(eng_sam *m, const eng_sam_lora *lo, const eng_tensor *emb_hwc,
                              const float *tokens_host, int B, int T,
                              const float *const *mask_inputs, float *iou_out, float *masks_out,
                              int first, int count)
@@ -715,7 +729,7 @@ static void sam_decode_group(eng_sam *m, const eng_sam_lora *lo, const eng_tenso
     /* src = image embedding (HWC) + each prompt's dense embedding */
     eng_tensor src = eng_new2(ctx, (int64_t)B * P, E); /* keys [B*P, E] */
     eng_tensor src0 = eng_rows(src, 0, P);
-    eng_transpose(ctx, &src0, emb_chw);
+    eng_copy(ctx, &src0, emb_hwc);
     for (int b = 1; b < B; b++) {
         eng_tensor sb = eng_rows(src, (int64_t)b * P, P);
         eng_copy(ctx, &sb, &src0);
@@ -1082,7 +1096,8 @@ static int sam_plan(eng_sam *m)
     {
         eng_ctx *dc = m->dctx;
         size_t mark = eng_ctx_mark(dc);
-        eng_tensor emb = eng_new2(dc, E, P);
+        eng_new2(dc, E, P); /* eng_sam_decode: the uploaded CHW embedding */
+        eng_tensor emb = eng_new2(dc, P, E);
         int T = 1 + NMASK + m->opt.max_points + 2;
         static const float dummy_mask = 0;
         int GB = m->opt.max_decode_batch;
@@ -1131,6 +1146,9 @@ int eng_sam_load(eng_sam **out, const char *path, eng_backend *be, const eng_sam
     m->dctx = &m->ctx;
     m->opt.max_points = opt && opt->max_points > 0 ? opt->max_points : 16;
     m->opt.max_batch = opt && opt->max_batch > 0 ? opt->max_batch : 1;
+    m->opt.embedding_slots = opt && opt->embedding_slots > 0 ? opt->embedding_slots : 0;
+    if (m->opt.embedding_slots > 1024)
+        m->opt.embedding_slots = 1024;
     /* Decoder groups: worth it where many small kernels are the cost (GPU);
      * the CPU's GEMMs are already large enough per prompt. Each prompt of a
      * group holds about 30 MiB (f32) of activations. */
@@ -1159,6 +1177,20 @@ int eng_sam_load(eng_sam **out, const char *path, eng_backend *be, const eng_sam
     c = NULL;
     if ((rc = sam_make_dense_pe(m)))
         goto err;
+    if (m->opt.embedding_slots > 0) {
+        size_t one = (size_t)P * E * eng_dtype_size(eng_backend_dtype(m->dbe));
+        m->slots = calloc((size_t)m->opt.embedding_slots, sizeof *m->slots);
+        m->slot_mem = m->slots ? eng_backend_alloc(m->dbe, one * m->opt.embedding_slots) : NULL;
+        if (!m->slots || !m->slot_mem) {
+            rc = eng_error(ENG_ENOMEM, "no room for %d resident embeddings (%zu MiB)",
+                           m->opt.embedding_slots, (one * m->opt.embedding_slots) >> 20);
+            goto err;
+        }
+        m->n_slots = m->opt.embedding_slots;
+        for (int i = 0; i < m->n_slots; i++)
+            m->slots[i].t = eng_view((uint8_t *)m->slot_mem + one * i, eng_backend_dtype(m->dbe),
+                                     eng_backend_device(m->dbe), 2, (int64_t[]){P, E});
+    }
     m->band_host = malloc((size_t)BAND_FLOATS * sizeof(float));
     if (!m->band_host) {
         rc = eng_error(ENG_ENOMEM, "out of memory");
@@ -1182,6 +1214,9 @@ void eng_sam_destroy(eng_sam *m)
     eng_ctx_free(&m->dctx_own);
     if (m->dense_pe.data)
         eng_backend_free(m->dbe, m->dense_pe.data);
+    if (m->slot_mem)
+        eng_backend_free(m->dbe, m->slot_mem);
+    free(m->slots);
     eng_weights_free(&m->wts);
     eng_weights_free(&m->dwts);
     free(m->band_host);
@@ -1363,6 +1398,45 @@ int eng_sam_decode(eng_sam *m, const float *embedding, const eng_sam_imginfo *in
                    const eng_sam_prompt *prompts, int n, int multimask, float *iou,
                    float *low_res)
 {
+    return eng_sam_decode_cached(m, NULL, embedding, info, prompts, n, multimask, iou, low_res);
+}
+
+/* The least recently used slot, or the one holding `key`. */
+static emb_slot *slot_lookup(eng_sam *m, const char *key, int *found)
+{
+    emb_slot *lru = NULL;
+    *found = 0;
+    for (int i = 0; i < m->n_slots; i++) {
+        emb_slot *s = &m->slots[i];
+        if (s->used && !strcmp(s->key, key)) {
+            *found = 1;
+            return s;
+        }
+        if (!s->used) {
+            if (!lru || lru->used) /* an empty slot beats any used one */
+                lru = s;
+        } else if (!lru || (lru->used && s->tick < lru->tick)) {
+            lru = s;
+        }
+    }
+    return lru;
+}
+
+int eng_sam_embedding_resident(const eng_sam *m, const char *key)
+{
+    for (int i = 0; key && i < m->n_slots; i++)
+        if (m->slots[i].used && !strcmp(m->slots[i].key, key))
+            return 1;
+    return 0;
+}
+
+int eng_sam_decode_cached(eng_sam *m, const char *key, const float *embedding,
+                          const eng_sam_imginfo *info, const eng_sam_prompt *prompts, int n,
+                          int multimask, float *iou, float *low_res)
+{
+    if (key && strlen(key) >= sizeof m->slots[0].key)
+        return eng_error(ENG_EINVAL, "embedding key longer than %zu bytes",
+                         sizeof m->slots[0].key - 1);
     if (n < 1)
         return eng_error(ENG_EINVAL, "no prompts to decode");
     if (info->orig_w < 1 || info->orig_h < 1 || info->input_w < 1 || info->input_h < 1)
@@ -1371,6 +1445,13 @@ int eng_sam_decode(eng_sam *m, const float *embedding, const eng_sam_imginfo *in
     for (int i = 0; i < n; i++)
         if ((rc = sam_check_prompt(m, &prompts[i], i)))
             return rc;
+    /* the embedding as rows [P, E]: from a resident slot, or uploaded (and
+     * kept in the least recently used slot when a key is given) */
+    int found = 0;
+    emb_slot *slot = key && m->n_slots ? slot_lookup(m, key, &found) : NULL;
+    if (!found && !embedding)
+        return eng_error(ENG_ENOTFOUND, "embedding '%s' is not resident and none was given",
+                         key ? key : "");
     int T_max = 1 + NMASK + m->opt.max_points + 2, GB = m->opt.max_decode_batch;
     /* host staging for one group: tokens [GB, T_max, E], IoU [GB, 4], masks */
     float *tokens = malloc((size_t)GB * T_max * E * sizeof(float));
@@ -1384,8 +1465,20 @@ int eng_sam_decode(eng_sam *m, const float *embedding, const eng_sam_imginfo *in
     }
     int first = multimask ? 1 : 0, count = multimask ? 3 : 1;
     sam_begin(m->dctx);
-    eng_tensor emb = eng_new2(m->dctx, E, P);
-    sam_upload(m->dctx, &emb, embedding);
+    eng_tensor emb = slot ? slot->t : eng_new2(m->dctx, P, E);
+    if (!found) {
+        size_t mark = eng_ctx_mark(m->dctx);
+        eng_tensor chw = eng_new2(m->dctx, E, P);
+        sam_upload(m->dctx, &chw, embedding);
+        eng_transpose(m->dctx, &emb, &chw);
+        eng_ctx_release(m->dctx, mark);
+        if (slot) { /* valid only once the whole call has succeeded */
+            snprintf(slot->key, sizeof slot->key, "%s", key);
+            slot->used = 0;
+        }
+    }
+    if (slot)
+        slot->tick = ++m->slot_tick;
     for (int i = 0; i < n && !m->dctx->status;) {
         /* a group: consecutive prompts with the same token count and the same
          * adapter, at most max_decode_batch of them */
@@ -1412,7 +1505,10 @@ int eng_sam_decode(eng_sam *m, const float *embedding, const eng_sam_imginfo *in
     free(tokens);
     free(iou4);
     free(mask_in);
-    return sam_end(m->dctx);
+    rc = sam_end(m->dctx);
+    if (slot && !found)
+        slot->used = rc == 0;
+    return rc;
 }
 
 int eng_sam_postprocess(eng_sam *m, const float *low_res, int n, const eng_sam_imginfo *info,

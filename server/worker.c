@@ -162,6 +162,8 @@ static int worker_load(worker *w)
     opt.max_points = (int)srv_config_int(s->cfg, SRV_OPT_MAX_POINTS);
     opt.max_batch = w->max_batch;
     opt.decoder_backend = w->dbe;
+    /* the device-resident tier of the embedding cache */
+    opt.embedding_slots = (int)srv_config_int(s->cfg, SRV_OPT_GPU_CACHE_SLOTS);
     srv_log_info("worker: loading %s on %s%s%s", ckpt, eng_backend_describe(w->be),
                  w->dbe ? ", decoder on " : "", w->dbe ? eng_backend_describe(w->dbe) : "");
     if ((rc = eng_sam_load(&w->m, ckpt, w->be, &opt)) != 0) {
@@ -324,7 +326,9 @@ static void serve(worker *w, srv_job *j, const float *emb, int hit, srv_cache_ti
             pr->p[i].lora = lora;
     }
     t = srv_now();
-    rc = eng_sam_decode(w->m, emb, &info, pr->p, pr->n, j->multimask, j->iou, low);
+    /* keyed by the image: a repeat request for it finds the embedding still
+     * on the device and skips the 4 MiB upload */
+    rc = eng_sam_decode_cached(w->m, j->sha, emb, &info, pr->p, pr->n, j->multimask, j->iou, low);
     for (int i = 0; i < pr->n; i++)
         pr->p[i].lora = NULL;
     srv_adapters_release(w->ads, lora);

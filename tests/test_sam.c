@@ -319,6 +319,58 @@ static void test_split_decoder_backend(void)
     eng_backend_destroy(dbe);
 }
 
+/* Resident embeddings: a key decoded once needs no host copy after, results
+ * equal eng_sam_decode's, and the least recently used slot is the one reused. */
+static void test_resident_embeddings(void)
+{
+    T_NEED_FIXTURES();
+    T_REQUIRE(golden, "setup failed");
+    eng_sam *mr = NULL;
+    eng_sam_options opt = {.max_points = 8, .embedding_slots = 2};
+    T_REQUIRE(eng_sam_load(&mr, t_fixture("sam_tiny.safetensors"), be, &opt) == 0, "%s",
+              eng_last_error());
+    const eng_sam_imginfo info = {800, 534, 1024, 684};
+    float *emb = gold_f32("image_embedding", NULL);
+    float *emb2 = malloc(ENG_SAM_EMB_FLOATS * sizeof(float));
+    for (int i = 0; i < ENG_SAM_EMB_FLOATS; i++)
+        emb2[i] = 0.5f * emb[i];
+    float pts[2] = {400, 293.7f};
+    int lab = 1;
+    eng_sam_prompt p = {.n_points = 1, .points = pts, .labels = &lab};
+    size_t per = 3 * ENG_SAM_LOWRES_FLOATS;
+    float *ref = malloc(per * 4), *got = malloc(per * 4), *ref2 = malloc(per * 4), i0[3], i1[3];
+    T_REQUIRE(eng_sam_decode(mr, emb, &info, &p, 1, 1, i0, ref) == 0, "%s", eng_last_error());
+    T_REQUIRE(eng_sam_decode(mr, emb2, &info, &p, 1, 1, i0, ref2) == 0, "%s", eng_last_error());
+    T_CHECK(!eng_sam_embedding_resident(mr, "a"), "nothing resident yet");
+    T_CHECK(eng_sam_decode_cached(mr, "a", NULL, &info, &p, 1, 1, i1, got) == ENG_ENOTFOUND,
+            "unknown key without an embedding");
+    T_CHECK(eng_sam_decode_cached(mr, "a", emb, &info, &p, 1, 1, i1, got) == 0, "%s",
+            eng_last_error());
+    T_CHECK(memcmp(got, ref, per * 4) == 0, "first call differs");
+    T_CHECK(eng_sam_embedding_resident(mr, "a"), "a resident");
+    T_CHECK(eng_sam_decode_cached(mr, "a", NULL, &info, &p, 1, 1, i1, got) == 0, "%s",
+            eng_last_error());
+    T_CHECK(memcmp(got, ref, per * 4) == 0, "resident copy differs");
+    T_CHECK(eng_sam_decode_cached(mr, "b", emb2, &info, &p, 1, 1, i1, got) == 0, "b");
+    T_CHECK(memcmp(got, ref2, per * 4) == 0, "b differs");
+    /* touch a, then c evicts b (the least recently used) */
+    T_CHECK(eng_sam_decode_cached(mr, "a", NULL, &info, &p, 1, 1, i1, got) == 0, "a again");
+    T_CHECK(eng_sam_decode_cached(mr, "c", emb2, &info, &p, 1, 1, i1, got) == 0, "c");
+    T_CHECK(eng_sam_embedding_resident(mr, "a") && eng_sam_embedding_resident(mr, "c") &&
+                !eng_sam_embedding_resident(mr, "b"),
+            "LRU eviction");
+    T_CHECK(eng_sam_decode_cached(mr, "a", NULL, &info, &p, 1, 1, i1, got) == 0 &&
+                memcmp(got, ref, per * 4) == 0,
+            "a intact after eviction of b");
+    char longkey[200];
+    memset(longkey, 'k', sizeof longkey - 1);
+    longkey[sizeof longkey - 1] = 0;
+    T_CHECK(eng_sam_decode_cached(mr, longkey, emb, &info, &p, 1, 1, i1, got) == ENG_EINVAL,
+            "long key");
+    free(ref), free(got), free(ref2), free(emb), free(emb2);
+    eng_sam_destroy(mr);
+}
+
 static void test_bad_prompts(void)
 {
     T_NEED_FIXTURES();
@@ -378,6 +430,7 @@ int main(void)
     T_RUN(test_end_to_end_image);
     T_RUN(test_batched_decode);
     T_RUN(test_split_decoder_backend);
+    T_RUN(test_resident_embeddings);
     T_RUN(test_bad_prompts);
     T_RUN(test_load_errors);
     free(embedding);
