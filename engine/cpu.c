@@ -750,6 +750,22 @@ static int cpu_resize_bilinear(eng_backend *be, void *y, const void *x, int C, i
     return 0;
 }
 
+/* Host memory already: threshold and count in one pass (vectorises). */
+static int cpu_binarize(eng_backend *be, uint8_t *dst, const void *xv, int64_t n, float lo,
+                        float hi, uint64_t counts[2])
+{
+    const float *x = xv;
+    uint64_t c_hi = 0, c_lo = 0;
+    for (int64_t i = 0; i < n; i++) {
+        dst[i] = x[i] > 0.0f;
+        c_hi += x[i] > hi;
+        c_lo += x[i] > lo;
+    }
+    counts[0] = c_hi;
+    counts[1] = c_lo;
+    return 0;
+}
+
 static const eng_backend_ops eng__cpu_ops = {
     .alloc = cpu_alloc,
     .free = cpu_free,
@@ -771,6 +787,7 @@ static const eng_backend_ops eng__cpu_ops = {
     .window_partition = cpu_window_partition,
     .window_unpartition_add = cpu_window_unpartition_add,
     .resize_bilinear = cpu_resize_bilinear,
+    .binarize = cpu_binarize,
 };
 
 int eng_backend_cpu_create(eng_backend **out, int threads)

@@ -85,6 +85,11 @@ void eng_backend_free(eng_backend *be, void *p);
 /* Convert n f32 host values into device storage at dst / back. */
 int eng_backend_upload(eng_backend *be, void *dst, const float *src, size_t n);
 int eng_backend_download(eng_backend *be, float *dst, const void *src, size_t n);
+/* Masks from the logits at device memory x (n values, storage dtype) into
+ * host dst (0/1), with counts[0] = |x > hi| and counts[1] = |x > lo|: on a GPU
+ * only the bytes of the mask cross the bus. Waits for queued work. */
+int eng_backend_binarize(eng_backend *be, uint8_t *dst, const void *x, int64_t n, float lo,
+                         float hi, uint64_t counts[2]);
 /* Wait for queued work; returns the first asynchronous error. */
 int eng_backend_sync(eng_backend *be);
 

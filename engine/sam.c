@@ -118,7 +118,6 @@ struct eng_sam {
     lin_t hyper[NMASK][3];             /* 256->256->256->32 */
     lin_t iou_head[3];                 /* 256->256->256->4 */
 
-    float *band_host;                  /* [BAND_FLOATS] postprocess download buffer */
 
     /* image embeddings resident on the decoder's device, rows [P, E] */
     struct emb_slot *slots;            /* [n_slots] */
@@ -1191,11 +1190,6 @@ int eng_sam_load(eng_sam **out, const char *path, eng_backend *be, const eng_sam
             m->slots[i].t = eng_view((uint8_t *)m->slot_mem + one * i, eng_backend_dtype(m->dbe),
                                      eng_backend_device(m->dbe), 2, (int64_t[]){P, E});
     }
-    m->band_host = malloc((size_t)BAND_FLOATS * sizeof(float));
-    if (!m->band_host) {
-        rc = eng_error(ENG_ENOMEM, "out of memory");
-        goto err;
-    }
     if ((rc = sam_plan(m)))
         goto err;
     *out = m;
@@ -1219,7 +1213,6 @@ void eng_sam_destroy(eng_sam *m)
     free(m->slots);
     eng_weights_free(&m->wts);
     eng_weights_free(&m->dwts);
-    free(m->band_host);
     free(m);
 }
 
@@ -1534,17 +1527,20 @@ int eng_sam_postprocess(eng_sam *m, const float *low_res, int n, const eng_sam_i
             size_t mark = eng_ctx_mark(ctx);
             eng_tensor out = eng_new3(ctx, 1, rows, ow);
             eng_resize_bilinear(ctx, &out, &up, info->input_h, info->input_w, oh, y0);
-            sam_download(ctx, m->band_host, &out, (size_t)rows * ow);
+            /* threshold at 0 (the mask) and at +-1 (the stability score's
+             * intersection and union) where the logits are */
+            uint64_t counts[2] = {0, 0};
+            if (!ctx->status) {
+                int rc = eng_backend_binarize(ctx->be, masks + ((size_t)i * oh + y0) * ow,
+                                              out.data, (int64_t)rows * ow, -1.0f, 1.0f, counts);
+                if (rc)
+                    eng_ctx_fail(ctx, rc);
+            }
             eng_ctx_release(ctx, mark);
             if (ctx->status)
                 break;
-            uint8_t *dst = masks + ((size_t)i * oh + y0) * ow;
-            for (size_t j = 0; j < (size_t)rows * ow; j++) {
-                float v = m->band_host[j];
-                dst[j] = v > 0.0f;
-                inter += v > 1.0f;
-                uni += v > -1.0f;
-            }
+            inter += counts[0];
+            uni += counts[1];
         }
         if (stability)
             stability[i] = uni ? (float)((double)inter / (double)uni) : 0.0f;

@@ -395,6 +395,12 @@ static int op_window_unpartition_add(eng_backend *be, void *y, const void *x, in
     return rc;
 }
 
+static int op_binarize(eng_backend *be, uint8_t *dst, const void *x, int64_t n, float lo,
+                       float hi, uint64_t counts[2])
+{
+    return eng_cuda_binarize(be, dst, x, n, lo, hi, counts);
+}
+
 static int op_resize_bilinear(eng_backend *be, void *y, const void *x, int C, int H, int W,
                               int crop_h, int crop_w, int OH, int OW, int y0, int rows)
 {
@@ -471,6 +477,7 @@ static const eng_backend_ops eng__cuda_ops = {
     op_window_partition,
     op_window_unpartition_add,
     op_resize_bilinear,
+    op_binarize,
 };
 
 /* A kernel compiled into this binary, used to check the fat binary has code

@@ -213,5 +213,8 @@ int eng_cuda_window_unpartition_add(eng_backend *be, void *y, const void *x, int
 /* resize.cu */
 int eng_cuda_resize_bilinear(eng_backend *be, void *y, const void *x, int C, int H, int W,
                              int crop_h, int crop_w, int OH, int OW, int y0, int rows);
+/* binarize.cu: masks and stability counts straight to host memory (backend.h). */
+int eng_cuda_binarize(eng_backend *be, uint8_t *dst, const void *x, int64_t n, float lo,
+                      float hi, uint64_t counts[2]);
 
 #endif
