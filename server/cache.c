@@ -491,6 +491,25 @@ static void delete_from(srv_cache *c, const char *table, int64_t id)
 
 static void delete_row(srv_cache *c, int64_t id) { delete_from(c, "embedding", id); }
 
+/* Contract: under mu, inside a transaction: store `len` bytes as the blob of
+ * row `row` (`table` is "embedding_blob" or "adapter_blob", `key` its row
+ * column). Returns 0 or -1 (sqlite3_errmsg has why). */
+static int insert_blob(srv_cache *c, const char *table, const char *key, int64_t row,
+                       const void *data, size_t len)
+{
+    sqlite3_stmt *st = NULL;
+    char sql[96];
+    int rc = -1;
+    snprintf(sql, sizeof sql, "INSERT INTO %s (%s, data) VALUES (?1, ?2)", table, key);
+    if (sqlite3_prepare_v2(c->db, sql, -1, &st, NULL) == SQLITE_OK) {
+        sqlite3_bind_int64(st, 1, row);
+        sqlite3_bind_blob64(st, 2, data, len, SQLITE_STATIC);
+        rc = sqlite3_step(st) == SQLITE_DONE ? 0 : -1;
+    }
+    sqlite3_finalize(st);
+    return rc;
+}
+
 /* Contract: under mu, inside a transaction: delete the least recently used
  * rows of `table` (never `keep_id`) until *bytes fits `budget`, keeping
  * *bytes and *rows in step; returns how many went. Both tiers evict alike. */
@@ -682,16 +701,10 @@ int srv_cache_put(srv_cache *c, const char *sha, const float *emb, int w, int h)
     if (sqlite3_step(st) != SQLITE_DONE)
         goto fail;
     sqlite3_finalize(st);
-    id = sqlite3_last_insert_rowid(c->db);
-    if (sqlite3_prepare_v2(c->db, "INSERT INTO embedding_blob (embedding_id, data) VALUES (?1, ?2)",
-                           -1, &st, NULL) != SQLITE_OK)
-        goto fail;
-    sqlite3_bind_int64(st, 1, id);
-    sqlite3_bind_blob64(st, 2, emb, bytes, SQLITE_STATIC);
-    if (sqlite3_step(st) != SQLITE_DONE)
-        goto fail;
-    sqlite3_finalize(st);
     st = NULL;
+    id = sqlite3_last_insert_rowid(c->db);
+    if (insert_blob(c, "embedding_blob", "embedding_id", id, emb, bytes) != 0)
+        goto fail;
     refresh_totals(c);
     evict(c, id);
     if (exec(c->db, "COMMIT") != SQLITE_OK)
@@ -1061,16 +1074,10 @@ int srv_cache_adapter_put(srv_cache *c, const srv_adapter_meta *m, const uint8_t
     if (sqlite3_step(st) != SQLITE_DONE)
         goto fail;
     sqlite3_finalize(st);
-    row = sqlite3_last_insert_rowid(c->db);
-    if (sqlite3_prepare_v2(c->db, "INSERT INTO adapter_blob (adapter_row, data) VALUES (?1, ?2)",
-                           -1, &st, NULL) != SQLITE_OK)
-        goto fail;
-    sqlite3_bind_int64(st, 1, row);
-    sqlite3_bind_blob64(st, 2, blob, len, SQLITE_STATIC);
-    if (sqlite3_step(st) != SQLITE_DONE)
-        goto fail;
-    sqlite3_finalize(st);
     st = NULL;
+    row = sqlite3_last_insert_rowid(c->db);
+    if (insert_blob(c, "adapter_blob", "adapter_row", row, blob, len) != 0)
+        goto fail;
     refresh_totals(c);
     ad_evict(c, row);
     if (exec(c->db, "COMMIT") != SQLITE_OK)
