@@ -17,25 +17,7 @@
 #include "engine/ops.h"
 #include "engine/sam.h"
 
-static double now_ms(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return ts.tv_sec * 1e3 + ts.tv_nsec / 1e6;
-}
-
-static int cmp_double(const void *a, const void *b)
-{
-    double x = *(const double *)a, y = *(const double *)b;
-    return x < y ? -1 : x > y;
-}
-
-/* Median of n timings (sorts in place). */
-static double median(double *t, int n)
-{
-    qsort(t, (size_t)n, sizeof *t, cmp_double);
-    return n % 2 ? t[n / 2] : 0.5 * (t[n / 2 - 1] + t[n / 2]);
-}
+#include "bench_util.h"
 
 int main(int argc, char **argv)
 {
@@ -70,7 +52,7 @@ int main(int argc, char **argv)
         return 1;
     }
     eng_sam *m = NULL;
-    double t0 = now_ms();
+    double t0 = bench_now_ms();
     if (eng_sam_load(&m, ckpt, be, NULL)) {
         fprintf(stderr, "bench_cpu: %s\n", eng_last_error());
         eng_backend_destroy(be);
@@ -78,7 +60,7 @@ int main(int argc, char **argv)
     }
     const eng_sam_config *cfg = eng_sam_get_config(m);
     printf("model %s (%s, embed %d, depth %d) on %s, loaded in %.0f ms, workspace %.1f MiB\n",
-           ckpt, cfg->name, cfg->embed_dim, cfg->depth, eng_backend_describe(be), now_ms() - t0,
+           ckpt, cfg->name, cfg->embed_dim, cfg->depth, eng_backend_describe(be), bench_now_ms() - t0,
            eng_sam_workspace_bytes(m) / 1048576.0);
 
     float *input = malloc((size_t)3 * ENG_SAM_IMG * ENG_SAM_IMG * sizeof(float));
@@ -100,11 +82,11 @@ int main(int argc, char **argv)
         return 1;
     }
     for (int r = 0; r < reps; r++) {
-        double s = now_ms();
+        double s = bench_now_ms();
         eng_sam_encode(m, input, 1, emb);
-        t[r] = now_ms() - s;
+        t[r] = bench_now_ms() - s;
     }
-    double enc = median(t, reps), ef = eng_sam_encoder_flops(cfg);
+    double enc = bench_median(t, reps), ef = eng_sam_encoder_flops(cfg);
     printf("encoder  batch 1: %8.1f ms median of %d   %7.1f GFLOP/s (%.1f GFLOP)\n", enc, reps,
            ef / enc / 1e6, ef / 1e9);
 
@@ -118,11 +100,11 @@ int main(int argc, char **argv)
     }
     eng_sam_decode(m, emb, &info, pr, prompts, 1, iou, lo);
     for (int r = 0; r < reps; r++) {
-        double s = now_ms();
+        double s = bench_now_ms();
         eng_sam_decode(m, emb, &info, pr, prompts, 1, iou, lo);
-        t[r] = now_ms() - s;
+        t[r] = bench_now_ms() - s;
     }
-    double dec = median(t, reps), df = eng_sam_decoder_flops(7) * prompts;
+    double dec = bench_median(t, reps), df = eng_sam_decoder_flops(7) * prompts;
     printf("decoder  %3d prompt(s): %8.1f ms median of %d (%.1f ms a prompt)   %7.1f GFLOP/s\n",
            prompts, dec, reps, dec / prompts, df / dec / 1e6);
     size_t used = 0;

@@ -27,28 +27,11 @@
 #include "engine/ops.h"
 #include "engine/sam.h"
 
+#include "bench_util.h"
+
 #ifdef ENG_HAVE_CUDA
 #include <cuda_runtime_api.h>
 #endif
-
-static double now_ms(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return ts.tv_sec * 1e3 + ts.tv_nsec / 1e6;
-}
-
-static int cmp_double(const void *a, const void *b)
-{
-    double x = *(const double *)a, y = *(const double *)b;
-    return x < y ? -1 : x > y;
-}
-
-static double median(double *t, int n)
-{
-    qsort(t, (size_t)n, sizeof *t, cmp_double);
-    return n % 2 ? t[n / 2] : 0.5 * (t[n / 2 - 1] + t[n / 2]);
-}
 
 static uint64_t rng = 88172645463325252ull;
 static float frand(void)
@@ -86,14 +69,14 @@ static int bench_model(const char *label, const char *path, eng_dtype dt, int re
     eng_sam *m = NULL;
     eng_sam_options opt = {.max_points = 16, .max_batch = batch, .decoder_backend = dbe,
                            .embedding_slots = 1};
-    double t0 = now_ms();
+    double t0 = bench_now_ms();
     if (eng_sam_load(&m, path, be, &opt) != 0) {
         printf("%s: load %s: %s\n", label, path, eng_last_error());
         eng_backend_destroy(dbe);
         eng_backend_destroy(be);
         return 1;
     }
-    double load_ms = now_ms() - t0;
+    double load_ms = bench_now_ms() - t0;
     const eng_sam_config *cfg = eng_sam_get_config(m);
     printf("== %s (%s: C=%d depth=%d heads=%d hd=%d) on %s; load %.0f ms, workspace %.1f MiB\n",
            label, cfg->name, cfg->embed_dim, cfg->depth, cfg->heads, cfg->head_dim,
@@ -109,16 +92,16 @@ static int bench_model(const char *label, const char *path, eng_dtype dt, int re
     for (int i = 0; i < 3 && !rc; i++)
         rc = eng_sam_encode(m, in, 1, emb);
     for (int i = 0; i < reps && !rc; i++) {
-        double s = now_ms();
+        double s = bench_now_ms();
         rc = eng_sam_encode(m, in, 1, emb);
-        t[i] = now_ms() - s;
+        t[i] = bench_now_ms() - s;
     }
     if (rc) {
         printf("  encode: %s\n", eng_last_error());
         goto out;
     }
     double flops = eng_sam_encoder_flops(cfg);
-    double e1 = median(t, reps);
+    double e1 = bench_median(t, reps);
     printf("  encoder batch 1: median %.3f ms (min %.3f, %d reps), %.1f TFLOP/s (%.3f TFLOP "
            "per image)\n",
            e1, t[0], reps, flops / (e1 * 1e-3) / 1e12, flops / 1e12);
@@ -126,15 +109,15 @@ static int bench_model(const char *label, const char *path, eng_dtype dt, int re
         rc = eng_sam_encode(m, in, batch, emb);
         int r8 = reps / 2 > 2 ? reps / 2 : 3;
         for (int i = 0; i < r8 && !rc; i++) {
-            double s = now_ms();
+            double s = bench_now_ms();
             rc = eng_sam_encode(m, in, batch, emb);
-            t[i] = now_ms() - s;
+            t[i] = bench_now_ms() - s;
         }
         if (rc) {
             printf("  encode batch %d: %s\n", batch, eng_last_error());
             goto out;
         }
-        double eb = median(t, r8) / batch;
+        double eb = bench_median(t, r8) / batch;
         printf("  encoder batch %d: median %.3f ms per image, %.1f TFLOP/s\n", batch, eb,
                flops / (eb * 1e-3) / 1e12);
     }
@@ -164,15 +147,15 @@ static int bench_model(const char *label, const char *path, eng_dtype dt, int re
             for (int i = 0; i < 2 && !rc; i++)
                 rc = eng_sam_decode_cached(m, key, emb, &info, pr, n, 1, iou, lo);
             for (int i = 0; i < reps && !rc; i++) {
-                double s = now_ms();
+                double s = bench_now_ms();
                 rc = eng_sam_decode_cached(m, key, emb, &info, pr, n, 1, iou, lo);
-                t[i] = now_ms() - s;
+                t[i] = bench_now_ms() - s;
             }
             if (rc) {
                 printf("  decode: %s\n", eng_last_error());
                 break;
             }
-            double d = median(t, reps);
+            double d = bench_median(t, reps);
             printf("  decoder %2d prompt%s (embedding %s): median %.3f ms per call (%.3f ms per "
                    "prompt), %.1f GFLOP/s\n",
                    n, n == 1 ? " " : "s", resident ? "resident" : "uploaded", d, d / n,
