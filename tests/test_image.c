@@ -7,6 +7,7 @@
  * against hostile inputs.
  */
 #include "engine/error.h"
+#include "engine/ckpt.h"
 #include "engine/image.h"
 #include "engine/sha256.h"
 #include "tests/harness.h"
@@ -19,44 +20,25 @@
 
 /* ------------------------------------------------------------ helpers -- */
 
-/* One tensor's bytes from a trusted safetensors fixture: 8-byte LE header
- * length, JSON header, data. The lookup is a plain strstr on "name": good
- * enough for fixtures whose names are not prefixes of one another's keys.
- * Returns malloc'd bytes or NULL. */
+/* One tensor's bytes from a safetensors fixture, through the engine's
+ * checkpoint reader. Returns malloc'd bytes or NULL. */
 static uint8_t *st_tensor(const char *fixture, const char *name, size_t *nbytes)
 {
     const char *path = t_fixture(fixture);
-    size_t flen = 0;
-    uint8_t *file = path ? t_read_file(path, &flen) : NULL;
+    eng_ckpt *c = NULL;
     uint8_t *out = NULL;
-    if (!file || flen < 8)
-        goto done;
-    uint64_t hlen = 0;
-    for (int i = 7; i >= 0; i--)
-        hlen = hlen << 8 | file[i];
-    if (hlen > flen - 8)
-        goto done;
-    char *hdr = malloc(hlen + 1);
-    if (!hdr)
-        goto done;
-    memcpy(hdr, file + 8, hlen);
-    hdr[hlen] = '\0';
-    char key[256];
-    snprintf(key, sizeof key, "\"%s\":", name);
-    char *p = strstr(hdr, key);
-    char *q = p ? strstr(p, "\"data_offsets\":") : NULL;
-    unsigned long long a, b;
-    if (q && sscanf(q, "\"data_offsets\":[%llu,%llu]", &a, &b) == 2 && a <= b &&
-        b <= flen - 8 - hlen) {
-        out = malloc(b - a ? b - a : 1);
+    if (!path || eng_ckpt_open(&c, path) != 0)
+        return NULL;
+    const eng_ckpt_tensor *t = eng_ckpt_find(c, name);
+    if (t) {
+        size_t n = (size_t)t->numel * eng_dtype_size(t->dtype);
+        out = malloc(n ? n : 1);
         if (out) {
-            memcpy(out, file + 8 + hlen + a, b - a);
-            *nbytes = b - a;
+            memcpy(out, t->data, n);
+            *nbytes = n;
         }
     }
-    free(hdr);
-done:
-    free(file);
+    eng_ckpt_close(c);
     return out;
 }
 

@@ -4,6 +4,7 @@
  * masks, and the component polygons.
  */
 #include "engine/error.h"
+#include "engine/ckpt.h"
 #include "engine/rle.h"
 #include "tests/harness.h"
 
@@ -464,54 +465,6 @@ static void test_extreme_counts(void)
 
 /* ---- fixture masks ------------------------------------------------------ */
 
-/* Find tensor `name` in a safetensors file: byte range of its data and up to
- * 4 dims. Just enough JSON for the safetensors header (objects without
- * nesting inside a tensor entry). */
-static const uint8_t *st_find(const uint8_t *f, size_t flen, const char *name, size_t *nbytes,
-                              long long dims[4], int *ndim)
-{
-    if (flen < 8)
-        return NULL;
-    uint64_t hl = 0;
-    for (int i = 7; i >= 0; i--)
-        hl = hl << 8 | f[i];
-    if (hl > flen - 8)
-        return NULL;
-    char *hdr = malloc(hl + 1);
-    memcpy(hdr, f + 8, hl);
-    hdr[hl] = '\0';
-    char key[256];
-    snprintf(key, sizeof key, "\"%s\"", name);
-    const uint8_t *res = NULL;
-    char *p = strstr(hdr, key), *end;
-    if (p && (end = strchr(p, '}')) != NULL) {
-        *end = '\0';
-        char *sh = strstr(p, "\"shape\""), *of = strstr(p, "\"data_offsets\"");
-        if (sh && of) {
-            *ndim = 0;
-            sh = strchr(sh, '[');
-            while (sh && *sh != ']' && *ndim < 4) {
-                char *q;
-                long long v = strtoll(sh + 1, &q, 10);
-                if (q == sh + 1)
-                    break;
-                dims[(*ndim)++] = v;
-                sh = q;
-            }
-            of = strchr(of, '[');
-            char *q;
-            unsigned long long a = strtoull(of + 1, &q, 10);
-            unsigned long long b = strtoull(q + 1, NULL, 10);
-            if (a <= b && b <= flen - 8 - hl) {
-                res = f + 8 + hl + a;
-                *nbytes = (size_t)(b - a);
-            }
-        }
-    }
-    free(hdr);
-    return res;
-}
-
 /* Number of 8-connected foreground components (independent of rle.c). */
 static int count_components(const uint8_t *m, int h, int w)
 {
@@ -546,16 +499,14 @@ static int count_components(const uint8_t *m, int h, int w)
 static void test_fixture_masks(void)
 {
     T_NEED_FIXTURES();
-    const char *path = t_fixture("golden_tiny.safetensors");
-    size_t flen = 0, nb = 0;
-    uint8_t *f = t_read_file(path, &flen);
-    T_REQUIRE(f, "cannot read %s", path);
-    long long dims[4] = {0};
-    int nd = 0;
-    const uint8_t *d = st_find(f, flen, "point1.masks", &nb, dims, &nd);
-    T_REQUIRE(d && nd == 3 && dims[0] == 3 && dims[1] == 534 && dims[2] == 800 &&
-                  nb == 3 * 534 * 800,
+    eng_ckpt *c = NULL;
+    T_REQUIRE(eng_ckpt_open(&c, t_fixture("golden_tiny.safetensors")) == 0, "%s",
+              eng_last_error());
+    const eng_ckpt_tensor *t = eng_ckpt_find(c, "point1.masks");
+    T_REQUIRE(t && t->dtype == ENG_U8 && t->ndim == 3 && t->shape[0] == 3 &&
+                  t->shape[1] == 534 && t->shape[2] == 800,
               "point1.masks not found as u8 [3,534,800]");
+    const uint8_t *d = t->data;
     for (int k = 0; k < 3; k++) {
         const uint8_t *m = d + (size_t)k * 534 * 800;
         T_CHECK(roundtrip(m, 534, 800) == 0, "point1.masks[%d]", k);
@@ -564,7 +515,7 @@ static void test_fixture_masks(void)
         T_CHECK((int)p.n == count_components(m, 534, 800), "mask %d: %zu polygons", k, p.n);
         eng_polygons_free(&p);
     }
-    free(f);
+    eng_ckpt_close(c);
 }
 
 /* ---- polygons ---------------------------------------------------------- */
