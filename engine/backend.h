@@ -44,9 +44,8 @@ typedef struct eng_backend_ops {
     /* Output rows [y0, y0 + rows) of the OH x OW result into y [C, rows, OW]. */
     int (*resize_bilinear)(eng_backend *be, void *y, const void *x, int C, int H, int W,
                            int crop_h, int crop_w, int OH, int OW, int y0, int rows);
-    /* Optional. Masks from logits, written to HOST memory: dst[i] = x[i] > 0 (0/1) for n
-     * values, counts[0] = |x > hi|, counts[1] = |x > lo|; synchronises. Without it the
-     * caller downloads f32 and does the same on the host. */
+    /* Masks from logits, written to HOST memory: dst[i] = x[i] > 0 (0/1) for n values,
+     * counts[0] = |x > hi|, counts[1] = |x > lo|; synchronises. */
     int (*binarize)(eng_backend *be, uint8_t *dst, const void *x, int64_t n, float lo, float hi,
                     uint64_t counts[2]);
 } eng_backend_ops;

@@ -2,7 +2,6 @@
 #include "ops.h"
 
 #include <assert.h>
-#include <stdlib.h>
 #include <string.h>
 
 #include "backend.h"
@@ -43,29 +42,7 @@ int eng_backend_sync(eng_backend *be) { return be->ops->sync(be); }
 int eng_backend_binarize(eng_backend *be, uint8_t *dst, const void *x, int64_t n, float lo,
                          float hi, uint64_t counts[2])
 {
-    if (be->ops->binarize)
-        return be->ops->binarize(be, dst, x, n, lo, hi, counts);
-    /* generic path: download f32 in slices through a small host buffer */
-    enum { SLICE = 1 << 16 };
-    float *buf = malloc(SLICE * sizeof(float));
-    if (!buf)
-        return eng_error(ENG_ENOMEM, "out of memory");
-    uint64_t c_hi = 0, c_lo = 0;
-    size_t es = eng_dtype_size(be->dtype);
-    int rc = 0;
-    for (int64_t off = 0; off < n && !rc; off += SLICE) {
-        int64_t k = n - off < SLICE ? n - off : SLICE;
-        rc = be->ops->download(be, buf, (const uint8_t *)x + (size_t)off * es, (size_t)k);
-        for (int64_t i = 0; !rc && i < k; i++) {
-            dst[off + i] = buf[i] > 0.0f;
-            c_hi += buf[i] > hi;
-            c_lo += buf[i] > lo;
-        }
-    }
-    free(buf);
-    counts[0] = c_hi;
-    counts[1] = c_lo;
-    return rc;
+    return be->ops->binarize(be, dst, x, n, lo, hi, counts);
 }
 
 int eng_ctx_init(eng_ctx *ctx, eng_backend *be, size_t bytes)

@@ -60,6 +60,25 @@ static int rle__push(rle__buf *b, uint32_t c)
     return 0;
 }
 
+/* Record a run boundary at (x, y) (growing the pair array by doubling) and
+ * count it for column x. */
+static int rle__event(uint32_t **exs, size_t *nev, size_t *cap, uint32_t *count, uint32_t x,
+                      uint32_t y)
+{
+    if (*nev == *cap) {
+        uint32_t *p = realloc(*exs, *cap * 4 * sizeof *p);
+        if (!p)
+            return eng_error(ENG_ENOMEM, "rle: out of memory for run boundaries");
+        *exs = p;
+        *cap *= 2;
+    }
+    (*exs)[2 * *nev] = x;
+    (*exs)[2 * *nev + 1] = y;
+    (*nev)++;
+    count[x]++;
+    return 0;
+}
+
 int eng_rle_encode(const uint8_t *mask, int h, int w, eng_rle *out)
 {
     uint64_t area = 0;
@@ -107,41 +126,16 @@ int eng_rle_encode(const uint8_t *mask, int h, int w, eng_rle *out)
             __m128i c = up ? _mm_cmpeq_epi8(_mm_loadu_si128((const __m128i *)(up + x)), zero)
                            : _mm_set1_epi8(-1);
             unsigned d = (unsigned)_mm_movemask_epi8(_mm_xor_si128(a, c));
-            while (d) {
-                if (nev == cap_ev) {
-                    uint32_t *p = realloc(exs, cap_ev * 4 * sizeof *exs);
-                    if (!p) {
-                        rc = eng_error(ENG_ENOMEM, "rle: out of memory for run boundaries");
-                        goto fail;
-                    }
-                    exs = p;
-                    cap_ev *= 2;
-                }
-                uint32_t xx = (uint32_t)(x + __builtin_ctz(d));
-                exs[2 * nev] = xx;
-                exs[2 * nev + 1] = (uint32_t)y;
-                nev++;
-                start[xx]++;
-                d &= d - 1;
-            }
+            for (; d; d &= d - 1)
+                if ((rc = rle__event(&exs, &nev, &cap_ev, start, (uint32_t)(x + __builtin_ctz(d)),
+                                     (uint32_t)y)) < 0)
+                    goto fail;
         }
 #endif
         for (; x < w; x++)
-            if ((row[x] != 0) != (up ? up[x] != 0 : 0)) {
-                if (nev == cap_ev) {
-                    uint32_t *p = realloc(exs, cap_ev * 4 * sizeof *exs);
-                    if (!p) {
-                        rc = eng_error(ENG_ENOMEM, "rle: out of memory for run boundaries");
-                        goto fail;
-                    }
-                    exs = p;
-                    cap_ev *= 2;
-                }
-                exs[2 * nev] = (uint32_t)x;
-                exs[2 * nev + 1] = (uint32_t)y;
-                nev++;
-                start[x]++;
-            }
+            if ((row[x] != 0) != (up ? up[x] != 0 : 0) &&
+                (rc = rle__event(&exs, &nev, &cap_ev, start, (uint32_t)x, (uint32_t)y)) < 0)
+                goto fail;
     }
     /* counts -> column starts (exclusive prefix sums), then place */
     uint32_t acc = 0;

@@ -104,18 +104,6 @@ struct srv_cache {
     int64_t ad_rows;         /* COUNT(*) of the adapter rows */
 };
 
-static int cerr(char *err, size_t errlen, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
-static int cerr(char *err, size_t errlen, const char *fmt, ...)
-{
-    va_list ap;
-    if (err && errlen) {
-        va_start(ap, fmt);
-        vsnprintf(err, errlen, fmt, ap);
-        va_end(ap);
-    }
-    return -1;
-}
-
 static int64_t now_ms(void)
 {
     struct timeval tv;
@@ -338,10 +326,10 @@ int srv_cache_open(srv_cache **out, const char *state_dir, size_t floats, int64_
 
     *out = NULL;
     if (mkdir_p(state_dir) != 0)
-        return cerr(err, errlen, "state dir '%s': cannot create: %s", state_dir, strerror(errno));
+        return srv_errf(err, errlen, "state dir '%s': cannot create: %s", state_dir, strerror(errno));
     c = calloc(1, sizeof *c);
     if (!c)
-        return cerr(err, errlen, "out of memory");
+        return srv_errf(err, errlen, "out of memory");
     pthread_mutex_init(&c->mu, NULL);
     c->lock_fd = -1;
     c->floats = floats;
@@ -350,21 +338,21 @@ int srv_cache_open(srv_cache **out, const char *state_dir, size_t floats, int64_
     c->n_slots = mem_slots;
     if (asprintf(&c->path, "%s/cache.db", state_dir) < 0) {
         c->path = NULL;
-        cerr(err, errlen, "out of memory");
+        srv_errf(err, errlen, "out of memory");
         goto err;
     }
     if (mem_slots > 0 && !(c->slots = calloc((size_t)mem_slots, sizeof *c->slots))) {
-        cerr(err, errlen, "out of memory");
+        srv_errf(err, errlen, "out of memory");
         goto err;
     }
     snprintf(lockpath, sizeof lockpath, "%s/tasamd.lock", state_dir);
     c->lock_fd = open(lockpath, O_RDWR | O_CREAT | O_CLOEXEC, 0640);
     if (c->lock_fd < 0) {
-        cerr(err, errlen, "state dir '%s': cannot open %s: %s", state_dir, lockpath, strerror(errno));
+        srv_errf(err, errlen, "state dir '%s': cannot open %s: %s", state_dir, lockpath, strerror(errno));
         goto err;
     }
     if (flock(c->lock_fd, LOCK_EX | LOCK_NB) != 0) {
-        cerr(err, errlen, "state dir '%s' is in use by another tasamd (%s is locked)", state_dir,
+        srv_errf(err, errlen, "state dir '%s' is in use by another tasamd (%s is locked)", state_dir,
              lockpath);
         goto err;
     }
@@ -373,13 +361,13 @@ int srv_cache_open(srv_cache **out, const char *state_dir, size_t floats, int64_
         sqlite3_close(c->db);
         c->db = NULL;
         if (move_aside(c, why) != 0) {
-            cerr(err, errlen, "cache %s %s and cannot be moved aside", c->path, why);
+            srv_errf(err, errlen, "cache %s %s and cannot be moved aside", c->path, why);
             goto err;
         }
         rc = try_open(c, why, sizeof why);
     }
     if (rc != 0) {
-        cerr(err, errlen, "cache %s: %s", c->path, why);
+        srv_errf(err, errlen, "cache %s: %s", c->path, why);
         goto err;
     }
     srv_log_info("cache: %s: %lld embeddings, %lld bytes (budget %lld); %d memory slots; %lld "

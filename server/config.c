@@ -100,21 +100,6 @@ const srv_opt_def *srv_config_table(size_t *n)
     return opt_table;
 }
 
-static int cfg_err(char *err, size_t errlen, const char *fmt, ...)
-    __attribute__((format(printf, 3, 4)));
-
-/* Contract: formats into err (may be NULL) and returns -1. */
-static int cfg_err(char *err, size_t errlen, const char *fmt, ...)
-{
-    va_list ap;
-    if (err && errlen) {
-        va_start(ap, fmt);
-        vsnprintf(err, errlen, fmt, ap);
-        va_end(ap);
-    }
-    return -1;
-}
-
 static int find_opt(const char *name, size_t len)
 {
     for (int i = 0; i < SRV_OPT_COUNT; i++)
@@ -174,12 +159,12 @@ int srv_config_parse_value(srv_opt_id id, const char *text, int64_t *num, char *
     int64_t v = 0;
 
     if ((int)id < 0 || id >= SRV_OPT_COUNT)
-        return cfg_err(err, errlen, "unknown option");
+        return srv_errf(err, errlen, "unknown option");
     d = &opt_table[id];
     switch (d->type) {
     case SRV_T_STRING:
         if (strlen(text) > 4096)
-            return cfg_err(err, errlen, "option --%s: value longer than 4096 bytes", d->name);
+            return srv_errf(err, errlen, "option --%s: value longer than 4096 bytes", d->name);
         *num = 0;
         return 0;
     case SRV_T_ENUM:
@@ -195,7 +180,7 @@ int srv_config_parse_value(srv_opt_id id, const char *text, int64_t *num, char *
                     strncat(list, ", ", sizeof list - strlen(list) - 1);
                 strncat(list, d->choices[i], sizeof list - strlen(list) - 1);
             }
-            return cfg_err(err, errlen, "option --%s: '%s' is not one of %s", d->name, text,
+            return srv_errf(err, errlen, "option --%s: '%s' is not one of %s", d->name, text,
                            list);
         }
     case SRV_T_INT:
@@ -203,17 +188,17 @@ int srv_config_parse_value(srv_opt_id id, const char *text, int64_t *num, char *
     case SRV_T_BYTES:
         if (parse_scaled(text, d->type == SRV_T_INT ? 0 : d->type == SRV_T_COUNT ? 1000 : 1024,
                          &v) != 0)
-            return cfg_err(err, errlen, "option --%s: '%s' is not a %s", d->name, text,
+            return srv_errf(err, errlen, "option --%s: '%s' is not a %s", d->name, text,
                            d->type == SRV_T_INT     ? "non-negative integer"
                            : d->type == SRV_T_COUNT ? "count (e.g. 40M)"
                                                     : "byte size (e.g. 32MiB)");
         if (v < d->min || v > d->max)
-            return cfg_err(err, errlen, "option --%s: %lld is outside [%lld, %lld]", d->name,
+            return srv_errf(err, errlen, "option --%s: %lld is outside [%lld, %lld]", d->name,
                            (long long)v, (long long)d->min, (long long)d->max);
         *num = v;
         return 0;
     }
-    return cfg_err(err, errlen, "option --%s: bad type", d->name);
+    return srv_errf(err, errlen, "option --%s: bad type", d->name);
 }
 
 /* Contract: sets option `id` from text, recording its source; on a parse
@@ -225,10 +210,10 @@ static int set_opt(srv_config *c, int id, const char *text, srv_opt_source src, 
     char e[512];
     char *copy;
     if (srv_config_parse_value((srv_opt_id)id, text, &v, e, sizeof e) != 0)
-        return cfg_err(err, errlen, "%s%s", where ? where : "", e);
+        return srv_errf(err, errlen, "%s%s", where ? where : "", e);
     copy = strdup(text);
     if (!copy)
-        return cfg_err(err, errlen, "out of memory");
+        return srv_errf(err, errlen, "out of memory");
     free(c->str[id]);
     c->str[id] = copy;
     c->num[id] = v;
@@ -256,14 +241,14 @@ static int load_file(srv_config *c, const char *path, char *err, size_t errlen)
     char line[8192], where[600];
     int lineno = 0, rc = 0;
     if (!f)
-        return cfg_err(err, errlen, "option --config: cannot open '%s': %s", path,
+        return srv_errf(err, errlen, "option --config: cannot open '%s': %s", path,
                        strerror(errno));
     while (fgets(line, sizeof line, f)) {
         char *s, *eq, *key, *val;
         int id;
         lineno++;
         if (!strchr(line, '\n') && !feof(f)) {
-            rc = cfg_err(err, errlen, "%s:%d: line too long", path, lineno);
+            rc = srv_errf(err, errlen, "%s:%d: line too long", path, lineno);
             break;
         }
         s = trim(line);
@@ -271,7 +256,7 @@ static int load_file(srv_config *c, const char *path, char *err, size_t errlen)
             continue;
         eq = strchr(s, '=');
         if (!eq) {
-            rc = cfg_err(err, errlen, "%s:%d: expected `name = value`", path, lineno);
+            rc = srv_errf(err, errlen, "%s:%d: expected `name = value`", path, lineno);
             break;
         }
         *eq = 0;
@@ -293,7 +278,7 @@ static int load_file(srv_config *c, const char *path, char *err, size_t errlen)
         }
         id = find_opt(key, strlen(key));
         if (id < 0 || id == SRV_OPT_CONFIG) {
-            rc = cfg_err(err, errlen, "%s:%d: unknown option '%s'", path, lineno, key);
+            rc = srv_errf(err, errlen, "%s:%d: unknown option '%s'", path, lineno, key);
             break;
         }
         snprintf(where, sizeof where, "%s:%d: ", path, lineno);
@@ -354,18 +339,18 @@ static int scan_args(srv_config *c, int argc, char **argv, int apply, int *speci
             continue;
         }
         if (strncmp(a, "--", 2) != 0)
-            return cfg_err(err, errlen, "unexpected argument '%s' (options are --name value)", a);
+            return srv_errf(err, errlen, "unexpected argument '%s' (options are --name value)", a);
         a += 2;
         eq = strchr(a, '=');
         nlen = eq ? (size_t)(eq - a) : strlen(a);
         id = find_opt(a, nlen);
         if (id < 0)
-            return cfg_err(err, errlen, "unknown option '--%.*s' (see --help)", (int)nlen, a);
+            return srv_errf(err, errlen, "unknown option '--%.*s' (see --help)", (int)nlen, a);
         if (eq) {
             val = eq + 1;
         } else {
             if (i + 1 >= argc)
-                return cfg_err(err, errlen, "option --%s needs a value", opt_table[id].name);
+                return srv_errf(err, errlen, "option --%s needs a value", opt_table[id].name);
             val = argv[++i];
         }
         if (apply || id == SRV_OPT_CONFIG)
@@ -381,17 +366,17 @@ static int read_token_file(const char *path, char **out, char *err, size_t errle
     char buf[1024];
     FILE *f = fopen(path, "r");
     if (!f)
-        return cfg_err(err, errlen, "option --admin-token-file: cannot open '%s': %s", path,
+        return srv_errf(err, errlen, "option --admin-token-file: cannot open '%s': %s", path,
                        strerror(errno));
     if (!fgets(buf, sizeof buf, f))
         buf[0] = 0;
     fclose(f);
     char *t = trim(buf);
     if (!*t)
-        return cfg_err(err, errlen, "option --admin-token-file: '%s' has no token on its first line",
+        return srv_errf(err, errlen, "option --admin-token-file: '%s' has no token on its first line",
                        path);
     *out = strdup(t);
-    return *out ? 0 : cfg_err(err, errlen, "out of memory");
+    return *out ? 0 : srv_errf(err, errlen, "out of memory");
 }
 
 /* Contract: checks values that depend on each other; fills admin_token. */
@@ -402,32 +387,32 @@ static int validate(srv_config *c, char *err, size_t errlen)
     int64_t port;
 
     if (!c->str[SRV_OPT_CHECKPOINT][0])
-        return cfg_err(err, errlen, "option --checkpoint is required (a SAM .pth or .safetensors)");
+        return srv_errf(err, errlen, "option --checkpoint is required (a SAM .pth or .safetensors)");
     if (!colon || colon == listen || parse_scaled(colon + 1, 0, &port) != 0 || port > 65535)
-        return cfg_err(err, errlen, "option --listen: '%s' is not HOST:PORT", listen);
+        return srv_errf(err, errlen, "option --listen: '%s' is not HOST:PORT", listen);
     if (listen[0] == '[' && colon[-1] != ']')
-        return cfg_err(err, errlen, "option --listen: '%s' is not [ADDR]:PORT", listen);
+        return srv_errf(err, errlen, "option --listen: '%s' is not [ADDR]:PORT", listen);
     if (c->num[SRV_OPT_DEVICE] == SRV_DEVICE_CPU && c->num[SRV_OPT_PRECISION] != SRV_PREC_AUTO &&
         c->num[SRV_OPT_PRECISION] != SRV_PREC_FP32)
-        return cfg_err(err, errlen, "option --precision: %s needs --device cuda (the CPU runs fp32)",
+        return srv_errf(err, errlen, "option --precision: %s needs --device cuda (the CPU runs fp32)",
                        c->str[SRV_OPT_PRECISION]);
     if (!c->str[SRV_OPT_STATE_DIR][0])
-        return cfg_err(err, errlen, "option --state-dir must not be empty");
+        return srv_errf(err, errlen, "option --state-dir must not be empty");
     if (c->str[SRV_OPT_TEXT_MODEL][0] && !c->str[SRV_OPT_HYPERNET][0])
-        return cfg_err(err, errlen,
+        return srv_errf(err, errlen,
                        "option --text-model needs --hypernet (the text encoder only feeds the "
                        "hypernetwork)");
     free(c->admin_token);
     c->admin_token = NULL;
     if (c->str[SRV_OPT_ADMIN_TOKEN][0] && c->str[SRV_OPT_ADMIN_TOKEN_FILE][0])
-        return cfg_err(err, errlen,
+        return srv_errf(err, errlen,
                        "options --admin-token and --admin-token-file are exclusive: give one");
     if (c->str[SRV_OPT_ADMIN_TOKEN_FILE][0])
         return read_token_file(c->str[SRV_OPT_ADMIN_TOKEN_FILE], &c->admin_token, err, errlen);
     if (c->str[SRV_OPT_ADMIN_TOKEN][0]) {
         c->admin_token = strdup(c->str[SRV_OPT_ADMIN_TOKEN]);
         if (!c->admin_token)
-            return cfg_err(err, errlen, "out of memory");
+            return srv_errf(err, errlen, "out of memory");
     }
     return 0;
 }
@@ -486,13 +471,13 @@ int srv_config_load(srv_config *c, int argc, char **argv, FILE *out, char *err, 
     }
     c->argv = calloc((size_t)argc + 1, sizeof *c->argv);
     if (!c->argv) {
-        cfg_err(err, errlen, "out of memory");
+        srv_errf(err, errlen, "out of memory");
         goto err;
     }
     c->argc = argc;
     for (int i = 0; i < argc; i++)
         if (!(c->argv[i] = strdup(argv[i]))) {
-            cfg_err(err, errlen, "out of memory");
+            srv_errf(err, errlen, "out of memory");
             goto err;
         }
     srv_log_set_level((int)c->num[SRV_OPT_LOG_LEVEL]);

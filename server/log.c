@@ -69,3 +69,14 @@ void srv_log(int level, const char *fmt, ...)
     ssize_t w = write(2, line, n);
     (void)w;
 }
+
+int srv_errf(char *err, size_t errlen, const char *fmt, ...)
+{
+    va_list ap;
+    if (err && errlen) {
+        va_start(ap, fmt);
+        vsnprintf(err, errlen, fmt, ap);
+        va_end(ap);
+    }
+    return -1;
+}

@@ -8,6 +8,8 @@
 #ifndef TASAM_SERVER_LOG_H
 #define TASAM_SERVER_LOG_H
 
+#include <stddef.h>
+
 /* Levels: the same numbers as the log-level option's choices. */
 #define SRV_LOG_LEVEL_ERROR 0
 #define SRV_LOG_LEVEL_WARN 1
@@ -20,6 +22,10 @@ int srv_log_level(void);
 
 /* Log a printf-style message at `level` (dropped if above the filter). */
 void srv_log(int level, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+
+/* Format a message into err (may be NULL; errlen bytes) for a caller that
+ * reports it, and return -1: `return srv_errf(err, n, "bad %s", x);`. */
+int srv_errf(char *err, size_t errlen, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
 
 #define srv_log_error(...) srv_log(SRV_LOG_LEVEL_ERROR, __VA_ARGS__)
 #define srv_log_warn(...) srv_log(SRV_LOG_LEVEL_WARN, __VA_ARGS__)
