@@ -5,6 +5,7 @@
  * <= 2e-3, IoU <= 1e-3, binary masks agree on >= 99.9% of pixels.
  */
 #include "harness.h"
+#include "sam_case.h"
 
 #include "engine/ckpt.h"
 #include "engine/error.h"
@@ -126,37 +127,13 @@ static int run_case(const char *cname, int multimask, int n_prompts)
     char key[128];
     const eng_sam_imginfo info = {800, 534, 1024, 684};
     float *emb = gold_f32("image_embedding", NULL);
-    int64_t npts = 0;
-    snprintf(key, sizeof key, "%s.point_coords", cname);
-    float *pts = eng_ckpt_find(golden, key) ? gold_f32(key, &npts) : NULL;
-    snprintf(key, sizeof key, "%s.point_labels", cname);
-    float *lab = eng_ckpt_find(golden, key) ? gold_f32(key, NULL) : NULL;
-    snprintf(key, sizeof key, "%s.box", cname);
-    float *box = eng_ckpt_find(golden, key) ? gold_f32(key, NULL) : NULL;
-    snprintf(key, sizeof key, "%s.boxes", cname);
-    float *boxes = eng_ckpt_find(golden, key) ? gold_f32(key, NULL) : NULL;
-    snprintf(key, sizeof key, "%s.mask_input", cname);
-    float *mi = eng_ckpt_find(golden, key) ? gold_f32(key, NULL) : NULL;
-    int np = (int)(npts / 2);
-    int labels[16];
-    for (int i = 0; i < np && i < 16; i++)
-        labels[i] = (int)lab[i];
-    eng_sam_prompt pr[8];
-    memset(pr, 0, sizeof pr);
-    for (int b = 0; b < n_prompts; b++) {
-        pr[b].n_points = np;
-        pr[b].points = pts;
-        pr[b].labels = labels;
-        pr[b].mask_input = mi;
-        if (box) {
-            pr[b].has_box = 1;
-            memcpy(pr[b].box, box, sizeof pr[b].box);
-        }
-        if (boxes) {
-            pr[b].has_box = 1;
-            memcpy(pr[b].box, boxes + 4 * b, sizeof pr[b].box);
-        }
+    sam_case sc;
+    if (!golden || sam_case_load(golden, cname, n_prompts, &sc) != 0) {
+        fprintf(stderr, "  case %s: cannot read its prompts\n", cname);
+        free(emb);
+        return 0;
     }
+    eng_sam_prompt *pr = sc.prompts;
     int C = multimask ? 3 : 1, ok = 1;
     size_t nm = (size_t)n_prompts * C;
     float *iou = malloc(nm * sizeof(float));
@@ -195,11 +172,7 @@ static int run_case(const char *cname, int multimask, int n_prompts)
         ok &= stab[i] >= 0 && stab[i] <= 1;
 out:
     free(emb);
-    free(pts);
-    free(lab);
-    free(box);
-    free(boxes);
-    free(mi);
+    sam_case_free(&sc);
     free(iou);
     free(lo);
     free(masks);
