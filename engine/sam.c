@@ -656,10 +656,30 @@ static void dec_lin(eng_sam *m, const eng_sam_lora *lo, const lin_t *l, eng_tens
     eng_ctx_release(ctx, mark);
 }
 
+/* The attention core and output projection of the two-way transformer over
+ * B independent prompts, from projected q [B*Tq, I], k and v [B*Tk, I]:
+ * out [B*Tq, E] = out_proj(attn(q, k, v)) with 8 heads; residual `res`
+ * added when non-NULL (out may alias res). */
+static void dec_attend(eng_sam *m, const eng_sam_lora *lo, const dec_attn *a, int B,
+                       eng_tensor *out, const eng_tensor *q, const eng_tensor *k,
+                       const eng_tensor *v, const eng_tensor *res)
+{
+    eng_ctx *ctx = m->dctx;
+    size_t mark = eng_ctx_mark(ctx);
+    int64_t Nq = q->shape[0], Nk = k->shape[0];
+    eng_tensor o = eng_new2(ctx, Nq, a->inner);
+    int heads = 8, D = a->inner / heads;
+    eng_attn d = {.B = B, .H = heads, .Tq = (int)(Nq / B), .Tk = (int)(Nk / B), .D = D,
+                  .scale = 1.0f / sqrtf((float)D)};
+    eng_attention(ctx, &o, q, k, v, &d);
+    dec_lin(m, lo, &a->out, out, &o, ENG_ACT_NONE, res);
+    eng_ctx_release(ctx, mark);
+}
+
 /* Attention of the two-way transformer over B independent prompts:
  * out [B*Tq, E] = out_proj(attn(q_proj(q_in), k_proj(k_in), v_proj(v_in)))
- * with 8 heads, q_in [B*Tq, E], k_in and v_in [B*Tk, E]; residual `res`
- * added when non-NULL (out may alias res). */
+ * with q_in [B*Tq, E], k_in and v_in [B*Tk, E]; residual `res` added when
+ * non-NULL (out may alias res). */
 static void dec_attention(eng_sam *m, const eng_sam_lora *lo, const dec_attn *a, int B,
                           eng_tensor *out, const eng_tensor *q_in, const eng_tensor *k_in,
                           const eng_tensor *v_in, const eng_tensor *res)
@@ -673,12 +693,7 @@ static void dec_attention(eng_sam *m, const eng_sam_lora *lo, const dec_attn *a,
     dec_lin(m, lo, &a->q, &q, q_in, ENG_ACT_NONE, NULL);
     dec_lin(m, lo, &a->k, &k, k_in, ENG_ACT_NONE, NULL);
     dec_lin(m, lo, &a->v, &v, v_in, ENG_ACT_NONE, NULL);
-    eng_tensor o = eng_new2(ctx, Nq, a->inner);
-    int heads = 8, D = a->inner / heads;
-    eng_attn d = {.B = B, .H = heads, .Tq = (int)(Nq / B), .Tk = (int)(Nk / B), .D = D,
-                  .scale = 1.0f / sqrtf((float)D)};
-    eng_attention(ctx, &o, &q, &k, &v, &d);
-    dec_lin(m, lo, &a->out, out, &o, ENG_ACT_NONE, res);
+    dec_attend(m, lo, a, B, out, &q, &k, &v, res);
     eng_ctx_release(ctx, mark);
 }
 
@@ -709,32 +724,35 @@ static eng_tensor rows_every(eng_tensor t, int64_t first, int64_t n, int64_t ste
     return r;
 }
 
-/* A group of B prompts with the same token count T and the same adapter,
- * decoded in one pass: every activation carries the batch as leading rows
- * (tokens [B*T, E], image side [B*P, E]; the upscaled masks stack the B
- * images vertically, which is exact for the non-overlapping 2x2 transposed
- * convolutions). emb_hwc [P, E] is the image embedding; tokens_host [B, T, E]; mask_inputs[b] a [256,256] low-res
- * mask or NULL (mask_inputs itself may be NULL). Writes iou_out [B, 4] and,
- * for each prompt, masks `first` .. `first + count - 1` into
- * masks_out [B, count, 256*256]. */
-static void sam_decode_group(eng_sam *m, const eng_sam_lora *lo, const eng_tensor *emb_hwc,
-                             const float *tokens_host, int B, int T,
-                             const float *const *mask_inputs, float *iou_out, float *masks_out,
-                             int first, int count)
+/* y [B*n, cols] = B copies of x [n, cols], in 1 + ceil(log2 B) copies. */
+static void dec_repeat_rows(eng_ctx *ctx, eng_tensor *y, const eng_tensor *x, int B)
+{
+    int64_t n = x->shape[0];
+    eng_tensor y0 = eng_rows(*y, 0, n);
+    eng_copy(ctx, &y0, x);
+    for (int64_t have = 1; have < B;) {
+        int64_t c = have < B - have ? have : B - have;
+        eng_tensor dst = eng_rows(*y, have * n, c * n), from = eng_rows(*y, 0, c * n);
+        eng_copy(ctx, &dst, &from);
+        have += c;
+    }
+}
+
+/* keys src [B*P, E] = the image embedding emb_hwc [P, E] + each prompt's
+ * dense embedding: no_mask_embed, or mask_inputs[b] [256, 256] through the
+ * mask downscaling convolutions. */
+static void dec_dense_keys(eng_sam *m, eng_tensor *src, const eng_tensor *emb_hwc, int B,
+                           const float *const *mask_inputs)
 {
     eng_ctx *ctx = m->dctx;
-    size_t mark = eng_ctx_mark(ctx);
-
-    /* src = image embedding (HWC) + each prompt's dense embedding */
-    eng_tensor src = eng_new2(ctx, (int64_t)B * P, E); /* keys [B*P, E] */
-    eng_tensor src0 = eng_rows(src, 0, P);
+    eng_tensor src0 = eng_rows(*src, 0, P);
     eng_copy(ctx, &src0, emb_hwc);
     for (int b = 1; b < B; b++) {
-        eng_tensor sb = eng_rows(src, (int64_t)b * P, P);
+        eng_tensor sb = eng_rows(*src, (int64_t)b * P, P);
         eng_copy(ctx, &sb, &src0);
     }
     for (int b = 0; b < B; b++) {
-        eng_tensor sb = eng_rows(src, (int64_t)b * P, P);
+        eng_tensor sb = eng_rows(*src, (int64_t)b * P, P);
         const float *mask_input = mask_inputs ? mask_inputs[b] : NULL;
         if (!mask_input) {
             eng_add(ctx, &sb, &sb, &m->no_mask);
@@ -756,6 +774,81 @@ static void sam_decode_group(eng_sam *m, const eng_sam_lora *lo, const eng_tenso
         eng_linear(ctx, &sb, &d2, &w6, &m->md6_b, ENG_ACT_NONE, &sb);
         eng_ctx_release(ctx, mk);
     }
+}
+
+/* The first two-way layer's image side, shared by every prompt without a
+ * mask input: such prompts all start from the same keys src0 = embedding +
+ * no_mask_embed, so the token-to-image k/v projections and the
+ * image-to-token q projection of layer 0 (three [P, E] x [E, I] GEMMs, about
+ * a quarter of a prompt's decoder FLOPs, see eng_sam_decoder_flops) are the
+ * same for all of them. Computed once per call and adapter and reused by
+ * every group of the call. Lives in the decoder's workspace. */
+typedef struct dec_shared {
+    const eng_sam_lora *lo; /* the adapter they were computed under */
+    int valid;
+    eng_tensor src0;        /* [P, E] embedding + no_mask_embed */
+    eng_tensor kp0;         /* [P, E] src0 + dense_pe */
+    eng_tensor k, v;        /* [P, I] layer 0 t2i: k_proj(kp0), v_proj(src0) */
+    eng_tensor q;           /* [P, I] layer 0 i2t: q_proj(kp0) */
+} dec_shared;
+
+static void dec_shared_alloc(eng_sam *m, dec_shared *sh)
+{
+    eng_ctx *ctx = m->dctx;
+    sh->lo = NULL;
+    sh->valid = 0;
+    sh->src0 = eng_new2(ctx, P, E);
+    sh->kp0 = eng_new2(ctx, P, E);
+    sh->k = eng_new2(ctx, P, m->layers[0].t2i.inner);
+    sh->v = eng_new2(ctx, P, m->layers[0].t2i.inner);
+    sh->q = eng_new2(ctx, P, m->layers[0].i2t.inner);
+}
+
+/* Fills sh for adapter lo from the embedding emb_hwc [P, E] unless it holds it. */
+static void dec_shared_update(eng_sam *m, dec_shared *sh, const eng_sam_lora *lo,
+                              const eng_tensor *emb_hwc)
+{
+    if (sh->valid && sh->lo == lo)
+        return;
+    eng_ctx *ctx = m->dctx;
+    const twoway_layer *L = &m->layers[0];
+    eng_add(ctx, &sh->src0, emb_hwc, &m->no_mask); /* no_mask [E] broadcast over rows */
+    eng_add(ctx, &sh->kp0, &sh->src0, &m->dense_pe);
+    dec_lin(m, lo, &L->t2i.k, &sh->k, &sh->kp0, ENG_ACT_NONE, NULL);
+    dec_lin(m, lo, &L->t2i.v, &sh->v, &sh->src0, ENG_ACT_NONE, NULL);
+    dec_lin(m, lo, &L->i2t.q, &sh->q, &sh->kp0, ENG_ACT_NONE, NULL);
+    sh->lo = lo;
+    sh->valid = 1;
+}
+
+/* A group of B prompts with the same token count T and the same adapter,
+ * decoded in one pass: every activation carries the batch as leading rows
+ * (tokens [B*T, E], image side [B*P, E]; the upscaled masks stack the B
+ * images vertically, which is exact for the non-overlapping 2x2 transposed
+ * convolutions). emb_hwc [P, E] is the image embedding; tokens_host [B, T, E];
+ * mask_inputs[b] a [256,256] low-res mask or NULL (mask_inputs itself may be
+ * NULL). When no prompt of the group has a mask input, layer 0's image side
+ * comes from sh (computed here if it does not hold lo's yet). Writes
+ * iou_out [B, 4] and, for each prompt, masks `first` .. `first + count - 1`
+ * into masks_out [B, count, 256*256]. */
+static void sam_decode_group(eng_sam *m, const eng_sam_lora *lo, const eng_tensor *emb_hwc,
+                             dec_shared *sh, const float *tokens_host, int B, int T,
+                             const float *const *mask_inputs, float *iou_out, float *masks_out,
+                             int first, int count)
+{
+    eng_ctx *ctx = m->dctx;
+    size_t mark = eng_ctx_mark(ctx);
+    int shared = 1;
+    for (int b = 0; b < B && mask_inputs; b++)
+        shared &= mask_inputs[b] == NULL;
+
+    /* keys [B*P, E]: with sh, written by layer 0's image-to-token step;
+     * otherwise the image embedding + each prompt's dense embedding */
+    eng_tensor src = eng_new2(ctx, (int64_t)B * P, E);
+    if (shared)
+        dec_shared_update(m, sh, lo, emb_hwc);
+    else
+        dec_dense_keys(m, &src, emb_hwc, B, mask_inputs);
 
     int64_t BT = (int64_t)B * T;
     eng_tensor pe_tok = eng_new2(ctx, BT, E); /* query_pe: the prompt tokens themselves */
@@ -780,8 +873,18 @@ static void sam_decode_group(eng_sam *m, const eng_sam_lora *lo, const eng_tenso
         eng_layernorm(ctx, &queries, &queries, NULL, &L->norm1.g, &L->norm1.b, DEC_EPS);
 
         eng_add(ctx, &qp, &queries, &pe_tok);
-        eng_add(ctx, &kp, &src, &m->dense_pe); /* dense_pe [P, E] broadcast over the batch */
-        dec_attention(m, lo, &L->t2i, B, &queries, &qp, &kp, &src, &queries);
+        if (l == 0 && shared) {
+            /* one key set for all prompts: their B*T query rows attend as
+             * a single batch */
+            size_t mk = eng_ctx_mark(ctx);
+            eng_tensor q = eng_new2(ctx, BT, L->t2i.inner);
+            dec_lin(m, lo, &L->t2i.q, &q, &qp, ENG_ACT_NONE, NULL);
+            dec_attend(m, lo, &L->t2i, 1, &queries, &q, &sh->k, &sh->v, &queries);
+            eng_ctx_release(ctx, mk);
+        } else {
+            eng_add(ctx, &kp, &src, &m->dense_pe); /* dense_pe [P, E] broadcast over the batch */
+            dec_attention(m, lo, &L->t2i, B, &queries, &qp, &kp, &src, &queries);
+        }
         eng_layernorm(ctx, &queries, &queries, NULL, &L->norm2.g, &L->norm2.b, DEC_EPS);
 
         dec_lin(m, lo, &L->mlp1, &mid, &queries, ENG_ACT_RELU, NULL);
@@ -789,8 +892,31 @@ static void sam_decode_group(eng_sam *m, const eng_sam_lora *lo, const eng_tenso
         eng_layernorm(ctx, &queries, &queries, NULL, &L->norm3.g, &L->norm3.b, DEC_EPS);
 
         eng_add(ctx, &qp, &queries, &pe_tok);
-        /* keys + key_pe unchanged since the token-to-image step */
-        dec_attention(m, lo, &L->i2t, B, &src, &kp, &qp, &queries, &src);
+        if (l == 0 && shared) {
+            /* the shared q_proj(src0 + pe) for every prompt; keys <- src0 +
+             * out_proj(attention) */
+            size_t mk = eng_ctx_mark(ctx);
+            eng_tensor q = sh->q;
+            if (B > 1) {
+                q = eng_new2(ctx, (int64_t)B * P, L->i2t.inner);
+                dec_repeat_rows(ctx, &q, &sh->q, B);
+            }
+            eng_tensor k = eng_new2(ctx, BT, L->i2t.inner);
+            eng_tensor v = eng_new2(ctx, BT, L->i2t.inner);
+            dec_lin(m, lo, &L->i2t.k, &k, &qp, ENG_ACT_NONE, NULL);
+            dec_lin(m, lo, &L->i2t.v, &v, &queries, ENG_ACT_NONE, NULL);
+            /* the residual: src0 itself for one prompt, else B copies of it */
+            const eng_tensor *res = &sh->src0;
+            if (B > 1) {
+                dec_repeat_rows(ctx, &src, &sh->src0, B);
+                res = &src;
+            }
+            dec_attend(m, lo, &L->i2t, B, &src, &q, &k, &v, res);
+            eng_ctx_release(ctx, mk);
+        } else {
+            /* keys + key_pe unchanged since the token-to-image step */
+            dec_attention(m, lo, &L->i2t, B, &src, &kp, &qp, &queries, &src);
+        }
         eng_layernorm(ctx, &src, &src, NULL, &L->norm4.g, &L->norm4.b, DEC_EPS);
     }
     eng_add(ctx, &qp, &queries, &pe_tok);
@@ -808,20 +934,22 @@ static void sam_decode_group(eng_sam *m, const eng_sam_lora *lo, const eng_tenso
     eng_conv_transpose2x2(ctx, &u2, &u1, 2 * B * G, 2 * G, &m->up3_w, &m->up3_b);
     eng_activate(ctx, &u2, &u2, ENG_ACT_GELU);
 
-    /* hyper_in [4, B, 32]: one MLP per mask token over the batch */
+    /* hyper_in [4, B, 32]: one MLP per mask token over the batch, for the
+     * tokens of the masks returned */
     eng_tensor hyper = eng_new2(ctx, (int64_t)NMASK * B, UPC2);
-    for (int i = 0; i < NMASK; i++) {
+    for (int i = first; i < first + count; i++) {
         eng_tensor tok = rows_every(queries, 1 + i, B, T);
         eng_tensor out = eng_rows(hyper, (int64_t)i * B, B);
         dec_mlp3(m, lo, m->hyper[i], &out, &tok);
     }
-    /* masks [B, 4, 256*256]: prompt b's 4 hypernetwork outputs against its
-     * upscaled image */
-    eng_tensor masks = eng_new2(ctx, (int64_t)B * NMASK, ENG_SAM_LOWRES_FLOATS);
+    /* masks [B, count, 256*256]: prompt b's hypernetwork outputs `first` ..
+     * `first + count - 1` against its upscaled image; only the masks the
+     * caller gets, contiguous so that one copy brings them all back */
+    eng_tensor masks = eng_new2(ctx, (int64_t)B * count, ENG_SAM_LOWRES_FLOATS);
     for (int b = 0; b < B; b++) {
-        eng_tensor hb = rows_every(hyper, b, NMASK, B);
+        eng_tensor hb = rows_every(hyper, (int64_t)first * B + b, count, B);
         eng_tensor ub = eng_rows(u2, (int64_t)b * 16 * P, 16 * P);
-        eng_tensor mb = eng_rows(masks, (int64_t)b * NMASK, NMASK);
+        eng_tensor mb = eng_rows(masks, (int64_t)b * count, count);
         eng_linear(ctx, &mb, &hb, &ub, NULL, ENG_ACT_NONE, NULL);
     }
     eng_tensor iou = eng_new2(ctx, B, NMASK);
@@ -829,11 +957,8 @@ static void sam_decode_group(eng_sam *m, const eng_sam_lora *lo, const eng_tenso
     dec_mlp3(m, lo, m->iou_head, &iou, &iou_tok);
 
     sam_download(ctx, iou_out, &iou, (size_t)B * NMASK);
-    for (int b = 0; b < B && masks_out; b++) {
-        eng_tensor sel = eng_rows(masks, (int64_t)b * NMASK + first, count);
-        sam_download(ctx, masks_out + (size_t)b * count * ENG_SAM_LOWRES_FLOATS, &sel,
-                     (size_t)count * ENG_SAM_LOWRES_FLOATS);
-    }
+    if (masks_out)
+        sam_download(ctx, masks_out, &masks, (size_t)B * count * ENG_SAM_LOWRES_FLOATS);
     eng_ctx_release(ctx, mark);
 }
 
@@ -1114,8 +1239,12 @@ static int sam_plan(eng_sam *m)
         }
         for (int t = 0; t < ENG_SAM_LORA_TARGETS; t++)
             plan_lora->present[t] = 1;
-        /* the largest group, every prompt with a mask input */
-        sam_decode_group(m, plan_lora, &emb, NULL, GB, T, masks, NULL, NULL, 0, NMASK);
+        /* the largest group, every prompt with a mask input, then without
+         * (layer 0 from the shared image side) */
+        dec_shared sh;
+        dec_shared_alloc(m, &sh);
+        sam_decode_group(m, plan_lora, &emb, &sh, NULL, GB, T, masks, NULL, NULL, 0, NMASK);
+        sam_decode_group(m, plan_lora, &emb, &sh, NULL, GB, T, NULL, NULL, NULL, 0, NMASK);
         free(plan_lora);
         free(masks);
         eng_ctx_release(dc, mark);
@@ -1472,14 +1601,18 @@ int eng_sam_decode_cached(eng_sam *m, const char *key, const float *embedding,
     }
     if (slot)
         slot->tick = ++m->slot_tick;
+    dec_shared sh;
+    dec_shared_alloc(m, &sh);
     for (int i = 0; i < n && !m->dctx->status;) {
-        /* a group: consecutive prompts with the same token count and the same
-         * adapter, at most max_decode_batch of them */
+        /* a group: consecutive prompts with the same token count, the same
+         * adapter and all with or all without a mask input (those without
+         * share layer 0's image side), at most max_decode_batch of them */
         int T = 1 + NMASK + sam_sparse_tokens(m, info, &prompts[i], tokens + (1 + NMASK) * E);
         memcpy(tokens, m->out_tokens, sizeof m->out_tokens);
         mask_in[0] = prompts[i].mask_input;
         int B = 1;
-        while (i + B < n && B < GB && prompts[i + B].lora == prompts[i].lora) {
+        while (i + B < n && B < GB && prompts[i + B].lora == prompts[i].lora &&
+               !prompts[i + B].mask_input == !prompts[i].mask_input) {
             float *tb = tokens + (size_t)B * T * E;
             int tb_n = sam_sparse_tokens(m, info, &prompts[i + B], tb + (1 + NMASK) * E);
             if (1 + NMASK + tb_n != T)
@@ -1488,7 +1621,7 @@ int eng_sam_decode_cached(eng_sam *m, const char *key, const float *embedding,
             mask_in[B] = prompts[i + B].mask_input;
             B++;
         }
-        sam_decode_group(m, prompts[i].lora, &emb, tokens, B, T, mask_in, iou4,
+        sam_decode_group(m, prompts[i].lora, &emb, &sh, tokens, B, T, mask_in, iou4,
                          low_res + (size_t)i * count * ENG_SAM_LOWRES_FLOATS, first, count);
         for (int b = 0; b < B; b++)
             memcpy(iou + (size_t)(i + b) * count, iou4 + (size_t)b * NMASK + first,
