@@ -125,7 +125,11 @@ eng_backend *eng_sam_decoder_backend(const eng_sam *m);
 size_t eng_sam_workspace_bytes(const eng_sam *m);
 
 /* Analytic FLOP counts (multiply-add = 2) of one image through the encoder,
- * and of one prompt of n_tokens decoder tokens (5 + sparse prompt tokens). */
+ * and of one prompt of n_tokens decoder tokens (5 + sparse prompt tokens),
+ * both as the reference model computes them. (Decoding several prompts
+ * without mask inputs in one call shares layer 0's image side, about a
+ * quarter of the decoder count, so a rate from this count is an effective
+ * rate there.) */
 double eng_sam_encoder_flops(const eng_sam_config *cfg);
 double eng_sam_decoder_flops(int n_tokens);
 

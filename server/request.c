@@ -4,6 +4,7 @@
 #include "server/request.h"
 
 #include <ctype.h>
+#include <float.h>
 #include <math.h>
 #include <stdarg.h>
 #include <stdio.h>
@@ -119,13 +120,14 @@ static const char *type_name(const json_t *v)
     return "unknown";
 }
 
-/* Contract: a finite JSON number as double; 0 on success. */
+/* Contract: a JSON number within float range (coordinates are stored as
+ * float: 1e300 would become inf), as double; 0 on success. */
 static int get_num(const json_t *v, double *out)
 {
     if (!json_is_number(v))
         return -1;
     *out = json_number_value(v);
-    return isfinite(*out) ? 0 : -1;
+    return isfinite(*out) && fabs(*out) <= FLT_MAX ? 0 : -1;
 }
 
 static int parse_points(const json_t *v, const srv_limits *lim, srv_request *r, srv_error *e)

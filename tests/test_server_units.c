@@ -145,6 +145,8 @@ static void test_request_validation(void)
         {"{\"image\":\"iVBO\",\"points\":[[1,2]]}", "points[0]"},
         {"{\"image\":\"iVBO\",\"points\":[[1,2,1.0]]}", "points[0]"},
         {"{\"image\":\"iVBO\",\"points\":{}}", "points"},
+        {"{\"image\":\"iVBO\",\"points\":[[1e39,2,1]]}", "points[0]"}, /* inf as a float */
+        {"{\"image\":\"iVBO\",\"boxes\":[[-1e300,0,1,1]]}", "boxes[0]"},
         {"{\"image\":\"iVBO\",\"boxes\":[[5,0,1,1]]}", "boxes[0]"},
         {"{\"image\":\"iVBO\",\"boxes\":[[0,0,1,\"a\"]]}", "boxes[0]"},
         {"{\"image\":\"iVB\"}", "image"},
