@@ -220,47 +220,27 @@ static void test_end_to_end_image(void)
     eng_image_free(&img);
 }
 
-/* Decoder groups: a model decoding up to 3 prompts per pass gives what
- * prompt-by-prompt decoding gives, for 5 prompts of the same token count:
- * three without a mask input then two with one (a group of 3 on layer 0's
- * shared image side, then a group of 2 on the per-prompt path), and all five
- * without (groups of 3 + 2, the second reusing the first's shared side). */
+/* Decoder groups (sam_case_groups): a model decoding up to 3 prompts per
+ * pass gives what prompt-by-prompt decoding gives, with and without mask
+ * inputs and with layer 0's image side shared within and across groups. */
 static void test_batched_decode(void)
 {
     T_NEED_FIXTURES();
     T_REQUIRE(model && golden, "setup failed");
-    eng_sam *mb = NULL;
-    eng_sam_options opt = {.max_points = 8, .max_batch = 1, .max_decode_batch = 3};
-    T_REQUIRE(eng_sam_load(&mb, t_fixture("sam_tiny.safetensors"), be, &opt) == 0, "%s",
-              eng_last_error());
-    const eng_sam_imginfo info = {800, 534, 1024, 684};
     float *emb = gold_f32("image_embedding", NULL);
     float *mi = gold_f32("mask_refine.mask_input", NULL);
-    float pts[5][4] = {{400, 293.7f, 200, 160.2f}, {100, 100, 700, 400}, {50, 500, 600, 60},
-                       {300, 300, 310, 310}, {790, 10, 5, 520}};
-    int labels[2] = {1, 0};
-    eng_sam_prompt p[5];
-    size_t per = 3 * ENG_SAM_LOWRES_FLOATS;
-    float *a = malloc(5 * per * 4), *b = malloc(5 * per * 4), ia[15], ib[15];
-    for (int round = 0; round < 2; round++) {
-        for (int i = 0; i < 5; i++)
-            p[i] = (eng_sam_prompt){.n_points = 2, .points = pts[i], .labels = labels,
-                                    .mask_input = round == 0 && i >= 3 ? mi : NULL};
-        T_CHECK(eng_sam_decode(model, emb, &info, p, 5, 1, ia, a) == 0, "%s", eng_last_error());
-        T_CHECK(eng_sam_decode(mb, emb, &info, p, 5, 1, ib, b) == 0, "%s", eng_last_error());
-        double d = t_max_abs_diff(a, b, 5 * per, NULL), di = t_max_abs_diff(ia, ib, 15, NULL);
+    double d[2][2], distinct;
+    T_CHECK(sam_case_groups(be, t_fixture("sam_tiny.safetensors"), emb, mi, d, &distinct) == 0,
+            "%s", eng_last_error());
+    for (int r = 0; r < 2; r++) {
         printf("  groups of 3 vs one by one (%s): logits %.3g, IoU %.3g\n",
-               round == 0 ? "2 with a mask input" : "no mask input", d, di);
-        T_CHECK(d <= 1e-4 && di <= 1e-5, "batched decode differs: %g / %g", d, di);
-        for (int i = 1; i < 5; i++)
-            T_CHECK(t_max_abs_diff(a, a + i * per, per, NULL) > 1e-2,
-                    "prompts 0 and %d gave the same logits", i);
+               r == 0 ? "2 with a mask input" : "no mask input", d[r][0], d[r][1]);
+        T_CHECK(d[r][0] <= 1e-4 && d[r][1] <= 1e-5, "batched decode differs: %g / %g", d[r][0],
+                d[r][1]);
     }
-    free(a);
-    free(b);
+    T_CHECK(distinct > 1e-2, "prompts gave the same logits (%g)", distinct);
     free(emb);
     free(mi);
-    eng_sam_destroy(mb);
 }
 
 /* The decoder on a backend of its own (here a second CPU backend) computes
