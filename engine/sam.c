@@ -64,12 +64,24 @@ typedef struct twoway_layer {
     lin_t mlp1, mlp2; /* [2048, E], [E, 2048] */
 } twoway_layer;
 
-/* One device-resident embedding (eng_sam_decode_cached). */
+/* Layer 0's image side for prompts without a mask input (dec_shared). */
+typedef struct dec_side {
+    eng_tensor src0;  /* [P, E] embedding + no_mask_embed */
+    eng_tensor k, v;  /* [P, I] layer 0 t2i: k_proj(src0 + dense_pe), v_proj(src0) */
+    eng_tensor q;     /* [P, I] layer 0 i2t: q_proj(src0 + dense_pe) */
+} dec_side;
+
+/* One device-resident embedding (eng_sam_decode_cached), with its layer-0
+ * side under no adapter once a call has needed it: a repeat click on a
+ * cached image skips those three GEMMs too. */
 typedef struct emb_slot {
     char key[96];     /* caller's key, "" when unused */
     int used;         /* holds a complete embedding */
+    int side_ok;      /* `side` holds this embedding's adapter-free layer-0 side */
+    int side_new;     /* `side` written by the call in progress */
     uint64_t tick;    /* last use */
     eng_tensor t;     /* [P, E] on the decoder's backend */
+    dec_side side;    /* on the decoder's backend */
 } emb_slot;
 
 struct eng_sam {
@@ -782,43 +794,55 @@ static void dec_dense_keys(eng_sam *m, eng_tensor *src, const eng_tensor *emb_hw
  * image-to-token q projection of layer 0 (three [P, E] x [E, I] GEMMs, about
  * a quarter of a prompt's decoder FLOPs, see eng_sam_decoder_flops) are the
  * same for all of them. Computed once per call and adapter and reused by
- * every group of the call. Lives in the decoder's workspace. */
+ * every group of the call; under no adapter, kept with a resident
+ * embedding's slot across calls. */
 typedef struct dec_shared {
-    const eng_sam_lora *lo; /* the adapter they were computed under */
+    const eng_sam_lora *lo; /* the adapter `cur` was computed under */
     int valid;
-    eng_tensor src0;        /* [P, E] embedding + no_mask_embed */
-    eng_tensor kp0;         /* [P, E] src0 + dense_pe */
-    eng_tensor k, v;        /* [P, I] layer 0 t2i: k_proj(kp0), v_proj(src0) */
-    eng_tensor q;           /* [P, I] layer 0 i2t: q_proj(kp0) */
+    dec_side own;           /* in the decoder's workspace */
+    eng_tensor kp0;         /* [P, E] workspace: src0 + dense_pe */
+    emb_slot *slot;         /* the resident embedding's slot, or NULL */
+    dec_side cur;           /* what layer 0 reads: `own` or the slot's */
 } dec_shared;
 
-static void dec_shared_alloc(eng_sam *m, dec_shared *sh)
+static void dec_shared_alloc(eng_sam *m, dec_shared *sh, emb_slot *slot)
 {
     eng_ctx *ctx = m->dctx;
-    sh->lo = NULL;
-    sh->valid = 0;
-    sh->src0 = eng_new2(ctx, P, E);
+    memset(sh, 0, sizeof *sh);
+    sh->own.src0 = eng_new2(ctx, P, E);
+    sh->own.k = eng_new2(ctx, P, m->layers[0].t2i.inner);
+    sh->own.v = eng_new2(ctx, P, m->layers[0].t2i.inner);
+    sh->own.q = eng_new2(ctx, P, m->layers[0].i2t.inner);
     sh->kp0 = eng_new2(ctx, P, E);
-    sh->k = eng_new2(ctx, P, m->layers[0].t2i.inner);
-    sh->v = eng_new2(ctx, P, m->layers[0].t2i.inner);
-    sh->q = eng_new2(ctx, P, m->layers[0].i2t.inner);
+    sh->slot = slot;
 }
 
-/* Fills sh for adapter lo from the embedding emb_hwc [P, E] unless it holds it. */
+/* Points sh->cur at adapter lo's side of the embedding emb_hwc [P, E],
+ * computing it unless the call or the slot already holds it. */
 static void dec_shared_update(eng_sam *m, dec_shared *sh, const eng_sam_lora *lo,
                               const eng_tensor *emb_hwc)
 {
     if (sh->valid && sh->lo == lo)
         return;
-    eng_ctx *ctx = m->dctx;
-    const twoway_layer *L = &m->layers[0];
-    eng_add(ctx, &sh->src0, emb_hwc, &m->no_mask); /* no_mask [E] broadcast over rows */
-    eng_add(ctx, &sh->kp0, &sh->src0, &m->dense_pe);
-    dec_lin(m, lo, &L->t2i.k, &sh->k, &sh->kp0, ENG_ACT_NONE, NULL);
-    dec_lin(m, lo, &L->t2i.v, &sh->v, &sh->src0, ENG_ACT_NONE, NULL);
-    dec_lin(m, lo, &L->i2t.q, &sh->q, &sh->kp0, ENG_ACT_NONE, NULL);
     sh->lo = lo;
     sh->valid = 1;
+    emb_slot *slot = lo ? NULL : sh->slot;
+    if (slot && slot->side_ok) {
+        sh->cur = slot->side;
+        return;
+    }
+    /* the slot's copy becomes valid only once the whole call succeeds */
+    if (slot)
+        slot->side_new = 1;
+    dec_side *d = slot ? &slot->side : &sh->own;
+    eng_ctx *ctx = m->dctx;
+    const twoway_layer *L = &m->layers[0];
+    eng_add(ctx, &d->src0, emb_hwc, &m->no_mask); /* no_mask [E] broadcast over rows */
+    eng_add(ctx, &sh->kp0, &d->src0, &m->dense_pe);
+    dec_lin(m, lo, &L->t2i.k, &d->k, &sh->kp0, ENG_ACT_NONE, NULL);
+    dec_lin(m, lo, &L->t2i.v, &d->v, &d->src0, ENG_ACT_NONE, NULL);
+    dec_lin(m, lo, &L->i2t.q, &d->q, &sh->kp0, ENG_ACT_NONE, NULL);
+    sh->cur = *d;
 }
 
 /* A group of B prompts with the same token count T and the same adapter,
@@ -879,7 +903,7 @@ static void sam_decode_group(eng_sam *m, const eng_sam_lora *lo, const eng_tenso
             size_t mk = eng_ctx_mark(ctx);
             eng_tensor q = eng_new2(ctx, BT, L->t2i.inner);
             dec_lin(m, lo, &L->t2i.q, &q, &qp, ENG_ACT_NONE, NULL);
-            dec_attend(m, lo, &L->t2i, 1, &queries, &q, &sh->k, &sh->v, &queries);
+            dec_attend(m, lo, &L->t2i, 1, &queries, &q, &sh->cur.k, &sh->cur.v, &queries);
             eng_ctx_release(ctx, mk);
         } else {
             eng_add(ctx, &kp, &src, &m->dense_pe); /* dense_pe [P, E] broadcast over the batch */
@@ -896,19 +920,19 @@ static void sam_decode_group(eng_sam *m, const eng_sam_lora *lo, const eng_tenso
             /* the shared q_proj(src0 + pe) for every prompt; keys <- src0 +
              * out_proj(attention) */
             size_t mk = eng_ctx_mark(ctx);
-            eng_tensor q = sh->q;
+            eng_tensor q = sh->cur.q;
             if (B > 1) {
                 q = eng_new2(ctx, (int64_t)B * P, L->i2t.inner);
-                dec_repeat_rows(ctx, &q, &sh->q, B);
+                dec_repeat_rows(ctx, &q, &sh->cur.q, B);
             }
             eng_tensor k = eng_new2(ctx, BT, L->i2t.inner);
             eng_tensor v = eng_new2(ctx, BT, L->i2t.inner);
             dec_lin(m, lo, &L->i2t.k, &k, &qp, ENG_ACT_NONE, NULL);
             dec_lin(m, lo, &L->i2t.v, &v, &queries, ENG_ACT_NONE, NULL);
             /* the residual: src0 itself for one prompt, else B copies of it */
-            const eng_tensor *res = &sh->src0;
+            const eng_tensor *res = &sh->cur.src0;
             if (B > 1) {
-                dec_repeat_rows(ctx, &src, &sh->src0, B);
+                dec_repeat_rows(ctx, &src, &sh->cur.src0, B);
                 res = &src;
             }
             dec_attend(m, lo, &L->i2t, B, &src, &q, &k, &v, res);
@@ -1242,7 +1266,7 @@ static int sam_plan(eng_sam *m)
         /* the largest group, every prompt with a mask input, then without
          * (layer 0 from the shared image side) */
         dec_shared sh;
-        dec_shared_alloc(m, &sh);
+        dec_shared_alloc(m, &sh, NULL);
         sam_decode_group(m, plan_lora, &emb, &sh, NULL, GB, T, masks, NULL, NULL, 0, NMASK);
         sam_decode_group(m, plan_lora, &emb, &sh, NULL, GB, T, NULL, NULL, NULL, 0, NMASK);
         free(plan_lora);
@@ -1306,7 +1330,13 @@ int eng_sam_load(eng_sam **out, const char *path, eng_backend *be, const eng_sam
     if ((rc = sam_make_dense_pe(m)))
         goto err;
     if (m->opt.embedding_slots > 0) {
-        size_t one = (size_t)P * E * eng_dtype_size(eng_backend_dtype(m->dbe));
+        /* a slot: the embedding [P, E], then its layer-0 side: src0 [P, E],
+         * k, v [P, I_t2i], q [P, I_i2t] (every offset a multiple of P
+         * elements, so aligned) */
+        eng_dtype dt = eng_backend_dtype(m->dbe);
+        eng_device dev = eng_backend_device(m->dbe);
+        int64_t it = m->layers[0].t2i.inner, ii = m->layers[0].i2t.inner;
+        size_t es = eng_dtype_size(dt), one = (size_t)P * (2 * E + 2 * it + ii) * es;
         m->slots = calloc((size_t)m->opt.embedding_slots, sizeof *m->slots);
         m->slot_mem = m->slots ? eng_backend_alloc(m->dbe, one * m->opt.embedding_slots) : NULL;
         if (!m->slots || !m->slot_mem) {
@@ -1315,9 +1345,19 @@ int eng_sam_load(eng_sam **out, const char *path, eng_backend *be, const eng_sam
             goto err;
         }
         m->n_slots = m->opt.embedding_slots;
-        for (int i = 0; i < m->n_slots; i++)
-            m->slots[i].t = eng_view((uint8_t *)m->slot_mem + one * i, eng_backend_dtype(m->dbe),
-                                     eng_backend_device(m->dbe), 2, (int64_t[]){P, E});
+        for (int i = 0; i < m->n_slots; i++) {
+            emb_slot *sl = &m->slots[i];
+            uint8_t *p = (uint8_t *)m->slot_mem + one * i;
+            sl->t = eng_view(p, dt, dev, 2, (int64_t[]){P, E});
+            p += (size_t)P * E * es;
+            sl->side.src0 = eng_view(p, dt, dev, 2, (int64_t[]){P, E});
+            p += (size_t)P * E * es;
+            sl->side.k = eng_view(p, dt, dev, 2, (int64_t[]){P, it});
+            p += (size_t)P * it * es;
+            sl->side.v = eng_view(p, dt, dev, 2, (int64_t[]){P, it});
+            p += (size_t)P * it * es;
+            sl->side.q = eng_view(p, dt, dev, 2, (int64_t[]){P, ii});
+        }
     }
     if ((rc = sam_plan(m)))
         goto err;
@@ -1589,20 +1629,23 @@ int eng_sam_decode_cached(eng_sam *m, const char *key, const float *embedding,
     sam_begin(m->dctx);
     eng_tensor emb = slot ? slot->t : eng_new2(m->dctx, P, E);
     if (!found) {
+        if (slot) { /* valid only once the whole call has succeeded */
+            snprintf(slot->key, sizeof slot->key, "%s", key);
+            slot->used = 0;
+            slot->side_ok = 0;
+        }
         size_t mark = eng_ctx_mark(m->dctx);
         eng_tensor chw = eng_new2(m->dctx, E, P);
         sam_upload(m->dctx, &chw, embedding);
         eng_transpose(m->dctx, &emb, &chw);
         eng_ctx_release(m->dctx, mark);
-        if (slot) { /* valid only once the whole call has succeeded */
-            snprintf(slot->key, sizeof slot->key, "%s", key);
-            slot->used = 0;
-        }
     }
-    if (slot)
+    if (slot) {
         slot->tick = ++m->slot_tick;
+        slot->side_new = 0;
+    }
     dec_shared sh;
-    dec_shared_alloc(m, &sh);
+    dec_shared_alloc(m, &sh, slot);
     for (int i = 0; i < n && !m->dctx->status;) {
         /* a group: consecutive prompts with the same token count, the same
          * adapter and all with or all without a mask input (those without
@@ -1634,6 +1677,8 @@ int eng_sam_decode_cached(eng_sam *m, const char *key, const float *embedding,
     rc = sam_end(m->dctx);
     if (slot && !found)
         slot->used = rc == 0;
+    if (slot && slot->side_new)
+        slot->side_ok = rc == 0;
     return rc;
 }
 

@@ -44,7 +44,8 @@ typedef struct eng_sam_options {
     int max_batch;   /* images per encoder call (default 1) */
     int max_decode_batch; /* prompts decoded in one pass (default 64 on CUDA, 1 on the CPU) */
     int embedding_slots;  /* image embeddings kept resident on the decoder's device for
-                             eng_sam_decode_cached (default 0); each holds 256*64*64 values */
+                             eng_sam_decode_cached (default 0); each holds 256*64*64 values
+                             and their decoder layer-0 side, 640*64*64 values in all */
     eng_backend *decoder_backend; /* borrowed; runs the prompt encoder, mask decoder and
                                      postprocessing (NULL: the model's backend). E.g. the
                                      encoder in bf16 and the decoder in fp32 on one GPU: the
@@ -173,8 +174,9 @@ int eng_sam_decode(eng_sam *m, const float *embedding, const eng_sam_imginfo *in
  * key is resident its copy is used and `embedding` may be NULL (ENG_ENOTFOUND
  * if it is NULL and the key is not resident); otherwise `embedding` is
  * uploaded into the least recently used of opt.embedding_slots slots. Saves
- * the upload and layout change of 4 MiB per call on a GPU. key NULL: as
- * eng_sam_decode. */
+ * the upload and layout change of 4 MiB per call on a GPU, and, for prompts
+ * without a mask input or adapter, the first decoder layer's image-side
+ * projections after the first such call. key NULL: as eng_sam_decode. */
 int eng_sam_decode_cached(eng_sam *m, const char *key, const float *embedding,
                           const eng_sam_imginfo *info, const eng_sam_prompt *prompts, int n,
                           int multimask, float *iou, float *low_res);

@@ -1,8 +1,8 @@
 /*
  * tests/test_lora.c: LoRA adapters on the mask decoder (engine side): a zero
  * adapter is plain SAM exactly, a random one changes the masks
- * deterministically, merged and unmerged application agree, and a batch
- * mixing adapters equals separate calls. Uses the fixture `tiny` model and
+ * deterministically, merged and unmerged application agree, a batch mixing
+ * adapters equals separate calls, also on a resident embedding. Uses the fixture `tiny` model and
  * the golden embedding of images/dog.jpg.
  */
 #include "harness.h"
@@ -70,7 +70,9 @@ static void setup(void)
     if (!t_fixtures())
         return;
     eng_ckpt *g = NULL;
-    if (eng_backend_cpu_create(&be, 0) || eng_sam_load(&model, t_fixture("sam_tiny.safetensors"), be, NULL) ||
+    eng_sam_options opt = {.embedding_slots = 1};
+    if (eng_backend_cpu_create(&be, 0) ||
+        eng_sam_load(&model, t_fixture("sam_tiny.safetensors"), be, &opt) ||
         eng_ckpt_open(&g, t_fixture("golden_tiny.safetensors"))) {
         fprintf(stderr, "setup: %s\n", eng_last_error());
         return;
@@ -191,6 +193,47 @@ static void test_mixed_batch_equals_separate_calls(void)
     free(ls1);
 }
 
+/* A resident embedding keeps its layer-0 side for adapter-free prompts only:
+ * calls under an adapter compute their own, and adapter-free calls before
+ * and after them still give plain SAM's answer, bit for bit. */
+static void test_adapters_on_resident_embedding(void)
+{
+    T_NEED_FIXTURES();
+    T_REQUIRE(model && emb, "setup failed");
+    factors f;
+    make_factors(&f, 4, 0.3f, 0.3f, 21, 0);
+    eng_sam_lora *a = NULL;
+    T_REQUIRE(eng_sam_lora_create(model, 4, 1.0f, (const float *const *)f.A,
+                                  (const float *const *)f.B, 0, &a) == 0, "%s", eng_last_error());
+    float *plain = malloc(LR * 4), *with = malloc(LR * 4), *got = malloc(4 * LR * 4);
+    float ip[3], iw[3], ig[12];
+    T_REQUIRE(decode(NULL, ip, plain) == 0 && decode(a, iw, with) == 0, "%s", eng_last_error());
+    T_CHECK(memcmp(plain, with, LR * 4) != 0, "the adapter had no effect");
+    const eng_sam_lora *order[4] = {a, NULL, a, NULL};
+    for (int step = 0; step < 4; step++) {
+        eng_sam_prompt p = {.n_points = 2, .points = pts, .labels = labels, .lora = order[step]};
+        T_CHECK(eng_sam_decode_cached(model, "img", step ? NULL : emb, &info, &p, 1, 1, ig, got) ==
+                    0,
+                "step %d: %s", step, eng_last_error());
+        const float *want = order[step] ? with : plain;
+        T_CHECK(memcmp(got, want, LR * 4) == 0, "step %d (%s) differs", step,
+                order[step] ? "adapter" : "plain");
+        T_CHECK(memcmp(ig, order[step] ? iw : ip, sizeof ig / 4) == 0, "step %d IoU", step);
+    }
+    /* one call mixing them, from the kept side */
+    eng_sam_prompt p4[4];
+    for (int i = 0; i < 4; i++)
+        p4[i] = (eng_sam_prompt){.n_points = 2, .points = pts, .labels = labels, .lora = order[i]};
+    T_CHECK(eng_sam_decode_cached(model, "img", NULL, &info, p4, 4, 1, ig, got) == 0, "%s",
+            eng_last_error());
+    for (int i = 0; i < 4; i++)
+        T_CHECK(memcmp(got + (size_t)i * LR, order[i] ? with : plain, LR * 4) == 0,
+                "prompt %d of the mixed call differs", i);
+    eng_sam_lora_destroy(model, a);
+    free_factors(&f);
+    free(plain), free(with), free(got);
+}
+
 static void test_bad_adapters(void)
 {
     T_NEED_FIXTURES();
@@ -221,6 +264,7 @@ int main(void)
     T_RUN(test_zero_adapter_is_plain_sam);
     T_RUN(test_random_adapter_changes_and_merge_agrees);
     T_RUN(test_mixed_batch_equals_separate_calls);
+    T_RUN(test_adapters_on_resident_embedding);
     T_RUN(test_bad_adapters);
     free(emb);
     eng_sam_destroy(model);

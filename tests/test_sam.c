@@ -280,7 +280,8 @@ static void test_split_decoder_backend(void)
 }
 
 /* Resident embeddings: a key decoded once needs no host copy after, results
- * equal eng_sam_decode's, and the least recently used slot is the one reused. */
+ * equal eng_sam_decode's (also from the slot's kept layer-0 side), and the
+ * least recently used slot is the one reused, its kept side with it. */
 static void test_resident_embeddings(void)
 {
     T_NEED_FIXTURES();
@@ -292,15 +293,20 @@ static void test_resident_embeddings(void)
     const eng_sam_imginfo info = {800, 534, 1024, 684};
     float *emb = gold_f32("image_embedding", NULL);
     float *emb2 = malloc(ENG_SAM_EMB_FLOATS * sizeof(float));
-    for (int i = 0; i < ENG_SAM_EMB_FLOATS; i++)
+    float *emb3 = malloc(ENG_SAM_EMB_FLOATS * sizeof(float));
+    for (int i = 0; i < ENG_SAM_EMB_FLOATS; i++) {
         emb2[i] = 0.5f * emb[i];
+        emb3[i] = -0.25f * emb[i];
+    }
     float pts[2] = {400, 293.7f};
     int lab = 1;
     eng_sam_prompt p = {.n_points = 1, .points = pts, .labels = &lab};
     size_t per = 3 * ENG_SAM_LOWRES_FLOATS;
-    float *ref = malloc(per * 4), *got = malloc(per * 4), *ref2 = malloc(per * 4), i0[3], i1[3];
+    float *ref = malloc(per * 4), *got = malloc(per * 4), *ref2 = malloc(per * 4);
+    float *ref3 = malloc(per * 4), i0[3], i1[3];
     T_REQUIRE(eng_sam_decode(mr, emb, &info, &p, 1, 1, i0, ref) == 0, "%s", eng_last_error());
     T_REQUIRE(eng_sam_decode(mr, emb2, &info, &p, 1, 1, i0, ref2) == 0, "%s", eng_last_error());
+    T_REQUIRE(eng_sam_decode(mr, emb3, &info, &p, 1, 1, i0, ref3) == 0, "%s", eng_last_error());
     T_CHECK(!eng_sam_embedding_resident(mr, "a"), "nothing resident yet");
     T_CHECK(eng_sam_decode_cached(mr, "a", NULL, &info, &p, 1, 1, i1, got) == ENG_ENOTFOUND,
             "unknown key without an embedding");
@@ -315,10 +321,14 @@ static void test_resident_embeddings(void)
     T_CHECK(memcmp(got, ref2, per * 4) == 0, "b differs");
     /* touch a, then c evicts b (the least recently used) */
     T_CHECK(eng_sam_decode_cached(mr, "a", NULL, &info, &p, 1, 1, i1, got) == 0, "a again");
-    T_CHECK(eng_sam_decode_cached(mr, "c", emb2, &info, &p, 1, 1, i1, got) == 0, "c");
+    T_CHECK(eng_sam_decode_cached(mr, "c", emb3, &info, &p, 1, 1, i1, got) == 0, "c");
+    T_CHECK(memcmp(got, ref3, per * 4) == 0, "c differs (b's kept layer-0 side reused?)");
     T_CHECK(eng_sam_embedding_resident(mr, "a") && eng_sam_embedding_resident(mr, "c") &&
                 !eng_sam_embedding_resident(mr, "b"),
             "LRU eviction");
+    T_CHECK(eng_sam_decode_cached(mr, "c", NULL, &info, &p, 1, 1, i1, got) == 0 &&
+                memcmp(got, ref3, per * 4) == 0,
+            "c from its kept side");
     T_CHECK(eng_sam_decode_cached(mr, "a", NULL, &info, &p, 1, 1, i1, got) == 0 &&
                 memcmp(got, ref, per * 4) == 0,
             "a intact after eviction of b");
@@ -327,7 +337,7 @@ static void test_resident_embeddings(void)
     longkey[sizeof longkey - 1] = 0;
     T_CHECK(eng_sam_decode_cached(mr, longkey, emb, &info, &p, 1, 1, i1, got) == ENG_EINVAL,
             "long key");
-    free(ref), free(got), free(ref2), free(emb), free(emb2);
+    free(ref), free(got), free(ref2), free(ref3), free(emb), free(emb2), free(emb3);
     eng_sam_destroy(mr);
 }
 
