@@ -694,6 +694,7 @@ typedef struct {
     int H, W, crop_h, crop_w, OH, OW, y0, rows;
     const int *x0, *x1;
     const float *lx;
+    float *scratch;   /* per worker: two horizontally resized source rows [2, OW] */
 } eng__rs;
 
 static void eng__src_index(int in, int out, int o, int *i0, int *i1, float *l)
@@ -711,42 +712,71 @@ static void eng__src_index(int in, int out, int o, int *i0, int *i1, float *l)
     *l = lam < 0 ? 0 : (lam > 1 ? 1 : lam);
 }
 
-static void eng__resize_rows(void *p, int64_t r0, int64_t r1)
+/* Source row `row` of x resized horizontally: dst[ox] = (1 - lx) x[a] + lx x[b]. */
+static void eng__resize_hrow(const eng__rs *s, const float *row, float *restrict dst)
+{
+    for (int ox = 0; ox < s->OW; ox++) {
+        float lx = s->lx[ox];
+        dst[ox] = (1.0f - lx) * row[s->x0[ox]] + lx * row[s->x1[ox]];
+    }
+}
+
+/* Output rows [r0, r1) of the C x rows band. Separable: each source row is
+ * resized horizontally once into the worker's two-row cache (an upscale
+ * reuses it for several output rows), then every output row is one
+ * vectorised blend of two cached rows. The arithmetic is PyTorch's:
+ * (1 - ly) * top + ly * bottom of the horizontally interpolated rows. */
+static void eng__resize_rows(void *p, int64_t r0, int64_t r1, int worker)
 {
     const eng__rs *s = p;
+    float *cache[2] = {s->scratch + (size_t)worker * 2 * s->OW,
+                       s->scratch + (size_t)worker * 2 * s->OW + s->OW};
+    int64_t held[2] = {-1, -1}; /* c * H + source row in each cache line */
     for (int64_t r = r0; r < r1; r++) {
         int c = (int)(r / s->rows), oy = (int)(r % s->rows), y0, y1;
         float ly;
         eng__src_index(s->crop_h, s->OH, s->y0 + oy, &y0, &y1, &ly);
-        const float *row0 = s->x + ((int64_t)c * s->H + y0) * s->W;
-        const float *row1 = s->x + ((int64_t)c * s->H + y1) * s->W;
-        float *dst = s->y + ((int64_t)c * s->rows + oy) * s->OW;
-        for (int ox = 0; ox < s->OW; ox++) {
-            float lx = s->lx[ox];
-            int a = s->x0[ox], b = s->x1[ox];
-            float top = (1.0f - lx) * row0[a] + lx * row0[b];
-            float bot = (1.0f - lx) * row1[a] + lx * row1[b];
-            dst[ox] = (1.0f - ly) * top + ly * bot;
+        int64_t want[2] = {(int64_t)c * s->H + y0, (int64_t)c * s->H + y1};
+        int h0 = held[0] == want[0] ? 0 : held[1] == want[0] ? 1 : -1;
+        int h1 = held[0] == want[1] ? 0 : held[1] == want[1] ? 1 : -1;
+        if (h0 < 0) { /* into the line that does not hold the other row */
+            h0 = h1 == 0 ? 1 : 0;
+            eng__resize_hrow(s, s->x + want[0] * s->W, cache[h0]);
+            held[h0] = want[0];
         }
+        if (h1 < 0) {
+            h1 = h0 ^ 1;
+            eng__resize_hrow(s, s->x + want[1] * s->W, cache[h1]);
+            held[h1] = want[1];
+        }
+        const float *rows[2] = {cache[h0], cache[h1]};
+        const float *restrict top = rows[0], *restrict bot = rows[1];
+        float *restrict dst = s->y + ((int64_t)c * s->rows + oy) * s->OW;
+        for (int ox = 0; ox < s->OW; ox++)
+            dst[ox] = (1.0f - ly) * top[ox] + ly * bot[ox];
     }
 }
 
 static int cpu_resize_bilinear(eng_backend *be, void *y, const void *x, int C, int H, int W,
                                int crop_h, int crop_w, int OH, int OW, int y0, int rows)
 {
+    int workers = eng_parallel_threads();
     int *xi = malloc(sizeof(int) * 2 * (size_t)OW);
     float *lx = malloc(sizeof(float) * (size_t)OW);
-    if (!xi || !lx) {
+    float *scratch = malloc(sizeof(float) * 2 * (size_t)OW * (size_t)workers);
+    if (!xi || !lx || !scratch) {
         free(xi);
         free(lx);
+        free(scratch);
         return eng_error(ENG_ENOMEM, "resize: out of memory");
     }
     for (int o = 0; o < OW; o++)
         eng__src_index(crop_w, OW, o, &xi[o], &xi[OW + o], &lx[o]);
-    eng__rs s = {y, x, H, W, crop_h, crop_w, OH, OW, y0, rows, xi, xi + OW, lx};
-    eng_parallel_for((int64_t)C * rows, 16, eng__resize_rows, &s);
+    eng__rs s = {y, x, H, W, crop_h, crop_w, OH, OW, y0, rows, xi, xi + OW, lx, scratch};
+    eng_parallel_run((int64_t)C * rows, eng__resize_rows, &s);
     free(xi);
     free(lx);
+    free(scratch);
     return 0;
 }
 

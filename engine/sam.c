@@ -1695,7 +1695,10 @@ int eng_sam_postprocess(eng_sam *m, const float *low_res, int n, const eng_sam_i
     eng_ctx *ctx = m->dctx;
     sam_begin(ctx);
     eng_tensor lo = eng_new3(ctx, 1, ENG_SAM_LOWRES, ENG_SAM_LOWRES);
-    eng_tensor up = eng_new3(ctx, 1, ENG_SAM_IMG, ENG_SAM_IMG);
+    /* of the 1024 x 1024 upscale only the rows the crop to the resized
+     * input reads: [1, input_h, 1024] (each output row depends only on its
+     * own index, so this is exact) */
+    eng_tensor up = eng_new3(ctx, 1, info->input_h, ENG_SAM_IMG);
     for (int i = 0; i < n && !ctx->status; i++) {
         sam_upload(ctx, &lo, low_res + (size_t)i * ENG_SAM_LOWRES_FLOATS);
         eng_resize_bilinear(ctx, &up, &lo, ENG_SAM_LOWRES, ENG_SAM_LOWRES, ENG_SAM_IMG, 0);
