@@ -1,8 +1,9 @@
 /*
  * bench/bench_cpu.c: engine benchmark on the CPU backend (or CUDA with
  * --device cuda): encoder ms per image and decoder ms per prompt, with
- * GFLOP/s against the analytic FLOP counts (eng_sam_*_flops). A benchmark,
- * never a test: it asserts nothing about speed.
+ * GFLOP/s against the analytic FLOP counts (eng_sam_*_flops), and the
+ * serving path (decoder + postprocess to a 1024x768 image's masks). A
+ * benchmark, never a test: it asserts nothing about speed.
  *
  *   build/bench/bench_cpu --checkpoint FILE [--reps N] [--prompts N]
  *                         [--threads N] [--device cpu|cuda]
@@ -115,6 +116,9 @@ int main(int argc, char **argv)
                prompts, resident ? "resident" : "passed", dec, reps, dec / prompts,
                df / dec / 1e6);
     }
+    /* as tasamd serves it: decoder and postprocess in one call, a 4:3 photo */
+    if (bench_segment(m, emb, pr, prompts, 1024, 768, reps))
+        fprintf(stderr, "bench_cpu: segment: %s\n", eng_last_error());
     size_t used = 0;
     eng_backend_memory(be, &used, NULL);
     printf("memory   %.1f MiB held by the backend\n", used / 1048576.0);

@@ -1,8 +1,9 @@
 /*
  * bench/bench_gpu.c: SAM on the CUDA backend: encoder ms per image at batch
- * 1 (and batch B), decoder ms per call for 1, 16 and 64 prompts, GPU memory,
- * and TFLOP/s against the analytic FLOP count (eng_sam_encoder_flops: ViT-H
- * 5.96 TFLOP per image). A benchmark, never a test: it asserts nothing about
+ * 1 (and batch B), decoder ms per call for 1, 16 and 64 prompts, the serving
+ * path (decoder + postprocess to masks in one call) for the same counts, GPU
+ * memory, and TFLOP/s against the analytic FLOP count (eng_sam_encoder_flops:
+ * ViT-H 5.96 TFLOP per image). A benchmark, never a test: it asserts nothing about
  * speed. Times are wall-clock medians around the public calls, which include
  * the host->device copy of the f32 input (12 MiB per image) and the copy back
  * of the embedding; TASAM_CUDA_PROFILE=1 prints the device time per op.
@@ -161,6 +162,11 @@ static int bench_model(const char *label, const char *path, eng_dtype dt, int re
                    n, n == 1 ? " " : "s", resident ? "resident" : "uploaded", d, d / n,
                    eng_sam_decoder_flops(7) * n / (d * 1e-3) / 1e9);
         }
+    /* the serving path: decoder + postprocess to a 1024x768 image's masks
+     * in one call, the embedding resident (as tasamd serves a cached image) */
+    for (int c = 0; c < 3 && !rc; c++)
+        if ((rc = bench_segment(m, emb, pr, counts[c], 1024, 768, reps)))
+            printf("  segment: %s\n", eng_last_error());
     free(pr), free(pts), free(lab), free(iou), free(lo);
     size_t used = 0, total = 0;
     eng_backend_memory(be, &used, &total);

@@ -1,11 +1,18 @@
 /*
- * bench/bench_util.h: timing helpers the engine benchmarks share.
+ * bench/bench_util.h: timing helpers the engine benchmarks share, and the
+ * serving-path measurement (decode + postprocess in one call) both run.
  */
 #ifndef TASAM_BENCH_UTIL_H
 #define TASAM_BENCH_UTIL_H
 
+#include <stdint.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <time.h>
+
+#include "engine/error.h"
+#include "engine/image.h"
+#include "engine/sam.h"
 
 /* Monotonic milliseconds. */
 static inline double bench_now_ms(void)
@@ -26,6 +33,42 @@ static inline double bench_median(double *t, int n)
 {
     qsort(t, (size_t)n, sizeof *t, bench__cmp_double);
     return n % 2 ? t[n / 2] : 0.5 * (t[n / 2 - 1] + t[n / 2]);
+}
+
+/*
+ * The serving path for n prompts as tasamd runs it: eng_sam_segment_cached
+ * against the embedding resident under "bench" (decoder, postprocess to
+ * orig_w x orig_h masks, three masks a prompt). prompts[n] must be filled.
+ * Prints the median over reps of the whole call and of its two parts; 0 or
+ * the engine's error.
+ */
+static inline int bench_segment(eng_sam *m, const float *emb, const eng_sam_prompt *prompts,
+                                int n, int orig_w, int orig_h, int reps)
+{
+    eng_sam_imginfo info = {orig_w, orig_h, 0, 0};
+    eng_resize_shape(orig_w, orig_h, ENG_SAM_IMG, &info.input_w, &info.input_h);
+    size_t nm = (size_t)n * 3;
+    float *iou = malloc(nm * sizeof(float)), *st = malloc(nm * sizeof(float));
+    uint8_t *masks = malloc(nm * (size_t)orig_w * (size_t)orig_h);
+    double *t = malloc(3 * (size_t)reps * sizeof(double));
+    int rc = iou && st && masks && t ? 0 : ENG_ENOMEM;
+    for (int r = -2; r < reps && !rc; r++) { /* two warm-up calls */
+        eng_sam_timing tm;
+        double s = bench_now_ms();
+        rc = eng_sam_segment_cached(m, "bench", emb, &info, prompts, n, 1, iou, masks, st, &tm);
+        if (r >= 0) {
+            t[r] = bench_now_ms() - s;
+            t[reps + r] = tm.decode_ms;
+            t[2 * reps + r] = tm.postprocess_ms;
+        }
+    }
+    if (!rc)
+        printf("segment  %3d prompt(s), %dx%d, 3 masks each: %8.2f ms median of %d (decoder %.2f, "
+               "postprocess %.2f)\n",
+               n, orig_w, orig_h, bench_median(t, reps), reps, bench_median(t + reps, reps),
+               bench_median(t + 2 * reps, reps));
+    free(iou), free(st), free(masks), free(t);
+    return rc;
 }
 
 #endif

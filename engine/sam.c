@@ -23,6 +23,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #include "ckpt.h"
 #include "error.h"
@@ -853,12 +854,14 @@ static void dec_shared_update(eng_sam *m, dec_shared *sh, const eng_sam_lora *lo
  * mask_inputs[b] a [256,256] low-res mask or NULL (mask_inputs itself may be
  * NULL). When no prompt of the group has a mask input, layer 0's image side
  * comes from sh (computed here if it does not hold lo's yet). Writes
- * iou_out [B, 4] and, for each prompt, masks `first` .. `first + count - 1`
- * into masks_out [B, count, 256*256]. */
+ * iou_out [B, 4] (host) and, for each prompt, masks `first` .. `first +
+ * count - 1` into the first B * count rows of masks [>= B * count, 256*256]
+ * on the decoder's backend (the caller's: they outlive the group's
+ * activations). */
 static void sam_decode_group(eng_sam *m, const eng_sam_lora *lo, const eng_tensor *emb_hwc,
                              dec_shared *sh, const float *tokens_host, int B, int T,
-                             const float *const *mask_inputs, float *iou_out, float *masks_out,
-                             int first, int count)
+                             const float *const *mask_inputs, float *iou_out,
+                             const eng_tensor *masks, int first, int count)
 {
     eng_ctx *ctx = m->dctx;
     size_t mark = eng_ctx_mark(ctx);
@@ -969,11 +972,10 @@ static void sam_decode_group(eng_sam *m, const eng_sam_lora *lo, const eng_tenso
     /* masks [B, count, 256*256]: prompt b's hypernetwork outputs `first` ..
      * `first + count - 1` against its upscaled image; only the masks the
      * caller gets, contiguous so that one copy brings them all back */
-    eng_tensor masks = eng_new2(ctx, (int64_t)B * count, ENG_SAM_LOWRES_FLOATS);
     for (int b = 0; b < B; b++) {
         eng_tensor hb = rows_every(hyper, (int64_t)first * B + b, count, B);
         eng_tensor ub = eng_rows(u2, (int64_t)b * 16 * P, 16 * P);
-        eng_tensor mb = eng_rows(masks, (int64_t)b * count, count);
+        eng_tensor mb = eng_rows(*masks, (int64_t)b * count, count);
         eng_linear(ctx, &mb, &hb, &ub, NULL, ENG_ACT_NONE, NULL);
     }
     eng_tensor iou = eng_new2(ctx, B, NMASK);
@@ -981,8 +983,68 @@ static void sam_decode_group(eng_sam *m, const eng_sam_lora *lo, const eng_tenso
     dec_mlp3(m, lo, m->iou_head, &iou, &iou_tok);
 
     sam_download(ctx, iou_out, &iou, (size_t)B * NMASK);
-    if (masks_out)
-        sam_download(ctx, masks_out, &masks, (size_t)B * count * ENG_SAM_LOWRES_FLOATS);
+    eng_ctx_release(ctx, mark);
+}
+
+/* ------------------------------------------------------------------ */
+/* postprocess: SAM's postprocess_masks, then the threshold             */
+
+/* Workspace of one mask's postprocess: the 1024-wide upscale, one band. */
+static void sam_post_plan(eng_ctx *ctx)
+{
+    eng_new3(ctx, 1, ENG_SAM_IMG, ENG_SAM_IMG);
+    eng_new2(ctx, 1, BAND_FLOATS);
+}
+
+static int sam_post_check(const eng_sam_imginfo *info)
+{
+    int ow = info->orig_w, oh = info->orig_h;
+    if (ow < 1 || oh < 1 || ow > BAND_FLOATS || info->input_w < 1 || info->input_h < 1 ||
+        info->input_w > ENG_SAM_IMG || info->input_h > ENG_SAM_IMG)
+        return eng_error(ENG_EINVAL, "bad image size %dx%d for postprocessing", ow, oh);
+    return 0;
+}
+
+/* One low-res logit map lo (256*256 values on the decoder's backend) to
+ * mask [orig_h, orig_w] u8 0/1 on the host, and (stability non-NULL) its
+ * stability score: bilinear to 1024, crop to the resized input, bilinear
+ * to the original, in bands of rows so the workspace stays small. */
+static void sam_post_one(eng_sam *m, const eng_tensor *lo, const eng_sam_imginfo *info,
+                         uint8_t *mask, float *stability)
+{
+    eng_ctx *ctx = m->dctx;
+    int ow = info->orig_w, oh = info->orig_h;
+    int band = BAND_FLOATS / ow;
+    if (band > oh)
+        band = oh;
+    size_t mark = eng_ctx_mark(ctx);
+    eng_tensor lo3 = eng_reshape3(*lo, 1, ENG_SAM_LOWRES, ENG_SAM_LOWRES);
+    /* of the 1024 x 1024 upscale only the rows the crop to the resized
+     * input reads: [1, input_h, 1024] (each output row depends only on its
+     * own index, so this is exact) */
+    eng_tensor up = eng_new3(ctx, 1, info->input_h, ENG_SAM_IMG);
+    eng_resize_bilinear(ctx, &up, &lo3, ENG_SAM_LOWRES, ENG_SAM_LOWRES, ENG_SAM_IMG, 0);
+    uint64_t inter = 0, uni = 0;
+    for (int y0 = 0; y0 < oh && !ctx->status; y0 += band) {
+        int rows = oh - y0 < band ? oh - y0 : band;
+        size_t mk = eng_ctx_mark(ctx);
+        eng_tensor out = eng_new3(ctx, 1, rows, ow);
+        eng_resize_bilinear(ctx, &out, &up, info->input_h, info->input_w, oh, y0);
+        /* threshold at 0 (the mask) and at +-1 (the stability score's
+         * intersection and union) where the logits are */
+        uint64_t counts[2] = {0, 0};
+        if (!ctx->status) {
+            int rc = eng_backend_binarize(ctx->be, mask + (size_t)y0 * ow, out.data,
+                                          (int64_t)rows * ow, -1.0f, 1.0f, counts);
+            if (rc)
+                eng_ctx_fail(ctx, rc);
+        }
+        eng_ctx_release(ctx, mk);
+        inter += counts[0];
+        uni += counts[1];
+    }
+    if (stability)
+        *stability = uni ? (float)((double)inter / (double)uni) : 0.0f;
     eng_ctx_release(ctx, mark);
 }
 
@@ -1267,15 +1329,17 @@ static int sam_plan(eng_sam *m)
          * (layer 0 from the shared image side) */
         dec_shared sh;
         dec_shared_alloc(m, &sh, NULL);
-        sam_decode_group(m, plan_lora, &emb, &sh, NULL, GB, T, masks, NULL, NULL, 0, NMASK);
-        sam_decode_group(m, plan_lora, &emb, &sh, NULL, GB, T, NULL, NULL, NULL, 0, NMASK);
+        eng_tensor out = eng_new2(dc, (int64_t)GB * NMASK, ENG_SAM_LOWRES_FLOATS);
+        sam_decode_group(m, plan_lora, &emb, &sh, NULL, GB, T, masks, NULL, &out, 0, NMASK);
+        sam_decode_group(m, plan_lora, &emb, &sh, NULL, GB, T, NULL, NULL, &out, 0, NMASK);
+        /* eng_sam_segment_cached: a group's masks postprocessed in place */
+        sam_post_plan(dc);
         free(plan_lora);
         free(masks);
         eng_ctx_release(dc, mark);
-        /* postprocess: one low-res map, its 1024 upscale, one output band */
+        /* eng_sam_postprocess: one uploaded low-res map, then the same */
         eng_new3(dc, 1, ENG_SAM_LOWRES, ENG_SAM_LOWRES);
-        eng_new3(dc, 1, ENG_SAM_IMG, ENG_SAM_IMG);
-        eng_new2(dc, 1, BAND_FLOATS);
+        sam_post_plan(dc);
         eng_ctx_release(dc, 0);
     }
     if ((rc = eng_ctx_status(&m->ctx)) || (rc = eng_ctx_status(m->dctx)))
@@ -1592,9 +1656,24 @@ int eng_sam_embedding_resident(const eng_sam *m, const char *key)
     return 0;
 }
 
-int eng_sam_decode_cached(eng_sam *m, const char *key, const float *embedding,
-                          const eng_sam_imginfo *info, const eng_sam_prompt *prompts, int n,
-                          int multimask, float *iou, float *low_res)
+static double sam_now_ms(void)
+{
+    struct timespec t;
+    clock_gettime(CLOCK_MONOTONIC, &t);
+    return (double)t.tv_sec * 1e3 + (double)t.tv_nsec * 1e-6;
+}
+
+/*
+ * eng_sam_decode_cached and eng_sam_segment_cached: decode `prompts` in
+ * groups; each group's masks land in a device buffer [GB * count, 256*256]
+ * below the group's activations, from where they are copied to low_res
+ * (when non-NULL) and/or postprocessed to masks + stability on the host
+ * (when masks is non-NULL) without leaving the device in between.
+ */
+static int sam_decode_impl(eng_sam *m, const char *key, const float *embedding,
+                           const eng_sam_imginfo *info, const eng_sam_prompt *prompts, int n,
+                           int multimask, float *iou, float *low_res, uint8_t *masks,
+                           float *stability, eng_sam_timing *timing)
 {
     if (key && strlen(key) >= sizeof m->slots[0].key)
         return eng_error(ENG_EINVAL, "embedding key longer than %zu bytes",
@@ -1604,6 +1683,8 @@ int eng_sam_decode_cached(eng_sam *m, const char *key, const float *embedding,
     if (info->orig_w < 1 || info->orig_h < 1 || info->input_w < 1 || info->input_h < 1)
         return eng_error(ENG_EINVAL, "bad image size");
     int rc;
+    if (masks && (rc = sam_post_check(info)))
+        return rc;
     for (int i = 0; i < n; i++)
         if ((rc = sam_check_prompt(m, &prompts[i], i)))
             return rc;
@@ -1626,6 +1707,8 @@ int eng_sam_decode_cached(eng_sam *m, const char *key, const float *embedding,
         return eng_error(ENG_ENOMEM, "out of memory");
     }
     int first = multimask ? 1 : 0, count = multimask ? 3 : 1;
+    size_t px = (size_t)info->orig_w * (size_t)info->orig_h;
+    double t_dec = 0, t_post = 0, t0 = sam_now_ms();
     sam_begin(m->dctx);
     eng_tensor emb = slot ? slot->t : eng_new2(m->dctx, P, E);
     if (!found) {
@@ -1646,6 +1729,7 @@ int eng_sam_decode_cached(eng_sam *m, const char *key, const float *embedding,
     }
     dec_shared sh;
     dec_shared_alloc(m, &sh, slot);
+    eng_tensor out = eng_new2(m->dctx, (int64_t)GB * count, ENG_SAM_LOWRES_FLOATS);
     for (int i = 0; i < n && !m->dctx->status;) {
         /* a group: consecutive prompts with the same token count, the same
          * adapter and all with or all without a mask input (those without
@@ -1664,11 +1748,25 @@ int eng_sam_decode_cached(eng_sam *m, const char *key, const float *embedding,
             mask_in[B] = prompts[i + B].mask_input;
             B++;
         }
-        sam_decode_group(m, prompts[i].lora, &emb, &sh, tokens, B, T, mask_in, iou4,
-                         low_res + (size_t)i * count * ENG_SAM_LOWRES_FLOATS, first, count);
+        /* (the IoU copy back ends the group: its time is the decoder's) */
+        sam_decode_group(m, prompts[i].lora, &emb, &sh, tokens, B, T, mask_in, iou4, &out,
+                         first, count);
         for (int b = 0; b < B; b++)
             memcpy(iou + (size_t)(i + b) * count, iou4 + (size_t)b * NMASK + first,
                    (size_t)count * sizeof(float));
+        size_t nm = (size_t)B * count, m0 = (size_t)i * count;
+        if (low_res)
+            sam_download(m->dctx, low_res + m0 * ENG_SAM_LOWRES_FLOATS, &out,
+                         nm * ENG_SAM_LOWRES_FLOATS);
+        double t1 = sam_now_ms();
+        t_dec += t1 - t0;
+        for (size_t k = 0; masks && k < nm && !m->dctx->status; k++) {
+            eng_tensor lo = eng_rows(out, (int64_t)k, 1);
+            float *st = stability ? &stability[m0 + k] : NULL;
+            sam_post_one(m, &lo, info, masks + (m0 + k) * px, st);
+        }
+        t0 = sam_now_ms();
+        t_post += t0 - t1;
         i += B;
     }
     free(tokens);
@@ -1679,52 +1777,45 @@ int eng_sam_decode_cached(eng_sam *m, const char *key, const float *embedding,
         slot->used = rc == 0;
     if (slot && slot->side_new)
         slot->side_ok = rc == 0;
+    if (timing) {
+        timing->decode_ms = t_dec + (sam_now_ms() - t0);
+        timing->postprocess_ms = t_post;
+    }
     return rc;
+}
+
+int eng_sam_decode_cached(eng_sam *m, const char *key, const float *embedding,
+                          const eng_sam_imginfo *info, const eng_sam_prompt *prompts, int n,
+                          int multimask, float *iou, float *low_res)
+{
+    return sam_decode_impl(m, key, embedding, info, prompts, n, multimask, iou, low_res, NULL,
+                           NULL, NULL);
+}
+
+int eng_sam_segment_cached(eng_sam *m, const char *key, const float *embedding,
+                           const eng_sam_imginfo *info, const eng_sam_prompt *prompts, int n,
+                           int multimask, float *iou, uint8_t *masks, float *stability,
+                           eng_sam_timing *timing)
+{
+    if (!masks)
+        return eng_error(ENG_EINVAL, "no mask buffer");
+    return sam_decode_impl(m, key, embedding, info, prompts, n, multimask, iou, NULL, masks,
+                           stability, timing);
 }
 
 int eng_sam_postprocess(eng_sam *m, const float *low_res, int n, const eng_sam_imginfo *info,
                         uint8_t *masks, float *stability)
 {
-    int ow = info->orig_w, oh = info->orig_h;
-    if (ow < 1 || oh < 1 || ow > BAND_FLOATS || info->input_w < 1 || info->input_h < 1 ||
-        info->input_w > ENG_SAM_IMG || info->input_h > ENG_SAM_IMG)
-        return eng_error(ENG_EINVAL, "bad image size %dx%d for postprocessing", ow, oh);
-    int band = BAND_FLOATS / ow;
-    if (band > oh)
-        band = oh;
+    int rc = sam_post_check(info);
+    if (rc)
+        return rc;
     eng_ctx *ctx = m->dctx;
+    size_t px = (size_t)info->orig_w * (size_t)info->orig_h;
     sam_begin(ctx);
     eng_tensor lo = eng_new3(ctx, 1, ENG_SAM_LOWRES, ENG_SAM_LOWRES);
-    /* of the 1024 x 1024 upscale only the rows the crop to the resized
-     * input reads: [1, input_h, 1024] (each output row depends only on its
-     * own index, so this is exact) */
-    eng_tensor up = eng_new3(ctx, 1, info->input_h, ENG_SAM_IMG);
     for (int i = 0; i < n && !ctx->status; i++) {
         sam_upload(ctx, &lo, low_res + (size_t)i * ENG_SAM_LOWRES_FLOATS);
-        eng_resize_bilinear(ctx, &up, &lo, ENG_SAM_LOWRES, ENG_SAM_LOWRES, ENG_SAM_IMG, 0);
-        uint64_t inter = 0, uni = 0;
-        for (int y0 = 0; y0 < oh && !ctx->status; y0 += band) {
-            int rows = oh - y0 < band ? oh - y0 : band;
-            size_t mark = eng_ctx_mark(ctx);
-            eng_tensor out = eng_new3(ctx, 1, rows, ow);
-            eng_resize_bilinear(ctx, &out, &up, info->input_h, info->input_w, oh, y0);
-            /* threshold at 0 (the mask) and at +-1 (the stability score's
-             * intersection and union) where the logits are */
-            uint64_t counts[2] = {0, 0};
-            if (!ctx->status) {
-                int rc = eng_backend_binarize(ctx->be, masks + ((size_t)i * oh + y0) * ow,
-                                              out.data, (int64_t)rows * ow, -1.0f, 1.0f, counts);
-                if (rc)
-                    eng_ctx_fail(ctx, rc);
-            }
-            eng_ctx_release(ctx, mark);
-            if (ctx->status)
-                break;
-            inter += counts[0];
-            uni += counts[1];
-        }
-        if (stability)
-            stability[i] = uni ? (float)((double)inter / (double)uni) : 0.0f;
+        sam_post_one(m, &lo, info, masks + (size_t)i * px, stability ? &stability[i] : NULL);
     }
     return sam_end(ctx);
 }

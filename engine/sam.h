@@ -180,6 +180,23 @@ int eng_sam_decode(eng_sam *m, const float *embedding, const eng_sam_imginfo *in
 int eng_sam_decode_cached(eng_sam *m, const char *key, const float *embedding,
                           const eng_sam_imginfo *info, const eng_sam_prompt *prompts, int n,
                           int multimask, float *iou, float *low_res);
+/* Where eng_sam_segment_cached's time went: decoding (prompt encoder, mask
+ * decoder, the IoU copy back) and postprocessing (upscale, threshold, masks
+ * copied to the host), in wall-clock ms. */
+typedef struct eng_sam_timing {
+    double decode_ms, postprocess_ms;
+} eng_sam_timing;
+
+/* eng_sam_decode_cached then eng_sam_postprocess in one call, the low-res
+ * logits never leaving the decoder's device: iou [n, C] host f32, masks
+ * [n, C, orig_h, orig_w] u8 0/1, stability [n, C] (may be NULL), timing
+ * (may be NULL). Saves copying n * C * 256 KiB of logits to the host and
+ * back on a GPU. */
+int eng_sam_segment_cached(eng_sam *m, const char *key, const float *embedding,
+                           const eng_sam_imginfo *info, const eng_sam_prompt *prompts, int n,
+                           int multimask, float *iou, uint8_t *masks, float *stability,
+                           eng_sam_timing *timing);
+
 /* 1 when `key`'s embedding is resident. */
 int eng_sam_embedding_resident(const eng_sam *m, const char *key);
 

@@ -289,8 +289,6 @@ static void serve(worker *w, srv_job *j, const float *emb, int hit, srv_cache_ti
     srv_prompts *pr = j->prompts;
     eng_sam_imginfo info = j->info;
     const eng_sam_lora *lora = NULL;
-    float *low = NULL;
-    double t;
     int rc;
 
     j->cache_hit = hit;
@@ -307,17 +305,14 @@ static void serve(worker *w, srv_job *j, const float *emb, int hit, srv_cache_ti
     j->per_prompt = C;
     j->iou = malloc(n * sizeof(float));
     j->stability = malloc(n * sizeof(float));
-    low = malloc(n * ENG_SAM_LOWRES_FLOATS * sizeof(float));
     j->masks = malloc(n * px);
-    if (!j->iou || !j->stability || !low || !j->masks) {
-        free(low);
+    if (!j->iou || !j->stability || !j->masks) {
         srv_job_free_results(j);
         fail_job(s, j, 503, "%s", "not enough memory for the masks of this request; retry later");
         return;
     }
     if (j->task) {
         if (!adapter_for(w, j, &lora)) {
-            free(low);
             srv_job_free_results(j);
             srv__sched_finish(s, j);
             return;
@@ -325,22 +320,19 @@ static void serve(worker *w, srv_job *j, const float *emb, int hit, srv_cache_ti
         for (int i = 0; i < pr->n; i++)
             pr->p[i].lora = lora;
     }
-    t = srv_now();
     /* keyed by the image: a repeat request for it finds the embedding still
-     * on the device and skips the 4 MiB upload */
-    rc = eng_sam_decode_cached(w->m, j->sha, emb, &info, pr->p, pr->n, j->multimask, j->iou, low);
+     * on the device and skips the 4 MiB upload; decoding and postprocessing
+     * in one call keep the low-res logits on the device */
+    eng_sam_timing tm = {0, 0};
+    rc = eng_sam_segment_cached(w->m, j->sha, emb, &info, pr->p, pr->n, j->multimask, j->iou,
+                                j->masks, j->stability, &tm);
     for (int i = 0; i < pr->n; i++)
         pr->p[i].lora = NULL;
     srv_adapters_release(w->ads, lora);
-    j->t.decode_masks = (srv_now() - t) * 1e3;
+    j->t.decode_masks = tm.decode_ms;
+    j->t.postprocess = tm.postprocess_ms;
     srv_hist_observe(&s->metrics->decoder_seconds, j->t.decode_masks * 1e-3);
-    if (rc == 0) {
-        t = srv_now();
-        rc = eng_sam_postprocess(w->m, low, (int)n, &info, j->masks, j->stability);
-        j->t.postprocess = (srv_now() - t) * 1e3;
-        srv_hist_observe(&s->metrics->postprocess_seconds, j->t.postprocess * 1e-3);
-    }
-    free(low);
+    srv_hist_observe(&s->metrics->postprocess_seconds, j->t.postprocess * 1e-3);
     if (rc != 0) {
         srv_job_free_results(j);
         srv_log_error("worker: decoding %s failed: %s", j->sha, eng_last_error());

@@ -107,6 +107,20 @@ static int run_case(eng_sam *m, const char *cname, int multimask, int n_prompts,
         ok = 0;
         goto out;
     }
+    /* decode + postprocess in one call (the logits never leave the GPU):
+     * the same masks, bit for bit (the fp16/bf16 -> f32 -> fp16/bf16 round
+     * trip of the two-call path is exact) */
+    uint8_t *one = malloc(nm * px);
+    float *iou1 = malloc(nm * sizeof(float));
+    rc = eng_sam_segment_cached(m, NULL, emb, &info, pr, n_prompts, multimask, iou1, one, NULL,
+                                NULL);
+    if (rc || memcmp(one, masks, nm * px) != 0 || memcmp(iou1, iou, nm * sizeof(float)) != 0) {
+        printf("  %s: eng_sam_segment_cached %s\n", cname,
+               rc ? eng_last_error() : "differs from decode + postprocess");
+        ok = 0;
+    }
+    free(one);
+    free(iou1);
     double md = 0, r;
     snprintf(key, sizeof key, "%s.iou_predictions", cname);
     vs_gold(key, iou, key, &md);

@@ -243,6 +243,60 @@ static void test_batched_decode(void)
     free(mi);
 }
 
+/* eng_sam_segment_cached (decode and postprocess in one call, the low-res
+ * logits kept on the device) gives exactly what eng_sam_decode_cached then
+ * eng_sam_postprocess give: masks, stability scores and IoU, over groups of
+ * 3 + 2 prompts, with one mask and with three. */
+static void test_segment_in_one_call(void)
+{
+    T_NEED_FIXTURES();
+    T_REQUIRE(golden, "setup failed");
+    eng_sam *ms = NULL;
+    eng_sam_options opt = {.max_points = 8, .max_decode_batch = 3, .embedding_slots = 1};
+    T_REQUIRE(eng_sam_load(&ms, t_fixture("sam_tiny.safetensors"), be, &opt) == 0, "%s",
+              eng_last_error());
+    const eng_sam_imginfo info = {800, 534, 1024, 684};
+    float *emb = gold_f32("image_embedding", NULL);
+    float pts[5][2] = {{400, 293.7f}, {100, 100}, {50, 500}, {300, 300}, {790, 10}};
+    int lab = 1;
+    eng_sam_prompt p[5];
+    for (int i = 0; i < 5; i++)
+        p[i] = (eng_sam_prompt){.n_points = 1, .points = pts[i], .labels = &lab};
+    size_t px = 800 * 534;
+    float *lo = malloc(15 * ENG_SAM_LOWRES_FLOATS * sizeof(float));
+    uint8_t *m1 = malloc(15 * px), *m2 = malloc(15 * px);
+    float i1[15], i2[15], s1[15], s2[15];
+    for (int multi = 0; multi < 2; multi++) {
+        int nm = multi ? 15 : 5;
+        T_CHECK(eng_sam_decode_cached(ms, "img", emb, &info, p, 5, multi, i1, lo) == 0 &&
+                    eng_sam_postprocess(ms, lo, nm, &info, m1, s1) == 0,
+                "two calls: %s", eng_last_error());
+        eng_sam_timing tm = {-1, -1};
+        memset(m2, 7, (size_t)nm * px);
+        T_CHECK(eng_sam_segment_cached(ms, "img", NULL, &info, p, 5, multi, i2, m2, s2, &tm) == 0,
+                "one call: %s", eng_last_error());
+        T_CHECK(memcmp(m1, m2, (size_t)nm * px) == 0, "masks differ (multimask %d)", multi);
+        T_CHECK(memcmp(s1, s2, (size_t)nm * sizeof(float)) == 0, "stability differs");
+        T_CHECK(memcmp(i1, i2, (size_t)nm * sizeof(float)) == 0, "IoU differs");
+        T_CHECK(tm.decode_ms > 0 && tm.postprocess_ms > 0, "timing %g / %g", tm.decode_ms,
+                tm.postprocess_ms);
+        size_t on = 0;
+        for (size_t k = 0; k < (size_t)nm * px; k++)
+            on += m2[k];
+        T_CHECK(on > 0 && on < (size_t)nm * px, "masks all empty or all full (%zu of %zu)", on,
+                (size_t)nm * px);
+    }
+    eng_sam_imginfo bad = {1 << 23, 4, 1024, 1};
+    T_CHECK(eng_sam_segment_cached(ms, "img", NULL, &bad, p, 1, 0, i2, m2, NULL, NULL) ==
+                ENG_EINVAL,
+            "an image too wide to postprocess");
+    T_CHECK(eng_sam_segment_cached(ms, "img", NULL, &info, p, 1, 0, i2, NULL, NULL, NULL) ==
+                ENG_EINVAL,
+            "no mask buffer");
+    free(lo), free(m1), free(m2), free(emb);
+    eng_sam_destroy(ms);
+}
+
 /* The decoder on a backend of its own (here a second CPU backend) computes
  * what the one-backend model computes. */
 static void test_split_decoder_backend(void)
@@ -399,6 +453,7 @@ int main(void)
     T_RUN(test_case_boxes4);
     T_RUN(test_end_to_end_image);
     T_RUN(test_batched_decode);
+    T_RUN(test_segment_in_one_call);
     T_RUN(test_split_decoder_backend);
     T_RUN(test_resident_embeddings);
     T_RUN(test_bad_prompts);
