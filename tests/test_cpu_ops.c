@@ -1,7 +1,7 @@
 /*
  * tests/test_cpu_ops.c: CPU backend ops against straightforward reference
  * formulas (the CUDA backend is checked against the CPU one in
- * test_cuda_ops). Bilinear resize: PyTorch's F.interpolate(mode="bilinear",
+ * test_cuda_ops). GELU against libm's erf. Bilinear resize: PyTorch's F.interpolate(mode="bilinear",
  * align_corners=False) written out per output pixel; the backend's
  * separable, row-cached version must give the same bits, for upscales,
  * downscales, crops, several channels and output bands.
@@ -103,8 +103,49 @@ static void test_resize_bilinear(void)
     eng_backend_destroy(be);
 }
 
+/* GELU (exact, erf form) to within 1e-6 of libm's erf over [-12, 12] and
+ * at the edges, whichever build of the loop (SSE or AVX2) this CPU runs;
+ * in place and out of place give the same bits. */
+static void test_gelu(void)
+{
+    eng_backend *be = NULL;
+    T_REQUIRE(eng_backend_cpu_create(&be, 0) == 0, "%s", eng_last_error());
+    eng_ctx ctx;
+    T_REQUIRE(eng_ctx_init(&ctx, be, 1 << 20) == 0, "%s", eng_last_error());
+    enum { N = 24011 };
+    eng_tensor x = eng_new1(&ctx, N), y = eng_new1(&ctx, N);
+    float *h = malloc(N * sizeof(float)), *g = malloc(N * sizeof(float));
+    float *g2 = malloc(N * sizeof(float));
+    for (int i = 0; i < N - 5; i++)
+        h[i] = -12.0f + 24.0f * (float)i / (float)(N - 6);
+    const float edge[5] = {0.0f, -0.0f, 1e-30f, -87.5f, 3e4f};
+    memcpy(h + N - 5, edge, sizeof edge);
+    eng_backend_upload(be, x.data, h, N);
+    eng_activate(&ctx, &y, &x, ENG_ACT_GELU);
+    eng_backend_download(be, g, y.data, N);
+    eng_activate(&ctx, &x, &x, ENG_ACT_GELU);
+    eng_backend_download(be, g2, x.data, N);
+    double worst = 0;
+    int at = 0;
+    for (int i = 0; i < N; i++) {
+        double want = 0.5 * h[i] * (1.0 + erf(h[i] / sqrt(2.0)));
+        double d = fabs((double)g[i] - want);
+        if (!(d <= worst)) {
+            worst = d;
+            at = i;
+        }
+    }
+    printf("  GELU max |diff| from libm erf: %.3g at x = %g\n", worst, h[at]);
+    T_CHECK(worst <= 1e-6, "GELU off by %g at x = %g", worst, h[at]);
+    T_CHECK(memcmp(g, g2, N * sizeof(float)) == 0, "in place differs from out of place");
+    free(h), free(g), free(g2);
+    eng_ctx_free(&ctx);
+    eng_backend_destroy(be);
+}
+
 int main(void)
 {
     T_RUN(test_resize_bilinear);
+    T_RUN(test_gelu);
     return t_summary("test_cpu_ops");
 }
