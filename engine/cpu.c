@@ -141,33 +141,47 @@ static inline float eng__erf(float x)
     return x < 0 ? -y : y;
 }
 
-/* GELU, y may alias x. Two builds of the same loop: the baseline's 4-lane
- * SSE and 8-lane AVX2 where the CPU has it (picked once at run time). No FMA
- * in either, and the operations are element-wise, so both give the same
- * bits. */
-#define ENG__GELU_LOOP(y, x, n)                                                                   \
-    for (int64_t i = 0; i < (n); i++)                                                             \
-        (y)[i] = 0.5f * (x)[i] * (1.0f + eng__erf((x)[i] * 0.70710678118654752f))
-
-static void eng__gelu_base(float *y, const float *x, int64_t n) { ENG__GELU_LOOP(y, x, n); }
-
+/* ---- hot element-wise loops, built twice ----
+ * The GELU and softmax loops also get an AVX2 build (8 lanes instead of the
+ * baseline's 4), chosen once at run time. Neither build uses FMA, and the
+ * reductions keep their explicit 8 partial lanes, so both give the same
+ * bits. Each body is always_inline so that each wrapper compiles it for its
+ * own target. */
 #if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
+#define ENG__TWO_BUILDS 1
+static int eng__have_avx2(void)
+{
+    static int have = -1; /* -1 until probed; threads may probe at once */
+    int h = __atomic_load_n(&have, __ATOMIC_RELAXED);
+    if (h < 0) {
+        h = __builtin_cpu_supports("avx2") ? 1 : 0;
+        __atomic_store_n(&have, h, __ATOMIC_RELAXED);
+    }
+    return h;
+}
+#endif
+
+/* GELU (erf form), y may alias x. */
+static inline __attribute__((always_inline)) void eng__gelu_body(float *y, const float *x,
+                                                                 int64_t n)
+{
+    for (int64_t i = 0; i < n; i++)
+        y[i] = 0.5f * x[i] * (1.0f + eng__erf(x[i] * 0.70710678118654752f));
+}
+
+static void eng__gelu_base(float *y, const float *x, int64_t n) { eng__gelu_body(y, x, n); }
+
+#ifdef ENG__TWO_BUILDS
 __attribute__((target("avx2"))) static void eng__gelu_avx2(float *y, const float *x, int64_t n)
 {
-    ENG__GELU_LOOP(y, x, n);
+    eng__gelu_body(y, x, n);
 }
 #endif
 
 static void eng__gelu(float *y, const float *x, int64_t n)
 {
-#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
-    static int have_avx2 = -1; /* -1 until probed; threads may probe at once */
-    int h = __atomic_load_n(&have_avx2, __ATOMIC_RELAXED);
-    if (h < 0) {
-        h = __builtin_cpu_supports("avx2") ? 1 : 0;
-        __atomic_store_n(&have_avx2, h, __ATOMIC_RELAXED);
-    }
-    if (h) {
+#ifdef ENG__TWO_BUILDS
+    if (eng__have_avx2()) {
         eng__gelu_avx2(y, x, n);
         return;
     }
@@ -482,7 +496,8 @@ static void eng__add_bias_row(float *restrict r, const float *restrict rw, float
 /* In place: row[j] = softmax(row + kbias)[j] over n entries. Separate
  * passes with 8 partial lanes so every loop vectorises without
  * reassociation flags. */
-static void eng__softmax_row(float *restrict row, const float *restrict kbias, int n)
+static inline __attribute__((always_inline)) void
+eng__softmax_body(float *restrict row, const float *restrict kbias, int n)
 {
     if (kbias)
         for (int j = 0; j < n; j++)
@@ -513,6 +528,30 @@ static void eng__softmax_row(float *restrict row, const float *restrict kbias, i
     float inv = 1.0f / sum;
     for (j = 0; j < n; j++)
         row[j] *= inv;
+}
+
+static void eng__softmax_base(float *row, const float *kbias, int n)
+{
+    eng__softmax_body(row, kbias, n);
+}
+
+#ifdef ENG__TWO_BUILDS
+__attribute__((target("avx2"))) static void eng__softmax_avx2(float *row, const float *kbias,
+                                                              int n)
+{
+    eng__softmax_body(row, kbias, n);
+}
+#endif
+
+static void eng__softmax_row(float *row, const float *kbias, int n)
+{
+#ifdef ENG__TWO_BUILDS
+    if (eng__have_avx2()) {
+        eng__softmax_avx2(row, kbias, n);
+        return;
+    }
+#endif
+    eng__softmax_base(row, kbias, n);
 }
 
 typedef struct eng__att {
