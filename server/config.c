@@ -67,7 +67,7 @@ static const srv_opt_def opt_table[SRV_OPT_COUNT] = {
     {"cache-bytes", SRV_T_BYTES, "2GiB", 0, 1024 * GiB, NULL, 1, 0,
      "byte budget of the on-disk embedding cache (LRU eviction; 0 disables it)"},
     {"gpu-cache-slots", SRV_T_INT, "8", 0, 4096, NULL, 0, 0,
-     "embeddings kept in the in-memory LRU in front of the disk cache"},
+     "embeddings kept in host memory and on the decoder device, in front of the disk cache"},
     {"hypernet", SRV_T_STRING, "", 0, 0, NULL, 0, 0,
      "hypernetwork file (tasam hypernet init) that turns `task` text into LoRA adapters; "
      "without it `task` answers 501"},

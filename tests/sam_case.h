@@ -25,13 +25,11 @@ typedef struct sam_case {
     int n_prompts;
 } sam_case;
 
-/* `CASE.what` as f32, or NULL when absent; *numel its size. */
-static inline float *sam_case_tensor(const eng_ckpt *g, const char *cname, const char *what,
-                                     int64_t *numel)
+/* Golden tensor `name` as f32 (malloc'd), or NULL when g is NULL or lacks
+ * it; *numel (may be NULL) its size. */
+static inline float *sam_gold_f32(const eng_ckpt *g, const char *name, int64_t *numel)
 {
-    char key[128];
-    snprintf(key, sizeof key, "%s.%s", cname, what);
-    const eng_ckpt_tensor *t = eng_ckpt_find(g, key);
+    const eng_ckpt_tensor *t = g ? eng_ckpt_find(g, name) : NULL;
     float *b = t ? malloc((size_t)t->numel * sizeof(float)) : NULL;
     if (b && eng_ckpt_read_f32(g, t, b) != 0) {
         free(b);
@@ -40,6 +38,15 @@ static inline float *sam_case_tensor(const eng_ckpt *g, const char *cname, const
     if (b && numel)
         *numel = t->numel;
     return b;
+}
+
+/* `CASE.what` as f32, or NULL when absent; *numel its size. */
+static inline float *sam_case_tensor(const eng_ckpt *g, const char *cname, const char *what,
+                                     int64_t *numel)
+{
+    char key[128];
+    snprintf(key, sizeof key, "%s.%s", cname, what);
+    return sam_gold_f32(g, key, numel);
 }
 
 /* The case's prompts: every prompt has the points and the mask input; one

@@ -20,7 +20,10 @@ static float frand(void)
     return (float)((rng >> 40) * (1.0 / 16777216.0)) * 8.0f - 4.0f;
 }
 
-/* PyTorch's source index for output o of `out` from `in` (align_corners=False). */
+/* PyTorch's source index for output o of `out` from `in` (align_corners=False),
+ * restated here on purpose: this test checks the backend's loop structure
+ * against the plain formula; the rule itself is checked against PyTorch by
+ * the mask goldens in test_sam. */
 static void ref_index(int in, int out, int o, int *i0, int *i1, float *l)
 {
     float scale = (float)in / (float)out;

@@ -30,14 +30,7 @@ static char no_gpu[1024];
 
 static float *gold_f32(const char *name, int64_t *numel)
 {
-    const eng_ckpt_tensor *g = golden ? eng_ckpt_find(golden, name) : NULL;
-    if (!g)
-        return NULL;
-    float *b = malloc((size_t)g->numel * sizeof(float));
-    eng_ckpt_read_f32(golden, g, b);
-    if (numel)
-        *numel = g->numel;
-    return b;
+    return sam_gold_f32(golden, name, numel);
 }
 
 /* ||a - ref|| / ||ref|| and max |a - ref| over n floats. */

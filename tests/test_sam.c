@@ -109,14 +109,7 @@ static void test_encoder_golden(void)
 /* Read a golden float tensor into a fresh buffer (NULL if absent). */
 static float *gold_f32(const char *name, int64_t *numel)
 {
-    const eng_ckpt_tensor *g = gold(name);
-    if (!g)
-        return NULL;
-    float *b = malloc((size_t)g->numel * sizeof(float));
-    eng_ckpt_read_f32(golden, g, b);
-    if (numel)
-        *numel = g->numel;
-    return b;
+    return gold(name) ? sam_gold_f32(golden, name, numel) : NULL;
 }
 
 /* Run one fixture case through decode + postprocess, from the golden

@@ -24,13 +24,18 @@ static void fz__check(int ok)
         abort();
 }
 
+static char fz__path[64];
+
+static void fz__cleanup(void) { unlink(fz__path); }
+
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {
-    static char path[64];
-    if (!path[0]) {
-        snprintf(path, sizeof path, "/tmp/tasam-fuzz-config-%d.conf", (int)getpid());
+    const char *path = fz__path;
+    if (!fz__path[0]) {
+        snprintf(fz__path, sizeof fz__path, "/tmp/tasam-fuzz-config-%d.conf", (int)getpid());
+        atexit(fz__cleanup);
         srv_log_set_level(0); /* errors only: keep the fuzzer's output readable */
     }
     FILE *f = fopen(path, "wb");
@@ -39,7 +44,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     fwrite(data, 1, size, f);
     fclose(f);
 
-    char *argv[] = {"tasamd", "--config", path, "--checkpoint", "sam.pth", NULL};
+    char *argv[] = {"tasamd", "--config", fz__path, "--checkpoint", "sam.pth", NULL};
     srv_config c;
     char err[512] = "";
     FILE *out = fopen("/dev/null", "w");
