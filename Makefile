@@ -44,7 +44,9 @@ NVCCFLAGS = -O3 -std=c++17 -I. -Xcompiler -Wall,-Wextra,-Werror,-Wno-unused-para
 ENGINE_SRC   := $(wildcard engine/*.c)
 HYPERNET_SRC := $(wildcard hypernet/*.c)
 ADAPTERS_SRC := $(wildcard adapters/*.c)
-SERVER_SRC   := $(filter-out server/main.c server/tasam_cli.c,$(wildcard server/*.c))
+SERVER_SRC   := $(filter-out server/main.c,$(wildcard server/*.c))
+CLI_SRC      := $(wildcard cli/*.c)
+CLI_OBJ      := $(CLI_SRC:%.c=$(BUILD)/obj/%.o)
 
 ifeq ($(CUDA),1)
   CFLAGS_ALL += -DENG_HAVE_CUDA=1 -I$(CUDA_HOME)/include
@@ -105,7 +107,7 @@ $(LIB): $(LIB_OBJ)
 	@echo "  AR      $@"
 	@ar rcs $@ $^
 
-$(BUILD)/tasam: $(BUILD)/obj/server/tasam_cli.o $(LIB)
+$(BUILD)/tasam: $(CLI_OBJ) $(LIB)
 	@echo "  LD      $@"
 	@$(CC) $(LDFLAGS) -pthread -o $@ $^ $(LDLIBS_ALL)
 

@@ -1,7 +1,7 @@
 /*
  * server/cache.h: the embedding cache, two tiers, and the disk tier of the
  * adapter cache (same database; the adapters' memory tier is the worker's,
- * server/adapters.h).
+ * server/adapter_cache.h).
  *
  * Tier 1 is a small LRU of embeddings held in process memory (the engine
  * takes host embeddings, so the "device-resident" tier lives in host memory

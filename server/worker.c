@@ -16,7 +16,7 @@
 #include "engine/sam.h"
 #include "hypernet/hypernet.h"
 #include "hypernet/text.h"
-#include "server/adapters.h"
+#include "server/adapter_cache.h"
 #include "server/log.h"
 #include "server/scheduler.h"
 
@@ -30,7 +30,7 @@ typedef struct worker {
     eng_sam *m;            /* owned */
     hn_hypernet *h;        /* owned; NULL without --hypernet */
     hn_text *text;         /* owned; the encoder h was built for */
-    srv_adapters *ads;     /* owned; the adapter tiers (NULL without --hypernet) */
+    srv_adapter_cache *ads;     /* owned; the adapter tiers (NULL without --hypernet) */
     int max_batch;         /* images per encoder call */
     float *inputs;         /* [max_batch, 3, 1024, 1024] encoder inputs */
     float *embs;           /* [max_batch, 256, 64, 64] encoder outputs */
@@ -114,7 +114,7 @@ static int load_hypernet(worker *w)
                  eng_last_error());
         return -1;
     }
-    if (srv_adapters_create(&w->ads, w->m, w->h, w->text, s->cache, s->metrics,
+    if (srv_adapter_cache_create(&w->ads, w->m, w->h, w->text, s->cache, s->metrics,
                             (int)srv_config_int(s->cfg, SRV_OPT_ADAPTER_SLOTS),
                             in->adapter_merged) != 0) {
         snprintf(s->load_error, sizeof s->load_error, "out of memory for the adapter slots");
@@ -204,7 +204,7 @@ static int worker_load(worker *w)
 
 static void worker_unload(worker *w)
 {
-    srv_adapters_destroy(w->ads);
+    srv_adapter_cache_destroy(w->ads);
     hn_text_destroy(w->text);
     hn_hypernet_destroy(w->h);
     w->ads = NULL;
@@ -242,7 +242,7 @@ static int adapter_for(worker *w, srv_job *j, const eng_sam_lora **lora)
                  "no hypernetwork configured (start tasamd with --hypernet FILE)");
         return 0;
     }
-    int st = srv_adapters_acquire(w->ads, j->adapter_id, j->task, j->task_len, lora, &j->ad_meta,
+    int st = srv_adapter_cache_acquire(w->ads, j->adapter_id, j->task, j->task_len, lora, &j->ad_meta,
                                   &j->ad_source, &j->err);
     j->t.adapter = (srv_now() - t) * 1e3;
     if (st) {
@@ -258,7 +258,7 @@ static void serve_adapter_job(worker *w, srv_job *j)
 {
     srv_sched *s = w->s;
     if (j->kind == SRV_KIND_ADAPTER_FLUSH) {
-        j->flushed_mem = srv_adapters_flush(w->ads);
+        j->flushed_mem = srv_adapter_cache_flush(w->ads);
         j->flushed_disk = srv_cache_adapter_clear(s->cache);
         srv_log_info("worker: adapter cache flushed: %lld from the device, %lld from disk",
                      (long long)j->flushed_mem, (long long)j->flushed_disk);
@@ -272,7 +272,7 @@ static void serve_adapter_job(worker *w, srv_job *j)
     }
     const eng_sam_lora *lora = NULL;
     if (adapter_for(w, j, &lora)) {
-        srv_adapters_release(w->ads, lora);
+        srv_adapter_cache_release(w->ads, lora);
         j->status = 200;
     }
     srv__sched_finish(s, j);
@@ -328,7 +328,7 @@ static void serve(worker *w, srv_job *j, const float *emb, int hit, srv_cache_ti
                                 j->masks, j->stability, &tm);
     for (int i = 0; i < pr->n; i++)
         pr->p[i].lora = NULL;
-    srv_adapters_release(w->ads, lora);
+    srv_adapter_cache_release(w->ads, lora);
     j->t.decode_masks = tm.decode_ms;
     j->t.postprocess = tm.postprocess_ms;
     srv_hist_observe(&s->metrics->decoder_seconds, j->t.decode_masks * 1e-3);

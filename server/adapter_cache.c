@@ -1,8 +1,8 @@
 /*
- * server/adapters.c: the worker's adapter tiers (device LRU + SQLite) and
- * generation on a miss. See adapters.h.
+ * server/adapter_cache.c: the worker's adapter tiers (device LRU + SQLite) and
+ * generation on a miss. See adapter_cache.h.
  */
-#include "server/adapters.h"
+#include "server/adapter_cache.h"
 
 #include <stdio.h>
 #include <stdlib.h>
@@ -21,7 +21,7 @@ typedef struct ad_slot {
     srv_adapter_meta meta;  /* metadata as loaded */
 } ad_slot;
 
-struct srv_adapters {
+struct srv_adapter_cache {
     eng_sam *m;             /* borrowed */
     hn_hypernet *h;         /* borrowed */
     hn_text *text;          /* borrowed */
@@ -34,7 +34,7 @@ struct srv_adapters {
     eng_sam_lora *temp;     /* the adapter of the current request when n_slots == 0 */
 };
 
-static void gauges(srv_adapters *a)
+static void gauges(srv_adapter_cache *a)
 {
     int64_t n = 0, bytes = 0;
     if (!a->metrics)
@@ -55,10 +55,10 @@ static void gauges(srv_adapters *a)
             srv_metrics_add(&(a)->metrics->field, 1);                                             \
     } while (0)
 
-int srv_adapters_create(srv_adapters **out, eng_sam *m, hn_hypernet *h, hn_text *text,
+int srv_adapter_cache_create(srv_adapter_cache **out, eng_sam *m, hn_hypernet *h, hn_text *text,
                         srv_cache *cache, srv_metrics *metrics, int slots, int merged)
 {
-    srv_adapters *a = calloc(1, sizeof *a);
+    srv_adapter_cache *a = calloc(1, sizeof *a);
     if (!a)
         return -1;
     a->m = m;
@@ -77,7 +77,7 @@ int srv_adapters_create(srv_adapters **out, eng_sam *m, hn_hypernet *h, hn_text 
     return 0;
 }
 
-int64_t srv_adapters_flush(srv_adapters *a)
+int64_t srv_adapter_cache_flush(srv_adapter_cache *a)
 {
     int64_t n = 0;
     if (!a)
@@ -94,18 +94,18 @@ int64_t srv_adapters_flush(srv_adapters *a)
     return n;
 }
 
-void srv_adapters_destroy(srv_adapters *a)
+void srv_adapter_cache_destroy(srv_adapter_cache *a)
 {
     if (!a)
         return;
-    srv_adapters_flush(a);
+    srv_adapter_cache_flush(a);
     if (a->temp)
         eng_sam_lora_destroy(a->m, a->temp);
     free(a->slots);
     free(a);
 }
 
-void srv_adapters_release(srv_adapters *a, const eng_sam_lora *lora)
+void srv_adapter_cache_release(srv_adapter_cache *a, const eng_sam_lora *lora)
 {
     if (!a || !lora || lora != a->temp)
         return;
@@ -133,7 +133,7 @@ static void meta_from(const ad_adapter *ad, size_t bytes, srv_adapter_meta *m)
 
 /* Contract: the adapter of `id` from the disk tier, or NULL (absent, or a
  * row that fails to parse: then it is dropped and counted). */
-static ad_adapter *from_disk(srv_adapters *a, const char *id, srv_adapter_meta *meta)
+static ad_adapter *from_disk(srv_adapter_cache *a, const char *id, srv_adapter_meta *meta)
 {
     uint8_t *blob = NULL;
     size_t len = 0;
@@ -163,7 +163,7 @@ static ad_adapter *from_disk(srv_adapters *a, const char *id, srv_adapter_meta *
 
 /* Contract: generates the adapter of `task` and writes it through to the
  * disk tier. Returns it, or NULL with *e set. */
-static ad_adapter *generate(srv_adapters *a, const char *id, const char *task, size_t len,
+static ad_adapter *generate(srv_adapter_cache *a, const char *id, const char *task, size_t len,
                             srv_adapter_meta *meta, srv_error *e)
 {
     ad_adapter *ad = NULL;
@@ -204,7 +204,7 @@ static ad_adapter *generate(srv_adapters *a, const char *id, const char *task, s
     return ad;
 }
 
-int srv_adapters_acquire(srv_adapters *a, const char *id, const char *task, size_t len,
+int srv_adapter_cache_acquire(srv_adapter_cache *a, const char *id, const char *task, size_t len,
                          const eng_sam_lora **lora, srv_adapter_meta *meta,
                          srv_adapter_source *src, srv_error *e)
 {

@@ -1,5 +1,5 @@
 /*
- * server/adapters.h: task adapters as the inference worker uses them.
+ * server/adapter_cache.h: task adapters as the inference worker uses them.
  *
  * Two tiers, like the embedding cache:
  *   - memory: an LRU of `adapter-slots` engine adapters (eng_sam_lora),
@@ -18,8 +18,8 @@
  * Threads: worker only. The model, the hypernetwork and the text encoder
  * belong to the inference worker; so does everything here.
  */
-#ifndef TASAM_SERVER_ADAPTERS_H
-#define TASAM_SERVER_ADAPTERS_H
+#ifndef TASAM_SERVER_ADAPTER_CACHE_H
+#define TASAM_SERVER_ADAPTER_CACHE_H
 
 #include <stddef.h>
 #include <stdint.h>
@@ -32,7 +32,7 @@
 #include "server/request.h"
 #include "server/scheduler.h"
 
-typedef struct srv_adapters srv_adapters;
+typedef struct srv_adapter_cache srv_adapter_cache;
 
 /*
  * Set up the tiers for model m, hypernetwork h and its text encoder (all
@@ -40,29 +40,29 @@ typedef struct srv_adapters srv_adapters;
  * device between requests (each request uploads its own). Returns 0 or -1
  * (out of memory).
  */
-int srv_adapters_create(srv_adapters **out, eng_sam *m, hn_hypernet *h, hn_text *text,
+int srv_adapter_cache_create(srv_adapter_cache **out, eng_sam *m, hn_hypernet *h, hn_text *text,
                         srv_cache *cache, srv_metrics *metrics, int slots, int merged);
 
 /* Destroy every engine adapter and the handle. NULL ok. */
-void srv_adapters_destroy(srv_adapters *a);
+void srv_adapter_cache_destroy(srv_adapter_cache *a);
 
 /*
  * The engine adapter for `task` (len bytes, already checked with
  * ad_normalize_task) whose id is `id`: from the memory tier, else the disk
  * tier (a row that does not parse is dropped and regenerated), else
- * generated. *lora stays valid until srv_adapters_release(). *meta gets the
+ * generated. *lora stays valid until srv_adapter_cache_release(). *meta gets the
  * adapter's metadata (hits and last_used as of the read), *src where it came
  * from. Returns 0, or an HTTP status with *e set.
  */
-int srv_adapters_acquire(srv_adapters *a, const char *id, const char *task, size_t len,
+int srv_adapter_cache_acquire(srv_adapter_cache *a, const char *id, const char *task, size_t len,
                          const eng_sam_lora **lora, srv_adapter_meta *meta,
                          srv_adapter_source *src, srv_error *e);
 
-/* Done with an adapter from srv_adapters_acquire (frees it when it is not
+/* Done with an adapter from srv_adapter_cache_acquire (frees it when it is not
  * kept in the memory tier). NULL ok. */
-void srv_adapters_release(srv_adapters *a, const eng_sam_lora *lora);
+void srv_adapter_cache_release(srv_adapter_cache *a, const eng_sam_lora *lora);
 
 /* Drop every adapter of the memory tier; returns how many. */
-int64_t srv_adapters_flush(srv_adapters *a);
+int64_t srv_adapter_cache_flush(srv_adapter_cache *a);
 
 #endif
