@@ -1,14 +1,19 @@
-# tasam build. `make` builds build/tasam and build/tasamd (and the CUDA
-# backend where nvcc is found); `make test` builds and runs every test, plain
-# and under ASan+UBSan, then the fuzzers for a bounded time; `make bench`
-# runs the benchmarks. `make deps` installs what all of that needs.
+# tasam build. `make` installs what is missing (deploy/deps.sh) and builds
+# build/tasam and build/tasamd, with the CUDA backend where a GPU and nvcc
+# are present. `make test` builds and runs every test, plain and under
+# ASan+UBSan, compile-checks the CUDA sources where nvcc exists, then fuzzes
+# for a bounded time; `make bench` runs the benchmarks. `make help` lists
+# every target and variable.
 
 CC      ?= cc
 BUILD   ?= build
 OPT     ?= -O3 -march=x86-64-v2 -mtune=generic
 SAN     ?= 0
+TSAN    ?= 0
+FUZZ    ?= 0
 CUDA    ?= auto
 FUZZ_SECONDS ?= 15
+JOBS    ?= $(shell nproc 2>/dev/null || echo 2)
 
 CSTD     = -std=c11 -D_GNU_SOURCE
 WARN     = -Wall -Wextra -Werror -Wno-unused-parameter
@@ -16,6 +21,9 @@ INCLUDES = -I. -I/usr/include/x86_64-linux-gnu/openblas-pthread
 CFLAGS_ALL = $(CSTD) $(WARN) $(OPT) -g -pthread -fno-strict-aliasing -fno-trapping-math $(INCLUDES) $(CFLAGS)
 LDLIBS_ALL = -lopenblas -ljpeg -lpng -lz -ljansson -lmicrohttpd -luv -lsqlite3 -lm -lpthread $(LDLIBS)
 
+# Build variants, each in its own folder: SAN=1 (ASan + UBSan), TSAN=1
+# (ThreadSanitizer), FUZZ=1 (libFuzzer targets that link one instrumented
+# library instead of recompiling every source per target).
 ifeq ($(SAN),1)
   CC := clang
   BUILD := build/asan
@@ -24,22 +32,46 @@ ifeq ($(SAN),1)
   LDFLAGS += -fsanitize=address,undefined
   CUDA := 0
 endif
+ifeq ($(TSAN),1)
+  CC := clang
+  BUILD := build/tsan
+  OPT := -O1 -fno-omit-frame-pointer
+  CFLAGS_ALL += -fsanitize=thread
+  LDFLAGS += -fsanitize=thread
+  CUDA := 0
+endif
+ifeq ($(FUZZ),1)
+  CC := clang
+  BUILD := build/fuzz
+  OPT := -O1 -fno-omit-frame-pointer
+  CFLAGS_ALL += -fsanitize=fuzzer-no-link,address,undefined -fno-sanitize-recover=undefined
+  LDFLAGS += -fsanitize=address,undefined
+  CUDA := 0
+endif
 
-# CUDA backend: built where nvcc is found, never required.
+# CUDA backend. CUDA=auto builds it where nvcc is found and the NVIDIA driver
+# reports a GPU, for the GPUs present plus PTX of the newest (for later
+# GPUs); elsewhere the build is CPU-only and `make test` compile-checks the
+# CUDA sources for one architecture (cuda-check). CUDA=1 builds it for
+# CUDA_ARCHS on any machine with nvcc; CUDA=0 never.
 CUDA_SRC := $(wildcard engine/cuda/*.cu)
 NVCC := $(shell command -v nvcc 2>/dev/null || ls /usr/local/cuda/bin/nvcc 2>/dev/null)
 ifeq ($(CUDA),auto)
-  ifneq ($(and $(NVCC),$(CUDA_SRC)),)
+  GPU_ARCHS := $(shell nvidia-smi --query-gpu=compute_cap --format=csv,noheader 2>/dev/null | tr -d '. ' | sort -u)
+  ifneq ($(and $(NVCC),$(CUDA_SRC),$(GPU_ARCHS)),)
     CUDA := 1
+    CUDA_ARCHS ?= $(GPU_ARCHS)
   else
     CUDA := 0
   endif
 endif
 CUDA_HOME ?= $(patsubst %/bin/nvcc,%,$(NVCC))
 CUDA_ARCHS ?= 75 80 86 89 90
+CUDA_PTX := $(lastword $(sort $(CUDA_ARCHS)))
+CUDA_CHECK_ARCH ?= 80
 NVCCFLAGS = -O3 -std=c++17 -I. -Xcompiler -Wall,-Wextra,-Werror,-Wno-unused-parameter,-fPIC \
             $(foreach a,$(CUDA_ARCHS),-gencode arch=compute_$(a),code=sm_$(a)) \
-            -gencode arch=compute_90,code=compute_90
+            -gencode arch=compute_$(CUDA_PTX),code=compute_$(CUDA_PTX)
 
 ENGINE_SRC   := $(wildcard engine/*.c)
 HYPERNET_SRC := $(wildcard hypernet/*.c)
@@ -65,20 +97,41 @@ TEST_BIN := $(TEST_SRC:tests/%.c=$(BUILD)/tests/%)
 BENCH_SRC := $(wildcard bench/*.c)
 BENCH_BIN := $(BENCH_SRC:bench/%.c=$(BUILD)/bench/%)
 FUZZ_SRC := $(wildcard tests/fuzz/fuzz_*.c)
+FUZZ_BIN := $(FUZZ_SRC:tests/fuzz/%.c=$(BUILD)/bin/%)
 
 BINS := $(BUILD)/tasam $(if $(wildcard server/main.c),$(BUILD)/tasamd)
 
-.PHONY: all deps test test-plain test-san fuzz bench clean run serve format help reference reference-deps
-all: $(BINS)
+.PHONY: all bins deps test test-plain test-san test-tsan cuda-check fuzz fuzz-bins bench clean \
+        run serve format format-check help reference reference-deps
+all:
+	@deploy/deps.sh
+	@$(MAKE) --no-print-directory -j$(JOBS) bins
+
+bins: $(BINS)
 
 help:
-	@echo "make            build build/tasam (and build/tasamd)"
-	@echo "make deps       install the Debian packages the build and tests need"
-	@echo "make serve      fetch the ViT-H checkpoint if needed and run tasamd on 127.0.0.1:8080"
-	@echo "make run        fetch the ViT-H checkpoint if needed and segment an example image"
-	@echo "make test       every test: plain, ASan+UBSan, then bounded fuzzing"
-	@echo "make bench      CPU (and GPU where present) benchmarks"
-	@echo "variables: CUDA=0|1|auto SAN=1 FUZZ_SECONDS=$(FUZZ_SECONDS) TASAM_FIXTURES=dir"
+	@echo "targets:"
+	@echo "  make              install missing packages, build build/tasam and build/tasamd"
+	@echo "  make deps         install the Debian packages the build and tests need (deploy/deps.sh)"
+	@echo "  make serve        build, fetch the ViT-H checkpoint if needed, run tasamd in the foreground"
+	@echo "  make run          build, fetch the checkpoint if needed, segment IMAGE at POINTS into out/"
+	@echo "  make test         every test: plain, ASan+UBSan, CUDA compile check, bounded fuzzing"
+	@echo "  make test-plain   the tests on the normal build only"
+	@echo "  make test-san     the tests under ASan+UBSan only"
+	@echo "  make test-tsan    the server tests under ThreadSanitizer"
+	@echo "  make cuda-check   compile and link the CUDA backend for CUDA_CHECK_ARCH (needs nvcc)"
+	@echo "  make fuzz         build the libFuzzer targets and run each for FUZZ_SECONDS"
+	@echo "  make bench        CPU (and GPU where present) benchmarks"
+	@echo "  make reference    compare with the official PyTorch SAM (installs Debian's torch)"
+	@echo "  make format       clang-format every C/CUDA source; format-check: check only"
+	@echo "  make clean        remove build/"
+	@echo "variables:"
+	@echo "  CHECKPOINT=$(CHECKPOINT)   SAM checkpoint (.pth or safetensors) for serve/run"
+	@echo "  LISTEN=$(LISTEN)   STATE_DIR=$(STATE_DIR)   TASAMD_ARGS='...' (extra tasamd options)"
+	@echo "  IMAGE=$(IMAGE)   POINTS='$(POINTS)'   (make run: x,y,label;...)"
+	@echo "  CUDA=auto|0|1 (now $(CUDA))   CUDA_ARCHS='$(CUDA_ARCHS)'   CUDA_CHECK_ARCH=$(CUDA_CHECK_ARCH)"
+	@echo "  SAN=1   TSAN=1   FUZZ_SECONDS=$(FUZZ_SECONDS)   JOBS=$(JOBS)   BUILD=$(BUILD)"
+	@echo "  TASAM_FIXTURES=dir (reference fixtures; default ../shared/fixtures)"
 
 deps:
 	@deploy/deps.sh
@@ -125,18 +178,26 @@ $(BUILD)/bench/%: $(BUILD)/obj/bench/%.o $(LIB)
 	@echo "  LD      $@"
 	@$(CC) $(LDFLAGS) -pthread -o $@ $^ $(LDLIBS_ALL)
 
-# Tests: the plain build, then the sanitizer build, then bounded fuzzing. The
-# last line printed is the total "N passed, N failed, N skipped".
+$(BUILD)/bin/%: $(BUILD)/obj/tests/fuzz/%.o $(LIB)
+	@mkdir -p $(dir $@)
+	@echo "  LD      $@"
+	@$(CC) $(LDFLAGS) -fsanitize=fuzzer -pthread -o $@ $^ $(LDLIBS_ALL)
+
+# Tests: the plain build, the sanitizer build, the CUDA compile check, then
+# bounded fuzzing. The last line printed is the total "N passed, N failed,
+# N skipped" (tests/summarize.sh).
 test: deps
 	@mkdir -p build
 	@{ $(MAKE) --no-print-directory test-plain; $(MAKE) --no-print-directory test-san; \
-	   $(MAKE) --no-print-directory fuzz; } 2>&1 | tee build/test.log; \
+	   $(MAKE) --no-print-directory cuda-check; $(MAKE) --no-print-directory fuzz; } 2>&1 | \
+	   tee build/test.log; \
 	 tests/summarize.sh build/test.log
 
-JOBS ?= $(shell nproc 2>/dev/null || echo 2)
 test-plain:
 	@$(MAKE) --no-print-directory -j$(JOBS) $(BINS) $(TEST_BIN) $(BUILD)/bench/tasam-bench
 	@tests/run.sh $(BUILD) plain || true
+	@if $(MAKE) --no-print-directory format-check; then echo "format: 1 passed, 0 failed, 0 skipped"; \
+	 else echo "format: 0 passed, 1 failed, 0 skipped"; fi
 
 test-san:
 	@$(MAKE) --no-print-directory -j$(JOBS) SAN=1 all-tests-san
@@ -146,8 +207,27 @@ test-san:
 .PHONY: all-tests-san
 all-tests-san: $(BINS) $(TEST_BIN) $(BUILD)/bench/tasam-bench
 
+test-tsan:
+	@$(MAKE) --no-print-directory -j$(JOBS) TSAN=1 $(BINS) build/tsan/tests/test_server_units \
+	  build/tsan/tests/test_server
+	@TSAN_OPTIONS="halt_on_error=1 second_deadlock_stack=1" tests/run.sh build/tsan tsan || true
+
+# The CUDA sources compiled and linked (library, tasamd, the CUDA tests) for
+# one architecture: what a machine without a GPU can check.
+cuda-check:
+	@if [ -z "$(NVCC)" ] || [ -z "$(CUDA_SRC)" ]; then \
+	   echo "cuda-compile: 0 passed, 0 failed, 1 skipped (no nvcc)"; \
+	 elif $(MAKE) --no-print-directory -j$(JOBS) CUDA=1 CUDA_ARCHS=$(CUDA_CHECK_ARCH) OPT=-O1 \
+	      BUILD=build/cuda-check build/cuda-check/tasamd build/cuda-check/tests/test_cuda_ops \
+	      build/cuda-check/tests/test_cuda_sam build/cuda-check/bench/bench_gpu; then \
+	   echo "cuda-compile: 1 passed, 0 failed, 0 skipped (sm_$(CUDA_CHECK_ARCH))"; \
+	 else echo "cuda-compile: 0 passed, 1 failed, 0 skipped"; fi
+
 fuzz:
-	@tests/fuzz/run.sh $(FUZZ_SECONDS) || true
+	@$(MAKE) --no-print-directory -j$(JOBS) FUZZ=1 fuzz-bins || true
+	@tests/fuzz/run.sh $(FUZZ_SECONDS) build/fuzz/bin || true
+
+fuzz-bins: $(FUZZ_BIN)
 
 bench: $(BINS) $(BENCH_BIN)
 	@bench/run.sh $(BUILD)
@@ -189,8 +269,16 @@ serve:
 	@BUILD=$(BUILD) CHECKPOINT="$(CHECKPOINT)" LISTEN="$(LISTEN)" STATE_DIR="$(STATE_DIR)" \
 	  TASAMD_ARGS="$(TASAMD_ARGS)" deploy/serve.sh
 
+# Every C and CUDA source but generated tables follows .clang-format;
+# format-check (part of test-plain) fails on any difference.
+FORMAT_FILES = $(filter-out hypernet/unicode_tables.c,$(shell git ls-files '*.c' '*.h' '*.cu' '*.cuh' 2>/dev/null))
 format:
-	clang-format -i $$(git ls-files '*.c' '*.h' '*.cu' '*.cuh')
+	@clang-format -i $(FORMAT_FILES)
+
+format-check:
+	@bad=$$(for f in $(FORMAT_FILES); do clang-format --dry-run -Werror $$f >/dev/null 2>&1 || echo $$f; done); \
+	 if [ -n "$$bad" ]; then echo "  FAIL format-check: not clang-formatted (run make format):"; \
+	   echo "$$bad" | sed 's/^/    /'; exit 1; else echo "ok     format-check"; fi
 
 clean:
 	rm -rf build

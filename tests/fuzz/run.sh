@@ -1,28 +1,25 @@
 #!/usr/bin/env bash
-# tests/fuzz/run.sh SECONDS: build every tests/fuzz/fuzz_*.c as a libFuzzer
-# target (with ASan+UBSan) and run each for SECONDS, seeded from
-# tests/fuzz/corpus/NAME and, where present, the fixture files. A target that
-# finds a crash fails; the crashing input is kept in build/fuzz/.
+# tests/fuzz/run.sh SECONDS BINDIR: run every libFuzzer target built from
+# tests/fuzz/fuzz_*.c (`make fuzz` builds them into BINDIR with ASan+UBSan)
+# for SECONDS each, seeded from tests/fuzz/corpus/NAME and, where present,
+# the fixture files. A target that is missing (did not build) or finds a
+# crash fails; the crashing input is kept in build/fuzz/.
 set -u
 secs=${1:-15}
+bindir=${2:-build/fuzz/bin}
 out=build/fuzz
 mkdir -p "$out"
 fixtures=${TASAM_FIXTURES:-../shared/fixtures}
-src=$(ls engine/*.c hypernet/*.c adapters/*.c 2>/dev/null | tr '\n' ' ')
-inc="-I. -I/usr/include/x86_64-linux-gnu/openblas-pthread"
-libs="-lopenblas -ljpeg -lpng -lz -ljansson -lm -lpthread"
 passed=0 failed=0
 for f in tests/fuzz/fuzz_*.c; do
     [ -f "$f" ] || continue
     name=$(basename "$f" .c)
-    bin="$out/$name"
-    if ! clang -std=c11 -D_GNU_SOURCE -O1 -g -fsanitize=fuzzer,address,undefined \
-            -fno-sanitize-recover=undefined $inc -o "$bin" "$f" $src $libs 2>"$out/$name.build.log"; then
-        echo "  FAIL $name: does not build (see $out/$name.build.log)"
-        cat "$out/$name.build.log" | head -20
+    if [ ! -x "$bindir/$name" ]; then
+        echo "  FAIL $name: not built (see the make fuzz output above)"
         failed=$((failed + 1))
         continue
     fi
+    cp -f "$bindir/$name" "$out/$name"
     corpus="$out/$name.corpus"
     mkdir -p "$corpus"
     [ -d "tests/fuzz/corpus/$name" ] && cp -n tests/fuzz/corpus/"$name"/* "$corpus"/ 2>/dev/null
