@@ -1,0 +1,604 @@
+/*
+ * tests/tserver.h: what the tests of the real daemon share (header-only, as
+ * tests/harness.h): temp files, HTTP requests, starting and stopping tasamd
+ * on a loopback port, request bodies, the golden comparison, and the setup
+ * every tests/test_server*.c main runs (ts_init / ts_cleanup).
+ *
+ * The daemon binary is found next to the test's build folder
+ * (argv[0]/../../tasamd: build/tasamd or build/asan/tasamd). Tests that need
+ * the fixture model skip when ../shared/fixtures is absent. Each daemon gets
+ * a fresh state directory under a temporary folder; every daemon started is
+ * stopped (SIGTERM, expecting exit 0) or killed by the test that started it.
+ */
+#ifndef TASAM_TESTS_TSERVER_H
+#define TASAM_TESTS_TSERVER_H
+
+/* Paths are built in fixed buffers from a short temp folder name; GCC's
+ * truncation analysis cannot see that bound. */
+#if defined(__GNUC__) && !defined(__clang__)
+#pragma GCC diagnostic ignored "-Wformat-truncation"
+#endif
+
+#include <arpa/inet.h>
+#include <dirent.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <libgen.h>
+#include <limits.h>
+#include <netinet/in.h>
+#include <pthread.h>
+#include <signal.h>
+#include <sys/socket.h>
+#include <sys/types.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
+
+#include <jansson.h>
+#include <sqlite3.h>
+
+#include "adapters/adapter.h"
+#include "engine/ckpt.h"
+#include "engine/error.h"
+#include "engine/image.h"
+#include "engine/rle.h"
+#include "engine/sha256.h"
+#include "hypernet/hypernet.h"
+#include "server/base64.h"
+#include "tests/harness.h"
+
+static char g_tasamd[PATH_MAX]; /* the daemon binary */
+static char g_tasam[PATH_MAX];  /* the CLI (for agreement checks), "" when absent */
+static char g_tmp[256];         /* temp folder for this run */
+static int g_files;             /* counter for temp file names */
+static pthread_mutex_t g_files_mu = PTHREAD_MUTEX_INITIALIZER;
+
+/* A running daemon. */
+typedef struct daemon_proc {
+    pid_t pid;            /* child pid, 0 when not running */
+    int port;             /* bound port */
+    char state[PATH_MAX]; /* state dir */
+    char log[PATH_MAX];   /* stderr log */
+} daemon_proc;
+
+static inline double now_s(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
+}
+
+static inline void tmp_name(char *out, size_t n, const char *suffix)
+{
+    pthread_mutex_lock(&g_files_mu);
+    int k = g_files++;
+    pthread_mutex_unlock(&g_files_mu);
+    snprintf(out, n, "%s/f%d%s", g_tmp, k, suffix);
+}
+
+static inline int write_file(const char *path, const void *buf, size_t len)
+{
+    FILE *f = fopen(path, "wb");
+    if (!f)
+        return -1;
+    size_t w = fwrite(buf, 1, len, f);
+    fclose(f);
+    return w == len ? 0 : -1;
+}
+
+/*
+ * One HTTP request with the curl CLI. `data_file` (may be NULL) is the body,
+ * `extra` more curl arguments (already quoted). Returns the status (0 when
+ * curl failed) and, when body != NULL, the response body (malloc'd).
+ */
+static inline int http(int port, const char *method, const char *path, const char *ctype,
+                const char *data_file, const char *extra, char **body, size_t *blen)
+{
+    char out[PATH_MAX], cmd[4 * PATH_MAX], code[16] = "";
+    tmp_name(out, sizeof out, ".out");
+    snprintf(cmd, sizeof cmd,
+             "curl -s -S --max-time 120 -o '%s' -w '%%{http_code}' -X %s %s%s%s %s%s%s %s "
+             "'http://127.0.0.1:%d%s' 2>/dev/null",
+             out, method, ctype ? "-H 'Content-Type: " : "", ctype ? ctype : "", ctype ? "'" : "",
+             data_file ? "--data-binary '@" : "", data_file ? data_file : "", data_file ? "'" : "",
+             extra ? extra : "", port, path);
+    FILE *p = popen(cmd, "r");
+    if (!p)
+        return 0;
+    if (!fgets(code, sizeof code, p))
+        code[0] = 0;
+    pclose(p);
+    if (body) {
+        *body = (char *)t_read_file(out, blen);
+        if (*body) {
+            char *b = realloc(*body, (blen ? *blen : 0) + 1);
+            if (b) {
+                b[blen ? *blen : 0] = 0;
+                *body = b;
+            }
+        }
+    }
+    unlink(out);
+    return atoi(code);
+}
+
+static inline json_t *http_json(int port, const char *method, const char *path, const char *ctype,
+                         const char *data_file, const char *extra, int *status)
+{
+    char *b = NULL;
+    size_t n = 0;
+    *status = http(port, method, path, ctype, data_file, extra, &b, &n);
+    json_t *j = b ? json_loadb(b, n, 0, NULL) : NULL;
+    free(b);
+    return j;
+}
+
+/* Wait for a file to hold a port number. */
+static inline int read_port(const char *path, double timeout)
+{
+    double t0 = now_s();
+    while (now_s() - t0 < timeout) {
+        size_t n;
+        char *s = (char *)t_read_file(path, &n);
+        if (s) {
+            int p = n > 0 ? atoi(s) : 0;
+            free(s);
+            if (p > 0)
+                return p;
+        }
+        usleep(20000);
+    }
+    return 0;
+}
+
+/* Start tasamd with the fixture model and args (NULL-terminated). Returns 0
+ * once /readyz answers 200 (or, with wait_ready 0, once it listens). */
+static inline int daemon_start(daemon_proc *d, const char *state, int wait_ready, const char *const *args)
+{
+    char portfile[PATH_MAX];
+    const char *argv[64];
+    int n = 0;
+    char st[PATH_MAX];
+    snprintf(st, sizeof st, "%s", state); /* state may alias d->state */
+    memset(d, 0, sizeof *d);
+    snprintf(d->state, sizeof d->state, "%s", st);
+    state = d->state;
+    tmp_name(portfile, sizeof portfile, ".port");
+    tmp_name(d->log, sizeof d->log, ".log");
+    argv[n++] = g_tasamd;
+    argv[n++] = "--checkpoint";
+    argv[n++] = t_fixture("sam_tiny.safetensors");
+    argv[n++] = "--listen";
+    argv[n++] = "127.0.0.1:0";
+    argv[n++] = "--port-file";
+    argv[n++] = portfile;
+    argv[n++] = "--state-dir";
+    argv[n++] = state;
+    argv[n++] = "--device";
+    argv[n++] = "cpu";
+    for (int i = 0; args && args[i] && n < 62; i++)
+        argv[n++] = args[i];
+    argv[n] = NULL;
+    char ckpt[PATH_MAX];
+    snprintf(ckpt, sizeof ckpt, "%s", argv[2]);
+    argv[2] = ckpt;
+    pid_t pid = fork();
+    if (pid < 0)
+        return -1;
+    if (pid == 0) {
+        int fd = open(d->log, O_WRONLY | O_CREAT | O_TRUNC, 0644);
+        if (fd >= 0) {
+            dup2(fd, 2);
+            dup2(fd, 1);
+        }
+        execv(g_tasamd, (char *const *)argv);
+        _exit(127);
+    }
+    d->pid = pid;
+    d->port = read_port(portfile, 30);
+    if (!d->port)
+        return -1;
+    if (!wait_ready)
+        return 0;
+    double t0 = now_s();
+    while (now_s() - t0 < 60) {
+        if (http(d->port, "GET", "/readyz", NULL, NULL, NULL, NULL, NULL) == 200)
+            return 0;
+        usleep(50000);
+    }
+    return -1;
+}
+
+/* SIGTERM and wait; returns the exit status (or -1 on timeout/kill). */
+static inline int daemon_stop(daemon_proc *d)
+{
+    int st;
+    if (!d->pid)
+        return -1;
+    kill(d->pid, SIGTERM);
+    double t0 = now_s();
+    while (now_s() - t0 < 60) {
+        pid_t r = waitpid(d->pid, &st, WNOHANG);
+        if (r == d->pid) {
+            d->pid = 0;
+            return WIFEXITED(st) ? WEXITSTATUS(st) : -1;
+        }
+        usleep(20000);
+    }
+    kill(d->pid, SIGKILL);
+    waitpid(d->pid, &st, 0);
+    d->pid = 0;
+    return -1;
+}
+
+static inline void daemon_kill9(daemon_proc *d)
+{
+    int st;
+    if (!d->pid)
+        return;
+    kill(d->pid, SIGKILL);
+    waitpid(d->pid, &st, 0);
+    d->pid = 0;
+}
+
+static inline int log_contains(const daemon_proc *d, const char *needle)
+{
+    size_t n;
+    char *s = (char *)t_read_file(d->log, &n);
+    int found = 0;
+    if (s) {
+        char *b = realloc(s, n + 1);
+        if (b) {
+            b[n] = 0;
+            found = strstr(b, needle) != NULL;
+            s = b;
+        }
+        free(s);
+    }
+    return found;
+}
+
+static inline void show_log(const daemon_proc *d)
+{
+    size_t n;
+    char *s = (char *)t_read_file(d->log, &n);
+    if (s) {
+        fprintf(stderr, "---- %s (last 3000 bytes) ----\n", d->log);
+        fwrite(n > 3000 ? s + n - 3000 : s, 1, n > 3000 ? 3000 : n, stderr);
+        fprintf(stderr, "----\n");
+        free(s);
+    }
+}
+
+/* ---- request bodies ---- */
+
+static char *g_dog_b64;        /* dog.jpg as base64 */
+static const char *g_dog_path; /* path of dog.jpg */
+
+/* Write a JSON request with the dog image plus the members of `extra`
+ * (stolen) to a temp file; returns its path (static per call site buffer). */
+static inline void write_request(char *path, size_t n, const char *image_b64, json_t *extra)
+{
+    json_t *o = extra ? extra : json_object();
+    if (image_b64)
+        json_object_set_new(o, "image", json_string(image_b64));
+    tmp_name(path, n, ".json");
+    json_dump_file(o, path, JSON_COMPACT);
+    json_decref(o);
+}
+
+/* A small random PNG (distinct per seed), written to a temp file and
+ * returned as base64 (malloc'd). */
+static inline char *make_png(unsigned seed, char *path, size_t n)
+{
+    int w = 64 + (int)(seed % 7) * 8, h = 48;
+    uint8_t *pix = malloc((size_t)w * h * 3), *png = NULL;
+    size_t plen = 0;
+    char *b64 = NULL;
+    unsigned s = seed * 2654435761u + 1;
+    for (int i = 0; i < w * h * 3; i++) {
+        s = s * 1103515245u + 12345u;
+        pix[i] = (uint8_t)(s >> 16);
+    }
+    if (eng_png_encode(pix, w, h, 3, &png, &plen) == 0) {
+        if (path) {
+            tmp_name(path, n, ".png");
+            write_file(path, png, plen);
+        }
+        b64 = srv_base64_encode(png, plen);
+    }
+    free(pix);
+    free(png);
+    return b64;
+}
+
+/* ---- golden comparison ---- */
+
+static eng_ckpt *g_golden;
+
+/* Fraction of pixels where an RLE mask agrees with golden mask k of
+ * tensor `name` ([C,H,W] or [B,C,H,W] flattened), -1 on error. */
+static inline double agree(const json_t *rle, const char *name, int k)
+{
+    const eng_ckpt_tensor *t = eng_ckpt_find(g_golden, name);
+    const json_t *size = json_object_get(rle, "size");
+    const char *counts = json_string_value(json_object_get(rle, "counts"));
+    if (!t || !size || !counts)
+        return -1;
+    int h = (int)json_integer_value(json_array_get(size, 0));
+    int w = (int)json_integer_value(json_array_get(size, 1));
+    if (h != 534 || w != 800 || (size_t)(k + 1) * (size_t)h * w > (size_t)t->numel)
+        return -1;
+    eng_rle r = {0};
+    uint8_t *m = malloc((size_t)h * w);
+    double frac = -1;
+    if (m && eng_rle_from_string(counts, strlen(counts), h, w, &r) == 0 &&
+        eng_rle_decode(&r, m) == 0) {
+        const uint8_t *g = (const uint8_t *)t->data + (size_t)k * h * w;
+        size_t same = 0;
+        for (size_t i = 0; i < (size_t)h * w; i++)
+            same += (m[i] != 0) == (g[i] != 0);
+        frac = (double)same / ((double)h * w);
+    }
+    eng_rle_free(&r);
+    free(m);
+    return frac;
+}
+
+/* Build the request for fixture case `c` (cases.json entry). */
+static inline json_t *case_request(const json_t *c)
+{
+    json_t *o = json_object();
+    const json_t *pc = json_object_get(c, "point_coords"), *pl = json_object_get(c, "point_labels");
+    if (pc) {
+        json_t *pts = json_array();
+        for (size_t i = 0; i < json_array_size(pc); i++)
+            json_array_append_new(
+                pts, json_pack("[O,O,O]", json_array_get(json_array_get(pc, i), 0),
+                               json_array_get(json_array_get(pc, i), 1), json_array_get(pl, i)));
+        json_object_set_new(o, "points", pts);
+    }
+    if (json_object_get(c, "box"))
+        json_object_set_new(o, "boxes", json_pack("[O]", json_object_get(c, "box")));
+    if (json_object_get(c, "boxes"))
+        json_object_set(o, "boxes", json_object_get(c, "boxes"));
+    json_object_set(o, "multimask", json_object_get(c, "multimask_output"));
+    return o;
+}
+
+/* Check a segment response against the goldens of case `name`. */
+static inline int check_masks(const json_t *resp, const char *name, int n_prompts, int per_prompt)
+{
+    char tname[128];
+    const json_t *masks = json_object_get(resp, "masks");
+    int ok = 1;
+    snprintf(tname, sizeof tname, "%s.masks", name);
+    if ((int)json_array_size(masks) != n_prompts * per_prompt) {
+        fprintf(stderr, "  %s: %zu masks, want %d\n", name, json_array_size(masks),
+                n_prompts * per_prompt);
+        return 0;
+    }
+    for (size_t i = 0; i < json_array_size(masks); i++) {
+        double a = agree(json_object_get(json_array_get(masks, i), "rle"), tname, (int)i);
+        if (a < 0.999) {
+            fprintf(stderr, "  %s mask %zu: %.5f of pixels agree with the golden\n", name, i, a);
+            ok = 0;
+        }
+    }
+    return ok;
+}
+
+/* ---- the shared daemon ---- */
+
+static daemon_proc g_d; /* started by test_start, used by most tests */
+static int g_up;        /* g_d is ready */
+
+#define NEED_DAEMON()                                                                              \
+    do {                                                                                           \
+        T_NEED_FIXTURES();                                                                         \
+        if (!g_up)                                                                                 \
+            T_SKIP("the daemon did not start");                                                    \
+    } while (0)
+
+/* ---- metrics and error checks ---- */
+
+/* Value of a metric line "name{labels} value" or "name value"; -1 if absent. */
+static inline double metric(const char *text, const char *series)
+{
+    size_t n = strlen(series);
+    for (const char *p = text; p && *p;) {
+        if (!strncmp(p, series, n) && p[n] == ' ')
+            return atof(p + n + 1);
+        p = strchr(p, '\n');
+        if (p)
+            p++;
+    }
+    return -1;
+}
+
+static inline char *get_metrics(int port)
+{
+    char *b = NULL;
+    size_t n;
+    if (http(port, "GET", "/metrics", NULL, NULL, NULL, &b, &n) != 200) {
+        free(b);
+        return NULL;
+    }
+    return b;
+}
+
+/* Expect `status` with the error JSON (and `field` when non-NULL). */
+static inline void expect_error(int port, const char *method, const char *path, const char *ctype,
+                         const char *file, const char *extra, int status, const char *field,
+                         const char *what)
+{
+    int st;
+    json_t *r = http_json(port, method, path, ctype, file, extra, &st);
+    json_t *e = json_object_get(r, "error");
+    T_CHECK(st == status, "%s: status %d, want %d", what, st, status);
+    T_CHECK(e && json_integer_value(json_object_get(e, "code")) == status &&
+                json_is_string(json_object_get(e, "message")),
+            "%s: no error JSON", what);
+    if (field && e) {
+        const char *f = json_string_value(json_object_get(e, "field"));
+        T_CHECK(f && !strcmp(f, field), "%s: field '%s', want '%s'", what, f ? f : "(none)", field);
+    }
+    json_decref(r);
+}
+
+/* Send raw bytes and read the status code of the answer. */
+static inline int raw_status(int port, const char *req, size_t len)
+{
+    int fd = socket(AF_INET, SOCK_STREAM, 0);
+    struct sockaddr_in a;
+    char buf[256];
+    memset(&a, 0, sizeof a);
+    a.sin_family = AF_INET;
+    a.sin_port = htons((uint16_t)port);
+    a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    struct timeval tv = {10, 0};
+    setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
+    if (connect(fd, (struct sockaddr *)&a, sizeof a) != 0) {
+        close(fd);
+        return 0;
+    }
+    if (write(fd, req, len) != (ssize_t)len) {
+        close(fd);
+        return 0;
+    }
+    ssize_t n = read(fd, buf, sizeof buf - 1);
+    close(fd);
+    if (n < 12)
+        return 0;
+    buf[n] = 0;
+    return atoi(buf + 9);
+}
+
+static inline int count_corrupt_files(const char *state)
+{
+    DIR *d = opendir(state);
+    int n = 0;
+    struct dirent *e;
+    while (d && (e = readdir(d)))
+        n += strncmp(e->d_name, "cache.db.corrupt-", 17) == 0;
+    if (d)
+        closedir(d);
+    return n;
+}
+
+static inline int quick_check(const char *state)
+{
+    char db[PATH_MAX];
+    sqlite3 *s = NULL;
+    sqlite3_stmt *st = NULL;
+    int ok = 0;
+    snprintf(db, sizeof db, "%s/cache.db", state);
+    if (sqlite3_open_v2(db, &s, SQLITE_OPEN_READWRITE, NULL) == SQLITE_OK &&
+        sqlite3_prepare_v2(s, "PRAGMA quick_check", -1, &st, NULL) == SQLITE_OK &&
+        sqlite3_step(st) == SQLITE_ROW)
+        ok = !strcmp((const char *)sqlite3_column_text(st, 0), "ok");
+    sqlite3_finalize(st);
+    sqlite3_close(s);
+    return ok;
+}
+
+/* ---- concurrent clients ---- */
+
+typedef struct client {
+    int port;            /* daemon */
+    const char *route;   /* path */
+    char file[PATH_MAX]; /* body */
+    int status;          /* answer */
+    json_t *resp;        /* parsed body */
+} client;
+
+static inline void *client_main(void *arg)
+{
+    client *c = arg;
+    c->resp = http_json(c->port, "POST", c->route, "application/json", c->file, NULL, &c->status);
+    return NULL;
+}
+
+static inline void run_clients(client *cl, int n)
+{
+    pthread_t th[64];
+    for (int i = 0; i < n; i++)
+        pthread_create(&th[i], NULL, client_main, &cl[i]);
+    for (int i = 0; i < n; i++)
+        pthread_join(th[i], NULL);
+}
+
+/* ---- setup and teardown of a test binary ---- */
+
+/* Find tasamd and tasam beside argv0's build folder, make the temp folder,
+ * load dog.jpg and the goldens. Returns 0, or 1 when the daemon binary is
+ * missing (the caller reports one failure and exits). */
+static inline int ts_init(const char *argv0)
+{
+    char self[PATH_MAX];
+    snprintf(self, sizeof self, "%s", argv0);
+    char *dir = dirname(self);
+    snprintf(g_tasamd, sizeof g_tasamd, "%s/../tasamd", dir);
+    char real[PATH_MAX];
+    if (realpath(g_tasamd, real))
+        snprintf(g_tasamd, sizeof g_tasamd, "%s", real);
+    /* the CLI: beside tasamd, or (sanitizer builds) in the plain build */
+    const char *cands[] = {"%s/../tasam", "%s/../../tasam"};
+    for (size_t i = 0; i < 2 && !g_tasam[0]; i++) {
+        char c[PATH_MAX];
+        snprintf(c, sizeof c, cands[i], dir);
+        if (realpath(c, real) && access(real, X_OK) == 0)
+            snprintf(g_tasam, sizeof g_tasam, "%s", real);
+    }
+    snprintf(g_tmp, sizeof g_tmp, "/tmp/tasam-test-server-XXXXXX");
+    if (!mkdtemp(g_tmp)) {
+        perror("mkdtemp");
+        return 1;
+    }
+    signal(SIGPIPE, SIG_IGN);
+    if (access(g_tasamd, X_OK) != 0) {
+        fprintf(stderr, "tasamd not found at %s (build it first: make %s)\n", g_tasamd, g_tasamd);
+        return 1;
+    }
+    if (t_fixtures()) {
+        size_t n;
+        g_dog_path = strdup(t_fixture("images/dog.jpg"));
+        uint8_t *jpg = t_read_file(g_dog_path, &n);
+        if (jpg)
+            g_dog_b64 = srv_base64_encode(jpg, n);
+        free(jpg);
+        if (eng_ckpt_open(&g_golden, t_fixture("golden_tiny.safetensors")) != 0)
+            g_golden = NULL;
+    }
+    return 0;
+}
+
+/* Kill what is left of the shared daemon, free the globals, remove the temp
+ * folder (kept with TASAM_KEEP_TMP=1). */
+static inline void ts_cleanup(void)
+{
+    if (g_d.pid)
+        daemon_kill9(&g_d);
+    eng_ckpt_close(g_golden);
+    free(g_dog_b64);
+    free((void *)g_dog_path);
+    char cmd[PATH_MAX + 16];
+    snprintf(cmd, sizeof cmd, "rm -rf '%s'", g_tmp);
+    if (!getenv("TASAM_KEEP_TMP") && system(cmd) != 0)
+        fprintf(stderr, "could not remove %s\n", g_tmp);
+}
+
+/* Start the shared daemon g_d with a small encoder batch and wait for it. */
+static inline int ts_start_shared(const char *name)
+{
+    char state[PATH_MAX];
+    snprintf(state, sizeof state, "%s/state-shared-%s", g_tmp, name);
+    static const char *const args[] = {"--max-batch", "4", "--batch-wait-ms", "20", NULL};
+    int rc = daemon_start(&g_d, state, 1, args);
+    if (rc)
+        show_log(&g_d);
+    g_up = rc == 0;
+    return rc;
+}
+
+#endif
