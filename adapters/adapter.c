@@ -15,7 +15,7 @@
 #include "engine/error.h"
 #include "engine/sha256.h"
 
-#define AD_T ENG_SAM_LORA_TARGETS
+#define AD_T         ENG_SAM_LORA_TARGETS
 #define AD_MAX_ALPHA 1024.0f
 
 /* ------------------------------------------------------------------ */
@@ -86,8 +86,10 @@ int ad_normalize_task(const char *s, size_t len, char *out, size_t cap)
             continue;
         }
         if (c < 0x20 || c == 0x7f || (c >= 0x80 && c <= 0x9f))
-            return eng_error(ENG_EINVAL, "task contains the control character U+%04X (at byte "
-                             "%zu)", (unsigned)c, i);
+            return eng_error(ENG_EINVAL,
+                             "task contains the control character U+%04X (at byte "
+                             "%zu)",
+                             (unsigned)c, i);
         if (o + (size_t)pending_space + (size_t)n + 1 > cap)
             return eng_error(ENG_EINVAL, "task: normalised text does not fit %zu bytes", cap);
         if (pending_space)
@@ -257,7 +259,7 @@ int ad_adapter_to_lora(const ad_adapter *a, eng_sam *m, int merged, eng_sam_lora
 
 typedef struct {
     eng_st_entry e[2 * AD_T];
-    char names[2 * AD_T][112];   /* "<target>.lora_A" */
+    char names[2 * AD_T][112]; /* "<target>.lora_A" */
     char rank[16], alpha[32], created[32], targets[4096];
     const char *meta[24];
     size_t n, n_meta;
@@ -287,11 +289,30 @@ static int ad__describe(const ad_adapter *a, ad__st *s)
     snprintf(s->created, sizeof s->created, "%lld", (long long)a->created);
     if (hn_targets_format(a->present, s->targets, sizeof s->targets) >= sizeof s->targets)
         return eng_error(ENG_EINVAL, "adapter target list too long");
-    const char *m[] = {"format", "tasam-adapter", "format_version", "1", "id", a->id,
-                       "task", a->task, "task_normalized", a->task_normalized,
-                       "hypernet_id", a->hypernet_id, "hypernet_version", a->hypernet_version,
-                       "rank", s->rank, "alpha", s->alpha, "targets", s->targets,
-                       "created", s->created, "text_model", a->text_model};
+    const char *m[] = {"format",
+                       "tasam-adapter",
+                       "format_version",
+                       "1",
+                       "id",
+                       a->id,
+                       "task",
+                       a->task,
+                       "task_normalized",
+                       a->task_normalized,
+                       "hypernet_id",
+                       a->hypernet_id,
+                       "hypernet_version",
+                       a->hypernet_version,
+                       "rank",
+                       s->rank,
+                       "alpha",
+                       s->alpha,
+                       "targets",
+                       s->targets,
+                       "created",
+                       s->created,
+                       "text_model",
+                       a->text_model};
     memcpy(s->meta, m, sizeof m);
     s->n_meta = sizeof m / sizeof m[0] / 2;
     return 0;
@@ -344,8 +365,10 @@ static int ad__meta_ll(const eng_ckpt *c, const char *key, long long lo, long lo
     errno = 0;
     long long x = v ? strtoll(v, &end, 10) : 0;
     if (!v || end == v || *end || errno || x < lo || x > hi)
-        return eng_error(ENG_EFORMAT, "%s: metadata '%s' missing or not an integer in "
-                         "%lld..%lld", label, key, lo, hi);
+        return eng_error(ENG_EFORMAT,
+                         "%s: metadata '%s' missing or not an integer in "
+                         "%lld..%lld",
+                         label, key, lo, hi);
     *out = x;
     return 0;
 }
@@ -420,8 +443,10 @@ static int ad__parse(ad_adapter **out, const eng_ckpt *c, const char *label)
                     (!strcmp(nm + tl, ".lora_A") || !strcmp(nm + tl, ".lora_B"));
         }
         if (!known)
-            return eng_error(ENG_EFORMAT, "%s: unknown tensor '%.120s' (not a factor of a "
-                             "listed target)", label, nm);
+            return eng_error(ENG_EFORMAT,
+                             "%s: unknown tensor '%.120s' (not a factor of a "
+                             "listed target)",
+                             label, nm);
     }
     for (int t = 0; t < AD_T; t++) {
         if (!present[t])
@@ -434,9 +459,10 @@ static int ad__parse(ad_adapter **out, const eng_ckpt *c, const char *label)
             if (!x)
                 return eng_error(ENG_EFORMAT, "%s: tensor '%s' missing", label, nm);
             if (x->ndim != 2 || x->shape[0] != r0 || x->shape[1] != r1)
-                return eng_error(ENG_ESHAPE, "%s: tensor '%s' has the wrong shape (expected "
-                                 "[%lld,%lld] for rank %lld)", label, nm, (long long)r0,
-                                 (long long)r1, rank);
+                return eng_error(ENG_ESHAPE,
+                                 "%s: tensor '%s' has the wrong shape (expected "
+                                 "[%lld,%lld] for rank %lld)",
+                                 label, nm, (long long)r0, (long long)r1, rank);
         }
     }
     if (eng_ckpt_count(c) != (size_t)(2 * n_present))

@@ -40,9 +40,9 @@
 #include "hypernet/hypernet.h"
 #include "hypernet/text.h"
 
-#define AD_TASK_MAX 1000                 /* bytes of task text accepted (before normalising) */
-#define AD_ID_LEN 64                     /* hex characters of an adapter id */
-#define AD_MAX_FILE_BYTES (16u << 20)    /* largest adapter file parsed */
+#define AD_TASK_MAX       1000        /* bytes of task text accepted (before normalising) */
+#define AD_ID_LEN         64          /* hex characters of an adapter id */
+#define AD_MAX_FILE_BYTES (16u << 20) /* largest adapter file parsed */
 
 /* Normalise task text for keys and embedding: trim, collapse each run of
  * whitespace (ASCII and Unicode spaces) to one ASCII space, lower-case
@@ -60,20 +60,20 @@ int ad_normalize_task(const char *s, size_t len, char *out, size_t cap);
 int ad_task_id(const char *task, size_t len, const char *hypernet_id, char id[AD_ID_LEN + 1]);
 
 typedef struct ad_adapter {
-    char id[AD_ID_LEN + 1];               /* see above */
-    char *task;                           /* as given, NUL-terminated UTF-8 */
-    char *task_normalized;                /* ad_normalize_task(task) */
+    char id[AD_ID_LEN + 1]; /* see above */
+    char *task;             /* as given, NUL-terminated UTF-8 */
+    char *task_normalized;  /* ad_normalize_task(task) */
     char hypernet_id[HN_ID_LEN + 1];
     char hypernet_version[HN_NAME_MAX];
-    char text_model[HN_NAME_MAX];         /* encoder that embedded the task */
-    int64_t created;                      /* Unix seconds */
-    int rank;                             /* 1..ENG_SAM_LORA_MAX_RANK */
-    float alpha;                          /* scale = alpha / rank */
-    int n_targets;                        /* adapted layers */
+    char text_model[HN_NAME_MAX]; /* encoder that embedded the task */
+    int64_t created;              /* Unix seconds */
+    int rank;                     /* 1..ENG_SAM_LORA_MAX_RANK */
+    float alpha;                  /* scale = alpha / rank */
+    int n_targets;                /* adapted layers */
     unsigned char present[ENG_SAM_LORA_TARGETS];
-    float *A[ENG_SAM_LORA_TARGETS];       /* [rank, in] host, NULL when absent */
-    float *B[ENG_SAM_LORA_TARGETS];       /* [out, rank] host, NULL when absent */
-    float *mem;                           /* owns every factor */
+    float *A[ENG_SAM_LORA_TARGETS]; /* [rank, in] host, NULL when absent */
+    float *B[ENG_SAM_LORA_TARGETS]; /* [out, rank] host, NULL when absent */
+    float *mem;                     /* owns every factor */
     size_t n_floats;
 } ad_adapter;
 

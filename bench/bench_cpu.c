@@ -61,8 +61,8 @@ int main(int argc, char **argv)
         return 1;
     }
     const eng_sam_config *cfg = eng_sam_get_config(m);
-    printf("model %s (%s, embed %d, depth %d) on %s, loaded in %.0f ms, workspace %.1f MiB\n",
-           ckpt, cfg->name, cfg->embed_dim, cfg->depth, eng_backend_describe(be), bench_now_ms() - t0,
+    printf("model %s (%s, embed %d, depth %d) on %s, loaded in %.0f ms, workspace %.1f MiB\n", ckpt,
+           cfg->name, cfg->embed_dim, cfg->depth, eng_backend_describe(be), bench_now_ms() - t0,
            eng_sam_workspace_bytes(m) / 1048576.0);
 
     float *input = malloc((size_t)3 * ENG_SAM_IMG * ENG_SAM_IMG * sizeof(float));
@@ -113,8 +113,7 @@ int main(int argc, char **argv)
         double dec = bench_median(t, reps), df = eng_sam_decoder_flops(7) * prompts;
         printf("decoder  %3d prompt(s), embedding %-8s: %8.1f ms median of %d (%.1f ms a prompt)"
                "   %7.1f GFLOP/s\n",
-               prompts, resident ? "resident" : "passed", dec, reps, dec / prompts,
-               df / dec / 1e6);
+               prompts, resident ? "resident" : "passed", dec, reps, dec / prompts, df / dec / 1e6);
     }
     /* as tasamd serves it: decoder and postprocess in one call, a 4:3 photo */
     if (bench_segment(m, emb, pr, prompts, 1024, 768, reps))

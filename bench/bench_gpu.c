@@ -68,8 +68,8 @@ static int bench_model(const char *label, const char *path, eng_dtype dt, int re
     }
     size_t dev0 = device_used();
     eng_sam *m = NULL;
-    eng_sam_options opt = {.max_points = 16, .max_batch = batch, .decoder_backend = dbe,
-                           .embedding_slots = 1};
+    eng_sam_options opt = {
+        .max_points = 16, .max_batch = batch, .decoder_backend = dbe, .embedding_slots = 1};
     double t0 = bench_now_ms();
     if (eng_sam_load(&m, path, be, &opt) != 0) {
         printf("%s: load %s: %s\n", label, path, eng_last_error());
@@ -223,7 +223,8 @@ int main(int argc, char **argv)
             wdir = argv[++i];
         else if (!strcmp(argv[i], "--dtype") && i + 1 < argc) {
             i++;
-            dt = !strcmp(argv[i], "fp32") ? ENG_F32 : (!strcmp(argv[i], "fp16") ? ENG_F16 : ENG_BF16);
+            dt = !strcmp(argv[i], "fp32") ? ENG_F32
+                                          : (!strcmp(argv[i], "fp16") ? ENG_F16 : ENG_BF16);
         } else {
             fprintf(stderr,
                     "usage: bench_gpu [--checkpoint FILE]... [--arch vit_b,vit_h] "

@@ -42,8 +42,8 @@ static inline double bench_median(double *t, int n)
  * Prints the median over reps of the whole call and of its two parts; 0 or
  * the engine's error.
  */
-static inline int bench_segment(eng_sam *m, const float *emb, const eng_sam_prompt *prompts,
-                                int n, int orig_w, int orig_h, int reps)
+static inline int bench_segment(eng_sam *m, const float *emb, const eng_sam_prompt *prompts, int n,
+                                int orig_w, int orig_h, int reps)
 {
     eng_sam_imginfo info = {orig_w, orig_h, 0, 0};
     eng_resize_shape(orig_w, orig_h, ENG_SAM_IMG, &info.input_w, &info.input_h);

@@ -115,4 +115,3 @@ out:
     eng_backend_destroy(be);
     return status;
 }
-

@@ -52,7 +52,7 @@ int cli_parse_numbers(const char *s, double *out, int n)
  * to the CPU with a note. `dec` (may be NULL: not wanted) gets the decoder's
  * own backend where the choice splits them. */
 int cli_open_backend(const char *device, const char *precision, int threads, eng_backend **be,
-                        eng_backend **dec)
+                     eng_backend **dec)
 {
     char note[512];
     eng_backend *d = NULL;
@@ -73,7 +73,7 @@ int cli_open_backend(const char *device, const char *precision, int threads, eng
 /* Load a hypernetwork and the text encoder it was built for (text_dir, or
  * what the hypernetwork names), on `be`. Prints what it does. */
 int cli_load_hypernet_and_text(const char *path, const char *text_dir, eng_backend *be,
-                                  hn_hypernet **h, hn_text **text)
+                               hn_hypernet **h, hn_text **text)
 {
     double t0 = cli_now_ms();
     if (hn_hypernet_load(h, path, be)) {

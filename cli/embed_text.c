@@ -25,19 +25,18 @@
 
 static void embed_usage(FILE *f)
 {
-    fprintf(f,
-            "usage: tasam embed-text [--text-model DIR] [--dump OUT.safetensors] TEXT...\n"
-            "\n"
-            "Embed texts with the task-text encoder and print a summary per text.\n"
-            "\n"
-            "  --text-model DIR   a Hugging Face BERT folder (config.json, vocab.txt,\n"
-            "                     model.safetensors), e.g. models/all-MiniLM-L6-v2\n"
-            "                     (deploy/fetch-text-model.sh fetches it); without it the\n"
-            "                     built-in hashed n-gram embedding is used\n"
-            "  --dim N            width of the hashed embedding (default 384)\n"
-            "  --dump FILE        write input_ids and attention_mask [n, T] (i32; BERT only)\n"
-            "                     and embeddings [n, d] (f32) as safetensors\n"
-            "  --device D         auto, cpu (default) or cuda\n");
+    fprintf(f, "usage: tasam embed-text [--text-model DIR] [--dump OUT.safetensors] TEXT...\n"
+               "\n"
+               "Embed texts with the task-text encoder and print a summary per text.\n"
+               "\n"
+               "  --text-model DIR   a Hugging Face BERT folder (config.json, vocab.txt,\n"
+               "                     model.safetensors), e.g. models/all-MiniLM-L6-v2\n"
+               "                     (deploy/fetch-text-model.sh fetches it); without it the\n"
+               "                     built-in hashed n-gram embedding is used\n"
+               "  --dim N            width of the hashed embedding (default 384)\n"
+               "  --dump FILE        write input_ids and attention_mask [n, T] (i32; BERT only)\n"
+               "                     and embeddings [n, d] (f32) as safetensors\n"
+               "  --device D         auto, cpu (default) or cuda\n");
 }
 
 int cli_cmd_embed_text(int argc, char **argv)
@@ -110,8 +109,10 @@ int cli_cmd_embed_text(int argc, char **argv)
             fprintf(stderr, "tasam: %s\n", eng_last_error());
             goto out;
         }
-        fprintf(stderr, "tasam: no --text-model: using the built-in hashed n-gram embedding "
-                        "(%d-d); it carries no meaning beyond shared words\n", dim);
+        fprintf(stderr,
+                "tasam: no --text-model: using the built-in hashed n-gram embedding "
+                "(%d-d); it carries no meaning beyond shared words\n",
+                dim);
     }
     const int d = hn_text_dim(t), L = hn_text_max_len(t);
     int T = 0;
@@ -123,8 +124,8 @@ int cli_cmd_embed_text(int argc, char **argv)
         if (!ids || !mask)
             goto out;
         for (int i = 0; i < n; i++) {
-            if (hn_text_tokenize(t, texts[i], lens[i], L, ids + (size_t)i * L,
-                                 mask + (size_t)i * L, &ntok[i])) {
+            if (hn_text_tokenize(t, texts[i], lens[i], L, ids + (size_t)i * L, mask + (size_t)i * L,
+                                 &ntok[i])) {
                 fprintf(stderr, "tasam: text %d: %s\n", i + 1, eng_last_error());
                 goto out;
             }
@@ -196,4 +197,3 @@ out:
     eng_backend_destroy(be);
     return status;
 }
-

@@ -107,9 +107,8 @@ int cli_cmd_hypernet(int argc, char **argv)
             continue;
         }
         int known = !strcmp(o, "--out") || !strcmp(o, "--seed") || !strcmp(o, "--rank") ||
-                    !strcmp(o, "--alpha") || !strcmp(o, "--hidden") ||
-                    !strcmp(o, "--text-model") || !strcmp(o, "--text-dim") ||
-                    !strcmp(o, "--targets");
+                    !strcmp(o, "--alpha") || !strcmp(o, "--hidden") || !strcmp(o, "--text-model") ||
+                    !strcmp(o, "--text-dim") || !strcmp(o, "--targets");
         if (!known) {
             fprintf(stderr, "tasam hypernet init: unknown option '%s' (see --help)\n", o);
             return 2;
@@ -195,8 +194,10 @@ int cli_cmd_hypernet(int argc, char **argv)
         snprintf(cfg.text_model, sizeof cfg.text_model, "hashed-%d", cfg.text_dim);
     } else if (model && !strncmp(model, "hashed-", 7)) {
         if (cli_parse_int(model + 7, 16, 65536, &v) || (dim_set && v != cfg.text_dim)) {
-            fprintf(stderr, "tasam hypernet init: --text-model %s: expected hashed-D with D "
-                            "16..65536 (and equal to --text-dim)\n", model);
+            fprintf(stderr,
+                    "tasam hypernet init: --text-model %s: expected hashed-D with D "
+                    "16..65536 (and equal to --text-dim)\n",
+                    model);
             return 2;
         }
         cfg.text_dim = (int)v;
@@ -224,4 +225,3 @@ int cli_cmd_hypernet(int argc, char **argv)
             random ? "random: non-zero" : "zero: delta W = 0, plain SAM");
     return hypernet_info(out);
 }
-

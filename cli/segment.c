@@ -21,8 +21,8 @@
 #include "hypernet/hypernet.h"
 #include "hypernet/text.h"
 
-#define CLI_MAX_POINTS 64
-#define CLI_MAX_BOXES 256
+#define CLI_MAX_POINTS     64
+#define CLI_MAX_BOXES      256
 #define DEFAULT_CHECKPOINT "checkpoints/sam_vit_h_4b8939.pth"
 
 typedef struct segment_args {
@@ -91,13 +91,13 @@ static int parse_segment_args(int argc, char **argv, segment_args *a)
     for (int i = 0; i < argc; i++) {
         const char *o = argv[i];
         const char *v = i + 1 < argc ? argv[i + 1] : NULL;
-#define NEEDV()                                                                                   \
-    do {                                                                                          \
-        if (!v) {                                                                                 \
-            fprintf(stderr, "tasam segment: %s needs a value\n", o);                             \
-            return 2;                                                                             \
-        }                                                                                         \
-        i++;                                                                                      \
+#define NEEDV()                                                                                    \
+    do {                                                                                           \
+        if (!v) {                                                                                  \
+            fprintf(stderr, "tasam segment: %s needs a value\n", o);                               \
+            return 2;                                                                              \
+        }                                                                                          \
+        i++;                                                                                       \
     } while (0)
         if (!strcmp(o, "--help") || !strcmp(o, "-h")) {
             segment_usage(stdout);
@@ -112,7 +112,8 @@ static int parse_segment_args(int argc, char **argv, segment_args *a)
             NEEDV();
             double p[3];
             if (cli_parse_numbers(v, p, 3) || (p[2] != 0 && p[2] != 1)) {
-                fprintf(stderr, "tasam segment: --point '%s': expected X,Y,LABEL with LABEL 0 or 1\n", v);
+                fprintf(stderr,
+                        "tasam segment: --point '%s': expected X,Y,LABEL with LABEL 0 or 1\n", v);
                 return 2;
             }
             if (a->n_points == CLI_MAX_POINTS) {
@@ -126,7 +127,8 @@ static int parse_segment_args(int argc, char **argv, segment_args *a)
             NEEDV();
             double b[4];
             if (cli_parse_numbers(v, b, 4) || b[2] < b[0] || b[3] < b[1]) {
-                fprintf(stderr, "tasam segment: --box '%s': expected X0,Y0,X1,Y1 with X0<=X1, Y0<=Y1\n", v);
+                fprintf(stderr,
+                        "tasam segment: --box '%s': expected X0,Y0,X1,Y1 with X0<=X1, Y0<=Y1\n", v);
                 return 2;
             }
             if (a->n_boxes == CLI_MAX_BOXES) {
@@ -210,9 +212,8 @@ static int parse_segment_args(int argc, char **argv, segment_args *a)
 }
 
 /* A colour per mask for the overlay. */
-static const uint8_t palette[8][3] = {{30, 144, 255}, {255, 99, 71},  {50, 205, 50},
-                                      {255, 215, 0},  {186, 85, 211}, {0, 206, 209},
-                                      {255, 140, 0},  {220, 20, 60}};
+static const uint8_t palette[8][3] = {{30, 144, 255}, {255, 99, 71}, {50, 205, 50}, {255, 215, 0},
+                                      {186, 85, 211}, {0, 206, 209}, {255, 140, 0}, {220, 20, 60}};
 
 static void draw_dot(uint8_t *rgb, int w, int h, int cx, int cy, int r, const uint8_t col[3])
 {
@@ -306,10 +307,10 @@ static int write_json(const segment_args *a, const eng_sam *model, const eng_ima
     json_object_set_new(root, "device", json_string(eng_backend_describe(eng_sam_backend(model))));
     if (ad)
         json_object_set_new(root, "adapter",
-                            json_pack("{s:s,s:s,s:s,s:s,s:i,s:f}", "id", ad->id, "task",
-                                      ad->task, "hypernet_id", ad->hypernet_id,
-                                      "hypernet_version", ad->hypernet_version, "rank", ad->rank,
-                                      "alpha", (double)ad->alpha));
+                            json_pack("{s:s,s:s,s:s,s:s,s:i,s:f}", "id", ad->id, "task", ad->task,
+                                      "hypernet_id", ad->hypernet_id, "hypernet_version",
+                                      ad->hypernet_version, "rank", ad->rank, "alpha",
+                                      (double)ad->alpha));
     for (int p = 0; p < n_prompts && !rc; p++)
         for (int c = 0; c < C && !rc; c++) {
             eng_rle r = {0};
@@ -324,8 +325,8 @@ static int write_json(const segment_args *a, const eng_sam *model, const eng_ima
             json_t *m = json_object();
             json_object_set_new(m, "prompt", json_integer(p));
             json_object_set_new(m, "index", json_integer(c));
-            json_object_set_new(m, "rle", json_pack("{s:[i,i],s:s}", "size", img->h, img->w,
-                                                    "counts", counts));
+            json_object_set_new(
+                m, "rle", json_pack("{s:[i,i],s:s}", "size", img->h, img->w, "counts", counts));
             json_object_set_new(m, "bbox", json_pack("[f,f,f,f]", bb[0], bb[1], bb[2], bb[3]));
             json_object_set_new(m, "area", json_integer((json_int_t)eng_rle_area(&r)));
             json_object_set_new(m, "predicted_iou", json_real(iou[p * C + c]));
@@ -386,8 +387,8 @@ int cli_cmd_segment(int argc, char **argv)
     fprintf(stderr, "tasam: loading %s on %s%s%s\n", a.checkpoint, eng_backend_describe(be),
             dbe ? ", decoder on " : "", dbe ? eng_backend_describe(dbe) : "");
     t0 = cli_now_ms();
-    eng_sam_options opt = {.max_points = a.n_points > 16 ? a.n_points : 16, .max_batch = 1,
-                           .decoder_backend = dbe};
+    eng_sam_options opt = {
+        .max_points = a.n_points > 16 ? a.n_points : 16, .max_batch = 1, .decoder_backend = dbe};
     if (eng_sam_load(&model, a.checkpoint, be, &opt)) {
         fprintf(stderr, "tasam: %s\n", eng_last_error());
         if (!strcmp(a.checkpoint, DEFAULT_CHECKPOINT))
@@ -504,8 +505,9 @@ int cli_cmd_segment(int argc, char **argv)
             const uint8_t *mk = masks + ((size_t)p * C + c) * npx;
             for (size_t i = 0; i < npx; i++)
                 area += mk[i];
-            fprintf(stderr, "  prompt %d mask %d: predicted IoU %.3f, stability %.3f, area %zu px\n",
-                    p, c, iou[p * C + c], stab[p * C + c], area);
+            fprintf(stderr,
+                    "  prompt %d mask %d: predicted IoU %.3f, stability %.3f, area %zu px\n", p, c,
+                    iou[p * C + c], stab[p * C + c], area);
         }
 
     if (a.dump) {
@@ -522,8 +524,8 @@ int cli_cmd_segment(int argc, char **argv)
             e[2] = (eng_st_entry){"low_res_logits", ENG_F32, 4, {n_prompts, C, 256, 256}, lo};
             e[3] = (eng_st_entry){"masks", ENG_U8, 4, {n_prompts, C, img.h, img.w}, masks};
         }
-        const char *meta[] = {"model", eng_sam_model_id(model), "image", a.image, "adapter",
-                              ad ? ad->id : ""};
+        const char *meta[] = {"model",   eng_sam_model_id(model), "image", a.image,
+                              "adapter", ad ? ad->id : ""};
         if (eng_safetensors_write(a.dump, e, 4, meta, ad ? 3 : 2)) {
             fprintf(stderr, "tasam: %s\n", eng_last_error());
             goto out;
@@ -565,4 +567,3 @@ out:
     eng_backend_destroy(be);
     return status;
 }
-

@@ -23,8 +23,8 @@ typedef struct eng_backend_ops {
     int (*linear)(eng_backend *be, void *y, const void *x, int64_t ldx, const void *w,
                   const void *b, const void *res, int M, int K, int N, eng_act act);
     /* y[M,N] = x[M,K] w[K,N] + b[n / group]. */
-    int (*matmul_nn)(eng_backend *be, void *y, const void *x, const void *w, const void *b,
-                     int M, int K, int N, int group);
+    int (*matmul_nn)(eng_backend *be, void *y, const void *x, const void *w, const void *b, int M,
+                     int K, int N, int group);
     int (*layernorm)(eng_backend *be, void *y, const void *x, const void *res, const void *g,
                      const void *b, int M, int N, float eps);
     int (*activate)(eng_backend *be, void *y, const void *x, int64_t n, eng_act act);
@@ -42,8 +42,8 @@ typedef struct eng_backend_ops {
     int (*window_unpartition_add)(eng_backend *be, void *y, const void *x, int H, int W, int C,
                                   int ws);
     /* Output rows [y0, y0 + rows) of the OH x OW result into y [C, rows, OW]. */
-    int (*resize_bilinear)(eng_backend *be, void *y, const void *x, int C, int H, int W,
-                           int crop_h, int crop_w, int OH, int OW, int y0, int rows);
+    int (*resize_bilinear)(eng_backend *be, void *y, const void *x, int C, int H, int W, int crop_h,
+                           int crop_w, int OH, int OW, int y0, int rows);
     /* Masks from logits, written to HOST memory: dst[i] = x[i] > 0 (0/1) for n values,
      * counts[0] = |x > hi|, counts[1] = |x > lo|; synchronises. */
     int (*binarize)(eng_backend *be, uint8_t *dst, const void *x, int64_t n, float lo, float hi,
@@ -53,8 +53,8 @@ typedef struct eng_backend_ops {
 struct eng_backend {
     const eng_backend_ops *ops;
     eng_device dev;
-    eng_dtype dtype;  /* storage dtype of every tensor this backend holds */
-    char desc[160];   /* eng_backend_describe() */
+    eng_dtype dtype; /* storage dtype of every tensor this backend holds */
+    char desc[160];  /* eng_backend_describe() */
 };
 
 #endif

@@ -103,8 +103,7 @@ static int eng__ckpt_index(eng_ckpt *c)
     eng__sort_ctx = NULL;
     for (size_t i = 1; i < c->n; i++)
         if (strcmp(c->t[c->order[i - 1]].name, c->t[c->order[i]].name) == 0)
-            return eng__ckerr(c, ENG_EFORMAT, "duplicate tensor name '%s'",
-                              c->t[c->order[i]].name);
+            return eng__ckerr(c, ENG_EFORMAT, "duplicate tensor name '%s'", c->t[c->order[i]].name);
     return 0;
 }
 
@@ -337,8 +336,7 @@ int eng_ckpt_read_f32(const eng_ckpt *c, const eng_ckpt_tensor *t, float *dst)
         int64_t off = 0;
         for (int d = 0; d < last; d++)
             off += idx[d] * t->stride[d];
-        eng__cvt_row(base + off * (int64_t)es, t->dtype, t->stride[last], rowlen,
-                     dst + r * rowlen);
+        eng__cvt_row(base + off * (int64_t)es, t->dtype, t->stride[last], rowlen, dst + r * rowlen);
         for (int d = last - 1; d >= 0; d--) {
             if (++idx[d] < t->shape[d])
                 break;

@@ -22,13 +22,13 @@
  * valid until eng_ckpt_close(). Strides are in elements (safetensors tensors
  * are always contiguous; .pth tensors may be views of a larger storage). */
 typedef struct eng_ckpt_tensor {
-    const char *name;                    /* official key, NUL-terminated */
+    const char *name; /* official key, NUL-terminated */
     eng_dtype dtype;
-    int ndim;                            /* 0..ENG_CKPT_MAX_DIMS */
+    int ndim; /* 0..ENG_CKPT_MAX_DIMS */
     int64_t shape[ENG_CKPT_MAX_DIMS];
     int64_t stride[ENG_CKPT_MAX_DIMS];
-    const void *data;                    /* first element (storage + offset) */
-    int64_t numel;                       /* product of shape */
+    const void *data; /* first element (storage + offset) */
+    int64_t numel;    /* product of shape */
 } eng_ckpt_tensor;
 
 typedef struct eng_ckpt eng_ckpt;

@@ -16,15 +16,15 @@
 #define ENG__MAX_NAME 65536
 
 struct eng_ckpt {
-    char *label;          /* path or caller label, for messages */
-    const uint8_t *buf;   /* whole file: the mapping, or the caller's buffer */
+    char *label;        /* path or caller label, for messages */
+    const uint8_t *buf; /* whole file: the mapping, or the caller's buffer */
     size_t len;
-    void *map;            /* mmap base when we own a mapping, else NULL */
+    void *map; /* mmap base when we own a mapping, else NULL */
     size_t map_len;
-    eng_ckpt_tensor *t;   /* tensors in file order; names are malloc'd */
+    eng_ckpt_tensor *t; /* tensors in file order; names are malloc'd */
     size_t n, cap;
-    size_t *order;        /* indices into t sorted by name (for find) */
-    char **meta;          /* 2*n_meta malloc'd strings: key, value, ... */
+    size_t *order; /* indices into t sorted by name (for find) */
+    char **meta;   /* 2*n_meta malloc'd strings: key, value, ... */
     size_t n_meta;
 };
 
@@ -56,8 +56,7 @@ static inline int eng__add_u64(uint64_t a, uint64_t b, uint64_t *out)
 static inline uint16_t eng__le16(const uint8_t *p) { return (uint16_t)(p[0] | (p[1] << 8)); }
 static inline uint32_t eng__le32(const uint8_t *p)
 {
-    return (uint32_t)p[0] | ((uint32_t)p[1] << 8) | ((uint32_t)p[2] << 16) |
-           ((uint32_t)p[3] << 24);
+    return (uint32_t)p[0] | ((uint32_t)p[1] << 8) | ((uint32_t)p[2] << 16) | ((uint32_t)p[3] << 24);
 }
 static inline uint64_t eng__le64(const uint8_t *p)
 {
@@ -73,9 +72,9 @@ int eng__pth_parse(eng_ckpt *c);
 typedef struct eng__zip_entry {
     const char *name; /* points into the central directory, not NUL-terminated */
     size_t name_len;
-    uint64_t size;    /* uncompressed */
-    uint64_t csize;   /* compressed */
-    uint64_t lho;     /* local header offset */
+    uint64_t size;  /* uncompressed */
+    uint64_t csize; /* compressed */
+    uint64_t lho;   /* local header offset */
     uint16_t method;
     uint16_t flags;
 } eng__zip_entry;
@@ -91,7 +90,6 @@ void eng__zip_free(eng__zip *z);
 const eng__zip_entry *eng__zip_find(const eng__zip *z, const char *name, size_t len);
 /* Bytes of a stored entry, located through its local header and
  * bounds-checked against the file; refuses compressed or encrypted entries. */
-int eng__zip_data(const eng_ckpt *c, const eng__zip_entry *e, const uint8_t **data,
-                  uint64_t *size);
+int eng__zip_data(const eng_ckpt *c, const eng__zip_entry *e, const uint8_t **data, uint64_t *size);
 
 #endif

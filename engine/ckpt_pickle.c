@@ -30,13 +30,13 @@
 
 /* Limits far above what any real state_dict needs (ViT-H: ~600 tensors,
  * ~10 objects each) but small enough to bound memory on hostile input. */
-#define ENG__PK_MAX_PKL ((uint64_t)256 << 20)  /* data.pkl bytes */
-#define ENG__PK_MAX_OBJS (1u << 22)            /* objects allocated */
-#define ENG__PK_MAX_STACK (1u << 20)           /* value stack depth */
-#define ENG__PK_MAX_MARKS 256                  /* MARK nesting */
-#define ENG__PK_MAX_MEMO (1u << 22)            /* memo index */
-#define ENG__PK_MAX_STR ((uint64_t)1 << 20)    /* one string, bytes */
-#define ENG__PK_MAX_ITEMS ((uint64_t)1 << 26)  /* list/tuple/dict slots, total */
+#define ENG__PK_MAX_PKL   ((uint64_t)256 << 20) /* data.pkl bytes */
+#define ENG__PK_MAX_OBJS  (1u << 22)            /* objects allocated */
+#define ENG__PK_MAX_STACK (1u << 20)            /* value stack depth */
+#define ENG__PK_MAX_MARKS 256                   /* MARK nesting */
+#define ENG__PK_MAX_MEMO  (1u << 22)            /* memo index */
+#define ENG__PK_MAX_STR   ((uint64_t)1 << 20)   /* one string, bytes */
+#define ENG__PK_MAX_ITEMS ((uint64_t)1 << 26)   /* list/tuple/dict slots, total */
 
 enum {
     P_NONE,
@@ -64,26 +64,26 @@ typedef struct eng__pobj eng__pobj;
 struct eng__pobj {
     int kind;
     union {
-        int64_t i;                     /* P_BOOL, P_INT */
-        double f;                      /* P_FLOAT */
+        int64_t i; /* P_BOOL, P_INT */
+        double f;  /* P_FLOAT */
         struct {
-            const char *s;             /* into data.pkl, not NUL-terminated */
+            const char *s; /* into data.pkl, not NUL-terminated */
             size_t len;
         } str;
         struct {
-            eng__pobj **v;             /* P_DICT: key, value, key, value, ... */
+            eng__pobj **v; /* P_DICT: key, value, key, value, ... */
             size_t n, cap;
         } seq;
         struct {
-            int id;                    /* G_* */
-            eng_dtype dtype;           /* G_STORAGE */
+            int id;          /* G_* */
+            eng_dtype dtype; /* G_STORAGE */
         } glob;
         struct {
             const uint8_t *data;
             eng_dtype dtype;
             int64_t numel;
         } storage;
-        eng_ckpt_tensor tensor;        /* name unset */
+        eng_ckpt_tensor tensor; /* name unset */
     } u;
 };
 
@@ -92,10 +92,10 @@ struct eng__pobj {
 typedef struct eng__pk {
     eng_ckpt *c;
     const eng__zip *zip;
-    const char *prefix;  /* "<prefix>/" of data.pkl */
+    const char *prefix; /* "<prefix>/" of data.pkl */
     size_t prefix_len;
     const uint8_t *p, *start, *end;
-    eng__pobj **chunks;  /* object pool */
+    eng__pobj **chunks; /* object pool */
     size_t n_chunks, n_objs;
     uint64_t n_items;
     eng__pobj **stack;
@@ -103,9 +103,9 @@ typedef struct eng__pk {
     size_t marks[ENG__PK_MAX_MARKS];
     size_t n_marks;
     eng__pobj **memo;
-    size_t memo_len;     /* slots allocated */
-    size_t memo_count;   /* slots set: where MEMOIZE stores next */
-    eng__pobj none;      /* shared singletons */
+    size_t memo_len;   /* slots allocated */
+    size_t memo_count; /* slots set: where MEMOIZE stores next */
+    eng__pobj none;    /* shared singletons */
     eng__pobj yes, no;
 } eng__pk;
 
@@ -286,9 +286,9 @@ static const struct {
     const char *name;
     eng_dtype dtype;
 } eng__storages[] = {
-    {"FloatStorage", ENG_F32}, {"HalfStorage", ENG_F16},  {"BFloat16Storage", ENG_BF16},
+    {"FloatStorage", ENG_F32},  {"HalfStorage", ENG_F16}, {"BFloat16Storage", ENG_BF16},
     {"DoubleStorage", ENG_F64}, {"LongStorage", ENG_I64}, {"IntStorage", ENG_I32},
-    {"ShortStorage", ENG_I16}, {"CharStorage", ENG_I8},   {"ByteStorage", ENG_U8},
+    {"ShortStorage", ENG_I16},  {"CharStorage", ENG_I8},  {"ByteStorage", ENG_U8},
     {"BoolStorage", ENG_BOOL},
 };
 
@@ -382,8 +382,7 @@ static int eng__pk_persid(eng__pk *k, eng__pobj *pid, eng__pobj **out)
     if (eng__mul_u64((uint64_t)numel, eng_dtype_size(dt), &nbytes) || nbytes > rec_size)
         return eng__ckerr(k->c, ENG_EFORMAT,
                           "data.pkl: storage '%s' of %lld %s elements exceeds its %llu-byte record",
-                          name, (long long)numel, eng_dtype_name(dt),
-                          (unsigned long long)rec_size);
+                          name, (long long)numel, eng_dtype_name(dt), (unsigned long long)rec_size);
     eng__pobj *s = eng__pk_new(k, P_STORAGE);
     if (!s)
         return eng__pk_oom(k);
@@ -581,12 +580,24 @@ static int eng__pk_run(eng__pk *k, eng__pobj **result)
                 return eng__pk_err(k, ENG_ELIMIT, "MARKs nested too deeply");
             k->marks[k->n_marks++] = k->sp;
             break;
-        case '}': rc = eng__pk_push(k, eng__pk_new(k, P_DICT)); break;
-        case ']': rc = eng__pk_push(k, eng__pk_new(k, P_LIST)); break;
-        case ')': rc = eng__pk_push(k, eng__pk_new(k, P_TUPLE)); break;
-        case 'N': rc = eng__pk_push(k, &k->none); break;
-        case 0x88: rc = eng__pk_push(k, &k->yes); break;
-        case 0x89: rc = eng__pk_push(k, &k->no); break;
+        case '}':
+            rc = eng__pk_push(k, eng__pk_new(k, P_DICT));
+            break;
+        case ']':
+            rc = eng__pk_push(k, eng__pk_new(k, P_LIST));
+            break;
+        case ')':
+            rc = eng__pk_push(k, eng__pk_new(k, P_TUPLE));
+            break;
+        case 'N':
+            rc = eng__pk_push(k, &k->none);
+            break;
+        case 0x88:
+            rc = eng__pk_push(k, &k->yes);
+            break;
+        case 0x89:
+            rc = eng__pk_push(k, &k->no);
+            break;
         case 'X': /* BINUNICODE */
             if ((rc = eng__pk_need(k, 4)))
                 return rc;
@@ -688,8 +699,8 @@ static int eng__pk_run(eng__pk *k, eng__pobj **result)
                 return rc;
             rc = eng__pk_tuple_from(k, first);
             break;
-        case 0x85: /* TUPLE1 */
-        case 0x86: /* TUPLE2 */
+        case 0x85:   /* TUPLE1 */
+        case 0x86:   /* TUPLE2 */
         case 0x87: { /* TUPLE3 */
             size_t n = (size_t)(op - 0x84);
             if (k->sp - eng__pk_floor(k) < n)
@@ -814,8 +825,9 @@ static int eng__pth_find_pkl(const eng_ckpt *c, const eng__zip *z, const eng__zi
         *pkl = e;
     }
     if (!*pkl)
-        return eng__ckerr(c, ENG_EFORMAT, "zip archive has no <name>/data.pkl (not a torch.save "
-                                          "checkpoint)");
+        return eng__ckerr(c, ENG_EFORMAT,
+                          "zip archive has no <name>/data.pkl (not a torch.save "
+                          "checkpoint)");
     return 0;
 }
 

@@ -127,15 +127,32 @@ static int eng__js_string(eng__js *j, char **out)
         uint8_t e = *j->p++;
         uint32_t cp;
         switch (e) {
-        case '"': o[n++] = '"'; continue;
-        case '\\': o[n++] = '\\'; continue;
-        case '/': o[n++] = '/'; continue;
-        case 'b': o[n++] = '\b'; continue;
-        case 'f': o[n++] = '\f'; continue;
-        case 'n': o[n++] = '\n'; continue;
-        case 'r': o[n++] = '\r'; continue;
-        case 't': o[n++] = '\t'; continue;
-        case 'u': break;
+        case '"':
+            o[n++] = '"';
+            continue;
+        case '\\':
+            o[n++] = '\\';
+            continue;
+        case '/':
+            o[n++] = '/';
+            continue;
+        case 'b':
+            o[n++] = '\b';
+            continue;
+        case 'f':
+            o[n++] = '\f';
+            continue;
+        case 'n':
+            o[n++] = '\n';
+            continue;
+        case 'r':
+            o[n++] = '\r';
+            continue;
+        case 't':
+            o[n++] = '\t';
+            continue;
+        case 'u':
+            break;
         default:
             free(o);
             j->p--;
@@ -284,9 +301,10 @@ static int eng__st_entry(eng__js *j, const char *name, eng_ckpt_tensor *t, int64
             goto out;
         if ((rc = eng__js_expect(j, ':')))
             goto out;
-        int bit = strcmp(k, "dtype") == 0 ? 1
-                  : strcmp(k, "shape") == 0 ? 2
-                  : strcmp(k, "data_offsets") == 0 ? 4 : 0;
+        int bit = strcmp(k, "dtype") == 0          ? 1
+                  : strcmp(k, "shape") == 0        ? 2
+                  : strcmp(k, "data_offsets") == 0 ? 4
+                                                   : 0;
         if (!bit || (have & bit)) {
             rc = eng__ckerr(j->c, ENG_EFORMAT, "tensor '%s': %s key '%s'", name,
                             bit ? "duplicate" : "unknown", k);
@@ -310,8 +328,7 @@ static int eng__st_entry(eng__js *j, const char *name, eng_ckpt_tensor *t, int64
             if ((rc = eng__js_uint_array(j, off, 2, &n, "data_offsets")))
                 goto out;
             if (n != 2) {
-                rc = eng__ckerr(j->c, ENG_EFORMAT, "tensor '%s': data_offsets needs 2 items",
-                                name);
+                rc = eng__ckerr(j->c, ENG_EFORMAT, "tensor '%s': data_offsets needs 2 items", name);
                 goto out;
             }
         }
@@ -322,7 +339,9 @@ static int eng__st_entry(eng__js *j, const char *name, eng_ckpt_tensor *t, int64
     } while (more);
     if (have != 7)
         rc = eng__ckerr(j->c, ENG_EFORMAT, "tensor '%s': missing %s", name,
-                        !(have & 1) ? "dtype" : !(have & 2) ? "shape" : "data_offsets");
+                        !(have & 1)   ? "dtype"
+                        : !(have & 2) ? "shape"
+                                      : "data_offsets");
 out:
     free(k);
     free(dt);
@@ -337,7 +356,9 @@ typedef struct eng__span {
 static int eng__cmp_span(const void *a, const void *b)
 {
     const eng__span *x = a, *y = b;
-    return x->begin < y->begin ? -1 : x->begin > y->begin ? 1 : (x->end > y->end) - (x->end < y->end);
+    return x->begin < y->begin   ? -1
+           : x->begin > y->begin ? 1
+                                 : (x->end > y->end) - (x->end < y->end);
 }
 
 int eng__st_parse(eng_ckpt *c)
@@ -349,8 +370,8 @@ int eng__st_parse(eng_ckpt *c)
     int have_meta = 0;
 
     if (c->len < 8)
-        return eng__ckerr(c, ENG_EFORMAT, "not a checkpoint (neither zip nor safetensors): %zu bytes",
-                          c->len);
+        return eng__ckerr(c, ENG_EFORMAT,
+                          "not a checkpoint (neither zip nor safetensors): %zu bytes", c->len);
     uint64_t hlen = eng__le64(c->buf);
     if (hlen > ENG__ST_MAX_HEADER || hlen > c->len - 8)
         return eng__ckerr(c, ENG_EFORMAT,
@@ -364,8 +385,9 @@ int eng__st_parse(eng_ckpt *c)
     eng__js j = {c, c->buf + 8, c->buf + 8, c->buf + 8 + hlen};
 
     if (*j.p != '{')
-        return eng__ckerr(c, ENG_EFORMAT, "not a checkpoint: no zip magic and no safetensors "
-                                          "JSON header");
+        return eng__ckerr(c, ENG_EFORMAT,
+                          "not a checkpoint: no zip magic and no safetensors "
+                          "JSON header");
     j.p++;
     eng__js_ws(&j);
     if (j.p < j.end && *j.p == '}') {
@@ -559,8 +581,7 @@ static int eng__st_header(const eng_st_entry *e, size_t n, const char *const *me
                                  t->name);
         for (int d = 0; d < t->ndim; d++)
             if (t->shape[d] < 0 || eng__mul_u64(numel, (uint64_t)t->shape[d], &numel))
-                return eng_error(ENG_EINVAL, "safetensors writer: tensor '%s': bad shape",
-                                 t->name);
+                return eng_error(ENG_EINVAL, "safetensors writer: tensor '%s': bad shape", t->name);
         if (eng__mul_u64(numel, eng_dtype_size(t->dtype), &nbytes) ||
             eng__add_u64(off, nbytes, &off) || off > INT64_MAX)
             return eng_error(ENG_ELIMIT, "safetensors writer: tensor '%s': too large", t->name);

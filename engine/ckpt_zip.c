@@ -11,11 +11,11 @@
 #include "ckpt_internal.h"
 #include "error.h"
 
-#define ENG__EOCD_SIZE 22
+#define ENG__EOCD_SIZE   22
 #define ENG__EOCD64_SIZE 56
-#define ENG__LOC64_SIZE 20
-#define ENG__CDH_SIZE 46
-#define ENG__LFH_SIZE 30
+#define ENG__LOC64_SIZE  20
+#define ENG__CDH_SIZE    46
+#define ENG__LFH_SIZE    30
 
 /* The end-of-central-directory record: the last "PK\5\6" within the final
  * 64 KiB + 22 bytes whose comment length reaches no further than the file. */
@@ -42,8 +42,8 @@ static int eng__zip64_extra(const eng_ckpt *c, const uint8_t *x, size_t xlen, ui
     while (xlen >= 4) {
         uint16_t id = eng__le16(x), sz = eng__le16(x + 2);
         if ((size_t)sz > xlen - 4)
-            return eng__ckerr(c, ENG_EFORMAT, "zip: entry '%.*s': extra field overruns",
-                              (int)nlen, name);
+            return eng__ckerr(c, ENG_EFORMAT, "zip: entry '%.*s': extra field overruns", (int)nlen,
+                              name);
         if (id == 0x0001) {
             const uint8_t *f = x + 4;
             size_t left = sz;
@@ -171,8 +171,7 @@ const eng__zip_entry *eng__zip_find(const eng__zip *z, const char *name, size_t 
     return bsearch(&key, z->e, z->n, sizeof *z->e, eng__cmp_entry);
 }
 
-int eng__zip_data(const eng_ckpt *c, const eng__zip_entry *e, const uint8_t **data,
-                  uint64_t *size)
+int eng__zip_data(const eng_ckpt *c, const eng__zip_entry *e, const uint8_t **data, uint64_t *size)
 {
     int nl = (int)e->name_len;
     if (e->method != 0)

@@ -26,7 +26,7 @@ typedef struct eng_cpu {
     pthread_mutex_t mu; /* guards the counters and scratch growth */
     size_t used;        /* bytes handed out by alloc */
     float *scratch;
-    size_t scratch_n;   /* floats */
+    size_t scratch_n; /* floats */
 } eng_cpu;
 
 /* Header before each allocation so free() can account for its size. */
@@ -109,7 +109,6 @@ static float *cpu_scratch(eng_cpu *c, size_t n)
     return c->scratch;
 }
 
-
 /* exp for x <= 0 (softmax after max subtraction): 2^n * p(r), |r| <= ln2/2,
  * degree-6 polynomial, about 1 ulp; branch-free so the loop vectorises. */
 static inline float eng__exp_neg(float x)
@@ -118,9 +117,9 @@ static inline float eng__exp_neg(float x)
     /* round to nearest with the 1.5 * 2^23 trick: no libm call, vectorises */
     float n = (x * 1.44269504088896341f + 12582912.0f) - 12582912.0f;
     float r = x - n * 0.693359375f + n * 2.12194440e-4f;
-    float p = 1.0f + r * (1.0f + r * (0.5f + r * (0.166666672f + r * (0.0416666679f +
-                                                                   r * (0.00833333377f +
-                                                                        r * 0.00138888892f)))));
+    float p = 1.0f + r * (1.0f + r * (0.5f + r * (0.166666672f +
+                                                  r * (0.0416666679f + r * (0.00833333377f +
+                                                                            r * 0.00138888892f)))));
     int32_t e = ((int32_t)n + 127) << 23;
     float scale;
     memcpy(&scale, &e, 4);
@@ -134,8 +133,9 @@ static inline float eng__erf(float x)
 {
     float ax = x < 0 ? -x : x;
     float t = 1.0f / (1.0f + 0.3275911f * ax);
-    float poly = t * (0.254829592f +
-                      t * (-0.284496736f + t * (1.421413741f + t * (-1.453152027f + t * 1.061405429f))));
+    float poly =
+        t * (0.254829592f +
+             t * (-0.284496736f + t * (1.421413741f + t * (-1.453152027f + t * 1.061405429f))));
     float e = eng__exp_neg(-ax * ax);
     float y = 1.0f - poly * e;
     return x < 0 ? -y : y;
@@ -214,19 +214,19 @@ static void eng__add_vec(float *restrict y, const float *restrict b, int64_t n)
  * epilogue (bias, activation, residual) runs on each block while it is hot. */
 
 typedef struct eng__gemm {
-    int tb;              /* B is [N, K] (transposed use) rather than [K, N] */
+    int tb; /* B is [N, K] (transposed use) rather than [K, N] */
     int M, N, K;
     float alpha, beta;
-    const float *A;      /* [M, K], row stride lda */
+    const float *A; /* [M, K], row stride lda */
     int lda;
     const float *B;
     int ldb;
-    float *C;            /* [M, N], row stride ldc */
+    float *C; /* [M, N], row stride ldc */
     int ldc;
-    int split_n;         /* 1: workers take column blocks */
-    const float *bias;   /* [N / group] or NULL */
+    int split_n;       /* 1: workers take column blocks */
+    const float *bias; /* [N / group] or NULL */
     int group;
-    const float *res;    /* [M, N] contiguous or NULL, added after act */
+    const float *res; /* [M, N] contiguous or NULL, added after act */
     eng_act act;
 } eng__gemm;
 
@@ -256,7 +256,7 @@ static void eng__gemm_block(void *p, int64_t i0, int64_t i1, int worker)
                         g->A + r * g->lda, 1, g->beta, g->C + r * g->ldc + c0, 1);
     } else {
         cblas_sgemm(CblasRowMajor, CblasNoTrans, g->tb ? CblasTrans : CblasNoTrans, (int)(r1 - r0),
-                (int)(c1 - c0), g->K, g->alpha, g->A + r0 * g->lda, g->lda, B, g->ldb, g->beta,
+                    (int)(c1 - c0), g->K, g->alpha, g->A + r0 * g->lda, g->lda, B, g->ldb, g->beta,
                     g->C + r0 * g->ldc + c0, g->ldc);
     }
     if (g->bias || g->res || g->act != ENG_ACT_NONE)
@@ -323,9 +323,22 @@ static int cpu_linear(eng_backend *be, void *yv, const void *xv, int64_t ldx, co
         res = NULL;
     }
     assert(!res || res != y); /* act + residual needs y distinct from res */
-    eng__gemm g = {.tb = 1, .M = M, .N = N, .K = K, .alpha = 1.0f, .beta = beta,
-                   .A = xv, .lda = (int)ldx, .B = wv, .ldb = K, .C = y, .ldc = N,
-                   .bias = bv, .group = 1, .res = res, .act = act};
+    eng__gemm g = {.tb = 1,
+                   .M = M,
+                   .N = N,
+                   .K = K,
+                   .alpha = 1.0f,
+                   .beta = beta,
+                   .A = xv,
+                   .lda = (int)ldx,
+                   .B = wv,
+                   .ldb = K,
+                   .C = y,
+                   .ldc = N,
+                   .bias = bv,
+                   .group = 1,
+                   .res = res,
+                   .act = act};
     eng__gemm_run(&g);
     return 0;
 }
@@ -333,8 +346,19 @@ static int cpu_linear(eng_backend *be, void *yv, const void *xv, int64_t ldx, co
 static int cpu_matmul_nn(eng_backend *be, void *y, const void *x, const void *w, const void *b,
                          int M, int K, int N, int group)
 {
-    eng__gemm g = {.tb = 0, .M = M, .N = N, .K = K, .alpha = 1.0f, .A = x, .lda = K, .B = w,
-                   .ldb = N, .C = y, .ldc = N, .bias = b, .group = group};
+    eng__gemm g = {.tb = 0,
+                   .M = M,
+                   .N = N,
+                   .K = K,
+                   .alpha = 1.0f,
+                   .A = x,
+                   .lda = K,
+                   .B = w,
+                   .ldb = N,
+                   .C = y,
+                   .ldc = N,
+                   .bias = b,
+                   .group = group};
     eng__gemm_run(&g);
     return 0;
 }
@@ -536,8 +560,7 @@ static void eng__softmax_base(float *row, const float *kbias, int n)
 }
 
 #ifdef ENG__TWO_BUILDS
-__attribute__((target("avx2"))) static void eng__softmax_avx2(float *row, const float *kbias,
-                                                              int n)
+__attribute__((target("avx2"))) static void eng__softmax_avx2(float *row, const float *kbias, int n)
 {
     eng__softmax_body(row, kbias, n);
 }
@@ -558,8 +581,8 @@ typedef struct eng__att {
     const eng_attn *a;
     const float *q, *k, *v, *rel_h, *rel_w, *key_bias;
     float *out;
-    int nqb;           /* query blocks per (b, h) */
-    float *scratch;    /* per worker: per_worker floats */
+    int nqb;        /* query blocks per (b, h) */
+    float *scratch; /* per worker: per_worker floats */
     size_t per_worker;
 } eng__att;
 
@@ -602,8 +625,8 @@ static void eng__att_task(void *p, int64_t t0, int64_t t1, int worker)
             }
             eng__softmax_row(row, kbias, a->Tk);
         }
-        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, nq, a->D, a->Tk, 1.0f, S, a->Tk,
-                    vb, (int)a->kv_rs, 0.0f, ob, (int)HD);
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, nq, a->D, a->Tk, 1.0f, S, a->Tk, vb,
+                    (int)a->kv_rs, 0.0f, ob, (int)HD);
     }
 }
 
@@ -620,9 +643,17 @@ static int cpu_attention(eng_backend *be, void *outv, const void *qv, const void
     float *scratch = cpu_scratch(c, per * nt);
     if (!scratch)
         return ENG_ENOMEM;
-    eng__att s = {a, qv, kv, vv, rel_h, rel_w,
+    eng__att s = {a,
+                  qv,
+                  kv,
+                  vv,
+                  rel_h,
+                  rel_w,
                   a->key_bias ? (const float *)a->key_bias->data : NULL,
-                  outv, (a->Tq + ENG_ATT_QB - 1) / ENG_ATT_QB, scratch, per};
+                  outv,
+                  (a->Tq + ENG_ATT_QB - 1) / ENG_ATT_QB,
+                  scratch,
+                  per};
     eng_parallel_run((int64_t)a->B * a->H * s.nqb, eng__att_task, &s);
     return 0;
 }
@@ -674,8 +705,18 @@ static int cpu_conv2d(eng_backend *be, void *y, const void *x, int x_chw, int Ci
         eng_parallel_for(P, 16, eng__im2col_rows, &m);
         col = buf;
     }
-    eng__gemm g = {.tb = 1, .M = (int)P, .N = Cout, .K = (int)K, .alpha = 1.0f, .A = col,
-                   .lda = (int)K, .B = w, .ldb = (int)K, .C = y, .ldc = Cout, .bias = b,
+    eng__gemm g = {.tb = 1,
+                   .M = (int)P,
+                   .N = Cout,
+                   .K = (int)K,
+                   .alpha = 1.0f,
+                   .A = col,
+                   .lda = (int)K,
+                   .B = w,
+                   .ldb = (int)K,
+                   .C = y,
+                   .ldc = Cout,
+                   .bias = b,
                    .group = 1};
     eng__gemm_run(&g);
     return 0;
@@ -711,8 +752,18 @@ static int cpu_conv_transpose2x2(eng_backend *be, void *y, const void *x, int H,
     float *t = cpu_scratch(c, (size_t)(P * Cout * 4));
     if (!t)
         return ENG_ENOMEM;
-    eng__gemm g = {.tb = 0, .M = (int)P, .N = Cout * 4, .K = Cin, .alpha = 1.0f, .A = x,
-                   .lda = Cin, .B = w, .ldb = Cout * 4, .C = t, .ldc = Cout * 4, .group = 1};
+    eng__gemm g = {.tb = 0,
+                   .M = (int)P,
+                   .N = Cout * 4,
+                   .K = Cin,
+                   .alpha = 1.0f,
+                   .A = x,
+                   .lda = Cin,
+                   .B = w,
+                   .ldb = Cout * 4,
+                   .C = t,
+                   .ldc = Cout * 4,
+                   .group = 1};
     eng__gemm_run(&g);
     eng__ct s = {y, t, b, W, Cout};
     eng_parallel_for(P, 64, eng__ct_scatter, &s);
@@ -766,7 +817,7 @@ typedef struct {
     int H, W, crop_h, crop_w, OH, OW, y0, rows;
     const int *x0, *x1;
     const float *lx;
-    float *scratch;   /* per worker: two horizontally resized source rows [2, OW] */
+    float *scratch; /* per worker: two horizontally resized source rows [2, OW] */
 } eng__rs;
 
 static void eng__src_index(int in, int out, int o, int *i0, int *i1, float *l)

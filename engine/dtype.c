@@ -7,9 +7,9 @@ static const struct {
     const char *name;
     size_t size;
 } eng__dtypes[ENG_DTYPE_COUNT] = {
-    [ENG_F32] = {"F32", 4}, [ENG_F16] = {"F16", 2},   [ENG_BF16] = {"BF16", 2},
-    [ENG_F64] = {"F64", 8}, [ENG_U8] = {"U8", 1},     [ENG_I8] = {"I8", 1},
-    [ENG_I16] = {"I16", 2}, [ENG_I32] = {"I32", 4},   [ENG_I64] = {"I64", 8},
+    [ENG_F32] = {"F32", 4},   [ENG_F16] = {"F16", 2}, [ENG_BF16] = {"BF16", 2},
+    [ENG_F64] = {"F64", 8},   [ENG_U8] = {"U8", 1},   [ENG_I8] = {"I8", 1},
+    [ENG_I16] = {"I16", 2},   [ENG_I32] = {"I32", 4}, [ENG_I64] = {"I64", 8},
     [ENG_BOOL] = {"BOOL", 1},
 };
 
@@ -68,7 +68,7 @@ uint16_t eng_f32_to_f16(float f)
         return (uint16_t)(sign | 0x7c00 | (absx > 0x7f800000u ? 0x200 : 0));
     if (absx >= 0x477ff000u) /* rounds to >= 65520: overflow to inf */
         return (uint16_t)(sign | 0x7c00);
-    if (absx < 0x38800000u) { /* below 2^-14: subnormal half */
+    if (absx < 0x38800000u) {                        /* below 2^-14: subnormal half */
         float v = eng__bits_f32(absx) * 16777216.0f; /* scale by 2^24 */
         /* round half to even via the FPU's default rounding */
         uint32_t m = (uint32_t)__builtin_nearbyintf(v);

@@ -23,16 +23,27 @@ void eng_clear_error(void) { eng__errbuf[0] = '\0'; }
 const char *eng_strerror(int code)
 {
     switch (code) {
-    case ENG_OK: return "ok";
-    case ENG_EINVAL: return "invalid argument";
-    case ENG_ENOMEM: return "out of memory";
-    case ENG_EIO: return "i/o error";
-    case ENG_EFORMAT: return "bad format";
-    case ENG_EUNSUP: return "unsupported";
-    case ENG_ELIMIT: return "over limit";
-    case ENG_ENOTFOUND: return "not found";
-    case ENG_EDEVICE: return "device error";
-    case ENG_ESHAPE: return "wrong shape";
-    default: return "unknown error";
+    case ENG_OK:
+        return "ok";
+    case ENG_EINVAL:
+        return "invalid argument";
+    case ENG_ENOMEM:
+        return "out of memory";
+    case ENG_EIO:
+        return "i/o error";
+    case ENG_EFORMAT:
+        return "bad format";
+    case ENG_EUNSUP:
+        return "unsupported";
+    case ENG_ELIMIT:
+        return "over limit";
+    case ENG_ENOTFOUND:
+        return "not found";
+    case ENG_EDEVICE:
+        return "device error";
+    case ENG_ESHAPE:
+        return "wrong shape";
+    default:
+        return "unknown error";
     }
 }

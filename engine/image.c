@@ -314,7 +314,7 @@ static void png_on_read(png_structp png, png_bytep dst, size_t n)
  * treat them as unknown and discard them unparsed (no zlib inflation of
  * profiles or text, no ICC validation errors). */
 static const png_byte png_ignored_chunks[] = "bKGD\0cHRM\0eXIf\0gAMA\0hIST\0iCCP\0iTXt\0oFFs\0"
-                                              "pCAL\0pHYs\0sBIT\0sCAL\0sPLT\0sRGB\0tEXt\0tIME\0zTXt";
+                                             "pCAL\0pHYs\0sBIT\0sCAL\0sPLT\0sRGB\0tEXt\0tIME\0zTXt";
 
 static int png_decode(png_ctx *c, int64_t max_pixels, eng_image *out)
 {
@@ -369,14 +369,23 @@ static int png_decode(png_ctx *c, int64_t max_pixels, eng_image *out)
             png_set_packing(c->png); /* one index per byte; we expand */
         bpp = 1;
         break;
-    case PNG_COLOR_TYPE_GRAY_ALPHA: bpp = 2; break;
-    case PNG_COLOR_TYPE_RGB: bpp = 3; break;
-    case PNG_COLOR_TYPE_RGB_ALPHA: bpp = 4; break;
-    default: c->rc = eng_error(ENG_EFORMAT, "PNG: bad colour type %d", ctype); goto err;
+    case PNG_COLOR_TYPE_GRAY_ALPHA:
+        bpp = 2;
+        break;
+    case PNG_COLOR_TYPE_RGB:
+        bpp = 3;
+        break;
+    case PNG_COLOR_TYPE_RGB_ALPHA:
+        bpp = 4;
+        break;
+    default:
+        c->rc = eng_error(ENG_EFORMAT, "PNG: bad colour type %d", ctype);
+        goto err;
     }
     if (depth == 16 && !grey16)
         png_set_strip_16(c->png); /* keeps the high byte, as Pillow's ;16B unpackers */
-    size_t bytes = pixel_buffer_size("PNG", (long long)w32, (long long)h32, bpp, max_pixels, &c->rc);
+    size_t bytes =
+        pixel_buffer_size("PNG", (long long)w32, (long long)h32, bpp, max_pixels, &c->rc);
     if (!bytes)
         goto err;
     png_set_interlace_handling(c->png);

@@ -33,9 +33,9 @@
 #define PRECISION_BITS (32 - 8 - 2)
 
 typedef struct coeffs {
-    int ksize;       /* taps per output sample (row stride of kk) */
-    int *bounds;     /* [out][2]: first source index, tap count */
-    int32_t *kk;     /* [out][ksize] fixed-point weights, unused taps 0 */
+    int ksize;   /* taps per output sample (row stride of kk) */
+    int *bounds; /* [out][2]: first source index, tap count */
+    int32_t *kk; /* [out][ksize] fixed-point weights, unused taps 0 */
 } coeffs;
 
 static void coeffs_free(coeffs *c)
@@ -203,7 +203,8 @@ int eng_resize_bilinear_aa(const uint8_t *src, int sw, int sh, uint8_t *dst, int
         int last = ch.bounds[2 * dw - 2] + ch.bounds[2 * dw - 1];
         tmp = malloc((size_t)(last - first) * 3 * (size_t)dh);
         if (!tmp) {
-            rc = eng_error(ENG_ENOMEM, "resize: out of memory for %dx%d temporary", last - first, dh);
+            rc = eng_error(ENG_ENOMEM, "resize: out of memory for %dx%d temporary", last - first,
+                           dh);
             goto err;
         }
         pass_vertical(src + (size_t)first * 3, sstride, last - first, 0, tmp, dh, &cv, acc);
@@ -214,7 +215,8 @@ int eng_resize_bilinear_aa(const uint8_t *src, int sw, int sh, uint8_t *dst, int
         int last = cv.bounds[2 * dh - 2] + cv.bounds[2 * dh - 1];
         tmp = malloc((size_t)dw * 3 * (size_t)(last - first));
         if (!tmp) {
-            rc = eng_error(ENG_ENOMEM, "resize: out of memory for %dx%d temporary", dw, last - first);
+            rc = eng_error(ENG_ENOMEM, "resize: out of memory for %dx%d temporary", dw,
+                           last - first);
             goto err;
         }
         pass_horizontal(src, sstride, first, last - first, 0, tmp, dw, &ch);

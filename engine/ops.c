@@ -179,13 +179,13 @@ eng_tensor eng_rows(eng_tensor t, int64_t r0, int64_t n)
 /* ---- wrappers ---- */
 
 /* Skip when measuring or after an error; record a backend failure. */
-#define ENG__RUN(ctx, call)                                                                       \
-    do {                                                                                          \
-        if ((ctx)->measure || (ctx)->status)                                                      \
-            return;                                                                               \
-        int rc_ = (call);                                                                         \
-        if (rc_)                                                                                  \
-            eng_ctx_fail((ctx), rc_);                                                             \
+#define ENG__RUN(ctx, call)                                                                        \
+    do {                                                                                           \
+        if ((ctx)->measure || (ctx)->status)                                                       \
+            return;                                                                                \
+        int rc_ = (call);                                                                          \
+        if (rc_)                                                                                   \
+            eng_ctx_fail((ctx), rc_);                                                              \
     } while (0)
 
 #define ENG__DATA(t) ((t) ? (t)->data : NULL)
@@ -213,8 +213,8 @@ void eng_matmul_nn(eng_ctx *ctx, eng_tensor *y, const eng_tensor *x, const eng_t
     int64_t M = eng__rows(x), K = eng__cols(x), N = eng_numel(w) / K;
     assert(w->shape[0] == K && eng_numel(y) == M * N && group >= 1 && N % group == 0);
     assert(!b || eng_numel(b) == N / group);
-    ENG__RUN(ctx, ctx->be->ops->matmul_nn(ctx->be, y->data, x->data, w->data, ENG__DATA(b),
-                                          (int)M, (int)K, (int)N, group));
+    ENG__RUN(ctx, ctx->be->ops->matmul_nn(ctx->be, y->data, x->data, w->data, ENG__DATA(b), (int)M,
+                                          (int)K, (int)N, group));
 }
 
 void eng_layernorm(eng_ctx *ctx, eng_tensor *y, const eng_tensor *x, const eng_tensor *res,
@@ -321,7 +321,6 @@ void eng_resize_bilinear(eng_ctx *ctx, eng_tensor *y, const eng_tensor *x, int c
     assert(crop_h >= 1 && crop_h <= x->shape[1] && crop_w >= 1 && crop_w <= x->shape[2]);
     assert(y0 >= 0 && y0 + y->shape[1] <= OH);
     ENG__RUN(ctx, ctx->be->ops->resize_bilinear(ctx->be, y->data, x->data, (int)x->shape[0],
-                                                (int)x->shape[1], (int)x->shape[2], crop_h,
-                                                crop_w, OH, (int)y->shape[2], y0,
-                                                (int)y->shape[1]));
+                                                (int)x->shape[1], (int)x->shape[2], crop_h, crop_w,
+                                                OH, (int)y->shape[2], y0, (int)y->shape[1]));
 }

@@ -52,13 +52,13 @@ typedef struct eng_backend eng_backend;
 typedef enum eng_act { ENG_ACT_NONE = 0, ENG_ACT_GELU, ENG_ACT_RELU } eng_act;
 
 typedef struct eng_ctx {
-    eng_backend *be;   /* borrowed; runs the ops */
-    uint8_t *base;     /* workspace on the backend's device (NULL in measure mode) */
-    size_t cap;        /* workspace bytes */
-    size_t off;        /* bump offset */
-    size_t peak;       /* high-water mark of off */
-    int measure;       /* 1: count bytes and check shapes, run nothing */
-    int status;        /* first error (ENG_E*), 0 while all is well */
+    eng_backend *be; /* borrowed; runs the ops */
+    uint8_t *base;   /* workspace on the backend's device (NULL in measure mode) */
+    size_t cap;      /* workspace bytes */
+    size_t off;      /* bump offset */
+    size_t peak;     /* high-water mark of off */
+    int measure;     /* 1: count bytes and check shapes, run nothing */
+    int status;      /* first error (ENG_E*), 0 while all is well */
 } eng_ctx;
 
 /* ---- backends ---- */
@@ -177,8 +177,8 @@ typedef struct eng_attn {
     int B, H, Tq, Tk, D;
     int64_t q_rs, kv_rs;
     float scale;
-    const eng_relpos *relpos;     /* NULL: no bias */
-    const eng_tensor *key_bias;   /* NULL: no mask */
+    const eng_relpos *relpos;   /* NULL: no bias */
+    const eng_tensor *key_bias; /* NULL: no mask */
 } eng_attn;
 void eng_attention(eng_ctx *ctx, eng_tensor *out, const eng_tensor *q, const eng_tensor *k,
                    const eng_tensor *v, const eng_attn *a);
@@ -208,7 +208,7 @@ void eng_window_unpartition_add(eng_ctx *ctx, eng_tensor *y, const eng_tensor *x
  * workspace small for large originals). Only the top-left crop_h x crop_w of
  * x is read and scaled (crop = H, W for no crop), as SAM's postprocess does
  * after its first upscale. */
-void eng_resize_bilinear(eng_ctx *ctx, eng_tensor *y, const eng_tensor *x, int crop_h,
-                         int crop_w, int OH, int y0);
+void eng_resize_bilinear(eng_ctx *ctx, eng_tensor *y, const eng_tensor *x, int crop_h, int crop_w,
+                         int OH, int y0);
 
 #endif

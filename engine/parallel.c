@@ -11,10 +11,10 @@ static struct {
     pthread_mutex_t call_lock; /* one parallel_for at a time */
     pthread_mutex_t mu;
     pthread_cond_t work_cv, done_cv;
-    int nthreads;              /* workers + the caller */
-    unsigned long generation;  /* bumped per job */
-    int pending;               /* workers still running the current job */
-    eng_range_fn fn;           /* one of fn / task is set per job */
+    int nthreads;             /* workers + the caller */
+    unsigned long generation; /* bumped per job */
+    int pending;              /* workers still running the current job */
+    eng_range_fn fn;          /* one of fn / task is set per job */
     eng_task_fn task;
     void *arg;
     int64_t n;

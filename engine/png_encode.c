@@ -63,9 +63,9 @@ static int png_encode(png_wctx *c, const uint8_t *pix, int w, int h, int channel
 {
     /* rc lives in *c: it is set after setjmp and read after longjmp. */
     c->rc = 0;
-    int ctype = channels == 1 ? PNG_COLOR_TYPE_GRAY
-              : channels == 3 ? PNG_COLOR_TYPE_RGB
-                              : PNG_COLOR_TYPE_RGB_ALPHA;
+    int ctype = channels == 1   ? PNG_COLOR_TYPE_GRAY
+                : channels == 3 ? PNG_COLOR_TYPE_RGB
+                                : PNG_COLOR_TYPE_RGB_ALPHA;
     c->png = png_create_write_struct(PNG_LIBPNG_VER_STRING, c, wr_on_error, wr_on_warning);
     if (!c->png)
         return eng_error(ENG_ENOMEM, "PNG encode: cannot create encoder");
@@ -98,8 +98,10 @@ int eng_png_encode(const uint8_t *pix, int w, int h, int channels, uint8_t **out
 {
     *out = NULL;
     *out_len = 0;
-    if (w <= 0 || h <= 0 || w > 0x7fffffff / 4 || !(channels == 1 || channels == 3 || channels == 4))
-        return eng_error(ENG_EINVAL, "PNG encode: bad image %dx%d with %d channels", w, h, channels);
+    if (w <= 0 || h <= 0 || w > 0x7fffffff / 4 ||
+        !(channels == 1 || channels == 3 || channels == 4))
+        return eng_error(ENG_EINVAL, "PNG encode: bad image %dx%d with %d channels", w, h,
+                         channels);
     png_wctx c;
     memset(&c, 0, sizeof c);
     int rc = png_encode(&c, pix, w, h, channels);

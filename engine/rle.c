@@ -183,7 +183,7 @@ int eng_rle_encode(const uint8_t *mask, int h, int w, eng_rle *out)
     free(ev);
     run = (uint32_t)(area - last);
     if (0) {
-fail:
+    fail:
         free(start);
         free(exs);
         free(ev);
@@ -306,8 +306,8 @@ int eng_rle_from_string(const char *s, size_t len, int h, int w, eng_rle *out)
             }
             unsigned ch = (unsigned char)s[p];
             if (ch < 48 || ch > 48 + 63) {
-                rc = eng_error(ENG_EINVAL, "rle: bad character 0x%02x in counts string at offset %zu",
-                               ch, p);
+                rc = eng_error(ENG_EINVAL,
+                               "rle: bad character 0x%02x in counts string at offset %zu", ch, p);
                 goto fail;
             }
             if (k == RLE__MAX_GROUP) {
@@ -336,7 +336,8 @@ int eng_rle_from_string(const char *s, size_t len, int h, int w, eng_rle *out)
         }
         total += (uint64_t)x;
         if (total > area) {
-            rc = eng_error(ENG_EINVAL, "rle: runs exceed the %dx%d mask at offset %zu", h, w, start);
+            rc =
+                eng_error(ENG_EINVAL, "rle: runs exceed the %dx%d mask at offset %zu", h, w, start);
             goto fail;
         }
         cnt[m++] = (uint32_t)x;
@@ -444,7 +445,8 @@ typedef struct {
 
 static inline int poly__fg(const poly__img *im, int x, int y)
 {
-    return x >= 0 && y >= 0 && x < im->w && y < im->h && im->mask[(size_t)y * (size_t)im->w + (size_t)x];
+    return x >= 0 && y >= 0 && x < im->w && y < im->h &&
+           im->mask[(size_t)y * (size_t)im->w + (size_t)x];
 }
 
 /* Growable array of `elem`-byte entries (coordinates, runs, offsets). */

@@ -13,8 +13,8 @@
 
 typedef struct eng_rle {
     int h, w;
-    size_t n;          /* number of runs */
-    uint32_t *counts;  /* malloc'd */
+    size_t n;         /* number of runs */
+    uint32_t *counts; /* malloc'd */
 } eng_rle;
 
 /* Encode a row-major h x w mask (non-zero = foreground). */
@@ -57,15 +57,15 @@ void eng_rle_bbox(const eng_rle *r, double bbox[4]);
  * Polygons come in the raster order of their first pixels.
  */
 typedef struct eng_polygon {
-    size_t n;          /* number of vertices */
-    int32_t *xy;       /* x0, y0, x1, y1, ...: 2n values, inside the owning
-                        * eng_polygons' storage */
+    size_t n;    /* number of vertices */
+    int32_t *xy; /* x0, y0, x1, y1, ...: 2n values, inside the owning
+                  * eng_polygons' storage */
 } eng_polygon;
 
 typedef struct eng_polygons {
-    size_t n;            /* number of polygons */
-    eng_polygon *polys;  /* malloc'd */
-    int32_t *coords;     /* malloc'd; every polygon's xy points in here */
+    size_t n;           /* number of polygons */
+    eng_polygon *polys; /* malloc'd */
+    int32_t *coords;    /* malloc'd; every polygon's xy points in here */
 } eng_polygons;
 
 /* Trace a row-major h x w mask (non-zero = foreground). An empty mask gives

@@ -19,29 +19,29 @@
 #include "image.h"
 #include "ops.h"
 
-#define ENG_SAM_IMG 1024          /* encoder input side */
-#define ENG_SAM_GRID 64           /* embedding side (1024 / patch 16) */
-#define ENG_SAM_EMB_DIM 256       /* prompt/decoder width */
-#define ENG_SAM_LOWRES 256        /* decoder mask side */
-#define ENG_SAM_EMB_FLOATS (ENG_SAM_EMB_DIM * ENG_SAM_GRID * ENG_SAM_GRID)
+#define ENG_SAM_IMG           1024 /* encoder input side */
+#define ENG_SAM_GRID          64   /* embedding side (1024 / patch 16) */
+#define ENG_SAM_EMB_DIM       256  /* prompt/decoder width */
+#define ENG_SAM_LOWRES        256  /* decoder mask side */
+#define ENG_SAM_EMB_FLOATS    (ENG_SAM_EMB_DIM * ENG_SAM_GRID * ENG_SAM_GRID)
 #define ENG_SAM_LOWRES_FLOATS (ENG_SAM_LOWRES * ENG_SAM_LOWRES)
-#define ENG_SAM_MAX_DEPTH 64
+#define ENG_SAM_MAX_DEPTH     64
 
 /* Read from the checkpoint's tensor shapes. */
 typedef struct eng_sam_config {
-    char name[16];       /* "vit_b", "vit_l", "vit_h", or "custom" */
-    int embed_dim;       /* 768 / 1024 / 1280 (tiny fixture: 64) */
-    int depth;           /* 12 / 24 / 32 */
-    int heads;           /* embed_dim / head_dim */
-    int head_dim;        /* 64 / 64 / 80 */
-    int mlp_dim;         /* 4 * embed_dim */
-    int window;          /* 14 */
+    char name[16];                 /* "vit_b", "vit_l", "vit_h", or "custom" */
+    int embed_dim;                 /* 768 / 1024 / 1280 (tiny fixture: 64) */
+    int depth;                     /* 12 / 24 / 32 */
+    int heads;                     /* embed_dim / head_dim */
+    int head_dim;                  /* 64 / 64 / 80 */
+    int mlp_dim;                   /* 4 * embed_dim */
+    int window;                    /* 14 */
     int global[ENG_SAM_MAX_DEPTH]; /* 1 where block i attends globally */
 } eng_sam_config;
 
 typedef struct eng_sam_options {
-    int max_points;  /* points per prompt the decoder plans for (default 16) */
-    int max_batch;   /* images per encoder call (default 1) */
+    int max_points;       /* points per prompt the decoder plans for (default 16) */
+    int max_batch;        /* images per encoder call (default 1) */
     int max_decode_batch; /* prompts decoded in one pass (default 64 on CUDA, 1 on the CPU) */
     int embedding_slots;  /* image embeddings kept resident on the decoder's device for
                              eng_sam_decode_cached (default 0); each holds 256*64*64 values
@@ -62,11 +62,12 @@ typedef struct eng_sam eng_sam;
 
 /* ---- LoRA adapters on the mask decoder ---- */
 
-#define ENG_SAM_LORA_TARGETS 47   /* decoder linear layers an adapter may change */
+#define ENG_SAM_LORA_TARGETS  47 /* decoder linear layers an adapter may change */
 #define ENG_SAM_LORA_MAX_RANK 16
 
 typedef struct eng_sam_lora_target {
-    char name[96]; /* official weight prefix, e.g. "mask_decoder.transformer.layers.0.self_attn.q_proj" */
+    char name[96]; /* official weight prefix, e.g.
+                      "mask_decoder.transformer.layers.0.self_attn.q_proj" */
     int out, in;   /* weight shape [out, in] */
 } eng_sam_lora_target;
 
@@ -93,11 +94,11 @@ size_t eng_sam_lora_bytes(const eng_sam_lora *l);
  * mask) is SAM's prompt-free output. */
 typedef struct eng_sam_prompt {
     int n_points;
-    const float *points;     /* [n_points, 2] x, y in original pixels */
-    const int *labels;       /* [n_points]: 1 foreground, 0 background */
+    const float *points; /* [n_points, 2] x, y in original pixels */
+    const int *labels;   /* [n_points]: 1 foreground, 0 background */
     int has_box;
-    float box[4];            /* x0, y0, x1, y1 in original pixels */
-    const float *mask_input; /* [256, 256] low-res logits from an earlier call, or NULL */
+    float box[4];             /* x0, y0, x1, y1 in original pixels */
+    const float *mask_input;  /* [256, 256] low-res logits from an earlier call, or NULL */
     const eng_sam_lora *lora; /* adapter for this prompt, or NULL for plain SAM */
 } eng_sam_prompt;
 
@@ -156,8 +157,8 @@ int eng_sam_encode(eng_sam *m, const float *inputs, int n, float *embeddings);
 /* Encoder with the block outputs kept, for golden tests: patch
  * [64*64, C] (HWC, before pos_embed), blocks[i] [64*64, C] for i < n_blocks
  * (NULL entries skipped), embedding [256,64,64]. */
-int eng_sam_encode_debug(eng_sam *m, const float *input, float *patch, float **blocks,
-                         int n_blocks, float *embedding);
+int eng_sam_encode_debug(eng_sam *m, const float *input, float *patch, float **blocks, int n_blocks,
+                         float *embedding);
 
 /* The prompt encoder's dense positional encoding [256,64,64] host f32. */
 int eng_sam_dense_pe(eng_sam *m, float *out);
@@ -166,8 +167,7 @@ int eng_sam_dense_pe(eng_sam *m, float *out);
  * prompt gives C = 3 masks when multimask, else 1 (SAM's slicing: masks
  * 1..3 or mask 0). iou [n, C] and low_res [n, C, 256, 256] host f32. */
 int eng_sam_decode(eng_sam *m, const float *embedding, const eng_sam_imginfo *info,
-                   const eng_sam_prompt *prompts, int n, int multimask, float *iou,
-                   float *low_res);
+                   const eng_sam_prompt *prompts, int n, int multimask, float *iou, float *low_res);
 
 /* eng_sam_decode against an embedding kept resident on the decoder's device
  * under `key` (any string up to 95 bytes, e.g. the image's sha256): when the

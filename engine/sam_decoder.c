@@ -1,6 +1,6 @@
 /*
- * engine/sam_decoder.c: the prompt encoder and the mask decoder (two-way transformer, upscaling, output
- * hypernetworks, IoU head), batched over prompts, and resident embeddings.
+ * engine/sam_decoder.c: the prompt encoder and the mask decoder (two-way transformer, upscaling,
+ * output hypernetworks, IoU head), batched over prompts, and resident embeddings.
  *
  * Shapes use the letters of sam_internal.h.
  */
@@ -41,15 +41,15 @@ static void scale_coord(const eng_sam_imginfo *info, double x, double y, float *
 /* Sparse prompt tokens for one prompt: [n_tokens, E] into `out`, returns
  * n_tokens. Points (+ a padding point when there is no box), then the two
  * box corners. */
-int eng__sam_sparse_tokens(const eng_sam *m, const eng_sam_imginfo *info,
-                             const eng_sam_prompt *p, float *out)
+int eng__sam_sparse_tokens(const eng_sam *m, const eng_sam_imginfo *info, const eng_sam_prompt *p,
+                           float *out)
 {
     int n = 0;
     for (int i = 0; i < p->n_points; i++, n++) {
         float x, y;
         scale_coord(info, p->points[2 * i], p->points[2 * i + 1], &x, &y);
         eng__sam_pe_encode(m, (x + 0.5f) / (float)ENG_SAM_IMG, (y + 0.5f) / (float)ENG_SAM_IMG,
-                  out + n * E);
+                           out + n * E);
         const float *add = p->labels[i] == 1 ? m->point_embed[1] : m->point_embed[0];
         for (int j = 0; j < E; j++)
             out[n * E + j] += add[j];
@@ -64,7 +64,7 @@ int eng__sam_sparse_tokens(const eng_sam *m, const eng_sam_imginfo *info,
             float x, y;
             scale_coord(info, p->box[2 * c], p->box[2 * c + 1], &x, &y);
             eng__sam_pe_encode(m, (x + 0.5f) / (float)ENG_SAM_IMG, (y + 0.5f) / (float)ENG_SAM_IMG,
-                      out + n * E);
+                               out + n * E);
             for (int j = 0; j < E; j++)
                 out[n * E + j] += m->point_embed[2 + c][j];
         }
@@ -116,7 +116,11 @@ static void dec_attend(eng_sam *m, const eng_sam_lora *lo, const dec_attn *a, in
     int64_t Nq = q->shape[0], Nk = k->shape[0];
     eng_tensor o = eng_new2(ctx, Nq, a->inner);
     int heads = 8, D = a->inner / heads;
-    eng_attn d = {.B = B, .H = heads, .Tq = (int)(Nq / B), .Tk = (int)(Nk / B), .D = D,
+    eng_attn d = {.B = B,
+                  .H = heads,
+                  .Tq = (int)(Nq / B),
+                  .Tk = (int)(Nk / B),
+                  .D = D,
                   .scale = 1.0f / sqrtf((float)D)};
     eng_attention(ctx, &o, q, k, v, &d);
     dec_lin(m, lo, &a->out, out, &o, ENG_ACT_NONE, res);
@@ -276,9 +280,9 @@ static void dec_shared_update(eng_sam *m, dec_shared *sh, const eng_sam_lora *lo
  * on the decoder's backend (the caller's: they outlive the group's
  * activations). */
 void eng__sam_decode_group(eng_sam *m, const eng_sam_lora *lo, const eng_tensor *emb_hwc,
-                             dec_shared *sh, const float *tokens_host, int B, int T,
-                             const float *const *mask_inputs, float *iou_out,
-                             const eng_tensor *masks, int first, int count)
+                           dec_shared *sh, const float *tokens_host, int B, int T,
+                           const float *const *mask_inputs, float *iou_out, const eng_tensor *masks,
+                           int first, int count)
 {
     eng_ctx *ctx = m->dctx;
     size_t mark = eng_ctx_mark(ctx);
@@ -299,8 +303,8 @@ void eng__sam_decode_group(eng_sam *m, const eng_sam_lora *lo, const eng_tensor 
     eng__sam_upload(ctx, &pe_tok, tokens_host);
     eng_tensor queries = eng_new2(ctx, BT, E);
     eng_copy(ctx, &queries, &pe_tok);
-    eng_tensor qp = eng_new2(ctx, BT, E);              /* queries + query_pe */
-    eng_tensor kp = eng_new2(ctx, (int64_t)B * P, E);  /* keys + key_pe */
+    eng_tensor qp = eng_new2(ctx, BT, E);             /* queries + query_pe */
+    eng_tensor kp = eng_new2(ctx, (int64_t)B * P, E); /* keys + key_pe */
     eng_tensor tmpq = eng_new2(ctx, BT, E);
     eng_tensor mid = eng_new2(ctx, BT, 2048);
 
@@ -433,8 +437,7 @@ static int sam_check_prompt(const eng_sam *m, const eng_sam_prompt *p, int idx)
 }
 
 int eng_sam_decode(eng_sam *m, const float *embedding, const eng_sam_imginfo *info,
-                   const eng_sam_prompt *prompts, int n, int multimask, float *iou,
-                   float *low_res)
+                   const eng_sam_prompt *prompts, int n, int multimask, float *iou, float *low_res)
 {
     return eng_sam_decode_cached(m, NULL, embedding, info, prompts, n, multimask, iou, low_res);
 }
@@ -555,14 +558,14 @@ static int sam_decode_impl(eng_sam *m, const char *key, const float *embedding,
         }
         /* (the IoU copy back ends the group: its time is the decoder's) */
         eng__sam_decode_group(m, prompts[i].lora, &emb, &sh, tokens, B, T, mask_in, iou4, &out,
-                         first, count);
+                              first, count);
         for (int b = 0; b < B; b++)
             memcpy(iou + (size_t)(i + b) * count, iou4 + (size_t)b * NMASK + first,
                    (size_t)count * sizeof(float));
         size_t nm = (size_t)B * count, m0 = (size_t)i * count;
         if (low_res)
             eng__sam_download(m->dctx, low_res + m0 * ENG_SAM_LOWRES_FLOATS, &out,
-                         nm * ENG_SAM_LOWRES_FLOATS);
+                              nm * ENG_SAM_LOWRES_FLOATS);
         double t1 = eng__sam_now_ms();
         t_dec += t1 - t0;
         for (size_t k = 0; masks && k < nm && !m->dctx->status; k++) {
@@ -593,8 +596,8 @@ int eng_sam_decode_cached(eng_sam *m, const char *key, const float *embedding,
                           const eng_sam_imginfo *info, const eng_sam_prompt *prompts, int n,
                           int multimask, float *iou, float *low_res)
 {
-    return sam_decode_impl(m, key, embedding, info, prompts, n, multimask, iou, low_res, NULL,
-                           NULL, NULL);
+    return sam_decode_impl(m, key, embedding, info, prompts, n, multimask, iou, low_res, NULL, NULL,
+                           NULL);
 }
 
 int eng_sam_segment_cached(eng_sam *m, const char *key, const float *embedding,

@@ -1,5 +1,6 @@
 /*
- * engine/sam_encoder.c: preprocessing and the image encoder (ViT with windowed and global attention, neck).
+ * engine/sam_encoder.c: preprocessing and the image encoder (ViT with windowed and global
+ * attention, neck).
  *
  * Shapes use the letters of sam_internal.h.
  */
@@ -69,8 +70,8 @@ static void vit_block_forward(eng_sam *m, const vit_block *blk, int global, eng_
 }
 
 /* input [3,1024,1024] host -> embedding [E,G,G] host; optional taps. */
-int eng__sam_encode_one(eng_sam *m, const float *input, float *patch, float **blocks,
-                          int n_blocks, float *embedding)
+int eng__sam_encode_one(eng_sam *m, const float *input, float *patch, float **blocks, int n_blocks,
+                        float *embedding)
 {
     eng_ctx *ctx = &m->ctx;
     const eng_sam_config *cfg = &m->cfg;
@@ -134,12 +135,12 @@ int eng_sam_encode(eng_sam *m, const float *inputs, int n, float *embeddings)
     eng__sam_begin(&m->ctx);
     for (int i = 0; i < n && !m->ctx.status; i++)
         eng__sam_encode_one(m, inputs + (size_t)i * 3 * ENG_SAM_IMG * ENG_SAM_IMG, NULL, NULL, 0,
-                       embeddings + (size_t)i * ENG_SAM_EMB_FLOATS);
+                            embeddings + (size_t)i * ENG_SAM_EMB_FLOATS);
     return eng__sam_end(&m->ctx);
 }
 
-int eng_sam_encode_debug(eng_sam *m, const float *input, float *patch, float **blocks,
-                         int n_blocks, float *embedding)
+int eng_sam_encode_debug(eng_sam *m, const float *input, float *patch, float **blocks, int n_blocks,
+                         float *embedding)
 {
     eng__sam_begin(&m->ctx);
     eng__sam_encode_one(m, input, patch, blocks, n_blocks, embedding);

@@ -32,22 +32,26 @@
 #include "sam.h"
 #include "weights.h"
 
-
-#define G ENG_SAM_GRID
-#define P (G * G)
-#define E ENG_SAM_EMB_DIM
-#define NMASK 4          /* mask tokens (3 multimask outputs + 1 single) */
-#define UPC1 64          /* output_upscaling channels after the first 2x */
-#define UPC2 32          /* ... after the second 2x (= hypernetwork MLP output) */
-#define PE_FEATS 128     /* random Fourier features per axis pair */
-#define VIT_EPS 1e-6f    /* ViT and LayerNorm2d eps */
-#define DEC_EPS 1e-5f    /* two-way transformer nn.LayerNorm default */
+#define G           ENG_SAM_GRID
+#define P           (G * G)
+#define E           ENG_SAM_EMB_DIM
+#define NMASK       4         /* mask tokens (3 multimask outputs + 1 single) */
+#define UPC1        64        /* output_upscaling channels after the first 2x */
+#define UPC2        32        /* ... after the second 2x (= hypernetwork MLP output) */
+#define PE_FEATS    128       /* random Fourier features per axis pair */
+#define VIT_EPS     1e-6f     /* ViT and LayerNorm2d eps */
+#define DEC_EPS     1e-5f     /* two-way transformer nn.LayerNorm default */
 #define BAND_FLOATS (1 << 22) /* postprocess output band: 16 MiB of f32 */
 
 /* A linear layer: w [out, in], b [out]; `tid` is its index in the LoRA
  * target table (eng_sam_lora_targets), -1 for layers LoRA never adapts. */
-typedef struct { eng_tensor w, b; int tid; } lin_t;
-typedef struct { eng_tensor g, b; } norm_t; /* [width] */
+typedef struct {
+    eng_tensor w, b;
+    int tid;
+} lin_t;
+typedef struct {
+    eng_tensor g, b;
+} norm_t; /* [width] */
 
 typedef struct vit_block {
     norm_t norm1, norm2;
@@ -58,9 +62,9 @@ typedef struct vit_block {
 } vit_block;
 
 typedef struct dec_attn {
-    lin_t q, k, v;  /* [I, E] each, I = E / downsample */
-    lin_t out;      /* [E, I] */
-    int inner;      /* I */
+    lin_t q, k, v; /* [I, E] each, I = E / downsample */
+    lin_t out;     /* [E, I] */
+    int inner;     /* I */
 } dec_attn;
 
 typedef struct twoway_layer {
@@ -71,22 +75,22 @@ typedef struct twoway_layer {
 
 /* Layer 0's image side for prompts without a mask input (dec_shared). */
 typedef struct dec_side {
-    eng_tensor src0;  /* [P, E] embedding + no_mask_embed */
-    eng_tensor k, v;  /* [P, I] layer 0 t2i: k_proj(src0 + dense_pe), v_proj(src0) */
-    eng_tensor q;     /* [P, I] layer 0 i2t: q_proj(src0 + dense_pe) */
+    eng_tensor src0; /* [P, E] embedding + no_mask_embed */
+    eng_tensor k, v; /* [P, I] layer 0 t2i: k_proj(src0 + dense_pe), v_proj(src0) */
+    eng_tensor q;    /* [P, I] layer 0 i2t: q_proj(src0 + dense_pe) */
 } dec_side;
 
 /* One device-resident embedding (eng_sam_decode_cached), with its layer-0
  * side under no adapter once a call has needed it: a repeat click on a
  * cached image skips those three GEMMs too. */
 typedef struct emb_slot {
-    char key[96];     /* caller's key, "" when unused */
-    int used;         /* holds a complete embedding */
-    int side_ok;      /* `side` holds this embedding's adapter-free layer-0 side */
-    int side_new;     /* `side` written by the call in progress */
-    uint64_t tick;    /* last use */
-    eng_tensor t;     /* [P, E] on the decoder's backend */
-    dec_side side;    /* on the decoder's backend */
+    char key[96];  /* caller's key, "" when unused */
+    int used;      /* holds a complete embedding */
+    int side_ok;   /* `side` holds this embedding's adapter-free layer-0 side */
+    int side_new;  /* `side` written by the call in progress */
+    uint64_t tick; /* last use */
+    eng_tensor t;  /* [P, E] on the decoder's backend */
+    dec_side side; /* on the decoder's backend */
 } emb_slot;
 
 struct eng_sam {
@@ -103,54 +107,53 @@ struct eng_sam {
     char model_id[48];
 
     /* image encoder */
-    eng_tensor patch_w;       /* [C, 3, 16, 16] */
-    eng_tensor patch_b;       /* [C] */
-    eng_tensor pos_embed;     /* [P, C] */
+    eng_tensor patch_w;   /* [C, 3, 16, 16] */
+    eng_tensor patch_b;   /* [C] */
+    eng_tensor pos_embed; /* [P, C] */
     vit_block blocks[ENG_SAM_MAX_DEPTH];
-    eng_tensor neck0_w;       /* [E, C] (1x1 conv, no bias) */
-    norm_t neck1;             /* [E] */
-    eng_tensor neck2_w;       /* [E, E, 3, 3] (no bias) */
+    eng_tensor neck0_w; /* [E, C] (1x1 conv, no bias) */
+    norm_t neck1;       /* [E] */
+    eng_tensor neck2_w; /* [E, E, 3, 3] (no bias) */
     norm_t neck3;
 
     /* prompt encoder: the sparse side runs on the host (a few tokens) */
-    float pe_gauss[2 * PE_FEATS];      /* positional_encoding_gaussian_matrix [2, 128] */
-    float point_embed[4][E];           /* 0 neg, 1 pos, 2 box top-left, 3 box bottom-right */
+    float pe_gauss[2 * PE_FEATS]; /* positional_encoding_gaussian_matrix [2, 128] */
+    float point_embed[4][E];      /* 0 neg, 1 pos, 2 box top-left, 3 box bottom-right */
     float not_a_point[E];
-    eng_tensor no_mask;                /* [E] */
-    eng_tensor md0_w, md0_b;           /* mask_downscaling.0: [4,1,2,2], [4] */
-    norm_t md1;                        /* [4] */
-    eng_tensor md3_w, md3_b;           /* [16,4,2,2], [16] */
-    norm_t md4;                        /* [16] */
-    eng_tensor md6_w, md6_b;           /* [E,16,1,1], [E] */
-    eng_tensor dense_pe;               /* [P, E] HWC, computed at load */
+    eng_tensor no_mask;      /* [E] */
+    eng_tensor md0_w, md0_b; /* mask_downscaling.0: [4,1,2,2], [4] */
+    norm_t md1;              /* [4] */
+    eng_tensor md3_w, md3_b; /* [16,4,2,2], [16] */
+    norm_t md4;              /* [16] */
+    eng_tensor md6_w, md6_b; /* [E,16,1,1], [E] */
+    eng_tensor dense_pe;     /* [P, E] HWC, computed at load */
 
     /* mask decoder */
     float out_tokens[(1 + NMASK) * E]; /* iou_token then mask_tokens */
     twoway_layer layers[2];
     dec_attn final_attn;
     norm_t norm_final;
-    eng_tensor up0_w, up0_b;           /* [E, 64, 2, 2], [64] */
-    norm_t up1;                        /* [64] */
-    eng_tensor up3_w, up3_b;           /* [64, 32, 2, 2], [32] */
-    lin_t hyper[NMASK][3];             /* 256->256->256->32 */
-    lin_t iou_head[3];                 /* 256->256->256->4 */
-
+    eng_tensor up0_w, up0_b; /* [E, 64, 2, 2], [64] */
+    norm_t up1;              /* [64] */
+    eng_tensor up3_w, up3_b; /* [64, 32, 2, 2], [32] */
+    lin_t hyper[NMASK][3];   /* 256->256->256->32 */
+    lin_t iou_head[3];       /* 256->256->256->4 */
 
     /* image embeddings resident on the decoder's device, rows [P, E] */
-    struct emb_slot *slots;            /* [n_slots] */
+    struct emb_slot *slots; /* [n_slots] */
     int n_slots;
-    uint64_t slot_tick;                /* LRU clock */
-    void *slot_mem;                    /* one allocation behind every slot */
+    uint64_t slot_tick; /* LRU clock */
+    void *slot_mem;     /* one allocation behind every slot */
 };
 
 struct eng_sam_lora {
     int rank;
-    int merged;                            /* W' = W + scale B A folded in */
-    int present[ENG_SAM_LORA_TARGETS];     /* 1 where this adapter changes the layer */
-    eng_tensor A[ENG_SAM_LORA_TARGETS];    /* [r, in] */
-    eng_tensor B[ENG_SAM_LORA_TARGETS];    /* [out, r], already multiplied by the scale */
-    eng_tensor W[ENG_SAM_LORA_TARGETS];    /* merged: [out, in] */
-    void *mem;                             /* one device allocation for all of the above */
+    int merged;                         /* W' = W + scale B A folded in */
+    int present[ENG_SAM_LORA_TARGETS];  /* 1 where this adapter changes the layer */
+    eng_tensor A[ENG_SAM_LORA_TARGETS]; /* [r, in] */
+    eng_tensor B[ENG_SAM_LORA_TARGETS]; /* [out, r], already multiplied by the scale */
+    eng_tensor W[ENG_SAM_LORA_TARGETS]; /* merged: [out, in] */
+    void *mem;                          /* one device allocation for all of the above */
     size_t bytes;
 };
 
@@ -165,10 +168,10 @@ struct eng_sam_lora {
 typedef struct dec_shared {
     const eng_sam_lora *lo; /* the adapter `cur` was computed under */
     int valid;
-    dec_side own;           /* in the decoder's workspace */
-    eng_tensor kp0;         /* [P, E] workspace: src0 + dense_pe */
-    emb_slot *slot;         /* the resident embedding's slot, or NULL */
-    dec_side cur;           /* what layer 0 reads: `own` or the slot's */
+    dec_side own;   /* in the decoder's workspace */
+    eng_tensor kp0; /* [P, E] workspace: src0 + dense_pe */
+    emb_slot *slot; /* the resident embedding's slot, or NULL */
+    dec_side cur;   /* what layer 0 reads: `own` or the slot's */
 } dec_shared;
 
 /* ---- shared helpers (sam_load.c) ---- */
@@ -194,8 +197,8 @@ const lin_t *eng__sam_lora_base(const eng_sam *m, int t);
 /* ---- encoder (sam_encoder.c) ---- */
 
 /* input [3,1024,1024] host -> embedding [E,G,G] host; optional taps. */
-int eng__sam_encode_one(eng_sam *m, const float *input, float *patch, float **blocks,
-                        int n_blocks, float *embedding);
+int eng__sam_encode_one(eng_sam *m, const float *input, float *patch, float **blocks, int n_blocks,
+                        float *embedding);
 
 /* ---- prompt encoder and decoder (sam_decoder.c) ---- */
 
@@ -203,14 +206,14 @@ int eng__sam_encode_one(eng_sam *m, const float *input, float *patch, float **bl
 void eng__sam_pe_encode(const eng_sam *m, float x, float y, float *out);
 /* Sparse prompt tokens for one prompt: [n_tokens, E] into `out`, returns
  * n_tokens. */
-int eng__sam_sparse_tokens(const eng_sam *m, const eng_sam_imginfo *info,
-                           const eng_sam_prompt *p, float *out);
+int eng__sam_sparse_tokens(const eng_sam *m, const eng_sam_imginfo *info, const eng_sam_prompt *p,
+                           float *out);
 void eng__sam_dec_shared_alloc(eng_sam *m, dec_shared *sh, emb_slot *slot);
 /* B prompts of T tokens under one adapter in one pass (see sam_decoder.c). */
 void eng__sam_decode_group(eng_sam *m, const eng_sam_lora *lo, const eng_tensor *emb_hwc,
                            dec_shared *sh, const float *tokens_host, int B, int T,
-                           const float *const *mask_inputs, float *iou_out,
-                           const eng_tensor *masks, int first, int count);
+                           const float *const *mask_inputs, float *iou_out, const eng_tensor *masks,
+                           int first, int count);
 
 /* ---- postprocess (sam_postprocess.c) ---- */
 
@@ -219,7 +222,7 @@ void eng__sam_post_plan(eng_ctx *ctx);
 int eng__sam_post_check(const eng_sam_imginfo *info);
 /* One low-res logit map (256*256 values on the decoder's backend) to a
  * mask [orig_h, orig_w] on the host and its stability score. */
-void eng__sam_post_one(eng_sam *m, const eng_tensor *lo, const eng_sam_imginfo *info,
-                       uint8_t *mask, float *stability);
+void eng__sam_post_one(eng_sam *m, const eng_tensor *lo, const eng_sam_imginfo *info, uint8_t *mask,
+                       float *stability);
 
 #endif

@@ -261,7 +261,8 @@ static const host_param sam_host_params[] = {
     {"prompt_encoder.point_embeddings.3.weight", 1, E, offsetof(eng_sam, point_embed[3])},
     {"prompt_encoder.not_a_point_embed.weight", 1, E, offsetof(eng_sam, not_a_point)},
     {"mask_decoder.iou_token.weight", 1, E, offsetof(eng_sam, out_tokens)},
-    {"mask_decoder.mask_tokens.weight", NMASK, E, offsetof(eng_sam, out_tokens) + E * sizeof(float)},
+    {"mask_decoder.mask_tokens.weight", NMASK, E,
+     offsetof(eng_sam, out_tokens) + E * sizeof(float)},
 };
 #define N_HOST_PARAMS (sizeof sam_host_params / sizeof sam_host_params[0])
 
@@ -375,9 +376,10 @@ static int sam_make_dense_pe(eng_sam *m)
     for (int y = 0; y < G; y++)
         for (int x = 0; x < G; x++)
             eng__sam_pe_encode(m, ((float)x + 0.5f) / (float)G, ((float)y + 0.5f) / (float)G,
-                      pe + ((size_t)y * G + x) * E);
+                               pe + ((size_t)y * G + x) * E);
     int rc = 0;
-    void *mem = eng_backend_alloc(m->dbe, (size_t)P * E * eng_dtype_size(eng_backend_dtype(m->dbe)));
+    void *mem =
+        eng_backend_alloc(m->dbe, (size_t)P * E * eng_dtype_size(eng_backend_dtype(m->dbe)));
     if (!mem)
         rc = ENG_ENOMEM;
     else
@@ -469,8 +471,9 @@ int eng_sam_load(eng_sam **out, const char *path, eng_backend *be, const eng_sam
     /* Decoder groups: worth it where many small kernels are the cost (GPU);
      * the CPU's GEMMs are already large enough per prompt. Each prompt of a
      * group holds about 30 MiB (f32) of activations. */
-    m->opt.max_decode_batch = opt && opt->max_decode_batch > 0 ? opt->max_decode_batch
-                              : eng_backend_device(m->dbe) == ENG_DEV_CUDA ? 64 : 1;
+    m->opt.max_decode_batch = opt && opt->max_decode_batch > 0             ? opt->max_decode_batch
+                              : eng_backend_device(m->dbe) == ENG_DEV_CUDA ? 64
+                                                                           : 1;
     if (m->opt.max_decode_batch > 256)
         m->opt.max_decode_batch = 256;
     eng_weights_init(&m->wts, be);
@@ -556,18 +559,18 @@ double eng_sam_encoder_flops(const eng_sam_config *cfg)
 {
     double C = cfg->embed_dim, f = 0;
     int ws = cfg->window, wp = (G + ws - 1) / ws * ws; /* padded side, 70 */
-    f += 2.0 * P * C * 3 * 16 * 16;                   /* patch embed */
+    f += 2.0 * P * C * 3 * 16 * 16;                    /* patch embed */
     for (int i = 0; i < cfg->depth; i++) {
         double T = cfg->global[i] ? P : (double)wp * wp; /* tokens incl. window padding */
         double L = cfg->global[i] ? P : (double)ws * ws; /* attention span */
         int S = cfg->global[i] ? G : ws;
-        f += 2.0 * T * C * 3 * C;                        /* qkv */
-        f += 4.0 * T * L * C;                            /* QK^T and PV over all heads */
-        f += 2.0 * T * C * 2 * (2 * S - 1);              /* rel-pos tables */
-        f += 2.0 * T * C * C;                            /* proj */
-        f += 2.0 * 2 * P * C * cfg->mlp_dim;             /* MLP */
+        f += 2.0 * T * C * 3 * C;            /* qkv */
+        f += 4.0 * T * L * C;                /* QK^T and PV over all heads */
+        f += 2.0 * T * C * 2 * (2 * S - 1);  /* rel-pos tables */
+        f += 2.0 * T * C * C;                /* proj */
+        f += 2.0 * 2 * P * C * cfg->mlp_dim; /* MLP */
     }
-    f += 2.0 * P * C * E + 2.0 * P * E * E * 9;         /* neck */
+    f += 2.0 * P * C * E + 2.0 * P * E * E * 9; /* neck */
     return f;
 }
 
@@ -575,15 +578,15 @@ double eng_sam_decoder_flops(int n_tokens)
 {
     double T = n_tokens, f = 0, I = E / 2;
     /* token-side and image-side projections and attention, per two-way layer */
-    double layer = 2 * T * E * E * 4 + 4 * T * T * E            /* self attention */
-                   + 2 * T * E * I * 2 + 2 * P * E * I * 2 + 4 * T * P * I /* token->image */
-                   + 2 * T * E * 2048 * 2                          /* MLP */
+    double layer = 2 * T * E * E * 4 + 4 * T * T * E                        /* self attention */
+                   + 2 * T * E * I * 2 + 2 * P * E * I * 2 + 4 * T * P * I  /* token->image */
+                   + 2 * T * E * 2048 * 2                                   /* MLP */
                    + 2 * T * E * I * 2 + 2 * P * E * I * 2 + 4 * T * P * I; /* image->token */
     f += 2 * layer;
-    f += 2 * T * E * I * 2 + 2 * P * E * I * 2 + 4 * T * P * I;   /* final attention */
-    f += 2.0 * P * E * UPC1 * 4 + 2.0 * 4 * P * UPC1 * UPC2 * 4;  /* upscaling */
+    f += 2 * T * E * I * 2 + 2 * P * E * I * 2 + 4 * T * P * I;  /* final attention */
+    f += 2.0 * P * E * UPC1 * 4 + 2.0 * 4 * P * UPC1 * UPC2 * 4; /* upscaling */
     f += NMASK * (2.0 * E * E * 2 + 2.0 * E * UPC2) + 2.0 * E * E * 2 + 2.0 * E * NMASK;
-    f += 2.0 * NMASK * UPC2 * 16 * P;                              /* masks */
+    f += 2.0 * NMASK * UPC2 * 16 * P; /* masks */
     return f;
 }
 
@@ -594,4 +597,3 @@ size_t eng_sam_workspace_bytes(const eng_sam *m)
 {
     return m->ctx.cap + (m->dctx != &m->ctx ? m->dctx->cap : 0);
 }
-

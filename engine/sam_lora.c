@@ -60,8 +60,8 @@ static void lora_targets_init(void)
     lora_add(&n, E, E / 2, "%s.out_proj", f);
     for (int i = 0; i < NMASK; i++)
         for (int j = 0; j < 3; j++)
-            lora_add(&n, j == 2 ? UPC2 : E, E, "mask_decoder.output_hypernetworks_mlps.%d.layers.%d",
-                     i, j);
+            lora_add(&n, j == 2 ? UPC2 : E, E,
+                     "mask_decoder.output_hypernetworks_mlps.%d.layers.%d", i, j);
     for (int j = 0; j < 3; j++)
         lora_add(&n, j == 2 ? NMASK : E, E, "mask_decoder.iou_prediction_head.layers.%d", j);
     assert(n == ENG_SAM_LORA_TARGETS);
@@ -148,7 +148,9 @@ int eng_sam_lora_create(eng_sam *m, int rank, float scale, const float *const *A
             continue;
         l->present[t] = 1;
         total += (size_t)(eng_numel(&l->A[t]) + eng_numel(&l->B[t]) +
-                          (merged ? eng_numel(&l->W[t]) : 0)) * esz + 3 * 256;
+                          (merged ? eng_numel(&l->W[t]) : 0)) *
+                     esz +
+                 3 * 256;
     }
     l->mem = total ? eng_backend_alloc(m->dbe, total) : NULL;
     if (total && !l->mem) {
@@ -194,8 +196,8 @@ int eng_sam_lora_create(eng_sam *m, int rank, float scale, const float *const *A
                 break;
             }
         }
-        if (rc || (rc = eng_backend_upload(m->dbe, l->A[t].data, A[t],
-                                           (size_t)eng_numel(&l->A[t]))) ||
+        if (rc ||
+            (rc = eng_backend_upload(m->dbe, l->A[t].data, A[t], (size_t)eng_numel(&l->A[t]))) ||
             (rc = eng_backend_upload(m->dbe, l->B[t].data, stage, nb)))
             break;
         if (merged) {
@@ -226,6 +228,5 @@ void eng_sam_lora_destroy(eng_sam *m, eng_sam_lora *l)
         eng_backend_free(m->dbe, l->mem);
     free(l);
 }
-
 
 size_t eng_sam_lora_bytes(const eng_sam_lora *l) { return l ? l->bytes : 0; }

@@ -1,6 +1,6 @@
 /*
- * engine/sam_postprocess.c: SAM's postprocess_masks (bilinear to 1024, crop, bilinear to the original)
- * and the threshold, in bands where the logits are.
+ * engine/sam_postprocess.c: SAM's postprocess_masks (bilinear to 1024, crop, bilinear to the
+ * original) and the threshold, in bands where the logits are.
  *
  * Shapes use the letters of sam_internal.h.
  */
@@ -32,8 +32,8 @@ int eng__sam_post_check(const eng_sam_imginfo *info)
  * mask [orig_h, orig_w] u8 0/1 on the host, and (stability non-NULL) its
  * stability score: bilinear to 1024, crop to the resized input, bilinear
  * to the original, in bands of rows so the workspace stays small. */
-void eng__sam_post_one(eng_sam *m, const eng_tensor *lo, const eng_sam_imginfo *info,
-                         uint8_t *mask, float *stability)
+void eng__sam_post_one(eng_sam *m, const eng_tensor *lo, const eng_sam_imginfo *info, uint8_t *mask,
+                       float *stability)
 {
     eng_ctx *ctx = m->dctx;
     int ow = info->orig_w, oh = info->orig_h;

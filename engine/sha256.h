@@ -12,8 +12,8 @@
 /* Incremental state. Treat as opaque; copyable (a copy forks the hash). */
 typedef struct eng_sha256_ctx {
     uint32_t h[8];
-    uint64_t nbytes;    /* message length so far, in bytes */
-    uint8_t block[64];  /* partial block, `fill` bytes valid */
+    uint64_t nbytes;   /* message length so far, in bytes */
+    uint8_t block[64]; /* partial block, `fill` bytes valid */
     size_t fill;
 } eng_sha256_ctx;
 

@@ -13,19 +13,19 @@
 #include "ops.h"
 
 typedef struct eng_wspec {
-    eng_tensor *dst;   /* slot filled with a view into the allocation */
-    char name[160];    /* checkpoint key */
+    eng_tensor *dst; /* slot filled with a view into the allocation */
+    char name[160];  /* checkpoint key */
     int ndim;
     int64_t shape[ENG_MAX_DIMS];
 } eng_wspec;
 
 typedef struct eng_weights {
-    eng_backend *be;   /* borrowed */
-    void *mem;         /* the one device allocation (owned) */
+    eng_backend *be; /* borrowed */
+    void *mem;       /* the one device allocation (owned) */
     size_t bytes;
     eng_wspec *specs;
     int n, cap;
-    int status;        /* first error while declaring (out of memory) */
+    int status; /* first error while declaring (out of memory) */
 } eng_weights;
 
 void eng_weights_init(eng_weights *w, eng_backend *be);

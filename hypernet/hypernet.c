@@ -23,20 +23,20 @@
 #include "engine/error.h"
 #include "engine/sha256.h"
 
-#define HN_T ENG_SAM_LORA_TARGETS
-#define HN_ALIGN 256        /* byte alignment of each weight in the device block */
-#define HN_LN_EPS 1e-5f
+#define HN_T            ENG_SAM_LORA_TARGETS
+#define HN_ALIGN        256 /* byte alignment of each weight in the device block */
+#define HN_LN_EPS       1e-5f
 #define HN_MAX_TEXT_DIM 65536
-#define HN_MIN_HIDDEN 8
-#define HN_MAX_HIDDEN 4096
-#define HN_MAX_ALPHA 1024.0f
+#define HN_MIN_HIDDEN   8
+#define HN_MAX_HIDDEN   4096
+#define HN_MAX_ALPHA    1024.0f
 
 /* ------------------------------------------------------------------ */
 /* target types and shapes                                              */
 
 static const char *const hn__type_names[HN_TYPES] = {
-    "attn.q", "attn.k", "attn.v", "attn.out", "mlp.lin1", "mlp.lin2",
-    "hyper.0", "hyper.1", "hyper.2", "iou.0", "iou.1", "iou.2",
+    "attn.q",  "attn.k",  "attn.v",  "attn.out", "mlp.lin1", "mlp.lin2",
+    "hyper.0", "hyper.1", "hyper.2", "iou.0",    "iou.1",    "iou.2",
 };
 
 static int hn__type[HN_T];           /* target -> type */
@@ -170,8 +170,10 @@ int hn_targets_parse(const char *s, unsigned char *present)
         }
         if (!hit && strcmp(name, "attn") && strcmp(name, "mlp") && strcmp(name, "hyper") &&
             strcmp(name, "iou"))
-            return eng_error(ENG_EINVAL, "target list: unknown target '%s' (use all, attn, mlp, "
-                             "hyper, iou or a decoder layer name; '-' removes)", name);
+            return eng_error(ENG_EINVAL,
+                             "target list: unknown target '%s' (use all, attn, mlp, "
+                             "hyper, iou or a decoder layer name; '-' removes)",
+                             name);
         if (!e)
             break;
         p = e + 1;
@@ -271,8 +273,8 @@ typedef struct {
     char name[64];
     int ndim;
     int64_t shape[2];
-    float **slot;  /* the hn_params field pointing at its data */
-    int head;      /* 1 for head tensors (parameter counts) */
+    float **slot; /* the hn_params field pointing at its data */
+    int head;     /* 1 for head tensors (parameter counts) */
 } hn__tdesc;
 
 /* The tensors of config c in their canonical order; returns the count
@@ -282,15 +284,15 @@ static int hn__tensors(const hn_hypernet_config *c, hn_params *p, hn__tdesc *d)
     hn__tables();
     int n = 0;
     const int64_t H = c->hidden, D = c->text_dim, R = c->rank;
-#define HN__ADD(nm, nd, a, b, field, hd)                                                          \
-    do {                                                                                          \
-        snprintf(d[n].name, sizeof d[n].name, "%s", nm);                                         \
-        d[n].ndim = (nd);                                                                         \
-        d[n].shape[0] = (a);                                                                      \
-        d[n].shape[1] = (b);                                                                      \
-        d[n].slot = p ? &p->field : NULL;                                                         \
-        d[n].head = (hd);                                                                         \
-        n++;                                                                                      \
+#define HN__ADD(nm, nd, a, b, field, hd)                                                           \
+    do {                                                                                           \
+        snprintf(d[n].name, sizeof d[n].name, "%s", nm);                                           \
+        d[n].ndim = (nd);                                                                          \
+        d[n].shape[0] = (a);                                                                       \
+        d[n].shape[1] = (b);                                                                       \
+        d[n].slot = p ? &p->field : NULL;                                                          \
+        d[n].head = (hd);                                                                          \
+        n++;                                                                                       \
     } while (0)
     HN__ADD("trunk.in.weight", 2, H, D, w_in, 0);
     HN__ADD("trunk.in.bias", 1, H, 0, b_in, 0);
@@ -448,8 +450,8 @@ void hn_params_id(const hn_params *p, char id[HN_ID_LEN + 1])
     int n = hn__tensors(c, (hn_params *)p, d);
     for (int i = 0; i < n; i++) {
         char line[160];
-        int l = snprintf(line, sizeof line, "%s [%lld,%lld]\n", d[i].name,
-                         (long long)d[i].shape[0], (long long)(d[i].ndim == 2 ? d[i].shape[1] : 0));
+        int l = snprintf(line, sizeof line, "%s [%lld,%lld]\n", d[i].name, (long long)d[i].shape[0],
+                         (long long)(d[i].ndim == 2 ? d[i].shape[1] : 0));
         eng_sha256_update(&h, line, (size_t)l);
         /* f32 little-endian, the file's byte order (x86 and aarch64 hosts). */
         eng_sha256_update(&h, *d[i].slot, hn__numel(&d[i]) * sizeof(float));
@@ -490,11 +492,26 @@ int hn_params_write(const hn_params *p, const char *path, const char *version,
     snprintf(srank, sizeof srank, "%d", p->cfg.rank);
     snprintf(salpha, sizeof salpha, "%.9g", (double)p->cfg.alpha);
     hn_targets_format(p->cfg.present, tg, sizeof tg);
-    const char *meta[] = {"format", "tasam-hypernet", "format_version", "1",
-                          "version", version, "id", id,
-                          "rank", srank, "alpha", salpha,
-                          "text_dim", sdim, "hidden", shid,
-                          "text_model", p->cfg.text_model, "targets", tg};
+    const char *meta[] = {"format",
+                          "tasam-hypernet",
+                          "format_version",
+                          "1",
+                          "version",
+                          version,
+                          "id",
+                          id,
+                          "rank",
+                          srank,
+                          "alpha",
+                          salpha,
+                          "text_dim",
+                          sdim,
+                          "hidden",
+                          shid,
+                          "text_model",
+                          p->cfg.text_model,
+                          "targets",
+                          tg};
     rc = eng_safetensors_write(path, e, (size_t)n, meta, sizeof meta / sizeof meta[0] / 2);
     if (!rc && id_out)
         memcpy(id_out, id, HN_ID_LEN + 1);
@@ -525,8 +542,10 @@ static int hn__read(hn_params **out, eng_ckpt *c, char version[HN_NAME_MAX])
         return eng_error(ENG_EFORMAT, "%s: not a tasam hypernetwork (metadata format is '%.40s')",
                          path, fmt ? fmt : "missing");
     if (!fv || strcmp(fv, "1"))
-        return eng_error(ENG_EUNSUP, "%s: hypernetwork format_version '%.20s' (this build "
-                         "reads 1)", path, fv ? fv : "missing");
+        return eng_error(ENG_EUNSUP,
+                         "%s: hypernetwork format_version '%.20s' (this build "
+                         "reads 1)",
+                         path, fv ? fv : "missing");
     hn_hypernet_config cfg;
     memset(&cfg, 0, sizeof cfg);
     int rc;
@@ -564,13 +583,15 @@ static int hn__read(hn_params **out, eng_ckpt *c, char version[HN_NAME_MAX])
             return eng_error(ENG_EFORMAT, "%s: tensor '%s' missing", path, d[i].name);
         if (t->ndim != d[i].ndim || t->shape[0] != d[i].shape[0] ||
             (d[i].ndim == 2 && t->shape[1] != d[i].shape[1]))
-            return eng_error(ENG_ESHAPE, "%s: tensor '%s' has the wrong shape (expected "
-                             "[%lld%s%lld])", path, d[i].name, (long long)d[i].shape[0],
-                             d[i].ndim == 2 ? "," : "", d[i].ndim == 2 ? (long long)d[i].shape[1] : 0LL);
+            return eng_error(ENG_ESHAPE,
+                             "%s: tensor '%s' has the wrong shape (expected "
+                             "[%lld%s%lld])",
+                             path, d[i].name, (long long)d[i].shape[0], d[i].ndim == 2 ? "," : "",
+                             d[i].ndim == 2 ? (long long)d[i].shape[1] : 0LL);
     }
     if (eng_ckpt_count(c) != (size_t)n)
-        return eng_error(ENG_EFORMAT, "%s: %zu tensors, expected %d (unknown tensor present)",
-                         path, eng_ckpt_count(c), n);
+        return eng_error(ENG_EFORMAT, "%s: %zu tensors, expected %d (unknown tensor present)", path,
+                         eng_ckpt_count(c), n);
     hn_params *p = NULL;
     if ((rc = hn_params_create(&p, &cfg)))
         return rc;
@@ -587,8 +608,10 @@ static int hn__read(hn_params **out, eng_ckpt *c, char version[HN_NAME_MAX])
         char id[HN_ID_LEN + 1];
         hn_params_id(p, id);
         if (strcmp(id, sid))
-            rc = eng_error(ENG_EFORMAT, "%s: stored id %.64s does not match the content (%s): "
-                           "the file was modified or damaged", path, sid, id);
+            rc = eng_error(ENG_EFORMAT,
+                           "%s: stored id %.64s does not match the content (%s): "
+                           "the file was modified or damaged",
+                           path, sid, id);
     }
     if (rc) {
         hn_params_destroy(p);
@@ -630,20 +653,20 @@ struct hn_hypernet {
     hn_hypernet_config cfg;
     char id[HN_ID_LEN + 1];
     char version[HN_NAME_MAX];
-    eng_backend *be;               /* borrowed */
-    size_t trunk_n, heads_n;       /* parameter counts */
-    int n;                         /* present targets = rows */
-    int order[HN_T];               /* row -> target, grouped by shape */
-    int s_off[HN_SHAPES], s_n[HN_SHAPES]; /* row block of each shape */
-    void *wmem;                    /* device: every weight below */
-    eng_tensor w_in, b_in;         /* [H, d], [H] */
-    eng_tensor ln_g, ln_b;         /* [H] */
-    eng_tensor w_mix, b_mix;       /* [H, H], [H] */
-    eng_tensor pe;                 /* [n, H]: E_type[type(t)] + E_layer[t] per row */
+    eng_backend *be;                         /* borrowed */
+    size_t trunk_n, heads_n;                 /* parameter counts */
+    int n;                                   /* present targets = rows */
+    int order[HN_T];                         /* row -> target, grouped by shape */
+    int s_off[HN_SHAPES], s_n[HN_SHAPES];    /* row block of each shape */
+    void *wmem;                              /* device: every weight below */
+    eng_tensor w_in, b_in;                   /* [H, d], [H] */
+    eng_tensor ln_g, ln_b;                   /* [H] */
+    eng_tensor w_mix, b_mix;                 /* [H, H], [H] */
+    eng_tensor pe;                           /* [n, H]: E_type[type(t)] + E_layer[t] per row */
     eng_tensor wa[HN_SHAPES], ba[HN_SHAPES]; /* [r*in, H], [r*in] */
     eng_tensor wb[HN_SHAPES], bb[HN_SHAPES]; /* [out*r, H], [out*r] */
-    eng_ctx ctx;                   /* workspace, planned at load */
-    float *stage;                  /* host [max over shapes of s_n * max(r*in, out*r)] */
+    eng_ctx ctx;                             /* workspace, planned at load */
+    float *stage;                            /* host [max over shapes of s_n * max(r*in, out*r)] */
 };
 
 /* Forward for one embedding; in measure mode only plans the workspace.
@@ -674,8 +697,8 @@ static int hn__forward(hn_hypernet *h, const float *emb, float *const *A, float 
             continue;
         const int64_t O = hn__shapes[s][0], I = hn__shapes[s][1];
         eng_tensor hs = eng_rows(hh, h->s_off[s], h->s_n[s]); /* [n_s, H] */
-        ya[s] = eng_new2(ctx, h->s_n[s], R * I);               /* [n_s, r*in] */
-        yb[s] = eng_new2(ctx, h->s_n[s], O * R);               /* [n_s, out*r] */
+        ya[s] = eng_new2(ctx, h->s_n[s], R * I);              /* [n_s, r*in] */
+        yb[s] = eng_new2(ctx, h->s_n[s], O * R);              /* [n_s, out*r] */
         eng_linear(ctx, &ya[s], &hs, &h->wa[s], &h->ba[s], ENG_ACT_NONE, NULL);
         eng_linear(ctx, &yb[s], &hs, &h->wb[s], &h->bb[s], ENG_ACT_NONE, NULL);
     }
@@ -702,8 +725,7 @@ static int hn__forward(hn_hypernet *h, const float *emb, float *const *A, float 
     return rc;
 }
 
-int hn_hypernet_create(hn_hypernet **out, const hn_params *p, const char *version,
-                       eng_backend *be)
+int hn_hypernet_create(hn_hypernet **out, const hn_params *p, const char *version, eng_backend *be)
 {
     *out = NULL;
     if (!p || !be)
@@ -876,8 +898,7 @@ size_t hn_hypernet_factor_size(const hn_hypernet *h, int t, size_t *a_n, size_t 
     return a + b;
 }
 
-int hn_hypernet_generate(hn_hypernet *h, const float *task_emb, float *const *A,
-                         float *const *B)
+int hn_hypernet_generate(hn_hypernet *h, const float *task_emb, float *const *A, float *const *B)
 {
     if (!h || !task_emb || !A || !B)
         return eng_error(ENG_EINVAL, "hn_hypernet_generate: NULL argument");
@@ -916,11 +937,13 @@ int hn_hypernet_check_text(const hn_hypernet *h, const hn_text *t)
     char name[HN_NAME_MAX + 64];
     hn_hypernet_text_name(t, name, sizeof name);
     if (hn_text_dim(t) != h->cfg.text_dim)
-        return eng_error(ENG_EINVAL, "the hypernetwork takes %d-d embeddings from %s, but the "
-                         "text encoder %s gives %d-d", h->cfg.text_dim, h->cfg.text_model, name,
-                         hn_text_dim(t));
+        return eng_error(ENG_EINVAL,
+                         "the hypernetwork takes %d-d embeddings from %s, but the "
+                         "text encoder %s gives %d-d",
+                         h->cfg.text_dim, h->cfg.text_model, name, hn_text_dim(t));
     if (strcasecmp(name, h->cfg.text_model))
-        return eng_error(ENG_EINVAL, "the hypernetwork was built for text model '%s', not '%s' "
+        return eng_error(ENG_EINVAL,
+                         "the hypernetwork was built for text model '%s', not '%s' "
                          "(adapters from another encoder would be meaningless)",
                          h->cfg.text_model, name);
     return 0;
@@ -939,7 +962,8 @@ int hn_hypernet_open_text(const hn_hypernet *h, const char *dir, eng_backend *be
             struct stat st;
             snprintf(path, sizeof path, "models/%s", tm);
             if (stat(path, &st) != 0 || !S_ISDIR(st.st_mode))
-                return eng_error(ENG_ENOTFOUND, "the hypernetwork needs the text model '%s': "
+                return eng_error(ENG_ENOTFOUND,
+                                 "the hypernetwork needs the text model '%s': "
                                  "give its folder (--text-model DIR), or fetch "
                                  "all-MiniLM-L6-v2 into models/ with deploy/fetch-text-model.sh",
                                  tm);

@@ -66,14 +66,14 @@
 #include "engine/sam.h"
 #include "hypernet/text.h"
 
-#define HN_TYPES 12           /* module types, see hn_target_type() */
-#define HN_SHAPES 7           /* distinct [out, in] target shapes */
-#define HN_MIN_RANK 2
-#define HN_MAX_RANK 8
-#define HN_DEFAULT_RANK 4
+#define HN_TYPES          12 /* module types, see hn_target_type() */
+#define HN_SHAPES         7  /* distinct [out, in] target shapes */
+#define HN_MIN_RANK       2
+#define HN_MAX_RANK       8
+#define HN_DEFAULT_RANK   4
 #define HN_DEFAULT_HIDDEN 256
-#define HN_ID_LEN 64          /* hex characters of an id (SHA-256) */
-#define HN_NAME_MAX 64        /* text_model and version strings, NUL included */
+#define HN_ID_LEN         64 /* hex characters of an id (SHA-256) */
+#define HN_NAME_MAX       64 /* text_model and version strings, NUL included */
 
 /* ---- targets: types and shapes ---- */
 
@@ -98,11 +98,11 @@ size_t hn_targets_format(const unsigned char *present, char *out, size_t cap);
 /* ---- configuration and host parameters (init, file I/O, training) ---- */
 
 typedef struct hn_hypernet_config {
-    int text_dim;                     /* d: width of the task embedding */
-    int hidden;                       /* H */
-    int rank;                         /* r, HN_MIN_RANK..HN_MAX_RANK */
-    float alpha;                      /* LoRA scale is alpha / r */
-    char text_model[HN_NAME_MAX];     /* encoder the hypernet was built for */
+    int text_dim;                                /* d: width of the task embedding */
+    int hidden;                                  /* H */
+    int rank;                                    /* r, HN_MIN_RANK..HN_MAX_RANK */
+    float alpha;                                 /* LoRA scale is alpha / r */
+    char text_model[HN_NAME_MAX];                /* encoder the hypernet was built for */
     unsigned char present[ENG_SAM_LORA_TARGETS]; /* targets emitted */
 } hn_hypernet_config;
 
@@ -117,18 +117,18 @@ int hn_hypernet_config_check(const hn_hypernet_config *cfg);
  * updates and writes this. */
 typedef struct hn_params {
     hn_hypernet_config cfg;
-    float *w_in;              /* [H, d] */
-    float *b_in;              /* [H] */
-    float *ln_g, *ln_b;       /* [H] */
-    float *w_mix;             /* [H, H] */
-    float *b_mix;             /* [H] */
-    float *e_type;            /* [HN_TYPES, H] */
-    float *e_layer;           /* [ENG_SAM_LORA_TARGETS, H] */
-    float *wa[HN_SHAPES];     /* [r*in, H] */
-    float *ba[HN_SHAPES];     /* [r*in] */
-    float *wb[HN_SHAPES];     /* [out*r, H] */
-    float *bb[HN_SHAPES];     /* [out*r] */
-    float *mem;               /* owns everything above */
+    float *w_in;          /* [H, d] */
+    float *b_in;          /* [H] */
+    float *ln_g, *ln_b;   /* [H] */
+    float *w_mix;         /* [H, H] */
+    float *b_mix;         /* [H] */
+    float *e_type;        /* [HN_TYPES, H] */
+    float *e_layer;       /* [ENG_SAM_LORA_TARGETS, H] */
+    float *wa[HN_SHAPES]; /* [r*in, H] */
+    float *ba[HN_SHAPES]; /* [r*in] */
+    float *wb[HN_SHAPES]; /* [out*r, H] */
+    float *bb[HN_SHAPES]; /* [out*r] */
+    float *mem;           /* owns everything above */
     size_t n_floats;
 } hn_params;
 
@@ -166,11 +166,10 @@ int hn_hypernet_init(const char *path, const hn_hypernet_config *cfg, uint64_t s
 int hn_hypernet_load(hn_hypernet **out, const char *path, eng_backend *be);
 /* The same from parameters in memory (copied to the device; p may be freed
  * afterwards). */
-int hn_hypernet_create(hn_hypernet **out, const hn_params *p, const char *version,
-                       eng_backend *be);
+int hn_hypernet_create(hn_hypernet **out, const hn_params *p, const char *version, eng_backend *be);
 void hn_hypernet_destroy(hn_hypernet *h);
 
-const char *hn_hypernet_id(const hn_hypernet *h);      /* HN_ID_LEN hex chars */
+const char *hn_hypernet_id(const hn_hypernet *h); /* HN_ID_LEN hex chars */
 const char *hn_hypernet_version(const hn_hypernet *h);
 const hn_hypernet_config *hn_hypernet_get_config(const hn_hypernet *h);
 int hn_hypernet_rank(const hn_hypernet *h);
@@ -188,8 +187,7 @@ size_t hn_hypernet_factor_size(const hn_hypernet *h, int t, size_t *a_n, size_t 
  * B[t] [out, r] (host buffers of hn_hypernet_factor_size floats, given by
  * the caller for every present target; entries of absent targets are not
  * touched and may be NULL). */
-int hn_hypernet_generate(hn_hypernet *h, const float *task_emb, float *const *A,
-                         float *const *B);
+int hn_hypernet_generate(hn_hypernet *h, const float *task_emb, float *const *A, float *const *B);
 
 /* ---- the text encoder a hypernetwork expects ---- */
 
@@ -203,7 +201,6 @@ int hn_hypernet_check_text(const hn_hypernet *h, const hn_text *t);
 /* Open the encoder `h` expects: `dir` when given (it must match), else the
  * hashed fallback for "hashed-<dim>", else models/<text_model> if present;
  * otherwise ENG_ENOTFOUND saying how to get it. */
-int hn_hypernet_open_text(const hn_hypernet *h, const char *dir, eng_backend *be,
-                          hn_text **out);
+int hn_hypernet_open_text(const hn_hypernet *h, const char *dir, eng_backend *be, hn_text **out);
 
 #endif

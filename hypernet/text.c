@@ -36,13 +36,13 @@
  * that sizes cannot overflow the engine's int dimensions. */
 #define HN_MAX_HIDDEN 8192
 #define HN_MAX_LAYERS 128
-#define HN_MAX_INTER 65536
-#define HN_MAX_POS 8192
-#define HN_MAX_VOCAB (1 << 22)
-#define HN_MAX_TYPES 1024
+#define HN_MAX_INTER  65536
+#define HN_MAX_POS    8192
+#define HN_MAX_VOCAB  (1 << 22)
+#define HN_MAX_TYPES  1024
 #define HN_MAX_PARAMS (1LL << 30) /* floats: 4 GiB of fp32 weights */
-#define HN_MAX_BATCH 1024
-#define HN_ALIGN 256              /* bytes between weights in the device block */
+#define HN_MAX_BATCH  1024
+#define HN_ALIGN      256 /* bytes between weights in the device block */
 
 enum { HN_TEXT_BERT = 1, HN_TEXT_HASHED = 2 };
 
@@ -63,16 +63,16 @@ struct hn_text {
 
     /* BERT only from here on. */
     hn_wordpiece *wp;
-    eng_backend *be;      /* borrowed */
+    eng_backend *be; /* borrowed */
     int layers, heads, inter, vocab, max_pos;
-    int max_len;          /* longest sequence taken: P, or sentence-transformers' cap */
-    int max_batch;        /* texts per forward: the workspace is planned for it */
-    float eps;            /* LayerNorm epsilon */
-    eng_act act;          /* hidden_act: GELU (erf) or ReLU */
-    float *word_emb;      /* host [V, H] */
-    float *pos_emb;       /* host [P, H] */
-    float *type_emb;      /* host [H]: token type 0 (all tasam's texts are one segment) */
-    void *wmem;           /* device: every weight below, one allocation */
+    int max_len;                   /* longest sequence taken: P, or sentence-transformers' cap */
+    int max_batch;                 /* texts per forward: the workspace is planned for it */
+    float eps;                     /* LayerNorm epsilon */
+    eng_act act;                   /* hidden_act: GELU (erf) or ReLU */
+    float *word_emb;               /* host [V, H] */
+    float *pos_emb;                /* host [P, H] */
+    float *type_emb;               /* host [H]: token type 0 (all tasam's texts are one segment) */
+    void *wmem;                    /* device: every weight below, one allocation */
     eng_tensor emb_ln_g, emb_ln_b; /* [H]: embeddings.LayerNorm */
     hn__bert_layer *layer;         /* [L] */
     eng_ctx ctx;                   /* activation workspace, planned at load */
@@ -85,8 +85,8 @@ struct hn_text {
 
 /* ---- config ---- */
 
-static int hn__cfg_int(json_t *root, const char *path, const char *key, long long def,
-                       long long lo, long long hi, int *out)
+static int hn__cfg_int(json_t *root, const char *path, const char *key, long long def, long long lo,
+                       long long hi, int *out)
 {
     json_t *v = json_object_get(root, key);
     long long x;
@@ -101,8 +101,8 @@ static int hn__cfg_int(json_t *root, const char *path, const char *key, long lon
     }
     if (x < lo || x > hi)
         return eng_error(x < lo ? ENG_EFORMAT : ENG_ELIMIT,
-                         "%s: \"%s\" is %lld, outside the supported %lld..%lld", path, key, x,
-                         lo, hi);
+                         "%s: \"%s\" is %lld, outside the supported %lld..%lld", path, key, x, lo,
+                         hi);
     *out = (int)x;
     return 0;
 }
@@ -138,8 +138,10 @@ static int hn__read_config(const char *path, hn__bert_cfg *c)
     json_error_t jerr;
     struct stat st;
     if (stat(path, &st) != 0)
-        return eng_error(ENG_ENOTFOUND, "%s: missing (a Hugging Face model folder has "
-                         "config.json, vocab.txt and model.safetensors)", path);
+        return eng_error(ENG_ENOTFOUND,
+                         "%s: missing (a Hugging Face model folder has "
+                         "config.json, vocab.txt and model.safetensors)",
+                         path);
     if (st.st_size > (1 << 20))
         return eng_error(ENG_ELIMIT, "%s: %lld bytes, too large for a config", path,
                          (long long)st.st_size);
@@ -162,15 +164,16 @@ static int hn__read_config(const char *path, hn__bert_cfg *c)
         (rc = hn__cfg_int(root, path, "num_hidden_layers", -1, 1, HN_MAX_LAYERS, &c->layers)) ||
         (rc = hn__cfg_int(root, path, "num_attention_heads", -1, 1, HN_MAX_HIDDEN, &c->heads)) ||
         (rc = hn__cfg_int(root, path, "intermediate_size", -1, 1, HN_MAX_INTER, &c->inter)) ||
-        (rc = hn__cfg_int(root, path, "max_position_embeddings", -1, 2, HN_MAX_POS,
-                          &c->max_pos)) ||
+        (rc = hn__cfg_int(root, path, "max_position_embeddings", -1, 2, HN_MAX_POS, &c->max_pos)) ||
         (rc = hn__cfg_int(root, path, "vocab_size", -1, 1, HN_MAX_VOCAB, &c->vocab)) ||
         (rc = hn__cfg_int(root, path, "type_vocab_size", 2, 1, HN_MAX_TYPES, &c->types)))
         goto done;
     c->act = act == 0 ? ENG_ACT_GELU : ENG_ACT_RELU;
     if (c->hidden % c->heads) {
-        rc = eng_error(ENG_EFORMAT, "%s: hidden_size %d is not a multiple of "
-                       "num_attention_heads %d", path, c->hidden, c->heads);
+        rc = eng_error(ENG_EFORMAT,
+                       "%s: hidden_size %d is not a multiple of "
+                       "num_attention_heads %d",
+                       path, c->hidden, c->heads);
         goto done;
     }
     json_t *e = json_object_get(root, "layer_norm_eps");
@@ -227,15 +230,15 @@ typedef struct {
     eng_tensor *t; /* the view to fill in once the block exists */
     int ndim;
     int64_t shape[2];
-    size_t off;    /* element offset in the staging buffer */
-    size_t boff;   /* byte offset in the device block */
+    size_t off;  /* element offset in the staging buffer */
+    size_t boff; /* byte offset in the device block */
 } hn__slot;
 
 typedef struct {
     hn__slot *s;
     int n, cap;
     size_t floats, bytes;
-    size_t esize;  /* bytes per element in the backend's storage */
+    size_t esize; /* bytes per element in the backend's storage */
 } hn__plan;
 
 static int hn__plan_add(hn__plan *p, eng_tensor *t, int64_t a, int64_t b)
@@ -283,8 +286,8 @@ static int hn__load_weights(hn_text *t, const eng_ckpt *ck, const char *prefix, 
         free(types_emb);
         return eng_error(ENG_ENOMEM, "out of memory for the text encoder's embeddings");
     }
-    if ((rc = hn__load(ck, prefix, "embeddings.word_embeddings.weight", 2,
-                       (int64_t[]){t->vocab, H}, t->word_emb)) ||
+    if ((rc = hn__load(ck, prefix, "embeddings.word_embeddings.weight", 2, (int64_t[]){t->vocab, H},
+                       t->word_emb)) ||
         (rc = hn__load(ck, prefix, "embeddings.position_embeddings.weight", 2,
                        (int64_t[]){t->max_pos, H}, t->pos_emb)) ||
         (rc = hn__load(ck, prefix, "embeddings.token_type_embeddings.weight", 2,
@@ -304,13 +307,11 @@ static int hn__load_weights(hn_text *t, const eng_ckpt *ck, const char *prefix, 
     for (int l = 0; l < L && !rc; l++) {
         hn__bert_layer *y = &t->layer[l];
         if ((rc = hn__plan_add(&p, &y->wqkv, 3 * H, H)) ||
-            (rc = hn__plan_add(&p, &y->bqkv, 3 * H, 0)) ||
-            (rc = hn__plan_add(&p, &y->wo, H, H)) || (rc = hn__plan_add(&p, &y->bo, H, 0)) ||
-            (rc = hn__plan_add(&p, &y->ln1_g, H, 0)) ||
-            (rc = hn__plan_add(&p, &y->ln1_b, H, 0)) ||
-            (rc = hn__plan_add(&p, &y->w1, I, H)) || (rc = hn__plan_add(&p, &y->b1, I, 0)) ||
-            (rc = hn__plan_add(&p, &y->w2, H, I)) || (rc = hn__plan_add(&p, &y->b2, H, 0)) ||
-            (rc = hn__plan_add(&p, &y->ln2_g, H, 0)) ||
+            (rc = hn__plan_add(&p, &y->bqkv, 3 * H, 0)) || (rc = hn__plan_add(&p, &y->wo, H, H)) ||
+            (rc = hn__plan_add(&p, &y->bo, H, 0)) || (rc = hn__plan_add(&p, &y->ln1_g, H, 0)) ||
+            (rc = hn__plan_add(&p, &y->ln1_b, H, 0)) || (rc = hn__plan_add(&p, &y->w1, I, H)) ||
+            (rc = hn__plan_add(&p, &y->b1, I, 0)) || (rc = hn__plan_add(&p, &y->w2, H, I)) ||
+            (rc = hn__plan_add(&p, &y->b2, H, 0)) || (rc = hn__plan_add(&p, &y->ln2_g, H, 0)) ||
             (rc = hn__plan_add(&p, &y->ln2_b, H, 0)))
             break;
     }
@@ -342,11 +343,16 @@ static int hn__load_weights(hn_text *t, const eng_ckpt *ck, const char *prefix, 
             int rows_is_i; /* first dim I instead of H */
             int cols;      /* 0: a vector; 'H' or 'I': a matrix with that many columns */
         } rest[10] = {
-            {"attention.output.dense.weight", 0, 'H'}, {"attention.output.dense.bias", 0, 0},
-            {"attention.output.LayerNorm.weight", 0, 0}, {"attention.output.LayerNorm.bias", 0, 0},
-            {"intermediate.dense.weight", 1, 'H'}, {"intermediate.dense.bias", 1, 0},
-            {"output.dense.weight", 0, 'I'}, {"output.dense.bias", 0, 0},
-            {"output.LayerNorm.weight", 0, 0}, {"output.LayerNorm.bias", 0, 0},
+            {"attention.output.dense.weight", 0, 'H'},
+            {"attention.output.dense.bias", 0, 0},
+            {"attention.output.LayerNorm.weight", 0, 0},
+            {"attention.output.LayerNorm.bias", 0, 0},
+            {"intermediate.dense.weight", 1, 'H'},
+            {"intermediate.dense.bias", 1, 0},
+            {"output.dense.weight", 0, 'I'},
+            {"output.dense.bias", 0, 0},
+            {"output.LayerNorm.weight", 0, 0},
+            {"output.LayerNorm.bias", 0, 0},
         };
         for (int j = 0; j < 10 && !rc; j++) {
             int64_t rows = rest[j].rows_is_i ? I : H;
@@ -362,14 +368,16 @@ static int hn__load_weights(hn_text *t, const eng_ckpt *ck, const char *prefix, 
     if (!rc) {
         t->wmem = eng_backend_alloc(t->be, p.bytes);
         if (!t->wmem)
-            rc = eng_error(ENG_ENOMEM, "cannot allocate %zu MiB for the text encoder's weights "
-                           "on %s", p.bytes >> 20, eng_backend_describe(t->be));
+            rc = eng_error(ENG_ENOMEM,
+                           "cannot allocate %zu MiB for the text encoder's weights "
+                           "on %s",
+                           p.bytes >> 20, eng_backend_describe(t->be));
     }
     for (int i = 0; i < p.n && !rc; i++) {
         hn__slot *s = &p.s[i];
         void *dst = (uint8_t *)t->wmem + s->boff;
-        *s->t = eng_view(dst, eng_backend_dtype(t->be), eng_backend_device(t->be), s->ndim,
-                         s->shape);
+        *s->t =
+            eng_view(dst, eng_backend_dtype(t->be), eng_backend_device(t->be), s->ndim, s->shape);
         rc = eng_backend_upload(t->be, dst, stage + s->off, (size_t)eng_numel(s->t));
     }
     free(stage);
@@ -426,8 +434,16 @@ static int hn__forward(hn_text *t, int B, int T)
         eng_linear(ctx, &qkv, &x, &y->wqkv, &y->bqkv, ENG_ACT_NONE, NULL);
         eng_tensor q = qkv, k = hn__from_col(qkv, H), v = hn__from_col(qkv, 2 * H);
         eng_tensor att = eng_new2(ctx, M, H); /* [B*T, H] heads side by side */
-        eng_attn a = {.B = B, .H = NH, .Tq = T, .Tk = T, .D = D, .q_rs = 3 * H, .kv_rs = 3 * H,
-                      .scale = 1.0f / sqrtf((float)D), .relpos = NULL, .key_bias = &kb};
+        eng_attn a = {.B = B,
+                      .H = NH,
+                      .Tq = T,
+                      .Tk = T,
+                      .D = D,
+                      .q_rs = 3 * H,
+                      .kv_rs = 3 * H,
+                      .scale = 1.0f / sqrtf((float)D),
+                      .relpos = NULL,
+                      .key_bias = &kb};
         eng_attention(ctx, &att, &q, &k, &v, &a);
         eng_tensor h1 = eng_new2(ctx, M, H); /* [B*T, H] */
         eng_linear(ctx, &h1, &att, &y->wo, &y->bo, ENG_ACT_NONE, &x);

@@ -35,19 +35,19 @@
 #include "text.h"
 #include "wordpiece_unicode.h"
 
-#define WP_MAX_WORD_CHARS 100       /* BERT's max_input_chars_per_word */
+#define WP_MAX_WORD_CHARS  100 /* BERT's max_input_chars_per_word */
 #define WP_MAX_VOCAB_BYTES (64u << 20)
-#define WP_MAX_VOCAB_IDS (1 << 24)
-#define WP_MAX_TOKEN_BYTES 1024     /* longer vocabulary lines can never match a word */
+#define WP_MAX_VOCAB_IDS   (1 << 24)
+#define WP_MAX_TOKEN_BYTES 1024 /* longer vocabulary lines can never match a word */
 
 struct hn_wordpiece {
-    char *blob;        /* the vocabulary, each line NUL-terminated in place */
-    uint32_t *off;     /* [n] start of token i in blob */
-    uint32_t *len;     /* [n] bytes of token i */
-    int n;             /* ids: lines of vocab.txt */
-    int32_t *slot;     /* [cap] open-addressing hash table of ids, -1 = empty */
-    uint32_t cap;      /* power of two, at least 2n */
-    size_t max_bytes;  /* longest token, in bytes (bounds the lookups) */
+    char *blob;       /* the vocabulary, each line NUL-terminated in place */
+    uint32_t *off;    /* [n] start of token i in blob */
+    uint32_t *len;    /* [n] bytes of token i */
+    int n;            /* ids: lines of vocab.txt */
+    int32_t *slot;    /* [cap] open-addressing hash table of ids, -1 = empty */
+    uint32_t cap;     /* power of two, at least 2n */
+    size_t max_bytes; /* longest token, in bytes (bounds the lookups) */
     int32_t unk, cls, sep;
 };
 
@@ -155,17 +155,23 @@ int hn__utf8_decode(const char *s, size_t len, uint32_t *cps, size_t *n_out)
                              p[i], i);
         }
         if (len - i <= (size_t)extra)
-            return eng_error(ENG_EINVAL, "text is not valid UTF-8 (truncated sequence at offset "
-                             "%zu)", i);
+            return eng_error(ENG_EINVAL,
+                             "text is not valid UTF-8 (truncated sequence at offset "
+                             "%zu)",
+                             i);
         for (int k = 1; k <= extra; k++) {
             if ((p[i + k] & 0xC0) != 0x80)
-                return eng_error(ENG_EINVAL, "text is not valid UTF-8 (bad continuation byte "
-                                 "at offset %zu)", i + k);
+                return eng_error(ENG_EINVAL,
+                                 "text is not valid UTF-8 (bad continuation byte "
+                                 "at offset %zu)",
+                                 i + k);
             c = c << 6 | (p[i + k] & 0x3F);
         }
         if (c < min || c > 0x10FFFF || (c >= 0xD800 && c <= 0xDFFF))
-            return eng_error(ENG_EINVAL, "text is not valid UTF-8 (overlong, surrogate or out "
-                             "of range sequence at offset %zu)", i);
+            return eng_error(ENG_EINVAL,
+                             "text is not valid UTF-8 (overlong, surrogate or out "
+                             "of range sequence at offset %zu)",
+                             i);
         if (cps)
             cps[n] = c;
         n++;
@@ -303,8 +309,8 @@ int hn_wordpiece_create(hn_wordpiece **out, const char *vocab, size_t len, const
         uint32_t m = wp->cap - 1;
         for (uint32_t i = wp__hash(s, wp->len[id]) & m;; i = (i + 1) & m) {
             int32_t o = wp->slot[i];
-            if (o < 0 || (wp->len[o] == wp->len[id] && memcmp(wp->blob + wp->off[o], s,
-                                                               wp->len[id]) == 0)) {
+            if (o < 0 ||
+                (wp->len[o] == wp->len[id] && memcmp(wp->blob + wp->off[o], s, wp->len[id]) == 0)) {
                 wp->slot[i] = id;
                 break;
             }
@@ -314,9 +320,13 @@ int hn_wordpiece_create(hn_wordpiece **out, const char *vocab, size_t len, const
     wp->cls = wp__find(wp, "[CLS]", 5);
     wp->sep = wp__find(wp, "[SEP]", 5);
     if (wp->unk < 0 || wp->cls < 0 || wp->sep < 0) {
-        rc = eng_error(ENG_EFORMAT, "%s: no %s token (a BERT vocab.txt has [PAD], [UNK], [CLS], "
-                       "[SEP] and [MASK])", label,
-                       wp->unk < 0 ? "[UNK]" : wp->cls < 0 ? "[CLS]" : "[SEP]");
+        rc = eng_error(ENG_EFORMAT,
+                       "%s: no %s token (a BERT vocab.txt has [PAD], [UNK], [CLS], "
+                       "[SEP] and [MASK])",
+                       label,
+                       wp->unk < 0   ? "[UNK]"
+                       : wp->cls < 0 ? "[CLS]"
+                                     : "[SEP]");
         goto err_msg;
     }
     *out = wp;
@@ -393,7 +403,7 @@ static void wp__word(const hn_wordpiece *wp, const uint32_t *w, int n, wp__out *
         return;
     }
     char utf[WP_MAX_WORD_CHARS * 4];
-    int off[WP_MAX_WORD_CHARS + 1];   /* byte offset of each character */
+    int off[WP_MAX_WORD_CHARS + 1]; /* byte offset of each character */
     char key[2 + WP_MAX_WORD_CHARS * 4];
     int32_t piece[WP_MAX_WORD_CHARS]; /* a word has at most n pieces */
     int np = 0;

@@ -12,10 +12,10 @@
 
 /* Character properties, as bits of hn__uprop.flags. */
 enum {
-    HN__U_SPACE = 1,     /* separates words: ' ', \t \n \r, Zs, U+2028/2029 */
-    HN__U_CTRL = 2,      /* dropped while cleaning: Cc (but \t \n \r), Cf, Co */
-    HN__U_MN = 4,        /* nonspacing mark (Mn): dropped when stripping accents */
-    HN__U_PUNCT = 8,     /* a word of its own: ASCII 33-47, 58-64, 91-96, 123-126, P* */
+    HN__U_SPACE = 1, /* separates words: ' ', \t \n \r, Zs, U+2028/2029 */
+    HN__U_CTRL = 2,  /* dropped while cleaning: Cc (but \t \n \r), Cf, Co */
+    HN__U_MN = 4,    /* nonspacing mark (Mn): dropped when stripping accents */
+    HN__U_PUNCT = 8, /* a word of its own: ASCII 33-47, 58-64, 91-96, 123-126, P* */
 };
 
 /* Runs of code points with equal properties: entry i covers
@@ -50,9 +50,9 @@ extern const uint32_t hn__unfd_pool[];
 
 /* Lookups over those tables (wordpiece.c), for the tokenizer and the hashed
  * fallback embedding. */
-unsigned hn__uflags(uint32_t cp);     /* HN__U_* bits of cp */
-uint32_t hn__ulower_cp(uint32_t cp);  /* simple lower-case mapping */
-int hn__cjk(uint32_t cp);             /* one of BERT's CJK ideograph blocks */
+unsigned hn__uflags(uint32_t cp);    /* HN__U_* bits of cp */
+uint32_t hn__ulower_cp(uint32_t cp); /* simple lower-case mapping */
+int hn__cjk(uint32_t cp);            /* one of BERT's CJK ideograph blocks */
 /* Strict UTF-8 decoding of s[len] into cps (NULL: validate only), *n code
  * points. ENG_EINVAL naming the offset for a NUL byte, an overlong form, a
  * surrogate, a truncated or otherwise invalid sequence. */

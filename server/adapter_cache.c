@@ -14,24 +14,24 @@
 
 /* One entry of the memory tier. */
 typedef struct ad_slot {
-    char id[65];            /* adapter id ("" when empty) */
-    eng_sam_lora *lora;     /* on the device (owned) */
-    size_t bytes;           /* eng_sam_lora_bytes */
-    uint64_t tick;          /* last use, larger is newer */
-    srv_adapter_meta meta;  /* metadata as loaded */
+    char id[65];           /* adapter id ("" when empty) */
+    eng_sam_lora *lora;    /* on the device (owned) */
+    size_t bytes;          /* eng_sam_lora_bytes */
+    uint64_t tick;         /* last use, larger is newer */
+    srv_adapter_meta meta; /* metadata as loaded */
 } ad_slot;
 
 struct srv_adapter_cache {
-    eng_sam *m;             /* borrowed */
-    hn_hypernet *h;         /* borrowed */
-    hn_text *text;          /* borrowed */
-    srv_cache *cache;       /* borrowed */
-    srv_metrics *metrics;   /* borrowed, may be NULL */
-    int merged;             /* fold adapters into weight copies */
-    int n_slots;            /* entries in slots */
-    ad_slot *slots;         /* the memory tier */
-    uint64_t tick;          /* LRU clock */
-    eng_sam_lora *temp;     /* the adapter of the current request when n_slots == 0 */
+    eng_sam *m;           /* borrowed */
+    hn_hypernet *h;       /* borrowed */
+    hn_text *text;        /* borrowed */
+    srv_cache *cache;     /* borrowed */
+    srv_metrics *metrics; /* borrowed, may be NULL */
+    int merged;           /* fold adapters into weight copies */
+    int n_slots;          /* entries in slots */
+    ad_slot *slots;       /* the memory tier */
+    uint64_t tick;        /* LRU clock */
+    eng_sam_lora *temp;   /* the adapter of the current request when n_slots == 0 */
 };
 
 static void gauges(srv_adapter_cache *a)
@@ -49,14 +49,14 @@ static void gauges(srv_adapter_cache *a)
 }
 
 /* Add one to counter `field` of the metrics, when there are metrics. */
-#define COUNT(a, field)                                                                           \
-    do {                                                                                          \
-        if ((a)->metrics)                                                                         \
-            srv_metrics_add(&(a)->metrics->field, 1);                                             \
+#define COUNT(a, field)                                                                            \
+    do {                                                                                           \
+        if ((a)->metrics)                                                                          \
+            srv_metrics_add(&(a)->metrics->field, 1);                                              \
     } while (0)
 
 int srv_adapter_cache_create(srv_adapter_cache **out, eng_sam *m, hn_hypernet *h, hn_text *text,
-                        srv_cache *cache, srv_metrics *metrics, int slots, int merged)
+                             srv_cache *cache, srv_metrics *metrics, int slots, int merged)
 {
     srv_adapter_cache *a = calloc(1, sizeof *a);
     if (!a)
@@ -205,8 +205,8 @@ static ad_adapter *generate(srv_adapter_cache *a, const char *id, const char *ta
 }
 
 int srv_adapter_cache_acquire(srv_adapter_cache *a, const char *id, const char *task, size_t len,
-                         const eng_sam_lora **lora, srv_adapter_meta *meta,
-                         srv_adapter_source *src, srv_error *e)
+                              const eng_sam_lora **lora, srv_adapter_meta *meta,
+                              srv_adapter_source *src, srv_error *e)
 {
     ad_adapter *ad;
     eng_sam_lora *l = NULL;

@@ -41,7 +41,7 @@ typedef struct srv_adapter_cache srv_adapter_cache;
  * (out of memory).
  */
 int srv_adapter_cache_create(srv_adapter_cache **out, eng_sam *m, hn_hypernet *h, hn_text *text,
-                        srv_cache *cache, srv_metrics *metrics, int slots, int merged);
+                             srv_cache *cache, srv_metrics *metrics, int slots, int merged);
 
 /* Destroy every engine adapter and the handle. NULL ok. */
 void srv_adapter_cache_destroy(srv_adapter_cache *a);
@@ -55,8 +55,8 @@ void srv_adapter_cache_destroy(srv_adapter_cache *a);
  * from. Returns 0, or an HTTP status with *e set.
  */
 int srv_adapter_cache_acquire(srv_adapter_cache *a, const char *id, const char *task, size_t len,
-                         const eng_sam_lora **lora, srv_adapter_meta *meta,
-                         srv_adapter_source *src, srv_error *e);
+                              const eng_sam_lora **lora, srv_adapter_meta *meta,
+                              srv_adapter_source *src, srv_error *e);
 
 /* Done with an adapter from srv_adapter_cache_acquire (frees it when it is not
  * kept in the memory tier). NULL ok. */

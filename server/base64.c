@@ -11,6 +11,7 @@ static const char b64__alphabet[] =
 
 /* Sextet value of each byte; 0x80 marks anything outside the alphabet
  * ('=' included), so one OR over a quantum tells whether all four are valid. */
+/* clang-format off */
 static const uint8_t b64__value[256] = {
 #define B64__X 0x80
 #define B64__X16 B64__X, B64__X, B64__X, B64__X, B64__X, B64__X, B64__X, B64__X, \
@@ -31,6 +32,7 @@ static const uint8_t b64__value[256] = {
 #undef B64__X16
 #undef B64__X
 };
+/* clang-format on */
 
 /* Error for the first character in s[from, to) outside the alphabet; the
  * caller knows there is one. Slow path only. */
@@ -40,7 +42,8 @@ static int b64__bad_char(const char *s, size_t from, size_t to)
         unsigned char c = (unsigned char)s[i];
         if (b64__value[c] & 0x80) {
             if (c == '=')
-                return eng_error(ENG_EINVAL, "base64: padding '=' before the end, at offset %zu", i);
+                return eng_error(ENG_EINVAL, "base64: padding '=' before the end, at offset %zu",
+                                 i);
             return eng_error(ENG_EINVAL, "base64: invalid character 0x%02x at offset %zu", c, i);
         }
     }

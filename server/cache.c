@@ -92,11 +92,12 @@ int srv_cache_get(srv_cache *c, const char *sha, const float **emb, int *w, int 
     }
     if (!c->db || c->budget <= 0)
         goto out;
-    if (sqlite3_prepare_v2(c->db,
-                           "SELECT e.id, e.width, e.height, e.bytes, e.crc32, b.data FROM embedding e "
-                           "JOIN embedding_blob b ON b.embedding_id = e.id WHERE e.image_sha256=?1 "
-                           "AND e.model_id=?2 AND e.precision=?3",
-                           -1, &st, NULL) != SQLITE_OK) {
+    if (sqlite3_prepare_v2(
+            c->db,
+            "SELECT e.id, e.width, e.height, e.bytes, e.crc32, b.data FROM embedding e "
+            "JOIN embedding_blob b ON b.embedding_id = e.id WHERE e.image_sha256=?1 "
+            "AND e.model_id=?2 AND e.precision=?3",
+            -1, &st, NULL) != SQLITE_OK) {
         srv_log_warn("cache: lookup: %s", sqlite3_errmsg(c->db));
         rc = -1;
         goto out;
@@ -112,11 +113,12 @@ int srv_cache_get(srv_cache *c, const char *sha, const float **emb, int *w, int 
         uint32_t crc = (uint32_t)sqlite3_column_int64(st, 4);
         const void *blob = sqlite3_column_blob(st, 5);
         size_t blen = (size_t)sqlite3_column_bytes(st, 5);
-        if (!blob || blen != want || bytes != (int64_t)want || srv__cache_blob_crc(blob, blen) != crc ||
-            iw <= 0 || ih <= 0) {
-            srv_log_warn("cache: embedding %s in %s is corrupt (%zu bytes, checksum %s); dropped",
-                         sha, c->path, blen,
-                         blob && blen == want && srv__cache_blob_crc(blob, blen) == crc ? "ok" : "mismatch");
+        if (!blob || blen != want || bytes != (int64_t)want ||
+            srv__cache_blob_crc(blob, blen) != crc || iw <= 0 || ih <= 0) {
+            srv_log_warn(
+                "cache: embedding %s in %s is corrupt (%zu bytes, checksum %s); dropped", sha,
+                c->path, blen,
+                blob && blen == want && srv__cache_blob_crc(blob, blen) == crc ? "ok" : "mismatch");
             sqlite3_finalize(st);
             st = NULL;
             delete_row(c, id);
@@ -212,10 +214,11 @@ int srv_cache_put(srv_cache *c, const char *sha, const float *emb, int w, int h)
     if (sqlite3_step(st) != SQLITE_DONE)
         goto fail;
     sqlite3_finalize(st);
-    if (sqlite3_prepare_v2(c->db,
-                           "INSERT INTO embedding (image_sha256, model_id, precision, width, height, "
-                           "bytes, crc32, created, last_used, hits) VALUES (?1,?2,?3,?4,?5,?6,?7,?8,?8,0)",
-                           -1, &st, NULL) != SQLITE_OK)
+    if (sqlite3_prepare_v2(
+            c->db,
+            "INSERT INTO embedding (image_sha256, model_id, precision, width, height, "
+            "bytes, crc32, created, last_used, hits) VALUES (?1,?2,?3,?4,?5,?6,?7,?8,?8,0)",
+            -1, &st, NULL) != SQLITE_OK)
         goto fail;
     sqlite3_bind_text(st, 1, sha, -1, SQLITE_STATIC);
     sqlite3_bind_text(st, 2, c->model_id, -1, SQLITE_STATIC);
@@ -268,10 +271,11 @@ int srv_cache_peek(srv_cache *c, const char *sha, int *w, int *h)
     }
     if (!c->db || c->budget <= 0)
         goto out;
-    if (sqlite3_prepare_v2(c->db,
-                           "SELECT width, height FROM embedding WHERE image_sha256=?1 AND model_id=?2 "
-                           "AND precision=?3",
-                           -1, &st, NULL) == SQLITE_OK) {
+    if (sqlite3_prepare_v2(
+            c->db,
+            "SELECT width, height FROM embedding WHERE image_sha256=?1 AND model_id=?2 "
+            "AND precision=?3",
+            -1, &st, NULL) == SQLITE_OK) {
         sqlite3_bind_text(st, 1, sha, -1, SQLITE_STATIC);
         sqlite3_bind_text(st, 2, c->model_id, -1, SQLITE_STATIC);
         sqlite3_bind_text(st, 3, c->precision, -1, SQLITE_STATIC);
@@ -333,4 +337,3 @@ out:
     pthread_mutex_unlock(&c->mu);
     return rc;
 }
-

@@ -41,15 +41,15 @@ typedef enum srv_cache_tier { SRV_TIER_NONE = 0, SRV_TIER_MEMORY, SRV_TIER_DISK 
 
 /* One row's metadata (GET /v1/embeddings/{id}). */
 typedef struct srv_cache_meta {
-    char image_id[65];     /* sha256 hex of the image bytes */
-    char model_id[64];     /* eng_sam_model_id() */
-    char precision[8];     /* "fp32", "fp16", "bf16" */
-    int width, height;     /* original image size */
-    int64_t bytes;         /* blob size */
-    int64_t created_ms;    /* unix milliseconds */
-    int64_t last_used_ms;  /* unix milliseconds */
-    int64_t hits;          /* times served from the cache */
-    int in_memory;         /* 1 when also in the memory tier */
+    char image_id[65];    /* sha256 hex of the image bytes */
+    char model_id[64];    /* eng_sam_model_id() */
+    char precision[8];    /* "fp32", "fp16", "bf16" */
+    int width, height;    /* original image size */
+    int64_t bytes;        /* blob size */
+    int64_t created_ms;   /* unix milliseconds */
+    int64_t last_used_ms; /* unix milliseconds */
+    int64_t hits;         /* times served from the cache */
+    int in_memory;        /* 1 when also in the memory tier */
 } srv_cache_meta;
 
 /*
@@ -119,18 +119,18 @@ const char *srv_cache_path(const srv_cache *c);
 
 /* One adapter row's metadata. */
 typedef struct srv_adapter_meta {
-    char id[65];                       /* adapter id, 64 lowercase hex */
-    char task[SRV_TASK_MAX + 1];       /* the task as first given */
+    char id[65];                            /* adapter id, 64 lowercase hex */
+    char task[SRV_TASK_MAX + 1];            /* the task as first given */
     char task_normalized[SRV_TASK_MAX + 1]; /* ad_normalize_task(task) */
-    char hypernet_id[65];              /* hypernetwork content id */
-    char hypernet_version[64];         /* the trainer's label */
-    char text_model[64];               /* encoder that embedded the task */
-    int rank;                          /* LoRA rank */
-    double alpha;                      /* LoRA alpha (scale alpha/rank) */
-    int64_t bytes;                     /* serialized size */
-    int64_t created_ms;                /* unix milliseconds */
-    int64_t last_used_ms;              /* unix milliseconds */
-    int64_t hits;                      /* requests served from the cache */
+    char hypernet_id[65];                   /* hypernetwork content id */
+    char hypernet_version[64];              /* the trainer's label */
+    char text_model[64];                    /* encoder that embedded the task */
+    int rank;                               /* LoRA rank */
+    double alpha;                           /* LoRA alpha (scale alpha/rank) */
+    int64_t bytes;                          /* serialized size */
+    int64_t created_ms;                     /* unix milliseconds */
+    int64_t last_used_ms;                   /* unix milliseconds */
+    int64_t hits;                           /* requests served from the cache */
 } srv_adapter_meta;
 
 /* Change the adapter byte budget (0 disables the adapter disk tier). */

@@ -30,8 +30,8 @@ void srv_cache_set_adapter_budget(srv_cache *c, int64_t budget_bytes)
     pthread_mutex_unlock(&c->mu);
 }
 
-#define AD_COLS                                                                                   \
-    "a.adapter_id, a.task, a.task_normalized, a.hypernet_id, a.hypernet_version, a.text_model, "  \
+#define AD_COLS                                                                                    \
+    "a.adapter_id, a.task, a.task_normalized, a.hypernet_id, a.hypernet_version, a.text_model, "   \
     "a.rank, a.alpha, a.bytes, a.created, a.last_used, a.hits"
 #define AD_NCOLS 12
 
@@ -207,8 +207,7 @@ int srv__cache_ad_evict(srv_cache *c, int64_t keep_id)
     return n;
 }
 
-int srv_cache_adapter_put(srv_cache *c, const srv_adapter_meta *m, const uint8_t *blob,
-                          size_t len)
+int srv_cache_adapter_put(srv_cache *c, const srv_adapter_meta *m, const uint8_t *blob, size_t len)
 {
     sqlite3_stmt *st = NULL;
     int rc = 0;
@@ -322,4 +321,3 @@ int64_t srv_cache_adapter_clear(srv_cache *c)
     pthread_mutex_unlock(&c->mu);
     return n;
 }
-

@@ -22,7 +22,6 @@
 
 #include "server/log.h"
 
-
 /* Migrations: entry v-1 takes a database from version v-1 to v. The text
  * is the "-- migration v" block of schema/cache.sql. */
 static const char *const cache_migrations[SRV_CACHE_SCHEMA_VERSION] = {
@@ -113,7 +112,8 @@ void srv__cache_gauges(srv_cache *c)
         used += c->slots[i].sha[0] != 0;
     srv_metrics_gauge_set(&c->m->cache_bytes_disk, c->disk_bytes);
     srv_metrics_gauge_set(&c->m->cache_entries_disk, c->disk_rows);
-    srv_metrics_gauge_set(&c->m->cache_bytes_mem, (int64_t)used * (int64_t)(c->floats * sizeof(float)));
+    srv_metrics_gauge_set(&c->m->cache_bytes_mem,
+                          (int64_t)used * (int64_t)(c->floats * sizeof(float)));
     srv_metrics_gauge_set(&c->m->adapter_bytes_disk, c->ad_bytes);
     srv_metrics_gauge_set(&c->m->adapter_entries_disk, c->ad_rows);
 }
@@ -176,8 +176,8 @@ static int try_open(srv_cache *c, char *why, size_t whylen)
     int rc;
     int64_t ver, app, tables;
 
-    rc = sqlite3_open_v2(c->path, &c->db, SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE |
-                         SQLITE_OPEN_FULLMUTEX, NULL);
+    rc = sqlite3_open_v2(c->path, &c->db,
+                         SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE | SQLITE_OPEN_FULLMUTEX, NULL);
     if (rc != SQLITE_OK) {
         snprintf(why, whylen, "cannot open: %s", sqlite3_errstr(rc));
         return rc == SQLITE_CANTOPEN ? -1 : 1;
@@ -213,7 +213,8 @@ static int try_open(srv_cache *c, char *why, size_t whylen)
         return 1;
     }
     if (app != 0 && app != SRV_CACHE_APP_ID) {
-        snprintf(why, whylen, "belongs to another application (application_id %lld)", (long long)app);
+        snprintf(why, whylen, "belongs to another application (application_id %lld)",
+                 (long long)app);
         return 1;
     }
     if (ver == 0 && tables > 0) {
@@ -231,7 +232,8 @@ static int try_open(srv_cache *c, char *why, size_t whylen)
                  (long long)v, SRV_CACHE_APP_ID);
         if (srv__cache_exec(c->db, "BEGIN IMMEDIATE") != SQLITE_OK)
             goto fail_migrate;
-        if (srv__cache_exec(c->db, cache_migrations[v - 1]) != SQLITE_OK || srv__cache_exec(c->db, bump) != SQLITE_OK) {
+        if (srv__cache_exec(c->db, cache_migrations[v - 1]) != SQLITE_OK ||
+            srv__cache_exec(c->db, bump) != SQLITE_OK) {
             srv__cache_exec(c->db, "ROLLBACK");
             goto fail_migrate;
         }
@@ -240,8 +242,9 @@ static int try_open(srv_cache *c, char *why, size_t whylen)
         srv_log_info("cache: %s migrated to schema version %lld", c->path, (long long)v);
     }
     srv__cache_refresh_totals(c);
-    c->clock_ms = srv__cache_query_int(c->db, "SELECT MAX(COALESCE((SELECT MAX(last_used) FROM embedding), 0), "
-                                   "COALESCE((SELECT MAX(last_used) FROM adapter), 0))");
+    c->clock_ms = srv__cache_query_int(
+        c->db, "SELECT MAX(COALESCE((SELECT MAX(last_used) FROM embedding), 0), "
+               "COALESCE((SELECT MAX(last_used) FROM adapter), 0))");
     return 0;
 fail_migrate:
     snprintf(why, whylen, "migration failed: %s", sqlite3_errmsg(c->db));
@@ -297,7 +300,8 @@ int srv_cache_open(srv_cache **out, const char *state_dir, size_t floats, int64_
 
     *out = NULL;
     if (mkdir_p(state_dir) != 0)
-        return srv_errf(err, errlen, "state dir '%s': cannot create: %s", state_dir, strerror(errno));
+        return srv_errf(err, errlen, "state dir '%s': cannot create: %s", state_dir,
+                        strerror(errno));
     c = calloc(1, sizeof *c);
     if (!c)
         return srv_errf(err, errlen, "out of memory");
@@ -319,12 +323,13 @@ int srv_cache_open(srv_cache **out, const char *state_dir, size_t floats, int64_
     snprintf(lockpath, sizeof lockpath, "%s/tasamd.lock", state_dir);
     c->lock_fd = open(lockpath, O_RDWR | O_CREAT | O_CLOEXEC, 0640);
     if (c->lock_fd < 0) {
-        srv_errf(err, errlen, "state dir '%s': cannot open %s: %s", state_dir, lockpath, strerror(errno));
+        srv_errf(err, errlen, "state dir '%s': cannot open %s: %s", state_dir, lockpath,
+                 strerror(errno));
         goto err;
     }
     if (flock(c->lock_fd, LOCK_EX | LOCK_NB) != 0) {
-        srv_errf(err, errlen, "state dir '%s' is in use by another tasamd (%s is locked)", state_dir,
-             lockpath);
+        srv_errf(err, errlen, "state dir '%s' is in use by another tasamd (%s is locked)",
+                 state_dir, lockpath);
         goto err;
     }
     rc = try_open(c, why, sizeof why);
@@ -406,7 +411,7 @@ void srv__cache_delete_from(srv_cache *c, const char *table, int64_t id)
  * row `row` (`table` is "embedding_blob" or "adapter_blob", `key` its row
  * column). Returns 0 or -1 (sqlite3_errmsg has why). */
 int srv__cache_insert_blob(srv_cache *c, const char *table, const char *key, int64_t row,
-                       const void *data, size_t len)
+                           const void *data, size_t len)
 {
     sqlite3_stmt *st = NULL;
     char sql[96];
@@ -425,7 +430,7 @@ int srv__cache_insert_blob(srv_cache *c, const char *table, const char *key, int
  * rows of `table` (never `keep_id`) until *bytes fits `budget`, keeping
  * *bytes and *rows in step; returns how many went. Both tiers evict alike. */
 int srv__cache_evict_lru(srv_cache *c, const char *table, int64_t keep_id, int64_t *bytes,
-                     int64_t *rows, int64_t budget)
+                         int64_t *rows, int64_t budget)
 {
     sqlite3_stmt *st = NULL;
     char sql[128];
@@ -483,8 +488,4 @@ void srv_cache_maintain(srv_cache *c)
     pthread_mutex_unlock(&c->mu);
 }
 
-const char *srv_cache_path(const srv_cache *c)
-{
-    return c->path;
-}
-
+const char *srv_cache_path(const srv_cache *c) { return c->path; }

@@ -21,32 +21,32 @@
 
 /* One entry of the memory tier. */
 typedef struct mem_slot {
-    char sha[65];      /* key ("" when the slot is empty) */
-    int w, h;          /* image size */
-    float *data;       /* `floats` floats (allocated on first use) */
-    uint64_t tick;     /* last use, larger is newer */
+    char sha[65];  /* key ("" when the slot is empty) */
+    int w, h;      /* image size */
+    float *data;   /* `floats` floats (allocated on first use) */
+    uint64_t tick; /* last use, larger is newer */
 } mem_slot;
 
 struct srv_cache {
-    pthread_mutex_t mu;      /* guards everything below */
-    sqlite3 *db;             /* the connection; NULL after a fatal error */
-    char *path;              /* STATE_DIR/cache.db */
-    int lock_fd;             /* flock'ed STATE_DIR/tasamd.lock */
-    size_t floats;           /* floats per embedding */
-    int64_t budget;          /* disk byte budget; 0 disables the disk tier */
-    int64_t disk_bytes;      /* SUM(bytes) of the rows */
-    int64_t disk_rows;       /* COUNT(*) */
-    char model_id[64];       /* key part; "" until srv_cache_set_model */
-    char precision[8];       /* key part */
-    mem_slot *slots;         /* memory tier */
-    int n_slots;             /* entries in slots */
-    uint64_t tick;           /* LRU clock for the memory tier */
-    int64_t clock_ms;        /* last last_used written: strictly increasing, so LRU order has no ties */
-    float *scratch;          /* a disk hit lands here when the memory tier has no slots */
-    srv_metrics *m;          /* borrowed; may be NULL */
-    int64_t ad_budget;       /* adapter byte budget; 0 disables the adapter tier */
-    int64_t ad_bytes;        /* SUM(bytes) of the adapter rows */
-    int64_t ad_rows;         /* COUNT(*) of the adapter rows */
+    pthread_mutex_t mu; /* guards everything below */
+    sqlite3 *db;        /* the connection; NULL after a fatal error */
+    char *path;         /* STATE_DIR/cache.db */
+    int lock_fd;        /* flock'ed STATE_DIR/tasamd.lock */
+    size_t floats;      /* floats per embedding */
+    int64_t budget;     /* disk byte budget; 0 disables the disk tier */
+    int64_t disk_bytes; /* SUM(bytes) of the rows */
+    int64_t disk_rows;  /* COUNT(*) */
+    char model_id[64];  /* key part; "" until srv_cache_set_model */
+    char precision[8];  /* key part */
+    mem_slot *slots;    /* memory tier */
+    int n_slots;        /* entries in slots */
+    uint64_t tick;      /* LRU clock for the memory tier */
+    int64_t clock_ms;   /* last last_used written: strictly increasing, so LRU order has no ties */
+    float *scratch;     /* a disk hit lands here when the memory tier has no slots */
+    srv_metrics *m;     /* borrowed; may be NULL */
+    int64_t ad_budget;  /* adapter byte budget; 0 disables the adapter tier */
+    int64_t ad_bytes;   /* SUM(bytes) of the adapter rows */
+    int64_t ad_rows;    /* COUNT(*) of the adapter rows */
 };
 
 /* Unix milliseconds. */

@@ -52,16 +52,13 @@ static const srv_opt_def opt_table[SRV_OPT_COUNT] = {
      "largest request body accepted (413 beyond)"},
     {"max-pixels", SRV_T_COUNT, "40M", 1, 1000000000LL, NULL, 1, 0,
      "largest decoded image, width*height (413 beyond)"},
-    {"max-points", SRV_T_INT, "16", 1, 64, NULL, 0, 0,
-     "most points in one prompt"},
-    {"max-prompts", SRV_T_INT, "64", 1, 256, NULL, 1, 0,
-     "most prompts (boxes) in one request"},
+    {"max-points", SRV_T_INT, "16", 1, 64, NULL, 0, 0, "most points in one prompt"},
+    {"max-prompts", SRV_T_INT, "64", 1, 256, NULL, 1, 0, "most prompts (boxes) in one request"},
     {"max-mask-bytes", SRV_T_BYTES, "512MiB", 1 * MiB, 64 * GiB, NULL, 1, 0,
      "largest full-size mask output of one request, prompts*masks*width*height (413 beyond)"},
     {"queue-depth", SRV_T_INT, "64", 1, 100000, NULL, 1, 0,
      "jobs waiting for the model before new ones get 429"},
-    {"max-batch", SRV_T_INT, "4", 1, 64, NULL, 0, 0,
-     "images per image-encoder call"},
+    {"max-batch", SRV_T_INT, "4", 1, 64, NULL, 0, 0, "images per image-encoder call"},
     {"batch-wait-ms", SRV_T_INT, "2", 0, 1000, NULL, 1, 0,
      "how long the encoder waits to fill a batch"},
     {"cache-bytes", SRV_T_BYTES, "2GiB", 0, 1024 * GiB, NULL, 1, 0,
@@ -87,10 +84,8 @@ static const srv_opt_def opt_table[SRV_OPT_COUNT] = {
      "how long SIGTERM waits for in-flight requests"},
     {"threads", SRV_T_INT, "4", 1, 256, NULL, 0, 0,
      "HTTP threads (they parse and decode; they never run the model)"},
-    {"max-connections", SRV_T_INT, "512", 1, 65536, NULL, 0, 0,
-     "simultaneous HTTP connections"},
-    {"log-level", SRV_T_ENUM, "info", 0, 0, log_choices, 1, 0,
-     "error, warn, info or debug"},
+    {"max-connections", SRV_T_INT, "512", 1, 65536, NULL, 0, 0, "simultaneous HTTP connections"},
+    {"log-level", SRV_T_ENUM, "info", 0, 0, log_choices, 1, 0, "error, warn, info or debug"},
 };
 
 const srv_opt_def *srv_config_table(size_t *n)
@@ -152,8 +147,7 @@ static int parse_scaled(const char *s, int base, int64_t *out)
     return 0;
 }
 
-int srv_config_parse_value(srv_opt_id id, const char *text, int64_t *num, char *err,
-                           size_t errlen)
+int srv_config_parse_value(srv_opt_id id, const char *text, int64_t *num, char *err, size_t errlen)
 {
     const srv_opt_def *d;
     int64_t v = 0;
@@ -180,21 +174,23 @@ int srv_config_parse_value(srv_opt_id id, const char *text, int64_t *num, char *
                     strncat(list, ", ", sizeof list - strlen(list) - 1);
                 strncat(list, d->choices[i], sizeof list - strlen(list) - 1);
             }
-            return srv_errf(err, errlen, "option --%s: '%s' is not one of %s", d->name, text,
-                           list);
+            return srv_errf(err, errlen, "option --%s: '%s' is not one of %s", d->name, text, list);
         }
     case SRV_T_INT:
     case SRV_T_COUNT:
     case SRV_T_BYTES:
-        if (parse_scaled(text, d->type == SRV_T_INT ? 0 : d->type == SRV_T_COUNT ? 1000 : 1024,
+        if (parse_scaled(text,
+                         d->type == SRV_T_INT     ? 0
+                         : d->type == SRV_T_COUNT ? 1000
+                                                  : 1024,
                          &v) != 0)
             return srv_errf(err, errlen, "option --%s: '%s' is not a %s", d->name, text,
-                           d->type == SRV_T_INT     ? "non-negative integer"
-                           : d->type == SRV_T_COUNT ? "count (e.g. 40M)"
-                                                    : "byte size (e.g. 32MiB)");
+                            d->type == SRV_T_INT     ? "non-negative integer"
+                            : d->type == SRV_T_COUNT ? "count (e.g. 40M)"
+                                                     : "byte size (e.g. 32MiB)");
         if (v < d->min || v > d->max)
             return srv_errf(err, errlen, "option --%s: %lld is outside [%lld, %lld]", d->name,
-                           (long long)v, (long long)d->min, (long long)d->max);
+                            (long long)v, (long long)d->min, (long long)d->max);
         *num = v;
         return 0;
     }
@@ -242,7 +238,7 @@ static int load_file(srv_config *c, const char *path, char *err, size_t errlen)
     int lineno = 0, rc = 0;
     if (!f)
         return srv_errf(err, errlen, "option --config: cannot open '%s': %s", path,
-                       strerror(errno));
+                        strerror(errno));
     while (fgets(line, sizeof line, f)) {
         char *s, *eq, *key, *val;
         int id;
@@ -367,14 +363,14 @@ static int read_token_file(const char *path, char **out, char *err, size_t errle
     FILE *f = fopen(path, "r");
     if (!f)
         return srv_errf(err, errlen, "option --admin-token-file: cannot open '%s': %s", path,
-                       strerror(errno));
+                        strerror(errno));
     if (!fgets(buf, sizeof buf, f))
         buf[0] = 0;
     fclose(f);
     char *t = trim(buf);
     if (!*t)
-        return srv_errf(err, errlen, "option --admin-token-file: '%s' has no token on its first line",
-                       path);
+        return srv_errf(err, errlen,
+                        "option --admin-token-file: '%s' has no token on its first line", path);
     *out = strdup(t);
     return *out ? 0 : srv_errf(err, errlen, "out of memory");
 }
@@ -387,26 +383,28 @@ static int validate(srv_config *c, char *err, size_t errlen)
     int64_t port;
 
     if (!c->str[SRV_OPT_CHECKPOINT][0])
-        return srv_errf(err, errlen, "option --checkpoint is required (a SAM .pth or .safetensors)");
+        return srv_errf(err, errlen,
+                        "option --checkpoint is required (a SAM .pth or .safetensors)");
     if (!colon || colon == listen || parse_scaled(colon + 1, 0, &port) != 0 || port > 65535)
         return srv_errf(err, errlen, "option --listen: '%s' is not HOST:PORT", listen);
     if (listen[0] == '[' && colon[-1] != ']')
         return srv_errf(err, errlen, "option --listen: '%s' is not [ADDR]:PORT", listen);
     if (c->num[SRV_OPT_DEVICE] == SRV_DEVICE_CPU && c->num[SRV_OPT_PRECISION] != SRV_PREC_AUTO &&
         c->num[SRV_OPT_PRECISION] != SRV_PREC_FP32)
-        return srv_errf(err, errlen, "option --precision: %s needs --device cuda (the CPU runs fp32)",
-                       c->str[SRV_OPT_PRECISION]);
+        return srv_errf(err, errlen,
+                        "option --precision: %s needs --device cuda (the CPU runs fp32)",
+                        c->str[SRV_OPT_PRECISION]);
     if (!c->str[SRV_OPT_STATE_DIR][0])
         return srv_errf(err, errlen, "option --state-dir must not be empty");
     if (c->str[SRV_OPT_TEXT_MODEL][0] && !c->str[SRV_OPT_HYPERNET][0])
         return srv_errf(err, errlen,
-                       "option --text-model needs --hypernet (the text encoder only feeds the "
-                       "hypernetwork)");
+                        "option --text-model needs --hypernet (the text encoder only feeds the "
+                        "hypernetwork)");
     free(c->admin_token);
     c->admin_token = NULL;
     if (c->str[SRV_OPT_ADMIN_TOKEN][0] && c->str[SRV_OPT_ADMIN_TOKEN_FILE][0])
         return srv_errf(err, errlen,
-                       "options --admin-token and --admin-token-file are exclusive: give one");
+                        "options --admin-token and --admin-token-file are exclusive: give one");
     if (c->str[SRV_OPT_ADMIN_TOKEN_FILE][0])
         return read_token_file(c->str[SRV_OPT_ADMIN_TOKEN_FILE], &c->admin_token, err, errlen);
     if (c->str[SRV_OPT_ADMIN_TOKEN][0]) {
@@ -603,5 +601,6 @@ void srv_config_usage(FILE *out, const char *prog)
         else
             fprintf(out, "  %-24s env %s\n", "", env);
     }
-    fprintf(out, "  --help                   this text\n  --version                print the version\n");
+    fprintf(out,
+            "  --help                   this text\n  --version                print the version\n");
 }

@@ -77,14 +77,14 @@ typedef enum srv_opt_source {
 
 /* One row of the option table. */
 typedef struct srv_opt_def {
-    const char *name;            /* "max-body-bytes": flag, file key, env TASAMD_MAX_BODY_BYTES */
-    srv_opt_type type;           /* how the text is parsed */
-    const char *def;             /* default, as text */
-    int64_t min, max;            /* inclusive bounds for numeric types */
-    const char *const *choices;  /* NULL-terminated, for SRV_T_ENUM */
-    int mutable_;                /* 1: SIGHUP may change it at run time */
-    int secret;                  /* 1: never printed or returned by /v1/info */
-    const char *help;            /* one line for --help */
+    const char *name;           /* "max-body-bytes": flag, file key, env TASAMD_MAX_BODY_BYTES */
+    srv_opt_type type;          /* how the text is parsed */
+    const char *def;            /* default, as text */
+    int64_t min, max;           /* inclusive bounds for numeric types */
+    const char *const *choices; /* NULL-terminated, for SRV_T_ENUM */
+    int mutable_;               /* 1: SIGHUP may change it at run time */
+    int secret;                 /* 1: never printed or returned by /v1/info */
+    const char *help;           /* one line for --help */
 } srv_opt_def;
 
 /* device choices, in order. */
@@ -97,13 +97,13 @@ enum { SRV_PREC_AUTO = 0, SRV_PREC_FP32, SRV_PREC_FP16, SRV_PREC_BF16 };
 /* The loaded configuration. Create with srv_config_load(), free with
  * srv_config_free(). */
 typedef struct srv_config {
-    int64_t num[SRV_OPT_COUNT];         /* numeric value (enum index); atomic access */
-    char *str[SRV_OPT_COUNT];           /* text value as given (owned) */
-    srv_opt_source src[SRV_OPT_COUNT];  /* where each value came from */
-    char *admin_token;                  /* effective token (admin-token or the file's first line); guarded by mu */
-    pthread_mutex_t mu;                 /* guards str[] of mutable options and admin_token during reload */
-    int argc;                           /* saved command line, replayed by reload */
-    char **argv;                        /* copy of the command line (owned) */
+    int64_t num[SRV_OPT_COUNT];        /* numeric value (enum index); atomic access */
+    char *str[SRV_OPT_COUNT];          /* text value as given (owned) */
+    srv_opt_source src[SRV_OPT_COUNT]; /* where each value came from */
+    char *admin_token;  /* effective token (admin-token or the file's first line); guarded by mu */
+    pthread_mutex_t mu; /* guards str[] of mutable options and admin_token during reload */
+    int argc;           /* saved command line, replayed by reload */
+    char **argv;        /* copy of the command line (owned) */
 } srv_config;
 
 /* The option table and its size. */
@@ -146,7 +146,6 @@ void srv_config_usage(FILE *out, const char *prog);
 
 /* Parse one value for option `id` into *num / a canonical string. Exposed
  * for tests. Returns 0 or a negative code with err naming the option. */
-int srv_config_parse_value(srv_opt_id id, const char *text, int64_t *num, char *err,
-                           size_t errlen);
+int srv_config_parse_value(srv_opt_id id, const char *text, int64_t *num, char *err, size_t errlen);
 
 #endif

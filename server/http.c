@@ -24,10 +24,10 @@
 #include "server/routes.h"
 
 struct srv_http {
-    struct MHD_Daemon *d;     /* the daemon (owns its threads) */
-    srv_server *srv;          /* borrowed */
-    int listen_fd;            /* our listening socket, -1 once closed */
-    int open;                 /* requests alive (atomic) */
+    struct MHD_Daemon *d; /* the daemon (owns its threads) */
+    srv_server *srv;      /* borrowed */
+    int listen_fd;        /* our listening socket, -1 once closed */
+    int open;             /* requests alive (atomic) */
 };
 
 /* State of one request on a connection (MHD's con_cls). */
@@ -117,10 +117,7 @@ static void job_done(srv_job *j, void *arg)
     pthread_mutex_unlock(&c->mu);
 }
 
-static int64_t max_body(conn *c)
-{
-    return srv_config_int(c->h->srv->cfg, SRV_OPT_MAX_BODY_BYTES);
-}
+static int64_t max_body(conn *c) { return srv_config_int(c->h->srv->cfg, SRV_OPT_MAX_BODY_BYTES); }
 
 /* MHD iterator: collects query arguments into a srv_http_in. */
 static enum MHD_Result collect_arg(void *cls, enum MHD_ValueKind kind, const char *key,
@@ -188,8 +185,8 @@ static enum MHD_Result handle(conn *c)
 }
 
 static enum MHD_Result on_request(void *cls, struct MHD_Connection *mc, const char *url,
-                                 const char *method, const char *version, const char *upload_data,
-                                 size_t *upload_size, void **con_cls)
+                                  const char *method, const char *version, const char *upload_data,
+                                  size_t *upload_size, void **con_cls)
 {
     srv_http *h = cls;
     conn *c = *con_cls;
@@ -213,7 +210,8 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *mc, const ch
         m = srv_route_match(method, url, &c->route, &allow);
         if (m == 404) {
             c->route = SRV_ROUTE_OTHER;
-            return send_error(c, 404, "", "no such route (see GET /v1/info and schema/openapi.yaml)");
+            return send_error(c, 404, "",
+                              "no such route (see GET /v1/info and schema/openapi.yaml)");
         }
         if (m == 405) {
             srv_reply r;
@@ -224,13 +222,14 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *mc, const ch
             return send_reply(c, &r);
         }
         if (srv_route_has_body(c->route)) {
-            const char *cl = MHD_lookup_connection_value(mc, MHD_HEADER_KIND,
-                                                         MHD_HTTP_HEADER_CONTENT_LENGTH);
+            const char *cl =
+                MHD_lookup_connection_value(mc, MHD_HEADER_KIND, MHD_HTTP_HEADER_CONTENT_LENGTH);
             if (cl) {
                 char *end;
                 errno = 0;
                 unsigned long long n = strtoull(cl, &end, 10);
-                if (errno || *end || (int64_t)n > max_body(c) || n > (unsigned long long)INT64_MAX) {
+                if (errno || *end || (int64_t)n > max_body(c) ||
+                    n > (unsigned long long)INT64_MAX) {
                     char msg[160];
                     snprintf(msg, sizeof msg, "the body is larger than max-body-bytes (%lld)",
                              (long long)max_body(c));

@@ -24,10 +24,7 @@ void srv_log_set_level(int level)
     __atomic_store_n(&log_level, level, __ATOMIC_RELAXED);
 }
 
-int srv_log_level(void)
-{
-    return __atomic_load_n(&log_level, __ATOMIC_RELAXED);
-}
+int srv_log_level(void) { return __atomic_load_n(&log_level, __ATOMIC_RELAXED); }
 
 /* Contract: formats into a bounded stack buffer (long messages are cut and
  * end with "..."), then one write(2) to fd 2. Never fails visibly. */

@@ -12,8 +12,8 @@
 
 /* Levels: the same numbers as the log-level option's choices. */
 #define SRV_LOG_LEVEL_ERROR 0
-#define SRV_LOG_LEVEL_WARN 1
-#define SRV_LOG_LEVEL_INFO 2
+#define SRV_LOG_LEVEL_WARN  1
+#define SRV_LOG_LEVEL_INFO  2
 #define SRV_LOG_LEVEL_DEBUG 3
 
 /* Set the most verbose level printed (0 error .. 3 debug). */
@@ -28,8 +28,8 @@ void srv_log(int level, const char *fmt, ...) __attribute__((format(printf, 2, 3
 int srv_errf(char *err, size_t errlen, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
 
 #define srv_log_error(...) srv_log(SRV_LOG_LEVEL_ERROR, __VA_ARGS__)
-#define srv_log_warn(...) srv_log(SRV_LOG_LEVEL_WARN, __VA_ARGS__)
-#define srv_log_info(...) srv_log(SRV_LOG_LEVEL_INFO, __VA_ARGS__)
+#define srv_log_warn(...)  srv_log(SRV_LOG_LEVEL_WARN, __VA_ARGS__)
+#define srv_log_info(...)  srv_log(SRV_LOG_LEVEL_INFO, __VA_ARGS__)
 #define srv_log_debug(...) srv_log(SRV_LOG_LEVEL_DEBUG, __VA_ARGS__)
 
 #endif

@@ -30,33 +30,33 @@
 
 /* Everything the control loop touches. */
 typedef struct daemon_state {
-    uv_loop_t loop;            /* the control loop */
-    uv_signal_t sig_term;      /* SIGTERM */
-    uv_signal_t sig_int;       /* SIGINT */
-    uv_signal_t sig_hup;       /* SIGHUP */
-    uv_timer_t expire_timer;   /* deadline sweeps */
-    uv_timer_t maint_timer;    /* cache maintenance */
-    uv_timer_t drain_timer;    /* polls the drain during shutdown */
-    uv_async_t worker_async;   /* the worker's state changed */
-    srv_config cfg;            /* configuration */
-    srv_metrics metrics;       /* counters */
-    srv_cache *cache;          /* embedding cache */
-    srv_sched sched;           /* queue + worker */
-    srv_http *http;            /* HTTP server */
-    srv_server srv;            /* the context handed to the HTTP layer */
-    int shutting_down;         /* 1 once a stop began */
-    double drain_deadline;     /* srv_now() limit of the drain */
-    int exit_code;             /* process exit status */
-    int announced_ready;       /* the ready log line was written */
+    uv_loop_t loop;          /* the control loop */
+    uv_signal_t sig_term;    /* SIGTERM */
+    uv_signal_t sig_int;     /* SIGINT */
+    uv_signal_t sig_hup;     /* SIGHUP */
+    uv_timer_t expire_timer; /* deadline sweeps */
+    uv_timer_t maint_timer;  /* cache maintenance */
+    uv_timer_t drain_timer;  /* polls the drain during shutdown */
+    uv_async_t worker_async; /* the worker's state changed */
+    srv_config cfg;          /* configuration */
+    srv_metrics metrics;     /* counters */
+    srv_cache *cache;        /* embedding cache */
+    srv_sched sched;         /* queue + worker */
+    srv_http *http;          /* HTTP server */
+    srv_server srv;          /* the context handed to the HTTP layer */
+    int shutting_down;       /* 1 once a stop began */
+    double drain_deadline;   /* srv_now() limit of the drain */
+    int exit_code;           /* process exit status */
+    int announced_ready;     /* the ready log line was written */
 } daemon_state;
 
 static void close_cb(uv_handle_t *h) { (void)h; }
 
 static void close_all(daemon_state *ds)
 {
-    uv_handle_t *hs[] = {(uv_handle_t *)&ds->sig_term,     (uv_handle_t *)&ds->sig_int,
-                         (uv_handle_t *)&ds->sig_hup,      (uv_handle_t *)&ds->expire_timer,
-                         (uv_handle_t *)&ds->maint_timer,  (uv_handle_t *)&ds->drain_timer,
+    uv_handle_t *hs[] = {(uv_handle_t *)&ds->sig_term,    (uv_handle_t *)&ds->sig_int,
+                         (uv_handle_t *)&ds->sig_hup,     (uv_handle_t *)&ds->expire_timer,
+                         (uv_handle_t *)&ds->maint_timer, (uv_handle_t *)&ds->drain_timer,
                          (uv_handle_t *)&ds->worker_async};
     for (size_t i = 0; i < sizeof hs / sizeof hs[0]; i++)
         if (!uv_is_closing(hs[i]))

@@ -10,16 +10,17 @@
 #include <time.h>
 
 static const double latency_bounds[] = {0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1,
-                                        0.25,  0.5,    1,     2.5,  5,    10,   30};
+                                        0.25,  0.5,    1,     2.5,  5,     10,   30};
 static const double batch_bounds[] = {1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 48, 64};
 
 static const int tracked_codes[SRV_METRIC_CODES] = {200, 400, 401, 403, 404, 405, 408, 411,
                                                     413, 415, 429, 500, 501, 503, 504, 0};
 
 static const char *const route_names[SRV_ROUTE_COUNT] = {
-    "segment", "embeddings_post", "embeddings_get", "healthz", "readyz",
-    "metrics", "info",            "admin",          "adapters",       "adapters_post",
-    "adapter_get", "adapter_weights", "other"};
+    "segment",  "embeddings_post", "embeddings_get", "healthz",
+    "readyz",   "metrics",         "info",           "admin",
+    "adapters", "adapters_post",   "adapter_get",    "adapter_weights",
+    "other"};
 
 const char *srv_route_name(srv_route r)
 {
@@ -77,10 +78,10 @@ void srv_metrics_request(srv_metrics *m, srv_route r, int code, double seconds)
 
 /* A growing text buffer; `failed` makes every later append a no-op. */
 typedef struct tbuf {
-    char *p;      /* malloc'd text */
-    size_t len;   /* bytes used */
-    size_t cap;   /* bytes allocated */
-    int failed;   /* 1 after an allocation failure */
+    char *p;    /* malloc'd text */
+    size_t len; /* bytes used */
+    size_t cap; /* bytes allocated */
+    int failed; /* 1 after an allocation failure */
 } tbuf;
 
 static void tb_printf(tbuf *b, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
@@ -149,8 +150,7 @@ static void counter(tbuf *b, const char *name, const char *help, uint64_t v)
 
 static void gauge(tbuf *b, const char *name, const char *help, int64_t v)
 {
-    tb_printf(b, "# HELP %s %s\n# TYPE %s gauge\n%s %lld\n", name, help, name, name,
-              (long long)v);
+    tb_printf(b, "# HELP %s %s\n# TYPE %s gauge\n%s %lld\n", name, help, name, name, (long long)v);
 }
 
 int srv_metrics_render(srv_metrics *m, char **out, size_t *len)
@@ -189,8 +189,9 @@ int srv_metrics_render(srv_metrics *m, char **out, size_t *len)
     tb_printf(&b, "# HELP tasam_encoder_seconds Image-encoder call time (one batch).\n"
                   "# TYPE tasam_encoder_seconds histogram\n");
     render_hist(&b, "tasam_encoder_seconds", "", &m->encoder_seconds);
-    tb_printf(&b, "# HELP tasam_decoder_seconds Mask-decoder call time (all prompts of a request).\n"
-                  "# TYPE tasam_decoder_seconds histogram\n");
+    tb_printf(&b,
+              "# HELP tasam_decoder_seconds Mask-decoder call time (all prompts of a request).\n"
+              "# TYPE tasam_decoder_seconds histogram\n");
     render_hist(&b, "tasam_decoder_seconds", "", &m->decoder_seconds);
     tb_printf(&b, "# HELP tasam_postprocess_seconds Mask upscaling and thresholding per request.\n"
                   "# TYPE tasam_postprocess_seconds histogram\n");
@@ -198,11 +199,13 @@ int srv_metrics_render(srv_metrics *m, char **out, size_t *len)
 
     counter(&b, "tasam_images_encoded_total", "Images run through the image encoder.",
             ld(&m->images_encoded));
-    tb_printf(&b, "# HELP tasam_cache_hits_total Embeddings served from the cache, by tier.\n"
-                  "# TYPE tasam_cache_hits_total counter\n"
-                  "tasam_cache_hits_total{tier=\"memory\"} %llu\n"
-                  "tasam_cache_hits_total{tier=\"disk\"} %llu\n",
-              (unsigned long long)ld(&m->cache_hits_mem), (unsigned long long)ld(&m->cache_hits_disk));
+    tb_printf(&b,
+              "# HELP tasam_cache_hits_total Embeddings served from the cache, by tier.\n"
+              "# TYPE tasam_cache_hits_total counter\n"
+              "tasam_cache_hits_total{tier=\"memory\"} %llu\n"
+              "tasam_cache_hits_total{tier=\"disk\"} %llu\n",
+              (unsigned long long)ld(&m->cache_hits_mem),
+              (unsigned long long)ld(&m->cache_hits_disk));
     counter(&b, "tasam_cache_misses_total", "Embeddings that had to be computed.",
             ld(&m->cache_misses));
     counter(&b, "tasam_cache_evictions_total", "Cache rows evicted by the byte budget.",
@@ -213,30 +216,33 @@ int srv_metrics_render(srv_metrics *m, char **out, size_t *len)
                   "hypernetwork).\n"
                   "# TYPE tasam_adapter_generation_seconds histogram\n");
     render_hist(&b, "tasam_adapter_generation_seconds", "", &m->adapter_gen_seconds);
-    tb_printf(&b, "# HELP tasam_adapter_cache_hits_total Task adapters served from the cache, by "
-                  "tier.\n"
-                  "# TYPE tasam_adapter_cache_hits_total counter\n"
-                  "tasam_adapter_cache_hits_total{tier=\"memory\"} %llu\n"
-                  "tasam_adapter_cache_hits_total{tier=\"disk\"} %llu\n",
+    tb_printf(&b,
+              "# HELP tasam_adapter_cache_hits_total Task adapters served from the cache, by "
+              "tier.\n"
+              "# TYPE tasam_adapter_cache_hits_total counter\n"
+              "tasam_adapter_cache_hits_total{tier=\"memory\"} %llu\n"
+              "tasam_adapter_cache_hits_total{tier=\"disk\"} %llu\n",
               (unsigned long long)ld(&m->adapter_hits_mem),
               (unsigned long long)ld(&m->adapter_hits_disk));
     counter(&b, "tasam_adapter_cache_misses_total", "Task adapters that had to be generated.",
             ld(&m->adapter_misses));
-    tb_printf(&b, "# HELP tasam_adapter_cache_evictions_total Task adapters evicted, by tier (memory: "
-                  "the device LRU; disk: the byte budget).\n"
-                  "# TYPE tasam_adapter_cache_evictions_total counter\n"
-                  "tasam_adapter_cache_evictions_total{tier=\"memory\"} %llu\n"
-                  "tasam_adapter_cache_evictions_total{tier=\"disk\"} %llu\n",
+    tb_printf(&b,
+              "# HELP tasam_adapter_cache_evictions_total Task adapters evicted, by tier (memory: "
+              "the device LRU; disk: the byte budget).\n"
+              "# TYPE tasam_adapter_cache_evictions_total counter\n"
+              "tasam_adapter_cache_evictions_total{tier=\"memory\"} %llu\n"
+              "tasam_adapter_cache_evictions_total{tier=\"disk\"} %llu\n",
               (unsigned long long)ld(&m->adapter_evictions_mem),
               (unsigned long long)ld(&m->adapter_evictions_disk));
     counter(&b, "tasam_adapter_cache_corrupt_total",
             "Cached adapters dropped after a checksum or parse failure.", ld(&m->adapter_corrupt));
     gauge(&b, "tasam_adapters_resident", "Task adapters ready on the device (the memory tier).",
           ldi(&m->adapters_resident));
-    tb_printf(&b, "# HELP tasam_adapter_cache_bytes Task adapter bytes held, by tier.\n"
-                  "# TYPE tasam_adapter_cache_bytes gauge\n"
-                  "tasam_adapter_cache_bytes{tier=\"memory\"} %lld\n"
-                  "tasam_adapter_cache_bytes{tier=\"disk\"} %lld\n",
+    tb_printf(&b,
+              "# HELP tasam_adapter_cache_bytes Task adapter bytes held, by tier.\n"
+              "# TYPE tasam_adapter_cache_bytes gauge\n"
+              "tasam_adapter_cache_bytes{tier=\"memory\"} %lld\n"
+              "tasam_adapter_cache_bytes{tier=\"disk\"} %lld\n",
               (long long)ldi(&m->adapter_bytes_mem), (long long)ldi(&m->adapter_bytes_disk));
     gauge(&b, "tasam_adapter_cache_entries", "Task adapters in the on-disk cache.",
           ldi(&m->adapter_entries_disk));
@@ -244,20 +250,23 @@ int srv_metrics_render(srv_metrics *m, char **out, size_t *len)
             "Requests served by another request's in-flight encode.", ld(&m->encodes_shared));
     counter(&b, "tasam_rejected_total", "Requests refused because the queue was full (429).",
             ld(&m->rejected_queue_full));
-    counter(&b, "tasam_deadline_expired_total", "Requests whose deadline passed while queued (504).",
-            ld(&m->deadline_expired));
+    counter(&b, "tasam_deadline_expired_total",
+            "Requests whose deadline passed while queued (504).", ld(&m->deadline_expired));
     gauge(&b, "tasam_queue_depth", "Jobs waiting for the inference worker.", ldi(&m->queue_depth));
     gauge(&b, "tasam_inflight_requests", "Requests being handled.", ldi(&m->inflight));
-    tb_printf(&b, "# HELP tasam_cache_bytes Embedding bytes held, by tier.\n"
-                  "# TYPE tasam_cache_bytes gauge\n"
-                  "tasam_cache_bytes{tier=\"memory\"} %lld\n"
-                  "tasam_cache_bytes{tier=\"disk\"} %lld\n",
+    tb_printf(&b,
+              "# HELP tasam_cache_bytes Embedding bytes held, by tier.\n"
+              "# TYPE tasam_cache_bytes gauge\n"
+              "tasam_cache_bytes{tier=\"memory\"} %lld\n"
+              "tasam_cache_bytes{tier=\"disk\"} %lld\n",
               (long long)ldi(&m->cache_bytes_mem), (long long)ldi(&m->cache_bytes_disk));
-    gauge(&b, "tasam_cache_entries", "Embeddings in the on-disk cache.", ldi(&m->cache_entries_disk));
-    tb_printf(&b, "# HELP tasam_memory_bytes Backend memory in use and the device total.\n"
-                  "# TYPE tasam_memory_bytes gauge\n"
-                  "tasam_memory_bytes{kind=\"used\"} %lld\n"
-                  "tasam_memory_bytes{kind=\"total\"} %lld\n",
+    gauge(&b, "tasam_cache_entries", "Embeddings in the on-disk cache.",
+          ldi(&m->cache_entries_disk));
+    tb_printf(&b,
+              "# HELP tasam_memory_bytes Backend memory in use and the device total.\n"
+              "# TYPE tasam_memory_bytes gauge\n"
+              "tasam_memory_bytes{kind=\"used\"} %lld\n"
+              "tasam_memory_bytes{kind=\"total\"} %lld\n",
               (long long)ldi(&m->memory_used), (long long)ldi(&m->memory_total));
     gauge(&b, "tasam_ready", "1 when the model is loaded and the worker runs.", ldi(&m->ready));
     gauge(&b, "tasam_start_time_seconds", "Process start, unix time.", ldi(&m->start_time));

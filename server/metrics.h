@@ -14,19 +14,19 @@
 
 /* Routes, the `route` label. */
 typedef enum srv_route {
-    SRV_ROUTE_SEGMENT = 0,  /* POST /v1/segment */
-    SRV_ROUTE_EMBED_POST,   /* POST /v1/embeddings */
-    SRV_ROUTE_EMBED_GET,    /* GET /v1/embeddings/{id} */
-    SRV_ROUTE_HEALTHZ,      /* GET /healthz */
-    SRV_ROUTE_READYZ,       /* GET /readyz */
-    SRV_ROUTE_METRICS,      /* GET /metrics */
-    SRV_ROUTE_INFO,         /* GET /v1/info */
-    SRV_ROUTE_ADMIN,        /* /admin/... (DELETE /admin/adapters) */
-    SRV_ROUTE_ADAPTERS,     /* GET /v1/adapters (list, or ?task= lookup) */
-    SRV_ROUTE_ADAPTERS_POST,/* POST /v1/adapters */
-    SRV_ROUTE_ADAPTER_GET,  /* GET /v1/adapters/{id} */
+    SRV_ROUTE_SEGMENT = 0,     /* POST /v1/segment */
+    SRV_ROUTE_EMBED_POST,      /* POST /v1/embeddings */
+    SRV_ROUTE_EMBED_GET,       /* GET /v1/embeddings/{id} */
+    SRV_ROUTE_HEALTHZ,         /* GET /healthz */
+    SRV_ROUTE_READYZ,          /* GET /readyz */
+    SRV_ROUTE_METRICS,         /* GET /metrics */
+    SRV_ROUTE_INFO,            /* GET /v1/info */
+    SRV_ROUTE_ADMIN,           /* /admin/... (DELETE /admin/adapters) */
+    SRV_ROUTE_ADAPTERS,        /* GET /v1/adapters (list, or ?task= lookup) */
+    SRV_ROUTE_ADAPTERS_POST,   /* POST /v1/adapters */
+    SRV_ROUTE_ADAPTER_GET,     /* GET /v1/adapters/{id} */
     SRV_ROUTE_ADAPTER_WEIGHTS, /* GET /v1/adapters/{id}/weights */
-    SRV_ROUTE_OTHER,        /* anything else (404/405) */
+    SRV_ROUTE_OTHER,           /* anything else (404/405) */
     SRV_ROUTE_COUNT
 } srv_route;
 
@@ -36,49 +36,49 @@ typedef enum srv_route {
 
 /* A histogram with fixed upper bounds (the +Inf bucket is implicit). */
 typedef struct srv_hist {
-    const double *bounds;                  /* ascending upper bounds (borrowed, static) */
-    int n_bounds;                          /* entries in bounds */
+    const double *bounds;                      /* ascending upper bounds (borrowed, static) */
+    int n_bounds;                              /* entries in bounds */
     uint64_t counts[SRV_HIST_MAX_BUCKETS + 1]; /* per-bucket (not cumulative); last is +Inf */
-    uint64_t sum_ns;                       /* sum of observations in units of 1e-9 */
-    uint64_t count;                        /* observations */
+    uint64_t sum_ns;                           /* sum of observations in units of 1e-9 */
+    uint64_t count;                            /* observations */
 } srv_hist;
 
 typedef struct srv_metrics {
     uint64_t requests[SRV_ROUTE_COUNT][SRV_METRIC_CODES + 1]; /* by route and code slot */
-    srv_hist duration[SRV_ROUTE_COUNT];   /* request seconds per route */
-    srv_hist batch_size;                  /* images per encoder call */
-    srv_hist encoder_seconds;             /* one encoder call (a batch) */
-    srv_hist decoder_seconds;             /* one decoder call (all prompts of a request) */
-    srv_hist postprocess_seconds;         /* upscaling + thresholding of one request */
-    uint64_t images_encoded;              /* images through the encoder */
-    uint64_t cache_hits_mem;              /* embeddings served from the in-memory LRU */
-    uint64_t cache_hits_disk;             /* ... from SQLite */
-    uint64_t cache_misses;                /* embeddings that had to be computed */
-    uint64_t cache_evictions;             /* rows evicted from SQLite by the byte budget */
-    uint64_t cache_corrupt;               /* rows dropped on a checksum mismatch */
-    uint64_t encodes_shared;              /* requests that shared another's in-flight encode */
-    srv_hist adapter_gen_seconds;         /* one adapter generation (text encoder + hypernetwork) */
-    uint64_t adapter_hits_mem;            /* adapters served from the device LRU */
-    uint64_t adapter_hits_disk;           /* ... from SQLite (parsed and uploaded) */
-    uint64_t adapter_misses;              /* adapters that had to be generated */
-    uint64_t adapter_evictions_mem;       /* adapters dropped from the device LRU */
-    uint64_t adapter_evictions_disk;      /* adapter rows evicted from SQLite by the budget */
-    uint64_t adapter_corrupt;             /* adapter rows dropped (checksum or parse failure) */
-    uint64_t rejected_queue_full;         /* 429s */
-    uint64_t deadline_expired;            /* 504s */
-    int64_t queue_depth;                  /* jobs waiting (gauge) */
-    int64_t inflight;                     /* requests being handled (gauge) */
-    int64_t cache_bytes_disk;             /* embedding bytes in SQLite (gauge) */
-    int64_t cache_bytes_mem;              /* embedding bytes in the in-memory LRU (gauge) */
-    int64_t cache_entries_disk;           /* rows in SQLite (gauge) */
-    int64_t adapters_resident;            /* adapters in the device LRU (gauge) */
-    int64_t adapter_bytes_mem;            /* device bytes of those (gauge) */
-    int64_t adapter_bytes_disk;           /* adapter bytes in SQLite (gauge) */
-    int64_t adapter_entries_disk;         /* adapter rows in SQLite (gauge) */
-    int64_t memory_used;                  /* backend device/host bytes (gauge) */
-    int64_t memory_total;                 /* device total, 0 if unknown (gauge) */
-    int64_t ready;                        /* 1 once the model is loaded (gauge) */
-    int64_t start_time;                   /* unix seconds at start */
+    srv_hist duration[SRV_ROUTE_COUNT];                       /* request seconds per route */
+    srv_hist batch_size;                                      /* images per encoder call */
+    srv_hist encoder_seconds;                                 /* one encoder call (a batch) */
+    srv_hist decoder_seconds;        /* one decoder call (all prompts of a request) */
+    srv_hist postprocess_seconds;    /* upscaling + thresholding of one request */
+    uint64_t images_encoded;         /* images through the encoder */
+    uint64_t cache_hits_mem;         /* embeddings served from the in-memory LRU */
+    uint64_t cache_hits_disk;        /* ... from SQLite */
+    uint64_t cache_misses;           /* embeddings that had to be computed */
+    uint64_t cache_evictions;        /* rows evicted from SQLite by the byte budget */
+    uint64_t cache_corrupt;          /* rows dropped on a checksum mismatch */
+    uint64_t encodes_shared;         /* requests that shared another's in-flight encode */
+    srv_hist adapter_gen_seconds;    /* one adapter generation (text encoder + hypernetwork) */
+    uint64_t adapter_hits_mem;       /* adapters served from the device LRU */
+    uint64_t adapter_hits_disk;      /* ... from SQLite (parsed and uploaded) */
+    uint64_t adapter_misses;         /* adapters that had to be generated */
+    uint64_t adapter_evictions_mem;  /* adapters dropped from the device LRU */
+    uint64_t adapter_evictions_disk; /* adapter rows evicted from SQLite by the budget */
+    uint64_t adapter_corrupt;        /* adapter rows dropped (checksum or parse failure) */
+    uint64_t rejected_queue_full;    /* 429s */
+    uint64_t deadline_expired;       /* 504s */
+    int64_t queue_depth;             /* jobs waiting (gauge) */
+    int64_t inflight;                /* requests being handled (gauge) */
+    int64_t cache_bytes_disk;        /* embedding bytes in SQLite (gauge) */
+    int64_t cache_bytes_mem;         /* embedding bytes in the in-memory LRU (gauge) */
+    int64_t cache_entries_disk;      /* rows in SQLite (gauge) */
+    int64_t adapters_resident;       /* adapters in the device LRU (gauge) */
+    int64_t adapter_bytes_mem;       /* device bytes of those (gauge) */
+    int64_t adapter_bytes_disk;      /* adapter bytes in SQLite (gauge) */
+    int64_t adapter_entries_disk;    /* adapter rows in SQLite (gauge) */
+    int64_t memory_used;             /* backend device/host bytes (gauge) */
+    int64_t memory_total;            /* device total, 0 if unknown (gauge) */
+    int64_t ready;                   /* 1 once the model is loaded (gauge) */
+    int64_t start_time;              /* unix seconds at start */
 } srv_metrics;
 
 /* Zero everything and set the bucket bounds. */

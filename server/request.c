@@ -108,14 +108,20 @@ void srv_prompts_free(srv_prompts *p)
 static const char *type_name(const json_t *v)
 {
     switch (json_typeof(v)) {
-    case JSON_OBJECT: return "an object";
-    case JSON_ARRAY: return "an array";
-    case JSON_STRING: return "a string";
+    case JSON_OBJECT:
+        return "an object";
+    case JSON_ARRAY:
+        return "an array";
+    case JSON_STRING:
+        return "a string";
     case JSON_INTEGER:
-    case JSON_REAL: return "a number";
+    case JSON_REAL:
+        return "a number";
     case JSON_TRUE:
-    case JSON_FALSE: return "a boolean";
-    case JSON_NULL: return "null";
+    case JSON_FALSE:
+        return "a boolean";
+    case JSON_NULL:
+        return "null";
     }
     return "unknown";
 }
@@ -226,11 +232,11 @@ static int parse_image(const json_t *v, srv_request *r, srv_error *e)
  * `left` bytes), or 0 when the bytes there are not one. */
 static size_t utf8_char_len(const unsigned char *p, size_t left)
 {
-    return left && srv_utf8_valid((const char *)p, 1)                       ? 1
+    return left && srv_utf8_valid((const char *)p, 1)                                        ? 1
            : left >= 2 && p[0] >= 0xC2 && p[0] <= 0xDF && srv_utf8_valid((const char *)p, 2) ? 2
            : left >= 3 && p[0] >= 0xE0 && p[0] <= 0xEF && srv_utf8_valid((const char *)p, 3) ? 3
            : left >= 4 && p[0] >= 0xF0 && p[0] <= 0xF4 && srv_utf8_valid((const char *)p, 4) ? 4
-                                                                                  : 0;
+                                                                                             : 0;
 }
 
 static int hex4(const unsigned char *p, size_t left, unsigned *v)
@@ -240,9 +246,10 @@ static int hex4(const unsigned char *p, size_t left, unsigned *v)
         return -1;
     for (int i = 0; i < 4; i++) {
         int c = p[i];
-        int d = c >= '0' && c <= '9' ? c - '0' : c >= 'a' && c <= 'f' ? c - 'a' + 10
-                : c >= 'A' && c <= 'F'                               ? c - 'A' + 10
-                                                                     : -1;
+        int d = c >= '0' && c <= '9'   ? c - '0'
+                : c >= 'a' && c <= 'f' ? c - 'a' + 10
+                : c >= 'A' && c <= 'F' ? c - 'A' + 10
+                                       : -1;
         if (d < 0)
             return -1;
         x = x << 4 | (unsigned)d;
@@ -261,11 +268,11 @@ static size_t mark_bad_text(const unsigned char *in, size_t len, char *out)
 {
     size_t i = 0, k = 0;
     int in_str = 0;
-#define EMIT(ptr, n)                                                                              \
-    do {                                                                                          \
-        if (out)                                                                                  \
-            memcpy(out + k, (ptr), (n));                                                          \
-        k += (n);                                                                                 \
+#define EMIT(ptr, n)                                                                               \
+    do {                                                                                           \
+        if (out)                                                                                   \
+            memcpy(out + k, (ptr), (n));                                                           \
+        k += (n);                                                                                  \
     } while (0)
     while (i < len) {
         unsigned char c = in[i];
@@ -430,8 +437,9 @@ int srv_request_parse_json(const char *json, size_t len, srv_kind kind, const ui
     /* Unknown fields first: a typo must not be silently ignored. */
     json_object_foreach(root, key, v)
     {
-        static const char *const seg[] = {"image", "image_id", "points", "boxes", "mask_input_id",
-                                          "multimask", "output", "task", NULL};
+        static const char *const seg[] = {"image",  "image_id",      "points",
+                                          "boxes",  "mask_input_id", "multimask",
+                                          "output", "task",          NULL};
         static const char *const emb[] = {"image", NULL};
         static const char *const ad[] = {"task", NULL};
         const char *const *allowed = kind == SRV_KIND_SEGMENT ? seg
@@ -508,8 +516,9 @@ int srv_request_parse_json(const char *json, size_t len, srv_kind kind, const ui
             srv_fail(e, 400, "output", "output must be \"rle\", \"png\" or \"polygon\"");
             goto out;
         }
-        out->output = !strcmp(s, "rle") ? SRV_OUT_RLE : !strcmp(s, "png") ? SRV_OUT_PNG
-                                                                             : SRV_OUT_POLYGON;
+        out->output = !strcmp(s, "rle")   ? SRV_OUT_RLE
+                      : !strcmp(s, "png") ? SRV_OUT_PNG
+                                          : SRV_OUT_POLYGON;
     }
     if ((v = json_object_get(root, "mask_input_id"))) {
         srv_fail(e, 400, "mask_input_id", "mask_input_id is not supported yet");
@@ -571,9 +580,9 @@ int srv_request_parse(const char *content_type, const uint8_t *body, size_t len,
                 : !strcmp(parts[i].name, "task") && kind != SRV_KIND_EMBED  ? &task
                                                                             : NULL;
             if (!slot)
-                return srv_fail(e, 400, parts[i].name,
-                                "unknown form part '%s' (expected %s)", parts[i].name,
-                                kind == SRV_KIND_SEGMENT  ? "`image`, `request` and `task`"
+                return srv_fail(e, 400, parts[i].name, "unknown form part '%s' (expected %s)",
+                                parts[i].name,
+                                kind == SRV_KIND_SEGMENT ? "`image`, `request` and `task`"
                                 : kind == SRV_KIND_EMBED ? "`image` and `request`"
                                                          : "`task` or `request`");
             if (*slot)
@@ -586,8 +595,9 @@ int srv_request_parse(const char *content_type, const uint8_t *body, size_t len,
                                       kind, img ? img->data : NULL, img ? img->len : 0,
                                       task ? task->data : NULL, task ? task->len : 0, lim, out, e);
     }
-    return srv_fail(e, 415, "", "unsupported Content-Type '%.100s' (use application/json or "
-                                "multipart/form-data)",
+    return srv_fail(e, 415, "",
+                    "unsupported Content-Type '%.100s' (use application/json or "
+                    "multipart/form-data)",
                     content_type);
 }
 
@@ -674,15 +684,16 @@ static int header_param(const char *v, size_t vl, const char *param, char *out, 
     return -1;
 }
 
-int srv_multipart_parse(const char *content_type, const uint8_t *body, size_t len,
-                        srv_part *parts, int max, srv_error *e)
+int srv_multipart_parse(const char *content_type, const uint8_t *body, size_t len, srv_part *parts,
+                        int max, srv_error *e)
 {
     char boundary[80], delim[96];
     size_t dl;
     const uint8_t *p, *end = body + len;
     int n = 0;
 
-    if (header_param(content_type, strlen(content_type), "boundary", boundary, sizeof boundary) != 0 ||
+    if (header_param(content_type, strlen(content_type), "boundary", boundary, sizeof boundary) !=
+            0 ||
         !boundary[0])
         return srv_fail(e, 400, "", "multipart/form-data without a usable boundary parameter");
     /* Parts are separated by CRLF "--" boundary; the first may start the body. */
@@ -736,8 +747,8 @@ int srv_multipart_parse(const char *content_type, const uint8_t *body, size_t le
         p = hend + 4;
         const uint8_t *next = find_bytes(p, (size_t)(end - p), delim, dl);
         if (!next)
-            return srv_fail(e, 400, pt->name, "multipart part '%s' is not terminated by the boundary",
-                            pt->name);
+            return srv_fail(e, 400, pt->name,
+                            "multipart part '%s' is not terminated by the boundary", pt->name);
         pt->data = p;
         pt->len = (size_t)(next - p);
         n++;

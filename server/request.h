@@ -19,9 +19,9 @@
 
 /* An HTTP error: status, message and the request field at fault. */
 typedef struct srv_error {
-    int status;          /* HTTP status (400, 413, ...) */
-    char message[512];   /* human-readable, one line */
-    char field[64];      /* "points[2]", "image", or "" */
+    int status;        /* HTTP status (400, 413, ...) */
+    char message[512]; /* human-readable, one line */
+    char field[64];    /* "points[2]", "image", or "" */
 } srv_error;
 
 /* Set *e and return -1, so `return srv_fail(e, 400, "points", "...")`. */
@@ -41,33 +41,33 @@ typedef enum srv_kind {
 
 /* Per-request limits (from the config). */
 typedef struct srv_limits {
-    int max_points;     /* points per prompt */
-    int max_prompts;    /* boxes per request */
+    int max_points;  /* points per prompt */
+    int max_prompts; /* boxes per request */
 } srv_limits;
 
 /* A parsed request. Free with srv_request_free(). */
 typedef struct srv_request {
-    srv_kind kind;             /* segment or embeddings */
-    uint8_t *image;            /* image bytes (owned when image_owned) or NULL */
-    size_t image_len;          /* bytes at image */
-    int image_owned;           /* 1: image is malloc'd here (base64); 0: borrowed from the body */
-    char image_id[65];         /* lowercase sha256 hex when given instead of an image, else "" */
-    int n_points;              /* points (shared by the single prompt) */
-    float *points;             /* [n_points, 2] x, y (malloc'd) */
-    int *labels;               /* [n_points] 0/1 (malloc'd) */
-    int n_boxes;               /* boxes, one prompt each */
-    float *boxes;              /* [n_boxes, 4] x0, y0, x1, y1 (malloc'd) */
-    int multimask;             /* 1: three masks per prompt (default), 0: one */
-    srv_output output;         /* mask encoding */
-    int has_task;              /* a valid `task` was given */
-    char *task;                /* the task as given, NUL-terminated (malloc'd), or NULL */
-    size_t task_len;           /* bytes at task (it passed ad_normalize_task) */
+    srv_kind kind;     /* segment or embeddings */
+    uint8_t *image;    /* image bytes (owned when image_owned) or NULL */
+    size_t image_len;  /* bytes at image */
+    int image_owned;   /* 1: image is malloc'd here (base64); 0: borrowed from the body */
+    char image_id[65]; /* lowercase sha256 hex when given instead of an image, else "" */
+    int n_points;      /* points (shared by the single prompt) */
+    float *points;     /* [n_points, 2] x, y (malloc'd) */
+    int *labels;       /* [n_points] 0/1 (malloc'd) */
+    int n_boxes;       /* boxes, one prompt each */
+    float *boxes;      /* [n_boxes, 4] x0, y0, x1, y1 (malloc'd) */
+    int multimask;     /* 1: three masks per prompt (default), 0: one */
+    srv_output output; /* mask encoding */
+    int has_task;      /* a valid `task` was given */
+    char *task;        /* the task as given, NUL-terminated (malloc'd), or NULL */
+    size_t task_len;   /* bytes at task (it passed ad_normalize_task) */
 } srv_request;
 
 /* The engine prompts of a request, built against an image size. */
 typedef struct srv_prompts {
-    int n;                     /* prompts (>= 1) */
-    eng_sam_prompt *p;         /* [n] (malloc'd); point arrays borrowed from the request */
+    int n;             /* prompts (>= 1) */
+    eng_sam_prompt *p; /* [n] (malloc'd); point arrays borrowed from the request */
 } srv_prompts;
 
 /*
@@ -116,10 +116,10 @@ int srv_sha_hex_valid(const char *s, char out[65]);
 
 /* One part, pointing into the body. */
 typedef struct srv_part {
-    char name[64];              /* form field name */
-    char filename[128];         /* filename parameter, "" when absent */
-    const uint8_t *data;        /* content (borrowed) */
-    size_t len;                 /* content bytes */
+    char name[64];       /* form field name */
+    char filename[128];  /* filename parameter, "" when absent */
+    const uint8_t *data; /* content (borrowed) */
+    size_t len;          /* content bytes */
 } srv_part;
 
 /*
@@ -127,7 +127,7 @@ typedef struct srv_part {
  * (its boundary parameter is used). At most `max` parts. Returns the number
  * of parts, or -1 with *e set (400 naming what is malformed).
  */
-int srv_multipart_parse(const char *content_type, const uint8_t *body, size_t len,
-                        srv_part *parts, int max, srv_error *e);
+int srv_multipart_parse(const char *content_type, const uint8_t *body, size_t len, srv_part *parts,
+                        int max, srv_error *e);
 
 #endif

@@ -35,9 +35,9 @@ int srv_route_match(const char *method, const char *url, srv_route *route, const
         srv_route route;
         int is_post;
     } fixed[] = {
-        {"/v1/segment", SRV_ROUTE_SEGMENT, 1},   {"/v1/embeddings", SRV_ROUTE_EMBED_POST, 1},
-        {"/healthz", SRV_ROUTE_HEALTHZ, 0},      {"/readyz", SRV_ROUTE_READYZ, 0},
-        {"/metrics", SRV_ROUTE_METRICS, 0},      {"/v1/info", SRV_ROUTE_INFO, 0},
+        {"/v1/segment", SRV_ROUTE_SEGMENT, 1}, {"/v1/embeddings", SRV_ROUTE_EMBED_POST, 1},
+        {"/healthz", SRV_ROUTE_HEALTHZ, 0},    {"/readyz", SRV_ROUTE_READYZ, 0},
+        {"/metrics", SRV_ROUTE_METRICS, 0},    {"/v1/info", SRV_ROUTE_INFO, 0},
     };
     *allow = NULL;
     for (size_t i = 0; i < sizeof fixed / sizeof fixed[0]; i++) {
@@ -96,10 +96,7 @@ int srv_route_has_body(srv_route r)
     return r == SRV_ROUTE_SEGMENT || r == SRV_ROUTE_EMBED_POST || r == SRV_ROUTE_ADAPTERS_POST;
 }
 
-int srv_route_uses_job(srv_route r)
-{
-    return srv_route_has_body(r) || r == SRV_ROUTE_ADMIN;
-}
+int srv_route_uses_job(srv_route r) { return srv_route_has_body(r) || r == SRV_ROUTE_ADMIN; }
 
 /* Contract: serialises j (stolen) into out as the body; on failure a
  * plain 500 text. */
@@ -112,7 +109,8 @@ static void reply_json(srv_reply *out, int status, json_t *j)
     json_decref(j);
     if (!out->body) {
         out->status = 500;
-        out->body = strdup("{\"error\":{\"code\":500,\"message\":\"out of memory\",\"field\":\"\"}}");
+        out->body =
+            strdup("{\"error\":{\"code\":500,\"message\":\"out of memory\",\"field\":\"\"}}");
     }
     out->len = out->body ? strlen(out->body) : 0;
     /* Newline-terminated, friendlier for curl users. */
@@ -128,8 +126,8 @@ static void reply_json(srv_reply *out, int status, json_t *j)
 
 void srv_reply_error(srv_reply *out, const srv_error *e)
 {
-    json_t *err = json_pack("{s:i,s:s,s:s}", "code", e->status, "message", e->message, "field",
-                            e->field);
+    json_t *err =
+        json_pack("{s:i,s:s,s:s}", "code", e->status, "message", e->message, "field", e->field);
     reply_json(out, e->status, json_pack("{s:o}", "error", err));
     if (e->status == 429 || e->status == 503)
         out->retry_after = 1;
@@ -159,16 +157,15 @@ static json_t *hypernet_json(srv_server *srv, int ready)
     if (!ready || !mi->has_hypernet)
         return json_pack("{s:b,s:s,s:s}", "available", 0, "path", path, "note",
                          "the hypernetwork is still loading");
-    return json_pack("{s:b,s:s,s:s,s:s,s:i,s:f,s:i,s:I,s:s,s:s,s:b,s:s,s:I,s:I}", "available", 1,
-                     "path", path, "id", mi->hypernet_id, "version", mi->hypernet_version, "rank",
-                     mi->hypernet_rank, "alpha", mi->hypernet_alpha, "targets",
-                     mi->hypernet_targets, "parameters", (json_int_t)mi->hypernet_params,
-                     "text_model", mi->text_model, "text_encoder", mi->text_describe,
-                     "text_fallback", mi->text_fallback, "adapters",
-                     mi->adapter_merged ? "merged" : "unmerged", "adapter_slots",
-                     (json_int_t)srv_config_int(srv->cfg, SRV_OPT_ADAPTER_SLOTS),
-                     "adapter_cache_bytes",
-                     (json_int_t)srv_config_int(srv->cfg, SRV_OPT_ADAPTER_CACHE_BYTES));
+    return json_pack(
+        "{s:b,s:s,s:s,s:s,s:i,s:f,s:i,s:I,s:s,s:s,s:b,s:s,s:I,s:I}", "available", 1, "path", path,
+        "id", mi->hypernet_id, "version", mi->hypernet_version, "rank", mi->hypernet_rank, "alpha",
+        mi->hypernet_alpha, "targets", mi->hypernet_targets, "parameters",
+        (json_int_t)mi->hypernet_params, "text_model", mi->text_model, "text_encoder",
+        mi->text_describe, "text_fallback", mi->text_fallback, "adapters",
+        mi->adapter_merged ? "merged" : "unmerged", "adapter_slots",
+        (json_int_t)srv_config_int(srv->cfg, SRV_OPT_ADAPTER_SLOTS), "adapter_cache_bytes",
+        (json_int_t)srv_config_int(srv->cfg, SRV_OPT_ADAPTER_CACHE_BYTES));
 }
 
 static json_t *info_json(srv_server *srv)
@@ -184,22 +181,26 @@ static json_t *info_json(srv_server *srv)
                           srv_config_str(cfg, SRV_OPT_CHECKPOINT), "workspace_bytes",
                           (json_int_t)mi->workspace_bytes, "load_seconds", mi->load_seconds);
     }
-    o = json_pack(
-        "{s:s,s:s,s:b,s:s,s:o,s:s?,s:s?,s:{s:I,s:I,s:I,s:I,s:I,s:I,s:I,s:I},"
-        "s:{s:s,s:s,s:s,s:s},s:o,s:o,s:f}",
-        "name", "tasamd", "version", TASAMD_VERSION_STRING, "ready", ready, "state",
-        s->failed ? "failed" : ready ? "ready" : "loading", "model", model, "device",
-        ready ? s->info.device : NULL, "precision", ready ? s->info.precision : NULL, "limits",
-        "max_body_bytes", (json_int_t)srv_config_int(cfg, SRV_OPT_MAX_BODY_BYTES), "max_pixels",
-        (json_int_t)srv_config_int(cfg, SRV_OPT_MAX_PIXELS), "max_points",
-        (json_int_t)srv_config_int(cfg, SRV_OPT_MAX_POINTS), "max_prompts",
-        (json_int_t)srv_config_int(cfg, SRV_OPT_MAX_PROMPTS), "max_mask_bytes",
-        (json_int_t)srv_config_int(cfg, SRV_OPT_MAX_MASK_BYTES), "queue_depth",
-        (json_int_t)srv_config_int(cfg, SRV_OPT_QUEUE_DEPTH), "max_batch",
-        (json_int_t)srv_config_int(cfg, SRV_OPT_MAX_BATCH), "request_timeout_ms",
-        (json_int_t)srv_config_int(cfg, SRV_OPT_REQUEST_TIMEOUT_MS), "versions", "libmicrohttpd",
-        MHD_get_version(), "jansson", JANSSON_VERSION, "sqlite", sqlite3_libversion(), "libuv",
-        uv_version_string(), "hypernetwork", hypernet_json(srv, ready), "config", srv_config_to_json(cfg), "uptime_seconds", srv_now() - srv->t_start);
+    o = json_pack("{s:s,s:s,s:b,s:s,s:o,s:s?,s:s?,s:{s:I,s:I,s:I,s:I,s:I,s:I,s:I,s:I},"
+                  "s:{s:s,s:s,s:s,s:s},s:o,s:o,s:f}",
+                  "name", "tasamd", "version", TASAMD_VERSION_STRING, "ready", ready, "state",
+                  s->failed ? "failed"
+                  : ready   ? "ready"
+                            : "loading",
+                  "model", model, "device", ready ? s->info.device : NULL, "precision",
+                  ready ? s->info.precision : NULL, "limits", "max_body_bytes",
+                  (json_int_t)srv_config_int(cfg, SRV_OPT_MAX_BODY_BYTES), "max_pixels",
+                  (json_int_t)srv_config_int(cfg, SRV_OPT_MAX_PIXELS), "max_points",
+                  (json_int_t)srv_config_int(cfg, SRV_OPT_MAX_POINTS), "max_prompts",
+                  (json_int_t)srv_config_int(cfg, SRV_OPT_MAX_PROMPTS), "max_mask_bytes",
+                  (json_int_t)srv_config_int(cfg, SRV_OPT_MAX_MASK_BYTES), "queue_depth",
+                  (json_int_t)srv_config_int(cfg, SRV_OPT_QUEUE_DEPTH), "max_batch",
+                  (json_int_t)srv_config_int(cfg, SRV_OPT_MAX_BATCH), "request_timeout_ms",
+                  (json_int_t)srv_config_int(cfg, SRV_OPT_REQUEST_TIMEOUT_MS), "versions",
+                  "libmicrohttpd", MHD_get_version(), "jansson", JANSSON_VERSION, "sqlite",
+                  sqlite3_libversion(), "libuv", uv_version_string(), "hypernetwork",
+                  hypernet_json(srv, ready), "config", srv_config_to_json(cfg), "uptime_seconds",
+                  srv_now() - srv->t_start);
     return o;
 }
 
@@ -245,8 +246,8 @@ static json_t *adapter_meta_json(srv_server *srv, const srv_adapter_meta *m)
                      m->task, "task_normalized", m->task_normalized, "hypernet_id", m->hypernet_id,
                      "hypernet_version", m->hypernet_version, "text_model", m->text_model, "rank",
                      m->rank, "alpha", m->alpha, "bytes", (json_int_t)m->bytes, "created_ms",
-                     (json_int_t)m->created_ms, "last_used_ms", (json_int_t)m->last_used_ms,
-                     "hits", (json_int_t)m->hits, "current", current);
+                     (json_int_t)m->created_ms, "last_used_ms", (json_int_t)m->last_used_ms, "hits",
+                     (json_int_t)m->hits, "current", current);
 }
 
 /* Contract: the argument `key` of the query, or NULL. */
@@ -312,8 +313,9 @@ bad:
 static int tasks_available(srv_server *srv, srv_reply *out)
 {
     if (!srv_sched_is_ready(srv->sched)) {
-        srv_reply_errorf(out, 503, "", srv->sched->failed ? "the model failed to load"
-                                                          : "the model is still loading");
+        srv_reply_errorf(out, 503, "",
+                         srv->sched->failed ? "the model failed to load"
+                                            : "the model is still loading");
         return 0;
     }
     if (!srv->sched->info.has_hypernet) {
@@ -373,8 +375,9 @@ static void get_adapters(srv_server *srv, const srv_http_in *in, srv_reply *out)
         return;
     if (after) {
         if (off) {
-            srv_reply_errorf(out, 400, "offset", "give after (the last id of a page) or offset, "
-                                                 "not both");
+            srv_reply_errorf(out, 400, "offset",
+                             "give after (the last id of a page) or offset, "
+                             "not both");
             return;
         }
         if (!after->val || after->len != 64 || !srv_sha_hex_valid(after->val, after_id)) {
@@ -399,8 +402,8 @@ static void get_adapters(srv_server *srv, const srv_http_in *in, srv_reply *out)
         n = (int)limit;
     for (int i = 0; i < n; i++)
         json_array_append_new(arr, adapter_meta_json(srv, &rows[i]));
-    json_t *o = json_pack("{s:o,s:I,s:I,s:o}", "adapters", arr, "total", (json_int_t)total,
-                          "limit", (json_int_t)limit, "next_after",
+    json_t *o = json_pack("{s:o,s:I,s:I,s:o}", "adapters", arr, "total", (json_int_t)total, "limit",
+                          (json_int_t)limit, "next_after",
                           more ? json_string(rows[n - 1].id) : json_null());
     free(rows);
     reply_json(out, 200, o);
@@ -459,8 +462,10 @@ void srv_routes_get(srv_server *srv, srv_route route, const char *url, const srv
     case SRV_ROUTE_READYZ: {
         int draining = __atomic_load_n(&srv->draining, __ATOMIC_RELAXED);
         int ready = srv_sched_is_ready(srv->sched);
-        const char *st = draining ? "draining" : ready ? "ready" : srv->sched->failed ? "failed"
-                                                                                     : "loading";
+        const char *st = draining             ? "draining"
+                         : ready              ? "ready"
+                         : srv->sched->failed ? "failed"
+                                              : "loading";
         reply_json(out, ready && !draining ? 200 : 503, json_pack("{s:s}", "status", st));
         return;
     }
@@ -588,8 +593,8 @@ int srv_routes_post_prepare(srv_server *srv, srv_route route, const srv_http_in 
 {
     srv_error e;
     srv_limits lim;
-    srv_kind kind = route == SRV_ROUTE_SEGMENT        ? SRV_KIND_SEGMENT
-                    : route == SRV_ROUTE_EMBED_POST   ? SRV_KIND_EMBED
+    srv_kind kind = route == SRV_ROUTE_SEGMENT         ? SRV_KIND_SEGMENT
+                    : route == SRV_ROUTE_EMBED_POST    ? SRV_KIND_EMBED
                     : route == SRV_ROUTE_ADAPTERS_POST ? SRV_KIND_ADAPTER
                                                        : SRV_KIND_ADAPTER_FLUSH;
     srv_job *j = &p->job;
@@ -616,8 +621,9 @@ int srv_routes_post_prepare(srv_server *srv, srv_route route, const srv_http_in 
         return 1;
     }
     if (!srv_sched_is_ready(srv->sched)) {
-        srv_reply_errorf(out, 503, "", srv->sched->failed ? "the model failed to load"
-                                                          : "the model is still loading");
+        srv_reply_errorf(out, 503, "",
+                         srv->sched->failed ? "the model failed to load"
+                                            : "the model is still loading");
         return 1;
     }
     if (p->req.has_task &&
@@ -631,8 +637,7 @@ int srv_routes_post_prepare(srv_server *srv, srv_route route, const srv_http_in 
         j->task = p->req.task;
         j->task_len = p->req.task_len;
         memcpy(j->adapter_id, ad_id, sizeof j->adapter_id);
-        j->deadline =
-            t_start + (double)srv_config_int(srv->cfg, SRV_OPT_REQUEST_TIMEOUT_MS) * 1e-3;
+        j->deadline = t_start + (double)srv_config_int(srv->cfg, SRV_OPT_REQUEST_TIMEOUT_MS) * 1e-3;
         return 0;
     }
     memset(j, 0, sizeof *j);
@@ -689,10 +694,7 @@ int srv_routes_post_prepare(srv_server *srv, srv_route route, const srv_http_in 
     return 0;
 }
 
-static json_t *num3(double v)
-{
-    return json_real(round(v * 1000.0) / 1000.0);
-}
+static json_t *num3(double v) { return json_real(round(v * 1000.0) / 1000.0); }
 
 /* Contract: one mask's JSON, or NULL (out of memory / encoder error). */
 static json_t *mask_json(const srv_job *j, srv_output fmt, int i, int prompt)
@@ -824,11 +826,11 @@ void srv_routes_post_finish(srv_server *srv, srv_route route, srv_post *p, doubl
         json_object_set_new(o, "model_id", json_string(srv->sched->info.model_id));
         json_object_set_new(o, "precision", json_string(srv->sched->info.precision));
     }
-    json_object_set_new(
-        o, "timings_ms",
-        json_pack("{s:o,s:o,s:o,s:o,s:o,s:o,s:o}", "decode", num3(j->t.decode), "queue",
-                  num3(j->t.queue), "encode", num3(j->t.encode), "adapter", num3(j->t.adapter),
-                  "decode_masks", num3(j->t.decode_masks), "postprocess", num3(j->t.postprocess),
-                  "total", num3((srv_now() - t_start) * 1e3)));
+    json_object_set_new(o, "timings_ms",
+                        json_pack("{s:o,s:o,s:o,s:o,s:o,s:o,s:o}", "decode", num3(j->t.decode),
+                                  "queue", num3(j->t.queue), "encode", num3(j->t.encode), "adapter",
+                                  num3(j->t.adapter), "decode_masks", num3(j->t.decode_masks),
+                                  "postprocess", num3(j->t.postprocess), "total",
+                                  num3((srv_now() - t_start) * 1e3)));
     reply_json(out, 200, o);
 }

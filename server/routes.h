@@ -16,41 +16,41 @@
 
 /* A response to send. */
 typedef struct srv_reply {
-    int status;                /* HTTP status */
-    char *body;                /* malloc'd body (may be NULL for an empty body) */
-    size_t len;                /* bytes at body */
-    const char *content_type;  /* static string */
-    const char *allow;         /* Allow header for 405, or NULL */
-    int retry_after;           /* Retry-After seconds (429/503), 0 for none */
-    int auth_challenge;        /* 1: add WWW-Authenticate: Bearer (401) */
-    char disposition[128];     /* Content-Disposition value, or "" */
+    int status;               /* HTTP status */
+    char *body;               /* malloc'd body (may be NULL for an empty body) */
+    size_t len;               /* bytes at body */
+    const char *content_type; /* static string */
+    const char *allow;        /* Allow header for 405, or NULL */
+    int retry_after;          /* Retry-After seconds (429/503), 0 for none */
+    int auth_challenge;       /* 1: add WWW-Authenticate: Bearer (401) */
+    char disposition[128];    /* Content-Disposition value, or "" */
 } srv_reply;
 
 #define SRV_QUERY_MAX 8
 
 /* One query argument, percent-decoded by the HTTP layer (borrowed). */
 typedef struct srv_query_arg {
-    const char *key;           /* NUL-terminated name */
-    const char *val;           /* value (len bytes, may hold NUL), NULL for `?key` without '=' */
-    size_t len;                /* bytes at val */
+    const char *key; /* NUL-terminated name */
+    const char *val; /* value (len bytes, may hold NUL), NULL for `?key` without '=' */
+    size_t len;      /* bytes at val */
 } srv_query_arg;
 
 /* What the HTTP layer hands the routes besides the path and the body. */
 typedef struct srv_http_in {
-    const char *content_type;  /* Content-Type header or NULL */
-    const char *authorization; /* Authorization header or NULL */
-    int n_query;               /* entries in query */
-    int query_overflow;        /* 1: more than SRV_QUERY_MAX arguments were sent */
+    const char *content_type;           /* Content-Type header or NULL */
+    const char *authorization;          /* Authorization header or NULL */
+    int n_query;                        /* entries in query */
+    int query_overflow;                 /* 1: more than SRV_QUERY_MAX arguments were sent */
     srv_query_arg query[SRV_QUERY_MAX]; /* the query string's arguments in order */
 } srv_http_in;
 
 /* State of one POST /v1/segment or /v1/embeddings while it runs. */
 typedef struct srv_post {
-    srv_request req;           /* parsed body (borrows the connection's body buffer) */
-    srv_prompts prompts;       /* engine prompts (segment) */
-    uint8_t *resized;          /* resized RGB for the encoder, or NULL (owned) */
-    srv_job job;               /* the scheduler job */
-    int queued;                /* 1 once submitted */
+    srv_request req;     /* parsed body (borrows the connection's body buffer) */
+    srv_prompts prompts; /* engine prompts (segment) */
+    uint8_t *resized;    /* resized RGB for the encoder, or NULL (owned) */
+    srv_job job;         /* the scheduler job */
+    int queued;          /* 1 once submitted */
 } srv_post;
 
 /*

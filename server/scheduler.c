@@ -64,10 +64,7 @@ int srv_sched_start(srv_sched *s)
     return 0;
 }
 
-int srv_sched_is_ready(srv_sched *s)
-{
-    return __atomic_load_n(&s->ready, __ATOMIC_ACQUIRE);
-}
+int srv_sched_is_ready(srv_sched *s) { return __atomic_load_n(&s->ready, __ATOMIC_ACQUIRE); }
 
 static void set_depth_gauge(srv_sched *s)
 {

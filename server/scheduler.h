@@ -44,10 +44,10 @@ typedef struct srv_timings {
 
 /* Where a job's task adapter came from. */
 typedef enum srv_adapter_source {
-    SRV_AD_NONE = 0,       /* no task */
-    SRV_AD_GENERATED,      /* text encoder + hypernetwork ran for this request */
-    SRV_AD_CACHE_MEMORY,   /* the device LRU */
-    SRV_AD_CACHE_DISK      /* SQLite: parsed and uploaded */
+    SRV_AD_NONE = 0,     /* no task */
+    SRV_AD_GENERATED,    /* text encoder + hypernetwork ran for this request */
+    SRV_AD_CACHE_MEMORY, /* the device LRU */
+    SRV_AD_CACHE_DISK    /* SQLite: parsed and uploaded */
 } srv_adapter_source;
 
 /* "generated", "cache-memory", "cache-disk" (NULL for SRV_AD_NONE). */
@@ -55,39 +55,40 @@ const char *srv_adapter_source_name(srv_adapter_source s);
 
 struct srv_job {
     /* ---- input, set by the submitter ---- */
-    srv_kind kind;               /* segment, embeddings, adapter or adapter flush */
-    char sha[65];                /* embedding key: sha256 hex of the image bytes */
-    const uint8_t *raw;          /* image bytes (borrowed) to decode if the embedding is missing; may be NULL */
-    size_t raw_len;              /* bytes at raw */
-    uint8_t *resized;            /* RGB resized to the encoder input (long side 1024), or NULL; owned by the submitter */
-    eng_sam_imginfo info;        /* sizes; orig_w/h always set, input_w/h set with resized */
-    srv_prompts *prompts;        /* segment: the prompts (borrowed; the worker sets their .lora) */
-    const char *task;            /* segment/adapter: task text (borrowed) or NULL */
-    size_t task_len;             /* bytes at task */
-    char adapter_id[65];         /* ad_task_id(task, hypernetwork) computed at submit */
-    int multimask;               /* 3 masks per prompt (1) or 1 (0) */
-    int64_t max_pixels;          /* for a decode in the worker */
-    double t_submit;             /* monotonic seconds at submit */
-    double deadline;             /* monotonic seconds; expired jobs get 504 */
-    srv_job_done_fn done;        /* completion callback (see the header comment) */
-    void *done_arg;              /* passed to done */
+    srv_kind kind;      /* segment, embeddings, adapter or adapter flush */
+    char sha[65];       /* embedding key: sha256 hex of the image bytes */
+    const uint8_t *raw; /* image bytes (borrowed) to decode on a cache miss; may be NULL */
+    size_t raw_len;     /* bytes at raw */
+    uint8_t *resized;   /* RGB resized to the encoder input (long side 1024), or NULL; owned by the
+                           submitter */
+    eng_sam_imginfo info; /* sizes; orig_w/h always set, input_w/h set with resized */
+    srv_prompts *prompts; /* segment: the prompts (borrowed; the worker sets their .lora) */
+    const char *task;     /* segment/adapter: task text (borrowed) or NULL */
+    size_t task_len;      /* bytes at task */
+    char adapter_id[65];  /* ad_task_id(task, hypernetwork) computed at submit */
+    int multimask;        /* 3 masks per prompt (1) or 1 (0) */
+    int64_t max_pixels;   /* for a decode in the worker */
+    double t_submit;      /* monotonic seconds at submit */
+    double deadline;      /* monotonic seconds; expired jobs get 504 */
+    srv_job_done_fn done; /* completion callback (see the header comment) */
+    void *done_arg;       /* passed to done */
     /* ---- scheduler-private ---- */
-    srv_job *next;               /* queue link */
+    srv_job *next; /* queue link */
     /* ---- result, valid in done ---- */
-    int status;                  /* 200 or an HTTP error status */
-    srv_error err;               /* when status != 200 */
-    int cache_hit;               /* 1: the embedding came from the cache */
-    srv_cache_tier tier;         /* which tier on a hit */
-    int n_masks;                 /* prompts * masks per prompt */
-    int per_prompt;              /* masks per prompt (1 or 3) */
-    uint8_t *masks;              /* [n_masks, orig_h, orig_w] 0/1 (malloc'd; the submitter frees) */
-    float *iou;                  /* [n_masks] predicted IoU (malloc'd) */
-    float *stability;            /* [n_masks] stability score (malloc'd) */
-    srv_adapter_source ad_source;/* where the task adapter came from */
-    srv_adapter_meta ad_meta;    /* the adapter's metadata (with a task) */
-    int64_t flushed_mem;         /* adapter flush: adapters dropped from the device LRU */
-    int64_t flushed_disk;        /* adapter flush: rows deleted from SQLite */
-    srv_timings t;               /* stage times */
+    int status;          /* 200 or an HTTP error status */
+    srv_error err;       /* when status != 200 */
+    int cache_hit;       /* 1: the embedding came from the cache */
+    srv_cache_tier tier; /* which tier on a hit */
+    int n_masks;         /* prompts * masks per prompt */
+    int per_prompt;      /* masks per prompt (1 or 3) */
+    uint8_t *masks;      /* [n_masks, orig_h, orig_w] 0/1 (malloc'd; the submitter frees) */
+    float *iou;          /* [n_masks] predicted IoU (malloc'd) */
+    float *stability;    /* [n_masks] stability score (malloc'd) */
+    srv_adapter_source ad_source; /* where the task adapter came from */
+    srv_adapter_meta ad_meta;     /* the adapter's metadata (with a task) */
+    int64_t flushed_mem;          /* adapter flush: adapters dropped from the device LRU */
+    int64_t flushed_disk;         /* adapter flush: rows deleted from SQLite */
+    srv_timings t;                /* stage times */
 };
 
 /* Free a job's result buffers (masks, iou, stability). */
@@ -95,46 +96,46 @@ void srv_job_free_results(srv_job *j);
 
 /* Model facts for /v1/info, fixed once the model is loaded. */
 typedef struct srv_model_info {
-    char model_id[64];      /* eng_sam_model_id */
-    char arch[16];          /* vit_b / vit_l / vit_h / custom */
-    int embed_dim;          /* encoder width */
-    int depth;              /* encoder blocks */
-    char device[352];       /* eng_backend_describe, and the decoder's where split */
-    char precision[8];      /* fp32 / fp16 / bf16 */
-    size_t workspace_bytes; /* planned activation workspace */
-    double load_seconds;    /* time to load */
-    int has_hypernet;       /* 1 when --hypernet is loaded */
-    char hypernet_id[65];   /* its content id (the adapter cache key part) */
+    char model_id[64];         /* eng_sam_model_id */
+    char arch[16];             /* vit_b / vit_l / vit_h / custom */
+    int embed_dim;             /* encoder width */
+    int depth;                 /* encoder blocks */
+    char device[352];          /* eng_backend_describe, and the decoder's where split */
+    char precision[8];         /* fp32 / fp16 / bf16 */
+    size_t workspace_bytes;    /* planned activation workspace */
+    double load_seconds;       /* time to load */
+    int has_hypernet;          /* 1 when --hypernet is loaded */
+    char hypernet_id[65];      /* its content id (the adapter cache key part) */
     char hypernet_version[64]; /* its version label */
-    int hypernet_rank;      /* LoRA rank of its adapters */
-    double hypernet_alpha;  /* LoRA alpha */
-    int hypernet_targets;   /* decoder layers its adapters change */
-    size_t hypernet_params; /* parameters (trunk + heads) */
-    char text_model[64];    /* the text encoder's name (hn_hypernet_text_name) */
-    char text_describe[160];/* hn_text_describe */
-    int text_fallback;      /* 1: the built-in hashed embedding, no model files */
-    int adapter_merged;     /* 1: adapters are folded into weight copies */
+    int hypernet_rank;         /* LoRA rank of its adapters */
+    double hypernet_alpha;     /* LoRA alpha */
+    int hypernet_targets;      /* decoder layers its adapters change */
+    size_t hypernet_params;    /* parameters (trunk + heads) */
+    char text_model[64];       /* the text encoder's name (hn_hypernet_text_name) */
+    char text_describe[160];   /* hn_text_describe */
+    int text_fallback;         /* 1: the built-in hashed embedding, no model files */
+    int adapter_merged;        /* 1: adapters are folded into weight copies */
 } srv_model_info;
 
 typedef struct srv_sched {
-    pthread_mutex_t mu;           /* guards the queue and the flags below */
-    pthread_cond_t cv;            /* signalled on submit and stop */
-    srv_job *head, *tail;         /* FIFO of waiting jobs */
-    int depth;                    /* jobs in the queue */
-    int stopping;                 /* 1: refuse new jobs */
-    int drain;                    /* with stopping: 1 finish queued jobs, 0 fail them with 503 */
-    int busy;                     /* jobs taken by the worker and not yet done */
-    int ready;                    /* 1: model loaded (atomic reads too) */
-    int failed;                   /* 1: model load failed; load_error says why */
-    char load_error[512];         /* message of a failed load */
-    srv_model_info info;          /* valid once ready */
-    pthread_t thread;             /* the worker */
-    int started;                  /* 1 once the thread exists */
-    srv_config *cfg;              /* borrowed */
-    srv_cache *cache;             /* borrowed */
-    srv_metrics *metrics;         /* borrowed */
-    void (*on_state)(void *arg);  /* called (any thread) when ready/failed/stopped changes */
-    void *on_state_arg;           /* its argument */
+    pthread_mutex_t mu;          /* guards the queue and the flags below */
+    pthread_cond_t cv;           /* signalled on submit and stop */
+    srv_job *head, *tail;        /* FIFO of waiting jobs */
+    int depth;                   /* jobs in the queue */
+    int stopping;                /* 1: refuse new jobs */
+    int drain;                   /* with stopping: 1 finish queued jobs, 0 fail them with 503 */
+    int busy;                    /* jobs taken by the worker and not yet done */
+    int ready;                   /* 1: model loaded (atomic reads too) */
+    int failed;                  /* 1: model load failed; load_error says why */
+    char load_error[512];        /* message of a failed load */
+    srv_model_info info;         /* valid once ready */
+    pthread_t thread;            /* the worker */
+    int started;                 /* 1 once the thread exists */
+    srv_config *cfg;             /* borrowed */
+    srv_cache *cache;            /* borrowed */
+    srv_metrics *metrics;        /* borrowed */
+    void (*on_state)(void *arg); /* called (any thread) when ready/failed/stopped changes */
+    void *on_state_arg;          /* its argument */
 } srv_sched;
 
 /* Set up (no thread yet). cfg, cache and metrics are borrowed. */

@@ -24,18 +24,18 @@
 
 /* The worker's state, on its own stack. */
 typedef struct worker {
-    srv_sched *s;          /* the scheduler (borrowed) */
-    eng_backend *be;       /* owned: runs the image encoder (and the rest unless dbe) */
-    eng_backend *dbe;      /* owned: the decoder's own backend (fp16 beside a bf16 encoder), or NULL */
-    eng_sam *m;            /* owned */
-    hn_hypernet *h;        /* owned; NULL without --hypernet */
-    hn_text *text;         /* owned; the encoder h was built for */
-    srv_adapter_cache *ads;     /* owned; the adapter tiers (NULL without --hypernet) */
-    int max_batch;         /* images per encoder call */
-    float *inputs;         /* [max_batch, 3, 1024, 1024] encoder inputs */
-    float *embs;           /* [max_batch, 256, 64, 64] encoder outputs */
-    srv_job **batch;       /* jobs of the current batch */
-    int batch_cap;         /* capacity of batch */
+    srv_sched *s;     /* the scheduler (borrowed) */
+    eng_backend *be;  /* owned: runs the image encoder (and the rest unless dbe) */
+    eng_backend *dbe; /* owned: the decoder's own backend (fp16 beside a bf16 encoder), or NULL */
+    eng_sam *m;       /* owned */
+    hn_hypernet *h;   /* owned; NULL without --hypernet */
+    hn_text *text;    /* owned; the encoder h was built for */
+    srv_adapter_cache *ads; /* owned; the adapter tiers (NULL without --hypernet) */
+    int max_batch;          /* images per encoder call */
+    float *inputs;          /* [max_batch, 3, 1024, 1024] encoder inputs */
+    float *embs;            /* [max_batch, 256, 64, 64] encoder outputs */
+    srv_job **batch;        /* jobs of the current batch */
+    int batch_cap;          /* capacity of batch */
 } worker;
 
 static const char *dtype_precision(eng_dtype t)
@@ -49,17 +49,19 @@ static const char *dtype_precision(eng_dtype t)
  * with eng_last_error() set. */
 static int make_backend(worker *w)
 {
-    static const char *devs[] = {[SRV_DEVICE_AUTO] = "auto", [SRV_DEVICE_CPU] = "cpu",
-                                 [SRV_DEVICE_CUDA] = "cuda"};
-    static const char *precs[] = {[SRV_PREC_AUTO] = "auto", [SRV_PREC_FP32] = "fp32",
-                                  [SRV_PREC_FP16] = "fp16", [SRV_PREC_BF16] = "bf16"};
+    static const char *devs[] = {
+        [SRV_DEVICE_AUTO] = "auto", [SRV_DEVICE_CPU] = "cpu", [SRV_DEVICE_CUDA] = "cuda"};
+    static const char *precs[] = {[SRV_PREC_AUTO] = "auto",
+                                  [SRV_PREC_FP32] = "fp32",
+                                  [SRV_PREC_FP16] = "fp16",
+                                  [SRV_PREC_BF16] = "bf16"};
     srv_config *cfg = w->s->cfg;
     int dev = (int)srv_config_int(cfg, SRV_OPT_DEVICE);
     int prec = (int)srv_config_int(cfg, SRV_OPT_PRECISION);
     char note[512];
-    int rc = eng_sam_open_backends(devs[dev], precs[prec],
-                                   (int)srv_config_int(cfg, SRV_OPT_CPU_THREADS), &w->be, &w->dbe,
-                                   note, sizeof note);
+    int rc =
+        eng_sam_open_backends(devs[dev], precs[prec], (int)srv_config_int(cfg, SRV_OPT_CPU_THREADS),
+                              &w->be, &w->dbe, note, sizeof note);
     if (rc)
         return rc;
     if (eng_backend_device(w->be) == ENG_DEV_CPU &&
@@ -115,8 +117,8 @@ static int load_hypernet(worker *w)
         return -1;
     }
     if (srv_adapter_cache_create(&w->ads, w->m, w->h, w->text, s->cache, s->metrics,
-                            (int)srv_config_int(s->cfg, SRV_OPT_ADAPTER_SLOTS),
-                            in->adapter_merged) != 0) {
+                                 (int)srv_config_int(s->cfg, SRV_OPT_ADAPTER_SLOTS),
+                                 in->adapter_merged) != 0) {
         snprintf(s->load_error, sizeof s->load_error, "out of memory for the adapter slots");
         return -1;
     }
@@ -136,9 +138,8 @@ static int load_hypernet(worker *w)
     in->text_fallback = hn_text_wordpiece(w->text) == NULL;
     srv_log_info("worker: hypernetwork %s: id %.16s..., version %s, rank %d, alpha %g, %d decoder "
                  "layers; adapters %s; loaded in %.2f s",
-                 path, in->hypernet_id, in->hypernet_version, in->hypernet_rank,
-                 in->hypernet_alpha, in->hypernet_targets,
-                 in->adapter_merged ? "merged" : "unmerged", srv_now() - t0);
+                 path, in->hypernet_id, in->hypernet_version, in->hypernet_rank, in->hypernet_alpha,
+                 in->hypernet_targets, in->adapter_merged ? "merged" : "unmerged", srv_now() - t0);
     srv_log_info("worker: text encoder: %s%s", in->text_describe,
                  in->text_fallback ? " (no text model: the built-in hashed embedding)" : "");
     return 0;
@@ -242,8 +243,8 @@ static int adapter_for(worker *w, srv_job *j, const eng_sam_lora **lora)
                  "no hypernetwork configured (start tasamd with --hypernet FILE)");
         return 0;
     }
-    int st = srv_adapter_cache_acquire(w->ads, j->adapter_id, j->task, j->task_len, lora, &j->ad_meta,
-                                  &j->ad_source, &j->err);
+    int st = srv_adapter_cache_acquire(w->ads, j->adapter_id, j->task, j->task_len, lora,
+                                       &j->ad_meta, &j->ad_source, &j->err);
     j->t.adapter = (srv_now() - t) * 1e3;
     if (st) {
         j->status = st;
@@ -493,7 +494,8 @@ static void worker_loop(worker *w)
         w->batch[0] = j;
         double wait = (double)srv_config_int(s->cfg, SRV_OPT_BATCH_WAIT_MS) * 1e-3;
         int maxb = w->max_batch < 64 ? w->max_batch : 64;
-        srv__sched_gather(s, shas, &n_shas, maxb, w->batch, &n_jobs, w->batch_cap, srv_now() + wait);
+        srv__sched_gather(s, shas, &n_shas, maxb, w->batch, &n_jobs, w->batch_cap,
+                          srv_now() + wait);
         run_batch(w, shas, n_shas, w->batch, n_jobs);
     }
 }

@@ -35,46 +35,46 @@ static inline void t__fail(const char *file, int line, const char *expr, const c
     t__cur_failed = 1;
 }
 
-#define T_CHECK(cond, ...)                                                                        \
-    do {                                                                                          \
-        if (!(cond))                                                                              \
-            t__fail(__FILE__, __LINE__, #cond, __VA_ARGS__);                                     \
+#define T_CHECK(cond, ...)                                                                         \
+    do {                                                                                           \
+        if (!(cond))                                                                               \
+            t__fail(__FILE__, __LINE__, #cond, __VA_ARGS__);                                       \
     } while (0)
 
 /* Check and end the test at once on failure (for preconditions of later checks). */
-#define T_REQUIRE(cond, ...)                                                                      \
-    do {                                                                                          \
-        if (!(cond)) {                                                                            \
-            t__fail(__FILE__, __LINE__, #cond, __VA_ARGS__);                                     \
-            return;                                                                               \
-        }                                                                                         \
+#define T_REQUIRE(cond, ...)                                                                       \
+    do {                                                                                           \
+        if (!(cond)) {                                                                             \
+            t__fail(__FILE__, __LINE__, #cond, __VA_ARGS__);                                       \
+            return;                                                                                \
+        }                                                                                          \
     } while (0)
 
-#define T_SKIP(...)                                                                               \
-    do {                                                                                          \
-        fprintf(stderr, "  SKIP %s: ", t__cur_name);                                             \
-        fprintf(stderr, __VA_ARGS__);                                                             \
-        fputc('\n', stderr);                                                                      \
-        t__cur_skipped = 1;                                                                       \
-        return;                                                                                   \
+#define T_SKIP(...)                                                                                \
+    do {                                                                                           \
+        fprintf(stderr, "  SKIP %s: ", t__cur_name);                                               \
+        fprintf(stderr, __VA_ARGS__);                                                              \
+        fputc('\n', stderr);                                                                       \
+        t__cur_skipped = 1;                                                                        \
+        return;                                                                                    \
     } while (0)
 
-#define T_RUN(fn)                                                                                 \
-    do {                                                                                          \
-        t__cur_name = #fn;                                                                        \
-        t__cur_failed = t__cur_skipped = 0;                                                       \
-        fn();                                                                                     \
-        if (t__cur_failed) {                                                                      \
-            t__failed++;                                                                          \
-            printf("not ok %s\n", #fn);                                                           \
-        } else if (t__cur_skipped) {                                                              \
-            t__skipped++;                                                                         \
-            printf("skip   %s\n", #fn);                                                           \
-        } else {                                                                                  \
-            t__passed++;                                                                          \
-            printf("ok     %s\n", #fn);                                                           \
-        }                                                                                         \
-        fflush(stdout);                                                                           \
+#define T_RUN(fn)                                                                                  \
+    do {                                                                                           \
+        t__cur_name = #fn;                                                                         \
+        t__cur_failed = t__cur_skipped = 0;                                                        \
+        fn();                                                                                      \
+        if (t__cur_failed) {                                                                       \
+            t__failed++;                                                                           \
+            printf("not ok %s\n", #fn);                                                            \
+        } else if (t__cur_skipped) {                                                               \
+            t__skipped++;                                                                          \
+            printf("skip   %s\n", #fn);                                                            \
+        } else {                                                                                   \
+            t__passed++;                                                                           \
+            printf("ok     %s\n", #fn);                                                            \
+        }                                                                                          \
+        fflush(stdout);                                                                            \
     } while (0)
 
 static inline int t_summary(const char *suite)
@@ -107,10 +107,10 @@ static inline const char *t_fixture(const char *name)
     return buf;
 }
 
-#define T_NEED_FIXTURES()                                                                         \
-    do {                                                                                          \
-        if (!t_fixtures())                                                                        \
-            T_SKIP("fixtures not found (set TASAM_FIXTURES or place ../shared/fixtures)");        \
+#define T_NEED_FIXTURES()                                                                          \
+    do {                                                                                           \
+        if (!t_fixtures())                                                                         \
+            T_SKIP("fixtures not found (set TASAM_FIXTURES or place ../shared/fixtures)");         \
     } while (0)
 
 /* Read a whole file into a malloc'd buffer; NULL on failure. */

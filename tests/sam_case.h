@@ -16,10 +16,10 @@
 #include "engine/sam.h"
 
 #define SAM_CASE_MAX_PROMPTS 8
-#define SAM_CASE_MAX_POINTS 16
+#define SAM_CASE_MAX_POINTS  16
 
 typedef struct sam_case {
-    float *pts, *box, *boxes, *mask_input;    /* golden tensors (NULL when the case has none) */
+    float *pts, *box, *boxes, *mask_input; /* golden tensors (NULL when the case has none) */
     int labels[SAM_CASE_MAX_POINTS];
     eng_sam_prompt prompts[SAM_CASE_MAX_PROMPTS];
     int n_prompts;
@@ -131,8 +131,11 @@ static inline int sam_case_groups(eng_backend *be, const char *ckpt, const float
         return -1;
     }
     const eng_sam_imginfo info = {800, 534, 1024, 684};
-    static float pts[5][4] = {{400, 293.7f, 200, 160.2f}, {100, 100, 700, 400}, {50, 500, 600, 60},
-                              {300, 300, 310, 310}, {790, 10, 5, 520}};
+    static float pts[5][4] = {{400, 293.7f, 200, 160.2f},
+                              {100, 100, 700, 400},
+                              {50, 500, 600, 60},
+                              {300, 300, 310, 310},
+                              {790, 10, 5, 520}};
     static int labels[2] = {1, 0};
     size_t per = 3 * ENG_SAM_LOWRES_FLOATS;
     float *a = malloc(5 * per * sizeof(float)), *b = malloc(5 * per * sizeof(float));
@@ -142,7 +145,9 @@ static inline int sam_case_groups(eng_backend *be, const char *ckpt, const float
     for (int round = 0; round < 2 && rc == 0; round++) {
         eng_sam_prompt p[5];
         for (int i = 0; i < 5; i++)
-            p[i] = (eng_sam_prompt){.n_points = 2, .points = pts[i], .labels = labels,
+            p[i] = (eng_sam_prompt){.n_points = 2,
+                                    .points = pts[i],
+                                    .labels = labels,
                                     .mask_input = round == 0 && i >= 3 ? mask_input : NULL};
         if (eng_sam_decode(one, emb, &info, p, 5, 1, ia, a) != 0 ||
             eng_sam_decode(grp, emb, &info, p, 5, 1, ib, b) != 0) {

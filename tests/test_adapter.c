@@ -25,8 +25,8 @@
 static eng_backend *be;
 static eng_sam *model;
 static float *emb;
-static hn_text *hashed;              /* hashed-384 */
-static hn_hypernet *hzero, *hrand;   /* zero-B and random, both hashed-384 */
+static hn_text *hashed;            /* hashed-384 */
+static hn_hypernet *hzero, *hrand; /* zero-B and random, both hashed-384 */
 static char dir[256];
 static char build_dir[512] = "build";
 static const eng_sam_imginfo info = {800, 534, 1024, 684};
@@ -127,11 +127,15 @@ static void test_normalize(void)
     T_CHECK(norm_ok(S("  Segment  ALL apples "), "segment all apples"), "basic");
     T_CHECK(norm_ok(S("segment all apples"), "segment all apples"), "already normal");
     T_CHECK(norm_ok(S("\tFind\n\r every\v\fSUITCASE\n"), "find every suitcase"), "ASCII spaces");
-    T_CHECK(norm_ok(S("a\xc2\xa0\xe3\x80\x80" "b\xe2\x80\x83\xc2\x85" "c"), "a b c"),
+    T_CHECK(norm_ok(S("a\xc2\xa0\xe3\x80\x80"
+                      "b\xe2\x80\x83\xc2\x85"
+                      "c"),
+                    "a b c"),
             "Unicode spaces (NBSP, ideographic, em space, NEL)");
     T_CHECK(norm_ok(S("\xc3\x89l\xc3\xa9phant CAF\xc3\x89"), "\xc3\x89l\xc3\xa9phant caf\xc3\x89"),
             "non-ASCII kept as is");
-    T_CHECK(norm_ok(S("\xe4\xb8\xad\xe6\x96\x87 \xf0\x9f\x8d\x8e"), "\xe4\xb8\xad\xe6\x96\x87 \xf0\x9f\x8d\x8e"),
+    T_CHECK(norm_ok(S("\xe4\xb8\xad\xe6\x96\x87 \xf0\x9f\x8d\x8e"),
+                    "\xe4\xb8\xad\xe6\x96\x87 \xf0\x9f\x8d\x8e"),
             "CJK and emoji");
     T_CHECK(norm_err(S(""), "empty"), "empty");
     T_CHECK(norm_err(S(" \t\n  "), "only whitespace"), "whitespace only");
@@ -141,9 +145,9 @@ static void test_normalize(void)
     {
         char out[AD_TASK_MAX + 1];
         T_CHECK(ad_normalize_task(big, AD_TASK_MAX, out, sizeof out) == 0 &&
-                    strlen(out) == AD_TASK_MAX, "exactly the limit");
-        T_CHECK(ad_normalize_task(big, AD_TASK_MAX + 1, out, sizeof out) == ENG_EINVAL,
-                "one over");
+                    strlen(out) == AD_TASK_MAX,
+                "exactly the limit");
+        T_CHECK(ad_normalize_task(big, AD_TASK_MAX + 1, out, sizeof out) == ENG_EINVAL, "one over");
         T_CHECK(ad_normalize_task(big, 10, out, 5) == ENG_EINVAL, "small output buffer");
     }
     free(big);
@@ -179,10 +183,11 @@ static void test_ids(void)
     T_CHECK(!strcmp(ad_adapter_id(g1), a) && !strcmp(ad_adapter_id(g2), a), "generated id");
     T_CHECK(same_factors(g1, g2), "same normalised task, different factors");
     T_CHECK(!strcmp(g1->task, "  Segment  ALL apples ") &&
-                !strcmp(g1->task_normalized, "segment all apples"), "task fields");
-    T_CHECK(!strcmp(g1->hypernet_id, hn_hypernet_id(hzero)) &&
-                !strcmp(g1->hypernet_version, "0") && !strcmp(g1->text_model, "hashed-384") &&
-                g1->rank == 4 && g1->alpha == 8 && g1->n_targets == NT && g1->created > 0,
+                !strcmp(g1->task_normalized, "segment all apples"),
+            "task fields");
+    T_CHECK(!strcmp(g1->hypernet_id, hn_hypernet_id(hzero)) && !strcmp(g1->hypernet_version, "0") &&
+                !strcmp(g1->text_model, "hashed-384") && g1->rank == 4 && g1->alpha == 8 &&
+                g1->n_targets == NT && g1->created > 0,
             "metadata");
     ad_adapter *bad = NULL;
     T_CHECK(ad_adapter_generate(hashed, hzero, S("a\0b"), &bad) == ENG_EINVAL && !bad, "NUL");
@@ -217,10 +222,10 @@ static void test_zero_hypernet_is_plain_sam(void)
     T_CHECK(decode(NULL, iou0, l0) == 0, "%s", eng_last_error());
     T_CHECK(decode(un, iou1, l1) == 0, "%s", eng_last_error());
     T_CHECK(decode(mg, iou2, l2) == 0, "%s", eng_last_error());
-    T_CHECK(!memcmp(l0, l1, LR * 4) && !memcmp(iou0, iou1, sizeof iou0),
-            "unmerged: max diff %g", t_max_abs_diff(l0, l1, LR, NULL));
-    T_CHECK(!memcmp(l0, l2, LR * 4) && !memcmp(iou0, iou2, sizeof iou0),
-            "merged: max diff %g", t_max_abs_diff(l0, l2, LR, NULL));
+    T_CHECK(!memcmp(l0, l1, LR * 4) && !memcmp(iou0, iou1, sizeof iou0), "unmerged: max diff %g",
+            t_max_abs_diff(l0, l1, LR, NULL));
+    T_CHECK(!memcmp(l0, l2, LR * 4) && !memcmp(iou0, iou2, sizeof iou0), "merged: max diff %g",
+            t_max_abs_diff(l0, l2, LR, NULL));
     eng_sam_lora_destroy(model, un);
     eng_sam_lora_destroy(model, mg);
     ad_adapter_destroy(a);
@@ -238,12 +243,13 @@ static void test_random_hypernet_changes_deterministically(void)
     T_REQUIRE(a && a2 && b, "generate");
     T_CHECK(same_factors(a, a2), "same task twice, different factors");
     eng_sam_lora *la = NULL, *la2 = NULL, *lb = NULL, *lm = NULL;
-    T_REQUIRE(ad_adapter_to_lora(a, model, 0, &la) == 0 && ad_adapter_to_lora(a2, model, 0, &la2) == 0 &&
-                  ad_adapter_to_lora(b, model, 0, &lb) == 0 && ad_adapter_to_lora(a, model, 1, &lm) == 0,
-              "%s", eng_last_error());
+    T_REQUIRE(
+        ad_adapter_to_lora(a, model, 0, &la) == 0 && ad_adapter_to_lora(a2, model, 0, &la2) == 0 &&
+            ad_adapter_to_lora(b, model, 0, &lb) == 0 && ad_adapter_to_lora(a, model, 1, &lm) == 0,
+        "%s", eng_last_error());
     float i0[3], ia[3], ia2[3], ib[3], im[3];
-    float *l0 = malloc(LR * 4), *la_ = malloc(LR * 4), *la2_ = malloc(LR * 4), *lb_ = malloc(LR * 4),
-          *lm_ = malloc(LR * 4);
+    float *l0 = malloc(LR * 4), *la_ = malloc(LR * 4), *la2_ = malloc(LR * 4),
+          *lb_ = malloc(LR * 4), *lm_ = malloc(LR * 4);
     decode(NULL, i0, l0);
     decode(la, ia, la_);
     decode(la2, ia2, la2_);
@@ -252,7 +258,8 @@ static void test_random_hypernet_changes_deterministically(void)
     double change = t_max_abs_diff(l0, la_, LR, NULL), between = t_max_abs_diff(la_, lb_, LR, NULL);
     double merged = t_max_abs_diff(la_, lm_, LR, NULL);
     printf("  random hypernet: max logit change %.3f, between two tasks %.3f, merged vs unmerged "
-           "%.2g\n", change, between, merged);
+           "%.2g\n",
+           change, between, merged);
     T_CHECK(change > 0.1, "adapter barely changed the logits (%g)", change);
     T_CHECK(between > 0.01, "two tasks gave the same logits (%g)", between);
     T_CHECK(!memcmp(la_, la2_, LR * 4) && !memcmp(ia, ia2, sizeof ia), "not deterministic");
@@ -324,7 +331,8 @@ static void test_text_tiny_encoder(void)
     T_CHECK(ad_adapter_generate(t, h, S("Segment the DOG"), &a) == 0, "%s", eng_last_error());
     T_CHECK(ad_adapter_generate(t, h, S("segment   the dog"), &b) == 0, "%s", eng_last_error());
     T_CHECK(a && b && same_factors(a, b) && !strcmp(a->id, b->id) &&
-                !strcmp(a->text_model, "text_tiny"), "BERT-embedded adapters");
+                !strcmp(a->text_model, "text_tiny"),
+            "BERT-embedded adapters");
     ad_adapter_destroy(a);
     ad_adapter_destroy(b);
     b = NULL;
@@ -349,7 +357,8 @@ static int same_meta(const ad_adapter *a, const ad_adapter *b)
 static void test_save_load_serialize(void)
 {
     T_REQUIRE(hrand, "setup failed");
-    ad_adapter *a = gen(hrand, "  Trouve   la POMME \xc3\xa9" "clatante ");
+    ad_adapter *a = gen(hrand, "  Trouve   la POMME \xc3\xa9"
+                               "clatante ");
     T_REQUIRE(a, "generate");
     const char *path = tmp("a.safetensors");
     T_REQUIRE(ad_adapter_save(a, path) == 0, "%s", eng_last_error());
@@ -372,7 +381,8 @@ static void test_save_load_serialize(void)
                 !strcmp(eng_ckpt_meta(ck, "targets"), "all") &&
                 !strcmp(eng_ckpt_meta(ck, "task_normalized"), a->task_normalized) &&
                 eng_ckpt_find(ck, "mask_decoder.iou_prediction_head.layers.2.lora_B") &&
-                eng_ckpt_find(ck, "mask_decoder.iou_prediction_head.layers.2.lora_B")->shape[0] == 4,
+                eng_ckpt_find(ck, "mask_decoder.iou_prediction_head.layers.2.lora_B")->shape[0] ==
+                    4,
             "file layout");
     eng_ckpt_close(ck);
     free(file);
@@ -384,8 +394,21 @@ static void test_save_load_serialize(void)
 
 /* A hand-built adapter file for the hostile cases: rank `rank`, the IoU
  * head's three targets; `fault` picks what is wrong with it. */
-enum { F_NONE, F_SHAPE, F_NO_B, F_NAN, F_UNKNOWN, F_TARGETS, F_ID, F_TASKNORM, F_FORMAT,
-       F_ALPHA, F_INT_DTYPE, F_TASK_NUL, F_COUNT };
+enum {
+    F_NONE,
+    F_SHAPE,
+    F_NO_B,
+    F_NAN,
+    F_UNKNOWN,
+    F_TARGETS,
+    F_ID,
+    F_TASKNORM,
+    F_FORMAT,
+    F_ALPHA,
+    F_INT_DTYPE,
+    F_TASK_NUL,
+    F_COUNT
+};
 
 static uint8_t *hostile(int fault, const char *rank, size_t *len)
 {
@@ -402,8 +425,8 @@ static uint8_t *hostile(int fault, const char *rank, size_t *len)
     for (int t = 44; t < 47; t++)
         for (int k = 0; k < 2; k++) {
             snprintf(names[n], sizeof names[n], "%s.lora_%c", tt[t].name, k ? 'B' : 'A');
-            e[n] = (eng_st_entry){names[n], ENG_F32, 2,
-                                  {k ? tt[t].out : r, k ? r : tt[t].in}, data};
+            e[n] =
+                (eng_st_entry){names[n], ENG_F32, 2, {k ? tt[t].out : r, k ? r : tt[t].in}, data};
             n++;
         }
     if (fault == F_SHAPE)
@@ -417,22 +440,37 @@ static uint8_t *hostile(int fault, const char *rank, size_t *len)
         e[0].data = nanv;
     }
     if (fault == F_UNKNOWN)
-        e[n++] = (eng_st_entry){"mask_decoder.iou_prediction_head.layers.9.lora_A", ENG_F32, 2,
-                                {r, 256}, data};
+        e[n++] = (eng_st_entry){
+            "mask_decoder.iou_prediction_head.layers.9.lora_A", ENG_F32, 2, {r, 256}, data};
     if (fault == F_INT_DTYPE)
         e[1].dtype = ENG_I32;
     const char *hid = "0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef";
     char id[AD_ID_LEN + 1];
     ad_task_id(S("find apples"), hid, id);
-    const char *meta[] = {"format", fault == F_FORMAT ? "tasam-hypernet" : "tasam-adapter",
-                          "format_version", "1",
-                          "id", fault == F_ID ? hid : id,
-                          "task", fault == F_TASK_NUL ? "" : "Find  apples",
-                          "task_normalized", fault == F_TASKNORM ? "find  apples" : "find apples",
-                          "hypernet_id", hid, "hypernet_version", "7", "rank", rank,
-                          "alpha", fault == F_ALPHA ? "nan" : "8",
-                          "targets", fault == F_TARGETS ? "all" : "iou",
-                          "created", "1700000000", "text_model", "hashed-384"};
+    const char *meta[] = {"format",
+                          fault == F_FORMAT ? "tasam-hypernet" : "tasam-adapter",
+                          "format_version",
+                          "1",
+                          "id",
+                          fault == F_ID ? hid : id,
+                          "task",
+                          fault == F_TASK_NUL ? "" : "Find  apples",
+                          "task_normalized",
+                          fault == F_TASKNORM ? "find  apples" : "find apples",
+                          "hypernet_id",
+                          hid,
+                          "hypernet_version",
+                          "7",
+                          "rank",
+                          rank,
+                          "alpha",
+                          fault == F_ALPHA ? "nan" : "8",
+                          "targets",
+                          fault == F_TARGETS ? "all" : "iou",
+                          "created",
+                          "1700000000",
+                          "text_model",
+                          "hashed-384"};
     uint8_t *buf = NULL;
     if (eng_safetensors_serialize(e, (size_t)n, meta, 12, &buf, len))
         return NULL;
@@ -446,8 +484,8 @@ static void test_hostile_adapters(void)
     uint8_t *ok = hostile(F_NONE, "4", &len);
     T_REQUIRE(ok, "%s", eng_last_error());
     T_CHECK(ad_adapter_parse(&a, ok, len, "ok") == 0 && a && a->n_targets == 3 &&
-                !strcmp(a->task_normalized, "find apples"), "valid hand-built file: %s",
-            eng_last_error());
+                !strcmp(a->task_normalized, "find apples"),
+            "valid hand-built file: %s", eng_last_error());
     if (t_fixtures() && model && a) {
         eng_sam_lora *l = NULL;
         T_CHECK(ad_adapter_to_lora(a, model, 0, &l) == 0, "%s", eng_last_error());
@@ -548,30 +586,37 @@ static void test_cli(void)
     if (access(tasam, X_OK) != 0)
         T_SKIP("%s not built", tasam);
     const char *fx = t_fixtures();
-    snprintf(cmd, sizeof cmd, "%s hypernet init --out %s --random --seed 4 --text-model hashed "
-             "--text-dim 64 --rank 2 --targets all,-mlp 2>&1", tasam, tmp("cli_h.safetensors"));
+    snprintf(cmd, sizeof cmd,
+             "%s hypernet init --out %s --random --seed 4 --text-model hashed "
+             "--text-dim 64 --rank 2 --targets all,-mlp 2>&1",
+             tasam, tmp("cli_h.safetensors"));
     T_CHECK(run(cmd, out, sizeof out) == 0 && strstr(out, "targets: 43"), "hypernet init: %s", out);
-    snprintf(cmd, sizeof cmd, "%s adapter --hypernet %s --task '  Segment  ALL apples ' --out %s "
-             "2>/dev/null", tasam, tmp("cli_h.safetensors"), tmp("cli_a.safetensors"));
+    snprintf(cmd, sizeof cmd,
+             "%s adapter --hypernet %s --task '  Segment  ALL apples ' --out %s "
+             "2>/dev/null",
+             tasam, tmp("cli_h.safetensors"), tmp("cli_a.safetensors"));
     T_CHECK(run(cmd, out, sizeof out) == 0 && !strncmp(out, "adapter ", 8), "adapter: %s", out);
     char id[AD_ID_LEN + 1] = "";
     sscanf(out, "adapter %64s", id);
     ad_adapter *a = NULL;
     T_CHECK(ad_adapter_load(&a, tmp("cli_a.safetensors")) == 0 && a && !strcmp(a->id, id) &&
-                a->rank == 2 && a->n_targets == 43, "CLI adapter file: %s", eng_last_error());
+                a->rank == 2 && a->n_targets == 43,
+            "CLI adapter file: %s", eng_last_error());
     ad_adapter_destroy(a);
-    snprintf(cmd, sizeof cmd, "%s segment --checkpoint %s/sam_tiny.safetensors --image "
+    snprintf(cmd, sizeof cmd,
+             "%s segment --checkpoint %s/sam_tiny.safetensors --image "
              "%s/images/dog.jpg --point 400,293.7,1 --device cpu --hypernet %s --task "
-             "'segment all apples' --json %s 2>/dev/null", tasam, fx, fx,
-             tmp("cli_h.safetensors"), tmp("cli_seg.json"));
+             "'segment all apples' --json %s 2>/dev/null",
+             tasam, fx, fx, tmp("cli_h.safetensors"), tmp("cli_seg.json"));
     T_CHECK(run(cmd, out, sizeof out) == 0 && strstr(out, id), "segment --task: %s", out);
     size_t jl;
     char *json = (char *)t_read_file(tmp("cli_seg.json"), &jl);
     T_CHECK(json && memmem(json, jl, id, strlen(id)), "adapter id in the JSON");
     free(json);
-    snprintf(cmd, sizeof cmd, "%s segment --checkpoint %s/sam_tiny.safetensors --image "
-             "%s/images/dog.jpg --device cpu --adapter %s --merged 2>/dev/null", tasam, fx, fx,
-             tmp("cli_a.safetensors"));
+    snprintf(cmd, sizeof cmd,
+             "%s segment --checkpoint %s/sam_tiny.safetensors --image "
+             "%s/images/dog.jpg --device cpu --adapter %s --merged 2>/dev/null",
+             tasam, fx, fx, tmp("cli_a.safetensors"));
     T_CHECK(run(cmd, out, sizeof out) == 0 && strstr(out, id), "segment --adapter: %s", out);
     /* usage and input errors */
     snprintf(cmd, sizeof cmd, "%s adapter --hypernet %s --task '' --out %s 2>&1", tasam,
@@ -581,13 +626,16 @@ static void test_cli(void)
     T_CHECK(run(cmd, out, sizeof out) == 2, "rank 9: %s", out);
     snprintf(cmd, sizeof cmd, "%s segment --image x.jpg --task apples 2>&1", tasam);
     T_CHECK(run(cmd, out, sizeof out) == 2, "task without hypernet: %s", out);
-    snprintf(cmd, sizeof cmd, "%s embed-text --text-model %s/text_tiny --dump %s 'a cat' 'the dog' "
-             "2>&1", tasam, fx, tmp("e.safetensors"));
+    snprintf(cmd, sizeof cmd,
+             "%s embed-text --text-model %s/text_tiny --dump %s 'a cat' 'the dog' "
+             "2>&1",
+             tasam, fx, tmp("e.safetensors"));
     T_CHECK(run(cmd, out, sizeof out) == 0 && strstr(out, "tokens"), "embed-text: %s", out);
     eng_ckpt *ck = NULL;
     T_CHECK(eng_ckpt_open(&ck, tmp("e.safetensors")) == 0 && eng_ckpt_find(ck, "input_ids") &&
                 eng_ckpt_find(ck, "attention_mask") &&
-                eng_ckpt_find(ck, "embeddings")->shape[1] == 64, "embed-text dump");
+                eng_ckpt_find(ck, "embeddings")->shape[1] == 64,
+            "embed-text dump");
     eng_ckpt_close(ck);
     snprintf(cmd, sizeof cmd, "%s embed-text 2>&1", tasam);
     T_CHECK(run(cmd, out, sizeof out) == 2, "embed-text without text");

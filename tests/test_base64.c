@@ -18,8 +18,13 @@ static void test_rfc4648_vectors(void)
 {
     /* RFC 4648 section 10. */
     static const char *const v[][2] = {
-        {"", ""},         {"f", "Zg=="},         {"fo", "Zm8="},        {"foo", "Zm9v"},
-        {"foob", "Zm9vYg=="}, {"fooba", "Zm9vYmE="}, {"foobar", "Zm9vYmFy"},
+        {"", ""},
+        {"f", "Zg=="},
+        {"fo", "Zm8="},
+        {"foo", "Zm9v"},
+        {"foob", "Zm9vYg=="},
+        {"fooba", "Zm9vYmE="},
+        {"foobar", "Zm9vYmFy"},
     };
     for (size_t k = 0; k < sizeof v / sizeof *v; k++) {
         const char *plain = v[k][0], *enc = v[k][1];
@@ -184,8 +189,7 @@ static void test_data_url(void)
     }
     /* Only the first len bytes are looked at: no comma inside them. */
     size_t len = 16;
-    T_CHECK(srv_base64_strip_data_url("data:image/png;base64,QQ==", &len) == NULL,
-            "read past len");
+    T_CHECK(srv_base64_strip_data_url("data:image/png;base64,QQ==", &len) == NULL, "read past len");
 }
 
 int main(void)

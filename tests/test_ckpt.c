@@ -136,12 +136,12 @@ static uint8_t *mkzip(const zent *e, size_t n, int zip64, size_t *len)
         tb_le(&z, 20, 2);
         tb_le(&z, 0x0808, 2); /* data descriptor flag, as torch writes */
         tb_le(&z, (uint64_t)e[i].method, 2);
-        tb_le(&z, 0, 4);      /* time, date */
-        tb_le(&z, 0, 4);      /* crc (not checked) */
-        tb_le(&z, 0, 4);      /* sizes left zero, as torch does */
+        tb_le(&z, 0, 4); /* time, date */
+        tb_le(&z, 0, 4); /* crc (not checked) */
+        tb_le(&z, 0, 4); /* sizes left zero, as torch does */
         tb_le(&z, 0, 4);
         tb_le(&z, nl, 2);
-        tb_le(&z, 4, 2);      /* an extra field of padding */
+        tb_le(&z, 4, 2); /* an extra field of padding */
         tb_str(&z, e[i].name);
         tb_le(&z, 0x4246, 2);
         tb_le(&z, 0, 2);
@@ -317,20 +317,20 @@ static int open_copy(eng_ckpt **c, const void *buf, size_t len, const char *labe
 }
 
 /* buf must be refused with a message naming `label` and containing `want`. */
-#define EXPECT_FAIL(buf, len, label, want)                                                        \
-    do {                                                                                          \
-        eng_ckpt *c_ = (eng_ckpt *)1;                                                             \
-        uint8_t *k_;                                                                              \
-        eng_clear_error();                                                                        \
-        int rc_ = open_copy(&c_, (buf), (len), (label), &k_);                                     \
-        const char *m_ = eng_last_error();                                                        \
-        T_CHECK(rc_ < 0 && c_ == NULL, "%s: accepted (rc %d)", (label), rc_);                     \
-        T_CHECK(strstr(m_, (label)) != NULL, "%s: message does not name the file: '%s'", (label), \
-                m_);                                                                              \
-        T_CHECK(!(want) || strstr(m_, (want) ? (want) : "") != NULL,                              \
-                "%s: message '%s' lacks '%s'", (label), m_, (want) ? (want) : "");                \
-        eng_ckpt_close(rc_ < 0 ? NULL : c_);                                                      \
-        free(k_);                                                                                 \
+#define EXPECT_FAIL(buf, len, label, want)                                                         \
+    do {                                                                                           \
+        eng_ckpt *c_ = (eng_ckpt *)1;                                                              \
+        uint8_t *k_;                                                                               \
+        eng_clear_error();                                                                         \
+        int rc_ = open_copy(&c_, (buf), (len), (label), &k_);                                      \
+        const char *m_ = eng_last_error();                                                         \
+        T_CHECK(rc_ < 0 && c_ == NULL, "%s: accepted (rc %d)", (label), rc_);                      \
+        T_CHECK(strstr(m_, (label)) != NULL, "%s: message does not name the file: '%s'", (label),  \
+                m_);                                                                               \
+        T_CHECK(!(want) || strstr(m_, (want) ? (want) : "") != NULL,                               \
+                "%s: message '%s' lacks '%s'", (label), m_, (want) ? (want) : "");                 \
+        eng_ckpt_close(rc_ < 0 ? NULL : c_);                                                       \
+        free(k_);                                                                                  \
     } while (0)
 
 /* ---- fixtures ---- */
@@ -395,7 +395,8 @@ static void test_load_f32_errors(void)
     T_CHECK(eng_ckpt_load_f32(c, "image_encoder.patch_embed.proj.bias", 1, good, buf) == 0, "%s",
             eng_last_error());
     int rc = eng_ckpt_load_f32(c, "nope", 1, good, buf);
-    T_CHECK(rc == ENG_ENOTFOUND && strstr(eng_last_error(), "sam_tiny.safetensors: tensor 'nope': missing"),
+    T_CHECK(rc == ENG_ENOTFOUND &&
+                strstr(eng_last_error(), "sam_tiny.safetensors: tensor 'nope': missing"),
             "missing: %d '%s'", rc, eng_last_error());
     rc = eng_ckpt_load_f32(c, "image_encoder.patch_embed.proj.bias", 2, bad, buf);
     T_CHECK(rc == ENG_ESHAPE && strstr(eng_last_error(), "shape [64] expected [256,128]"),
@@ -413,12 +414,9 @@ static void test_writer_roundtrip(void)
     uint8_t u[5] = {0, 1, 2, 254, 255};
     int64_t l[2] = {-1, 1LL << 40};
     eng_st_entry e[] = {
-        {"w.f32", ENG_F32, 2, {2, 3}, f},
-        {"odd \"name\"\\\n\x01", ENG_F16, 1, {3}, h},
-        {"bf", ENG_BF16, 2, {1, 2}, b},
-        {"bytes", ENG_U8, 1, {5}, u},
-        {"ids", ENG_I64, 1, {2}, l},
-        {"empty", ENG_F32, 2, {0, 4}, NULL},
+        {"w.f32", ENG_F32, 2, {2, 3}, f},   {"odd \"name\"\\\n\x01", ENG_F16, 1, {3}, h},
+        {"bf", ENG_BF16, 2, {1, 2}, b},     {"bytes", ENG_U8, 1, {5}, u},
+        {"ids", ENG_I64, 1, {2}, l},        {"empty", ENG_F32, 2, {0, 4}, NULL},
         {"scalar", ENG_F32, 0, {0}, &f[2]},
     };
     const char *meta[] = {"format", "pt", "note", "quote\" and \\ and \t"};
@@ -690,18 +688,18 @@ static void test_hostile_pickles(void)
 {
     int64_t s4[1] = {4}, c1[1] = {1};
     tb p = {0};
-#define PK_BEGIN()                                                                                \
-    do {                                                                                          \
-        p.n = 0;                                                                                  \
-        tb_u8(&p, 0x80);                                                                          \
-        tb_u8(&p, 2);                                                                             \
-        tb_u8(&p, '}');                                                                           \
-        tb_u8(&p, '(');                                                                           \
+#define PK_BEGIN()                                                                                 \
+    do {                                                                                           \
+        p.n = 0;                                                                                   \
+        tb_u8(&p, 0x80);                                                                           \
+        tb_u8(&p, 2);                                                                              \
+        tb_u8(&p, '}');                                                                            \
+        tb_u8(&p, '(');                                                                            \
     } while (0)
-#define PK_END()                                                                                  \
-    do {                                                                                          \
-        tb_u8(&p, 'u');                                                                           \
-        tb_u8(&p, '.');                                                                           \
+#define PK_END()                                                                                   \
+    do {                                                                                           \
+        tb_u8(&p, 'u');                                                                            \
+        tb_u8(&p, '.');                                                                            \
     } while (0)
 
     PK_BEGIN();
@@ -1019,7 +1017,8 @@ static void test_hostile_safetensors(void)
          8, "overflow"},
         {"{\"a\":{\"dtype\":\"F32\",\"shape\":[99999999999999999999],\"data_offsets\":[0,8]}}", 8,
          "too large"},
-        {"{\"a\":{\"dtype\":\"Q4\",\"shape\":[2],\"data_offsets\":[0,8]}}", 8, "unknown dtype 'Q4'"},
+        {"{\"a\":{\"dtype\":\"Q4\",\"shape\":[2],\"data_offsets\":[0,8]}}", 8,
+         "unknown dtype 'Q4'"},
         {"{\"a\":{\"dtype\":\"F32\",\"shape\":[2],\"data_offsets\":[0,8]},"
          "\"a\":{\"dtype\":\"F32\",\"shape\":[2],\"data_offsets\":[8,16]}}",
          16, "duplicate tensor name 'a'"},
@@ -1030,8 +1029,7 @@ static void test_hostile_safetensors(void)
         {"{\"a\":{\"dtype\":\"F32\",\"shape\":[2]}}", 8, "missing data_offsets"},
         {"{\"a\":{\"dtype\":\"F32\",\"shape\":[1,1,1,1,1,1,1,1,2],\"data_offsets\":[0,8]}}", 8,
          "more than 8"},
-        {"{\"a\\ud800\":{\"dtype\":\"F32\",\"shape\":[2],\"data_offsets\":[0,8]}}", 8,
-         "surrogate"},
+        {"{\"a\\ud800\":{\"dtype\":\"F32\",\"shape\":[2],\"data_offsets\":[0,8]}}", 8, "surrogate"},
         {"{\"a\\u0000\":{\"dtype\":\"F32\",\"shape\":[2],\"data_offsets\":[0,8]}}", 8, "NUL"},
         {"{\"a\\q\":{\"dtype\":\"F32\",\"shape\":[2],\"data_offsets\":[0,8]}}", 8, "escape"},
         {"{\"a\":{\"dtype\":\"F32\",\"shape\":[2],\"data_offsets\":[0,8]}} x", 8, "trailing"},

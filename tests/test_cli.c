@@ -46,8 +46,7 @@ static void check_dump(const char *dump, const char *cname, int C)
 {
     eng_ckpt *d = NULL, *g = NULL;
     T_REQUIRE(eng_ckpt_open(&d, dump) == 0, "%s", eng_last_error());
-    T_REQUIRE(eng_ckpt_open(&g, t_fixture("golden_tiny.safetensors")) == 0, "%s",
-              eng_last_error());
+    T_REQUIRE(eng_ckpt_open(&g, t_fixture("golden_tiny.safetensors")) == 0, "%s", eng_last_error());
     const char *names[3] = {"iou_predictions", "low_res_logits", "masks"};
     double tol[2] = {1e-3, 2e-3};
     for (int k = 0; k < 3; k++) {
@@ -70,7 +69,8 @@ static void check_dump(const char *dump, const char *cname, int C)
             T_CHECK(ag >= 0.999, "masks agree on %.5f", ag);
         }
     }
-    const eng_ckpt_tensor *e = eng_ckpt_find(d, "image_embedding"), *ge = eng_ckpt_find(g, "image_embedding");
+    const eng_ckpt_tensor *e = eng_ckpt_find(d, "image_embedding"),
+                          *ge = eng_ckpt_find(g, "image_embedding");
     T_REQUIRE(e && ge && e->numel == ge->numel, "image_embedding");
     float *x = malloc(e->numel * 4), *y = malloc(e->numel * 4);
     eng_ckpt_read_f32(d, e, x);
@@ -145,11 +145,12 @@ static void test_batch_of_boxes(void)
     snprintf(dump, sizeof dump, "%s/boxes.safetensors", tmpdir);
     snprintf(ck, sizeof ck, "%s", t_fixture("sam_tiny.safetensors"));
     snprintf(img, sizeof img, "%s", t_fixture("images/dog.jpg"));
-    snprintf(cmd, sizeof cmd,
-             "%s segment --device cpu --checkpoint %s --image %s "
-             "--box 80,53.400000000000006,320,267 --box 400,106.80000000000001,760,427.20000000000005 "
-             "--box 0,320.4,240,534 --box 240,160.2,560,373.79999999999995 --dump %s",
-             tasam, ck, img, dump);
+    snprintf(
+        cmd, sizeof cmd,
+        "%s segment --device cpu --checkpoint %s --image %s "
+        "--box 80,53.400000000000006,320,267 --box 400,106.80000000000001,760,427.20000000000005 "
+        "--box 0,320.4,240,534 --box 240,160.2,560,373.79999999999995 --dump %s",
+        tasam, ck, img, dump);
     int rc = run(cmd, out, sizeof out);
     T_REQUIRE(rc == 0, "exit %d: %s", rc, out);
     check_dump(dump, "boxes4", 3);

@@ -1,8 +1,8 @@
 /*
  * tests/test_cpu_ops.c: CPU backend ops against straightforward reference
  * formulas (the CUDA backend is checked against the CPU one in
- * test_cuda_ops). GELU against libm's erf. Bilinear resize: PyTorch's F.interpolate(mode="bilinear",
- * align_corners=False) written out per output pixel; the backend's
+ * test_cuda_ops). GELU against libm's erf. Bilinear resize: PyTorch's
+ * F.interpolate(mode="bilinear", align_corners=False) written out per output pixel; the backend's
  * separable, row-cached version must give the same bits, for upscales,
  * downscales, crops, several channels and output bands.
  */
@@ -67,14 +67,14 @@ static void test_resize_bilinear(void)
     static const struct {
         int C, H, W, crop_h, crop_w, OH, OW, y0, rows;
     } cases[] = {
-        {1, 256, 256, 256, 256, 1024, 1024, 0, 1024}, /* SAM: low-res to 1024 */
-        {1, 256, 256, 256, 256, 1024, 1024, 0, 684},  /* ... only the rows a crop reads */
-        {1, 684, 1024, 684, 1024, 534, 800, 0, 534},  /* crop to the original, downscale */
+        {1, 256, 256, 256, 256, 1024, 1024, 0, 1024},    /* SAM: low-res to 1024 */
+        {1, 256, 256, 256, 256, 1024, 1024, 0, 684},     /* ... only the rows a crop reads */
+        {1, 684, 1024, 684, 1024, 534, 800, 0, 534},     /* crop to the original, downscale */
         {1, 1024, 1024, 684, 1024, 1080, 1920, 300, 97}, /* a band of an upscale */
-        {3, 7, 5, 7, 5, 13, 11, 0, 13},               /* channels, odd sizes */
-        {2, 9, 9, 4, 6, 3, 2, 1, 2},                  /* a crop downscaled below 1/2 */
-        {1, 1, 1, 1, 1, 5, 3, 0, 5},                  /* one source pixel */
-        {1, 6, 40, 6, 40, 1, 97, 0, 1},               /* one output row */
+        {3, 7, 5, 7, 5, 13, 11, 0, 13},                  /* channels, odd sizes */
+        {2, 9, 9, 4, 6, 3, 2, 1, 2},                     /* a crop downscaled below 1/2 */
+        {1, 1, 1, 1, 1, 5, 3, 0, 5},                     /* one source pixel */
+        {1, 6, 40, 6, 40, 1, 97, 0, 1},                  /* one output row */
     };
     for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
         int C = cases[i].C, H = cases[i].H, W = cases[i].W, rows = cases[i].rows;

@@ -62,8 +62,8 @@ static eng_tensor up(side *s, int ndim, const int64_t *shape, const float *host)
         eng_backend_upload(s->be, t.data, host, (size_t)eng_numel(&t));
     return t;
 }
-#define UP(s, host, ...) up((s), sizeof((int64_t[]){__VA_ARGS__}) / sizeof(int64_t), \
-                            (int64_t[]){__VA_ARGS__}, (host))
+#define UP(s, host, ...)                                                                           \
+    up((s), sizeof((int64_t[]){__VA_ARGS__}) / sizeof(int64_t), (int64_t[]){__VA_ARGS__}, (host))
 
 /* A NaN-filled output tensor (poison: every element must be written). */
 static eng_tensor out_t(side *s, int ndim, const int64_t *shape)
@@ -78,8 +78,8 @@ static eng_tensor out_t(side *s, int ndim, const int64_t *shape)
     free(nan);
     return t;
 }
-#define OUT(s, ...) out_t((s), sizeof((int64_t[]){__VA_ARGS__}) / sizeof(int64_t), \
-                          (int64_t[]){__VA_ARGS__})
+#define OUT(s, ...)                                                                                \
+    out_t((s), sizeof((int64_t[]){__VA_ARGS__}) / sizeof(int64_t), (int64_t[]){__VA_ARGS__})
 
 static float *down(side *s, const eng_tensor *t)
 {
@@ -159,10 +159,10 @@ static int run_case(const char *what, case_fn fn, const void *arg)
     return ok;
 }
 
-#define NEED_GPU()                                                                                \
-    do {                                                                                          \
-        if (!gpu[0] && !gpu[1] && !gpu[2])                                                        \
-            T_SKIP("no CUDA device: %s", gpu_why);                                                \
+#define NEED_GPU()                                                                                 \
+    do {                                                                                           \
+        if (!gpu[0] && !gpu[1] && !gpu[2])                                                         \
+            T_SKIP("no CUDA device: %s", gpu_why);                                                 \
     } while (0)
 
 /* ---- linear ---- */
@@ -241,8 +241,8 @@ static float *mm_case(side *s, const void *argp, size_t *n)
 static void test_matmul_nn(void)
 {
     NEED_GPU();
-    static const int sh[][4] = {{4096, 256, 256, 4}, {16384, 64, 128, 4}, {31, 17, 12, 3},
-                                {64, 64, 64, 1}};
+    static const int sh[][4] = {
+        {4096, 256, 256, 4}, {16384, 64, 128, 4}, {31, 17, 12, 3}, {64, 64, 64, 1}};
     for (size_t i = 0; i < sizeof sh / sizeof sh[0]; i++) {
         mm_arg a = {sh[i][0], sh[i][1], sh[i][2], sh[i][3], NULL, NULL, NULL};
         float *x = rand_buf((size_t)a.M * a.K, 1), *w = rand_buf((size_t)a.K * a.N, 0.2f);
@@ -312,7 +312,9 @@ static float *ew_case(side *s, const void *argp, size_t *n)
     eng_tensor x = UP(s, a->x, a->n);
     eng_tensor out = OUT(s, a->n);
     switch (a->op) {
-    case 0: eng_activate(&s->ctx, &out, &x, a->act); break;
+    case 0:
+        eng_activate(&s->ctx, &out, &x, a->act);
+        break;
     case 1: {
         eng_tensor b = UP(s, a->y, a->bn);
         eng_add(&s->ctx, &out, &x, &b);
@@ -320,7 +322,9 @@ static float *ew_case(side *s, const void *argp, size_t *n)
         eng_add(&s->ctx, &out, &out, &x);
         break;
     }
-    case 2: eng_copy(&s->ctx, &out, &x); break;
+    case 2:
+        eng_copy(&s->ctx, &out, &x);
+        break;
     case 3: {
         eng_tensor xm = eng_reshape2(x, a->M, a->N);
         eng_tensor ym = eng_reshape2(out, a->N, a->M);
@@ -342,8 +346,7 @@ static void test_elementwise(void)
         char nm[96];
         for (int act = 1; act <= 2; act++) {
             ew_arg a = {0, n, n, 0, 0, (eng_act)act, x, y};
-            snprintf(nm, sizeof nm, "activate %s n=%lld", act == 1 ? "gelu" : "relu",
-                     (long long)n);
+            snprintf(nm, sizeof nm, "activate %s n=%lld", act == 1 ? "gelu" : "relu", (long long)n);
             T_CHECK(run_case(nm, ew_case, &a), "%s", nm);
         }
         int64_t bns[3] = {n, n % 256 == 0 ? 256 : 1, n % 8 == 0 ? 8 : n};
@@ -373,9 +376,9 @@ static void test_elementwise(void)
 
 typedef struct {
     int B, H, Tq, Tk, D;
-    int fused;   /* q, k, v are views into one [B, T, 3*H*D] buffer (Tq == Tk) */
-    int relpos;  /* grid side g: Tq == Tk == g*g */
-    int mask;    /* key_bias with some -1e4 entries */
+    int fused;  /* q, k, v are views into one [B, T, 3*H*D] buffer (Tq == Tk) */
+    int relpos; /* grid side g: Tq == Tk == g*g */
+    int mask;   /* key_bias with some -1e4 entries */
     const float *qkv, *q, *k, *v, *rh, *rw, *kb;
 } at_arg;
 
@@ -384,7 +387,11 @@ static float *at_case(side *s, const void *argp, size_t *n)
     const at_arg *a = argp;
     int HD = a->H * a->D;
     eng_tensor q, k, v, qkv, rh, rw, kb;
-    eng_attn at = {.B = a->B, .H = a->H, .Tq = a->Tq, .Tk = a->Tk, .D = a->D,
+    eng_attn at = {.B = a->B,
+                   .H = a->H,
+                   .Tq = a->Tq,
+                   .Tk = a->Tk,
+                   .D = a->D,
                    .scale = 1.0f / sqrtf((float)a->D)};
     if (a->fused) {
         qkv = UP(s, a->qkv, (int64_t)a->B * a->Tq, 3 * HD);
@@ -475,8 +482,8 @@ static float *cv_case(side *s, const void *argp, size_t *n)
     const cv_arg *a = argp;
     int OH = (a->H + 2 * a->pad - a->k) / a->stride + 1;
     int OW = (a->W + 2 * a->pad - a->k) / a->stride + 1;
-    eng_tensor x = a->chw ? UP(s, a->x, a->Cin, a->H, a->W) : UP(s, a->x, (int64_t)a->H * a->W,
-                                                                  a->Cin);
+    eng_tensor x =
+        a->chw ? UP(s, a->x, a->Cin, a->H, a->W) : UP(s, a->x, (int64_t)a->H * a->W, a->Cin);
     eng_tensor w = UP(s, a->w, a->Cout, a->Cin, a->k, a->k);
     eng_tensor b = UP(s, a->b, a->Cout);
     eng_tensor y = OUT(s, (int64_t)OH * OW, a->Cout);
@@ -500,8 +507,8 @@ static void test_conv2d(void)
         {1, 2, 9, 4, 5, 3, 1, 2, 0},            /* odd, CHW, wide pad */
     };
     for (size_t i = 0; i < sizeof sh / sizeof sh[0]; i++) {
-        cv_arg a = {sh[i][0], sh[i][1], sh[i][2], sh[i][3], sh[i][4],
-                    sh[i][5], sh[i][6], sh[i][7], sh[i][8], NULL, NULL, NULL};
+        cv_arg a = {sh[i][0], sh[i][1], sh[i][2], sh[i][3], sh[i][4], sh[i][5],
+                    sh[i][6], sh[i][7], sh[i][8], NULL,     NULL,     NULL};
         int K = a.Cin * a.k * a.k;
         float *x = rand_buf((size_t)a.Cin * a.H * a.W, 1);
         float *w = rand_buf((size_t)a.Cout * K, 1.0f / sqrtf(K)), *b = rand_buf(a.Cout, 1);
@@ -579,15 +586,15 @@ static float *wn_case(side *s, const void *argp, size_t *n)
 static void test_windows(void)
 {
     NEED_GPU();
-    static const int sh[][4] = {{64, 64, 1280, 14}, {64, 64, 64, 14}, {10, 13, 12, 4},
-                                {5, 3, 3, 2}};
+    static const int sh[][4] = {
+        {64, 64, 1280, 14}, {64, 64, 64, 14}, {10, 13, 12, 4}, {5, 3, 3, 2}};
     for (size_t i = 0; i < sizeof sh / sizeof sh[0]; i++) {
         wn_arg a = {sh[i][0], sh[i][1], sh[i][2], sh[i][3], NULL, NULL};
-        float *x = rand_buf((size_t)a.H * a.W * a.C, 1), *acc = rand_buf((size_t)a.H * a.W * a.C, 1);
+        float *x = rand_buf((size_t)a.H * a.W * a.C, 1),
+              *acc = rand_buf((size_t)a.H * a.W * a.C, 1);
         a.x = x, a.acc = acc;
         char nm[96];
-        snprintf(nm, sizeof nm, "window partition/unpartition %dx%dx%d ws %d", a.H, a.W, a.C,
-                 a.ws);
+        snprintf(nm, sizeof nm, "window partition/unpartition %dx%dx%d ws %d", a.H, a.W, a.C, a.ws);
         T_CHECK(run_case(nm, wn_case, &a), "%s", nm);
         free(x), free(acc);
     }
@@ -623,8 +630,8 @@ static void test_resize(void)
         float *x = rand_buf((size_t)a.C * a.H * a.W, 4);
         a.x = x;
         char nm[96];
-        snprintf(nm, sizeof nm, "resize %dx%d crop %dx%d -> %dx%d rows %d+%d", a.H, a.W,
-                 a.crop_h, a.crop_w, a.OH, a.OW, a.y0, a.rows);
+        snprintf(nm, sizeof nm, "resize %dx%d crop %dx%d -> %dx%d rows %d+%d", a.H, a.W, a.crop_h,
+                 a.crop_w, a.OH, a.OW, a.y0, a.rows);
         T_CHECK(run_case(nm, rs_case, &a), "%s", nm);
         free(x);
     }

@@ -23,7 +23,7 @@
 #include "engine/sam.h"
 
 #define EMB_REL_L2 1e-2
-#define MEAN_IOU 0.99
+#define MEAN_IOU   0.99
 
 static eng_ckpt *golden;
 static char no_gpu[1024];
@@ -69,7 +69,7 @@ static double vs_gold(const char *what, const float *ours, const char *gname, do
 }
 
 typedef struct {
-    double iou_sum;   /* sum of per-mask IoU */
+    double iou_sum; /* sum of per-mask IoU */
     int n_masks;
     double max_logit, max_iou_pred, min_agree, max_logit_rel;
 } dec_stats;
@@ -232,8 +232,8 @@ static void run_dtype(eng_dtype dt, eng_dtype dec_dt)
     static const struct {
         const char *name;
         int multi, n;
-    } cases[] = {{"point1", 1, 1},    {"point1_single", 0, 1}, {"points3", 1, 1},
-                 {"box", 0, 1},       {"box_point", 1, 1},     {"no_prompt", 1, 1},
+    } cases[] = {{"point1", 1, 1},      {"point1_single", 0, 1}, {"points3", 1, 1},
+                 {"box", 0, 1},         {"box_point", 1, 1},     {"no_prompt", 1, 1},
                  {"mask_refine", 0, 1}, {"boxes4", 1, 4}};
     dec_stats st = {0, 0, 0, 0, 1.0, 0};
     for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++)
@@ -242,8 +242,8 @@ static void run_dtype(eng_dtype dt, eng_dtype dec_dt)
     double miou = st.n_masks ? st.iou_sum / st.n_masks : 0;
     printf("  %s: mean mask IoU %.5f over %d masks; worst pixel agreement %.5f%%; logits max|diff| "
            "%.3g (worst rel L2 %.3g); IoU predictions max|diff| %.3g\n",
-           eng_dtype_name(dt), miou, st.n_masks, 100 * st.min_agree, st.max_logit,
-           st.max_logit_rel, st.max_iou_pred);
+           eng_dtype_name(dt), miou, st.n_masks, 100 * st.min_agree, st.max_logit, st.max_logit_rel,
+           st.max_iou_pred);
     T_CHECK(miou >= MEAN_IOU, "mean IoU %.5f < %.2f", miou, MEAN_IOU);
     if (f32) {
         T_CHECK(st.max_logit <= 2e-3, "fp32 logits max|diff| %g", st.max_logit);
@@ -278,9 +278,9 @@ static void test_groups_fp32(void)
     float *emb = gold_f32("image_embedding", NULL);
     float *mi = gold_f32("mask_refine.mask_input", NULL);
     double d[2][2], distinct;
-    int rc = emb && mi ? sam_case_groups(be, t_fixture("sam_tiny.safetensors"), emb, mi, d,
-                                         &distinct)
-                       : -1;
+    int rc = emb && mi
+                 ? sam_case_groups(be, t_fixture("sam_tiny.safetensors"), emb, mi, d, &distinct)
+                 : -1;
     T_CHECK(rc == 0, "groups: %s", emb && mi ? eng_last_error() : "golden tensors missing");
     for (int r = 0; rc == 0 && r < 2; r++) {
         printf("  groups of 3 vs one by one (%s): logits %.3g, IoU %.3g\n",

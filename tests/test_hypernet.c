@@ -90,7 +90,8 @@ static void test_types_and_shapes(void)
     for (int s = 0; s < HN_SHAPES; s++)
         T_CHECK(counts[s] > 0, "shape %d unused", s);
     T_CHECK(tcounts[0] == 7 && tcounts[3] == 7 && tcounts[4] == 2 && tcounts[6] == 4 &&
-                tcounts[11] == 1, "type counts");
+                tcounts[11] == 1,
+            "type counts");
     T_CHECK(!strcmp(hn_type_name(hn_target_type(0)), "attn.q"), "type of target 0");
     T_CHECK(!strcmp(hn_type_name(hn_target_type(46)), "iou.2"), "type of target 46");
     T_CHECK(!strcmp(hn_type_name(hn_target_type(12)), "mlp.lin1"), "type of target 12");
@@ -112,7 +113,8 @@ static void test_target_lists(void)
     T_CHECK(need < sizeof buf && hn_targets_parse(buf, q) == 0 && !memcmp(p, q, NT),
             "canonical list round trip");
     T_CHECK(hn_targets_parse("iou,mask_decoder.transformer.layers.0.self_attn.q_proj", p) == 0 &&
-                p[0] && p[44] && p[45] && p[46] && !p[1], "group + name");
+                p[0] && p[44] && p[45] && p[46] && !p[1],
+            "group + name");
     T_CHECK(hn_targets_parse("bogus", p) == ENG_EINVAL, "unknown name");
     T_CHECK(strstr(eng_last_error(), "bogus") != NULL, "%s", eng_last_error());
     T_CHECK(hn_targets_parse("all,-all", p) == ENG_EINVAL, "nothing left");
@@ -185,8 +187,9 @@ static void reference(const hn_params *p, const float *e, int t, float *A, float
         var += (z[i] - mean) * (z[i] - mean);
     var /= H;
     for (int i = 0; i < H; i++)
-        x[i] = (z[i] - mean) / sqrt(var + 1e-5) * p->ln_g[i] + p->ln_b[i] +
-               ((double)p->e_type[(size_t)hn_target_type(t) * H + i] + p->e_layer[(size_t)t * H + i]);
+        x[i] =
+            (z[i] - mean) / sqrt(var + 1e-5) * p->ln_g[i] + p->ln_b[i] +
+            ((double)p->e_type[(size_t)hn_target_type(t) * H + i] + p->e_layer[(size_t)t * H + i]);
     for (int i = 0; i < H; i++) {
         double s = p->b_mix[i];
         for (int k = 0; k < H; k++)
@@ -226,7 +229,8 @@ static void test_init_load_zero_b(void)
     T_REQUIRE(eng_ckpt_open(&ck, path) == 0, "%s", eng_last_error());
     T_CHECK(!strcmp(eng_ckpt_meta(ck, "format"), "tasam-hypernet") &&
                 !strcmp(eng_ckpt_meta(ck, "id"), hn_hypernet_id(h)) &&
-                !strcmp(eng_ckpt_meta(ck, "targets"), "all"), "metadata");
+                !strcmp(eng_ckpt_meta(ck, "targets"), "all"),
+            "metadata");
     eng_ckpt_close(ck);
 
     factors f;
@@ -281,8 +285,8 @@ static void test_random_matches_reference(void)
     hn_params *p2 = NULL;
     char ver[HN_NAME_MAX];
     T_REQUIRE(hn_params_read(&p2, path, ver) == 0, "%s", eng_last_error());
-    T_CHECK(p2->n_floats == p->n_floats &&
-                !memcmp(p2->mem, p->mem, p->n_floats * sizeof(float)) && !strcmp(ver, "test-3"),
+    T_CHECK(p2->n_floats == p->n_floats && !memcmp(p2->mem, p->mem, p->n_floats * sizeof(float)) &&
+                !strcmp(ver, "test-3"),
             "read back differs");
     hn_params_destroy(p2);
 
@@ -411,25 +415,31 @@ static void test_hostile_files(void)
         {"extra", NULL, NULL, 0, 0, 1},
     };
     for (size_t k = 0; k < sizeof cases / sizeof cases[0]; k++) {
-        const char *meta[] = {"format", "tasam-hypernet", "format_version", "1", "version", "1",
-                              "rank", "4", "alpha", "8", "text_dim", "32", "hidden", "16",
-                              "text_model", "hashed-32", "targets", "iou"};
+        const char *meta[] = {"format",         "tasam-hypernet",
+                              "format_version", "1",
+                              "version",        "1",
+                              "rank",           "4",
+                              "alpha",          "8",
+                              "text_dim",       "32",
+                              "hidden",         "16",
+                              "text_model",     "hashed-32",
+                              "targets",        "iou"};
         for (size_t m = 0; m < sizeof meta / sizeof meta[0]; m += 2)
             if (cases[k].k && !strcmp(meta[m], cases[k].k))
                 meta[m + 1] = cases[k].v;
         /* trunk tensors + the heads of shapes [256,256] and [4,256] */
         eng_st_entry e[17];
         int n = 0;
-        const char *names[] = {"trunk.in.weight", "trunk.in.bias", "trunk.norm.weight",
+        const char *names[] = {"trunk.in.weight", "trunk.in.bias",    "trunk.norm.weight",
                                "trunk.norm.bias", "trunk.mix.weight", "trunk.mix.bias",
-                               "embed.type", "embed.layer"};
-        float *src[] = {p->w_in, p->b_in, p->ln_g, p->ln_b, p->w_mix, p->b_mix, p->e_type,
-                        p->e_layer};
-        int64_t sh[][2] = {{16, 32}, {16, 0}, {16, 0}, {16, 0}, {16, 16}, {16, 0},
-                           {HN_TYPES, 16}, {NT, 16}};
+                               "embed.type",      "embed.layer"};
+        float *src[] = {p->w_in,  p->b_in,  p->ln_g,   p->ln_b,
+                        p->w_mix, p->b_mix, p->e_type, p->e_layer};
+        int64_t sh[][2] = {{16, 32}, {16, 0}, {16, 0},        {16, 0},
+                           {16, 16}, {16, 0}, {HN_TYPES, 16}, {NT, 16}};
         for (int i = 0; i < 8; i++)
-            e[n++] = (eng_st_entry){names[i], ENG_F32, sh[i][1] ? 2 : 1, {sh[i][0], sh[i][1]},
-                                    src[i]};
+            e[n++] =
+                (eng_st_entry){names[i], ENG_F32, sh[i][1] ? 2 : 1, {sh[i][0], sh[i][1]}, src[i]};
         int s0 = hn_target_shape(44), s1 = hn_target_shape(46);
         char hn[8][48];
         int hs[2] = {s0, s1};
@@ -471,8 +481,7 @@ static void test_text_check(void)
 {
     T_REQUIRE(be, "no backend");
     hn_hypernet_config c = cfg_small(64, "hashed-64");
-    T_REQUIRE(hn_hypernet_init(tmp("hashed64.safetensors"), &c, 1, 0) == 0, "%s",
-              eng_last_error());
+    T_REQUIRE(hn_hypernet_init(tmp("hashed64.safetensors"), &c, 1, 0) == 0, "%s", eng_last_error());
     hn_hypernet *h = NULL;
     T_REQUIRE(hn_hypernet_load(&h, tmp("hashed64.safetensors"), be) == 0, "%s", eng_last_error());
     hn_text *t = NULL;
@@ -482,8 +491,8 @@ static void test_text_check(void)
     T_CHECK(!strcmp(name, "hashed-64"), "name %s", name);
     hn_text_destroy(t);
     T_REQUIRE(hn_text_create_hashed(&t, 384) == 0, "%s", eng_last_error());
-    T_CHECK(hn_hypernet_check_text(h, t) == ENG_EINVAL && strstr(eng_last_error(), "64-d"),
-            "%s", eng_last_error());
+    T_CHECK(hn_hypernet_check_text(h, t) == ENG_EINVAL && strstr(eng_last_error(), "64-d"), "%s",
+            eng_last_error());
     hn_text_destroy(t);
     if (t_fixtures()) {
         /* text_tiny is 64-d too but another encoder */
@@ -495,8 +504,7 @@ static void test_text_check(void)
         hn_hypernet_destroy(h);
         h = NULL;
         c = cfg_small(64, "text_tiny");
-        T_REQUIRE(hn_hypernet_init(tmp("tiny.safetensors"), &c, 1, 0) == 0, "%s",
-                  eng_last_error());
+        T_REQUIRE(hn_hypernet_init(tmp("tiny.safetensors"), &c, 1, 0) == 0, "%s", eng_last_error());
         T_REQUIRE(hn_hypernet_load(&h, tmp("tiny.safetensors"), be) == 0, "%s", eng_last_error());
         T_CHECK(hn_hypernet_open_text(h, d, be, &t) == 0 && t, "%s", eng_last_error());
         hn_text_destroy(t);

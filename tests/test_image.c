@@ -84,7 +84,10 @@ static void membuf_put(membuf *m, const void *d, size_t n)
     m->len += n;
 }
 
-static void png_put(png_structp png, png_bytep d, size_t n) { membuf_put(png_get_io_ptr(png), d, n); }
+static void png_put(png_structp png, png_bytep d, size_t n)
+{
+    membuf_put(png_get_io_ptr(png), d, n);
+}
 static void png_noflush(png_structp png) { (void)png; }
 
 /* A PNG written by libpng. `samples`: h*w*channels values (channels from
@@ -107,11 +110,16 @@ typedef struct png_spec {
 static int ctype_channels(int ctype)
 {
     switch (ctype) {
-    case PNG_COLOR_TYPE_GRAY: return 1;
-    case PNG_COLOR_TYPE_GRAY_ALPHA: return 2;
-    case PNG_COLOR_TYPE_RGB: return 3;
-    case PNG_COLOR_TYPE_RGB_ALPHA: return 4;
-    default: return 1;
+    case PNG_COLOR_TYPE_GRAY:
+        return 1;
+    case PNG_COLOR_TYPE_GRAY_ALPHA:
+        return 2;
+    case PNG_COLOR_TYPE_RGB:
+        return 3;
+    case PNG_COLOR_TYPE_RGB_ALPHA:
+        return 4;
+    default:
+        return 1;
     }
 }
 
@@ -149,8 +157,8 @@ static uint8_t *make_png(const png_spec *s, size_t *len)
     }
     png_set_write_fn(png, &m, png_put, png_noflush);
     png_set_IHDR(png, info, (png_uint_32)s->w, (png_uint_32)s->h, s->depth, s->ctype,
-                 s->interlace ? PNG_INTERLACE_ADAM7 : PNG_INTERLACE_NONE, PNG_COMPRESSION_TYPE_DEFAULT,
-                 PNG_FILTER_TYPE_DEFAULT);
+                 s->interlace ? PNG_INTERLACE_ADAM7 : PNG_INTERLACE_NONE,
+                 PNG_COMPRESSION_TYPE_DEFAULT, PNG_FILTER_TYPE_DEFAULT);
     if (s->pal)
         png_set_PLTE(png, info, s->pal, s->npal);
     if (s->trns || s->trns_color)
@@ -202,7 +210,8 @@ static uint8_t *make_block_jpeg(int bw, int bh, int comps, int ycck, const uint8
     while (ci.next_scanline < ci.image_height) {
         int by = (int)ci.next_scanline / 8;
         for (int x = 0; x < w; x++)
-            memcpy(row + x * comps, block_colors + ((size_t)by * bw + x / 8) * comps, (size_t)comps);
+            memcpy(row + x * comps, block_colors + ((size_t)by * bw + x / 8) * comps,
+                   (size_t)comps);
         JSAMPROW r = row;
         jpeg_write_scanlines(&ci, &r, 1);
     }
@@ -308,7 +317,8 @@ static void check_resize_golden(const char *image, const char *fixture, const ch
     if (rc == 0 && n == (size_t)rw * rh * 3) {
         size_t nd;
         int md = u8_diff(got, want, n, &nd);
-        printf("#   %s -> %dx%d: max diff %d, %zu of %zu values differ\n", image, rw, rh, md, nd, n);
+        printf("#   %s -> %dx%d: max diff %d, %zu of %zu values differ\n", image, rw, rh, md, nd,
+               n);
         T_CHECK(md <= 1, "%s: max diff %d (%zu values)", image, md, nd);
         T_CHECK(nd == 0, "%s: not bit-exact with Pillow: %zu values differ", image, nd);
     }
@@ -321,11 +331,14 @@ static void test_resize_goldens(void)
 {
     T_NEED_FIXTURES();
     check_resize_golden("images/dog.jpg", "golden_tiny.safetensors", "image_resized", 1024, 684);
-    check_resize_golden("images/truck.jpg", "golden_resize.safetensors", "truck.resized", 1024, 683);
-    check_resize_golden("images/gray.png", "golden_resize.safetensors", "gray.png.resized", 1024, 768);
-    check_resize_golden("images/rgba.png", "golden_resize.safetensors", "rgba.png.resized", 1024, 768);
-    check_resize_golden("images/palette.png", "golden_resize.safetensors", "palette.png.resized", 1024,
+    check_resize_golden("images/truck.jpg", "golden_resize.safetensors", "truck.resized", 1024,
+                        683);
+    check_resize_golden("images/gray.png", "golden_resize.safetensors", "gray.png.resized", 1024,
                         768);
+    check_resize_golden("images/rgba.png", "golden_resize.safetensors", "rgba.png.resized", 1024,
+                        768);
+    check_resize_golden("images/palette.png", "golden_resize.safetensors", "palette.png.resized",
+                        1024, 768);
 }
 
 static void test_normalize_pad_golden(void)
@@ -512,8 +525,11 @@ static void test_png_16bit_rgb(void)
         uint16_t s[5 * 3 * 4];
         for (int i = 0; i < w * h * ch; i++)
             s[i] = (uint16_t)(i * 4099 + 0xff);
-        png_spec sp = {.w = w, .h = h, .depth = 16,
-                       .ctype = alpha ? PNG_COLOR_TYPE_RGB_ALPHA : PNG_COLOR_TYPE_RGB, .samples = s};
+        png_spec sp = {.w = w,
+                       .h = h,
+                       .depth = 16,
+                       .ctype = alpha ? PNG_COLOR_TYPE_RGB_ALPHA : PNG_COLOR_TYPE_RGB,
+                       .samples = s};
         eng_image img;
         T_REQUIRE(decode_png_spec(&sp, &img) == 0, "%s", eng_last_error());
         int ok = 1;
@@ -533,7 +549,11 @@ static void test_png_16bit_grey_clamps(void)
     static const uint16_t s[6] = {0, 1, 255, 256, 1000, 65535};
     static const uint8_t want[6] = {0, 1, 255, 255, 255, 255};
     for (int il = 0; il <= 1; il++) {
-        png_spec sp = {.w = 3, .h = 2, .depth = 16, .ctype = PNG_COLOR_TYPE_GRAY, .samples = s,
+        png_spec sp = {.w = 3,
+                       .h = 2,
+                       .depth = 16,
+                       .ctype = PNG_COLOR_TYPE_GRAY,
+                       .samples = s,
                        .interlace = il};
         eng_image img;
         T_REQUIRE(decode_png_spec(&sp, &img) == 0, "%s", eng_last_error());
@@ -556,8 +576,8 @@ static void test_png_grey_alpha(void)
             s[2 * i] = (uint16_t)(depth == 8 ? i * 31 : i * 8000 + 77);
             s[2 * i + 1] = (uint16_t)(i & 1 ? 0 : (depth == 8 ? 255 : 65535));
         }
-        png_spec sp = {.w = 4, .h = 2, .depth = depth, .ctype = PNG_COLOR_TYPE_GRAY_ALPHA,
-                       .samples = s};
+        png_spec sp = {
+            .w = 4, .h = 2, .depth = depth, .ctype = PNG_COLOR_TYPE_GRAY_ALPHA, .samples = s};
         eng_image img;
         T_REQUIRE(decode_png_spec(&sp, &img) == 0, "%s", eng_last_error());
         int ok = 1;
@@ -601,8 +621,15 @@ static void test_png_palette(void)
     uint16_t s1[9 * 2];
     for (int i = 0; i < 18; i++)
         s1[i] = (uint16_t)((i * 7 / 3) & 1);
-    png_spec sp = {.w = 9, .h = 2, .depth = 1, .ctype = PNG_COLOR_TYPE_PALETTE, .samples = s1,
-                   .pal = pal, .npal = 2, .trns = trns, .ntrns = 2};
+    png_spec sp = {.w = 9,
+                   .h = 2,
+                   .depth = 1,
+                   .ctype = PNG_COLOR_TYPE_PALETTE,
+                   .samples = s1,
+                   .pal = pal,
+                   .npal = 2,
+                   .trns = trns,
+                   .ntrns = 2};
     eng_image img;
     T_REQUIRE(decode_png_spec(&sp, &img) == 0, "%s", eng_last_error());
     int ok = 1;
@@ -617,8 +644,14 @@ static void test_png_palette(void)
         uint16_t s2[5 * 4];
         for (int i = 0; i < 20; i++)
             s2[i] = (uint16_t)(i % 4);
-        png_spec sp2 = {.w = 5, .h = 4, .depth = 2, .ctype = PNG_COLOR_TYPE_PALETTE, .samples = s2,
-                        .pal = pal, .npal = 3, .interlace = il};
+        png_spec sp2 = {.w = 5,
+                        .h = 4,
+                        .depth = 2,
+                        .ctype = PNG_COLOR_TYPE_PALETTE,
+                        .samples = s2,
+                        .pal = pal,
+                        .npal = 3,
+                        .interlace = il};
         T_REQUIRE(decode_png_spec(&sp2, &img) == 0, "%s", eng_last_error());
         ok = 1;
         for (int i = 0; i < 20; i++) {
@@ -674,8 +707,15 @@ static void test_png_ignored_chunks(void)
         s[i] = (uint16_t)(i * 7);
     static const uint8_t junk[] = "not a profile\0\0garbage-not-zlib";
     png_color_16 tc = {.red = 0, .green = 7, .blue = 14, .gray = 0};
-    png_spec sp = {.w = 4, .h = 3, .depth = 8, .ctype = PNG_COLOR_TYPE_RGB, .samples = s,
-                   .trns_color = &tc, .gamma = 45455, .raw_chunk = "iCCP", .raw_data = junk,
+    png_spec sp = {.w = 4,
+                   .h = 3,
+                   .depth = 8,
+                   .ctype = PNG_COLOR_TYPE_RGB,
+                   .samples = s,
+                   .trns_color = &tc,
+                   .gamma = 45455,
+                   .raw_chunk = "iCCP",
+                   .raw_data = junk,
                    .raw_len = sizeof junk};
     eng_image img;
     T_REQUIRE(decode_png_spec(&sp, &img) == 0, "%s", eng_last_error());
@@ -727,8 +767,8 @@ static void test_jpeg_cmyk(void)
                 worst = d > worst ? d : worst;
             }
         }
-        T_CHECK(worst <= (ycck ? 3 : 0), "%s: max diff %d from Pillow's rule", ycck ? "YCCK" : "CMYK",
-                worst);
+        T_CHECK(worst <= (ycck ? 3 : 0), "%s: max diff %d from Pillow's rule",
+                ycck ? "YCCK" : "CMYK", worst);
         eng_image_free(&img);
         free(jpg);
     }
@@ -770,8 +810,8 @@ static void test_truncated_png(void)
     for (int i = 0; i < w * h * 3; i++)
         s[i] = (uint16_t)((i * 2654435761u) >> 24);
     for (int il = 0; il <= 1; il++) {
-        png_spec sp = {.w = w, .h = h, .depth = 8, .ctype = PNG_COLOR_TYPE_RGB, .samples = s,
-                       .interlace = il};
+        png_spec sp = {
+            .w = w, .h = h, .depth = 8, .ctype = PNG_COLOR_TYPE_RGB, .samples = s, .interlace = il};
         size_t len;
         uint8_t *png = make_png(&sp, &len);
         T_REQUIRE(png, "make_png");
@@ -784,7 +824,8 @@ static void test_truncated_png(void)
             if (rc != want || img.rgb ||
                 (want == ENG_EFORMAT && !strstr(eng_last_error(), "truncated PNG"))) {
                 if (!bad)
-                    fprintf(stderr, "  cut %zu of %zu: rc %d: %s\n", cut, len, rc, eng_last_error());
+                    fprintf(stderr, "  cut %zu of %zu: rc %d: %s\n", cut, len, rc,
+                            eng_last_error());
                 bad++;
             }
             if (rc == 0)
@@ -813,9 +854,19 @@ static void put_chunk(membuf *m, const char *type, const uint8_t *d, uint32_t n)
 static uint8_t *tiny_idat_png(uint32_t w, uint32_t h, size_t *len)
 {
     static const uint8_t sig[8] = {0x89, 'P', 'N', 'G', '\r', '\n', 0x1a, '\n'};
-    uint8_t ihdr[13] = {(uint8_t)(w >> 24), (uint8_t)(w >> 16), (uint8_t)(w >> 8), (uint8_t)w,
-                        (uint8_t)(h >> 24), (uint8_t)(h >> 16), (uint8_t)(h >> 8), (uint8_t)h,
-                        8, 2, 0, 0, 0};
+    uint8_t ihdr[13] = {(uint8_t)(w >> 24),
+                        (uint8_t)(w >> 16),
+                        (uint8_t)(w >> 8),
+                        (uint8_t)w,
+                        (uint8_t)(h >> 24),
+                        (uint8_t)(h >> 16),
+                        (uint8_t)(h >> 8),
+                        (uint8_t)h,
+                        8,
+                        2,
+                        0,
+                        0,
+                        0};
     membuf m = {0};
     membuf_put(&m, sig, 8);
     put_chunk(&m, "IHDR", ihdr, 13);
@@ -895,8 +946,10 @@ static void test_zero_size(void)
 
 static void test_unknown_formats(void)
 {
-    static const char *const magic[] = {"GIF89a\x01\x00\x01\x00", "GIF87a", "RIFF\x10\0\0\0WEBPVP8 ",
-                                        "BM\x36\0\0\0\0\0", "II*\0", "\xff\xd8", "\x89PNG\r\n\x1a"};
+    static const char *const magic[] = {
+        "GIF89a\x01\x00\x01\x00", "GIF87a", "RIFF\x10\0\0\0WEBPVP8 ",
+        "BM\x36\0\0\0\0\0",       "II*\0",  "\xff\xd8",
+        "\x89PNG\r\n\x1a"};
     static const size_t lens[] = {10, 6, 16, 8, 4, 2, 7};
     eng_image img;
     for (int i = 0; i < 7; i++) {

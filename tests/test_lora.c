@@ -88,7 +88,8 @@ static void setup(void)
 static void test_target_table(void)
 {
     const eng_sam_lora_target *t = eng_sam_lora_targets();
-    T_CHECK(!strcmp(t[0].name, "mask_decoder.transformer.layers.0.self_attn.q_proj"), "%s", t[0].name);
+    T_CHECK(!strcmp(t[0].name, "mask_decoder.transformer.layers.0.self_attn.q_proj"), "%s",
+            t[0].name);
     T_CHECK(t[4].out == 128 && t[4].in == 256, "t2i q_proj shape");
     T_CHECK(t[7].out == 256 && t[7].in == 128, "t2i out_proj shape");
     T_CHECK(t[12].out == 2048 && t[13].in == 2048, "mlp shapes");
@@ -104,9 +105,11 @@ static void test_zero_adapter_is_plain_sam(void)
     make_factors(&f, 4, 0.5f, 0.0f, 1, 0);
     eng_sam_lora *un = NULL, *mg = NULL;
     T_REQUIRE(eng_sam_lora_create(model, 4, 2.0f, (const float *const *)f.A,
-                                  (const float *const *)f.B, 0, &un) == 0, "%s", eng_last_error());
+                                  (const float *const *)f.B, 0, &un) == 0,
+              "%s", eng_last_error());
     T_REQUIRE(eng_sam_lora_create(model, 4, 2.0f, (const float *const *)f.A,
-                                  (const float *const *)f.B, 1, &mg) == 0, "%s", eng_last_error());
+                                  (const float *const *)f.B, 1, &mg) == 0,
+              "%s", eng_last_error());
     float iou0[3], iou1[3], iou2[3];
     float *l0 = malloc(LR * 4), *l1 = malloc(LR * 4), *l2 = malloc(LR * 4);
     T_CHECK(decode(NULL, iou0, l0) == 0, "%s", eng_last_error());
@@ -133,9 +136,11 @@ static void test_random_adapter_changes_and_merge_agrees(void)
     make_factors(&f, 8, 0.3f, 0.3f, 7, 0);
     eng_sam_lora *un = NULL, *mg = NULL;
     T_REQUIRE(eng_sam_lora_create(model, 8, 0.5f, (const float *const *)f.A,
-                                  (const float *const *)f.B, 0, &un) == 0, "%s", eng_last_error());
+                                  (const float *const *)f.B, 0, &un) == 0,
+              "%s", eng_last_error());
     T_REQUIRE(eng_sam_lora_create(model, 8, 0.5f, (const float *const *)f.A,
-                                  (const float *const *)f.B, 1, &mg) == 0, "%s", eng_last_error());
+                                  (const float *const *)f.B, 1, &mg) == 0,
+              "%s", eng_last_error());
     T_CHECK(eng_sam_lora_bytes(mg) > eng_sam_lora_bytes(un), "merged holds the weights too");
     float iou0[3], iou1[3], iou1b[3], iou2[3];
     float *l0 = malloc(LR * 4), *l1 = malloc(LR * 4), *l1b = malloc(LR * 4), *l2 = malloc(LR * 4);
@@ -169,9 +174,11 @@ static void test_mixed_batch_equals_separate_calls(void)
     make_factors(&f2, 2, 0.3f, 0.3f, 12, 1); /* only every other layer */
     eng_sam_lora *a1 = NULL, *a2 = NULL;
     T_REQUIRE(eng_sam_lora_create(model, 4, 1.0f, (const float *const *)f1.A,
-                                  (const float *const *)f1.B, 0, &a1) == 0, "%s", eng_last_error());
+                                  (const float *const *)f1.B, 0, &a1) == 0,
+              "%s", eng_last_error());
     T_REQUIRE(eng_sam_lora_create(model, 2, 1.0f, (const float *const *)f2.A,
-                                  (const float *const *)f2.B, 1, &a2) == 0, "%s", eng_last_error());
+                                  (const float *const *)f2.B, 1, &a2) == 0,
+              "%s", eng_last_error());
     const eng_sam_lora *ls[3] = {a1, NULL, a2};
     eng_sam_prompt p[3];
     for (int i = 0; i < 3; i++)
@@ -204,7 +211,8 @@ static void test_adapters_on_resident_embedding(void)
     make_factors(&f, 4, 0.3f, 0.3f, 21, 0);
     eng_sam_lora *a = NULL;
     T_REQUIRE(eng_sam_lora_create(model, 4, 1.0f, (const float *const *)f.A,
-                                  (const float *const *)f.B, 0, &a) == 0, "%s", eng_last_error());
+                                  (const float *const *)f.B, 0, &a) == 0,
+              "%s", eng_last_error());
     float *plain = malloc(LR * 4), *with = malloc(LR * 4), *got = malloc(4 * LR * 4);
     float ip[3], iw[3], ig[12];
     T_REQUIRE(decode(NULL, ip, plain) == 0 && decode(a, iw, with) == 0, "%s", eng_last_error());
@@ -242,17 +250,23 @@ static void test_bad_adapters(void)
     make_factors(&f, 4, 1, 1, 3, 0);
     eng_sam_lora *l = NULL;
     T_CHECK(eng_sam_lora_create(model, 0, 1, (const float *const *)f.A, (const float *const *)f.B,
-                                0, &l) == ENG_EINVAL && !l, "rank 0");
-    T_CHECK(eng_sam_lora_create(model, 99, 1, (const float *const *)f.A,
-                                (const float *const *)f.B, 0, &l) == ENG_EINVAL, "rank 99");
+                                0, &l) == ENG_EINVAL &&
+                !l,
+            "rank 0");
+    T_CHECK(eng_sam_lora_create(model, 99, 1, (const float *const *)f.A, (const float *const *)f.B,
+                                0, &l) == ENG_EINVAL,
+            "rank 99");
     float *keep = f.B[5];
     f.B[5] = NULL;
     T_CHECK(eng_sam_lora_create(model, 4, 1, (const float *const *)f.A, (const float *const *)f.B,
-                                0, &l) == ENG_EINVAL, "A without B");
+                                0, &l) == ENG_EINVAL,
+            "A without B");
     f.B[5] = keep;
     f.A[3][2] = NAN;
     T_CHECK(eng_sam_lora_create(model, 4, 1, (const float *const *)f.A, (const float *const *)f.B,
-                                1, &l) == ENG_EINVAL && !l, "NaN factor");
+                                1, &l) == ENG_EINVAL &&
+                !l,
+            "NaN factor");
     T_CHECK(strstr(eng_last_error(), "not finite") != NULL, "message: %s", eng_last_error());
     free_factors(&f);
 }

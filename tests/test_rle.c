@@ -11,12 +11,12 @@
 /* ---- helpers ----------------------------------------------------------- */
 
 /* T_REQUIRE for helpers that return int. */
-#define T_REQUIRE_RET(cond, ...)                                                                  \
-    do {                                                                                          \
-        if (!(cond)) {                                                                            \
-            t__fail(__FILE__, __LINE__, #cond, __VA_ARGS__);                                     \
-            return 1;                                                                             \
-        }                                                                                         \
+#define T_REQUIRE_RET(cond, ...)                                                                   \
+    do {                                                                                           \
+        if (!(cond)) {                                                                             \
+            t__fail(__FILE__, __LINE__, #cond, __VA_ARGS__);                                       \
+            return 1;                                                                              \
+        }                                                                                          \
     } while (0)
 
 /* Fixed-seed PRNG (splitmix64) so failures reproduce. */
@@ -149,7 +149,11 @@ static const small_vec small_vecs[] = {
     {3, 1, {"1", "0", "1"}, "0110", 2, {0, 0, 1, 3}},
     {1, 6, {"110011"}, "0220", 4, {0, 0, 6, 1}},
     {4, 4, {"0101", "1010", "0101", "1010"}, "11110O10O10O0", 8, {0, 0, 4, 4}},
-    {5, 7, {"0001101", "0011111", "0000001", "1011010", "0011110"}, "3170J3001MO0041", 17,
+    {5,
+     7,
+     {"0001101", "0011111", "0000001", "1011010", "0011110"},
+     "3170J3001MO0041",
+     17,
      {0, 0, 7, 5}},
     {7, 3, {"111", "111", "111", "111", "111", "111", "111"}, "0e0", 21, {0, 0, 3, 7}},
 };
@@ -204,7 +208,7 @@ static const char disk_counts[] =
 typedef struct {
     const char *name;
     int h, w;
-    int kind; /* 0 rectangles, 1 disk */
+    int kind;        /* 0 rectangles, 1 disk */
     int rects[2][4]; /* y0, y1, x0, x1 (half-open); unused rows are zero */
     const char *pre, *suf;
     size_t zeros;
@@ -214,13 +218,28 @@ typedef struct {
 
 /* From pycocotools, as above. */
 static const big_vec big_vecs[] = {
-    {"rect", 534, 800, 0, {{100, 300, 200, 500}}, "d\\X3X6^:", "T[l4", 597, 60000,
+    {"rect",
+     534,
+     800,
+     0,
+     {{100, 300, 200, 500}},
+     "d\\X3X6^:",
+     "T[l4",
+     597,
+     60000,
      {200, 100, 300, 200}},
-    {"corner", 3000, 3000, 0, {{2999, 3000, 2999, 3000}}, "oQeb81", "", 0, 1,
-     {2999, 2999, 1, 1}},
+    {"corner", 3000, 3000, 0, {{2999, 3000, 2999, 3000}}, "oQeb81", "", 0, 1, {2999, 2999, 1, 1}},
     {"origin", 3000, 3000, 0, {{0, 1, 0, 1}}, "01oQeb8", "", 0, 1, {0, 0, 1, 1}},
-    {"two", 1500, 2000, 0, {{10, 1400, 5, 7}, {700, 701, 1000, 1999}}, "fZ7^[1^30^X_]1cdNoRbbN",
-     "Pi0", 1995, 3779, {5, 10, 1994, 1390}},
+    {"two",
+     1500,
+     2000,
+     0,
+     {{10, 1400, 5, 7}, {700, 701, 1000, 1999}},
+     "fZ7^[1^30^X_]1cdNoRbbN",
+     "Pi0",
+     1995,
+     3779,
+     {5, 10, 1994, 1390}},
     {"disk", 534, 800, 1, {{0}}, NULL, NULL, 0, 70661, {251, 118, 299, 299}},
 };
 
@@ -233,7 +252,8 @@ static void test_pycocotools_large(void)
         if (v->kind == 1) {
             for (int y = 0; y < v->h; y++)
                 for (int x = 0; x < v->w; x++)
-                    m[(size_t)y * v->w + x] = (y - 267) * (y - 267) + (x - 400) * (x - 400) < 150 * 150;
+                    m[(size_t)y * v->w + x] =
+                        (y - 267) * (y - 267) + (x - 400) * (x - 400) < 150 * 150;
         } else {
             for (int i = 0; i < 2; i++)
                 for (int y = v->rects[i][0]; y < v->rects[i][1]; y++)
@@ -329,9 +349,15 @@ static void test_roundtrip_random(void)
     for (n = 0; n < 5000; n++) {
         int h, w;
         switch (n % 4) {
-        case 0: h = 1, w = rng_int(1, 64); break;
-        case 1: h = rng_int(1, 64), w = 1; break;
-        default: h = rng_int(1, 64), w = rng_int(1, 64); break;
+        case 0:
+            h = 1, w = rng_int(1, 64);
+            break;
+        case 1:
+            h = rng_int(1, 64), w = 1;
+            break;
+        default:
+            h = rng_int(1, 64), w = rng_int(1, 64);
+            break;
         }
         random_mask(m, h, w);
         if (roundtrip(m, h, w) != 0)
@@ -500,11 +526,10 @@ static void test_fixture_masks(void)
 {
     T_NEED_FIXTURES();
     eng_ckpt *c = NULL;
-    T_REQUIRE(eng_ckpt_open(&c, t_fixture("golden_tiny.safetensors")) == 0, "%s",
-              eng_last_error());
+    T_REQUIRE(eng_ckpt_open(&c, t_fixture("golden_tiny.safetensors")) == 0, "%s", eng_last_error());
     const eng_ckpt_tensor *t = eng_ckpt_find(c, "point1.masks");
-    T_REQUIRE(t && t->dtype == ENG_U8 && t->ndim == 3 && t->shape[0] == 3 &&
-                  t->shape[1] == 534 && t->shape[2] == 800,
+    T_REQUIRE(t && t->dtype == ENG_U8 && t->ndim == 3 && t->shape[0] == 3 && t->shape[1] == 534 &&
+                  t->shape[2] == 800,
               "point1.masks not found as u8 [3,534,800]");
     const uint8_t *d = t->data;
     for (int k = 0; k < 3; k++) {
@@ -541,8 +566,8 @@ static void test_polygon_shapes(void)
             m[y * 7 + x] = 1;
     T_REQUIRE(eng_mask_polygons(m, 6, 7, &p) == 0, "%s", eng_last_error());
     static const int32_t rect[] = {2, 1, 6, 1, 6, 4, 2, 4};
-    T_CHECK(p.n == 1 && poly_is(&p.polys[0], rect, 4), "rectangle: %zu polygons, %zu vertices",
-            p.n, p.n ? p.polys[0].n : 0);
+    T_CHECK(p.n == 1 && poly_is(&p.polys[0], rect, 4), "rectangle: %zu polygons, %zu vertices", p.n,
+            p.n ? p.polys[0].n : 0);
     eng_polygons_free(&p);
 
     /* Hollow it: the hole is not reported. */
@@ -687,8 +712,8 @@ static int check_polygons(const uint8_t *m, int h, int w)
         }
         for (size_t i = 0; i < a; i++)
             if (inside[i] != !out[i]) {
-                T_CHECK(0, "%dx%d polygon %zu: pixel %zu inside=%d, want %d", h, w, k, i,
-                        inside[i], !out[i]);
+                T_CHECK(0, "%dx%d polygon %zu: pixel %zu inside=%d, want %d", h, w, k, i, inside[i],
+                        !out[i]);
                 bad = 1;
                 break;
             }

@@ -13,8 +13,8 @@
 #include "engine/ops.h"
 #include "engine/sam.h"
 
-#define TOL_ACT 2e-3
-#define TOL_IOU 1e-3
+#define TOL_ACT    2e-3
+#define TOL_IOU    1e-3
 #define MASK_AGREE 0.999
 
 static eng_backend *be;
@@ -173,12 +173,12 @@ out:
     return ok;
 }
 
-#define CASE_TEST(fn, name, multi, n)                                                             \
-    static void fn(void)                                                                          \
-    {                                                                                             \
-        T_NEED_FIXTURES();                                                                        \
-        T_REQUIRE(model && golden, "setup failed");                                              \
-        T_CHECK(run_case(name, multi, n), "case %s", name);                                      \
+#define CASE_TEST(fn, name, multi, n)                                                              \
+    static void fn(void)                                                                           \
+    {                                                                                              \
+        T_NEED_FIXTURES();                                                                         \
+        T_REQUIRE(model &&golden, "setup failed");                                                 \
+        T_CHECK(run_case(name, multi, n), "case %s", name);                                        \
     }
 
 CASE_TEST(test_case_point1, "point1", 1, 1)
@@ -197,15 +197,13 @@ static void test_end_to_end_image(void)
     T_NEED_FIXTURES();
     T_REQUIRE(model && golden, "setup failed");
     eng_image img = {0};
-    T_REQUIRE(eng_image_load(t_fixture("images/dog.jpg"), ENG_IMAGE_DEFAULT_MAX_PIXELS, &img) ==
-                  0,
+    T_REQUIRE(eng_image_load(t_fixture("images/dog.jpg"), ENG_IMAGE_DEFAULT_MAX_PIXELS, &img) == 0,
               "%s", eng_last_error());
     float *input = malloc(3 * 1024 * 1024 * sizeof(float));
     float *emb = malloc(ENG_SAM_EMB_FLOATS * sizeof(float));
     eng_sam_imginfo info;
     T_CHECK(eng_sam_preprocess(&img, input, &info) == 0, "%s", eng_last_error());
-    T_CHECK(info.input_w == 1024 && info.input_h == 684, "input %dx%d", info.input_w,
-            info.input_h);
+    T_CHECK(info.input_w == 1024 && info.input_h == 684, "input %dx%d", info.input_w, info.input_h);
     T_CHECK(eng_sam_encode(model, input, 1, emb) == 0, "%s", eng_last_error());
     T_CHECK(close_to("e2e image_embedding", emb, "image_embedding", TOL_ACT), "embedding");
     free(input);

@@ -89,8 +89,8 @@ static void test_config_errors(void)
         {"--checkpoint", "x", "--listen", "1.2.3.4"},
         {"--checkpoint", "x", "--nope", "1"},
     };
-    static const char *const names[] = {"threads", "max-body-bytes", "max-pixels",
-                                        "log-level", "listen", "nope"};
+    static const char *const names[] = {"threads",   "max-body-bytes", "max-pixels",
+                                        "log-level", "listen",         "nope"};
     for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
         const char *args[] = {cases[i][0], cases[i][1], cases[i][2], cases[i][3], NULL};
         err[0] = 0;
@@ -102,9 +102,11 @@ static void test_config_errors(void)
     const char *help[] = {"--help", NULL};
     T_CHECK(load(&c, err, help) == 1, "--help returns 1");
     int64_t v;
-    T_CHECK(srv_config_parse_value(SRV_OPT_CACHE_BYTES, "3KiB", &v, err, sizeof err) == 0 && v == 3072,
+    T_CHECK(srv_config_parse_value(SRV_OPT_CACHE_BYTES, "3KiB", &v, err, sizeof err) == 0 &&
+                v == 3072,
             "3KiB");
-    T_CHECK(srv_config_parse_value(SRV_OPT_MAX_PIXELS, "2k", &v, err, sizeof err) == 0 && v == 2000, "2k");
+    T_CHECK(srv_config_parse_value(SRV_OPT_MAX_PIXELS, "2k", &v, err, sizeof err) == 0 && v == 2000,
+            "2k");
 }
 
 static const srv_limits LIM = {16, 64};
@@ -134,7 +136,8 @@ static void test_request_validation(void)
 
     T_REQUIRE(parse("{\"image\":\"iVBO\",\"boxes\":[[0,0,5,5],[1,1,2,2],[0,0,0,0]]}", &r, &e) == 0,
               "boxes: %s", e.message);
-    T_CHECK(srv_request_prompts(&r, 10, 10, &p, &e) == 0 && p.n == 3 && p.p[2].has_box, "3 prompts");
+    T_CHECK(srv_request_prompts(&r, 10, 10, &p, &e) == 0 && p.n == 3 && p.p[2].has_box,
+            "3 prompts");
     srv_prompts_free(&p);
     srv_request_free(&r);
 
@@ -152,7 +155,8 @@ static void test_request_validation(void)
         {"{\"image\":\"iVB\"}", "image"},
         {"{\"image\":\"\"}", "image"},
         {"{\"image\":7}", "image"},
-        {"{\"image\":\"iVBO\",\"image_id\":\"" "0000000000000000000000000000000000000000000000000000000000000000\"}",
+        {"{\"image\":\"iVBO\",\"image_id\":\""
+         "0000000000000000000000000000000000000000000000000000000000000000\"}",
          "image_id"},
         {"{\"image_id\":\"zz\"}", "image_id"},
         {"{\"image\":\"iVBO\",\"task\":3}", "task"},
@@ -183,7 +187,8 @@ static void test_request_validation(void)
         strcat(buf, i ? ",[1,1,1]" : "[1,1,1]");
     strcat(buf, "]}");
     T_CHECK(parse(buf, &r, &e) != 0 && !strcmp(e.field, "points"), "too many points");
-    T_CHECK(srv_request_parse("text/csv", (const uint8_t *)"a", 1, SRV_KIND_SEGMENT, &LIM, &r, &e) != 0 &&
+    T_CHECK(srv_request_parse("text/csv", (const uint8_t *)"a", 1, SRV_KIND_SEGMENT, &LIM, &r,
+                              &e) != 0 &&
                 e.status == 415,
             "415 for text/csv");
     T_CHECK(srv_utf8_valid("h\xc3\xa9", 3) && !srv_utf8_valid("\xc0\xaf", 2) &&
@@ -205,18 +210,21 @@ static void test_multipart(void)
     srv_part parts[SRV_MULTIPART_MAX_PARTS];
     srv_error e;
     const char *ct = "multipart/form-data; boundary=XyZ";
-    int n = srv_multipart_parse(ct, (const uint8_t *)MP, sizeof MP - 1, parts, SRV_MULTIPART_MAX_PARTS, &e);
+    int n = srv_multipart_parse(ct, (const uint8_t *)MP, sizeof MP - 1, parts,
+                                SRV_MULTIPART_MAX_PARTS, &e);
     T_REQUIRE(n == 2, "parts %d (%s)", n, e.message);
     T_CHECK(!strcmp(parts[0].name, "image") && !strcmp(parts[0].filename, "a.png") &&
                 parts[0].len == 28 && !memcmp(parts[0].data, "\x89PNG", 4),
             "image part (%zu bytes)", parts[0].len);
     T_CHECK(!strcmp(parts[1].name, "request") && parts[1].len == 19, "request part");
     srv_request r;
-    T_CHECK(srv_request_parse(ct, (const uint8_t *)MP, sizeof MP - 1, SRV_KIND_SEGMENT, &LIM, &r, &e) == 0 &&
+    T_CHECK(srv_request_parse(ct, (const uint8_t *)MP, sizeof MP - 1, SRV_KIND_SEGMENT, &LIM, &r,
+                              &e) == 0 &&
                 r.image_len == 28 && !r.multimask && !r.image_owned,
             "multipart request: %s", e.message);
     srv_request_free(&r);
-    T_CHECK(srv_multipart_parse("multipart/form-data", (const uint8_t *)MP, sizeof MP - 1, parts, 8, &e) < 0,
+    T_CHECK(srv_multipart_parse("multipart/form-data", (const uint8_t *)MP, sizeof MP - 1, parts, 8,
+                                &e) < 0,
             "no boundary");
     /* every truncation and many byte flips: never a crash, parts stay inside */
     uint8_t buf[sizeof MP];
@@ -298,10 +306,12 @@ static void test_cache(void)
     srv_metrics_init(&m);
     snprintf(dir, sizeof dir, "%s/cache1", g_tmp);
     /* budget: two entries; one memory slot */
-    T_REQUIRE(srv_cache_open(&c, dir, F, (int64_t)(2 * F * sizeof(float)), 1, &m, err, sizeof err) == 0,
-              "open: %s", err);
+    T_REQUIRE(
+        srv_cache_open(&c, dir, F, (int64_t)(2 * F * sizeof(float)), 1, &m, err, sizeof err) == 0,
+        "open: %s", err);
     srv_cache *c2;
-    T_CHECK(srv_cache_open(&c2, dir, F, 1 << 20, 1, NULL, err, sizeof err) < 0 && strstr(err, "in use"),
+    T_CHECK(srv_cache_open(&c2, dir, F, 1 << 20, 1, NULL, err, sizeof err) < 0 &&
+                strstr(err, "in use"),
             "second open of the same state dir: %s", err);
     const char *A = "aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa";
     const char *B = "bbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbb";
@@ -317,12 +327,14 @@ static void test_cache(void)
     T_CHECK(srv_cache_get(c, A, &got, &w, &h, &tier) == 0 && tier == SRV_TIER_DISK && w == 30 &&
                 h == 20 && got[5] == 5.0f,
             "A from disk");
-    T_CHECK(srv_cache_get(c, A, &got, &w, &h, &tier) == 0 && tier == SRV_TIER_MEMORY, "A from memory");
+    T_CHECK(srv_cache_get(c, A, &got, &w, &h, &tier) == 0 && tier == SRV_TIER_MEMORY,
+            "A from memory");
     /* C evicts the least recently used (B) from disk */
     T_CHECK(srv_cache_put(c, C, e1, 1, 1) == 0, "put C");
     srv_cache_meta meta;
     T_CHECK(srv_cache_meta_get(c, B, &meta) == 1, "B evicted");
-    T_CHECK(srv_cache_meta_get(c, A, &meta) == 0 && meta.hits == 2, "A kept, hits %lld", (long long)meta.hits);
+    T_CHECK(srv_cache_meta_get(c, A, &meta) == 0 && meta.hits == 2, "A kept, hits %lld",
+            (long long)meta.hits);
     T_CHECK(m.cache_evictions == 1, "evictions %llu", (unsigned long long)m.cache_evictions);
     srv_cache_close(c);
 
@@ -331,8 +343,9 @@ static void test_cache(void)
     sqlite3 *s;
     snprintf(db, sizeof db, "%s/cache.db", dir);
     T_REQUIRE(sqlite3_open(db, &s) == SQLITE_OK, "sqlite open");
-    T_CHECK(sqlite3_exec(s, "UPDATE embedding_blob SET data = zeroblob(4096) WHERE embedding_id = "
-                            "(SELECT id FROM embedding WHERE image_sha256 LIKE 'aaaa%')",
+    T_CHECK(sqlite3_exec(s,
+                         "UPDATE embedding_blob SET data = zeroblob(4096) WHERE embedding_id = "
+                         "(SELECT id FROM embedding WHERE image_sha256 LIKE 'aaaa%')",
                          NULL, NULL, NULL) == SQLITE_OK,
             "corrupt");
     sqlite3_close(s);
@@ -350,7 +363,6 @@ static void test_cache(void)
     free(e2);
 }
 
-
 static void test_request_task(void)
 {
     srv_request r;
@@ -362,8 +374,8 @@ static void test_request_task(void)
     srv_request_free(&r);
     /* POST /v1/adapters: task only */
     const char *ok = "{\"task\":\"find the cat\"}";
-    T_CHECK(srv_request_parse("application/json", (const uint8_t *)ok, strlen(ok),
-                              SRV_KIND_ADAPTER, &LIM, &r, &e) == 0 &&
+    T_CHECK(srv_request_parse("application/json", (const uint8_t *)ok, strlen(ok), SRV_KIND_ADAPTER,
+                              &LIM, &r, &e) == 0 &&
                 r.has_task,
             "adapters body: %s", e.message);
     srv_request_free(&r);
@@ -401,8 +413,8 @@ static void test_request_task(void)
                               "\r\n--XyZ\r\nContent-Disposition: form-data; name=\"task\"\r\n\r\n"
                               "a\r\n--XyZ\r\nContent-Disposition: form-data; name=\"request\"\r\n"
                               "\r\n{\"task\":\"b\"}\r\n--XyZ--\r\n";
-    T_CHECK(srv_request_parse(ct, (const uint8_t *)MP2, sizeof MP2 - 1, SRV_KIND_SEGMENT, &LIM,
-                              &r, &e) != 0 &&
+    T_CHECK(srv_request_parse(ct, (const uint8_t *)MP2, sizeof MP2 - 1, SRV_KIND_SEGMENT, &LIM, &r,
+                              &e) != 0 &&
                 !strcmp(e.field, "task"),
             "task twice");
     T_CHECK(srv_request_parse(ct, (const uint8_t *)MP, sizeof MP - 1, SRV_KIND_EMBED, &LIM, &r,
@@ -458,7 +470,8 @@ static void test_adapter_rows(void)
     /* d evicts the least recently used: b */
     T_CHECK(srv_cache_adapter_put(c, &d, blob, sizeof blob) == 0, "put d");
     T_CHECK(srv_cache_adapter_meta(c, b.id, &got) == 1, "b was not evicted");
-    T_CHECK(srv_cache_adapter_meta(c, a.id, &got) == 0 && got.hits == 1, "a (used last) was evicted");
+    T_CHECK(srv_cache_adapter_meta(c, a.id, &got) == 0 && got.hits == 1,
+            "a (used last) was evicted");
     T_CHECK(m.adapter_evictions_disk == 1 && m.adapter_entries_disk == 2 &&
                 m.adapter_bytes_disk == 2 * (int64_t)sizeof blob,
             "eviction metrics");
@@ -466,8 +479,8 @@ static void test_adapter_rows(void)
     static uint8_t huge[4096];
     T_CHECK(srv_cache_adapter_put(c, &b, huge, sizeof huge) == 1, "huge blob stored");
     /* list, paged by id */
-    T_CHECK(srv_cache_adapter_list(c, NULL, 0, 4, list, &n, &total) == 0 && n == 2 &&
-                total == 2 && list[0].id[0] == 'a' && list[1].id[0] == 'd',
+    T_CHECK(srv_cache_adapter_list(c, NULL, 0, 4, list, &n, &total) == 0 && n == 2 && total == 2 &&
+                list[0].id[0] == 'a' && list[1].id[0] == 'd',
             "list");
     T_CHECK(srv_cache_adapter_list(c, a.id, 0, 4, list, &n, &total) == 0 && n == 1 &&
                 list[0].id[0] == 'd',
@@ -481,13 +494,13 @@ static void test_adapter_rows(void)
     sqlite3 *s;
     snprintf(db, sizeof db, "%s/cache.db", dir);
     T_REQUIRE(sqlite3_open(db, &s) == SQLITE_OK, "sqlite open");
-    T_CHECK(sqlite3_exec(s, "UPDATE adapter_blob SET data = zeroblob(1000) WHERE adapter_row = "
-                            "(SELECT id FROM adapter WHERE adapter_id LIKE 'dddd%')",
+    T_CHECK(sqlite3_exec(s,
+                         "UPDATE adapter_blob SET data = zeroblob(1000) WHERE adapter_row = "
+                         "(SELECT id FROM adapter WHERE adapter_id LIKE 'dddd%')",
                          NULL, NULL, NULL) == SQLITE_OK,
             "corrupt");
     sqlite3_close(s);
-    T_REQUIRE(srv_cache_open(&c, dir, 16, 1 << 20, 0, &m, err, sizeof err) == 0, "reopen: %s",
-              err);
+    T_REQUIRE(srv_cache_open(&c, dir, 16, 1 << 20, 0, &m, err, sizeof err) == 0, "reopen: %s", err);
     srv_cache_set_adapter_budget(c, 1 << 20);
     T_CHECK(srv_cache_adapter_get(c, d.id, 1, &out, &len, NULL) == 1, "corrupt adapter served");
     T_CHECK(m.adapter_corrupt == 1, "corrupt adapter not counted");
@@ -559,13 +572,19 @@ static void test_metrics_render(void)
     srv_metrics_request(&m, SRV_ROUTE_SEGMENT, 418, 0.5);
     srv_hist_observe(&m.batch_size, 3);
     T_REQUIRE(srv_metrics_render(&m, &t, &n) == 0, "render");
-    T_CHECK(strstr(t, "tasam_requests_total{route=\"segment\",code=\"200\"} 1\n") != NULL, "200 line");
-    T_CHECK(strstr(t, "tasam_requests_total{route=\"segment\",code=\"other\"} 1\n") != NULL, "other");
-    T_CHECK(strstr(t, "tasam_request_duration_seconds_bucket{route=\"segment\",le=\"0.005\"} 1\n") != NULL,
-            "cumulative bucket");
-    T_CHECK(strstr(t, "tasam_request_duration_seconds_bucket{route=\"segment\",le=\"+Inf\"} 2\n") != NULL,
+    T_CHECK(strstr(t, "tasam_requests_total{route=\"segment\",code=\"200\"} 1\n") != NULL,
+            "200 line");
+    T_CHECK(strstr(t, "tasam_requests_total{route=\"segment\",code=\"other\"} 1\n") != NULL,
+            "other");
+    T_CHECK(
+        strstr(t, "tasam_request_duration_seconds_bucket{route=\"segment\",le=\"0.005\"} 1\n") !=
+            NULL,
+        "cumulative bucket");
+    T_CHECK(strstr(t, "tasam_request_duration_seconds_bucket{route=\"segment\",le=\"+Inf\"} 2\n") !=
+                NULL,
             "+Inf bucket");
-    T_CHECK(strstr(t, "tasam_batch_size_bucket{le=\"3\"} 1\n") && strstr(t, "tasam_batch_size_sum 3.0"),
+    T_CHECK(strstr(t, "tasam_batch_size_bucket{le=\"3\"} 1\n") &&
+                strstr(t, "tasam_batch_size_sum 3.0"),
             "batch histogram");
     T_CHECK(strlen(t) == n && t[n - 1] == '\n', "length");
     free(t);

@@ -32,15 +32,18 @@ static void test_abc(void)
 static void test_448bit(void)
 {
     const char *m = "abcdbcdecdefdefgefghfghighijhijkijkljklmklmnlmnomnopnopq";
-    T_CHECK(digest_is(m, strlen(m), "248d6a61d20638b8e5c026930c3e6039a33ce45964ff2167f6ecedd419db06c1"),
-            "448-bit message");
+    T_CHECK(
+        digest_is(m, strlen(m), "248d6a61d20638b8e5c026930c3e6039a33ce45964ff2167f6ecedd419db06c1"),
+        "448-bit message");
 }
 
 static void test_896bit(void)
 {
-    const char *m = "abcdefghbcdefghicdefghijdefghijkefghijklfghijklmghijklmnhijklmnoijklmnopjklmnopqklmnopqrlmnopqrsmnopqrstnopqrstu";
-    T_CHECK(digest_is(m, strlen(m), "cf5b16a778af8380036ce59e7b0492370b249b11e8f07a51afac45037afee9d1"),
-            "896-bit message");
+    const char *m = "abcdefghbcdefghicdefghijdefghijkefghijklfghijklmghijklmnhijklmnoijklmnopjklmno"
+                    "pqklmnopqrlmnopqrsmnopqrstnopqrstu";
+    T_CHECK(
+        digest_is(m, strlen(m), "cf5b16a778af8380036ce59e7b0492370b249b11e8f07a51afac45037afee9d1"),
+        "896-bit message");
 }
 
 /* One million 'a', fed in uneven pieces through the incremental API. */

@@ -12,19 +12,19 @@
 #include "tests/harness.h"
 
 #define N_CASES 10
-#define GOLD_T 20 /* golden_text_tiny's padded length */
-#define TINY_H 64
+#define GOLD_T  20 /* golden_text_tiny's padded length */
+#define TINY_H  64
 
 /* ---- helpers ---- */
 
 /* A tokenizer over an in-memory vocabulary for the unit tests. */
-static const char test_vocab[] = "[PAD]\n[UNK]\n[CLS]\n[SEP]\n"   /* 0-3 */
-                                 "un\n##want\n##able\nwant\n"      /* 4-7 */
-                                 "a\n##b\n##c\nabc\n"              /* 8-11 */
-                                 ",\n!\n.\ncafe\n"                 /* 12-15 */
-                                 "中\n文\nx\n##x\n"                /* 16-19 */
-                                 "hello\nworld\n-\n##ing\n"        /* 20-23 */
-                                 "σ\n##ος\n";                      /* 24-25 */
+static const char test_vocab[] = "[PAD]\n[UNK]\n[CLS]\n[SEP]\n" /* 0-3 */
+                                 "un\n##want\n##able\nwant\n"   /* 4-7 */
+                                 "a\n##b\n##c\nabc\n"           /* 8-11 */
+                                 ",\n!\n.\ncafe\n"              /* 12-15 */
+                                 "中\n文\nx\n##x\n"             /* 16-19 */
+                                 "hello\nworld\n-\n##ing\n"     /* 20-23 */
+                                 "σ\n##ος\n";                   /* 24-25 */
 
 static hn_wordpiece *test_wp(void)
 {
@@ -229,8 +229,8 @@ static void test_wordpiece_long_words(void)
     w[100] = '\0';
     int32_t ids[128];
     int n = 0;
-    T_CHECK(hn_wordpiece_encode(wp, w, 100, 128, ids, NULL, &n) == 0 && n == 102 &&
-                ids[1] == 18 && ids[2] == 19 && ids[100] == 19 && ids[101] == 3,
+    T_CHECK(hn_wordpiece_encode(wp, w, 100, 128, ids, NULL, &n) == 0 && n == 102 && ids[1] == 18 &&
+                ids[2] == 19 && ids[100] == 19 && ids[101] == 3,
             "100 x: n %d", n);
     memset(w, 'x', 101);
     w[101] = '\0';
@@ -259,8 +259,8 @@ static void test_wordpiece_truncation(void)
                 n == 5 && ids[0] == 2 && ids[1] == 20 && ids[2] == 4 && ids[3] == 5 &&
                 ids[4] == 3 && mask[4] == 1,
             "truncated: n %d", n);
-    T_CHECK(hn_wordpiece_encode(wp, "hello", 5, 2, ids, mask, &n) == 0 && n == 2 &&
-                ids[0] == 2 && ids[1] == 3,
+    T_CHECK(hn_wordpiece_encode(wp, "hello", 5, 2, ids, mask, &n) == 0 && n == 2 && ids[0] == 2 &&
+                ids[1] == 3,
             "max_len 2");
     T_CHECK(hn_wordpiece_encode(wp, "hello", 5, 1, ids, mask, &n) == ENG_EINVAL, "max_len 1");
     hn_wordpiece_destroy(wp);
@@ -274,23 +274,23 @@ static void test_wordpiece_bad_utf8(void)
         const char *s;
         size_t n;
     } bad[] = {
-        {"ab\0c", 4},             /* NUL */
-        {"\x80", 1},              /* lone continuation */
-        {"a\xc0\x80", 3},         /* overlong NUL */
-        {"\xe0\x80\xaf", 3},      /* overlong '/' */
-        {"\xed\xa0\x80", 3},      /* surrogate */
-        {"\xf4\x90\x80\x80", 4},  /* over U+10FFFF */
-        {"\xf5\x80\x80\x80", 4},  /* invalid lead */
-        {"ok \xe2\x82", 5},       /* truncated at the end */
-        {"\xe2\x28\xa1", 3},      /* bad continuation */
+        {"ab\0c", 4},            /* NUL */
+        {"\x80", 1},             /* lone continuation */
+        {"a\xc0\x80", 3},        /* overlong NUL */
+        {"\xe0\x80\xaf", 3},     /* overlong '/' */
+        {"\xed\xa0\x80", 3},     /* surrogate */
+        {"\xf4\x90\x80\x80", 4}, /* over U+10FFFF */
+        {"\xf5\x80\x80\x80", 4}, /* invalid lead */
+        {"ok \xe2\x82", 5},      /* truncated at the end */
+        {"\xe2\x28\xa1", 3},     /* bad continuation */
         {"\xff", 1},
     };
     for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
         int32_t ids[16];
         int n = -1;
         int rc = hn_wordpiece_encode(wp, bad[i].s, bad[i].n, 16, ids, NULL, &n);
-        T_CHECK(rc == ENG_EINVAL && strstr(eng_last_error(), "offset"), "case %zu: rc %d (%s)",
-                i, rc, eng_last_error());
+        T_CHECK(rc == ENG_EINVAL && strstr(eng_last_error(), "offset"), "case %zu: rc %d (%s)", i,
+                rc, eng_last_error());
     }
     /* valid edge cases */
     int32_t ids[16];
@@ -365,8 +365,8 @@ static void test_golden_tokens(void)
         for (int k = 0; k < 64; k++) {
             int32_t wi = k < GOLD_T ? gid[i * GOLD_T + k] : 0;
             int32_t wm = k < GOLD_T ? gmask[i * GOLD_T + k] : 0;
-            T_CHECK(ids[k] == wi && mask[k] == wm, "case %d pos %d: id %d mask %d, want %d %d",
-                    i, k, ids[k], mask[k], wi, wm);
+            T_CHECK(ids[k] == wi && mask[k] == wm, "case %d pos %d: id %d mask %d, want %d %d", i,
+                    k, ids[k], mask[k], wi, wm);
         }
     }
 done:
@@ -401,8 +401,8 @@ static void test_golden_encoder(void)
     T_CHECK(strcmp(hn_text_describe(t), "text_tiny (bert, 2 layers, 64-d)") == 0, "describe: %s",
             hn_text_describe(t));
     if (eng_ckpt_open(&g, t_fixture("golden_text_tiny.safetensors")) ||
-        !golden(g, "last_hidden_state", gh, sizeof gh) ||
-        !golden(g, "embeddings", ge, sizeof ge) || !golden(g, "input_ids", gid, sizeof gid)) {
+        !golden(g, "last_hidden_state", gh, sizeof gh) || !golden(g, "embeddings", ge, sizeof ge) ||
+        !golden(g, "input_ids", gid, sizeof gid)) {
         T_CHECK(0, "golden_text_tiny.safetensors: %s", eng_last_error());
         goto done;
     }

@@ -35,8 +35,8 @@
 
 #include "cuda_internal.cuh"
 
-#define FA_BR 64     /* query rows per block (4 warps x 16) */
-#define FA_BC 64     /* keys per tile */
+#define FA_BR    64 /* query rows per block (4 warps x 16) */
+#define FA_BC    64 /* keys per tile */
 #define FA_WARPS 4
 #define FA_LOG2E 1.4426950408889634f
 
@@ -103,8 +103,8 @@ __device__ __forceinline__ void ldmatrix_x4_trans(unsigned r[4], const void *sme
 }
 
 /* c[16x8] += a[16x16] b[16x8], fp32 accumulators */
-template <typename T> __device__ __forceinline__ void mma16816(float c[4], const unsigned a[4],
-                                                               unsigned b0, unsigned b1);
+template <typename T>
+__device__ __forceinline__ void mma16816(float c[4], const unsigned a[4], unsigned b0, unsigned b1);
 template <>
 __device__ __forceinline__ void mma16816<__nv_bfloat16>(float c[4], const unsigned a[4],
                                                         unsigned b0, unsigned b1)
@@ -195,10 +195,10 @@ __global__ void __launch_bounds__(FA_WARPS * 32, (ROWT || D > 80) ? 2 : 3)
 #else
     constexpr int LDS = D + 8;
     extern __shared__ __align__(16) unsigned char fa_smem[];
-    T *sK = (T *)fa_smem;                      /* [2][FA_BC][LDS] */
-    T *sV = sK + 2 * FA_BC * LDS;              /* [2][FA_BC][LDS] */
+    T *sK = (T *)fa_smem;                         /* [2][FA_BC][LDS] */
+    T *sV = sK + 2 * FA_BC * LDS;                 /* [2][FA_BC][LDS] */
     float *sQR = (float *)(sV + 2 * FA_BC * LDS); /* [FA_WARPS][16][qr_ld] */
-    T *sQ = (T *)sQR;                          /* [FA_BR][LDS], before the tables exist */
+    T *sQ = (T *)sQR;                             /* [FA_BR][LDS], before the tables exist */
 
     const int tid = threadIdx.x, warp = tid / 32, lane = tid % 32;
     const int g = lane / 4, t = lane % 4;
@@ -224,8 +224,8 @@ __global__ void __launch_bounds__(FA_WARPS * 32, (ROWT || D > 80) ? 2 : 3)
     unsigned qf[D / 16][4];
 #pragma unroll
     for (int kk = 0; kk < D / 16; kk++)
-        ldmatrix_x4(qf[kk], sQ + (warp * 16 + (lane % 8) + 8 * ((lane / 8) % 2)) * LDS +
-                                kk * 16 + 8 * (lane / 16));
+        ldmatrix_x4(qf[kk], sQ + (warp * 16 + (lane % 8) + 8 * ((lane / 8) % 2)) * LDS + kk * 16 +
+                                8 * (lane / 16));
     __syncthreads(); /* sQ is dead: the tables may overwrite it */
 
     float *qrh = sQR + warp * 16 * p.qr_ld, *qrw = qrh + p.nrh;
@@ -312,8 +312,8 @@ __global__ void __launch_bounds__(FA_WARPS * 32, (ROWT || D > 80) ? 2 : 3)
 #pragma unroll
                 for (int kk = 0; kk < D / 16; kk++) {
                     unsigned bb[4];
-                    ldmatrix_x4(bb, cK + (np * 16 + (lane % 8) + 8 * (lane / 16)) * LDS +
-                                        kk * 16 + 8 * ((lane / 8) % 2));
+                    ldmatrix_x4(bb, cK + (np * 16 + (lane % 8) + 8 * (lane / 16)) * LDS + kk * 16 +
+                                        8 * ((lane / 8) % 2));
                     mma16816<T>(s[2 * np], qf[kk], bb[0], bb[1]);
                     mma16816<T>(s[2 * np + 1], qf[kk], bb[2], bb[3]);
                 }
@@ -409,8 +409,7 @@ __global__ void __launch_bounds__(FA_WARPS * 32, (ROWT || D > 80) ? 2 : 3)
 #pragma unroll
                 for (int dp = 0; dp < D / 16; dp++) {
                     unsigned bb[4];
-                    ldmatrix_x4_trans(bb, cV + (kk * 16 + (lane % 8) + 8 * ((lane / 8) % 2)) *
-                                                   LDS +
+                    ldmatrix_x4_trans(bb, cV + (kk * 16 + (lane % 8) + 8 * ((lane / 8) % 2)) * LDS +
                                               dp * 16 + 8 * (lane / 16));
                     mma16816<T>(o[2 * dp], pa, bb[0], bb[1]);
                     mma16816<T>(o[2 * dp + 1], pa, bb[2], bb[3]);
@@ -470,8 +469,8 @@ __global__ void __launch_bounds__(FA_WARPS * 32, (ROWT || D > 80) ? 2 : 3)
 /* Merge key-range splits: one thread per (b, h, query, d).
  *   M = max_s m_s, L = sum_s l_s 2^(m_s - M), out = sum_s o_s 2^(m_s - M) / L */
 template <typename T>
-__global__ void flash_combine_kernel(T *out, const float *part_o, const float *part_ml,
-                                     int splits, int B, int H, int Tq, int D)
+__global__ void flash_combine_kernel(T *out, const float *part_o, const float *part_ml, int splits,
+                                     int B, int H, int Tq, int D)
 {
     int64_t n = (int64_t)B * H * Tq * D, rows = (int64_t)B * H * Tq;
     for (int64_t i = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; i < n;
@@ -576,16 +575,14 @@ __global__ void softmax_rows_kernel(T *P, const float *S, const T *q, int64_t q_
 // ----------------------------------------------------------------------------
 // kernel launchers
 
-template <typename T, int D>
-static int flash_launch(eng_cuda *cu, const fa_params *p)
+template <typename T, int D> static int flash_launch(eng_cuda *cu, const fa_params *p)
 {
     constexpr int LDS = D + 8;
     size_t kv = (size_t)4 * FA_BC * LDS * sizeof(T);
     size_t qbytes = (size_t)FA_BR * LDS * sizeof(T);
     size_t qr = p->rel_h ? (size_t)FA_WARPS * 16 * p->qr_ld * sizeof(float) : 0;
     size_t smem = kv + (qr > qbytes ? qr : qbytes);
-    dim3 grid((unsigned)((p->Tq + FA_BR - 1) / FA_BR * p->splits), (unsigned)p->H,
-              (unsigned)p->B);
+    dim3 grid((unsigned)((p->Tq + FA_BR - 1) / FA_BR * p->splits), (unsigned)p->H, (unsigned)p->B);
     if (p->rel_h && p->gw == FA_BC) {
         ENG_CU_CHECK(cudaFuncSetAttribute(flash_attn_kernel<T, D, true>,
                                           cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem));
@@ -605,17 +602,23 @@ static int flash_launch(eng_cuda *cu, const fa_params *p)
     return 0;
 }
 
-template <typename T>
-static int flash_dispatch_d(eng_cuda *cu, const fa_params *p, int D)
+template <typename T> static int flash_dispatch_d(eng_cuda *cu, const fa_params *p, int D)
 {
     switch (D) {
-    case 16: return flash_launch<T, 16>(cu, p);
-    case 32: return flash_launch<T, 32>(cu, p);
-    case 64: return flash_launch<T, 64>(cu, p);
-    case 80: return flash_launch<T, 80>(cu, p);
-    case 96: return flash_launch<T, 96>(cu, p);
-    case 128: return flash_launch<T, 128>(cu, p);
-    default: return eng_error(ENG_EUNSUP, "cuda: flash attention head dim %d", D);
+    case 16:
+        return flash_launch<T, 16>(cu, p);
+    case 32:
+        return flash_launch<T, 32>(cu, p);
+    case 64:
+        return flash_launch<T, 64>(cu, p);
+    case 80:
+        return flash_launch<T, 80>(cu, p);
+    case 96:
+        return flash_launch<T, 96>(cu, p);
+    case 128:
+        return flash_launch<T, 128>(cu, p);
+    default:
+        return eng_error(ENG_EUNSUP, "cuda: flash attention head dim %d", D);
     }
 }
 
@@ -630,17 +633,16 @@ static int flash_ok(const eng_cuda *cu, const eng_attn *a, const void *q, const 
     if ((a->q_rs | a->kv_rs) % 8 ||
         (((uintptr_t)q | (uintptr_t)k | (uintptr_t)v | (uintptr_t)out) & 15))
         return 0;
-    if (rel_h && ((((uintptr_t)rel_h | (uintptr_t)rel_w) & 15) || a->relpos->h > 64 ||
-                  a->relpos->w > 64))
+    if (rel_h &&
+        ((((uintptr_t)rel_h | (uintptr_t)rel_w) & 15) || a->relpos->h > 64 || a->relpos->w > 64))
         return 0;
     if (a->H > 65535 || a->B > 65535)
         return 0;
     return 1;
 }
 
-static int generic_attention(eng_cuda *cu, void *out, const void *q, const void *k,
-                             const void *v, const eng_attn *a, const void *rel_h,
-                             const void *rel_w)
+static int generic_attention(eng_cuda *cu, void *out, const void *q, const void *k, const void *v,
+                             const eng_attn *a, const void *rel_h, const void *rel_w)
 {
     eng_dtype dt = cu->base.dtype;
     size_t es = dt == ENG_F32 ? 4 : 2;
@@ -656,8 +658,8 @@ static int generic_attention(eng_cuda *cu, void *out, const void *q, const void 
     int64_t HD = (int64_t)a->H * a->D;
     size_t smem = (size_t)(a->D + gh + gw + 32) * sizeof(float);
     if (smem > 48 * 1024)
-        return eng_error(ENG_EUNSUP, "cuda: attention head dim %d / grid %dx%d too large", a->D,
-                         gh, gw);
+        return eng_error(ENG_EUNSUP, "cuda: attention head dim %d / grid %dx%d too large", a->D, gh,
+                         gw);
     if (a->B > 65535)
         return eng_error(ENG_EUNSUP, "cuda: attention batch %d too large", a->B);
     float one = 1.0f, zero = 0.0f;
@@ -670,8 +672,8 @@ static int generic_attention(eng_cuda *cu, void *out, const void *q, const void 
         ENG_BLAS_CHECK(cublasGemmStridedBatchedEx(
             cu->blas, CUBLAS_OP_T, CUBLAS_OP_N, a->Tk, a->Tq, a->D, &a->scale, kh, ty,
             (int)a->kv_rs, (long long)a->Tk * a->kv_rs, qh, ty, (int)a->q_rs,
-            (long long)a->Tq * a->q_rs, &zero, S, CUDA_R_32F, a->Tk, (long long)a->Tq * a->Tk,
-            a->B, CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT));
+            (long long)a->Tq * a->q_rs, &zero, S, CUDA_R_32F, a->Tk, (long long)a->Tq * a->Tk, a->B,
+            CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT));
         dim3 grid((unsigned)a->Tq, (unsigned)a->B);
         ENG_CU_DISPATCH(dt, T, {
             softmax_rows_kernel<T><<<grid, 128, smem, cu->stream>>>(
@@ -738,7 +740,8 @@ int eng_cuda_attention(eng_backend *be, void *out, const void *q, const void *k,
         if (s > 1) {
             int64_t rows = (int64_t)a->B * a->H * a->Tq;
             size_t ob = ((size_t)s * rows * a->D * sizeof(float) + 255) & ~(size_t)255;
-            uint8_t *scr = (uint8_t *)eng_cuda_scratch(cu, ob + (size_t)s * rows * 2 * sizeof(float));
+            uint8_t *scr =
+                (uint8_t *)eng_cuda_scratch(cu, ob + (size_t)s * rows * 2 * sizeof(float));
             if (!scr)
                 return ENG_ENOMEM;
             p.splits = s;

@@ -23,8 +23,8 @@ extern "C" {
 #include "engine/parallel.h"
 }
 
-#define ENG_CU_STAGE ((size_t)2 << 20)      /* floats of staging: two 4 MiB halves */
-#define ENG_CU_LT_WS ((size_t)32 << 20)     /* cuBLASLt workspace bytes */
+#define ENG_CU_STAGE ((size_t)2 << 20)  /* floats of staging: two 4 MiB halves */
+#define ENG_CU_LT_WS ((size_t)32 << 20) /* cuBLASLt workspace bytes */
 
 // ----------------------------------------------------------------------------
 // errors
@@ -168,8 +168,8 @@ static int cu_upload(eng_backend *be, void *dst, const float *src, size_t n)
             ENG_CU_CHECK(cudaMemcpyAsync((char *)dst + off * es, hs, c * sizeof(float),
                                          cudaMemcpyHostToDevice, cu->stream));
         } else {
-            ENG_CU_CHECK(cudaMemcpyAsync(ds, hs, c * sizeof(float), cudaMemcpyHostToDevice,
-                                         cu->stream));
+            ENG_CU_CHECK(
+                cudaMemcpyAsync(ds, hs, c * sizeof(float), cudaMemcpyHostToDevice, cu->stream));
             ENG_TRY(eng_cuda_convert_from_f32(cu, (char *)dst + off * es, ds, (int64_t)c));
         }
         ENG_CU_CHECK(cudaEventRecord(cu->stage_ev[i], cu->stream));
@@ -194,8 +194,8 @@ static int cu_download(eng_backend *be, float *dst, const void *src, size_t n)
                                          cudaMemcpyDeviceToHost, cu->stream));
         } else {
             ENG_TRY(eng_cuda_convert_to_f32(cu, ds, (const char *)src + off * es, (int64_t)c));
-            ENG_CU_CHECK(cudaMemcpyAsync(hs, ds, c * sizeof(float), cudaMemcpyDeviceToHost,
-                                         cu->stream));
+            ENG_CU_CHECK(
+                cudaMemcpyAsync(hs, ds, c * sizeof(float), cudaMemcpyDeviceToHost, cu->stream));
         }
         ENG_CU_CHECK(cudaEventRecord(cu->stage_ev[i], cu->stream));
         if (prev_c) {
@@ -262,18 +262,18 @@ static void prof_print(eng_cuda *cu)
                 cu->prof[i].calls, cu->prof[i].ms / (double)cu->prof[i].calls, cu->prof[i].name);
 }
 
-#define PROF_BEGIN(cu)                                                                            \
-    if ((cu)->profile)                                                                            \
+#define PROF_BEGIN(cu)                                                                             \
+    if ((cu)->profile)                                                                             \
         cudaEventRecord((cu)->ev0, (cu)->stream);
-#define PROF_END(cu, rc, ...)                                                                     \
-    if ((cu)->profile && !(rc)) {                                                                 \
-        char nm_[64];                                                                             \
-        float ms_ = 0;                                                                            \
-        snprintf(nm_, sizeof nm_, __VA_ARGS__);                                                   \
-        cudaEventRecord((cu)->ev1, (cu)->stream);                                                 \
-        cudaEventSynchronize((cu)->ev1);                                                          \
-        cudaEventElapsedTime(&ms_, (cu)->ev0, (cu)->ev1);                                         \
-        prof_add((cu), nm_, ms_);                                                                 \
+#define PROF_END(cu, rc, ...)                                                                      \
+    if ((cu)->profile && !(rc)) {                                                                  \
+        char nm_[64];                                                                              \
+        float ms_ = 0;                                                                             \
+        snprintf(nm_, sizeof nm_, __VA_ARGS__);                                                    \
+        cudaEventRecord((cu)->ev1, (cu)->stream);                                                  \
+        cudaEventSynchronize((cu)->ev1);                                                           \
+        cudaEventElapsedTime(&ms_, (cu)->ev0, (cu)->ev1);                                          \
+        prof_add((cu), nm_, ms_);                                                                  \
     }
 
 static int op_linear(eng_backend *be, void *y, const void *x, int64_t ldx, const void *w,
@@ -375,8 +375,7 @@ static int op_conv_transpose2x2(eng_backend *be, void *y, const void *x, int H, 
     return rc;
 }
 
-static int op_window_partition(eng_backend *be, void *y, const void *x, int H, int W, int C,
-                               int ws)
+static int op_window_partition(eng_backend *be, void *y, const void *x, int H, int W, int C, int ws)
 {
     eng_cuda *cu = (eng_cuda *)be;
     PROF_BEGIN(cu);
@@ -395,8 +394,8 @@ static int op_window_unpartition_add(eng_backend *be, void *y, const void *x, in
     return rc;
 }
 
-static int op_binarize(eng_backend *be, uint8_t *dst, const void *x, int64_t n, float lo,
-                       float hi, uint64_t counts[2])
+static int op_binarize(eng_backend *be, uint8_t *dst, const void *x, int64_t n, float lo, float hi,
+                       uint64_t counts[2])
 {
     return eng_cuda_binarize(be, dst, x, n, lo, hi, counts);
 }
@@ -552,8 +551,8 @@ extern "C" int eng_backend_cuda_create(eng_backend **out, int device_index, eng_
     e = cudaFuncGetAttributes(&fa, eng_cuda_probe_kernel);
     if (e != cudaSuccess) {
         cudaGetLastError();
-        return eng_error(ENG_EDEVICE, "cuda: this binary has no code for %s (sm_%d): %s",
-                         prop.name, cc, cudaGetErrorString(e));
+        return eng_error(ENG_EDEVICE, "cuda: this binary has no code for %s (sm_%d): %s", prop.name,
+                         cc, cudaGetErrorString(e));
     }
     eng_cuda *cu = (eng_cuda *)calloc(1, sizeof *cu);
     if (!cu)
@@ -568,8 +567,7 @@ extern "C" int eng_backend_cuda_create(eng_backend **out, int device_index, eng_
     const char *pe = getenv("TASAM_CUDA_PROFILE");
     cu->profile = pe && *pe && *pe != '0';
     snprintf(cu->base.desc, sizeof cu->base.desc, "cuda:%d %.100s (sm_%d, %s)", device_index,
-             prop.name, cc,
-             dtype == ENG_BF16 ? "bf16" : (dtype == ENG_F16 ? "fp16" : "fp32"));
+             prop.name, cc, dtype == ENG_BF16 ? "bf16" : (dtype == ENG_F16 ? "fp16" : "fp32"));
     int rc = cu_setup(cu);
     if (rc) {
         char msg[1024];

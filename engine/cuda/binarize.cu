@@ -35,8 +35,8 @@ __global__ void binarize_kernel(uint8_t *y, const T *x, int64_t n, float lo, flo
 // ----------------------------------------------------------------------------
 // kernel launchers
 
-int eng_cuda_binarize(eng_backend *be, uint8_t *dst, const void *x, int64_t n, float lo,
-                      float hi, uint64_t counts[2])
+int eng_cuda_binarize(eng_backend *be, uint8_t *dst, const void *x, int64_t n, float lo, float hi,
+                      uint64_t counts[2])
 {
     eng_cuda *cu = (eng_cuda *)be;
     counts[0] = counts[1] = 0;
@@ -50,8 +50,8 @@ int eng_cuda_binarize(eng_backend *be, uint8_t *dst, const void *x, int64_t n, f
     uint8_t *dy = s + 256;
     ENG_CU_CHECK(cudaMemsetAsync(dc, 0, 2 * sizeof(unsigned long long), cu->stream));
     ENG_CU_DISPATCH(be->dtype, T, {
-        binarize_kernel<T><<<eng_cu_blocks(n, 256), 256, 0, cu->stream>>>(dy, (const T *)x, n,
-                                                                           lo, hi, dc);
+        binarize_kernel<T>
+            <<<eng_cu_blocks(n, 256), 256, 0, cu->stream>>>(dy, (const T *)x, n, lo, hi, dc);
     });
     ENG_CU_LAUNCH_CHECK();
     ENG_CU_CHECK(cudaMemcpyAsync(dst, dy, (size_t)n, cudaMemcpyDeviceToHost, cu->stream));

@@ -50,30 +50,30 @@ typedef struct eng_cuda_prof_entry {
 
 typedef struct eng_cuda {
     eng_backend base;
-    int device;              /* CUDA ordinal */
-    int cc;                  /* compute capability, 10 * major + minor */
+    int device; /* CUDA ordinal */
+    int cc;     /* compute capability, 10 * major + minor */
     int sm_count;
-    size_t total_mem;        /* device total */
-    cudaStream_t stream;     /* every op runs here */
+    size_t total_mem;    /* device total */
+    cudaStream_t stream; /* every op runs here */
     cublasLtHandle_t lt;
-    cublasHandle_t blas;     /* fallback GEMMs and the generic attention's batched GEMMs */
-    void *lt_ws;             /* cuBLASLt workspace */
+    cublasHandle_t blas; /* fallback GEMMs and the generic attention's batched GEMMs */
+    void *lt_ws;         /* cuBLASLt workspace */
     size_t lt_ws_bytes;
-    void *scratch;           /* grown on first use, see eng_cuda_scratch */
+    void *scratch; /* grown on first use, see eng_cuda_scratch */
     size_t scratch_bytes;
-    float *h_stage;          /* pinned host staging for upload/download, stage_n floats */
-    float *d_stage;          /* device f32 staging, stage_n floats */
+    float *h_stage; /* pinned host staging for upload/download, stage_n floats */
+    float *d_stage; /* device f32 staging, stage_n floats */
     size_t stage_n;
     cudaEvent_t stage_ev[2]; /* last transfer through each half of the stage */
     eng_cuda_alloc *allocs;  /* live alloc() results, for free() accounting */
     int n_allocs, cap_allocs;
-    size_t used;             /* bytes handed out by alloc() */
+    size_t used;               /* bytes handed out by alloc() */
     eng_cuda_gemm_plan *plans; /* gemm.cu's plan cache (owned) */
     int n_plans, cap_plans;
-    void *tune_buf;          /* GEMM autotuning output, grown on first use */
+    void *tune_buf; /* GEMM autotuning output, grown on first use */
     size_t tune_bytes;
     cudaEvent_t tune_ev[2];
-    int profile;             /* TASAM_CUDA_PROFILE=1: time each op (synchronising) */
+    int profile; /* TASAM_CUDA_PROFILE=1: time each op (synchronising) */
     cudaEvent_t ev0, ev1;
     eng_cuda_prof_entry *prof;
     int n_prof;
@@ -84,28 +84,28 @@ typedef struct eng_cuda {
 int eng_cuda_fail(cudaError_t e, const char *call, const char *file, int line);
 int eng_blas_fail(int status, const char *call, const char *file, int line);
 
-#define ENG_CU_CHECK(call)                                                                        \
-    do {                                                                                          \
-        cudaError_t e_ = (call);                                                                  \
-        if (e_ != cudaSuccess)                                                                    \
-            return eng_cuda_fail(e_, #call, __FILE__, __LINE__);                                  \
+#define ENG_CU_CHECK(call)                                                                         \
+    do {                                                                                           \
+        cudaError_t e_ = (call);                                                                   \
+        if (e_ != cudaSuccess)                                                                     \
+            return eng_cuda_fail(e_, #call, __FILE__, __LINE__);                                   \
     } while (0)
 
 #define ENG_CU_LAUNCH_CHECK() ENG_CU_CHECK(cudaGetLastError())
 
-#define ENG_BLAS_CHECK(call)                                                                      \
-    do {                                                                                          \
-        int s_ = (int)(call);                                                                     \
-        if (s_ != 0)                                                                              \
-            return eng_blas_fail(s_, #call, __FILE__, __LINE__);                                  \
+#define ENG_BLAS_CHECK(call)                                                                       \
+    do {                                                                                           \
+        int s_ = (int)(call);                                                                      \
+        if (s_ != 0)                                                                               \
+            return eng_blas_fail(s_, #call, __FILE__, __LINE__);                                   \
     } while (0)
 
 /* Run a call returning an ENG_E* code; return it on failure. */
-#define ENG_TRY(call)                                                                             \
-    do {                                                                                          \
-        int r_ = (call);                                                                          \
-        if (r_)                                                                                   \
-            return r_;                                                                            \
+#define ENG_TRY(call)                                                                              \
+    do {                                                                                           \
+        int r_ = (call);                                                                           \
+        if (r_)                                                                                    \
+            return r_;                                                                             \
     } while (0)
 
 /* Scratch of at least `bytes` (256-byte aligned), NULL + error on failure.
@@ -144,24 +144,24 @@ __device__ __forceinline__ float eng_apply_act(float x, int act)
 }
 
 /* Run `body` with `T` bound to the storage type of `dt`. */
-#define ENG_CU_DISPATCH(dt, T, ...)                                                              \
-    do {                                                                                          \
-        switch (dt) {                                                                             \
-        case ENG_F32: {                                                                           \
-            typedef float T;                                                                      \
-            __VA_ARGS__;                                                                          \
-        } break;                                                                                  \
-        case ENG_F16: {                                                                           \
-            typedef __half T;                                                                     \
-            __VA_ARGS__;                                                                          \
-        } break;                                                                                  \
-        case ENG_BF16: {                                                                          \
-            typedef __nv_bfloat16 T;                                                              \
-            __VA_ARGS__;                                                                          \
-        } break;                                                                                  \
-        default:                                                                                  \
-            return eng_error(ENG_EUNSUP, "cuda: storage dtype %d", (int)(dt));                   \
-        }                                                                                         \
+#define ENG_CU_DISPATCH(dt, T, ...)                                                                \
+    do {                                                                                           \
+        switch (dt) {                                                                              \
+        case ENG_F32: {                                                                            \
+            typedef float T;                                                                       \
+            __VA_ARGS__;                                                                           \
+        } break;                                                                                   \
+        case ENG_F16: {                                                                            \
+            typedef __half T;                                                                      \
+            __VA_ARGS__;                                                                           \
+        } break;                                                                                   \
+        case ENG_BF16: {                                                                           \
+            typedef __nv_bfloat16 T;                                                               \
+            __VA_ARGS__;                                                                           \
+        } break;                                                                                   \
+        default:                                                                                   \
+            return eng_error(ENG_EUNSUP, "cuda: storage dtype %d", (int)(dt));                     \
+        }                                                                                          \
     } while (0)
 
 static inline unsigned eng_cu_blocks(int64_t n, int threads)
@@ -186,8 +186,8 @@ int eng_cuda_epilogue(eng_cuda *cu, void *y, const void *b, int group, const voi
 /* gemm.cu */
 int eng_cuda_linear(eng_backend *be, void *y, const void *x, int64_t ldx, const void *w,
                     const void *b, const void *res, int M, int K, int N, eng_act act);
-int eng_cuda_matmul_nn(eng_backend *be, void *y, const void *x, const void *w, const void *b,
-                       int M, int K, int N, int group);
+int eng_cuda_matmul_nn(eng_backend *be, void *y, const void *x, const void *w, const void *b, int M,
+                       int K, int N, int group);
 void eng_cuda_gemm_plans_free(eng_cuda *cu);
 
 /* layernorm.cu */
@@ -205,8 +205,7 @@ int eng_cuda_conv_transpose2x2(eng_backend *be, void *y, const void *x, int H, i
                                const void *w, const void *b, int Cout);
 
 /* windows.cu */
-int eng_cuda_window_partition(eng_backend *be, void *y, const void *x, int H, int W, int C,
-                              int ws);
+int eng_cuda_window_partition(eng_backend *be, void *y, const void *x, int H, int W, int C, int ws);
 int eng_cuda_window_unpartition_add(eng_backend *be, void *y, const void *x, int H, int W, int C,
                                     int ws);
 
@@ -214,7 +213,7 @@ int eng_cuda_window_unpartition_add(eng_backend *be, void *y, const void *x, int
 int eng_cuda_resize_bilinear(eng_backend *be, void *y, const void *x, int C, int H, int W,
                              int crop_h, int crop_w, int OH, int OW, int y0, int rows);
 /* binarize.cu: masks and stability counts straight to host memory (backend.h). */
-int eng_cuda_binarize(eng_backend *be, uint8_t *dst, const void *x, int64_t n, float lo,
-                      float hi, uint64_t counts[2]);
+int eng_cuda_binarize(eng_backend *be, uint8_t *dst, const void *x, int64_t n, float lo, float hi,
+                      uint64_t counts[2]);
 
 #endif

@@ -12,16 +12,14 @@
 // ----------------------------------------------------------------------------
 // CUDA kernels
 
-template <typename T>
-__global__ void convert_from_f32_kernel(T *dst, const float *src, int64_t n)
+template <typename T> __global__ void convert_from_f32_kernel(T *dst, const float *src, int64_t n)
 {
     for (int64_t i = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; i < n;
          i += (int64_t)gridDim.x * blockDim.x)
         dst[i] = eng_from_f<T>(src[i]);
 }
 
-template <typename T>
-__global__ void convert_to_f32_kernel(float *dst, const T *src, int64_t n)
+template <typename T> __global__ void convert_to_f32_kernel(float *dst, const T *src, int64_t n)
 {
     for (int64_t i = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; i < n;
          i += (int64_t)gridDim.x * blockDim.x)
@@ -33,8 +31,7 @@ template <typename T> struct alignas(8 * sizeof(T) >= 16 ? 16 : 8 * sizeof(T)) v
     T v[8];
 };
 
-template <typename T>
-__global__ void activate_kernel(T *y, const T *x, int64_t n, int act)
+template <typename T> __global__ void activate_kernel(T *y, const T *x, int64_t n, int act)
 {
     for (int64_t i = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; i < n;
          i += (int64_t)gridDim.x * blockDim.x)
@@ -80,8 +77,7 @@ __global__ void add_vec_kernel(vec8<T> *y, const vec8<T> *a, const vec8<T> *b, i
 }
 
 /* y [N, M] = x [M, N]^T through a 32 x 33 shared tile; block 32 x 8. */
-template <typename T>
-__global__ void transpose_kernel(T *y, const T *x, int M, int N)
+template <typename T> __global__ void transpose_kernel(T *y, const T *x, int M, int N)
 {
     __shared__ T tile[32][33];
     int bx = blockIdx.x * 32, by = blockIdx.y * 32; /* x's column / row origin */
@@ -127,8 +123,7 @@ int eng_cuda_convert_from_f32(eng_cuda *cu, void *dst, const float *src, int64_t
     if (n <= 0)
         return 0;
     ENG_CU_DISPATCH(cu->base.dtype, T, {
-        convert_from_f32_kernel<T>
-            <<<eng_cu_blocks(n, 256), 256, 0, cu->stream>>>((T *)dst, src, n);
+        convert_from_f32_kernel<T><<<eng_cu_blocks(n, 256), 256, 0, cu->stream>>>((T *)dst, src, n);
     });
     ENG_CU_LAUNCH_CHECK();
     return 0;
@@ -158,8 +153,8 @@ int eng_cuda_activate(eng_backend *be, void *y, const void *x, int64_t n, eng_ac
             activate_vec_kernel<T><<<eng_cu_blocks(n / 8, 256), 256, 0, cu->stream>>>(
                 (vec8<T> *)y, (const vec8<T> *)x, n / 8, (int)act);
         else
-            activate_kernel<T><<<eng_cu_blocks(n, 256), 256, 0, cu->stream>>>(
-                (T *)y, (const T *)x, n, (int)act);
+            activate_kernel<T>
+                <<<eng_cu_blocks(n, 256), 256, 0, cu->stream>>>((T *)y, (const T *)x, n, (int)act);
     });
     ENG_CU_LAUNCH_CHECK();
     return 0;
@@ -175,8 +170,8 @@ int eng_cuda_add(eng_backend *be, void *y, const void *a, const void *b, int64_t
             add_vec_kernel<T><<<eng_cu_blocks(n / 8, 256), 256, 0, cu->stream>>>(
                 (vec8<T> *)y, (const vec8<T> *)a, (const vec8<T> *)b, n / 8, bn / 8);
         else
-            add_kernel<T><<<eng_cu_blocks(n, 256), 256, 0, cu->stream>>>(
-                (T *)y, (const T *)a, (const T *)b, n, bn);
+            add_kernel<T><<<eng_cu_blocks(n, 256), 256, 0, cu->stream>>>((T *)y, (const T *)a,
+                                                                         (const T *)b, n, bn);
     });
     ENG_CU_LAUNCH_CHECK();
     return 0;

@@ -84,12 +84,12 @@ static int plan_build(eng_cuda *cu, eng_cuda_gemm_plan *p)
     cublasOperation_t ta = p->transa ? CUBLAS_OP_T : CUBLAS_OP_N, tb = CUBLAS_OP_N;
     cublasLtEpilogue_t epi = (cublasLtEpilogue_t)p->epi;
     ENG_BLAS_CHECK(cublasLtMatmulDescCreate(&p->desc, CUBLAS_COMPUTE_32F, CUDA_R_32F));
-    ENG_BLAS_CHECK(cublasLtMatmulDescSetAttribute(p->desc, CUBLASLT_MATMUL_DESC_TRANSA, &ta,
-                                                  sizeof ta));
-    ENG_BLAS_CHECK(cublasLtMatmulDescSetAttribute(p->desc, CUBLASLT_MATMUL_DESC_TRANSB, &tb,
-                                                  sizeof tb));
-    ENG_BLAS_CHECK(cublasLtMatmulDescSetAttribute(p->desc, CUBLASLT_MATMUL_DESC_EPILOGUE, &epi,
-                                                  sizeof epi));
+    ENG_BLAS_CHECK(
+        cublasLtMatmulDescSetAttribute(p->desc, CUBLASLT_MATMUL_DESC_TRANSA, &ta, sizeof ta));
+    ENG_BLAS_CHECK(
+        cublasLtMatmulDescSetAttribute(p->desc, CUBLASLT_MATMUL_DESC_TRANSB, &tb, sizeof tb));
+    ENG_BLAS_CHECK(
+        cublasLtMatmulDescSetAttribute(p->desc, CUBLASLT_MATMUL_DESC_EPILOGUE, &epi, sizeof epi));
     /* A is [k, m] (transposed) or [m, k]; B [k, n]; C = D [m, n] */
     ENG_BLAS_CHECK(cublasLtMatrixLayoutCreate(&p->la, ty, p->transa ? p->k : p->m,
                                               p->transa ? p->m : p->k, p->lda));
@@ -112,8 +112,8 @@ static int plan_build(eng_cuda *cu, eng_cuda_gemm_plan *p)
                                          sizeof al[3]);
     cublasLtMatmulHeuristicResult_t res[ENG_GEMM_CANDIDATES];
     int count = 0;
-    cublasStatus_t st = cublasLtMatmulAlgoGetHeuristic(
-        cu->lt, p->desc, p->la, p->lb, p->ld, p->ld, pref, ENG_GEMM_CANDIDATES, res, &count);
+    cublasStatus_t st = cublasLtMatmulAlgoGetHeuristic(cu->lt, p->desc, p->la, p->lb, p->ld, p->ld,
+                                                       pref, ENG_GEMM_CANDIDATES, res, &count);
     cublasLtMatmulPreferenceDestroy(pref);
     p->n_cand = 0;
     for (int i = 0; st == CUBLAS_STATUS_SUCCESS && i < count; i++)
@@ -139,8 +139,8 @@ static eng_cuda_gemm_plan *plan_get(eng_cuda *cu, const eng_cuda_gemm_plan *key)
     }
     if (cu->n_plans == cu->cap_plans) {
         int cap = cu->cap_plans ? 2 * cu->cap_plans : 32;
-        eng_cuda_gemm_plan *np = (eng_cuda_gemm_plan *)realloc(
-            cu->plans, (size_t)cap * sizeof(eng_cuda_gemm_plan));
+        eng_cuda_gemm_plan *np =
+            (eng_cuda_gemm_plan *)realloc(cu->plans, (size_t)cap * sizeof(eng_cuda_gemm_plan));
         if (!np) {
             eng_error(ENG_ENOMEM, "cuda: out of host memory");
             return NULL;
@@ -212,9 +212,9 @@ static void plan_tune(eng_cuda *cu, eng_cuda_gemm_plan *p, const void *A, const 
         for (int rep = 0; rep < 3 && !bad; rep++) {
             if (rep == 1)
                 cudaEventRecord(cu->tune_ev[0], cu->stream);
-            bad = cublasLtMatmul(cu->lt, p->desc, &alpha, A, p->la, B, p->lb, &beta,
-                                 cu->tune_buf, p->ld, cu->tune_buf, p->ld, &p->cand[i],
-                                 cu->lt_ws, cu->lt_ws_bytes, cu->stream) != CUBLAS_STATUS_SUCCESS;
+            bad = cublasLtMatmul(cu->lt, p->desc, &alpha, A, p->la, B, p->lb, &beta, cu->tune_buf,
+                                 p->ld, cu->tune_buf, p->ld, &p->cand[i], cu->lt_ws,
+                                 cu->lt_ws_bytes, cu->stream) != CUBLAS_STATUS_SUCCESS;
         }
         cudaEventRecord(cu->tune_ev[1], cu->stream);
         if (bad || cudaEventSynchronize(cu->tune_ev[1]) != cudaSuccess ||
@@ -245,12 +245,11 @@ static int gemm(eng_cuda *cu, int transa, int m, int n, int k, const void *A, in
     if (k <= 0) {
         /* an empty sum: D = C (or 0), then the epilogue */
         if (C && C != D)
-            ENG_CU_CHECK(cudaMemcpy2DAsync(D, (size_t)ldd * es, C, (size_t)ldd * es,
-                                           (size_t)m * es, (size_t)n, cudaMemcpyDeviceToDevice,
-                                           cu->stream));
+            ENG_CU_CHECK(cudaMemcpy2DAsync(D, (size_t)ldd * es, C, (size_t)ldd * es, (size_t)m * es,
+                                           (size_t)n, cudaMemcpyDeviceToDevice, cu->stream));
         else if (!C)
-            ENG_CU_CHECK(cudaMemset2DAsync(D, (size_t)ldd * es, 0, (size_t)m * es, (size_t)n,
-                                           cu->stream));
+            ENG_CU_CHECK(
+                cudaMemset2DAsync(D, (size_t)ldd * es, 0, (size_t)m * es, (size_t)n, cu->stream));
         return ldd == m ? eng_cuda_epilogue(cu, D, bias, 1, NULL, n, m, act)
                         : eng_error(ENG_EUNSUP, "cuda: empty GEMM with strided output");
     }
@@ -299,20 +298,19 @@ static int gemm(eng_cuda *cu, int transa, int m, int n, int k, const void *A, in
         if (bias && epi != CUBLASLT_EPILOGUE_DEFAULT)
             ENG_BLAS_CHECK(cublasLtMatmulDescSetAttribute(
                 p->desc, CUBLASLT_MATMUL_DESC_BIAS_POINTER, &bias, sizeof bias));
-        ENG_BLAS_CHECK(cublasLtMatmul(cu->lt, p->desc, &alpha, A, p->la, B, p->lb, &beta,
-                                      C ? C : D, p->ld, D, p->ld, &p->algo, cu->lt_ws,
-                                      cu->lt_ws_bytes, cu->stream));
+        ENG_BLAS_CHECK(cublasLtMatmul(cu->lt, p->desc, &alpha, A, p->la, B, p->lb, &beta, C ? C : D,
+                                      p->ld, D, p->ld, &p->algo, cu->lt_ws, cu->lt_ws_bytes,
+                                      cu->stream));
         done = 1;
     }
     if (!done) {
         /* cuBLAS: D = op(A) B (+ C copied into D first) */
         if (C && C != D)
-            ENG_CU_CHECK(cudaMemcpy2DAsync(D, (size_t)ldd * es, C, (size_t)ldd * es,
-                                           (size_t)m * es, (size_t)n, cudaMemcpyDeviceToDevice,
-                                           cu->stream));
+            ENG_CU_CHECK(cudaMemcpy2DAsync(D, (size_t)ldd * es, C, (size_t)ldd * es, (size_t)m * es,
+                                           (size_t)n, cudaMemcpyDeviceToDevice, cu->stream));
         cudaDataType_t ty = storage_type(cu->base.dtype);
-        ENG_BLAS_CHECK(cublasGemmEx(cu->blas, transa ? CUBLAS_OP_T : CUBLAS_OP_N, CUBLAS_OP_N, m,
-                                    n, k, &alpha, A, ty, lda, B, ty, ldb, &beta, D, ty, ldd,
+        ENG_BLAS_CHECK(cublasGemmEx(cu->blas, transa ? CUBLAS_OP_T : CUBLAS_OP_N, CUBLAS_OP_N, m, n,
+                                    k, &alpha, A, ty, lda, B, ty, ldb, &beta, D, ty, ldd,
                                     CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT));
         epi = CUBLASLT_EPILOGUE_DEFAULT;
     }
@@ -340,8 +338,8 @@ int eng_cuda_linear(eng_backend *be, void *y, const void *x, int64_t ldx, const 
     return gemm(cu, 1, N, M, K, w, K, x, (int)ldx, y, N, res, b, act, 1);
 }
 
-int eng_cuda_matmul_nn(eng_backend *be, void *y, const void *x, const void *w, const void *b,
-                       int M, int K, int N, int group)
+int eng_cuda_matmul_nn(eng_backend *be, void *y, const void *x, const void *w, const void *b, int M,
+                       int K, int N, int group)
 {
     eng_cuda *cu = (eng_cuda *)be;
     if (group == 1)

@@ -79,8 +79,8 @@ __global__ void __launch_bounds__(32 * LN_WARPS)
             ln_vec8<T> gg = gv[ci], bb = bv[ci], o;
 #pragma unroll
             for (int j = 0; j < 8; j++)
-                o.v[j] = eng_from_f<T>((v[c][j] - mean) * rstd * eng_to_f(gg.v[j]) +
-                                       eng_to_f(bb.v[j]));
+                o.v[j] =
+                    eng_from_f<T>((v[c][j] - mean) * rstd * eng_to_f(gg.v[j]) + eng_to_f(bb.v[j]));
             yr[ci] = o;
         }
     }
@@ -123,15 +123,15 @@ static void layernorm_launch(cudaStream_t st, T *y, const T *x, const T *res, co
                              const T *b, int M, int N, float eps)
 {
     unsigned grid = (unsigned)((M + LN_WARPS - 1) / LN_WARPS);
-    int aligned = (((uintptr_t)y | (uintptr_t)x | (uintptr_t)res | (uintptr_t)g | (uintptr_t)b) &
-                   15) == 0;
+    int aligned =
+        (((uintptr_t)y | (uintptr_t)x | (uintptr_t)res | (uintptr_t)g | (uintptr_t)b) & 15) == 0;
     int vpl = (N / 8 + 31) / 32;
     if (N % 8 || !aligned || vpl > 8)
         vpl = 0;
     switch (vpl) {
-#define LN_CASE(V)                                                                                \
-    case V:                                                                                       \
-        layernorm_vec_kernel<T, V><<<grid, 32 * LN_WARPS, 0, st>>>(y, x, res, g, b, M, N, eps);   \
+#define LN_CASE(V)                                                                                 \
+    case V:                                                                                        \
+        layernorm_vec_kernel<T, V><<<grid, 32 * LN_WARPS, 0, st>>>(y, x, res, g, b, M, N, eps);    \
         break;
         LN_CASE(1)
         LN_CASE(2)

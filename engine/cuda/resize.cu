@@ -41,10 +41,10 @@ __global__ void resize_bilinear_kernel(T *y, const T *x, int C, int H, int W, in
         src_index(crop_w, OW, ox, &xa, &xb, &lx);
         const T *row0 = x + ((int64_t)c * H + ya) * W;
         const T *row1 = x + ((int64_t)c * H + yb) * W;
-        float top = __fadd_rn(__fmul_rn(1.0f - lx, eng_to_f(row0[xa])),
-                              __fmul_rn(lx, eng_to_f(row0[xb])));
-        float bot = __fadd_rn(__fmul_rn(1.0f - lx, eng_to_f(row1[xa])),
-                              __fmul_rn(lx, eng_to_f(row1[xb])));
+        float top =
+            __fadd_rn(__fmul_rn(1.0f - lx, eng_to_f(row0[xa])), __fmul_rn(lx, eng_to_f(row0[xb])));
+        float bot =
+            __fadd_rn(__fmul_rn(1.0f - lx, eng_to_f(row1[xa])), __fmul_rn(lx, eng_to_f(row1[xb])));
         y[i] = eng_from_f<T>(__fadd_rn(__fmul_rn(1.0f - ly, top), __fmul_rn(ly, bot)));
     }
 }

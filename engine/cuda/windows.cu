@@ -70,8 +70,7 @@ static int vec_ok(const void *a, const void *b, int C)
     return C % 8 == 0 && (((uintptr_t)a | (uintptr_t)b) & 15) == 0;
 }
 
-int eng_cuda_window_partition(eng_backend *be, void *y, const void *x, int H, int W, int C,
-                              int ws)
+int eng_cuda_window_partition(eng_backend *be, void *y, const void *x, int H, int W, int C, int ws)
 {
     eng_cuda *cu = (eng_cuda *)be;
     int nwx = (W + ws - 1) / ws, nwy = (H + ws - 1) / ws;

@@ -23,7 +23,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     size_t n = 0;
     if (srv_base64_decode((const char *)data, size, &d, &n) == 0) {
         fz__check(d != NULL && n == size / 4 * 3 - (size && data[size - 1] == '=') -
-                                       (size > 1 && data[size - 2] == '='));
+                                        (size > 1 && data[size - 2] == '='));
         char *s = srv_base64_encode(d, n);
         fz__check(s && strlen(s) == size && memcmp(s, data, size) == 0);
         free(s);

@@ -47,8 +47,7 @@ static void fz__request_ok(const srv_request *r, const srv_limits *lim)
     }
     fz__check(!r->has_task || (r->task && strlen(r->task) == r->task_len));
     fz__check(!r->image_id[0] || strlen(r->image_id) == 64);
-    fz__check(r->output == SRV_OUT_RLE || r->output == SRV_OUT_PNG ||
-              r->output == SRV_OUT_POLYGON);
+    fz__check(r->output == SRV_OUT_RLE || r->output == SRV_OUT_PNG || r->output == SRV_OUT_POLYGON);
 }
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
@@ -103,8 +102,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
                     fz__check(p->points[2 * k] >= 0 && p->points[2 * k] <= w &&
                               p->points[2 * k + 1] >= 0 && p->points[2 * k + 1] <= h);
                 if (p->has_box)
-                    fz__check(p->box[0] >= 0 && p->box[2] <= w && p->box[1] >= 0 &&
-                              p->box[3] <= h);
+                    fz__check(p->box[0] >= 0 && p->box[2] <= w && p->box[1] >= 0 && p->box[3] <= h);
             }
             srv_prompts_free(&pr);
         } else if (kind == SRV_KIND_SEGMENT) {
