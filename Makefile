@@ -77,6 +77,7 @@ ENGINE_SRC   := $(wildcard engine/*.c)
 HYPERNET_SRC := $(wildcard hypernet/*.c)
 ADAPTERS_SRC := $(wildcard adapters/*.c)
 SERVER_SRC   := $(filter-out server/main.c,$(wildcard server/*.c))
+TRAIN_SRC    := $(filter-out train/main.c,$(wildcard train/*.c))
 CLI_SRC      := $(wildcard cli/*.c)
 CLI_OBJ      := $(CLI_SRC:%.c=$(BUILD)/obj/%.o)
 
@@ -88,7 +89,7 @@ else
   CUDA_OBJ :=
 endif
 
-LIB_SRC  := $(ENGINE_SRC) $(HYPERNET_SRC) $(ADAPTERS_SRC) $(SERVER_SRC)
+LIB_SRC  := $(ENGINE_SRC) $(HYPERNET_SRC) $(ADAPTERS_SRC) $(SERVER_SRC) $(TRAIN_SRC)
 LIB_OBJ  := $(LIB_SRC:%.c=$(BUILD)/obj/%.o) $(CUDA_OBJ)
 LIB      := $(BUILD)/libtasam.a
 
@@ -99,7 +100,7 @@ BENCH_BIN := $(BENCH_SRC:bench/%.c=$(BUILD)/bench/%)
 FUZZ_SRC := $(wildcard tests/fuzz/fuzz_*.c)
 FUZZ_BIN := $(FUZZ_SRC:tests/fuzz/%.c=$(BUILD)/bin/%)
 
-BINS := $(BUILD)/tasam $(if $(wildcard server/main.c),$(BUILD)/tasamd)
+BINS := $(BUILD)/tasam $(BUILD)/tasamd $(BUILD)/tasam-train
 
 .PHONY: all bins deps test test-plain test-san test-tsan cuda-check fuzz fuzz-bins bench clean \
         run serve format format-check help reference reference-deps
@@ -111,7 +112,8 @@ bins: $(BINS)
 
 help:
 	@echo "targets:"
-	@echo "  make              install missing packages, build build/tasam and build/tasamd"
+	@echo "  make              install missing packages, build build/tasam, build/tasamd and"
+	@echo "                    build/tasam-train"
 	@echo "  make deps         install the Debian packages the build and tests need (deploy/deps.sh)"
 	@echo "  make serve        build, fetch the ViT-H checkpoint if needed, run tasamd in the foreground"
 	@echo "  make run          build, fetch the checkpoint if needed, segment IMAGE at POINTS into out/"
@@ -165,6 +167,10 @@ $(BUILD)/tasam: $(CLI_OBJ) $(LIB)
 	@$(CC) $(LDFLAGS) -pthread -o $@ $^ $(LDLIBS_ALL)
 
 $(BUILD)/tasamd: $(BUILD)/obj/server/main.o $(LIB)
+	@echo "  LD      $@"
+	@$(CC) $(LDFLAGS) -pthread -o $@ $^ $(LDLIBS_ALL)
+
+$(BUILD)/tasam-train: $(BUILD)/obj/train/main.o $(LIB)
 	@echo "  LD      $@"
 	@$(CC) $(LDFLAGS) -pthread -o $@ $^ $(LDLIBS_ALL)
 

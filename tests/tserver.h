@@ -92,7 +92,7 @@ static inline int write_file(const char *path, const void *buf, size_t len)
  * curl failed) and, when body != NULL, the response body (malloc'd).
  */
 static inline int http(int port, const char *method, const char *path, const char *ctype,
-                const char *data_file, const char *extra, char **body, size_t *blen)
+                       const char *data_file, const char *extra, char **body, size_t *blen)
 {
     char out[PATH_MAX], cmd[4 * PATH_MAX], code[16] = "";
     tmp_name(out, sizeof out, ".out");
@@ -123,7 +123,7 @@ static inline int http(int port, const char *method, const char *path, const cha
 }
 
 static inline json_t *http_json(int port, const char *method, const char *path, const char *ctype,
-                         const char *data_file, const char *extra, int *status)
+                                const char *data_file, const char *extra, int *status)
 {
     char *b = NULL;
     size_t n = 0;
@@ -153,7 +153,8 @@ static inline int read_port(const char *path, double timeout)
 
 /* Start tasamd with the fixture model and args (NULL-terminated). Returns 0
  * once /readyz answers 200 (or, with wait_ready 0, once it listens). */
-static inline int daemon_start(daemon_proc *d, const char *state, int wait_ready, const char *const *args)
+static inline int daemon_start(daemon_proc *d, const char *state, int wait_ready,
+                               const char *const *args)
 {
     char portfile[PATH_MAX];
     const char *argv[64];
@@ -429,8 +430,8 @@ static inline char *get_metrics(int port)
 
 /* Expect `status` with the error JSON (and `field` when non-NULL). */
 static inline void expect_error(int port, const char *method, const char *path, const char *ctype,
-                         const char *file, const char *extra, int status, const char *field,
-                         const char *what)
+                                const char *file, const char *extra, int status, const char *field,
+                                const char *what)
 {
     int st;
     json_t *r = http_json(port, method, path, ctype, file, extra, &st);
