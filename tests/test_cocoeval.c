@@ -291,6 +291,10 @@ static void test_results_hostile(void)
          " {\"image_id\": 1, \"category_id\": 1, \"score\": 1, \"segmentation\": {\"size\": [20, "
          "20], \"counts\": [400]}}]",
          "results[1]: no \"bbox\""},
+        {"[{\"image_id\": 1, \"category_id\": 1, \"score\": 1, \"segmentation\": {\"size\": [20, "
+         "20], \"counts\": [400]}}, {\"image_id\": 1, \"category_id\": 1, \"score\": 1, \"bbox\": "
+         "[0,0,1,1]}]",
+         "results[1]: no \"segmentation\""},
         {"[{\"image_id\": 1, \"category_id\": 1, \"score\": 1, \"segmentation\": {\"size\": [2, "
          "2], "
          "\"counts\": [4]}}]",

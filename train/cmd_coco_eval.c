@@ -92,10 +92,10 @@ int tr_cmd_coco_eval(int argc, char **argv)
         goto done;
     }
     fprintf(stderr,
-            "coco-eval: %d images, %d categories, %d annotations; %d results (%s areas from "
-            "%s)\n",
+            "coco-eval: ground truth %d images, %d categories, %d annotations; %d results; %s "
+            "evaluation, result areas from their %s\n",
             gt->n_images, gt->n_categories, gt->n_anns, dt->n, type,
-            dt->box_mode == 1 ? "boxes" : "masks");
+            t == TR_IOU_BBOX || dt->box_mode == 1 ? "boxes" : "masks");
     if (dt->n_unknown_category)
         fprintf(stderr,
                 "coco-eval: note: %d results name a category_id that is not in the ground "

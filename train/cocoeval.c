@@ -200,7 +200,14 @@ static int eval__load_json(tr_coco_dets **out, const tr_coco *gt, json_t *root, 
                            entry);
             goto fail;
         }
-        if (d->box_mode != 1 && !has_box && !jm) {
+        if (d->box_mode == 0 && !jm) {
+            rc = eng_error(rc,
+                           "%s: %s: no \"segmentation\" (the first result has no \"bbox\", so "
+                           "all must have one)",
+                           name, entry);
+            goto fail;
+        }
+        if (d->box_mode < 0 && !has_box && !jm) {
             rc = eng_error(rc, "%s: %s: neither \"segmentation\" nor \"bbox\"", name, entry);
             goto fail;
         }
@@ -211,8 +218,12 @@ static int eval__load_json(tr_coco_dets **out, const tr_coco *gt, json_t *root, 
         if (jm && (rc = tr__coco_parse_segm(name, jm, im->height, im->width, 0, &mask, where)) < 0)
             goto fail;
         if ((rc = eval__push(d, gt, image, (int64_t)json_integer_value(jc), json_number_value(js),
-                             jm ? &mask : NULL, has_box ? box : NULL)) < 0)
+                             jm ? &mask : NULL, has_box ? box : NULL)) < 0) {
+            char m[512];
+            snprintf(m, sizeof m, "%s", eng_last_error());
+            rc = eng_error(rc, "%s: %s: %s", name, where, m);
             goto fail;
+        }
     }
     *out = d;
     return 0;

@@ -378,9 +378,16 @@ done:
     return rc;
 }
 
+/* v clamped to [lo, hi] (infinities included). */
+static double mask__clamp(double v, double lo, double hi) { return v < lo ? lo : v > hi ? hi : v; }
+
 int tr_rle_from_box(const double box[4], int h, int w, eng_rle *out)
 {
-    const double xs = box[0], xe = xs + box[2], ys = box[1], ye = ys + box[3];
+    /* A box reaching far past the image rasterises as the box clamped to
+     * a pixel beyond each border: the crossings it loses lie outside the
+     * image, where pycocotools drops them too. */
+    const double xs = mask__clamp(box[0], -1, w + 1), xe = mask__clamp(box[0] + box[2], -1, w + 1);
+    const double ys = mask__clamp(box[1], -1, h + 1), ye = mask__clamp(box[1] + box[3], -1, h + 1);
     const double xy[8] = {xs, ys, xs, ye, xe, ye, xe, ys};
     return tr_rle_from_polygon(xy, 4, h, w, out);
 }

@@ -17,7 +17,7 @@
 
 /* Most boundary steps one polygon may take at pycocotools' 5x upsampling
  * (about its perimeter in pixels x 5); a real annotation takes thousands. */
-#define TR_POLY_MAX_STEPS (1u << 24)
+#define TR_POLY_MAX_STEPS (1u << 22)
 
 /*
  * One polygon (k >= 3 vertices, xy = x0, y0, x1, y1, ... in pixels, pixel
@@ -33,7 +33,9 @@
 #define TR_POLY_MAX_COORD 1e6
 int tr_rle_from_polygon(const double *xy, size_t k, int h, int w, eng_rle *out);
 
-/* pycocotools' frBbox: the box [x, y, width, height] as a 4-vertex polygon. */
+/* pycocotools' frBbox: the box [x, y, width, height] as a 4-vertex polygon
+ * (any finite box: parts far outside the image are clamped first, which
+ * leaves the raster unchanged). */
 int tr_rle_from_box(const double box[4], int h, int w, eng_rle *out);
 
 /* Union of n >= 1 RLEs of one size (pycocotools' merge with intersect 0);
