@@ -10,6 +10,7 @@
 #include "tests/tdata.h"
 
 #include <jansson.h>
+#include <libgen.h>
 
 #include "engine/error.h"
 #include "engine/image.h"
@@ -20,6 +21,8 @@
 #include "train/sample.h"
 #include "train/io.h"
 #include "train/synth.h"
+
+static char tasam_train[1024];
 
 /* ---- helpers ---- */
 
@@ -960,8 +963,50 @@ static void test_sample_refine(void)
     tr_coco_destroy(c);
 }
 
-int main(void)
+/* `tasam-train synth` and `check-data` as a user runs them. */
+static void test_commands(void)
 {
+    char cmd[4096], out[8192];
+    snprintf(cmd, sizeof cmd,
+             "%s synth --out %s --seed 3 --train-images 4 --val-images 2 --size 96x64", tasam_train,
+             td_path("cmd"));
+    T_CHECK(td_run(cmd, out, sizeof out) == 0 && strstr(out, "synth: val 2/2 images"), "synth: %s",
+            out);
+    tr_coco *c = NULL;
+    T_CHECK(tr_coco_open_dir(&c, td_path("cmd/train"), 0) == 0 && c->n_images == 4 &&
+                c->images[0].width == 96 && c->images[0].height == 64,
+            "synth output: %s", eng_last_error());
+    tr_coco_destroy(c);
+    T_CHECK(td_run(cmd, out, sizeof out) == 1 && strstr(out, "exists"), "overwrite: %s", out);
+    snprintf(cmd, sizeof cmd, "%s synth --out %s --size 10x10", tasam_train, td_path("cmd2"));
+    T_CHECK(td_run(cmd, out, sizeof out) == 2 && strstr(out, "--size"), "bad size: %s", out);
+    snprintf(cmd, sizeof cmd, "%s synth --seed 1", tasam_train);
+    T_CHECK(td_run(cmd, out, sizeof out) == 2 && strstr(out, "--out"), "no --out: %s", out);
+    snprintf(cmd, sizeof cmd, "%s synth --help", tasam_train);
+    T_CHECK(td_run(cmd, out, sizeof out) == 0 && strstr(out, "usage: tasam-train synth"), "%s",
+            out);
+
+    snprintf(cmd, sizeof cmd, "%s check-data --data %s --decode", tasam_train, td_path("cmd/val"));
+    T_CHECK(td_run(cmd, out, sizeof out) == 0 && strstr(out, "2 images, 95 categories") &&
+                strstr(out, "3 heldout_combination, 2 no_objects") &&
+                strstr(out, "every image decodes"),
+            "check-data: %s", out);
+    /* a truncated image: decoding names it */
+    T_REQUIRE(td_write(td_path("cmd/val/images/000001.png"), "\x89PNG\r\n") == 0, "write");
+    T_CHECK(td_run(cmd, out, sizeof out) == 1 && strstr(out, "images[1] (id 2)"),
+            "check-data on a broken image: %s", out);
+    snprintf(cmd, sizeof cmd, "%s check-data", tasam_train);
+    T_CHECK(td_run(cmd, out, sizeof out) == 2, "check-data without data: %s", out);
+    snprintf(cmd, sizeof cmd, "%s no-such-command", tasam_train);
+    T_CHECK(td_run(cmd, out, sizeof out) == 2 && strstr(out, "unknown command"), "%s", out);
+}
+
+int main(int argc, char **argv)
+{
+    char self[1024];
+    (void)argc;
+    snprintf(self, sizeof self, "%s", argv[0]);
+    snprintf(tasam_train, sizeof tasam_train, "%s/../tasam-train", dirname(self));
     if (td_init("traindata")) {
         perror("mkdtemp");
         return 1;
@@ -978,6 +1023,7 @@ int main(void)
     T_RUN(test_point_hit);
     T_RUN(test_sample_rules);
     T_RUN(test_sample_refine);
+    T_RUN(test_commands);
     td_cleanup();
     return t_summary("test_train_data");
 }
