@@ -31,6 +31,14 @@ static inline void td_cleanup(void)
         fprintf(stderr, "could not remove %s\n", td_dir);
 }
 
+/* The path of a program built beside this test binary (build/tests/x ->
+ * build/NAME), from argv[0]. */
+static inline void td_sibling(const char *argv0, const char *name, char *buf, size_t cap)
+{
+    const char *slash = strrchr(argv0, '/');
+    snprintf(buf, cap, "%.*s/../%s", slash ? (int)(slash - argv0) : 1, slash ? argv0 : ".", name);
+}
+
 /* td_dir/name into a static buffer (one of four, for nested calls). */
 static inline const char *td_path(const char *name)
 {

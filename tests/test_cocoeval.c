@@ -10,7 +10,6 @@
 #include "tests/tdata.h"
 
 #include <jansson.h>
-#include <libgen.h>
 
 #include "engine/error.h"
 #include "engine/rle.h"
@@ -516,10 +515,8 @@ static void test_pycocotools(void)
 
 int main(int argc, char **argv)
 {
-    char self[4096];
     (void)argc;
-    snprintf(self, sizeof self, "%s", argv[0]);
-    snprintf(tasam_train, sizeof tasam_train, "%s/../tasam-train", dirname(self));
+    td_sibling(argv[0], "tasam-train", tasam_train, sizeof tasam_train);
     if (td_init("cocoeval")) {
         perror("mkdtemp");
         return 1;

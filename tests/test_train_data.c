@@ -10,7 +10,6 @@
 #include "tests/tdata.h"
 
 #include <jansson.h>
-#include <libgen.h>
 
 #include "engine/error.h"
 #include "engine/image.h"
@@ -1003,10 +1002,8 @@ static void test_commands(void)
 
 int main(int argc, char **argv)
 {
-    char self[1024];
     (void)argc;
-    snprintf(self, sizeof self, "%s", argv[0]);
-    snprintf(tasam_train, sizeof tasam_train, "%s/../tasam-train", dirname(self));
+    td_sibling(argv[0], "tasam-train", tasam_train, sizeof tasam_train);
     if (td_init("traindata")) {
         perror("mkdtemp");
         return 1;

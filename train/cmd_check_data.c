@@ -13,6 +13,7 @@
 #include "engine/error.h"
 #include "engine/image.h"
 #include "train/coco.h"
+#include "train/io.h"
 #include "train/train.h"
 
 static void check_data_usage(FILE *f)
@@ -104,31 +105,14 @@ int tr_cmd_check_data(int argc, char **argv)
 {
     const char *data = NULL, *json = NULL, *images = NULL;
     int decode = 0, no_images = 0;
-    for (int i = 0; i < argc; i++) {
-        const char *o = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
-        if (!strcmp(o, "--help") || !strcmp(o, "-h")) {
-            check_data_usage(stdout);
-            return 0;
-        }
-        if (!strcmp(o, "--decode") || !strcmp(o, "--no-images")) {
-            *(o[2] == 'd' ? &decode : &no_images) = 1;
-            continue;
-        }
-        const char **dst = !strcmp(o, "--data")     ? &data
-                           : !strcmp(o, "--json")   ? &json
-                           : !strcmp(o, "--images") ? &images
-                                                    : NULL;
-        if (!dst) {
-            fprintf(stderr, "tasam-train check-data: unknown option '%s' (see --help)\n", o);
-            return 2;
-        }
-        if (!v) {
-            fprintf(stderr, "tasam-train check-data: %s needs a value\n", o);
-            return 2;
-        }
-        *dst = v;
-        i++;
-    }
+    const tr_opt opts[] = {{"--data", &data, NULL},           {"--json", &json, NULL},
+                           {"--images", &images, NULL},       {"--decode", NULL, &decode},
+                           {"--no-images", NULL, &no_images}, {NULL, NULL, NULL}};
+    int prc = tr_opts_parse("check-data", argc, argv, opts);
+    if (prc == 1)
+        check_data_usage(stdout);
+    if (prc)
+        return prc == 1 ? 0 : 2;
     if (!data == !json || (data && images) || (no_images && (decode || images))) {
         fprintf(stderr, "tasam-train check-data: give --data DIR or --json FILE [--images DIR | "
                         "--no-images] (see --help)\n");

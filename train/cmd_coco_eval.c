@@ -40,32 +40,14 @@ int tr_cmd_coco_eval(int argc, char **argv)
 {
     const char *gt_path = NULL, *pred_path = NULL, *json_out = NULL, *type = "segm";
     int quiet = 0;
-    for (int i = 0; i < argc; i++) {
-        const char *o = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
-        if (!strcmp(o, "--help") || !strcmp(o, "-h")) {
-            coco_eval_usage(stdout);
-            return 0;
-        }
-        if (!strcmp(o, "--quiet")) {
-            quiet = 1;
-            continue;
-        }
-        const char **dst = !strcmp(o, "--gt")         ? &gt_path
-                           : !strcmp(o, "--pred")     ? &pred_path
-                           : !strcmp(o, "--json")     ? &json_out
-                           : !strcmp(o, "--iou-type") ? &type
-                                                      : NULL;
-        if (!dst) {
-            fprintf(stderr, "tasam-train coco-eval: unknown option '%s' (see --help)\n", o);
-            return 2;
-        }
-        if (!v) {
-            fprintf(stderr, "tasam-train coco-eval: %s needs a value\n", o);
-            return 2;
-        }
-        *dst = v;
-        i++;
-    }
+    const tr_opt opts[] = {{"--gt", &gt_path, NULL},    {"--pred", &pred_path, NULL},
+                           {"--json", &json_out, NULL}, {"--iou-type", &type, NULL},
+                           {"--quiet", NULL, &quiet},   {NULL, NULL, NULL}};
+    int rc = tr_opts_parse("coco-eval", argc, argv, opts);
+    if (rc == 1)
+        coco_eval_usage(stdout);
+    if (rc)
+        return rc == 1 ? 0 : 2;
     if (!gt_path || !pred_path) {
         fprintf(stderr, "tasam-train coco-eval: --gt and --pred are required (see --help)\n");
         return 2;

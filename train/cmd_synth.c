@@ -79,55 +79,36 @@ int tr_cmd_synth(int argc, char **argv)
 {
     tr_synth_config c;
     tr_synth_config_default(&c);
-    const char *out = NULL;
+    const char *out = NULL, *seed = NULL, *ntrain = NULL, *nval = NULL, *size = NULL,
+               *objects = NULL;
     int force = 0, quiet = 0;
-    for (int i = 0; i < argc; i++) {
-        const char *o = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
-        long long n;
-        if (!strcmp(o, "--help") || !strcmp(o, "-h")) {
-            synth_usage(stdout);
-            return 0;
-        }
-        if (!strcmp(o, "--force")) {
-            force = 1;
-            continue;
-        }
-        if (!strcmp(o, "--quiet")) {
-            quiet = 1;
-            continue;
-        }
-        int known = !strcmp(o, "--out") || !strcmp(o, "--seed") || !strcmp(o, "--train-images") ||
-                    !strcmp(o, "--val-images") || !strcmp(o, "--size") || !strcmp(o, "--objects");
-        if (!known) {
-            fprintf(stderr, "tasam-train synth: unknown option '%s' (see --help)\n", o);
-            return 2;
-        }
-        if (!v) {
-            fprintf(stderr, "tasam-train synth: %s needs a value\n", o);
-            return 2;
-        }
-        i++;
-        int bad = 0;
-        if (!strcmp(o, "--out"))
-            out = v;
-        else if (!strcmp(o, "--seed"))
-            bad = tr_parse_int(v, 0, INT64_MAX, &n) || (c.seed = (uint64_t)n, 0);
-        else if (!strcmp(o, "--train-images"))
-            bad = tr_parse_int(v, 0, 10000000, &n) || (c.train_images = (int)n, 0);
-        else if (!strcmp(o, "--val-images"))
-            bad = tr_parse_int(v, 0, 10000000, &n) || (c.val_images = (int)n, 0);
-        else if (!strcmp(o, "--size"))
-            bad = tr_parse_size(v, 64, 4096, &c.width, &c.height);
-        else {
-            int a, b;
-            bad = sscanf(v, "%d-%d", &a, &b) != 2 || a < 1 || b < a || b > TR_SYNTH_MAX_OBJECTS;
-            if (!bad)
-                c.min_objects = a, c.max_objects = b;
-        }
-        if (bad) {
-            fprintf(stderr, "tasam-train synth: bad value '%s' for %s (see --help)\n", v, o);
-            return 2;
-        }
+    const tr_opt opts[] = {
+        {"--out", &out, NULL},         {"--seed", &seed, NULL},   {"--train-images", &ntrain, NULL},
+        {"--val-images", &nval, NULL}, {"--size", &size, NULL},   {"--objects", &objects, NULL},
+        {"--force", NULL, &force},     {"--quiet", NULL, &quiet}, {NULL, NULL, NULL}};
+    int rc = tr_opts_parse("synth", argc, argv, opts);
+    if (rc == 1)
+        synth_usage(stdout);
+    if (rc)
+        return rc == 1 ? 0 : 2;
+    long long n;
+    int a, b;
+    char extra;
+    const char *bad = NULL;
+    if (seed && (tr_parse_int(seed, 0, INT64_MAX, &n) || (c.seed = (uint64_t)n, 0)))
+        bad = "--seed";
+    if (ntrain && (tr_parse_int(ntrain, 0, 10000000, &n) || (c.train_images = (int)n, 0)))
+        bad = "--train-images";
+    if (nval && (tr_parse_int(nval, 0, 10000000, &n) || (c.val_images = (int)n, 0)))
+        bad = "--val-images";
+    if (size && tr_parse_size(size, 64, 4096, &c.width, &c.height))
+        bad = "--size";
+    if (objects && (sscanf(objects, "%d-%d%c", &a, &b, &extra) != 2 || a < 1 || b < a ||
+                    b > TR_SYNTH_MAX_OBJECTS || (c.min_objects = a, c.max_objects = b, 0)))
+        bad = "--objects";
+    if (bad) {
+        fprintf(stderr, "tasam-train synth: bad value for %s (see --help)\n", bad);
+        return 2;
     }
     if (!out) {
         fprintf(stderr, "tasam-train synth: --out DIR is required (see --help)\n");

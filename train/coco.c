@@ -111,6 +111,26 @@ static char *coco__strdup_trim(const char *s)
     return d;
 }
 
+/* Entry i of the list `what`: an object with an integer "id". Writes the
+ * entry's name for messages ("images[3] (id 7)") into entry; NULL with the
+ * error recorded when it is no such object. */
+static const json_t *coco__entry(const coco__ctx *x, const json_t *arr, const char *what, size_t i,
+                                 int64_t *id, char *entry, size_t cap)
+{
+    const json_t *j = json_array_get(arr, i);
+    snprintf(entry, cap, "%s[%zu]", what, i);
+    if (!json_is_object(j)) {
+        coco__err(x, ENG_EFORMAT, entry, "not an object");
+        return NULL;
+    }
+    if (coco__get_id(json_object_get(j, "id"), id)) {
+        coco__err(x, ENG_EFORMAT, entry, "missing or non-integer \"id\"");
+        return NULL;
+    }
+    snprintf(entry, cap, "%s[%zu] (id %lld)", what, i, (long long)*id);
+    return j;
+}
+
 /* ---- plurals and default phrasings ---- */
 
 void tr_coco_plural(const char *name, char *buf, size_t cap)
@@ -331,16 +351,12 @@ static int coco__parse_categories(const coco__ctx *x, tr_coco *c, const json_t *
     if (!c->categories)
         return eng_error(ENG_ENOMEM, "%s: out of memory for %zu categories", x->name, n);
     for (size_t i = 0; i < n; i++) {
-        const json_t *jc = json_array_get(arr, i);
         tr_coco_category *k = &c->categories[i];
         char entry[96];
-        snprintf(entry, sizeof entry, "categories[%zu]", i);
         c->n_categories = (int)i + 1;
-        if (!json_is_object(jc))
-            return coco__err(x, ENG_EFORMAT, entry, "not an object");
-        if (coco__get_id(json_object_get(jc, "id"), &k->id))
-            return coco__err(x, ENG_EFORMAT, entry, "missing or non-integer \"id\"");
-        snprintf(entry, sizeof entry, "categories[%zu] (id %lld)", i, (long long)k->id);
+        const json_t *jc = coco__entry(x, arr, "categories", i, &k->id, entry, sizeof entry);
+        if (!jc)
+            return ENG_EFORMAT;
         const json_t *jn = json_object_get(jc, "name");
         if (!json_is_string(jn) || json_string_length(jn) > COCO__MAX_TEXT)
             return coco__err(x, ENG_EFORMAT, entry,
@@ -406,16 +422,12 @@ static int coco__parse_images(const coco__ctx *x, tr_coco *c, const json_t *arr,
     if (!c->images)
         return eng_error(ENG_ENOMEM, "%s: out of memory for %zu images", x->name, n);
     for (size_t i = 0; i < n; i++) {
-        const json_t *ji = json_array_get(arr, i);
         tr_coco_image *im = &c->images[i];
         char entry[96];
-        snprintf(entry, sizeof entry, "images[%zu]", i);
         c->n_images = (int)i + 1;
-        if (!json_is_object(ji))
-            return coco__err(x, ENG_EFORMAT, entry, "not an object");
-        if (coco__get_id(json_object_get(ji, "id"), &im->id))
-            return coco__err(x, ENG_EFORMAT, entry, "missing or non-integer \"id\"");
-        snprintf(entry, sizeof entry, "images[%zu] (id %lld)", i, (long long)im->id);
+        const json_t *ji = coco__entry(x, arr, "images", i, &im->id, entry, sizeof entry);
+        if (!ji)
+            return ENG_EFORMAT;
         int64_t w, h;
         if (coco__get_id(json_object_get(ji, "width"), &w) ||
             coco__get_id(json_object_get(ji, "height"), &h) || w < 1 || h < 1 ||
@@ -591,21 +603,15 @@ static int coco__parse_anns(const coco__ctx *x, tr_coco *c, const json_t *arr)
         goto done;
     }
     for (size_t i = 0; i < n; i++) {
-        const json_t *ja = json_array_get(arr, i);
         tr_coco_ann *a = &c->anns[i];
         char entry[96];
-        snprintf(entry, sizeof entry, "annotations[%zu]", i);
         c->n_anns = (int)i + 1;
+        const json_t *ja = coco__entry(x, arr, "annotations", i, &a->id, entry, sizeof entry);
+        if (!ja) {
+            rc = ENG_EFORMAT;
+            goto done;
+        }
         rc = ENG_EFORMAT;
-        if (!json_is_object(ja)) {
-            rc = coco__err(x, rc, entry, "not an object");
-            goto done;
-        }
-        if (coco__get_id(json_object_get(ja, "id"), &a->id)) {
-            rc = coco__err(x, rc, entry, "missing or non-integer \"id\"");
-            goto done;
-        }
-        snprintf(entry, sizeof entry, "annotations[%zu] (id %lld)", i, (long long)a->id);
         int64_t iid, cid;
         if (coco__get_id(json_object_get(ja, "image_id"), &iid) ||
             (a->image = tr_coco_image_index(c, iid)) < 0) {

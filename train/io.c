@@ -88,6 +88,32 @@ int tr_write_json(const char *path, const json_t *j, size_t flags)
     return rc;
 }
 
+int tr_opts_parse(const char *cmd, int argc, char **argv, const tr_opt *opts)
+{
+    for (int i = 0; i < argc; i++) {
+        const char *o = argv[i];
+        if (!strcmp(o, "--help") || !strcmp(o, "-h"))
+            return 1;
+        const tr_opt *t = opts;
+        while (t->name && strcmp(t->name, o))
+            t++;
+        if (!t->name) {
+            fprintf(stderr, "tasam-train %s: unknown option '%s' (see --help)\n", cmd, o);
+            return 2;
+        }
+        if (t->flag) {
+            *t->flag = 1;
+            continue;
+        }
+        if (i + 1 >= argc) {
+            fprintf(stderr, "tasam-train %s: %s needs a value\n", cmd, o);
+            return 2;
+        }
+        *t->value = argv[++i];
+    }
+    return 0;
+}
+
 int tr_parse_int(const char *s, long long lo, long long hi, long long *out)
 {
     char *end;

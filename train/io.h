@@ -18,6 +18,19 @@ int tr_write_file_atomic(const char *path, const void *data, size_t len);
  * atomically. */
 int tr_write_json(const char *path, const json_t *j, size_t flags);
 
+/* One option of a command: "--name VALUE" (value set) or "--name" (flag set). */
+typedef struct tr_opt {
+    const char *name;   /* "--out" */
+    const char **value; /* receives the argument; NULL for a flag */
+    int *flag;          /* set to 1 when the flag is given; NULL for a value */
+} tr_opt;
+
+/* Parse argv (after the command word) against opts, ended by an entry whose
+ * name is NULL. Returns 0; 1 when --help or -h is given (the caller prints
+ * its usage and exits 0); 2 after printing "tasam-train CMD: ..." for an
+ * unknown option or a missing value (a usage error). */
+int tr_opts_parse(const char *cmd, int argc, char **argv, const tr_opt *opts);
+
 /* A whole-string integer in [lo, hi]; 0 or -1. */
 int tr_parse_int(const char *s, long long lo, long long hi, long long *out);
 

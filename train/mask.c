@@ -44,6 +44,22 @@ static void mask__cur_step(mask__cur *k, uint64_t s)
     mask__skip_empty(k);
 }
 
+/* Make room for `need` more entries in a doubling uint32 array. */
+static int mask__grow(uint32_t **v, size_t *cap, size_t n, size_t need, const char *what)
+{
+    if (n + need <= *cap)
+        return 0;
+    size_t c = *cap ? *cap * 2 : 256;
+    while (c < n + need)
+        c *= 2;
+    uint32_t *nv = realloc(*v, c * sizeof *nv);
+    if (!nv)
+        return eng_error(ENG_ENOMEM, "%s: out of memory for %zu entries", what, c);
+    *v = nv;
+    *cap = c;
+    return 0;
+}
+
 /* Growable run list that merges equal neighbours, so the output is
  * canonical (no empty runs but a leading zero run). */
 typedef struct {
@@ -62,14 +78,9 @@ static int mask__out_push(mask__out *o, int val, uint64_t len)
     }
     /* A first run of ones needs the empty leading zero run. */
     int need = (o->n == 0 && val) ? 2 : 1;
-    if (o->n + (size_t)need > o->cap) {
-        size_t cap = o->cap ? o->cap * 2 : 64;
-        uint32_t *nv = realloc(o->v, cap * sizeof *nv);
-        if (!nv)
-            return eng_error(ENG_ENOMEM, "mask: out of memory for %zu runs", cap);
-        o->v = nv;
-        o->cap = cap;
-    }
+    int rc = mask__grow(&o->v, &o->cap, o->n, (size_t)need, "mask runs");
+    if (rc)
+        return rc;
     if (need == 2)
         o->v[o->n++] = 0;
     o->v[o->n++] = (uint32_t)len;
@@ -210,14 +221,9 @@ typedef struct {
 
 static int mask__mark(mask__marks *m, uint32_t pos)
 {
-    if (m->n == m->cap) {
-        size_t cap = m->cap ? m->cap * 2 : 256;
-        uint32_t *nv = realloc(m->v, cap * sizeof *nv);
-        if (!nv)
-            return eng_error(ENG_ENOMEM, "polygon: out of memory for %zu boundary crossings", cap);
-        m->v = nv;
-        m->cap = cap;
-    }
+    int rc = mask__grow(&m->v, &m->cap, m->n, 1, "polygon boundary crossings");
+    if (rc)
+        return rc;
     m->v[m->n++] = pos;
     return 0;
 }

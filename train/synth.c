@@ -65,6 +65,9 @@ void tr_synth_config_default(tr_synth_config *c)
 
 int tr_synth_config_check(const tr_synth_config *c)
 {
+    if (c->seed > (uint64_t)INT64_MAX)
+        return eng_error(ENG_EINVAL, "synth: seed %llu is over 2^63 - 1",
+                         (unsigned long long)c->seed);
     if (c->width < 64 || c->height < 64 || c->width > 4096 || c->height > 4096)
         return eng_error(ENG_EINVAL, "synth: image size %dx%d is outside 64x64..4096x4096",
                          c->width, c->height);
@@ -210,32 +213,23 @@ static void synth__geom_make(const tr_synth_object *o, synth__geom *g)
     g->r = o->r;
     g->r_in = 0.55 * o->r;
     g->reach = o->r;
+    /* polygon shapes: vertex count and the radius of even / odd vertices,
+     * in units of r (sized so the shapes' areas are comparable) */
+    static const struct {
+        int shape, nv;
+        double even, odd;
+    } polys[] = {{SHAPE_SQUARE, 4, 1.0, 1.0},
+                 {SHAPE_TRIANGLE, 3, 1.15, 1.15},
+                 {SHAPE_HEXAGON, 6, 1.0, 1.0},
+                 {SHAPE_STAR, 10, 1.12, 0.48}};
     const double pi = 3.14159265358979323846;
     double rad[10];
-    switch (o->shape) {
-    case SHAPE_SQUARE:
-        g->nv = 4;
-        for (int i = 0; i < 4; i++)
-            rad[i] = o->r;
-        break;
-    case SHAPE_TRIANGLE:
-        g->nv = 3;
-        for (int i = 0; i < 3; i++)
-            rad[i] = 1.15 * o->r;
-        break;
-    case SHAPE_HEXAGON:
-        g->nv = 6;
-        for (int i = 0; i < 6; i++)
-            rad[i] = o->r;
-        break;
-    case SHAPE_STAR:
-        g->nv = 10;
-        for (int i = 0; i < 10; i++)
-            rad[i] = (i & 1) ? 0.48 * o->r : 1.12 * o->r;
-        break;
-    default:
-        return;
-    }
+    for (size_t p = 0; p < sizeof polys / sizeof polys[0]; p++)
+        if (polys[p].shape == o->shape) {
+            g->nv = polys[p].nv;
+            for (int i = 0; i < g->nv; i++)
+                rad[i] = ((i & 1) ? polys[p].odd : polys[p].even) * o->r;
+        }
     for (int i = 0; i < g->nv; i++) {
         double a = o->angle + 2 * pi * i / g->nv;
         g->vx[i] = o->cx + rad[i] * cos(a);
