@@ -35,8 +35,7 @@ int srv_status_of(int eng_code, srv_blame who)
     }
 }
 
-int srv_fail_eng(srv_error *e, int eng_code, srv_blame who, const char *field, const char *fmt,
-                 ...)
+int srv_fail_eng(srv_error *e, int eng_code, srv_blame who, const char *field, const char *fmt, ...)
 {
     char head[256];
     va_list ap;

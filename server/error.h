@@ -47,7 +47,7 @@ int srv_status_of(int eng_code, srv_blame who);
 
 /* srv_fail with the status srv_status_of(eng_code, who); the message is
  * fmt's text followed by ": " and eng_last_error(). Returns -1. */
-int srv_fail_eng(srv_error *e, int eng_code, srv_blame who, const char *field, const char *fmt,
-                 ...) __attribute__((format(printf, 5, 6)));
+int srv_fail_eng(srv_error *e, int eng_code, srv_blame who, const char *field, const char *fmt, ...)
+    __attribute__((format(printf, 5, 6)));
 
 #endif
