@@ -908,6 +908,22 @@ static void test_sample_rules(void)
             "boxes %d, positive %d, negative %d, absent %d", n_box, n_pos, n_neg_present, n_absent);
     T_CHECK(src[TR_SRC_UNIFORM] > 100 && src[TR_SRC_GRID] > 100 && src[TR_SRC_OBJECT] > 100,
             "sources %d %d %d", src[0], src[1], src[2]);
+    /* a prompt for a given task: the absent cow never gets a box or a
+     * target; with p_box 1 a present dog always gets a box */
+    tr_sample_config all_box = cfg;
+    all_box.p_box = 1;
+    for (int it = 0; it < 200; it++) {
+        tr_example e1, e2;
+        T_REQUIRE(tr_sample_prompt(c, 0, 2, 0, &all_box, &rng, &e1) == 0 &&
+                      tr_sample_prompt(c, 0, 0, 1, &all_box, &rng, &e2) == 0,
+                  "%s", eng_last_error());
+        T_CHECK(e1.category == 2 && e1.task == 0 && !e1.is_box && e1.target == -1 &&
+                    e1.n_points == 1,
+                "absent task prompt");
+        T_CHECK(e2.category == 0 && e2.task == 1 && e2.is_box && e2.target >= 0 &&
+                    c->anns[e2.target].category == 0 && !c->anns[e2.target].iscrowd,
+                "box prompt on a dog");
+    }
     /* the target in the low-res frame: the small dog square */
     tr_example ex = {.image = 0, .target = 1};
     uint8_t *t = malloc(TR_LOWRES * TR_LOWRES), *r = malloc(TR_LOWRES * TR_LOWRES);

@@ -286,6 +286,8 @@ static int coco__parse_tasks(const coco__ctx *x, tr_coco_category *k, const json
                              const char *entry)
 {
     const json_t *jt = json_object_get(jc, "tasks");
+    if (!jt && json_object_get(jc, "heldout_tasks"))
+        return coco__err(x, ENG_EFORMAT, entry, "heldout_tasks without tasks");
     if (!jt) {
         k->tasks = calloc(TR_COCO_MAX_DEFAULT_TASKS, sizeof *k->tasks);
         k->task_heldout = calloc(TR_COCO_MAX_DEFAULT_TASKS, 1);

@@ -110,8 +110,8 @@ void tr_cocoeval_print(const tr_cocoeval *e, FILE *f);
 /* Short names of the 12 stats: "AP", "AP50", ..., "ARl". */
 const char *tr_cocoeval_stat_name(int i);
 
-/* np.mean(v[v > -1]) summed in numpy's order (the first value, then a
- * pairwise sum of the rest); -1 if no value is > -1. */
+/* np.mean(v[v > -1]) with numpy's pairwise summation, so the same bits as
+ * numpy; -1 if no value is > -1. */
 double tr_cocoeval_mean_defined(const double *v, size_t n);
 
 #endif

@@ -4,6 +4,7 @@
  */
 #include "train/sample.h"
 
+#include <assert.h>
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
@@ -210,6 +211,94 @@ static int sample__point(const tr_coco *ds, int image, tr_point_source src,
     return 0;
 }
 
+int tr_sample_prompt(const tr_coco *ds, int image, int category, int task,
+                     const tr_sample_config *cfg, tr_rng *rng, tr_example *ex)
+{
+    assert(image >= 0 && image < ds->n_images && category >= 0 && category < ds->n_categories &&
+           task >= 0 && task < ds->categories[category].n_tasks);
+    const tr_coco_image *im = &ds->images[image];
+    memset(ex, 0, sizeof *ex);
+    ex->image = image;
+    ex->category = category;
+    ex->task = task;
+    ex->target = -1;
+
+    /* a box on one of the task's instances (none when the category has no
+     * instance here), with SAM's noise */
+    if (tr_rng_uniform(rng) < cfg->p_box) {
+        /* a box on one of the task's instances, with SAM's noise */
+        int n = 0, pick;
+        for (int j = 0; j < im->n_anns; j++) {
+            const tr_coco_ann *a = &ds->anns[ds->ann_index[im->first_ann + j]];
+            n += a->category == ex->category && !a->iscrowd && eng_rle_area(&a->mask) > 0;
+        }
+        pick = n ? (int)tr_rng_below(rng, (uint64_t)n) : -1;
+        for (int j = 0; j < im->n_anns && pick >= 0; j++) {
+            const int ai = ds->ann_index[im->first_ann + j];
+            const tr_coco_ann *a = &ds->anns[ai];
+            if (a->category != ex->category || a->iscrowd || eng_rle_area(&a->mask) == 0 ||
+                pick-- != 0)
+                continue;
+            double bb[4];
+            eng_rle_bbox(&a->mask, bb);
+            double v[4] = {bb[0], bb[1], bb[0] + bb[2] - 1, bb[1] + bb[3] - 1};
+            for (int q = 0; q < 4; q++) {
+                double side = q & 1 ? bb[3] : bb[2], d = tr_rng_normal(rng) * 0.1 * side;
+                d = d > 20 ? 20 : d < -20 ? -20 : d;
+                double lim = q & 1 ? im->height - 1 : im->width - 1;
+                v[q] = fmin(fmax(v[q] + d, 0), lim);
+            }
+            if (v[2] < v[0]) {
+                double t = v[0];
+                v[0] = v[2];
+                v[2] = t;
+            }
+            if (v[3] < v[1]) {
+                double t = v[1];
+                v[1] = v[3];
+                v[3] = t;
+            }
+            for (int q = 0; q < 4; q++)
+                ex->box[q] = (float)v[q];
+            ex->is_box = 1;
+            ex->source = TR_SRC_BOX;
+            ex->target = ai;
+            return 0;
+        }
+    }
+
+    /* a point from a task-independent source */
+    const double u = tr_rng_uniform(rng);
+    tr_point_source src = u < cfg->p_grid                   ? TR_SRC_GRID
+                          : u < cfg->p_grid + cfg->p_object ? TR_SRC_OBJECT
+                                                            : TR_SRC_UNIFORM;
+    for (int tries = 0; tries <= 2 * cfg->max_tries; tries++) {
+        float x, y;
+        /* after max_tries points on crowd regions, only object pixels */
+        tr_point_source s = tries >= cfg->max_tries ? TR_SRC_OBJECT : src;
+        if (sample__point(ds, image, s, cfg, rng, &x, &y) < 0) {
+            /* no object in the image */
+            if (tries >= cfg->max_tries)
+                break;
+            src = s = TR_SRC_UNIFORM;
+            sample__point(ds, image, s, cfg, rng, &x, &y);
+        }
+        int ann;
+        tr_hit h = tr_point_hit(ds, image, ex->category, x, y, &ann);
+        if (h == TR_HIT_CROWD)
+            continue;
+        ex->source = s;
+        ex->n_points = 1;
+        ex->points[0][0] = x;
+        ex->points[0][1] = y;
+        ex->labels[0] = 1;
+        ex->target = h == TR_HIT_INSTANCE ? ann : -1;
+        return 0;
+    }
+    return eng_error(ENG_ENOTFOUND, "%s: images[%d] (id %lld): every point lands on a crowd region",
+                     ds->json_path, image, (long long)im->id);
+}
+
 int tr_sample_example(const tr_coco *ds, int image, const tr_sample_config *cfg, tr_rng *rng,
                       tr_example *ex)
 {
@@ -249,97 +338,23 @@ int tr_sample_example(const tr_coco *ds, int image, const tr_sample_config *cfg,
             absent[na++] = k;
     }
     free(state);
-    int rc = 0;
+    int rc = 0, category = -1, task = -1;
     if (np + na == 0) {
         rc = eng_error(ENG_ENOTFOUND, "%s: images[%d] (id %lld): no category with a task to draw",
                        ds->json_path, image, (long long)im->id);
-        goto done;
-    }
-    int use_absent = tr_rng_uniform(rng) < cfg->p_absent;
-    if (np == 0)
-        use_absent = 1;
-    if (na == 0)
-        use_absent = 0;
-    ex->category = use_absent ? absent[tr_rng_below(rng, (uint64_t)na)]
+    } else {
+        int use_absent = tr_rng_uniform(rng) < cfg->p_absent;
+        if (np == 0)
+            use_absent = 1;
+        if (na == 0)
+            use_absent = 0;
+        category = use_absent ? absent[tr_rng_below(rng, (uint64_t)na)]
                               : present[tr_rng_below(rng, (uint64_t)np)];
-    ex->task = sample__task(&ds->categories[ex->category], cfg, rng);
-
-    if (!use_absent && tr_rng_uniform(rng) < cfg->p_box) {
-        /* a box on one of the task's instances, with SAM's noise */
-        int n = 0, pick;
-        for (int j = 0; j < im->n_anns; j++) {
-            const tr_coco_ann *a = &ds->anns[ds->ann_index[im->first_ann + j]];
-            n += a->category == ex->category && !a->iscrowd && eng_rle_area(&a->mask) > 0;
-        }
-        pick = n ? (int)tr_rng_below(rng, (uint64_t)n) : -1;
-        for (int j = 0; j < im->n_anns && pick >= 0; j++) {
-            const int ai = ds->ann_index[im->first_ann + j];
-            const tr_coco_ann *a = &ds->anns[ai];
-            if (a->category != ex->category || a->iscrowd || eng_rle_area(&a->mask) == 0 ||
-                pick-- != 0)
-                continue;
-            double bb[4];
-            eng_rle_bbox(&a->mask, bb);
-            double v[4] = {bb[0], bb[1], bb[0] + bb[2] - 1, bb[1] + bb[3] - 1};
-            for (int q = 0; q < 4; q++) {
-                double side = q & 1 ? bb[3] : bb[2], d = tr_rng_normal(rng) * 0.1 * side;
-                d = d > 20 ? 20 : d < -20 ? -20 : d;
-                double lim = q & 1 ? im->height - 1 : im->width - 1;
-                v[q] = fmin(fmax(v[q] + d, 0), lim);
-            }
-            if (v[2] < v[0]) {
-                double t = v[0];
-                v[0] = v[2];
-                v[2] = t;
-            }
-            if (v[3] < v[1]) {
-                double t = v[1];
-                v[1] = v[3];
-                v[3] = t;
-            }
-            for (int q = 0; q < 4; q++)
-                ex->box[q] = (float)v[q];
-            ex->is_box = 1;
-            ex->source = TR_SRC_BOX;
-            ex->target = ai;
-            goto done;
-        }
+        task = sample__task(&ds->categories[category], cfg, rng);
     }
-
-    /* a point from a task-independent source */
-    const double u = tr_rng_uniform(rng);
-    tr_point_source src = u < cfg->p_grid                   ? TR_SRC_GRID
-                          : u < cfg->p_grid + cfg->p_object ? TR_SRC_OBJECT
-                                                            : TR_SRC_UNIFORM;
-    for (int tries = 0; tries <= 2 * cfg->max_tries; tries++) {
-        float x, y;
-        /* after max_tries points on crowd regions, only object pixels */
-        tr_point_source s = tries >= cfg->max_tries ? TR_SRC_OBJECT : src;
-        if (sample__point(ds, image, s, cfg, rng, &x, &y) < 0) {
-            /* no object in the image */
-            if (tries >= cfg->max_tries)
-                break;
-            src = s = TR_SRC_UNIFORM;
-            sample__point(ds, image, s, cfg, rng, &x, &y);
-        }
-        int ann;
-        tr_hit h = tr_point_hit(ds, image, ex->category, x, y, &ann);
-        if (h == TR_HIT_CROWD)
-            continue;
-        ex->source = s;
-        ex->n_points = 1;
-        ex->points[0][0] = x;
-        ex->points[0][1] = y;
-        ex->labels[0] = 1;
-        ex->target = h == TR_HIT_INSTANCE ? ann : -1;
-        goto done;
-    }
-    rc = eng_error(ENG_ENOTFOUND, "%s: images[%d] (id %lld): every point lands on a crowd region",
-                   ds->json_path, image, (long long)im->id);
-done:
     free(present);
     free(absent);
-    return rc;
+    return rc ? rc : tr_sample_prompt(ds, image, category, task, cfg, rng, ex);
 }
 
 int tr_example_target(const tr_coco *ds, const tr_example *ex, uint8_t *out)

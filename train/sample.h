@@ -114,6 +114,14 @@ typedef struct tr_example {
 int tr_sample_example(const tr_coco *ds, int image, const tr_sample_config *cfg, tr_rng *rng,
                       tr_example *ex);
 
+/* A prompt for a given image, category and task (index into its tasks), as
+ * tr_sample_example draws them: a box on one of the category's instances
+ * there with probability p_box, else a click from a task-independent
+ * source, with its target. For evaluation with a fixed seed, and the
+ * second half of tr_sample_example. */
+int tr_sample_prompt(const tr_coco *ds, int image, int category, int task,
+                     const tr_sample_config *cfg, tr_rng *rng, tr_example *ex);
+
 /* The example's target in the low-res frame (tr_target_lowres_rle of the
  * targeted instance, zeros for -1). */
 int tr_example_target(const tr_coco *ds, const tr_example *ex, uint8_t *out);

@@ -37,8 +37,9 @@ const uint8_t tr_synth_color_rgb[TR_SYNTH_COLORS][3] = {
 
 enum { SHAPE_CIRCLE, SHAPE_SQUARE, SHAPE_TRIANGLE, SHAPE_STAR, SHAPE_RING, SHAPE_HEXAGON };
 
-/* Phrasing templates: %1$s the name, %2$s its plural. The last
- * TR_SYNTH_HELDOUT_TEMPLATES appear only in val. */
+/* Phrasing templates: a prefix, then "n" the name, "p" the plural, or "N"
+ * the name followed by " in the image". The last TR_SYNTH_HELDOUT_TEMPLATES
+ * appear only in val. */
 static const char *const synth__templates[TR_SYNTH_TEMPLATES][2] = {
     {"segment every ", "n"}, {"segment all ", "p"},    {"", "p"},
     {"find the ", "p"},      {"select each ", "n"},    {"mask every ", "N"},
