@@ -16,7 +16,7 @@ mkdir -p "$(dirname "$venv")"
 {
     echo "setting up $venv: python3 -m venv, pip install pycocotools"
     python3 -m venv "$venv" &&
-        timeout 300 "$venv/bin/python3" -m pip install -q --disable-pip-version-check \
+        timeout 300 "$venv/bin/python3" -m pip install -q --disable-pip-version-check --timeout 20 --retries 1 \
             --only-binary :all: numpy pycocotools &&
         "$venv/bin/python3" -c "import pycocotools.cocoeval"
 } >"$log" 2>&1
