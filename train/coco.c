@@ -487,13 +487,12 @@ int tr__coco_parse_segm(const char *file, const json_t *js, int h, int w, int st
         for (size_t p = 0; p < np && !rc; p++) {
             const json_t *jp = json_array_get(js, p);
             const size_t nv = json_is_array(jp) ? json_array_size(jp) : 0;
-            if (!json_is_array(jp) || nv < 6 || nv % 2) {
+            if (!json_is_array(jp) || nv % 2) {
                 rc = coco__err(x, ENG_EFORMAT, entry,
-                               "segmentation: polygon %zu must be a list of at least 3 x, y pairs",
-                               p);
+                               "segmentation: polygon %zu must be a list of x, y pairs", p);
                 break;
             }
-            double *nx = realloc(xy, nv * sizeof *xy);
+            double *nx = realloc(xy, (nv + 1) * sizeof *xy);
             if (!nx) {
                 rc = eng_error(ENG_ENOMEM, "%s: out of memory", x->name);
                 break;
@@ -513,12 +512,26 @@ int tr__coco_parse_segm(const char *file, const json_t *js, int h, int w, int st
                                    p, j / 2, xy[j], xy[j + 1], w, h);
             if (rc)
                 break;
+            pp[p] = &parts[p];
+            if (nv < 6) {
+                /* fewer than 3 points: no area, nothing to add (a few COCO
+                 * annotations carry such a part) */
+                parts[p].counts = malloc(sizeof *parts[p].counts);
+                if (!parts[p].counts) {
+                    rc = eng_error(ENG_ENOMEM, "%s: out of memory", x->name);
+                    break;
+                }
+                parts[p].counts[0] = (uint32_t)((uint64_t)h * (uint64_t)w);
+                parts[p].n = 1;
+                parts[p].h = h;
+                parts[p].w = w;
+                continue;
+            }
             if ((rc = tr_rle_from_polygon(xy, nv / 2, h, w, &parts[p])) < 0) {
                 char m[512];
                 snprintf(m, sizeof m, "%s", eng_last_error());
                 rc = coco__err(x, rc, entry, "segmentation: polygon %zu: %s", p, m);
             }
-            pp[p] = &parts[p];
         }
         if (!rc)
             rc = tr_rle_union(pp, np, out);

@@ -16,7 +16,9 @@
  *               the category); at least one category
  *   annotations id (unique), image_id and category_id (present above),
  *               segmentation as polygons ([[x0,y0,x1,y1,...], ...], merged;
- *               each vertex within one pixel of the image), uncompressed RLE
+ *               each vertex within one pixel of the image; a part of fewer
+ *               than 3 points adds nothing, where pycocotools would read a
+ *               list whose first part has 4 numbers as boxes), uncompressed RLE
  *               ({"size":[h,w],"counts":[...]}) or compressed RLE
  *               ({"size":[h,w],"counts":"..."}) of the image's size,
  *               iscrowd (0/1, default 0), area and bbox (default: the
