@@ -1,0 +1,100 @@
+/*
+ * tests/pyrun.h: run a Python test program (a browser test, the client
+ * library's tests) from a C test binary and report its results through
+ * tests/harness.h, so the summary line counts them.
+ *
+ * The program prints one line per test, "STEP <name> ok", "STEP <name> FAIL
+ * <why>" or "STEP <name> SKIP <why>", and "DONE" at the end; anything else
+ * it prints is passed through. A program that stops before DONE (a crash, a
+ * timeout) fails every expected step it did not report.
+ *
+ * Python tests need a virtual environment with packages from PyPI
+ * (tests/venv.sh makes it); where that cannot be made, every step is
+ * reported skipped with the reason.
+ */
+#ifndef TASAM_TESTS_PYRUN_H
+#define TASAM_TESTS_PYRUN_H
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/wait.h>
+
+#include "tests/harness.h"
+
+#define PYRUN_MAX_STEPS 128
+
+/* Report every name of `expected` (NULL-terminated) as skipped with `why`,
+ * prefixed with `prefix`. */
+static inline void pyrun_skip_all(const char *prefix, const char *const *expected, const char *why)
+{
+    char name[160];
+    for (int i = 0; expected && expected[i]; i++) {
+        snprintf(name, sizeof name, "%s%s", prefix, expected[i]);
+        t_report(name, 2, why);
+    }
+}
+
+/*
+ * Run the shell command `cmd` and report each STEP line it prints as a test
+ * named prefix + step. Every name of `expected` (NULL-terminated, may be
+ * NULL) that the program does not report fails. Returns the number of steps
+ * reported, or -1 when the command could not run or never printed DONE (a
+ * failure is reported for it).
+ */
+static inline int pyrun_steps(const char *cmd, const char *prefix, const char *const *expected)
+{
+    char line[4096], name[160];
+    char seen[PYRUN_MAX_STEPS][96];
+    int n_seen = 0, done = 0;
+    FILE *p = popen(cmd, "r");
+    if (!p) {
+        snprintf(name, sizeof name, "%srun", prefix);
+        t_report(name, 1, "popen failed");
+        return -1;
+    }
+    while (fgets(line, sizeof line, p)) {
+        char step[96], verdict[8];
+        int off = 0;
+        line[strcspn(line, "\n")] = 0;
+        if (strcmp(line, "DONE") == 0) {
+            done = 1;
+            continue;
+        }
+        if (sscanf(line, "STEP %95s %7s %n", step, verdict, &off) < 2) {
+            printf("  %s\n", line);
+            continue;
+        }
+        const char *why = off > 0 ? line + off : "";
+        snprintf(name, sizeof name, "%s%s", prefix, step);
+        if (strcmp(verdict, "ok") == 0)
+            t_report(name, 0, NULL);
+        else if (strcmp(verdict, "SKIP") == 0)
+            t_report(name, 2, why);
+        else
+            t_report(name, 1, why[0] ? why : line);
+        if (n_seen < PYRUN_MAX_STEPS)
+            snprintf(seen[n_seen++], sizeof seen[0], "%s", step);
+    }
+    int st = pclose(p);
+    for (int i = 0; expected && expected[i]; i++) {
+        int found = 0;
+        for (int k = 0; k < n_seen && !found; k++)
+            found = strcmp(seen[k], expected[i]) == 0;
+        if (!found) {
+            snprintf(name, sizeof name, "%s%s", prefix, expected[i]);
+            t_report(name, 1, "the program did not report this step");
+        }
+    }
+    if (!done) {
+        char why[128];
+        snprintf(name, sizeof name, "%srun", prefix);
+        snprintf(why, sizeof why, "the program stopped before DONE (exit status %d)",
+                 WIFEXITED(st) ? WEXITSTATUS(st) : -1);
+        t_report(name, 1, why);
+        return -1;
+    }
+    return n_seen;
+}
+
+#endif

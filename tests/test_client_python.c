@@ -1,0 +1,106 @@
+/*
+ * tests/test_client_python.c: the Python client (clients/python) against the
+ * real daemon. A virtual environment (build/venv-client, tests/venv.sh, with
+ * NumPy from PyPI) gets the client with `pip install clients/python`, as the
+ * README says, and tests/python/test_client.py runs in it against tasamd on
+ * the fixture model with a random hypernetwork and an admin token; each of
+ * its tests is reported here. Where the environment cannot be made (no
+ * python3 venv module, no network), the tests skip and say why.
+ */
+#include "tests/pyrun.h"
+#include "tests/tserver.h"
+
+#define ADMIN_TOKEN "client-test-token"
+
+/* The tests test_client.py must report (it may report more). */
+static const char *const client_steps[] = {"Codec.test_rle_roundtrip",
+                                           "Wire.test_training_calls",
+                                           "Live.test_installed",
+                                           "Live.test_segment_goldens",
+                                           "Live.test_rle_equals_png",
+                                           "Live.test_image_sent_once",
+                                           "Live.test_everything",
+                                           "Live.test_task",
+                                           "Live.test_errors",
+                                           NULL};
+
+static void run_client_tests(void)
+{
+    const char *venv = "build/venv-client";
+    char cmd[4 * PATH_MAX], hn[PATH_MAX], state[PATH_MAX], logp[PATH_MAX], why[512];
+    daemon_proc d;
+    if (!t_fixtures()) {
+        pyrun_skip_all("client_", client_steps,
+                       "fixtures not found (set TASAM_FIXTURES or place ../shared/fixtures)");
+        return;
+    }
+    snprintf(cmd, sizeof cmd, "tests/venv.sh '%s' 'import numpy' numpy >/dev/null 2>&1", venv);
+    if (system(cmd) != 0) {
+        snprintf(why, sizeof why,
+                 "no Python virtual environment with NumPy from PyPI in %s (see %s.log; delete "
+                 "%s.failed to retry)",
+                 venv, venv, venv);
+        pyrun_skip_all("client_", client_steps, why);
+        return;
+    }
+    /* what the README tells a user to run; a fresh copy each time */
+    tmp_name(logp, sizeof logp, ".pip.log");
+    snprintf(cmd, sizeof cmd,
+             "timeout 300 '%s/bin/python3' -m pip install -q --disable-pip-version-check "
+             "--force-reinstall --no-deps clients/python >'%s' 2>&1",
+             venv, logp);
+    if (system(cmd) != 0) {
+        size_t n;
+        char *s = (char *)t_read_file(logp, &n);
+        snprintf(why, sizeof why, "pip install clients/python failed: %.400s", s ? s : "");
+        free(s);
+        t_report("client_pip_install", 1, why);
+        return;
+    }
+    t_report("client_pip_install", 0, NULL);
+
+    snprintf(hn, sizeof hn, "%s/hn-client.safetensors", g_tmp);
+    if (ts_write_hypernet(hn, 3, 1) != 0) {
+        t_report("client_setup", 1, eng_last_error());
+        return;
+    }
+    snprintf(state, sizeof state, "%s/state-client", g_tmp);
+    const char *args[] = {"--hypernet", hn, "--admin-token", ADMIN_TOKEN, NULL};
+    if (daemon_start(&d, state, 1, args) != 0) {
+        show_log(&d);
+        daemon_kill9(&d);
+        t_report("client_setup", 1, "tasamd did not start");
+        return;
+    }
+    tmp_name(logp, sizeof logp, ".client.log");
+    snprintf(cmd, sizeof cmd,
+             "timeout 900 '%s/bin/python3' tests/python/test_client.py --url http://127.0.0.1:%d "
+             "--admin-token %s --fixtures '%s' 2>'%s'",
+             venv, d.port, ADMIN_TOKEN, t_fixtures(), logp);
+    double t0 = now_s();
+    pyrun_steps(cmd, "client_", client_steps);
+    printf("  python client tests: %.1f s\n", now_s() - t0);
+    if (t__failed) {
+        size_t n;
+        char *s = (char *)t_read_file(logp, &n);
+        if (s) {
+            fprintf(stderr, "---- test_client.py stderr (last 4000 bytes) ----\n");
+            fwrite(n > 4000 ? s + n - 4000 : s, 1, n > 4000 ? 4000 : n, stderr);
+            free(s);
+        }
+    }
+    int st = daemon_stop(&d);
+    t_report("client_daemon_exit", st == 0 ? 0 : 1, "tasamd did not stop cleanly");
+}
+
+int main(int argc, char **argv)
+{
+    (void)argc;
+    if (ts_init(argv[0]) != 0) {
+        printf("test_client_python: 0 passed, 1 failed, 0 skipped\n");
+        return 1;
+    }
+    run_client_tests();
+    ts_cleanup();
+    return t_summary("test_client_python");
+}
