@@ -3,9 +3,12 @@
 # testing tasam need, when any is missing. Safe to run repeatedly: with
 # everything present it only checks. Needs root (or sudo) to install.
 set -eu
+# The last line is for the tests only: the demo page's browser test
+# (headless Chromium driven by Selenium) and the Python client's tests.
 pkgs=(make gcc clang libclang-rt-14-dev pkg-config curl ca-certificates
       libopenblas-dev libjpeg62-turbo-dev libpng-dev zlib1g-dev
-      libjansson-dev libmicrohttpd-dev libuv1-dev libsqlite3-dev sqlite3)
+      libjansson-dev libmicrohttpd-dev libuv1-dev libsqlite3-dev sqlite3
+      chromium chromium-driver fonts-dejavu-core python3 python3-venv)
 missing=()
 for p in "${pkgs[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

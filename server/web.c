@@ -14,15 +14,10 @@ static const char *const page_headers[] = {
     "Content-Security-Policy",
     "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data: blob:; "
     "connect-src 'self'; base-uri 'none'; form-action 'none'; frame-ancestors 'none'",
-    "X-Content-Type-Options",
-    "nosniff",
-    "Referrer-Policy",
-    "no-referrer",
+    "X-Content-Type-Options", "nosniff", "Referrer-Policy", "no-referrer",
     /* revalidate each time: a new build changes the ETag, an unchanged one
      * answers 304 without a body */
-    "Cache-Control",
-    "no-cache",
-    NULL};
+    "Cache-Control", "no-cache", NULL};
 
 static const char web_prefix[] = "/web/";
 
@@ -48,9 +43,12 @@ const char *srv_web_content_type(const srv_web_asset *a)
     static const struct {
         const char *ext, *type;
     } types[] = {
-        {".html", "text/html; charset=utf-8"}, {".js", "text/javascript; charset=utf-8"},
-        {".css", "text/css; charset=utf-8"},   {".svg", "image/svg+xml"},
-        {".png", "image/png"},                 {".json", "application/json"},
+        {".html", "text/html; charset=utf-8"},
+        {".js", "text/javascript; charset=utf-8"},
+        {".css", "text/css; charset=utf-8"},
+        {".svg", "image/svg+xml"},
+        {".png", "image/png"},
+        {".json", "application/json"},
     };
     const char *dot = strrchr(a->name, '.');
     for (size_t i = 0; dot && i < sizeof types / sizeof types[0]; i++)

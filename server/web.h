@@ -18,10 +18,10 @@
 
 /* One embedded file (the generated table). */
 typedef struct srv_web_asset {
-    const char *name;           /* basename: "index.html", "app.js", ... */
-    const unsigned char *data;  /* the bytes (NUL after the last one) */
-    size_t len;                 /* bytes at data, without the NUL */
-    const char *etag;           /* quoted strong ETag: "\"<32 hex>\"" */
+    const char *name;          /* basename: "index.html", "app.js", ... */
+    const unsigned char *data; /* the bytes (NUL after the last one) */
+    size_t len;                /* bytes at data, without the NUL */
+    const char *etag;          /* quoted strong ETag: "\"<32 hex>\"" */
 } srv_web_asset;
 
 extern const srv_web_asset srv_web_assets[];

@@ -24,6 +24,20 @@
 
 #define PYRUN_MAX_STEPS 128
 
+/* Print the last `max` bytes of the file at `path` (a program's stderr) to
+ * stderr, under a line naming `what`. */
+static inline void pyrun_show_tail(const char *path, const char *what, size_t max)
+{
+    size_t n;
+    char *s = (char *)t_read_file(path, &n);
+    if (!s)
+        return;
+    fprintf(stderr, "---- %s (last %zu bytes) ----\n", what, max);
+    fwrite(n > max ? s + n - max : s, 1, n > max ? max : n, stderr);
+    fprintf(stderr, "----\n");
+    free(s);
+}
+
 /* Report every name of `expected` (NULL-terminated) as skipped with `why`,
  * prefixed with `prefix`. */
 static inline void pyrun_skip_all(const char *prefix, const char *const *expected, const char *why)

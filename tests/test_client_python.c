@@ -13,16 +13,11 @@
 #define ADMIN_TOKEN "client-test-token"
 
 /* The tests test_client.py must report (it may report more). */
-static const char *const client_steps[] = {"Codec.test_rle_roundtrip",
-                                           "Wire.test_training_calls",
-                                           "Live.test_installed",
-                                           "Live.test_segment_goldens",
-                                           "Live.test_rle_equals_png",
-                                           "Live.test_image_sent_once",
-                                           "Live.test_everything",
-                                           "Live.test_task",
-                                           "Live.test_errors",
-                                           NULL};
+static const char *const client_steps[] = {"Codec.test_rle_roundtrip", "Wire.test_training_calls",
+                                           "Live.test_installed",      "Live.test_segment_goldens",
+                                           "Live.test_rle_equals_png", "Live.test_image_sent_once",
+                                           "Live.test_everything",     "Live.test_task",
+                                           "Live.test_errors",         NULL};
 
 static void run_client_tests(void)
 {
@@ -80,15 +75,8 @@ static void run_client_tests(void)
     double t0 = now_s();
     pyrun_steps(cmd, "client_", client_steps);
     printf("  python client tests: %.1f s\n", now_s() - t0);
-    if (t__failed) {
-        size_t n;
-        char *s = (char *)t_read_file(logp, &n);
-        if (s) {
-            fprintf(stderr, "---- test_client.py stderr (last 4000 bytes) ----\n");
-            fwrite(n > 4000 ? s + n - 4000 : s, 1, n > 4000 ? 4000 : n, stderr);
-            free(s);
-        }
-    }
+    if (t__failed)
+        pyrun_show_tail(logp, "test_client.py stderr", 4000);
     int st = daemon_stop(&d);
     t_report("client_daemon_exit", st == 0 ? 0 : 1, "tasamd did not stop cleanly");
 }

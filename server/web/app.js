@@ -429,11 +429,11 @@ async function segment(req, withImage) {
 
 async function segmentOnce(req, withImage) {
   if (!withImage)
-    return api('POST', '/v1/segment', Object.assign({ image_id: state.imageId }, req));
+    return api('POST', 'v1/segment', Object.assign({ image_id: state.imageId }, req));
   const fd = new FormData();
   fd.append('image', state.file, state.name || 'image');
   fd.append('request', JSON.stringify(req));
-  return api('POST', '/v1/segment', fd);
+  return api('POST', 'v1/segment', fd);
 }
 
 /* Take a segment response: decode every mask (a bad RLE is an error shown,
@@ -562,7 +562,7 @@ async function openImage(file) {
       const t0 = performance.now();
       /* the daemon decides what is an image; the browser only draws it */
       const [r, bitmap] = await Promise.all([
-        api('POST', '/v1/embeddings', fd),
+        api('POST', 'v1/embeddings', fd),
         createImageBitmap(file, { imageOrientation: 'none' }).catch(() => null),
       ]);
       if (!bitmap)
@@ -832,7 +832,7 @@ new ResizeObserver(() => draw()).observe(view);
 /* What the daemon runs, shown in the header; polls while the model loads. */
 async function describeServer() {
   try {
-    const info = await api('GET', '/v1/info');
+    const info = await api('GET', 'v1/info');
     state.limits = info.limits || {};
     if (!info.ready) {
       $('#server').textContent = 'tasamd ' + info.version + ' · loading the model…';
@@ -841,8 +841,10 @@ async function describeServer() {
     }
     const m = info.model || {};
     const hn = info.hypernetwork || {};
-    $('#server').textContent = 'tasamd ' + info.version + ' · SAM ' + (m.arch || '?') + ' · ' + info.device +
-      ' ' + info.precision + ' · ' + (hn.available ? 'tasks: ' + hn.text_model : 'no hypernetwork (tasks answer 501)');
+    const device = String(info.device || '?');
+    $('#server').textContent = 'tasamd ' + info.version + ' · SAM ' + (m.arch || '?') + ' · ' + device +
+      (info.precision && !device.includes(info.precision) ? ' ' + info.precision : '') + ' · ' +
+      (hn.available ? 'tasks: ' + hn.text_model : 'no hypernetwork (tasks answer 501)');
     if (!hn.available) {
       $('#task-note').textContent = hn.note || 'This tasamd has no hypernetwork: tasks answer 501.';
     }

@@ -25,6 +25,10 @@ import sys
 import time
 import traceback
 
+# the client library's RLE encoder, from the source tree (a known string for the page's decoder)
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "clients", "python"))
+from tasam.masks import rle_string  # noqa: E402
+
 from selenium import webdriver
 from selenium.webdriver.chrome.service import Service
 from selenium.webdriver.common.action_chains import ActionChains
@@ -306,6 +310,15 @@ class Page:
         check(len(self.d.find_elements(By.CSS_SELECTOR, "#masks li")) == 48, "the list is not 48 long")
         frac = self.changed(shown, self.pixels())
         check(frac > 0.05, "the canvas barely changed in everything mode (%.4f)" % frac)
+        # the page's RLE decoder agrees with the daemon's areas, and keeps runs
+        # past 32 bits (no 32-bit shifts)
+        bad = self.d.execute_script(
+            "return state.masks.filter((m) => {"
+            "  let a = 0; for (let i = 1; i < m.counts.length; i += 2) a += m.counts[i];"
+            "  return a !== m.rec.area; }).length;")
+        check(bad == 0, "%s masks decode to another area than the daemon's" % bad)
+        big = self.d.execute_script("return rleCounts(%s, 1, 3000000000);" % json.dumps(rle_string([0, 3000000000])))
+        check(big == [0, 3000000000], "a 3e9 run decodes as %r" % (big,))
         self.everything_pixels = self.pixels()
         self.shot("everything")
 
