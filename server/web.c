@@ -6,13 +6,13 @@
 
 #include <string.h>
 
-/* What the page may load and talk to: this daemon only. blob: and data:
- * images are the downloads and the decoded upload; 'self' covers every API
- * call. A browser refuses (and reports) anything else, so a page that
+/* What the page may load and talk to: this daemon only ('self' covers the
+ * page's files and every API call; blob: URLs are the page's own
+ * downloads). A browser refuses (and reports) anything else, so a page that
  * reached for a CDN would fail loudly in the browser test. */
 static const char *const page_headers[] = {
     "Content-Security-Policy",
-    "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data: blob:; "
+    "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' blob:; "
     "connect-src 'self'; base-uri 'none'; form-action 'none'; frame-ancestors 'none'",
     "X-Content-Type-Options", "nosniff", "Referrer-Policy", "no-referrer",
     /* revalidate each time: a new build changes the ETag, an unchanged one

@@ -9,6 +9,7 @@
  * build). Where Chromium or Selenium cannot be had, the browser steps skip
  * and say why.
  */
+#include "server/web.h"
 #include "tests/pyrun.h"
 #include "tests/tserver.h"
 
@@ -60,6 +61,41 @@ static int get_with_headers(int port, const char *path, const char *extra, char 
     }
     unlink(hfile);
     return st;
+}
+
+/* The asset table and If-None-Match, without a daemon. */
+static void test_units(void)
+{
+    char inm[160];
+    const srv_web_asset *a = srv_web_find("/");
+    T_REQUIRE(a && !strcmp(a->name, "index.html"), "/ is not index.html");
+    T_CHECK(a->len > 1000 && a->data[a->len] == 0 && strlen((const char *)a->data) == a->len,
+            "index.html: %zu bytes", a->len);
+    T_CHECK(!strcmp(srv_web_content_type(a), "text/html; charset=utf-8"), "index.html type");
+    const srv_web_asset *js = srv_web_find("/web/app.js");
+    T_CHECK(js && !strcmp(srv_web_content_type(js), "text/javascript; charset=utf-8"), "app.js");
+    T_CHECK(srv_web_find("/web/style.css") && srv_web_find("/web/favicon.svg"), "css, svg");
+    static const char *const none[] = {
+        "/web/",       "/web/../index.html", "/index.html",     "/web/app.js/",
+        "/web/APP.JS", "/web//app.js",       "/web/app.js?x=1", "",
+        "//"};
+    for (size_t i = 0; i < sizeof none / sizeof none[0]; i++)
+        T_CHECK(!srv_web_find(none[i]), "'%s' found an asset", none[i]);
+    T_CHECK(!srv_web_find(NULL), "NULL found an asset");
+
+    T_CHECK(!srv_web_not_modified(a, NULL) && !srv_web_not_modified(a, ""), "absent");
+    T_CHECK(srv_web_not_modified(a, a->etag), "the ETag itself");
+    T_CHECK(srv_web_not_modified(a, "*"), "*");
+    snprintf(inm, sizeof inm, "W/%s", a->etag);
+    T_CHECK(srv_web_not_modified(a, inm), "weak '%s'", inm);
+    snprintf(inm, sizeof inm, "\"abc\" ,\t%s , \"def\"", a->etag);
+    T_CHECK(srv_web_not_modified(a, inm), "in a list '%s'", inm);
+    snprintf(inm, sizeof inm, "%.*s\"", (int)strlen(a->etag) - 2, a->etag);
+    T_CHECK(!srv_web_not_modified(a, inm), "a shorter tag '%s' matched", inm);
+    snprintf(inm, sizeof inm, "%sx", a->etag);
+    T_CHECK(!srv_web_not_modified(a, inm), "a longer tag '%s' matched", inm);
+    T_CHECK(!srv_web_not_modified(a, js->etag), "another file's ETag matched");
+    T_CHECK(!srv_web_not_modified(a, ",,, ,"), "commas matched");
 }
 
 static void test_start(void)
@@ -241,6 +277,7 @@ int main(int argc, char **argv)
     char *slash = strrchr(g_build, '/');
     if (slash)
         *slash = 0;
+    T_RUN(test_units);
     T_RUN(test_start);
     T_RUN(test_page_files);
     T_RUN(test_stop);

@@ -437,8 +437,9 @@ async function segmentOnce(req, withImage) {
 }
 
 /* Take a segment response: decode every mask (a bad RLE is an error shown,
- * not a blank picture), keep the output choice within range. */
-function accept(r, roundTrip, kept) {
+ * not a blank picture) and show, of a prompt's three outputs, the one SAM
+ * scores best. */
+function accept(r, roundTrip) {
   const masks = (r.masks || []).map((rec, i) => {
     if (!rec.rle || typeof rec.rle.counts !== 'string')
       throw new Error('mask ' + i + ' has no RLE');
@@ -450,8 +451,8 @@ function accept(r, roundTrip, kept) {
   masks.forEach((m, i) => { m.color = colorOf(state.everything ? i : m.index % 3); });
   state.masks = masks;
   state.hover = -1;
-  if (!state.everything && r.multimask && !kept) {
-    /* the output SAM scores best for the first prompt */
+  state.output = 0;
+  if (!state.everything && r.multimask) {
     let best = 0;
     for (let k = 1; k < Math.min(3, masks.length); k++)
       if (masks[k].rec.predicted_iou > masks[best].rec.predicted_iou)
@@ -504,7 +505,7 @@ function update() {
   schedule(async () => {
     try {
       const [r, rt] = await segment(req, false);
-      accept(r, rt, true);
+      accept(r, rt);
     } finally {
       responded();
     }
@@ -524,7 +525,7 @@ function runEverything(withTask) {
     try {
       /* crop layers encode crops of the image itself: the id is not enough */
       const [r, rt] = await segment(req, (p.crop_n_layers || 0) > 0);
-      accept(r, rt, false);
+      accept(r, rt);
     } finally {
       responded();
     }
@@ -543,7 +544,7 @@ function runTaskAlone() {
   schedule(async () => {
     try {
       const [r, rt] = await segment({ task: state.task }, false);
-      accept(r, rt, false);
+      accept(r, rt);
     } finally {
       responded();
     }
