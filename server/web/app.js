@@ -139,9 +139,12 @@ function forEachPixel(counts, h, w, fn) {
 
 /* ---- colours ---- */
 
-/* Distinct colours: hues a golden angle apart. */
-function colorOf(i) {
-  const hue = (i * 137.508 + 200) % 360, s = 0.75, l = 0.55;
+/* Distinct colours: hues a golden angle apart (everything mode); a prompt's
+ * three outputs get blue, amber and violet, clear of the points' green and
+ * red. */
+const OUTPUT_HUES = [205, 38, 275];
+function colorOf(i, output) {
+  const hue = output ? OUTPUT_HUES[i % 3] : (i * 137.508 + 200) % 360, s = 0.75, l = 0.55;
   const f = (n) => {
     const k = (n + hue / 30) % 12;
     const a = s * Math.min(l, 1 - l);
@@ -251,13 +254,19 @@ function draw() {
     ctx.setLineDash([]);
   }
   for (const [x, y, label] of state.points) {
+    /* a dark ring around a white one: visible on any mask and photo */
     ctx.beginPath();
-    ctx.arc(x, y, 6 * px, 0, 2 * Math.PI);
-    ctx.fillStyle = label ? '#43a047' : '#e53935';
+    ctx.arc(x, y, 8 * px, 0, 2 * Math.PI);
+    ctx.fillStyle = '#000a';
     ctx.fill();
-    ctx.lineWidth = 2 * px;
-    ctx.strokeStyle = '#fff';
-    ctx.stroke();
+    ctx.beginPath();
+    ctx.arc(x, y, 6.5 * px, 0, 2 * Math.PI);
+    ctx.fillStyle = '#fff';
+    ctx.fill();
+    ctx.beginPath();
+    ctx.arc(x, y, 5 * px, 0, 2 * Math.PI);
+    ctx.fillStyle = label ? '#2e7d32' : '#c62828';
+    ctx.fill();
   }
 }
 
@@ -448,7 +457,7 @@ function accept(r, roundTrip) {
   state.result = r;
   state.imageId = r.image_id || state.imageId;
   state.everything = r.mode === 'everything';
-  masks.forEach((m, i) => { m.color = colorOf(state.everything ? i : m.index % 3); });
+  masks.forEach((m, i) => { m.color = state.everything ? colorOf(i, false) : colorOf(m.index % 3, true); });
   state.masks = masks;
   state.hover = -1;
   state.output = 0;
