@@ -855,6 +855,12 @@ async function describeServer() {
     $('#server').textContent = 'tasamd ' + info.version + ' · SAM ' + (m.arch || '?') + ' · ' + device +
       (info.precision && !device.includes(info.precision) ? ' ' + info.precision : '') + ' · ' +
       (hn.available ? 'tasks: ' + hn.text_model : 'no hypernetwork (tasks answer 501)');
+    if (/^cpu/i.test(device)) {
+      /* a first try on a CPU: the reference's 32 x 32 grid is a thousand decoder runs */
+      $('#ev-note').textContent = 'This tasamd runs on the CPU: a 32×32 grid (the reference default) may pass the ' +
+        'request deadline; 8 to 16 points per side answer in seconds.';
+      $('#ev-note').hidden = false;
+    }
     if (!hn.available) {
       $('#task-note').textContent = hn.note || 'This tasamd has no hypernetwork: tasks answer 501.';
     }
