@@ -362,7 +362,8 @@ void eng_linear_backward(eng_ctx *ctx, eng_tensor *dx, eng_tensor *dw, eng_tenso
 {
     int64_t M = eng__rows(dy), N = eng__cols(dy), K = w->shape[w->ndim - 1];
     assert(w->ndim == 2 && w->shape[0] == N);
-    assert(!dx || (eng__rows(dx) == M && eng__cols(dx) == K && dx->data != dy->data));
+    assert(!dx || (eng__rows(dx) == M && eng__cols(dx) == K));
+    assert(!dx || !dx->data || dx->data != dy->data);
     assert(!dw || (x && eng__rows(x) == M && eng__cols(x) == K && eng_numel(dw) == N * K));
     assert(!db || eng_numel(db) == N);
     int64_t ldx = x ? (x->ndim == 2 ? x->stride[0] : K) : K;
@@ -379,7 +380,7 @@ void eng_layernorm_backward(eng_ctx *ctx, eng_tensor *dx, eng_tensor *dg, eng_te
     int64_t M = eng__rows(x), N = eng__cols(x);
     assert(eng_numel(dy) == M * N && eng_numel(g) == N);
     assert(!dx || eng_numel(dx) == M * N);
-    assert(!dx || !acc || dx->data != dy->data);
+    assert(!dx || !acc || !dx->data || dx->data != dy->data);
     assert(!dg || eng_numel(dg) == N);
     assert(!db || eng_numel(db) == N);
     ENG__RUN_OPT(ctx, layernorm_backward,
