@@ -422,6 +422,25 @@ int eng_sam_dense_pe(eng_sam *m, float *out)
     return eng__sam_end(m->dctx);
 }
 
+int eng_sam_dense_prompt(eng_sam *m, const float *mask_input, float *out)
+{
+    float *zero = calloc((size_t)P * E, sizeof *zero);
+    if (!zero)
+        return eng_error(ENG_ENOMEM, "out of memory");
+    eng__sam_begin(m->dctx);
+    eng_tensor sb = eng_new2(m->dctx, P, E);
+    eng__sam_upload(m->dctx, &sb, zero);
+    if (mask_input)
+        eng__sam_mask_embed(m, m->dctx, &sb, mask_input);
+    else
+        eng_add(m->dctx, &sb, &sb, &m->no_mask);
+    eng_tensor chw = eng_new2(m->dctx, E, P);
+    eng_transpose(m->dctx, &chw, &sb);
+    eng__sam_download(m->dctx, out, &chw, (size_t)E * P);
+    free(zero);
+    return eng__sam_end(m->dctx);
+}
+
 int eng__sam_check_prompt(const eng_sam *m, const eng_sam_prompt *p, int idx)
 {
     if (p->n_points < 0 || p->n_points > m->opt.max_points)

@@ -78,11 +78,11 @@ typedef struct tl_tape {
     eng_tensor tokens; /* [T, E]: the prompt tokens, also query_pe */
     tl_layer layer[2];
     tl_attn fin;
-    eng_tensor r5;                 /* final attention's LayerNorm input [T, E] */
-    eng_tensor c1, n1, g1, c2, U;  /* upscaling: [4P, 64] x 3, [16P, 32] x 2 */
-    tl_mlp hyper[NMASK], iou;      /* output hypernetworks (those used), IoU head */
-    eng_tensor hyper_out, masks;   /* [C, 32], [C, 256*256] */
-    eng_tensor iou4;               /* [1, 4] */
+    eng_tensor r5;                /* final attention's LayerNorm input [T, E] */
+    eng_tensor c1, n1, g1, c2, U; /* upscaling: [4P, 64] x 3, [16P, 32] x 2 */
+    tl_mlp hyper[NMASK], iou;     /* output hypernetworks (those used), IoU head */
+    eng_tensor hyper_out, masks;  /* [C, 32], [C, 256*256] */
+    eng_tensor iou4;              /* [1, 4] */
 } tl_tape;
 
 struct eng_sam_train {
@@ -183,8 +183,8 @@ static void tl_attn_fwd(eng_sam_train *t, tl_attn *r, const dec_attn *a, eng_ten
         tl_lin_fwd(t, &r->v, &a->v, &r->vp, v_in, ENG_ACT_NONE, NULL, dx_kv);
     }
     int Tq = (int)r->qp.shape[0], Tk = (int)r->kp.shape[0], D = a->inner / HEADS;
-    r->d = (eng_attn){.B = 1, .H = HEADS, .Tq = Tq, .Tk = Tk, .D = D,
-                      .scale = 1.0f / sqrtf((float)D)};
+    r->d =
+        (eng_attn){.B = 1, .H = HEADS, .Tq = Tq, .Tk = Tk, .D = D, .scale = 1.0f / sqrtf((float)D)};
     eng_tensor o = eng_new2(ctx, Tq, a->inner);
     eng_attention(ctx, &o, &r->qp, &r->kp, &r->vp, &r->d);
     tl_lin_fwd(t, &r->out, &a->out, out, &o, ENG_ACT_NONE, res, 1);
@@ -279,8 +279,8 @@ static void tl_side(eng_sam_train *t)
 
 /* The forward of one prompt of T tokens (tokens_host [T, E]) into the tape,
  * at mark_img. */
-static void tl_forward(eng_sam_train *t, const float *tokens_host, int T,
-                       const float *mask_input, int multimask)
+static void tl_forward(eng_sam_train *t, const float *tokens_host, int T, const float *mask_input,
+                       int multimask)
 {
     eng_ctx *ctx = &t->ctx;
     const eng_sam *m = t->m;
@@ -496,8 +496,8 @@ int eng_sam_train_create(eng_sam_train **out, eng_sam *m, int rank)
     t->rank = rank;
     t->scale = 1.0f;
     int T_max = 1 + NMASK + m->opt.max_points + 2;
-    t->host_n = (size_t)T_max * E > ENG_SAM_LOWRES_FLOATS ? (size_t)T_max * E
-                                                          : ENG_SAM_LOWRES_FLOATS;
+    t->host_n =
+        (size_t)T_max * E > ENG_SAM_LOWRES_FLOATS ? (size_t)T_max * E : ENG_SAM_LOWRES_FLOATS;
     t->host = calloc(t->host_n, sizeof(float));
     /* the factors and their gradients: one allocation, 256-byte aligned pieces */
     const eng_sam_lora_target *tg = eng_sam_lora_targets();
@@ -580,12 +580,10 @@ int eng_sam_train_set_lora(eng_sam_train *t, float scale, const float *const *A,
         size_t na = (size_t)t->rank * tg[i].in, nb = (size_t)t->rank * tg[i].out;
         for (size_t k = 0; a && k < na; k++)
             if (!isfinite(a[k]))
-                return eng_error(ENG_EINVAL, "LoRA target %s: A[%zu] is not finite", tg[i].name,
-                                 k);
+                return eng_error(ENG_EINVAL, "LoRA target %s: A[%zu] is not finite", tg[i].name, k);
         for (size_t k = 0; b && k < nb; k++)
             if (!isfinite(b[k]) || !isfinite(scale * b[k]))
-                return eng_error(ENG_EINVAL, "LoRA target %s: B[%zu] is not finite", tg[i].name,
-                                 k);
+                return eng_error(ENG_EINVAL, "LoRA target %s: B[%zu] is not finite", tg[i].name, k);
     }
     int rc = 0;
     t->have_tape = 0;

@@ -44,8 +44,8 @@ static int tr__case(const char *label, int idx, const json_t *jc, tr_gc_case *c)
         return eng_error(ENG_EFORMAT, "%s: cases[%d] is not an object", label, idx);
     if (!json_is_string(v) || !tr__name_ok(json_string_value(v)))
         return eng_error(ENG_EFORMAT,
-                         "%s: cases[%d].name must be 1..%d letters, digits, '_' or '-'", label,
-                         idx, TR_GC_NAME_MAX - 1);
+                         "%s: cases[%d].name must be 1..%d letters, digits, '_' or '-'", label, idx,
+                         TR_GC_NAME_MAX - 1);
     snprintf(c->name, sizeof c->name, "%s", json_string_value(v));
     const json_t *p = json_object_get(jc, "prompt");
     if (!json_is_object(p))
@@ -121,8 +121,7 @@ int tr_gc_cases_parse(const char *json, size_t len, const char *label, tr_gc_cas
     if (!json_is_object(root)) {
         rc = eng_error(ENG_EFORMAT, "%s: not a JSON object", label);
     } else if (!json_is_array(sz) || json_array_size(sz) != 2 ||
-               !json_is_integer(json_array_get(sz, 0)) ||
-               !json_is_integer(json_array_get(sz, 1)) ||
+               !json_is_integer(json_array_get(sz, 0)) || !json_is_integer(json_array_get(sz, 1)) ||
                json_integer_value(json_array_get(sz, 0)) < 1 ||
                json_integer_value(json_array_get(sz, 1)) < 1 ||
                json_integer_value(json_array_get(sz, 0)) > 65536 ||
@@ -191,8 +190,8 @@ int tr_gc_cases_load(const char *path, tr_gc_cases **out)
     }
     int err = ferror(f);
     fclose(f);
-    int rc = err ? eng_error(ENG_EIO, "%s: read error", path)
-                 : tr_gc_cases_parse(buf, len, path, out);
+    int rc =
+        err ? eng_error(ENG_EIO, "%s: read error", path) : tr_gc_cases_parse(buf, len, path, out);
     free(buf);
     return rc;
 }
@@ -318,10 +317,8 @@ int tr_gc_run(eng_sam_train *t, const eng_ckpt *golden, const tr_gc_cases *cs, i
                        eng_ckpt_path(golden), c->name, c->name);
     eng_sam_imginfo info = {cs->img_w, cs->img_h, 0, 0};
     eng_resize_shape(info.orig_w, info.orig_h, ENG_SAM_IMG, &info.input_w, &info.input_h);
-    eng_sam_prompt p = {.n_points = c->n_points,
-                        .points = c->points,
-                        .labels = c->labels,
-                        .has_box = c->has_box};
+    eng_sam_prompt p = {
+        .n_points = c->n_points, .points = c->points, .labels = c->labels, .has_box = c->has_box};
     memcpy(p.box, c->box, sizeof p.box);
     tr_loss_weights w;
     tr_loss_weights_default(&w);

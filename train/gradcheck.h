@@ -63,11 +63,11 @@ void tr_gc_cases_free(tr_gc_cases *c);
 /* One case recomputed. */
 typedef struct tr_gc_result {
     tr_loss_parts parts;
-    float iou[3];                         /* iou_predictions */
-    float *logits;                        /* [3, 256, 256] */
-    int adapted[ENG_SAM_LORA_TARGETS];    /* layers the case adapts */
-    float *grad_A[ENG_SAM_LORA_TARGETS];  /* [r, in] where adapted */
-    float *grad_B[ENG_SAM_LORA_TARGETS];  /* [out, r] where adapted */
+    float iou[3];                        /* iou_predictions */
+    float *logits;                       /* [3, 256, 256] */
+    int adapted[ENG_SAM_LORA_TARGETS];   /* layers the case adapts */
+    float *grad_A[ENG_SAM_LORA_TARGETS]; /* [r, in] where adapted */
+    float *grad_B[ENG_SAM_LORA_TARGETS]; /* [out, r] where adapted */
 } tr_gc_result;
 
 /* Recompute case `idx` of `cs` on training handle t (of rank cs->rank):

@@ -42,13 +42,13 @@ void tr_loss_weights_default(tr_loss_weights *w);
 
 /* One prompt's loss and its parts. */
 typedef struct tr_loss_parts {
-    double loss;                            /* the total, unscaled */
-    int C;                                  /* mask outputs */
-    int best;                               /* the mask the focal and dice terms train */
-    double focal[TR_LOSS_MAX_MASKS];        /* per mask, unweighted */
-    double dice[TR_LOSS_MAX_MASKS];         /* per mask, unweighted */
-    double iou_mse[TR_LOSS_MAX_MASKS];      /* per mask, unweighted */
-    double actual_iou[TR_LOSS_MAX_MASKS];   /* IoU(x_m > 0, y) */
+    double loss;                          /* the total, unscaled */
+    int C;                                /* mask outputs */
+    int best;                             /* the mask the focal and dice terms train */
+    double focal[TR_LOSS_MAX_MASKS];      /* per mask, unweighted */
+    double dice[TR_LOSS_MAX_MASKS];       /* per mask, unweighted */
+    double iou_mse[TR_LOSS_MAX_MASKS];    /* per mask, unweighted */
+    double actual_iou[TR_LOSS_MAX_MASKS]; /* IoU(x_m > 0, y) */
 } tr_loss_parts;
 
 /* The loss of logits [C, n] and iou_pred [C] against target [n] (non-zero
