@@ -184,8 +184,8 @@ int hn_train_forward(hn_train *t, const hn_params *p, const float *task_emb, flo
             const float *W = k ? p->wb[s] : p->wa[s], *b = k ? p->bb[s] : p->ba[s];
             for (int r = 0; r < t->s_n[s]; r++)
                 memcpy(t->stage + (size_t)r * w, b, (size_t)w * sizeof(float));
-            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, t->s_n[s], w, H, 1.0f, hs, H, W,
-                        H, 1.0f, t->stage, w);
+            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, t->s_n[s], w, H, 1.0f, hs, H, W, H,
+                        1.0f, t->stage, w);
             for (int r = 0; r < t->s_n[s]; r++) {
                 float *dst = k ? B[t->order[t->s_off[s] + r]] : A[t->order[t->s_off[s] + r]];
                 memcpy(dst, t->stage + (size_t)r * w, (size_t)w * sizeof(float));
@@ -241,8 +241,8 @@ int hn_train_backward(hn_train *t, const hn_params *p, const float *const *dA,
             float *gW = k ? grad->wb[s] : grad->wa[s], *gb = k ? grad->bb[s] : grad->ba[s];
             const float *W = k ? p->wb[s] : p->wa[s];
             /* dW [w, H] += dY^T [w, ns] h_s [ns, H];  dh_s [ns, H] += dY [ns, w] W [w, H] */
-            cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, w, H, ns, 1.0f, t->stage, w, hs,
-                        H, 1.0f, gW, H);
+            cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, w, H, ns, 1.0f, t->stage, w, hs, H,
+                        1.0f, gW, H);
             cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, ns, H, w, 1.0f, t->stage, w, W,
                         H, 1.0f, dhs, H);
             for (int r = 0; r < ns; r++) {

@@ -293,8 +293,7 @@ static void test_backward(void)
     for (int s = 0; s < HN_SHAPES; s++) {
         int O, I;
         hn_shape(s, &O, &I);
-        T_REQUIRE(p->wa[s], "shape %d has no head (the configuration should cover every shape)",
-                  s);
+        T_REQUIRE(p->wa[s], "shape %d has no head (the configuration should cover every shape)", s);
         char nm[64];
         snprintf(nm, sizeof nm, "head.%dx%d.A.weight", O, I);
         check_tensor(&f, nm, p->wa[s], g->wa[s], R * I * H, 60);
