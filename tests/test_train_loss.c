@@ -56,8 +56,8 @@ static void test_best_and_empty(void)
     float x[3 * N], iou[3] = {0.9f, 0.1f, 0.5f}, dx[3 * N], di[3];
     uint8_t y[N] = {0};
     for (int i = 0; i < N; i++) {
-        x[i] = 2.0f;       /* mask 0: everything on */
-        x[N + i] = -6.0f;  /* mask 1: everything off */
+        x[i] = 2.0f;      /* mask 0: everything on */
+        x[N + i] = -6.0f; /* mask 1: everything off */
         x[2 * N + i] = 0.5f;
     }
     tr_loss_weights w;
@@ -113,8 +113,7 @@ static void test_finite_differences(void)
         tr_loss_weights_default(&w);
         w.focal_gamma = gammas[gi];
         tr_loss_parts p;
-        T_REQUIRE(tr_loss_mask(x, iou, y, C, N, &w, 1.0f, &p, dx, di) == 0, "%s",
-                  eng_last_error());
+        T_REQUIRE(tr_loss_mask(x, iou, y, C, N, &w, 1.0f, &p, dx, di) == 0, "%s", eng_last_error());
         double num = 0, den = 0;
         for (int i = 0; i < C * N + C; i++) {
             float *v = i < C * N ? &x[i] : &iou[i - C * N];
@@ -132,8 +131,8 @@ static void test_finite_differences(void)
             num += (got - ref) * (got - ref);
             den += ref * ref;
         }
-        T_CHECK(sqrt(num / den) < 1e-4, "gamma %g: relative L2 error %.3g",
-                (double)gammas[gi], sqrt(num / den));
+        T_CHECK(sqrt(num / den) < 1e-4, "gamma %g: relative L2 error %.3g", (double)gammas[gi],
+                sqrt(num / den));
     }
 }
 
@@ -171,8 +170,7 @@ static void test_errors(void)
     T_CHECK(tr_loss_mask(x, iou, y, 5, 2, &w, 1, &p, NULL, NULL) == ENG_EINVAL, "C = 5 accepted");
     T_CHECK(tr_loss_mask(x, iou, y, 2, 0, &w, 1, &p, NULL, NULL) == ENG_EINVAL, "n = 0 accepted");
     w.focal_alpha = 2;
-    T_CHECK(tr_loss_mask(x, iou, y, 2, 2, &w, 1, &p, NULL, NULL) == ENG_EINVAL,
-            "alpha 2 accepted");
+    T_CHECK(tr_loss_mask(x, iou, y, 2, 2, &w, 1, &p, NULL, NULL) == ENG_EINVAL, "alpha 2 accepted");
 }
 
 int main(void)

@@ -33,18 +33,18 @@ static void test_schedule(void)
         long s;
         double want;
     } k[] = {
-        {0, lr / 10},                                    /* first warmup step */
-        {4, lr * 5 / 10},                                /* linear */
-        {9, lr},                                         /* end of warmup */
-        {10, lr},                                        /* cosine starts at the peak */
-        {60, lo + (lr - lo) * 0.5},                      /* half way: cos(pi/2) = 0 */
+        {0, lr / 10},                                     /* first warmup step */
+        {4, lr * 5 / 10},                                 /* linear */
+        {9, lr},                                          /* end of warmup */
+        {10, lr},                                         /* cosine starts at the peak */
+        {60, lo + (lr - lo) * 0.5},                       /* half way: cos(pi/2) = 0 */
         {35, lo + (lr - lo) * 0.5 * (1 + cos(M_PI / 4))}, /* a quarter */
-        {110, lo},                                       /* the end */
-        {5000, lo},                                      /* past the end */
+        {110, lo},                                        /* the end */
+        {5000, lo},                                       /* past the end */
     };
     for (size_t i = 0; i < sizeof k / sizeof k[0]; i++)
-        T_CHECK(fabs(tr_lr_at(&c, k[i].s) - k[i].want) <= 1e-12, "lr at step %ld: %.12g, want %.12g",
-                k[i].s, tr_lr_at(&c, k[i].s), k[i].want);
+        T_CHECK(fabs(tr_lr_at(&c, k[i].s) - k[i].want) <= 1e-12,
+                "lr at step %ld: %.12g, want %.12g", k[i].s, tr_lr_at(&c, k[i].s), k[i].want);
     tr_optim_config flat = cfg(2e-3f, 0, 0, 0, 1, 1.0f);
     T_CHECK(tr_lr_at(&flat, 0) == (double)2e-3f && tr_lr_at(&flat, 99) == (double)2e-3f,
             "min_lr_ratio 1 is a constant rate");
@@ -197,8 +197,7 @@ static void test_refusals(void)
     bad[5].min_lr_ratio = NAN;
     for (int i = 0; i < 6; i++) {
         o = NULL;
-        T_CHECK(tr_adamw_create(&o, 3, &bad[i]) == ENG_EINVAL && !o, "bad config %d accepted",
-                i);
+        T_CHECK(tr_adamw_create(&o, 3, &bad[i]) == ENG_EINVAL && !o, "bad config %d accepted", i);
     }
 }
 

@@ -45,11 +45,11 @@ int tr_optim_config_check(const tr_optim_config *c)
     if (!(c->weight_decay >= 0 && c->weight_decay <= 10))
         return eng_error(ENG_EINVAL, "weight decay %g outside [0, 10]", (double)c->weight_decay);
     if (!(c->clip >= 0 && isfinite(c->clip)))
-        return eng_error(ENG_EINVAL, "gradient clip %g is negative or not finite",
-                         (double)c->clip);
+        return eng_error(ENG_EINVAL, "gradient clip %g is negative or not finite", (double)c->clip);
     if (c->total < 1 || c->warmup < 0 || c->warmup > c->total)
-        return eng_error(ENG_EINVAL, "schedule: %ld warmup steps of %ld (need 0 <= warmup <= total, "
-                                     "total >= 1)",
+        return eng_error(ENG_EINVAL,
+                         "schedule: %ld warmup steps of %ld (need 0 <= warmup <= total, "
+                         "total >= 1)",
                          c->warmup, c->total);
     if (!(c->min_lr_ratio >= 0 && c->min_lr_ratio <= 1))
         return eng_error(ENG_EINVAL, "min_lr_ratio %g outside [0, 1]", (double)c->min_lr_ratio);

@@ -9,13 +9,12 @@
  *
  * Schedule, for step s = 0, 1, ... (the s-th update):
  *   s < warmup:             lr (s + 1) / warmup
- *   warmup <= s < total:    lr_min + (lr - lr_min) (1 + cos(pi (s - warmup) / (total - warmup))) / 2
- *   s >= total:             lr_min                       (lr_min = lr * min_lr_ratio)
- * AdamW, with t = s + 1 and g the clipped gradient:
- *   p -= lr_s weight_decay p               (elements marked for decay)
- *   m = beta1 m + (1 - beta1) g,   v = beta2 v + (1 - beta2) g^2
- *   p -= lr_s / (1 - beta1^t) * m / (sqrt(v) / sqrt(1 - beta2^t) + eps)
- * Clipping: norm = |g|_2; when norm > clip, g *= clip / (norm + 1e-6).
+ *   warmup <= s < total:    lr_min + (lr - lr_min) (1 + cos(pi (s - warmup) / (total - warmup))) /
+ * 2 s >= total:             lr_min                       (lr_min = lr * min_lr_ratio) AdamW, with t
+ * = s + 1 and g the clipped gradient: p -= lr_s weight_decay p               (elements marked for
+ * decay) m = beta1 m + (1 - beta1) g,   v = beta2 v + (1 - beta2) g^2 p -= lr_s / (1 - beta1^t) * m
+ * / (sqrt(v) / sqrt(1 - beta2^t) + eps) Clipping: norm = |g|_2; when norm > clip, g *= clip / (norm
+ * + 1e-6).
  */
 #ifndef TASAM_TRAIN_OPTIM_H
 #define TASAM_TRAIN_OPTIM_H
