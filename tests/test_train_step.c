@@ -72,7 +72,7 @@ static void setup(void)
 #define NEED_SETUP()                                                                               \
     do {                                                                                           \
         T_NEED_FIXTURES();                                                                         \
-        T_REQUIRE(model && emb, "setup failed");                                                   \
+        T_REQUIRE(model &&emb, "setup failed");                                                    \
     } while (0)
 
 static hn_hypernet_config small(void)
@@ -223,8 +223,7 @@ static void test_composition(void)
     for (size_t i = 0; i < gl->n_floats; i++)
         gl->mem[i] += g1->mem[i];
     T_CHECK(rel_dist(g2, gl, 1, 1) < 1e-5, "L2 gradient: %.3g", rel_dist(g2, gl, 1, 1));
-    T_CHECK(fabs(st2.l2 - 0.3 * pen) < 1e-5 * st2.l2, "L2 penalty %g, want %g", st2.l2,
-            0.3 * pen);
+    T_CHECK(fabs(st2.l2 - 0.3 * pen) < 1e-5 * st2.l2, "L2 penalty %g, want %g", st2.l2, 0.3 * pen);
     /* a refinement round: the first prompt's best logits as its mask input */
     tr_prompt r2 = tp[0];
     r2.prompt.mask_input = out;
@@ -296,9 +295,8 @@ static void test_errors(void)
     T_REQUIRE(hn_params_create(&p, &c) == 0 && hn_params_create(&g, &c) == 0 &&
                   tr_step_create(&s, model, &c) == 0,
               "%s", eng_last_error());
-    tr_prompt tp = {.prompt = {.n_points = 1, .points = pts, .labels = labels},
-                    .target = NULL,
-                    .multimask = 1};
+    tr_prompt tp = {
+        .prompt = {.n_points = 1, .points = pts, .labels = labels}, .target = NULL, .multimask = 1};
     tr_image im = {emb, info, &tp, 1};
     tr_step_opts o;
     tr_step_opts_default(&o);

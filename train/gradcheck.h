@@ -31,7 +31,7 @@
 #include "engine/sam_train.h"
 #include "train/loss.h"
 
-#define TR_GC_MAX_CASES  1024
+#define TR_GC_MAX_CASES  256 /* results are held until the dump is written */
 #define TR_GC_MAX_POINTS 64
 #define TR_GC_NAME_MAX   64
 

@@ -9,6 +9,7 @@
 
 /* Each command file defines its tr_cmd_<name>; add it here. */
 static const tr_command tr__commands[] = {
+    {"grad", "recompute a training golden: loss, logits and LoRA gradients", tr_cmd_grad},
     {NULL, NULL, NULL},
 };
 

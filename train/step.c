@@ -19,11 +19,11 @@ struct tr_step {
     hn_hypernet_config cfg;
     eng_sam_train *dec;
     hn_train *hn;
-    size_t an[NT], bn[NT];          /* factor sizes, 0 for absent targets */
-    float *A[NT], *B[NT];           /* generated factors (NULL where absent) */
-    float *dA[NT], *dB[NT];         /* their gradients */
-    float *mem;                     /* everything above */
-    float *logits, *dl;             /* [3, LR] */
+    size_t an[NT], bn[NT];  /* factor sizes, 0 for absent targets */
+    float *A[NT], *B[NT];   /* generated factors (NULL where absent) */
+    float *dA[NT], *dB[NT]; /* their gradients */
+    float *mem;             /* everything above */
+    float *logits, *dl;     /* [3, LR] */
 };
 
 void tr_step_opts_default(tr_step_opts *o)
@@ -139,8 +139,8 @@ int tr_step_task(tr_step *s, const hn_params *p, const float *task_emb, const tr
     if (!rc)
         rc = eng_sam_train_grads(s->dec, s->dA, s->dB);
     if (!rc && o->l2 > 0)
-        st.l2 = tr_loss_l2((const float *const *)s->A, (const float *const *)s->B, s->an, s->bn,
-                           NT, o->l2, o->task_weight, s->dA, s->dB);
+        st.l2 = tr_loss_l2((const float *const *)s->A, (const float *const *)s->B, s->an, s->bn, NT,
+                           o->l2, o->task_weight, s->dA, s->dB);
     if (!rc)
         rc = hn_train_backward(s->hn, p, (const float *const *)s->dA, (const float *const *)s->dB,
                                grad);

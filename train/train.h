@@ -21,6 +21,9 @@ typedef struct tr_command {
     int (*run)(int argc, char **argv); /* argv after the command word */
 } tr_command;
 
+/* The commands (train/cmd_<name>.c). */
+int tr_cmd_grad(int argc, char **argv);
+
 /* The commands, in the order `tasam-train --help` lists them (train/main.c);
  * n receives the count. */
 const tr_command *tr_commands(int *n);
