@@ -316,8 +316,8 @@ int tr_cmd_grad(int argc, char **argv)
             rc = dump_case(&d, &cs->cases[i], &res[i], cs->rank);
     }
     if (!rc && dump_path) {
-        const char *meta[] = {"format", "tasam-train-grad", "checkpoint", ckpt, "cases",
-                              cases_path};
+        const char *meta[] = {"format", "tasam-train-grad", "checkpoint", ckpt,
+                              "cases",  cases_path};
         rc = eng_safetensors_write(dump_path, d.e, d.n, meta, 3);
         if (!rc)
             fprintf(stderr, "tasam-train grad: wrote %zu tensors to %s\n", d.n, dump_path);
