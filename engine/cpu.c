@@ -110,9 +110,8 @@ float *eng__cpu_scratch(eng_cpu *c, size_t n)
  * reductions keep their explicit 8 partial lanes, so both give the same
  * bits. Each body is always_inline so that each wrapper compiles it for its
  * own target. */
-#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
-#define ENG__TWO_BUILDS 1
-static int eng__have_avx2(void)
+#ifdef ENG__TWO_BUILDS
+int eng__have_avx2(void)
 {
     static int have = -1; /* -1 until probed; threads may probe at once */
     int h = __atomic_load_n(&have, __ATOMIC_RELAXED);

@@ -192,18 +192,43 @@ typedef struct {
     eng_act act;
 } eng__actb;
 
+static inline __attribute__((always_inline)) void eng__gelu_grad_body(float *dx, const float *dy,
+                                                                      const float *x, int64_t n)
+{
+    for (int64_t i = 0; i < n; i++) {
+        float v = x[i];
+        float cdf = 0.5f * (1.0f + eng__erf(v * 0.70710678118654752f));
+        float pdf = 0.39894228040143268f * eng__exp_neg(-0.5f * v * v);
+        dx[i] = dy[i] * (cdf + v * pdf);
+    }
+}
+
+static void eng__gelu_grad_base(float *dx, const float *dy, const float *x, int64_t n)
+{
+    eng__gelu_grad_body(dx, dy, x, n);
+}
+
+#ifdef ENG__TWO_BUILDS
+__attribute__((target("avx2"))) static void eng__gelu_grad_avx2(float *dx, const float *dy,
+                                                                const float *x, int64_t n)
+{
+    eng__gelu_grad_body(dx, dy, x, n);
+}
+#endif
+
 static void eng__actb_range(void *p, int64_t i0, int64_t i1)
 {
     const eng__actb *s = p;
     float *dx = s->dx;
     const float *dy = s->dy, *x = s->x;
     if (s->act == ENG_ACT_GELU) {
-        for (int64_t i = i0; i < i1; i++) {
-            float v = x[i];
-            float cdf = 0.5f * (1.0f + eng__erf(v * 0.70710678118654752f));
-            float pdf = 0.39894228040143268f * eng__exp_neg(-0.5f * v * v);
-            dx[i] = dy[i] * (cdf + v * pdf);
+#ifdef ENG__TWO_BUILDS
+        if (eng__have_avx2()) {
+            eng__gelu_grad_avx2(dx + i0, dy + i0, x + i0, i1 - i0);
+            return;
         }
+#endif
+        eng__gelu_grad_base(dx + i0, dy + i0, x + i0, i1 - i0);
     } else if (s->act == ENG_ACT_RELU) {
         for (int64_t i = i0; i < i1; i++)
             dx[i] = x[i] > 0.0f ? dy[i] : 0.0f;

@@ -57,6 +57,14 @@ static inline float eng__erf(float x)
     return x < 0 ? -y : y;
 }
 
+/* Hot element-wise loops are built twice, for the baseline and for AVX2,
+ * and chosen once at run time (cpu.c explains). */
+#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
+#define ENG__TWO_BUILDS 1
+/* 1 when the CPU has AVX2. */
+int eng__have_avx2(void);
+#endif
+
 /* One GEMM C = alpha A op(B) + beta C, split over the worker pool, with an
  * optional epilogue (bias, activation, residual). */
 typedef struct eng__gemm {
