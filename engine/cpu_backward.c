@@ -67,6 +67,27 @@ static void eng__gemm_tn_acc(float *C, const float *A, int lda, const float *B, 
         eng_parallel_run(n, eng__tn_block, &g);
 }
 
+/* C[M,N] (+)= A[M,K] op(B): op(B) = B[N,K]^T when tb, B[K,N] otherwise;
+ * contiguous rows. The input gradient of a linear layer or convolution. */
+static void eng__gemm_dx(float *C, const float *A, const float *B, int M, int N, int K, int tb,
+                         int acc)
+{
+    eng__gemm g = {.tb = tb,
+                   .M = M,
+                   .N = N,
+                   .K = K,
+                   .alpha = 1.0f,
+                   .beta = acc ? 1.0f : 0.0f,
+                   .A = A,
+                   .lda = K,
+                   .B = B,
+                   .ldb = tb ? K : N,
+                   .C = C,
+                   .ldc = N,
+                   .group = 1};
+    eng__gemm_run(&g);
+}
+
 /* ---- db[N] += column sums of dy[M, N] ---- */
 
 typedef struct {
@@ -96,23 +117,8 @@ int eng__cpu_linear_backward(eng_backend *be, void *dx, void *dw, void *db, cons
                              const void *x, int64_t ldx, const void *w, int M, int K, int N,
                              int acc)
 {
-    if (dx) {
-        /* dx[M,K] = dy[M,N] w[N,K]: w read as it lies (not transposed) */
-        eng__gemm g = {.tb = 0,
-                       .M = M,
-                       .N = K,
-                       .K = N,
-                       .alpha = 1.0f,
-                       .beta = acc ? 1.0f : 0.0f,
-                       .A = dy,
-                       .lda = N,
-                       .B = w,
-                       .ldb = K,
-                       .C = dx,
-                       .ldc = K,
-                       .group = 1};
-        eng__gemm_run(&g);
-    }
+    if (dx) /* dx[M,K] = dy[M,N] w[N,K]: w read as it lies (not transposed) */
+        eng__gemm_dx(dx, dy, w, M, K, N, 0, acc);
     if (dw)
         eng__gemm_tn_acc(dw, dy, N, x, (int)ldx, M, N, K);
     if (db)
@@ -373,23 +379,8 @@ int eng__cpu_conv_transpose2x2_backward(eng_backend *be, void *dx, void *dw, voi
             return ENG_ENOMEM;
         eng__ctg s = {dt, dy, W, Cout};
         eng_parallel_for(P, 64, eng__ct_gather, &s);
-        if (dx) {
-            /* dx[P, Cin] = dt[P, Cout*4] w[Cin, Cout*4]^T */
-            eng__gemm g = {.tb = 1,
-                           .M = (int)P,
-                           .N = Cin,
-                           .K = N4,
-                           .alpha = 1.0f,
-                           .beta = acc ? 1.0f : 0.0f,
-                           .A = dt,
-                           .lda = N4,
-                           .B = w,
-                           .ldb = N4,
-                           .C = dx,
-                           .ldc = Cin,
-                           .group = 1};
-            eng__gemm_run(&g);
-        }
+        if (dx) /* dx[P, Cin] = dt[P, Cout*4] w[Cin, Cout*4]^T */
+            eng__gemm_dx(dx, dt, w, (int)P, Cin, N4, 1, acc);
         if (dw) /* dw[Cin, Cout*4] += x^T dt */
             eng__gemm_tn_acc(dw, x, Cin, dt, N4, (int)P, Cin, N4);
     }

@@ -3,9 +3,8 @@
  * kept, and its backward, host f32 with OpenBLAS (hypernet_train.h).
  *
  * Letters: d text width, H hidden, r rank, n present targets. Rows of the
- * per-target activations are grouped by shape (all targets of shape 0,
- * then shape 1, ...), so each head is one GEMM over a block of rows, as in
- * hypernet.c. Forward, for a task embedding e [d]:
+ * per-target activations are grouped by shape (hn_rows_by_shape), so each
+ * head is one GEMM over a block of rows. Forward, for a task embedding e [d]:
  *   a = W_in e + b_in,  g = GELU(a),  z = LN(g) = zhat ln_g + ln_b        [H]
  *   x_t = z + E_type[type(t)] + E_layer[t],  m_t = W_mix x_t + b_mix      [n, H]
  *   h_t = GELU(m_t),  A_t = W_A[s] h_t + b_A[s],  B_t = W_B[s] h_t + b_B[s]
@@ -50,21 +49,6 @@ static inline float hn__gelu_grad(float x)
     return 0.5f * (1.0f + erff(x * 0.70710678f)) + x * 0.39894228f * expf(-0.5f * x * x);
 }
 
-size_t hn_factor_size(const hn_hypernet_config *cfg, int t, size_t *a_n, size_t *b_n)
-{
-    size_t a = 0, b = 0;
-    if (t >= 0 && t < HN_T && cfg->present[t]) {
-        const eng_sam_lora_target *tt = eng_sam_lora_targets();
-        a = (size_t)cfg->rank * (size_t)tt[t].in;
-        b = (size_t)tt[t].out * (size_t)cfg->rank;
-    }
-    if (a_n)
-        *a_n = a;
-    if (b_n)
-        *b_n = b;
-    return a + b;
-}
-
 int hn_train_create(hn_train **out, const hn_hypernet_config *cfg)
 {
     *out = NULL;
@@ -75,13 +59,7 @@ int hn_train_create(hn_train **out, const hn_hypernet_config *cfg)
     if (!t)
         return eng_error(ENG_ENOMEM, "out of memory");
     t->cfg = *cfg;
-    for (int s = 0; s < HN_SHAPES; s++) {
-        t->s_off[s] = t->n;
-        for (int i = 0; i < HN_T; i++)
-            if (cfg->present[i] && hn_target_shape(i) == s)
-                t->order[t->n++] = i;
-        t->s_n[s] = t->n - t->s_off[s];
-    }
+    t->n = hn_rows_by_shape(cfg, t->order, t->s_off, t->s_n);
     const size_t H = (size_t)cfg->hidden, D = (size_t)cfg->text_dim, n = (size_t)t->n;
     size_t stage = 0;
     for (int s = 0; s < HN_SHAPES; s++) {

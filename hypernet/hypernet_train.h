@@ -28,10 +28,6 @@ typedef struct hn_train hn_train;
 int hn_train_create(hn_train **out, const hn_hypernet_config *cfg);
 void hn_train_destroy(hn_train *t);
 
-/* Floats of target t's factors under cfg: *a_n = r*in, *b_n = out*r (both 0
- * for a target cfg does not emit). Returns the sum. */
-size_t hn_factor_size(const hn_hypernet_config *cfg, int t, size_t *a_n, size_t *b_n);
-
 /* The forward for one task embedding task_emb [d]: A[t] [r, in] and B[t]
  * [out, r] (host, hn_factor_size floats, given for every present target)
  * and the activations the backward needs. p must have t's configuration. */

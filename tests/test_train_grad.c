@@ -9,7 +9,6 @@
 #include "harness.h"
 
 #include <libgen.h>
-#include <sys/wait.h>
 #include <unistd.h>
 
 #include "engine/ckpt.h"
@@ -19,20 +18,6 @@
 
 static char prog[4096];
 static char tmpdir[] = "/tmp/tasam-grad-XXXXXX";
-
-/* Run a shell command; exit status, output (stdout + stderr) in out. */
-static int run(const char *cmd, char *out, size_t cap)
-{
-    char full[16384];
-    snprintf(full, sizeof full, "%s 2>&1", cmd);
-    FILE *p = popen(full, "r");
-    if (!p)
-        return -1;
-    size_t n = fread(out, 1, cap - 1, p);
-    out[n] = '\0';
-    int st = pclose(p);
-    return WIFEXITED(st) ? WEXITSTATUS(st) : -1;
-}
 
 static float *read_f32(const eng_ckpt *c, const char *name, size_t n)
 {
@@ -67,7 +52,7 @@ static void test_dump_matches_fixture(void)
     snprintf(cases, sizeof cases, "%s", t_fixture("golden_train_tiny.json"));
     snprintf(cmd, sizeof cmd, "%s grad --checkpoint %s --golden %s --cases %s --dump %s --check",
              prog, ck, gold, cases, dump);
-    int rc = run(cmd, out, sizeof out);
+    int rc = t_run_cmd(cmd, out, sizeof out);
     T_REQUIRE(rc == 0, "exit %d:\n%s", rc, out);
     T_CHECK(strstr(out, "pos_point") && strstr(out, "target_mask2") &&
                 !strstr(out, "OUT OF TOLERANCE"),
@@ -138,23 +123,23 @@ static void write_file(const char *path, const char *text)
 static void test_bad_invocations(void)
 {
     char cmd[8192], out[16384], p[512];
-    int rc = run(prog, out, sizeof out);
+    int rc = t_run_cmd(prog, out, sizeof out);
     T_CHECK(rc == 2 && strstr(out, "grad"), "no command: exit %d", rc);
     snprintf(cmd, sizeof cmd, "%s grad --help", prog);
-    rc = run(cmd, out, sizeof out);
+    rc = t_run_cmd(cmd, out, sizeof out);
     T_CHECK(rc == 0 && strstr(out, "--checkpoint") && strstr(out, "example"), "--help: %d", rc);
     snprintf(cmd, sizeof cmd, "%s grad --checkpoint x", prog);
-    rc = run(cmd, out, sizeof out);
+    rc = t_run_cmd(cmd, out, sizeof out);
     T_CHECK(rc == 2 && strstr(out, "required"), "missing options: exit %d: %s", rc, out);
     snprintf(cmd, sizeof cmd, "%s grad --frobnicate", prog);
-    rc = run(cmd, out, sizeof out);
+    rc = t_run_cmd(cmd, out, sizeof out);
     T_CHECK(rc == 2 && strstr(out, "--frobnicate"), "unknown option: exit %d: %s", rc, out);
     snprintf(cmd, sizeof cmd, "%s grad --threads 0 --checkpoint a --golden b --cases c", prog);
-    rc = run(cmd, out, sizeof out);
+    rc = t_run_cmd(cmd, out, sizeof out);
     T_CHECK(rc == 2 && strstr(out, "--threads"), "--threads 0: exit %d: %s", rc, out);
     snprintf(cmd, sizeof cmd, "%s grad --checkpoint a --golden b --cases %s/none.json", prog,
              tmpdir);
-    rc = run(cmd, out, sizeof out);
+    rc = t_run_cmd(cmd, out, sizeof out);
     T_CHECK(rc == 1 && strstr(out, "none.json"), "missing cases file: exit %d: %s", rc, out);
     T_NEED_FIXTURES();
     char ck[1024], gold[1024];
@@ -165,19 +150,19 @@ static void test_bad_invocations(void)
     write_file(p, "{\"image_size\": [534, 800], \"rank\": 4, \"alpha\": 8, \"cases\": "
                   "[{\"name\": \"nosuch\", \"prompt\": {\"points\": [[1, 2]], \"labels\": [1]}}]}");
     snprintf(cmd, sizeof cmd, "%s grad --checkpoint %s --golden %s --cases %s", prog, ck, gold, p);
-    rc = run(cmd, out, sizeof out);
+    rc = t_run_cmd(cmd, out, sizeof out);
     T_CHECK(rc == 1 && strstr(out, "nosuch.target"), "unknown case: exit %d: %s", rc, out);
     /* the rank of the file disagrees with the golden's factors */
     write_file(p, "{\"image_size\": [534, 800], \"rank\": 2, \"alpha\": 8, \"cases\": "
                   "[{\"name\": \"pos_point\", \"prompt\": {\"points\": [[1, 2]], \"labels\": "
                   "[1]}}]}");
-    rc = run(cmd, out, sizeof out);
+    rc = t_run_cmd(cmd, out, sizeof out);
     T_CHECK(rc == 1 && strstr(out, "pos_point") && strstr(out, "lora_A"),
             "rank mismatch: exit %d: %s", rc, out);
     /* a golden without an embedding (the SAM checkpoint itself) */
     snprintf(cmd, sizeof cmd, "%s grad --checkpoint %s --golden %s --cases %s", prog, ck, ck,
              t_fixture("golden_train_tiny.json"));
-    rc = run(cmd, out, sizeof out);
+    rc = t_run_cmd(cmd, out, sizeof out);
     T_CHECK(rc == 1 && strstr(out, "image_embedding"), "golden without embedding: exit %d: %s", rc,
             out);
 }

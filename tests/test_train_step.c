@@ -86,6 +86,12 @@ static hn_hypernet_config small(void)
     return c;
 }
 
+/* Parameters and a gradient of config c, and a step on the model. */
+static int make_step(const hn_hypernet_config *c, hn_params **p, hn_params **g, tr_step **s)
+{
+    return hn_params_create(p, c) || hn_params_create(g, c) || tr_step_create(s, model, c);
+}
+
 static double sum_abs(const float *x, size_t n)
 {
     double s = 0;
@@ -100,9 +106,7 @@ static void test_zero_init(void)
     hn_hypernet_config c = small();
     hn_params *p = NULL, *g = NULL;
     tr_step *s = NULL;
-    T_REQUIRE(hn_params_create(&p, &c) == 0 && hn_params_create(&g, &c) == 0 &&
-                  tr_step_create(&s, model, &c) == 0,
-              "%s", eng_last_error());
+    T_REQUIRE(make_step(&c, &p, &g, &s) == 0, "%s", eng_last_error());
     hn_params_init(p, 1, 0);
     tr_prompt tp = {.prompt = {.n_points = 1, .points = pts, .labels = labels},
                     .target = target,
@@ -292,9 +296,7 @@ static void test_errors(void)
     hn_hypernet_config c = small();
     hn_params *p = NULL, *g = NULL;
     tr_step *s = NULL;
-    T_REQUIRE(hn_params_create(&p, &c) == 0 && hn_params_create(&g, &c) == 0 &&
-                  tr_step_create(&s, model, &c) == 0,
-              "%s", eng_last_error());
+    T_REQUIRE(make_step(&c, &p, &g, &s) == 0, "%s", eng_last_error());
     tr_prompt tp = {
         .prompt = {.n_points = 1, .points = pts, .labels = labels}, .target = NULL, .multimask = 1};
     tr_image im = {emb, info, &tp, 1};
