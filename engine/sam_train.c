@@ -23,9 +23,11 @@
  *   [embedding rows][layer 0's image side][one prompt's tape][backward temporaries]
  * The image side (src0 = embedding + no_mask_embed, src0 + dense_pe, and
  * layer 0's token-to-image k/v and image-to-token q projections) depends on
- * the image and the adapter only, so it is computed at set_image and
- * set_lora and shared by every prompt without a mask input; a prompt with
- * one computes its own in its tape.
+ * the image and the adapter only: the first forward without a mask input
+ * after set_image or set_lora computes it, and every later such prompt
+ * shares it; a prompt with a mask input computes its own in its tape. (A
+ * forward lays its tape out after the side, so recomputing the side, which
+ * may change its size with the adapter, only ever discards a dead tape.)
  *
  * Shapes use the letters of sam_internal.h; I is an attention's inner width
  * (E for self-attention, E/2 for the cross attentions), r the rank, C the
@@ -100,11 +102,12 @@ struct eng_sam_train {
     /* the image */
     int have_image;
     eng_sam_imginfo info;
-    eng_tensor emb; /* [P, E] rows */
-    size_t mark_emb, mark_img;
-    eng_tensor src0, kp0;     /* [P, E]: embedding + no_mask_embed, + dense_pe */
-    tl_lin k0, v0, q0;        /* layer 0's t2i k/v and i2t q on them */
-    eng_tensor k0p, v0p, q0p; /* [P, I] */
+    eng_tensor emb;            /* [P, E] rows */
+    size_t mark_emb, mark_img; /* end of the embedding, of the side (== mark_emb: none) */
+    int side_ok;               /* the side holds this image's and adapter's */
+    eng_tensor src0, kp0;      /* [P, E]: embedding + no_mask_embed, + dense_pe */
+    tl_lin k0, v0, q0;         /* layer 0's t2i k/v and i2t q on them */
+    eng_tensor k0p, v0p, q0p;  /* [P, I] */
 
     /* the last forward */
     int have_tape;
@@ -259,7 +262,7 @@ static eng_tensor tl_add(eng_ctx *ctx, const eng_tensor *a, const eng_tensor *b)
 /* image side, forward, backward                                        */
 
 /* Layer 0's image side of the current image under the current adapter, at
- * mark_emb; sets mark_img. */
+ * mark_emb; sets mark_img and side_ok. */
 static void tl_side(eng_sam_train *t)
 {
     eng_ctx *ctx = &t->ctx;
@@ -275,16 +278,19 @@ static void tl_side(eng_sam_train *t)
     tl_lin_fwd(t, &t->v0, &L->t2i.v, &t->v0p, &t->src0, ENG_ACT_NONE, NULL, 0);
     tl_lin_fwd(t, &t->q0, &L->i2t.q, &t->q0p, &t->kp0, ENG_ACT_NONE, NULL, 0);
     t->mark_img = eng_ctx_mark(ctx);
+    t->side_ok = 1;
 }
 
 /* The forward of one prompt of T tokens (tokens_host [T, E]) into the tape,
- * at mark_img. */
+ * after the image side (computed first when the prompt needs it). */
 static void tl_forward(eng_sam_train *t, const float *tokens_host, int T, const float *mask_input,
                        int multimask)
 {
     eng_ctx *ctx = &t->ctx;
     const eng_sam *m = t->m;
     tl_tape *tp = &t->tape;
+    if (!mask_input && !t->side_ok)
+        tl_side(t);
     eng_ctx_release(ctx, t->mark_img);
     memset(tp, 0, sizeof *tp);
     tp->T = T;
@@ -527,7 +533,7 @@ int eng_sam_train_create(eng_sam_train **out, eng_sam *m, int rank)
         t->present[i] = 1;
     t->emb = eng_new2(&t->ctx, P, E);
     t->mark_emb = eng_ctx_mark(&t->ctx);
-    tl_side(t);
+    tl_side(t); /* (the side, then a prompt with its own: the most a forward holds) */
     tl_forward(t, t->host, T_max, t->host, 1); /* (nothing is read while measuring) */
     tl_backward(t, t->host, t->host);
     if (!rc)
@@ -535,6 +541,7 @@ int eng_sam_train_create(eng_sam_train **out, eng_sam *m, int rank)
     memset(t->present, 0, sizeof t->present);
     eng_ctx_release(&t->ctx, 0);
     t->ctx.status = 0;
+    t->side_ok = 0;
     if (!rc)
         rc = eng_sam_train_zero_grad(t);
     if (rc) {
@@ -606,20 +613,15 @@ int eng_sam_train_set_lora(eng_sam_train *t, float scale, const float *const *A,
             rc = eng_backend_upload(t->ctx.be, t->sB[i].data, sb, nb);
         free(sb);
     }
+    t->side_ok = 0;
+    t->mark_img = t->mark_emb;
     if (rc) {
         /* a half-uploaded adapter must not be trained on */
         memset(t->present, 0, sizeof t->present);
         t->have_image = 0;
         return rc;
     }
-    if ((rc = eng_sam_train_zero_grad(t)))
-        return rc;
-    if (t->have_image) {
-        tl_side(t);
-        rc = tl_end(t);
-        t->have_image = rc == 0;
-    }
-    return rc;
+    return eng_sam_train_zero_grad(t);
 }
 
 int eng_sam_train_set_image(eng_sam_train *t, const float *embedding, const eng_sam_imginfo *info)
@@ -636,6 +638,7 @@ int eng_sam_train_set_image(eng_sam_train *t, const float *embedding, const eng_
     eng_ctx *ctx = &t->ctx;
     t->have_tape = 0;
     t->have_image = 0;
+    t->side_ok = 0;
     t->info = *info;
     eng_ctx_release(ctx, 0);
     t->emb = eng_new2(ctx, P, E);
@@ -644,8 +647,7 @@ int eng_sam_train_set_image(eng_sam_train *t, const float *embedding, const eng_
     eng__sam_upload(ctx, &chw, embedding);
     eng_transpose(ctx, &t->emb, &chw);
     eng_ctx_release(ctx, mark);
-    t->mark_emb = mark;
-    tl_side(t);
+    t->mark_emb = t->mark_img = mark;
     int rc = tl_end(t);
     t->have_image = rc == 0;
     return rc;
@@ -666,6 +668,10 @@ int eng_sam_train_forward(eng_sam_train *t, const eng_sam_prompt *p, int multima
     t->have_tape = 0;
     int T = tl_tokens(t, p);
     tl_forward(t, t->host, T, p->mask_input, multimask != 0);
+    if (eng_ctx_status(&t->ctx)) { /* the side may be half computed */
+        t->side_ok = 0;
+        t->mark_img = t->mark_emb;
+    }
     const tl_tape *tp = &t->tape;
     if (low_res)
         eng__sam_download(&t->ctx, low_res, &tp->masks, (size_t)tp->C * ENG_SAM_LOWRES_FLOATS);

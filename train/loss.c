@@ -11,6 +11,7 @@
  */
 #include "train/loss.h"
 
+#include <float.h>
 #include <math.h>
 #include <string.h>
 
@@ -114,7 +115,11 @@ int tr_loss_mask(const float *logits, const float *iou_pred, const uint8_t *targ
             double y = target[i] != 0;
             tr__px px = tr__pixel(x[i], y, alpha, gamma);
             double ddice = -(2 * y * D - N) / (D * D) * px.p * (1 - px.p);
-            dx[i] = (float)(wf * px.dfocal + wd * ddice);
+            float v = (float)(wf * px.dfocal + wd * ddice);
+            /* Saturated pixels (|x| beyond ~45) give gradients under the
+             * smallest normal float: flushed to 0, as subnormal operands
+             * slow the backward's GEMMs many times over for nothing. */
+            dx[i] = fabsf(v) < FLT_MIN ? 0.0f : v;
         }
     }
     return 0;
