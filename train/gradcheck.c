@@ -277,6 +277,10 @@ int tr_gc_run(eng_sam_train *t, const eng_ckpt *golden, const tr_gc_cases *cs, i
         rc = eng_error(ENG_ENOMEM, "out of memory");
     if (!rc)
         rc = eng_ckpt_load_f32(golden, "image_embedding", 3, (int64_t[]){256, 64, 64}, emb);
+    for (size_t i = 0; !rc && i < ENG_SAM_EMB_FLOATS; i++)
+        if (!isfinite(emb[i]))
+            rc = eng_error(ENG_EFORMAT, "%s: 'image_embedding' element %zu is not finite",
+                           eng_ckpt_path(golden), i);
     if (!rc)
         rc = tr__target(golden, c->name, target);
     /* the case's factors: every layer with a lora_A (and then a lora_B) */
