@@ -96,7 +96,7 @@ struct eng_sam_train {
     eng_tensor A[ENG_SAM_LORA_TARGETS], sB[ENG_SAM_LORA_TARGETS];   /* [r, in], scale B [out, r] */
     eng_tensor dA[ENG_SAM_LORA_TARGETS], dsB[ENG_SAM_LORA_TARGETS]; /* their gradients */
     void *lmem;                                                     /* all of the above */
-    float *host;                                                    /* staging, host_n floats */
+    float *host; /* staging (tokens, scaled B), host_n floats */
     size_t host_n;
 
     /* the image */
@@ -502,6 +502,8 @@ int eng_sam_train_create(eng_sam_train **out, eng_sam *m, int rank)
     t->rank = rank;
     t->scale = 1.0f;
     int T_max = 1 + NMASK + m->opt.max_points + 2;
+    /* host staging: a prompt's tokens, or one target's scaled B (at most
+     * ENG_SAM_LORA_MAX_RANK * 2048 values) */
     t->host_n =
         (size_t)T_max * E > ENG_SAM_LOWRES_FLOATS ? (size_t)T_max * E : ENG_SAM_LOWRES_FLOATS;
     t->host = calloc(t->host_n, sizeof(float));
@@ -600,18 +602,12 @@ int eng_sam_train_set_lora(eng_sam_train *t, float scale, const float *const *A,
         t->present[i] = a != NULL;
         if (!a)
             continue;
-        size_t nb = (size_t)t->rank * tg[i].out;
-        float *sb = malloc(nb * sizeof *sb);
-        if (!sb) {
-            rc = eng_error(ENG_ENOMEM, "out of memory");
-            break;
-        }
+        size_t nb = (size_t)t->rank * tg[i].out; /* <= host_n (16 * 2048 < 65536) */
         for (size_t k = 0; k < nb; k++)
-            sb[k] = scale * b[k];
+            t->host[k] = scale * b[k];
         rc = eng_backend_upload(t->ctx.be, t->A[i].data, a, (size_t)t->rank * tg[i].in);
         if (!rc)
-            rc = eng_backend_upload(t->ctx.be, t->sB[i].data, sb, nb);
-        free(sb);
+            rc = eng_backend_upload(t->ctx.be, t->sB[i].data, t->host, nb);
     }
     t->side_ok = 0;
     t->mark_img = t->mark_emb;
