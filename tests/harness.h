@@ -149,6 +149,8 @@ static inline int t_run_cmd(const char *cmd, char *out, size_t cap)
         return -1;
     size_t n = fread(out, 1, cap - 1, p);
     out[n] = '\0';
+    while (fgetc(p) != EOF) /* the rest, so the command never dies of a closed pipe */
+        ;
     int st = pclose(p);
     return st != -1 && WIFEXITED(st) ? WEXITSTATUS(st) : -1;
 }

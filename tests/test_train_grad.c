@@ -7,9 +7,7 @@
  * malformed JSON, each error naming its field.
  */
 #include "harness.h"
-
-#include <libgen.h>
-#include <unistd.h>
+#include "tdata.h"
 
 #include "engine/ckpt.h"
 #include "engine/error.h"
@@ -17,7 +15,6 @@
 #include "train/gradcheck.h"
 
 static char prog[4096];
-static char tmpdir[] = "/tmp/tasam-grad-XXXXXX";
 
 static float *read_f32(const eng_ckpt *c, const char *name, size_t n)
 {
@@ -45,7 +42,7 @@ static void test_dump_matches_fixture(void)
 {
     T_NEED_FIXTURES();
     char cmd[8192], out[65536], dump[512];
-    snprintf(dump, sizeof dump, "%s/grad.safetensors", tmpdir);
+    snprintf(dump, sizeof dump, "%s", td_path("grad.safetensors"));
     char ck[1024], gold[1024], cases[1024];
     snprintf(ck, sizeof ck, "%s", t_fixture("sam_tiny.safetensors"));
     snprintf(gold, sizeof gold, "%s", t_fixture("golden_train_tiny.safetensors"));
@@ -111,15 +108,6 @@ static void test_dump_matches_fixture(void)
     tr_gc_cases_free(cs);
 }
 
-static void write_file(const char *path, const char *text)
-{
-    FILE *f = fopen(path, "w");
-    if (f) {
-        fputs(text, f);
-        fclose(f);
-    }
-}
-
 static void test_bad_invocations(void)
 {
     char cmd[8192], out[16384], p[512];
@@ -137,8 +125,8 @@ static void test_bad_invocations(void)
     snprintf(cmd, sizeof cmd, "%s grad --threads 0 --checkpoint a --golden b --cases c", prog);
     rc = t_run_cmd(cmd, out, sizeof out);
     T_CHECK(rc == 2 && strstr(out, "--threads"), "--threads 0: exit %d: %s", rc, out);
-    snprintf(cmd, sizeof cmd, "%s grad --checkpoint a --golden b --cases %s/none.json", prog,
-             tmpdir);
+    snprintf(cmd, sizeof cmd, "%s grad --checkpoint a --golden b --cases %s", prog,
+             td_path("none.json"));
     rc = t_run_cmd(cmd, out, sizeof out);
     T_CHECK(rc == 1 && strstr(out, "none.json"), "missing cases file: exit %d: %s", rc, out);
     T_NEED_FIXTURES();
@@ -146,16 +134,16 @@ static void test_bad_invocations(void)
     snprintf(ck, sizeof ck, "%s", t_fixture("sam_tiny.safetensors"));
     snprintf(gold, sizeof gold, "%s", t_fixture("golden_train_tiny.safetensors"));
     /* a case whose tensors the golden lacks */
-    snprintf(p, sizeof p, "%s/other.json", tmpdir);
-    write_file(p, "{\"image_size\": [534, 800], \"rank\": 4, \"alpha\": 8, \"cases\": "
-                  "[{\"name\": \"nosuch\", \"prompt\": {\"points\": [[1, 2]], \"labels\": [1]}}]}");
+    snprintf(p, sizeof p, "%s", td_path("other.json"));
+    td_write(p, "{\"image_size\": [534, 800], \"rank\": 4, \"alpha\": 8, \"cases\": "
+                "[{\"name\": \"nosuch\", \"prompt\": {\"points\": [[1, 2]], \"labels\": [1]}}]}");
     snprintf(cmd, sizeof cmd, "%s grad --checkpoint %s --golden %s --cases %s", prog, ck, gold, p);
     rc = t_run_cmd(cmd, out, sizeof out);
     T_CHECK(rc == 1 && strstr(out, "nosuch.target"), "unknown case: exit %d: %s", rc, out);
     /* the rank of the file disagrees with the golden's factors */
-    write_file(p, "{\"image_size\": [534, 800], \"rank\": 2, \"alpha\": 8, \"cases\": "
-                  "[{\"name\": \"pos_point\", \"prompt\": {\"points\": [[1, 2]], \"labels\": "
-                  "[1]}}]}");
+    td_write(p, "{\"image_size\": [534, 800], \"rank\": 2, \"alpha\": 8, \"cases\": "
+                "[{\"name\": \"pos_point\", \"prompt\": {\"points\": [[1, 2]], \"labels\": "
+                "[1]}}]}");
     rc = t_run_cmd(cmd, out, sizeof out);
     T_CHECK(rc == 1 && strstr(out, "pos_point") && strstr(out, "lora_A"),
             "rank mismatch: exit %d: %s", rc, out);
@@ -239,21 +227,15 @@ static void test_parser(void)
 
 int main(int argc, char **argv)
 {
-    /* build/tests/test_train_grad -> build/tasam-train */
-    char self[4096];
-    snprintf(self, sizeof self, "%s", argv[0]);
-    snprintf(prog, sizeof prog, "%s/../tasam-train", dirname(self));
     (void)argc;
-    if (!mkdtemp(tmpdir)) {
+    td_sibling(argv[0], "tasam-train", prog, sizeof prog);
+    if (td_init("grad")) {
         perror("mkdtemp");
         return 1;
     }
     T_RUN(test_dump_matches_fixture);
     T_RUN(test_bad_invocations);
     T_RUN(test_parser);
-    char cmd[256];
-    snprintf(cmd, sizeof cmd, "rm -rf %s", tmpdir);
-    if (system(cmd) != 0)
-        fprintf(stderr, "could not remove %s\n", tmpdir);
+    td_cleanup();
     return t_summary("test_train_grad");
 }

@@ -4,7 +4,6 @@
  * training path, compare with the golden's own results where it has them,
  * and dump what was computed in the golden's layout.
  */
-#include <errno.h>
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -16,6 +15,7 @@
 #include "engine/sam.h"
 #include "engine/sam_train.h"
 #include "train/gradcheck.h"
+#include "train/io.h"
 #include "train/train.h"
 
 /* The fixture's tolerances for an fp32 implementation. */
@@ -247,38 +247,26 @@ static int report_case(const eng_ckpt *g, const tr_gc_case *c, const tr_gc_resul
 int tr_cmd_grad(int argc, char **argv)
 {
     const char *ckpt = NULL, *golden_path = NULL, *cases_path = NULL, *dump_path = NULL;
+    const char *threads_s = NULL;
     int check = 0, threads = 0;
-    for (int i = 0; i < argc; i++) {
-        const char *a = argv[i];
-        int has = i + 1 < argc;
-        if (!strcmp(a, "--help") || !strcmp(a, "-h")) {
-            usage(stdout);
-            return 0;
-        } else if (!strcmp(a, "--checkpoint") && has) {
-            ckpt = argv[++i];
-        } else if (!strcmp(a, "--golden") && has) {
-            golden_path = argv[++i];
-        } else if (!strcmp(a, "--cases") && has) {
-            cases_path = argv[++i];
-        } else if (!strcmp(a, "--dump") && has) {
-            dump_path = argv[++i];
-        } else if (!strcmp(a, "--check")) {
-            check = 1;
-        } else if (!strcmp(a, "--threads") && has) {
-            char *end;
-            errno = 0;
-            long v = strtol(argv[++i], &end, 10);
-            if (*end || errno || v < 1 || v > 1024) {
-                fprintf(stderr, "tasam-train grad: --threads must be 1..1024\n");
-                return 2;
-            }
-            threads = (int)v;
-        } else {
-            fprintf(stderr, "tasam-train grad: unknown or incomplete option '%s'\n", a);
-            usage(stderr);
-            return 2;
-        }
+    const tr_opt opts[] = {{"--checkpoint", &ckpt, NULL},
+                           {"--golden", &golden_path, NULL},
+                           {"--cases", &cases_path, NULL},
+                           {"--dump", &dump_path, NULL},
+                           {"--threads", &threads_s, NULL},
+                           {"--check", NULL, &check},
+                           {NULL, NULL, NULL}};
+    int prc = tr_opts_parse("grad", argc, argv, opts);
+    if (prc == 1)
+        usage(stdout);
+    if (prc)
+        return prc == 1 ? 0 : 2;
+    long long nt = 0;
+    if (threads_s && tr_parse_int(threads_s, 1, 1024, &nt)) {
+        fprintf(stderr, "tasam-train grad: --threads must be 1..1024\n");
+        return 2;
     }
+    threads = (int)nt;
     if (!ckpt || !golden_path || !cases_path) {
         fprintf(stderr, "tasam-train grad: --checkpoint, --golden and --cases are required\n");
         usage(stderr);

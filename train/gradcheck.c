@@ -102,13 +102,9 @@ static int tr__case(const char *label, int idx, const json_t *jc, tr_gc_case *c)
     return 0;
 }
 
-int tr_gc_cases_parse(const char *json, size_t len, const char *label, tr_gc_cases **out)
+/* Cases from a parsed document (consumed). */
+static int tr__cases_from_json(json_t *root, const char *label, tr_gc_cases **out)
 {
-    *out = NULL;
-    json_error_t jerr;
-    json_t *root = json_loadb(json, len, JSON_REJECT_DUPLICATES, &jerr);
-    if (!root)
-        return eng_error(ENG_EFORMAT, "%s: line %d: %s", label, jerr.line, jerr.text);
     int rc = 0;
     tr_gc_cases *cs = calloc(1, sizeof *cs);
     if (!cs) {
@@ -164,36 +160,28 @@ int tr_gc_cases_parse(const char *json, size_t len, const char *label, tr_gc_cas
     return 0;
 }
 
+int tr_gc_cases_parse(const char *json, size_t len, const char *label, tr_gc_cases **out)
+{
+    *out = NULL;
+    json_error_t jerr;
+    json_t *root = json_loadb(json, len, JSON_REJECT_DUPLICATES, &jerr);
+    if (!root)
+        return eng_error(ENG_EFORMAT, "%s: line %d: %s", label, jerr.line, jerr.text);
+    return tr__cases_from_json(root, label, out);
+}
+
 int tr_gc_cases_load(const char *path, tr_gc_cases **out)
 {
     *out = NULL;
     FILE *f = fopen(path, "rb");
     if (!f)
         return eng_error(ENG_EIO, "%s: cannot open", path);
-    char *buf = NULL;
-    size_t len = 0, cap = 0;
-    for (;;) {
-        if (len == cap) {
-            cap = cap ? 2 * cap : 65536;
-            char *nb = cap <= (64u << 20) ? realloc(buf, cap) : NULL;
-            if (!nb) {
-                free(buf);
-                fclose(f);
-                return eng_error(ENG_ELIMIT, "%s: larger than 64 MiB or out of memory", path);
-            }
-            buf = nb;
-        }
-        size_t r = fread(buf + len, 1, cap - len, f);
-        len += r;
-        if (r == 0)
-            break;
-    }
-    int err = ferror(f);
+    json_error_t jerr;
+    json_t *root = json_loadf(f, JSON_REJECT_DUPLICATES, &jerr);
     fclose(f);
-    int rc =
-        err ? eng_error(ENG_EIO, "%s: read error", path) : tr_gc_cases_parse(buf, len, path, out);
-    free(buf);
-    return rc;
+    if (!root)
+        return eng_error(ENG_EFORMAT, "%s: line %d: %s", path, jerr.line, jerr.text);
+    return tr__cases_from_json(root, path, out);
 }
 
 void tr_gc_cases_free(tr_gc_cases *c)
