@@ -42,27 +42,11 @@ static double cpu_ms(void)
 
 int main(int argc, char **argv)
 {
-    const char *ckpt = NULL;
-    int reps = 5, prompts = 8, threads = 0;
-    for (int i = 1; i < argc; i++) {
-        if (!strcmp(argv[i], "--checkpoint") && i + 1 < argc)
-            ckpt = argv[++i];
-        else if (!strcmp(argv[i], "--reps") && i + 1 < argc)
-            reps = atoi(argv[++i]);
-        else if (!strcmp(argv[i], "--prompts") && i + 1 < argc)
-            prompts = atoi(argv[++i]);
-        else if (!strcmp(argv[i], "--threads") && i + 1 < argc)
-            threads = atoi(argv[++i]);
-        else {
-            fprintf(stderr, "usage: bench_train --checkpoint FILE [--reps N] [--prompts N] "
-                            "[--threads N]\n");
-            return 2;
-        }
-    }
-    if (!ckpt || reps < 1 || reps > 1000 || prompts < 1 || prompts > 256) {
-        fprintf(stderr, "bench_train: --checkpoint is required; reps 1..1000, prompts 1..256\n");
+    bench_args args = {.reps = 5, .prompts = 8};
+    if (bench_parse_args("bench_train", argc, argv, &args))
         return 2;
-    }
+    const char *ckpt = args.ckpt;
+    const int reps = args.reps, prompts = args.prompts, threads = args.threads;
     eng_backend *be = NULL;
     eng_sam *m = NULL;
     eng_sam_train *t = NULL;
