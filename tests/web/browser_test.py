@@ -208,6 +208,9 @@ class Page:
         self.photo = self.pixels()
         check(self.changed(self.blank, self.photo) > 0.2, "the image was not drawn")
         check(self.count() == 0, "#count after the upload: %s" % self.q("#count").text)
+        cache = self.q("#cache").text
+        check("embedding: miss" in cache, "a new image's embedding: '%s'" % cache)
+        check("image encoder" in self.q("#timings").text, "no encoder time: %s" % self.q("#timings").text)
         self.shot("upload")
 
     def step_click(self):
@@ -220,6 +223,8 @@ class Page:
         self.clicked = self.pixels()
         frac = self.changed(self.photo, self.clicked)
         check(frac > 0.001, "the canvas did not change after the click (%.5f)" % frac)
+        cache = self.q("#cache").text
+        check("embedding: hit" in cache, "a click's embedding: '%s'" % cache)
         req = self.last_segment()
         check(isinstance(req, dict) and "image_id" in req and "image" not in req,
               "the click's request does not name the image by image_id: %r" % (req,))
