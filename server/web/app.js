@@ -802,7 +802,11 @@ $('#download-png').addEventListener('click', downloadPng);
 $('#download-coco').addEventListener('click', downloadCoco);
 $('#error-close').addEventListener('click', clearError);
 $('#token').value = sessionStorage.getItem('tasam-token') || '';
-$('#token').addEventListener('change', () => sessionStorage.setItem('tasam-token', $('#token').value.trim()));
+$('#token').addEventListener('change', () => {
+  sessionStorage.setItem('tasam-token', $('#token').value.trim());
+  clearError();
+  describeServer();
+});
 
 function undo() {
   if (state.points.length)

@@ -77,7 +77,7 @@ class Page:
         self.console = []   # every browser-log entry read so far
         self.shot_n = 0
 
-    # ---- helpers ----
+    # ---- page access ----
 
     def q(self, sel):
         return self.d.find_element(By.CSS_SELECTOR, sel)
