@@ -78,6 +78,7 @@ HYPERNET_SRC := $(wildcard hypernet/*.c)
 ADAPTERS_SRC := $(wildcard adapters/*.c)
 SERVER_SRC   := $(filter-out server/main.c,$(wildcard server/*.c))
 TRAIN_SRC    := $(filter-out train/main.c,$(wildcard train/*.c))
+CLIENTS_SRC  := $(wildcard clients/*.c)
 CLI_SRC      := $(wildcard cli/*.c)
 CLI_OBJ      := $(CLI_SRC:%.c=$(BUILD)/obj/%.o)
 
@@ -89,7 +90,7 @@ else
   CUDA_OBJ :=
 endif
 
-LIB_SRC  := $(ENGINE_SRC) $(HYPERNET_SRC) $(ADAPTERS_SRC) $(SERVER_SRC) $(TRAIN_SRC)
+LIB_SRC  := $(ENGINE_SRC) $(HYPERNET_SRC) $(ADAPTERS_SRC) $(SERVER_SRC) $(TRAIN_SRC) $(CLIENTS_SRC)
 LIB_OBJ  := $(LIB_SRC:%.c=$(BUILD)/obj/%.o) $(CUDA_OBJ)
 LIB      := $(BUILD)/libtasam.a
 

@@ -5,7 +5,8 @@
 set -eu
 pkgs=(make gcc clang libclang-rt-14-dev pkg-config curl ca-certificates
       libopenblas-dev libjpeg62-turbo-dev libpng-dev zlib1g-dev
-      libjansson-dev libmicrohttpd-dev libuv1-dev libsqlite3-dev sqlite3)
+      libjansson-dev libmicrohttpd-dev libuv1-dev libsqlite3-dev sqlite3
+      haproxy wrk python3-venv)
 missing=()
 for p in "${pkgs[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
