@@ -706,8 +706,8 @@ int hc_request_build(const hc_target *t, const hc_request *rq, char **out, size_
     char *req = malloc(cap);
     if (!req)
         return HC_ENOMEM;
-    int h = snprintf(req, cap, "%s %s%s HTTP/1.1\r\nHost: %s\r\nUser-Agent: tasam-http/1\r\n%s",
-                     m, t->prefix, path, t->host_hdr, hdr);
+    int h = snprintf(req, cap, "%s %s%s HTTP/1.1\r\nHost: %s\r\nUser-Agent: tasam-http/1\r\n%s", m,
+                     t->prefix, path, t->host_hdr, hdr);
     size_t n = h > 0 ? (size_t)h : 0;
     if (ct)
         n += (size_t)snprintf(req + n, cap - n, "Content-Type: %s\r\n", ct);
@@ -785,8 +785,9 @@ int hc_multipart_build(const hc_part *parts, int n, char **body, size_t *len, ch
     size_t o = 0;
     for (int i = 0; i < n; i++) {
         const hc_part *p = &parts[i];
-        o += (size_t)snprintf(b + o, total - o, "--%s\r\nContent-Disposition: form-data; name=\"%s\"",
-                              boundary, p->name);
+        o += (size_t)snprintf(b + o, total - o,
+                              "--%s\r\nContent-Disposition: form-data; name=\"%s\"", boundary,
+                              p->name);
         if (p->filename)
             o += (size_t)snprintf(b + o, total - o, "; filename=\"%s\"", p->filename);
         o += (size_t)snprintf(b + o, total - o, "\r\n");

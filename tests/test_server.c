@@ -141,21 +141,22 @@ static void test_goldens(void)
 
 static void test_multipart_and_outputs(void)
 {
-    char extra[PATH_MAX + 200];
     int st;
     NEED_DAEMON();
-    snprintf(extra, sizeof extra,
-             "-F 'image=@%s;type=image/jpeg' -F 'request={\"points\":[[400,293.70000000000005,1]],"
-             "\"multimask\":false};type=application/json'",
-             g_dog_path);
-    json_t *r = http_json(g_d.port, "POST", "/v1/segment", NULL, NULL, extra, &st);
+    ts_extra mp = {
+        .form = {{.name = "image", .file = g_dog_path, .filename = "dog.jpg", .type = "image/jpeg"},
+                 {.name = "request",
+                  .data = "{\"points\":[[400,293.70000000000005,1]],"
+                          "\"multimask\":false}",
+                  .type = "application/json"}}};
+    json_t *r = http_json(g_d.port, "POST", "/v1/segment", NULL, NULL, &mp, &st);
     T_CHECK(st == 200 && r, "multipart status %d", st);
     if (r && g_golden)
         T_CHECK(check_masks(r, "point1_single", 1, 1), "multipart masks differ from the goldens");
     json_decref(r);
     /* multipart without a request part: prompt-free output. */
-    snprintf(extra, sizeof extra, "-F 'image=@%s'", g_dog_path);
-    r = http_json(g_d.port, "POST", "/v1/segment", NULL, NULL, extra, &st);
+    ts_extra only = {.form = {{.name = "image", .file = g_dog_path, .filename = "dog.jpg"}}};
+    r = http_json(g_d.port, "POST", "/v1/segment", NULL, NULL, &only, &st);
     T_CHECK(st == 200 && r, "multipart image only: %d", st);
     if (r && g_golden)
         T_CHECK(check_masks(r, "no_prompt", 1, 3), "no_prompt via multipart");
@@ -324,9 +325,8 @@ static void test_errors(void)
         if (pix && eng_png_encode(pix, w, h, 1, &png, &plen) == 0) {
             tmp_name(img, sizeof img, ".png");
             write_file(img, png, plen);
-            char extra[PATH_MAX + 32];
-            snprintf(extra, sizeof extra, "-F 'image=@%s'", img);
-            expect_error(p, "POST", "/v1/segment", NULL, NULL, extra, 413, "image", "PNG bomb");
+            ts_extra bomb = {.form = {{.name = "image", .file = img, .filename = "bomb.png"}}};
+            expect_error(p, "POST", "/v1/segment", NULL, NULL, &bomb, 413, "image", "PNG bomb");
         } else {
             T_CHECK(0, "could not build the PNG bomb");
         }
@@ -344,8 +344,8 @@ static void test_errors(void)
         tmp_name(img, sizeof img, ".bin");
         write_file(img, chunk, 40u << 20);
         free(chunk);
-        int st =
-            http(p, "POST", "/v1/segment", J, img, "-H 'Transfer-Encoding: chunked'", NULL, NULL);
+        ts_extra ch = {.chunked = 1};
+        int st = http(p, "POST", "/v1/segment", J, img, &ch, NULL, NULL);
         T_CHECK(st == 413 || st == 0, "chunked 40 MB body: status %d", st);
         unlink(img);
     }
