@@ -25,10 +25,9 @@ static void test_target(void)
             t.host_hdr);
     hc_target_free(&t);
     static const char *const bad[] = {
-        "https://x:1",     "http://",           "http://:80",     "http://h:0",
-        "http://h:65536",  "http://h:8x",       "http://u@h:1",   "http://[::1",
-        "http://[::1]x",   "http://h:1/a b",    "http://h:1/a?q", "ftp://h",
-        "http://h\r\n:1/", "http://h:1/\x7f",
+        "https://x:1",    "http://",      "http://:80",      "http://h:0",      "http://h:65536",
+        "http://h:8x",    "http://u@h:1", "http://[::1",     "http://[::1]x",   "http://h:1/a b",
+        "http://h:1/a?q", "ftp://h",      "http://h\r\n:1/", "http://h:1/\x7f",
     };
     for (size_t i = 0; i < sizeof bad / sizeof *bad; i++) {
         err[0] = 0;
@@ -46,7 +45,8 @@ static void test_request_bytes(void)
     size_t n;
     hc_request g = {.method = "GET", .path = "/healthz"};
     T_REQUIRE(hc_request_build(&t, &g, &req, &n) == 0, "GET");
-    const char *want_get = "GET /p/healthz HTTP/1.1\r\nHost: 127.0.0.1:1\r\nUser-Agent: tasam-http/1\r\n\r\n";
+    const char *want_get =
+        "GET /p/healthz HTTP/1.1\r\nHost: 127.0.0.1:1\r\nUser-Agent: tasam-http/1\r\n\r\n";
     T_CHECK(n == strlen(want_get) && !strcmp(req, want_get), "GET bytes:\n%s", req);
     free(req);
     hc_request p = {.method = "POST",
@@ -152,9 +152,11 @@ static void test_parse_hostile(void)
         {"HTTP/1.1 200 OK\r\nContent-Length : 3\r\n\r\nabc", HC_EMALFORMED},
         {"HTTP/1.1 200 OK\r\nContent-Length: -3\r\n\r\nabc", HC_EMALFORMED},
         {"HTTP/1.1 200 OK\r\nContent-Length: 99999999999999999999\r\n\r\n", HC_ETOOLARGE},
-        {"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\nffffffffffffffffff\r\n", HC_ETOOLARGE},
+        {"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\nffffffffffffffffff\r\n",
+         HC_ETOOLARGE},
         {"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n", HC_EMALFORMED},
-        {"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabcX\r\n0\r\n\r\n", HC_EMALFORMED},
+        {"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabcX\r\n0\r\n\r\n",
+         HC_EMALFORMED},
         {"HTTP/1.1 101 Switching Protocols\r\n\r\n", HC_EMALFORMED},
         {"HTTP/2 200\r\n\r\n", HC_EMALFORMED},
         {"HTTP/1.1 600 Nope\r\n\r\n", HC_EMALFORMED},
@@ -182,7 +184,8 @@ static void test_parse_hostile(void)
     T_CHECK(hc_parse_response(eof, strlen(eof), &r) == HC_ETOOLARGE, "over the cap to EOF");
     hc_response_free(&r);
     r.max_body = 4;
-    const char *ch = "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n2\r\nde\r\n0";
+    const char *ch =
+        "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n2\r\nde\r\n0";
     T_CHECK(hc_parse_response(ch, strlen(ch), &r) == HC_ETOOLARGE, "over the cap in chunks");
     hc_response_free(&r);
     /* More header lines than HC_MAX_HEADERS, and a line longer than the
@@ -243,7 +246,8 @@ static void test_multipart(void)
         size_t hl = strlen(want_head[i]);
         T_REQUIRE(!memcmp(p, want_head[i], hl), "part %d head: %.80s", i, p);
         p += hl;
-        T_REQUIRE((size_t)(end - p) >= parts[i].len + 2 && !memcmp(p, parts[i].data, parts[i].len) &&
+        T_REQUIRE((size_t)(end - p) >= parts[i].len + 2 &&
+                      !memcmp(p, parts[i].data, parts[i].len) &&
                       !memcmp(p + parts[i].len, "\r\n", 2),
                   "part %d data", i);
         p += parts[i].len + 2;
