@@ -94,6 +94,7 @@ typedef struct {
     double miss_ratio;      /* fraction of image requests that miss the cache */
     int no_cache;           /* hits send the image bytes, not image_id */
     int no_id_header;       /* do not send X-Tasam-Image-Id */
+    int no_resend;          /* a 404 for image_id is an error, not a reason to send the image */
     int multimask;          /* -1: not sent */
     const char *output;
     int concurrency;  /* closed loop: connections */
@@ -147,9 +148,9 @@ typedef struct {
     float t[NST];     /* server timings_ms, NaN where absent */
     int16_t status;
     uint8_t kind;
-    uint8_t inst;  /* index into the run's instance table, 255 none */
-    int8_t cache;  /* 1 hit, 0 miss, -1 not said */
-    uint8_t extra; /* padding, kept zero */
+    uint8_t inst;   /* index into the run's instance table, 255 none */
+    int8_t cache;   /* 1 hit, 0 miss, -1 not said */
+    uint8_t resent; /* 1: a 404 for image_id, then sent again with the image */
 } record;
 
 static volatile sig_atomic_t g_stop;
@@ -300,6 +301,7 @@ typedef struct {
     size_t len;
     int kind;
     int owned; /* req is ours to free */
+    int by_id; /* the image went by image_id (a 404 means: send the bytes) */
 } genreq;
 
 static void genreq_free(genreq *g)
@@ -332,10 +334,12 @@ static json_t *random_point(const image *im, uint64_t *rng)
 /*
  * Build request number `seq` of a step: the kind, image, prompt and task
  * are drawn from the workload with a generator seeded by (seed, seq), so a
- * run is reproducible. Returns 0 or -1 (out of memory).
+ * run is reproducible. With `bytes`, the same request sends the image
+ * itself instead of its image_id (what a client does when a replica that
+ * never saw the image answers 404). Returns 0 or -1 (out of memory).
  */
 static int make_request(const options *o, const workload *w, const hc_target *t, uint64_t seq,
-                        genreq *g)
+                        int bytes, genreq *g)
 {
     uint64_t rng = o->seed ^ (seq * 0xD1B54A32D192ED03ull);
     splitmix(&rng);
@@ -364,10 +368,11 @@ static int make_request(const options *o, const workload *w, const hc_target *t,
         free(var);
         if (!b64)
             return -1;
-    } else if (o->no_cache || g->kind == K_EMBEDDINGS) {
+    } else if (o->no_cache || bytes || g->kind == K_EMBEDDINGS) {
         b64 = im->b64;
         memcpy(id, im->sha, sizeof id);
     }
+    g->by_id = !b64;
 
     /* Every field but the image, then the image spliced in front: the
      * base64 is copied once instead of escaped by the JSON writer. */
@@ -657,6 +662,16 @@ static int check_body(int kind, const hc_response *resp, record *rc)
     return ok ? 0 : -ERR_INVALID;
 }
 
+/* 1 when r is tasamd's error JSON naming `field`. */
+static int error_field_is(const hc_response *r, const char *field)
+{
+    json_t *o = r->len ? json_loadb(r->body, r->len, 0, NULL) : NULL;
+    const char *f = json_string_value(json_object_get(json_object_get(o, "error"), "field"));
+    int is = f && !strcmp(f, field);
+    json_decref(o);
+    return is;
+}
+
 static void sleep_until(int64_t t_ns)
 {
     struct timespec ts = {.tv_sec = t_ns / 1000000000, .tv_nsec = t_ns % 1000000000};
@@ -679,7 +694,7 @@ static void *worker_main(void *arg)
     long wn;
     while (!g_stop && (wn = atomic_fetch_add(&r->warm_next, 1)) < r->warmup) {
         /* Warm-up requests are numbered apart from measured ones. */
-        if (make_request(o, r->w, r->t, (1ull << 62) + (uint64_t)wn, &g) != 0) {
+        if (make_request(o, r->w, r->t, (1ull << 62) + (uint64_t)wn, 0, &g) != 0) {
             wk->warm_errors++;
             continue;
         }
@@ -715,7 +730,7 @@ static void *worker_main(void *arg)
         record *rc = &wk->rec[wk->n];
         memset(rc, 0, sizeof *rc);
         rc->inst = 255;
-        if (make_request(o, r->w, r->t, r->seq_base + (uint64_t)k, &g) != 0) {
+        if (make_request(o, r->w, r->t, r->seq_base + (uint64_t)k, 0, &g) != 0) {
             wk->oom = 1;
             break;
         }
@@ -731,6 +746,19 @@ static void *worker_main(void *arg)
         }
         int64_t a = hc_now_ns();
         int e = hc_exchange(&c, r->t, g.req, g.len, &resp, o->timeout_s, &wk->reconnects);
+        if (!e && g.by_id && resp.status == 404 && !o->no_resend &&
+            error_field_is(&resp, "image_id")) {
+            /* The replica does not hold the image (a new or replaced one
+             * behind the proxy): send it, as the API asks; both exchanges
+             * count in this request's latency. */
+            genreq_free(&g);
+            if (make_request(o, r->w, r->t, r->seq_base + (uint64_t)k, 1, &g) != 0) {
+                wk->oom = 1;
+                break;
+            }
+            rc->resent = 1;
+            e = hc_exchange(&c, r->t, g.req, g.len, &resp, o->timeout_s, &wk->reconnects);
+        }
         int64_t b = hc_now_ns();
         genreq_free(&g);
         wk->n++;
@@ -812,6 +840,7 @@ typedef struct {
     long kind_n[NKIND], kind_ok[NKIND];
     double kind_p50[NKIND], kind_p99[NKIND];
     long cache_hit, cache_miss;
+    long resent; /* 404 for image_id, then sent with the image */
     int n_inst;
     char inst[MAX_INSTANCES][64];
     long inst_n[MAX_INSTANCES];
@@ -903,6 +932,7 @@ static int compute_stats(run *r, worker *w, int nw, stats *s)
             }
             if (rc->inst != 255)
                 s->inst_n[rc->inst]++;
+            s->resent += rc->resent;
             if (r->open && rc->lag_ms * 1e6 > LATE_NS)
                 s->late++;
         }
@@ -1136,6 +1166,7 @@ static json_t *stats_json(const stats *s, int server_detail)
     json_object_set_new(j, "kinds", k);
     json_object_set_new(j, "cache_hits", json_integer(s->cache_hit));
     json_object_set_new(j, "cache_misses", json_integer(s->cache_miss));
+    json_object_set_new(j, "resent_with_image", json_integer(s->resent));
     json_t *in = json_object();
     for (int i = 0; i < s->n_inst; i++)
         json_object_set_new(in, s->inst[i], json_integer(s->inst_n[i]));
@@ -1210,6 +1241,9 @@ static void print_run(const options *o, const stats *s)
                        s->kind_n[k], s->kind_ok[k], s->kind_p50[k], s->kind_p99[k]);
     if (s->cache_hit + s->cache_miss)
         printf("  cache        %ld hits, %ld misses (embedding)\n", s->cache_hit, s->cache_miss);
+    if (s->resent)
+        printf("  resent       %ld requests sent again with the image after a 404 for image_id\n",
+               s->resent);
     if (s->n_inst) {
         printf("  instances   ");
         for (int i = 0; i < s->n_inst; i++)
@@ -1488,6 +1522,9 @@ static void usage(FILE *f)
         "  --multimask[=true|false]   send multimask (default: the server's default)\n"
         "  --output rle|png|polygon   mask encoding (default: the server's, rle)\n"
         "  --no-id-header             do not send X-Tasam-Image-Id\n"
+        "  --no-resend                a 404 for an image_id is a failure (by default the request\n"
+        "                             is sent again with the image, as a client behind a proxy\n"
+        "                             must when a replica is new or replaced; both count)\n"
         "  --seed N                   the workload's and arrivals' random seed (default 1)\n"
         "output:\n"
         "  --json                     every figure as JSON on stdout\n"
@@ -1618,6 +1655,7 @@ static int parse_args(int argc, char **argv, options *o)
         O_MULTI,
         O_OUTPUT,
         O_NOIDH,
+        O_NORESEND,
         O_CONC,
         O_CONNS,
         O_RATE,
@@ -1649,6 +1687,7 @@ static int parse_args(int argc, char **argv, options *o)
                                        {"multimask", optional_argument, 0, O_MULTI},
                                        {"output", required_argument, 0, O_OUTPUT},
                                        {"no-id-header", no_argument, 0, O_NOIDH},
+                                       {"no-resend", no_argument, 0, O_NORESEND},
                                        {"concurrency", required_argument, 0, O_CONC},
                                        {"connections", required_argument, 0, O_CONNS},
                                        {"rate", required_argument, 0, O_RATE},
@@ -1747,6 +1786,9 @@ static int parse_args(int argc, char **argv, options *o)
             break;
         case O_NOIDH:
             o->no_id_header = 1;
+            break;
+        case O_NORESEND:
+            o->no_resend = 1;
             break;
         case O_CONC:
             if (parse_long(a, 1, MAX_CONCURRENCY, &v))

@@ -64,6 +64,7 @@ typedef enum {
     R_HUGE_CHUNK, /* a chunk of 2^60 bytes */
     R_SILENT,     /* never answers */
     R_IDLE_CLOSE, /* 200 keep-alive, then the server closes anyway */
+    R_404_ID,     /* 404 naming image_id: this replica does not hold the image */
 } reply_kind;
 
 #define MAX_CLIENTS 80
@@ -314,6 +315,12 @@ static int answer(server *s, int fd, const char *path, const char *head, size_t 
     case R_IDLE_CLOSE:
         reply_json(fd, 200, "OK", SEG_JSON, 0);
         return 1;
+    case R_404_ID:
+        reply_json(fd, 404, "Not Found",
+                   "{\"error\":{\"code\":404,\"message\":\"no cached embedding\","
+                   "\"field\":\"image_id\"}}",
+                   0);
+        return 0;
     }
     return 1;
 }
@@ -886,6 +893,43 @@ static void test_no_cache_body(void)
     server_free(s);
 }
 
+/* A 404 for image_id (a replica without the image, behind a proxy): the
+ * request goes again with the image and counts once, as a success; with
+ * --no-resend it is a failure. */
+static void test_resend_on_404(void)
+{
+    NEED_BENCH();
+    static const reply_kind script[] = {R_404_ID, R_OK_CL};
+    server *s = server_start(script, 2, g_image);
+    T_REQUIRE(s, "cannot start the test server");
+    int st;
+    json_t *j = run_bench(s->port, &st, "--image", g_image, "--points", "1,1,1", "--requests", "5",
+                          "--json", NULL);
+    T_CHECK(st == 0 && jint(j, "ok", NULL) == 5 && jint(j, "resent_with_image", NULL) == 5,
+            "exit %d, ok %ld, resent %ld", st, jint(j, "ok", NULL),
+            jint(j, "resent_with_image", NULL));
+    json_decref(j);
+    server_stop(s);
+    /* 5 by id, answered 404; the same 5 with the image; and the image's
+     * registration at /v1/embeddings. */
+    T_CHECK(atomic_load(&s->segments) == 10 && atomic_load(&s->seen.with_image) == 6 &&
+                atomic_load(&s->seen.with_id) == 5,
+            "server: %d segment posts, %d with the image (+1 registration), %d by id",
+            atomic_load(&s->segments), atomic_load(&s->seen.with_image),
+            atomic_load(&s->seen.with_id));
+    T_CHECK(atomic_load(&s->seen.header_bad) == 0, "a resent request's header is wrong");
+    server_free(s);
+
+    s = server_start(script, 2, g_image);
+    T_REQUIRE(s, "cannot start the test server");
+    j = run_bench(s->port, &st, "--image", g_image, "--points", "1,1,1", "--requests", "4",
+                  "--no-resend", "--json", NULL);
+    T_CHECK(st == 1 && jint(j, "status", "404") == 2 && jint(j, "ok", NULL) == 2,
+            "--no-resend: exit %d, 404s %ld", st, jint(j, "status", "404"));
+    json_decref(j);
+    server_free(s);
+}
+
 /* ---- workload mix -------------------------------------------------------- */
 
 /* A mix of every kind, tasks on half, misses on half, on a real PNG: the
@@ -1338,6 +1382,7 @@ int main(int argc, char **argv)
     T_RUN(test_timeout);
     T_RUN(test_healthz_duration);
     T_RUN(test_no_cache_body);
+    T_RUN(test_resend_on_404);
     T_RUN(test_mix_png);
     T_RUN(test_mix_jpeg);
     T_RUN(test_open_loop_rate);
