@@ -225,7 +225,8 @@ static void test_images_spread(void)
         T_CHECK(post("/v1/embeddings", path, hdr, where[i], sizeof where[i], NULL, 0) == 200,
                 "image %u", i);
         char again[64], cache[16];
-        T_CHECK(post("/v1/embeddings", path, hdr, again, sizeof again, cache, sizeof cache) == 200 &&
+        T_CHECK(post("/v1/embeddings", path, hdr, again, sizeof again, cache, sizeof cache) ==
+                        200 &&
                     !strcmp(again, where[i]) && !strcmp(cache, "hit"),
                 "image %u went to %s, then %s (%s)", i, where[i], again, cache);
         int seen = 0;
