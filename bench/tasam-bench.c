@@ -57,7 +57,8 @@
 #define MAX_DURATION_S  3600.0
 #define MAX_CONCURRENCY 1024
 #define MAX_RATE        1e6
-#define MAX_LIST        256 /* --image, --points, --boxes, --task entries */
+#define MAX_LIST        256  /* --image, --points, --boxes, --task entries */
+#define MAX_IMAGES      1024 /* images in all, --variants included */
 #define MAX_STEPS       64
 #define MAX_INSTANCES   64
 #define LATE_NS         1000000 /* an open-loop send more than 1 ms after its slot is late */
@@ -92,6 +93,7 @@ typedef struct {
     double task_ratio;      /* fraction of segment/everything requests with a task; -1 unset */
     const char *everything; /* JSON of the everything field (default true) */
     double miss_ratio;      /* fraction of image requests that miss the cache */
+    int variants;           /* distinct images made of each --image file */
     int no_cache;           /* hits send the image bytes, not image_id */
     int no_id_header;       /* do not send X-Tasam-Image-Id */
     int no_resend;          /* a 404 for image_id is an error, not a reason to send the image */
@@ -129,7 +131,7 @@ typedef struct {
 
 /* The prepared workload, read-only while workers run. */
 typedef struct {
-    image img[MAX_LIST];
+    image img[MAX_IMAGES];
     int n_img;
     json_t *points[MAX_LIST]; /* each [[x,y,l],...] */
     json_t *boxes[MAX_LIST];  /* each [x0,y0,x1,y1] (one box per request) */
@@ -533,19 +535,38 @@ static int workload_init(const options *o, const hc_target *t, workload *w, char
     }
     if (o->mix[K_SEGMENT] + o->mix[K_EVERYTHING] + o->mix[K_EMBEDDINGS] == 0)
         return 0;
-    for (int i = 0; i < o->n_images; i++) {
+    int total = o->n_images * o->variants;
+    for (int i = 0; i < total; i++) {
         image *im = &w->img[w->n_img++];
-        im->path = o->images[i];
-        if (read_file(im->path, &im->bytes, &im->len) != 0 || im->len < 8) {
-            snprintf(err, errlen, "cannot read --image %s (or it is empty)", im->path);
-            return 3;
+        const image *base = &w->img[i - i % o->variants];
+        im->path = o->images[i / o->variants];
+        if (i % o->variants == 0) {
+            if (read_file(im->path, &im->bytes, &im->len) != 0 || im->len < 8) {
+                snprintf(err, errlen, "cannot read --image %s (or it is empty)", im->path);
+                return 3;
+            }
+            im->jpg = im->bytes[0] == 0xFF && im->bytes[1] == 0xD8;
+            im->png = im->len > 33 && !memcmp(im->bytes, "\x89PNG\r\n\x1a\n\0\0\0\x0dIHDR", 16);
+            if ((o->miss_ratio > 0 || o->variants > 1) && !im->jpg && !im->png) {
+                snprintf(err, errlen,
+                         "--miss-ratio and --variants need JPEG or PNG images: %s is "
+                         "neither",
+                         im->path);
+                return 2;
+            }
+        } else {
+            /* Variant k of the file: its pixels under another name (a
+             * fixed nonce, so every run registers the same images). */
+            im->jpg = base->jpg;
+            im->png = base->png;
+            if (!(im->bytes =
+                      miss_variant(base, 0x7A5A0000ull + (uint64_t)(i % o->variants), &im->len))) {
+                snprintf(err, errlen, "out of memory");
+                return 3;
+            }
         }
-        im->jpg = im->bytes[0] == 0xFF && im->bytes[1] == 0xD8;
-        im->png = im->len > 33 && !memcmp(im->bytes, "\x89PNG\r\n\x1a\n\0\0\0\x0dIHDR", 16);
-        if (o->miss_ratio > 0 && !im->jpg && !im->png) {
-            snprintf(err, errlen, "--miss-ratio needs JPEG or PNG images: %s is neither", im->path);
-            return 2;
-        }
+        if (!o->quiet && total > 10 && (i + 1) % 10 == 0)
+            fprintf(stderr, "registering images: %d/%d\n", i + 1, total);
         uint8_t d[32];
         eng_sha256(im->bytes, im->len, d);
         eng_sha256_hex(d, im->sha);
@@ -1509,6 +1530,8 @@ static void usage(FILE *f)
         "  --route K                  the same as --mix K=1\n"
         "  --image FILE               JPEG/PNG (repeat for a set, up to %d); each is POSTed once\n"
         "                             to /v1/embeddings and later requests send its image_id\n"
+        "  --variants N               make N distinct images of each file (its pixels under N\n"
+        "                             names), all registered: a larger set of cached images\n"
         "  --miss-ratio F             fraction of image requests that send a never-seen variant\n"
         "                             (same pixels, unique comment): a cache miss (default 0)\n"
         "  --no-cache                 hits send the image bytes instead of image_id\n"
@@ -1646,6 +1669,7 @@ static int parse_args(int argc, char **argv, options *o)
         O_MIX,
         O_IMAGE,
         O_MISS,
+        O_VARIANTS,
         O_NOCACHE,
         O_POINTS,
         O_BOXES,
@@ -1678,6 +1702,7 @@ static int parse_args(int argc, char **argv, options *o)
                                        {"mix", required_argument, 0, O_MIX},
                                        {"image", required_argument, 0, O_IMAGE},
                                        {"miss-ratio", required_argument, 0, O_MISS},
+                                       {"variants", required_argument, 0, O_VARIANTS},
                                        {"no-cache", no_argument, 0, O_NOCACHE},
                                        {"points", required_argument, 0, O_POINTS},
                                        {"boxes", required_argument, 0, O_BOXES},
@@ -1714,6 +1739,7 @@ static int parse_args(int argc, char **argv, options *o)
     o->task_ratio = -1;
     o->stop_errors = 0.01;
     o->seed = 1;
+    o->variants = 1;
     int mix_given = 0, conc_given = 0, conns_given = 0;
     opterr = 0;
     optind = 1;
@@ -1748,6 +1774,11 @@ static int parse_args(int argc, char **argv, options *o)
         case O_MISS:
             if (parse_num(a, 0, 1, &o->miss_ratio))
                 goto bad;
+            break;
+        case O_VARIANTS:
+            if (parse_long(a, 1, MAX_IMAGES, &v))
+                goto bad;
+            o->variants = (int)v;
             break;
         case O_NOCACHE:
             o->no_cache = 1;
@@ -1893,8 +1924,10 @@ static int parse_args(int argc, char **argv, options *o)
     else if (!(o->mix[K_SEGMENT] + o->mix[K_EVERYTHING]) &&
              (o->n_tasks || o->multimask >= 0 || o->output))
         why = "--task, --multimask and --output apply to segment and everything requests";
-    else if (!images && (o->no_cache || o->miss_ratio > 0 || o->n_images))
-        why = "--image, --no-cache and --miss-ratio need a mix with image requests";
+    else if (!images && (o->no_cache || o->miss_ratio > 0 || o->n_images || o->variants > 1))
+        why = "--image, --variants, --no-cache and --miss-ratio need a mix with image requests";
+    else if (o->n_images * o->variants > MAX_IMAGES)
+        why = "too many images: --image files x --variants is at most 1024";
     else if (o->task_ratio >= 0 && !o->n_tasks)
         why = "--task-ratio needs --task";
     else if (o->everything && !o->mix[K_EVERYTHING])
@@ -1922,7 +1955,7 @@ int main(int argc, char **argv)
 {
     options o;
     hc_target t;
-    workload w;
+    static workload w; /* ~200 KB: not on the stack */
     char err[1024] = "";
     int rc = parse_args(argc, argv, &o);
     if (rc)
@@ -1996,6 +2029,7 @@ int main(int argc, char **argv)
                 json_object_set_new(mix, kind_names[k], json_real(o.mix[k]));
         json_object_set_new(j, "mix", mix);
         json_object_set_new(j, "miss_ratio", json_real(o.miss_ratio));
+        json_object_set_new(j, "images", json_integer(w.n_img));
         json_object_set_new(j, "warmup", json_integer(o.warmup));
         json_object_set_new(j, "seed", json_integer((json_int_t)o.seed));
         if (o.sweep) {

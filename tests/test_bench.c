@@ -997,6 +997,44 @@ static void mix_run(const char *image, int n_req)
     server_free(s);
 }
 
+/* --variants 4: four registered images made of one file, each its pixels
+ * under another SHA-256. */
+static void test_variants(void)
+{
+    NEED_BENCH();
+    static const reply_kind script[] = {R_OK_CL};
+    server *s = server_start(script, 1, g_png);
+    T_REQUIRE(s, "cannot start the test server");
+    int st;
+    json_t *j = run_bench(s->port, &st, "--image", g_png, "--variants", "4", "--requests", "8",
+                          "--json", NULL);
+    T_CHECK(st == 0 && jint(j, "images", NULL) == 4 && jint(j, "ok", NULL) == 8,
+            "exit %d, %ld images, %ld ok", st, jint(j, "images", NULL), jint(j, "ok", NULL));
+    json_decref(j);
+    server_stop(s);
+    T_CHECK(atomic_load(&s->embeddings) == 4 && atomic_load(&s->seen.variants) == 3 &&
+                atomic_load(&s->seen.variant_same_pixels) == 3 &&
+                atomic_load(&s->seen.header_ok) == 12,
+            "registered %d, variants %d (%d same pixels), headers ok %d",
+            atomic_load(&s->embeddings), atomic_load(&s->seen.variants),
+            atomic_load(&s->seen.variant_same_pixels), atomic_load(&s->seen.header_ok));
+    server_free(s);
+    /* A file that is neither JPEG nor PNG cannot have variants: usage. */
+    char gif[PATH_MAX];
+    snprintf(gif, sizeof gif, "%s/v.gif", g_tmpdir);
+    FILE *f = fopen(gif, "wb");
+    if (f) {
+        fputs("GIF89a and so on", f);
+        fclose(f);
+    }
+    s = server_start(script, 1, NULL);
+    T_REQUIRE(s, "cannot start the test server");
+    j = run_bench(s->port, &st, "--image", gif, "--variants", "2", "--requests", "1", NULL);
+    T_CHECK(st == 2, "--variants of a GIF: exit %d, want 2", st);
+    json_decref(j);
+    server_free(s);
+}
+
 static void test_mix_png(void)
 {
     NEED_BENCH();
@@ -1304,6 +1342,8 @@ static void test_usage_and_refused(void)
         "--requests 5 --duration 1",
         "--arrivals uniform",
         "--route healthz --image /dev/null",
+        "--variants 0",
+        "--variants 5 --image a --image b --variants 1025",
     };
     for (size_t i = 0; i < sizeof bad / sizeof *bad; i++) {
         /* --image is given where the option under test is not about it. */
@@ -1383,6 +1423,7 @@ int main(int argc, char **argv)
     T_RUN(test_healthz_duration);
     T_RUN(test_no_cache_body);
     T_RUN(test_resend_on_404);
+    T_RUN(test_variants);
     T_RUN(test_mix_png);
     T_RUN(test_mix_jpeg);
     T_RUN(test_open_loop_rate);
