@@ -491,7 +491,8 @@ static void server_free(server *s)
 typedef struct {
     int lfd, port, delay_ms;
     pthread_t tid;
-    atomic_int stop, answered, conns;
+    atomic_int stop, answered;
+    atomic_int live; /* connection threads still running */
 } delay_server;
 
 typedef struct {
@@ -529,6 +530,7 @@ static void *delay_conn_main(void *arg)
     }
     close(dc->fd);
     free(dc);
+    atomic_fetch_sub(&d->live, 1);
     return NULL;
 }
 
@@ -552,9 +554,11 @@ static void *delay_main(void *arg)
         if (dc) {
             dc->d = d;
             dc->fd = fd;
-            atomic_fetch_add(&d->conns, 1);
+            atomic_fetch_add(&d->live, 1);
         }
         if (!dc || pthread_create(&t, &at, delay_conn_main, dc) != 0) {
+            if (dc)
+                atomic_fetch_sub(&d->live, 1);
             close(fd);
             free(dc);
         }
@@ -579,9 +583,8 @@ static delay_server *delay_start(int delay_ms)
     return d;
 }
 
-/* Stops accepting; connection threads end within 200 ms of their client
- * closing (they are detached and own nothing of d but the counters, so d
- * is kept until the process ends). */
+/* Stops accepting, waits for the (detached) connection threads, which see
+ * the stop flag within 200 ms, and frees d. */
 static void delay_stop(delay_server *d)
 {
     if (!d)
@@ -589,7 +592,10 @@ static void delay_stop(delay_server *d)
     atomic_store(&d->stop, 1);
     pthread_join(d->tid, NULL);
     close(d->lfd);
-    usleep(300000);
+    for (int i = 0; i < 500 && atomic_load(&d->live) > 0; i++)
+        usleep(10000);
+    if (atomic_load(&d->live) == 0)
+        free(d);
 }
 
 /* ---- running programs ---------------------------------------------------- */

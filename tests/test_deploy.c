@@ -184,7 +184,9 @@ static void test_manifests_agree(void)
                 strstr(hap, "larger than max-body-bytes (33554432)"),
             "max-body-bytes %s against the proxy's 33554432", v);
     conf_value(conf, "queue-depth", v, sizeof v);
-    T_CHECK(strstr(hap, "maxconn 64\n") && !strcmp(v, "64"),
+    const char *ds = strstr(hap, "\n    default-server "), *dse = ds ? strchr(ds + 1, '\n') : NULL;
+    const char *mc = ds ? strstr(ds, " maxconn 64") : NULL;
+    T_CHECK(mc && mc < dse && (mc[11] == ' ' || mc[11] == '\n') && !strcmp(v, "64"),
             "queue-depth %s against the proxy's maxconn 64 per replica", v);
     conf_value(conf, "request-timeout-ms", v, sizeof v);
     T_CHECK(atoi(v) == 30000 && strstr(hap, "timeout server 35s"),

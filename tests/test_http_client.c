@@ -235,8 +235,8 @@ static void test_multipart(void)
     /* boundary + CRLF + headers + CRLF CRLF + data + CRLF, then the closing one */
     const char *p = body, *end = body + len;
     const char *want_head[3] = {
-        "Content-Disposition: form-data; name=\"image\"; filename=\"a.png\"\r\n"
-        "Content-Type: image/png\r\n\r\n",
+        ("Content-Disposition: form-data; name=\"image\"; filename=\"a.png\"\r\n"
+         "Content-Type: image/png\r\n\r\n"),
         "Content-Disposition: form-data; name=\"request\"\r\n\r\n",
         "Content-Disposition: form-data; name=\"task\"\r\n\r\n"};
     for (int i = 0; i < 3; i++) {
