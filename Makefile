@@ -103,7 +103,7 @@ FUZZ_BIN := $(FUZZ_SRC:tests/fuzz/%.c=$(BUILD)/bin/%)
 
 BINS := $(BUILD)/tasam $(BUILD)/tasamd $(BUILD)/tasam-train
 
-.PHONY: all bins deps test test-plain test-san test-tsan cuda-check fuzz fuzz-bins bench clean \
+.PHONY: all bins deps test test-plain test-san test-tsan cuda-check fuzz fuzz-bins bench bench-cluster clean \
         run serve format format-check help reference reference-deps
 all:
 	@deploy/deps.sh
@@ -125,6 +125,7 @@ help:
 	@echo "  make cuda-check   compile and link the CUDA backend for CUDA_CHECK_ARCH (needs nvcc)"
 	@echo "  make fuzz         build the libFuzzer targets and run each for FUZZ_SECONDS"
 	@echo "  make bench        CPU (and GPU where present) benchmarks"
+	@echo "  make bench-cluster  rate sweeps of 1 and 3 replicas behind HAProxy (bench/cluster_sweep.sh)"
 	@echo "  make reference    compare with the official PyTorch SAM (installs Debian's torch)"
 	@echo "  make format       clang-format every C/CUDA source; format-check: check only"
 	@echo "  make clean        remove build/"
@@ -238,6 +239,11 @@ fuzz-bins: $(FUZZ_BIN)
 
 bench: $(BINS) $(BENCH_BIN)
 	@bench/run.sh $(BUILD)
+
+# The README's scale-out figures: local clusters of the fixture model on the
+# CPU behind HAProxy, open-loop rate sweeps (several minutes).
+bench-cluster: deps $(BUILD)/tasamd $(BUILD)/bench/tasam-bench
+	@bench/cluster_sweep.sh $(BUILD)
 
 # `make run`: the README's first command. Installs what is missing, builds,
 # fetches and verifies the ViT-H checkpoint (unless CHECKPOINT names

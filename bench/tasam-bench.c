@@ -115,6 +115,7 @@ typedef struct {
     uint64_t seed;
     int json, quiet;
     const char *plot;
+    const char *save; /* --save FILE: the --json document, beside the text */
 } options;
 
 /* One image of the workload, read and registered at setup. */
@@ -1551,6 +1552,7 @@ static void usage(FILE *f)
         "  --seed N                   the workload's and arrivals' random seed (default 1)\n"
         "output:\n"
         "  --json                     every figure as JSON on stdout\n"
+        "  --save FILE                the same JSON into FILE, with the text report on stdout\n"
         "  --plot FILE.svg            latency percentiles vs the swept value, or (one run) the\n"
         "                             latency by percentile\n"
         "  --quiet                    no progress on stderr\n"
@@ -1694,6 +1696,7 @@ static int parse_args(int argc, char **argv, options *o)
         O_SEED,
         O_JSON,
         O_PLOT,
+        O_SAVE,
         O_QUIET,
         O_HELP
     };
@@ -1727,6 +1730,7 @@ static int parse_args(int argc, char **argv, options *o)
                                        {"seed", required_argument, 0, O_SEED},
                                        {"json", no_argument, 0, O_JSON},
                                        {"plot", required_argument, 0, O_PLOT},
+                                       {"save", required_argument, 0, O_SAVE},
                                        {"quiet", no_argument, 0, O_QUIET},
                                        {"help", no_argument, 0, O_HELP},
                                        {0, 0, 0, 0}};
@@ -1890,6 +1894,11 @@ static int parse_args(int argc, char **argv, options *o)
                 goto bad;
             o->plot = a;
             break;
+        case O_SAVE:
+            if (!*a)
+                goto bad;
+            o->save = a;
+            break;
         case O_QUIET:
             o->quiet = 1;
             break;
@@ -2015,7 +2024,7 @@ int main(int argc, char **argv)
                 break;
         }
     }
-    if (done && o.json) {
+    if (done && (o.json || o.save)) {
         json_t *j = json_object();
         json_object_set_new(j, "url", json_string(o.url));
         json_object_set_new(j, "mode",
@@ -2045,14 +2054,20 @@ int main(int argc, char **argv)
             json_object_update(j, one);
             json_decref(one);
         }
-        json_dumpf(j, stdout, JSON_INDENT(2) | JSON_REAL_PRECISION(10));
-        fputc('\n', stdout);
+        if (o.json) {
+            json_dumpf(j, stdout, JSON_INDENT(2) | JSON_REAL_PRECISION(10));
+            fputc('\n', stdout);
+        }
+        if (o.save && json_dump_file(j, o.save, JSON_INDENT(2) | JSON_REAL_PRECISION(10)) != 0) {
+            fprintf(stderr, "tasam-bench: cannot write --save %s\n", o.save);
+            failed = 1;
+        }
         json_decref(j);
-    } else if (done && !o.sweep) {
-        print_run(&o, &st[0]);
-    } else if (stopped[0]) {
-        printf("stopped: %s\n", stopped);
     }
+    if (done && !o.json && !o.sweep)
+        print_run(&o, &st[0]);
+    else if (!o.json && stopped[0])
+        printf("stopped: %s\n", stopped);
     if (done && o.plot && plot(&o, st, done) != 0) {
         fprintf(stderr, "tasam-bench: cannot write --plot %s: %s\n", o.plot, strerror(errno));
         failed = 1;

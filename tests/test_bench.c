@@ -1192,14 +1192,21 @@ static void test_sweep_and_plot(void)
     T_CHECK(x != 0, "%s is not well-formed SVG", svg);
     server_free(s);
 
-    /* A single run plots the latency by percentile. */
+    /* A single run plots the latency by percentile; --save writes the JSON
+     * while the text report goes to stdout. */
     s = server_start(script, 1, NULL);
     T_REQUIRE(s, "cannot start the test server");
-    j = run_bench(s->port, &st, "--route", "healthz", "--requests", "50", "--plot", svg, "--json",
-                  NULL);
-    T_CHECK(st == 0 && svg_count(svg, "<polyline", &npts) == 1 && npts == 10,
+    char saved[PATH_MAX];
+    snprintf(saved, sizeof saved, "%s/saved.json", g_tmpdir);
+    j = run_bench(s->port, &st, "--route", "healthz", "--requests", "50", "--plot", svg, "--save",
+                  saved, NULL);
+    T_CHECK(st == 0 && !j && svg_count(svg, "<polyline", &npts) == 1 && npts == 10,
             "spectrum plot: exit %d, %d points", st, npts);
     json_decref(j);
+    json_t *sj = json_load_file(saved, 0, NULL);
+    T_CHECK(jint(sj, "requests", NULL) == 50 && jint(sj, "ok", NULL) == 50, "--save: %ld requests",
+            jint(sj, "requests", NULL));
+    json_decref(sj);
     server_free(s);
 
     /* Every answer a 503: the sweep stops after its first step. */

@@ -38,13 +38,6 @@ static int free_port(void)
     return port;
 }
 
-static int have(const char *prog)
-{
-    char cmd[256];
-    snprintf(cmd, sizeof cmd, "command -v %s >/dev/null 2>&1", prog);
-    return system(cmd) == 0;
-}
-
 static int read_pid(const char *rel)
 {
     char p[PATH_MAX + 64];
@@ -91,7 +84,7 @@ static int post(const char *route, const char *file, const char *headers, char *
 static void test_cluster_start(void)
 {
     T_NEED_FIXTURES();
-    if (!have("haproxy") || !have("curl"))
+    if (!ts_have("haproxy") || !ts_have("curl"))
         T_SKIP("haproxy or curl is not installed (make deps installs both)");
     g_port = free_port();
     T_REQUIRE(g_port > 0, "no free port");

@@ -16,13 +16,6 @@
 
 static const char *const KV = "build/venv-deploy/bin/kubernetes-validate";
 
-static int have(const char *prog)
-{
-    char cmd[256];
-    snprintf(cmd, sizeof cmd, "command -v %s >/dev/null 2>&1", prog);
-    return system(cmd) == 0;
-}
-
 /* Run a shell command with its output in a temp file; returns the exit
  * status (-1 when it did not exit) and the output (malloc'd) in *out. */
 static int run(const char *cmd, char **out)
@@ -60,7 +53,7 @@ static char *slurp(const char *path)
 
 static void test_haproxy_config(void)
 {
-    if (!have("haproxy"))
+    if (!ts_have("haproxy"))
         T_SKIP("haproxy is not installed (make deps installs it)");
     char servers[PATH_MAX], cmd[3 * PATH_MAX], *out = NULL;
     tmp_name(servers, sizeof servers, ".cfg");

@@ -196,6 +196,14 @@ static inline json_t *http_json(int port, const char *method, const char *path, 
     return j;
 }
 
+/* 1 when `prog` is on the PATH (tools some tests need: haproxy, curl). */
+static inline int ts_have(const char *prog)
+{
+    char cmd[256];
+    snprintf(cmd, sizeof cmd, "command -v '%s' >/dev/null 2>&1", prog);
+    return system(cmd) == 0;
+}
+
 /* Wait for a file to hold a port number. */
 static inline int read_port(const char *path, double timeout)
 {
