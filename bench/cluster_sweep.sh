@@ -64,7 +64,8 @@ for shape in $shapes; do
     "$build/bench/tasam-bench" --url "http://127.0.0.1:$port" --quiet \
         --image "$img/dog.jpg" --image "$img/groceries.jpg" --image "$img/truck.jpg" --variants 16 \
         --sweep "rate=$rates" --duration "$step" --warmup 12 --stop-p99 "$stop_p99" \
-        --plot "$out/$shape.svg" --save "$out/$shape.json" || true
+        --plot "$out/$shape.svg" --save "$out/$shape.json" \
+        --title "tasamd x $n (fixture model, CPU, $threads thread(s) each) behind HAProxy" || true
     cleanup
     cpid=
     rm -rf "$root"

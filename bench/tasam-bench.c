@@ -115,7 +115,8 @@ typedef struct {
     uint64_t seed;
     int json, quiet;
     const char *plot;
-    const char *save; /* --save FILE: the --json document, beside the text */
+    const char *save;  /* --save FILE: the --json document, beside the text */
+    const char *title; /* --plot's title (default: what was measured, and where) */
 } options;
 
 /* One image of the workload, read and registered at setup. */
@@ -1480,8 +1481,11 @@ static int plot(const options *o, const stats *st, int n)
             for (int p = 0; p < NPCT; p++)
                 ys[p][i] = st[i].lat[p];
         }
-        snprintf(title, sizeof title, "tasam-bench %s sweep, %s",
-                 o->sweep == SWEEP_RATE ? "rate" : "concurrency", o->url);
+        if (o->title)
+            snprintf(title, sizeof title, "%s", o->title);
+        else
+            snprintf(title, sizeof title, "tasam-bench %s sweep, %s",
+                     o->sweep == SWEEP_RATE ? "rate" : "concurrency", o->url);
         return svg_chart(
             o->plot, title,
             o->sweep == SWEEP_RATE
@@ -1496,7 +1500,10 @@ static int plot(const options *o, const stats *st, int n)
         ys[0][i] = st[0].spectrum[i];
     }
     px[0] = 0;
-    snprintf(title, sizeof title, "tasam-bench latency by percentile, %s", o->url);
+    if (o->title)
+        snprintf(title, sizeof title, "%s", o->title);
+    else
+        snprintf(title, sizeof title, "tasam-bench latency by percentile, %s", o->url);
     return svg_chart(o->plot, title, "percentile", 10, px, xl, 1, name, ys);
 }
 
@@ -1553,6 +1560,7 @@ static void usage(FILE *f)
         "output:\n"
         "  --json                     every figure as JSON on stdout\n"
         "  --save FILE                the same JSON into FILE, with the text report on stdout\n"
+        "  --title TEXT               the plot's title\n"
         "  --plot FILE.svg            latency percentiles vs the swept value, or (one run) the\n"
         "                             latency by percentile\n"
         "  --quiet                    no progress on stderr\n"
@@ -1697,6 +1705,7 @@ static int parse_args(int argc, char **argv, options *o)
         O_JSON,
         O_PLOT,
         O_SAVE,
+        O_TITLE,
         O_QUIET,
         O_HELP
     };
@@ -1731,6 +1740,7 @@ static int parse_args(int argc, char **argv, options *o)
                                        {"json", no_argument, 0, O_JSON},
                                        {"plot", required_argument, 0, O_PLOT},
                                        {"save", required_argument, 0, O_SAVE},
+                                       {"title", required_argument, 0, O_TITLE},
                                        {"quiet", no_argument, 0, O_QUIET},
                                        {"help", no_argument, 0, O_HELP},
                                        {0, 0, 0, 0}};
@@ -1899,6 +1909,11 @@ static int parse_args(int argc, char **argv, options *o)
                 goto bad;
             o->save = a;
             break;
+        case O_TITLE:
+            if (strlen(a) > 200)
+                goto bad;
+            o->title = a;
+            break;
         case O_QUIET:
             o->quiet = 1;
             break;
@@ -1951,6 +1966,8 @@ static int parse_args(int argc, char **argv, options *o)
         why = "--connections applies to the open loop (--rate or --sweep rate=)";
     else if (!o->sweep && (o->stop_p99_ms > 0))
         why = "--stop-p99 applies to --sweep";
+    else if (o->title && !o->plot)
+        why = "--title names the --plot";
     if (why) {
         fprintf(stderr, "tasam-bench: %s\n", why);
         return 2;
