@@ -1168,9 +1168,9 @@ static void test_sweep_and_plot(void)
     char svg[PATH_MAX];
     snprintf(svg, sizeof svg, "%s/sweep.svg", g_tmpdir);
     int st;
-    json_t *j =
-        run_bench(s->port, &st, "--route", "healthz", "--sweep", "rate=50,100,200", "--arrivals",
-                  "constant", "--duration", "0.5", "--json", "--plot", svg, NULL);
+    json_t *j = run_bench(s->port, &st, "--route", "healthz", "--sweep", "rate=50,100,200",
+                          "--arrivals", "constant", "--duration", "0.5", "--json", "--plot", svg,
+                          "--title", "3 < 4 & \"x\"", NULL);
     T_CHECK(st == 0, "exit %d", st);
     json_t *steps = json_object_get(j, "steps");
     T_REQUIRE(json_array_size(steps) == 3, "%zu steps", json_array_size(steps));
@@ -1190,6 +1190,7 @@ static void test_sweep_and_plot(void)
             "plot: want 4 polylines (p50 p90 p99 p99.9) of 3 points, first has %d", npts);
     int x = xml_ok(svg);
     T_CHECK(x != 0, "%s is not well-formed SVG", svg);
+    T_CHECK(svg_count(svg, "3 &lt; 4 &amp; &quot;x&quot;", &npts) == 2, "title not escaped");
     server_free(s);
 
     /* A single run plots the latency by percentile; --save writes the JSON
@@ -1356,6 +1357,7 @@ static void test_usage_and_refused(void)
         "--arrivals uniform",
         "--route healthz --image /dev/null",
         "--variants 0",
+        "--route healthz --title x",
         "--variants 5 --image a --image b --variants 1025",
     };
     for (size_t i = 0; i < sizeof bad / sizeof *bad; i++) {
