@@ -556,8 +556,8 @@ static int hc__read_response(hc_conn *c, hc_response *r, int64_t deadline)
             if (i >= HC_MAX_HEADERS || head > HC_MAX_HEAD)
                 return HC_EMALFORMED;
             char *colon = memchr(line, ':', n);
-            if (!colon || colon == line)
-                return HC_EMALFORMED;
+            if (!colon || colon == line || memchr(line, '\0', n))
+                return HC_EMALFORMED; /* no name, or a NUL (RFC 9110 5.5 forbids it) */
             for (const char *q = line; q < colon; q++)
                 if ((unsigned char)*q <= ' ' || *q == 0x7f)
                     return HC_EMALFORMED; /* no space before the colon (RFC 9112 5.1) */

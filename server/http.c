@@ -438,8 +438,8 @@ static void set_instance(srv_server *srv, int port)
     for (char *p = host; *p; p++)
         if (!isalnum((unsigned char)*p) && !strchr("._-", *p))
             *p = '_';
-    host[SRV_INSTANCE_MAX - 6] = 0;
-    snprintf(srv->instance, sizeof srv->instance, "%s:%d", host, port);
+    /* HOST cut so that ":PORT" (at most 6 bytes) still fits. */
+    snprintf(srv->instance, sizeof srv->instance, "%.*s:%d", SRV_INSTANCE_MAX - 6, host, port);
 }
 
 int srv_http_start(srv_http **out, srv_server *srv, const char *listen_s, int *port, char *err,

@@ -165,6 +165,12 @@ static void test_parse_hostile(void)
         {"HTTP/1.1 200 OK\r\nno colon\r\n\r\n", HC_EMALFORMED},
         {"HTTP/1.1 200 OK\r\n: empty name\r\n\r\n", HC_EMALFORMED},
     };
+    /* A NUL inside a header value (found by the fuzzer: the parser keeps
+     * headers as NUL-separated pairs). */
+    static const char nul[] =
+        "HTTP/1.1 200 OK\r\nContent-Type: app\0json\r\nContent-Length: 0\r\n\r\n";
+    T_CHECK(hc_parse_response(nul, sizeof nul - 1, &r) == HC_EMALFORMED, "NUL in a header value");
+    hc_response_free(&r);
     for (size_t i = 0; i < sizeof cases / sizeof *cases; i++) {
         int e = parse(cases[i].in, &r);
         T_CHECK(e == cases[i].want, "case %zu: %s (%d), want %s", i, hc_strerror(e), e,
