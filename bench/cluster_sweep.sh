@@ -52,7 +52,8 @@ for shape in $shapes; do
     threads=${shape#*x}
     root=$(mktemp -d "${TMPDIR:-/tmp}/tasam-cluster-sweep.XXXXXX")
     port=$(free_port)
-    echo "== $n replica(s), --cpu-threads $threads each, behind HAProxy on 127.0.0.1:$port"
+    echo "== $n replica(s), --cpu-threads $threads each, behind HAProxy on 127.0.0.1:$port" \
+        "($(uptime | sed 's/.*load average/load average/'))"
     deploy/local-cluster.sh --replicas "$n" --port "$port" --checkpoint "$model" --state-root "$root" \
         --device cpu --tasamd "$build/tasamd" -- --cpu-threads "$threads" >"$out/$shape.cluster.log" 2>&1 &
     cpid=$!
