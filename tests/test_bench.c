@@ -372,6 +372,10 @@ static void *server_main(void *arg)
         if (p[1].revents & POLLIN) {
             int fd = accept(s->lfd, NULL, NULL);
             if (fd >= 0) {
+                /* Answers are written in pieces: without this, Nagle holds
+                 * the second piece for the client's delayed ACK (40 ms). */
+                int one = 1;
+                setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
                 atomic_fetch_add(&s->accepted, 1);
                 int slot = -1;
                 for (int i = 0; i < MAX_CLIENTS && slot < 0; i++)
