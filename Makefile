@@ -97,7 +97,9 @@ LIB      := $(BUILD)/libtasam.a
 TEST_SRC := $(wildcard tests/test_*.c)
 TEST_BIN := $(TEST_SRC:tests/%.c=$(BUILD)/tests/%)
 BENCH_SRC := $(wildcard bench/*.c)
-BENCH_BIN := $(BENCH_SRC:bench/%.c=$(BUILD)/bench/%)
+BENCH_BIN := $(BENCH_SRC:bench/%.c=$(BUILD)/bench/%) $(BUILD)/bench/tasam-bench
+# tasam-bench is one program of several files (bench/tasam-bench/tb.h).
+TB_OBJ := $(patsubst %.c,$(BUILD)/obj/%.o,$(wildcard bench/tasam-bench/*.c))
 FUZZ_SRC := $(wildcard tests/fuzz/fuzz_*.c)
 FUZZ_BIN := $(FUZZ_SRC:tests/fuzz/%.c=$(BUILD)/bin/%)
 
@@ -177,6 +179,11 @@ $(BUILD)/tasam-train: $(BUILD)/obj/train/main.o $(LIB)
 	@$(CC) $(LDFLAGS) -pthread -o $@ $^ $(LDLIBS_ALL)
 
 $(BUILD)/tests/%: $(BUILD)/obj/tests/%.o $(LIB)
+	@mkdir -p $(dir $@)
+	@echo "  LD      $@"
+	@$(CC) $(LDFLAGS) -pthread -o $@ $^ $(LDLIBS_ALL)
+
+$(BUILD)/bench/tasam-bench: $(TB_OBJ) $(LIB)
 	@mkdir -p $(dir $@)
 	@echo "  LD      $@"
 	@$(CC) $(LDFLAGS) -pthread -o $@ $^ $(LDLIBS_ALL)
