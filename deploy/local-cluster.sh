@@ -181,7 +181,7 @@ for k in $(seq 1 "$replicas"); do
     log "r$k: http://127.0.0.1:${ports[$((k - 1))]} (pid ${pids[$((k - 1))]}, state $root/r$k/state)"
 done
 [ -n "$stats" ] && log "HAProxy stats: http://127.0.0.1:$stats/ and /metrics"
-log "ready: $replicas replicas behind http://127.0.0.1:$port (HAProxy pid $hpid)"
+log "ready: $replicas replica(s) behind http://127.0.0.1:$port (HAProxy pid $hpid)"
 
 # Wait. A replica that dies is reported and left dead (HAProxy routes
 # around it, as a fleet would until the orchestrator replaces it); the
