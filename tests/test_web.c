@@ -21,48 +21,6 @@ static const char *const browser_steps[] = {"page",        "upload",    "click",
                                             "task_points", "downloads", "console",    "network",
                                             "error_shown", NULL};
 
-/* Contract: the value of response header `name` in a curl -D dump, or "". */
-static void header_value(const char *dump, const char *name, char *out, size_t n)
-{
-    size_t nl = strlen(name);
-    out[0] = 0;
-    for (const char *p = dump; p && *p; p = strchr(p, '\n') ? strchr(p, '\n') + 1 : NULL) {
-        if (strncasecmp(p, name, nl) == 0 && p[nl] == ':') {
-            const char *v = p + nl + 1;
-            while (*v == ' ')
-                v++;
-            size_t k = strcspn(v, "\r\n");
-            if (k >= n)
-                k = n - 1;
-            memcpy(out, v, k);
-            out[k] = 0;
-            return;
-        }
-    }
-}
-
-/* Contract: GET path with extra curl args; the status, the headers (dump,
- * malloc'd) and the body (malloc'd). */
-static int get_with_headers(int port, const char *path, const char *extra, char **headers,
-                            char **body, size_t *blen)
-{
-    char hfile[PATH_MAX], args[PATH_MAX + 64];
-    size_t n;
-    tmp_name(hfile, sizeof hfile, ".hdr");
-    snprintf(args, sizeof args, "-D '%s' %s", hfile, extra ? extra : "");
-    int st = http(port, "GET", path, NULL, NULL, args, body, blen);
-    *headers = (char *)t_read_file(hfile, &n);
-    if (*headers) {
-        char *h = realloc(*headers, n + 1);
-        if (h) {
-            h[n] = 0;
-            *headers = h;
-        }
-    }
-    unlink(hfile);
-    return st;
-}
-
 /* The asset table and If-None-Match, without a daemon. */
 static void test_units(void)
 {
@@ -111,45 +69,49 @@ static void test_start(void)
     g_up = 1;
 }
 
+/* Contract: the response header `name` of r, or "" (never NULL). */
+static const char *hdr(const hc_response *r, const char *name)
+{
+    const char *v = hc_response_header(r, name);
+    return v ? v : "";
+}
+
 static void test_page_files(void)
 {
-    char *hdr = NULL, *body = NULL, v[512], etag[128];
-    size_t n = 0;
+    hc_response r;
+    char etag[128], inm[256];
     NEED_DAEMON();
-    int st = get_with_headers(g_d.port, "/", NULL, &hdr, &body, &n);
-    T_REQUIRE(st == 200 && hdr && body, "GET / answered %d", st);
-    header_value(hdr, "Content-Type", v, sizeof v);
-    T_CHECK(!strcmp(v, "text/html; charset=utf-8"), "GET / Content-Type '%s'", v);
-    T_CHECK(strstr(body, "<canvas id=\"view\"") && strstr(body, "id=\"image\"") &&
-                strstr(body, "id=\"everything\"") && strstr(body, "id=\"task\"") &&
-                strstr(body, "id=\"count\""),
+    int st = http_full(g_d.port, "GET", "/", NULL, NULL, NULL, &r);
+    T_REQUIRE(st == 200 && r.body, "GET / answered %d", st);
+    T_CHECK(!strcmp(hdr(&r, "Content-Type"), "text/html; charset=utf-8"),
+            "GET / Content-Type '%s'", hdr(&r, "Content-Type"));
+    T_CHECK(strstr(r.body, "<canvas id=\"view\"") && strstr(r.body, "id=\"image\"") &&
+                strstr(r.body, "id=\"everything\"") && strstr(r.body, "id=\"task\"") &&
+                strstr(r.body, "id=\"count\""),
             "the page lacks one of its hooks (#image #view #everything #task #count)");
     /* every script, style and icon comes from the daemon itself */
-    T_CHECK(!strstr(body, "http://") && !strstr(body, "https://") && !strstr(body, "//cdn"),
+    T_CHECK(!strstr(r.body, "http://") && !strstr(r.body, "https://") && !strstr(r.body, "//cdn"),
             "the page names another host");
-    header_value(hdr, "Content-Security-Policy", v, sizeof v);
-    T_CHECK(strstr(v, "default-src 'none'") && strstr(v, "connect-src 'self'") &&
-                strstr(v, "script-src 'self'"),
-            "Content-Security-Policy '%s'", v);
-    header_value(hdr, "X-Content-Type-Options", v, sizeof v);
-    T_CHECK(!strcmp(v, "nosniff"), "nosniff '%s'", v);
-    header_value(hdr, "ETag", etag, sizeof etag);
+    const char *csp = hdr(&r, "Content-Security-Policy");
+    T_CHECK(strstr(csp, "default-src 'none'") && strstr(csp, "connect-src 'self'") &&
+                strstr(csp, "script-src 'self'"),
+            "Content-Security-Policy '%s'", csp);
+    T_CHECK(!strcmp(hdr(&r, "X-Content-Type-Options"), "nosniff"), "nosniff");
+    snprintf(etag, sizeof etag, "%s", hdr(&r, "ETag"));
     T_CHECK(strlen(etag) == 34 && etag[0] == '"', "ETag '%s'", etag);
-    free(hdr);
-    free(body);
+    hc_response_free(&r);
 
     /* revalidation: the same ETag is 304 without a body, another is 200 */
-    char args[256];
-    snprintf(args, sizeof args, "-H 'If-None-Match: W/\"x\", %s'", etag);
-    n = 0;
-    st = get_with_headers(g_d.port, "/", args, &hdr, &body, &n);
-    T_CHECK(st == 304 && n == 0, "If-None-Match with the ETag: %d, %zu bytes", st, n);
-    free(hdr);
-    free(body);
-    st = get_with_headers(g_d.port, "/", "-H 'If-None-Match: \"0123\"'", &hdr, &body, &n);
-    T_CHECK(st == 200 && n > 1000, "If-None-Match with another ETag: %d", st);
-    free(hdr);
-    free(body);
+    snprintf(inm, sizeof inm, "If-None-Match: W/\"x\", %s\r\n", etag);
+    ts_extra x = {.headers = inm};
+    st = http_full(g_d.port, "GET", "/", NULL, NULL, &x, &r);
+    T_CHECK(st == 304 && r.len == 0, "If-None-Match with the ETag: %d, %zu bytes", st, r.len);
+    T_CHECK(!strcmp(hdr(&r, "ETag"), etag), "the 304's ETag '%s'", hdr(&r, "ETag"));
+    hc_response_free(&r);
+    x.headers = "If-None-Match: \"0123\"\r\n";
+    st = http_full(g_d.port, "GET", "/", NULL, NULL, &x, &r);
+    T_CHECK(st == 200 && r.len > 1000, "If-None-Match with another ETag: %d", st);
+    hc_response_free(&r);
 
     static const struct {
         const char *path, *type, *needle;
@@ -159,26 +121,32 @@ static void test_page_files(void)
         {"/web/favicon.svg", "image/svg+xml", "<svg"},
     };
     for (size_t i = 0; i < sizeof files / sizeof files[0]; i++) {
-        st = get_with_headers(g_d.port, files[i].path, NULL, &hdr, &body, &n);
-        header_value(hdr ? hdr : "", "Content-Type", v, sizeof v);
-        T_CHECK(st == 200 && !strcmp(v, files[i].type) && body && strstr(body, files[i].needle),
-                "GET %s: %d '%s'", files[i].path, st, v);
+        st = http_full(g_d.port, "GET", files[i].path, NULL, NULL, NULL, &r);
+        T_CHECK(st == 200 && !strcmp(hdr(&r, "Content-Type"), files[i].type) && r.body &&
+                    strstr(r.body, files[i].needle),
+                "GET %s: %d '%s'", files[i].path, st, hdr(&r, "Content-Type"));
         /* the page's script and style talk to the daemon only (the SVG's
          * xmlns is a name, not a request) */
-        T_CHECK(i == 2 || (body && !strstr(body, "http://") && !strstr(body, "https://")),
+        T_CHECK(i == 2 || (r.body && !strstr(r.body, "http://") && !strstr(r.body, "https://")),
                 "%s names another host", files[i].path);
-        free(hdr);
-        free(body);
+        T_CHECK(strstr(hdr(&r, "Content-Security-Policy"), "default-src 'none'"),
+                "%s without the CSP", files[i].path);
+        hc_response_free(&r);
     }
-    T_CHECK(http(g_d.port, "HEAD", "/web/app.js", NULL, NULL, "-I", NULL, NULL) == 200,
-            "HEAD /web/app.js");
+    static const char head[] = "HEAD /web/app.js HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n";
+    T_CHECK(raw_status(g_d.port, head, sizeof head - 1) == 200, "HEAD /web/app.js");
     expect_error(g_d.port, "GET", "/web/nope.js", NULL, NULL, NULL, 404, "", "an unknown file");
     expect_error(g_d.port, "GET", "/web/", NULL, NULL, NULL, 404, "", "/web/");
     /* a path that climbs out of /web/ names no file (or the front door refuses it) */
-    st = http(g_d.port, "GET", "/web/../v1/info", NULL, NULL, "--path-as-is", NULL, NULL);
+    static const char climb[] =
+        "GET /web/../v1/info HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n";
+    st = raw_status(g_d.port, climb, sizeof climb - 1);
     T_CHECK(st == 404 || st == 400, "GET /web/../v1/info: %d", st);
     expect_error(g_d.port, "GET", "/index.html", NULL, NULL, NULL, 404, "", "/index.html");
-    expect_error(g_d.port, "POST", "/", "application/json", NULL, "-d '{}'", 405, "", "POST /");
+    char body[PATH_MAX];
+    tmp_name(body, sizeof body, ".json");
+    write_file(body, "{}", 2);
+    expect_error(g_d.port, "POST", "/", "application/json", body, NULL, 405, "", "POST /");
     char *m = get_metrics(g_d.port);
     T_CHECK(m && metric(m, "tasam_requests_total{route=\"web\",code=\"200\"}") >= 5,
             "the page's requests are not counted under route=\"web\"");
