@@ -43,6 +43,8 @@ class ApiError extends Error {
   }
 }
 
+let lastInstance = '';  /* X-Tasam-Instance of the last answer */
+
 function authHeaders() {
   const t = $('#token').value.trim();
   return t ? { Authorization: 'Bearer ' + t } : {};
@@ -65,6 +67,8 @@ async function api(method, path, body) {
   } catch (e) {
     throw new ApiError(0, 'cannot reach tasamd (' + e.message + ')');
   }
+  /* behind a load balancer: which replica answered */
+  lastInstance = res.headers.get('X-Tasam-Instance') || '';
   const text = await res.text();
   let json = null;
   try {
@@ -374,6 +378,8 @@ function renderTimings(r, roundTrip) {
   if (r && r.adapter)
     parts.push('adapter: ' + r.adapter.source + ' ' + r.adapter.id.slice(0, 12) + ' (hypernetwork ' +
       r.adapter.hypernet_version + ')');
+  if (lastInstance)
+    parts.push('replica: ' + lastInstance);
   $('#cache').textContent = parts.join(' · ');
 }
 
