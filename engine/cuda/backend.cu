@@ -547,6 +547,22 @@ extern "C" int eng_backend_cuda_create(eng_backend **out, int device_index, eng_
     if (dtype == ENG_BF16 && cc < 80)
         return eng_error(ENG_EUNSUP, "cuda: bf16 storage needs sm_80+ (%s is sm_%d); use f16",
                          prop.name, cc);
+    /* The sm_75 (T4) kernel set, selectable on any GPU so that it can be
+     * checked and timed where no T4 is at hand; off by default everywhere,
+     * the T4 included, until it has been measured. It is the T4's
+     * configuration: fp16 (or fp32) storage, no bf16. */
+    eng_cu_kernels kern = ENG_CU_KERNELS_NATIVE;
+    const char *ke = getenv("TASAM_CUDA_KERNELS");
+    if (ke && *ke && strcmp(ke, "native") != 0) {
+        if (strcmp(ke, "sm75") != 0)
+            return eng_error(ENG_EINVAL, "cuda: TASAM_CUDA_KERNELS=%s: expected native or sm75",
+                             ke);
+        if (dtype == ENG_BF16)
+            return eng_error(ENG_EUNSUP,
+                             "cuda: the sm_75 kernels (TASAM_CUDA_KERNELS=sm75) run fp16 or fp32 "
+                             "storage, not bf16");
+        kern = ENG_CU_KERNELS_SM75;
+    }
     cudaFuncAttributes fa;
     e = cudaFuncGetAttributes(&fa, eng_cuda_probe_kernel);
     if (e != cudaSuccess) {
@@ -566,8 +582,14 @@ extern "C" int eng_backend_cuda_create(eng_backend **out, int device_index, eng_
     cu->total_mem = prop.totalGlobalMem;
     const char *pe = getenv("TASAM_CUDA_PROFILE");
     cu->profile = pe && *pe && *pe != '0';
-    snprintf(cu->base.desc, sizeof cu->base.desc, "cuda:%d %.100s (sm_%d, %s)", device_index,
-             prop.name, cc, dtype == ENG_BF16 ? "bf16" : (dtype == ENG_F16 ? "fp16" : "fp32"));
+    cu->no_flash = getenv("TASAM_CUDA_NO_FLASH") != NULL;
+    cu->no_split = getenv("TASAM_CUDA_NO_SPLIT") != NULL;
+    const char *em = getenv("TASAM_CUDA_EMULATE_SMEM");
+    cu->emulate_smem = em && *em ? atoi(em) : 0;
+    cu->kernels = kern;
+    snprintf(cu->base.desc, sizeof cu->base.desc, "cuda:%d %.100s (sm_%d, %s%s)", device_index,
+             prop.name, cc, dtype == ENG_BF16 ? "bf16" : (dtype == ENG_F16 ? "fp16" : "fp32"),
+             kern == ENG_CU_KERNELS_SM75 ? ", sm_75 kernels" : "");
     int rc = cu_setup(cu);
     if (rc) {
         char msg[1024];

@@ -48,6 +48,10 @@ typedef struct eng_cuda_prof_entry {
     long calls;
 } eng_cuda_prof_entry;
 
+/* Which of our own kernels run (TASAM_CUDA_KERNELS): the native ones for the
+ * device, or the sm_75 (T4) set built from compute_75 PTX, on any GPU. */
+typedef enum eng_cu_kernels { ENG_CU_KERNELS_NATIVE = 0, ENG_CU_KERNELS_SM75 = 1 } eng_cu_kernels;
+
 typedef struct eng_cuda {
     eng_backend base;
     int device; /* CUDA ordinal */
@@ -73,6 +77,16 @@ typedef struct eng_cuda {
     void *tune_buf; /* GEMM autotuning output, grown on first use */
     size_t tune_bytes;
     cudaEvent_t tune_ev[2];
+    eng_cu_kernels kernels; /* TASAM_CUDA_KERNELS=native|sm75 */
+    int no_flash;           /* TASAM_CUDA_NO_FLASH: the generic attention everywhere */
+    int no_split;           /* TASAM_CUDA_NO_SPLIT: no key-range split in flash attention */
+    int emulate_smem;       /* TASAM_CUDA_EMULATE_SMEM: sm_75 kernels see this many shared
+                               bytes per SM (occupancy emulation; 0: off) */
+    struct {
+        const void *fn;
+        int smem, pad;
+    } occ[32]; /* attention_sm75.cu: occupancy padding per kernel and size */
+    int n_occ;
     int profile; /* TASAM_CUDA_PROFILE=1: time each op (synchronising) */
     cudaEvent_t ev0, ev1;
     eng_cuda_prof_entry *prof;
