@@ -48,6 +48,21 @@ typedef struct eng_backend_ops {
      * counts[0] = |x > hi|, counts[1] = |x > lo|; synchronises. */
     int (*binarize)(eng_backend *be, uint8_t *dst, const void *x, int64_t n, float lo, float hi,
                     uint64_t counts[2]);
+
+    /* ---- optional (NULL: ops.c composes the plain ops, or does nothing) ---- */
+
+    /* y = act(LN(conv_transpose2x2(x) + b)) in one pass over y; g, beta the
+     * LayerNorm over each output pixel's Cout channels, or NULL (no norm). */
+    int (*conv_transpose2x2_norm_act)(eng_backend *be, void *y, const void *x, int H, int W,
+                                      int Cin, const void *w, const void *b, int Cout,
+                                      const void *g, const void *beta, float eps, eng_act act);
+    /* eng_backend_set_tuning, eng_backend_graphs_on, eng_backend_graph_begin
+     * / _end (ops.h) */
+    void (*set_tuning)(eng_backend *be, int on);
+    int (*graphs_on)(const eng_backend *be);
+    int (*graph_begin)(eng_backend *be, const void *shape, size_t shape_len, const void *bufs,
+                       size_t bufs_len);
+    int (*graph_end)(eng_backend *be, int keep);
 } eng_backend_ops;
 
 struct eng_backend {

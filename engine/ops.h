@@ -93,6 +93,43 @@ int eng_backend_binarize(eng_backend *be, uint8_t *dst, const void *x, int64_t n
 /* Wait for queued work; returns the first asynchronous error. */
 int eng_backend_sync(eng_backend *be);
 
+/* ---- optional backend controls (no-ops where a backend has none) ---- */
+
+/* GEMM algorithm tuning: the CUDA backend times cuBLASLt's candidates the
+ * first time it meets a shape class. On at create; a model turns it off once
+ * it has run every shape it will use (eng_sam_load warms up), so no request
+ * waits for it: a class first met later takes the heuristic's choice. */
+void eng_backend_set_tuning(eng_backend *be, int on);
+
+/* Graphs of queued device work (CUDA graphs, TASAM_CUDA_GRAPHS=1; off by
+ * default until measured): 1 when the backend records them. The caller
+ * brackets ops that only queue device work (no upload, download or wait),
+ * whose sequence and shapes are fixed by the bytes `shape` and whose buffers
+ * by the bytes `bufs`:
+ *
+ *   int r = eng_backend_graph_begin(be, &shape, sizeof shape, &bufs, sizeof bufs);
+ *   if (r != ENG_GRAPH_REPLAYED) {
+ *       ...ops...
+ *       if (r == ENG_GRAPH_CAPTURE &&
+ *           eng_backend_graph_end(be, eng_ctx_status(ctx) == 0) == ENG_GRAPH_REDO)
+ *           ...clear the context's error and run the same ops again (eagerly)...
+ *   }
+ *
+ * The first time a shape is met the ops are recorded (not run) and
+ * eng_backend_graph_end queues the recording (keep = 0 discards it: an op
+ * failed); later the recording is queued at once (same bufs) or refreshed
+ * with the new buffers (other bufs). Buffers are referenced, not copied:
+ * what they hold when the queued work runs is what it reads. A negative
+ * return is an error. */
+#define ENG_GRAPH_EAGER    0 /* run the ops: no graph here */
+#define ENG_GRAPH_REPLAYED 1 /* queued from a recording: skip the ops */
+#define ENG_GRAPH_CAPTURE  2 /* run the ops (recorded), then eng_backend_graph_end */
+#define ENG_GRAPH_REDO     3 /* graph_end: nothing was recorded or queued, run the ops again */
+int eng_backend_graphs_on(const eng_backend *be);
+int eng_backend_graph_begin(eng_backend *be, const void *shape, size_t shape_len, const void *bufs,
+                            size_t bufs_len);
+int eng_backend_graph_end(eng_backend *be, int keep);
+
 /* ---- context and tensors ---- */
 
 /* A context over `be` whose workspace is `bytes` (0: measure mode). */
@@ -194,6 +231,15 @@ void eng_conv2d(eng_ctx *ctx, eng_tensor *y, const eng_tensor *x, int x_chw, int
  * w [Cin, Cout, 2, 2], b [Cout] or NULL, y [(2H)*(2W), Cout]. */
 void eng_conv_transpose2x2(eng_ctx *ctx, eng_tensor *y, const eng_tensor *x, int H, int W,
                            const eng_tensor *w, const eng_tensor *b);
+
+/* The mask decoder's upscaling step: y = act(LN(conv_transpose2x2(x, w) + b))
+ * with the same shapes as eng_conv_transpose2x2, and a LayerNorm over each
+ * output pixel's Cout channels (norm_g, norm_b [Cout]; both NULL: none), in
+ * one pass over y where the backend fuses it (CUDA), else as those ops. */
+void eng_conv_transpose2x2_norm_act(eng_ctx *ctx, eng_tensor *y, const eng_tensor *x, int H, int W,
+                                    const eng_tensor *w, const eng_tensor *b,
+                                    const eng_tensor *norm_g, const eng_tensor *norm_b, float eps,
+                                    eng_act act);
 
 /* Windows of a HWC image x [H*W, C]: zero-pad bottom/right to a multiple of
  * ws, then y [nWin, ws*ws, C] in row-major window order. */

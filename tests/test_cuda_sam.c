@@ -159,11 +159,15 @@ out:
 /* The model stored in `dt`; with dec_dt != dt the decoder runs on a second
  * backend in dec_dt (bf16 is served that way: encoder bf16, decoder fp16,
  * as eng_sam_open_backends sets it up). */
-static void run_dtype(eng_dtype dt, eng_dtype dec_dt)
+static void run_dtype(eng_dtype dt, eng_dtype dec_dt, const char *kernels)
 {
     T_NEED_FIXTURES();
     eng_backend *be = NULL, *dbe = NULL;
-    if (eng_backend_cuda_create(&be, 0, dt) != 0) {
+    if (kernels) /* e.g. "sm75": the T4's kernel set on whatever GPU this is */
+        setenv("TASAM_CUDA_KERNELS", kernels, 1);
+    int rc = eng_backend_cuda_create(&be, 0, dt);
+    unsetenv("TASAM_CUDA_KERNELS");
+    if (rc != 0) {
         snprintf(no_gpu, sizeof no_gpu, "%s", eng_last_error());
         T_SKIP("no CUDA backend in %s: %s", eng_dtype_name(dt), no_gpu);
     }
@@ -176,7 +180,7 @@ static void run_dtype(eng_dtype dt, eng_dtype dec_dt)
            dbe ? eng_backend_describe(dbe) : "");
     eng_sam *m = NULL;
     eng_sam_options opt = {.max_points = 8, .max_batch = 1, .decoder_backend = dbe};
-    int rc = eng_sam_load(&m, t_fixture("sam_tiny.safetensors"), be, &opt);
+    rc = eng_sam_load(&m, t_fixture("sam_tiny.safetensors"), be, &opt);
     if (rc) {
         eng_backend_destroy(dbe);
         eng_backend_destroy(be);
@@ -260,9 +264,12 @@ static void run_dtype(eng_dtype dt, eng_dtype dec_dt)
     eng_backend_destroy(be);
 }
 
-static void test_bf16(void) { run_dtype(ENG_BF16, ENG_F16); }
-static void test_fp16(void) { run_dtype(ENG_F16, ENG_F16); }
-static void test_fp32(void) { run_dtype(ENG_F32, ENG_F32); }
+static void test_bf16(void) { run_dtype(ENG_BF16, ENG_F16, NULL); }
+static void test_fp16(void) { run_dtype(ENG_F16, ENG_F16, NULL); }
+static void test_fp32(void) { run_dtype(ENG_F32, ENG_F32, NULL); }
+/* The T4 configuration: fp16 everywhere, the sm_75 kernels (the same
+ * criteria as every other GPU path). */
+static void test_fp16_sm75(void) { run_dtype(ENG_F16, ENG_F16, "sm75"); }
 
 /* Decoder groups on the GPU (sam_case_groups): groups of up to 3 prompts,
  * with and without mask inputs and with layer 0's image side shared, agree
@@ -320,6 +327,7 @@ int main(void)
     T_RUN(test_bf16);
     T_RUN(test_fp16);
     T_RUN(test_fp32);
+    T_RUN(test_fp16_sm75);
     T_RUN(test_groups_fp32);
     T_RUN(test_cpu_still_works);
     eng_ckpt_close(golden);

@@ -25,6 +25,7 @@ extern "C" {
 
 #define ENG_CU_STAGE ((size_t)2 << 20)  /* floats of staging: two 4 MiB halves */
 #define ENG_CU_LT_WS ((size_t)32 << 20) /* cuBLASLt workspace bytes */
+#define ENG_CU_TUNE  ((size_t)32 << 20) /* GEMM tuning output bytes (gemm.cu) */
 
 // ----------------------------------------------------------------------------
 // errors
@@ -101,6 +102,14 @@ void *eng_cuda_scratch(eng_cuda *cu, size_t bytes)
 {
     if (bytes <= cu->scratch_bytes)
         return cu->scratch;
+    if (cu->capturing) {
+        /* freeing the old block would synchronise the capturing stream */
+        cu->cap_failed = 1;
+        eng_error(ENG_EDEVICE, "cuda: scratch must grow to %zu MiB inside a graph capture",
+                  bytes >> 20);
+        return NULL;
+    }
+    cu->scratch_gen++;
     bytes = (bytes + ((size_t)1 << 20) - 1) & ~(((size_t)1 << 20) - 1);
     if (cu->scratch) {
         cudaStreamSynchronize(cu->stream);
@@ -250,6 +259,13 @@ static int prof_cmp(const void *a, const void *b)
 
 static void prof_print(eng_cuda *cu)
 {
+    if (!cu->profile)
+        return;
+    fprintf(stderr,
+            "cuda gemm (%s): %d plans, %d classes, %ld timed, %ld first met with tuning off, "
+            "%ld without a cuBLASLt algorithm\n",
+            cu->base.desc, cu->n_plans, cu->n_classes, cu->gemm_tuned, cu->gemm_untuned,
+            cu->gemm_fallbacks);
     if (!cu->n_prof)
         return;
     qsort(cu->prof, (size_t)cu->n_prof, sizeof(eng_cuda_prof_entry), prof_cmp);
@@ -394,6 +410,21 @@ static int op_window_unpartition_add(eng_backend *be, void *y, const void *x, in
     return rc;
 }
 
+static int op_conv_transpose2x2_norm_act(eng_backend *be, void *y, const void *x, int H, int W,
+                                         int Cin, const void *w, const void *b, int Cout,
+                                         const void *g, const void *beta, float eps, eng_act act)
+{
+    eng_cuda *cu = (eng_cuda *)be;
+    PROF_BEGIN(cu);
+    int rc =
+        eng_cuda_conv_transpose2x2_norm_act(be, y, x, H, W, Cin, w, b, Cout, g, beta, eps, act);
+    PROF_END(cu, rc, "conv_transpose2x2%s%s %dx%dx%d -> %d", g ? "+norm" : "",
+             act == ENG_ACT_GELU ? "+gelu" : (act == ENG_ACT_RELU ? "+relu" : ""), H, W, Cin, Cout);
+    return rc;
+}
+
+static void op_set_tuning(eng_backend *be, int on) { ((eng_cuda *)be)->tuning = on != 0; }
+
 static int op_binarize(eng_backend *be, uint8_t *dst, const void *x, int64_t n, float lo, float hi,
                        uint64_t counts[2])
 {
@@ -421,6 +452,12 @@ static void cu_destroy(eng_backend *be)
     prof_print(cu);
     if (cu->stream)
         cudaStreamSynchronize(cu->stream);
+    if (cu->graphs_on)
+        fprintf(stderr,
+                "cuda graphs (%s): %ld replays, %ld recorded, %ld updated, %ld not recordable\n",
+                cu->base.desc, cu->graph_replays, cu->graph_captures, cu->graph_updates,
+                cu->graph_failures);
+    eng_cuda_graphs_free(cu);
     eng_cuda_gemm_plans_free(cu);
     for (int i = 0; i < cu->n_allocs; i++)
         cudaFree(cu->allocs[i].p);
@@ -477,6 +514,11 @@ static const eng_backend_ops eng__cuda_ops = {
     op_window_unpartition_add,
     op_resize_bilinear,
     op_binarize,
+    op_conv_transpose2x2_norm_act,
+    op_set_tuning,
+    eng_cuda_graphs_on,
+    eng_cuda_graph_begin,
+    eng_cuda_graph_end,
 };
 
 /* A kernel compiled into this binary, used to check the fat binary has code
@@ -502,6 +544,12 @@ static int cu_setup(eng_cuda *cu)
     ENG_CU_CHECK(cudaMalloc(&cu->lt_ws, ENG_CU_LT_WS));
     cu->lt_ws_bytes = ENG_CU_LT_WS;
     ENG_BLAS_CHECK(cublasSetWorkspace(cu->blas, cu->lt_ws, cu->lt_ws_bytes));
+    /* GEMM tuning: a fixed buffer and its events, so no shape ever
+     * allocates on the request path */
+    ENG_CU_CHECK(cudaMalloc(&cu->tune_buf, ENG_CU_TUNE));
+    cu->tune_bytes = ENG_CU_TUNE;
+    for (int i = 0; i < 2; i++)
+        ENG_CU_CHECK(cudaEventCreate(&cu->tune_ev[i]));
     ENG_CU_CHECK(cudaMallocHost((void **)&cu->h_stage, ENG_CU_STAGE * sizeof(float)));
     ENG_CU_CHECK(cudaMalloc((void **)&cu->d_stage, ENG_CU_STAGE * sizeof(float)));
     cu->stage_n = ENG_CU_STAGE;
@@ -583,6 +631,10 @@ extern "C" int eng_backend_cuda_create(eng_backend **out, int device_index, eng_
     const char *pe = getenv("TASAM_CUDA_PROFILE");
     cu->profile = pe && *pe && *pe != '0';
     cu->no_flash = getenv("TASAM_CUDA_NO_FLASH") != NULL;
+    cu->no_tune = getenv("TASAM_CUDA_NO_TUNE") != NULL;
+    const char *ge = getenv("TASAM_CUDA_GRAPHS");
+    cu->graphs_on = ge && *ge && *ge != '0';
+    cu->tuning = 1;
     cu->no_split = getenv("TASAM_CUDA_NO_SPLIT") != NULL;
     const char *em = getenv("TASAM_CUDA_EMULATE_SMEM");
     cu->emulate_smem = em && *em ? atoi(em) : 0;
