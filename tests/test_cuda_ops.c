@@ -568,6 +568,87 @@ static void test_conv_transpose(void)
     }
 }
 
+/* The decoder's upscaling step, act(LN(conv_transpose2x2(x) + b)): fused
+ * in one pass on CUDA, the separate ops on the CPU (the reference); `split`
+ * runs the separate ops on the GPU too, so both GPU paths are held to the
+ * same reference. */
+typedef struct {
+    int H, W, Cin, Cout, norm, split;
+    const float *x, *w, *b, *g, *beta;
+} ctn_arg;
+
+static float *ctn_case(side *s, const void *argp, size_t *n)
+{
+    const ctn_arg *a = argp;
+    eng_tensor x = UP(s, a->x, (int64_t)a->H * a->W, a->Cin);
+    eng_tensor w = UP(s, a->w, a->Cin, a->Cout, 2, 2);
+    eng_tensor b = UP(s, a->b, a->Cout);
+    eng_tensor g = UP(s, a->g, a->Cout);
+    eng_tensor beta = UP(s, a->beta, a->Cout);
+    eng_tensor y = OUT(s, (int64_t)4 * a->H * a->W, a->Cout);
+    if (a->split) {
+        eng_conv_transpose2x2(&s->ctx, &y, &x, a->H, a->W, &w, &b);
+        if (a->norm)
+            eng_layernorm(&s->ctx, &y, &y, NULL, &g, &beta, 1e-6f);
+        eng_activate(&s->ctx, &y, &y, ENG_ACT_GELU);
+    } else {
+        eng_conv_transpose2x2_norm_act(&s->ctx, &y, &x, a->H, a->W, &w, &b, a->norm ? &g : NULL,
+                                       a->norm ? &beta : NULL, 1e-6f, ENG_ACT_GELU);
+    }
+    *n = (size_t)4 * a->H * a->W * a->Cout;
+    return down(s, &y);
+}
+
+static void test_conv_transpose_norm_act(void)
+{
+    NEED_GPU();
+    static const int sh[][5] = {
+        /* H W Cin Cout norm */
+        {128, 64, 256, 64, 1}, /* decoder upscaling 1, two prompts stacked */
+        {256, 128, 64, 32, 0}, /* decoder upscaling 2 */
+        {9, 7, 16, 8, 1},      /* one value a lane */
+        {5, 3, 24, 40, 1},     /* five */
+        {6, 5, 8, 12, 1},      /* Cout % 8 != 0: the separate passes */
+    };
+    for (size_t i = 0; i < sizeof sh / sizeof sh[0]; i++)
+        for (int split = 0; split < 2; split++) {
+            ctn_arg a = {sh[i][0], sh[i][1], sh[i][2], sh[i][3], sh[i][4], split,
+                         NULL,     NULL,     NULL,     NULL,     NULL};
+            float *x = rand_buf((size_t)a.H * a.W * a.Cin, 1);
+            float *w = rand_buf((size_t)a.Cin * a.Cout * 4, 1.0f / sqrtf(a.Cin));
+            float *b = rand_buf(a.Cout, 1), *g = rand_buf(a.Cout, 1), *beta = rand_buf(a.Cout, 1);
+            a.x = x, a.w = w, a.b = b, a.g = g, a.beta = beta;
+            char nm[96];
+            snprintf(nm, sizeof nm, "conv_transpose2x2%s+gelu %s %dx%dx%d -> %d",
+                     a.norm ? "+norm" : "", split ? "separate" : "fused", a.H, a.W, a.Cin, a.Cout);
+            T_CHECK(run_case(nm, ctn_case, &a), "%s", nm);
+            free(x), free(w), free(b), free(g), free(beta);
+        }
+}
+
+/* GEMM algorithm classes (gemm.cu): a shape that tunes its class, one that
+ * reuses the class's algorithm, one met with tuning off (heuristic), and an
+ * output larger than the tuning buffer (tuned on its first rows). */
+static void test_gemm_classes(void)
+{
+    NEED_GPU();
+    for (int d = 0; d < N_DT; d++)
+        if (gpu[d])
+            eng_backend_set_tuning(gpu[d], 1);
+    lin("class 40x256x512 (tunes rows 64)", 40, 256, 512, 256, 1, 0, ENG_ACT_NONE);
+    lin("class 37x256x512 (reuses rows 64)", 37, 256, 512, 256, 1, 0, ENG_ACT_NONE);
+    lin("16384x256x1280 +res (output over the tuning buffer)", 16384, 256, 1280, 256, 1, 1,
+        ENG_ACT_NONE);
+    for (int d = 0; d < N_DT; d++)
+        if (gpu[d])
+            eng_backend_set_tuning(gpu[d], 0);
+    lin("class 300x256x512 (tuning off)", 300, 256, 512, 256, 1, 0, ENG_ACT_GELU);
+    lin("class 33x256x512 (tuning off, class known)", 33, 256, 512, 256, 1, 0, ENG_ACT_NONE);
+    for (int d = 0; d < N_DT; d++)
+        if (gpu[d])
+            eng_backend_set_tuning(gpu[d], 1);
+}
+
 /* ---- windows ---- */
 
 typedef struct {
@@ -729,6 +810,8 @@ int main(void)
     T_RUN(test_attention);
     T_RUN(test_conv2d);
     T_RUN(test_conv_transpose);
+    T_RUN(test_conv_transpose_norm_act);
+    T_RUN(test_gemm_classes);
     T_RUN(test_windows);
     T_RUN(test_resize);
     T_RUN(test_errors);
