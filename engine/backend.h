@@ -65,6 +65,12 @@ typedef struct eng_backend_ops {
     int (*graph_end)(eng_backend *be, int keep);
 } eng_backend_ops;
 
+/* The CUDA backend's fixed buffers, made at create (engine/cuda/backend.cu),
+ * which the plan backend (engine/plan.c) counts too. */
+#define ENG_CUDA_STAGE_FLOATS ((size_t)2 << 20)  /* f32 staging, device (and pinned host) */
+#define ENG_CUDA_LT_WS_BYTES  ((size_t)32 << 20) /* cuBLASLt workspace */
+#define ENG_CUDA_TUNE_BYTES   ((size_t)32 << 20) /* GEMM tuning output */
+
 struct eng_backend {
     const eng_backend_ops *ops;
     eng_device dev;

@@ -69,6 +69,18 @@ int eng_backend_cpu_create(eng_backend **out, int threads);
  * ENG_BF16; ENG_BF16 needs sm_80+). ENG_EUNSUP when built without CUDA,
  * ENG_EDEVICE with a clear message when no usable GPU/driver is present. */
 int eng_backend_cuda_create(eng_backend **out, int device_index, eng_dtype dtype);
+/* The plan backend: no device and no memory, it only counts. It presents
+ * itself as a CUDA device in `dtype` with the CUDA backend's fixed buffers;
+ * allocations return addresses never to be dereferenced, ops succeed doing
+ * nothing, and eng_backend_memory reports the bytes a CUDA backend would
+ * hold for the same calls (its scratch as the generic attention, the sm_75
+ * default, would take it). A model loaded on it is planned exactly as on a
+ * GPU (bench/memplan). */
+int eng_backend_plan_create(eng_backend **out, eng_dtype dtype);
+/* A plan backend's bytes: live allocations (weights, resident embeddings,
+ * workspace, ...), the scratch its ops would grow, and the fixed buffers
+ * (all 0 for another backend). */
+void eng_backend_plan_bytes(const eng_backend *be, size_t *allocs, size_t *scratch, size_t *fixed);
 void eng_backend_destroy(eng_backend *be);
 
 eng_device eng_backend_device(const eng_backend *be);

@@ -23,9 +23,9 @@ extern "C" {
 #include "engine/parallel.h"
 }
 
-#define ENG_CU_STAGE ((size_t)2 << 20)  /* floats of staging: two 4 MiB halves */
-#define ENG_CU_LT_WS ((size_t)32 << 20) /* cuBLASLt workspace bytes */
-#define ENG_CU_TUNE  ((size_t)32 << 20) /* GEMM tuning output bytes (gemm.cu) */
+#define ENG_CU_STAGE ENG_CUDA_STAGE_FLOATS /* floats of staging: two 4 MiB halves */
+#define ENG_CU_LT_WS ENG_CUDA_LT_WS_BYTES  /* cuBLASLt workspace bytes */
+#define ENG_CU_TUNE  ENG_CUDA_TUNE_BYTES   /* GEMM tuning output bytes (gemm.cu) */
 
 // ----------------------------------------------------------------------------
 // errors
