@@ -120,17 +120,18 @@ static int plan_batch(const plan_cfg *c, int batch, int header)
                "(%.2f MiB each unmerged, %.1f MiB merged), %d points, decoder groups of %d\n",
                c->ckpt, s.arch, c->dt == ENG_BF16 ? "bf16" : (c->dt == ENG_F16 ? "fp16" : "fp32"),
                c->dt == ENG_BF16 ? " (decoder on a second, fp16 backend)" : "", c->slots,
-               c->adapters, c->rank, s.unmerged / MiB, s.merged / MiB, c->points,
-               c->decode_batch);
-        printf("| encoder batch | weights (+ dense PE) | resident embeddings | workspace | scratch | "
-               "fixed buffers | adapters | total | of %.0f GiB |\n",
-               c->device_gib);
+               c->adapters, c->rank, s.unmerged / MiB, s.merged / MiB, c->points, c->decode_batch);
+        printf(
+            "| encoder batch | weights (+ dense PE) | resident embeddings | workspace | scratch | "
+            "fixed buffers | adapters | total | of %.0f GiB |\n",
+            c->device_gib);
         printf("| --- | --- | --- | --- | --- | --- | --- | --- | --- |\n");
     }
     printf("| %d | %.1f MiB | %.1f MiB | %.1f MiB | %.1f MiB | %.1f MiB | %.1f MiB | %.1f MiB "
            "(%.2f GiB) | %.0f%% |\n",
            batch, weights / MiB, slots / MiB, s.workspace / MiB, s.scratch / MiB, s.fixed / MiB,
-           ad / MiB, total / MiB, total / (MiB * 1024), 100.0 * total / (c->device_gib * MiB * 1024));
+           ad / MiB, total / MiB, total / (MiB * 1024),
+           100.0 * total / (c->device_gib * MiB * 1024));
     return 0;
 }
 

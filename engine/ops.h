@@ -69,6 +69,12 @@ int eng_backend_cpu_create(eng_backend **out, int threads);
  * ENG_BF16; ENG_BF16 needs sm_80+). ENG_EUNSUP when built without CUDA,
  * ENG_EDEVICE with a clear message when no usable GPU/driver is present. */
 int eng_backend_cuda_create(eng_backend **out, int device_index, eng_dtype dtype);
+/* TFLOP/s of the sm_75 kernels' tensor-core instruction (mma.sync m16n8k8,
+ * f16 in, fp32 accumulate) from registers at full occupancy on be's GPU,
+ * compute_75 code as those kernels are built: the denominator of their
+ * efficiency in the T4 estimate (bench_gpu --peaks). ENG_EUNSUP without a
+ * CUDA backend. */
+int eng_backend_cuda_sm75_peak(eng_backend *be, double *tflops);
 /* The plan backend: no device and no memory, it only counts. It presents
  * itself as a CUDA device in `dtype` with the CUDA backend's fixed buffers;
  * allocations return addresses never to be dereferenced, ops succeed doing

@@ -29,10 +29,10 @@ typedef struct plan_alloc {
 
 typedef struct eng_plan {
     eng_backend base;
-    uintptr_t next;    /* next fake address */
-    size_t used;       /* bytes of live allocations */
-    size_t scratch;    /* largest scratch an op asked for, rounded as the CUDA backend does */
-    plan_alloc *live;  /* live allocations */
+    uintptr_t next;   /* next fake address */
+    size_t used;      /* bytes of live allocations */
+    size_t scratch;   /* largest scratch an op asked for, rounded as the CUDA backend does */
+    plan_alloc *live; /* live allocations */
     int n_live, cap_live;
 } eng_plan;
 
@@ -145,7 +145,8 @@ static int plan_conv2d(eng_backend *be, void *y, const void *x, int x_chw, int C
 {
     if (kh == 1 && kw == 1 && stride == 1 && pad == 0 && !x_chw)
         return 0;
-    size_t OH = (size_t)((H + 2 * pad - kh) / stride + 1), OW = (size_t)((W + 2 * pad - kw) / stride + 1);
+    size_t OH = (size_t)((H + 2 * pad - kh) / stride + 1),
+           OW = (size_t)((W + 2 * pad - kw) / stride + 1);
     plan_scratch(be, OH * OW * (size_t)Cin * kh * kw * plan_es(be));
     return 0;
 }
@@ -213,9 +214,9 @@ void eng_backend_plan_bytes(const eng_backend *be, size_t *allocs, size_t *scrat
     if (scratch)
         *scratch = pl ? pl->scratch : 0;
     if (fixed)
-        *fixed = pl ? ENG_CUDA_LT_WS_BYTES + ENG_CUDA_TUNE_BYTES +
-                          ENG_CUDA_STAGE_FLOATS * sizeof(float)
-                    : 0;
+        *fixed =
+            pl ? ENG_CUDA_LT_WS_BYTES + ENG_CUDA_TUNE_BYTES + ENG_CUDA_STAGE_FLOATS * sizeof(float)
+               : 0;
 }
 
 int eng_backend_plan_create(eng_backend **out, eng_dtype dtype)
@@ -236,3 +237,13 @@ int eng_backend_plan_create(eng_backend **out, eng_dtype dtype)
     *out = &pl->base;
     return 0;
 }
+
+#ifndef ENG_HAVE_CUDA
+/* Builds without the CUDA backend (its stand-in lives here, beside the
+ * other one that plans for a GPU). */
+int eng_backend_cuda_sm75_peak(eng_backend *be, double *tflops)
+{
+    *tflops = 0;
+    return eng_error(ENG_EUNSUP, "this build has no CUDA backend");
+}
+#endif

@@ -51,6 +51,10 @@ typedef struct fa_params {
  * 80; fp16 storage). p is complete (splits and partial buffers included);
  * the caller merges splits with eng_cuda_flash_combine. */
 int eng_cuda_flash_sm75(eng_cuda *cu, const fa_params *p, int D);
+/* attention_sm75.cu: TFLOP/s of mma.sync m16n8k8 (f16, fp32 accumulators)
+ * from registers at full occupancy, compute_75 code (ops.h,
+ * eng_backend_cuda_sm75_peak). */
+int eng_cuda_sm75_mma_peak(eng_cuda *cu, double *tflops);
 /* attention.cu: merge the key-range splits of p into p->out. */
 int eng_cuda_flash_combine(eng_cuda *cu, const fa_params *p, int D);
 

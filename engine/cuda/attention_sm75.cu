@@ -334,6 +334,28 @@ __global__ void __launch_bounds__(FA_WARPS * 32, 2) flash_attn_sm75_kernel(const
     fa_store<T75, D>(p, o, m_run, l_run, b, h, split, qw, g, t);
 }
 
+/* The tensor-core rate of this path's instruction: 8 independent m16n8k8
+ * chains a warp, from registers, no memory traffic (the denominator of the
+ * attention kernel's efficiency in the T4 estimate). */
+__global__ void __launch_bounds__(FA_WARPS * 32) mma_peak_kernel(float *out, int iters)
+{
+    const unsigned one2 = 0x3c003c00u; /* two fp16 ones */
+    float c[8][4];
+#pragma unroll
+    for (int j = 0; j < 8; j++)
+        c[j][0] = c[j][1] = c[j][2] = c[j][3] = 0.0f;
+    for (int i = 0; i < iters; i++)
+#pragma unroll
+        for (int j = 0; j < 8; j++)
+            mma1688(c[j], one2, one2, one2);
+    float s = 0.0f;
+#pragma unroll
+    for (int j = 0; j < 8; j++)
+        s += c[j][0] + c[j][1] + c[j][2] + c[j][3];
+    if (s == 0.0f) /* never (every product is 1): keeps the chains live */
+        out[blockIdx.x] = s;
+}
+
 } // namespace
 
 // ----------------------------------------------------------------------------
@@ -416,4 +438,33 @@ int eng_cuda_flash_sm75(eng_cuda *cu, const fa_params *p, int D)
     default:
         return eng_error(ENG_EUNSUP, "cuda: sm_75 flash attention head dim %d", D);
     }
+}
+
+int eng_cuda_sm75_mma_peak(eng_cuda *cu, double *tflops)
+{
+    const int iters = 1 << 14, blocks = cu->sm_count * 8;
+    cudaEvent_t e0 = NULL, e1 = NULL;
+    float ms = 0.0f;
+    int rc = 0;
+    if (cudaEventCreate(&e0) != cudaSuccess || cudaEventCreate(&e1) != cudaSuccess)
+        rc = eng_cuda_fail(cudaGetLastError(), "cudaEventCreate", __FILE__, __LINE__);
+    for (int rep = 0; !rc && rep < 2; rep++) { /* the first run JIT-compiles and warms */
+        cudaEventRecord(e0, cu->stream);
+        mma_peak_kernel<<<blocks, FA_WARPS * 32, 0, cu->stream>>>(NULL, iters);
+        cudaEventRecord(e1, cu->stream);
+        cudaError_t e = cudaEventSynchronize(e1);
+        if (e == cudaSuccess)
+            e = cudaGetLastError();
+        if (e != cudaSuccess)
+            rc = eng_cuda_fail(e, "mma_peak_kernel", __FILE__, __LINE__);
+        else
+            cudaEventElapsedTime(&ms, e0, e1);
+    }
+    if (e0)
+        cudaEventDestroy(e0);
+    if (e1)
+        cudaEventDestroy(e1);
+    if (!rc)
+        *tflops = 2.0 * 16 * 8 * 8 * 8 * (double)iters * FA_WARPS * blocks / (ms * 1e-3) / 1e12;
+    return rc;
 }

@@ -45,8 +45,9 @@ typedef struct eng_cuda_alloc {
 
 typedef struct eng_cuda_prof_entry {
     char name[64];
-    double ms;
-    long calls;
+    double ms;       /* calls after the first */
+    long calls;      /* after the first */
+    double first_ms; /* the first call: one-time costs (tuning, JIT, scratch) land there */
 } eng_cuda_prof_entry;
 
 /* Which of our own kernels run (TASAM_CUDA_KERNELS): the native ones for the
