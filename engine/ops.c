@@ -2,6 +2,7 @@
 #include "ops.h"
 
 #include <assert.h>
+#include <stdio.h>
 #include <string.h>
 
 #include "backend.h"
@@ -77,9 +78,12 @@ int eng_ctx_init(eng_ctx *ctx, eng_backend *be, size_t bytes)
         return 0;
     }
     ctx->base = eng_backend_alloc(be, bytes);
-    if (!ctx->base)
-        return eng_error(ENG_ENOMEM, "cannot allocate a %zu MiB workspace on %s", bytes >> 20,
-                         be->desc);
+    if (!ctx->base) {
+        char why[512]; /* the backend's reason (free and total device memory) */
+        snprintf(why, sizeof why, "%s", eng_last_error());
+        return eng_error(ENG_ENOMEM, "cannot allocate a %zu MiB workspace on %s: %s", bytes >> 20,
+                         be->desc, why);
+    }
     ctx->cap = bytes;
     return 0;
 }

@@ -239,8 +239,7 @@ int eng_backend_plan_create(eng_backend **out, eng_dtype dtype)
 }
 
 #ifndef ENG_HAVE_CUDA
-/* Builds without the CUDA backend (its stand-in lives here, beside the
- * other one that plans for a GPU). */
+/* CUDA=0 builds: no CUDA backend to measure. */
 int eng_backend_cuda_sm75_peak(eng_backend *be, double *tflops)
 {
     *tflops = 0;

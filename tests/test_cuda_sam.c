@@ -22,6 +22,10 @@
 #include "engine/ops.h"
 #include "engine/sam.h"
 
+#ifdef ENG_HAVE_CUDA
+#include <cuda_runtime_api.h>
+#endif
+
 #define EMB_REL_L2 1e-2
 #define MEAN_IOU   0.99
 
@@ -366,6 +370,39 @@ static void test_graphs_fp16(void)
     eng_backend_destroy(eager);
 }
 
+/* A configuration that does not fit the device is a clear error at load,
+ * never a crash or a failure on a later request: with all but 64 MiB of the
+ * GPU taken, loading the fixture model (its workspace alone is larger)
+ * fails with ENG_ENOMEM and a message that says how much was wanted and
+ * how much is free; once the memory is back, the same backend loads it. */
+static void test_load_out_of_memory(void)
+{
+    T_NEED_FIXTURES();
+    eng_backend *be = NULL;
+    if (eng_backend_cuda_create(&be, 0, ENG_F16) != 0)
+        T_SKIP("no CUDA backend in fp16: %s", eng_last_error());
+    void *hog = NULL;
+#ifdef ENG_HAVE_CUDA
+    size_t fr = 0, tot = 0;
+    if (cudaMemGetInfo(&fr, &tot) == cudaSuccess && fr > ((size_t)128 << 20))
+        hog = eng_backend_alloc(be, fr - ((size_t)64 << 20));
+#endif
+    T_REQUIRE(hog != NULL, "could not take the GPU's free memory: %s", eng_last_error());
+    eng_sam *m = NULL;
+    int rc = eng_sam_load(&m, t_fixture("sam_tiny.safetensors"), be, NULL);
+    printf("  loading with 64 MiB free: %s\n", rc ? eng_last_error() : "loaded");
+    T_CHECK(rc == ENG_ENOMEM && !m, "load with no room: rc %d", rc);
+    T_CHECK(strstr(eng_last_error(), "MiB") != NULL, "the message names the sizes: %s",
+            eng_last_error());
+    eng_sam_destroy(m);
+    eng_backend_free(be, hog);
+    m = NULL;
+    rc = eng_sam_load(&m, t_fixture("sam_tiny.safetensors"), be, NULL);
+    T_CHECK(rc == 0, "load once the memory is back: %s", eng_last_error());
+    eng_sam_destroy(m);
+    eng_backend_destroy(be);
+}
+
 /* The CPU backend must keep working in a binary with the CUDA backend. */
 static void test_cpu_still_works(void)
 {
@@ -395,6 +432,7 @@ int main(void)
     T_RUN(test_fp16_sm75);
     T_RUN(test_groups_fp32);
     T_RUN(test_graphs_fp16);
+    T_RUN(test_load_out_of_memory);
     T_RUN(test_cpu_still_works);
     eng_ckpt_close(golden);
     return t_summary("test_cuda_sam");

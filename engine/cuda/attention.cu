@@ -11,7 +11,7 @@
  * softmax over j and out_i = sum_j p(i, j) v_j. cpu.c's eng__softmax_rows is
  * the reference.
  *
- * Two paths:
+ * Three paths:
  *  - flash (sm_80+, f16/bf16, D in {16, 32, 64, 80, 96, 128}, 16-byte
  *    aligned rows, grid side <= 64): one block of 4 warps per 64 queries of
  *    one (b, h); each warp owns 16 query rows. K/V tiles of 64 keys stream
@@ -24,7 +24,12 @@
  *    When there are fewer query blocks than SMs (the decoder's 7 tokens over
  *    4096 image keys), the key range is split over several blocks whose
  *    partial (max, sum, unnormalised O) a small kernel merges.
- *  - generic (everything else: fp32 storage, sm_75, other head dims): per
+ *  - flash for sm_75 (attention_sm75.cu: the same algorithm on m16n8k8 and
+ *    plain loads, fp16, D in {16, 32, 64, 80}), only when
+ *    TASAM_CUDA_KERNELS=sm75 selects the sm_75 kernel set, on any GPU; the
+ *    split planning and the merge of splits here serve both kernels.
+ *  - generic (everything else: fp32 storage, sm_75 by default until the
+ *    sm_75 kernel is measured, other head dims): per
  *    head, S = scale Q K^T by a strided-batched cuBLAS GEMM into fp32 scratch,
  *    a row kernel adding the bias and mask and taking the softmax, and
  *    O = P V by a second batched GEMM.

@@ -123,8 +123,11 @@ void *eng_cuda_scratch(eng_cuda *cu, size_t bytes)
     if (e != cudaSuccess) {
         cudaGetLastError();
         cu->scratch = NULL;
-        eng_error(ENG_ENOMEM, "cuda: cannot grow scratch to %zu MiB: %s", bytes >> 20,
-                  cudaGetErrorString(e));
+        size_t fr = 0, tot = 0;
+        cudaMemGetInfo(&fr, &tot);
+        eng_error(ENG_ENOMEM,
+                  "cuda: cannot grow scratch to %zu MiB on %s (%zu MiB free of %zu): %s",
+                  bytes >> 20, cu->base.desc, fr >> 20, tot >> 20, cudaGetErrorString(e));
         return NULL;
     }
     cu->scratch_bytes = bytes;
