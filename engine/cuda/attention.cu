@@ -92,6 +92,15 @@ __device__ __forceinline__ void mma16816<__half>(float c[4], const unsigned a[4]
 #endif
 }
 
+/* The per-tile steps' tensor-core step (attention.cuh) on m16n8k16. */
+template <typename T> struct fa_mma {
+    static __device__ __forceinline__ void run(float c[4], const unsigned a[4], unsigned b0,
+                                               unsigned b1)
+    {
+        mma16816<T>(c, a, b0, b1);
+    }
+};
+
 /* rows [row0, row0 + nrows) of a [*, D] matrix (row stride rs elements,
  * column offset col0) into smem [nrows][LDS]; rows >= valid are zeros. */
 template <typename T, int D>
@@ -156,10 +165,8 @@ __global__ void __launch_bounds__(FA_WARPS * 32, (ROWT || D > 80) ? 2 : 3)
     const int g = lane / 4, t = lane % 4;
     const int b = blockIdx.z, h = blockIdx.y, split = blockIdx.x % p.splits;
     const int q0 = blockIdx.x / p.splits * FA_BR;
-    const T *qg = (const T *)p.q + (int64_t)b * p.Tq * p.q_rs + (int64_t)h * D;
-    const T *kg = (const T *)p.k + (int64_t)b * p.Tk * p.kv_rs + (int64_t)h * D;
-    const T *vg = (const T *)p.v + (int64_t)b * p.Tk * p.kv_rs + (int64_t)h * D;
-    const T *kb = p.key_bias ? (const T *)p.key_bias + (int64_t)b * p.Tk : NULL;
+    const fa_ptrs<T> op = fa_block_ptrs<T, D>(p, b, h);
+    const T *qg = op.q, *kg = op.k, *vg = op.v, *kb = op.kb;
     const bool relpos = p.rel_h != NULL;
 
     /* Q tile -> registers (A fragments, 16 rows x D per warp) */
@@ -174,10 +181,7 @@ __global__ void __launch_bounds__(FA_WARPS * 32, (ROWT || D > 80) ? 2 : 3)
     cp_async_wait_all();
     __syncthreads();
     unsigned qf[D / 16][4];
-#pragma unroll
-    for (int kk = 0; kk < D / 16; kk++)
-        ldmatrix_x4(qf[kk], sQ + (warp * 16 + (lane % 8) + 8 * ((lane / 8) % 2)) * LDS + kk * 16 +
-                                8 * (lane / 16));
+    fa_q_frags<T, D>(qf, sQ, warp, lane);
     __syncthreads(); /* sQ is dead: the tables may overwrite it */
 
     float *qrh = sQR + warp * 16 * p.qr_ld, *qrw = qrh + p.nrh;
@@ -189,19 +193,8 @@ __global__ void __launch_bounds__(FA_WARPS * 32, (ROWT || D > 80) ? 2 : 3)
 
     /* this thread's two query rows: r = g and g + 8 of the warp */
     int cy[2] = {0, 0}, cx[2] = {0, 0}; /* QR column bases: qy + gh - 1, qx + gw - 1 */
-    if (relpos) {
-#pragma unroll
-        for (int e = 0; e < 2; e++) {
-            int qi = q0 + warp * 16 + g + 8 * e;
-            if (qi < p.Tq) {
-                cy[e] = qi / p.gw + p.gh - 1;
-                cx[e] = qi % p.gw + p.gw - 1;
-            } else {
-                cy[e] = p.gh - 1;
-                cx[e] = p.gw - 1;
-            }
-        }
-    }
+    if (relpos)
+        fa_grid_bases(p, q0 + warp * 16, g, cy, cx);
     const bool active = q0 + warp * 16 < p.Tq;
     /* Key tiles that are whole rows of the key grid (gw == FA_BC: SAM's
      * 64x64 global attention): ky is the tile index and kx the column, so
@@ -220,16 +213,12 @@ __global__ void __launch_bounds__(FA_WARPS * 32, (ROWT || D > 80) ? 2 : 3)
     const float sl = p.scale * FA_LOG2E;
     const float inv_gw = relpos ? 1.0f / (float)p.gw : 0.0f;
 
-    float o[D / 8][4];
-#pragma unroll
-    for (int i = 0; i < D / 8; i++)
-        o[i][0] = o[i][1] = o[i][2] = o[i][3] = 0.0f;
-    float m_run[2] = {-INFINITY, -INFINITY}, l_run[2] = {0.0f, 0.0f};
+    float o[D / 8][4], m_run[2], l_run[2];
+    fa_acc_init(o, m_run, l_run);
 
     /* this block's key tiles: [it0, it1) of ceil(Tk / FA_BC) */
-    const int ntiles = (p.Tk + FA_BC - 1) / FA_BC;
-    const int per = (ntiles + p.splits - 1) / p.splits;
-    const int it0 = split * per, it1 = min(ntiles, it0 + per);
+    int it0, it1;
+    fa_tile_range(p, split, FA_BC, &it0, &it1);
     if (it0 < it1) {
         fa_load_rows<T, D>(sK, kg, p.kv_rs, it0 * FA_BC, FA_BC, p.Tk, tid);
         fa_load_rows<T, D>(sV, vg, p.kv_rs, it0 * FA_BC, FA_BC, p.Tk, tid);
@@ -254,22 +243,7 @@ __global__ void __launch_bounds__(FA_WARPS * 32, (ROWT || D > 80) ? 2 : 3)
 
         /* S = Q K^T: 8 n-tiles of 8 keys */
         float s[8][4];
-#pragma unroll
-        for (int i = 0; i < 8; i++)
-            s[i][0] = s[i][1] = s[i][2] = s[i][3] = 0.0f;
-#pragma unroll
-        for (int np = 0; np < 4; np++) {
-            if (np * 16 < kvalid) {
-#pragma unroll
-                for (int kk = 0; kk < D / 16; kk++) {
-                    unsigned bb[4];
-                    ldmatrix_x4(bb, cK + (np * 16 + (lane % 8) + 8 * (lane / 16)) * LDS + kk * 16 +
-                                        8 * ((lane / 8) % 2));
-                    mma16816<T>(s[2 * np], qf[kk], bb[0], bb[1]);
-                    mma16816<T>(s[2 * np + 1], qf[kk], bb[2], bb[3]);
-                }
-            }
-        }
+        fa_qk<fa_mma<T>, T, 8, D>(s, qf, cK, kvalid, lane);
 
         /* scale, bias (log2 domain), mask, online softmax */
         if constexpr (ROWT) {
@@ -277,33 +251,14 @@ __global__ void __launch_bounds__(FA_WARPS * 32, (ROWT || D > 80) ? 2 : 3)
             float bh1 = qrh[(g + 8) * p.qr_ld + cy[1] - it] * FA_LOG2E;
             fa_bias_rowtile<8>(s, sl, bw, bh0, bh1);
         } else if (relpos) {
-            fa_bias_table<8>(s, sl, qrh + g * p.qr_ld + cy[0], qrh + (g + 8) * p.qr_ld + cy[1],
-                             qrw + g * p.qr_ld + cx[0], qrw + (g + 8) * p.qr_ld + cx[1], k0, p.Tk,
-                             p.gw, inv_gw, t);
+            fa_bias_table<8>(s, sl, qrh, qrw, p.qr_ld, cy, cx, g, k0, p.Tk, p.gw, inv_gw, t);
         } else {
             fa_scale<8>(s, sl);
         }
         fa_softmax_tile<T, 8, D / 8>(s, kvalid, kb, k0, t, m_run, l_run, o);
 
         /* O += P V: 4 k-steps of 16 keys */
-#pragma unroll
-        for (int kk = 0; kk < 4; kk++) {
-            if (kk * 16 < kvalid) {
-                unsigned pa[4];
-                pa[0] = pack2<T>(s[2 * kk][0], s[2 * kk][1]);
-                pa[1] = pack2<T>(s[2 * kk][2], s[2 * kk][3]);
-                pa[2] = pack2<T>(s[2 * kk + 1][0], s[2 * kk + 1][1]);
-                pa[3] = pack2<T>(s[2 * kk + 1][2], s[2 * kk + 1][3]);
-#pragma unroll
-                for (int dp = 0; dp < D / 16; dp++) {
-                    unsigned bb[4];
-                    ldmatrix_x4_trans(bb, cV + (kk * 16 + (lane % 8) + 8 * ((lane / 8) % 2)) * LDS +
-                                              dp * 16 + 8 * (lane / 16));
-                    mma16816<T>(o[2 * dp], pa, bb[0], bb[1]);
-                    mma16816<T>(o[2 * dp + 1], pa, bb[2], bb[3]);
-                }
-            }
-        }
+        fa_pv<fa_mma<T>, T, 8, D>(o, s, cV, kvalid, lane);
     }
     cp_async_wait_all();
     if (!active)

@@ -94,7 +94,130 @@ template <> __device__ __forceinline__ unsigned pack2<__half>(float lo, float hi
 }
 
 // ----------------------------------------------------------------------------
-// per-tile steps (NT n-tiles of 8 keys; ND = D / 8 output n-tiles)
+// the block's setup
+
+/* This block's operands of (b, h): q, k, v at head h's columns, the key
+ * bias row (NULL: none). */
+template <typename T> struct fa_ptrs {
+    const T *q, *k, *v, *kb;
+};
+
+template <typename T, int D>
+__device__ __forceinline__ fa_ptrs<T> fa_block_ptrs(const fa_params &p, int b, int h)
+{
+    fa_ptrs<T> r;
+    r.q = (const T *)p.q + (int64_t)b * p.Tq * p.q_rs + (int64_t)h * D;
+    r.k = (const T *)p.k + (int64_t)b * p.Tk * p.kv_rs + (int64_t)h * D;
+    r.v = (const T *)p.v + (int64_t)b * p.Tk * p.kv_rs + (int64_t)h * D;
+    r.kb = p.key_bias ? (const T *)p.key_bias + (int64_t)b * p.Tk : NULL;
+    return r;
+}
+
+/* The warp's A fragments of Q (16 rows from qw - q0 of the tile sQ
+ * [FA_BR][D + 8], all D columns), m16n8k16 layout. */
+template <typename T, int D>
+__device__ __forceinline__ void fa_q_frags(unsigned (&qf)[D / 16][4], const T *sQ, int warp,
+                                           int lane)
+{
+#pragma unroll
+    for (int kk = 0; kk < D / 16; kk++)
+        ldmatrix_x4(qf[kk], sQ + (warp * 16 + (lane % 8) + 8 * ((lane / 8) % 2)) * (D + 8) +
+                                kk * 16 + 8 * (lane / 16));
+}
+
+/* QR table column bases of this thread's rows qw + g and qw + g + 8:
+ * qy + gh - 1 and qx + gw - 1 (a padding row takes row 0's). */
+__device__ __forceinline__ void fa_grid_bases(const fa_params &p, int qw, int g, int (&cy)[2],
+                                              int (&cx)[2])
+{
+#pragma unroll
+    for (int e = 0; e < 2; e++) {
+        int qi = qw + g + 8 * e;
+        if (qi < p.Tq) {
+            cy[e] = qi / p.gw + p.gh - 1;
+            cx[e] = qi % p.gw + p.gw - 1;
+        } else {
+            cy[e] = p.gh - 1;
+            cx[e] = p.gw - 1;
+        }
+    }
+}
+
+/* The online softmax's start: O = 0, running max -inf, running sum 0. */
+template <int ND>
+__device__ __forceinline__ void fa_acc_init(float (&o)[ND][4], float (&m_run)[2], float (&l_run)[2])
+{
+#pragma unroll
+    for (int i = 0; i < ND; i++)
+        o[i][0] = o[i][1] = o[i][2] = o[i][3] = 0.0f;
+    m_run[0] = m_run[1] = -INFINITY;
+    l_run[0] = l_run[1] = 0.0f;
+}
+
+/* The key tiles of BC keys this block's split covers: [*it0, *it1). */
+__device__ __forceinline__ void fa_tile_range(const fa_params &p, int split, int BC, int *it0,
+                                              int *it1)
+{
+    const int ntiles = (p.Tk + BC - 1) / BC;
+    const int per = (ntiles + p.splits - 1) / p.splits;
+    *it0 = split * per;
+    *it1 = min(ntiles, *it0 + per);
+}
+
+// ----------------------------------------------------------------------------
+// per-tile steps (NT n-tiles of 8 keys; ND = D / 8 output n-tiles). MMA is
+// the tensor-core step, MMA::run(c, a, b0, b1): c[16x8] += a[16x16] b[16x8]
+// in the m16n8k16 fragment layouts, on whatever instruction the kernel has.
+
+/* s = Q K^T for the tile's keys in sK [NT*8][D + 8]: n-tile pairs past
+ * kvalid are skipped (left 0, masked later). */
+template <typename MMA, typename T, int NT, int D>
+__device__ __forceinline__ void fa_qk(float (&s)[NT][4], const unsigned (&qf)[D / 16][4],
+                                      const T *sK, int kvalid, int lane)
+{
+#pragma unroll
+    for (int i = 0; i < NT; i++)
+        s[i][0] = s[i][1] = s[i][2] = s[i][3] = 0.0f;
+#pragma unroll
+    for (int np = 0; np < NT / 2; np++) {
+        if (np * 16 < kvalid) {
+#pragma unroll
+            for (int kk = 0; kk < D / 16; kk++) {
+                unsigned bb[4];
+                ldmatrix_x4(bb, sK + (np * 16 + (lane % 8) + 8 * (lane / 16)) * (D + 8) + kk * 16 +
+                                    8 * ((lane / 8) % 2));
+                MMA::run(s[2 * np], qf[kk], bb[0], bb[1]);
+                MMA::run(s[2 * np + 1], qf[kk], bb[2], bb[3]);
+            }
+        }
+    }
+}
+
+/* o += P V for the tile: P from the softmaxed s (rounded to T), V in sV
+ * [NT*8][D + 8], k-steps of 16 keys past kvalid skipped. */
+template <typename MMA, typename T, int NT, int D>
+__device__ __forceinline__ void fa_pv(float (&o)[D / 8][4], const float (&s)[NT][4], const T *sV,
+                                      int kvalid, int lane)
+{
+#pragma unroll
+    for (int kk = 0; kk < NT / 2; kk++) {
+        if (kk * 16 < kvalid) {
+            unsigned pa[4];
+            pa[0] = pack2<T>(s[2 * kk][0], s[2 * kk][1]);
+            pa[1] = pack2<T>(s[2 * kk][2], s[2 * kk][3]);
+            pa[2] = pack2<T>(s[2 * kk + 1][0], s[2 * kk + 1][1]);
+            pa[3] = pack2<T>(s[2 * kk + 1][2], s[2 * kk + 1][3]);
+#pragma unroll
+            for (int dp = 0; dp < D / 16; dp++) {
+                unsigned bb[4];
+                ldmatrix_x4_trans(bb, sV + (kk * 16 + (lane % 8) + 8 * ((lane / 8) % 2)) * (D + 8) +
+                                          dp * 16 + 8 * (lane / 16));
+                MMA::run(o[2 * dp], pa, bb[0], bb[1]);
+                MMA::run(o[2 * dp + 1], pa, bb[2], bb[3]);
+            }
+        }
+    }
+}
 
 /* Key tiles that are whole rows of the key grid (ROWT): s = s * sl + bw + bh,
  * bw the rel_w term per column (log2 domain, the same in every tile), bh0 and
@@ -111,14 +234,17 @@ __device__ __forceinline__ void fa_bias_rowtile(float (&s)[NT][4], float sl,
 }
 
 /* Any tile of a rel-pos grid: the bias of column j (key (ky, kx) of a gw-wide
- * grid) is h[-ky] + w[-kx] for row g (h0, w0) and row g + 8 (h1, w1): QR
- * table rows offset to the query's column bases. Columns >= Tk are left for
- * the mask. */
+ * grid) for row g + 8r is qrh[(g + 8r) ld + cy[r] - ky] + qrw[(g + 8r) ld +
+ * cx[r] - kx] (the warp's QR tables, ld floats a row; cy, cx from
+ * fa_grid_bases). Columns >= Tk are left for the mask. */
 template <int NT>
-__device__ __forceinline__ void fa_bias_table(float (&s)[NT][4], float sl, const float *h0,
-                                              const float *h1, const float *w0, const float *w1,
-                                              int k0, int Tk, int gw, float inv_gw, int t)
+__device__ __forceinline__ void fa_bias_table(float (&s)[NT][4], float sl, const float *qrh,
+                                              const float *qrw, int ld, const int (&cy)[2],
+                                              const int (&cx)[2], int g, int k0, int Tk, int gw,
+                                              float inv_gw, int t)
 {
+    const float *h0 = qrh + g * ld + cy[0], *h1 = qrh + (g + 8) * ld + cy[1];
+    const float *w0 = qrw + g * ld + cx[0], *w1 = qrw + (g + 8) * ld + cx[1];
 #pragma unroll
     for (int nt = 0; nt < NT; nt++)
 #pragma unroll

@@ -73,6 +73,15 @@ __device__ __forceinline__ void mma16816_k8(float c[4], const unsigned a[4], uns
     mma1688(c, a[2], a[3], b1);
 }
 
+/* The per-tile steps' tensor-core step (attention.cuh). */
+struct mma_sm75 {
+    static __device__ __forceinline__ void run(float c[4], const unsigned a[4], unsigned b0,
+                                               unsigned b1)
+    {
+        mma16816_k8(c, a, b0, b1);
+    }
+};
+
 __device__ __forceinline__ unsigned ld_h2(const T75 *p) { return __ldg((const unsigned *)p); }
 
 __device__ __forceinline__ float dot_h2(unsigned a, unsigned b)
@@ -174,10 +183,8 @@ __global__ void __launch_bounds__(FA_WARPS * 32, 2) flash_attn_sm75_kernel(const
     const int g = lane / 4, t = lane % 4;
     const int b = blockIdx.z, h = blockIdx.y, split = blockIdx.x % p.splits;
     const int q0 = blockIdx.x / p.splits * FA_BR, qw = q0 + warp * 16;
-    const T75 *qg = (const T75 *)p.q + (int64_t)b * p.Tq * p.q_rs + (int64_t)h * D;
-    const T75 *kg = (const T75 *)p.k + (int64_t)b * p.Tk * p.kv_rs + (int64_t)h * D;
-    const T75 *vg = (const T75 *)p.v + (int64_t)b * p.Tk * p.kv_rs + (int64_t)h * D;
-    const T75 *kb = p.key_bias ? (const T75 *)p.key_bias + (int64_t)b * p.Tk : NULL;
+    const fa_ptrs<T75> op = fa_block_ptrs<T75, D>(p, b, h);
+    const T75 *qg = op.q, *kg = op.k, *vg = op.v, *kb = op.kb;
     const bool relpos = p.rel_h != NULL;
 
     /* Q tile -> registers (A fragments, 16 rows x D per warp) */
@@ -190,10 +197,7 @@ __global__ void __launch_bounds__(FA_WARPS * 32, 2) flash_attn_sm75_kernel(const
     }
     __syncthreads();
     unsigned qf[D / 16][4];
-#pragma unroll
-    for (int kk = 0; kk < D / 16; kk++)
-        ldmatrix_x4(qf[kk], sQ + (warp * 16 + (lane % 8) + 8 * ((lane / 8) % 2)) * LDS + kk * 16 +
-                                8 * (lane / 16));
+    fa_q_frags<T75, D>(qf, sQ, warp, lane);
     __syncthreads(); /* sQ is dead: region 0 is free */
 
     /* rel-pos: the QR tables (windows), or the ROWT registers */
@@ -222,32 +226,18 @@ __global__ void __launch_bounds__(FA_WARPS * 32, 2) flash_attn_sm75_kernel(const
     } else if (relpos) {
         qr_table<D>(qrh, p.qr_ld, qf, rel_h, 0, 2 * p.gh - 1, p.nrh, lane);
         qr_table<D>(qrw, p.qr_ld, qf, (const T75 *)p.rel_w, 0, 2 * p.gw - 1, p.nrw, lane);
-#pragma unroll
-        for (int e = 0; e < 2; e++) {
-            int qi = qw + g + 8 * e;
-            if (qi < p.Tq) {
-                cy[e] = qi / p.gw + p.gh - 1;
-                cx[e] = qi % p.gw + p.gw - 1;
-            } else {
-                cy[e] = p.gh - 1;
-                cx[e] = p.gw - 1;
-            }
-        }
+        fa_grid_bases(p, qw, g, cy, cx);
     }
     const bool active = qw < p.Tq;
     const float sl = p.scale * FA_LOG2E;
     const float inv_gw = relpos ? 1.0f / (float)p.gw : 0.0f;
 
-    float o[D / 8][4];
-#pragma unroll
-    for (int i = 0; i < D / 8; i++)
-        o[i][0] = o[i][1] = o[i][2] = o[i][3] = 0.0f;
-    float m_run[2] = {-INFINITY, -INFINITY}, l_run[2] = {0.0f, 0.0f};
+    float o[D / 8][4], m_run[2], l_run[2];
+    fa_acc_init(o, m_run, l_run);
 
     /* this block's key tiles: [it0, it1) of ceil(Tk / BC) */
-    const int ntiles = (p.Tk + BC - 1) / BC;
-    const int per = (ntiles + p.splits - 1) / p.splits;
-    const int it0 = split * per, it1 = min(ntiles, it0 + per);
+    int it0, it1;
+    fa_tile_range(p, split, BC, &it0, &it1);
     kv_regs<D, BC> nx;
     if (it0 < it1)
         nx.load(kg, vg, p.kv_rs, it0 * BC, p.Tk, tid);
@@ -265,22 +255,7 @@ __global__ void __launch_bounds__(FA_WARPS * 32, 2) flash_attn_sm75_kernel(const
 
         /* S = Q K^T: NT n-tiles of 8 keys */
         float s[NT][4];
-#pragma unroll
-        for (int i = 0; i < NT; i++)
-            s[i][0] = s[i][1] = s[i][2] = s[i][3] = 0.0f;
-#pragma unroll
-        for (int np = 0; np < NT / 2; np++) {
-            if (np * 16 < kvalid) {
-#pragma unroll
-                for (int kk = 0; kk < D / 16; kk++) {
-                    unsigned bb[4];
-                    ldmatrix_x4(bb, sK + (np * 16 + (lane % 8) + 8 * (lane / 16)) * LDS + kk * 16 +
-                                        8 * ((lane / 8) % 2));
-                    mma16816_k8(s[2 * np], qf[kk], bb[0], bb[1]);
-                    mma16816_k8(s[2 * np + 1], qf[kk], bb[2], bb[3]);
-                }
-            }
-        }
+        fa_qk<mma_sm75, T75, NT, D>(s, qf, sK, kvalid, lane);
 
         /* scale, bias (log2 domain), mask, online softmax */
         if constexpr (ROWT) {
@@ -301,33 +276,14 @@ __global__ void __launch_bounds__(FA_WARPS * 32, 2) flash_attn_sm75_kernel(const
             h1 += __shfl_xor_sync(0xffffffffu, h1, 2);
             fa_bias_rowtile<NT>(s, sl, bw, h0 * FA_LOG2E, h1 * FA_LOG2E);
         } else if (relpos) {
-            fa_bias_table<NT>(s, sl, qrh + g * p.qr_ld + cy[0], qrh + (g + 8) * p.qr_ld + cy[1],
-                              qrw + g * p.qr_ld + cx[0], qrw + (g + 8) * p.qr_ld + cx[1], k0, p.Tk,
-                              p.gw, inv_gw, t);
+            fa_bias_table<NT>(s, sl, qrh, qrw, p.qr_ld, cy, cx, g, k0, p.Tk, p.gw, inv_gw, t);
         } else {
             fa_scale<NT>(s, sl);
         }
         fa_softmax_tile<T75, NT, D / 8>(s, kvalid, kb, k0, t, m_run, l_run, o);
 
         /* O += P V: NT/2 k-steps of 16 keys */
-#pragma unroll
-        for (int kk = 0; kk < NT / 2; kk++) {
-            if (kk * 16 < kvalid) {
-                unsigned pa[4];
-                pa[0] = pack2<T75>(s[2 * kk][0], s[2 * kk][1]);
-                pa[1] = pack2<T75>(s[2 * kk][2], s[2 * kk][3]);
-                pa[2] = pack2<T75>(s[2 * kk + 1][0], s[2 * kk + 1][1]);
-                pa[3] = pack2<T75>(s[2 * kk + 1][2], s[2 * kk + 1][3]);
-#pragma unroll
-                for (int dp = 0; dp < D / 16; dp++) {
-                    unsigned bb[4];
-                    ldmatrix_x4_trans(bb, sV + (kk * 16 + (lane % 8) + 8 * ((lane / 8) % 2)) * LDS +
-                                              dp * 16 + 8 * (lane / 16));
-                    mma16816_k8(o[2 * dp], pa, bb[0], bb[1]);
-                    mma16816_k8(o[2 * dp + 1], pa, bb[2], bb[3]);
-                }
-            }
-        }
+        fa_pv<mma_sm75, T75, NT, D>(o, s, sV, kvalid, lane);
     }
     if (!active)
         return;
