@@ -385,13 +385,19 @@ template <typename T, int D> static int flash_launch(eng_cuda *cu, const fa_para
     size_t qr = p->rel_h ? (size_t)FA_WARPS * 16 * p->qr_ld * sizeof(float) : 0;
     size_t smem = kv + (qr > qbytes ? qr : qbytes);
     dim3 grid((unsigned)((p->Tq + FA_BR - 1) / FA_BR * p->splits), (unsigned)p->H, (unsigned)p->B);
+    /* above the default 48 KiB a kernel must be allowed more; only then, so
+     * that a launch inside a graph capture makes no other runtime call */
     if (p->rel_h && p->gw == FA_BC) {
-        ENG_CU_CHECK(cudaFuncSetAttribute(flash_attn_kernel<T, D, true>,
-                                          cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem));
+        if (smem > 48 * 1024)
+            ENG_CU_CHECK(cudaFuncSetAttribute(flash_attn_kernel<T, D, true>,
+                                              cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                              (int)smem));
         flash_attn_kernel<T, D, true><<<grid, FA_WARPS * 32, smem, cu->stream>>>(*p);
     } else {
-        ENG_CU_CHECK(cudaFuncSetAttribute(flash_attn_kernel<T, D, false>,
-                                          cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem));
+        if (smem > 48 * 1024)
+            ENG_CU_CHECK(cudaFuncSetAttribute(flash_attn_kernel<T, D, false>,
+                                              cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                              (int)smem));
         flash_attn_kernel<T, D, false><<<grid, FA_WARPS * 32, smem, cu->stream>>>(*p);
     }
     ENG_CU_LAUNCH_CHECK();
