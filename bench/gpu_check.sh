@@ -47,8 +47,8 @@ run() {
     shift 2
     say "$name: $*"
     t0=$(date +%s)
-    timeout "$secs" "$@" > >(tee -a "$log" | grep '^FIG ' >> "$figs") 2>> "$log"
-    local rc=$?
+    timeout "$secs" "$@" 2>> "$log" | tee -a "$log" | { grep '^FIG ' >> "$figs" || true; }
+    local rc=${PIPESTATUS[0]}
     say "$name: exit $rc after $(($(date +%s) - t0)) s"
     return $rc
 }
@@ -156,7 +156,14 @@ if has serve && [ -x "$B/tasamd" ] && [ -x "$B/tasam-bench" ] && [ -n "$fx" ]; t
     pid=$!
     for i in $(seq 120); do [ -s "$st/port" ] && break; sleep 1; done
     port=$(cat "$st/port" 2>/dev/null)
-    for i in $(seq 120); do curl -sf "http://127.0.0.1:$port/readyz" >/dev/null 2>&1 && break; sleep 1; done
+    for i in $(seq 120); do
+        if command -v curl >/dev/null; then
+            curl -sf "http://127.0.0.1:$port/readyz" >/dev/null 2>&1 && break
+        elif [ -n "$port" ] && (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then
+            sleep 5 && break # listening; the model may still be loading: tasam-bench warms up
+        fi
+        sleep 1
+    done
     for c in 1 8 64; do
         # one point a request: requests/s are prompts/s
         say "tasam-bench $c clients"

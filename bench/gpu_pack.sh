@@ -36,7 +36,7 @@ done
 # every shared library but glibc's, the C++ runtime and CUDA's (the GPU
 # machine has newer ones of those)
 for b in "$stage"/bin/*; do ldd "$b"; done | awk '$2 == "=>" && $3 ~ /^\// {print $3}' | sort -u |
-    grep -Ev '/(libc|libm|libdl|librt|libpthread|libstdc\+\+|libgcc_s|libcu[a-z]*)\.so' |
+    grep -Ev '/(libc|libm|libdl|librt|libpthread|libstdc\+\+|libgcc_s|libcu[A-Za-z]*)\.so' |
     while read -r lib; do cp -L "$lib" "$stage/lib/"; done
 tar -C "$stage" -cf - bin lib | xz -6 -T0 > "$pack/bins.tar.xz"
 
