@@ -528,6 +528,14 @@ static const eng_backend_ops eng__cuda_ops = {
     op_window_unpartition_add,
     op_resize_bilinear,
     op_binarize,
+    /* no backward ops yet (training runs on the CPU backend): the op
+     * wrappers fail them with ENG_EUNSUP naming the op */
+    nullptr, /* fill */
+    nullptr, /* linear_backward */
+    nullptr, /* layernorm_backward */
+    nullptr, /* activate_backward */
+    nullptr, /* attention_backward */
+    nullptr, /* conv_transpose2x2_backward */
     op_conv_transpose2x2_norm_act,
     op_set_tuning,
     eng_cuda_graphs_on,
