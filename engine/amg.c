@@ -16,8 +16,8 @@
 
 #include "error.h"
 
-#define NEAR_EDGE_ATOL 20.0f /* is_box_near_crop_edge's atol */
-#define NMS_VANILLA_BOXES 1000 /* torchvision: boxes.numel() > 4000 on the CPU */
+#define NEAR_EDGE_ATOL    20.0f /* is_box_near_crop_edge's atol */
+#define NMS_VANILLA_BOXES 1000  /* torchvision: boxes.numel() > 4000 on the CPU */
 
 static double now_ms(void)
 {
@@ -77,8 +77,8 @@ int eng_amg_check(const eng_amg_params *p, char *field)
         return eng_error(ENG_EINVAL, "give points_per_side or point_grids, not both");
     }
     if (p->points_per_batch < 1 || p->points_per_batch > ENG_AMG_MAX_POINTS_PER_BATCH)
-        return bad(field, "points_per_batch", "must be an integer in [%g, %g]",
-                   p->points_per_batch, 1, ENG_AMG_MAX_POINTS_PER_BATCH);
+        return bad(field, "points_per_batch", "must be an integer in [%g, %g]", p->points_per_batch,
+                   1, ENG_AMG_MAX_POINTS_PER_BATCH);
     if (!in_range(p->pred_iou_thresh, 0, 1))
         return bad(field, "pred_iou_thresh", "must be a number in [%g, %g]", p->pred_iou_thresh, 0,
                    1);
@@ -108,9 +108,9 @@ int eng_amg_check(const eng_amg_params *p, char *field)
         if (!p->grids || p->n_grids != p->crop_n_layers + 1) {
             if (field)
                 snprintf(field, 64, "point_grids");
-            return eng_error(ENG_EINVAL,
-                             "point_grids holds %d grids; crop_n_layers = %d needs %d (one a layer)",
-                             p->n_grids, p->crop_n_layers, p->crop_n_layers + 1);
+            return eng_error(
+                ENG_EINVAL, "point_grids holds %d grids; crop_n_layers = %d needs %d (one a layer)",
+                p->n_grids, p->crop_n_layers, p->crop_n_layers + 1);
         }
         for (int g = 0; g < p->n_grids; g++) {
             const eng_amg_grid *gr = &p->grids[g];
@@ -1162,10 +1162,9 @@ int eng_amg_run(eng_sam *m, const eng_amg_input *in, const eng_amg_params *p,
     if (!rc && n_crops > 1)
         rc = eng_amg_crop_nms(out, p->crop_nms_thresh, hooks);
     if (!rc && p->min_mask_region_area > 0)
-        rc = eng_amg_small_regions(out, W, H, p->min_mask_region_area,
-                                   p->box_nms_thresh > p->crop_nms_thresh ? p->box_nms_thresh
-                                                                          : p->crop_nms_thresh,
-                                   hooks);
+        rc = eng_amg_small_regions(
+            out, W, H, p->min_mask_region_area,
+            p->box_nms_thresh > p->crop_nms_thresh ? p->box_nms_thresh : p->crop_nms_thresh, hooks);
     out->stats.nms_ms += now_ms() - t0;
 out:
     free(boxes);

@@ -36,10 +36,10 @@
 #include "rle.h"
 #include "sam.h"
 
-#define ENG_AMG_MAX_POINTS_PER_SIDE 128   /* 16384 prompts a crop */
-#define ENG_AMG_MAX_POINTS_PER_BATCH 256  /* prompts per decoder pass */
-#define ENG_AMG_MAX_CROP_LAYERS 4         /* 1 + 4 + 16 + 64 + 256 crops */
-#define ENG_AMG_MAX_GRID_POINTS (ENG_AMG_MAX_POINTS_PER_SIDE * ENG_AMG_MAX_POINTS_PER_SIDE)
+#define ENG_AMG_MAX_POINTS_PER_SIDE  128 /* 16384 prompts a crop */
+#define ENG_AMG_MAX_POINTS_PER_BATCH 256 /* prompts per decoder pass */
+#define ENG_AMG_MAX_CROP_LAYERS      4   /* 1 + 4 + 16 + 64 + 256 crops */
+#define ENG_AMG_MAX_GRID_POINTS      (ENG_AMG_MAX_POINTS_PER_SIDE * ENG_AMG_MAX_POINTS_PER_SIDE)
 
 /* An explicit point grid: n points (x, y) in [0, 1], scaled to each crop. */
 typedef struct eng_amg_grid {
@@ -75,20 +75,20 @@ int eng_amg_check(const eng_amg_params *p, char *field);
 
 /* What to segment. */
 typedef struct eng_amg_input {
-    const eng_image *image;    /* RGB pixels; NULL when only the embedding is at hand (then no
-                                  crop layers) */
-    int width, height;         /* the image size (needed when image is NULL) */
-    const float *embedding;    /* [256,64,64] of the whole image, or NULL: encoded here */
-    const char *key;           /* resident-embedding key of it (eng_sam_decode_cached), or NULL */
-    const eng_sam_lora *lora;  /* task adapter on every prompt, or NULL */
-    size_t max_mask_bytes;     /* bound on the RLE of the masks kept at once (0: none) */
+    const eng_image *image;   /* RGB pixels; NULL when only the embedding is at hand (then no
+                                 crop layers) */
+    int width, height;        /* the image size (needed when image is NULL) */
+    const float *embedding;   /* [256,64,64] of the whole image, or NULL: encoded here */
+    const char *key;          /* resident-embedding key of it (eng_sam_decode_cached), or NULL */
+    const eng_sam_lora *lora; /* task adapter on every prompt, or NULL */
+    size_t max_mask_bytes;    /* bound on the RLE of the masks kept at once (0: none) */
 } eng_amg_input;
 
 /* Where a run is, for progress output. */
 typedef struct eng_amg_progress {
-    int crop, n_crops;      /* crop being worked on (0-based) */
+    int crop, n_crops;       /* crop being worked on (0-based) */
     int points_done, points; /* prompts of this crop decoded so far, and in all */
-    size_t kept;            /* masks kept so far (all crops, before cross-crop NMS) */
+    size_t kept;             /* masks kept so far (all crops, before cross-crop NMS) */
 } eng_amg_progress;
 
 typedef struct eng_amg_hooks {
@@ -122,9 +122,9 @@ typedef struct eng_amg_stats {
 } eng_amg_stats;
 
 typedef struct eng_amg_result {
-    size_t n;              /* masks */
-    size_t cap;            /* allocated records */
-    eng_amg_mask *masks;   /* [n], the reference's output order */
+    size_t n;            /* masks */
+    size_t cap;          /* allocated records */
+    eng_amg_mask *masks; /* [n], the reference's output order */
     eng_amg_stats stats;
 } eng_amg_result;
 

@@ -17,6 +17,7 @@
 #include "adapters/adapter.h"
 #include "engine/error.h"
 #include "server/base64.h"
+#include "server/everything.h"
 
 int srv_fail(srv_error *e, int status, const char *field, const char *fmt, ...)
 {
@@ -93,6 +94,8 @@ void srv_request_free(srv_request *r)
     free(r->labels);
     free(r->boxes);
     free(r->task);
+    srv_everything_free(r->amg);
+    free(r->amg);
     memset(r, 0, sizeof *r);
 }
 
@@ -373,6 +376,35 @@ static int locate_bad_text(const char *json, size_t len, char *field, size_t cap
     return rc;
 }
 
+/*
+ * Contract: everything mode: `everything` (true, false or the generator's
+ * parameters over the configured defaults), or a task with no prompt at
+ * all, which means every object the task names. Called once the rest of
+ * the request is parsed.
+ */
+static int parse_everything(const json_t *root, const srv_limits *lim, srv_request *r, srv_error *e)
+{
+    const json_t *v = json_object_get(root, "everything");
+    int prompts = r->n_points > 0 || r->n_boxes > 0;
+    if (v && json_is_false(v))
+        return 0;
+    if (!v && !(r->has_task && !prompts))
+        return 0;
+    if (v && prompts)
+        return srv_fail(e, 400, "everything",
+                        "everything mode prompts the whole image with a point grid: drop `points` "
+                        "and `boxes`, or drop `everything`");
+    if (v && json_object_get(root, "multimask"))
+        return srv_fail(e, 400, "multimask",
+                        "multimask does not apply to everything mode (it always takes SAM's three "
+                        "masks per point)");
+    r->amg = calloc(1, sizeof *r->amg);
+    if (!r->amg)
+        return srv_fail(e, 503, "", "out of memory; retry later");
+    r->everything = 1;
+    return srv_everything_parse(v, lim ? lim->everything : NULL, "everything", r->amg, e);
+}
+
 /* Contract: checks task text and keeps a copy in r. */
 static int take_task(const char *s, size_t len, srv_request *r, srv_error *e)
 {
@@ -437,9 +469,9 @@ int srv_request_parse_json(const char *json, size_t len, srv_kind kind, const ui
     /* Unknown fields first: a typo must not be silently ignored. */
     json_object_foreach(root, key, v)
     {
-        static const char *const seg[] = {"image",  "image_id",      "points",
-                                          "boxes",  "mask_input_id", "multimask",
-                                          "output", "task",          NULL};
+        static const char *const seg[] = {"image",         "image_id",  "points", "boxes",
+                                          "mask_input_id", "multimask", "output", "task",
+                                          "everything",    NULL};
         static const char *const emb[] = {"image", NULL};
         static const char *const ad[] = {"task", NULL};
         const char *const *allowed = kind == SRV_KIND_SEGMENT ? seg
@@ -543,6 +575,8 @@ int srv_request_parse_json(const char *json, size_t len, srv_kind kind, const ui
         srv_fail(e, 400, "task", "task is required: {\"task\": \"segment every ...\"}");
         goto out;
     }
+    if (kind == SRV_KIND_SEGMENT && parse_everything(root, lim, out, e) != 0)
+        goto out;
     rc = 0;
 out:
     json_decref(root);

@@ -15,6 +15,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "engine/amg.h"
 #include "engine/sam.h"
 
 /* An HTTP error: status, message and the request field at fault. */
@@ -39,29 +40,35 @@ typedef enum srv_kind {
     SRV_KIND_ADAPTER_FLUSH /* DELETE /admin/adapters: empty both adapter tiers (no body) */
 } srv_kind;
 
-/* Per-request limits (from the config). */
+struct srv_everything;
+
+/* Per-request limits and defaults (from the config). */
 typedef struct srv_limits {
-    int max_points;  /* points per prompt */
-    int max_prompts; /* boxes per request */
+    int max_points;                          /* points per prompt */
+    int max_prompts;                         /* boxes per request */
+    const struct srv_everything *everything; /* everything mode's defaults, or NULL: the
+                                                reference's */
 } srv_limits;
 
 /* A parsed request. Free with srv_request_free(). */
 typedef struct srv_request {
-    srv_kind kind;     /* segment or embeddings */
-    uint8_t *image;    /* image bytes (owned when image_owned) or NULL */
-    size_t image_len;  /* bytes at image */
-    int image_owned;   /* 1: image is malloc'd here (base64); 0: borrowed from the body */
-    char image_id[65]; /* lowercase sha256 hex when given instead of an image, else "" */
-    int n_points;      /* points (shared by the single prompt) */
-    float *points;     /* [n_points, 2] x, y (malloc'd) */
-    int *labels;       /* [n_points] 0/1 (malloc'd) */
-    int n_boxes;       /* boxes, one prompt each */
-    float *boxes;      /* [n_boxes, 4] x0, y0, x1, y1 (malloc'd) */
-    int multimask;     /* 1: three masks per prompt (default), 0: one */
-    srv_output output; /* mask encoding */
-    int has_task;      /* a valid `task` was given */
-    char *task;        /* the task as given, NUL-terminated (malloc'd), or NULL */
-    size_t task_len;   /* bytes at task (it passed ad_normalize_task) */
+    srv_kind kind;              /* segment or embeddings */
+    uint8_t *image;             /* image bytes (owned when image_owned) or NULL */
+    size_t image_len;           /* bytes at image */
+    int image_owned;            /* 1: image is malloc'd here (base64); 0: borrowed from the body */
+    char image_id[65];          /* lowercase sha256 hex when given instead of an image, else "" */
+    int n_points;               /* points (shared by the single prompt) */
+    float *points;              /* [n_points, 2] x, y (malloc'd) */
+    int *labels;                /* [n_points] 0/1 (malloc'd) */
+    int n_boxes;                /* boxes, one prompt each */
+    float *boxes;               /* [n_boxes, 4] x0, y0, x1, y1 (malloc'd) */
+    int multimask;              /* 1: three masks per prompt (default), 0: one */
+    srv_output output;          /* mask encoding */
+    int everything;             /* 1: everything mode (`everything`, or a task without prompts) */
+    struct srv_everything *amg; /* its parameters (malloc'd), when everything */
+    int has_task;               /* a valid `task` was given */
+    char *task;                 /* the task as given, NUL-terminated (malloc'd), or NULL */
+    size_t task_len;            /* bytes at task (it passed ad_normalize_task) */
 } srv_request;
 
 /* The engine prompts of a request, built against an image size. */
