@@ -195,15 +195,16 @@ static inline int amg_case_check(const json_t *c, eng_ckpt *golden, const amg_re
         int same_crop = 1;
         for (int k = 0; k < 4; k++)
             same_crop &= got[i].crop[k] == cb[k];
-        int good = diou <= 1e-3 && dst <= 1e-3 && darea <= 1e-3 && dbox <= 1 && same_pt && same_crop;
+        int good =
+            diou <= 1e-3 && dst <= 1e-3 && darea <= 1e-3 && dbox <= 1 && same_pt && same_crop;
         if (!good)
             fprintf(stderr,
                     "  %s mask %d: iou %.6f vs %.6f, stability %.6f vs %.6f, area %.0f vs %.0f, "
                     "bbox off by %.0f, point (%g, %g), crop %s\n",
-                    name, i, got[i].iou,
-                    json_number_value(json_object_get(w, "predicted_iou")), got[i].stab,
-                    json_number_value(json_object_get(w, "stability_score")), got[i].area, area,
-                    dbox, got[i].point[0], got[i].point[1], same_crop ? "same" : "differs");
+                    name, i, got[i].iou, json_number_value(json_object_get(w, "predicted_iou")),
+                    got[i].stab, json_number_value(json_object_get(w, "stability_score")),
+                    got[i].area, area, dbox, got[i].point[0], got[i].point[1],
+                    same_crop ? "same" : "differs");
         ok &= good;
         if (mt) {
             int h = got[i].rle.h, wd = got[i].rle.w;

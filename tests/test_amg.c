@@ -53,7 +53,7 @@ static void setup(void)
 #define NEED_MODEL()                                                                               \
     do {                                                                                           \
         T_NEED_FIXTURES();                                                                         \
-        T_REQUIRE(model && dog_emb, "the fixture model or image did not load: %s",                \
+        T_REQUIRE(model &&dog_emb, "the fixture model or image did not load: %s",                  \
                   eng_last_error());                                                               \
     } while (0)
 
@@ -129,9 +129,11 @@ static void test_crop_boxes(void)
      * 309, y0 0, 176; layer 2 overlap 91, crop 269 x 202, steps 178 and 111 */
     int n = eng_amg_crop_boxes(800, 534, 2, 512.0 / 1500.0, b, l, 21);
     T_REQUIRE(n == 21, "1 + 4 + 16 crops, got %d", n);
-    static const int want1[5][4] = {
-        {0, 0, 800, 534}, {0, 0, 491, 358}, {0, 176, 491, 534}, {309, 0, 800, 358},
-        {309, 176, 800, 534}};
+    static const int want1[5][4] = {{0, 0, 800, 534},
+                                    {0, 0, 491, 358},
+                                    {0, 176, 491, 534},
+                                    {309, 0, 800, 358},
+                                    {309, 176, 800, 534}};
     for (int i = 0; i < 5; i++)
         T_CHECK(!memcmp(b[i], want1[i], sizeof want1[i]) && l[i] == (i > 0),
                 "crop %d: [%d %d %d %d] layer %d", i, b[i][0], b[i][1], b[i][2], b[i][3], l[i]);
@@ -218,8 +220,7 @@ static void test_rle_uncrop(void)
             for (int x = 0; x < cw; x++)
                 f[(y0 + y) * w + x0 + x] = c[y * cw + x];
         ok = eng_amg_rle_uncrop(c, cw, ch, x0, y0, w, h, &a) == 0 &&
-             eng_rle_encode(f, h, w, &b) == 0 && a.n == b.n &&
-             !memcmp(a.counts, b.counts, a.n * 4);
+             eng_rle_encode(f, h, w, &b) == 0 && a.n == b.n && !memcmp(a.counts, b.counts, a.n * 4);
         eng_rle_free(&a);
         eng_rle_free(&b);
         free(c);
@@ -239,8 +240,8 @@ static void test_nms_basic(void)
     int keep[4], nk;
     T_REQUIRE(eng_amg_nms(bx, sc, 3, 0.5, keep, &nk, NULL) == 0, "nms");
     T_CHECK(nk == 3 && keep[0] == 1 && keep[1] == 0 && keep[2] == 2,
-            "IoU 0.5 is not above 0.5: all kept, by score (got %d: %d %d %d)", nk, keep[0],
-            keep[1], keep[2]);
+            "IoU 0.5 is not above 0.5: all kept, by score (got %d: %d %d %d)", nk, keep[0], keep[1],
+            keep[2]);
     T_REQUIRE(eng_amg_nms(bx, sc, 3, 0.49, keep, &nk, NULL) == 0, "nms");
     T_CHECK(nk == 2 && keep[0] == 1 && keep[1] == 2, "0.5 > 0.49: the lower score goes");
     /* a lower-scoring box suppressed by a box that is itself suppressed
@@ -248,8 +249,7 @@ static void test_nms_basic(void)
     const float chain[3][4] = {{0, 0, 10, 10}, {0, 0, 10, 8}, {0, 0, 10, 6}};
     const float cs[3] = {0.9f, 0.8f, 0.7f}; /* IoU 0.8, 0.75 (1 vs 2), 0.6 (0 vs 2) */
     T_REQUIRE(eng_amg_nms(chain, cs, 3, 0.7, keep, &nk, NULL) == 0, "nms");
-    T_CHECK(nk == 2 && keep[0] == 0 && keep[1] == 2, "chain: got %d (%d %d)", nk, keep[0],
-            keep[1]);
+    T_CHECK(nk == 2 && keep[0] == 0 && keep[1] == 2, "chain: got %d (%d %d)", nk, keep[0], keep[1]);
     /* zero-area boxes: 0 / 0 is NaN, never above the threshold */
     const float flat[2][4] = {{5, 5, 5, 9}, {5, 5, 5, 9}};
     const float fs[2] = {0.3f, 0.2f};
@@ -477,8 +477,7 @@ static void test_params_checked(void)
     eng_amg_params p;
     char field[64];
     eng_amg_defaults(&p);
-    T_CHECK(eng_amg_check(&p, field) == 0 && !field[0], "defaults are valid: %s",
-            eng_last_error());
+    T_CHECK(eng_amg_check(&p, field) == 0 && !field[0], "defaults are valid: %s", eng_last_error());
     T_CHECK(p.points_per_side == 32 && p.points_per_batch == 64 && p.pred_iou_thresh == 0.88 &&
                 p.stability_score_thresh == 0.95 && p.stability_score_offset == 1.0 &&
                 p.box_nms_thresh == 0.7 && p.crop_n_layers == 0 && p.crop_nms_thresh == 0.7 &&
@@ -490,7 +489,7 @@ static void test_params_checked(void)
         eng_amg_defaults(&p);                                                                      \
         stmt;                                                                                      \
         int rc_ = eng_amg_check(&p, field);                                                        \
-        T_CHECK(rc_ == ENG_EINVAL && !strcmp(field, name) && strstr(eng_last_error(), name),      \
+        T_CHECK(rc_ == ENG_EINVAL && !strcmp(field, name) && strstr(eng_last_error(), name),       \
                 "%s: rc %d field '%s' message '%s'", #stmt, rc_, field, eng_last_error());         \
     } while (0)
     BAD(p.points_per_side = 0, "points_per_side");
