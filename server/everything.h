@@ -23,9 +23,9 @@
 
 /* Parameters of one everything-mode request, grids included. */
 typedef struct srv_everything {
-    eng_amg_params p;                                 /* p.grids points into grids */
+    eng_amg_params p;                                /* p.grids points into grids */
     eng_amg_grid grids[ENG_AMG_MAX_CROP_LAYERS + 1]; /* explicit point grids, if any */
-    double *xy;                                       /* every grid point (malloc'd) */
+    double *xy;                                      /* every grid point (malloc'd) */
 } srv_everything;
 
 /*
