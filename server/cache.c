@@ -259,14 +259,14 @@ int srv_cache_peek(srv_cache *c, const char *sha, int *w, int *h)
 {
     sqlite3_stmt *st = NULL;
     mem_slot *s;
-    int found = 0;
+    int rc = 1;
     pthread_mutex_lock(&c->mu);
     if (!c->model_id[0])
         goto out;
     if ((s = mem_find(c, sha))) {
         *w = s->w;
         *h = s->h;
-        found = 1;
+        rc = 0;
         goto out;
     }
     if (!c->db || c->budget <= 0)
@@ -275,20 +275,25 @@ int srv_cache_peek(srv_cache *c, const char *sha, int *w, int *h)
             c->db,
             "SELECT width, height FROM embedding WHERE image_sha256=?1 AND model_id=?2 "
             "AND precision=?3",
-            -1, &st, NULL) == SQLITE_OK) {
-        sqlite3_bind_text(st, 1, sha, -1, SQLITE_STATIC);
-        sqlite3_bind_text(st, 2, c->model_id, -1, SQLITE_STATIC);
-        sqlite3_bind_text(st, 3, c->precision, -1, SQLITE_STATIC);
-        if (sqlite3_step(st) == SQLITE_ROW) {
-            *w = sqlite3_column_int(st, 0);
-            *h = sqlite3_column_int(st, 1);
-            found = 1;
-        }
+            -1, &st, NULL) != SQLITE_OK) {
+        rc = -1;
+        goto out;
+    }
+    sqlite3_bind_text(st, 1, sha, -1, SQLITE_STATIC);
+    sqlite3_bind_text(st, 2, c->model_id, -1, SQLITE_STATIC);
+    sqlite3_bind_text(st, 3, c->precision, -1, SQLITE_STATIC);
+    int step = sqlite3_step(st);
+    if (step == SQLITE_ROW) {
+        *w = sqlite3_column_int(st, 0);
+        *h = sqlite3_column_int(st, 1);
+        rc = 0;
+    } else if (step != SQLITE_DONE) {
+        rc = -1;
     }
 out:
     sqlite3_finalize(st);
     pthread_mutex_unlock(&c->mu);
-    return found;
+    return rc;
 }
 
 int srv_cache_meta_get(srv_cache *c, const char *sha, srv_cache_meta *out)

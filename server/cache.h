@@ -89,7 +89,10 @@ int srv_cache_get(srv_cache *c, const char *sha, const float **emb, int *w, int 
  * updated even when the disk write fails). */
 int srv_cache_put(srv_cache *c, const char *sha, const float *emb, int w, int h);
 
-/* Any thread. 1 when `sha` is in either tier (fills *w, *h), 0 when absent. */
+/* Any thread. srv_cache_get's answer without reading the blob or counting
+ * a hit: 0 when `sha` is in either tier (fills *w, *h), 1 when absent, a
+ * negative code on a database error (callers treat it as a miss). A row
+ * whose blob turns out corrupt is a hit here and a miss in srv_cache_get. */
 int srv_cache_peek(srv_cache *c, const char *sha, int *w, int *h);
 
 /* Any thread. 0 and *out filled when present, 1 when absent, negative on a

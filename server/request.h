@@ -16,18 +16,9 @@
 #include <stdint.h>
 
 #include "engine/amg.h"
+#include "engine/image.h"
 #include "engine/sam.h"
-
-/* An HTTP error: status, message and the request field at fault. */
-typedef struct srv_error {
-    int status;        /* HTTP status (400, 413, ...) */
-    char message[512]; /* human-readable, one line */
-    char field[64];    /* "points[2]", "image", or "" */
-} srv_error;
-
-/* Set *e and return -1, so `return srv_fail(e, 400, "points", "...")`. */
-int srv_fail(srv_error *e, int status, const char *field, const char *fmt, ...)
-    __attribute__((format(printf, 4, 5)));
+#include "server/error.h"
 
 /* Mask output encodings. */
 typedef enum srv_output { SRV_OUT_RLE = 0, SRV_OUT_PNG, SRV_OUT_POLYGON } srv_output;
@@ -52,23 +43,24 @@ typedef struct srv_limits {
 
 /* A parsed request. Free with srv_request_free(). */
 typedef struct srv_request {
-    srv_kind kind;              /* segment or embeddings */
-    uint8_t *image;             /* image bytes (owned when image_owned) or NULL */
-    size_t image_len;           /* bytes at image */
-    int image_owned;            /* 1: image is malloc'd here (base64); 0: borrowed from the body */
-    char image_id[65];          /* lowercase sha256 hex when given instead of an image, else "" */
-    int n_points;               /* points (shared by the single prompt) */
-    float *points;              /* [n_points, 2] x, y (malloc'd) */
-    int *labels;                /* [n_points] 0/1 (malloc'd) */
-    int n_boxes;                /* boxes, one prompt each */
-    float *boxes;               /* [n_boxes, 4] x0, y0, x1, y1 (malloc'd) */
-    int multimask;              /* 1: three masks per prompt (default), 0: one */
-    srv_output output;          /* mask encoding */
-    int everything;             /* 1: everything mode (`everything`, or a task without prompts) */
+    srv_kind kind;     /* segment or embeddings */
+    uint8_t *image;    /* image bytes (owned when image_owned) or NULL */
+    size_t image_len;  /* bytes at image */
+    int image_owned;   /* 1: image is malloc'd here (base64); 0: borrowed from the body */
+    char image_id[65]; /* lowercase sha256 hex when given instead of an image, else "" */
+    int n_points;      /* points (shared by the single prompt) */
+    float *points;     /* [n_points, 2] x, y (malloc'd) */
+    int *labels;       /* [n_points] 0/1 (malloc'd) */
+    int n_boxes;       /* boxes, one prompt each */
+    float *boxes;      /* [n_boxes, 4] x0, y0, x1, y1 (malloc'd) */
+    int multimask;     /* 1: three masks per prompt (default), 0: one */
+    srv_output output; /* mask encoding */
+    int has_task;      /* a valid `task` was given */
+    char *task;        /* the task as given, NUL-terminated (malloc'd), or NULL */
+    size_t task_len;   /* bytes at task (it passed ad_normalize_task) */
+    char *task_norm;   /* ad_normalize_task(task), computed once here (malloc'd), or NULL */
+    int everything;    /* 1: everything mode (`everything`, or a task without prompts) */
     struct srv_everything *amg; /* its parameters (malloc'd), when everything */
-    int has_task;               /* a valid `task` was given */
-    char *task;                 /* the task as given, NUL-terminated (malloc'd), or NULL */
-    size_t task_len;            /* bytes at task (it passed ad_normalize_task) */
 } srv_request;
 
 /* The engine prompts of a request, built against an image size. */
@@ -109,6 +101,19 @@ int srv_request_parse(const char *content_type, const uint8_t *body, size_t len,
 int srv_request_prompts(const srv_request *r, int w, int h, srv_prompts *out, srv_error *e);
 
 void srv_prompts_free(srv_prompts *p);
+
+/*
+ * The daemon's one image decode: JPEG or PNG bytes (at most max_pixels
+ * pixels) decoded as Pillow's convert("RGB") and resized for the encoder
+ * (long side 1024, Pillow's antialiased bilinear). *rgb gets the malloc'd
+ * [info->input_h, info->input_w, 3] pixels (rgb NULL: no resize), *info all
+ * four sizes; `keep` (may be NULL) gets the decoded image itself (everything
+ * mode's crop layers encode crops of it). Returns 0, or -1 with *e naming
+ * `image`: 413 over max_pixels, 415 not a JPEG or PNG we decode, 503 out of
+ * memory, 400 corrupt or truncated.
+ */
+int srv_image_prepare(const uint8_t *bytes, size_t len, int64_t max_pixels, uint8_t **rgb,
+                      eng_sam_imginfo *info, eng_image *keep, srv_error *e);
 void srv_request_free(srv_request *r);
 
 /* 1 when s[0..len) is valid UTF-8 without NUL bytes. */
