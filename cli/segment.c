@@ -49,38 +49,14 @@ typedef struct segment_args {
     int side_given;          /* --points-per-side was given */
 } segment_args;
 
-/* The everything-mode options: name, integer or not, where in eng_amg_params. */
-static const struct {
-    const char *opt;
-    int is_int;
-    size_t off;
-    const char *help;
-} amg_opts[] = {
-    {"--points-per-side", 1, offsetof(eng_amg_params, points_per_side),
-     "points along each side of the grid, 1..128 (32)"},
-    {"--points-per-batch", 1, offsetof(eng_amg_params, points_per_batch),
-     "prompts per decoder pass, 1..256 (64)"},
-    {"--pred-iou-thresh", 0, offsetof(eng_amg_params, pred_iou_thresh),
-     "keep masks whose predicted IoU is above this (0.88)"},
-    {"--stability-score-thresh", 0, offsetof(eng_amg_params, stability_score_thresh),
-     "... and whose stability score is at least this (0.95)"},
-    {"--stability-score-offset", 0, offsetof(eng_amg_params, stability_score_offset),
-     "logit offset of the stability score (1.0)"},
-    {"--box-nms-thresh", 0, offsetof(eng_amg_params, box_nms_thresh),
-     "box IoU above which a duplicate is dropped (0.7)"},
-    {"--crop-n-layers", 1, offsetof(eng_amg_params, crop_n_layers),
-     "layers of crops, each encoded again, 0..4 (0)"},
-    {"--crop-nms-thresh", 0, offsetof(eng_amg_params, crop_nms_thresh),
-     "box IoU for duplicates between crops (0.7)"},
-    {"--crop-overlap-ratio", 0, offsetof(eng_amg_params, crop_overlap_ratio),
-     "overlap of the first layer's crops (0.3413 = 512/1500)"},
-    {"--crop-n-points-downscale-factor", 1,
-     offsetof(eng_amg_params, crop_n_points_downscale_factor),
-     "layer i's grid side is points-per-side / F^i (1)"},
-    {"--min-mask-region-area", 1, offsetof(eng_amg_params, min_mask_region_area),
-     "remove holes and islands smaller than this (0: off)"},
-};
-#define N_AMG_OPTS (sizeof amg_opts / sizeof amg_opts[0])
+/* The everything-mode options are the generator's parameters
+ * (eng_amg_param_table) with dashes: --points-per-side for points_per_side. */
+static void amg_option_name(const eng_amg_param_desc *d, char *out, size_t cap)
+{
+    snprintf(out, cap, "--%s", d->name);
+    for (char *c = out; *c; c++)
+        *c = *c == '_' ? '-' : *c;
+}
 
 static void segment_usage(FILE *f)
 {
@@ -126,13 +102,16 @@ static void segment_usage(FILE *f)
             "                        area, predicted_iou, stability_score, point_coords and\n"
             "                        crop_box in the generator's order\n",
             (long long)ENG_IMAGE_DEFAULT_MAX_PIXELS);
-    for (size_t i = 0; i < N_AMG_OPTS; i++) {
-        char lhs[64];
-        snprintf(lhs, sizeof lhs, "%s %s", amg_opts[i].opt, amg_opts[i].is_int ? "N" : "F");
+    size_t np;
+    const eng_amg_param_desc *params = eng_amg_param_table(&np);
+    for (size_t i = 0; i < np; i++) {
+        char opt[64], lhs[80];
+        amg_option_name(&params[i], opt, sizeof opt);
+        snprintf(lhs, sizeof lhs, "%s %s", opt, params[i].is_int ? "N" : "F");
         if (strlen(lhs) < 22)
-            fprintf(f, "  %-22s%s\n", lhs, amg_opts[i].help);
+            fprintf(f, "  %-22s%s\n", lhs, params[i].help);
         else
-            fprintf(f, "  %s\n%24s%s\n", lhs, "", amg_opts[i].help);
+            fprintf(f, "  %s\n%24s%s\n", lhs, "", params[i].help);
     }
     fprintf(f, "  --point-grids FILE    explicit grids instead of --points-per-side: JSON\n"
                "                        [[[x, y], ...], ...] in [0, 1], one grid per layer\n"
@@ -142,26 +121,32 @@ static void segment_usage(FILE *f)
                "whose predicted IoU decides which masks are kept.\n");
 }
 
-/* The index of an everything-mode option in amg_opts, or -1. */
-static int amg_option(const char *o)
+/* The everything-mode parameter an option names, or NULL. */
+static const eng_amg_param_desc *amg_option(const char *o)
 {
-    for (size_t k = 0; k < N_AMG_OPTS; k++)
-        if (!strcmp(o, amg_opts[k].opt))
-            return (int)k;
-    return -1;
+    size_t np;
+    const eng_amg_param_desc *params = eng_amg_param_table(&np);
+    for (size_t k = 0; k < np; k++) {
+        char opt[64];
+        amg_option_name(&params[k], opt, sizeof opt);
+        if (!strcmp(o, opt))
+            return &params[k];
+    }
+    return NULL;
 }
 
 /* Contract: one everything-mode option's value into a->amg; 0, or -1 after
  * saying what is wrong (the bounds are checked later, all together). */
-static int set_amg_option(segment_args *a, int k, const char *v)
+static int set_amg_option(segment_args *a, const char *o, const eng_amg_param_desc *d,
+                          const char *v)
 {
-    char *dst = (char *)&a->amg + amg_opts[k].off;
-    a->amg_opt = a->amg_opt ? a->amg_opt : amg_opts[k].opt;
-    a->side_given |= amg_opts[k].off == offsetof(eng_amg_params, points_per_side);
-    if (amg_opts[k].is_int) {
+    char *dst = (char *)&a->amg + d->offset;
+    a->amg_opt = a->amg_opt ? a->amg_opt : o;
+    a->side_given |= d->offset == offsetof(eng_amg_params, points_per_side);
+    if (d->is_int) {
         long long x;
         if (cli_parse_int(v, -1000000000LL, 1000000000LL, &x)) {
-            fprintf(stderr, "tasam segment: %s '%s': expected an integer\n", amg_opts[k].opt, v);
+            fprintf(stderr, "tasam segment: %s '%s': expected an integer\n", o, v);
             return -1;
         }
         int iv = (int)x;
@@ -169,7 +154,7 @@ static int set_amg_option(segment_args *a, int k, const char *v)
     } else {
         double x;
         if (cli_parse_numbers(v, &x, 1)) {
-            fprintf(stderr, "tasam segment: %s '%s': expected a number\n", amg_opts[k].opt, v);
+            fprintf(stderr, "tasam segment: %s '%s': expected a number\n", o, v);
             return -1;
         }
         memcpy(dst, &x, sizeof x);
@@ -279,9 +264,9 @@ static int parse_segment_args(int argc, char **argv, segment_args *a)
             NEEDV();
             a->point_grids = v;
             a->amg_opt = a->amg_opt ? a->amg_opt : o;
-        } else if (amg_option(o) >= 0) {
+        } else if (amg_option(o)) {
             NEEDV();
-            if (set_amg_option(a, amg_option(o), v) != 0)
+            if (set_amg_option(a, o, amg_option(o), v) != 0)
                 return 2;
         } else if (!strcmp(o, "--max-pixels")) {
             NEEDV();
@@ -455,13 +440,11 @@ out:
     return rc;
 }
 
-static int write_json(const segment_args *a, const eng_sam *model, const eng_image *img,
-                      const uint8_t *masks, const float *iou, const float *stab, int n_prompts,
-                      int C, const double *timings, const ad_adapter *ad)
+/* The answer's first members: the image, the model, the adapter. */
+static json_t *json_header(const segment_args *a, const eng_sam *model, const eng_image *img,
+                           const ad_adapter *ad)
 {
-    size_t npx = (size_t)img->w * img->h;
-    json_t *root = json_object(), *arr = json_array();
-    int rc = 0;
+    json_t *root = json_object();
     json_object_set_new(root, "image", json_string(a->image));
     json_object_set_new(root, "width", json_integer(img->w));
     json_object_set_new(root, "height", json_integer(img->h));
@@ -473,6 +456,30 @@ static int write_json(const segment_args *a, const eng_sam *model, const eng_ima
                                       "hypernet_id", ad->hypernet_id, "hypernet_version",
                                       ad->hypernet_version, "rank", ad->rank, "alpha",
                                       (double)ad->alpha));
+    return root;
+}
+
+/* Write the answer to --json (stdout for '-'); consumes root. */
+static int json_write(const segment_args *a, json_t *root, int precision)
+{
+    int rc = 0, flags = JSON_INDENT(1) | JSON_REAL_PRECISION(precision);
+    if (!strcmp(a->json, "-")) {
+        json_dumpf(root, stdout, flags);
+        fputc('\n', stdout);
+    } else if (json_dump_file(root, a->json, flags) != 0) {
+        rc = eng_error(ENG_EIO, "%s: cannot write: %s", a->json, strerror(errno));
+    }
+    json_decref(root);
+    return rc;
+}
+
+static int write_json(const segment_args *a, const eng_sam *model, const eng_image *img,
+                      const uint8_t *masks, const float *iou, const float *stab, int n_prompts,
+                      int C, const double *timings, const ad_adapter *ad)
+{
+    size_t npx = (size_t)img->w * img->h;
+    json_t *root = json_header(a, model, img, ad), *arr = json_array();
+    int rc = 0;
     for (int p = 0; p < n_prompts && !rc; p++)
         for (int c = 0; c < C && !rc; c++) {
             eng_rle r = {0};
@@ -501,17 +508,11 @@ static int write_json(const segment_args *a, const eng_sam *model, const eng_ima
     json_object_set_new(root, "timings_ms",
                         json_pack("{s:f,s:f,s:f,s:f}", "image", timings[0], "encode", timings[1],
                                   "decode", timings[2], "postprocess", timings[3]));
-    if (!rc) {
-        int flags = JSON_INDENT(1) | JSON_REAL_PRECISION(7);
-        if (!strcmp(a->json, "-")) {
-            json_dumpf(root, stdout, flags);
-            fputc('\n', stdout);
-        } else if (json_dump_file(root, a->json, flags) != 0) {
-            rc = eng_error(ENG_EIO, "%s: cannot write: %s", a->json, strerror(errno));
-        }
+    if (rc) {
+        json_decref(root);
+        return rc;
     }
-    json_decref(root);
-    return rc;
+    return json_write(a, root, 7);
 }
 
 static int load_mask_input(const char *path, float *dst)
@@ -547,19 +548,8 @@ static int write_everything_json(const segment_args *a, const eng_sam *model, co
                                  const eng_amg_result *r, const double *timings,
                                  const ad_adapter *ad)
 {
-    json_t *root = json_object(), *arr = json_array();
+    json_t *root = json_header(a, model, img, ad), *arr = json_array();
     int rc = 0;
-    json_object_set_new(root, "image", json_string(a->image));
-    json_object_set_new(root, "width", json_integer(img->w));
-    json_object_set_new(root, "height", json_integer(img->h));
-    json_object_set_new(root, "model", json_string(eng_sam_model_id(model)));
-    json_object_set_new(root, "device", json_string(eng_backend_describe(eng_sam_backend(model))));
-    if (ad)
-        json_object_set_new(root, "adapter",
-                            json_pack("{s:s,s:s,s:s,s:s,s:i,s:f}", "id", ad->id, "task", ad->task,
-                                      "hypernet_id", ad->hypernet_id, "hypernet_version",
-                                      ad->hypernet_version, "rank", ad->rank, "alpha",
-                                      (double)ad->alpha));
     json_object_set_new(root, "mode", json_string("everything"));
     json_object_set_new(root, "everything", srv_everything_params_json(&a->amg));
     for (size_t i = 0; i < r->n && !rc; i++) {
@@ -579,17 +569,11 @@ static int write_everything_json(const segment_args *a, const eng_sam *model, co
                         json_pack("{s:f,s:f,s:f,s:f,s:f}", "image", timings[0], "encode",
                                   timings[1] + st->encode_ms, "decode", st->decode_ms,
                                   "postprocess", st->postprocess_ms, "nms", st->nms_ms));
-    if (!rc) {
-        int flags = JSON_INDENT(1) | JSON_REAL_PRECISION(9);
-        if (!strcmp(a->json, "-")) {
-            json_dumpf(root, stdout, flags);
-            fputc('\n', stdout);
-        } else if (json_dump_file(root, a->json, flags) != 0) {
-            rc = eng_error(ENG_EIO, "%s: cannot write: %s", a->json, strerror(errno));
-        }
+    if (rc) {
+        json_decref(root);
+        return rc;
     }
-    json_decref(root);
-    return rc;
+    return json_write(a, root, 9);
 }
 
 /* PREFIX_N.png per mask and PREFIX_overlay.png with every mask tinted, the

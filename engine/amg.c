@@ -9,6 +9,7 @@
 #include "amg.h"
 
 #include <math.h>
+#include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -50,6 +51,37 @@ void eng_amg_defaults(eng_amg_params *p)
     p->crop_overlap_ratio = 512.0 / 1500.0;
     p->crop_n_points_downscale_factor = 1;
     p->min_mask_region_area = 0;
+}
+
+static const eng_amg_param_desc param_table[] = {
+    {"points_per_side", 1, offsetof(eng_amg_params, points_per_side),
+     "points along each side of the grid, 1..128 (32)"},
+    {"points_per_batch", 1, offsetof(eng_amg_params, points_per_batch),
+     "prompts per decoder pass, 1..256 (64)"},
+    {"pred_iou_thresh", 0, offsetof(eng_amg_params, pred_iou_thresh),
+     "keep masks whose predicted IoU is above this (0.88)"},
+    {"stability_score_thresh", 0, offsetof(eng_amg_params, stability_score_thresh),
+     "... and whose stability score is at least this (0.95)"},
+    {"stability_score_offset", 0, offsetof(eng_amg_params, stability_score_offset),
+     "logit offset of the stability score (1.0)"},
+    {"box_nms_thresh", 0, offsetof(eng_amg_params, box_nms_thresh),
+     "box IoU above which a duplicate is dropped (0.7)"},
+    {"crop_n_layers", 1, offsetof(eng_amg_params, crop_n_layers),
+     "layers of crops, each encoded again, 0..4 (0)"},
+    {"crop_nms_thresh", 0, offsetof(eng_amg_params, crop_nms_thresh),
+     "box IoU for duplicates between crops (0.7)"},
+    {"crop_overlap_ratio", 0, offsetof(eng_amg_params, crop_overlap_ratio),
+     "overlap of the first layer's crops (0.3413 = 512/1500)"},
+    {"crop_n_points_downscale_factor", 1, offsetof(eng_amg_params, crop_n_points_downscale_factor),
+     "layer i's grid side is points_per_side / factor^i (1)"},
+    {"min_mask_region_area", 1, offsetof(eng_amg_params, min_mask_region_area),
+     "remove holes and islands smaller than this (0: off)"},
+};
+
+const eng_amg_param_desc *eng_amg_param_table(size_t *n)
+{
+    *n = sizeof param_table / sizeof param_table[0];
+    return param_table;
 }
 
 static int bad(char *field, const char *name, const char *fmt, double v, double lo, double hi)
@@ -655,94 +687,22 @@ int eng_amg_crop_nms(eng_amg_result *r, double thresh, const eng_amg_hooks *hook
 }
 
 /* ------------------------------------------------------------------ */
-/* small regions: 8-connected components over runs                      */
-
-typedef struct ccl_run {
-    int y, x0, x1; /* row, columns [x0, x1) */
-    int parent;    /* union-find over runs */
-} ccl_run;
-
-static int ccl_find(ccl_run *r, int i)
-{
-    int root = i;
-    while (r[root].parent != root)
-        root = r[root].parent;
-    while (r[i].parent != root) {
-        int next = r[i].parent;
-        r[i].parent = root;
-        i = next;
-    }
-    return root;
-}
-
-static void ccl_union(ccl_run *r, int a, int b)
-{
-    a = ccl_find(r, a);
-    b = ccl_find(r, b);
-    if (a < b)
-        r[b].parent = a;
-    else if (b < a)
-        r[a].parent = b;
-}
+/* small regions                                                        */
 
 int eng_amg_remove_small_regions(uint8_t *mask, int w, int h, int64_t area_thresh, int holes,
                                  int *changed)
 {
     *changed = 0;
-    /* runs of the working mask (holes: the background) row by row */
-    size_t cap = 1024, n = 0;
-    ccl_run *runs = malloc(cap * sizeof *runs);
-    size_t *row_start = malloc(((size_t)h + 1) * sizeof *row_start);
-    int64_t *size = NULL;
-    int64_t *key = NULL;
+    /* the working mask's components (holes: the background's), on runs */
+    eng_mask_runs runs;
+    int rc = eng_mask_runs_find(mask, h, w, holes ? 0 : 1, &runs);
+    if (rc)
+        return rc;
+    size_t n = runs.n;
+    int64_t *size = NULL, *key = NULL;
     uint8_t *small = NULL;
-    int rc = 0;
-    if (!runs || !row_start) {
-        rc = eng_error(ENG_ENOMEM, "out of memory for connected components");
+    if (n == 0)
         goto out;
-    }
-    uint8_t fg = holes ? 0 : 1;
-    for (int y = 0; y < h; y++) {
-        row_start[y] = n;
-        const uint8_t *row = mask + (size_t)y * w;
-        for (int x = 0; x < w;) {
-            if ((row[x] != 0) != fg) {
-                x++;
-                continue;
-            }
-            int x1 = x + 1;
-            while (x1 < w && (row[x1] != 0) == fg)
-                x1++;
-            if (n == cap) {
-                ccl_run *nr = realloc(runs, 2 * cap * sizeof *runs);
-                if (!nr) {
-                    rc = eng_error(ENG_ENOMEM, "out of memory for connected components");
-                    goto out;
-                }
-                runs = nr;
-                cap *= 2;
-            }
-            runs[n] = (ccl_run){y, x, x1, (int)n};
-            n++;
-            x = x1;
-        }
-    }
-    row_start[h] = n;
-    if (n == 0 || n > (size_t)INT32_MAX / 2)
-        goto out; /* no component (or absurdly many: left alone) */
-    /* 8-connectivity: runs of adjacent rows touch when their column ranges
-     * overlap or meet at a corner */
-    for (int y = 1; y < h; y++) {
-        size_t i = row_start[y - 1], ie = row_start[y], j = row_start[y], je = row_start[y + 1];
-        while (i < ie && j < je) {
-            if (runs[i].x0 <= runs[j].x1 && runs[j].x0 <= runs[i].x1)
-                ccl_union(runs, (int)i, (int)j);
-            if (runs[i].x1 < runs[j].x1)
-                i++;
-            else
-                j++;
-        }
-    }
     /* per component (indexed by its root run): size, and the first 2x2
      * block of the image in raster order that it touches, the order in which
      * OpenCV's block-based labelling numbers components (labels decide which
@@ -758,15 +718,17 @@ int eng_amg_remove_small_regions(uint8_t *mask, int w, int h, int64_t area_thres
         key[i] = INT64_MAX;
     int64_t bw = ((int64_t)w + 1) / 2;
     for (size_t i = 0; i < n; i++) {
-        int root = ccl_find(runs, (int)i);
-        size[root] += runs[i].x1 - runs[i].x0;
-        int64_t k = (int64_t)(runs[i].y / 2) * bw + runs[i].x0 / 2;
+        const eng_mask_run *ru = &runs.r[i];
+        uint32_t root = eng_mask_run_root(&runs, (uint32_t)i);
+        size[root] += ru->x1 - ru->x0;
+        int64_t k = (int64_t)(ru->y / 2) * bw + ru->x0 / 2;
         if (k < key[root])
             key[root] = k;
     }
-    int any_small = 0, any_large = 0, best = -1;
+    int any_small = 0, any_large = 0;
+    size_t best = n;
     for (size_t i = 0; i < n; i++) {
-        if (runs[i].parent != (int)i)
+        if (runs.r[i].parent != i)
             continue;
         if (size[i] < area_thresh) {
             small[i] = 1;
@@ -775,8 +737,8 @@ int eng_amg_remove_small_regions(uint8_t *mask, int w, int h, int64_t area_thres
             any_large = 1;
         }
         /* np.argmax(sizes): the largest, the lowest label among equals */
-        if (best < 0 || size[i] > size[best] || (size[i] == size[best] && key[i] < key[best]))
-            best = (int)i;
+        if (best == n || size[i] > size[best] || (size[i] == size[best] && key[i] < key[best]))
+            best = i;
     }
     if (!any_small)
         goto out;
@@ -784,15 +746,14 @@ int eng_amg_remove_small_regions(uint8_t *mask, int w, int h, int64_t area_thres
     /* holes: fill the small background components. islands: keep the large
      * components, or only the largest when every one is small */
     for (size_t i = 0; i < n; i++) {
-        int root = ccl_find(runs, (int)i);
+        uint32_t root = eng_mask_run_root(&runs, (uint32_t)i);
         int drop = holes ? small[root] : any_large ? small[root] : root != best;
         if (drop)
-            memset(mask + (size_t)runs[i].y * w + runs[i].x0, holes ? 1 : 0,
-                   (size_t)(runs[i].x1 - runs[i].x0));
+            memset(mask + (size_t)runs.r[i].y * w + runs.r[i].x0, holes ? 1 : 0,
+                   (size_t)(runs.r[i].x1 - runs.r[i].x0));
     }
 out:
-    free(runs);
-    free(row_start);
+    eng_mask_runs_free(&runs);
     free(size);
     free(key);
     free(small);

@@ -67,6 +67,19 @@ typedef struct eng_amg_params {
 
 void eng_amg_defaults(eng_amg_params *p);
 
+/* The scalar parameters by the reference's name, for parsers (the API's
+ * `everything` object, the CLI's --points-per-side ...): where each lives in
+ * eng_amg_params, its type and a one-line help with the default. */
+typedef struct eng_amg_param_desc {
+    const char *name; /* "points_per_side" */
+    int is_int;       /* 1: int field, 0: double field */
+    size_t offset;    /* offsetof(eng_amg_params, ...) */
+    const char *help; /* "points along each side of the grid, 1..128 (32)" */
+} eng_amg_param_desc;
+
+/* The table (*n entries; point_grids is not in it). */
+const eng_amg_param_desc *eng_amg_param_table(size_t *n);
+
 /* Check every parameter against the reference's constraints and this
  * engine's bounds (ENG_AMG_MAX_*). Returns 0, or ENG_EINVAL with the message
  * naming the parameter and `field` (64 bytes, may be NULL) set to its name

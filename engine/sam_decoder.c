@@ -380,25 +380,19 @@ void eng__sam_decode_group(eng_sam *m, const eng_sam_lora *lo, const eng_tensor 
     dec_mlp3(m, lo, m->iou_head, &iou, &iou_tok);
     eng__sam_download(ctx, iou_out, &iou, (size_t)B * NMASK);
 
-    /* the prompts whose masks are made: keep[0..Bk) their indices, in order */
-    int Bk = B;
-    int *keep = need && !ctx->measure && !ctx->status ? malloc((size_t)B * sizeof *keep) : NULL;
-    if (keep) {
-        uint8_t *flags = malloc((size_t)B);
-        if (!flags) {
-            free(keep);
-            keep = NULL;
-        } else {
-            memset(flags, 1, (size_t)B);
-            need->fn(need->arg, iou_out, B, flags);
-            Bk = 0;
-            for (int b = 0; b < B; b++)
-                if (flags[b])
-                    keep[Bk++] = b;
-            free(flags);
-        }
-    } else if (need && !ctx->measure && !ctx->status) {
-        eng_ctx_fail(ctx, eng_error(ENG_ENOMEM, "out of memory"));
+    /* the prompts whose masks are made: keep[0..Bk) their indices, in order
+     * (B <= 256: max_decode_batch is capped there at load) */
+    int Bk = B, keep_buf[256], *keep = NULL;
+    if (need && !ctx->measure && !ctx->status) {
+        uint8_t flags[256];
+        assert(B <= 256);
+        memset(flags, 1, (size_t)B);
+        need->fn(need->arg, iou_out, B, flags);
+        keep = keep_buf;
+        Bk = 0;
+        for (int b = 0; b < B; b++)
+            if (flags[b])
+                keep[Bk++] = b;
     }
     /* the kept prompts' keys move to the front of src, in order (a prompt
      * only ever moves down, onto a slot already read) */
@@ -442,7 +436,6 @@ void eng__sam_decode_group(eng_sam *m, const eng_sam_lora *lo, const eng_tensor 
             eng_linear(ctx, &mb, &hb, &ub, NULL, ENG_ACT_NONE, NULL);
         }
     }
-    free(keep);
     eng_ctx_release(ctx, mark);
 }
 

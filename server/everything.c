@@ -16,28 +16,6 @@
 #include "engine/rle.h"
 #include "server/base64.h"
 
-/* The generator's parameters by name: where each lives in eng_amg_params. */
-typedef enum { P_INT, P_REAL } ptype;
-static const struct {
-    const char *name;
-    ptype type;
-    size_t off;
-} params[] = {
-    {"points_per_side", P_INT, offsetof(eng_amg_params, points_per_side)},
-    {"points_per_batch", P_INT, offsetof(eng_amg_params, points_per_batch)},
-    {"pred_iou_thresh", P_REAL, offsetof(eng_amg_params, pred_iou_thresh)},
-    {"stability_score_thresh", P_REAL, offsetof(eng_amg_params, stability_score_thresh)},
-    {"stability_score_offset", P_REAL, offsetof(eng_amg_params, stability_score_offset)},
-    {"box_nms_thresh", P_REAL, offsetof(eng_amg_params, box_nms_thresh)},
-    {"crop_n_layers", P_INT, offsetof(eng_amg_params, crop_n_layers)},
-    {"crop_nms_thresh", P_REAL, offsetof(eng_amg_params, crop_nms_thresh)},
-    {"crop_overlap_ratio", P_REAL, offsetof(eng_amg_params, crop_overlap_ratio)},
-    {"crop_n_points_downscale_factor", P_INT,
-     offsetof(eng_amg_params, crop_n_points_downscale_factor)},
-    {"min_mask_region_area", P_INT, offsetof(eng_amg_params, min_mask_region_area)},
-};
-#define N_PARAMS (sizeof params / sizeof params[0])
-
 void srv_everything_free(srv_everything *x)
 {
     if (!x)
@@ -160,10 +138,11 @@ int srv_everything_parse(const json_t *v, const srv_everything *defaults, const 
                 have_grids = 1;
                 continue;
             }
-            size_t k = 0;
-            while (k < N_PARAMS && strcmp(params[k].name, key))
+            size_t k = 0, np;
+            const eng_amg_param_desc *params = eng_amg_param_table(&np);
+            while (k < np && strcmp(params[k].name, key))
                 k++;
-            if (k == N_PARAMS)
+            if (k == np)
                 return srv_fail(e, 400, f,
                                 "unknown parameter %s (everything mode takes the automatic mask "
                                 "generator's: points_per_side, points_per_batch, pred_iou_thresh, "
@@ -172,8 +151,8 @@ int srv_everything_parse(const json_t *v, const srv_everything *defaults, const 
                                 "crop_n_points_downscale_factor, min_mask_region_area, "
                                 "point_grids)",
                                 f);
-            char *dst = (char *)&out->p + params[k].off;
-            if (params[k].type == P_INT) {
+            char *dst = (char *)&out->p + params[k].offset;
+            if (params[k].is_int) {
                 if (!json_is_integer(x) || json_integer_value(x) < -1000000000LL ||
                     json_integer_value(x) > 1000000000LL)
                     return srv_fail(e, 400, f, "%s must be an integer, not %s", f, jtype(x));
@@ -236,9 +215,11 @@ int srv_everything_defaults(const char *text, srv_everything *out, srv_error *e)
 json_t *srv_everything_params_json(const eng_amg_params *p)
 {
     json_t *o = json_object();
-    for (size_t k = 0; o && k < N_PARAMS; k++) {
-        const char *src = (const char *)p + params[k].off;
-        if (params[k].type == P_INT) {
+    size_t np;
+    const eng_amg_param_desc *params = eng_amg_param_table(&np);
+    for (size_t k = 0; o && k < np; k++) {
+        const char *src = (const char *)p + params[k].offset;
+        if (params[k].is_int) {
             int iv;
             memcpy(&iv, src, sizeof iv);
             json_object_set_new(o, params[k].name,
