@@ -861,8 +861,10 @@ static int cr_before(void *arg, int first, int n, int total)
     c->prog.kept = c->kept_before + c->cand.n;
     if (c->hooks && c->hooks->progress)
         c->hooks->progress(c->hooks->arg, &c->prog);
-    c->stats->prompts += n;
-    return cancelled(c->hooks);
+    int rc = cancelled(c->hooks);
+    if (!rc)
+        c->stats->prompts += n; /* decoded next */
+    return rc;
 }
 
 static void cr_select(void *arg, int first, int n, const float *iou, uint8_t *keep)

@@ -62,10 +62,16 @@ static void test_start(void)
     T_REQUIRE(g_cases &&
                   eng_ckpt_open(&g_amg_golden, t_fixture("golden_amg_tiny.safetensors")) == 0,
               "golden_amg_tiny: %s", eng_last_error());
-    const char *z[] = {"--hypernet", g_hn_zero, "--everything-defaults", SMALL_DEFAULTS, NULL};
+    /* a long deadline: under the sanitizers on a busy machine a fixture case
+     * can take longer than the default 30 s */
+    const char *z[] = {
+        "--hypernet", g_hn_zero, "--everything-defaults", SMALL_DEFAULTS, "--request-timeout-ms",
+        "900000",     NULL};
     T_REQUIRE(start_with(&g_z, "zero", z) == 0, "the daemon with a zero hypernetwork");
     g_z_up = 1;
-    const char *r[] = {"--hypernet", g_hn_random, "--everything-defaults", SMALL_DEFAULTS, NULL};
+    const char *r[] = {
+        "--hypernet", g_hn_random, "--everything-defaults", SMALL_DEFAULTS, "--request-timeout-ms",
+        "900000",     NULL};
     T_REQUIRE(start_with(&g_r, "random", r) == 0, "the daemon with a random hypernetwork");
     g_r_up = 1;
 }
@@ -85,7 +91,9 @@ static json_t *post(int port, const char *image_id, json_t *extra, int *status)
     if (image_id)
         json_object_set_new(extra, "image_id", json_string(image_id));
     write_request(path, sizeof path, image_id ? NULL : g_dog_b64, extra);
-    json_t *r = http_json(port, "POST", "/v1/segment", "application/json", path, NULL, status);
+    /* (curl's own limit raised to the daemons' deadline, as above) */
+    json_t *r =
+        http_json(port, "POST", "/v1/segment", "application/json", path, "--max-time 900", status);
     unlink(path);
     return r;
 }
@@ -178,7 +186,7 @@ static void test_task_alone(void)
     T_CHECK(same_masks(plain, zt), "a zero hypernetwork's task changed everything mode");
     /* multipart with a task part, and `everything` given with the task */
     char extra[PATH_MAX + 100];
-    snprintf(extra, sizeof extra, "-F 'image=@%s' -F 'task=" TASK "'", g_dog_path);
+    snprintf(extra, sizeof extra, "--max-time 900 -F 'image=@%s' -F 'task=" TASK "'", g_dog_path);
     json_t *mp = http_json(g_z.port, "POST", "/v1/segment", NULL, NULL, extra, &st);
     T_CHECK(st == 200 && same_masks(plain, mp), "multipart task alone: %d", st);
     json_decref(mp);
