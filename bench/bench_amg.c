@@ -34,35 +34,34 @@ static double cpu_seconds(void)
 
 int main(int argc, char **argv)
 {
-    const char *ckpt = NULL, *image = NULL, *device = "cpu";
-    int reps = 3, side = 16, threads = 0;
+    /* --image and --points-per-side here; the options every engine bench
+     * shares (bench_util.h) from the rest */
+    const char *image = NULL;
+    int side = 16, n = 1;
+    char **rest = calloc((size_t)argc + 1, sizeof *rest);
+    if (!rest)
+        return 1;
+    rest[0] = argv[0];
     for (int i = 1; i < argc; i++) {
-        if (!strcmp(argv[i], "--checkpoint") && i + 1 < argc)
-            ckpt = argv[++i];
-        else if (!strcmp(argv[i], "--image") && i + 1 < argc)
+        if (!strcmp(argv[i], "--image") && i + 1 < argc)
             image = argv[++i];
-        else if (!strcmp(argv[i], "--reps") && i + 1 < argc)
-            reps = atoi(argv[++i]);
         else if (!strcmp(argv[i], "--points-per-side") && i + 1 < argc)
             side = atoi(argv[++i]);
-        else if (!strcmp(argv[i], "--threads") && i + 1 < argc)
-            threads = atoi(argv[++i]);
-        else if (!strcmp(argv[i], "--device") && i + 1 < argc)
-            device = argv[++i];
-        else {
-            fprintf(stderr, "usage: bench_amg --checkpoint FILE --image IMG [--points-per-side N] "
-                            "[--reps N] [--threads N] [--device cpu|cuda]\n");
-            return 2;
-        }
+        else
+            rest[n++] = argv[i];
     }
-    if (!ckpt || !image || reps < 1 || reps > 100 || side < 1 ||
-        side > ENG_AMG_MAX_POINTS_PER_SIDE) {
+    bench_args args = {.device = "cpu", .reps = 3, .prompts = 1};
+    int bad = bench_parse_args("bench_amg", n, rest, &args);
+    free(rest);
+    if (bad || !image || args.reps > 100 || side < 1 || side > ENG_AMG_MAX_POINTS_PER_SIDE) {
         fprintf(stderr,
-                "bench_amg: --checkpoint and --image are required; reps 1..100, "
-                "points-per-side 1..%d\n",
+                "usage: bench_amg --checkpoint FILE --image IMG [--points-per-side N (1..%d)] "
+                "[--reps N (1..100)] [--threads N] [--device cpu|cuda]\n",
                 ENG_AMG_MAX_POINTS_PER_SIDE);
         return 2;
     }
+    const char *ckpt = args.ckpt, *device = args.device;
+    int reps = args.reps, threads = args.threads;
     eng_backend *be = NULL;
     int rc = !strcmp(device, "cuda") ? eng_backend_cuda_create(&be, 0, ENG_F32)
                                      : eng_backend_cpu_create(&be, threads);

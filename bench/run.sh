@@ -12,6 +12,8 @@ if [ -f "$fixtures/sam_tiny.safetensors" ]; then
     echo "== tiny (fixture)"
     "$build/bench/bench_cpu" --checkpoint "$fixtures/sam_tiny.safetensors" --reps "$reps"
     "$build/bench/bench_cpu" --checkpoint "$fixtures/sam_tiny.safetensors" --reps "$reps" --prompts 16
+    echo "== training step (decoder forward + backward with LoRA; the decoder is every SAM's)"
+    "$build/bench/bench_train" --checkpoint "$fixtures/sam_tiny.safetensors" --reps "$reps"
     echo "== everything mode, tiny (fixture), dog.jpg, 16x16 grid"
     "$build/bench/bench_amg" --checkpoint "$fixtures/sam_tiny.safetensors" \
         --image "$fixtures/images/dog.jpg" --points-per-side 16 --reps "${BENCH_REPS_AMG:-3}"
@@ -22,6 +24,10 @@ vitb="$build/bench/sam_vit_b_random.safetensors"
 [ -f "$vitb" ] || "$build/bench/mkweights" --arch vit_b --out "$vitb"
 echo "== vit_b (random weights)"
 "$build/bench/bench_cpu" --checkpoint "$vitb" --reps "${BENCH_REPS_VITB:-2}"
+if [ ! -f "$fixtures/sam_tiny.safetensors" ]; then
+    echo "== training step (decoder forward + backward with LoRA; the decoder is every SAM's)"
+    "$build/bench/bench_train" --checkpoint "$vitb" --reps "$reps"
+fi
 echo "== trainer data: synth, COCO load, examples and targets, COCO evaluation (bench_data)"
 "$build/bench/bench_data" --out "$build/bench/synth" --images "${BENCH_DATA_IMAGES:-200}"
 echo "== tasamd over HTTP (tasam-bench)"
