@@ -91,9 +91,9 @@ static json_t *post(int port, const char *image_id, json_t *extra, int *status)
     if (image_id)
         json_object_set_new(extra, "image_id", json_string(image_id));
     write_request(path, sizeof path, image_id ? NULL : g_dog_b64, extra);
-    /* (curl's own limit raised to the daemons' deadline, as above) */
-    json_t *r =
-        http_json(port, "POST", "/v1/segment", "application/json", path, "--max-time 900", status);
+    /* (the client's own limit raised to the daemons' deadline, as above) */
+    static const ts_extra slow = {.timeout_s = 900};
+    json_t *r = http_json(port, "POST", "/v1/segment", "application/json", path, &slow, status);
     unlink(path);
     return r;
 }
@@ -185,9 +185,10 @@ static void test_task_alone(void)
     T_CHECK(json_is_object(json_object_get(zt, "adapter")), "the adapter is named");
     T_CHECK(same_masks(plain, zt), "a zero hypernetwork's task changed everything mode");
     /* multipart with a task part, and `everything` given with the task */
-    char extra[PATH_MAX + 100];
-    snprintf(extra, sizeof extra, "--max-time 900 -F 'image=@%s' -F 'task=" TASK "'", g_dog_path);
-    json_t *mp = http_json(g_z.port, "POST", "/v1/segment", NULL, NULL, extra, &st);
+    ts_extra form = {.form = {{.name = "image", .file = g_dog_path, .filename = "dog.jpg"},
+                              {.name = "task", .data = TASK}},
+                     .timeout_s = 900};
+    json_t *mp = http_json(g_z.port, "POST", "/v1/segment", NULL, NULL, &form, &st);
     T_CHECK(st == 200 && same_masks(plain, mp), "multipart task alone: %d", st);
     json_decref(mp);
     json_t *zt2 =
