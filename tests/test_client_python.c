@@ -60,7 +60,16 @@ static void run_client_tests(void)
         return;
     }
     snprintf(state, sizeof state, "%s/state-client", g_tmp);
-    const char *args[] = {"--hypernet", hn, "--admin-token", ADMIN_TOKEN, NULL};
+    /* a task alone is everything mode: a 3x3 grid keeping every mask stays
+     * quick on the CPU */
+    const char *args[] = {"--hypernet",
+                          hn,
+                          "--admin-token",
+                          ADMIN_TOKEN,
+                          "--everything-defaults",
+                          "{\"points_per_side\": 3, \"pred_iou_thresh\": 0, "
+                          "\"stability_score_thresh\": 0, \"box_nms_thresh\": 1}",
+                          NULL};
     if (daemon_start(&d, state, 1, args) != 0) {
         show_log(&d);
         daemon_kill9(&d);

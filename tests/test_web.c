@@ -83,8 +83,8 @@ static void test_page_files(void)
     NEED_DAEMON();
     int st = http_full(g_d.port, "GET", "/", NULL, NULL, NULL, &r);
     T_REQUIRE(st == 200 && r.body, "GET / answered %d", st);
-    T_CHECK(!strcmp(hdr(&r, "Content-Type"), "text/html; charset=utf-8"),
-            "GET / Content-Type '%s'", hdr(&r, "Content-Type"));
+    T_CHECK(!strcmp(hdr(&r, "Content-Type"), "text/html; charset=utf-8"), "GET / Content-Type '%s'",
+            hdr(&r, "Content-Type"));
     T_CHECK(strstr(r.body, "<canvas id=\"view\"") && strstr(r.body, "id=\"image\"") &&
                 strstr(r.body, "id=\"everything\"") && strstr(r.body, "id=\"task\"") &&
                 strstr(r.body, "id=\"count\""),

@@ -213,9 +213,15 @@ class Live(unittest.TestCase):
         self.assertIn("lora_A", w[8:8 + n].decode())
         ids = [a["id"] for a in self.admin.adapters(limit=1)]
         self.assertIn(meta["id"], ids)
+        # a task alone: every object of the task (everything mode under the
+        # adapter, with the daemon's defaults: a 3x3 grid keeping every mask)
         alone = self.c.segment(DOG_ID, task=task)
+        self.assertEqual(alone.mode, "everything")
+        self.assertEqual(len(alone), alone.everything_stats["masks"])
+        self.assertEqual(alone.everything["points_per_side"], 3)
         self.assertGreater(len(alone), 0)
         self.assertEqual(alone.adapter["id"], meta["id"])
+        self.assertTrue(all(m.point_coords for m in alone))
 
     def test_admin_token(self):
         with self.assertRaises(tasam.UnauthorizedError) as cm:

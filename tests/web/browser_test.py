@@ -439,6 +439,9 @@ def main():
     ap.add_argument("--timeout", type=int, default=120)
     args = ap.parse_args()
     os.makedirs(args.out, exist_ok=True)
+    for f in os.listdir(args.out):  # the folder shows the latest run only
+        if f.endswith(".png"):
+            os.unlink(os.path.join(args.out, f))
     try:
         page = Page(args)
     except Exception as e:
