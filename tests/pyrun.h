@@ -10,7 +10,8 @@
  *
  * Python tests need a virtual environment with packages from PyPI
  * (tests/venv.sh makes it); where that cannot be made, every step is
- * reported skipped with the reason.
+ * reported skipped with the reason. pyrun_against runs such a program
+ * against a daemon of tests/tserver.h and stops the daemon after it.
  */
 #ifndef TASAM_TESTS_PYRUN_H
 #define TASAM_TESTS_PYRUN_H
@@ -21,6 +22,7 @@
 #include <sys/wait.h>
 
 #include "tests/harness.h"
+#include "tests/tserver.h"
 
 #define PYRUN_MAX_STEPS 128
 
@@ -109,6 +111,26 @@ static inline int pyrun_steps(const char *cmd, const char *prefix, const char *c
         return -1;
     }
     return n_seen;
+}
+
+/*
+ * Run `cmd` (its stderr going to `logp`) against the daemon d as
+ * pyrun_steps does, print how long it took and, after a failure, the tail
+ * of its stderr; then stop d and report whether it exited cleanly (as
+ * prefix + "daemon_exit").
+ */
+static inline void pyrun_against(daemon_proc *d, const char *cmd, const char *logp,
+                                 const char *prefix, const char *const *expected)
+{
+    char name[160];
+    int failed = t__failed;
+    double t0 = now_s();
+    pyrun_steps(cmd, prefix, expected);
+    printf("  the %s* tests took %.1f s\n", prefix, now_s() - t0);
+    if (t__failed > failed)
+        pyrun_show_tail(logp, "stderr", 4000);
+    snprintf(name, sizeof name, "%sdaemon_exit", prefix);
+    t_report(name, daemon_stop(d) == 0 ? 0 : 1, "tasamd did not stop cleanly");
 }
 
 #endif

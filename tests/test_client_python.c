@@ -81,13 +81,7 @@ static void run_client_tests(void)
              "timeout 900 '%s/bin/python3' tests/python/test_client.py --url http://127.0.0.1:%d "
              "--admin-token %s --fixtures '%s' 2>'%s'",
              venv, d.port, ADMIN_TOKEN, t_fixtures(), logp);
-    double t0 = now_s();
-    pyrun_steps(cmd, "client_", client_steps);
-    printf("  python client tests: %.1f s\n", now_s() - t0);
-    if (t__failed)
-        pyrun_show_tail(logp, "test_client.py stderr", 4000);
-    int st = daemon_stop(&d);
-    t_report("client_daemon_exit", st == 0 ? 0 : 1, "tasamd did not stop cleanly");
+    pyrun_against(&d, cmd, logp, "client_", client_steps);
 }
 
 int main(int argc, char **argv)

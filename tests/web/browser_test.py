@@ -106,6 +106,15 @@ class Page:
             raise StepFailed("no response within %d s (#count '%s', error '%s')" %
                              (timeout, self.q("#count").text, self.error_text()))
 
+    def respond(self, action, ok=True):
+        """Runs action() and waits for the page's response to it; with ok,
+        the page must show no error after it."""
+        before = self.seq()
+        action()
+        self.wait_response(before)
+        if ok:
+            self.no_error()
+
     def error_text(self):
         e = self.q("#error")
         return self.q("#error-text").text if e.is_displayed() else ""
@@ -196,11 +205,8 @@ class Page:
         self.shot("page")
 
     def step_upload(self):
-        before = self.seq()
         self.blank = self.pixels()
-        self.q("#image").send_keys(os.path.abspath(self.args.image))
-        self.wait_response(before)
-        self.no_error()
+        self.respond(lambda: self.q("#image").send_keys(os.path.abspath(self.args.image)))
         name = self.q("#image-name").text
         m = re.search(r"(\d+)×(\d+)", name)
         check(m, "image name line '%s'" % name)
@@ -214,10 +220,7 @@ class Page:
         self.shot("upload")
 
     def step_click(self):
-        before = self.seq()
-        self.click_image(400, 294)
-        self.wait_response(before)
-        self.no_error()
+        self.respond(lambda: self.click_image(400, 294))
         n = self.count()
         check(n > 0, "no mask after a click (#count '%s')" % self.q("#count").text)
         self.clicked = self.pixels()
@@ -251,16 +254,11 @@ class Page:
         self.shot("multimask")
 
     def step_background(self):
-        before = self.seq()
-        self.click_image(150, 100, "shift")
-        self.wait_response(before)
+        self.respond(lambda: self.click_image(150, 100, "shift"))
         req = self.last_segment()
         labels = [p[2] for p in req.get("points", [])]
         check(labels == [1, 0], "after a shift-click the points' labels are %r" % labels)
-        before = self.seq()
-        self.click_image(700, 480, "right")
-        self.wait_response(before)
-        self.no_error()
+        self.respond(lambda: self.click_image(700, 480, "right"))
         req = self.last_segment()
         labels = [p[2] for p in req.get("points", [])]
         check(labels == [1, 0, 0], "after a right-click the points' labels are %r" % labels)
@@ -273,12 +271,9 @@ class Page:
         view = self.q("#view")
         x0, y0 = self.image_point(160, 80)
         x1, y1 = self.image_point(560, 480)
-        before = self.seq()
-        (ActionChains(self.d).move_to_element_with_offset(view, int(x0), int(y0)).click_and_hold()
-         .move_by_offset(int((x1 - x0) / 2), int((y1 - y0) / 2))
-         .move_by_offset(int((x1 - x0) / 2), int((y1 - y0) / 2)).release().perform())
-        self.wait_response(before)
-        self.no_error()
+        self.respond(lambda: ActionChains(self.d).move_to_element_with_offset(view, int(x0), int(y0))
+                     .click_and_hold().move_by_offset(int((x1 - x0) / 2), int((y1 - y0) / 2))
+                     .move_by_offset(int((x1 - x0) / 2), int((y1 - y0) / 2)).release().perform())
         req = self.last_segment()
         boxes = req.get("boxes") or []
         check(len(boxes) == 1 and "points" not in req, "a drag sent %r" % (req,))
@@ -302,11 +297,8 @@ class Page:
         # the fixture's grid4_all case: the reference generator keeps 48 masks
         self.set_everything(points_per_side=4, pred_iou_thresh=0, stability_score_thresh=0,
                             box_nms_thresh=1)
-        before = self.seq()
         shown = self.pixels()
-        self.q("#everything").click()
-        self.wait_response(before)
-        self.no_error()
+        self.respond(lambda: self.q("#everything").click())
         req = self.last_segment()
         check(isinstance(req, dict) and req.get("everything", {}).get("points_per_side") == 4,
               "the everything request: %r" % (req,))
@@ -329,12 +321,9 @@ class Page:
 
     def step_task_alone(self):
         self.q("#clear").click()
-        before = self.seq()
         t = self.q("#task")
         t.clear()
-        t.send_keys("segment the dog" + Keys.ENTER)
-        self.wait_response(before)
-        self.no_error()
+        self.respond(lambda: t.send_keys("segment the dog" + Keys.ENTER))
         req = self.last_segment()
         check(isinstance(req, dict) and req.get("task") == "segment the dog" and "points" not in req,
               "a task alone sent %r" % (req,))
@@ -347,10 +336,7 @@ class Page:
         self.shot("task-alone")
 
     def step_task_points(self):
-        before = self.seq()
-        self.click_image(400, 294)
-        self.wait_response(before)
-        self.no_error()
+        self.respond(lambda: self.click_image(400, 294))
         req = self.last_segment()
         check(req.get("task") == "segment the dog" and req.get("points"), "task + point sent %r" % (req,))
         check(self.count() > 0, "no mask for a task with a point")
@@ -415,9 +401,7 @@ class Page:
         bad = os.path.join(self.out, "not-an-image.png")
         with open(bad, "wb") as f:
             f.write(b"this is not a PNG file\n" * 10)
-        before = self.seq()
-        self.q("#image").send_keys(bad)
-        self.wait_response(before)
+        self.respond(lambda: self.q("#image").send_keys(bad), ok=False)
         text = self.error_text()
         check(re.search(r"HTTP 4\d\d: ", text), "a bad image shows no API error: '%s'" % text)
         check(self.count() > 0, "a failed upload dropped the masks shown")
