@@ -114,6 +114,65 @@ static inline int pyrun_steps(const char *cmd, const char *prefix, const char *c
 }
 
 /*
+ * What a Python test against the fixture model needs first: the fixtures,
+ * and the virtual environment `venv` (tests/venv.sh) where the Python code
+ * `check` runs, made with `pkgs` from PyPI when it does not. Returns 0, or
+ * -1 after reporting every expected step skipped with the reason.
+ */
+static inline int pyrun_venv(const char *prefix, const char *const *expected, const char *venv,
+                             const char *check, const char *pkgs)
+{
+    char cmd[2 * PATH_MAX], why[2 * PATH_MAX];
+    if (!t_fixtures()) {
+        pyrun_skip_all(prefix, expected,
+                       "fixtures not found (set TASAM_FIXTURES or place ../shared/fixtures)");
+        return -1;
+    }
+    snprintf(cmd, sizeof cmd, "tests/venv.sh '%s' '%s' %s >/dev/null 2>&1", venv, check, pkgs);
+    if (system(cmd) == 0)
+        return 0;
+    snprintf(why, sizeof why,
+             "no Python virtual environment with %s from PyPI in %s (see %s.log; delete %s.failed "
+             "to retry)",
+             pkgs, venv, venv, venv);
+    pyrun_skip_all(prefix, expected, why);
+    return -1;
+}
+
+/*
+ * Start tasamd (the fixture model) as d for a Python test, with a random
+ * hypernetwork (seed; tasks change the masks) and the NULL-terminated
+ * `extra` options. Returns 0, or -1 after reporting prefix + "setup" failed
+ * (with the daemon's log shown).
+ */
+static inline int pyrun_start_daemon(daemon_proc *d, const char *prefix, uint64_t seed,
+                                     const char *const *extra)
+{
+    char hn[PATH_MAX], state[PATH_MAX], name[160];
+    const char *args[32];
+    int n = 0;
+    snprintf(name, sizeof name, "%ssetup", prefix);
+    snprintf(hn, sizeof hn, "%s/hn-%s.safetensors", g_tmp, prefix);
+    if (ts_write_hypernet(hn, seed, 1) != 0) {
+        t_report(name, 1, eng_last_error());
+        return -1;
+    }
+    args[n++] = "--hypernet";
+    args[n++] = hn;
+    for (int i = 0; extra && extra[i] && n < 30; i++)
+        args[n++] = extra[i];
+    args[n] = NULL;
+    snprintf(state, sizeof state, "%s/state-%s", g_tmp, prefix);
+    if (daemon_start(d, state, 1, args) != 0) {
+        show_log(d);
+        daemon_kill9(d);
+        t_report(name, 1, "tasamd did not start");
+        return -1;
+    }
+    return 0;
+}
+
+/*
  * Run `cmd` (its stderr going to `logp`) against the daemon d as
  * pyrun_steps does, print how long it took and, after a failure, the tail
  * of its stderr; then stop d and report whether it exited cleanly (as

@@ -22,22 +22,10 @@ static const char *const client_steps[] = {"Codec.test_rle_roundtrip", "Wire.tes
 static void run_client_tests(void)
 {
     const char *venv = "build/venv-client";
-    char cmd[4 * PATH_MAX], hn[PATH_MAX], state[PATH_MAX], logp[PATH_MAX], why[512];
+    char cmd[4 * PATH_MAX], logp[PATH_MAX], why[512];
     daemon_proc d;
-    if (!t_fixtures()) {
-        pyrun_skip_all("client_", client_steps,
-                       "fixtures not found (set TASAM_FIXTURES or place ../shared/fixtures)");
+    if (pyrun_venv("client_", client_steps, venv, "import numpy", "numpy") != 0)
         return;
-    }
-    snprintf(cmd, sizeof cmd, "tests/venv.sh '%s' 'import numpy' numpy >/dev/null 2>&1", venv);
-    if (system(cmd) != 0) {
-        snprintf(why, sizeof why,
-                 "no Python virtual environment with NumPy from PyPI in %s (see %s.log; delete "
-                 "%s.failed to retry)",
-                 venv, venv, venv);
-        pyrun_skip_all("client_", client_steps, why);
-        return;
-    }
     /* what the README tells a user to run; a fresh copy each time */
     tmp_name(logp, sizeof logp, ".pip.log");
     snprintf(cmd, sizeof cmd,
@@ -54,28 +42,14 @@ static void run_client_tests(void)
     }
     t_report("client_pip_install", 0, NULL);
 
-    snprintf(hn, sizeof hn, "%s/hn-client.safetensors", g_tmp);
-    if (ts_write_hypernet(hn, 3, 1) != 0) {
-        t_report("client_setup", 1, eng_last_error());
-        return;
-    }
-    snprintf(state, sizeof state, "%s/state-client", g_tmp);
     /* a task alone is everything mode: a 3x3 grid keeping every mask stays
      * quick on the CPU */
-    const char *args[] = {"--hypernet",
-                          hn,
-                          "--admin-token",
-                          ADMIN_TOKEN,
-                          "--everything-defaults",
-                          "{\"points_per_side\": 3, \"pred_iou_thresh\": 0, "
-                          "\"stability_score_thresh\": 0, \"box_nms_thresh\": 1}",
-                          NULL};
-    if (daemon_start(&d, state, 1, args) != 0) {
-        show_log(&d);
-        daemon_kill9(&d);
-        t_report("client_setup", 1, "tasamd did not start");
+    static const char *const args[] = {"--admin-token", ADMIN_TOKEN, "--everything-defaults",
+                                       "{\"points_per_side\": 3, \"pred_iou_thresh\": 0, "
+                                       "\"stability_score_thresh\": 0, \"box_nms_thresh\": 1}",
+                                       NULL};
+    if (pyrun_start_daemon(&d, "client_", 3, args) != 0)
         return;
-    }
     tmp_name(logp, sizeof logp, ".client.log");
     snprintf(cmd, sizeof cmd,
              "timeout 900 '%s/bin/python3' tests/python/test_client.py --url http://127.0.0.1:%d "

@@ -180,44 +180,18 @@ static void test_web_off(void)
 /* The browser steps, each reported as a test. */
 static void run_browser(void)
 {
-    char venv[PATH_MAX], hn[PATH_MAX], state[PATH_MAX], out[PATH_MAX], cmd[4 * PATH_MAX];
-    char logp[PATH_MAX], why[512];
+    const char *venv = "build/venv-selenium";
+    char out[PATH_MAX], cmd[4 * PATH_MAX], logp[PATH_MAX];
     daemon_proc d;
-    if (!t_fixtures()) {
-        pyrun_skip_all("browser_", browser_steps,
-                       "fixtures not found (set TASAM_FIXTURES or place ../shared/fixtures)");
-        return;
-    }
     if (access("/usr/bin/chromium", X_OK) != 0 || access("/usr/bin/chromedriver", X_OK) != 0) {
         pyrun_skip_all("browser_", browser_steps,
                        "chromium and chromium-driver are not installed (make deps installs them)");
         return;
     }
-    snprintf(venv, sizeof venv, "build/venv-selenium");
-    snprintf(cmd, sizeof cmd, "tests/venv.sh '%s' 'import selenium' selenium >/dev/null 2>&1",
-             venv);
-    if (system(cmd) != 0) {
-        snprintf(why, sizeof why,
-                 "selenium could not be installed from PyPI into %s (see %s.log; delete "
-                 "%s.failed to retry)",
-                 venv, venv, venv);
-        pyrun_skip_all("browser_", browser_steps, why);
+    if (pyrun_venv("browser_", browser_steps, venv, "import selenium", "selenium") != 0)
         return;
-    }
-    /* a random hypernetwork: tasks change the masks */
-    snprintf(hn, sizeof hn, "%s/hn-random.safetensors", g_tmp);
-    if (ts_write_hypernet(hn, 7, 1) != 0) {
-        t_report("browser_setup", 1, eng_last_error());
+    if (pyrun_start_daemon(&d, "browser_", 7, NULL) != 0)
         return;
-    }
-    snprintf(state, sizeof state, "%s/state-browser", g_tmp);
-    const char *args[] = {"--hypernet", hn, NULL};
-    if (daemon_start(&d, state, 1, args) != 0) {
-        show_log(&d);
-        daemon_kill9(&d);
-        t_report("browser_setup", 1, "tasamd with --hypernet did not start");
-        return;
-    }
     snprintf(out, sizeof out, "%s/web", g_build);
     tmp_name(logp, sizeof logp, ".browser.log");
     snprintf(cmd, sizeof cmd,
