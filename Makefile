@@ -94,8 +94,15 @@ else
   CUDA_OBJ :=
 endif
 
+# The demo page (server/web/): its files become byte arrays in one
+# generated source (server/web/embed.sh), so tasamd serves it with nothing
+# beside the binary.
+WEB_FILES := $(sort $(wildcard server/web/*.html server/web/*.js server/web/*.css server/web/*.svg))
+WEB_GEN   := $(BUILD)/gen/server/web_assets.c
+WEB_OBJ   := $(BUILD)/obj/gen/server/web_assets.o
+
 LIB_SRC  := $(ENGINE_SRC) $(HYPERNET_SRC) $(ADAPTERS_SRC) $(SERVER_SRC) $(TRAIN_SRC) $(CLIENTS_SRC)
-LIB_OBJ  := $(LIB_SRC:%.c=$(BUILD)/obj/%.o) $(CUDA_OBJ)
+LIB_OBJ  := $(LIB_SRC:%.c=$(BUILD)/obj/%.o) $(CUDA_OBJ) $(WEB_OBJ)
 LIB      := $(BUILD)/libtasam.a
 
 TEST_SRC := $(wildcard tests/test_*.c)
@@ -159,6 +166,16 @@ $(BUILD)/obj/%.o: %.c $(BUILD)/.config
 	@mkdir -p $(dir $@)
 	@echo "  CC      $<"
 	@$(CC) $(CFLAGS_ALL) -MMD -MP -c $< -o $@
+
+$(WEB_GEN): $(WEB_FILES) server/web/embed.sh
+	@mkdir -p $(dir $@)
+	@echo "  EMBED   server/web/ -> $@"
+	@server/web/embed.sh $@ $(WEB_FILES)
+
+$(WEB_OBJ): $(WEB_GEN) $(BUILD)/.config
+	@mkdir -p $(dir $@)
+	@echo "  CC      $<"
+	@$(CC) $(CFLAGS_ALL) -c $< -o $@
 
 $(BUILD)/obj/%.o: %.cu $(BUILD)/.config
 	@mkdir -p $(dir $@)

@@ -5,10 +5,13 @@
 # into build/venv-deploy for the manifest check. Safe to run repeatedly:
 # with everything present it only checks. Needs root (or sudo) to install.
 set -eu
+# The last line is for the tests only: the fleet and load-tester tests
+# (haproxy, wrk), the Python venvs, and the demo page's browser test
+# (headless Chromium driven by Selenium).
 pkgs=(make gcc clang libclang-rt-14-dev pkg-config curl ca-certificates
       libopenblas-dev libjpeg62-turbo-dev libpng-dev zlib1g-dev
       libjansson-dev libmicrohttpd-dev libuv1-dev libsqlite3-dev sqlite3
-      haproxy wrk python3-venv)
+      haproxy wrk python3-venv chromium chromium-driver fonts-dejavu-core python3)
 missing=()
 for p in "${pkgs[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

@@ -20,7 +20,7 @@
 
 static const char *const device_choices[] = {"auto", "cpu", "cuda", NULL};
 static const char *const precision_choices[] = {"auto", "fp32", "fp16", "bf16", NULL};
-static const char *const merge_choices[] = {"off", "on", NULL};
+static const char *const off_on_choices[] = {"off", "on", NULL};
 static const char *const log_choices[] = {"error", "warn", "info", "debug", NULL};
 
 #define KiB 1024LL
@@ -37,6 +37,9 @@ static const srv_opt_def opt_table[SRV_OPT_COUNT] = {
      "HOST:PORT to serve HTTP on ([v6addr]:PORT for IPv6; port 0 picks a free one)"},
     {"port-file", SRV_T_STRING, "", 0, 0, NULL, 0, 0,
      "write the bound TCP port to this file once listening"},
+    {"web", SRV_T_ENUM, "on", 0, 0, off_on_choices, 1, 0,
+     "on: serve the demo page at GET / (embedded in tasamd; it calls this daemon only); off: "
+     "404 there"},
     {"instance", SRV_T_STRING, "", 0, 0, NULL, 0, 0,
      "this replica's name, sent in the X-Tasam-Instance header of every response and in "
      "/v1/info (default HOSTNAME:PORT; letters, digits and . _ : @ / -)"},
@@ -84,7 +87,7 @@ static const srv_opt_def opt_table[SRV_OPT_COUNT] = {
      "task adapters kept ready on the device in an LRU in front of the disk cache"},
     {"adapter-cache-bytes", SRV_T_BYTES, "256MiB", 0, 1024 * GiB, NULL, 1, 0,
      "byte budget of the on-disk adapter cache (LRU eviction; 0 disables it)"},
-    {"adapter-merge", SRV_T_ENUM, "off", 0, 0, merge_choices, 0, 0,
+    {"adapter-merge", SRV_T_ENUM, "off", 0, 0, off_on_choices, 0, 0,
      "off: adapters stay unmerged (small; prompts with different adapters share a decoder "
      "call); on: fold each into a copy of the decoder weights"},
     {"request-timeout-ms", SRV_T_INT, "30000", 1, 3600000, NULL, 1, 0,

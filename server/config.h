@@ -29,6 +29,7 @@ typedef enum srv_opt_id {
     SRV_OPT_CHECKPOINT,
     SRV_OPT_LISTEN,
     SRV_OPT_PORT_FILE,
+    SRV_OPT_WEB,
     SRV_OPT_INSTANCE,
     SRV_OPT_STATE_DIR,
     SRV_OPT_DEVICE,
@@ -91,6 +92,8 @@ typedef struct srv_opt_def {
 
 /* device choices, in order. */
 enum { SRV_DEVICE_AUTO = 0, SRV_DEVICE_CPU, SRV_DEVICE_CUDA };
+/* web choices, in order. */
+enum { SRV_WEB_OFF = 0, SRV_WEB_ON };
 /* adapter-merge choices, in order. */
 enum { SRV_MERGE_OFF = 0, SRV_MERGE_ON };
 /* precision choices, in order. */

@@ -69,11 +69,13 @@ static enum MHD_Result send_reply(conn *c, srv_reply *r)
     enum MHD_Result ok;
     char ra[16];
     if (r->body)
-        resp = MHD_create_response_from_buffer(r->len, r->body, MHD_RESPMEM_MUST_FREE);
+        resp = MHD_create_response_from_buffer(
+            r->len, r->body, r->body_static ? MHD_RESPMEM_PERSISTENT : MHD_RESPMEM_MUST_FREE);
     else
         resp = MHD_create_response_from_buffer(0, (void *)"", MHD_RESPMEM_PERSISTENT);
     if (!resp) {
-        free(r->body);
+        if (!r->body_static)
+            free(r->body);
         r->body = NULL;
         return MHD_NO;
     }
@@ -86,6 +88,10 @@ static enum MHD_Result send_reply(conn *c, srv_reply *r)
         MHD_add_response_header(resp, MHD_HTTP_HEADER_WWW_AUTHENTICATE, "Bearer realm=\"tasamd\"");
     if (r->disposition[0])
         MHD_add_response_header(resp, MHD_HTTP_HEADER_CONTENT_DISPOSITION, r->disposition);
+    if (r->etag)
+        MHD_add_response_header(resp, MHD_HTTP_HEADER_ETAG, r->etag);
+    for (const char *const *hh = r->headers; hh && hh[0] && hh[1]; hh += 2)
+        MHD_add_response_header(resp, hh[0], hh[1]);
     if (r->retry_after > 0) {
         snprintf(ra, sizeof ra, "%d", r->retry_after);
         MHD_add_response_header(resp, MHD_HTTP_HEADER_RETRY_AFTER, ra);
@@ -165,6 +171,8 @@ static void request_in(conn *c, srv_http_in *in)
         MHD_lookup_connection_value(c->mc, MHD_HEADER_KIND, MHD_HTTP_HEADER_CONTENT_TYPE);
     in->authorization =
         MHD_lookup_connection_value(c->mc, MHD_HEADER_KIND, MHD_HTTP_HEADER_AUTHORIZATION);
+    in->if_none_match =
+        MHD_lookup_connection_value(c->mc, MHD_HEADER_KIND, MHD_HTTP_HEADER_IF_NONE_MATCH);
     MHD_get_connection_values_n(c->mc, MHD_GET_ARGUMENT_KIND, collect_arg, in);
 }
 

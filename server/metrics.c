@@ -16,11 +16,20 @@ static const double batch_bounds[] = {1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 48, 64};
 static const int tracked_codes[SRV_METRIC_CODES] = {200, 400, 401, 403, 404, 405, 408, 411,
                                                     413, 415, 429, 500, 501, 503, 504, 0};
 
-static const char *const route_names[SRV_ROUTE_COUNT] = {
-    "segment",  "embeddings_post", "embeddings_get", "healthz",
-    "readyz",   "metrics",         "info",           "admin",
-    "adapters", "adapters_post",   "adapter_get",    "adapter_weights",
-    "other"};
+static const char *const route_names[SRV_ROUTE_COUNT] = {"segment",
+                                                         "embeddings_post",
+                                                         "embeddings_get",
+                                                         "healthz",
+                                                         "readyz",
+                                                         "metrics",
+                                                         "info",
+                                                         "admin",
+                                                         "adapters",
+                                                         "adapters_post",
+                                                         "adapter_get",
+                                                         "adapter_weights",
+                                                         "web",
+                                                         "other"};
 
 const char *srv_route_name(srv_route r)
 {

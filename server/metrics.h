@@ -26,6 +26,7 @@ typedef enum srv_route {
     SRV_ROUTE_ADAPTERS_POST,   /* POST /v1/adapters */
     SRV_ROUTE_ADAPTER_GET,     /* GET /v1/adapters/{id} */
     SRV_ROUTE_ADAPTER_WEIGHTS, /* GET /v1/adapters/{id}/weights */
+    SRV_ROUTE_WEB,             /* GET / and /web/... (the demo page) */
     SRV_ROUTE_OTHER,           /* anything else (404/405) */
     SRV_ROUTE_COUNT
 } srv_route;

@@ -24,6 +24,7 @@
 #include "server/base64.h"
 #include "server/everything.h"
 #include "server/log.h"
+#include "server/web.h"
 
 static const char *const JSON_TYPE = "application/json";
 
@@ -68,6 +69,13 @@ int srv_route_match(const char *method, const char *url, srv_route *route, const
     if (strncmp(url, pre, sizeof pre - 1) == 0 && url[sizeof pre - 1] &&
         !strchr(url + sizeof pre - 1, '/')) {
         *route = SRV_ROUTE_EMBED_GET;
+        if (get)
+            return 0;
+        *allow = "GET, HEAD";
+        return 405;
+    }
+    if (strcmp(url, "/") == 0 || strncmp(url, "/web/", 5) == 0) {
+        *route = SRV_ROUTE_WEB;
         if (get)
             return 0;
         *allow = "GET, HEAD";
@@ -471,6 +479,9 @@ void srv_routes_get(srv_server *srv, srv_route route, const char *url, const srv
     case SRV_ROUTE_ADAPTER_GET:
     case SRV_ROUTE_ADAPTER_WEIGHTS:
         reply_outcome(out, get_adapter(srv, url, route == SRV_ROUTE_ADAPTER_WEIGHTS, out, &e), &e);
+        return;
+    case SRV_ROUTE_WEB:
+        srv_web_reply(srv, url, in, out);
         return;
     default:
         srv_reply_errorf(out, 404, "", "no such route");

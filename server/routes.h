@@ -17,14 +17,17 @@
 
 /* A response to send. */
 typedef struct srv_reply {
-    int status;               /* HTTP status */
-    char *body;               /* malloc'd body (may be NULL for an empty body) */
-    size_t len;               /* bytes at body */
-    const char *content_type; /* static string */
-    const char *allow;        /* Allow header for 405, or NULL */
-    int retry_after;          /* Retry-After seconds (429/503), 0 for none */
-    int auth_challenge;       /* 1: add WWW-Authenticate: Bearer (401) */
-    char disposition[128];    /* Content-Disposition value, or "" */
+    int status;                 /* HTTP status */
+    char *body;                 /* malloc'd body (may be NULL for an empty body) */
+    size_t len;                 /* bytes at body */
+    const char *content_type;   /* static string */
+    const char *allow;          /* Allow header for 405, or NULL */
+    int retry_after;            /* Retry-After seconds (429/503), 0 for none */
+    int auth_challenge;         /* 1: add WWW-Authenticate: Bearer (401) */
+    char disposition[128];      /* Content-Disposition value, or "" */
+    int body_static;            /* 1: body is static data (never freed) */
+    const char *etag;           /* ETag header (static), or NULL */
+    const char *const *headers; /* more headers: NULL-terminated name, value pairs (static) */
 } srv_reply;
 
 #define SRV_QUERY_MAX 8
@@ -44,6 +47,7 @@ typedef struct srv_query_arg {
 typedef struct srv_http_in {
     const char *content_type;           /* Content-Type header or NULL */
     const char *authorization;          /* Authorization header or NULL */
+    const char *if_none_match;          /* If-None-Match header or NULL */
     const char *image_id;               /* the first X-Tasam-Image-Id header, or NULL */
     int image_id_count;                 /* how many X-Tasam-Image-Id headers came */
     int n_query;                        /* entries in query */

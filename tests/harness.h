@@ -78,6 +78,27 @@ static inline void t__fail(const char *file, int line, const char *expr, const c
         fflush(stdout);                                                                            \
     } while (0)
 
+/* Report a test that ran elsewhere (a Python or browser test driven by this
+ * binary) under `name`: status 0 passed, 1 failed, 2 skipped; `why` is
+ * printed for a failure or a skip. Counts like a T_RUN. */
+static inline void t_report(const char *name, int status, const char *why)
+{
+    (void)t__cur_skipped; /* a binary may report only through t_report */
+    if (status == 1)
+        fprintf(stderr, "  FAIL %s: %s\n", name, why ? why : "");
+    else if (status == 2)
+        fprintf(stderr, "  SKIP %s: %s\n", name, why ? why : "");
+    fflush(stderr);
+    if (status == 1)
+        t__failed++;
+    else if (status == 2)
+        t__skipped++;
+    else
+        t__passed++;
+    printf("%s %s\n", status == 1 ? "not ok" : status == 2 ? "skip  " : "ok    ", name);
+    fflush(stdout);
+}
+
 static inline int t_summary(const char *suite)
 {
     printf("%s: %d passed, %d failed, %d skipped\n", suite, t__passed, t__failed, t__skipped);

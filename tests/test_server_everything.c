@@ -28,14 +28,6 @@ static eng_ckpt *g_amg_golden; /* golden_amg_tiny.safetensors */
 
 #define TASK "segment every dog"
 
-static int write_hypernet(const char *path, int random)
-{
-    hn_hypernet_config cfg;
-    hn_hypernet_config_default(&cfg);
-    snprintf(cfg.text_model, sizeof cfg.text_model, "hashed-%d", cfg.text_dim);
-    return hn_hypernet_init(path, &cfg, 1, random);
-}
-
 static int start_with(daemon_proc *d, const char *name, const char *const *extra)
 {
     char state[PATH_MAX];
@@ -56,7 +48,7 @@ static void test_start(void)
     T_NEED_FIXTURES();
     snprintf(g_hn_zero, sizeof g_hn_zero, "%s/hn-zero.safetensors", g_tmp);
     snprintf(g_hn_random, sizeof g_hn_random, "%s/hn-random.safetensors", g_tmp);
-    T_REQUIRE(write_hypernet(g_hn_zero, 0) == 0 && write_hypernet(g_hn_random, 1) == 0,
+    T_REQUIRE(ts_write_hypernet(g_hn_zero, 1, 0) == 0 && ts_write_hypernet(g_hn_random, 1, 1) == 0,
               "hypernet init: %s", eng_last_error());
     g_cases = amg_cases_load();
     T_REQUIRE(g_cases &&

@@ -24,15 +24,6 @@ static json_t *g_plain_free;       /* masks of everything mode without a task */
 
 #define TASK "Segment the dog"
 
-/* Contract: writes a hypernetwork for the hashed text embedding. */
-static int write_hypernet(const char *path, uint64_t seed, int random)
-{
-    hn_hypernet_config cfg;
-    hn_hypernet_config_default(&cfg);
-    snprintf(cfg.text_model, sizeof cfg.text_model, "hashed-%d", cfg.text_dim);
-    return hn_hypernet_init(path, &cfg, seed, random);
-}
-
 /* Everything mode's defaults for these daemons (a task alone means
  * everything mode): a 3x3 grid, every mask kept, so that it stays quick on
  * the CPU; the CLI gets the same as flags. */
@@ -129,8 +120,8 @@ static void test_tasks_start(void)
     T_NEED_FIXTURES();
     snprintf(g_hn_random, sizeof g_hn_random, "%s/hn-random.safetensors", g_tmp);
     snprintf(g_hn_zero, sizeof g_hn_zero, "%s/hn-zero.safetensors", g_tmp);
-    T_REQUIRE(write_hypernet(g_hn_random, 1, 1) == 0, "hypernet init: %s", eng_last_error());
-    T_REQUIRE(write_hypernet(g_hn_zero, 1, 0) == 0, "hypernet init: %s", eng_last_error());
+    T_REQUIRE(ts_write_hypernet(g_hn_random, 1, 1) == 0, "hypernet init: %s", eng_last_error());
+    T_REQUIRE(ts_write_hypernet(g_hn_zero, 1, 0) == 0, "hypernet init: %s", eng_last_error());
     snprintf(g_t_state, sizeof g_t_state, "%s/state-tasks", g_tmp);
     /* a hypernetwork that cannot be loaded stops the daemon with a clear message */
     {

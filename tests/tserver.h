@@ -462,6 +462,16 @@ static inline int check_masks(const json_t *resp, const char *name, int n_prompt
     return ok;
 }
 
+/* Contract: writes a hypernetwork for the hashed text embedding (random:
+ * adapters that change the masks; else zero adapters). */
+static inline int ts_write_hypernet(const char *path, uint64_t seed, int random)
+{
+    hn_hypernet_config cfg;
+    hn_hypernet_config_default(&cfg);
+    snprintf(cfg.text_model, sizeof cfg.text_model, "hashed-%d", cfg.text_dim);
+    return hn_hypernet_init(path, &cfg, seed, random);
+}
+
 /* ---- the shared daemon ---- */
 
 static daemon_proc g_d; /* started by test_start, used by most tests */
