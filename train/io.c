@@ -10,6 +10,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include "engine/ckpt.h"
 #include "engine/error.h"
 
 int tr_mkdirs(const char *path)
@@ -36,8 +37,8 @@ int tr_mkdirs(const char *path)
 
 int tr_write_file_atomic(const char *path, const void *data, size_t len)
 {
-    char tmp[4096 + 8];
-    if ((size_t)snprintf(tmp, sizeof tmp, "%s.tmp", path) >= sizeof tmp)
+    char tmp[4096 + 32];
+    if ((size_t)snprintf(tmp, sizeof tmp, "%s.tmp.%ld", path, (long)getpid()) >= sizeof tmp)
         return eng_error(ENG_ELIMIT, "%s: path too long", path);
     int fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
     if (fd < 0)
@@ -67,7 +68,7 @@ int tr_write_file_atomic(const char *path, const void *data, size_t len)
         unlink(tmp);
         return eng_error(ENG_EIO, "%s: cannot rename into place: %s", path, strerror(e));
     }
-    return 0;
+    return eng_fsync_dir_of(path);
 }
 
 int tr_write_json(const char *path, const json_t *j, size_t flags)
@@ -150,4 +151,24 @@ int tr_parse_size(const char *s, int lo, int hi, int *w, int *h)
     *w = (int)a;
     *h = (int)b;
     return 0;
+}
+
+int tr_opt_int(const char *cmd, const char *opt, const char *s, long long lo, long long hi,
+               long long *out)
+{
+    if (!s || tr_parse_int(s, lo, hi, out) == 0)
+        return 0;
+    fprintf(stderr, "tasam-train %s: %s: expected a whole number in %lld..%lld, not '%s'\n", cmd,
+            opt, lo, hi, s);
+    return -1;
+}
+
+int tr_opt_double(const char *cmd, const char *opt, const char *s, double lo, double hi,
+                  double *out)
+{
+    if (!s || tr_parse_double(s, lo, hi, out) == 0)
+        return 0;
+    fprintf(stderr, "tasam-train %s: %s: expected a number in [%g, %g], not '%s'\n", cmd, opt, lo,
+            hi, s);
+    return -1;
 }

@@ -10,8 +10,9 @@
 /* mkdir -p (mode 0755); 0 or ENG_EIO naming the folder. */
 int tr_mkdirs(const char *path);
 
-/* Write a whole file atomically: PATH.tmp, fsync, rename over PATH, so a
- * reader never sees a partial file. */
+/* Write a whole file atomically: PATH.tmp.PID in the same folder, fsync,
+ * rename over PATH, fsync of the folder, so a reader never sees a partial
+ * file. */
 int tr_write_file_atomic(const char *path, const void *data, size_t len);
 
 /* A JSON document (jansson's dump with `flags`, plus a newline), written
@@ -36,6 +37,14 @@ int tr_parse_int(const char *s, long long lo, long long hi, long long *out);
 
 /* A whole-string finite number in [lo, hi]; 0 or -1. */
 int tr_parse_double(const char *s, double lo, double hi, double *out);
+
+/* An option's value, when given (s not NULL), as an integer in [lo, hi] or
+ * a finite number in [lo, hi] into *out; 0 (also when s is NULL: *out
+ * untouched), or -1 after printing "tasam-train CMD: OPT: expected ...". */
+int tr_opt_int(const char *cmd, const char *opt, const char *s, long long lo, long long hi,
+               long long *out);
+int tr_opt_double(const char *cmd, const char *opt, const char *s, double lo, double hi,
+                  double *out);
 
 /* "WxH" with each side in [lo, hi]; 0 or -1. */
 int tr_parse_size(const char *s, int lo, int hi, int *w, int *h);
