@@ -414,11 +414,7 @@ static void test_eval_cmd(void)
 int main(int argc, char **argv)
 {
     (void)argc;
-    char rel[4096];
-    td_sibling(argv[0], "tasam-train", rel, sizeof rel);
-    char *abs = realpath(rel, NULL);
-    snprintf(prog, sizeof prog, "%s", abs ? abs : rel);
-    free(abs);
+    td_sibling_abs(argv[0], "tasam-train", prog, sizeof prog);
     if (td_init("run")) {
         perror("mkdtemp");
         return 1;

@@ -66,11 +66,6 @@ static void eval_usage(FILE *f)
 }
 
 static volatile sig_atomic_t eval_stop;
-static void eval_on_signal(int sig)
-{
-    (void)sig;
-    eval_stop = 1;
-}
 
 static void eval_progress(void *ctx, int done, int total)
 {
@@ -178,12 +173,7 @@ int tr_cmd_eval(int argc, char **argv)
         fprintf(stderr, "tasam-train eval: %s\n", eng_last_error());
         return 1;
     }
-    struct sigaction sa;
-    memset(&sa, 0, sizeof sa);
-    sa.sa_handler = eval_on_signal;
-    sigemptyset(&sa.sa_mask);
-    sigaction(SIGTERM, &sa, NULL);
-    sigaction(SIGINT, &sa, NULL);
+    tr_stop_on_signals(&eval_stop);
     tr_coco *ds = NULL;
     tr_embed *e = NULL;
     tr_model tm = {0};

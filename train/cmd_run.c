@@ -87,12 +87,6 @@ static void run_usage(FILE *f)
 
 static volatile sig_atomic_t run_stop;
 
-static void run_on_signal(int sig)
-{
-    (void)sig;
-    run_stop = 1;
-}
-
 /* A usage error: on stderr, and as the last event where a progress
  * descriptor was given. */
 static int run_usage_error(int fd, const char *msg)
@@ -228,12 +222,7 @@ int tr_cmd_run(int argc, char **argv)
             fprintf(stderr, "tasam-train run: --nice %d: %s (continuing)\n", nice_by,
                     strerror(errno));
     }
-    struct sigaction sa;
-    memset(&sa, 0, sizeof sa);
-    sa.sa_handler = run_on_signal;
-    sigemptyset(&sa.sa_mask);
-    sigaction(SIGTERM, &sa, NULL);
-    sigaction(SIGINT, &sa, NULL);
+    tr_stop_on_signals(&run_stop);
     /* a reader that went away must not kill the run: writes fail instead */
     signal(SIGPIPE, SIG_IGN);
     rc = tr_run(&c, &run_stop);

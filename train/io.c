@@ -172,3 +172,23 @@ int tr_opt_double(const char *cmd, const char *opt, const char *s, double lo, do
             hi, s);
     return -1;
 }
+
+static volatile sig_atomic_t *io__stop_flag;
+
+static void io__on_stop(int sig)
+{
+    (void)sig;
+    if (io__stop_flag)
+        *io__stop_flag = 1;
+}
+
+void tr_stop_on_signals(volatile sig_atomic_t *flag)
+{
+    io__stop_flag = flag;
+    struct sigaction sa;
+    memset(&sa, 0, sizeof sa);
+    sa.sa_handler = io__on_stop;
+    sigemptyset(&sa.sa_mask);
+    sigaction(SIGTERM, &sa, NULL);
+    sigaction(SIGINT, &sa, NULL);
+}

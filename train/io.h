@@ -5,6 +5,7 @@
 #define TASAM_TRAIN_IO_H
 
 #include <jansson.h>
+#include <signal.h>
 #include <stddef.h>
 
 /* mkdir -p (mode 0755); 0 or ENG_EIO naming the folder. */
@@ -45,6 +46,10 @@ int tr_opt_int(const char *cmd, const char *opt, const char *s, long long lo, lo
                long long *out);
 int tr_opt_double(const char *cmd, const char *opt, const char *s, double lo, double hi,
                   double *out);
+
+/* From now on SIGTERM and SIGINT set *flag (a command polls it between
+ * steps and stops cleanly) instead of killing the process. */
+void tr_stop_on_signals(volatile sig_atomic_t *flag);
 
 /* "WxH" with each side in [lo, hi]; 0 or -1. */
 int tr_parse_size(const char *s, int lo, int hi, int *w, int *h);
