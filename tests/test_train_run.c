@@ -100,7 +100,7 @@ static void test_contract(void)
     char cmd[40000], out[65536];
     snprintf(cmd, sizeof cmd,
              "%s --out %s --val %s --steps 4 --val-every 2 --val-images 2 --val-prompts 1 "
-             "--checkpoint-every 2 --log %s --progress-fd 3 3>%s",
+             "--checkpoint-every 2 --refine 1 --log %s --progress-fd 3 3>%s",
              base, td_path("hn1.safetensors"), td_path("set/val"), td_path("run.jsonl"),
              td_path("events.jsonl"));
     int rc = t_run_cmd(cmd, out, sizeof out);
@@ -117,19 +117,20 @@ static void test_contract(void)
             !strcmp(json_string_value(json_object_get(json_object_get(start, "init"), "version")),
                     "0"),
         "start event: %s", json_dumps(start, 0));
-    int steps = 0, vals = 0, cks = 0, embeds = 0;
+    int steps = 0, vals = 0, cks = 0, embeds = 0, prompts = 0;
     for (size_t i = 1; i + 1 < n; i++) {
         json_t *e = json_array_get(ev, i);
         const char *nm = ev_name(e);
         if (!strcmp(nm, "step")) {
             steps++;
+            prompts += (int)ev_num(e, "prompts");
             T_CHECK(ev_num(e, "step") == steps && ev_num(e, "steps") == 4 &&
                         ev_num(e, "loss") > 0 && ev_num(e, "focal") >= 0 &&
                         ev_num(e, "dice") >= 0 && ev_num(e, "iou_mse") >= 0 &&
                         ev_num(e, "lr") > 0 && ev_num(e, "samples_per_s") > 0 &&
                         ev_num(e, "eta_s") >= 0,
                     "step event %d: %s", steps, json_dumps(e, 0));
-            /* loss = 20 focal + dice + iou (no L2, no refinement) */
+            /* loss = 20 focal + dice + iou, summed over the two rounds (no L2) */
             double parts = 20 * ev_num(e, "focal") + ev_num(e, "dice") + ev_num(e, "iou_mse");
             T_CHECK(fabs(parts - ev_num(e, "loss")) < 1e-6 * ev_num(e, "loss") + 1e-9,
                     "loss %.9g, parts %.9g", ev_num(e, "loss"), parts);
@@ -154,6 +155,9 @@ static void test_contract(void)
     }
     T_CHECK(steps == 4 && vals == 2 && cks == 2 && embeds == 9,
             "%d steps, %d validations, %d checkpoints, %d embedded", steps, vals, cks, embeds);
+    /* a refinement round per example, unless its first answer was exact */
+    T_CHECK(prompts > 4 * 2 && prompts <= 4 * 2 * 2, "%d prompts in 4 steps of 2 examples",
+            prompts);
     T_CHECK(
         !strcmp(ev_name(done), "done") && json_is_true(json_object_get(done, "published")) &&
             !strcmp(json_string_value(json_object_get(done, "version")), "1") &&
@@ -175,7 +179,8 @@ static void test_contract(void)
     T_REQUIRE(eng_ckpt_open(&ck, td_path("hn1.safetensors")) == 0, "%s", eng_last_error());
     json_t *tr =
         json_loads(eng_ckpt_meta(ck, "training") ? eng_ckpt_meta(ck, "training") : "", 0, NULL);
-    T_CHECK(tr && ev_num(tr, "steps") == 4 && ev_num(tr, "batch") == 2 && ev_num(tr, "seed") == 5 &&
+    T_CHECK(tr && ev_num(tr, "steps") == 4 && ev_num(tr, "batch") == 2 &&
+                ev_num(tr, "refine") == 1 && ev_num(tr, "seed") == 5 &&
                 !strcmp(json_string_value(json_object_get(tr, "parent_id")), id0) &&
                 json_object_get(tr, "val") && eng_ckpt_meta(ck, "parent_id") &&
                 !strcmp(eng_ckpt_meta(ck, "parent_id"), id0),

@@ -344,6 +344,7 @@ int tr_curve_write_svg(const tr_curve *c, const char *path, const char *title)
     static const char *const colour[3] = {"#1f5fbf", "#1f5fbf", "#2e8b57"};
     static const char *const dash[3] = {"", " stroke-dasharray=\"5,4\"", ""};
     static const char *const label[3] = {"val mIoU", "val mIoU, held-out phrasings", "val AP"};
+    static const int lx[3] = {150, 290, 530}; /* legend entries' offsets */
     for (int sidx = 0; sidx < 3; sidx++) {
         int any = 0;
         for (int i = 0; i < c->n_val; i++) {
@@ -367,8 +368,8 @@ int tr_curve_write_svg(const tr_curve *c, const char *path, const char *title)
         curve__printf(&s,
                       "<line x1=\"%d\" y1=\"%d\" x2=\"%d\" y2=\"%d\" stroke=\"%s\"%s "
                       "stroke-width=\"2\"/><text x=\"%d\" y=\"%d\">%s</text>\n",
-                      PX0 + 10 + 190 * (sidx + 1), PY1 + 52, PX0 + 34 + 190 * (sidx + 1), PY1 + 52,
-                      colour[sidx], dash[sidx], PX0 + 40 + 190 * (sidx + 1), PY1 + 56, label[sidx]);
+                      PX0 + 10 + lx[sidx], PY1 + 52, PX0 + 34 + lx[sidx], PY1 + 52, colour[sidx],
+                      dash[sidx], PX0 + 40 + lx[sidx], PY1 + 56, label[sidx]);
     }
     curve__printf(&s,
                   "<line x1=\"%d\" y1=\"%d\" x2=\"%d\" y2=\"%d\" stroke=\"#c0392b\" "

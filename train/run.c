@@ -113,6 +113,9 @@ static int run__wrap(int rc, const char *what)
 
 static int run__cancelled(const run *r) { return r->stop && *r->stop; }
 
+/* A number for an event; null where it is not finite (JSON has no NaN). */
+static json_t *run__real(double v) { return isfinite(v) ? json_real(v) : json_null(); }
+
 static json_t *run__event(const char *name)
 {
     json_t *e = json_object();
@@ -781,17 +784,16 @@ static int run__loop(run *r)
         json_t *e = run__event("step");
         json_object_set_new(e, "step", json_integer(k + 1));
         json_object_set_new(e, "steps", json_integer(c->steps));
-        json_object_set_new(e, "loss", json_real(st.loss));
-        json_object_set_new(e, "focal", json_real(st.focal));
-        json_object_set_new(e, "dice", json_real(st.dice));
-        json_object_set_new(e, "iou_mse", json_real(st.iou_mse));
-        json_object_set_new(e, "l2", json_real(st.l2));
-        json_object_set_new(e, "lr", json_real(info.lr));
-        json_object_set_new(e, "grad_norm",
-                            isfinite(info.grad_norm) ? json_real(info.grad_norm) : json_null());
+        json_object_set_new(e, "loss", run__real(st.loss));
+        json_object_set_new(e, "focal", run__real(st.focal));
+        json_object_set_new(e, "dice", run__real(st.dice));
+        json_object_set_new(e, "iou_mse", run__real(st.iou_mse));
+        json_object_set_new(e, "l2", run__real(st.l2));
+        json_object_set_new(e, "lr", run__real(info.lr));
+        json_object_set_new(e, "grad_norm", run__real(info.grad_norm));
         json_object_set_new(e, "prompts", json_integer(st.prompts));
-        json_object_set_new(e, "samples_per_s", json_real(sps));
-        json_object_set_new(e, "eta_s", json_real(eta));
+        json_object_set_new(e, "samples_per_s", run__real(sps));
+        json_object_set_new(e, "eta_s", run__real(eta));
         tr_progress_emit(r->pr, e);
         if ((rc = tr_curve_add_loss(r->curve, k + 1, st.loss)))
             return rc;
@@ -897,6 +899,11 @@ int tr_run(const tr_run_config *c, volatile sig_atomic_t *stop)
     }
     if (!rc && c->resume)
         rc = run__resume(&r, c->resume);
+    if (!rc && c->resume && c->publish_if_better && r.step0 > 0 && !isfinite(r.base_miou))
+        rc = eng_error(ENG_EINVAL,
+                       "--publish-if-better: %s holds no validation of the initial "
+                       "hypernetwork (its run was started without the gate)",
+                       c->resume);
     if (!rc) {
         json_t *e = run__event("start");
         json_object_set_new(e, "steps", json_integer(c->steps));
