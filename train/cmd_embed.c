@@ -32,7 +32,8 @@ static void embed_usage(FILE *f)
                "  --json FILE             write {images, computed, seconds, images_per_s, device}\n"
                "\n"
                "example:\n"
-               "  tasam-train embed --checkpoint sam.safetensors --data data/synth/train\n");
+               "  tasam-train embed --checkpoint ../shared/fixtures/sam_tiny.safetensors \\\n"
+               "      --data data/synth/train\n");
 }
 
 static double embed_now(void)
@@ -102,7 +103,9 @@ int tr_cmd_embed(int argc, char **argv)
             json_object_set_new(j, "images_per_s", json_real(missing ? missing / secs : 0.0));
             json_object_set_new(j, "device", json_string(eng_backend_describe(tm.enc)));
             json_object_set_new(j, "model_id", json_string(eng_sam_model_id(tm.m)));
-            rc = tr_write_json(json, j, JSON_INDENT(2));
+            rc = tr_mkdirs_parent(json);
+            if (!rc)
+                rc = tr_write_json(json, j, JSON_INDENT(2));
             json_decref(j);
         }
     }

@@ -59,8 +59,9 @@ static void eval_usage(FILE *f)
             "  --quiet                 no progress on stderr\n"
             "\n"
             "example:\n"
-            "  tasam-train eval --checkpoint sam.safetensors --data data/synth/val \\\n"
-            "      --hypernet hn1.safetensors --json out/eval.json --points-per-side 8\n",
+            "  tasam-train eval --checkpoint ../shared/fixtures/sam_tiny.safetensors \\\n"
+            "      --data data/synth/val --hypernet hn1.safetensors --json out/eval.json \\\n"
+            "      --points-per-side 8\n",
             (unsigned long long)d.seed, d.prompts, d.max_present, d.absent, (double)d.iou_thresh,
             d.ap_points_per_side);
 }
@@ -220,7 +221,9 @@ int tr_cmd_eval(int argc, char **argv)
     json_object_set_new(cfg, "ap_categories", json_integer(ec.ap_max_categories));
     json_object_set_new(j, "config", cfg);
     json_object_set_new(j, "seconds", json_real(res.seconds));
-    rc = tr_write_json(json, j, JSON_INDENT(2) | JSON_REAL_PRECISION(9));
+    rc = tr_mkdirs_parent(json);
+    if (!rc)
+        rc = tr_write_json(json, j, JSON_INDENT(2) | JSON_REAL_PRECISION(9));
     json_decref(j);
 out:
     if (rc == ENG_ECANCELED)

@@ -74,12 +74,13 @@ static void run_usage(FILE *f)
             "2 usage, 3 cancelled (SIGTERM/SIGINT: stops at the next step, publishes\n"
             "nothing). The events on --progress-fd are listed in the README (Training).\n"
             "\n"
-            "example (offline, on the synthetic set):\n"
-            "  tasam-train synth --out data/synth --train-images 40 --val-images 10\n"
-            "  tasam hypernet init --out hn0.safetensors --text-model hashed-384\n"
-            "  tasam-train run --checkpoint sam.safetensors --data data/synth/train \\\n"
-            "      --val data/synth/val --init hn0.safetensors --out hn1.safetensors \\\n"
-            "      --steps 60 --batch 8 --lr 3e-3 --log out/run.jsonl\n",
+            "example (offline, on the synthetic set and the fixture model):\n"
+            "  tasam-train synth --out data/synth --seed 1 --train-images 40 --val-images 10\n"
+            "  tasam hypernet init --out hn0.safetensors --text-model hashed --hidden 64\n"
+            "  tasam-train run --checkpoint ../shared/fixtures/sam_tiny.safetensors \\\n"
+            "      --data data/synth/train --val data/synth/val --init hn0.safetensors \\\n"
+            "      --out hn1.safetensors --steps 100 --batch 8 --lr 3e-3 --val-every 50 \\\n"
+            "      --log out/run.jsonl\n",
             d.steps, d.batch, (double)d.optim.lr, (double)d.optim.min_lr_ratio,
             (double)d.optim.weight_decay, (double)d.optim.clip, d.sample.p_box, d.sample.p_absent,
             d.val_cfg.prompts, d.val_cfg.ap_points_per_side);

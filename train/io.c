@@ -35,6 +35,19 @@ int tr_mkdirs(const char *path)
     return 0;
 }
 
+int tr_mkdirs_parent(const char *path)
+{
+    const char *slash = strrchr(path, '/');
+    if (!slash || slash == path)
+        return 0;
+    char dir[4096];
+    if ((size_t)(slash - path) >= sizeof dir)
+        return eng_error(ENG_ELIMIT, "%s: path too long", path);
+    memcpy(dir, path, (size_t)(slash - path));
+    dir[slash - path] = '\0';
+    return tr_mkdirs(dir);
+}
+
 int tr_write_file_atomic(const char *path, const void *data, size_t len)
 {
     char tmp[4096 + 32];

@@ -11,6 +11,9 @@
 /* mkdir -p (mode 0755); 0 or ENG_EIO naming the folder. */
 int tr_mkdirs(const char *path);
 
+/* mkdir -p of the folder holding `path` (nothing for a bare file name). */
+int tr_mkdirs_parent(const char *path);
+
 /* Write a whole file atomically: PATH.tmp.PID in the same folder, fsync,
  * rename over PATH, fsync of the folder, so a reader never sees a partial
  * file. */

@@ -37,6 +37,10 @@ int tr_progress_open(tr_progress **out, int fd, const char *log_path, int append
         p->fd = fd;
     }
     if (log_path) {
+        if (tr_mkdirs_parent(log_path)) {
+            free(p);
+            return eng_error(ENG_EIO, "%s: cannot create its folder", log_path);
+        }
         p->log = fopen(log_path, append ? "a" : "w");
         if (!p->log || !(p->log_path = strdup(log_path))) {
             int e = errno;

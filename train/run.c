@@ -890,6 +890,9 @@ int tr_run(const tr_run_config *c, volatile sig_atomic_t *stop)
         if (w < 0 || (size_t)w >= sizeof r.state)
             rc = eng_error(ENG_ELIMIT, "%s: path too long", c->out);
     }
+    /* the output's and the state's folders, now rather than after hours */
+    if (!rc && !(rc = tr_mkdirs_parent(c->out)))
+        rc = tr_mkdirs_parent(r.state);
     if (!rc) {
         r.optim = c->optim;
         r.optim.total = c->steps;
