@@ -11,7 +11,9 @@
  * - a second run finds every embedding in the cache (no "embed" event);
  * - bad options, data, checkpoints, hypernetworks and text models: exit
  *   status and a message naming the culprit, and "error" last on the fd;
- * - `eval` writes its JSON with every group and per-task entries.
+ * - `eval` writes its JSON with every group and per-task entries, and AP
+ *   of task-only everything mode where asked (undefined for no-object tasks,
+ *   whose masks per image it counts instead).
  */
 #include "harness.h"
 #include "tdata.h"
@@ -409,6 +411,26 @@ static void test_eval_cmd(void)
     char want[64];
     snprintf(want, sizeof want, "miou %.6f", ev_num(j, "miou"));
     T_CHECK(strstr(out, want), "printed mIoU differs from the JSON's (%s):\n%s", want, out);
+    json_decref(j);
+    /* AP: everything mode under each task's adapter, on a 2x2 grid */
+    snprintf(cmd, sizeof cmd,
+             "%s eval --checkpoint %s --data %s --hypernet %s --json %s --cache %s --threads 1 "
+             "--device cpu --prompts 1 --images 1 --points-per-side 2 --ap-categories 1 --quiet",
+             prog, t_fixture("sam_tiny.safetensors"), td_path("set/val"),
+             td_path("hn0.safetensors"), td_path("eval_ap.json"), td_path("cache"));
+    rc = t_run_cmd(cmd, out, sizeof out);
+    T_REQUIRE(rc == 0, "exit %d:\n%s", rc, out);
+    j = json_load_file(td_path("eval_ap.json"), 0, NULL);
+    g = json_object_get(j, "groups");
+    json_t *no = json_object_get(g, "no_objects"), *seen = json_object_get(g, "seen");
+    int with_ap = 0;
+    for (size_t i = 0; i < json_array_size(json_object_get(j, "per_task")); i++)
+        with_ap += json_is_number(
+            json_object_get(json_array_get(json_object_get(j, "per_task"), i), "ap"));
+    T_CHECK(j && ev_num(j, "ap") >= 0 && ev_num(j, "ap") <= 1 &&
+                json_is_null(json_object_get(no, "ap")) && ev_num(no, "dets_per_image") >= 0 &&
+                ev_num(seen, "dets_per_image") >= 0 && with_ap >= 1,
+            "AP: %s", j ? json_dumps(j, 0) : "unreadable");
     json_decref(j);
     snprintf(cmd, sizeof cmd, "%s eval --checkpoint %s --data %s --hypernet %s", prog,
              t_fixture("sam_tiny.safetensors"), td_path("set/val"), td_path("hn0.safetensors"));

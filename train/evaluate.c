@@ -10,8 +10,10 @@
 #include <string.h>
 #include <time.h>
 
+#include "engine/amg.h"
 #include "engine/error.h"
 #include "hypernet/hypernet_train.h"
+#include "train/cocoeval.h"
 #include "train/rng.h"
 #include "train/sample.h"
 
@@ -433,6 +435,173 @@ static int ev__miou(tr_eval_result *r, const ev_plan *pl, eng_sam *m, tr_embed *
     return rc;
 }
 
+/* ---- AP: task-only everything mode ---- */
+
+static int ev__amg_cancel(void *arg)
+{
+    volatile sig_atomic_t *stop = arg;
+    return stop && *stop;
+}
+
+/* The categories AP evaluates: all; or, with ap_max_categories, every
+ * category that is not a seen one (held-out combinations and no-object
+ * tasks are few and reported apart) and that many seen ones chosen from the
+ * seed; in file order. */
+static int ev__ap_categories(const tr_coco *ds, const tr_eval_config *c, int *cats)
+{
+    const int K = ds->n_categories;
+    int n = 0, ns = 0;
+    for (int k = 0; k < K; k++)
+        if (ds->categories[k].split == TR_SPLIT_SEEN)
+            cats[ns++] = k;
+    if (c->ap_max_categories && c->ap_max_categories < ns) {
+        tr_rng rng;
+        tr_rng_seed(&rng, c->seed, 0x41500000ull);
+        ns = ev__pick(cats, ns, c->ap_max_categories, &rng);
+    }
+    n = ns;
+    for (int k = 0; k < K; k++)
+        if (ds->categories[k].split != TR_SPLIT_SEEN)
+            cats[n++] = k;
+    for (int i = 1; i < n; i++) /* back to file order */
+        for (int j = i; j > 0 && cats[j - 1] > cats[j]; j--) {
+            int x = cats[j];
+            cats[j] = cats[j - 1];
+            cats[j - 1] = x;
+        }
+    return n;
+}
+
+/* The first phrasing of category k that is held out (heldout) or not; -1
+ * when none is. */
+static int ev__first_phrasing(const tr_coco_category *k, int heldout)
+{
+    for (int t = 0; t < k->n_tasks; t++)
+        if (!k->task_heldout[t] == !heldout)
+            return t;
+    return -1;
+}
+
+/* One pass of AP: every chosen category under one phrasing (pass 0: its
+ * first training phrasing; pass 1: its first held-out one, seen categories
+ * only) in everything mode on every image, then COCOeval over those images
+ * and categories. */
+static int ev__ap_pass(tr_eval_result *r, ev_plan *pl, eng_sam *m, tr_embed *emb, const tr_coco *ds,
+                       const tr_tasks *tk, const hn_params *p, const tr_eval_config *c,
+                       const int *cats, int n_cats, int pass, int n_images, float *ebuf,
+                       ev_adapter *ad, tr_eval_progress_fn progress, void *ctx,
+                       volatile sig_atomic_t *stop)
+{
+    tr_coco_dets *d = NULL;
+    int rc = tr_coco_dets_create(&d);
+    int64_t *cat_ids = malloc(((size_t)n_cats + 1) * sizeof *cat_ids);
+    int64_t *img_ids = malloc(((size_t)n_images + 1) * sizeof *img_ids);
+    int *task_of = malloc(((size_t)n_cats + 1) * sizeof *task_of);
+    int nc = 0;
+    if (!rc && (!cat_ids || !img_ids || !task_of))
+        rc = eng_error(ENG_ENOMEM, "eval: out of memory");
+    eng_amg_params ap;
+    eng_amg_defaults(&ap);
+    ap.points_per_side = c->ap_points_per_side;
+    const eng_amg_hooks hooks = {.cancel = ev__amg_cancel, .arg = (void *)stop};
+    for (int q = 0; q < n_cats && !rc; q++) {
+        const int k = cats[q];
+        const tr_coco_category *cat = &ds->categories[k];
+        if (pass && cat->split != TR_SPLIT_SEEN)
+            continue;
+        int t = ev__first_phrasing(cat, pass);
+        if (t < 0 && !pass)
+            t = 0;
+        if (t < 0)
+            continue;
+        const int ti = ev__task(r, pl, tk, ds, k, t, pass);
+        if (ti < 0) {
+            rc = eng_error(ENG_ENOMEM, "eval: out of memory");
+            break;
+        }
+        eng_sam_lora *lora = NULL;
+        if ((rc = ev__lora(ad, m, p, tr_tasks_get(tk, k, t), &lora)))
+            break;
+        tr_eval_task *te = &r->tasks[ti];
+        for (int i = 0; i < n_images && !rc; i++) {
+            eng_sam_imginfo info;
+            if ((rc = tr_embed_get(emb, i, ebuf, &info)))
+                break;
+            eng_amg_input in = {
+                .width = info.orig_w, .height = info.orig_h, .embedding = ebuf, .lora = lora};
+            eng_amg_result res;
+            rc = eng_amg_run(m, &in, &ap, &hooks, &res);
+            for (size_t j = 0; j < res.n && !rc; j++)
+                rc = tr_coco_dets_add(d, ds, i, cat->id, res.masks[j].predicted_iou,
+                                      &res.masks[j].rle, NULL);
+            if (!rc) {
+                te->ap_images++;
+                te->ap_dets += (long)res.n;
+            }
+            eng_amg_result_free(&res);
+        }
+        eng_sam_lora_destroy(m, lora);
+        cat_ids[nc] = cat->id;
+        task_of[nc++] = ti;
+        if (!rc && progress)
+            progress(ctx, q + 1, n_cats);
+    }
+    if (rc == ENG_ECANCELED)
+        eng_error(rc, "cancelled");
+    tr_cocoeval *e = NULL;
+    if (!rc && nc) {
+        for (int i = 0; i < n_images; i++)
+            img_ids[i] = ds->images[i].id;
+        tr_cocoeval_params prm;
+        tr_cocoeval_params_default(&prm, TR_IOU_SEGM);
+        prm.img_ids = img_ids;
+        prm.n_img_ids = n_images;
+        prm.cat_ids = cat_ids;
+        prm.n_cat_ids = nc;
+        rc = tr_cocoeval_run(&e, ds, d, &prm);
+    }
+    if (!rc && e) {
+        /* e->cat_ids is sorted: find each task's category there */
+        for (int q = 0; q < nc; q++)
+            for (int k = 0; k < e->K; k++)
+                if (e->cat_ids[k] == cat_ids[q]) {
+                    r->tasks[task_of[q]].ap = e->cat_ap[k];
+                    r->tasks[task_of[q]].ap50 = e->cat_ap50[k];
+                }
+        if (!pass) {
+            r->ap = e->stats[0];
+            r->ap50 = e->stats[1];
+        }
+    }
+    tr_cocoeval_destroy(e);
+    tr_coco_dets_destroy(d);
+    free(cat_ids);
+    free(img_ids);
+    free(task_of);
+    return rc;
+}
+
+static int ev__ap(tr_eval_result *r, ev_plan *pl, eng_sam *m, tr_embed *emb, const tr_coco *ds,
+                  const tr_tasks *tk, const hn_params *p, const tr_eval_config *c,
+                  tr_eval_progress_fn progress, void *ctx, volatile sig_atomic_t *stop,
+                  int n_images)
+{
+    int *cats = malloc(((size_t)ds->n_categories + 1) * sizeof *cats);
+    float *ebuf = malloc(ENG_SAM_EMB_FLOATS * sizeof *ebuf);
+    ev_adapter ad;
+    int rc = !cats || !ebuf ? eng_error(ENG_ENOMEM, "eval: out of memory")
+                            : ev__adapter_init(&ad, &p->cfg);
+    const int n = rc ? 0 : ev__ap_categories(ds, c, cats);
+    for (int pass = 0; pass <= (c->heldout_phrasings != 0) && !rc; pass++)
+        rc = ev__ap_pass(r, pl, m, emb, ds, tk, p, c, cats, n, pass, n_images, ebuf, &ad, progress,
+                         ctx, stop);
+    if (cats && ebuf)
+        ev__adapter_free(&ad);
+    free(cats);
+    free(ebuf);
+    return rc;
+}
+
 /* ---- the whole ---- */
 
 static void ev__summarise(tr_eval_result *r)
@@ -448,6 +617,21 @@ static void ev__summarise(tr_eval_result *r)
         r->present_pairs += t->present_pairs;
         gsum[t->group] += t->iou_sum;
         r->group_pairs[t->group] += t->pairs;
+    }
+    double apsum[TR_EVAL_GROUPS] = {0}, dets[TR_EVAL_GROUPS] = {0}, imgs[TR_EVAL_GROUPS] = {0};
+    int apn[TR_EVAL_GROUPS] = {0};
+    for (int i = 0; i < r->n_tasks; i++) {
+        const tr_eval_task *t = &r->tasks[i];
+        if (t->ap >= 0) {
+            apsum[t->group] += t->ap;
+            apn[t->group]++;
+        }
+        dets[t->group] += (double)t->ap_dets;
+        imgs[t->group] += t->ap_images;
+    }
+    for (int g = 0; g < TR_EVAL_GROUPS; g++) {
+        r->group_ap[g] = apn[g] ? apsum[g] / apn[g] : -1;
+        r->dets_per_image[g] = imgs[g] ? dets[g] / imgs[g] : -1;
     }
     r->miou = r->pairs ? sum / r->pairs : -1;
     r->present_miou = r->present_pairs ? psum / r->present_pairs : -1;
@@ -480,6 +664,8 @@ int tr_eval_run(tr_eval_result *r, eng_sam *m, tr_embed *emb, const tr_coco *ds,
     rc = ev__plan(r, &pl, ds, tasks, c, n_images);
     if (!rc)
         rc = ev__miou(r, &pl, m, emb, ds, tasks, p, c, progress, ctx, stop, n_images);
+    if (!rc && c->ap)
+        rc = ev__ap(r, &pl, m, emb, ds, tasks, p, c, progress, ctx, stop, n_images);
     free(pl.task_of);
     free(pl.pairs);
     ev__summarise(r);

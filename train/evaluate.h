@@ -60,7 +60,8 @@ typedef struct tr_eval_config {
     int heldout_phrasings;  /* also evaluate a held-out phrasing per pair (1) */
     int ap;                 /* compute AP (1) */
     int ap_points_per_side; /* everything mode's grid for AP (16) */
-    int ap_max_categories;  /* AP categories, 0: all; chosen from the seed, every group kept (0) */
+    int ap_max_categories;  /* seen categories for AP, 0: all; chosen from the seed (the
+                               held-out combinations and no-object ones always run) (0) */
 } tr_eval_config;
 
 void tr_eval_config_default(tr_eval_config *c);
