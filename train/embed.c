@@ -16,7 +16,6 @@
 #include "engine/dtype.h"
 #include "engine/error.h"
 #include "engine/image.h"
-#include "engine/sha256.h"
 #include "train/io.h"
 
 #define EMB_N   ENG_SAM_EMB_FLOATS
@@ -120,36 +119,18 @@ void tr_embed_destroy(tr_embed *e)
 }
 
 /* Hash image i's file into e->sha[i]. */
-static int embed__hash(tr_embed *e, int i, uint8_t **buf, size_t *cap)
+static int embed__hash(tr_embed *e, int i)
 {
     char p[4096];
     const tr_coco *ds = e->ds;
-    const tr_coco_image *im = &ds->images[i];
     int rc = tr_coco_image_path(ds, i, p, sizeof p);
-    if (rc)
-        return rc;
-    FILE *f = fopen(p, "rb");
-    if (!f)
-        return eng_error(ENG_EIO, "%s: images[%d] (id %" PRId64 "): cannot read %s: %s",
-                         ds->json_path, i, im->id, p, strerror(errno));
-    eng_sha256_ctx h;
-    eng_sha256_init(&h);
-    size_t n;
-    if (!*buf && !(*buf = malloc(*cap = 1 << 20))) {
-        fclose(f);
-        return eng_error(ENG_ENOMEM, "out of memory");
+    if (!rc && (rc = tr_sha256_file(p, e->sha[i]))) {
+        char why[4200];
+        snprintf(why, sizeof why, "%s", eng_last_error());
+        rc = eng_error(rc, "%s: images[%d] (id %" PRId64 "): %s", ds->json_path, i,
+                       ds->images[i].id, why);
     }
-    while ((n = fread(*buf, 1, *cap, f)) > 0)
-        eng_sha256_update(&h, *buf, n);
-    int bad = ferror(f);
-    fclose(f);
-    if (bad)
-        return eng_error(ENG_EIO, "%s: images[%d] (id %" PRId64 "): error reading %s",
-                         ds->json_path, i, im->id, p);
-    uint8_t d[32];
-    eng_sha256_final(&h, d);
-    eng_sha256_hex(d, e->sha[i]);
-    return 0;
+    return rc;
 }
 
 int tr_embed_open(tr_embed **out, const tr_coco *ds, const char *cache_dir, const char *model_id,
@@ -178,10 +159,8 @@ int tr_embed_open(tr_embed **out, const tr_coco *ds, const char *cache_dir, cons
         tr_embed_destroy(e);
         return eng_error(rc, "embedding cache: %s (choose another folder with --cache)", why);
     }
-    uint8_t *buf = NULL;
-    size_t cap = 0;
     for (int i = 0; i < ds->n_images && !rc; i++) {
-        if ((rc = embed__hash(e, i, &buf, &cap)))
+        if ((rc = embed__hash(e, i)))
             break;
         int w = snprintf(e->path[i], sizeof e->path[i], "%s/%.2s/%s.safetensors", e->dir, e->sha[i],
                          e->sha[i]);
@@ -200,7 +179,6 @@ int tr_embed_open(tr_embed **out, const tr_coco *ds, const char *cache_dir, cons
         }
         e->missing += !e->cached[i];
     }
-    free(buf);
     if (rc) {
         tr_embed_destroy(e);
         return rc;

@@ -12,6 +12,7 @@
 
 #include "engine/ckpt.h"
 #include "engine/error.h"
+#include "engine/sha256.h"
 
 int tr_mkdirs(const char *path)
 {
@@ -32,6 +33,27 @@ int tr_mkdirs(const char *path)
             return eng_error(ENG_EIO, "%s: not a folder", buf);
         buf[i] = c;
     }
+    return 0;
+}
+
+int tr_sha256_file(const char *path, char hex[65])
+{
+    FILE *f = fopen(path, "rb");
+    if (!f)
+        return eng_error(ENG_EIO, "cannot read %s: %s", path, strerror(errno));
+    eng_sha256_ctx h;
+    eng_sha256_init(&h);
+    uint8_t buf[65536];
+    size_t n;
+    while ((n = fread(buf, 1, sizeof buf, f)) > 0)
+        eng_sha256_update(&h, buf, n);
+    int bad = ferror(f);
+    fclose(f);
+    if (bad)
+        return eng_error(ENG_EIO, "error reading %s", path);
+    uint8_t d[32];
+    eng_sha256_final(&h, d);
+    eng_sha256_hex(d, hex);
     return 0;
 }
 

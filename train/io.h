@@ -11,6 +11,10 @@
 /* mkdir -p (mode 0755); 0 or ENG_EIO naming the folder. */
 int tr_mkdirs(const char *path);
 
+/* The lower-case hex SHA-256 of a file's bytes; 0 or ENG_EIO with the
+ * system's reason (callers add which entry the file is). */
+int tr_sha256_file(const char *path, char hex[65]);
+
 /* mkdir -p of the folder holding `path` (nothing for a bare file name). */
 int tr_mkdirs_parent(const char *path);
 

@@ -18,7 +18,6 @@
 
 #include "engine/ckpt.h"
 #include "engine/error.h"
-#include "engine/sha256.h"
 #include "hypernet/hypernet.h"
 #include "train/embed.h"
 #include "train/io.h"
@@ -151,35 +150,13 @@ static int run__check(const tr_run_config *c)
     return tr_eval_config_check(&c->val_cfg);
 }
 
-/* SHA-256 of a file, hex. */
-static int run__file_sha(const char *path, char hex[65])
-{
-    FILE *f = fopen(path, "rb");
-    if (!f)
-        return eng_error(ENG_EIO, "%s: %s", path, strerror(errno));
-    eng_sha256_ctx h;
-    eng_sha256_init(&h);
-    char buf[65536];
-    size_t n;
-    while ((n = fread(buf, 1, sizeof buf, f)) > 0)
-        eng_sha256_update(&h, buf, n);
-    int bad = ferror(f);
-    fclose(f);
-    if (bad)
-        return eng_error(ENG_EIO, "%s: read error", path);
-    uint8_t d[32];
-    eng_sha256_final(&h, d);
-    eng_sha256_hex(d, hex);
-    return 0;
-}
-
 /* The configuration that decides the result: what a resume must match and
  * what the output's metadata records. */
 static int run__config_json(run *r)
 {
     const tr_run_config *c = r->c;
     char data_sha[65];
-    int rc = run__file_sha(r->train->json_path, data_sha);
+    int rc = tr_sha256_file(r->train->json_path, data_sha);
     if (rc)
         return rc;
     json_t *j = json_object();
