@@ -57,6 +57,8 @@ static void eval_usage(FILE *f)
             "  --points-per-side N     everything mode's grid for AP (default %d)\n"
             "  --ap-categories N       AP on N seen categories chosen from the seed, and\n"
             "                          every held-out and no-object one (default all)\n"
+            "  --pred-iou-thresh X     everything mode keeps masks rated above X (default %g)\n"
+            "  --stability-thresh X    ... and at least this stable (default %g)\n"
             "  --quiet                 no progress on stderr\n"
             "\n"
             "example:\n"
@@ -64,7 +66,7 @@ static void eval_usage(FILE *f)
             "      --data data/synth/val --hypernet hn1.safetensors --json out/eval.json \\\n"
             "      --points-per-side 8\n",
             (unsigned long long)d.seed, d.prompts, d.max_present, d.absent, (double)d.iou_thresh,
-            d.ap_points_per_side);
+            d.ap_points_per_side, d.ap_pred_iou_thresh, d.ap_stability_thresh);
 }
 
 static volatile sig_atomic_t eval_stop;
@@ -107,7 +109,8 @@ int tr_cmd_eval(int argc, char **argv)
     tr_eval_config_default(&ec);
     const char *ckpt = NULL, *data = NULL, *hn = NULL, *json = NULL, *text = NULL, *cache = NULL,
                *device = "auto", *threads = NULL, *seed = NULL, *images = NULL, *prompts = NULL,
-               *present = NULL, *absent = NULL, *thresh = NULL, *pps = NULL, *apc = NULL;
+               *present = NULL, *absent = NULL, *thresh = NULL, *pps = NULL, *apc = NULL,
+               *piou = NULL, *pstab = NULL;
     int no_ho = 0, no_ap = 0, quiet = 0;
     const tr_opt opts[] = {{"--checkpoint", &ckpt, NULL},
                            {"--data", &data, NULL},
@@ -127,6 +130,8 @@ int tr_cmd_eval(int argc, char **argv)
                            {"--no-ap", NULL, &no_ap},
                            {"--points-per-side", &pps, NULL},
                            {"--ap-categories", &apc, NULL},
+                           {"--pred-iou-thresh", &piou, NULL},
+                           {"--stability-thresh", &pstab, NULL},
                            {"--quiet", NULL, &quiet},
                            {NULL, NULL, NULL}};
     int rc = tr_opts_parse("eval", argc, argv, opts);
@@ -157,6 +162,9 @@ int tr_cmd_eval(int argc, char **argv)
         return 2;
     if (thresh)
         ec.iou_thresh = (float)x;
+    if (tr_opt_double(cmd, "--pred-iou-thresh", piou, 0, 1, &ec.ap_pred_iou_thresh) ||
+        tr_opt_double(cmd, "--stability-thresh", pstab, 0, 1, &ec.ap_stability_thresh))
+        return 2;
     ec.heldout_phrasings = !no_ho;
     ec.ap = !no_ap;
     if (!ckpt || !data || !hn || !json) {
@@ -220,6 +228,8 @@ int tr_cmd_eval(int argc, char **argv)
     json_object_set_new(cfg, "ap", json_boolean(ec.ap));
     json_object_set_new(cfg, "points_per_side", json_integer(ec.ap_points_per_side));
     json_object_set_new(cfg, "ap_categories", json_integer(ec.ap_max_categories));
+    json_object_set_new(cfg, "pred_iou_thresh", json_real(ec.ap_pred_iou_thresh));
+    json_object_set_new(cfg, "stability_thresh", json_real(ec.ap_stability_thresh));
     json_object_set_new(j, "config", cfg);
     json_object_set_new(j, "seconds", json_real(res.seconds));
     rc = tr_mkdirs_parent(json);

@@ -33,6 +33,8 @@ void tr_eval_config_default(tr_eval_config *c)
     c->ap = 1;
     c->ap_points_per_side = 16;
     c->ap_max_categories = 0;
+    c->ap_pred_iou_thresh = 0.88;
+    c->ap_stability_thresh = 0.95;
 }
 
 int tr_eval_config_check(const tr_eval_config *c)
@@ -46,6 +48,9 @@ int tr_eval_config_check(const tr_eval_config *c)
     if (c->ap && (c->ap_points_per_side < 1 || c->ap_points_per_side > 64))
         return eng_error(ENG_EINVAL, "eval: points per side must be 1..64, not %d",
                          c->ap_points_per_side);
+    if (!(c->ap_pred_iou_thresh >= 0 && c->ap_pred_iou_thresh <= 1) ||
+        !(c->ap_stability_thresh >= 0 && c->ap_stability_thresh <= 1))
+        return eng_error(ENG_EINVAL, "eval: everything mode's thresholds must be in [0, 1]");
     return 0;
 }
 
@@ -503,6 +508,8 @@ static int ev__ap_pass(tr_eval_result *r, ev_plan *pl, eng_sam *m, tr_embed *emb
     eng_amg_params ap;
     eng_amg_defaults(&ap);
     ap.points_per_side = c->ap_points_per_side;
+    ap.pred_iou_thresh = c->ap_pred_iou_thresh;
+    ap.stability_score_thresh = c->ap_stability_thresh;
     const eng_amg_hooks hooks = {.cancel = ev__amg_cancel, .arg = (void *)stop};
     for (int q = 0; q < n_cats && !rc; q++) {
         const int k = cats[q];

@@ -25,7 +25,9 @@
  *
  * AP: COCO segm AP@[.50:.95] (train/cocoeval.h) of task-only everything
  * mode (engine/amg.h under the task's adapter, a grid of
- * ap_points_per_side^2 points, masks ranked by the adapted IoU head), each
+ * ap_points_per_side^2 points, the generator's filters at
+ * ap_pred_iou_thresh and ap_stability_thresh, masks ranked by the adapted
+ * IoU head), each
  * result's category being the task's; every AP category runs on every
  * image evaluated (the protocol counts a category's missed ground truth on
  * every image), with its first training phrasing, and seen categories
@@ -62,6 +64,8 @@ typedef struct tr_eval_config {
     int ap_points_per_side; /* everything mode's grid for AP (16) */
     int ap_max_categories;  /* seen categories for AP, 0: all; chosen from the seed (the
                                held-out combinations and no-object ones always run) (0) */
+    double ap_pred_iou_thresh;  /* everything mode's filters, as a server may configure them: */
+    double ap_stability_thresh; /* predicted IoU above, stability at least (SAM's 0.88, 0.95) */
 } tr_eval_config;
 
 void tr_eval_config_default(tr_eval_config *c);
