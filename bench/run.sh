@@ -14,6 +14,8 @@ if [ -f "$fixtures/sam_tiny.safetensors" ]; then
     "$build/bench/bench_cpu" --checkpoint "$fixtures/sam_tiny.safetensors" --reps "$reps" --prompts 16
     echo "== training step (decoder forward + backward with LoRA; the decoder is every SAM's)"
     "$build/bench/bench_train" --checkpoint "$fixtures/sam_tiny.safetensors" --reps "$reps"
+    echo "== tasam-train run end to end (fixture model, synthetic set, embeddings cached)"
+    bench/train_run.sh "$build" "$fixtures/sam_tiny.safetensors"
     echo "== everything mode, tiny (fixture), dog.jpg, 16x16 grid"
     "$build/bench/bench_amg" --checkpoint "$fixtures/sam_tiny.safetensors" \
         --image "$fixtures/images/dog.jpg" --points-per-side 16 --reps "${BENCH_REPS_AMG:-3}"

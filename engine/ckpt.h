@@ -76,9 +76,16 @@ typedef struct eng_st_entry {
 int eng_safetensors_serialize(const eng_st_entry *e, size_t n, const char *const *meta,
                               size_t n_meta, uint8_t **out, size_t *out_len);
 
-/* Same, written to `path` atomically (temp file, fsync, rename). */
+/* Same, written to `path` atomically: a temporary file in the same folder
+ * (PATH.tmp.PID), fsync, rename over PATH, fsync of the folder, so a reader
+ * sees the old file or the whole new one, and after a crash the rename has
+ * happened or not. */
 int eng_safetensors_write(const char *path, const eng_st_entry *e, size_t n,
                           const char *const *meta, size_t n_meta);
+
+/* fsync the folder holding `path` (after a rename into it, so the new name
+ * survives a crash). 0 or ENG_EIO naming the path. */
+int eng_fsync_dir_of(const char *path);
 
 /* Metadata value for `key` from a safetensors file's __metadata__, or NULL. */
 const char *eng_ckpt_meta(const eng_ckpt *c, const char *key);

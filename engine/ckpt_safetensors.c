@@ -679,6 +679,31 @@ static int eng__write_all(int fd, const void *p, size_t n)
     return 0;
 }
 
+int eng_fsync_dir_of(const char *path)
+{
+    /* the folder part of path: everything before the last '/', "." without one */
+    const char *slash = strrchr(path, '/');
+    char dir[4096];
+    if (!slash)
+        snprintf(dir, sizeof dir, ".");
+    else if (slash == path)
+        snprintf(dir, sizeof dir, "/");
+    else if ((size_t)(slash - path) < sizeof dir)
+        snprintf(dir, sizeof dir, "%.*s", (int)(slash - path), path);
+    else
+        return eng_error(ENG_ELIMIT, "%s: path too long", path);
+    int fd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    if (fd < 0)
+        return eng_error(ENG_EIO, "%s: cannot open its folder to sync it: %s", path,
+                         strerror(errno));
+    int rc = 0;
+    /* some file systems refuse fsync on a folder (EINVAL): nothing to sync there */
+    if (fsync(fd) != 0 && errno != EINVAL && errno != EROFS)
+        rc = eng_error(ENG_EIO, "%s: cannot sync its folder: %s", path, strerror(errno));
+    close(fd);
+    return rc;
+}
+
 int eng_safetensors_write(const char *path, const eng_st_entry *e, size_t n,
                           const char *const *meta, size_t n_meta)
 {
@@ -688,14 +713,16 @@ int eng_safetensors_write(const char *path, const eng_st_entry *e, size_t n,
     char *tmp = NULL;
     if ((rc = eng__st_header(e, n, meta, n_meta, &s, &data_len)))
         goto err;
-    size_t plen = strlen(path);
-    tmp = malloc(plen + 5);
+    /* the temporary file lives in the destination's folder (rename is atomic
+     * only within one file system) and carries the pid, so two writers of
+     * one path never write into each other's temporary file */
+    size_t tlen = strlen(path) + 32;
+    tmp = malloc(tlen);
     if (!tmp) {
         rc = eng_error(ENG_ENOMEM, "%s: out of memory", path);
         goto err;
     }
-    memcpy(tmp, path, plen);
-    memcpy(tmp + plen, ".tmp", 5);
+    snprintf(tmp, tlen, "%s.tmp.%ld", path, (long)getpid());
     fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
     if (fd < 0) {
         rc = eng_error(ENG_EIO, "%s: cannot create: %s", tmp, strerror(errno));
@@ -721,7 +748,7 @@ int eng_safetensors_write(const char *path, const eng_st_entry *e, size_t n,
     }
     free(tmp);
     free(s.b);
-    return 0;
+    return eng_fsync_dir_of(path);
 io:
     rc = eng_error(ENG_EIO, "%s: write failed: %s", tmp, strerror(errno));
 err:

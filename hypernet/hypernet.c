@@ -464,6 +464,29 @@ void hn_params_id(const hn_params *p, char id[HN_ID_LEN + 1])
 int hn_params_write(const hn_params *p, const char *path, const char *version,
                     char id_out[HN_ID_LEN + 1])
 {
+    return hn_params_write_meta(p, path, version, NULL, 0, id_out);
+}
+
+/* Metadata keys the writer sets itself. */
+static const char *const hn__reserved_meta[] = {
+    "format", "format_version", "version", "id",         "rank",
+    "alpha",  "text_dim",       "hidden",  "text_model", "targets"};
+
+int hn_params_write_meta(const hn_params *p, const char *path, const char *version,
+                         const char *const *extra, size_t n_extra, char id_out[HN_ID_LEN + 1])
+{
+    if (n_extra > HN_MAX_EXTRA_META || (n_extra && !extra))
+        return eng_error(ENG_EINVAL, "hypernetwork metadata: at most %d extra entries",
+                         HN_MAX_EXTRA_META);
+    for (size_t i = 0; i < n_extra; i++) {
+        const char *k = extra[2 * i], *v = extra[2 * i + 1];
+        if (!k || !v || !*k)
+            return eng_error(ENG_EINVAL, "hypernetwork metadata entry %zu: empty key or value", i);
+        for (size_t r = 0; r < sizeof hn__reserved_meta / sizeof *hn__reserved_meta; r++)
+            if (!strcmp(k, hn__reserved_meta[r]))
+                return eng_error(ENG_EINVAL,
+                                 "hypernetwork metadata '%s' is set by the writer itself", k);
+    }
     if (!version || !hn__name_ok(version))
         return eng_error(ENG_EINVAL, "hypernetwork version must be 1..%d printable bytes",
                          HN_NAME_MAX - 1);
@@ -492,27 +515,32 @@ int hn_params_write(const hn_params *p, const char *path, const char *version,
     snprintf(srank, sizeof srank, "%d", p->cfg.rank);
     snprintf(salpha, sizeof salpha, "%.9g", (double)p->cfg.alpha);
     hn_targets_format(p->cfg.present, tg, sizeof tg);
-    const char *meta[] = {"format",
-                          "tasam-hypernet",
-                          "format_version",
-                          "1",
-                          "version",
-                          version,
-                          "id",
-                          id,
-                          "rank",
-                          srank,
-                          "alpha",
-                          salpha,
-                          "text_dim",
-                          sdim,
-                          "hidden",
-                          shid,
-                          "text_model",
-                          p->cfg.text_model,
-                          "targets",
-                          tg};
-    rc = eng_safetensors_write(path, e, (size_t)n, meta, sizeof meta / sizeof meta[0] / 2);
+    const char *meta[20 + 2 * HN_MAX_EXTRA_META] = {"format",
+                                                    "tasam-hypernet",
+                                                    "format_version",
+                                                    "1",
+                                                    "version",
+                                                    version,
+                                                    "id",
+                                                    id,
+                                                    "rank",
+                                                    srank,
+                                                    "alpha",
+                                                    salpha,
+                                                    "text_dim",
+                                                    sdim,
+                                                    "hidden",
+                                                    shid,
+                                                    "text_model",
+                                                    p->cfg.text_model,
+                                                    "targets",
+                                                    tg};
+    size_t n_meta = 10;
+    for (size_t i = 0; i < n_extra; i++, n_meta++) {
+        meta[2 * n_meta] = extra[2 * i];
+        meta[2 * n_meta + 1] = extra[2 * i + 1];
+    }
+    rc = eng_safetensors_write(path, e, (size_t)n, meta, n_meta);
     if (!rc && id_out)
         memcpy(id_out, id, HN_ID_LEN + 1);
     return rc;
@@ -947,28 +975,39 @@ void hn_hypernet_text_name(const hn_text *t, char *out, size_t cap)
 
 int hn_hypernet_check_text(const hn_hypernet *h, const hn_text *t)
 {
+    return hn_config_check_text(&h->cfg, t);
+}
+
+int hn_config_check_text(const hn_hypernet_config *cfg, const hn_text *t)
+{
     char name[HN_NAME_MAX + 64];
     hn_hypernet_text_name(t, name, sizeof name);
-    if (hn_text_dim(t) != h->cfg.text_dim)
+    if (hn_text_dim(t) != cfg->text_dim)
         return eng_error(ENG_EINVAL,
                          "the hypernetwork takes %d-d embeddings from %s, but the "
                          "text encoder %s gives %d-d",
-                         h->cfg.text_dim, h->cfg.text_model, name, hn_text_dim(t));
-    if (strcasecmp(name, h->cfg.text_model))
+                         cfg->text_dim, cfg->text_model, name, hn_text_dim(t));
+    if (strcasecmp(name, cfg->text_model))
         return eng_error(ENG_EINVAL,
                          "the hypernetwork was built for text model '%s', not '%s' "
                          "(adapters from another encoder would be meaningless)",
-                         h->cfg.text_model, name);
+                         cfg->text_model, name);
     return 0;
 }
 
 int hn_hypernet_open_text(const hn_hypernet *h, const char *dir, eng_backend *be, hn_text **out)
 {
+    return hn_config_open_text(&h->cfg, dir, be, out);
+}
+
+int hn_config_open_text(const hn_hypernet_config *cfg, const char *dir, eng_backend *be,
+                        hn_text **out)
+{
     *out = NULL;
     int rc;
-    const char *tm = h->cfg.text_model;
+    const char *tm = cfg->text_model;
     if (!dir && !strncmp(tm, "hashed-", 7)) {
-        rc = hn_text_create_hashed(out, h->cfg.text_dim);
+        rc = hn_text_create_hashed(out, cfg->text_dim);
     } else {
         char path[4096];
         if (!dir) {
@@ -986,7 +1025,7 @@ int hn_hypernet_open_text(const hn_hypernet *h, const char *dir, eng_backend *be
     }
     if (rc)
         return rc;
-    if ((rc = hn_hypernet_check_text(h, *out))) {
+    if ((rc = hn_config_check_text(cfg, *out))) {
         hn_text_destroy(*out);
         *out = NULL;
     }

@@ -145,6 +145,13 @@ void hn_params_id(const hn_params *p, char id[HN_ID_LEN + 1]);
  * string. id (may be NULL) receives the content id. */
 int hn_params_write(const hn_params *p, const char *path, const char *version,
                     char id[HN_ID_LEN + 1]);
+/* hn_params_write with extra metadata: n_extra key/value pairs (extra[2i]
+ * key, extra[2i+1] value; at most HN_MAX_EXTRA_META), e.g. a trainer's
+ * configuration. Keys the writer sets itself (format, version, id, rank,
+ * ...) are refused. Readers ignore keys they do not know. */
+#define HN_MAX_EXTRA_META 16
+int hn_params_write_meta(const hn_params *p, const char *path, const char *version,
+                         const char *const *extra, size_t n_extra, char id[HN_ID_LEN + 1]);
 /* Read a hypernetwork file (or the same bytes in memory, `label` naming it
  * in messages). version (may be NULL) receives the version string. Every
  * shape and the metadata are checked, values must be finite, and a stored
@@ -212,5 +219,10 @@ int hn_hypernet_check_text(const hn_hypernet *h, const hn_text *t);
  * hashed fallback for "hashed-<dim>", else models/<text_model> if present;
  * otherwise ENG_ENOTFOUND saying how to get it. */
 int hn_hypernet_open_text(const hn_hypernet *h, const char *dir, eng_backend *be, hn_text **out);
+/* The same two for a configuration (a trainer holds hn_params, not a
+ * loaded hypernetwork). */
+int hn_config_check_text(const hn_hypernet_config *cfg, const hn_text *t);
+int hn_config_open_text(const hn_hypernet_config *cfg, const char *dir, eng_backend *be,
+                        hn_text **out);
 
 #endif

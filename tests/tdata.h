@@ -39,6 +39,16 @@ static inline void td_sibling(const char *argv0, const char *name, char *buf, si
     snprintf(buf, cap, "%.*s/../%s", slash ? (int)(slash - argv0) : 1, slash ? argv0 : ".", name);
 }
 
+/* td_sibling as an absolute path (for commands run from another folder). */
+static inline void td_sibling_abs(const char *argv0, const char *name, char *buf, size_t cap)
+{
+    char rel[4096];
+    td_sibling(argv0, name, rel, sizeof rel);
+    char *abs = realpath(rel, NULL);
+    snprintf(buf, cap, "%s", abs ? abs : rel);
+    free(abs);
+}
+
 /* td_dir/name into a static buffer (one of four, for nested calls). */
 static inline const char *td_path(const char *name)
 {

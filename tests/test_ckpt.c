@@ -440,7 +440,7 @@ static void test_writer_roundtrip(void)
             rc = eng_safetensors_write(path, e, 7, meta, 2);
             T_REQUIRE(rc == 0, "%s", eng_last_error());
             char tmp[300];
-            snprintf(tmp, sizeof tmp, "%s.tmp", path);
+            snprintf(tmp, sizeof tmp, "%s.tmp.%ld", path, (long)getpid());
             T_CHECK(access(tmp, F_OK) != 0, "temp file left behind");
             size_t flen = 0;
             uint8_t *fb = t_read_file(path, &flen);

@@ -10,7 +10,9 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include "engine/ckpt.h"
 #include "engine/error.h"
+#include "engine/sha256.h"
 
 int tr_mkdirs(const char *path)
 {
@@ -34,10 +36,44 @@ int tr_mkdirs(const char *path)
     return 0;
 }
 
+int tr_sha256_file(const char *path, char hex[65])
+{
+    FILE *f = fopen(path, "rb");
+    if (!f)
+        return eng_error(ENG_EIO, "cannot read %s: %s", path, strerror(errno));
+    eng_sha256_ctx h;
+    eng_sha256_init(&h);
+    uint8_t buf[65536];
+    size_t n;
+    while ((n = fread(buf, 1, sizeof buf, f)) > 0)
+        eng_sha256_update(&h, buf, n);
+    int bad = ferror(f);
+    fclose(f);
+    if (bad)
+        return eng_error(ENG_EIO, "error reading %s", path);
+    uint8_t d[32];
+    eng_sha256_final(&h, d);
+    eng_sha256_hex(d, hex);
+    return 0;
+}
+
+int tr_mkdirs_parent(const char *path)
+{
+    const char *slash = strrchr(path, '/');
+    if (!slash || slash == path)
+        return 0;
+    char dir[4096];
+    if ((size_t)(slash - path) >= sizeof dir)
+        return eng_error(ENG_ELIMIT, "%s: path too long", path);
+    memcpy(dir, path, (size_t)(slash - path));
+    dir[slash - path] = '\0';
+    return tr_mkdirs(dir);
+}
+
 int tr_write_file_atomic(const char *path, const void *data, size_t len)
 {
-    char tmp[4096 + 8];
-    if ((size_t)snprintf(tmp, sizeof tmp, "%s.tmp", path) >= sizeof tmp)
+    char tmp[4096 + 32];
+    if ((size_t)snprintf(tmp, sizeof tmp, "%s.tmp.%ld", path, (long)getpid()) >= sizeof tmp)
         return eng_error(ENG_ELIMIT, "%s: path too long", path);
     int fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
     if (fd < 0)
@@ -67,7 +103,7 @@ int tr_write_file_atomic(const char *path, const void *data, size_t len)
         unlink(tmp);
         return eng_error(ENG_EIO, "%s: cannot rename into place: %s", path, strerror(e));
     }
-    return 0;
+    return eng_fsync_dir_of(path);
 }
 
 int tr_write_json(const char *path, const json_t *j, size_t flags)
@@ -150,4 +186,44 @@ int tr_parse_size(const char *s, int lo, int hi, int *w, int *h)
     *w = (int)a;
     *h = (int)b;
     return 0;
+}
+
+int tr_opt_int(const char *cmd, const char *opt, const char *s, long long lo, long long hi,
+               long long *out)
+{
+    if (!s || tr_parse_int(s, lo, hi, out) == 0)
+        return 0;
+    fprintf(stderr, "tasam-train %s: %s: expected a whole number in %lld..%lld, not '%s'\n", cmd,
+            opt, lo, hi, s);
+    return -1;
+}
+
+int tr_opt_double(const char *cmd, const char *opt, const char *s, double lo, double hi,
+                  double *out)
+{
+    if (!s || tr_parse_double(s, lo, hi, out) == 0)
+        return 0;
+    fprintf(stderr, "tasam-train %s: %s: expected a number in [%g, %g], not '%s'\n", cmd, opt, lo,
+            hi, s);
+    return -1;
+}
+
+static volatile sig_atomic_t *io__stop_flag;
+
+static void io__on_stop(int sig)
+{
+    (void)sig;
+    if (io__stop_flag)
+        *io__stop_flag = 1;
+}
+
+void tr_stop_on_signals(volatile sig_atomic_t *flag)
+{
+    io__stop_flag = flag;
+    struct sigaction sa;
+    memset(&sa, 0, sizeof sa);
+    sa.sa_handler = io__on_stop;
+    sigemptyset(&sa.sa_mask);
+    sigaction(SIGTERM, &sa, NULL);
+    sigaction(SIGINT, &sa, NULL);
 }

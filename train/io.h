@@ -5,13 +5,22 @@
 #define TASAM_TRAIN_IO_H
 
 #include <jansson.h>
+#include <signal.h>
 #include <stddef.h>
 
 /* mkdir -p (mode 0755); 0 or ENG_EIO naming the folder. */
 int tr_mkdirs(const char *path);
 
-/* Write a whole file atomically: PATH.tmp, fsync, rename over PATH, so a
- * reader never sees a partial file. */
+/* The lower-case hex SHA-256 of a file's bytes; 0 or ENG_EIO with the
+ * system's reason (callers add which entry the file is). */
+int tr_sha256_file(const char *path, char hex[65]);
+
+/* mkdir -p of the folder holding `path` (nothing for a bare file name). */
+int tr_mkdirs_parent(const char *path);
+
+/* Write a whole file atomically: PATH.tmp.PID in the same folder, fsync,
+ * rename over PATH, fsync of the folder, so a reader never sees a partial
+ * file. */
 int tr_write_file_atomic(const char *path, const void *data, size_t len);
 
 /* A JSON document (jansson's dump with `flags`, plus a newline), written
@@ -36,6 +45,18 @@ int tr_parse_int(const char *s, long long lo, long long hi, long long *out);
 
 /* A whole-string finite number in [lo, hi]; 0 or -1. */
 int tr_parse_double(const char *s, double lo, double hi, double *out);
+
+/* An option's value, when given (s not NULL), as an integer in [lo, hi] or
+ * a finite number in [lo, hi] into *out; 0 (also when s is NULL: *out
+ * untouched), or -1 after printing "tasam-train CMD: OPT: expected ...". */
+int tr_opt_int(const char *cmd, const char *opt, const char *s, long long lo, long long hi,
+               long long *out);
+int tr_opt_double(const char *cmd, const char *opt, const char *s, double lo, double hi,
+                  double *out);
+
+/* From now on SIGTERM and SIGINT set *flag (a command polls it between
+ * steps and stops cleanly) instead of killing the process. */
+void tr_stop_on_signals(volatile sig_atomic_t *flag);
 
 /* "WxH" with each side in [lo, hi]; 0 or -1. */
 int tr_parse_size(const char *s, int lo, int hi, int *w, int *h);

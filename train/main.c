@@ -14,6 +14,10 @@ static const tr_command tr__commands[] = {
      tr_cmd_check_data},
     {"coco-eval", "COCO evaluation (segm or bbox) of a results file, as pycocotools computes it",
      tr_cmd_coco_eval},
+    {"embed", "compute and cache a dataset's image embeddings (run and eval do it too)",
+     tr_cmd_embed},
+    {"run", "train a hypernetwork: SAM frozen, LoRA adapters from task texts", tr_cmd_run},
+    {"eval", "mIoU and COCO AP of a hypernetwork's adapters on a dataset", tr_cmd_eval},
     {"grad", "recompute a training golden: loss, logits and LoRA gradients", tr_cmd_grad},
     {NULL, NULL, NULL},
 };

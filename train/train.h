@@ -6,7 +6,8 @@
  * Every command is `int tr_cmd_<name>(int argc, char **argv)` with argv after
  * the command word, in its own file (train/cmd_<name>.c); it prints progress
  * and errors on stderr, results on stdout or in files, and returns the exit
- * status: 0 success, 1 a runtime error, 2 a usage error. The pieces the
+ * status: 0 success, 1 a runtime error, 2 a usage error (and `run`: 3
+ * cancelled by a signal). The pieces the
  * commands are made of (losses, data, prompt sampling, optimiser,
  * evaluation) have their own headers in train/ and live in the library, so
  * the tests link them directly.
@@ -26,6 +27,9 @@ int tr_cmd_synth(int argc, char **argv);
 int tr_cmd_coco_eval(int argc, char **argv);
 int tr_cmd_check_data(int argc, char **argv);
 int tr_cmd_grad(int argc, char **argv);
+int tr_cmd_embed(int argc, char **argv);
+int tr_cmd_run(int argc, char **argv);
+int tr_cmd_eval(int argc, char **argv);
 
 /* The commands, in the order `tasam-train --help` lists them (train/main.c);
  * n receives the count. */
