@@ -23,10 +23,11 @@ typedef enum srv_output { SRV_OUT_RLE = 0, SRV_OUT_PNG, SRV_OUT_POLYGON } srv_ou
 
 /* What the request (and its worker job) is for. */
 typedef enum srv_kind {
-    SRV_KIND_SEGMENT = 0,  /* POST /v1/segment */
-    SRV_KIND_EMBED,        /* POST /v1/embeddings */
-    SRV_KIND_ADAPTER,      /* POST /v1/adapters: find or generate the adapter of `task` */
-    SRV_KIND_ADAPTER_FLUSH /* DELETE /admin/adapters: empty both adapter tiers (no body) */
+    SRV_KIND_SEGMENT = 0,   /* POST /v1/segment */
+    SRV_KIND_EMBED,         /* POST /v1/embeddings */
+    SRV_KIND_ADAPTER,       /* POST /v1/adapters: find or generate the adapter of `task` */
+    SRV_KIND_ADAPTER_FLUSH, /* DELETE /admin/adapters: empty both adapter tiers (no body) */
+    SRV_KIND_HN_SWAP        /* a hot swap of the hypernetwork (hypernet_swap.h; no request) */
 } srv_kind;
 
 /* Per-request limits (from the config). */

@@ -13,12 +13,15 @@
 #define TASAMD_VERSION_STRING "0.1.0"
 
 typedef struct srv_server {
-    srv_config *cfg;      /* configuration (owned by main) */
-    srv_metrics *metrics; /* counters (owned by main) */
-    srv_cache *cache;     /* embedding cache (owned by main) */
-    srv_sched *sched;     /* job queue + worker (owned by main) */
-    int draining;         /* 1 after SIGTERM: new work gets 503 (atomic) */
-    double t_start;       /* srv_now() at start */
+    srv_config *cfg;           /* configuration (owned by main) */
+    srv_metrics *metrics;      /* counters (owned by main) */
+    srv_cache *cache;          /* embedding cache (owned by main) */
+    srv_sched *sched;          /* job queue + worker (owned by main) */
+    struct srv_hnswap *hnswap; /* hypernetwork activation and history (owned by main; NULL
+                                  without --hypernet) */
+    struct srv_train *train;   /* training jobs (owned by main; NULL without --hypernet) */
+    int draining;              /* 1 after SIGTERM: new work gets 503 (atomic) */
+    double t_start;            /* srv_now() at start */
 } srv_server;
 
 #endif
