@@ -193,6 +193,8 @@ static json_t *job_json(const srv_tjob *j)
     json_object_set_new(o, "signal",
                         j->term_signal > 0 ? json_integer(j->term_signal) : json_null());
     json_object_set_new(o, "cancel_requested", json_boolean(j->cancel));
+    json_object_set_new(
+        o, "pid", j->state == SRV_TJ_RUNNING && j->pid > 0 ? json_integer(j->pid) : json_null());
     char log[64];
     snprintf(log, sizeof log, "/admin/train/%s/log", j->id);
     json_object_set_new(o, "log", json_string(log));

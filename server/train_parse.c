@@ -212,11 +212,12 @@ out:
 
 int srv_train_req_json(const srv_train_req *r, char *out, size_t cap)
 {
-    json_t *o = json_pack("{s:s,s:s?,s:I,s:I,s:b}", "data", r->data, "val",
-                          r->val[0] ? r->val : NULL, "steps", (json_int_t)r->steps, "batch",
-                          (json_int_t)r->batch, "publish_if_better", r->publish_if_better);
+    json_t *o = json_pack("{s:s,s:I,s:I,s:b}", "data", r->data, "steps", (json_int_t)r->steps,
+                          "batch", (json_int_t)r->batch, "publish_if_better", r->publish_if_better);
     if (!o)
         return -1;
+    if (r->val[0])
+        json_object_set_new(o, "val", json_string(r->val));
     if (isfinite(r->lr))
         json_object_set_new(o, "lr", json_real(r->lr));
     if (r->warmup >= 0)
