@@ -7,7 +7,7 @@
 -- (server/train_db.c, train_migrations[]) runs the missing blocks in order,
 -- each in one transaction together with the user_version bump, and moves a
 -- file that fails PRAGMA quick_check aside (train.db.corrupt-<unix time>).
--- tests/test_train_units.c checks that this file and train_db.c agree.
+-- tests/test_server_units.c checks that this file and train_db.c agree.
 --
 -- Unlike cache.db, nothing here can be recomputed: these are records. A job
 -- row is written when the job is accepted and updated as it runs (progress

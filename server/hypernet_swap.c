@@ -518,6 +518,62 @@ static int start_from_history(srv_hnswap *sw, char *out, size_t cap)
     return 1;
 }
 
+/*
+ * Contract: the version to load at start, into start_path: the shared file
+ * when it is new to this state dir (first start, another --hypernet path)
+ * or changed since it was last read (another replica published while this
+ * one was down), pushed onto the history; else the newest history entry
+ * that reads back. 0, or -1 with err set (nothing usable at all).
+ */
+static int choose_start(srv_hnswap *sw, char *start_path, size_t cap, char *err, size_t errlen)
+{
+    char staged[SRV_TJOB_PATH], version[HN_NAME_MAX], id[65], final[SRV_TJOB_PATH];
+    char seen_path[SRV_TJOB_PATH] = "", seen_id[80] = "", seen_ver[80] = "";
+    hn_params *p = NULL;
+    srv_error e;
+    int have_history = start_from_history(sw, start_path, cap) == 0;
+    if (stage(sw, sw->file, staged, sizeof staged, &p, version, id, &e) != 0) {
+        if (!have_history)
+            return srv_errf(err, errlen, "option --hypernet: %s", e.message);
+        srv_log_warn("hypernet: %s; starting from the history's version", e.message);
+        return 0;
+    }
+    hn_params_destroy(p);
+    srv_tdb_meta_get(sw->db, "file_path", seen_path, sizeof seen_path);
+    srv_tdb_meta_get(sw->db, "file_id", seen_id, sizeof seen_id);
+    srv_tdb_meta_get(sw->db, "file_version", seen_ver, sizeof seen_ver);
+    if (have_history && !strcmp(seen_path, sw->file) && !strcmp(seen_id, id) &&
+        !strcmp(seen_ver, version)) {
+        unlink(staged); /* unchanged: the history's version stays active */
+        return 0;
+    }
+    history_name(sw, version, id, final, sizeof final);
+    if (rename(staged, final) != 0) {
+        int er = errno;
+        unlink(staged);
+        return srv_errf(err, errlen, "cannot keep the hypernetwork as %s: %s", final, strerror(er));
+    }
+    srv_fsync_dir(sw->dir);
+    srv_hn_row r;
+    memset(&r, 0, sizeof r);
+    snprintf(r.id, sizeof r.id, "%s", id);
+    snprintf(r.version, sizeof r.version, "%s", version);
+    srv_pathf(r.file, sizeof r.file, "%s", final);
+    snprintf(r.source, sizeof r.source, "%s", have_history ? "file" : "initial");
+    r.activated_ms = now_ms();
+    if (srv_tdb_hn_push(sw->db, &r) != 0)
+        return srv_errf(err, errlen, "cannot record the hypernetwork in %s", srv_tdb_path(sw->db));
+    srv_tdb_meta_set(sw->db, "file_path", sw->file);
+    remember_file(sw, id, version);
+    srv_pathf(start_path, cap, "%s", final);
+    srv_log_info("hypernet: %s: version %s (%.16s...) of %s, kept as %s",
+                 !have_history                 ? "first start"
+                 : strcmp(seen_path, sw->file) ? "a new --hypernet file"
+                                               : "the file changed while tasamd was down",
+                 version, id, sw->file, final);
+    return 0;
+}
+
 int srv_hnswap_create(srv_hnswap **out, const char *state_dir, const char *file, int keep,
                       srv_tdb *db, srv_sched *s, srv_metrics *m, char *start_path, size_t cap,
                       char *err, size_t errlen)
@@ -561,39 +617,8 @@ int srv_hnswap_create(srv_hnswap **out, const char *state_dir, const char *file,
         goto fail;
     }
     clean_incoming(sw);
-    if (start_from_history(sw, start_path, cap) != 0) {
-        /* the first start: the file is version one of the history */
-        char staged[SRV_TJOB_PATH], version[HN_NAME_MAX], id[65], final[SRV_TJOB_PATH];
-        hn_params *p = NULL;
-        srv_error e;
-        srv_hn_row r;
-        if (stage(sw, sw->file, staged, sizeof staged, &p, version, id, &e) != 0) {
-            srv_errf(err, errlen, "option --hypernet: %s", e.message);
-            goto fail;
-        }
-        hn_params_destroy(p);
-        history_name(sw, version, id, final, sizeof final);
-        if (rename(staged, final) != 0) {
-            srv_errf(err, errlen, "cannot keep the hypernetwork as %s: %s", final, strerror(errno));
-            unlink(staged);
-            goto fail;
-        }
-        srv_fsync_dir(sw->dir);
-        memset(&r, 0, sizeof r);
-        snprintf(r.id, sizeof r.id, "%s", id);
-        snprintf(r.version, sizeof r.version, "%s", version);
-        srv_pathf(r.file, sizeof r.file, "%s", final);
-        snprintf(r.source, sizeof r.source, "initial");
-        r.activated_ms = now_ms();
-        if (srv_tdb_hn_push(db, &r) != 0) {
-            srv_errf(err, errlen, "cannot record the hypernetwork in %s", srv_tdb_path(db));
-            goto fail;
-        }
-        remember_file(sw, id, version);
-        snprintf(start_path, cap, "%s", final);
-        srv_log_info("hypernet: first start: version %s (%.16s...) of %s kept as %s", version, id,
-                     sw->file, final);
-    }
+    if (choose_start(sw, start_path, cap, err, errlen) != 0)
+        goto fail;
     prune(sw);
     *out = sw;
     return 0;

@@ -35,9 +35,12 @@
  * FILE's folder, and stat polling every hypernet-poll-ms for shared volumes
  * whose changes inotify does not see) and SIGHUP call srv_hnswap_check_file,
  * which activates what FILE holds when it changed since it was last read and
- * differs from the active version. At start the active version is the
- * newest of the history whose file still reads back; FILE is the first
- * version when there is no history.
+ * differs from the active version. At start FILE is loaded when it is new
+ * to the state dir (the first start, or another --hypernet path) or changed
+ * since it was last read (the fleet moved on while this replica was down);
+ * otherwise the active version is the newest of the history whose file
+ * still reads back, so a restart keeps the version trained, followed or
+ * rolled back to.
  */
 #ifndef TASAM_SERVER_HYPERNET_SWAP_H
 #define TASAM_SERVER_HYPERNET_SWAP_H

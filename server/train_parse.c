@@ -423,7 +423,8 @@ int srv_tevent_parse(const char *line, size_t len, srv_tevent *ev, char *err, si
             goto out;
         }
         json_t *v = json_pack("{s:I,s:O}", "step", (json_int_t)ev->step, "metrics", m);
-        size_t n = v ? json_dumpb(v, ev->val, sizeof ev->val, JSON_COMPACT) : 0;
+        size_t n =
+            v ? json_dumpb(v, ev->val, sizeof ev->val, JSON_COMPACT | JSON_REAL_PRECISION(12)) : 0;
         json_decref(v);
         if (n == 0 || n >= sizeof ev->val) {
             snprintf(err, errlen, "validation metrics larger than %zu bytes", sizeof ev->val - 1);

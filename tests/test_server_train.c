@@ -17,19 +17,19 @@
 
 #include "tests/tserver.h"
 
-#define TOKEN     "s3cret"
-#define AUTH      "-H 'Authorization: Bearer " TOKEN "'"
-#define TASK      "segment the dog"
-#define FAKE_OK   1001 /* success: a few quick steps, a validation, the output */
-#define FAKE_ERR  1002 /* an "error" event, exit 1 */
-#define FAKE_BAD  1003 /* a progress line that is not JSON, then it hangs */
-#define FAKE_LONG 1004 /* a progress line without end, then it hangs */
-#define FAKE_KILL 1005 /* SIGKILL to itself after a step (as the OOM killer would) */
-#define FAKE_SLOW 1006 /* 100 ms a step: for cancel, shutdown and restart */
-#define FAKE_DEAF 1007 /* ignores SIGTERM */
-#define FAKE_GATE 1008 /* the publish gate refuses: done, published false */
-#define FAKE_MUTE 1009 /* exits 0 without a final event */
-#define FAKE_ELSE 1010 /* reports a result somewhere it was not told to write */
+#define TOKEN      "s3cret"
+#define AUTH       "-H 'Authorization: Bearer " TOKEN "'"
+#define TASK       "segment the dog"
+#define FAKE_OK    1001 /* success: a few quick steps, a validation, the output */
+#define FAKE_ERR   1002 /* an "error" event, exit 1 */
+#define FAKE_BAD   1003 /* a progress line that is not JSON, then it hangs */
+#define FAKE_LONG  1004 /* a progress line without end, then it hangs */
+#define FAKE_KILL  1005 /* SIGKILL to itself after a step (as the OOM killer would) */
+#define FAKE_SLOW  1006 /* 100 ms a step: for cancel, shutdown and restart */
+#define FAKE_DEAF  1007 /* ignores SIGTERM */
+#define FAKE_GATE  1008 /* the publish gate refuses: done, published false */
+#define FAKE_MUTE  1009 /* exits 0 without a final event */
+#define FAKE_ELSE  1010 /* reports a result somewhere it was not told to write */
 #define FAKE_STALL 1011 /* one step, then silence */
 
 /* ---- the fake trainer ---- */
@@ -150,8 +150,9 @@ static int fake_trainer(int argc, char **argv)
                 eng_last_error());
         _exit(1);
     }
-    fprintf(pf, "{\"event\":\"done\",\"out\":\"%s%s\",\"id\":\"%s\",\"version\":\"%s\",\"published\":"
-                "true}\n",
+    fprintf(pf,
+            "{\"event\":\"done\",\"out\":\"%s%s\",\"id\":\"%s\",\"version\":\"%s\",\"published\":"
+            "true}\n",
             out, seed == FAKE_ELSE ? ".elsewhere" : "", id, nv);
     hn_params_destroy(p);
     _exit(0);
@@ -159,11 +160,11 @@ static int fake_trainer(int argc, char **argv)
 
 /* ---- helpers ---- */
 
-static char g_data[PATH_MAX];   /* --train-data-dir: synth/train, synth/val, evil links */
-static char g_hn[PATH_MAX];     /* the shared hypernetwork file of the fake-trainer daemon */
-static char g_self[PATH_MAX];   /* this binary (the fake trainer) */
+static char g_data[PATH_MAX];    /* --train-data-dir: synth/train, synth/val, evil links */
+static char g_hn[PATH_MAX];      /* the shared hypernetwork file of the fake-trainer daemon */
+static char g_self[PATH_MAX];    /* this binary (the fake trainer) */
 static char g_trainer[PATH_MAX]; /* the real tasam-train, "" when absent */
-static int g_real_run;          /* tasam-train has `run` */
+static int g_real_run;           /* tasam-train has `run` */
 
 /* An admin request: status, and the body as JSON (NULL when not JSON). */
 static json_t *admin(int port, const char *method, const char *path, json_t *body, int *status)
@@ -174,8 +175,8 @@ static json_t *admin(int port, const char *method, const char *path, json_t *bod
         json_dump_file(body, file, JSON_COMPACT);
         json_decref(body);
     }
-    json_t *r = http_json(port, method, path, body ? "application/json" : NULL,
-                          body ? file : NULL, AUTH, status);
+    json_t *r = http_json(port, method, path, body ? "application/json" : NULL, body ? file : NULL,
+                          AUTH, status);
     if (file[0])
         unlink(file);
     return r;
@@ -346,8 +347,8 @@ static void test_start(void)
     T_REQUIRE(mkdir(g_data, 0755) == 0, "mkdir %s", g_data);
     if (g_trainer[0]) {
         snprintf(cmd, sizeof cmd,
-                 "'%s' synth --out '%s/synth' --seed 1 --train-images 4 --val-images 2",
-                 g_trainer, g_data);
+                 "'%s' synth --out '%s/synth' --seed 1 --train-images 4 --val-images 2", g_trainer,
+                 g_data);
         T_REQUIRE(t_run_cmd(cmd, out, sizeof out) == 0, "tasam-train synth: %s", out);
     } else {
         /* without tasam-train: folders that pass the checks (the fake reads nothing) */
@@ -360,9 +361,10 @@ static void test_start(void)
     /* ways out of the data folder */
     snprintf(link, sizeof link, "%s/evil", g_data);
     T_REQUIRE(symlink(g_tmp, link) == 0, "symlink");
-    snprintf(cmd, sizeof cmd, "mkdir -p '%s/outside/images' && echo '{}' > '%s/outside/instances.json' && "
-                              "mkdir -p '%s/leaky' && ln -s '%s/outside/instances.json' "
-                              "'%s/leaky/instances.json'",
+    snprintf(cmd, sizeof cmd,
+             "mkdir -p '%s/outside/images' && echo '{}' > '%s/outside/instances.json' && "
+             "mkdir -p '%s/leaky' && ln -s '%s/outside/instances.json' "
+             "'%s/leaky/instances.json'",
              g_tmp, g_tmp, g_data, g_tmp, g_data);
     T_REQUIRE(system(cmd) == 0, "making the leaky dataset");
     snprintf(g_hn, sizeof g_hn, "%s/shared/hypernet.safetensors", g_tmp);
@@ -398,8 +400,7 @@ static void test_train_auth(void)
     for (size_t i = 0; i < sizeof routes / sizeof routes[0]; i++) {
         char what[128];
         snprintf(what, sizeof what, "%s %s without a token", routes[i].method, routes[i].path);
-        expect_error(g_f.port, routes[i].method, routes[i].path, NULL, NULL, NULL, 401, NULL,
-                     what);
+        expect_error(g_f.port, routes[i].method, routes[i].path, NULL, NULL, NULL, 401, NULL, what);
         snprintf(what, sizeof what, "%s %s with a wrong token", routes[i].method, routes[i].path);
         expect_error(g_f.port, routes[i].method, routes[i].path, NULL, NULL,
                      "-H 'Authorization: Bearer wrong'", 403, NULL, what);
@@ -558,8 +559,8 @@ static void loop_check(loop_ctl *c, const json_t *ref_new, const char *what)
             c->sent);
     T_CHECK(c->mixed == 0, "%s: %d answers match neither version's masks", what, c->mixed);
     T_CHECK(c->n_new > 0, "%s: no answer came from the new version (%d old)", what, c->n_old);
-    fprintf(stderr, "  %s: %d requests across the swap: %d old, %d new, 0 failed\n", what,
-            c->sent, c->n_old, c->n_new);
+    fprintf(stderr, "  %s: %d requests across the swap: %d old, %d new, 0 failed\n", what, c->sent,
+            c->n_old, c->n_new);
 }
 
 static void test_train_fake_success(void)
@@ -637,12 +638,12 @@ static void test_train_fake_success(void)
     /* history and metrics */
     json_t *h = admin(g_f.port, "GET", "/admin/hypernet", NULL, &st);
     json_t *hist = json_object_get(h, "history");
-    T_CHECK(st == 200 && json_array_size(hist) == 2 &&
-                !strcmp(json_string_value(json_object_get(json_array_get(hist, 0), "source")) ?: "",
-                        "job") &&
-                !strcmp(json_string_value(json_object_get(json_array_get(hist, 0), "job")) ?: "",
-                        id),
-            "the history names the job");
+    T_CHECK(
+        st == 200 && json_array_size(hist) == 2 &&
+            !strcmp(json_string_value(json_object_get(json_array_get(hist, 0), "source")) ?: "",
+                    "job") &&
+            !strcmp(json_string_value(json_object_get(json_array_get(hist, 0), "job")) ?: "", id),
+        "the history names the job");
     json_decref(h);
     char *m = get_metrics(g_f.port);
     T_CHECK(m && metric(m, "tasam_hypernet_swaps_total{result=\"ok\"}") == 1, "swap count");
@@ -666,8 +667,8 @@ static void test_train_fake_success(void)
 static json_t *fake_job(int seed, const char *states, double timeout)
 {
     char id[65];
-    json_t *req = json_pack("{s:s,s:i,s:i,s:i}", "data", "synth/train", "steps", 6, "batch", 1,
-                            "seed", seed);
+    json_t *req =
+        json_pack("{s:s,s:i,s:i,s:i}", "data", "synth/train", "steps", 6, "batch", 1, "seed", seed);
     if (submit(g_f.port, req, id) != 202)
         return NULL;
     return wait_job(g_f.port, id, states, timeout, NULL);
@@ -710,8 +711,8 @@ static void test_train_fake_failures(void)
         T_CHECK(cases[i].sig < 0 ? json_is_null(sg) : json_integer_value(sg) == cases[i].sig,
                 "seed %d: signal", cases[i].seed);
         if (cases[i].seed == FAKE_KILL)
-            T_CHECK(err && strstr(err, "about to be killed"),
-                    "the last log lines in the error: %s", err ? err : "");
+            T_CHECK(err && strstr(err, "about to be killed"), "the last log lines in the error: %s",
+                    err ? err : "");
         if (cases[i].seed == FAKE_GATE)
             T_CHECK(json_is_false(json_object_get(j, "published")) &&
                         strstr(json_string_value(json_object_get(j, "reason")) ?: "",
@@ -745,8 +746,8 @@ static void test_train_fake_cancel_and_queue(void)
     char a[65], b[65], c[65], d[65], vid[65], vver[64];
     NEED_F();
     T_REQUIRE(active_hn(g_f.port, vid, vver) == 0, "info");
-    json_t *slow = json_pack("{s:s,s:i,s:i}", "data", "synth/train", "steps", 100000, "seed",
-                             FAKE_SLOW);
+    json_t *slow =
+        json_pack("{s:s,s:i,s:i}", "data", "synth/train", "steps", 100000, "seed", FAKE_SLOW);
     T_REQUIRE(submit(g_f.port, json_deep_copy(slow), a) == 202, "job a");
     json_t *j = wait_job(g_f.port, a, "succeeded|failed|cancelled", 30, running_with_pid);
     T_REQUIRE(j && has_stepped(j), "job a runs");
@@ -796,11 +797,11 @@ static void test_train_fake_cancel_and_queue(void)
     /* the list: newest first, filtered */
     json_t *l = admin(g_f.port, "GET", "/admin/train?state=cancelled&limit=2", NULL, &st);
     json_t *jobs = json_object_get(l, "jobs");
-    T_CHECK(st == 200 && json_array_size(jobs) == 2 &&
-                !strcmp(json_string_value(json_object_get(json_array_get(jobs, 0), "id")) ?: "",
-                        c) &&
-                json_is_integer(json_object_get(l, "next_before")),
-            "GET /admin/train?state=cancelled&limit=2");
+    T_CHECK(
+        st == 200 && json_array_size(jobs) == 2 &&
+            !strcmp(json_string_value(json_object_get(json_array_get(jobs, 0), "id")) ?: "", c) &&
+            json_is_integer(json_object_get(l, "next_before")),
+        "GET /admin/train?state=cancelled&limit=2");
     json_decref(l);
 }
 
@@ -809,8 +810,8 @@ static void test_train_fake_deaf_trainer(void)
     char a[65], path[128];
     int st;
     NEED_F();
-    json_t *req = json_pack("{s:s,s:i,s:i}", "data", "synth/train", "steps", 100000, "seed",
-                            FAKE_DEAF);
+    json_t *req =
+        json_pack("{s:s,s:i,s:i}", "data", "synth/train", "steps", 100000, "seed", FAKE_DEAF);
     T_REQUIRE(submit(g_f.port, req, a) == 202, "job");
     json_decref(wait_job(g_f.port, a, "succeeded|failed|cancelled", 30, has_stepped));
     snprintf(path, sizeof path, "/admin/train/%s", a);
@@ -829,11 +830,11 @@ static void test_train_fake_daemon_crash(void)
 {
     char a[65], b[65];
     NEED_F();
-    json_t *req = json_pack("{s:s,s:i,s:i}", "data", "synth/train", "steps", 100000, "seed",
-                            FAKE_SLOW);
+    json_t *req =
+        json_pack("{s:s,s:i,s:i}", "data", "synth/train", "steps", 100000, "seed", FAKE_SLOW);
     T_REQUIRE(submit(g_f.port, req, a) == 202, "job a");
-    T_REQUIRE(submit(g_f.port, json_pack("{s:s,s:i,s:i}", "data", "synth/train", "steps", 3,
-                                         "seed", FAKE_OK),
+    T_REQUIRE(submit(g_f.port,
+                     json_pack("{s:s,s:i,s:i}", "data", "synth/train", "steps", 3, "seed", FAKE_OK),
                      b) == 202,
               "job b");
     json_t *j = wait_job(g_f.port, a, "succeeded|failed|cancelled", 30, has_stepped);
@@ -865,8 +866,8 @@ static void test_train_fake_shutdown(void)
 {
     char a[65];
     NEED_F();
-    json_t *req = json_pack("{s:s,s:i,s:i}", "data", "synth/train", "steps", 100000, "seed",
-                            FAKE_SLOW);
+    json_t *req =
+        json_pack("{s:s,s:i,s:i}", "data", "synth/train", "steps", 100000, "seed", FAKE_SLOW);
     T_REQUIRE(submit(g_f.port, req, a) == 202, "job");
     json_t *j = wait_job(g_f.port, a, "succeeded|failed|cancelled", 30, has_stepped);
     T_REQUIRE(j && has_stepped(j), "it runs");
@@ -896,8 +897,7 @@ static void test_train_fleet_follows(void)
     NEED_F();
     snprintf(state, sizeof state, "%s/state-replica", g_tmp);
     T_REQUIRE(start_daemon(&b, state, g_hn, b_args) == 0, "replica b");
-    T_REQUIRE(active_hn(g_f.port, a_id, a_ver) == 0 && active_hn(b.port, b_id, b_ver) == 0,
-              "info");
+    T_REQUIRE(active_hn(g_f.port, a_id, a_ver) == 0 && active_hn(b.port, b_id, b_ver) == 0, "info");
     T_CHECK(!strcmp(a_id, b_id), "b starts on a's version");
     json_t *req = json_pack("{s:s,s:i,s:i}", "data", "synth/train", "steps", 3, "seed", FAKE_OK);
     T_REQUIRE(submit(g_f.port, req, job) == 202, "train on a");
@@ -944,21 +944,21 @@ static void test_train_fleet_follows(void)
 
 /* ---- the real trainer ---- */
 
-static daemon_proc g_r;        /* the daemon running the real tasam-train */
+static daemon_proc g_r; /* the daemon running the real tasam-train */
 static int g_r_up;
 static char g_r_state[PATH_MAX];
 static char g_r_hn[PATH_MAX];
-static json_t *g_r_before;     /* the task's masks before training */
+static json_t *g_r_before; /* the task's masks before training */
 static char g_r_v0[65], g_r_v0ver[64], g_r_v1[65], g_r_v1ver[64];
 
-static const char *const g_r_args[] = {"--train-data-dir", g_data, "--train-threads", "1",
-                                       "--train-stop-timeout-ms", "5000", NULL};
+static const char *const g_r_args[] = {
+    "--train-data-dir", g_data, "--train-threads", "1", "--train-stop-timeout-ms", "5000", NULL};
 
 #define NEED_REAL()                                                                                \
     do {                                                                                           \
         T_NEED_FIXTURES();                                                                         \
         if (!g_real_run)                                                                           \
-            T_SKIP("tasam-train has no `run` command in this build");                             \
+            T_SKIP("tasam-train has no `run` command in this build");                              \
         if (!g_r_up)                                                                               \
             T_SKIP("the daemon did not start");                                                    \
     } while (0)
@@ -994,8 +994,8 @@ static void test_real_train_under_load(void)
     pthread_t th[3];
     for (int i = 0; i < 3; i++)
         pthread_create(&th[i], NULL, loop_main, &c);
-    json_t *req = json_pack("{s:s,s:s,s:i,s:i,s:f,s:i}", "data", "synth/train", "val",
-                            "synth/val", "steps", 4, "batch", 2, "lr", 0.05, "seed", 1);
+    json_t *req = json_pack("{s:s,s:s,s:i,s:i,s:f,s:i}", "data", "synth/train", "val", "synth/val",
+                            "steps", 4, "batch", 2, "lr", 0.05, "seed", 1);
     T_CHECK(submit(g_r.port, req, id) == 202, "POST /admin/train");
     json_t *j = wait_job(g_r.port, id, "running|succeeded|failed|cancelled", 60, NULL);
     T_CHECK(j && strcmp(state_of(j), "queued"), "queued -> %s", j ? state_of(j) : "timeout");
@@ -1013,8 +1013,8 @@ static void test_real_train_under_load(void)
             json_string_value(json_object_get(j, "error")) ?: "");
     json_decref(j);
     T_REQUIRE(active_hn(g_r.port, g_r_v1, g_r_v1ver) == 0, "info after");
-    T_CHECK(strcmp(g_r_v1, g_r_v0) && atoi(g_r_v1ver) == atoi(g_r_v0ver) + 1,
-            "version %s -> %s", g_r_v0ver, g_r_v1ver);
+    T_CHECK(strcmp(g_r_v1, g_r_v0) && atoi(g_r_v1ver) == atoi(g_r_v0ver) + 1, "version %s -> %s",
+            g_r_v0ver, g_r_v1ver);
     json_t *after = ts_seg(g_r.port, TASK, 0, &st);
     T_CHECK(st == 200 && !strcmp(hn_of(after), g_r_v1), "the task after training");
     T_CHECK(!ts_same_masks(after, g_r_before), "the task's masks did not change");
@@ -1086,8 +1086,8 @@ static void test_real_restart_and_rollback(void)
             "the restart keeps version %s (has %s)", g_r_v1ver, ver);
     json_t *r = admin(g_r.port, "POST", "/admin/hypernet/rollback", NULL, &st);
     T_CHECK(st == 200 &&
-                !strcmp(json_string_value(json_object_get(json_object_get(r, "hypernetwork"),
-                                                          "id")) ?: "",
+                !strcmp(json_string_value(json_object_get(json_object_get(r, "hypernetwork"), "id"))
+                            ?: "",
                         g_r_v0),
             "rollback: %d", st);
     json_decref(r);
