@@ -37,6 +37,9 @@ static const srv_opt_def opt_table[SRV_OPT_COUNT] = {
      "HOST:PORT to serve HTTP on ([v6addr]:PORT for IPv6; port 0 picks a free one)"},
     {"port-file", SRV_T_STRING, "", 0, 0, NULL, 0, 0,
      "write the bound TCP port to this file once listening"},
+    {"instance", SRV_T_STRING, "", 0, 0, NULL, 0, 0,
+     "this replica's name, sent in the X-Tasam-Instance header of every response and in "
+     "/v1/info (default HOSTNAME:PORT; letters, digits and . _ : @ / -)"},
     {"state-dir", SRV_T_STRING, "./state", 0, 0, NULL, 0, 0,
      "directory for the cache database of embeddings and adapters (created if missing)"},
     {"device", SRV_T_ENUM, "auto", 0, 0, device_choices, 0, 0,
@@ -119,6 +122,19 @@ static const srv_opt_def opt_table[SRV_OPT_COUNT] = {
     {"max-connections", SRV_T_INT, "512", 1, 65536, NULL, 0, 0, "simultaneous HTTP connections"},
     {"log-level", SRV_T_ENUM, "info", 0, 0, log_choices, 1, 0, "error, warn, info or debug"},
 };
+
+int srv_config_instance_valid(const char *s, int empty_ok)
+{
+    size_t n = strlen(s);
+    if (n == 0)
+        return empty_ok;
+    if (n > SRV_INSTANCE_MAX)
+        return 0;
+    for (size_t i = 0; i < n; i++)
+        if (!isalnum((unsigned char)s[i]) && !strchr("._:@/-", s[i]))
+            return 0;
+    return 1;
+}
 
 const srv_opt_def *srv_config_table(size_t *n)
 {
@@ -432,6 +448,11 @@ static int validate(srv_config *c, char *err, size_t errlen)
         return srv_errf(err, errlen,
                         "option --train-data-dir needs --hypernet (training starts from the "
                         "active hypernetwork and publishes to that file)");
+    if (!srv_config_instance_valid(c->str[SRV_OPT_INSTANCE], 1))
+        return srv_errf(err, errlen,
+                        "option --instance: '%.120s' must be 1-%d characters of letters, digits "
+                        "and . _ : @ / -",
+                        c->str[SRV_OPT_INSTANCE], SRV_INSTANCE_MAX);
     if (c->str[SRV_OPT_TEXT_MODEL][0] && !c->str[SRV_OPT_HYPERNET][0])
         return srv_errf(err, errlen,
                         "option --text-model needs --hypernet (the text encoder only feeds the "

@@ -18,7 +18,6 @@
 #include "tests/tserver.h"
 
 #define TOKEN      "s3cret"
-#define AUTH       "-H 'Authorization: Bearer " TOKEN "'"
 #define TASK       "segment the dog"
 #define FAKE_OK    1001 /* success: a few quick steps, a validation, the output */
 #define FAKE_ERR   1002 /* an "error" event, exit 1 */
@@ -31,6 +30,10 @@
 #define FAKE_MUTE  1009 /* exits 0 without a final event */
 #define FAKE_ELSE  1010 /* reports a result somewhere it was not told to write */
 #define FAKE_STALL 1011 /* one step, then silence */
+
+static const ts_extra g_auth = {.headers = "Authorization: Bearer " TOKEN "\r\n"};
+static const ts_extra g_wrong = {.headers = "Authorization: Bearer wrong\r\n"};
+#define ADMIN_AUTH (&g_auth)
 
 /* ---- the fake trainer ---- */
 
@@ -176,7 +179,7 @@ static json_t *admin(int port, const char *method, const char *path, json_t *bod
         json_decref(body);
     }
     json_t *r = http_json(port, method, path, body ? "application/json" : NULL, body ? file : NULL,
-                          AUTH, status);
+                          ADMIN_AUTH, status);
     if (file[0])
         unlink(file);
     return r;
@@ -402,11 +405,12 @@ static void test_train_auth(void)
         snprintf(what, sizeof what, "%s %s without a token", routes[i].method, routes[i].path);
         expect_error(g_f.port, routes[i].method, routes[i].path, NULL, NULL, NULL, 401, NULL, what);
         snprintf(what, sizeof what, "%s %s with a wrong token", routes[i].method, routes[i].path);
-        expect_error(g_f.port, routes[i].method, routes[i].path, NULL, NULL,
-                     "-H 'Authorization: Bearer wrong'", 403, NULL, what);
+        expect_error(g_f.port, routes[i].method, routes[i].path, NULL, NULL, &g_wrong, 403, NULL,
+                     what);
     }
-    expect_error(g_f.port, "PUT", "/admin/train", NULL, NULL, AUTH, 405, NULL, "PUT /admin/train");
-    expect_error(g_f.port, "GET", "/admin/hypernet/rollback", NULL, NULL, AUTH, 405, NULL,
+    expect_error(g_f.port, "PUT", "/admin/train", NULL, NULL, ADMIN_AUTH, 405, NULL,
+                 "PUT /admin/train");
+    expect_error(g_f.port, "GET", "/admin/hypernet/rollback", NULL, NULL, ADMIN_AUTH, 405, NULL,
                  "GET rollback");
 }
 
@@ -448,24 +452,25 @@ static void test_train_bad_requests(void)
         tmp_name(f, sizeof f, ".json");
         write_file(f, bad[i].body, strlen(bad[i].body));
         snprintf(what, sizeof what, "POST /admin/train %s", bad[i].body);
-        expect_error(g_f.port, "POST", "/admin/train", "application/json", f, AUTH, 400,
+        expect_error(g_f.port, "POST", "/admin/train", "application/json", f, ADMIN_AUTH, 400,
                      bad[i].field, what);
         unlink(f);
     }
     char f[PATH_MAX];
     tmp_name(f, sizeof f, ".json");
     write_file(f, "{\"data\":\"synth/train\"}", 22);
-    expect_error(g_f.port, "POST", "/admin/train", "text/plain", f, AUTH, 415, NULL,
+    expect_error(g_f.port, "POST", "/admin/train", "text/plain", f, ADMIN_AUTH, 415, NULL,
                  "a text/plain job");
     unlink(f);
-    expect_error(g_f.port, "GET", "/admin/train/0123456789abcdef", NULL, NULL, AUTH, 404, "id",
-                 "an unknown job");
-    expect_error(g_f.port, "GET", "/admin/train/nothex", NULL, NULL, AUTH, 400, "id", "a bad id");
-    expect_error(g_f.port, "DELETE", "/admin/train/0123456789abcdef", NULL, NULL, AUTH, 404, "id",
-                 "cancel an unknown job");
-    expect_error(g_f.port, "GET", "/admin/train?state=sleeping", NULL, NULL, AUTH, 400, "state",
-                 "a bad state filter");
-    expect_error(g_f.port, "GET", "/admin/train?limit=0", NULL, NULL, AUTH, 400, "limit",
+    expect_error(g_f.port, "GET", "/admin/train/0123456789abcdef", NULL, NULL, ADMIN_AUTH, 404,
+                 "id", "an unknown job");
+    expect_error(g_f.port, "GET", "/admin/train/nothex", NULL, NULL, ADMIN_AUTH, 400, "id",
+                 "a bad id");
+    expect_error(g_f.port, "DELETE", "/admin/train/0123456789abcdef", NULL, NULL, ADMIN_AUTH, 404,
+                 "id", "cancel an unknown job");
+    expect_error(g_f.port, "GET", "/admin/train?state=sleeping", NULL, NULL, ADMIN_AUTH, 400,
+                 "state", "a bad state filter");
+    expect_error(g_f.port, "GET", "/admin/train?limit=0", NULL, NULL, ADMIN_AUTH, 400, "limit",
                  "a bad limit");
     /* nothing was queued by any of it */
     int st;
@@ -484,7 +489,7 @@ static void test_train_disabled(void)
     T_REQUIRE(start_daemon(&d, state, g_hn, NULL) == 0, "a daemon without --train-data-dir");
     tmp_name(f, sizeof f, ".json");
     write_file(f, "{\"data\":\"synth/train\"}", 22);
-    expect_error(d.port, "POST", "/admin/train", "application/json", f, AUTH, 403, NULL,
+    expect_error(d.port, "POST", "/admin/train", "application/json", f, ADMIN_AUTH, 403, NULL,
                  "training without --train-data-dir");
     unlink(f);
     T_CHECK(daemon_stop(&d) == 0, "clean stop");
@@ -657,7 +662,7 @@ static void test_train_fake_success(void)
     char path[128], *log = NULL;
     size_t n;
     snprintf(path, sizeof path, "/admin/train/%s/log?lines=50", id);
-    T_CHECK(http(g_f.port, "GET", path, NULL, NULL, AUTH, &log, &n) == 200 && log &&
+    T_CHECK(http(g_f.port, "GET", path, NULL, NULL, ADMIN_AUTH, &log, &n) == 200 && log &&
                 strstr(log, "fake trainer: first step done") && strstr(log, "--progress-fd 3"),
             "the job's log");
     free(log);
@@ -1097,7 +1102,7 @@ static void test_real_restart_and_rollback(void)
     T_CHECK(st == 200 && ts_same_masks(s, g_r_before),
             "the rollback restores the old masks exactly");
     json_decref(s);
-    expect_error(g_r.port, "POST", "/admin/hypernet/rollback", NULL, NULL, AUTH, 409, NULL,
+    expect_error(g_r.port, "POST", "/admin/hypernet/rollback", NULL, NULL, ADMIN_AUTH, 409, NULL,
                  "a second rollback has nothing to go back to");
 }
 

@@ -63,9 +63,10 @@ static void test_progress_lines(void)
     T_CHECK(tev("{\"event\":\"checkpoint\",\"step\":30,\"path\":\"/c/30\"}", &ev, err) == 0 &&
                 ev.type == SRV_TEV_CHECKPOINT && !strcmp(ev.path, "/c/30"),
             "checkpoint");
-    snprintf(line, sizeof line,
-             "{\"event\":\"done\",\"out\":\"/o\",\"id\":\"%s\",\"version\":\"4\",\"published\":true}",
-             id);
+    snprintf(
+        line, sizeof line,
+        "{\"event\":\"done\",\"out\":\"/o\",\"id\":\"%s\",\"version\":\"4\",\"published\":true}",
+        id);
     T_CHECK(tev(line, &ev, err) == 0 && ev.type == SRV_TEV_DONE && ev.published &&
                 !strcmp(ev.id, id) && !strcmp(ev.version, "4") && !strcmp(ev.path, "/o"),
             "done, published");
@@ -144,8 +145,8 @@ static void test_request_body(void)
     /* the stored form parses back to the same request */
     T_REQUIRE(srv_train_req_json(&r, js, sizeof js) > 0, "canonical JSON");
     T_CHECK(req(js, &r2, &e) == 0 && r2.steps == r.steps && r2.lr == r.lr &&
-                r2.weight_decay == r.weight_decay && r2.seed == r.seed &&
-                !strcmp(r2.val, r.val) && r2.publish_if_better,
+                r2.weight_decay == r.weight_decay && r2.seed == r.seed && !strcmp(r2.val, r.val) &&
+                r2.publish_if_better,
             "round trip: %s", js);
     T_CHECK(req("{\"data\":\"a\"}", &r, &e) == 0 && srv_train_req_json(&r, js, sizeof js) > 0 &&
                 !strstr(js, "val") && req(js, &r2, &e) == 0,
@@ -153,16 +154,19 @@ static void test_request_body(void)
     static const struct {
         const char *body, *field;
     } bad[] = {
-        {"{\"data\":\"a/../b\"}", "data"},   {"{\"data\":\"..\"}", "data"},
-        {"{\"data\":\"/abs\"}", "data"},     {"{\"data\":\"a\\u0001\"}", "data"},
-        {"{\"data\":\"a\\u0000b\"}", "data"}, {"{\"data\":\"a\",\"x\":1}", "x"},
-        {"{\"data\":\"a\",\"seed\":-1}", "seed"}, {"{\"data\":\"a\",\"clip\":-1}", "clip"},
+        {"{\"data\":\"a/../b\"}", "data"},
+        {"{\"data\":\"..\"}", "data"},
+        {"{\"data\":\"/abs\"}", "data"},
+        {"{\"data\":\"a\\u0001\"}", "data"},
+        {"{\"data\":\"a\\u0000b\"}", "data"},
+        {"{\"data\":\"a\",\"x\":1}", "x"},
+        {"{\"data\":\"a\",\"seed\":-1}", "seed"},
+        {"{\"data\":\"a\",\"clip\":-1}", "clip"},
         {"{\"data\":\"a\",\"steps\":1e300}", "steps"},
     };
     for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
         memset(&e, 0, sizeof e);
-        T_CHECK(req(bad[i].body, &r, &e) != 0 && e.status == 400 &&
-                    !strcmp(e.field, bad[i].field),
+        T_CHECK(req(bad[i].body, &r, &e) != 0 && e.status == 400 && !strcmp(e.field, bad[i].field),
                 "%s: status %d field '%s'", bad[i].body, e.status, e.field);
     }
     char *longp = malloc(SRV_TRAIN_REL_MAX + 64);
@@ -195,9 +199,8 @@ static void test_path_confinement(void)
                 strstr(abs, "/ok"),
             "a symlink inside the root: %s", e.message);
     T_CHECK(srv_train_resolve(real, "./ok/", "data", abs, sizeof abs, &e) == 0, "./ok/");
-    static const char *const bad[] = {"escape",  "escape/images", "../root/ok", "ok/..",
-                                      "/etc",    "noinst",        "missing",    "badimg",
-                                      "instlink", ""};
+    static const char *const bad[] = {"escape", "escape/images", "../root/ok", "ok/..",    "/etc",
+                                      "noinst", "missing",       "badimg",     "instlink", ""};
     for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
         memset(&e, 0, sizeof e);
         T_CHECK(srv_train_resolve(real, bad[i], "val", abs, sizeof abs, &e) != 0 &&
@@ -229,8 +232,7 @@ static void test_train_db(void)
         snprintf(j.dir, sizeof j.dir, "%s/train/%s", state, j.id);
         j.steps = 10;
         j.created_ms = 1000 + i;
-        T_CHECK(srv_tdb_job_insert(db, &j, 2) == (i < 2 ? 0 : 1), "insert %d with a bound of 2",
-                i);
+        T_CHECK(srv_tdb_job_insert(db, &j, 2) == (i < 2 ? 0 : 1), "insert %d with a bound of 2", i);
     }
     T_CHECK(srv_tdb_job_next_queued(db, &g) == 0 && !strcmp(g.id, "0000000000000001") &&
                 g.seq == 1 && isnan(g.loss) && g.published == -1 && g.exit_status == -1,
@@ -288,7 +290,8 @@ static void test_train_db(void)
             "delete");
     char v[80];
     T_CHECK(srv_tdb_meta_get(db, "file_id", v, sizeof v) == 1, "meta absent");
-    T_CHECK(srv_tdb_meta_set(db, "file_id", "a") == 0 && srv_tdb_meta_set(db, "file_id", "b") == 0 &&
+    T_CHECK(srv_tdb_meta_set(db, "file_id", "a") == 0 &&
+                srv_tdb_meta_set(db, "file_id", "b") == 0 &&
                 srv_tdb_meta_get(db, "file_id", v, sizeof v) == 0 && !strcmp(v, "b"),
             "meta set twice");
     srv_tdb_close(db);

@@ -29,7 +29,7 @@ static void fz__check(int ok)
         abort();
 }
 
-static char fz__dir[64];  /* the tree's folder */
+static char fz__dir[64];        /* the tree's folder */
 static char fz__root[PATH_MAX]; /* its resolved root */
 
 static void fz__cleanup(void)
