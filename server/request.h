@@ -15,6 +15,8 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include <jansson.h>
+
 #include "engine/sam.h"
 #include "server/error.h"
 
@@ -106,6 +108,10 @@ void srv_prompts_free(srv_prompts *p);
 int srv_image_prepare(const uint8_t *bytes, size_t len, int64_t max_pixels, uint8_t **rgb,
                       eng_sam_imginfo *info, srv_error *e);
 void srv_request_free(srv_request *r);
+
+/* "an object", "a string", "a number", ...: what a JSON value is, for
+ * messages ("steps must be an integer, not a string"). */
+const char *srv_json_type_name(const json_t *v);
 
 /* 1 when s[0..len) is valid UTF-8 without NUL bytes. */
 int srv_utf8_valid(const char *s, size_t len);

@@ -35,6 +35,12 @@ int64_t srv_db_query_int(sqlite3 *db, const char *sql)
     return v;
 }
 
+void srv_db_col_text(sqlite3_stmt *st, int i, char *out, size_t cap)
+{
+    const unsigned char *s = sqlite3_column_text(st, i);
+    snprintf(out, cap, "%s", s ? (const char *)s : "");
+}
+
 int srv_mkdirs(const char *dir)
 {
     char tmp[4096];

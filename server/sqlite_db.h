@@ -45,6 +45,10 @@ int srv_db_exec(sqlite3 *db, const char *sql);
 /* The single integer a PRAGMA/SELECT returns, or -1. */
 int64_t srv_db_query_int(sqlite3 *db, const char *sql);
 
+/* Text column i of a row into out (cap bytes, always terminated; "" for
+ * NULL). */
+void srv_db_col_text(sqlite3_stmt *st, int i, char *out, size_t cap);
+
 /* mkdir -p with mode 0750; 0 or -1 (errno set). */
 int srv_mkdirs(const char *dir);
 

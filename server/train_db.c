@@ -189,12 +189,6 @@ static void bind_int_or_null(sqlite3_stmt *st, int i, int64_t v, int64_t null_va
         sqlite3_bind_int64(st, i, v);
 }
 
-static void col_text(sqlite3_stmt *st, int i, char *out, size_t cap)
-{
-    const unsigned char *s = sqlite3_column_text(st, i);
-    snprintf(out, cap, "%s", s ? (const char *)s : "");
-}
-
 static double col_real(sqlite3_stmt *st, int i)
 {
     return sqlite3_column_type(st, i) == SQLITE_NULL ? NAN : sqlite3_column_double(st, i);
@@ -214,14 +208,14 @@ static int64_t col_int(sqlite3_stmt *st, int i, int64_t null_value)
 static void row_read(sqlite3_stmt *st, srv_tjob *j)
 {
     srv_tjob_init(j);
-    col_text(st, 0, j->id, sizeof j->id);
+    srv_db_col_text(st, 0, j->id, sizeof j->id);
     j->seq = sqlite3_column_int64(st, 1);
     char state[16];
-    col_text(st, 2, state, sizeof state);
+    srv_db_col_text(st, 2, state, sizeof state);
     int s = srv_tjob_state_parse(state);
     j->state = s < 0 ? SRV_TJ_FAILED : (srv_tjob_state)s;
-    col_text(st, 3, j->params, sizeof j->params);
-    col_text(st, 4, j->dir, sizeof j->dir);
+    srv_db_col_text(st, 3, j->params, sizeof j->params);
+    srv_db_col_text(st, 4, j->dir, sizeof j->dir);
     j->created_ms = col_int(st, 5, 0);
     j->started_ms = col_int(st, 6, 0);
     j->finished_ms = col_int(st, 7, 0);
@@ -234,16 +228,16 @@ static void row_read(sqlite3_stmt *st, srv_tjob *j)
     j->lr = col_real(st, 14);
     j->samples_per_s = col_real(st, 15);
     j->eta_s = col_real(st, 16);
-    col_text(st, 17, j->val, sizeof j->val);
+    srv_db_col_text(st, 17, j->val, sizeof j->val);
     j->train_images = col_int(st, 18, -1);
     j->val_images = col_int(st, 19, -1);
-    col_text(st, 20, j->init_id, sizeof j->init_id);
-    col_text(st, 21, j->init_version, sizeof j->init_version);
-    col_text(st, 22, j->out_id, sizeof j->out_id);
-    col_text(st, 23, j->out_version, sizeof j->out_version);
+    srv_db_col_text(st, 20, j->init_id, sizeof j->init_id);
+    srv_db_col_text(st, 21, j->init_version, sizeof j->init_version);
+    srv_db_col_text(st, 22, j->out_id, sizeof j->out_id);
+    srv_db_col_text(st, 23, j->out_version, sizeof j->out_version);
     j->published = (int)col_int(st, 24, -1);
-    col_text(st, 25, j->reason, sizeof j->reason);
-    col_text(st, 26, j->error, sizeof j->error);
+    srv_db_col_text(st, 25, j->reason, sizeof j->reason);
+    srv_db_col_text(st, 26, j->error, sizeof j->error);
     j->exit_status = (int)col_int(st, 27, -1);
     j->term_signal = (int)col_int(st, 28, -1);
     j->pid = col_int(st, 29, 0);
@@ -457,8 +451,8 @@ int srv_tdb_job_prune(srv_tdb *db, int keep, void (*gone)(const char *dir, void 
         if (st) {
             sqlite3_bind_int(st, 1, keep);
             if (sqlite3_step(st) == SQLITE_ROW) {
-                col_text(st, 0, id, sizeof id);
-                col_text(st, 1, dir, sizeof dir);
+                srv_db_col_text(st, 0, id, sizeof id);
+                srv_db_col_text(st, 1, dir, sizeof dir);
                 found = 1;
             }
             sqlite3_finalize(st);
@@ -514,11 +508,11 @@ int srv_tdb_hn_list(srv_tdb *db, srv_hn_row *rows, int max, int *n)
         srv_hn_row *r = &rows[(*n)++];
         memset(r, 0, sizeof *r);
         r->seq = sqlite3_column_int64(st, 0);
-        col_text(st, 1, r->id, sizeof r->id);
-        col_text(st, 2, r->version, sizeof r->version);
-        col_text(st, 3, r->file, sizeof r->file);
-        col_text(st, 4, r->source, sizeof r->source);
-        col_text(st, 5, r->job, sizeof r->job);
+        srv_db_col_text(st, 1, r->id, sizeof r->id);
+        srv_db_col_text(st, 2, r->version, sizeof r->version);
+        srv_db_col_text(st, 3, r->file, sizeof r->file);
+        srv_db_col_text(st, 4, r->source, sizeof r->source);
+        srv_db_col_text(st, 5, r->job, sizeof r->job);
         r->activated_ms = sqlite3_column_int64(st, 6);
     }
     rc = st ? 0 : -1;
@@ -566,7 +560,7 @@ int srv_tdb_meta_get(srv_tdb *db, const char *key, char *value, size_t cap)
         int s = sqlite3_step(st);
         rc = s == SQLITE_ROW ? 0 : s == SQLITE_DONE ? 1 : -1;
         if (rc == 0)
-            col_text(st, 0, value, cap);
+            srv_db_col_text(st, 0, value, cap);
     }
     sqlite3_finalize(st);
     pthread_mutex_unlock(&db->mu);

@@ -851,6 +851,24 @@ static void arg(argv_b *a, const char *fmt, ...)
     va_end(ap);
 }
 
+/* An option with a value unless the value is the trainer's default (NaN,
+ * or a negative integer). */
+static void arg_real(argv_b *a, const char *flag, double v)
+{
+    if (isfinite(v)) {
+        arg(a, "%s", flag);
+        arg(a, "%.17g", v);
+    }
+}
+
+static void arg_int(argv_b *a, const char *flag, int64_t v)
+{
+    if (v >= 0) {
+        arg(a, "%s", flag);
+        arg(a, "%lld", (long long)v);
+    }
+}
+
 static void free_args(argv_b *a)
 {
     for (int i = 0; i < a->n; i++)
@@ -938,34 +956,15 @@ static void spawn(srv_train *t)
     arg(&a, "%s", init);
     arg(&a, "--out");
     arg(&a, "%s", t->out_path);
-    arg(&a, "--steps");
-    arg(&a, "%lld", (long long)req.steps);
-    arg(&a, "--batch");
-    arg(&a, "%lld", (long long)req.batch);
-    if (isfinite(req.lr)) {
-        arg(&a, "--lr");
-        arg(&a, "%.17g", req.lr);
-    }
-    if (req.warmup >= 0) {
-        arg(&a, "--warmup");
-        arg(&a, "%lld", (long long)req.warmup);
-    }
-    if (isfinite(req.weight_decay)) {
-        arg(&a, "--weight-decay");
-        arg(&a, "%.17g", req.weight_decay);
-    }
-    if (isfinite(req.clip)) {
-        arg(&a, "--clip");
-        arg(&a, "%.17g", req.clip);
-    }
-    if (req.seed >= 0) {
-        arg(&a, "--seed");
-        arg(&a, "%lld", (long long)req.seed);
-    }
-    arg(&a, "--threads");
-    arg(&a, "%d", threads);
-    arg(&a, "--nice");
-    arg(&a, "%lld", (long long)srv_config_int(t->cfg, SRV_OPT_TRAIN_NICE));
+    arg_int(&a, "--steps", req.steps);
+    arg_int(&a, "--batch", req.batch);
+    arg_real(&a, "--lr", req.lr);
+    arg_int(&a, "--warmup", req.warmup);
+    arg_real(&a, "--weight-decay", req.weight_decay);
+    arg_real(&a, "--clip", req.clip);
+    arg_int(&a, "--seed", req.seed);
+    arg_int(&a, "--threads", threads);
+    arg_int(&a, "--nice", srv_config_int(t->cfg, SRV_OPT_TRAIN_NICE));
     arg(&a, "--device");
     arg(&a, "%s", devs[dev]);
     if (req.publish_if_better)
@@ -1154,9 +1153,7 @@ int srv_train_create(srv_train **out, uv_loop_t *loop, srv_config *cfg, srv_tdb 
     *out = t;
     return 0;
 fail:
-    free(t->pline);
-    pthread_mutex_destroy(&t->mu);
-    free(t);
+    srv_train_destroy(t);
     return -1;
 }
 

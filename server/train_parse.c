@@ -15,32 +15,12 @@
 #include <jansson.h>
 
 #include "server/fileio.h"
+#include "server/request.h"
 
 /* Largest integer a JSON number carries exactly (2^53). */
 #define JSON_INT_EXACT 9007199254740992LL
 
 /* ---- the request ---- */
-
-static const char *kind_name(const json_t *v)
-{
-    switch (json_typeof(v)) {
-    case JSON_OBJECT:
-        return "an object";
-    case JSON_ARRAY:
-        return "an array";
-    case JSON_STRING:
-        return "a string";
-    case JSON_INTEGER:
-        return "an integer";
-    case JSON_REAL:
-        return "a number";
-    case JSON_TRUE:
-    case JSON_FALSE:
-        return "a boolean";
-    default:
-        return "null";
-    }
-}
 
 /* Contract: member `key` as an integer in [lo, hi] (absent: *out kept).
  * 0, or -1 with *e naming the field. */
@@ -58,7 +38,7 @@ static int get_int(json_t *o, const char *key, int64_t lo, int64_t hi, int64_t *
         return 0;
     }
     if (!json_is_integer(v))
-        return srv_fail(e, 400, key, "%s must be an integer, not %s", key, kind_name(v));
+        return srv_fail(e, 400, key, "%s must be an integer, not %s", key, srv_json_type_name(v));
     json_int_t x = json_integer_value(v);
     if (x < lo || x > hi)
         return srv_fail(e, 400, key, "%s must be an integer in [%lld, %lld], not %lld", key,
@@ -76,7 +56,7 @@ static int get_num(json_t *o, const char *key, double lo, double hi, int open_lo
     if (!v)
         return 0;
     if (!json_is_number(v))
-        return srv_fail(e, 400, key, "%s must be a number, not %s", key, kind_name(v));
+        return srv_fail(e, 400, key, "%s must be a number, not %s", key, srv_json_type_name(v));
     double d = json_number_value(v);
     if (!isfinite(d) || d < lo || d > hi || (open_lo && d == lo))
         return srv_fail(e, 400, key, "%s must be a number in %c%g, %g], not %g", key,
@@ -123,7 +103,7 @@ static int get_rel(json_t *o, const char *key, char *out, srv_error *e)
         return srv_fail(e, 400, key,
                         "%s must be a string (a folder relative to the training data "
                         "folder), not %s",
-                        key, kind_name(v));
+                        key, srv_json_type_name(v));
     const char *s = json_string_value(v);
     size_t len = json_string_length(v);
     if (strlen(s) != len)
@@ -157,7 +137,7 @@ int srv_train_req_parse(const char *body, size_t len, srv_train_req *out, srv_er
         return srv_fail(e, 400, "", "malformed JSON at line %d, column %d: %s", jerr.line,
                         jerr.column, jerr.text);
     if (!json_is_object(root)) {
-        srv_fail(e, 400, "", "the request must be a JSON object, not %s", kind_name(root));
+        srv_fail(e, 400, "", "the request must be a JSON object, not %s", srv_json_type_name(root));
         goto out;
     }
     json_object_foreach(root, key, v)
@@ -195,7 +175,7 @@ int srv_train_req_parse(const char *body, size_t len, srv_train_req *out, srv_er
     v = json_object_get(root, "publish_if_better");
     if (v && !json_is_boolean(v)) {
         srv_fail(e, 400, "publish_if_better", "publish_if_better must be a boolean, not %s",
-                 kind_name(v));
+                 srv_json_type_name(v));
         goto out;
     }
     out->publish_if_better = v && json_is_true(v);

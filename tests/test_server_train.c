@@ -546,6 +546,34 @@ static void *loop_main(void *arg)
     return NULL;
 }
 
+/* Contract: starts n (<= 4) threads sending task requests to port in a loop;
+ * the answers before the swap are expected to be ref_old's (version old_id). */
+static void loop_start(loop_ctl *c, pthread_t *th, int n, int port, const char *old_id,
+                       json_t *ref_old)
+{
+    memset(c, 0, sizeof *c);
+    pthread_mutex_init(&c->mu, NULL);
+    c->port = port;
+    c->old_id = old_id;
+    c->ref_old = ref_old;
+    c->answers = json_array();
+    for (int i = 0; i < n; i++)
+        pthread_create(&th[i], NULL, loop_main, c);
+}
+
+static void loop_stop(loop_ctl *c, pthread_t *th, int n)
+{
+    c->stop = 1;
+    for (int i = 0; i < n; i++)
+        pthread_join(th[i], NULL);
+}
+
+static void loop_free(loop_ctl *c)
+{
+    json_decref(c->answers);
+    pthread_mutex_destroy(&c->mu);
+}
+
 /* Contract: every answer carries the old or the new version's id and
  * exactly that version's masks. */
 static void loop_check(loop_ctl *c, const json_t *ref_new, const char *what)
@@ -578,24 +606,15 @@ static void test_train_fake_success(void)
     T_REQUIRE(st == 200 && !strcmp(hn_of(g_ref_old), g_old_id), "the task before training");
 
     loop_ctl c;
-    memset(&c, 0, sizeof c);
-    pthread_mutex_init(&c.mu, NULL);
-    c.port = g_f.port;
-    c.old_id = g_old_id;
-    c.ref_old = g_ref_old;
-    c.answers = json_array();
     pthread_t th[3];
-    for (int i = 0; i < 3; i++)
-        pthread_create(&th[i], NULL, loop_main, &c);
+    loop_start(&c, th, 3, g_f.port, g_old_id, g_ref_old);
     usleep(300000);
     json_t *req = json_pack("{s:s,s:s,s:i,s:i,s:i}", "data", "synth/train", "val", "synth/val",
-                            "steps", 40, "batch", 2, "seed", FAKE_OK);
+                            "steps", 300, "batch", 2, "seed", FAKE_OK);
     T_CHECK(submit(g_f.port, req, id) == 202, "POST /admin/train");
     json_t *j = wait_job(g_f.port, id, "succeeded|failed|cancelled", 60, NULL);
     usleep(300000); /* a few requests on the new version */
-    c.stop = 1;
-    for (int i = 0; i < 3; i++)
-        pthread_join(th[i], NULL);
+    loop_stop(&c, th, 3);
     T_REQUIRE(j, "the job did not end");
     T_CHECK(!strcmp(state_of(j), "succeeded"), "state %s: %s", state_of(j),
             json_string_value(json_object_get(j, "error")) ?: "");
@@ -605,8 +624,8 @@ static void test_train_fake_success(void)
     T_CHECK(!strcmp(json_string_value(json_object_get(hn, "id")) ?: "", nid) &&
                 !strcmp(json_string_value(json_object_get(hn, "version")) ?: "", "1"),
             "the job names the published hypernetwork");
-    T_CHECK(json_integer_value(json_object_get(j, "step")) == 40 &&
-                json_integer_value(json_object_get(j, "steps")) == 40,
+    T_CHECK(json_integer_value(json_object_get(j, "step")) == 300 &&
+                json_integer_value(json_object_get(j, "steps")) == 300,
             "step/steps");
     T_CHECK(json_is_number(json_object_get(j, "loss")) &&
                 json_real_value(json_object_get(j, "samples_per_s")) == 12.5 &&
@@ -630,8 +649,7 @@ static void test_train_fake_success(void)
     snprintf(c.new_id, sizeof c.new_id, "%s", nid);
     loop_check(&c, ref_new, "fake trainer");
     json_decref(ref_new);
-    json_decref(c.answers);
-    pthread_mutex_destroy(&c.mu);
+    loop_free(&c);
 
     /* published: the shared file holds the new version */
     hn_params *p = NULL;
@@ -990,15 +1008,8 @@ static void test_real_train_under_load(void)
     int st;
     NEED_REAL();
     loop_ctl c;
-    memset(&c, 0, sizeof c);
-    pthread_mutex_init(&c.mu, NULL);
-    c.port = g_r.port;
-    c.old_id = g_r_v0;
-    c.ref_old = g_r_before;
-    c.answers = json_array();
     pthread_t th[3];
-    for (int i = 0; i < 3; i++)
-        pthread_create(&th[i], NULL, loop_main, &c);
+    loop_start(&c, th, 3, g_r.port, g_r_v0, g_r_before);
     json_t *req = json_pack("{s:s,s:s,s:i,s:i,s:f,s:i}", "data", "synth/train", "val", "synth/val",
                             "steps", 4, "batch", 2, "lr", 0.05, "seed", 1);
     T_CHECK(submit(g_r.port, req, id) == 202, "POST /admin/train");
@@ -1010,9 +1021,7 @@ static void test_real_train_under_load(void)
     json_decref(j);
     j = wait_job(g_r.port, id, "succeeded|failed|cancelled", 300, NULL);
     usleep(300000);
-    c.stop = 1;
-    for (int i = 0; i < 3; i++)
-        pthread_join(th[i], NULL);
+    loop_stop(&c, th, 3);
     T_REQUIRE(j, "the job did not end");
     T_CHECK(!strcmp(state_of(j), "succeeded"), "state %s: %s", state_of(j),
             json_string_value(json_object_get(j, "error")) ?: "");
@@ -1026,8 +1035,7 @@ static void test_real_train_under_load(void)
     snprintf(c.new_id, sizeof c.new_id, "%s", g_r_v1);
     loop_check(&c, after, "real trainer");
     json_decref(after);
-    json_decref(c.answers);
-    pthread_mutex_destroy(&c.mu);
+    loop_free(&c);
 }
 
 static void test_real_cancel(void)
