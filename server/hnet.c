@@ -210,6 +210,7 @@ static void activate(srv_sched *s, srv_hnet *v, srv_hn_info *prev)
     v->refs = 2; /* the list's and the active one's */
     v->next = s->hn_loaded;
     s->hn_loaded = v;
+    srv_metrics_gauge_add(&s->metrics->hypernets_loaded, 1);
     pthread_mutex_lock(&s->mu);
     old = s->hn_active;
     s->hn_active = v;
@@ -294,6 +295,7 @@ void srv__hnet_reclaim(srv_sched *s)
                      v->info.id, v->info.version);
         unload(v);
         free(v);
+        srv_metrics_gauge_add(&s->metrics->hypernets_loaded, -1);
     }
 }
 
@@ -309,6 +311,7 @@ void srv__hnet_unload_all(srv_sched *s)
     for (; v; v = next) {
         next = v->next;
         unload(v);
+        srv_metrics_gauge_add(&s->metrics->hypernets_loaded, -1);
         if (v == active)
             srv_hnet_release(s, v);
         srv_hnet_release(s, v); /* the list's: frees it unless a request still pins it */

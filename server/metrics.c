@@ -287,6 +287,10 @@ int srv_metrics_render(srv_metrics *m, char **out, size_t *len)
               "tasam_memory_bytes{kind=\"used\"} %lld\n"
               "tasam_memory_bytes{kind=\"total\"} %lld\n",
               (long long)ldi(&m->memory_used), (long long)ldi(&m->memory_total));
+    gauge(&b, "tasam_hypernets_loaded",
+          "Hypernetwork versions in memory: the active one, and during a swap the ones requests "
+          "still use.",
+          ldi(&m->hypernets_loaded));
     gauge(&b, "tasam_ready", "1 when the model is loaded and the worker runs.", ldi(&m->ready));
     gauge(&b, "tasam_start_time_seconds", "Process start, unix time.", ldi(&m->start_time));
 

@@ -82,6 +82,8 @@ typedef struct srv_metrics {
     int64_t adapter_bytes_mem;       /* device bytes of those (gauge) */
     int64_t adapter_bytes_disk;      /* adapter bytes in SQLite (gauge) */
     int64_t adapter_entries_disk;    /* adapter rows in SQLite (gauge) */
+    int64_t hypernets_loaded;        /* hypernetwork versions in memory: the active one and any
+                                        that requests still pin (gauge) */
     int64_t memory_used;             /* backend device/host bytes (gauge) */
     int64_t memory_total;            /* device total, 0 if unknown (gauge) */
     int64_t ready;                   /* 1 once the model is loaded (gauge) */

@@ -672,6 +672,10 @@ static void test_train_fake_success(void)
     T_CHECK(m && metric(m, "tasam_hypernet_swaps_total{result=\"ok\"}") == 1, "swap count");
     T_CHECK(m && metric(m, "tasam_hypernet_version") == 1, "active version metric");
     T_CHECK(m && metric(m, "tasam_train_jobs{state=\"succeeded\"}") == 1, "jobs by state");
+    T_CHECK(m && metric(m, "tasam_hypernets_loaded") == 1,
+            "the old version is freed once no request uses it (%g loaded)",
+            m ? metric(m, "tasam_hypernets_loaded") : -1);
+    T_CHECK(log_contains(&g_f, "is no longer used; freed"), "no log line of the old version freed");
     char series[160];
     snprintf(series, sizeof series, "tasam_hypernet_info{id=\"%s\",version=\"1\"}", nid);
     T_CHECK(m && metric(m, series) == 1, "the info metric");
