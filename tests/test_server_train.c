@@ -516,10 +516,11 @@ static char g_old_id[65], g_old_version[64];
 /* Requests looping across a swap. */
 typedef struct loop_ctl {
     int port;                /* daemon */
-    volatile int stop;       /* set to end the loop */
+    int stop;                /* set to end the loop (atomic) */
     pthread_mutex_t mu;      /* guards below */
     int sent, failed;        /* requests, non-200 answers */
     int n_old, n_new, mixed; /* answers by version; answers whose masks match neither */
+    int n_other;             /* answers so far not from the old version (as they arrive) */
     const char *old_id;      /* the version before */
     char new_id[65];         /* the version after, once known */
     json_t *ref_old;         /* masks before */
@@ -529,7 +530,7 @@ typedef struct loop_ctl {
 static void *loop_main(void *arg)
 {
     loop_ctl *c = arg;
-    while (!c->stop) {
+    while (!__atomic_load_n(&c->stop, __ATOMIC_ACQUIRE)) {
         int st;
         json_t *r = ts_seg(c->port, TASK, 0, &st);
         pthread_mutex_lock(&c->mu);
@@ -539,6 +540,7 @@ static void *loop_main(void *arg)
             fprintf(stderr, "  a request across the swap answered %d\n", st);
             json_decref(r);
         } else {
+            c->n_other += strcmp(hn_of(r), c->old_id) != 0;
             json_array_append_new(c->answers, r);
         }
         pthread_mutex_unlock(&c->mu);
@@ -561,9 +563,21 @@ static void loop_start(loop_ctl *c, pthread_t *th, int n, int port, const char *
         pthread_create(&th[i], NULL, loop_main, c);
 }
 
-static void loop_stop(loop_ctl *c, pthread_t *th, int n)
+/* Contract: stops the loop; with wait_new, once two answers came from
+ * another version than the old one (or after a minute: the check then says
+ * so). */
+static void loop_stop(loop_ctl *c, pthread_t *th, int n, int wait_new)
 {
-    c->stop = 1;
+    double t0 = now_s();
+    while (wait_new) {
+        pthread_mutex_lock(&c->mu);
+        int other = c->n_other;
+        pthread_mutex_unlock(&c->mu);
+        if (other >= 2 || now_s() - t0 > 60)
+            break;
+        usleep(50000);
+    }
+    __atomic_store_n(&c->stop, 1, __ATOMIC_RELEASE);
     for (int i = 0; i < n; i++)
         pthread_join(th[i], NULL);
 }
@@ -613,8 +627,7 @@ static void test_train_fake_success(void)
                             "steps", 300, "batch", 2, "seed", FAKE_OK);
     T_CHECK(submit(g_f.port, req, id) == 202, "POST /admin/train");
     json_t *j = wait_job(g_f.port, id, "succeeded|failed|cancelled", 60, NULL);
-    usleep(300000); /* a few requests on the new version */
-    loop_stop(&c, th, 3);
+    loop_stop(&c, th, 3, j && !strcmp(state_of(j), "succeeded"));
     T_REQUIRE(j, "the job did not end");
     T_CHECK(!strcmp(state_of(j), "succeeded"), "state %s: %s", state_of(j),
             json_string_value(json_object_get(j, "error")) ?: "");
@@ -1024,8 +1037,7 @@ static void test_real_train_under_load(void)
     T_CHECK(j && (has_stepped(j) || !strcmp(state_of(j), "succeeded")), "running with step > 0");
     json_decref(j);
     j = wait_job(g_r.port, id, "succeeded|failed|cancelled", 300, NULL);
-    usleep(300000);
-    loop_stop(&c, th, 3);
+    loop_stop(&c, th, 3, j && !strcmp(state_of(j), "succeeded"));
     T_REQUIRE(j, "the job did not end");
     T_CHECK(!strcmp(state_of(j), "succeeded"), "state %s: %s", state_of(j),
             json_string_value(json_object_get(j, "error")) ?: "");
