@@ -58,7 +58,6 @@ struct srv_train {
     char checkpoint[SRV_TJOB_PATH]; /* the SAM checkpoint, absolute */
     uv_async_t wake;                /* any thread -> loop: a job was queued or cancelled */
     uv_timer_t tick;                /* supervision while a job runs */
-    int handles;                    /* open loop handles of ours (close callbacks pending) */
     int ready;                      /* the worker is ready: jobs may start */
     int stopping;                   /* shutdown began: nothing starts */
     int hard;                       /* shutdown without grace */
@@ -553,7 +552,6 @@ static void handle_closed(uv_handle_t *h)
         for (int i = 0; i < PIPES; i++)
             if (h == (uv_handle_t *)&t->pipes[i].h)
                 t->pipes[i].open = 0;
-    t->handles--;
     finish_if_done(t);
 }
 
@@ -989,7 +987,6 @@ static void spawn(srv_train *t)
         uv_pipe_init(t->loop, &p->h, 0);
         p->h.data = t;
         p->open = 1;
-        t->handles++;
         stdio[i + 1].flags = UV_CREATE_PIPE | UV_WRITABLE_PIPE;
         stdio[i + 1].data.stream = (uv_stream_t *)&p->h;
     }
@@ -1011,14 +1008,15 @@ static void spawn(srv_train *t)
     t->tail_n = t->tail_next = 0;
     t->pline_len = 0;
     t->busy = 1;
-    for (int i = 0; i < a.n; i++)
-        log_write(t, a.v[i], strlen(a.v[i])), log_write(t, i + 1 < a.n ? " " : "\n", 1);
+    for (int i = 0; i < a.n; i++) { /* the command line, first in the log */
+        log_write(t, a.v[i], strlen(a.v[i]));
+        log_write(t, i + 1 < a.n ? " " : "\n", 1);
+    }
     int rc = env ? uv_spawn(t->loop, &t->proc, &o) : UV_ENOMEM;
     free_env(env);
     free_args(&a);
     /* uv_spawn initialises the handle even when it fails: it is closed either way */
     t->proc_open = 1;
-    t->handles++;
     if (rc != 0) {
         snprintf(t->why, sizeof t->why, "cannot start the trainer %.300s: %s", t->trainer,
                  uv_strerror(rc));
@@ -1028,7 +1026,7 @@ static void spawn(srv_train *t)
         if (env)
             uv_close((uv_handle_t *)&t->proc, handle_closed);
         else
-            t->proc_open = 0, t->handles--;
+            t->proc_open = 0;
         for (int i = 0; i < PIPES; i++)
             close_pipe(&t->pipes[i]);
         return;
@@ -1143,7 +1141,6 @@ int srv_train_create(srv_train **out, uv_loop_t *loop, srv_config *cfg, srv_tdb 
     uv_async_init(loop, &t->wake, on_wake);
     uv_timer_init(loop, &t->tick);
     t->wake.data = t->tick.data = t;
-    t->handles = 2;
     recover(t);
     srv_tdb_job_prune(db, (int)srv_config_int(cfg, SRV_OPT_TRAIN_KEEP_JOBS), remove_job_dir, t);
     if (t->data_root[0])
@@ -1183,11 +1180,7 @@ void srv_train_shutdown(srv_train *t, int hard)
 
 int srv_train_busy(srv_train *t) { return t && t->busy; }
 
-static void closed_cb(uv_handle_t *h)
-{
-    srv_train *t = h->data;
-    t->handles--;
-}
+static void closed_cb(uv_handle_t *h) { (void)h; }
 
 void srv_train_close(srv_train *t)
 {

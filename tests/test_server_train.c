@@ -484,6 +484,7 @@ static void test_train_disabled(void)
 {
     daemon_proc d;
     char state[PATH_MAX], f[PATH_MAX];
+    int st;
     NEED_F();
     snprintf(state, sizeof state, "%s/state-notrain", g_tmp);
     T_REQUIRE(start_daemon(&d, state, g_hn, NULL) == 0, "a daemon without --train-data-dir");
@@ -506,6 +507,23 @@ static void test_train_disabled(void)
              g_tasamd, t_fixture("sam_tiny.safetensors"), g_hn, g_tmp, g_tmp);
     T_CHECK(t_run_cmd(cmd, out, sizeof out) == 1 && strstr(out, "train-data-dir"),
             "a missing --train-data-dir: %s", out);
+    /* a trainer that cannot be executed fails its job, not the daemon */
+    static const char *const nobin[] = {"--trainer", "/nonexistent/tasam-train", "--train-data-dir",
+                                        g_data, NULL};
+    char id[65];
+    snprintf(state, sizeof state, "%s/state-nobin", g_tmp);
+    T_REQUIRE(start_daemon(&d, state, g_hn, nobin) == 0, "a daemon with a missing trainer");
+    T_REQUIRE(submit(d.port, json_pack("{s:s}", "data", "synth/train"), id) == 202, "job");
+    json_t *j = wait_job(d.port, id, "succeeded|failed|cancelled", 30, NULL);
+    T_CHECK(j && !strcmp(state_of(j), "failed") &&
+                strstr(json_string_value(json_object_get(j, "error")) ?: "",
+                       "cannot start the trainer"),
+            "a missing trainer: %s", j ? json_string_value(json_object_get(j, "error")) : "?");
+    json_decref(j);
+    json_t *r = ts_seg(d.port, TASK, 0, &st);
+    T_CHECK(st == 200, "the daemon serves: %d", st);
+    json_decref(r);
+    T_CHECK(daemon_stop(&d) == 0, "clean stop");
 }
 
 /* ---- the supervisor, with the fake trainer ---- */
