@@ -402,7 +402,7 @@ static void output_bytes(srv_train *t, tpipe *p, const char *b, size_t n)
 {
     log_write(t, b, n);
     for (size_t i = 0; i < n; i++) {
-        if (b[i] == '\n') {
+        if (b[i] == '\n' || b[i] == '\r') { /* a progress line rewritten in place ends at \r */
             if (p->line_len)
                 tail_push(t, p->line, p->line_len);
             p->line_len = 0;

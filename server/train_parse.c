@@ -126,8 +126,8 @@ int srv_train_req_parse(const char *body, size_t len, srv_train_req *out, srv_er
     int rc = -1;
 
     memset(out, 0, sizeof *out);
-    out->steps = 1000;
-    out->batch = 4;
+    out->steps = 100; /* tasam-train run's own defaults */
+    out->batch = 8;
     out->lr = out->weight_decay = out->clip = NAN;
     out->warmup = out->seed = -1;
     if (!body || !len)
@@ -160,7 +160,7 @@ int srv_train_req_parse(const char *body, size_t len, srv_train_req *out, srv_er
     }
     if (get_rel(root, "data", out->data, e) || get_rel(root, "val", out->val, e) ||
         get_int(root, "steps", 1, 10000000, &out->steps, e) ||
-        get_int(root, "batch", 1, 1024, &out->batch, e) ||
+        get_int(root, "batch", 1, 256, &out->batch, e) ||
         get_num(root, "lr", 0, 1, 1, &out->lr, e) ||
         get_int(root, "warmup", 0, 10000000, &out->warmup, e) ||
         get_num(root, "weight_decay", 0, 10, 0, &out->weight_decay, e) ||

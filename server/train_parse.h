@@ -25,8 +25,8 @@
 typedef struct srv_train_req {
     char data[SRV_TRAIN_REL_MAX + 1]; /* training split, relative to --train-data-dir */
     char val[SRV_TRAIN_REL_MAX + 1];  /* validation split, "" for none */
-    int64_t steps;                    /* optimiser steps (default 1000) */
-    int64_t batch;                    /* tasks per step (default 4) */
+    int64_t steps;                    /* optimiser steps (default 100, as tasam-train run) */
+    int64_t batch;                    /* examples per step (default 8, as tasam-train run) */
     double lr;                        /* peak learning rate, NaN: the trainer's default */
     int64_t warmup;                   /* warmup steps, -1: the trainer's default */
     double weight_decay;              /* AdamW decay, NaN: default */

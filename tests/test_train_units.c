@@ -132,7 +132,7 @@ static void test_request_body(void)
     srv_train_req r, r2;
     srv_error e;
     char js[SRV_TJOB_PARAMS];
-    T_CHECK(req("{\"data\":\"shapes/train\"}", &r, &e) == 0 && r.steps == 1000 && r.batch == 4 &&
+    T_CHECK(req("{\"data\":\"shapes/train\"}", &r, &e) == 0 && r.steps == 100 && r.batch == 8 &&
                 isnan(r.lr) && r.warmup == -1 && r.seed == -1 && !r.val[0],
             "defaults: %s", e.message);
     T_CHECK(req("{\"data\":\"shapes/train\",\"val\":\"shapes/val\",\"steps\":60,\"batch\":2,"
