@@ -11,6 +11,7 @@
 
 #include <jansson.h>
 
+#include "engine/image.h"
 #include "server/metrics.h"
 #include "server/request.h"
 #include "server/scheduler.h"
@@ -61,6 +62,7 @@ typedef struct srv_post {
     srv_request req;     /* parsed body (borrows the connection's body buffer) */
     srv_prompts prompts; /* engine prompts (segment) */
     uint8_t *resized;    /* resized RGB for the encoder, or NULL (owned) */
+    eng_image pixels;    /* the decoded image, kept for everything mode's crop layers (owned) */
     srv_job job;         /* the scheduler job */
     int queued;          /* 1 once submitted */
     srv_sched *sched;    /* where job.hn was pinned (for its release) */

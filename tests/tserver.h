@@ -104,6 +104,7 @@ typedef struct ts_extra {
     const char *headers; /* header lines, each "Name: value\r\n", or NULL */
     int chunked;         /* 1: send the body with Transfer-Encoding: chunked */
     ts_part form[4];     /* multipart parts (the body), up to the first NULL name */
+    int timeout_s;       /* seconds to wait for the answer (0: 120) */
 } ts_extra;
 
 /*
@@ -111,7 +112,8 @@ typedef struct ts_extra {
  * (clients/http_client.h). `data_file` (may be NULL) is the body with
  * Content-Type `ctype`, or x->form a multipart body. The response lands in
  * *resp (hc_response_free it). Returns the status, or 0 when no response
- * came (connect, send, timeout after 120 s, malformed answer).
+ * came (connect, send, timeout after x->timeout_s or 120 s, malformed
+ * answer).
  */
 static inline int http_full(int port, const char *method, const char *path, const char *ctype,
                             const char *data_file, const ts_extra *x, hc_response *resp)
@@ -154,7 +156,7 @@ static inline int http_full(int port, const char *method, const char *path, cons
                      .body_len = dlen,
                      .chunked = x ? x->chunked : 0};
     if (hc_request_build(&t, &rq, &req, &rl) == 0 &&
-        hc_exchange(&c, &t, req, rl, resp, 120, NULL) == 0)
+        hc_exchange(&c, &t, req, rl, resp, x && x->timeout_s > 0 ? x->timeout_s : 120, NULL) == 0)
         status = resp->status;
 out:
     for (int i = 0; i < 4; i++)
@@ -479,8 +481,9 @@ static inline int ts_write_hypernet(const char *path, uint64_t seed, int random)
     return ts_write_hypernet_h(path, seed, random, 0);
 }
 
-/* The dog's point request (one mask) or its prompt-free one (three masks),
- * with `task` when not NULL (the JSON body goes to a temp file). */
+/* The dog's point request (one mask) or one without a prompt (everything
+ * mode: a task alone, or `everything: true` without a task), with `task`
+ * when not NULL (the JSON body goes to a temp file). */
 static inline json_t *ts_seg(int port, const char *task, int prompt_free, int *status)
 {
     char path[PATH_MAX];
@@ -488,6 +491,8 @@ static inline json_t *ts_seg(int port, const char *task, int prompt_free, int *s
                             : json_pack("{s:[[i,i,i]],s:b}", "points", 400, 294, 1, "multimask", 0);
     if (task)
         json_object_set_new(o, "task", json_string(task));
+    else if (prompt_free)
+        json_object_set_new(o, "everything", json_true());
     write_request(path, sizeof path, g_dog_b64, o);
     json_t *r = http_json(port, "POST", "/v1/segment", "application/json", path, NULL, status);
     unlink(path);
