@@ -55,6 +55,9 @@ struct srv_train {
     char jobs_dir[SRV_TJOB_PATH];   /* STATE_DIR/train */
     char data_root[SRV_TJOB_PATH];  /* resolved train-data-dir, "" when training is off */
     char trainer[SRV_TJOB_PATH];    /* the tasam-train program */
+    char cache_dir[SRV_TJOB_PATH];  /* STATE_DIR/train/embeddings: the trainer's embedding cache */
+    char text_model[SRV_TJOB_PATH]; /* --text-model for the trainer (tasamd's), "" for its default
+                                     */
     char checkpoint[SRV_TJOB_PATH]; /* the SAM checkpoint, absolute */
     uv_async_t wake;                /* any thread -> loop: a job was queued or cancelled */
     uv_timer_t tick;                /* supervision while a job runs */
@@ -952,6 +955,14 @@ static void spawn(srv_train *t)
     }
     arg(&a, "--init");
     arg(&a, "%s", init);
+    /* embeddings are cached in the state folder: the data folder may be
+     * read-only, and later jobs on the same images skip the encoder */
+    arg(&a, "--cache");
+    arg(&a, "%s", t->cache_dir);
+    if (t->text_model[0]) {
+        arg(&a, "--text-model");
+        arg(&a, "%s", t->text_model);
+    }
     arg(&a, "--out");
     arg(&a, "%s", t->out_path);
     arg_int(&a, "--steps", req.steps);
@@ -1134,6 +1145,14 @@ int srv_train_create(srv_train **out, uv_loop_t *loop, srv_config *cfg, srv_tdb 
             goto fail;
         }
     }
+    if (srv_pathf(t->cache_dir, sizeof t->cache_dir, "%s/embeddings", t->jobs_dir) != 0) {
+        srv_errf(err, errlen, "the state dir's path is too long");
+        goto fail;
+    }
+    const char *tm = srv_config_str(cfg, SRV_OPT_TEXT_MODEL);
+    if (tm[0] &&
+        (!realpath(tm, real) || srv_pathf(t->text_model, sizeof t->text_model, "%s", real) != 0))
+        snprintf(t->text_model, sizeof t->text_model, "%.1000s", tm);
     const char *ck = srv_config_str(cfg, SRV_OPT_CHECKPOINT);
     if (!realpath(ck, real) || srv_pathf(t->checkpoint, sizeof t->checkpoint, "%s", real) != 0)
         snprintf(t->checkpoint, sizeof t->checkpoint, "%s", ck);
