@@ -153,7 +153,8 @@ static int probe(const srv_hnet_env *env, srv_hnet *v, char *err, size_t errlen)
 /* Contract: a loaded, probed version (refs: the list's only; not linked
  * yet), or NULL with err set. */
 static srv_hnet *load(const srv_hnet_env *env, srv_sched *s, const hn_params *p,
-                      const char *version, const char *file, char *err, size_t errlen)
+                      const char *version, const char *id, const char *file, char *err,
+                      size_t errlen)
 {
     double t0 = srv_now();
     size_t trunk = 0, heads = 0;
@@ -164,7 +165,8 @@ static srv_hnet *load(const srv_hnet_env *env, srv_sched *s, const hn_params *p,
     }
     v->refs = 1;
     v->m = env->m;
-    if (hn_hypernet_create(&v->h, p, version, env->be) != 0) {
+    if ((id ? hn_hypernet_create_id(&v->h, p, version, id, env->be)
+            : hn_hypernet_create(&v->h, p, version, env->be)) != 0) {
         srv_errf(err, errlen, "loading the hypernetwork: %s", eng_last_error());
         goto fail;
     }
@@ -234,7 +236,7 @@ int srv__hnet_load_file(const srv_hnet_env *env, srv_sched *s, const char *path,
     char version[HN_NAME_MAX];
     if (hn_params_read(&p, path, version) != 0)
         return srv_errf(err, errlen, "hypernetwork %s: %s", path, eng_last_error());
-    srv_hnet *v = load(env, s, p, version, path, err, errlen);
+    srv_hnet *v = load(env, s, p, version, NULL, path, err, errlen);
     hn_params_destroy(p);
     if (!v)
         return -1;
@@ -253,7 +255,7 @@ void srv__hnet_swap_job(const srv_hnet_env *env, srv_sched *s, srv_job *j)
 {
     srv_hn_load *ld = j->hn_load;
     char err[512];
-    srv_hnet *v = load(env, s, ld->params, ld->version, ld->file, err, sizeof err);
+    srv_hnet *v = load(env, s, ld->params, ld->version, ld->id, ld->file, err, sizeof err);
     if (!v) {
         srv_log_error("worker: hot swap to %s refused: %s", ld->file, err);
         srv_fail(&j->err, 500, "", "the new hypernetwork failed to load: %s", err);

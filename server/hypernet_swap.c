@@ -172,14 +172,15 @@ static void swap_done(srv_job *j, void *arg)
 /* Contract: has the worker load p (from `file`) beside the active version
  * and swap; blocks until it did or refused. 0 with ld->result/previous, or
  * -1 with *e set. */
-static int worker_swap(srv_hnswap *sw, const hn_params *p, const char *version, const char *file,
-                       srv_hn_load *ld, srv_error *e)
+static int worker_swap(srv_hnswap *sw, const hn_params *p, const char *version, const char *id,
+                       const char *file, srv_hn_load *ld, srv_error *e)
 {
     srv_job j;
     waiter w;
     memset(&j, 0, sizeof j);
     memset(ld, 0, sizeof *ld);
     ld->params = p;
+    snprintf(ld->id, sizeof ld->id, "%s", id);
     snprintf(ld->version, sizeof ld->version, "%s", version);
     srv_pathf(ld->file, sizeof ld->file, "%s", file);
     j.kind = SRV_KIND_HN_SWAP;
@@ -281,7 +282,7 @@ static int swap_in(srv_hnswap *sw, hn_params *p, const char *id, const char *ver
         }
         srv_fsync_dir(sw->dir);
     }
-    if (worker_swap(sw, p, version, final, &ld, e) != 0) {
+    if (worker_swap(sw, p, version, id, final, &ld, e) != 0) {
         __atomic_add_fetch(&sw->swaps_failed, 1, __ATOMIC_RELAXED);
         snprintf(sw->last_error, sizeof sw->last_error, "%s", e->message);
         if (!in_history)

@@ -107,6 +107,7 @@ typedef struct srv_hnet_env {
 /* What a swap job carries (SRV_KIND_HN_SWAP). */
 typedef struct srv_hn_load {
     const hn_params *params;  /* the checked file (borrowed) */
+    char id[65];              /* its content id (hn_params_id), computed by the caller */
     char version[64];         /* its version label */
     char file[SRV_TJOB_PATH]; /* where it lives */
     srv_hn_info result;       /* out: the new active version */
