@@ -753,7 +753,10 @@ static int hn__forward(hn_hypernet *h, const float *emb, float *const *A, float 
     return rc;
 }
 
-int hn_hypernet_create(hn_hypernet **out, const hn_params *p, const char *version, eng_backend *be)
+/* Contract: hn_hypernet_create, with the content id given (already
+ * computed from p by the caller) or, when id is NULL, computed here. */
+static int hn__create(hn_hypernet **out, const hn_params *p, const char *version, const char *id,
+                      eng_backend *be)
 {
     *out = NULL;
     if (!p || !be)
@@ -767,7 +770,10 @@ int hn_hypernet_create(hn_hypernet **out, const hn_params *p, const char *versio
     h->cfg = p->cfg;
     h->be = be;
     snprintf(h->version, sizeof h->version, "%s", version && *version ? version : "0");
-    hn_params_id(p, h->id);
+    if (id)
+        snprintf(h->id, sizeof h->id, "%s", id);
+    else
+        hn_params_id(p, h->id);
     hn_params_count(p, &h->trunk_n, &h->heads_n);
     eng_ctx_init(&h->ctx, be, 0);
 
@@ -851,6 +857,19 @@ int hn_hypernet_create(hn_hypernet **out, const hn_params *p, const char *versio
 err:
     hn_hypernet_destroy(h);
     return rc;
+}
+
+int hn_hypernet_create(hn_hypernet **out, const hn_params *p, const char *version, eng_backend *be)
+{
+    return hn__create(out, p, version, NULL, be);
+}
+
+int hn_hypernet_create_id(hn_hypernet **out, const hn_params *p, const char *version,
+                          const char *id, eng_backend *be)
+{
+    if (!id || strlen(id) != HN_ID_LEN)
+        return eng_error(ENG_EINVAL, "hn_hypernet_create_id: not a content id");
+    return hn__create(out, p, version, id, be);
 }
 
 int hn_hypernet_load(hn_hypernet **out, const char *path, eng_backend *be)

@@ -174,6 +174,12 @@ int hn_hypernet_load(hn_hypernet **out, const char *path, eng_backend *be);
 /* The same from parameters in memory (copied to the device; p may be freed
  * afterwards). */
 int hn_hypernet_create(hn_hypernet **out, const hn_params *p, const char *version, eng_backend *be);
+/* The same for parameters whose content id the caller computed with
+ * hn_params_id just before: hashing every weight is most of a load's time,
+ * and a server swapping versions in between requests does it once, off its
+ * inference thread. */
+int hn_hypernet_create_id(hn_hypernet **out, const hn_params *p, const char *version,
+                          const char *id, eng_backend *be);
 void hn_hypernet_destroy(hn_hypernet *h);
 
 const char *hn_hypernet_id(const hn_hypernet *h); /* HN_ID_LEN hex chars */

@@ -20,6 +20,7 @@
 #include <zlib.h>
 
 #include "server/log.h"
+#include "server/sqlite_db.h"
 
 /* ---- adapters ---- */
 
@@ -35,22 +36,16 @@ void srv_cache_set_adapter_budget(srv_cache *c, int64_t budget_bytes)
     "a.rank, a.alpha, a.bytes, a.created, a.last_used, a.hits"
 #define AD_NCOLS 12
 
-void srv__cache_col_text(sqlite3_stmt *st, int i, char *out, size_t cap)
-{
-    const unsigned char *t = sqlite3_column_text(st, i);
-    snprintf(out, cap, "%s", t ? (const char *)t : "");
-}
-
 /* Contract: fills *m from the AD_COLS columns of the current row. */
 static void ad_row(sqlite3_stmt *st, srv_adapter_meta *m)
 {
     memset(m, 0, sizeof *m);
-    srv__cache_col_text(st, 0, m->id, sizeof m->id);
-    srv__cache_col_text(st, 1, m->task, sizeof m->task);
-    srv__cache_col_text(st, 2, m->task_normalized, sizeof m->task_normalized);
-    srv__cache_col_text(st, 3, m->hypernet_id, sizeof m->hypernet_id);
-    srv__cache_col_text(st, 4, m->hypernet_version, sizeof m->hypernet_version);
-    srv__cache_col_text(st, 5, m->text_model, sizeof m->text_model);
+    srv_db_col_text(st, 0, m->id, sizeof m->id);
+    srv_db_col_text(st, 1, m->task, sizeof m->task);
+    srv_db_col_text(st, 2, m->task_normalized, sizeof m->task_normalized);
+    srv_db_col_text(st, 3, m->hypernet_id, sizeof m->hypernet_id);
+    srv_db_col_text(st, 4, m->hypernet_version, sizeof m->hypernet_version);
+    srv_db_col_text(st, 5, m->text_model, sizeof m->text_model);
     m->rank = sqlite3_column_int(st, 6);
     m->alpha = sqlite3_column_double(st, 7);
     m->bytes = sqlite3_column_int64(st, 8);

@@ -21,6 +21,7 @@
 #include <zlib.h>
 
 #include "server/log.h"
+#include "server/sqlite_db.h"
 
 /* Migrations: entry v-1 takes a database from version v-1 to v. The text
  * is the "-- migration v" block of schema/cache.sql. */
@@ -118,28 +119,9 @@ void srv__cache_gauges(srv_cache *c)
     srv_metrics_gauge_set(&c->m->adapter_entries_disk, c->ad_rows);
 }
 
-/* Contract: runs SQL without results; returns 0 or the SQLite code. */
-int srv__cache_exec(sqlite3 *db, const char *sql)
-{
-    char *msg = NULL;
-    int rc = sqlite3_exec(db, sql, NULL, NULL, &msg);
-    if (rc != SQLITE_OK) {
-        srv_log_debug("cache: sqlite: %s: %s", sql, msg ? msg : sqlite3_errstr(rc));
-        sqlite3_free(msg);
-    }
-    return rc;
-}
+int srv__cache_exec(sqlite3 *db, const char *sql) { return srv_db_exec(db, sql); }
 
-/* Contract: the single integer a PRAGMA/SELECT returns, or -1. */
-int64_t srv__cache_query_int(sqlite3 *db, const char *sql)
-{
-    sqlite3_stmt *st = NULL;
-    int64_t v = -1;
-    if (sqlite3_prepare_v2(db, sql, -1, &st, NULL) == SQLITE_OK && sqlite3_step(st) == SQLITE_ROW)
-        v = sqlite3_column_int64(st, 0);
-    sqlite3_finalize(st);
-    return v;
-}
+int64_t srv__cache_query_int(sqlite3 *db, const char *sql) { return srv_db_query_int(db, sql); }
 
 void srv__cache_refresh_totals(srv_cache *c)
 {
@@ -165,141 +147,17 @@ void srv__cache_refresh_totals(srv_cache *c)
     sqlite3_finalize(st);
 }
 
-/*
- * Contract: opens c->path and brings it to the current schema. Returns 0,
- * 1 when the file is unusable (corrupt, foreign, newer: the caller moves it
- * aside; `why` says which), or -1 for errors that moving aside cannot fix.
- */
-static int try_open(srv_cache *c, char *why, size_t whylen)
-{
-    sqlite3_stmt *st = NULL;
-    int rc;
-    int64_t ver, app, tables;
-
-    rc = sqlite3_open_v2(c->path, &c->db,
-                         SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE | SQLITE_OPEN_FULLMUTEX, NULL);
-    if (rc != SQLITE_OK) {
-        snprintf(why, whylen, "cannot open: %s", sqlite3_errstr(rc));
-        return rc == SQLITE_CANTOPEN ? -1 : 1;
-    }
-    sqlite3_busy_timeout(c->db, 5000);
-    /* quick_check first: on a file that is not a database this is where
-     * SQLite notices (SQLITE_NOTADB). */
-    rc = sqlite3_prepare_v2(c->db, "PRAGMA quick_check", -1, &st, NULL);
-    if (rc == SQLITE_OK)
-        rc = sqlite3_step(st);
-    if (rc != SQLITE_ROW || !sqlite3_column_text(st, 0) ||
-        strcmp((const char *)sqlite3_column_text(st, 0), "ok") != 0) {
-        snprintf(why, whylen, "fails PRAGMA quick_check (%s)",
-                 rc == SQLITE_ROW && sqlite3_column_text(st, 0)
-                     ? (const char *)sqlite3_column_text(st, 0)
-                     : sqlite3_errmsg(c->db));
-        sqlite3_finalize(st);
-        return 1;
-    }
-    sqlite3_finalize(st);
-    st = NULL;
-    if (srv__cache_exec(c->db, "PRAGMA journal_mode=WAL") != SQLITE_OK ||
-        srv__cache_exec(c->db, "PRAGMA synchronous=NORMAL") != SQLITE_OK ||
-        srv__cache_exec(c->db, "PRAGMA foreign_keys=ON") != SQLITE_OK) {
-        snprintf(why, whylen, "cannot set WAL mode: %s", sqlite3_errmsg(c->db));
-        return 1;
-    }
-    ver = srv__cache_query_int(c->db, "PRAGMA user_version");
-    app = srv__cache_query_int(c->db, "PRAGMA application_id");
-    tables = srv__cache_query_int(c->db, "SELECT COUNT(*) FROM sqlite_master");
-    if (ver < 0 || app < 0 || tables < 0) {
-        snprintf(why, whylen, "cannot read its header: %s", sqlite3_errmsg(c->db));
-        return 1;
-    }
-    if (app != 0 && app != SRV_CACHE_APP_ID) {
-        snprintf(why, whylen, "belongs to another application (application_id %lld)",
-                 (long long)app);
-        return 1;
-    }
-    if (ver == 0 && tables > 0) {
-        snprintf(why, whylen, "has tables but no tasam schema version");
-        return 1;
-    }
-    if (ver > SRV_CACHE_SCHEMA_VERSION) {
-        snprintf(why, whylen, "has schema version %lld, newer than this build's %d", (long long)ver,
-                 SRV_CACHE_SCHEMA_VERSION);
-        return 1;
-    }
-    for (int64_t v = ver + 1; v <= SRV_CACHE_SCHEMA_VERSION; v++) {
-        char bump[96];
-        snprintf(bump, sizeof bump, "PRAGMA user_version=%lld; PRAGMA application_id=%d;",
-                 (long long)v, SRV_CACHE_APP_ID);
-        if (srv__cache_exec(c->db, "BEGIN IMMEDIATE") != SQLITE_OK)
-            goto fail_migrate;
-        if (srv__cache_exec(c->db, cache_migrations[v - 1]) != SQLITE_OK ||
-            srv__cache_exec(c->db, bump) != SQLITE_OK) {
-            srv__cache_exec(c->db, "ROLLBACK");
-            goto fail_migrate;
-        }
-        if (srv__cache_exec(c->db, "COMMIT") != SQLITE_OK)
-            goto fail_migrate;
-        srv_log_info("cache: %s migrated to schema version %lld", c->path, (long long)v);
-    }
-    srv__cache_refresh_totals(c);
-    c->clock_ms = srv__cache_query_int(
-        c->db, "SELECT MAX(COALESCE((SELECT MAX(last_used) FROM embedding), 0), "
-               "COALESCE((SELECT MAX(last_used) FROM adapter), 0))");
-    return 0;
-fail_migrate:
-    snprintf(why, whylen, "migration failed: %s", sqlite3_errmsg(c->db));
-    return 1;
-}
-
-/* Contract: renames the database (and its -wal/-shm files) aside. */
-static int move_aside(srv_cache *c, const char *why)
-{
-    char dst[4200], a[4300], b[4300];
-    long t = (long)time(NULL);
-    snprintf(dst, sizeof dst, "%s.corrupt-%ld", c->path, t);
-    if (rename(c->path, dst) != 0 && errno != ENOENT) {
-        srv_log_error("cache: %s %s and cannot be moved aside: %s", c->path, why, strerror(errno));
-        return -1;
-    }
-    for (int k = 0; k < 2; k++) {
-        const char *suf = k ? "-shm" : "-wal";
-        snprintf(a, sizeof a, "%s%s", c->path, suf);
-        snprintf(b, sizeof b, "%s%s", dst, suf);
-        if (rename(a, b) != 0 && errno != ENOENT)
-            unlink(a);
-    }
-    srv_log_warn("cache: %s %s; moved aside to %s, starting an empty cache", c->path, why, dst);
-    return 0;
-}
-
-static int mkdir_p(const char *dir)
-{
-    char tmp[4096];
-    size_t n = strlen(dir);
-    if (n == 0 || n >= sizeof tmp)
-        return -1;
-    memcpy(tmp, dir, n + 1);
-    for (size_t i = 1; i <= n; i++) {
-        if (tmp[i] == '/' || tmp[i] == 0) {
-            char s = tmp[i];
-            tmp[i] = 0;
-            if (mkdir(tmp, 0750) != 0 && errno != EEXIST)
-                return -1;
-            tmp[i] = s;
-        }
-    }
-    return 0;
-}
+static const srv_db_schema cache_schema = {"cache", SRV_CACHE_APP_ID, SRV_CACHE_SCHEMA_VERSION,
+                                           cache_migrations};
 
 int srv_cache_open(srv_cache **out, const char *state_dir, size_t floats, int64_t budget_bytes,
                    int mem_slots, srv_metrics *m, char *err, size_t errlen)
 {
     srv_cache *c;
-    char lockpath[4200], why[512];
-    int rc;
+    char lockpath[4200];
 
     *out = NULL;
-    if (mkdir_p(state_dir) != 0)
+    if (srv_mkdirs(state_dir) != 0)
         return srv_errf(err, errlen, "state dir '%s': cannot create: %s", state_dir,
                         strerror(errno));
     c = calloc(1, sizeof *c);
@@ -332,20 +190,12 @@ int srv_cache_open(srv_cache **out, const char *state_dir, size_t floats, int64_
                  state_dir, lockpath);
         goto err;
     }
-    rc = try_open(c, why, sizeof why);
-    if (rc == 1) {
-        sqlite3_close(c->db);
-        c->db = NULL;
-        if (move_aside(c, why) != 0) {
-            srv_errf(err, errlen, "cache %s %s and cannot be moved aside", c->path, why);
-            goto err;
-        }
-        rc = try_open(c, why, sizeof why);
-    }
-    if (rc != 0) {
-        srv_errf(err, errlen, "cache %s: %s", c->path, why);
+    if (srv_db_open(&c->db, c->path, &cache_schema, err, errlen) != 0)
         goto err;
-    }
+    srv__cache_refresh_totals(c);
+    c->clock_ms = srv__cache_query_int(
+        c->db, "SELECT MAX(COALESCE((SELECT MAX(last_used) FROM embedding), 0), "
+               "COALESCE((SELECT MAX(last_used) FROM adapter), 0))");
     srv_log_info("cache: %s: %lld embeddings, %lld bytes (budget %lld); %d memory slots; %lld "
                  "adapters, %lld bytes",
                  c->path, (long long)c->disk_rows, (long long)c->disk_bytes, (long long)c->budget,
@@ -362,11 +212,7 @@ void srv_cache_close(srv_cache *c)
 {
     if (!c)
         return;
-    if (c->db) {
-        srv__cache_exec(c->db, "PRAGMA wal_checkpoint(TRUNCATE)");
-        if (sqlite3_close(c->db) != SQLITE_OK)
-            srv_log_warn("cache: closing %s: %s", c->path, sqlite3_errmsg(c->db));
-    }
+    srv_db_close(c->db, c->path);
     for (int i = 0; i < c->n_slots && c->slots; i++)
         free(c->slots[i].data);
     free(c->slots);

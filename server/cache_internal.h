@@ -81,7 +81,5 @@ int srv__cache_evict_lru(srv_cache *c, const char *table, int64_t keep_id, int64
  * `keep_id`, -1 for none) until their totals fit their budgets. */
 int srv__cache_evict(srv_cache *c, int64_t keep_id);
 int srv__cache_ad_evict(srv_cache *c, int64_t keep_id);
-/* Text column i of a row into out (cap bytes, always terminated). */
-void srv__cache_col_text(sqlite3_stmt *st, int i, char *out, size_t cap);
 
 #endif

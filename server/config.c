@@ -21,6 +21,7 @@
 static const char *const device_choices[] = {"auto", "cpu", "cuda", NULL};
 static const char *const precision_choices[] = {"auto", "fp32", "fp16", "bf16", NULL};
 static const char *const off_on_choices[] = {"off", "on", NULL};
+static const char *const train_device_choices[] = {"cpu", "cuda", "auto", NULL};
 static const char *const log_choices[] = {"error", "warn", "info", "debug", NULL};
 
 #define KiB 1024LL
@@ -90,6 +91,37 @@ static const srv_opt_def opt_table[SRV_OPT_COUNT] = {
     {"adapter-merge", SRV_T_ENUM, "off", 0, 0, off_on_choices, 0, 0,
      "off: adapters stay unmerged (small; prompts with different adapters share a decoder "
      "call); on: fold each into a copy of the decoder weights"},
+    {"hypernet-keep", SRV_T_INT, "5", 1, 100, NULL, 0, 0,
+     "previous hypernetwork versions kept in STATE_DIR/hypernets for rollback"},
+    {"hypernet-poll-ms", SRV_T_INT, "2000", 0, 3600000, NULL, 0, 0,
+     "how often the --hypernet file is checked for a new version besides inotify (shared "
+     "volumes where inotify sees no remote change); 0: inotify and SIGHUP only"},
+    {"train-data-dir", SRV_T_STRING, "", 0, 0, NULL, 0, 0,
+     "folder that training jobs' data and val paths are relative to (nothing outside it is "
+     "read); without it POST /admin/train answers 403"},
+    {"trainer", SRV_T_STRING, "", 0, 0, NULL, 0, 0,
+     "the tasam-train program (default: tasam-train beside tasamd, else on PATH)"},
+    {"train-queue-depth", SRV_T_INT, "8", 1, 1000, NULL, 1, 0,
+     "training jobs waiting to run before POST /admin/train answers 429 (one runs at a time)"},
+    {"train-threads", SRV_T_INT, "0", 0, 256, NULL, 1, 0,
+     "threads of a training job (0: half the cores, at least 1), so serving keeps the rest"},
+    {"train-nice", SRV_T_INT, "10", 0, 19, NULL, 1, 0,
+     "nice value of the training process: it yields the CPU to serving"},
+    {"train-device", SRV_T_ENUM, "cpu", 0, 0, train_device_choices, 1, 0,
+     "where training runs: cpu (the GPU stays serving's alone), cuda or auto (it shares the GPU; "
+     "see train-cuda-devices)"},
+    {"train-cuda-devices", SRV_T_STRING, "", 0, 0, NULL, 1, 0,
+     "CUDA_VISIBLE_DEVICES of the trainer with train-device cuda or auto (\"1\": a second GPU); "
+     "empty: the daemon's own"},
+    {"train-stop-timeout-ms", SRV_T_INT, "10000", 100, 600000, NULL, 1, 0,
+     "how long a cancelled or interrupted trainer has after SIGTERM before SIGKILL"},
+    {"train-stall-timeout-ms", SRV_T_INT, "600000", 0, 86400000, NULL, 1, 0,
+     "a trainer silent this long after its first step is killed and its job failed (0: never)"},
+    {"train-log-bytes", SRV_T_BYTES, "16MiB", 64 * KiB, 1 * GiB, NULL, 1, 0,
+     "largest log kept per training job (output beyond it is dropped, the last lines still "
+     "reach the job's error)"},
+    {"train-keep-jobs", SRV_T_INT, "100", 1, 100000, NULL, 1, 0,
+     "finished training jobs kept (rows, logs, outputs); older ones are deleted"},
     {"request-timeout-ms", SRV_T_INT, "30000", 1, 3600000, NULL, 1, 0,
      "deadline of a request from arrival (504 if it expires while queued)"},
     {"shutdown-timeout-ms", SRV_T_INT, "10000", 0, 3600000, NULL, 1, 0,
@@ -429,6 +461,10 @@ static int validate(srv_config *c, char *err, size_t errlen)
                         c->str[SRV_OPT_PRECISION]);
     if (!c->str[SRV_OPT_STATE_DIR][0])
         return srv_errf(err, errlen, "option --state-dir must not be empty");
+    if (c->str[SRV_OPT_TRAIN_DATA_DIR][0] && !c->str[SRV_OPT_HYPERNET][0])
+        return srv_errf(err, errlen,
+                        "option --train-data-dir needs --hypernet (training starts from the "
+                        "active hypernetwork and publishes to that file)");
     if (!srv_config_instance_valid(c->str[SRV_OPT_INSTANCE], 1))
         return srv_errf(err, errlen,
                         "option --instance: '%.120s' must be 1-%d characters of letters, digits "

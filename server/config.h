@@ -53,6 +53,19 @@ typedef enum srv_opt_id {
     SRV_OPT_ADAPTER_SLOTS,
     SRV_OPT_ADAPTER_CACHE_BYTES,
     SRV_OPT_ADAPTER_MERGE,
+    SRV_OPT_HYPERNET_KEEP,
+    SRV_OPT_HYPERNET_POLL_MS,
+    SRV_OPT_TRAIN_DATA_DIR,
+    SRV_OPT_TRAINER,
+    SRV_OPT_TRAIN_QUEUE_DEPTH,
+    SRV_OPT_TRAIN_THREADS,
+    SRV_OPT_TRAIN_NICE,
+    SRV_OPT_TRAIN_DEVICE,
+    SRV_OPT_TRAIN_CUDA_DEVICES,
+    SRV_OPT_TRAIN_STOP_TIMEOUT_MS,
+    SRV_OPT_TRAIN_STALL_TIMEOUT_MS,
+    SRV_OPT_TRAIN_LOG_BYTES,
+    SRV_OPT_TRAIN_KEEP_JOBS,
     SRV_OPT_REQUEST_TIMEOUT_MS,
     SRV_OPT_SHUTDOWN_TIMEOUT_MS,
     SRV_OPT_THREADS,
@@ -94,6 +107,8 @@ typedef struct srv_opt_def {
 enum { SRV_DEVICE_AUTO = 0, SRV_DEVICE_CPU, SRV_DEVICE_CUDA };
 /* web choices, in order. */
 enum { SRV_WEB_OFF = 0, SRV_WEB_ON };
+/* train-device choices, in order. */
+enum { SRV_TRAIN_DEVICE_CPU = 0, SRV_TRAIN_DEVICE_CUDA, SRV_TRAIN_DEVICE_AUTO };
 /* adapter-merge choices, in order. */
 enum { SRV_MERGE_OFF = 0, SRV_MERGE_ON };
 /* precision choices, in order. */

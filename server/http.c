@@ -92,6 +92,8 @@ static enum MHD_Result send_reply(conn *c, srv_reply *r)
         MHD_add_response_header(resp, MHD_HTTP_HEADER_ETAG, r->etag);
     for (const char *const *hh = r->headers; hh && hh[0] && hh[1]; hh += 2)
         MHD_add_response_header(resp, hh[0], hh[1]);
+    if (r->location[0])
+        MHD_add_response_header(resp, MHD_HTTP_HEADER_LOCATION, r->location);
     if (r->retry_after > 0) {
         snprintf(ra, sizeof ra, "%d", r->retry_after);
         MHD_add_response_header(resp, MHD_HTTP_HEADER_RETRY_AFTER, ra);
@@ -174,6 +176,8 @@ static void request_in(conn *c, srv_http_in *in)
     in->if_none_match =
         MHD_lookup_connection_value(c->mc, MHD_HEADER_KIND, MHD_HTTP_HEADER_IF_NONE_MATCH);
     MHD_get_connection_values_n(c->mc, MHD_GET_ARGUMENT_KIND, collect_arg, in);
+    in->body = c->body;
+    in->body_len = c->len;
 }
 
 /* Contract: the body is complete: run the route. */

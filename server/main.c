@@ -7,10 +7,14 @@
  * background (/readyz is 503 until it is loaded; a failed load exits 1).
  *
  * A libuv loop on the main thread owns control: SIGTERM/SIGINT stop
- * accepting, drain in-flight requests for up to shutdown-timeout-ms, close
- * the database and exit 0 (a second signal skips the drain); SIGHUP reloads
- * the runtime-mutable options from --config and the environment; timers
- * expire queued jobs past their deadline and maintain the cache.
+ * accepting, stop a running trainer, drain in-flight requests for up to
+ * shutdown-timeout-ms, close the databases and exit 0 (a second signal
+ * skips the drain); SIGHUP reloads the runtime-mutable options from
+ * --config and the environment and re-reads the hypernetwork file; timers
+ * expire queued jobs past their deadline and maintain the cache. With
+ * --hypernet the loop also runs the training jobs (train_jobs.c: the
+ * trainer is a child process spawned with uv_spawn) and watches the
+ * hypernetwork file for new versions (hypernet_swap.c).
  */
 #include <signal.h>
 #include <stdio.h>
@@ -22,11 +26,15 @@
 
 #include "server/cache.h"
 #include "server/config.h"
+#include "server/fileio.h"
 #include "server/http.h"
+#include "server/hypernet_swap.h"
 #include "server/log.h"
 #include "server/metrics.h"
 #include "server/scheduler.h"
 #include "server/server.h"
+#include "server/train_db.h"
+#include "server/train_jobs.h"
 
 /* Everything the control loop touches. */
 typedef struct daemon_state {
@@ -43,6 +51,10 @@ typedef struct daemon_state {
     srv_cache *cache;        /* embedding cache */
     srv_sched sched;         /* queue + worker */
     srv_http *http;          /* HTTP server */
+    srv_tdb *tdb;            /* training jobs and hypernetwork history (NULL without --hypernet) */
+    srv_hnswap *hnswap;      /* hypernetwork activation, history, file watch (idem) */
+    srv_train *train;        /* training jobs (idem) */
+    char hn_start[1024];     /* the hypernetwork file the worker loads first */
     srv_server srv;          /* the context handed to the HTTP layer */
     int shutting_down;       /* 1 once a stop began */
     double drain_deadline;   /* srv_now() limit of the drain */
@@ -61,6 +73,8 @@ static void close_all(daemon_state *ds)
     for (size_t i = 0; i < sizeof hs / sizeof hs[0]; i++)
         if (!uv_is_closing(hs[i]))
             uv_close(hs[i], close_cb);
+    srv_train_close(ds->train);
+    srv_hnswap_watch_stop(ds->hnswap);
 }
 
 static void drain_tick(uv_timer_t *t)
@@ -68,15 +82,16 @@ static void drain_tick(uv_timer_t *t)
     daemon_state *ds = t->data;
     int pending = srv_sched_pending(&ds->sched);
     int open = srv_http_open_connections(ds->http);
-    if (pending == 0 && open == 0) {
+    if (pending == 0 && open == 0 && !srv_train_busy(ds->train)) {
         srv_log_info("shutdown: drained");
         close_all(ds);
         return;
     }
     if (srv_now() >= ds->drain_deadline) {
-        srv_log_warn("shutdown: %d jobs and %d requests still in flight after the timeout; "
+        srv_log_warn("shutdown: %d jobs and %d requests still in flight after the timeout%s; "
                      "failing the queued ones with 503",
-                     pending, open);
+                     pending, open,
+                     srv_train_busy(ds->train) ? " and a trainer still running" : "");
         srv_sched_stop(&ds->sched, 0);
         close_all(ds);
     }
@@ -88,12 +103,14 @@ static void begin_shutdown(daemon_state *ds, int drain, int exit_code)
     if (ds->shutting_down) {
         if (!drain) {
             srv_log_warn("shutdown: second signal, stopping now");
+            srv_train_shutdown(ds->train, 1);
             srv_sched_stop(&ds->sched, 0);
             close_all(ds);
         }
         return;
     }
     ds->shutting_down = 1;
+    srv_train_shutdown(ds->train, !drain);
     ds->exit_code = exit_code;
     __atomic_store_n(&ds->srv.draining, 1, __ATOMIC_RELAXED);
     srv_http_quiesce(ds->http);
@@ -119,6 +136,10 @@ static void on_signal(uv_signal_t *h, int signum)
         srv_cache_set_adapter_budget(ds->cache,
                                      srv_config_int(&ds->cfg, SRV_OPT_ADAPTER_CACHE_BYTES));
         srv_cache_maintain(ds->cache);
+        if (ds->hnswap && srv_sched_is_ready(&ds->sched)) {
+            srv_log_info("SIGHUP: re-reading %s", srv_config_str(&ds->cfg, SRV_OPT_HYPERNET));
+            srv_hnswap_watch_kick(ds->hnswap);
+        }
         return;
     }
     srv_log_info("%s: shutting down", signum == SIGTERM ? "SIGTERM" : "SIGINT");
@@ -153,29 +174,38 @@ static void on_worker_state(uv_async_t *a)
     } else if (srv_sched_is_ready(&ds->sched) && !ds->announced_ready) {
         ds->announced_ready = 1;
         srv_log_info("ready: model %s on %s", ds->sched.info.model_id, ds->sched.info.device);
+        if (ds->hnswap && !ds->shutting_down)
+            srv_hnswap_watch_start(ds->hnswap, &ds->loop,
+                                   (int)srv_config_int(&ds->cfg, SRV_OPT_HYPERNET_POLL_MS));
+        if (!ds->shutting_down)
+            srv_train_start(ds->train);
     }
 }
 
-/* Contract: writes "PORT\n" to path atomically (temp file + rename). */
+/* Contract: writes "PORT\n" to path atomically. */
 static int write_port_file(const char *path, int port)
 {
-    char tmp[4200];
-    FILE *f;
-    snprintf(tmp, sizeof tmp, "%s.tmp.%d", path, (int)getpid());
-    f = fopen(tmp, "w");
-    if (!f)
+    char text[16], err[256];
+    int n = snprintf(text, sizeof text, "%d\n", port);
+    return srv_file_write_atomic(path, text, (size_t)n, err, sizeof err);
+}
+
+/* Contract: with --hypernet, opens train.db and the hot-swap controller and
+ * finds the version to load first. 0, or -1 with err set. */
+static int open_hypernet(daemon_state *ds, char *err, size_t errlen)
+{
+    const char *file = srv_config_str(&ds->cfg, SRV_OPT_HYPERNET);
+    const char *state = srv_config_str(&ds->cfg, SRV_OPT_STATE_DIR);
+    if (!file[0])
+        return 0;
+    if (srv_tdb_open(&ds->tdb, state, err, errlen) != 0)
         return -1;
-    fprintf(f, "%d\n", port);
-    if (fflush(f) != 0 || fsync(fileno(f)) != 0) {
-        fclose(f);
-        unlink(tmp);
+    if (srv_hnswap_create(&ds->hnswap, state, file,
+                          (int)srv_config_int(&ds->cfg, SRV_OPT_HYPERNET_KEEP), ds->tdb, &ds->sched,
+                          &ds->metrics, ds->hn_start, sizeof ds->hn_start, err, errlen) != 0)
         return -1;
-    }
-    fclose(f);
-    if (rename(tmp, path) != 0) {
-        unlink(tmp);
-        return -1;
-    }
+    ds->sched.hn_path = ds->hn_start;
+    ds->srv.hnswap = ds->hnswap;
     return 0;
 }
 
@@ -211,6 +241,15 @@ int main(int argc, char **argv)
     srv_cache_set_adapter_budget(ds.cache, srv_config_int(&ds.cfg, SRV_OPT_ADAPTER_CACHE_BYTES));
     srv_cache_maintain(ds.cache);
     srv_sched_init(&ds.sched, &ds.cfg, ds.cache, &ds.metrics, worker_state_cb, &ds);
+    if (open_hypernet(&ds, err, sizeof err) != 0) {
+        srv_log_error("%s", err);
+        srv_hnswap_destroy(ds.hnswap);
+        srv_tdb_close(ds.tdb);
+        srv_sched_destroy(&ds.sched);
+        srv_cache_close(ds.cache);
+        srv_config_free(&ds.cfg);
+        return 1;
+    }
 
     uv_loop_init(&ds.loop);
     uv_signal_init(&ds.loop, &ds.sig_term);
@@ -226,6 +265,16 @@ int main(int argc, char **argv)
     uv_signal_start(&ds.sig_term, on_signal, SIGTERM);
     uv_signal_start(&ds.sig_int, on_signal, SIGINT);
     uv_signal_start(&ds.sig_hup, on_signal, SIGHUP);
+    if (ds.hnswap &&
+        srv_train_create(&ds.train, &ds.loop, &ds.cfg, ds.tdb, ds.hnswap,
+                         srv_config_str(&ds.cfg, SRV_OPT_STATE_DIR), err, sizeof err) != 0) {
+        srv_log_error("%s", err);
+        ds.exit_code = 1;
+        close_all(&ds);
+        uv_run(&ds.loop, UV_RUN_DEFAULT);
+        goto out;
+    }
+    ds.srv.train = ds.train;
 
     if (srv_http_start(&ds.http, &ds.srv, srv_config_str(&ds.cfg, SRV_OPT_LISTEN), &port, err,
                        sizeof err) != 0) {
@@ -254,6 +303,9 @@ out:
      * job before the HTTP server goes away. */
     srv_sched_destroy(&ds.sched);
     srv_http_stop(ds.http);
+    srv_train_destroy(ds.train);
+    srv_hnswap_destroy(ds.hnswap);
+    srv_tdb_close(ds.tdb);
     srv_cache_close(ds.cache);
     uv_loop_close(&ds.loop);
     srv_log_info("tasamd stopped (exit %d)", ds.exit_code);

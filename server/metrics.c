@@ -13,23 +13,17 @@ static const double latency_bounds[] = {0.001, 0.0025, 0.005, 0.01, 0.025, 0.05,
                                         0.25,  0.5,    1,     2.5,  5,     10,   30};
 static const double batch_bounds[] = {1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 48, 64};
 
-static const int tracked_codes[SRV_METRIC_CODES] = {200, 400, 401, 403, 404, 405, 408, 411,
-                                                    413, 415, 429, 500, 501, 503, 504, 0};
+static const int tracked_codes[SRV_METRIC_CODES] = {200, 202, 400, 401, 403, 404, 405, 408, 409,
+                                                    411, 413, 415, 429, 500, 501, 503, 504, 0};
 
-static const char *const route_names[SRV_ROUTE_COUNT] = {"segment",
-                                                         "embeddings_post",
-                                                         "embeddings_get",
-                                                         "healthz",
-                                                         "readyz",
-                                                         "metrics",
-                                                         "info",
-                                                         "admin",
-                                                         "adapters",
-                                                         "adapters_post",
-                                                         "adapter_get",
-                                                         "adapter_weights",
-                                                         "web",
-                                                         "other"};
+static const char *const route_names[SRV_ROUTE_COUNT] = {
+    "segment",       "embeddings_post", "embeddings_get",
+    "healthz",       "readyz",          "metrics",
+    "info",          "admin",           "adapters",
+    "adapters_post", "adapter_get",     "adapter_weights",
+    "web",           "other",           "train_post",
+    "train_list",    "train_get",       "train_cancel",
+    "train_log",     "hypernet_get",    "hypernet_rollback"};
 
 const char *srv_route_name(srv_route r)
 {
@@ -122,6 +116,24 @@ static void tb_printf(tbuf *b, const char *fmt, ...)
         b->p = q;
         b->cap = nc;
     }
+}
+
+void srv_metrics_appendf(char **text, size_t *len, const char *fmt, ...)
+{
+    va_list ap;
+    char *more = NULL;
+    va_start(ap, fmt);
+    int n = vasprintf(&more, fmt, ap);
+    va_end(ap);
+    if (n < 0)
+        return;
+    char *t = realloc(*text, *len + (size_t)n + 1);
+    if (t) {
+        memcpy(t + *len, more, (size_t)n + 1);
+        *text = t;
+        *len += (size_t)n;
+    }
+    free(more);
 }
 
 static uint64_t ld(const uint64_t *p) { return __atomic_load_n(p, __ATOMIC_RELAXED); }
@@ -277,6 +289,10 @@ int srv_metrics_render(srv_metrics *m, char **out, size_t *len)
               "tasam_memory_bytes{kind=\"used\"} %lld\n"
               "tasam_memory_bytes{kind=\"total\"} %lld\n",
               (long long)ldi(&m->memory_used), (long long)ldi(&m->memory_total));
+    gauge(&b, "tasam_hypernets_loaded",
+          "Hypernetwork versions in memory: the active one, and during a swap the ones requests "
+          "still use.",
+          ldi(&m->hypernets_loaded));
     gauge(&b, "tasam_ready", "1 when the model is loaded and the worker runs.", ldi(&m->ready));
     gauge(&b, "tasam_start_time_seconds", "Process start, unix time.", ldi(&m->start_time));
 

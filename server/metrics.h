@@ -14,26 +14,33 @@
 
 /* Routes, the `route` label. */
 typedef enum srv_route {
-    SRV_ROUTE_SEGMENT = 0,     /* POST /v1/segment */
-    SRV_ROUTE_EMBED_POST,      /* POST /v1/embeddings */
-    SRV_ROUTE_EMBED_GET,       /* GET /v1/embeddings/{id} */
-    SRV_ROUTE_HEALTHZ,         /* GET /healthz */
-    SRV_ROUTE_READYZ,          /* GET /readyz */
-    SRV_ROUTE_METRICS,         /* GET /metrics */
-    SRV_ROUTE_INFO,            /* GET /v1/info */
-    SRV_ROUTE_ADMIN,           /* /admin/... (DELETE /admin/adapters) */
-    SRV_ROUTE_ADAPTERS,        /* GET /v1/adapters (list, or ?task= lookup) */
-    SRV_ROUTE_ADAPTERS_POST,   /* POST /v1/adapters */
-    SRV_ROUTE_ADAPTER_GET,     /* GET /v1/adapters/{id} */
-    SRV_ROUTE_ADAPTER_WEIGHTS, /* GET /v1/adapters/{id}/weights */
-    SRV_ROUTE_WEB,             /* GET / and /web/... (the demo page) */
-    SRV_ROUTE_OTHER,           /* anything else (404/405) */
+    SRV_ROUTE_SEGMENT = 0,       /* POST /v1/segment */
+    SRV_ROUTE_EMBED_POST,        /* POST /v1/embeddings */
+    SRV_ROUTE_EMBED_GET,         /* GET /v1/embeddings/{id} */
+    SRV_ROUTE_HEALTHZ,           /* GET /healthz */
+    SRV_ROUTE_READYZ,            /* GET /readyz */
+    SRV_ROUTE_METRICS,           /* GET /metrics */
+    SRV_ROUTE_INFO,              /* GET /v1/info */
+    SRV_ROUTE_ADMIN,             /* /admin/... (DELETE /admin/adapters) */
+    SRV_ROUTE_ADAPTERS,          /* GET /v1/adapters (list, or ?task= lookup) */
+    SRV_ROUTE_ADAPTERS_POST,     /* POST /v1/adapters */
+    SRV_ROUTE_ADAPTER_GET,       /* GET /v1/adapters/{id} */
+    SRV_ROUTE_ADAPTER_WEIGHTS,   /* GET /v1/adapters/{id}/weights */
+    SRV_ROUTE_WEB,               /* GET / and /web/... (the demo page) */
+    SRV_ROUTE_OTHER,             /* anything else (404/405) */
+    SRV_ROUTE_TRAIN_POST,        /* POST /admin/train */
+    SRV_ROUTE_TRAIN_LIST,        /* GET /admin/train */
+    SRV_ROUTE_TRAIN_GET,         /* GET /admin/train/{id} */
+    SRV_ROUTE_TRAIN_CANCEL,      /* DELETE /admin/train/{id} */
+    SRV_ROUTE_TRAIN_LOG,         /* GET /admin/train/{id}/log */
+    SRV_ROUTE_HYPERNET_GET,      /* GET /admin/hypernet */
+    SRV_ROUTE_HYPERNET_ROLLBACK, /* POST /admin/hypernet/rollback */
     SRV_ROUTE_COUNT
 } srv_route;
 
 #define SRV_HIST_MAX_BUCKETS 16
 /* Status codes tracked one by one; others are counted under "other". */
-#define SRV_METRIC_CODES 16
+#define SRV_METRIC_CODES 18
 
 /* A histogram with fixed upper bounds (the +Inf bucket is implicit). */
 typedef struct srv_hist {
@@ -76,6 +83,8 @@ typedef struct srv_metrics {
     int64_t adapter_bytes_mem;       /* device bytes of those (gauge) */
     int64_t adapter_bytes_disk;      /* adapter bytes in SQLite (gauge) */
     int64_t adapter_entries_disk;    /* adapter rows in SQLite (gauge) */
+    int64_t hypernets_loaded;        /* hypernetwork versions in memory: the active one and any
+                                        that requests still pin (gauge) */
     int64_t memory_used;             /* backend device/host bytes (gauge) */
     int64_t memory_total;            /* device total, 0 if unknown (gauge) */
     int64_t ready;                   /* 1 once the model is loaded (gauge) */
@@ -102,6 +111,12 @@ static inline void srv_metrics_gauge_set(int64_t *g, int64_t v)
 {
     __atomic_store_n(g, v, __ATOMIC_RELAXED);
 }
+
+/* Append printf output to a malloc'd NUL-terminated text (*text may be
+ * NULL, *len its length): how other subsystems add their own series after
+ * srv_metrics_render. On an allocation failure the text is left as it was. */
+void srv_metrics_appendf(char **text, size_t *len, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
 
 /* Render the exposition text into a malloc'd NUL-terminated buffer.
  * Returns 0 or a negative code (out of memory). */

@@ -99,7 +99,7 @@ void srv_prompts_free(srv_prompts *p)
     p->n = 0;
 }
 
-static const char *type_name(const json_t *v)
+const char *srv_json_type_name(const json_t *v)
 {
     switch (json_typeof(v)) {
     case JSON_OBJECT:
@@ -135,7 +135,7 @@ static int parse_points(const json_t *v, const srv_limits *lim, srv_request *r, 
     size_t n;
     if (!json_is_array(v))
         return srv_fail(e, 400, "points", "points must be an array of [x, y, label], not %s",
-                        type_name(v));
+                        srv_json_type_name(v));
     n = json_array_size(v);
     if (n > (size_t)lim->max_points)
         return srv_fail(e, 400, "points", "%zu points given; at most %d are allowed per request", n,
@@ -171,7 +171,7 @@ static int parse_boxes(const json_t *v, const srv_limits *lim, srv_request *r, s
     size_t n;
     if (!json_is_array(v))
         return srv_fail(e, 400, "boxes", "boxes must be an array of [x0, y0, x1, y1], not %s",
-                        type_name(v));
+                        srv_json_type_name(v));
     n = json_array_size(v);
     if (n > (size_t)lim->max_prompts)
         return srv_fail(e, 400, "boxes", "%zu boxes given; at most %d are allowed per request", n,
@@ -206,7 +206,8 @@ static int parse_image(const json_t *v, srv_request *r, srv_error *e)
     const char *s;
     size_t len;
     if (!json_is_string(v))
-        return srv_fail(e, 400, "image", "image must be a base64 string, not %s", type_name(v));
+        return srv_fail(e, 400, "image", "image must be a base64 string, not %s",
+                        srv_json_type_name(v));
     s = json_string_value(v);
     len = json_string_length(v);
     s = srv_base64_strip_data_url(s, &len);
@@ -448,7 +449,8 @@ int srv_request_parse_json(const char *json, size_t len, srv_kind kind, const ui
             goto out;
         }
         if (!json_is_object(root)) {
-            srv_fail(e, 400, "", "the request must be a JSON object, not %s", type_name(root));
+            srv_fail(e, 400, "", "the request must be a JSON object, not %s",
+                     srv_json_type_name(root));
             goto out;
         }
     } else {
@@ -529,7 +531,8 @@ int srv_request_parse_json(const char *json, size_t len, srv_kind kind, const ui
     }
     if ((v = json_object_get(root, "multimask"))) {
         if (!json_is_boolean(v)) {
-            srv_fail(e, 400, "multimask", "multimask must be true or false, not %s", type_name(v));
+            srv_fail(e, 400, "multimask", "multimask must be true or false, not %s",
+                     srv_json_type_name(v));
             goto out;
         }
         out->multimask = json_is_true(v);
@@ -556,7 +559,7 @@ int srv_request_parse_json(const char *json, size_t len, srv_kind kind, const ui
     }
     if (v) {
         if (!json_is_string(v)) {
-            srv_fail(e, 400, "task", "task must be a string, not %s", type_name(v));
+            srv_fail(e, 400, "task", "task must be a string, not %s", srv_json_type_name(v));
             goto out;
         }
         if (take_task(json_string_value(v), json_string_length(v), out, e) != 0)

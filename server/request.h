@@ -15,6 +15,8 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include <jansson.h>
+
 #include "engine/amg.h"
 #include "engine/image.h"
 #include "engine/sam.h"
@@ -25,10 +27,11 @@ typedef enum srv_output { SRV_OUT_RLE = 0, SRV_OUT_PNG, SRV_OUT_POLYGON } srv_ou
 
 /* What the request (and its worker job) is for. */
 typedef enum srv_kind {
-    SRV_KIND_SEGMENT = 0,  /* POST /v1/segment */
-    SRV_KIND_EMBED,        /* POST /v1/embeddings */
-    SRV_KIND_ADAPTER,      /* POST /v1/adapters: find or generate the adapter of `task` */
-    SRV_KIND_ADAPTER_FLUSH /* DELETE /admin/adapters: empty both adapter tiers (no body) */
+    SRV_KIND_SEGMENT = 0,   /* POST /v1/segment */
+    SRV_KIND_EMBED,         /* POST /v1/embeddings */
+    SRV_KIND_ADAPTER,       /* POST /v1/adapters: find or generate the adapter of `task` */
+    SRV_KIND_ADAPTER_FLUSH, /* DELETE /admin/adapters: empty both adapter tiers (no body) */
+    SRV_KIND_HN_SWAP        /* a hot swap of the hypernetwork (hypernet_swap.h; no request) */
 } srv_kind;
 
 struct srv_everything;
@@ -115,6 +118,10 @@ void srv_prompts_free(srv_prompts *p);
 int srv_image_prepare(const uint8_t *bytes, size_t len, int64_t max_pixels, uint8_t **rgb,
                       eng_sam_imginfo *info, eng_image *keep, srv_error *e);
 void srv_request_free(srv_request *r);
+
+/* "an object", "a string", "a number", ...: what a JSON value is, for
+ * messages ("steps must be an integer, not a string"). */
+const char *srv_json_type_name(const json_t *v);
 
 /* 1 when s[0..len) is valid UTF-8 without NUL bytes. */
 int srv_utf8_valid(const char *s, size_t len);

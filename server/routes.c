@@ -23,8 +23,10 @@
 #include "engine/sha256.h"
 #include "server/base64.h"
 #include "server/everything.h"
+#include "server/hypernet_swap.h"
 #include "server/log.h"
 #include "server/web.h"
+#include "server/train_jobs.h"
 
 static const char *const JSON_TYPE = "application/json";
 
@@ -56,6 +58,46 @@ int srv_route_match(const char *method, const char *url, srv_route *route, const
         if (get || post)
             return 0;
         *allow = "GET, HEAD, POST";
+        return 405;
+    }
+    if (strcmp(url, "/admin/train") == 0) {
+        *route = post ? SRV_ROUTE_TRAIN_POST : SRV_ROUTE_TRAIN_LIST;
+        if (get || post)
+            return 0;
+        *allow = "GET, HEAD, POST";
+        return 405;
+    }
+    static const char tpre[] = "/admin/train/";
+    if (strncmp(url, tpre, sizeof tpre - 1) == 0 && url[sizeof tpre - 1]) {
+        const char *id = url + sizeof tpre - 1, *slash = strchr(id, '/');
+        if (!slash) {
+            *route = !strcmp(method, "DELETE") ? SRV_ROUTE_TRAIN_CANCEL : SRV_ROUTE_TRAIN_GET;
+            if (get || !strcmp(method, "DELETE"))
+                return 0;
+            *allow = "GET, HEAD, DELETE";
+            return 405;
+        }
+        if (slash > id && strcmp(slash, "/log") == 0) {
+            *route = SRV_ROUTE_TRAIN_LOG;
+            if (get)
+                return 0;
+            *allow = "GET, HEAD";
+            return 405;
+        }
+        goto none;
+    }
+    if (strcmp(url, "/admin/hypernet") == 0) {
+        *route = SRV_ROUTE_HYPERNET_GET;
+        if (get)
+            return 0;
+        *allow = "GET, HEAD";
+        return 405;
+    }
+    if (strcmp(url, "/admin/hypernet/rollback") == 0) {
+        *route = SRV_ROUTE_HYPERNET_ROLLBACK;
+        if (post)
+            return 0;
+        *allow = "POST";
         return 405;
     }
     if (strcmp(url, "/admin/adapters") == 0) {
@@ -102,14 +144,18 @@ none:
 
 int srv_route_has_body(srv_route r)
 {
-    return r == SRV_ROUTE_SEGMENT || r == SRV_ROUTE_EMBED_POST || r == SRV_ROUTE_ADAPTERS_POST;
+    return r == SRV_ROUTE_SEGMENT || r == SRV_ROUTE_EMBED_POST || r == SRV_ROUTE_ADAPTERS_POST ||
+           r == SRV_ROUTE_TRAIN_POST;
 }
 
-int srv_route_uses_job(srv_route r) { return srv_route_has_body(r) || r == SRV_ROUTE_ADMIN; }
+int srv_route_uses_job(srv_route r)
+{
+    return (srv_route_has_body(r) && r != SRV_ROUTE_TRAIN_POST) || r == SRV_ROUTE_ADMIN;
+}
 
 /* Contract: serialises j (stolen) into out as the body; on failure a
  * plain 500 text. */
-static void reply_json(srv_reply *out, int status, json_t *j)
+void srv__reply_json(srv_reply *out, int status, json_t *j)
 {
     memset(out, 0, sizeof *out);
     out->status = status;
@@ -137,7 +183,7 @@ void srv_reply_error(srv_reply *out, const srv_error *e)
 {
     json_t *err =
         json_pack("{s:i,s:s,s:s}", "code", e->status, "message", e->message, "field", e->field);
-    reply_json(out, e->status, json_pack("{s:o}", "error", err));
+    srv__reply_json(out, e->status, json_pack("{s:o}", "error", err));
     if (e->status == 429 || e->status == 503)
         out->retry_after = 1;
     /* RFC 9110: a 401 says how to authenticate */
@@ -164,27 +210,28 @@ static void reply_outcome(srv_reply *out, int rc, const srv_error *e)
         srv_reply_error(out, e);
 }
 
-/* Contract: the /v1/info "hypernetwork" object. */
+/* Contract: the /v1/info "hypernetwork" object: the active version. */
 static json_t *hypernet_json(srv_server *srv, int ready)
 {
     const srv_model_info *mi = &srv->sched->info;
     const char *path = srv_config_str(srv->cfg, SRV_OPT_HYPERNET);
+    srv_hn_info hi;
     if (!path[0])
         return json_pack("{s:b,s:s}", "available", 0, "note",
                          "no hypernetwork configured (start tasamd with --hypernet FILE): requests "
                          "with `task` answer 501");
-    if (!ready || !mi->has_hypernet)
+    if (!ready || !mi->has_hypernet || srv_hnet_active_info(srv->sched, &hi) != 0)
         return json_pack("{s:b,s:s,s:s}", "available", 0, "path", path, "note",
                          "the hypernetwork is still loading");
     return json_pack(
-        "{s:b,s:s,s:s,s:s,s:i,s:f,s:i,s:I,s:s,s:s,s:b,s:s,s:I,s:I}", "available", 1, "path", path,
-        "id", mi->hypernet_id, "version", mi->hypernet_version, "rank", mi->hypernet_rank, "alpha",
-        mi->hypernet_alpha, "targets", mi->hypernet_targets, "parameters",
-        (json_int_t)mi->hypernet_params, "text_model", mi->text_model, "text_encoder",
-        mi->text_describe, "text_fallback", mi->text_fallback, "adapters",
-        mi->adapter_merged ? "merged" : "unmerged", "adapter_slots",
+        "{s:b,s:s,s:s,s:s,s:s,s:i,s:f,s:i,s:I,s:s,s:s,s:b,s:s,s:I,s:I,s:I}", "available", 1, "path",
+        path, "active_file", hi.file, "id", hi.id, "version", hi.version, "rank", hi.rank, "alpha",
+        hi.alpha, "targets", hi.targets, "parameters", (json_int_t)hi.params, "text_model",
+        hi.text_model, "text_encoder", hi.text_describe, "text_fallback", hi.text_fallback,
+        "adapters", mi->adapter_merged ? "merged" : "unmerged", "adapter_slots",
         (json_int_t)srv_config_int(srv->cfg, SRV_OPT_ADAPTER_SLOTS), "adapter_cache_bytes",
-        (json_int_t)srv_config_int(srv->cfg, SRV_OPT_ADAPTER_CACHE_BYTES));
+        (json_int_t)srv_config_int(srv->cfg, SRV_OPT_ADAPTER_CACHE_BYTES), "swaps",
+        (json_int_t)srv_hnet_swaps(srv->sched));
 }
 
 static json_t *info_json(srv_server *srv)
@@ -244,18 +291,26 @@ static int get_embedding(srv_server *srv, const char *url, srv_reply *out, srv_e
                           m.precision, "bytes", (json_int_t)m.bytes, "created_ms",
                           (json_int_t)m.created_ms, "last_used_ms", (json_int_t)m.last_used_ms,
                           "hits", (json_int_t)m.hits, "in_memory", m.in_memory);
-    reply_json(out, 200, o);
+    srv__reply_json(out, 200, o);
     return 0;
 }
 
 /* ---- adapters ---- */
 
-/* Contract: the JSON of one adapter row (NULL when out of memory). */
-static json_t *adapter_meta_json(srv_server *srv, const srv_adapter_meta *m)
+/* Contract: the active hypernetwork's id into id (65 bytes), "" when none. */
+static void active_hypernet_id(srv_server *srv, char *id)
 {
-    const srv_model_info *mi = &srv->sched->info;
-    int current = srv_sched_is_ready(srv->sched) && mi->has_hypernet &&
-                  !strcmp(m->hypernet_id, mi->hypernet_id);
+    srv_hn_info hi;
+    id[0] = 0;
+    if (srv_sched_is_ready(srv->sched) && srv_hnet_active_info(srv->sched, &hi) == 0)
+        memcpy(id, hi.id, sizeof hi.id);
+}
+
+/* Contract: the JSON of one adapter row (NULL when out of memory); `current`
+ * says whether the active hypernetwork (id active_id) made it. */
+static json_t *adapter_meta_json(const char *active_id, const srv_adapter_meta *m)
+{
+    int current = active_id[0] && !strcmp(m->hypernet_id, active_id);
     return json_pack("{s:s,s:s,s:s,s:s,s:s,s:s,s:i,s:f,s:I,s:I,s:I,s:I,s:b}", "id", m->id, "task",
                      m->task, "task_normalized", m->task_normalized, "hypernet_id", m->hypernet_id,
                      "hypernet_version", m->hypernet_version, "text_model", m->text_model, "rank",
@@ -265,7 +320,7 @@ static json_t *adapter_meta_json(srv_server *srv, const srv_adapter_meta *m)
 }
 
 /* Contract: the argument `key` of the query, or NULL. */
-static const srv_query_arg *query_get(const srv_http_in *in, const char *key)
+const srv_query_arg *srv__query_get(const srv_http_in *in, const char *key)
 {
     for (int i = 0; in && i < in->n_query; i++)
         if (!strcmp(in->query[i].key, key))
@@ -275,7 +330,7 @@ static const srv_query_arg *query_get(const srv_http_in *in, const char *key)
 
 /* Contract: every query argument is one of `allowed` and given once.
  * Returns 0, or -1 with *e set (400 naming the argument). */
-static int query_check(const srv_http_in *in, const char *const *allowed, srv_error *e)
+int srv__query_check(const srv_http_in *in, const char *const *allowed, srv_error *e)
 {
     if (!in)
         return 0;
@@ -296,7 +351,7 @@ static int query_check(const srv_http_in *in, const char *const *allowed, srv_er
 }
 
 /* Contract: a decimal integer argument in [lo, hi]; 0, or -1 with *e set. */
-static int query_int(const srv_query_arg *a, int64_t lo, int64_t hi, int64_t *v, srv_error *e)
+int srv__query_int(const srv_query_arg *a, int64_t lo, int64_t hi, int64_t *v, srv_error *e)
 {
     char buf[24], *end;
     if (!a->val || a->len == 0 || a->len >= sizeof buf || memchr(a->val, 0, a->len))
@@ -341,24 +396,26 @@ static int get_adapters(srv_server *srv, const srv_http_in *in, srv_reply *out, 
     static const char *const allowed[] = {"task", "limit", "after", "offset", NULL};
     const srv_query_arg *task, *lim, *after, *off;
     srv_adapter_meta m, *rows;
-    char id[AD_ID_LEN + 1], after_id[65] = "";
+    char id[AD_ID_LEN + 1], after_id[65] = "", active[65];
     int64_t limit = 50, offset = 0, total = 0;
     int n = 0, rc;
 
-    if (query_check(in, allowed, e))
+    if (srv__query_check(in, allowed, e))
         return -1;
-    task = query_get(in, "task");
-    lim = query_get(in, "limit");
-    after = query_get(in, "after");
-    off = query_get(in, "offset");
+    active_hypernet_id(srv, active);
+    task = srv__query_get(in, "task");
+    lim = srv__query_get(in, "limit");
+    after = srv__query_get(in, "after");
+    off = srv__query_get(in, "offset");
     if (task) {
         if (lim || after || off)
             return srv_fail(e, 400, "task",
                             "task looks up one adapter; limit, after and offset page the list");
         if (model_ready(srv, e) || need_hypernet(srv, e))
             return -1;
-        if (ad_task_id(task->val ? task->val : "", task->val ? task->len : 0,
-                       srv->sched->info.hypernet_id, id) != 0)
+        if (!active[0])
+            return srv_fail(e, 503, "", "the hypernetwork is not loaded");
+        if (ad_task_id(task->val ? task->val : "", task->val ? task->len : 0, active, id) != 0)
             return srv_fail(e, 400, "task", "task: %s", eng_last_error());
         rc = srv_cache_adapter_meta(srv->cache, id, &m);
         if (rc < 0)
@@ -367,13 +424,13 @@ static int get_adapters(srv_server *srv, const srv_http_in *in, srv_reply *out, 
             return srv_fail(e, 404, "task",
                             "no cached adapter for this task under hypernetwork %.16s (adapter id "
                             "%s); POST /v1/adapters generates one",
-                            srv->sched->info.hypernet_id, id);
-        reply_json(out, 200, adapter_meta_json(srv, &m));
+                            active, id);
+        srv__reply_json(out, 200, adapter_meta_json(active, &m));
         return 0;
     }
-    if (lim && query_int(lim, 1, ADAPTER_LIST_MAX, &limit, e))
+    if (lim && srv__query_int(lim, 1, ADAPTER_LIST_MAX, &limit, e))
         return -1;
-    if (off && query_int(off, 0, INT64_MAX / 2, &offset, e))
+    if (off && srv__query_int(off, 0, INT64_MAX / 2, &offset, e))
         return -1;
     if (after) {
         if (off)
@@ -395,12 +452,12 @@ static int get_adapters(srv_server *srv, const srv_http_in *in, srv_reply *out, 
     if (more)
         n = (int)limit;
     for (int i = 0; i < n; i++)
-        json_array_append_new(arr, adapter_meta_json(srv, &rows[i]));
+        json_array_append_new(arr, adapter_meta_json(active, &rows[i]));
     json_t *o = json_pack("{s:o,s:I,s:I,s:o}", "adapters", arr, "total", (json_int_t)total, "limit",
                           (json_int_t)limit, "next_after",
                           more ? json_string(rows[n - 1].id) : json_null());
     free(rows);
-    reply_json(out, 200, o);
+    srv__reply_json(out, 200, o);
     return 0;
 }
 
@@ -422,7 +479,9 @@ static int get_adapter(srv_server *srv, const char *url, int weights, srv_reply 
     if (rc < 0)
         return srv_fail(e, 500, "", "adapter cache lookup failed");
     if (!weights) {
-        reply_json(out, 200, adapter_meta_json(srv, &m));
+        char active[65];
+        active_hypernet_id(srv, active);
+        srv__reply_json(out, 200, adapter_meta_json(active, &m));
         return 0;
     }
     memset(out, 0, sizeof *out);
@@ -442,7 +501,7 @@ void srv_routes_get(srv_server *srv, srv_route route, const char *url, const srv
     memset(out, 0, sizeof *out);
     switch (route) {
     case SRV_ROUTE_HEALTHZ:
-        reply_json(out, 200, json_pack("{s:s}", "status", "ok"));
+        srv__reply_json(out, 200, json_pack("{s:s}", "status", "ok"));
         return;
     case SRV_ROUTE_READYZ: {
         int draining = __atomic_load_n(&srv->draining, __ATOMIC_RELAXED);
@@ -451,7 +510,7 @@ void srv_routes_get(srv_server *srv, srv_route route, const char *url, const srv
                          : ready              ? "ready"
                          : srv->sched->failed ? "failed"
                                               : "loading";
-        reply_json(out, ready && !draining ? 200 : 503, json_pack("{s:s}", "status", st));
+        srv__reply_json(out, ready && !draining ? 200 : 503, json_pack("{s:s}", "status", st));
         return;
     }
     case SRV_ROUTE_METRICS: {
@@ -461,6 +520,9 @@ void srv_routes_get(srv_server *srv, srv_route route, const char *url, const srv
             srv_reply_errorf(out, 500, "", "out of memory");
             return;
         }
+        if (srv->hnswap)
+            srv_hnswap_metrics(srv->hnswap, &text, &len);
+        srv_train_metrics(srv->train, &text, &len);
         out->status = 200;
         out->body = text;
         out->len = len;
@@ -468,7 +530,7 @@ void srv_routes_get(srv_server *srv, srv_route route, const char *url, const srv
         return;
     }
     case SRV_ROUTE_INFO:
-        reply_json(out, 200, info_json(srv));
+        srv__reply_json(out, 200, info_json(srv));
         return;
     case SRV_ROUTE_EMBED_GET:
         reply_outcome(out, get_embedding(srv, url, out, &e), &e);
@@ -483,6 +545,15 @@ void srv_routes_get(srv_server *srv, srv_route route, const char *url, const srv
     case SRV_ROUTE_WEB:
         srv_web_reply(srv, url, in, out);
         return;
+    case SRV_ROUTE_TRAIN_POST:
+    case SRV_ROUTE_TRAIN_LIST:
+    case SRV_ROUTE_TRAIN_GET:
+    case SRV_ROUTE_TRAIN_CANCEL:
+    case SRV_ROUTE_TRAIN_LOG:
+    case SRV_ROUTE_HYPERNET_GET:
+    case SRV_ROUTE_HYPERNET_ROLLBACK:
+        srv__routes_admin(srv, route, url, in, out);
+        return;
     default:
         srv_reply_errorf(out, 404, "", "no such route");
         return;
@@ -491,6 +562,10 @@ void srv_routes_get(srv_server *srv, srv_route route, const char *url, const srv
 
 void srv_post_free(srv_post *p)
 {
+    /* a job the scheduler completed gave its pin back already */
+    if (p->job.hn)
+        srv_hnet_release(p->sched, p->job.hn);
+    p->job.hn = NULL;
     srv_job_free_results(&p->job);
     srv_prompts_free(&p->prompts);
     srv_request_free(&p->req);
@@ -503,7 +578,7 @@ void srv_post_free(srv_post *p)
  * Bearer TOKEN); else -1 with *e set: 401 without a usable token, 403 with
  * a wrong one or when no token is configured. The comparison is constant
  * time (srv_config_check_token). */
-static int check_admin(srv_server *srv, const srv_http_in *in, srv_error *e)
+int srv__check_admin(srv_server *srv, const srv_http_in *in, srv_error *e)
 {
     const char *h = in ? in->authorization : NULL, *tok = NULL;
     int configured = 0;
@@ -574,7 +649,7 @@ int srv_routes_post_prepare(srv_server *srv, srv_route route, const srv_http_in 
     int w = 0, h = 0;
 
     memset(j, 0, sizeof *j);
-    if (kind == SRV_KIND_ADAPTER_FLUSH && check_admin(srv, in, e))
+    if (kind == SRV_KIND_ADAPTER_FLUSH && srv__check_admin(srv, in, e))
         return -1;
     lim.max_points = (int)srv_config_int(srv->cfg, SRV_OPT_MAX_POINTS);
     lim.max_prompts = (int)srv_config_int(srv->cfg, SRV_OPT_MAX_PROMPTS);
@@ -595,11 +670,19 @@ int srv_routes_post_prepare(srv_server *srv, srv_route route, const srv_http_in 
         return -1;
     j->kind = kind;
     j->deadline = t_start + (double)srv_config_int(srv->cfg, SRV_OPT_REQUEST_TIMEOUT_MS) * 1e-3;
+    if (p->req.has_task || kind == SRV_KIND_ADAPTER_FLUSH) {
+        /* the job runs on the version active now, whatever swaps happen
+         * while it waits: its adapter id is that version's */
+        p->sched = srv->sched;
+        j->hn = srv_hnet_acquire(srv->sched);
+        if (!j->hn && p->req.has_task)
+            return srv_fail(e, 503, "", "the hypernetwork is not loaded");
+    }
     if (p->req.has_task) {
         j->task = p->req.task;
         j->task_len = p->req.task_len;
         j->task_norm = p->req.task_norm;
-        if (ad_task_id_normalized(j->task_norm, srv->sched->info.hypernet_id, j->adapter_id) != 0)
+        if (ad_task_id_normalized(j->task_norm, srv_hnet_info(j->hn)->id, j->adapter_id) != 0)
             return srv_fail(e, 500, "", "adapter id: %s", eng_last_error());
     }
     if (kind == SRV_KIND_ADAPTER || kind == SRV_KIND_ADAPTER_FLUSH)
@@ -697,17 +780,19 @@ void srv_routes_post_finish(srv_server *srv, srv_route route, srv_post *p, doubl
         return;
     }
     if (j->kind == SRV_KIND_ADAPTER_FLUSH) {
-        reply_json(out, 200,
-                   json_pack("{s:{s:I,s:I}}", "flushed", "memory", (json_int_t)j->flushed_mem,
-                             "disk", (json_int_t)j->flushed_disk));
+        srv__reply_json(out, 200,
+                        json_pack("{s:{s:I,s:I}}", "flushed", "memory", (json_int_t)j->flushed_mem,
+                                  "disk", (json_int_t)j->flushed_disk));
         return;
     }
     if (j->kind == SRV_KIND_ADAPTER) {
         srv_adapter_meta m;
         /* The row as it is now (hits and last_used), when it is on disk. */
+        char active[65];
         if (srv_cache_adapter_meta(srv->cache, j->adapter_id, &m) != 0)
             m = j->ad_meta;
-        o = adapter_meta_json(srv, &m);
+        active_hypernet_id(srv, active);
+        o = adapter_meta_json(active, &m);
         if (o) {
             json_object_set_new(o, "source", json_string(srv_adapter_source_name(j->ad_source)));
             json_object_set_new(o, "timings_ms",
@@ -715,7 +800,7 @@ void srv_routes_post_finish(srv_server *srv, srv_route route, srv_post *p, doubl
                                           num3(j->t.adapter), "total",
                                           num3((srv_now() - t_start) * 1e3)));
         }
-        reply_json(out, 200, o);
+        srv__reply_json(out, 200, o);
         return;
     }
     json_t *cache = json_pack("{s:s,s:s?}", "embedding", j->cache_hit ? "hit" : "miss", "tier",
@@ -778,5 +863,5 @@ void srv_routes_post_finish(srv_server *srv, srv_route route, srv_post *p, doubl
                                   num3(j->t.adapter), "decode_masks", num3(j->t.decode_masks),
                                   "postprocess", num3(j->t.postprocess), "total",
                                   num3((srv_now() - t_start) * 1e3)));
-    reply_json(out, 200, o);
+    srv__reply_json(out, 200, o);
 }

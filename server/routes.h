@@ -9,6 +9,8 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include <jansson.h>
+
 #include "engine/image.h"
 #include "server/metrics.h"
 #include "server/request.h"
@@ -25,6 +27,7 @@ typedef struct srv_reply {
     int retry_after;            /* Retry-After seconds (429/503), 0 for none */
     int auth_challenge;         /* 1: add WWW-Authenticate: Bearer (401) */
     char disposition[128];      /* Content-Disposition value, or "" */
+    char location[96];          /* Location header (202 of POST /admin/train), or "" */
     int body_static;            /* 1: body is static data (never freed) */
     const char *etag;           /* ETag header (static), or NULL */
     const char *const *headers; /* more headers: NULL-terminated name, value pairs (static) */
@@ -53,6 +56,9 @@ typedef struct srv_http_in {
     int n_query;                        /* entries in query */
     int query_overflow;                 /* 1: more than SRV_QUERY_MAX arguments were sent */
     srv_query_arg query[SRV_QUERY_MAX]; /* the query string's arguments in order */
+    const uint8_t *body;                /* the body of a route answered at once (POST
+                                           /admin/train), or NULL */
+    size_t body_len;                    /* bytes at body */
 } srv_http_in;
 
 /* State of one POST /v1/segment or /v1/embeddings while it runs. */
@@ -63,6 +69,7 @@ typedef struct srv_post {
     eng_image pixels;    /* the decoded image, kept for everything mode's crop layers (owned) */
     srv_job job;         /* the scheduler job */
     int queued;          /* 1 once submitted */
+    srv_sched *sched;    /* where job.hn was pinned (for its release) */
 } srv_post;
 
 /*
@@ -74,8 +81,9 @@ int srv_route_match(const char *method, const char *url, srv_route *route, const
 /* 1 for routes whose request has a body we read (the POSTs). */
 int srv_route_has_body(srv_route r);
 
-/* 1 for routes answered through a worker job (the POSTs and DELETE
- * /admin/adapters); the others are answered at once by srv_routes_get. */
+/* 1 for routes answered through a worker job (the POSTs but POST
+ * /admin/train, and DELETE /admin/adapters); the others are answered at
+ * once by srv_routes_get (which gets the body, if any, in `in`). */
 int srv_route_uses_job(srv_route r);
 
 /* Fill *out with the JSON error body for e (status e->status), with the
@@ -86,8 +94,8 @@ void srv_reply_error(srv_reply *out, const srv_error *e);
 void srv_reply_errorf(srv_reply *out, int status, const char *field, const char *fmt, ...)
     __attribute__((format(printf, 4, 5)));
 
-/* Answer a GET route at once. `url` is the path, `in` the headers and
- * query arguments. */
+/* Answer a route that needs no worker job at once. `url` is the path, `in`
+ * the headers, query arguments and body. */
 void srv_routes_get(srv_server *srv, srv_route route, const char *url, const srv_http_in *in,
                     srv_reply *out);
 
@@ -107,7 +115,26 @@ int srv_routes_post_prepare(srv_server *srv, srv_route route, const srv_http_in 
 void srv_routes_post_finish(srv_server *srv, srv_route route, srv_post *p, double t_start,
                             srv_reply *out);
 
-/* Free everything a srv_post holds (not the struct). */
+/* Free everything a srv_post holds (not the struct), its hypernetwork pin
+ * included. */
 void srv_post_free(srv_post *p);
+
+/* ---- shared by routes.c and routes_admin.c ---- */
+
+/* out: status and j (stolen) as the JSON body; a plain 500 if it cannot be
+ * serialised. */
+void srv__reply_json(srv_reply *out, int status, json_t *j);
+/* 0 when the request carries the admin token; else -1 with *e (401/403). */
+int srv__check_admin(srv_server *srv, const srv_http_in *in, srv_error *e);
+/* The query argument `key`, or NULL. */
+const srv_query_arg *srv__query_get(const srv_http_in *in, const char *key);
+/* Every query argument is one of `allowed` (NULL-terminated) and given
+ * once; else -1 with *e (400). */
+int srv__query_check(const srv_http_in *in, const char *const *allowed, srv_error *e);
+/* A decimal integer argument in [lo, hi]; else -1 with *e (400). */
+int srv__query_int(const srv_query_arg *a, int64_t lo, int64_t hi, int64_t *v, srv_error *e);
+/* The admin routes of training and hot swap (routes_admin.c). */
+void srv__routes_admin(srv_server *srv, srv_route route, const char *url, const srv_http_in *in,
+                       srv_reply *out);
 
 #endif

@@ -8,6 +8,7 @@
 #include <string.h>
 #include <time.h>
 
+#include "server/hypernet_swap.h"
 #include "server/log.h"
 
 double srv_now(void)
@@ -101,6 +102,34 @@ int srv_sched_submit(srv_sched *s, srv_job *j, srv_error *e)
     return 0;
 }
 
+int srv_sched_submit_control(srv_sched *s, srv_job *j, srv_error *e)
+{
+    int ok;
+    pthread_mutex_lock(&s->mu);
+    ok = !s->stopping && s->ready;
+    if (ok) {
+        j->t_submit = srv_now();
+        j->next = s->head;
+        s->head = j;
+        if (!s->tail)
+            s->tail = j;
+        s->depth++;
+        set_depth_gauge(s);
+        pthread_cond_broadcast(&s->cv);
+    }
+    pthread_mutex_unlock(&s->mu);
+    return ok ? 0 : srv_fail(e, 503, "", "the worker is not running (loading or shutting down)");
+}
+
+/* Contract: completes j (any thread): its hypernetwork pin goes first, so
+ * `done` may free the job. */
+static void complete(srv_sched *s, srv_job *j)
+{
+    srv_hnet_release(s, j->hn);
+    j->hn = NULL;
+    j->done(j, j->done_arg);
+}
+
 /* Contract: under mu; unlinks j whose predecessor is prev (NULL: head). */
 static void unlink_job(srv_sched *s, srv_job *prev, srv_job *j)
 {
@@ -120,6 +149,8 @@ void srv_sched_expire(srv_sched *s)
     srv_job *expired = NULL, *prev = NULL, *j, *next;
     double now = srv_now();
     pthread_mutex_lock(&s->mu);
+    if (__atomic_load_n(&s->hn_reclaim, __ATOMIC_ACQUIRE))
+        pthread_cond_broadcast(&s->cv); /* the worker frees unused hypernetwork versions */
     for (j = s->head; j; j = next) {
         next = j->next;
         if (j->deadline > 0 && now >= j->deadline) {
@@ -137,21 +168,22 @@ void srv_sched_expire(srv_sched *s)
         srv_fail(&j->err, 504, "", "the request waited %.0f ms in the queue, past its deadline",
                  (now - j->t_submit) * 1e3);
         srv_metrics_add(&s->metrics->deadline_expired, 1);
-        j->done(j, j->done_arg);
+        complete(s, j);
     }
 }
 
-srv_job *srv__sched_next(srv_sched *s)
+srv_job *srv__sched_next(srv_sched *s, int *stop)
 {
     srv_job *j = NULL;
     pthread_mutex_lock(&s->mu);
-    while (!s->head && !s->stopping)
+    while (!s->head && !s->stopping && !__atomic_load_n(&s->hn_reclaim, __ATOMIC_ACQUIRE))
         pthread_cond_wait(&s->cv, &s->mu);
     if (s->head && (!s->stopping || s->drain)) {
         j = s->head;
         unlink_job(s, NULL, j);
         s->busy++;
     }
+    *stop = !j && s->stopping;
     pthread_mutex_unlock(&s->mu);
     return j;
 }
@@ -204,7 +236,7 @@ void srv__sched_gather(srv_sched *s, char (*shas)[65], int *n_shas, int max, srv
 
 void srv__sched_finish(srv_sched *s, srv_job *j)
 {
-    j->done(j, j->done_arg);
+    complete(s, j);
     pthread_mutex_lock(&s->mu);
     s->busy--;
     pthread_mutex_unlock(&s->mu);
@@ -228,7 +260,7 @@ void srv_sched_stop(srv_sched *s, int drain)
         next = j->next;
         j->status = 503;
         srv_fail(&j->err, 503, "", "the server is shutting down");
-        j->done(j, j->done_arg);
+        complete(s, j);
     }
 }
 

@@ -33,6 +33,8 @@
 
 typedef struct srv_job srv_job;
 typedef void (*srv_job_done_fn)(srv_job *job, void *arg);
+struct srv_hnet;    /* a loaded hypernetwork version (hypernet_swap.h) */
+struct srv_hn_load; /* what a hot-swap job loads (hypernet_swap.h) */
 
 /* Per-stage times of one job, milliseconds. */
 typedef struct srv_timings {
@@ -69,7 +71,10 @@ struct srv_job {
     size_t task_len;       /* bytes at task */
     const char *task_norm; /* ad_normalize_task(task), normalised once at parse (borrowed) */
     char adapter_id[65];   /* ad_task_id(task, hypernetwork) computed at submit */
-    int multimask;         /* 3 masks per prompt (1) or 1 (0) */
+    struct srv_hnet *hn;   /* the hypernetwork version pinned at submit (task, adapter and flush
+                              jobs; NULL otherwise): the job runs on it; released on completion */
+    struct srv_hn_load *hn_load;             /* SRV_KIND_HN_SWAP: the version to load (borrowed) */
+    int multimask;                           /* 3 masks per prompt (1) or 1 (0) */
     const struct srv_everything *everything; /* segment in everything mode: its parameters
                                                 (borrowed), else NULL */
     const eng_image *pixels; /* the decoded image, for everything mode's crop layers (borrowed),
@@ -105,25 +110,16 @@ void srv_job_free_results(srv_job *j);
 
 /* Model facts for /v1/info, fixed once the model is loaded. */
 typedef struct srv_model_info {
-    char model_id[64];         /* eng_sam_model_id */
-    char arch[16];             /* vit_b / vit_l / vit_h / custom */
-    int embed_dim;             /* encoder width */
-    int depth;                 /* encoder blocks */
-    char device[352];          /* eng_backend_describe, and the decoder's where split */
-    char precision[8];         /* fp32 / fp16 / bf16 */
-    size_t workspace_bytes;    /* planned activation workspace */
-    double load_seconds;       /* time to load */
-    int has_hypernet;          /* 1 when --hypernet is loaded */
-    char hypernet_id[65];      /* its content id (the adapter cache key part) */
-    char hypernet_version[64]; /* its version label */
-    int hypernet_rank;         /* LoRA rank of its adapters */
-    double hypernet_alpha;     /* LoRA alpha */
-    int hypernet_targets;      /* decoder layers its adapters change */
-    size_t hypernet_params;    /* parameters (trunk + heads) */
-    char text_model[64];       /* the text encoder's name (hn_hypernet_text_name) */
-    char text_describe[160];   /* hn_text_describe */
-    int text_fallback;         /* 1: the built-in hashed embedding, no model files */
-    int adapter_merged;        /* 1: adapters are folded into weight copies */
+    char model_id[64];      /* eng_sam_model_id */
+    char arch[16];          /* vit_b / vit_l / vit_h / custom */
+    int embed_dim;          /* encoder width */
+    int depth;              /* encoder blocks */
+    char device[352];       /* eng_backend_describe, and the decoder's where split */
+    char precision[8];      /* fp32 / fp16 / bf16 */
+    size_t workspace_bytes; /* planned activation workspace */
+    double load_seconds;    /* time to load */
+    int has_hypernet;       /* 1 when a hypernetwork is loaded (the active version: hn_active) */
+    int adapter_merged;     /* 1: adapters are folded into weight copies */
 } srv_model_info;
 
 typedef struct srv_sched {
@@ -145,6 +141,12 @@ typedef struct srv_sched {
     srv_metrics *metrics;        /* borrowed */
     void (*on_state)(void *arg); /* called (any thread) when ready/failed/stopped changes */
     void *on_state_arg;          /* its argument */
+    const char *hn_path;         /* the hypernetwork file the worker loads at start, "" none */
+    struct srv_hnet *hn_active;  /* the version new requests pin (guarded by mu; set by the
+                                    worker) */
+    struct srv_hnet *hn_loaded;  /* every loaded version (worker only; hnet.c) */
+    int hn_reclaim;              /* atomic: a version may have lost its last user */
+    uint64_t hn_swaps;           /* atomic: hot swaps done */
 } srv_sched;
 
 /* Set up (no thread yet). cfg, cache and metrics are borrowed. */
@@ -163,7 +165,12 @@ int srv_sched_start(srv_sched *s);
  */
 int srv_sched_submit(srv_sched *s, srv_job *j, srv_error *e);
 
-/* Complete queued jobs whose deadline has passed with 504. Any thread. */
+/* Queue a control job (a hot swap) ahead of requests, whatever the queue
+ * depth. Returns 0, or -1 with *e set (503 when not ready or stopping). */
+int srv_sched_submit_control(srv_sched *s, srv_job *j, srv_error *e);
+
+/* Complete queued jobs whose deadline has passed with 504, and wake the
+ * worker when a hypernetwork version may be unused. Any thread. */
 void srv_sched_expire(srv_sched *s);
 
 /* Stop accepting jobs; drain = 1 lets the worker finish the queue, 0 fails
@@ -183,16 +190,17 @@ double srv_now(void);
 
 /* The worker thread's entry point (worker.c). */
 void *srv__worker_main(void *arg);
-/* Worker side of the queue (scheduler.c): next job, or NULL when stopped
- * and empty. */
-srv_job *srv__sched_next(srv_sched *s);
+/* Worker side of the queue (scheduler.c): next job; NULL when woken with
+ * none to take (then *stop is 1 when the worker should exit). */
+srv_job *srv__sched_next(srv_sched *s, int *stop);
 /* Jobs sharing a batch with `first`: takes queued jobs whose sha is in
  * shas[0..*n_shas) or, while *n_shas < max, whose embedding is not cached
  * (adding their sha). Waits until `until` (monotonic seconds) or the batch
  * is full. Appends taken jobs to out[*n_out] (capacity cap). */
 void srv__sched_gather(srv_sched *s, char (*shas)[65], int *n_shas, int max, srv_job **out,
                        int *n_out, int cap, double until);
-/* Complete a job the worker took (status set by the caller). */
+/* Complete a job the worker took (status set by the caller); releases its
+ * hypernetwork pin first. */
 void srv__sched_finish(srv_sched *s, srv_job *j);
 
 #endif

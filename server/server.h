@@ -17,6 +17,10 @@ typedef struct srv_server {
     srv_metrics *metrics;                /* counters (owned by main) */
     srv_cache *cache;                    /* embedding cache (owned by main) */
     srv_sched *sched;                    /* job queue + worker (owned by main) */
+    struct srv_hnswap *hnswap;           /* hypernetwork activation and history (owned by main;
+                                            NULL without --hypernet) */
+    struct srv_train *train;             /* training jobs (owned by main; NULL without
+                                            --hypernet) */
     int draining;                        /* 1 after SIGTERM: new work gets 503 (atomic) */
     double t_start;                      /* srv_now() at start */
     char instance[SRV_INSTANCE_MAX + 1]; /* X-Tasam-Instance: the instance option or HOST:PORT;

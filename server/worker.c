@@ -19,6 +19,7 @@
 #include "hypernet/text.h"
 #include "server/adapter_cache.h"
 #include "server/everything.h"
+#include "server/hypernet_swap.h"
 #include "server/log.h"
 #include "server/scheduler.h"
 
@@ -30,14 +31,12 @@ typedef struct worker {
     eng_backend *be;  /* owned: runs the image encoder (and the rest unless dbe) */
     eng_backend *dbe; /* owned: the decoder's own backend (fp16 beside a bf16 encoder), or NULL */
     eng_sam *m;       /* owned */
-    hn_hypernet *h;   /* owned; NULL without --hypernet */
-    hn_text *text;    /* owned; the encoder h was built for */
-    srv_adapter_cache *ads; /* owned; the adapter tiers (NULL without --hypernet) */
-    int max_batch;          /* images per encoder call */
-    float *inputs;          /* [max_batch, 3, 1024, 1024] encoder inputs */
-    float *embs;            /* [max_batch, 256, 64, 64] encoder outputs */
-    srv_job **batch;        /* jobs of the current batch */
-    int batch_cap;          /* capacity of batch */
+    srv_hnet_env hn;  /* what loading a hypernetwork version needs (hnet.c) */
+    int max_batch;    /* images per encoder call */
+    float *inputs;    /* [max_batch, 3, 1024, 1024] encoder inputs */
+    float *embs;      /* [max_batch, 256, 64, 64] encoder outputs */
+    srv_job **batch;  /* jobs of the current batch */
+    int batch_cap;    /* capacity of batch */
 } worker;
 
 static const char *dtype_precision(eng_dtype t)
@@ -89,17 +88,14 @@ static void update_memory(worker *w)
     srv_metrics_gauge_set(&w->s->metrics->memory_total, (int64_t)total);
 }
 
-/* Contract: with --hypernet, loads the hypernetwork and its text encoder
- * and sets up the adapter tiers; fills the hypernetwork part of s->info. On
- * failure records the message in the scheduler and returns -1. */
+/* Contract: with a hypernetwork (s->hn_path), loads it as the active
+ * version and sets up what later versions need; on failure records the
+ * message in the scheduler and returns -1. */
 static int load_hypernet(worker *w)
 {
     srv_sched *s = w->s;
     srv_model_info *in = &s->info;
-    const char *path = srv_config_str(s->cfg, SRV_OPT_HYPERNET);
-    const char *tdir = srv_config_str(s->cfg, SRV_OPT_TEXT_MODEL);
-    size_t trunk = 0, heads = 0;
-    double t0 = srv_now();
+    const char *path = s->hn_path ? s->hn_path : "";
 
     in->adapter_merged = srv_config_int(s->cfg, SRV_OPT_ADAPTER_MERGE) == SRV_MERGE_ON;
     if (!path[0]) {
@@ -108,42 +104,16 @@ static int load_hypernet(worker *w)
         return 0;
     }
     /* the hypernetwork and its text encoder run beside the decoder */
-    eng_backend *hbe = w->dbe ? w->dbe : w->be;
-    if (hn_hypernet_load(&w->h, path, hbe) != 0) {
-        snprintf(s->load_error, sizeof s->load_error, "hypernetwork: %s", eng_last_error());
+    w->hn.m = w->m;
+    w->hn.be = w->dbe ? w->dbe : w->be;
+    w->hn.text_dir = srv_config_str(s->cfg, SRV_OPT_TEXT_MODEL);
+    w->hn.cache = s->cache;
+    w->hn.metrics = s->metrics;
+    w->hn.slots = (int)srv_config_int(s->cfg, SRV_OPT_ADAPTER_SLOTS);
+    w->hn.merged = in->adapter_merged;
+    if (srv__hnet_load_file(&w->hn, s, path, s->load_error, sizeof s->load_error) != 0)
         return -1;
-    }
-    if (hn_hypernet_open_text(w->h, tdir[0] ? tdir : NULL, hbe, &w->text) != 0) {
-        snprintf(s->load_error, sizeof s->load_error, "text encoder for %s: %s", path,
-                 eng_last_error());
-        return -1;
-    }
-    if (srv_adapter_cache_create(&w->ads, w->m, w->h, w->text, s->cache, s->metrics,
-                                 (int)srv_config_int(s->cfg, SRV_OPT_ADAPTER_SLOTS),
-                                 in->adapter_merged) != 0) {
-        snprintf(s->load_error, sizeof s->load_error, "out of memory for the adapter slots");
-        return -1;
-    }
-    const hn_hypernet_config *hc = hn_hypernet_get_config(w->h);
-    hn_hypernet_count(w->h, &trunk, &heads);
     in->has_hypernet = 1;
-    snprintf(in->hypernet_id, sizeof in->hypernet_id, "%s", hn_hypernet_id(w->h));
-    snprintf(in->hypernet_version, sizeof in->hypernet_version, "%s", hn_hypernet_version(w->h));
-    in->hypernet_rank = hn_hypernet_rank(w->h);
-    in->hypernet_alpha = hn_hypernet_alpha(w->h);
-    in->hypernet_targets = 0;
-    for (int t = 0; t < ENG_SAM_LORA_TARGETS; t++)
-        in->hypernet_targets += hc->present[t] != 0;
-    in->hypernet_params = trunk + heads;
-    hn_hypernet_text_name(w->text, in->text_model, sizeof in->text_model);
-    snprintf(in->text_describe, sizeof in->text_describe, "%s", hn_text_describe(w->text));
-    in->text_fallback = hn_text_wordpiece(w->text) == NULL;
-    srv_log_info("worker: hypernetwork %s: id %.16s..., version %s, rank %d, alpha %g, %d decoder "
-                 "layers; adapters %s; loaded in %.2f s",
-                 path, in->hypernet_id, in->hypernet_version, in->hypernet_rank, in->hypernet_alpha,
-                 in->hypernet_targets, in->adapter_merged ? "merged" : "unmerged", srv_now() - t0);
-    srv_log_info("worker: text encoder: %s%s", in->text_describe,
-                 in->text_fallback ? " (no text model: the built-in hashed embedding)" : "");
     return 0;
 }
 
@@ -207,12 +177,7 @@ static int worker_load(worker *w)
 
 static void worker_unload(worker *w)
 {
-    srv_adapter_cache_destroy(w->ads);
-    hn_text_destroy(w->text);
-    hn_hypernet_destroy(w->h);
-    w->ads = NULL;
-    w->text = NULL;
-    w->h = NULL;
+    srv__hnet_unload_all(w->s);
     eng_sam_destroy(w->m);
     eng_backend_destroy(w->dbe);
     eng_backend_destroy(w->be);
@@ -246,13 +211,22 @@ static void finish_ok(srv_sched *s, srv_job *j)
 static int adapter_for(worker *w, srv_job *j, const eng_sam_lora **lora)
 {
     double t = srv_now();
-    if (!w->ads)
+    (void)w;
+    if (!j->hn)
         return srv_fail(&j->err, 501, "task",
                         "no hypernetwork configured (start tasamd with --hypernet FILE)");
-    int rc = srv_adapter_cache_acquire(w->ads, j->adapter_id, j->task, j->task_len, j->task_norm,
-                                       lora, &j->ad_meta, &j->ad_source, &j->err);
+    int rc =
+        srv_adapter_cache_acquire(srv__hnet_adapters(j->hn), j->adapter_id, j->task, j->task_len,
+                                  j->task_norm, lora, &j->ad_meta, &j->ad_source, &j->err);
     j->t.adapter = (srv_now() - t) * 1e3;
     return rc;
+}
+
+/* Contract: done with the adapter adapter_for gave (NULL ok). */
+static void adapter_done(srv_job *j, const eng_sam_lora *lora)
+{
+    if (lora)
+        srv_adapter_cache_release(srv__hnet_adapters(j->hn), lora);
 }
 
 /* Contract: answers an adapter job (POST /v1/adapters) or a flush
@@ -261,7 +235,7 @@ static void serve_adapter_job(worker *w, srv_job *j)
 {
     srv_sched *s = w->s;
     if (j->kind == SRV_KIND_ADAPTER_FLUSH) {
-        j->flushed_mem = srv_adapter_cache_flush(w->ads);
+        j->flushed_mem = j->hn ? srv_adapter_cache_flush(srv__hnet_adapters(j->hn)) : 0;
         j->flushed_disk = srv_cache_adapter_clear(s->cache);
         srv_log_info("worker: adapter cache flushed: %lld from the device, %lld from disk",
                      (long long)j->flushed_mem, (long long)j->flushed_disk);
@@ -278,7 +252,7 @@ static void serve_adapter_job(worker *w, srv_job *j)
         fail_job(s, j);
         return;
     }
-    srv_adapter_cache_release(w->ads, lora);
+    adapter_done(j, lora);
     finish_ok(s, j);
 }
 
@@ -326,7 +300,7 @@ static void serve_everything(worker *w, srv_job *j, const float *emb)
     ev_watch watch = {s, j};
     eng_amg_hooks hooks = {.cancel = everything_cancel, .arg = &watch};
     int rc = eng_amg_run(w->m, &in, &j->everything->p, &hooks, &j->amg);
-    srv_adapter_cache_release(w->ads, lora);
+    adapter_done(j, lora);
     const eng_amg_stats *st = &j->amg.stats;
     j->t.encode += st->encode_ms;
     j->t.decode_masks = st->decode_ms;
@@ -414,7 +388,7 @@ static void serve(worker *w, srv_job *j, const float *emb, int hit, srv_cache_ti
                                 j->masks, j->stability, &tm);
     for (int i = 0; i < pr->n; i++)
         pr->p[i].lora = NULL;
-    srv_adapter_cache_release(w->ads, lora);
+    adapter_done(j, lora);
     j->t.decode_masks = tm.decode_ms;
     j->t.postprocess = tm.postprocess_ms;
     srv_hist_observe(&s->metrics->decoder_seconds, j->t.decode_masks * 1e-3);
@@ -530,13 +504,20 @@ static void worker_loop(worker *w)
     srv_sched *s = w->s;
     srv_job *j;
     char shas[64][65];
+    int stop = 0;
 
-    while ((j = srv__sched_next(s))) {
+    while (!stop) {
         const float *emb;
         int ew, eh, rc;
         srv_cache_tier tier;
-        double now = srv_now();
+        double now;
 
+        j = srv__sched_next(s, &stop);
+        /* between jobs: free the hypernetwork versions no request uses */
+        srv__hnet_reclaim(s);
+        if (!j)
+            continue;
+        now = srv_now();
         j->t.queue = (now - j->t_submit) * 1e3;
         if (j->deadline > 0 && now >= j->deadline) {
             srv_metrics_add(&s->metrics->deadline_expired, 1);
@@ -546,6 +527,15 @@ static void worker_loop(worker *w)
         }
         if (j->kind == SRV_KIND_ADAPTER || j->kind == SRV_KIND_ADAPTER_FLUSH) {
             serve_adapter_job(w, j);
+            continue;
+        }
+        if (j->kind == SRV_KIND_HN_SWAP) {
+            if (!w->hn.m) {
+                srv_fail(&j->err, 409, "", "this daemon runs without a hypernetwork");
+                fail_job(s, j);
+            } else {
+                srv__hnet_swap_job(&w->hn, s, j);
+            }
             continue;
         }
         rc = srv_cache_get(s->cache, j->sha, &emb, &ew, &eh, &tier);

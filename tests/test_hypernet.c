@@ -356,6 +356,48 @@ static void test_subset_targets(void)
     hn_hypernet_destroy(h);
 }
 
+/* hn_hypernet_create_id (the id from the caller) builds what hn_hypernet_create
+ * builds; a malformed id is refused. */
+static void test_create_with_id(void)
+{
+    T_REQUIRE(be, "no backend");
+    hn_hypernet_config c = cfg_small(64, "hashed-64");
+    hn_params *p = NULL;
+    T_REQUIRE(hn_params_create(&p, &c) == 0, "%s", eng_last_error());
+    hn_params_init(p, 5, 1);
+    char id[HN_ID_LEN + 1];
+    hn_params_id(p, id);
+    hn_hypernet *a = NULL, *b = NULL, *x = NULL;
+    T_REQUIRE(hn_hypernet_create(&a, p, "7", be) == 0, "%s", eng_last_error());
+    T_REQUIRE(hn_hypernet_create_id(&b, p, "7", id, be) == 0, "%s", eng_last_error());
+    T_CHECK(!strcmp(hn_hypernet_id(a), id) && !strcmp(hn_hypernet_id(b), id) &&
+                !strcmp(hn_hypernet_version(b), "7"),
+            "ids %s %s", hn_hypernet_id(a), hn_hypernet_id(b));
+    factors fa, fb;
+    alloc_factors(a, &fa);
+    alloc_factors(b, &fb);
+    float e[64];
+    unit_vector(e, 64, 3);
+    T_REQUIRE(hn_hypernet_generate(a, e, fa.A, fa.B) == 0 &&
+                  hn_hypernet_generate(b, e, fb.A, fb.B) == 0,
+              "%s", eng_last_error());
+    int same = 1;
+    for (int t = 0; t < ENG_SAM_LORA_TARGETS; t++) {
+        size_t an, bn;
+        hn_hypernet_factor_size(a, t, &an, &bn);
+        if (an && (memcmp(fa.A[t], fb.A[t], an * sizeof(float)) ||
+                   memcmp(fa.B[t], fb.B[t], bn * sizeof(float))))
+            same = 0;
+    }
+    T_CHECK(same, "the two builds generate different factors");
+    T_CHECK(hn_hypernet_create_id(&x, p, "7", "abc", be) == ENG_EINVAL && !x, "a short id");
+    free_factors(&fa);
+    free_factors(&fb);
+    hn_hypernet_destroy(a);
+    hn_hypernet_destroy(b);
+    hn_params_destroy(p);
+}
+
 /* Truncations, a flipped byte, and hand-built files with one fault each. */
 static void test_hostile_files(void)
 {
@@ -528,6 +570,7 @@ int main(void)
     T_RUN(test_init_load_zero_b);
     T_RUN(test_random_matches_reference);
     T_RUN(test_subset_targets);
+    T_RUN(test_create_with_id);
     T_RUN(test_hostile_files);
     T_RUN(test_text_check);
     eng_backend_destroy(be);

@@ -44,41 +44,6 @@ static int t_daemon_start(daemon_proc *d, const char *state, const char *hyperne
     return rc;
 }
 
-/* The point request (one mask) or one without a prompt (everything mode:
- * a task alone, or `everything: true` without a task), with `task` when
- * not NULL (the JSON body goes to a temp file). */
-static json_t *seg(int port, const char *task, int prompt_free, int *status)
-{
-    char path[PATH_MAX];
-    json_t *o = prompt_free ? json_object()
-                            : json_pack("{s:[[i,i,i]],s:b}", "points", 400, 294, 1, "multimask", 0);
-    if (task)
-        json_object_set_new(o, "task", json_string(task));
-    else if (prompt_free)
-        json_object_set_new(o, "everything", json_true());
-    write_request(path, sizeof path, g_dog_b64, o);
-    json_t *r = http_json(port, "POST", "/v1/segment", "application/json", path, NULL, status);
-    unlink(path);
-    return r;
-}
-
-/* 1 when two responses carry the same masks (RLE counts, one by one). */
-static int same_masks(const json_t *a, const json_t *b)
-{
-    const json_t *ma = json_object_get(a, "masks"), *mb = json_object_get(b, "masks");
-    if (!json_array_size(ma) || json_array_size(ma) != json_array_size(mb))
-        return 0;
-    for (size_t i = 0; i < json_array_size(ma); i++) {
-        const char *ca = json_string_value(
-            json_object_get(json_object_get(json_array_get(ma, i), "rle"), "counts"));
-        const char *cb = json_string_value(
-            json_object_get(json_object_get(json_array_get(mb, i), "rle"), "counts"));
-        if (!ca || !cb || strcmp(ca, cb))
-            return 0;
-    }
-    return 1;
-}
-
 static const char *adapter_source(const json_t *r)
 {
     const char *s = json_string_value(json_object_get(json_object_get(r, "adapter"), "source"));
@@ -155,9 +120,9 @@ static void test_tasks_start(void)
     if (id)
         T_CHECK(ad_task_id(TASK, strlen(TASK), id, g_ad_id) == 0, "ad_task_id");
     json_decref(info);
-    g_plain_point = seg(g_t.port, NULL, 0, &st);
+    g_plain_point = ts_seg(g_t.port, NULL, 0, &st);
     T_CHECK(st == 200, "plain point request %d", st);
-    g_plain_free = seg(g_t.port, NULL, 1, &st);
+    g_plain_free = ts_seg(g_t.port, NULL, 1, &st);
     T_CHECK(st == 200, "plain everything request %d", st);
 }
 
@@ -172,7 +137,7 @@ static void test_tasks_segment(void)
 {
     int st;
     NEED_TASKS();
-    json_t *r1 = seg(g_t.port, TASK, 0, &st);
+    json_t *r1 = ts_seg(g_t.port, TASK, 0, &st);
     T_REQUIRE(st == 200 && r1, "task request %d", st);
     T_CHECK(!strcmp(adapter_source(r1), "generated"), "first: source %s", adapter_source(r1));
     T_CHECK(!strcmp(adapter_id_of(r1), g_ad_id), "adapter id %s, want %s", adapter_id_of(r1),
@@ -186,18 +151,18 @@ static void test_tasks_segment(void)
     T_CHECK(json_is_number(json_object_get(json_object_get(r1, "timings_ms"), "adapter")),
             "timings_ms.adapter");
     /* the same task in other spacing and case: the same adapter, from memory */
-    json_t *r2 = seg(g_t.port, "  segment   THE dog ", 0, &st);
+    json_t *r2 = ts_seg(g_t.port, "  segment   THE dog ", 0, &st);
     T_CHECK(st == 200 && !strcmp(adapter_source(r2), "cache-memory"), "second: %d %s", st,
             adapter_source(r2));
     T_CHECK(!strcmp(adapter_id_of(r2), g_ad_id), "second id");
-    T_CHECK(same_masks(r1, r2), "the cached adapter gives other masks");
-    T_CHECK(g_plain_point && !same_masks(r1, g_plain_point),
+    T_CHECK(ts_same_masks(r1, r2), "the cached adapter gives other masks");
+    T_CHECK(g_plain_point && !ts_same_masks(r1, g_plain_point),
             "masks with a random hypernetwork's task equal the masks without a task");
     /* a task alone: everything mode under the adapter (3x3 grid, all kept) */
-    json_t *f = seg(g_t.port, TASK, 1, &st);
+    json_t *f = ts_seg(g_t.port, TASK, 1, &st);
     T_CHECK(st == 200 && json_array_size(json_object_get(f, "masks")) == 27, "task alone %d", st);
     T_CHECK(!strcmp(adapter_source(f), "cache-memory"), "task alone: source %s", adapter_source(f));
-    T_CHECK(g_plain_free && !same_masks(f, g_plain_free),
+    T_CHECK(g_plain_free && !ts_same_masks(f, g_plain_free),
             "everything mode unchanged by a random hypernetwork's task");
     /* multipart with a `task` part */
     ts_extra form = {
@@ -205,7 +170,7 @@ static void test_tasks_segment(void)
                  {.name = "task", .data = TASK},
                  {.name = "request", .data = "{\"points\":[[400,294,1]],\"multimask\":false}"}}};
     json_t *mp = http_json(g_t.port, "POST", "/v1/segment", NULL, NULL, &form, &st);
-    T_CHECK(st == 200 && same_masks(mp, r1), "multipart task part: %d", st);
+    T_CHECK(st == 200 && ts_same_masks(mp, r1), "multipart task part: %d", st);
     json_decref(mp);
     /* the CLI gives the same masks */
     struct stat sa, sb;
@@ -216,14 +181,14 @@ static void test_tasks_segment(void)
                 stale ? "the tasam CLI is older than tasamd" : "no tasam CLI next to tasamd");
     } else {
         json_t *c = cli_segment(g_hn_random, TASK, 0);
-        T_CHECK(c && same_masks(r1, c), "masks differ from `tasam segment --hypernet --task`");
+        T_CHECK(c && ts_same_masks(r1, c), "masks differ from `tasam segment --hypernet --task`");
         T_CHECK(c && !strcmp(json_string_value(json_object_get(json_object_get(c, "adapter"), "id"))
                                  ?: "",
                              g_ad_id),
                 "CLI adapter id");
         json_decref(c);
         c = cli_segment(g_hn_random, TASK, 1);
-        T_CHECK(c && same_masks(f, c), "a task alone: masks differ from the CLI's");
+        T_CHECK(c && ts_same_masks(f, c), "a task alone: masks differ from the CLI's");
         json_decref(c);
     }
     json_decref(r1);
@@ -474,14 +439,15 @@ static void test_tasks_restart(void)
     T_REQUIRE(t_daemon_start(&g_t, g_t_state, g_hn_random) == 0, "restart");
     g_t_up = 1;
     /* the adapter comes from disk, then from memory; masks unchanged */
-    json_t *r = seg(g_t.port, TASK, 0, &st);
+    json_t *r = ts_seg(g_t.port, TASK, 0, &st);
     T_CHECK(st == 200 && !strcmp(adapter_source(r), "cache-disk"), "after a restart: %d %s", st,
             adapter_source(r));
     T_CHECK(!strcmp(adapter_id_of(r), g_ad_id), "id after restart");
-    json_t *r2 = seg(g_t.port, TASK, 0, &st);
+    json_t *r2 = ts_seg(g_t.port, TASK, 0, &st);
     T_CHECK(st == 200 && !strcmp(adapter_source(r2), "cache-memory"), "then: %s",
             adapter_source(r2));
-    T_CHECK(same_masks(r, r2) && !same_masks(r, g_plain_point), "masks from the disk adapter");
+    T_CHECK(ts_same_masks(r, r2) && !ts_same_masks(r, g_plain_point),
+            "masks from the disk adapter");
     json_decref(r);
     json_decref(r2);
     char *m = get_metrics(g_t.port);
@@ -502,16 +468,16 @@ static void test_tasks_new_hypernet(void)
     g_t_up = 0;
     T_REQUIRE(t_daemon_start(&g_t, g_t_state, g_hn_zero) == 0, "start with another hypernet");
     g_t_up = 1;
-    json_t *r = seg(g_t.port, TASK, 0, &st);
+    json_t *r = ts_seg(g_t.port, TASK, 0, &st);
     T_CHECK(st == 200 && !strcmp(adapter_source(r), "generated"), "new hypernet: %d %s", st,
             adapter_source(r));
     T_CHECK(adapter_id_of(r)[0] && strcmp(adapter_id_of(r), g_ad_id) != 0,
             "the new hypernetwork reuses the old id");
-    T_CHECK(g_plain_point && same_masks(r, g_plain_point),
+    T_CHECK(g_plain_point && ts_same_masks(r, g_plain_point),
             "a zero-initialised hypernetwork changed the masks");
     json_decref(r);
-    r = seg(g_t.port, TASK, 1, &st);
-    T_CHECK(st == 200 && g_plain_free && same_masks(r, g_plain_free),
+    r = ts_seg(g_t.port, TASK, 1, &st);
+    T_CHECK(st == 200 && g_plain_free && ts_same_masks(r, g_plain_free),
             "zero hypernet: everything mode changed by a task");
     json_decref(r);
     /* the old rows stay listed, marked not current */
@@ -559,7 +525,7 @@ static void test_tasks_admin_flush(void)
     char *m = get_metrics(p);
     T_CHECK(m && metric(m, "tasam_adapters_resident") == 0, "resident after the flush");
     free(m);
-    r = seg(g_t.port, TASK, 0, &st);
+    r = ts_seg(g_t.port, TASK, 0, &st);
     T_CHECK(st == 200 && !strcmp(adapter_source(r), "generated"), "after the flush: %s",
             adapter_source(r));
     json_decref(r);

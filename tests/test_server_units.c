@@ -28,6 +28,7 @@
 #endif
 
 const char *srv__cache_migration(int v);
+const char *srv__tdb_migration(int v);
 
 static char g_tmp[256];
 
@@ -356,27 +357,37 @@ static void squash(const char *in, char *out, size_t n)
     out[k] = 0;
 }
 
-static void test_schema_file_matches(void)
+/* Contract: every "-- migration N" block of the schema file equals the
+ * daemon's migration N (comments and whitespace aside). */
+static void schema_matches(const char *file, const char *(*migration)(int), const char *code)
 {
     size_t n;
-    char *sql = (char *)t_read_file("schema/cache.sql", &n);
-    T_REQUIRE(sql, "schema/cache.sql not readable (run from the repository root)");
+    char *sql = (char *)t_read_file(file, &n);
+    T_REQUIRE(sql, "%s not readable (run from the repository root)", file);
     char *b = realloc(sql, n + 1);
     b[n] = 0;
-    for (int v = 1; srv__cache_migration(v); v++) {
+    for (int v = 1; migration(v); v++) {
         char mark[32], want[8192], got[8192];
         snprintf(mark, sizeof mark, "-- migration %d\n", v);
         char *start = strstr(b, mark);
-        T_REQUIRE(start, "schema/cache.sql lacks '-- migration %d'", v);
+        T_CHECK(start, "%s lacks '-- migration %d'", file, v);
+        if (!start)
+            break;
         start += strlen(mark);
         char *end = strstr(start, "-- migration ");
         char *block = strndup(start, end ? (size_t)(end - start) : strlen(start));
         squash(block, want, sizeof want);
-        squash(srv__cache_migration(v), got, sizeof got);
-        T_CHECK(!strcmp(want, got), "migration %d differs between schema/cache.sql and cache.c", v);
+        squash(migration(v), got, sizeof got);
+        T_CHECK(!strcmp(want, got), "migration %d differs between %s and %s", v, file, code);
         free(block);
     }
     free(b);
+}
+
+static void test_schema_file_matches(void)
+{
+    schema_matches("schema/cache.sql", srv__cache_migration, "server/cache_db.c");
+    schema_matches("schema/train.sql", srv__tdb_migration, "server/train_db.c");
 }
 
 static void test_cache(void)

@@ -462,14 +462,58 @@ static inline int check_masks(const json_t *resp, const char *name, int n_prompt
     return ok;
 }
 
-/* Contract: writes a hypernetwork for the hashed text embedding (random:
- * adapters that change the masks; else zero adapters). */
-static inline int ts_write_hypernet(const char *path, uint64_t seed, int random)
+/* ---- task requests ---- */
+
+/* Contract: writes a hypernetwork for the hashed text embedding (hidden
+ * width `hidden`, 0 for the default). */
+static inline int ts_write_hypernet_h(const char *path, uint64_t seed, int random, int hidden)
 {
     hn_hypernet_config cfg;
     hn_hypernet_config_default(&cfg);
     snprintf(cfg.text_model, sizeof cfg.text_model, "hashed-%d", cfg.text_dim);
+    if (hidden > 0)
+        cfg.hidden = hidden;
     return hn_hypernet_init(path, &cfg, seed, random);
+}
+
+static inline int ts_write_hypernet(const char *path, uint64_t seed, int random)
+{
+    return ts_write_hypernet_h(path, seed, random, 0);
+}
+
+/* The dog's point request (one mask) or one without a prompt (everything
+ * mode: a task alone, or `everything: true` without a task), with `task`
+ * when not NULL (the JSON body goes to a temp file). */
+static inline json_t *ts_seg(int port, const char *task, int prompt_free, int *status)
+{
+    char path[PATH_MAX];
+    json_t *o = prompt_free ? json_object()
+                            : json_pack("{s:[[i,i,i]],s:b}", "points", 400, 294, 1, "multimask", 0);
+    if (task)
+        json_object_set_new(o, "task", json_string(task));
+    else if (prompt_free)
+        json_object_set_new(o, "everything", json_true());
+    write_request(path, sizeof path, g_dog_b64, o);
+    json_t *r = http_json(port, "POST", "/v1/segment", "application/json", path, NULL, status);
+    unlink(path);
+    return r;
+}
+
+/* 1 when two responses carry the same masks (RLE counts, one by one). */
+static inline int ts_same_masks(const json_t *a, const json_t *b)
+{
+    const json_t *ma = json_object_get(a, "masks"), *mb = json_object_get(b, "masks");
+    if (!json_array_size(ma) || json_array_size(ma) != json_array_size(mb))
+        return 0;
+    for (size_t i = 0; i < json_array_size(ma); i++) {
+        const char *ca = json_string_value(
+            json_object_get(json_object_get(json_array_get(ma, i), "rle"), "counts"));
+        const char *cb = json_string_value(
+            json_object_get(json_object_get(json_array_get(mb, i), "rle"), "counts"));
+        if (!ca || !cb || strcmp(ca, cb))
+            return 0;
+    }
+    return 1;
 }
 
 /* ---- the shared daemon ---- */

@@ -53,17 +53,17 @@
 #include "train/tasks.h"
 
 typedef struct tr_eval_config {
-    uint64_t seed;          /* the pairs' and clicks' seed (0) */
-    int prompts;            /* clicks per pair (4) */
-    int max_present;        /* present categories per image, 0: all (4) */
-    int absent;             /* absent categories per image (1) */
-    int max_images;         /* the first N images, 0: all (0) */
-    float iou_thresh;       /* a click's mask is kept at this predicted IoU; 0: always (0) */
-    int heldout_phrasings;  /* also evaluate a held-out phrasing per pair (1) */
-    int ap;                 /* compute AP (1) */
-    int ap_points_per_side; /* everything mode's grid for AP (16) */
-    int ap_max_categories;  /* seen categories for AP, 0: all; chosen from the seed (the
-                               held-out combinations and no-object ones always run) (0) */
+    uint64_t seed;              /* the pairs' and clicks' seed (0) */
+    int prompts;                /* clicks per pair (4) */
+    int max_present;            /* present categories per image, 0: all (4) */
+    int absent;                 /* absent categories per image (1) */
+    int max_images;             /* the first N images, 0: all (0) */
+    float iou_thresh;           /* a click's mask is kept at this predicted IoU; 0: always (0) */
+    int heldout_phrasings;      /* also evaluate a held-out phrasing per pair (1) */
+    int ap;                     /* compute AP (1) */
+    int ap_points_per_side;     /* everything mode's grid for AP (16) */
+    int ap_max_categories;      /* seen categories for AP, 0: all; chosen from the seed (the
+                                   held-out combinations and no-object ones always run) (0) */
     double ap_pred_iou_thresh;  /* everything mode's filters, as a server may configure them: */
     double ap_stability_thresh; /* predicted IoU above, stability at least (SAM's 0.88, 0.95) */
 } tr_eval_config;
