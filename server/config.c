@@ -9,9 +9,12 @@
 
 #include <ctype.h>
 #include <errno.h>
+#include <fcntl.h>
 #include <stdarg.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
 
 #include "server/log.h"
 
@@ -228,25 +231,107 @@ static char *trim(char *s)
     return s;
 }
 
+/* The largest config or token file read. */
+#define CONFIG_FILE_MAX (1024 * 1024)
+
+/*
+ * Contract: reads a whole regular file of at most CONFIG_FILE_MAX bytes into
+ * *out (malloc'd, NUL-terminated; *len bytes before the terminator). A FIFO,
+ * socket, device or directory is refused without blocking: it is opened
+ * non-blocking and checked with fstat before any read. `what` names the
+ * option in the message ("--config").
+ */
+static int read_regular_file(const char *what, const char *path, char **out, size_t *len, char *err,
+                             size_t errlen)
+{
+    struct stat st;
+    int fd = open(path, O_RDONLY | O_NONBLOCK | O_CLOEXEC | O_NOCTTY);
+    *out = NULL;
+    *len = 0;
+    if (fd < 0)
+        return srv_errf(err, errlen, "option %s: cannot open '%s': %s", what, path,
+                        strerror(errno));
+    if (fstat(fd, &st) != 0) {
+        int e = errno;
+        close(fd);
+        return srv_errf(err, errlen, "option %s: cannot stat '%s': %s", what, path, strerror(e));
+    }
+    if (!S_ISREG(st.st_mode)) {
+        close(fd);
+        return srv_errf(err, errlen, "option %s: '%s' is not a regular file (it is %s)", what, path,
+                        S_ISDIR(st.st_mode)    ? "a directory"
+                        : S_ISFIFO(st.st_mode) ? "a FIFO"
+                        : S_ISSOCK(st.st_mode) ? "a socket"
+                        : S_ISCHR(st.st_mode)  ? "a character device"
+                        : S_ISBLK(st.st_mode)  ? "a block device"
+                                               : "not a file");
+    }
+    if (st.st_size > CONFIG_FILE_MAX) {
+        close(fd);
+        return srv_errf(err, errlen, "option %s: '%s' is larger than %d bytes", what, path,
+                        CONFIG_FILE_MAX);
+    }
+    char *buf = malloc((size_t)st.st_size + 2);
+    size_t n = 0;
+    if (!buf) {
+        close(fd);
+        return srv_errf(err, errlen, "out of memory");
+    }
+    /* Read to the end (the file may have grown since fstat, up to the cap). */
+    for (;;) {
+        ssize_t r = read(fd, buf + n, (size_t)st.st_size + 1 - n);
+        if (r < 0 && errno == EINTR)
+            continue;
+        if (r < 0) {
+            int e = errno;
+            free(buf);
+            close(fd);
+            return srv_errf(err, errlen, "option %s: reading '%s': %s", what, path, strerror(e));
+        }
+        n += (size_t)r;
+        if (r == 0 || n > (size_t)st.st_size)
+            break;
+    }
+    close(fd);
+    if (n > (size_t)st.st_size) {
+        free(buf);
+        return srv_errf(err, errlen, "option %s: '%s' changed while it was read", what, path);
+    }
+    buf[n] = 0;
+    *out = buf;
+    *len = n;
+    return 0;
+}
+
 /* Contract: applies `name = value` lines of `path`. Blank lines and lines
  * starting with '#' are skipped; values may be wrapped in double quotes.
- * Errors name the file and line. */
+ * Errors name the file and line; a NUL byte is reported as one. */
 static int load_file(srv_config *c, const char *path, char *err, size_t errlen)
 {
-    FILE *f = fopen(path, "r");
-    char line[8192], where[600];
+    char *text, line[8192], where[600];
+    size_t len, at = 0;
     int lineno = 0, rc = 0;
-    if (!f)
-        return srv_errf(err, errlen, "option --config: cannot open '%s': %s", path,
-                        strerror(errno));
-    while (fgets(line, sizeof line, f)) {
+    if (read_regular_file("--config", path, &text, &len, err, errlen) != 0)
+        return -1;
+    while (at < len) {
         char *s, *eq, *key, *val;
+        const char *nl = memchr(text + at, '\n', len - at);
+        size_t ll = nl ? (size_t)(nl - (text + at)) : len - at;
         int id;
         lineno++;
-        if (!strchr(line, '\n') && !feof(f)) {
-            rc = srv_errf(err, errlen, "%s:%d: line too long", path, lineno);
+        if (memchr(text + at, 0, ll)) {
+            rc = srv_errf(err, errlen, "%s:%d: the line holds a NUL byte (is this a text file?)",
+                          path, lineno);
             break;
         }
+        if (ll >= sizeof line) {
+            rc = srv_errf(err, errlen, "%s:%d: line too long (over %zu bytes)", path, lineno,
+                          sizeof line - 1);
+            break;
+        }
+        memcpy(line, text + at, ll);
+        line[ll] = 0;
+        at += ll + 1;
         s = trim(line);
         if (!*s || *s == '#')
             continue;
@@ -281,7 +366,7 @@ static int load_file(srv_config *c, const char *path, char *err, size_t errlen)
         if ((rc = set_opt(c, id, val, SRV_SRC_FILE, where, err, errlen)) != 0)
             break;
     }
-    fclose(f);
+    free(text);
     return rc;
 }
 
@@ -356,22 +441,29 @@ static int scan_args(srv_config *c, int argc, char **argv, int apply, int *speci
     return 0;
 }
 
-/* Contract: reads the first line of a token file (trimmed, non-empty). */
-static int read_token_file(const char *path, char **out, char *err, size_t errlen)
+/* Contract: reads the first line of a token file (trimmed, non-empty;
+ * the file must be a regular file without NUL bytes). */
+static int read_token_file(const char *what, const char *path, char **out, char *err, size_t errlen)
 {
-    char buf[1024];
-    FILE *f = fopen(path, "r");
-    if (!f)
-        return srv_errf(err, errlen, "option --admin-token-file: cannot open '%s': %s", path,
-                        strerror(errno));
-    if (!fgets(buf, sizeof buf, f))
-        buf[0] = 0;
-    fclose(f);
-    char *t = trim(buf);
-    if (!*t)
-        return srv_errf(err, errlen,
-                        "option --admin-token-file: '%s' has no token on its first line", path);
+    char *text;
+    size_t len;
+    if (read_regular_file(what, path, &text, &len, err, errlen) != 0)
+        return -1;
+    char *nl = memchr(text, '\n', len);
+    size_t ll = nl ? (size_t)(nl - text) : len;
+    if (memchr(text, 0, ll)) {
+        free(text);
+        return srv_errf(err, errlen, "option %s: '%s' holds a NUL byte on its first line", what,
+                        path);
+    }
+    text[ll] = 0;
+    char *t = trim(text);
+    if (!*t) {
+        free(text);
+        return srv_errf(err, errlen, "option %s: '%s' has no token on its first line", what, path);
+    }
     *out = strdup(t);
+    free(text);
     return *out ? 0 : srv_errf(err, errlen, "out of memory");
 }
 
@@ -406,7 +498,8 @@ static int validate(srv_config *c, char *err, size_t errlen)
         return srv_errf(err, errlen,
                         "options --admin-token and --admin-token-file are exclusive: give one");
     if (c->str[SRV_OPT_ADMIN_TOKEN_FILE][0])
-        return read_token_file(c->str[SRV_OPT_ADMIN_TOKEN_FILE], &c->admin_token, err, errlen);
+        return read_token_file("--admin-token-file", c->str[SRV_OPT_ADMIN_TOKEN_FILE],
+                               &c->admin_token, err, errlen);
     if (c->str[SRV_OPT_ADMIN_TOKEN][0]) {
         c->admin_token = strdup(c->str[SRV_OPT_ADMIN_TOKEN]);
         if (!c->admin_token)

@@ -535,6 +535,11 @@ static int decode_image(srv_server *srv, srv_post *p, srv_reply *out)
         srv_reply_errorf(out, 400, "image", "image is corrupt or truncated: %s", eng_last_error());
         return 1;
     }
+    if (eng_resize_check(img.w, img.h, ENG_SAM_IMG) != 0) {
+        eng_image_free(&img);
+        srv_reply_errorf(out, 400, "image", "image: %s", eng_last_error());
+        return 1;
+    }
     eng_sam_imginfo *in = &p->job.info;
     in->orig_w = img.w;
     in->orig_h = img.h;

@@ -386,6 +386,28 @@ static void test_resize_shape(void)
     T_CHECK(w == 1024 && h == 2, "2048x3 -> %dx%d", w, h);
 }
 
+/* The aspect-ratio limit: 1 * 1024 / L + 0.5 >= 1 holds for L <= 2048
+ * (2048 gives exactly 1.0), so 1x2048 scales to 1x1024 and 1x2049 to 0. */
+static void test_resize_check(void)
+{
+    T_CHECK(eng_resize_check(1, 2048, 1024) == 0, "1x2048 refused: %s", eng_last_error());
+    T_CHECK(eng_resize_check(2048, 1, 1024) == 0, "2048x1 refused: %s", eng_last_error());
+    T_CHECK(eng_resize_check(3, 6144, 1024) == 0, "3x6144 refused: %s", eng_last_error());
+    T_CHECK(eng_resize_check(800, 534, 1024) == 0, "800x534 refused");
+    int rc = eng_resize_check(1, 2049, 1024);
+    T_CHECK(rc == ENG_EINVAL && strstr(eng_last_error(), "2048 times"), "1x2049: rc %d (%s)", rc,
+            eng_last_error());
+    T_CHECK(eng_resize_check(2049, 1, 1024) == ENG_EINVAL, "2049x1 accepted");
+    T_CHECK(eng_resize_check(3, 6145, 1024) == ENG_EINVAL, "3x6145 accepted");
+    T_CHECK(eng_resize_check(0, 5, 1024) == ENG_EINVAL, "0x5 accepted");
+    /* the check agrees with the shape it guards, around the limit */
+    for (int L = 2040; L <= 2060; L++) {
+        int w, h;
+        eng_resize_shape(1, L, 1024, &w, &h);
+        T_CHECK((eng_resize_check(1, L, 1024) == 0) == (w >= 1), "1x%d: shape %dx%d", L, w, h);
+    }
+}
+
 static void test_resize_properties(void)
 {
     /* A constant image stays constant at any size: the normalised weights
@@ -1064,6 +1086,7 @@ int main(void)
     T_RUN(test_resize_goldens);
     T_RUN(test_normalize_pad_golden);
     T_RUN(test_resize_shape);
+    T_RUN(test_resize_check);
     T_RUN(test_resize_properties);
     T_RUN(test_resize_pass_order);
     T_RUN(test_png_roundtrip);

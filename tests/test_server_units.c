@@ -109,6 +109,64 @@ static void test_config_errors(void)
             "2k");
 }
 
+/* A FIFO, a directory or a file with a NUL byte as --config (at start and
+ * on reload) is refused with a message saying what it is, at once: opening
+ * a FIFO used to block until a writer came (the daemon's control loop hung
+ * on SIGHUP) and a directory read as an empty file (a reload reset every
+ * option to its default). alarm() bounds the test if the open blocks. */
+static void test_config_special_files(void)
+{
+    srv_config c;
+    char err[512], fifo[512], dir[512], nul[512], good[512];
+    snprintf(fifo, sizeof fifo, "%s/c.fifo", g_tmp);
+    snprintf(dir, sizeof dir, "%s/c.dir", g_tmp);
+    snprintf(nul, sizeof nul, "%s/c.nul", g_tmp);
+    snprintf(good, sizeof good, "%s/c.good", g_tmp);
+    T_REQUIRE(mkfifo(fifo, 0600) == 0 && mkdir(dir, 0700) == 0, "mkfifo/mkdir");
+    FILE *f = fopen(nul, "wb");
+    fwrite("queue-depth = 5\ncheckpoint = /x\0.pth\n", 1, 38, f);
+    fclose(f);
+    alarm(20);
+    const struct {
+        const char *path, *want;
+    } cases[] = {{fifo, "a FIFO"}, {dir, "a directory"}, {nul, ":2: the line holds a NUL byte"}};
+    for (size_t i = 0; i < 3; i++) {
+        const char *args[] = {"--checkpoint", "x", "--config", cases[i].path, NULL};
+        err[0] = 0;
+        T_CHECK(load(&c, err, args) < 0 && strstr(err, cases[i].want), "%s: '%s'", cases[i].path,
+                err);
+        const char *tok[] = {"--checkpoint", "x", "--admin-token-file", cases[i].path, NULL};
+        if (i == 2) /* the token is the first line; this file's NUL is on the second */
+            continue;
+        err[0] = 0;
+        T_CHECK(load(&c, err, tok) < 0 && strstr(err, "admin-token-file"), "token %s: '%s'",
+                cases[i].path, err);
+    }
+    /* reload: the old values stay when the file becomes a directory */
+    f = fopen(good, "w");
+    fprintf(f, "checkpoint = /x.pth\nqueue-depth = 7\nlog-level = error\n");
+    fclose(f);
+    const char *args[] = {"--config", good, NULL};
+    T_REQUIRE(load(&c, err, args) == 0, "load: %s", err);
+    T_REQUIRE(unlink(good) == 0 && mkdir(good, 0700) == 0, "replace by a directory");
+    T_CHECK(srv_config_reload(&c, err, sizeof err) < 0 && strstr(err, "a directory"),
+            "reload of a directory: '%s'", err);
+    T_CHECK(srv_config_int(&c, SRV_OPT_QUEUE_DEPTH) == 7, "queue-depth changed to %lld",
+            (long long)srv_config_int(&c, SRV_OPT_QUEUE_DEPTH));
+    rmdir(good);
+    T_REQUIRE(mkfifo(good, 0600) == 0, "replace by a FIFO");
+    T_CHECK(srv_config_reload(&c, err, sizeof err) < 0 && strstr(err, "a FIFO"),
+            "reload of a FIFO: '%s'", err);
+    T_CHECK(srv_config_int(&c, SRV_OPT_QUEUE_DEPTH) == 7, "queue-depth changed");
+    alarm(0);
+    srv_config_free(&c);
+    unlink(good);
+    unlink(fifo);
+    unlink(nul);
+    rmdir(dir);
+    srv_log_set_level(SRV_LOG_LEVEL_ERROR);
+}
+
 static const srv_limits LIM = {16, 64};
 
 static int parse(const char *json, srv_request *r, srv_error *e)
@@ -598,6 +656,7 @@ int main(void)
     srv_log_set_level(SRV_LOG_LEVEL_ERROR);
     T_RUN(test_config_layers);
     T_RUN(test_config_errors);
+    T_RUN(test_config_special_files);
     T_RUN(test_request_validation);
     T_RUN(test_multipart);
     T_RUN(test_schema_file_matches);
