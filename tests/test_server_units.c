@@ -327,6 +327,55 @@ static void squash(const char *in, char *out, size_t n)
     out[k] = 0;
 }
 
+/* Content-Disposition and Content-Type parameters are parsed as RFC 9110
+ * parameters: `;` and `name=` inside a quoted string are text. The first
+ * case used to yield a part named `image"` (the scan found name= inside the
+ * filename), the second a part named after the filename's text. */
+static void test_multipart_quoted_params(void)
+{
+    srv_part parts[SRV_MULTIPART_MAX_PARTS];
+    srv_error e;
+    static const struct {
+        const char *disp;     /* the part's Content-Disposition value */
+        const char *name;     /* expected name, NULL: refused */
+        const char *filename; /* expected filename */
+    } cases[] = {
+        {"form-data; filename=\"a;name=image\"; name=\"x\"", "x", "a;name=image"},
+        {"form-data; filename=\"name=image.png\"; name=request", "request", "name=image.png"},
+        {"form-data; name=\"im\\\"g\"", "im\"g", ""},
+        {"form-data;name=image;filename=a.png", "image", "a.png"},
+        {"form-data; NAME=\"image\" ; filename = \"b c.png\"", "image", "b c.png"},
+        {"form-data; name=\"image", NULL, ""},
+        {"form-data; name=image; name=request", NULL, ""},
+        {"form-data; name", NULL, ""},
+        {"form-data; name=a b", NULL, ""},
+    };
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+        char body[512];
+        int len =
+            snprintf(body, sizeof body, "--B\r\nContent-Disposition: %s\r\n\r\nDATA\r\n--B--\r\n",
+                     cases[i].disp);
+        int n = srv_multipart_parse("multipart/form-data; boundary=\"B\"", (const uint8_t *)body,
+                                    (size_t)len, parts, SRV_MULTIPART_MAX_PARTS, &e);
+        if (!cases[i].name) {
+            T_CHECK(n < 0 && e.status == 400, "case %zu (%s) accepted: %d", i, cases[i].disp, n);
+            continue;
+        }
+        T_CHECK(n == 1 && !strcmp(parts[0].name, cases[i].name) &&
+                    !strcmp(parts[0].filename, cases[i].filename) && parts[0].len == 4,
+                "case %zu (%s): %d parts, name '%s', filename '%s' (%s)", i, cases[i].disp, n,
+                n > 0 ? parts[0].name : "", n > 0 ? parts[0].filename : "", n < 0 ? e.message : "");
+    }
+    /* the request parser names the real part, not the filename's text */
+    const char body[] = "--B\r\nContent-Disposition: form-data; filename=\"a;name=image\"; "
+                        "name=\"x\"\r\n\r\nDATA\r\n--B--\r\n";
+    srv_request r;
+    T_CHECK(srv_request_parse("multipart/form-data; boundary=B", (const uint8_t *)body,
+                              sizeof body - 1, SRV_KIND_SEGMENT, &LIM, &r, &e) < 0 &&
+                e.status == 400 && !strcmp(e.field, "x"),
+            "unknown part x: status %d field '%s'", e.status, e.field);
+}
+
 static void test_schema_file_matches(void)
 {
     size_t n;
@@ -659,6 +708,7 @@ int main(void)
     T_RUN(test_config_special_files);
     T_RUN(test_request_validation);
     T_RUN(test_multipart);
+    T_RUN(test_multipart_quoted_params);
     T_RUN(test_schema_file_matches);
     T_RUN(test_cache);
     T_RUN(test_request_task);
