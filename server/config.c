@@ -31,15 +31,15 @@ static const char *const log_choices[] = {"error", "warn", "info", "debug", NULL
 
 /* The table. Order must match srv_opt_id. */
 static const srv_opt_def opt_table[SRV_OPT_COUNT] = {
-    {"config", SRV_T_STRING, "", 0, 0, NULL, 0, 0,
+    {"config", SRV_T_STRING, "", 0, 0, NULL, 0, SRV_PRIVATE,
      "config file of `name = value` lines (# comments); re-read on SIGHUP"},
-    {"checkpoint", SRV_T_STRING, "", 0, 0, NULL, 0, 0,
+    {"checkpoint", SRV_T_STRING, "", 0, 0, NULL, 0, SRV_PRIVATE,
      "SAM checkpoint (.pth or .safetensors); required"},
     {"listen", SRV_T_STRING, "127.0.0.1:8080", 0, 0, NULL, 0, 0,
      "HOST:PORT to serve HTTP on ([v6addr]:PORT for IPv6; port 0 picks a free one)"},
-    {"port-file", SRV_T_STRING, "", 0, 0, NULL, 0, 0,
+    {"port-file", SRV_T_STRING, "", 0, 0, NULL, 0, SRV_PRIVATE,
      "write the bound TCP port to this file once listening"},
-    {"state-dir", SRV_T_STRING, "./state", 0, 0, NULL, 0, 0,
+    {"state-dir", SRV_T_STRING, "./state", 0, 0, NULL, 0, SRV_PRIVATE,
      "directory for the cache database of embeddings and adapters (created if missing)"},
     {"device", SRV_T_ENUM, "auto", 0, 0, device_choices, 0, 0,
      "auto (CUDA if usable, else CPU), cpu or cuda"},
@@ -47,31 +47,51 @@ static const srv_opt_def opt_table[SRV_OPT_COUNT] = {
      "auto, fp32, fp16 or bf16 (CPU runs fp32 only)"},
     {"cpu-threads", SRV_T_INT, "0", 0, 1024, NULL, 0, 0,
      "threads of the CPU backend (0: all cores)"},
-    {"admin-token", SRV_T_STRING, "", 0, 0, NULL, 1, 1,
+    {"admin-token", SRV_T_STRING, "", 0, 0, NULL, 1, SRV_SECRET,
      "bearer token for /admin routes (prefer admin-token-file)"},
-    {"admin-token-file", SRV_T_STRING, "", 0, 0, NULL, 1, 0,
+    {"admin-token-file", SRV_T_STRING, "", 0, 0, NULL, 1, SRV_PRIVATE,
      "file whose first line is the admin token"},
+    {"api-token", SRV_T_STRING, "", 0, 0, NULL, 1, SRV_SECRET,
+     "bearer token every /v1 route requires (the admin token works too); unset: /v1 is open "
+     "(prefer api-token-file)"},
+    {"api-token-file", SRV_T_STRING, "", 0, 0, NULL, 1, SRV_PRIVATE,
+     "file whose first line is the API token"},
     {"max-body-bytes", SRV_T_BYTES, "32MiB", 1 * KiB, 1 * GiB, NULL, 1, 0,
      "largest request body accepted (413 beyond)"},
+    {"max-inflight-body-bytes", SRV_T_BYTES, "256MiB", 1 * MiB, 64 * GiB, NULL, 1, 0,
+     "request bodies being received at once, all clients together (503 with Retry-After "
+     "beyond); at least max-body-bytes"},
+    {"max-header-bytes", SRV_T_BYTES, "16KiB", 1 * KiB, 1 * MiB, NULL, 0, 0,
+     "largest request line and headers (414 / 431 beyond)"},
     {"max-pixels", SRV_T_COUNT, "40M", 1, 1000000000LL, NULL, 1, 0,
      "largest decoded image, width*height (413 beyond)"},
     {"max-points", SRV_T_INT, "16", 1, 64, NULL, 0, 0, "most points in one prompt"},
     {"max-prompts", SRV_T_INT, "64", 1, 256, NULL, 1, 0, "most prompts (boxes) in one request"},
     {"max-mask-bytes", SRV_T_BYTES, "512MiB", 1 * MiB, 64 * GiB, NULL, 1, 0,
      "largest full-size mask output of one request, prompts*masks*width*height (413 beyond)"},
+    {"max-response-bytes", SRV_T_BYTES, "64MiB", 64 * KiB, 16 * GiB, NULL, 1, 0,
+     "largest encoded response (RLE, PNG or polygon JSON) of one request (413 beyond)"},
     {"queue-depth", SRV_T_INT, "64", 1, 100000, NULL, 1, 0,
      "jobs waiting for the model before new ones get 429"},
+    {"rate-limit", SRV_T_INT, "0", 0, 1000000, NULL, 1, 0,
+     "requests a second one client may make on the routes that create work (POST /v1/...; "
+     "429 with Retry-After beyond; 0: no limit)"},
+    {"rate-burst", SRV_T_INT, "20", 1, 1000000, NULL, 1, 0,
+     "requests a client may make at once above rate-limit before it applies"},
     {"max-batch", SRV_T_INT, "4", 1, 64, NULL, 0, 0, "images per image-encoder call"},
     {"batch-wait-ms", SRV_T_INT, "2", 0, 1000, NULL, 1, 0,
      "how long the encoder waits to fill a batch"},
     {"cache-bytes", SRV_T_BYTES, "2GiB", 0, 1024 * GiB, NULL, 1, 0,
      "byte budget of the on-disk embedding cache (LRU eviction; 0 disables it)"},
+    {"cache-corrupt-keep", SRV_T_INT, "3", 0, 100, NULL, 1, 0,
+     "corrupt cache databases kept (renamed cache.db.corrupt-TIME) for inspection; older "
+     "ones are deleted"},
     {"gpu-cache-slots", SRV_T_INT, "8", 0, 4096, NULL, 0, 0,
      "embeddings kept in host memory and on the decoder device, in front of the disk cache"},
-    {"hypernet", SRV_T_STRING, "", 0, 0, NULL, 0, 0,
+    {"hypernet", SRV_T_STRING, "", 0, 0, NULL, 0, SRV_PRIVATE,
      "hypernetwork file (tasam hypernet init) that turns `task` text into LoRA adapters; "
      "without it `task` answers 501"},
-    {"text-model", SRV_T_STRING, "", 0, 0, NULL, 0, 0,
+    {"text-model", SRV_T_STRING, "", 0, 0, NULL, 0, SRV_PRIVATE,
      "text encoder folder for --hypernet (default: what the hypernetwork names: the hashed "
      "fallback, or models/NAME)"},
     {"adapter-slots", SRV_T_INT, "16", 0, 4096, NULL, 0, 0,
@@ -87,7 +107,18 @@ static const srv_opt_def opt_table[SRV_OPT_COUNT] = {
      "how long SIGTERM waits for in-flight requests"},
     {"threads", SRV_T_INT, "4", 1, 256, NULL, 0, 0,
      "HTTP threads (they parse and decode; they never run the model)"},
-    {"max-connections", SRV_T_INT, "512", 1, 65536, NULL, 0, 0, "simultaneous HTTP connections"},
+    {"max-connections", SRV_T_INT, "512", 1, 65536, NULL, 1, 0,
+     "simultaneous HTTP connections (503 beyond)"},
+    {"max-connections-per-client", SRV_T_INT, "64", 0, 65536, NULL, 1, 0,
+     "simultaneous connections of one client address (IPv6: one /64; 429 beyond; 0: no "
+     "limit; raise it behind a proxy that connects from one address)"},
+    {"header-timeout-ms", SRV_T_INT, "10000", 100, 3600000, NULL, 1, 0,
+     "time a request line and headers may take to arrive, from the connection's start or the "
+     "request's first byte (408 beyond; not reset by each byte)"},
+    {"body-timeout-ms", SRV_T_INT, "60000", 100, 86400000, NULL, 1, 0,
+     "time a request body may take to arrive after its headers (408 beyond)"},
+    {"idle-timeout-ms", SRV_T_INT, "60000", 1000, 3600000, NULL, 0, 0,
+     "a kept-alive connection with nothing to do is closed after this long"},
     {"log-level", SRV_T_ENUM, "info", 0, 0, log_choices, 1, 0, "error, warn, info or debug"},
 };
 
@@ -467,7 +498,26 @@ static int read_token_file(const char *what, const char *path, char **out, char 
     return *out ? 0 : srv_errf(err, errlen, "out of memory");
 }
 
-/* Contract: checks values that depend on each other; fills admin_token. */
+/* Contract: the effective token of a token option and its -file twin
+ * into *out (NULL when neither is set); they are exclusive. */
+static int token_option(srv_config *c, srv_opt_id tok, srv_opt_id file, char **out, char *err,
+                        size_t errlen)
+{
+    char what[64];
+    free(*out);
+    *out = NULL;
+    if (c->str[tok][0] && c->str[file][0])
+        return srv_errf(err, errlen, "options --%s and --%s are exclusive: give one",
+                        opt_table[tok].name, opt_table[file].name);
+    snprintf(what, sizeof what, "--%s", opt_table[file].name);
+    if (c->str[file][0])
+        return read_token_file(what, c->str[file], out, err, errlen);
+    if (c->str[tok][0] && !(*out = strdup(c->str[tok])))
+        return srv_errf(err, errlen, "out of memory");
+    return 0;
+}
+
+/* Contract: checks values that depend on each other; fills the tokens. */
 static int validate(srv_config *c, char *err, size_t errlen)
 {
     const char *listen = c->str[SRV_OPT_LISTEN];
@@ -492,20 +542,16 @@ static int validate(srv_config *c, char *err, size_t errlen)
         return srv_errf(err, errlen,
                         "option --text-model needs --hypernet (the text encoder only feeds the "
                         "hypernetwork)");
-    free(c->admin_token);
-    c->admin_token = NULL;
-    if (c->str[SRV_OPT_ADMIN_TOKEN][0] && c->str[SRV_OPT_ADMIN_TOKEN_FILE][0])
+    if (c->num[SRV_OPT_MAX_INFLIGHT_BODY_BYTES] < c->num[SRV_OPT_MAX_BODY_BYTES])
         return srv_errf(err, errlen,
-                        "options --admin-token and --admin-token-file are exclusive: give one");
-    if (c->str[SRV_OPT_ADMIN_TOKEN_FILE][0])
-        return read_token_file("--admin-token-file", c->str[SRV_OPT_ADMIN_TOKEN_FILE],
-                               &c->admin_token, err, errlen);
-    if (c->str[SRV_OPT_ADMIN_TOKEN][0]) {
-        c->admin_token = strdup(c->str[SRV_OPT_ADMIN_TOKEN]);
-        if (!c->admin_token)
-            return srv_errf(err, errlen, "out of memory");
-    }
-    return 0;
+                        "option --max-inflight-body-bytes (%lld) must be at least "
+                        "--max-body-bytes (%lld): one largest body must fit",
+                        (long long)c->num[SRV_OPT_MAX_INFLIGHT_BODY_BYTES],
+                        (long long)c->num[SRV_OPT_MAX_BODY_BYTES]);
+    if (token_option(c, SRV_OPT_ADMIN_TOKEN, SRV_OPT_ADMIN_TOKEN_FILE, &c->admin_token, err,
+                     errlen) != 0)
+        return -1;
+    return token_option(c, SRV_OPT_API_TOKEN, SRV_OPT_API_TOKEN_FILE, &c->api_token, err, errlen);
 }
 
 /* Contract: builds a complete config in c (zeroed on entry) from the
@@ -541,6 +587,8 @@ static void free_values(srv_config *c)
     }
     free(c->admin_token);
     c->admin_token = NULL;
+    free(c->api_token);
+    c->api_token = NULL;
 }
 
 int srv_config_load(srv_config *c, int argc, char **argv, FILE *out, char *err, size_t errlen)
@@ -596,7 +644,7 @@ int srv_config_reload(srv_config *c, char *err, size_t errlen)
             continue;
         }
         srv_log_info("config reload: %s = %s", opt_table[i].name,
-                     opt_table[i].secret ? "<set>" : n.str[i]);
+                     opt_table[i].secret == SRV_SECRET ? "<set>" : n.str[i]);
         char *t = c->str[i];
         c->str[i] = n.str[i];
         n.str[i] = t;
@@ -606,6 +654,9 @@ int srv_config_reload(srv_config *c, char *err, size_t errlen)
     char *t = c->admin_token;
     c->admin_token = n.admin_token;
     n.admin_token = t;
+    t = c->api_token;
+    c->api_token = n.api_token;
+    n.api_token = t;
     pthread_mutex_unlock(&c->mu);
     srv_log_set_level((int)srv_config_int(c, SRV_OPT_LOG_LEVEL));
     free_values(&n);
@@ -637,24 +688,41 @@ const char *srv_config_str(const srv_config *c, srv_opt_id id)
     return c->str[id] ? c->str[id] : "";
 }
 
+/* Contract: under c->mu; constant-time comparison of token with want. */
+static int token_equal(const char *want, const char *token)
+{
+    size_t a = strlen(want), b = strlen(token);
+    unsigned char diff = (unsigned char)(a != b);
+    for (size_t i = 0; i < a; i++)
+        diff |= (unsigned char)(want[i] ^ token[i < b ? i : 0]);
+    return diff == 0 && b > 0;
+}
+
 int srv_config_check_token(srv_config *c, const char *token, int *configured)
 {
     int ok = 0;
     pthread_mutex_lock(&c->mu);
     if (configured)
         *configured = c->admin_token != NULL;
-    if (c->admin_token && token) {
-        size_t a = strlen(c->admin_token), b = strlen(token);
-        unsigned char diff = (unsigned char)(a != b);
-        for (size_t i = 0; i < a; i++)
-            diff |= (unsigned char)(c->admin_token[i] ^ token[i < b ? i : 0]);
-        ok = diff == 0 && b > 0;
-    }
+    if (c->admin_token && token)
+        ok = token_equal(c->admin_token, token);
     pthread_mutex_unlock(&c->mu);
     return ok;
 }
 
-json_t *srv_config_to_json(srv_config *c)
+int srv_config_check_api_token(srv_config *c, const char *token, int *configured)
+{
+    int ok = 0;
+    pthread_mutex_lock(&c->mu);
+    if (configured)
+        *configured = c->api_token != NULL;
+    if (c->api_token && token)
+        ok = token_equal(c->api_token, token);
+    pthread_mutex_unlock(&c->mu);
+    return ok;
+}
+
+json_t *srv_config_to_json(srv_config *c, int admin)
 {
     json_t *o = json_object();
     if (!o)
@@ -663,8 +731,9 @@ json_t *srv_config_to_json(srv_config *c)
     for (int i = 0; i < SRV_OPT_COUNT; i++) {
         const srv_opt_def *d = &opt_table[i];
         json_t *v;
-        if (d->secret)
-            v = c->str[i][0] ? json_string("<set>") : json_null();
+        if (d->secret == SRV_SECRET || (d->secret == SRV_PRIVATE && !admin && c->str[i][0]))
+            v = c->str[i][0] ? json_string(d->secret == SRV_SECRET ? "<set>" : "<hidden>")
+                             : json_null();
         else if (d->type == SRV_T_STRING || d->type == SRV_T_ENUM)
             v = json_string(c->str[i]);
         else

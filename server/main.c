@@ -12,6 +12,7 @@
  * the runtime-mutable options from --config and the environment; timers
  * expire queued jobs past their deadline and maintain the cache.
  */
+#include <malloc.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -129,6 +130,7 @@ static void on_expire(uv_timer_t *t)
 {
     daemon_state *ds = t->data;
     srv_sched_expire(&ds->sched);
+    srv_http_sweep(ds->http);
 }
 
 static void on_maintain(uv_timer_t *t)
@@ -193,6 +195,12 @@ int main(int argc, char **argv)
         return 2;
     }
     signal(SIGPIPE, SIG_IGN);
+    /* Buffers of 1 MiB and up (request bodies, masks, responses,
+     * embeddings) are mapped and unmapped on their own, so their memory
+     * goes back to the system when they are freed; glibc's default would
+     * raise this threshold after the first large free and keep later ones
+     * in the heap. */
+    mallopt(M_MMAP_THRESHOLD, 1 << 20);
     srv_metrics_init(&ds.metrics);
     ds.srv.cfg = &ds.cfg;
     ds.srv.metrics = &ds.metrics;

@@ -22,6 +22,7 @@
 #include "engine/rle.h"
 #include "engine/sha256.h"
 #include "server/base64.h"
+#include "server/jsonw.h"
 #include "server/log.h"
 
 static const char *const JSON_TYPE = "application/json";
@@ -145,12 +146,90 @@ void srv_reply_errorf(srv_reply *out, int status, const char *field, const char 
     srv_reply_error(out, &e);
 }
 
+/* Contract: the token of an `Authorization: Bearer TOKEN` header (borrowed,
+ * NULL without one). */
+static const char *bearer(const srv_http_in *in)
+{
+    const char *h = in ? in->authorization : NULL;
+    if (!h)
+        return NULL;
+    while (*h == ' ')
+        h++;
+    if (strncasecmp(h, "Bearer ", 7) != 0)
+        return NULL;
+    for (h += 7; *h == ' ';)
+        h++;
+    return h;
+}
+
+int srv_routes_is_admin(srv_server *srv, const srv_http_in *in)
+{
+    return srv_config_check_token(srv->cfg, bearer(in), NULL);
+}
+
+/* Contract: 0 when the request carries the admin token; else 1 with *out
+ * set: 401 without a token, 403 with a wrong one or when no admin token is
+ * configured. `what` names what needs it ("admin routes"). The comparison
+ * is constant time (srv_config_check_token). */
+static int check_admin(srv_server *srv, const srv_http_in *in, const char *what, srv_reply *out)
+{
+    const char *tok = bearer(in);
+    int configured = 0;
+    if (srv_config_check_token(srv->cfg, tok, &configured))
+        return 0;
+    if (!configured) {
+        srv_reply_errorf(out, 403, "",
+                         "%s: it needs the admin token, and none is configured (admin-token or "
+                         "admin-token-file)",
+                         what);
+    } else if (!tok || !*tok) {
+        srv_reply_errorf(out, 401, "",
+                         "%s: it needs the admin token: send `Authorization: Bearer <token>`",
+                         what);
+        out->auth_challenge = 1;
+    } else {
+        srv_reply_errorf(out, 403, "", "the admin token is wrong");
+    }
+    return 1;
+}
+
+/* The routes under /v1 (the API token guards them). */
+static int is_v1(srv_route r)
+{
+    return r == SRV_ROUTE_SEGMENT || r == SRV_ROUTE_EMBED_POST || r == SRV_ROUTE_EMBED_GET ||
+           r == SRV_ROUTE_INFO || r == SRV_ROUTE_ADAPTERS || r == SRV_ROUTE_ADAPTERS_POST ||
+           r == SRV_ROUTE_ADAPTER_GET || r == SRV_ROUTE_ADAPTER_WEIGHTS;
+}
+
+int srv_routes_authorize(srv_server *srv, srv_route route, const srv_http_in *in, srv_reply *out)
+{
+    int configured = 0;
+    const char *tok = bearer(in);
+    memset(out, 0, sizeof *out);
+    if (route == SRV_ROUTE_ADMIN)
+        return check_admin(srv, in, "this is an admin route", out);
+    if (!is_v1(route) || srv_config_check_api_token(srv->cfg, tok, &configured) || !configured ||
+        srv_config_check_token(srv->cfg, tok, NULL))
+        return 0;
+    if (!tok || !*tok) {
+        srv_reply_errorf(out, 401, "",
+                         "this server needs its API token: send `Authorization: Bearer <token>`");
+        out->auth_challenge = 1;
+    } else {
+        srv_reply_errorf(out, 403, "", "the token is wrong");
+    }
+    return 1;
+}
+
 /* Contract: the /v1/info "hypernetwork" object. */
-static json_t *hypernet_json(srv_server *srv, int ready)
+static json_t *hypernet_json(srv_server *srv, int ready, int admin)
 {
     const srv_model_info *mi = &srv->sched->info;
     const char *path = srv_config_str(srv->cfg, SRV_OPT_HYPERNET);
-    if (!path[0])
+    int configured = path[0] != 0;
+    if (!admin)
+        path = "<hidden>"; /* server paths are for the admin */
+    if (!configured)
         return json_pack("{s:b,s:s}", "available", 0, "note",
                          "no hypernetwork configured (start tasamd with --hypernet FILE): requests "
                          "with `task` answer 501");
@@ -168,7 +247,7 @@ static json_t *hypernet_json(srv_server *srv, int ready)
         (json_int_t)srv_config_int(srv->cfg, SRV_OPT_ADAPTER_CACHE_BYTES));
 }
 
-static json_t *info_json(srv_server *srv)
+static json_t *info_json(srv_server *srv, int admin)
 {
     srv_sched *s = srv->sched;
     srv_config *cfg = srv->cfg;
@@ -178,8 +257,9 @@ static json_t *info_json(srv_server *srv)
         const srv_model_info *mi = &s->info;
         model = json_pack("{s:s,s:s,s:i,s:i,s:s,s:I,s:f}", "model_id", mi->model_id, "arch",
                           mi->arch, "embed_dim", mi->embed_dim, "depth", mi->depth, "checkpoint",
-                          srv_config_str(cfg, SRV_OPT_CHECKPOINT), "workspace_bytes",
-                          (json_int_t)mi->workspace_bytes, "load_seconds", mi->load_seconds);
+                          admin ? srv_config_str(cfg, SRV_OPT_CHECKPOINT) : "<hidden>",
+                          "workspace_bytes", (json_int_t)mi->workspace_bytes, "load_seconds",
+                          mi->load_seconds);
     }
     o = json_pack("{s:s,s:s,s:b,s:s,s:o,s:s?,s:s?,s:{s:I,s:I,s:I,s:I,s:I,s:I,s:I,s:I},"
                   "s:{s:s,s:s,s:s,s:s},s:o,s:o,s:f}",
@@ -199,8 +279,8 @@ static json_t *info_json(srv_server *srv)
                   (json_int_t)srv_config_int(cfg, SRV_OPT_REQUEST_TIMEOUT_MS), "versions",
                   "libmicrohttpd", MHD_get_version(), "jansson", JANSSON_VERSION, "sqlite",
                   sqlite3_libversion(), "libuv", uv_version_string(), "hypernetwork",
-                  hypernet_json(srv, ready), "config", srv_config_to_json(cfg), "uptime_seconds",
-                  srv_now() - srv->t_start);
+                  hypernet_json(srv, ready, admin), "config", srv_config_to_json(cfg, admin),
+                  "uptime_seconds", srv_now() - srv->t_start);
     return o;
 }
 
@@ -369,6 +449,9 @@ static void get_adapters(srv_server *srv, const srv_http_in *in, srv_reply *out)
             reply_json(out, 200, adapter_meta_json(srv, &m));
         return;
     }
+    /* the list shows every client's task text: the admin's only */
+    if (check_admin(srv, in, "listing the cached adapters (GET /v1/adapters without task=)", out))
+        return;
     if (lim && query_int(lim, 1, ADAPTER_LIST_MAX, &limit, out))
         return;
     if (off && query_int(off, 0, INT64_MAX / 2, &offset, out))
@@ -483,7 +566,7 @@ void srv_routes_get(srv_server *srv, srv_route route, const char *url, const srv
         return;
     }
     case SRV_ROUTE_INFO:
-        reply_json(out, 200, info_json(srv));
+        reply_json(out, 200, info_json(srv, srv_routes_is_admin(srv, in)));
         return;
     case SRV_ROUTE_EMBED_GET:
         get_embedding(srv, url, out);
@@ -559,39 +642,6 @@ static int decode_image(srv_server *srv, srv_post *p, srv_reply *out)
     return 0;
 }
 
-/* Contract: 0 when the request carries the admin token (Authorization:
- * Bearer TOKEN); else 1 with *out set: 401 without a usable token, 403 with
- * a wrong one or when no token is configured. The comparison is constant
- * time (srv_config_check_token). */
-static int check_admin(srv_server *srv, const srv_http_in *in, srv_reply *out)
-{
-    const char *h = in ? in->authorization : NULL, *tok = NULL;
-    int configured = 0;
-    if (h) {
-        while (*h == ' ')
-            h++;
-        if (strncasecmp(h, "Bearer ", 7) == 0) {
-            tok = h + 7;
-            while (*tok == ' ')
-                tok++;
-        }
-    }
-    if (srv_config_check_token(srv->cfg, tok, &configured))
-        return 0;
-    if (!configured) {
-        srv_reply_errorf(out, 403, "",
-                         "admin routes are disabled: no admin token is configured (admin-token or "
-                         "admin-token-file)");
-    } else if (!tok || !*tok) {
-        srv_reply_errorf(out, 401, "",
-                         "this route needs the admin token: send `Authorization: Bearer <token>`");
-        out->auth_challenge = 1;
-    } else {
-        srv_reply_errorf(out, 403, "", "the admin token is wrong");
-    }
-    return 1;
-}
-
 int srv_routes_post_prepare(srv_server *srv, srv_route route, const srv_http_in *in,
                             const uint8_t *body, size_t len, double t_start, srv_post *p,
                             srv_reply *out)
@@ -607,8 +657,6 @@ int srv_routes_post_prepare(srv_server *srv, srv_route route, const srv_http_in 
     int w = 0, h = 0;
 
     memset(out, 0, sizeof *out);
-    if (kind == SRV_KIND_ADAPTER_FLUSH && check_admin(srv, in, out))
-        return 1;
     lim.max_points = (int)srv_config_int(srv->cfg, SRV_OPT_MAX_POINTS);
     lim.max_prompts = (int)srv_config_int(srv->cfg, SRV_OPT_MAX_PROMPTS);
     if (kind != SRV_KIND_ADAPTER_FLUSH &&
@@ -701,75 +749,214 @@ int srv_routes_post_prepare(srv_server *srv, srv_route route, const srv_http_in 
 
 static json_t *num3(double v) { return json_real(round(v * 1000.0) / 1000.0); }
 
-/* Contract: one mask's JSON, or NULL (out of memory / encoder error). */
-static json_t *mask_json(const srv_job *j, srv_output fmt, int i, int prompt)
+/* Contract: writes one mask's object to w: prompt, bbox, area,
+ * predicted_iou, stability_score, then rle / png / polygons. 0, or -1 when
+ * an encoder failed (eng_last_error says why); w's own failures (the byte
+ * limit, memory) are left in w. */
+static int write_mask(srv_jw *w, const srv_job *j, srv_output fmt, int i, int prompt)
 {
-    int w = j->info.orig_w, h = j->info.orig_h;
-    const uint8_t *mask = j->masks + (size_t)i * (size_t)w * (size_t)h;
+    int iw = j->info.orig_w, ih = j->info.orig_h, rc = -1;
+    const uint8_t *mask = j->masks + (size_t)i * (size_t)iw * (size_t)ih;
     eng_rle rle = {0};
     char *counts = NULL;
     double bbox[4];
-    json_t *o = NULL;
 
-    if (eng_rle_encode(mask, h, w, &rle) != 0 || eng_rle_to_string(&rle, &counts) != 0)
+    if (eng_rle_encode(mask, ih, iw, &rle) != 0 || eng_rle_to_string(&rle, &counts) != 0)
         goto out;
     eng_rle_bbox(&rle, bbox);
-    o = json_pack("{s:i,s:[f,f,f,f],s:I,s:o,s:o}", "prompt", prompt, "bbox", bbox[0], bbox[1],
-                  bbox[2], bbox[3], "area", (json_int_t)eng_rle_area(&rle), "predicted_iou",
-                  json_real(j->iou[i]), "stability_score", json_real(j->stability[i]));
-    if (!o)
-        goto out;
+    srv_jw_object(w);
+    srv_jw_key(w, "prompt");
+    srv_jw_int(w, prompt);
+    srv_jw_key(w, "bbox");
+    srv_jw_array(w);
+    for (int k = 0; k < 4; k++)
+        srv_jw_real(w, bbox[k]);
+    srv_jw_end(w);
+    srv_jw_key(w, "area");
+    srv_jw_int(w, (int64_t)eng_rle_area(&rle));
+    srv_jw_key(w, "predicted_iou");
+    srv_jw_real(w, j->iou[i]);
+    srv_jw_key(w, "stability_score");
+    srv_jw_real(w, j->stability[i]);
     if (fmt == SRV_OUT_RLE) {
-        json_object_set_new(o, "rle", json_pack("{s:[i,i],s:s}", "size", h, w, "counts", counts));
+        srv_jw_key(w, "rle");
+        srv_jw_object(w);
+        srv_jw_key(w, "size");
+        srv_jw_array(w);
+        srv_jw_int(w, ih);
+        srv_jw_int(w, iw);
+        srv_jw_end(w);
+        srv_jw_key(w, "counts");
+        srv_jw_string(w, counts, strlen(counts));
+        srv_jw_end(w);
     } else if (fmt == SRV_OUT_PNG) {
-        uint8_t *pix = malloc((size_t)w * (size_t)h), *png = NULL;
+        uint8_t *pix = malloc((size_t)iw * (size_t)ih), *png = NULL;
         size_t plen = 0;
         char *b64 = NULL;
         if (pix) {
-            for (size_t k = 0; k < (size_t)w * (size_t)h; k++)
+            for (size_t k = 0; k < (size_t)iw * (size_t)ih; k++)
                 pix[k] = mask[k] ? 255 : 0;
-            if (eng_png_encode(pix, w, h, 1, &png, &plen) == 0)
+            if (eng_png_encode(pix, iw, ih, 1, &png, &plen) == 0)
                 b64 = srv_base64_encode(png, plen);
         }
         free(pix);
         free(png);
-        if (!b64) {
-            json_decref(o);
-            o = NULL;
+        if (!b64)
             goto out;
-        }
-        json_object_set_new(o, "png", json_string(b64));
+        srv_jw_key(w, "png");
+        srv_jw_string(w, b64, strlen(b64));
         free(b64);
     } else {
         eng_polygons polys = {0};
-        json_t *arr = json_array();
-        if (!arr || eng_mask_polygons(mask, h, w, &polys) != 0) {
-            json_decref(arr);
+        if (eng_mask_polygons(mask, ih, iw, &polys) != 0) {
             eng_polygons_free(&polys);
-            json_decref(o);
-            o = NULL;
             goto out;
         }
-        for (size_t k = 0; k < polys.n; k++) {
-            json_t *pa = json_array();
+        srv_jw_key(w, "polygons");
+        srv_jw_array(w);
+        for (size_t k = 0; k < polys.n && !srv_jw_error(w); k++) {
+            srv_jw_array(w);
             for (size_t v = 0; v < 2 * polys.polys[k].n; v++)
-                json_array_append_new(pa, json_integer(polys.polys[k].xy[v]));
-            json_array_append_new(arr, pa);
+                srv_jw_int(w, polys.polys[k].xy[v]);
+            srv_jw_end(w);
         }
+        srv_jw_end(w);
         eng_polygons_free(&polys);
-        json_object_set_new(o, "polygons", arr);
     }
+    srv_jw_end(w);
+    rc = 0;
 out:
     free(counts);
     eng_rle_free(&rle);
-    return o;
+    return rc;
+}
+
+static void write_ms(srv_jw *w, const char *key, double v)
+{
+    srv_jw_key(w, key);
+    srv_jw_real(w, round(v * 1000.0) / 1000.0);
+}
+
+/*
+ * Contract: the body of a POST /v1/segment answer, written straight into
+ * one buffer mask by mask (no JSON tree: a tree of polygon vertices takes
+ * about ten times its text), bounded by max-response-bytes (413 beyond).
+ * The raw masks are freed as soon as they are encoded. The bytes are those
+ * json_dumps gave when this was built as a jansson tree.
+ */
+void srv__routes_segment_reply(srv_server *srv, srv_post *p, double t_start, srv_reply *out)
+{
+    srv_job *j = &p->job;
+    srv_jw w;
+    int64_t limit = srv_config_int(srv->cfg, SRV_OPT_MAX_RESPONSE_BYTES);
+    int failed_mask = -1;
+
+    srv_jw_init(&w, (size_t)limit);
+    srv_jw_object(&w);
+    srv_jw_key(&w, "image_id");
+    srv_jw_string(&w, j->sha, strlen(j->sha));
+    srv_jw_key(&w, "width");
+    srv_jw_int(&w, j->info.orig_w);
+    srv_jw_key(&w, "height");
+    srv_jw_int(&w, j->info.orig_h);
+    srv_jw_key(&w, "cache");
+    srv_jw_object(&w);
+    srv_jw_key(&w, "embedding");
+    srv_jw_string(&w, j->cache_hit ? "hit" : "miss", j->cache_hit ? 3 : 4);
+    srv_jw_key(&w, "tier");
+    if (j->tier == SRV_TIER_MEMORY || j->tier == SRV_TIER_DISK)
+        srv_jw_string(&w, j->tier == SRV_TIER_MEMORY ? "memory" : "disk",
+                      j->tier == SRV_TIER_MEMORY ? 6 : 4);
+    else
+        srv_jw_null(&w);
+    srv_jw_end(&w);
+    if (j->task && j->ad_source != SRV_AD_NONE) {
+        const char *src = srv_adapter_source_name(j->ad_source);
+        const srv_adapter_meta *m = &j->ad_meta;
+        srv_jw_key(&w, "adapter");
+        srv_jw_object(&w);
+        srv_jw_key(&w, "id");
+        srv_jw_string(&w, m->id, strlen(m->id));
+        srv_jw_key(&w, "task_normalized");
+        srv_jw_string(&w, m->task_normalized, strlen(m->task_normalized));
+        srv_jw_key(&w, "source");
+        srv_jw_string(&w, src, strlen(src));
+        srv_jw_key(&w, "hypernet_id");
+        srv_jw_string(&w, m->hypernet_id, strlen(m->hypernet_id));
+        srv_jw_key(&w, "hypernet_version");
+        srv_jw_string(&w, m->hypernet_version, strlen(m->hypernet_version));
+        srv_jw_end(&w);
+    }
+    srv_jw_key(&w, "masks");
+    srv_jw_array(&w);
+    for (int i = 0; i < j->n_masks && !srv_jw_error(&w); i++)
+        if (write_mask(&w, j, p->req.output, i, i / (j->per_prompt ? j->per_prompt : 1)) != 0) {
+            failed_mask = i;
+            break;
+        }
+    srv_jw_end(&w);
+    /* the masks are in the text (or will not be): give their memory back now */
+    srv_job_free_results(j);
+    srv_jw_key(&w, "multimask");
+    srv_jw_bool(&w, j->per_prompt == 3);
+    srv_jw_key(&w, "timings_ms");
+    srv_jw_object(&w);
+    write_ms(&w, "decode", j->t.decode);
+    write_ms(&w, "queue", j->t.queue);
+    write_ms(&w, "encode", j->t.encode);
+    write_ms(&w, "adapter", j->t.adapter);
+    write_ms(&w, "decode_masks", j->t.decode_masks);
+    write_ms(&w, "postprocess", j->t.postprocess);
+    write_ms(&w, "total", (srv_now() - t_start) * 1e3);
+    srv_jw_end(&w);
+    srv_jw_end(&w);
+    if (failed_mask >= 0) {
+        srv_jw_free(&w);
+        srv_reply_errorf(out, 500, "", "encoding mask %d failed: %s", failed_mask,
+                         eng_last_error());
+        return;
+    }
+    switch (srv_jw_error(&w)) {
+    case SRV_JW_OK:
+        break;
+    case SRV_JW_LIMIT:
+        srv_jw_free(&w);
+        srv_metrics_add(&srv->metrics->rejected_response_size, 1);
+        srv_reply_errorf(out, 413, "output",
+                         "the response would be larger than max-response-bytes (%lld bytes): ask "
+                         "for fewer masks (fewer boxes, multimask false) or output \"rle\"",
+                         (long long)limit);
+        return;
+    case SRV_JW_NOMEM:
+        srv_jw_free(&w);
+        srv_reply_errorf(out, 503, "", "out of memory for the response; retry later");
+        return;
+    default:
+        srv_jw_free(&w);
+        srv_reply_errorf(out, 500, "", "encoding the response failed");
+        return;
+    }
+    /* newline-terminated like every JSON answer (reply_json); the newline
+     * does not count against the limit */
+    w.limit = 0;
+    srv_jw_raw(&w, "\n", 1);
+    if (srv_jw_error(&w)) {
+        srv_jw_free(&w);
+        srv_reply_errorf(out, 503, "", "out of memory for the response; retry later");
+        return;
+    }
+    memset(out, 0, sizeof *out);
+    out->status = 200;
+    out->content_type = JSON_TYPE;
+    out->body = w.buf;
+    out->len = w.len;
 }
 
 void srv_routes_post_finish(srv_server *srv, srv_route route, srv_post *p, double t_start,
                             srv_reply *out)
 {
     srv_job *j = &p->job;
-    json_t *o, *masks;
+    json_t *o;
     memset(out, 0, sizeof *out);
     if (j->status != 200) {
         srv_reply_error(out, &j->err);
@@ -797,40 +984,22 @@ void srv_routes_post_finish(srv_server *srv, srv_route route, srv_post *p, doubl
         reply_json(out, 200, o);
         return;
     }
-    json_t *cache = json_pack("{s:s,s:s?}", "embedding", j->cache_hit ? "hit" : "miss", "tier",
-                              j->tier == SRV_TIER_MEMORY ? "memory"
-                              : j->tier == SRV_TIER_DISK ? "disk"
-                                                         : NULL);
-    o = json_pack("{s:s,s:i,s:i,s:o}", "image_id", j->sha, "width", j->info.orig_w, "height",
-                  j->info.orig_h, "cache", cache);
+    if (route == SRV_ROUTE_SEGMENT) {
+        srv__routes_segment_reply(srv, p, t_start, out);
+        return;
+    }
+    o = json_pack("{s:s,s:i,s:i,s:{s:s,s:s?}}", "image_id", j->sha, "width", j->info.orig_w,
+                  "height", j->info.orig_h, "cache", "embedding", j->cache_hit ? "hit" : "miss",
+                  "tier",
+                  j->tier == SRV_TIER_MEMORY ? "memory"
+                  : j->tier == SRV_TIER_DISK ? "disk"
+                                             : NULL);
     if (!o) {
         srv_reply_errorf(out, 500, "", "out of memory");
         return;
     }
-    if (j->task && j->ad_source != SRV_AD_NONE)
-        json_object_set_new(o, "adapter",
-                            json_pack("{s:s,s:s,s:s,s:s,s:s}", "id", j->ad_meta.id,
-                                      "task_normalized", j->ad_meta.task_normalized, "source",
-                                      srv_adapter_source_name(j->ad_source), "hypernet_id",
-                                      j->ad_meta.hypernet_id, "hypernet_version",
-                                      j->ad_meta.hypernet_version));
-    if (route == SRV_ROUTE_SEGMENT) {
-        masks = json_array();
-        json_object_set_new(o, "masks", masks);
-        for (int i = 0; i < j->n_masks; i++) {
-            json_t *m = mask_json(j, p->req.output, i, i / (j->per_prompt ? j->per_prompt : 1));
-            if (!m) {
-                json_decref(o);
-                srv_reply_errorf(out, 500, "", "encoding mask %d failed: %s", i, eng_last_error());
-                return;
-            }
-            json_array_append_new(masks, m);
-        }
-        json_object_set_new(o, "multimask", json_boolean(j->per_prompt == 3));
-    } else {
-        json_object_set_new(o, "model_id", json_string(srv->sched->info.model_id));
-        json_object_set_new(o, "precision", json_string(srv->sched->info.precision));
-    }
+    json_object_set_new(o, "model_id", json_string(srv->sched->info.model_id));
+    json_object_set_new(o, "precision", json_string(srv->sched->info.precision));
     json_object_set_new(o, "timings_ms",
                         json_pack("{s:o,s:o,s:o,s:o,s:o,s:o,s:o}", "decode", num3(j->t.decode),
                                   "queue", num3(j->t.queue), "encode", num3(j->t.encode), "adapter",

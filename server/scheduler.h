@@ -156,6 +156,16 @@ int srv_sched_submit(srv_sched *s, srv_job *j);
 /* Complete queued jobs whose deadline has passed with 504. Any thread. */
 void srv_sched_expire(srv_sched *s);
 
+/* Drop job j if it is still waiting in the queue (its client has gone):
+ * completes it with 499 through `done` and returns 1; returns 0 when it is
+ * not queued (the worker has it, or it is complete). Any thread; j must be
+ * alive (its owner frees it only after `done`). */
+int srv_sched_cancel(srv_sched *s, srv_job *j);
+
+/* 1 when the queue holds queue-depth jobs: a submit now would get 429.
+ * Lets the HTTP layer refuse before it reads or decodes anything. */
+int srv_sched_full(srv_sched *s);
+
 /* Stop accepting jobs; drain = 1 lets the worker finish the queue, 0 fails
  * queued jobs with 503. Returns at once. */
 void srv_sched_stop(srv_sched *s, int drain);
