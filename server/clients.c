@@ -38,8 +38,7 @@ void srv_client_key_of(const struct sockaddr *sa, socklen_t len, srv_client_key 
         const struct sockaddr_in *a = (const struct sockaddr_in *)sa;
         k->b[10] = k->b[11] = 0xff;
         memcpy(k->b + 12, &a->sin_addr, 4);
-    } else if (sa && sa->sa_family == AF_INET6 &&
-               len >= (socklen_t)sizeof(struct sockaddr_in6)) {
+    } else if (sa && sa->sa_family == AF_INET6 && len >= (socklen_t)sizeof(struct sockaddr_in6)) {
         const struct sockaddr_in6 *a = (const struct sockaddr_in6 *)sa;
         memcpy(k->b, &a->sin6_addr, 16);
         /* an IPv4-mapped address is that IPv4 client; others by /64 */
@@ -190,8 +189,7 @@ int srv_clients_conns(srv_clients *t, const srv_client_key *k)
     return n;
 }
 
-int srv_clients_take(srv_clients *t, const srv_client_key *k, double rate, double burst,
-                     double now)
+int srv_clients_take(srv_clients *t, const srv_client_key *k, double rate, double burst, double now)
 {
     int wait = 0;
     if (rate <= 0)

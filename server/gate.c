@@ -35,17 +35,17 @@
 #include "server/log.h"
 #include "server/routes.h"
 
-#define OUT_CAP    (32 * 1024)  /* libmicrohttpd -> client buffer */
-#define IN_SPARE   (16 * 1024)  /* `in` holds a whole head plus this much */
-#define LINGER_S   2.0          /* reading and discarding after an error reply */
+#define OUT_CAP     (32 * 1024) /* libmicrohttpd -> client buffer */
+#define IN_SPARE    (16 * 1024) /* `in` holds a whole head plus this much */
+#define LINGER_S    2.0         /* reading and discarding after an error reply */
 #define FAIL_WAIT_S 120.0       /* longest wait for earlier responses before an error */
 
 struct srv_gate_link {
-    int refs;               /* atomic: the gate's and libmicrohttpd's */
-    int mhd_fd;             /* libmicrohttpd's end of the socketpair */
-    int taken;              /* libmicrohttpd holds it (under the gate's mu) */
-    uint64_t completed;     /* atomic: requests libmicrohttpd completed */
-    srv_gate_link *next;    /* registry of links not yet taken (gate's mu) */
+    int refs;            /* atomic: the gate's and libmicrohttpd's */
+    int mhd_fd;          /* libmicrohttpd's end of the socketpair */
+    int taken;           /* libmicrohttpd holds it (under the gate's mu) */
+    uint64_t completed;  /* atomic: requests libmicrohttpd completed */
+    srv_gate_link *next; /* registry of links not yet taken (gate's mu) */
 };
 
 typedef enum phase {
@@ -66,54 +66,54 @@ typedef struct gend {
 } gend;
 
 struct gconn {
-    int cfd;                   /* client socket */
-    int mfd;                   /* our end of the socketpair, -1 before the first head */
-    gend ec, em;               /* epoll tags */
-    uint32_t ev_c, ev_m;       /* registered interest (0: not registered) */
-    srv_client_key key;        /* for the per-client count */
-    char peer[64];             /* printable client address */
+    int cfd;                      /* client socket */
+    int mfd;                      /* our end of the socketpair, -1 before the first head */
+    gend ec, em;                  /* epoll tags */
+    uint32_t ev_c, ev_m;          /* registered interest (0: not registered) */
+    srv_client_key key;           /* for the per-client count */
+    char peer[64];                /* printable client address */
     struct sockaddr_storage addr; /* the client's address, handed to libmicrohttpd */
     socklen_t addrlen;
-    uint8_t *in;               /* client bytes (see the top of the file) */
+    uint8_t *in; /* client bytes (see the top of the file) */
     size_t in_ok, in_len, in_cap;
-    size_t scanned;            /* srv_h1_head_scan position within the current head */
-    uint8_t *out;              /* libmicrohttpd bytes (or our reply) for the client */
-    size_t out_off, out_len;   /* pending = out[out_off..out_len) */
-    phase ph;                  /* state */
-    srv_h1_body body;          /* framing of the current body */
-    double t_head;             /* when the current head began (0: idle, no bytes yet) */
-    double t_body;             /* when the current body began */
-    double t_phase;            /* when PH_FAIL / PH_LINGER began */
-    uint64_t forwarded;        /* heads handed to libmicrohttpd */
-    uint64_t need;             /* PH_FAIL: completions to wait for */
-    srv_gate_link *link;       /* shared with libmicrohttpd (NULL before the first head) */
-    int err_status;            /* the pending error */
+    size_t scanned;          /* srv_h1_head_scan position within the current head */
+    uint8_t *out;            /* libmicrohttpd bytes (or our reply) for the client */
+    size_t out_off, out_len; /* pending = out[out_off..out_len) */
+    phase ph;                /* state */
+    srv_h1_body body;        /* framing of the current body */
+    double t_head;           /* when the current head began (0: idle, no bytes yet) */
+    double t_body;           /* when the current body began */
+    double t_phase;          /* when PH_FAIL / PH_LINGER began */
+    uint64_t forwarded;      /* heads handed to libmicrohttpd */
+    uint64_t need;           /* PH_FAIL: completions to wait for */
+    srv_gate_link *link;     /* shared with libmicrohttpd (NULL before the first head) */
+    int err_status;          /* the pending error */
     char err_msg[256];
-    int mhd_hup;               /* libmicrohttpd's end hung up: drained, no longer polled */
-    int reg_m;                 /* mfd is registered with epoll */
-    int dead;                  /* freed at the end of the event batch */
-    gconn *prev, *next;        /* all connections (or the dead list) */
+    int mhd_hup;        /* libmicrohttpd's end hung up: drained, no longer polled */
+    int reg_m;          /* mfd is registered with epoll */
+    int dead;           /* freed at the end of the event batch */
+    gconn *prev, *next; /* all connections (or the dead list) */
 };
 
 struct srv_gate {
-    srv_server *srv;          /* borrowed */
-    struct MHD_Daemon *d;     /* borrowed */
-    srv_clients *clients;     /* borrowed */
-    int listen_fd;            /* -1 once quiesced */
-    int epfd;                 /* the event loop */
-    int wake_fd;              /* eventfd: quiesce / stop */
-    gend e_listen, e_wake;    /* epoll tags */
-    pthread_t thread;         /* the loop */
-    int started;              /* thread exists */
-    int stop;                 /* atomic: leave the loop */
-    int quiesce;              /* atomic: close the listening socket */
-    int n_conns;              /* atomic: connections held */
-    gconn *conns;             /* list of them (gate thread only) */
-    gconn *dead;              /* closed during this event batch, freed after it */
-    uint64_t refused;         /* connections refused since the last log line */
-    double t_refused_log;     /* when that line was written */
-    pthread_mutex_t mu;       /* guards the link registry */
-    srv_gate_link *links;     /* links registered, not yet taken */
+    srv_server *srv;       /* borrowed */
+    struct MHD_Daemon *d;  /* borrowed */
+    srv_clients *clients;  /* borrowed */
+    int listen_fd;         /* -1 once quiesced */
+    int epfd;              /* the event loop */
+    int wake_fd;           /* eventfd: quiesce / stop */
+    gend e_listen, e_wake; /* epoll tags */
+    pthread_t thread;      /* the loop */
+    int started;           /* thread exists */
+    int stop;              /* atomic: leave the loop */
+    int quiesce;           /* atomic: close the listening socket */
+    int n_conns;           /* atomic: connections held */
+    gconn *conns;          /* list of them (gate thread only) */
+    gconn *dead;           /* closed during this event batch, freed after it */
+    uint64_t refused;      /* connections refused since the last log line */
+    double t_refused_log;  /* when that line was written */
+    pthread_mutex_t mu;    /* guards the link registry */
+    srv_gate_link *links;  /* links registered, not yet taken */
 };
 
 static int64_t opt(srv_gate *g, srv_opt_id id) { return srv_config_int(g->srv->cfg, id); }
@@ -295,8 +295,7 @@ static void refuse(srv_gate *g, int fd, const char *peer, int status, const char
     double now = srv_now();
     if (now - g->t_refused_log >= 10) {
         srv_log_warn("gate: refused %llu connection%s (latest: %s: %d %s)",
-                     (unsigned long long)g->refused, g->refused == 1 ? "" : "s", peer, status,
-                     msg);
+                     (unsigned long long)g->refused, g->refused == 1 ? "" : "s", peer, status, msg);
         g->refused = 0;
         g->t_refused_log = now;
     }
@@ -359,8 +358,7 @@ static int attach(srv_gate *g, gconn *c)
     c->link = l;
     c->mfd = sv[0];
     /* libmicrohttpd owns (and closes) sv[1] from here, even on failure */
-    if (MHD_add_connection(g->d, sv[1], (const struct sockaddr *)&c->addr, c->addrlen) !=
-        MHD_YES) {
+    if (MHD_add_connection(g->d, sv[1], (const struct sockaddr *)&c->addr, c->addrlen) != MHD_YES) {
         srv_log_warn("gate: %s: libmicrohttpd refused the connection: %s", c->peer,
                      strerror(errno));
         close_mhd_side(g, c);
@@ -448,8 +446,8 @@ static void forward(srv_gate *g, gconn *c)
 static int flush_client(gconn *c)
 {
     while (c->out_off < c->out_len) {
-        ssize_t n = send(c->cfd, c->out + c->out_off, c->out_len - c->out_off,
-                         MSG_NOSIGNAL | MSG_DONTWAIT);
+        ssize_t n =
+            send(c->cfd, c->out + c->out_off, c->out_len - c->out_off, MSG_NOSIGNAL | MSG_DONTWAIT);
         if (n < 0 && errno == EINTR)
             continue;
         if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK))
@@ -509,8 +507,8 @@ static void maybe_reply(srv_gate *g, gconn *c, double now)
         c->out_len -= c->out_off;
         c->out_off = 0;
     }
-    c->out_len += error_response((char *)c->out + c->out_len, OUT_CAP - c->out_len,
-                                 c->err_status, c->err_status == 503 ? 1 : 0, c->err_msg);
+    c->out_len += error_response((char *)c->out + c->out_len, OUT_CAP - c->out_len, c->err_status,
+                                 c->err_status == 503 ? 1 : 0, c->err_msg);
     srv_log_info("gate: %s: %d %s", c->peer, c->err_status, c->err_msg);
     srv_metrics_request(g->srv->metrics, SRV_ROUTE_OTHER, c->err_status,
                         now - (c->t_head ? c->t_head : c->t_phase));
@@ -602,8 +600,8 @@ static void on_accept(srv_gate *g, double now)
         int maxc = (int)opt(g, SRV_OPT_MAX_CONNECTIONS);
         if (__atomic_load_n(&g->n_conns, __ATOMIC_RELAXED) >= maxc) {
             char msg[160];
-            snprintf(msg, sizeof msg, "the server holds max-connections (%d) connections; retry later",
-                     maxc);
+            snprintf(msg, sizeof msg,
+                     "the server holds max-connections (%d) connections; retry later", maxc);
             refuse(g, fd, peer, 503, msg);
             continue;
         }

@@ -57,8 +57,7 @@ long srv_h1_head_scan(const uint8_t *buf, size_t len, size_t *scanned, size_t ma
             if (!memchr(buf, '\n', i))
                 return fail(e, 414, "the request line is longer than max-header-bytes (%zu)",
                             max_head);
-            return fail(e, 431, "the request head is larger than max-header-bytes (%zu)",
-                        max_head);
+            return fail(e, 431, "the request head is larger than max-header-bytes (%zu)", max_head);
         }
     }
     *scanned = i;
@@ -180,8 +179,9 @@ int srv_h1_parse_head(const uint8_t *buf, size_t head_len, uint64_t max_body, sr
     }
     args += query && any;
     if (i == ts || i >= n || p[i] != ' ')
-        return fail(e, 400, "malformed request line: the target must be printable ASCII without "
-                            "spaces");
+        return fail(e, 400,
+                    "malformed request line: the target must be printable ASCII without "
+                    "spaces");
     if (p[ts] != '/' && !(i - ts == 1 && p[ts] == '*' && !strcmp(h->method, "OPTIONS")))
         return fail(e, 400, "the request target must be a path starting with '/'");
     if (args > SRV_H1_MAX_QUERY_ARGS)
@@ -241,8 +241,7 @@ int srv_h1_parse_head(const uint8_t *buf, size_t head_len, uint64_t max_body, sr
         if (cl_seen)
             return fail(e, 400, "both Content-Length and Transfer-Encoding: ambiguous framing");
         if (te.other[0])
-            return fail(e, 501, "Transfer-Encoding '%s' is not supported (only chunked)",
-                        te.other);
+            return fail(e, 501, "Transfer-Encoding '%s' is not supported (only chunked)", te.other);
         if (te.chunked != 1 || !te.last_chunk)
             return fail(e, 400, "chunked must be listed once, last, in Transfer-Encoding");
         h->chunked = 1;

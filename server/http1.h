@@ -28,7 +28,7 @@
 
 /* A refusal: the HTTP status and a one-line message for the client. */
 typedef struct srv_h1_error {
-    int status;       /* 400, 408, 413, 414, 431, 501, 505 */
+    int status; /* 400, 408, 413, 414, 431, 501, 505 */
     char message[256];
 } srv_h1_error;
 
@@ -62,18 +62,18 @@ int srv_h1_parse_head(const uint8_t *buf, size_t head_len, uint64_t max_body, sr
 
 /* Body framing state of one request. */
 typedef struct srv_h1_body {
-    int chunked;      /* chunked framing (else Content-Length) */
-    int state;        /* chunked: where in the grammar we are */
-    int done;         /* 1 once the last byte of the body went by */
-    uint64_t left;    /* Content-Length bytes, or bytes of the current chunk, still to come */
-    uint64_t total;   /* chunked: data bytes so far */
-    uint64_t max;     /* max-body-bytes */
-    uint64_t size;    /* the chunk size being read */
-    int digits;       /* hex digits of it */
-    size_t line;      /* bytes of the current chunk-size or trailer line */
-    size_t trailers;  /* bytes of the trailer section */
-    int fields;       /* trailer fields */
-    int ext_quote;    /* inside a quoted chunk-extension value */
+    int chunked;     /* chunked framing (else Content-Length) */
+    int state;       /* chunked: where in the grammar we are */
+    int done;        /* 1 once the last byte of the body went by */
+    uint64_t left;   /* Content-Length bytes, or bytes of the current chunk, still to come */
+    uint64_t total;  /* chunked: data bytes so far */
+    uint64_t max;    /* max-body-bytes */
+    uint64_t size;   /* the chunk size being read */
+    int digits;      /* hex digits of it */
+    size_t line;     /* bytes of the current chunk-size or trailer line */
+    size_t trailers; /* bytes of the trailer section */
+    int fields;      /* trailer fields */
+    int ext_quote;   /* inside a quoted chunk-extension value */
 } srv_h1_body;
 
 /* Start the body of the request whose head is h. */

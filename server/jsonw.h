@@ -28,14 +28,14 @@ typedef enum srv_jw_status {
 } srv_jw_status;
 
 typedef struct srv_jw {
-    char *buf;                   /* the text (malloc'd; NUL-terminated when ok) */
-    size_t len, cap;             /* bytes used / allocated */
-    size_t limit;                /* most bytes allowed (0: no limit) */
-    srv_jw_status status;        /* first failure */
-    int depth;                   /* open objects and arrays */
-    int count[SRV_JW_DEPTH];     /* values written at each level (for commas) */
-    char close[SRV_JW_DEPTH];    /* '}' or ']' closing each level */
-    int after_key;               /* a key was written; its value comes next */
+    char *buf;                /* the text (malloc'd; NUL-terminated when ok) */
+    size_t len, cap;          /* bytes used / allocated */
+    size_t limit;             /* most bytes allowed (0: no limit) */
+    srv_jw_status status;     /* first failure */
+    int depth;                /* open objects and arrays */
+    int count[SRV_JW_DEPTH];  /* values written at each level (for commas) */
+    char close[SRV_JW_DEPTH]; /* '}' or ']' closing each level */
+    int after_key;            /* a key was written; its value comes next */
 } srv_jw;
 
 /* Start an empty writer with a byte limit (0: none). */
@@ -43,9 +43,9 @@ void srv_jw_init(srv_jw *w, size_t limit);
 /* Free the text (when the caller did not take it). */
 void srv_jw_free(srv_jw *w);
 
-void srv_jw_object(srv_jw *w);  /* { */
-void srv_jw_array(srv_jw *w);   /* [ */
-void srv_jw_end(srv_jw *w);     /* } or ] of the innermost open one */
+void srv_jw_object(srv_jw *w);               /* { */
+void srv_jw_array(srv_jw *w);                /* [ */
+void srv_jw_end(srv_jw *w);                  /* } or ] of the innermost open one */
 void srv_jw_key(srv_jw *w, const char *key); /* "key": inside an object */
 void srv_jw_string(srv_jw *w, const char *s, size_t n);
 void srv_jw_int(srv_jw *w, int64_t v);

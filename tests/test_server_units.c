@@ -61,7 +61,7 @@ static void test_config_layers(void)
     T_CHECK(srv_config_int(&c, SRV_OPT_MAX_BODY_BYTES) == 2097152, "quoted 2MiB");
     T_CHECK(srv_config_int(&c, SRV_OPT_MAX_PIXELS) == 40000000, "default 40M pixels");
     T_CHECK(!strcmp(srv_config_str(&c, SRV_OPT_LISTEN), "127.0.0.1:8080"), "default listen");
-    json_t *j = srv_config_to_json(&c);
+    json_t *j = srv_config_to_json(&c, 1);
     T_CHECK(json_integer_value(json_object_get(j, "queue-depth")) == 7, "json");
     T_CHECK(json_is_null(json_object_get(j, "admin-token")), "secret shown as null when unset");
     json_decref(j);
