@@ -119,6 +119,7 @@ static void on_signal(uv_signal_t *h, int signum)
         srv_cache_set_budget(ds->cache, srv_config_int(&ds->cfg, SRV_OPT_CACHE_BYTES));
         srv_cache_set_adapter_budget(ds->cache,
                                      srv_config_int(&ds->cfg, SRV_OPT_ADAPTER_CACHE_BYTES));
+        srv_cache_retry(ds->cache);
         srv_cache_maintain(ds->cache);
         return;
     }
@@ -209,7 +210,8 @@ int main(int argc, char **argv)
 
     if (srv_cache_open(&ds.cache, srv_config_str(&ds.cfg, SRV_OPT_STATE_DIR), ENG_SAM_EMB_FLOATS,
                        srv_config_int(&ds.cfg, SRV_OPT_CACHE_BYTES),
-                       (int)srv_config_int(&ds.cfg, SRV_OPT_GPU_CACHE_SLOTS), &ds.metrics, err,
+                       (int)srv_config_int(&ds.cfg, SRV_OPT_GPU_CACHE_SLOTS),
+                       (int)srv_config_int(&ds.cfg, SRV_OPT_CACHE_CORRUPT_KEEP), &ds.metrics, err,
                        sizeof err) != 0) {
         srv_log_error("%s", err);
         srv_config_free(&ds.cfg);

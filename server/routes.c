@@ -281,6 +281,15 @@ static json_t *info_json(srv_server *srv, int admin)
                   sqlite3_libversion(), "libuv", uv_version_string(), "hypernetwork",
                   hypernet_json(srv, ready, admin), "config", srv_config_to_json(cfg, admin),
                   "uptime_seconds", srv_now() - srv->t_start);
+    /* the disk tier may be down (a full or failing disk): say so; why, with
+     * its paths, for the admin */
+    char why[512];
+    int up = srv_cache_disk_status(srv->cache, why, sizeof why);
+    json_object_set_new(o, "cache",
+                        json_pack("{s:b,s:s?}", "disk_available", up, "disk_error",
+                                  up      ? NULL
+                                  : admin ? why
+                                          : "see the daemon's log"));
     return o;
 }
 

@@ -34,6 +34,7 @@ typedef struct worker {
     int max_batch;          /* images per encoder call */
     float *inputs;          /* [max_batch, 3, 1024, 1024] encoder inputs */
     float *embs;            /* [max_batch, 256, 64, 64] encoder outputs */
+    float *scratch;         /* [256, 64, 64] an embedding read from disk for the decoder */
     srv_job **batch;        /* jobs of the current batch */
     int batch_cap;          /* capacity of batch */
 } worker;
@@ -177,7 +178,8 @@ static int worker_load(worker *w)
     w->inputs = malloc((size_t)w->max_batch * IMG_FLOATS * sizeof(float));
     w->embs = malloc((size_t)w->max_batch * ENG_SAM_EMB_FLOATS * sizeof(float));
     w->batch = malloc((size_t)w->batch_cap * sizeof *w->batch);
-    if (!w->inputs || !w->embs || !w->batch) {
+    w->scratch = malloc(ENG_SAM_EMB_FLOATS * sizeof(float));
+    if (!w->inputs || !w->embs || !w->batch || !w->scratch) {
         snprintf(s->load_error, sizeof s->load_error, "out of memory for %d encoder inputs",
                  w->max_batch);
         return -1;
@@ -218,6 +220,7 @@ static void worker_unload(worker *w)
     free(w->inputs);
     free(w->embs);
     free(w->batch);
+    free(w->scratch);
     w->m = NULL;
     w->be = NULL;
 }
@@ -330,6 +333,8 @@ static void serve(worker *w, srv_job *j, const float *emb, int hit, srv_cache_ti
     for (int i = 0; i < pr->n; i++)
         pr->p[i].lora = NULL;
     srv_adapter_cache_release(w->ads, lora);
+    if (rc == 0) /* the engine keeps it under j->sha now */
+        srv_cache_note_resident(s->cache, j->sha, info.orig_w, info.orig_h);
     j->t.decode_masks = tm.decode_ms;
     j->t.postprocess = tm.postprocess_ms;
     srv_hist_observe(&s->metrics->decoder_seconds, j->t.decode_masks * 1e-3);
@@ -423,8 +428,13 @@ static void run_batch(worker *w, char (*shas)[65], int n_shas, srv_job **jobs, i
         if (!ok[k])
             continue;
         const float *emb = w->embs + (size_t)slot[k] * ENG_SAM_EMB_FLOATS;
-        int first = 1;
-        if (rc == 0 && srv_cache_put(s->cache, shas[k], emb, ow[k], oh[k]) != 0)
+        int first = 1, decoded = 0;
+        /* a host copy only when no job of this batch decodes it (the
+         * decoder's device keeps the copy the others need) */
+        for (int i = 0; i < n_jobs; i++)
+            decoded |= jobs[i] && jobs[i]->kind == SRV_KIND_SEGMENT && jobs[i]->prompts &&
+                       strcmp(jobs[i]->sha, shas[k]) == 0;
+        if (rc == 0 && srv_cache_put(s->cache, shas[k], emb, ow[k], oh[k], !decoded) != 0)
             srv_log_warn("worker: could not store the embedding of %s", shas[k]);
         for (int i = 0; i < n_jobs; i++) {
             srv_job *j = jobs[i];
@@ -470,7 +480,16 @@ static void worker_loop(worker *w)
             serve_adapter_job(w, j);
             continue;
         }
-        rc = srv_cache_get(s->cache, j->sha, &emb, &ew, &eh, &tier);
+        if (eng_sam_embedding_resident(w->m, j->sha) && j->info.orig_w > 0 && j->info.orig_h > 0) {
+            /* on the decoder's device already: no copy needed */
+            srv_cache_touch(s->cache, j->sha);
+            srv_metrics_add(&s->metrics->cache_hits_mem, 1);
+            serve(w, j, NULL, 1, SRV_TIER_MEMORY);
+            continue;
+        }
+        emb = NULL;
+        rc = srv_cache_get(s->cache, j->sha, j->kind == SRV_KIND_EMBED ? NULL : w->scratch, &emb,
+                           &ew, &eh, &tier);
         if (rc == 0) {
             srv_metrics_add(tier == SRV_TIER_MEMORY ? &s->metrics->cache_hits_mem
                                                     : &s->metrics->cache_hits_disk,

@@ -406,6 +406,7 @@ static void test_cache(void)
     srv_metrics m;
     const size_t F = 1024; /* small embeddings for the test */
     float *e1 = malloc(F * sizeof(float)), *e2 = malloc(F * sizeof(float));
+    float *scratch = malloc(F * sizeof(float));
     for (size_t i = 0; i < F; i++) {
         e1[i] = (float)i;
         e2[i] = -(float)i;
@@ -413,11 +414,11 @@ static void test_cache(void)
     srv_metrics_init(&m);
     snprintf(dir, sizeof dir, "%s/cache1", g_tmp);
     /* budget: two entries; one memory slot */
-    T_REQUIRE(
-        srv_cache_open(&c, dir, F, (int64_t)(2 * F * sizeof(float)), 1, &m, err, sizeof err) == 0,
-        "open: %s", err);
+    T_REQUIRE(srv_cache_open(&c, dir, F, (int64_t)(2 * F * sizeof(float)), 1, 3, &m, err,
+                             sizeof err) == 0,
+              "open: %s", err);
     srv_cache *c2;
-    T_CHECK(srv_cache_open(&c2, dir, F, 1 << 20, 1, NULL, err, sizeof err) < 0 &&
+    T_CHECK(srv_cache_open(&c2, dir, F, 1 << 20, 1, 3, NULL, err, sizeof err) < 0 &&
                 strstr(err, "in use"),
             "second open of the same state dir: %s", err);
     const char *A = "aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa";
@@ -426,20 +427,32 @@ static void test_cache(void)
     const float *got;
     int w, h;
     srv_cache_tier tier;
-    T_CHECK(srv_cache_get(c, A, &got, &w, &h, &tier) == 1, "miss before set_model");
+    T_CHECK(srv_cache_get(c, A, scratch, &got, &w, &h, &tier) == 1, "miss before set_model");
     srv_cache_set_model(c, "test-model", "fp32");
-    T_CHECK(srv_cache_put(c, A, e1, 30, 20) == 0, "put A");
-    T_CHECK(srv_cache_put(c, B, e2, 31, 21) == 0, "put B");
-    /* A left the single memory slot: a disk hit with the right content */
-    T_CHECK(srv_cache_get(c, A, &got, &w, &h, &tier) == 0 && tier == SRV_TIER_DISK && w == 30 &&
-                h == 20 && got[5] == 5.0f,
+    T_CHECK(srv_cache_put(c, A, e1, 30, 20, 1) == 0, "put A");
+    /* a write still queued is visible at once */
+    T_CHECK(srv_cache_peek(c, A, &w, &h) == 1 && w == 30 && h == 20, "A queued or in memory");
+    T_CHECK(srv_cache_put(c, B, e2, 31, 21, 1) == 0, "put B");
+    srv_cache_flush(c);
+    /* A left the single host slot: a disk hit with the right content */
+    T_CHECK(srv_cache_get(c, A, scratch, &got, &w, &h, &tier) == 0 && tier == SRV_TIER_DISK &&
+                w == 30 && h == 20 && got == scratch && got[5] == 5.0f,
             "A from disk");
-    T_CHECK(srv_cache_get(c, A, &got, &w, &h, &tier) == 0 && tier == SRV_TIER_MEMORY,
-            "A from memory");
-    /* C evicts the least recently used (B) from disk */
-    T_CHECK(srv_cache_put(c, C, e1, 1, 1) == 0, "put C");
+    T_CHECK(srv_cache_get(c, B, scratch, &got, &w, &h, &tier) == 0 && tier == SRV_TIER_MEMORY &&
+                got != scratch && got[5] == -5.0f,
+            "B from its host copy");
+    /* decoded: the engine holds B; the host copy goes, the index stays */
+    srv_cache_note_resident(c, B, 31, 21);
+    T_CHECK(m.cache_bytes_mem == 0, "host copy of a resident embedding kept (%lld bytes)",
+            (long long)m.cache_bytes_mem);
+    T_CHECK(srv_cache_peek(c, B, &w, &h) == 1 && w == 31, "resident B known");
+    T_CHECK(srv_cache_get(c, A, scratch, &got, &w, &h, &tier) == 0, "A again");
+    /* C evicts the least recently used row (B) from disk */
+    T_CHECK(srv_cache_put(c, C, e1, 1, 1, 0) == 0, "put C");
+    srv_cache_flush(c);
     srv_cache_meta meta;
-    T_CHECK(srv_cache_meta_get(c, B, &meta) == 1, "B evicted");
+    T_CHECK(srv_cache_meta_get(c, B, &meta) == 0 && meta.in_memory && meta.created_ms == 0,
+            "B only in memory (resident) after its eviction from disk");
     T_CHECK(srv_cache_meta_get(c, A, &meta) == 0 && meta.hits == 2, "A kept, hits %lld",
             (long long)meta.hits);
     T_CHECK(m.cache_evictions == 1, "evictions %llu", (unsigned long long)m.cache_evictions);
@@ -456,18 +469,75 @@ static void test_cache(void)
                          NULL, NULL, NULL) == SQLITE_OK,
             "corrupt");
     sqlite3_close(s);
-    T_REQUIRE(srv_cache_open(&c, dir, F, 1 << 20, 0, &m, err, sizeof err) == 0, "reopen: %s", err);
+    T_REQUIRE(srv_cache_open(&c, dir, F, 1 << 20, 0, 3, &m, err, sizeof err) == 0, "reopen: %s",
+              err);
     srv_cache_set_model(c, "test-model", "fp32");
-    T_CHECK(srv_cache_get(c, A, &got, &w, &h, &tier) == 1, "corrupt row served");
+    T_CHECK(srv_cache_get(c, A, scratch, &got, &w, &h, &tier) == 1, "corrupt row served");
     T_CHECK(m.cache_corrupt == 1, "corrupt not counted");
+    srv_cache_flush(c);
     T_CHECK(srv_cache_meta_get(c, A, &meta) == 1, "corrupt row not dropped");
-    T_CHECK(srv_cache_get(c, C, &got, &w, &h, &tier) == 0 && got[7] == 7.0f, "C intact");
+    T_CHECK(srv_cache_get(c, C, scratch, &got, &w, &h, &tier) == 0 && got[7] == 7.0f, "C intact");
     /* another model id does not see C */
     srv_cache_set_model(c, "other-model", "fp32");
     T_CHECK(srv_cache_peek(c, C, &w, &h) == 0, "keyed by model id");
     srv_cache_close(c);
     free(e1);
     free(e2);
+    free(scratch);
+}
+
+/* A row whose stored image size could never have come from a decode (0
+ * wide, a billion pixels, 1 x 5000) is dropped on every path: peek (the
+ * upload and image_id paths), metadata and get. Only get checked before. */
+static void test_cache_impossible_size(void)
+{
+    char dir[512], err[512], db[600];
+    srv_cache *c;
+    srv_metrics m;
+    const size_t F = 256;
+    float *e = calloc(F, sizeof(float)), *scratch = malloc(F * sizeof(float));
+    static const char *const shas[3] = {
+        "1111111111111111111111111111111111111111111111111111111111111111",
+        "2222222222222222222222222222222222222222222222222222222222222222",
+        "3333333333333333333333333333333333333333333333333333333333333333"};
+    static const int sizes[3][2] = {{0, 20}, {100000, 100000}, {1, 5000}};
+    srv_metrics_init(&m);
+    snprintf(dir, sizeof dir, "%s/cache-dims", g_tmp);
+    T_REQUIRE(srv_cache_open(&c, dir, F, 1 << 20, 0, 3, &m, err, sizeof err) == 0, "open: %s", err);
+    srv_cache_set_model(c, "test-model", "fp32");
+    for (int i = 0; i < 3; i++)
+        srv_cache_put(c, shas[i], e, 10, 10, 0);
+    srv_cache_close(c);
+    sqlite3 *s;
+    snprintf(db, sizeof db, "%s/cache.db", dir);
+    T_REQUIRE(sqlite3_open(db, &s) == SQLITE_OK, "sqlite open");
+    for (int i = 0; i < 3; i++) {
+        char sql[256];
+        snprintf(sql, sizeof sql,
+                 "UPDATE embedding SET width=%d, height=%d WHERE image_sha256='%s'", sizes[i][0],
+                 sizes[i][1], shas[i]);
+        T_CHECK(sqlite3_exec(s, sql, NULL, NULL, NULL) == SQLITE_OK, "tamper %d", i);
+    }
+    sqlite3_close(s);
+    T_REQUIRE(srv_cache_open(&c, dir, F, 1 << 20, 0, 3, &m, err, sizeof err) == 0, "reopen: %s",
+              err);
+    srv_cache_set_model(c, "test-model", "fp32");
+    int w = 7, h = 7;
+    const float *got;
+    srv_cache_tier tier;
+    srv_cache_meta meta;
+    T_CHECK(srv_cache_peek(c, shas[0], &w, &h) == 0, "peek served a 0-wide row");
+    T_CHECK(srv_cache_meta_get(c, shas[1], &meta) == 1, "metadata of a 10-gigapixel row");
+    T_CHECK(srv_cache_get(c, shas[2], scratch, &got, &w, &h, &tier) == 1,
+            "get served a 1x5000 row");
+    srv_cache_flush(c);
+    T_CHECK(m.cache_corrupt == 3, "%llu impossible rows counted, want 3",
+            (unsigned long long)m.cache_corrupt);
+    T_CHECK(m.cache_entries_disk == 0, "%lld rows left, want 0 (dropped)",
+            (long long)m.cache_entries_disk);
+    srv_cache_close(c);
+    free(e);
+    free(scratch);
 }
 
 static void test_request_task(void)
@@ -557,7 +627,8 @@ static void test_adapter_rows(void)
         blob[i] = (uint8_t)(i * 13 + 1);
     srv_metrics_init(&m);
     snprintf(dir, sizeof dir, "%s/adapters", g_tmp);
-    T_REQUIRE(srv_cache_open(&c, dir, 16, 1 << 20, 0, &m, err, sizeof err) == 0, "open: %s", err);
+    T_REQUIRE(srv_cache_open(&c, dir, 16, 1 << 20, 0, 3, &m, err, sizeof err) == 0, "open: %s",
+              err);
     ad_meta(&a, 'a', "task a");
     ad_meta(&b, 'b', "task b");
     ad_meta(&d, 'd', "task d");
@@ -576,6 +647,7 @@ static void test_adapter_rows(void)
     out = NULL;
     /* d evicts the least recently used: b */
     T_CHECK(srv_cache_adapter_put(c, &d, blob, sizeof blob) == 0, "put d");
+    srv_cache_flush(c);
     T_CHECK(srv_cache_adapter_meta(c, b.id, &got) == 1, "b was not evicted");
     T_CHECK(srv_cache_adapter_meta(c, a.id, &got) == 0 && got.hits == 1,
             "a (used last) was evicted");
@@ -607,15 +679,18 @@ static void test_adapter_rows(void)
                          NULL, NULL, NULL) == SQLITE_OK,
             "corrupt");
     sqlite3_close(s);
-    T_REQUIRE(srv_cache_open(&c, dir, 16, 1 << 20, 0, &m, err, sizeof err) == 0, "reopen: %s", err);
+    T_REQUIRE(srv_cache_open(&c, dir, 16, 1 << 20, 0, 3, &m, err, sizeof err) == 0, "reopen: %s",
+              err);
     srv_cache_set_adapter_budget(c, 1 << 20);
     T_CHECK(srv_cache_adapter_get(c, d.id, 1, &out, &len, NULL) == 1, "corrupt adapter served");
     T_CHECK(m.adapter_corrupt == 1, "corrupt adapter not counted");
+    srv_cache_flush(c);
     T_CHECK(srv_cache_adapter_meta(c, d.id, &got) == 1, "corrupt row kept");
     T_CHECK(srv_cache_adapter_get(c, a.id, 0, &out, &len, &got) == 0 && got.hits == 1,
             "a survives (and no hit counted without touch)");
     free(out);
     srv_cache_adapter_touch(c, a.id);
+    srv_cache_flush(c);
     T_CHECK(srv_cache_adapter_meta(c, a.id, &got) == 0 && got.hits == 2, "touch");
     T_CHECK(srv_cache_adapter_clear(c) == 1, "clear");
     T_CHECK(srv_cache_adapter_meta(c, a.id, &got) == 1 && m.adapter_entries_disk == 0,
@@ -646,7 +721,8 @@ static void test_cache_upgrade_v1(void)
     T_REQUIRE(sqlite3_exec(s, sql, NULL, NULL, NULL) == SQLITE_OK, "v1 database: %s",
               sqlite3_errmsg(s));
     sqlite3_close(s);
-    T_REQUIRE(srv_cache_open(&c, dir, 16, 1 << 20, 0, NULL, err, sizeof err) == 0, "open: %s", err);
+    T_REQUIRE(srv_cache_open(&c, dir, 16, 1 << 20, 0, 3, NULL, err, sizeof err) == 0, "open: %s",
+              err);
     srv_cache_set_model(c, "m", "fp32");
     char sha[65];
     snprintf(sha, sizeof sha, "%064d", 7);
@@ -711,6 +787,7 @@ int main(void)
     T_RUN(test_multipart_quoted_params);
     T_RUN(test_schema_file_matches);
     T_RUN(test_cache);
+    T_RUN(test_cache_impossible_size);
     T_RUN(test_request_task);
     T_RUN(test_adapter_rows);
     T_RUN(test_cache_upgrade_v1);
