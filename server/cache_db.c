@@ -509,6 +509,8 @@ static int open_disk(srv_cache *c, char *why, size_t whylen)
     if (rc != 0)
         return rc;
     rc = try_open(c, why, whylen);
+    if (rc == 2 && c->m)
+        srv_metrics_add(&c->m->cache_io_errors, 1);
     if (rc == 1) {
         sqlite3_close(c->wdb);
         c->wdb = NULL;

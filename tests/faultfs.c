@@ -117,28 +117,28 @@ ssize_t read(int fd, void *buf, size_t n)
 {
     if (fault(fd, 0, 0))
         return -1;
-    return REAL("read", ssize_t (*)(int, void *, size_t))(fd, buf, n);
+    return REAL("read", ssize_t(*)(int, void *, size_t))(fd, buf, n);
 }
 
 ssize_t pread64(int fd, void *buf, size_t n, off_t off)
 {
     if (fault(fd, 0, 0))
         return -1;
-    return REAL("pread64", ssize_t (*)(int, void *, size_t, off_t))(fd, buf, n, off);
+    return REAL("pread64", ssize_t(*)(int, void *, size_t, off_t))(fd, buf, n, off);
 }
 
 ssize_t write(int fd, const void *buf, size_t n)
 {
     if (fault(fd, 1, 0))
         return -1;
-    return REAL("write", ssize_t (*)(int, const void *, size_t))(fd, buf, n);
+    return REAL("write", ssize_t(*)(int, const void *, size_t))(fd, buf, n);
 }
 
 ssize_t pwrite64(int fd, const void *buf, size_t n, off_t off)
 {
     if (fault(fd, 1, 0))
         return -1;
-    return REAL("pwrite64", ssize_t (*)(int, const void *, size_t, off_t))(fd, buf, n, off);
+    return REAL("pwrite64", ssize_t(*)(int, const void *, size_t, off_t))(fd, buf, n, off);
 }
 
 int ftruncate64(int fd, off_t len)
