@@ -41,6 +41,12 @@ long srv_h1_head_scan(const uint8_t *buf, size_t len, size_t *scanned, size_t ma
     size_t i = *scanned;
     for (; i < len; i++) {
         uint8_t c = buf[i];
+        if (i + 1 > max_head) {
+            if (!memchr(buf, '\n', i))
+                return fail(e, 414, "the request line is longer than max-header-bytes (%zu)",
+                            max_head);
+            return fail(e, 431, "the request head is larger than max-header-bytes (%zu)", max_head);
+        }
         if (i > 0 && buf[i - 1] == '\r' && c != '\n')
             return fail(e, 400, "a CR not followed by LF in the request head");
         if (c == '\n') {
@@ -52,12 +58,6 @@ long srv_h1_head_scan(const uint8_t *buf, size_t len, size_t *scanned, size_t ma
             }
         } else if ((c < 0x20 && c != '\t' && c != '\r') || c == 0x7f) {
             return fail(e, 400, "control character 0x%02x in the request head", c);
-        }
-        if (i + 1 > max_head) {
-            if (!memchr(buf, '\n', i))
-                return fail(e, 414, "the request line is longer than max-header-bytes (%zu)",
-                            max_head);
-            return fail(e, 431, "the request head is larger than max-header-bytes (%zu)", max_head);
         }
     }
     *scanned = i;

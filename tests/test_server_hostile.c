@@ -246,8 +246,8 @@ static void test_response_limit(void)
     int st;
     NEED_DAEMON();
     write_request(path, sizeof path, g_dog_b64,
-                  json_pack("{s:[[i,i,i,i],[i,i,i,i],[i,i,i,i],[i,i,i,i]],s:s}", "boxes", 0, 0,
-                            800, 534, 0, 0, 800, 534, 0, 0, 800, 534, 0, 0, 800, 534, "output",
+                  json_pack("{s:[[i,i,i,i],[i,i,i,i],[i,i,i,i],[i,i,i,i]],s:s}", "boxes", 0, 0, 800,
+                            534, 0, 0, 800, 534, 0, 0, 800, 534, 0, 0, 800, 534, "output",
                             "polygon"));
     json_t *r = http_json(g_d.port, "POST", "/v1/segment", "application/json", path, NULL, &st);
     json_t *e = json_object_get(r, "error");
@@ -259,8 +259,8 @@ static void test_response_limit(void)
     write_request(path, sizeof path, g_dog_b64,
                   json_pack("{s:[[i,i,i]],s:b}", "points", 400, 294, 1, "multimask", 0));
     r = http_json(g_d.port, "POST", "/v1/segment", "application/json", path, NULL, &st);
-    T_CHECK(st == 200 && json_array_size(json_object_get(r, "masks")) == 1,
-            "one small mask: %d", st);
+    T_CHECK(st == 200 && json_array_size(json_object_get(r, "masks")) == 1, "one small mask: %d",
+            st);
     if (g_golden && st == 200)
         T_CHECK(check_masks(r, "point1_single", 1, 1), "masks differ from the golden");
     json_decref(r);
@@ -324,8 +324,8 @@ static void test_slowloris(void)
     for (int i = 0; i < N; i++)
         if (fds[i] >= 0)
             close(fds[i]);
-    fprintf(stderr, "  slowloris: %d 408, %d 429, /healthz %d/%d ok, slowest %.0f ms\n", n408,
-            n429, health_ok, health_n, worst * 1e3);
+    fprintf(stderr, "  slowloris: %d 408, %d 429, /healthz %d/%d ok, slowest %.0f ms\n", n408, n429,
+            health_ok, health_n, worst * 1e3);
     T_CHECK(n429 == N - 12, "%d connections over the per-client limit refused, want %d", n429,
             N - 12);
     T_CHECK(n408 == 12, "%d trickling heads cut off with 408, want 12", n408);
@@ -472,8 +472,9 @@ static void test_malformed_http(void)
          400},
         {"Transfer-Encoding gzip",
          "POST /v1/segment HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: gzip\r\n\r\nabc", 501},
-        {"bad chunk", "POST /v1/segment HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\n\r\n"
-                      "5\r\nabcdeXX",
+        {"bad chunk",
+         "POST /v1/segment HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\n\r\n"
+         "5\r\nabcdeXX",
          400},
         {"chunk size over 2^64",
          "POST /v1/segment HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\n\r\n"
@@ -641,9 +642,15 @@ static void test_trust_model(void)
     int st;
     T_NEED_FIXTURES();
     snprintf(state, sizeof state, "%s/state-trust", g_tmp);
-    static const char *const args[] = {"--api-token", "client-tok", "--admin-token",
-                                       "admin-tok",   "--rate-limit", "1",
-                                       "--rate-burst", "3",          NULL};
+    static const char *const args[] = {"--api-token",
+                                       "client-tok",
+                                       "--admin-token",
+                                       "admin-tok",
+                                       "--rate-limit",
+                                       "1",
+                                       "--rate-burst",
+                                       "3",
+                                       NULL};
     T_REQUIRE(daemon_start(&d, state, 0, args) == 0, "start");
     double t0 = now_s();
     while (now_s() - t0 < 30 && http(d.port, "GET", "/readyz", NULL, NULL, NULL, NULL, NULL) != 200)
@@ -653,24 +660,24 @@ static void test_trust_model(void)
     T_CHECK(http(d.port, "GET", "/healthz", NULL, NULL, NULL, NULL, NULL) == 200, "healthz");
     T_CHECK(http(d.port, "GET", "/metrics", NULL, NULL, NULL, NULL, NULL) == 200, "metrics");
     expect_error(d.port, "GET", "/v1/info", NULL, NULL, NULL, 401, "", "info without a token");
-    expect_error(d.port, "GET", "/v1/info", NULL, NULL, "-H 'Authorization: Bearer nope'", 403,
-                 "", "info with a wrong token");
+    expect_error(d.port, "GET", "/v1/info", NULL, NULL, "-H 'Authorization: Bearer nope'", 403, "",
+                 "info with a wrong token");
     json_t *r = http_json(d.port, "GET", "/v1/info", NULL, NULL, CLIENT, &st);
     json_t *cfg = json_object_get(r, "config");
-    T_CHECK(st == 200 &&
-                !strcmp(json_string_value(json_object_get(cfg, "checkpoint")) ?: "", "<hidden>") &&
-                !strcmp(json_string_value(json_object_get(cfg, "state-dir")) ?: "", "<hidden>") &&
-                !strcmp(json_string_value(json_object_get(json_object_get(r, "model"),
-                                                          "checkpoint")) ?:
-                            "",
-                        "<hidden>") &&
-                json_integer_value(json_object_get(cfg, "rate-limit")) == 1,
-            "client's /v1/info: %d, paths hidden, limits shown", st);
+    T_CHECK(
+        st == 200 &&
+            !strcmp(json_string_value(json_object_get(cfg, "checkpoint")) ?: "", "<hidden>") &&
+            !strcmp(json_string_value(json_object_get(cfg, "state-dir")) ?: "", "<hidden>") &&
+            !strcmp(json_string_value(json_object_get(json_object_get(r, "model"), "checkpoint"))
+                        ?: "",
+                    "<hidden>") &&
+            json_integer_value(json_object_get(cfg, "rate-limit")) == 1,
+        "client's /v1/info: %d, paths hidden, limits shown", st);
     json_decref(r);
     r = http_json(d.port, "GET", "/v1/info", NULL, NULL, ADMIN, &st);
     cfg = json_object_get(r, "config");
-    T_CHECK(st == 200 && strstr(json_string_value(json_object_get(cfg, "state-dir")) ?: "",
-                                "state-trust"),
+    T_CHECK(st == 200 &&
+                strstr(json_string_value(json_object_get(cfg, "state-dir")) ?: "", "state-trust"),
             "admin's /v1/info shows the paths");
     json_decref(r);
     expect_error(d.port, "GET", "/v1/adapters", NULL, NULL, CLIENT, 403, "",
@@ -875,9 +882,9 @@ static void test_memory_after_burst(void)
         memset(&cl[i], 0, sizeof cl[i]);
         cl[i].port = d.port;
         cl[i].route = "/v1/segment";
-        write_request(cl[i].file, sizeof cl[i].file, NULL,
-                      json_pack("{s:s,s:O,s:s}", "image_id", id, "boxes", boxes, "output",
-                                "polygon"));
+        write_request(
+            cl[i].file, sizeof cl[i].file, NULL,
+            json_pack("{s:s,s:O,s:s}", "image_id", id, "boxes", boxes, "output", "polygon"));
     }
     json_decref(boxes);
     /* warm-up: the first decode allocates what every later one reuses */

@@ -6,6 +6,7 @@
  * checksums, paging, flush), the in-place schema upgrade and the metrics
  * text.
  */
+#include <dirent.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -18,6 +19,9 @@
 #include "server/log.h"
 #include "server/metrics.h"
 #include "server/request.h"
+#include "server/routes.h"
+#include "engine/image.h"
+#include "engine/rle.h"
 #include "tests/harness.h"
 
 #if defined(__GNUC__) && !defined(__clang__)
@@ -540,6 +544,39 @@ static void test_cache_impossible_size(void)
     free(scratch);
 }
 
+/* A corrupt database is moved aside at open; only the newest
+ * cache-corrupt-keep of those are kept (0: none). */
+static void test_cache_corrupt_keep(void)
+{
+    char dir[512], db[600], err[512];
+    srv_cache *c;
+    snprintf(dir, sizeof dir, "%s/corrupt-keep", g_tmp);
+    mkdir(dir, 0755);
+    snprintf(db, sizeof db, "%s/cache.db", dir);
+    for (int keep = 2; keep >= 0; keep -= 2) {
+        for (int i = 0; i < 4; i++) {
+            char junk[4096];
+            memset(junk, 'x' + i, sizeof junk);
+            memcpy(junk, "SQLite format 3", 16);
+            FILE *f = fopen(db, "wb");
+            fwrite(junk, 1, sizeof junk, f);
+            fclose(f);
+            T_REQUIRE(srv_cache_open(&c, dir, 16, 1 << 20, 0, keep, NULL, err, sizeof err) == 0,
+                      "open over a corrupt file: %s", err);
+            srv_cache_close(c);
+        }
+        int n = 0;
+        DIR *d = opendir(dir);
+        struct dirent *e;
+        while (d && (e = readdir(d)))
+            n += strncmp(e->d_name, "cache.db.corrupt-", 17) == 0 && !strstr(e->d_name, "-wal") &&
+                 !strstr(e->d_name, "-shm");
+        if (d)
+            closedir(d);
+        T_CHECK(n == keep, "%d corrupt files kept with cache-corrupt-keep %d", n, keep);
+    }
+}
+
 static void test_request_task(void)
 {
     srv_request r;
@@ -745,6 +782,215 @@ static void test_cache_upgrade_v1(void)
     T_CHECK(ver == SRV_CACHE_SCHEMA_VERSION && ver == 2, "user_version %d after the upgrade", ver);
 }
 
+/* ---- the streamed segment response against jansson ---- */
+
+/* The mask object as the daemon built it with jansson before it streamed
+ * its responses (an independent serializer: the reference). */
+static json_t *ref_mask(const srv_job *j, srv_output fmt, int i, int prompt)
+{
+    int w = j->info.orig_w, h = j->info.orig_h;
+    const uint8_t *mask = j->masks + (size_t)i * (size_t)w * (size_t)h;
+    eng_rle rle = {0};
+    char *counts = NULL;
+    double bbox[4];
+    eng_rle_encode(mask, h, w, &rle);
+    eng_rle_to_string(&rle, &counts);
+    eng_rle_bbox(&rle, bbox);
+    json_t *o =
+        json_pack("{s:i,s:[f,f,f,f],s:I,s:o,s:o}", "prompt", prompt, "bbox", bbox[0], bbox[1],
+                  bbox[2], bbox[3], "area", (json_int_t)eng_rle_area(&rle), "predicted_iou",
+                  json_real(j->iou[i]), "stability_score", json_real(j->stability[i]));
+    if (fmt == SRV_OUT_RLE) {
+        json_object_set_new(o, "rle", json_pack("{s:[i,i],s:s}", "size", h, w, "counts", counts));
+    } else if (fmt == SRV_OUT_PNG) {
+        uint8_t *pix = malloc((size_t)w * h), *png = NULL;
+        size_t plen = 0;
+        for (size_t k = 0; k < (size_t)w * h; k++)
+            pix[k] = mask[k] ? 255 : 0;
+        eng_png_encode(pix, w, h, 1, &png, &plen);
+        char *b64 = srv_base64_encode(png, plen);
+        json_object_set_new(o, "png", json_string(b64));
+        free(b64);
+        free(png);
+        free(pix);
+    } else {
+        eng_polygons polys = {0};
+        json_t *arr = json_array();
+        eng_mask_polygons(mask, h, w, &polys);
+        for (size_t k = 0; k < polys.n; k++) {
+            json_t *pa = json_array();
+            for (size_t v = 0; v < 2 * polys.polys[k].n; v++)
+                json_array_append_new(pa, json_integer(polys.polys[k].xy[v]));
+            json_array_append_new(arr, pa);
+        }
+        eng_polygons_free(&polys);
+        json_object_set_new(o, "polygons", arr);
+    }
+    free(counts);
+    eng_rle_free(&rle);
+    return o;
+}
+
+static json_t *num3(double v) { return json_real(round(v * 1000.0) / 1000.0); }
+
+/* The whole body, as json_dumps(JSON_COMPACT | JSON_REAL_PRECISION(6)) + "\n". */
+static char *ref_body(const srv_job *j, srv_output fmt)
+{
+    json_t *cache = json_pack("{s:s,s:s?}", "embedding", j->cache_hit ? "hit" : "miss", "tier",
+                              j->tier == SRV_TIER_MEMORY ? "memory"
+                              : j->tier == SRV_TIER_DISK ? "disk"
+                                                         : NULL);
+    json_t *o = json_pack("{s:s,s:i,s:i,s:o}", "image_id", j->sha, "width", j->info.orig_w,
+                          "height", j->info.orig_h, "cache", cache);
+    if (j->task && j->ad_source != SRV_AD_NONE)
+        json_object_set_new(o, "adapter",
+                            json_pack("{s:s,s:s,s:s,s:s,s:s}", "id", j->ad_meta.id,
+                                      "task_normalized", j->ad_meta.task_normalized, "source",
+                                      srv_adapter_source_name(j->ad_source), "hypernet_id",
+                                      j->ad_meta.hypernet_id, "hypernet_version",
+                                      j->ad_meta.hypernet_version));
+    json_t *masks = json_array();
+    json_object_set_new(o, "masks", masks);
+    for (int i = 0; i < j->n_masks; i++)
+        json_array_append_new(masks, ref_mask(j, fmt, i, i / j->per_prompt));
+    json_object_set_new(o, "multimask", json_boolean(j->per_prompt == 3));
+    json_object_set_new(o, "timings_ms",
+                        json_pack("{s:o,s:o,s:o,s:o,s:o,s:o,s:o}", "decode", num3(j->t.decode),
+                                  "queue", num3(j->t.queue), "encode", num3(j->t.encode), "adapter",
+                                  num3(j->t.adapter), "decode_masks", num3(j->t.decode_masks),
+                                  "postprocess", num3(j->t.postprocess), "total", num3(0)));
+    char *text = json_dumps(o, JSON_COMPACT | JSON_REAL_PRECISION(6));
+    json_decref(o);
+    char *nl = malloc(strlen(text) + 2);
+    sprintf(nl, "%s\n", text);
+    free(text);
+    return nl;
+}
+
+/* Contract: replaces the number after "total": (timings: it depends on the
+ * clock) with 0.0 in place. */
+static void zero_total(char *s)
+{
+    char *t = strstr(s, "\"total\":");
+    if (!t)
+        return;
+    t += 8;
+    char *e = t;
+    while (*e && *e != '}')
+        e++;
+    memmove(t + 3, e, strlen(e) + 1);
+    memcpy(t, "0.0", 3);
+}
+
+/* The streamed segment body is byte for byte what jansson gave, for every
+ * output, with values that exercise number formatting (integers as reals,
+ * exponents, negative zero) and string escaping (quotes, backslashes,
+ * control characters, UTF-8), and a small max-response-bytes gives 413. */
+static void test_segment_body_bytes(void)
+{
+    srv_config cfg;
+    srv_metrics m;
+    char err[512];
+    const char *args[] = {"--checkpoint", "x", NULL};
+    T_REQUIRE(load(&cfg, err, args) == 0, "config: %s", err);
+    srv_metrics_init(&m);
+    srv_server srv = {.cfg = &cfg, .metrics = &m};
+    const int W = 61, H = 37, N = 6;
+    static const float iou[6] = {1.0f, 0.5f, 1e-7f, -0.0f, 123.456789f, 0.987654321f};
+    static const float stab[6] = {0.0f, 1.0f, 0.25f, 3.0f, 1e6f, 2.5e-10f};
+    for (int fmt = SRV_OUT_RLE; fmt <= SRV_OUT_POLYGON; fmt++) {
+        srv_post p;
+        memset(&p, 0, sizeof p);
+        srv_job *j = &p.job;
+        p.req.output = (srv_output)fmt;
+        snprintf(j->sha, sizeof j->sha, "%064d", 42);
+        j->info.orig_w = W;
+        j->info.orig_h = H;
+        j->n_masks = N;
+        j->per_prompt = 3;
+        j->cache_hit = fmt != SRV_OUT_PNG;
+        j->tier = fmt == SRV_OUT_RLE ? SRV_TIER_DISK : SRV_TIER_NONE;
+        j->masks = malloc((size_t)N * W * H);
+        j->iou = malloc(N * sizeof(float));
+        j->stability = malloc(N * sizeof(float));
+        memcpy(j->iou, iou, sizeof iou);
+        memcpy(j->stability, stab, sizeof stab);
+        unsigned r = 7;
+        for (int k = 0; k < N; k++)
+            for (int y = 0; y < H; y++)
+                for (int x = 0; x < W; x++) {
+                    r = r * 1103515245u + 12345u;
+                    /* blobs, holes and speckle, different per mask */
+                    int in = (x - 10 * k) * (x - 10 * k) + (y - 15) * (y - 15) < 90 + 40 * k;
+                    j->masks[((size_t)k * H + y) * W + x] =
+                        (uint8_t)(k == 5 ? 0 : in ^ ((r >> 16) % 23 == 0));
+                }
+        if (fmt == SRV_OUT_POLYGON) {
+            j->task = "t";
+            j->ad_source = SRV_AD_CACHE_DISK;
+            snprintf(j->ad_meta.id, sizeof j->ad_meta.id, "%064d", 7);
+            snprintf(j->ad_meta.task_normalized, sizeof j->ad_meta.task_normalized,
+                     "a \"quoted\" \\ task\twith \x01 control and caf\xc3\xa9");
+            snprintf(j->ad_meta.hypernet_id, sizeof j->ad_meta.hypernet_id, "%064d", 9);
+            snprintf(j->ad_meta.hypernet_version, sizeof j->ad_meta.hypernet_version, "v/1");
+        }
+        j->t.decode = 1.23456;
+        j->t.queue = 0;
+        j->t.encode = 1000000.5;
+        j->t.decode_masks = 12.3456789;
+        j->t.postprocess = 3;
+        char *want = ref_body(j, (srv_output)fmt);
+        srv_reply out;
+        srv__routes_segment_reply(&srv, &p, srv_now(), &out);
+        T_REQUIRE(out.status == 200 && out.body, "format %d: status %d", fmt, out.status);
+        char *got = malloc(out.len + 1);
+        memcpy(got, out.body, out.len);
+        got[out.len] = 0;
+        zero_total(got);
+        zero_total(want);
+        size_t at = 0;
+        while (got[at] && got[at] == want[at])
+            at++;
+        T_CHECK(!strcmp(got, want),
+                "format %d differs from jansson at byte %zu: '%.40s' vs '%.40s'", fmt, at, got + at,
+                want + at);
+        T_CHECK(!j->masks, "format %d: the masks were not freed once encoded", fmt);
+        free(got);
+        free(want);
+        free(out.body);
+        srv_post_free(&p);
+    }
+    /* over max-response-bytes: 413 naming the limit */
+    const char *small[] = {"--checkpoint", "x", "--max-response-bytes", "64KiB", NULL};
+    srv_config cfg2;
+    T_REQUIRE(load(&cfg2, err, small) == 0, "config: %s", err);
+    srv.cfg = &cfg2;
+    srv_post p;
+    memset(&p, 0, sizeof p);
+    p.req.output = SRV_OUT_PNG;
+    p.job.info.orig_w = 512;
+    p.job.info.orig_h = 512;
+    p.job.n_masks = 4;
+    p.job.per_prompt = 1;
+    p.job.masks = malloc(4 * 512 * 512);
+    p.job.iou = calloc(4, sizeof(float));
+    p.job.stability = calloc(4, sizeof(float));
+    unsigned r = 1;
+    for (size_t k = 0; k < 4 * 512 * 512; k++) { /* noise: PNGs of about 40 KB each */
+        r = r * 1103515245u + 12345u;
+        p.job.masks[k] = (uint8_t)((r >> 16) & 1);
+    }
+    srv_reply out;
+    srv__routes_segment_reply(&srv, &p, srv_now(), &out);
+    T_CHECK(out.status == 413 && strstr(out.body, "max-response-bytes (65536") &&
+                m.rejected_response_size == 1,
+            "oversized response: %d %.200s", out.status, out.body);
+    free(out.body);
+    srv_post_free(&p);
+    srv_config_free(&cfg2);
+    srv_config_free(&cfg);
+}
+
 static void test_metrics_render(void)
 {
     srv_metrics m;
@@ -788,10 +1034,12 @@ int main(void)
     T_RUN(test_schema_file_matches);
     T_RUN(test_cache);
     T_RUN(test_cache_impossible_size);
+    T_RUN(test_cache_corrupt_keep);
     T_RUN(test_request_task);
     T_RUN(test_adapter_rows);
     T_RUN(test_cache_upgrade_v1);
     T_RUN(test_metrics_render);
+    T_RUN(test_segment_body_bytes);
     char cmd[300];
     snprintf(cmd, sizeof cmd, "rm -rf '%s'", g_tmp);
     if (system(cmd) != 0)
