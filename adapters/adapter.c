@@ -130,17 +130,24 @@ static int ad__is_hex_id(const char *s)
     return 1;
 }
 
+int ad_task_id_normalized(const char *norm, const char *hypernet_id, char id[AD_ID_LEN + 1])
+{
+    if (!norm || !norm[0])
+        return eng_error(ENG_EINVAL, "task is empty");
+    if (!hypernet_id || !ad__is_hex_id(hypernet_id))
+        return eng_error(ENG_EINVAL, "hypernetwork id must be %d lower-case hex characters",
+                         HN_ID_LEN);
+    ad__id(norm, hypernet_id, id);
+    return 0;
+}
+
 int ad_task_id(const char *task, size_t len, const char *hypernet_id, char id[AD_ID_LEN + 1])
 {
     char norm[AD_TASK_MAX + 1];
     int rc = ad_normalize_task(task, len, norm, sizeof norm);
     if (rc)
         return rc;
-    if (!hypernet_id || !ad__is_hex_id(hypernet_id))
-        return eng_error(ENG_EINVAL, "hypernetwork id must be %d lower-case hex characters",
-                         HN_ID_LEN);
-    ad__id(norm, hypernet_id, id);
-    return 0;
+    return ad_task_id_normalized(norm, hypernet_id, id);
 }
 
 /* ------------------------------------------------------------------ */
@@ -211,7 +218,19 @@ int ad_adapter_generate(hn_text *text, hn_hypernet *h, const char *task, size_t 
         return eng_error(ENG_EINVAL, "ad_adapter_generate: NULL argument");
     char norm[AD_TASK_MAX + 1];
     int rc = ad_normalize_task(task, len, norm, sizeof norm);
-    if (rc || (rc = hn_hypernet_check_text(h, text)))
+    if (rc)
+        return rc;
+    return ad_adapter_generate_normalized(text, h, task, len, norm, out);
+}
+
+int ad_adapter_generate_normalized(hn_text *text, hn_hypernet *h, const char *task, size_t len,
+                                   const char *norm, ad_adapter **out)
+{
+    *out = NULL;
+    if (!text || !h || !task || !norm || !norm[0])
+        return eng_error(ENG_EINVAL, "ad_adapter_generate_normalized: NULL or empty argument");
+    int rc = hn_hypernet_check_text(h, text);
+    if (rc)
         return rc;
     const hn_hypernet_config *cfg = hn_hypernet_get_config(h);
     float *emb = malloc((size_t)cfg->text_dim * sizeof(float));

@@ -58,6 +58,9 @@ int ad_normalize_task(const char *s, size_t len, char *out, size_t cap);
  * hypernetwork of content id `hypernet_id` gets, without generating it:
  * the cache key for lookups. id receives AD_ID_LEN hex chars + NUL. */
 int ad_task_id(const char *task, size_t len, const char *hypernet_id, char id[AD_ID_LEN + 1]);
+/* The same from text the caller already normalised (ad_normalize_task's
+ * output), for callers that normalise once and keep the result. */
+int ad_task_id_normalized(const char *norm, const char *hypernet_id, char id[AD_ID_LEN + 1]);
 
 typedef struct ad_adapter {
     char id[AD_ID_LEN + 1]; /* see above */
@@ -84,6 +87,10 @@ typedef struct ad_adapter {
  * (hn_hypernet_check_text). Not thread-safe for one text or h. */
 int ad_adapter_generate(hn_text *text, hn_hypernet *h, const char *task, size_t len,
                         ad_adapter **out);
+/* The same for a task whose normal form `norm` (ad_normalize_task(task,
+ * len)) the caller already holds: it is embedded and keyed as given. */
+int ad_adapter_generate_normalized(hn_text *text, hn_hypernet *h, const char *task, size_t len,
+                                   const char *norm, ad_adapter **out);
 void ad_adapter_destroy(ad_adapter *a);
 
 const char *ad_adapter_id(const ad_adapter *a);

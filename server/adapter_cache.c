@@ -164,19 +164,19 @@ static ad_adapter *from_disk(srv_adapter_cache *a, const char *id, srv_adapter_m
 /* Contract: generates the adapter of `task` and writes it through to the
  * disk tier. Returns it, or NULL with *e set. */
 static ad_adapter *generate(srv_adapter_cache *a, const char *id, const char *task, size_t len,
-                            srv_adapter_meta *meta, srv_error *e)
+                            const char *norm, srv_adapter_meta *meta, srv_error *e)
 {
     ad_adapter *ad = NULL;
     uint8_t *blob = NULL;
     size_t blen = 0;
     double t0 = srv_now();
-    int rc = ad_adapter_generate(a->text, a->h, task, len, &ad);
+    int rc = ad_adapter_generate_normalized(a->text, a->h, task, len, norm, &ad);
     double dt = srv_now() - t0;
     if (rc != 0) {
-        int st = rc == ENG_EINVAL ? 400 : rc == ENG_ENOMEM ? 503 : 500;
+        /* the task passed ad_normalize_task when the request was parsed:
+         * what fails here is the server's */
         srv_log_error("adapters: generating the adapter of a task failed: %s", eng_last_error());
-        srv_fail(e, st, st == 400 ? "task" : "", "%s: %s",
-                 st == 400 ? "task" : "generating the task adapter failed", eng_last_error());
+        srv_fail_eng(e, rc, SRV_BLAME_SERVER, "", "generating the task adapter failed");
         return NULL;
     }
     if (a->metrics) {
@@ -205,7 +205,7 @@ static ad_adapter *generate(srv_adapter_cache *a, const char *id, const char *ta
 }
 
 int srv_adapter_cache_acquire(srv_adapter_cache *a, const char *id, const char *task, size_t len,
-                              const eng_sam_lora **lora, srv_adapter_meta *meta,
+                              const char *norm, const eng_sam_lora **lora, srv_adapter_meta *meta,
                               srv_adapter_source *src, srv_error *e)
 {
     ad_adapter *ad;
@@ -230,18 +230,16 @@ int srv_adapter_cache_acquire(srv_adapter_cache *a, const char *id, const char *
         *src = SRV_AD_CACHE_DISK;
         COUNT(a, adapter_hits_disk);
     } else {
-        ad = generate(a, id, task, len, meta, e);
+        ad = generate(a, id, task, len, norm, meta, e);
         if (!ad)
-            return e->status;
+            return -1;
         *src = SRV_AD_GENERATED;
     }
     int rc = ad_adapter_to_lora(ad, a->m, a->merged, &l);
     ad_adapter_destroy(ad);
     if (rc != 0) {
-        int st = rc == ENG_ENOMEM ? 503 : 500;
         srv_log_error("adapters: uploading adapter %s failed: %s", id, eng_last_error());
-        srv_fail(e, st, "", "applying the task adapter failed: %s", eng_last_error());
-        return st;
+        return srv_fail_eng(e, rc, SRV_BLAME_SERVER, "", "applying the task adapter failed");
     }
     if (a->n_slots == 0) {
         if (a->temp)

@@ -47,15 +47,16 @@ int srv_adapter_cache_create(srv_adapter_cache **out, eng_sam *m, hn_hypernet *h
 void srv_adapter_cache_destroy(srv_adapter_cache *a);
 
 /*
- * The engine adapter for `task` (len bytes, already checked with
- * ad_normalize_task) whose id is `id`: from the memory tier, else the disk
- * tier (a row that does not parse is dropped and regenerated), else
- * generated. *lora stays valid until srv_adapter_cache_release(). *meta gets the
- * adapter's metadata (hits and last_used as of the read), *src where it came
- * from. Returns 0, or an HTTP status with *e set.
+ * The engine adapter for `task` (len bytes as given; `norm` is its
+ * ad_normalize_task form, computed once when the request was parsed) whose
+ * id is `id`: from the memory tier, else the disk tier (a row that does not
+ * parse is dropped and regenerated), else generated. *lora stays valid until
+ * srv_adapter_cache_release(). *meta gets the adapter's metadata (hits and
+ * last_used as of the read), *src where it came from. Returns 0, or -1 with
+ * *e set.
  */
 int srv_adapter_cache_acquire(srv_adapter_cache *a, const char *id, const char *task, size_t len,
-                              const eng_sam_lora **lora, srv_adapter_meta *meta,
+                              const char *norm, const eng_sam_lora **lora, srv_adapter_meta *meta,
                               srv_adapter_source *src, srv_error *e);
 
 /* Done with an adapter from srv_adapter_cache_acquire (frees it when it is not

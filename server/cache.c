@@ -130,9 +130,9 @@ int srv_cache_peek(srv_cache *c, const char *sha, int *w, int *h)
 {
     char model[64], precision[8];
     mem_entry *e;
-    int found = 0;
+    int found = 0, rc = 1;
     if (!model_key(c, model, precision))
-        return 0;
+        return 1;
     pthread_mutex_lock(&c->mu);
     if ((e = mem_find(c, sha))) {
         *w = e->w;
@@ -141,22 +141,22 @@ int srv_cache_peek(srv_cache *c, const char *sha, int *w, int *h)
     }
     pthread_mutex_unlock(&c->mu);
     if (found || from_queue(c, sha, model, precision, NULL, w, h))
-        return 1;
-    if (__atomic_load_n(&c->budget, __ATOMIC_RELAXED) <= 0)
         return 0;
+    if (__atomic_load_n(&c->budget, __ATOMIC_RELAXED) <= 0)
+        return 1;
     cache_reader *r = srv__cache_reader_get(c);
     if (!r)
-        return 0;
+        return 1;
     sqlite3_stmt *st = r->st[RD_EMB_DIMS];
     bind_key(st, sha, model, precision);
-    int rc = sqlite3_step(st);
-    if (rc == SQLITE_ROW) {
+    int step = sqlite3_step(st);
+    if (step == SQLITE_ROW) {
         int64_t row = sqlite3_column_int64(st, 0), crc = sqlite3_column_int64(st, 1);
         int rw = sqlite3_column_int(st, 2), rh = sqlite3_column_int(st, 3);
         if (srv__cache_dims_ok(rw, rh)) {
             *w = rw;
             *h = rh;
-            found = 1;
+            rc = 0;
         } else {
             srv_log_warn("cache: embedding %s in %s has an impossible size %dx%d; dropped", sha,
                          c->path, rw, rh);
@@ -164,12 +164,13 @@ int srv_cache_peek(srv_cache *c, const char *sha, int *w, int *h)
                 srv_metrics_add(&c->m->cache_corrupt, 1);
             drop_row(c, row, crc);
         }
-    } else if (rc != SQLITE_DONE) {
-        srv__cache_reader_failed(c, rc, "embedding lookup");
+    } else if (step != SQLITE_DONE) {
+        srv__cache_reader_failed(c, step, "embedding lookup");
+        rc = -1;
     }
     stmt_done(st);
     srv__cache_reader_put(r);
-    return found;
+    return rc;
 }
 
 int srv_cache_get(srv_cache *c, const char *sha, float *scratch, const float **emb, int *w, int *h,

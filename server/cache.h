@@ -119,8 +119,12 @@ void srv_cache_note_resident(srv_cache *c, const char *sha, int w, int h);
 /* Bump sha's last use (memory and disk) without reading it (a device hit). */
 void srv_cache_touch(srv_cache *c, const char *sha);
 
-/* Any thread. 1 when `sha` is in a tier or queued (fills *w, *h), 0 when
- * absent. A disk row whose stored size is impossible is dropped. */
+/* Any thread. srv_cache_get's answer without reading the blob or counting
+ * a hit: 0 when `sha` is in a tier or queued (fills *w, *h), 1 when
+ * absent, a negative code on a database error (callers treat it as a
+ * miss). A disk row whose stored size is impossible is dropped (a miss); a
+ * row whose blob turns out corrupt is a hit here and a miss in
+ * srv_cache_get. */
 int srv_cache_peek(srv_cache *c, const char *sha, int *w, int *h);
 
 /* Any thread. 0 and *out filled when present, 1 when absent, negative on a

@@ -203,6 +203,7 @@ static enum MHD_Result handle(conn *c)
     srv_server *srv = c->h->srv;
     srv_reply r;
     srv_http_in in;
+    srv_error e;
     request_in(c, &in);
     if (!srv_route_uses_job(c->route)) {
         srv_routes_get(srv, c->route, c->path[0] ? c->path : "/", &in, &r);
@@ -210,12 +211,14 @@ static enum MHD_Result handle(conn *c)
     }
     if (srv_route_has_body(c->route) && !c->len)
         return send_error(c, 400, "", "the request body is empty");
-    if (srv_routes_post_prepare(srv, c->route, &in, c->body, c->len, c->t_start, &c->post, &r))
+    if (srv_routes_post_prepare(srv, c->route, &in, c->body, c->len, c->t_start, &c->post, &e)) {
+        srv_reply_error(&r, &e);
         return send_reply(c, &r);
+    }
     c->post.job.done = job_done;
     c->post.job.done_arg = c;
     pthread_mutex_lock(&c->mu);
-    int rc = srv_sched_submit(srv->sched, &c->post.job);
+    int rc = srv_sched_submit(srv->sched, &c->post.job, &e);
     if (rc == 0) {
         MHD_suspend_connection(c->mc);
         __atomic_store_n(&c->waiting, 1, __ATOMIC_RELEASE);
@@ -224,12 +227,8 @@ static enum MHD_Result handle(conn *c)
     pthread_mutex_unlock(&c->mu);
     if (rc == 0)
         return MHD_YES;
-    if (rc == -429) {
-        srv_reply_errorf(&r, 429, "", "the queue is full (%lld jobs); retry later",
-                         (long long)srv_config_int(srv->cfg, SRV_OPT_QUEUE_DEPTH));
-        return send_reply(c, &r);
-    }
-    return send_error(c, 503, "", "the server is not accepting work (loading or shutting down)");
+    srv_reply_error(&r, &e);
+    return send_reply(c, &r);
 }
 
 /*
@@ -246,9 +245,12 @@ static enum MHD_Result on_headers(conn *c)
     srv_server *srv = c->h->srv;
     srv_http_in in;
     srv_reply r;
+    srv_error e;
     request_in(c, &in);
-    if (srv_routes_authorize(srv, c->route, &in, &r))
+    if (srv_routes_authorize(srv, c->route, &in, &e) != 0) {
+        srv_reply_error(&r, &e);
         return send_reply(c, &r);
+    }
     if (srv_route_has_body(c->route)) {
         int64_t rate = srv_config_int(srv->cfg, SRV_OPT_RATE_LIMIT);
         int wait = rate > 0 ? srv_clients_take(c->h->clients, &c->key, (double)rate,

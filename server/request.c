@@ -16,18 +16,8 @@
 
 #include "adapters/adapter.h"
 #include "engine/error.h"
+#include "engine/image.h"
 #include "server/base64.h"
-
-int srv_fail(srv_error *e, int status, const char *field, const char *fmt, ...)
-{
-    va_list ap;
-    e->status = status;
-    snprintf(e->field, sizeof e->field, "%s", field ? field : "");
-    va_start(ap, fmt);
-    vsnprintf(e->message, sizeof e->message, fmt, ap);
-    va_end(ap);
-    return -1;
-}
 
 int srv_utf8_valid(const char *s, size_t len)
 {
@@ -93,6 +83,7 @@ void srv_request_free(srv_request *r)
     free(r->labels);
     free(r->boxes);
     free(r->task);
+    free(r->task_norm);
     memset(r, 0, sizeof *r);
 }
 
@@ -373,14 +364,16 @@ static int locate_bad_text(const char *json, size_t len, char *field, size_t cap
     return rc;
 }
 
-/* Contract: checks task text and keeps a copy in r. */
+/* Contract: checks task text and keeps a copy of it and of its normal
+ * form in r (the only place a request's task is normalised). */
 static int take_task(const char *s, size_t len, srv_request *r, srv_error *e)
 {
     char norm[AD_TASK_MAX + 1];
     if (ad_normalize_task(s, len, norm, sizeof norm) != 0)
         return srv_fail(e, 400, "task", "task: %s", eng_last_error());
     r->task = malloc(len + 1);
-    if (!r->task)
+    r->task_norm = strdup(norm);
+    if (!r->task || !r->task_norm)
         return srv_fail(e, 500, "task", "out of memory");
     memcpy(r->task, s, len);
     r->task[len] = 0;
@@ -599,6 +592,44 @@ int srv_request_parse(const char *content_type, const uint8_t *body, size_t len,
                     "unsupported Content-Type '%.100s' (use application/json or "
                     "multipart/form-data)",
                     content_type);
+}
+
+int srv_image_prepare(const uint8_t *bytes, size_t len, int64_t max_pixels, uint8_t **rgb,
+                      eng_sam_imginfo *info, srv_error *e)
+{
+    eng_image img = {0};
+    int rc = eng_image_decode(bytes, len, max_pixels, &img);
+    *rgb = NULL;
+    if (rc == ENG_ELIMIT)
+        return srv_fail(e, 413, "image", "image: %s (limit %lld pixels)", eng_last_error(),
+                        (long long)max_pixels);
+    if (rc == ENG_ENOMEM)
+        return srv_fail(e, 503, "image", "not enough memory to decode the image; retry later");
+    if (rc == ENG_EUNSUP)
+        return srv_fail(e, 415, "image", "image: %s", eng_last_error());
+    if (rc != 0)
+        return srv_fail(e, srv_status_of(rc, SRV_BLAME_INPUT), "image",
+                        "image is corrupt or truncated: %s", eng_last_error());
+    if (eng_resize_check(img.w, img.h, ENG_SAM_IMG) != 0) {
+        eng_image_free(&img);
+        return srv_fail(e, 400, "image", "image: %s", eng_last_error());
+    }
+    info->orig_w = img.w;
+    info->orig_h = img.h;
+    eng_resize_shape(img.w, img.h, ENG_SAM_IMG, &info->input_w, &info->input_h);
+    *rgb = malloc((size_t)info->input_w * (size_t)info->input_h * 3);
+    if (!*rgb) {
+        eng_image_free(&img);
+        return srv_fail(e, 503, "image", "not enough memory to resize the image; retry later");
+    }
+    rc = eng_resize_bilinear_aa(img.rgb, img.w, img.h, *rgb, info->input_w, info->input_h);
+    eng_image_free(&img);
+    if (rc != 0) {
+        free(*rgb);
+        *rgb = NULL;
+        return srv_fail_eng(e, rc, SRV_BLAME_SERVER, "image", "resizing failed");
+    }
+    return 0;
 }
 
 int srv_request_prompts(const srv_request *r, int w, int h, srv_prompts *out, srv_error *e)

@@ -16,17 +16,7 @@
 #include <stdint.h>
 
 #include "engine/sam.h"
-
-/* An HTTP error: status, message and the request field at fault. */
-typedef struct srv_error {
-    int status;        /* HTTP status (400, 413, ...) */
-    char message[512]; /* human-readable, one line */
-    char field[64];    /* "points[2]", "image", or "" */
-} srv_error;
-
-/* Set *e and return -1, so `return srv_fail(e, 400, "points", "...")`. */
-int srv_fail(srv_error *e, int status, const char *field, const char *fmt, ...)
-    __attribute__((format(printf, 4, 5)));
+#include "server/error.h"
 
 /* Mask output encodings. */
 typedef enum srv_output { SRV_OUT_RLE = 0, SRV_OUT_PNG, SRV_OUT_POLYGON } srv_output;
@@ -62,6 +52,7 @@ typedef struct srv_request {
     int has_task;      /* a valid `task` was given */
     char *task;        /* the task as given, NUL-terminated (malloc'd), or NULL */
     size_t task_len;   /* bytes at task (it passed ad_normalize_task) */
+    char *task_norm;   /* ad_normalize_task(task), computed once here (malloc'd), or NULL */
 } srv_request;
 
 /* The engine prompts of a request, built against an image size. */
@@ -102,6 +93,17 @@ int srv_request_parse(const char *content_type, const uint8_t *body, size_t len,
 int srv_request_prompts(const srv_request *r, int w, int h, srv_prompts *out, srv_error *e);
 
 void srv_prompts_free(srv_prompts *p);
+
+/*
+ * The daemon's one image decode: JPEG or PNG bytes (at most max_pixels
+ * pixels) decoded as Pillow's convert("RGB") and resized for the encoder
+ * (long side 1024, Pillow's antialiased bilinear). *rgb gets the malloc'd
+ * [info->input_h, info->input_w, 3] pixels, *info all four sizes. Returns
+ * 0, or -1 with *e naming `image`: 413 over max_pixels, 415 not a JPEG or
+ * PNG we decode, 503 out of memory, 400 corrupt or truncated.
+ */
+int srv_image_prepare(const uint8_t *bytes, size_t len, int64_t max_pixels, uint8_t **rgb,
+                      eng_sam_imginfo *info, srv_error *e);
 void srv_request_free(srv_request *r);
 
 /* 1 when s[0..len) is valid UTF-8 without NUL bytes. */

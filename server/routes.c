@@ -132,6 +132,8 @@ void srv_reply_error(srv_reply *out, const srv_error *e)
     reply_json(out, e->status, json_pack("{s:o}", "error", err));
     if (e->status == 429 || e->status == 503)
         out->retry_after = 1;
+    /* RFC 9110: a 401 says how to authenticate */
+    out->auth_challenge = e->status == 401;
 }
 
 void srv_reply_errorf(srv_reply *out, int status, const char *field, const char *fmt, ...)
@@ -167,30 +169,25 @@ int srv_routes_is_admin(srv_server *srv, const srv_http_in *in)
     return srv_config_check_token(srv->cfg, bearer(in), NULL);
 }
 
-/* Contract: 0 when the request carries the admin token; else 1 with *out
+/* Contract: 0 when the request carries the admin token; else -1 with *e
  * set: 401 without a token, 403 with a wrong one or when no admin token is
- * configured. `what` names what needs it ("admin routes"). The comparison
- * is constant time (srv_config_check_token). */
-static int check_admin(srv_server *srv, const srv_http_in *in, const char *what, srv_reply *out)
+ * configured. `what` names what needs it. The comparison is constant time
+ * (srv_config_check_token). */
+static int check_admin(srv_server *srv, const srv_http_in *in, const char *what, srv_error *e)
 {
     const char *tok = bearer(in);
     int configured = 0;
     if (srv_config_check_token(srv->cfg, tok, &configured))
         return 0;
-    if (!configured) {
-        srv_reply_errorf(out, 403, "",
-                         "%s: it needs the admin token, and none is configured (admin-token or "
-                         "admin-token-file)",
-                         what);
-    } else if (!tok || !*tok) {
-        srv_reply_errorf(out, 401, "",
-                         "%s: it needs the admin token: send `Authorization: Bearer <token>`",
-                         what);
-        out->auth_challenge = 1;
-    } else {
-        srv_reply_errorf(out, 403, "", "the admin token is wrong");
-    }
-    return 1;
+    if (!configured)
+        return srv_fail(e, 403, "",
+                        "%s: it needs the admin token, and none is configured (admin-token or "
+                        "admin-token-file)",
+                        what);
+    if (!tok || !*tok)
+        return srv_fail(e, 401, "",
+                        "%s: it needs the admin token: send `Authorization: Bearer <token>`", what);
+    return srv_fail(e, 403, "", "the admin token is wrong");
 }
 
 /* The routes under /v1 (the API token guards them). */
@@ -201,24 +198,27 @@ static int is_v1(srv_route r)
            r == SRV_ROUTE_ADAPTER_GET || r == SRV_ROUTE_ADAPTER_WEIGHTS;
 }
 
-int srv_routes_authorize(srv_server *srv, srv_route route, const srv_http_in *in, srv_reply *out)
+int srv_routes_authorize(srv_server *srv, srv_route route, const srv_http_in *in, srv_error *e)
 {
     int configured = 0;
     const char *tok = bearer(in);
-    memset(out, 0, sizeof *out);
     if (route == SRV_ROUTE_ADMIN)
-        return check_admin(srv, in, "this is an admin route", out);
+        return check_admin(srv, in, "this is an admin route", e);
     if (!is_v1(route) || srv_config_check_api_token(srv->cfg, tok, &configured) || !configured ||
         srv_config_check_token(srv->cfg, tok, NULL))
         return 0;
-    if (!tok || !*tok) {
-        srv_reply_errorf(out, 401, "",
-                         "this server needs its API token: send `Authorization: Bearer <token>`");
-        out->auth_challenge = 1;
-    } else {
-        srv_reply_errorf(out, 403, "", "the token is wrong");
-    }
-    return 1;
+    if (!tok || !*tok)
+        return srv_fail(e, 401, "",
+                        "this server needs its API token: send `Authorization: Bearer <token>`");
+    return srv_fail(e, 403, "", "the token is wrong");
+}
+
+/* Contract: the reply from a handler's outcome: rc 0 keeps *out, else the
+ * error e. */
+static void reply_outcome(srv_reply *out, int rc, const srv_error *e)
+{
+    if (rc != 0)
+        srv_reply_error(out, e);
 }
 
 /* Contract: the /v1/info "hypernetwork" object. */
@@ -293,34 +293,28 @@ static json_t *info_json(srv_server *srv, int admin)
     return o;
 }
 
-static void get_embedding(srv_server *srv, const char *url, srv_reply *out)
+/* GET /v1/embeddings/{id}. */
+static int get_embedding(srv_server *srv, const char *url, srv_reply *out, srv_error *e)
 {
     const char *id = url + strlen("/v1/embeddings/");
     char sha[65];
     srv_cache_meta m;
-    if (strlen(id) != 64 || !srv_sha_hex_valid(id, sha)) {
-        srv_reply_errorf(out, 400, "id", "the id must be a 64-digit sha256 hex string");
-        return;
-    }
-    if (!srv_sched_is_ready(srv->sched)) {
-        srv_reply_errorf(out, 503, "", "the model is still loading");
-        return;
-    }
+    if (strlen(id) != 64 || !srv_sha_hex_valid(id, sha))
+        return srv_fail(e, 400, "id", "the id must be a 64-digit sha256 hex string");
+    if (!srv_sched_is_ready(srv->sched))
+        return srv_fail(e, 503, "", "the model is still loading");
     int rc = srv_cache_meta_get(srv->cache, sha, &m);
-    if (rc < 0) {
-        srv_reply_errorf(out, 500, "", "cache lookup failed");
-        return;
-    }
-    if (rc == 1) {
-        srv_reply_errorf(out, 404, "id", "no cached embedding for %s", sha);
-        return;
-    }
+    if (rc < 0)
+        return srv_fail(e, 500, "", "cache lookup failed");
+    if (rc == 1)
+        return srv_fail(e, 404, "id", "no cached embedding for %s", sha);
     json_t *o = json_pack("{s:s,s:i,s:i,s:s,s:s,s:I,s:I,s:I,s:I,s:b}", "image_id", m.image_id,
                           "width", m.width, "height", m.height, "model_id", m.model_id, "precision",
                           m.precision, "bytes", (json_int_t)m.bytes, "created_ms",
                           (json_int_t)m.created_ms, "last_used_ms", (json_int_t)m.last_used_ms,
                           "hits", (json_int_t)m.hits, "in_memory", m.in_memory);
     reply_json(out, 200, o);
+    return 0;
 }
 
 /* ---- adapters ---- */
@@ -349,35 +343,29 @@ static const srv_query_arg *query_get(const srv_http_in *in, const char *key)
 }
 
 /* Contract: every query argument is one of `allowed` and given once.
- * Returns 0, or 1 with *out set (400 naming the argument). */
-static int query_check(const srv_http_in *in, const char *const *allowed, srv_reply *out)
+ * Returns 0, or -1 with *e set (400 naming the argument). */
+static int query_check(const srv_http_in *in, const char *const *allowed, srv_error *e)
 {
     if (!in)
         return 0;
-    if (in->query_overflow) {
-        srv_reply_errorf(out, 400, "", "too many query arguments (at most %d)", SRV_QUERY_MAX);
-        return 1;
-    }
+    if (in->query_overflow)
+        return srv_fail(e, 400, "", "too many query arguments (at most %d)", SRV_QUERY_MAX);
     for (int i = 0; i < in->n_query; i++) {
         const char *k = in->query[i].key;
         int ok = 0;
         for (int a = 0; allowed[a]; a++)
             ok |= !strcmp(allowed[a], k);
-        if (!ok) {
-            srv_reply_errorf(out, 400, k, "unknown query argument '%.60s'", k);
-            return 1;
-        }
+        if (!ok)
+            return srv_fail(e, 400, k, "unknown query argument '%.60s'", k);
         for (int j = 0; j < i; j++)
-            if (!strcmp(in->query[j].key, k)) {
-                srv_reply_errorf(out, 400, k, "query argument '%.60s' given twice", k);
-                return 1;
-            }
+            if (!strcmp(in->query[j].key, k))
+                return srv_fail(e, 400, k, "query argument '%.60s' given twice", k);
     }
     return 0;
 }
 
-/* Contract: a decimal integer argument in [lo, hi]; 0, or 1 with *out set. */
-static int query_int(const srv_query_arg *a, int64_t lo, int64_t hi, int64_t *v, srv_reply *out)
+/* Contract: a decimal integer argument in [lo, hi]; 0, or -1 with *e set. */
+static int query_int(const srv_query_arg *a, int64_t lo, int64_t hi, int64_t *v, srv_error *e)
 {
     char buf[24], *end;
     if (!a->val || a->len == 0 || a->len >= sizeof buf || memchr(a->val, 0, a->len))
@@ -392,33 +380,32 @@ static int query_int(const srv_query_arg *a, int64_t lo, int64_t hi, int64_t *v,
     *v = x;
     return 0;
 bad:
-    srv_reply_errorf(out, 400, a->key, "%s must be an integer in [%lld, %lld]", a->key,
-                     (long long)lo, (long long)hi);
-    return 1;
+    return srv_fail(e, 400, a->key, "%s must be an integer in [%lld, %lld]", a->key, (long long)lo,
+                    (long long)hi);
 }
 
-/* Contract: 1 when the daemon can work with tasks now; else 0 with *out set
- * (503 loading, 501 no hypernetwork). */
-static int tasks_available(srv_server *srv, srv_reply *out)
+/* Contract: 0 when the model is loaded; else -1 with *e set (503). */
+static int model_ready(srv_server *srv, srv_error *e)
 {
-    if (!srv_sched_is_ready(srv->sched)) {
-        srv_reply_errorf(out, 503, "",
-                         srv->sched->failed ? "the model failed to load"
-                                            : "the model is still loading");
+    if (srv_sched_is_ready(srv->sched))
         return 0;
-    }
-    if (!srv->sched->info.has_hypernet) {
-        srv_reply_errorf(out, 501, "task",
-                         "no hypernetwork configured (start tasamd with --hypernet FILE)");
+    return srv_fail(e, 503, "",
+                    srv->sched->failed ? "the model failed to load" : "the model is still loading");
+}
+
+/* Contract: -1 with *e set (501) when no hypernetwork is loaded, else 0. */
+static int need_hypernet(srv_server *srv, srv_error *e)
+{
+    if (srv->sched->info.has_hypernet)
         return 0;
-    }
-    return 1;
+    return srv_fail(e, 501, "task",
+                    "no hypernetwork configured (start tasamd with --hypernet FILE)");
 }
 
 #define ADAPTER_LIST_MAX 500
 
 /* GET /v1/adapters?task=... (one lookup, never generates) or the paged list. */
-static void get_adapters(srv_server *srv, const srv_http_in *in, srv_reply *out)
+static int get_adapters(srv_server *srv, const srv_http_in *in, srv_reply *out, srv_error *e)
 {
     static const char *const allowed[] = {"task", "limit", "after", "offset", NULL};
     const srv_query_arg *task, *lim, *after, *off;
@@ -427,66 +414,53 @@ static void get_adapters(srv_server *srv, const srv_http_in *in, srv_reply *out)
     int64_t limit = 50, offset = 0, total = 0;
     int n = 0, rc;
 
-    if (query_check(in, allowed, out))
-        return;
+    if (query_check(in, allowed, e))
+        return -1;
     task = query_get(in, "task");
     lim = query_get(in, "limit");
     after = query_get(in, "after");
     off = query_get(in, "offset");
     if (task) {
-        if (lim || after || off) {
-            srv_reply_errorf(out, 400, "task",
-                             "task looks up one adapter; limit, after and offset page the list");
-            return;
-        }
-        if (!tasks_available(srv, out))
-            return;
+        if (lim || after || off)
+            return srv_fail(e, 400, "task",
+                            "task looks up one adapter; limit, after and offset page the list");
+        if (model_ready(srv, e) || need_hypernet(srv, e))
+            return -1;
         if (ad_task_id(task->val ? task->val : "", task->val ? task->len : 0,
-                       srv->sched->info.hypernet_id, id) != 0) {
-            srv_reply_errorf(out, 400, "task", "task: %s", eng_last_error());
-            return;
-        }
+                       srv->sched->info.hypernet_id, id) != 0)
+            return srv_fail(e, 400, "task", "task: %s", eng_last_error());
         rc = srv_cache_adapter_meta(srv->cache, id, &m);
         if (rc < 0)
-            srv_reply_errorf(out, 500, "", "adapter cache lookup failed");
-        else if (rc == 1)
-            srv_reply_errorf(out, 404, "task",
-                             "no cached adapter for this task under hypernetwork %.16s (adapter id "
-                             "%s); POST /v1/adapters generates one",
-                             srv->sched->info.hypernet_id, id);
-        else
-            reply_json(out, 200, adapter_meta_json(srv, &m));
-        return;
+            return srv_fail(e, 500, "", "adapter cache lookup failed");
+        if (rc == 1)
+            return srv_fail(e, 404, "task",
+                            "no cached adapter for this task under hypernetwork %.16s (adapter id "
+                            "%s); POST /v1/adapters generates one",
+                            srv->sched->info.hypernet_id, id);
+        reply_json(out, 200, adapter_meta_json(srv, &m));
+        return 0;
     }
     /* the list shows every client's task text: the admin's only */
-    if (check_admin(srv, in, "listing the cached adapters (GET /v1/adapters without task=)", out))
-        return;
-    if (lim && query_int(lim, 1, ADAPTER_LIST_MAX, &limit, out))
-        return;
-    if (off && query_int(off, 0, INT64_MAX / 2, &offset, out))
-        return;
+    if (check_admin(srv, in, "listing the cached adapters (GET /v1/adapters without task=)", e))
+        return -1;
+    if (lim && query_int(lim, 1, ADAPTER_LIST_MAX, &limit, e))
+        return -1;
+    if (off && query_int(off, 0, INT64_MAX / 2, &offset, e))
+        return -1;
     if (after) {
-        if (off) {
-            srv_reply_errorf(out, 400, "offset",
-                             "give after (the last id of a page) or offset, "
-                             "not both");
-            return;
-        }
-        if (!after->val || after->len != 64 || !srv_sha_hex_valid(after->val, after_id)) {
-            srv_reply_errorf(out, 400, "after", "after must be an adapter id (64 hex digits)");
-            return;
-        }
+        if (off)
+            return srv_fail(e, 400, "offset",
+                            "give after (the last id of a page) or offset, not both");
+        if (!after->val || after->len != 64 || !srv_sha_hex_valid(after->val, after_id))
+            return srv_fail(e, 400, "after", "after must be an adapter id (64 hex digits)");
     }
     rows = calloc((size_t)limit + 1, sizeof *rows);
-    if (!rows) {
-        srv_reply_errorf(out, 503, "", "out of memory; retry later");
-        return;
-    }
+    if (!rows)
+        return srv_fail(e, 503, "", "out of memory; retry later");
     if (srv_cache_adapter_list(srv->cache, after_id, offset, (int)limit + 1, rows, &n, &total) !=
         0) {
         free(rows);
-        srv_reply_errorf(out, 500, "", "adapter cache listing failed");
-        return;
+        return srv_fail(e, 500, "", "adapter cache listing failed");
     }
     json_t *arr = json_array();
     int more = n > limit;
@@ -499,40 +473,29 @@ static void get_adapters(srv_server *srv, const srv_http_in *in, srv_reply *out)
                           more ? json_string(rows[n - 1].id) : json_null());
     free(rows);
     reply_json(out, 200, o);
+    return 0;
 }
 
 /* GET /v1/adapters/{id} and /v1/adapters/{id}/weights. */
-static void get_adapter(srv_server *srv, const char *url, int weights, srv_reply *out)
+static int get_adapter(srv_server *srv, const char *url, int weights, srv_reply *out, srv_error *e)
 {
     const char *p = url + strlen("/v1/adapters/");
     char id[65];
     srv_adapter_meta m;
-    size_t n = strcspn(p, "/");
-    int rc;
-    if (n != 64 || (memcpy(id, p, 64), id[64] = 0, !srv_sha_hex_valid(id, id))) {
-        srv_reply_errorf(out, 400, "id", "the id must be a 64-digit adapter id (hex)");
-        return;
-    }
-    if (!weights) {
-        rc = srv_cache_adapter_meta(srv->cache, id, &m);
-        if (rc == 0)
-            reply_json(out, 200, adapter_meta_json(srv, &m));
-        else if (rc == 1)
-            srv_reply_errorf(out, 404, "id", "no cached adapter %s", id);
-        else
-            srv_reply_errorf(out, 500, "", "adapter cache lookup failed");
-        return;
-    }
     uint8_t *blob = NULL;
-    size_t len = 0;
-    rc = srv_cache_adapter_get(srv->cache, id, 0, &blob, &len, NULL);
-    if (rc == 1) {
-        srv_reply_errorf(out, 404, "id", "no cached adapter %s", id);
-        return;
-    }
-    if (rc < 0) {
-        srv_reply_errorf(out, 500, "", "adapter cache lookup failed");
-        return;
+    size_t n = strcspn(p, "/"), len = 0;
+    int rc;
+    if (n != 64 || (memcpy(id, p, 64), id[64] = 0, !srv_sha_hex_valid(id, id)))
+        return srv_fail(e, 400, "id", "the id must be a 64-digit adapter id (hex)");
+    rc = weights ? srv_cache_adapter_get(srv->cache, id, 0, &blob, &len, NULL)
+                 : srv_cache_adapter_meta(srv->cache, id, &m);
+    if (rc == 1)
+        return srv_fail(e, 404, "id", "no cached adapter %s", id);
+    if (rc < 0)
+        return srv_fail(e, 500, "", "adapter cache lookup failed");
+    if (!weights) {
+        reply_json(out, 200, adapter_meta_json(srv, &m));
+        return 0;
     }
     memset(out, 0, sizeof *out);
     out->status = 200;
@@ -541,11 +504,13 @@ static void get_adapter(srv_server *srv, const char *url, int weights, srv_reply
     out->content_type = "application/octet-stream";
     snprintf(out->disposition, sizeof out->disposition,
              "attachment; filename=\"adapter-%.16s.safetensors\"", id);
+    return 0;
 }
 
 void srv_routes_get(srv_server *srv, srv_route route, const char *url, const srv_http_in *in,
                     srv_reply *out)
 {
+    srv_error e;
     memset(out, 0, sizeof *out);
     switch (route) {
     case SRV_ROUTE_HEALTHZ:
@@ -578,14 +543,14 @@ void srv_routes_get(srv_server *srv, srv_route route, const char *url, const srv
         reply_json(out, 200, info_json(srv, srv_routes_is_admin(srv, in)));
         return;
     case SRV_ROUTE_EMBED_GET:
-        get_embedding(srv, url, out);
+        reply_outcome(out, get_embedding(srv, url, out, &e), &e);
         return;
     case SRV_ROUTE_ADAPTERS:
-        get_adapters(srv, in, out);
+        reply_outcome(out, get_adapters(srv, in, out, &e), &e);
         return;
     case SRV_ROUTE_ADAPTER_GET:
     case SRV_ROUTE_ADAPTER_WEIGHTS:
-        get_adapter(srv, url, route == SRV_ROUTE_ADAPTER_WEIGHTS, out);
+        reply_outcome(out, get_adapter(srv, url, route == SRV_ROUTE_ADAPTER_WEIGHTS, out, &e), &e);
         return;
     default:
         srv_reply_errorf(out, 404, "", "no such route");
@@ -602,114 +567,44 @@ void srv_post_free(srv_post *p)
     p->resized = NULL;
 }
 
-/* Contract: decode the image bytes and resize for the encoder into
- * p->resized / p->job.info. Returns 0 or 1 with *out set. */
-static int decode_image(srv_server *srv, srv_post *p, srv_reply *out)
-{
-    eng_image img = {0};
-    int64_t maxpx = srv_config_int(srv->cfg, SRV_OPT_MAX_PIXELS);
-    int rc = eng_image_decode(p->req.image, p->req.image_len, maxpx, &img);
-    if (rc == ENG_ELIMIT) {
-        srv_reply_errorf(out, 413, "image", "image: %s (limit %lld pixels)", eng_last_error(),
-                         (long long)maxpx);
-        return 1;
-    }
-    if (rc == ENG_EUNSUP) {
-        srv_reply_errorf(out, 415, "image", "image: not a JPEG or PNG we decode: %s",
-                         eng_last_error());
-        return 1;
-    }
-    if (rc == ENG_ENOMEM) {
-        srv_reply_errorf(out, 503, "image", "not enough memory to decode the image; retry later");
-        return 1;
-    }
-    if (rc != 0) {
-        srv_reply_errorf(out, 400, "image", "image is corrupt or truncated: %s", eng_last_error());
-        return 1;
-    }
-    if (eng_resize_check(img.w, img.h, ENG_SAM_IMG) != 0) {
-        eng_image_free(&img);
-        srv_reply_errorf(out, 400, "image", "image: %s", eng_last_error());
-        return 1;
-    }
-    eng_sam_imginfo *in = &p->job.info;
-    in->orig_w = img.w;
-    in->orig_h = img.h;
-    eng_resize_shape(img.w, img.h, ENG_SAM_IMG, &in->input_w, &in->input_h);
-    p->resized = malloc((size_t)in->input_w * (size_t)in->input_h * 3);
-    if (!p->resized) {
-        eng_image_free(&img);
-        srv_reply_errorf(out, 503, "image", "not enough memory to resize the image; retry later");
-        return 1;
-    }
-    rc = eng_resize_bilinear_aa(img.rgb, img.w, img.h, p->resized, in->input_w, in->input_h);
-    eng_image_free(&img);
-    if (rc != 0) {
-        srv_reply_errorf(out, 500, "image", "resizing failed: %s", eng_last_error());
-        return 1;
-    }
-    return 0;
-}
-
 int srv_routes_post_prepare(srv_server *srv, srv_route route, const srv_http_in *in,
                             const uint8_t *body, size_t len, double t_start, srv_post *p,
-                            srv_reply *out)
+                            srv_error *e)
 {
-    srv_error e;
     srv_limits lim;
     srv_kind kind = route == SRV_ROUTE_SEGMENT         ? SRV_KIND_SEGMENT
                     : route == SRV_ROUTE_EMBED_POST    ? SRV_KIND_EMBED
                     : route == SRV_ROUTE_ADAPTERS_POST ? SRV_KIND_ADAPTER
                                                        : SRV_KIND_ADAPTER_FLUSH;
     srv_job *j = &p->job;
-    char ad_id[AD_ID_LEN + 1] = "";
     int w = 0, h = 0;
 
-    memset(out, 0, sizeof *out);
+    memset(j, 0, sizeof *j);
+    if (kind == SRV_KIND_ADAPTER_FLUSH && check_admin(srv, in, "this is an admin route", e))
+        return -1;
     lim.max_points = (int)srv_config_int(srv->cfg, SRV_OPT_MAX_POINTS);
     lim.max_prompts = (int)srv_config_int(srv->cfg, SRV_OPT_MAX_PROMPTS);
     if (kind != SRV_KIND_ADAPTER_FLUSH &&
-        srv_request_parse(in ? in->content_type : NULL, body, len, kind, &lim, &p->req, &e) != 0) {
-        srv_reply_error(out, &e);
-        return 1;
-    }
-    if (p->req.has_task && srv_sched_is_ready(srv->sched) && !srv->sched->info.has_hypernet) {
-        srv_reply_errorf(out, 501, "task",
-                         "no hypernetwork configured (start tasamd with --hypernet FILE)");
-        return 1;
-    }
-    if (__atomic_load_n(&srv->draining, __ATOMIC_RELAXED)) {
-        srv_reply_errorf(out, 503, "", "the server is shutting down");
-        return 1;
-    }
-    if (!srv_sched_is_ready(srv->sched)) {
-        srv_reply_errorf(out, 503, "",
-                         srv->sched->failed ? "the model failed to load"
-                                            : "the model is still loading");
-        return 1;
-    }
-    if (p->req.has_task &&
-        ad_task_id(p->req.task, p->req.task_len, srv->sched->info.hypernet_id, ad_id) != 0) {
-        srv_reply_errorf(out, 400, "task", "task: %s", eng_last_error());
-        return 1;
-    }
-    if (kind == SRV_KIND_ADAPTER || kind == SRV_KIND_ADAPTER_FLUSH) {
-        memset(j, 0, sizeof *j);
-        j->kind = kind;
-        j->task = p->req.task;
-        j->task_len = p->req.task_len;
-        memcpy(j->adapter_id, ad_id, sizeof j->adapter_id);
-        j->deadline = t_start + (double)srv_config_int(srv->cfg, SRV_OPT_REQUEST_TIMEOUT_MS) * 1e-3;
-        return 0;
-    }
-    memset(j, 0, sizeof *j);
+        srv_request_parse(in ? in->content_type : NULL, body, len, kind, &lim, &p->req, e) != 0)
+        return -1;
+    if (p->req.has_task && srv_sched_is_ready(srv->sched) && need_hypernet(srv, e))
+        return -1;
+    if (__atomic_load_n(&srv->draining, __ATOMIC_RELAXED))
+        return srv_fail(e, 503, "", "the server is shutting down");
+    if (model_ready(srv, e))
+        return -1;
     j->kind = kind;
-    j->multimask = p->req.multimask;
+    j->deadline = t_start + (double)srv_config_int(srv->cfg, SRV_OPT_REQUEST_TIMEOUT_MS) * 1e-3;
     if (p->req.has_task) {
         j->task = p->req.task;
         j->task_len = p->req.task_len;
-        memcpy(j->adapter_id, ad_id, sizeof j->adapter_id);
+        j->task_norm = p->req.task_norm;
+        if (ad_task_id_normalized(j->task_norm, srv->sched->info.hypernet_id, j->adapter_id) != 0)
+            return srv_fail(e, 500, "", "adapter id: %s", eng_last_error());
     }
+    if (kind == SRV_KIND_ADAPTER || kind == SRV_KIND_ADAPTER_FLUSH)
+        return 0;
+    j->multimask = p->req.multimask;
     j->max_pixels = srv_config_int(srv->cfg, SRV_OPT_MAX_PIXELS);
     if (p->req.image) {
         uint8_t d[32];
@@ -718,9 +613,10 @@ int srv_routes_post_prepare(srv_server *srv, srv_route route, const srv_http_in 
         eng_sha256_hex(d, j->sha);
         j->raw = p->req.image;
         j->raw_len = p->req.image_len;
-        if (!srv_cache_peek(srv->cache, j->sha, &w, &h)) {
-            if (decode_image(srv, p, out))
-                return 1;
+        if (srv_cache_peek(srv->cache, j->sha, &w, &h) != 0) {
+            if (srv_image_prepare(p->req.image, p->req.image_len, j->max_pixels, &p->resized,
+                                  &j->info, e) != 0)
+                return -1;
             j->resized = p->resized;
             w = j->info.orig_w;
             h = j->info.orig_h;
@@ -728,31 +624,24 @@ int srv_routes_post_prepare(srv_server *srv, srv_route route, const srv_http_in 
         j->t.decode = (srv_now() - t) * 1e3;
     } else {
         memcpy(j->sha, p->req.image_id, sizeof j->sha);
-        if (!srv_cache_peek(srv->cache, j->sha, &w, &h)) {
-            srv_reply_errorf(out, 404, "image_id",
-                             "no cached embedding for image_id %s; send the image itself", j->sha);
-            return 1;
-        }
+        if (srv_cache_peek(srv->cache, j->sha, &w, &h) != 0)
+            return srv_fail(e, 404, "image_id",
+                            "no cached embedding for image_id %s; send the image itself", j->sha);
     }
     j->info.orig_w = w;
     j->info.orig_h = h;
     if (kind == SRV_KIND_SEGMENT) {
-        if (srv_request_prompts(&p->req, w, h, &p->prompts, &e) != 0) {
-            srv_reply_error(out, &e);
-            return 1;
-        }
+        if (srv_request_prompts(&p->req, w, h, &p->prompts, e) != 0)
+            return -1;
         double bytes = (double)p->prompts.n * (p->req.multimask ? 3 : 1) * (double)w * (double)h;
         int64_t maxb = srv_config_int(srv->cfg, SRV_OPT_MAX_MASK_BYTES);
-        if (bytes > (double)maxb) {
-            srv_reply_errorf(out, 413, p->req.n_boxes > 1 ? "boxes" : "",
-                             "the masks of this request would take %.0f bytes (prompts x masks x "
-                             "pixels); the limit is %lld",
-                             bytes, (long long)maxb);
-            return 1;
-        }
+        if (bytes > (double)maxb)
+            return srv_fail(e, 413, p->req.n_boxes > 1 ? "boxes" : "",
+                            "the masks of this request would take %.0f bytes (prompts x masks x "
+                            "pixels); the limit is %lld",
+                            bytes, (long long)maxb);
         j->prompts = &p->prompts;
     }
-    j->deadline = t_start + (double)srv_config_int(srv->cfg, SRV_OPT_REQUEST_TIMEOUT_MS) * 1e-3;
     return 0;
 }
 

@@ -70,15 +70,17 @@ int srv_route_uses_job(srv_route r);
  * Who may call `route` (checked on the headers, before any body is read):
  * /admin routes need the admin token; the /v1 routes need the API token
  * when one is configured (the admin token works too); /healthz, /readyz and
- * /metrics are open. Returns 0, or 1 with *out holding the 401 / 403.
+ * /metrics are open. Returns 0, or -1 with *e holding the 401 / 403.
  */
-int srv_routes_authorize(srv_server *srv, srv_route route, const srv_http_in *in, srv_reply *out);
+int srv_routes_authorize(srv_server *srv, srv_route route, const srv_http_in *in, srv_error *e);
 
 /* 1 when the request carries the admin token (what admin-only parts of
  * responses, such as server paths in /v1/info, need). */
 int srv_routes_is_admin(srv_server *srv, const srv_http_in *in);
 
-/* Fill *out with the JSON error body for e (status e->status). */
+/* Fill *out with the JSON error body for e (status e->status), with the
+ * headers the status implies (Retry-After for 429 and 503,
+ * WWW-Authenticate for 401). The one place errors become replies. */
 void srv_reply_error(srv_reply *out, const srv_error *e);
 /* Same from parts. */
 void srv_reply_errorf(srv_reply *out, int status, const char *field, const char *fmt, ...)
@@ -93,13 +95,13 @@ void srv_routes_get(srv_server *srv, srv_route route, const char *url, const srv
  * First half of a job route (authorized by srv_routes_authorize): parse and
  * validate the body, hash the image, decode and resize it unless
  * its embedding is cached, compute the task's adapter id, and fill p->job
- * (without done/done_arg). Returns 0 when the job is ready to submit, or 1
- * with *out holding the reply (an error). The request borrows `body`, which
- * must stay alive until srv_post_free().
+ * (without done/done_arg). Returns 0 when the job is ready to submit, or -1
+ * with *e set. The request borrows `body`, which must stay alive until
+ * srv_post_free().
  */
 int srv_routes_post_prepare(srv_server *srv, srv_route route, const srv_http_in *in,
                             const uint8_t *body, size_t len, double t_start, srv_post *p,
-                            srv_reply *out);
+                            srv_error *e);
 
 /* Second half: the response for a completed job. */
 void srv_routes_post_finish(srv_server *srv, srv_route route, srv_post *p, double t_start,

@@ -71,15 +71,14 @@ static void set_depth_gauge(srv_sched *s)
     srv_metrics_gauge_set(&s->metrics->queue_depth, s->depth);
 }
 
-int srv_sched_submit(srv_sched *s, srv_job *j)
+int srv_sched_submit(srv_sched *s, srv_job *j, srv_error *e)
 {
-    int rc = 0;
+    int stopping, full = 0, ready;
+    int64_t cap = srv_config_int(s->cfg, SRV_OPT_QUEUE_DEPTH);
     pthread_mutex_lock(&s->mu);
-    if (s->stopping || !s->ready) {
-        rc = -503;
-    } else if (s->depth >= (int)srv_config_int(s->cfg, SRV_OPT_QUEUE_DEPTH)) {
-        rc = -429;
-    } else {
+    stopping = s->stopping;
+    ready = s->ready;
+    if (!stopping && ready && !(full = s->depth >= cap)) {
         j->next = NULL;
         j->t_submit = srv_now();
         if (s->tail)
@@ -92,9 +91,13 @@ int srv_sched_submit(srv_sched *s, srv_job *j)
         pthread_cond_broadcast(&s->cv);
     }
     pthread_mutex_unlock(&s->mu);
-    if (rc == -429)
+    if (stopping || !ready)
+        return srv_fail(e, 503, "", "the server is not accepting work (loading or shutting down)");
+    if (full) {
         srv_metrics_add(&s->metrics->rejected_queue_full, 1);
-    return rc;
+        return srv_fail(e, 429, "", "the queue is full (%lld jobs); retry later", (long long)cap);
+    }
+    return 0;
 }
 
 /* Contract: under mu; unlinks j whose predecessor is prev (NULL: head). */
@@ -196,7 +199,7 @@ void srv__sched_gather(srv_sched *s, char (*shas)[65], int *n_shas, int max, srv
                     break;
             if (k < *n_shas) {
                 take = 1;
-            } else if (*n_shas < max && !srv_cache_peek(s->cache, j->sha, &w, &h)) {
+            } else if (*n_shas < max && srv_cache_peek(s->cache, j->sha, &w, &h) != 0) {
                 memcpy(shas[*n_shas], j->sha, 65);
                 (*n_shas)++;
                 take = 1;

@@ -61,21 +61,22 @@ struct srv_job {
     size_t raw_len;     /* bytes at raw */
     uint8_t *resized;   /* RGB resized to the encoder input (long side 1024), or NULL; owned by the
                            submitter */
-    eng_sam_imginfo info; /* sizes; orig_w/h always set, input_w/h set with resized */
-    srv_prompts *prompts; /* segment: the prompts (borrowed; the worker sets their .lora) */
-    const char *task;     /* segment/adapter: task text (borrowed) or NULL */
-    size_t task_len;      /* bytes at task */
-    char adapter_id[65];  /* ad_task_id(task, hypernetwork) computed at submit */
-    int multimask;        /* 3 masks per prompt (1) or 1 (0) */
-    int64_t max_pixels;   /* for a decode in the worker */
-    double t_submit;      /* monotonic seconds at submit */
-    double deadline;      /* monotonic seconds; expired jobs get 504 */
-    srv_job_done_fn done; /* completion callback (see the header comment) */
-    void *done_arg;       /* passed to done */
+    eng_sam_imginfo info;  /* sizes; orig_w/h always set, input_w/h set with resized */
+    srv_prompts *prompts;  /* segment: the prompts (borrowed; the worker sets their .lora) */
+    const char *task;      /* segment/adapter: task text as given (borrowed) or NULL */
+    size_t task_len;       /* bytes at task */
+    const char *task_norm; /* ad_normalize_task(task), normalised once at parse (borrowed) */
+    char adapter_id[65];   /* ad_task_id(task, hypernetwork) computed at submit */
+    int multimask;         /* 3 masks per prompt (1) or 1 (0) */
+    int64_t max_pixels;    /* for a decode in the worker */
+    double t_submit;       /* monotonic seconds at submit */
+    double deadline;       /* monotonic seconds; expired jobs get 504 */
+    srv_job_done_fn done;  /* completion callback (see the header comment) */
+    void *done_arg;        /* passed to done */
     /* ---- scheduler-private ---- */
     srv_job *next; /* queue link */
     /* ---- result, valid in done ---- */
-    int status;          /* 200 or an HTTP error status */
+    int status;          /* 200, or err.status when the job failed */
     srv_error err;       /* when status != 200 */
     int cache_hit;       /* 1: the embedding came from the cache */
     srv_cache_tier tier; /* which tier on a hit */
@@ -147,11 +148,12 @@ int srv_sched_init(srv_sched *s, srv_config *cfg, srv_cache *cache, srv_metrics 
 int srv_sched_start(srv_sched *s);
 
 /*
- * Queue a job. Returns 0 (the job will be completed through `done`),
- * -429 when the queue is full, -503 when the model is not ready or the
- * scheduler is stopping. On failure `done` is not called.
+ * Queue a job. Returns 0 (the job will be completed through `done`), or -1
+ * with *e set: 429 when queue-depth jobs are already waiting, 503 when the
+ * model is not ready or the scheduler is stopping. On failure `done` is not
+ * called.
  */
-int srv_sched_submit(srv_sched *s, srv_job *j);
+int srv_sched_submit(srv_sched *s, srv_job *j, srv_error *e);
 
 /* Complete queued jobs whose deadline has passed with 504. Any thread. */
 void srv_sched_expire(srv_sched *s);

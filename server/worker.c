@@ -225,35 +225,35 @@ static void worker_unload(worker *w)
     w->be = NULL;
 }
 
-static void fail_job(srv_sched *s, srv_job *j, int status, const char *fmt, const char *detail)
+/* Contract: completes j as failed with the error already in j->err. */
+static void fail_job(srv_sched *s, srv_job *j)
 {
-    j->status = status;
-    srv_fail(&j->err, status, "", fmt, detail);
+    j->status = j->err.status;
+    srv__sched_finish(s, j);
+}
+
+/* Contract: completes j as succeeded. */
+static void finish_ok(srv_sched *s, srv_job *j)
+{
+    j->status = 200;
     srv__sched_finish(s, j);
 }
 
 /*
  * Contract: finds or generates the adapter of j's task (timed into
- * j->t.adapter, metadata into j->ad_meta). Returns 1 with *lora set, or 0
- * with the job's status and error set (the caller completes it).
+ * j->t.adapter, metadata into j->ad_meta). Returns 0 with *lora set, or -1
+ * with j->err set (the caller completes the job).
  */
 static int adapter_for(worker *w, srv_job *j, const eng_sam_lora **lora)
 {
     double t = srv_now();
-    if (!w->ads) {
-        j->status = 501;
-        srv_fail(&j->err, 501, "task",
-                 "no hypernetwork configured (start tasamd with --hypernet FILE)");
-        return 0;
-    }
-    int st = srv_adapter_cache_acquire(w->ads, j->adapter_id, j->task, j->task_len, lora,
-                                       &j->ad_meta, &j->ad_source, &j->err);
+    if (!w->ads)
+        return srv_fail(&j->err, 501, "task",
+                        "no hypernetwork configured (start tasamd with --hypernet FILE)");
+    int rc = srv_adapter_cache_acquire(w->ads, j->adapter_id, j->task, j->task_len, j->task_norm,
+                                       lora, &j->ad_meta, &j->ad_source, &j->err);
     j->t.adapter = (srv_now() - t) * 1e3;
-    if (st) {
-        j->status = st;
-        return 0;
-    }
-    return 1;
+    return rc;
 }
 
 /* Contract: answers an adapter job (POST /v1/adapters) or a flush
@@ -267,19 +267,20 @@ static void serve_adapter_job(worker *w, srv_job *j)
         srv_log_info("worker: adapter cache flushed: %lld from the device, %lld from disk",
                      (long long)j->flushed_mem, (long long)j->flushed_disk);
         if (j->flushed_disk < 0) {
-            fail_job(s, j, 500, "%s", "flushing the adapter table failed (see the log)");
+            srv_fail(&j->err, 500, "", "flushing the adapter table failed (see the log)");
+            fail_job(s, j);
             return;
         }
-        j->status = 200;
-        srv__sched_finish(s, j);
+        finish_ok(s, j);
         return;
     }
     const eng_sam_lora *lora = NULL;
-    if (adapter_for(w, j, &lora)) {
-        srv_adapter_cache_release(w->ads, lora);
-        j->status = 200;
+    if (adapter_for(w, j, &lora) != 0) {
+        fail_job(s, j);
+        return;
     }
-    srv__sched_finish(s, j);
+    srv_adapter_cache_release(w->ads, lora);
+    finish_ok(s, j);
 }
 
 /*
@@ -298,8 +299,7 @@ static void serve(worker *w, srv_job *j, const float *emb, int hit, srv_cache_ti
     j->cache_hit = hit;
     j->tier = tier;
     if (j->kind == SRV_KIND_EMBED || !pr) {
-        j->status = 200;
-        srv__sched_finish(s, j);
+        finish_ok(s, j);
         return;
     }
     eng_resize_shape(info.orig_w, info.orig_h, ENG_SAM_IMG, &info.input_w, &info.input_h);
@@ -312,13 +312,14 @@ static void serve(worker *w, srv_job *j, const float *emb, int hit, srv_cache_ti
     j->masks = malloc(n * px);
     if (!j->iou || !j->stability || !j->masks) {
         srv_job_free_results(j);
-        fail_job(s, j, 503, "%s", "not enough memory for the masks of this request; retry later");
+        srv_fail(&j->err, 503, "", "not enough memory for the masks of this request; retry later");
+        fail_job(s, j);
         return;
     }
     if (j->task) {
-        if (!adapter_for(w, j, &lora)) {
+        if (adapter_for(w, j, &lora) != 0) {
             srv_job_free_results(j);
-            srv__sched_finish(s, j);
+            fail_job(s, j);
             return;
         }
         for (int i = 0; i < pr->n; i++)
@@ -342,36 +343,29 @@ static void serve(worker *w, srv_job *j, const float *emb, int hit, srv_cache_ti
     if (rc != 0) {
         srv_job_free_results(j);
         srv_log_error("worker: decoding %s failed: %s", j->sha, eng_last_error());
-        fail_job(s, j, 500, "the mask decoder failed: %s", eng_last_error());
+        srv_fail_eng(&j->err, rc, SRV_BLAME_SERVER, "", "the mask decoder failed");
+        fail_job(s, j);
         return;
     }
     j->n_masks = (int)n;
-    j->status = 200;
-    srv__sched_finish(s, j);
+    finish_ok(s, j);
 }
 
-/* Contract: fills `input` from the job's resized pixels, or decodes and
- * resizes its raw bytes. Returns 0, or an HTTP status with j->err set. */
+/* Contract: fills `input` from the job's resized pixels, or (its embedding
+ * was evicted after the HTTP thread found it cached) decodes and resizes its
+ * raw bytes. Returns 0, or -1 with j->err set. */
 static int prepare_input(srv_job *j, float *input)
 {
+    uint8_t *rgb = NULL;
     if (j->resized) {
         eng_sam_normalize_pad(j->resized, j->info.input_w, j->info.input_h, input);
         return 0;
     }
-    eng_image img = {0};
-    int rc = eng_image_decode(j->raw, j->raw_len, j->max_pixels, &img);
-    if (rc == 0) {
-        eng_sam_imginfo info;
-        rc = eng_sam_preprocess(&img, input, &info);
-        eng_image_free(&img);
-        if (rc == 0) {
-            j->info = info;
-            return 0;
-        }
-    }
-    int st = rc == ENG_ELIMIT ? 413 : rc == ENG_EUNSUP ? 415 : rc == ENG_ENOMEM ? 503 : 400;
-    srv_fail(&j->err, st, "image", "image: %s", eng_last_error());
-    return st;
+    if (srv_image_prepare(j->raw, j->raw_len, j->max_pixels, &rgb, &j->info, &j->err) != 0)
+        return -1;
+    eng_sam_normalize_pad(rgb, j->info.input_w, j->info.input_h, input);
+    free(rgb);
+    return 0;
 }
 
 /* Contract: encodes the batch's distinct images, stores the embeddings and
@@ -393,8 +387,7 @@ static void run_batch(worker *w, char (*shas)[65], int n_shas, srv_job **jobs, i
         slot[k] = -1;
         if (!rep[k])
             continue;
-        int st = prepare_input(rep[k], w->inputs + (size_t)n_ok * IMG_FLOATS);
-        if (st) {
+        if (prepare_input(rep[k], w->inputs + (size_t)n_ok * IMG_FLOATS) != 0) {
             /* The representative may be freed once finished: copy first. */
             srv_error err = rep[k]->err;
             rep[k] = NULL;
@@ -403,8 +396,7 @@ static void run_batch(worker *w, char (*shas)[65], int n_shas, srv_job **jobs, i
                     srv_job *j = jobs[i];
                     jobs[i] = NULL;
                     j->err = err;
-                    j->status = st;
-                    srv__sched_finish(s, j);
+                    fail_job(s, j);
                 }
             continue;
         }
@@ -442,7 +434,8 @@ static void run_batch(worker *w, char (*shas)[65], int n_shas, srv_job **jobs, i
                 continue;
             jobs[i] = NULL;
             if (rc != 0) {
-                fail_job(s, j, 500, "the image encoder failed: %s", eng_last_error());
+                srv_fail_eng(&j->err, rc, SRV_BLAME_SERVER, "", "the image encoder failed");
+                fail_job(s, j);
                 continue;
             }
             srv_metrics_add(&s->metrics->cache_misses, 1);
@@ -473,7 +466,8 @@ static void worker_loop(worker *w)
         j->t.queue = (now - j->t_submit) * 1e3;
         if (j->deadline > 0 && now >= j->deadline) {
             srv_metrics_add(&s->metrics->deadline_expired, 1);
-            fail_job(s, j, 504, "%s", "the request's deadline passed while it was queued");
+            srv_fail(&j->err, 504, "", "the request's deadline passed while it was queued");
+            fail_job(s, j);
             continue;
         }
         if (j->kind == SRV_KIND_ADAPTER || j->kind == SRV_KIND_ADAPTER_FLUSH) {
@@ -500,12 +494,11 @@ static void worker_loop(worker *w)
             continue;
         }
         if (!j->raw && !j->resized) {
-            j->status = 404;
             srv_fail(&j->err, 404, "image_id",
                      "no cached embedding for image_id %s (evicted or never computed); send the "
                      "image",
                      j->sha);
-            srv__sched_finish(s, j);
+            fail_job(s, j);
             continue;
         }
         int n_shas = 1, n_jobs = 1;

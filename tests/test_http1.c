@@ -63,7 +63,8 @@ static void test_heads(void)
         {"GET /x HTTP/1.1\nHost: t\n\n", 400, 0, 0},
         {"GET /x HTTP/1.1\r\nHost: t\rX\r\n\r\n", 400, 0, 0},
         {"GET /x HTTP/1.1\r\nHost: t\x01\r\n\r\n", 400, 0, 0},
-        {"POST /x HTTP/1.1\r\nHost: t\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\n", 400, 0, 0},
+        {"POST /x HTTP/1.1\r\nHost: t\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\n", 400, 0,
+         0},
         {"POST /x HTTP/1.1\r\nHost: t\r\nContent-Length: 1, 2\r\n\r\n", 400, 0, 0},
         {"POST /x HTTP/1.1\r\nHost: t\r\nContent-Length: -1\r\n\r\n", 400, 0, 0},
         {"POST /x HTTP/1.1\r\nHost: t\r\nContent-Length: 0x10\r\n\r\n", 400, 0, 0},
@@ -302,7 +303,8 @@ static void test_client_limits(void)
     T_CHECK(srv_clients_take(t, &c, 2, 3, t0 + 0.25) == 1, "0.5 tokens at +0.25 s: 1 s");
     T_CHECK(srv_clients_take(t, &c, 2, 3, t0 + 0.5) == 0, "1 token at +0.5 s");
     T_CHECK(srv_clients_take(t, &c, 0.1, 3, t0 + 0.5) == 10, "at 0.1/s an empty bucket: 10 s");
-    T_CHECK(srv_clients_take(t, &c, 2, 3, t0 + 100) == 0 && srv_clients_take(t, &c, 2, 3, t0 + 100) == 0 &&
+    T_CHECK(srv_clients_take(t, &c, 2, 3, t0 + 100) == 0 &&
+                srv_clients_take(t, &c, 2, 3, t0 + 100) == 0 &&
                 srv_clients_take(t, &c, 2, 3, t0 + 100) == 0 &&
                 srv_clients_take(t, &c, 2, 3, t0 + 100) == 1,
             "a long pause refills to the burst, not beyond");
@@ -318,7 +320,8 @@ static void test_client_limits(void)
     T_CHECK(srv_clients_conns(t, &a) == 4 && srv_clients_conns(t, &b) == 1,
             "clients with connections open were forgotten");
     srv_client_key old = key_n(100);
-    T_CHECK(srv_clients_take(t, &old, 1, 1, t0) == 0, "a forgotten client starts with a full bucket");
+    T_CHECK(srv_clients_take(t, &old, 1, 1, t0) == 0,
+            "a forgotten client starts with a full bucket");
     /* every slot held by a client with a connection: refused, not evicted */
     srv_clients *u;
     T_REQUIRE(srv_clients_create(&u, 16) == 0, "create");

@@ -18,10 +18,13 @@
 #include "server/config.h"
 #include "server/log.h"
 #include "server/metrics.h"
+#include "engine/error.h"
+#include "server/error.h"
 #include "server/request.h"
 #include "server/routes.h"
 #include "engine/image.h"
 #include "engine/rle.h"
+#include "server/scheduler.h"
 #include "tests/harness.h"
 
 #if defined(__GNUC__) && !defined(__clang__)
@@ -209,6 +212,11 @@ static void test_request_validation(void)
         {"{\"image\":\"iVBO\",\"extra\":1}", "extra"},
         {"{\"image\":\"iVBO\",\"points\":[[1,2]]}", "points[0]"},
         {"{\"image\":\"iVBO\",\"points\":[[1,2,1.0]]}", "points[0]"},
+        /* SAM's labels 2 and 3 are box corners, made from `boxes`, never
+         * given as points; -1 is its padding point */
+        {"{\"image\":\"iVBO\",\"points\":[[1,2,2]]}", "points[0]"},
+        {"{\"image\":\"iVBO\",\"points\":[[1,2,1],[1,2,3]]}", "points[1]"},
+        {"{\"image\":\"iVBO\",\"points\":[[1,2,-1]]}", "points[0]"},
         {"{\"image\":\"iVBO\",\"points\":{}}", "points"},
         {"{\"image\":\"iVBO\",\"points\":[[1e39,2,1]]}", "points[0]"}, /* inf as a float */
         {"{\"image\":\"iVBO\",\"boxes\":[[-1e300,0,1,1]]}", "boxes[0]"},
@@ -256,6 +264,85 @@ static void test_request_validation(void)
     T_CHECK(srv_utf8_valid("h\xc3\xa9", 3) && !srv_utf8_valid("\xc0\xaf", 2) &&
                 !srv_utf8_valid("\xed\xa0\x80", 3) && !srv_utf8_valid("a\0b", 3),
             "utf8");
+}
+
+/* Every engine code against the status table of server/error.h, written
+ * out by hand. */
+static void test_error_status(void)
+{
+    static const int want[][3] = {
+        /* engine code, client input, server */
+        {ENG_EINVAL, 400, 500},    {ENG_ENOMEM, 503, 503},  {ENG_EIO, 400, 500},
+        {ENG_EFORMAT, 400, 500},   {ENG_EUNSUP, 415, 500},  {ENG_ELIMIT, 413, 500},
+        {ENG_ENOTFOUND, 400, 500}, {ENG_EDEVICE, 500, 500}, {ENG_ESHAPE, 400, 500},
+    };
+    for (size_t i = 0; i < sizeof want / sizeof want[0]; i++) {
+        int in = srv_status_of(want[i][0], SRV_BLAME_INPUT);
+        int sv = srv_status_of(want[i][0], SRV_BLAME_SERVER);
+        T_CHECK(in == want[i][1] && sv == want[i][2], "%s: %d/%d, want %d/%d",
+                eng_strerror(want[i][0]), in, sv, want[i][1], want[i][2]);
+    }
+    srv_error e;
+    eng_error(ENG_ELIMIT, "9000x9000 is over the limit");
+    T_CHECK(srv_fail_eng(&e, ENG_ELIMIT, SRV_BLAME_INPUT, "image", "image %d", 2) == -1 &&
+                e.status == 413 && !strcmp(e.field, "image") &&
+                !strcmp(e.message, "image 2: 9000x9000 is over the limit"),
+            "srv_fail_eng: %d %s '%s'", e.status, e.field, e.message);
+}
+
+/* A done callback that counts stopped jobs. */
+static void count_done(srv_job *j, void *arg)
+{
+    int *n = arg;
+    T_CHECK(j->status == 503 && j->err.status == 503, "stopped job: %d", j->status);
+    (*n)++;
+}
+
+/* queue-depth N: exactly N jobs queue, the N+1th is 429 (the bound counts
+ * N, not N-1 or N+1); before the model is ready and after a stop, 503. No
+ * worker thread runs, so nothing leaves the queue. */
+static void test_queue_bound(void)
+{
+    for (int n = 1; n <= 3; n++) {
+        srv_config cfg;
+        srv_metrics m;
+        srv_sched s;
+        srv_error e;
+        srv_job jobs[5];
+        char err[512], depth[8];
+        int done = 0;
+        snprintf(depth, sizeof depth, "%d", n);
+        const char *args[] = {"--checkpoint", "/x.pth", "--queue-depth", depth, NULL};
+        T_REQUIRE(load(&cfg, err, args) == 0, "config: %s", err);
+        srv_log_set_level(SRV_LOG_LEVEL_ERROR);
+        srv_metrics_init(&m);
+        srv_sched_init(&s, &cfg, NULL, &m, NULL, NULL);
+        memset(jobs, 0, sizeof jobs);
+        for (int i = 0; i <= n; i++) {
+            jobs[i].done = count_done;
+            jobs[i].done_arg = &done;
+        }
+        memset(&e, 0, sizeof e);
+        T_CHECK(srv_sched_submit(&s, &jobs[0], &e) == -1 && e.status == 503,
+                "submit before the model is ready: %d", e.status);
+        s.ready = 1;
+        for (int i = 0; i < n; i++)
+            T_CHECK(srv_sched_submit(&s, &jobs[i], &e) == 0, "depth %d: job %d refused (%d %s)", n,
+                    i + 1, e.status, e.message);
+        T_CHECK(srv_sched_pending(&s) == n, "pending %d, want %d", srv_sched_pending(&s), n);
+        memset(&e, 0, sizeof e);
+        T_CHECK(srv_sched_submit(&s, &jobs[n], &e) == -1 && e.status == 429,
+                "depth %d: job %d got %d, want 429", n, n + 1, e.status);
+        T_CHECK(m.rejected_queue_full == 1, "rejections counted: %llu",
+                (unsigned long long)m.rejected_queue_full);
+        T_CHECK(m.queue_depth == n, "queue depth gauge %lld", (long long)m.queue_depth);
+        srv_sched_stop(&s, 0);
+        T_CHECK(done == n, "stop completed %d of %d queued jobs", done, n);
+        T_CHECK(srv_sched_submit(&s, &jobs[n], &e) == -1 && e.status == 503, "after stop: %d",
+                e.status);
+        srv_sched_destroy(&s);
+        srv_config_free(&cfg);
+    }
 }
 
 static const char MP[] = "--XyZ\r\n"
@@ -435,7 +522,7 @@ static void test_cache(void)
     srv_cache_set_model(c, "test-model", "fp32");
     T_CHECK(srv_cache_put(c, A, e1, 30, 20, 1) == 0, "put A");
     /* a write still queued is visible at once */
-    T_CHECK(srv_cache_peek(c, A, &w, &h) == 1 && w == 30 && h == 20, "A queued or in memory");
+    T_CHECK(srv_cache_peek(c, A, &w, &h) == 0 && w == 30 && h == 20, "A queued or in memory");
     T_CHECK(srv_cache_put(c, B, e2, 31, 21, 1) == 0, "put B");
     srv_cache_flush(c);
     /* A left the single host slot: a disk hit with the right content */
@@ -449,7 +536,7 @@ static void test_cache(void)
     srv_cache_note_resident(c, B, 31, 21);
     T_CHECK(m.cache_bytes_mem == 0, "host copy of a resident embedding kept (%lld bytes)",
             (long long)m.cache_bytes_mem);
-    T_CHECK(srv_cache_peek(c, B, &w, &h) == 1 && w == 31, "resident B known");
+    T_CHECK(srv_cache_peek(c, B, &w, &h) == 0 && w == 31, "resident B known");
     T_CHECK(srv_cache_get(c, A, scratch, &got, &w, &h, &tier) == 0, "A again");
     /* C evicts the least recently used row (B) from disk */
     T_CHECK(srv_cache_put(c, C, e1, 1, 1, 0) == 0, "put C");
@@ -481,9 +568,13 @@ static void test_cache(void)
     srv_cache_flush(c);
     T_CHECK(srv_cache_meta_get(c, A, &meta) == 1, "corrupt row not dropped");
     T_CHECK(srv_cache_get(c, C, scratch, &got, &w, &h, &tier) == 0 && got[7] == 7.0f, "C intact");
+    /* peek answers a hit as get does: 0 with the size; a miss 1 */
+    w = h = 0;
+    T_CHECK(srv_cache_peek(c, C, &w, &h) == 0 && w == 1 && h == 1, "peek C: %dx%d", w, h);
+    T_CHECK(srv_cache_peek(c, B, &w, &h) == 1, "peek of an absent row is a miss");
     /* another model id does not see C */
     srv_cache_set_model(c, "other-model", "fp32");
-    T_CHECK(srv_cache_peek(c, C, &w, &h) == 0, "keyed by model id");
+    T_CHECK(srv_cache_peek(c, C, &w, &h) == 1, "keyed by model id");
     srv_cache_close(c);
     free(e1);
     free(e2);
@@ -530,7 +621,7 @@ static void test_cache_impossible_size(void)
     const float *got;
     srv_cache_tier tier;
     srv_cache_meta meta;
-    T_CHECK(srv_cache_peek(c, shas[0], &w, &h) == 0, "peek served a 0-wide row");
+    T_CHECK(srv_cache_peek(c, shas[0], &w, &h) == 1, "peek served a 0-wide row");
     T_CHECK(srv_cache_meta_get(c, shas[1], &meta) == 1, "metadata of a 10-gigapixel row");
     T_CHECK(srv_cache_get(c, shas[2], scratch, &got, &w, &h, &tier) == 1,
             "get served a 1x5000 row");
@@ -1029,6 +1120,8 @@ int main(void)
     T_RUN(test_config_errors);
     T_RUN(test_config_special_files);
     T_RUN(test_request_validation);
+    T_RUN(test_error_status);
+    T_RUN(test_queue_bound);
     T_RUN(test_multipart);
     T_RUN(test_multipart_quoted_params);
     T_RUN(test_schema_file_matches);
