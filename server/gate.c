@@ -580,6 +580,33 @@ static int on_client(srv_gate *g, gconn *c, uint32_t ev, double now)
     return step(g, c, now);
 }
 
+/*
+ * Contract: at max-connections, the connection whose first request head
+ * has been arriving longest (at least 1 s; not yet handed to
+ * libmicrohttpd) gives way to the new one: it gets a best-effort 408 and is
+ * closed. Slow heads from many addresses (a slowloris no per-client limit
+ * catches) then cannot keep everyone else out, and a client that sends its
+ * request at once is never the one dropped.
+ */
+static void make_room(srv_gate *g, double now)
+{
+    gconn *v = NULL;
+    for (gconn *c = g->conns; c; c = c->next)
+        if (c->ph == PH_HEAD && c->mfd < 0 && now - c->t_head >= 1.0 &&
+            (!v || c->t_head < v->t_head))
+            v = c;
+    if (!v)
+        return;
+    char buf[1024];
+    size_t n = error_response(buf, sizeof buf, 408, 0,
+                              "the server is at max-connections and this request head was the "
+                              "slowest to arrive");
+    if (n && send(v->cfd, buf, n, MSG_NOSIGNAL | MSG_DONTWAIT) < 0)
+        srv_log_debug("gate: %s: %s", v->peer, strerror(errno));
+    srv_metrics_request(g->srv->metrics, SRV_ROUTE_OTHER, 408, now - v->t_head);
+    conn_close(g, v);
+}
+
 static void on_accept(srv_gate *g, double now)
 {
     for (;;) {
@@ -598,6 +625,8 @@ static void on_accept(srv_gate *g, double now)
         srv_client_key_of((struct sockaddr *)&ss, sl, &key);
         srv_client_key_str(&key, peer, sizeof peer);
         int maxc = (int)opt(g, SRV_OPT_MAX_CONNECTIONS);
+        if (__atomic_load_n(&g->n_conns, __ATOMIC_RELAXED) >= maxc)
+            make_room(g, now);
         if (__atomic_load_n(&g->n_conns, __ATOMIC_RELAXED) >= maxc) {
             char msg[160];
             snprintf(msg, sizeof msg,
