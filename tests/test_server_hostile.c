@@ -8,132 +8,11 @@
  * errors and hangs, ambiguous framing, and JPEGs with corrupt data. Every
  * connection is loopback; every wait is bounded.
  */
-#include <poll.h>
-
+#include "tests/rawhttp.h"
 #include "tests/tserver.h"
 
-/* ---- raw HTTP over a socket ---- */
-
-/* A socket connected to the daemon from `src` ("127.0.0.2" to be another
- * client than the tests' usual 127.0.0.1; NULL: any); -1 on failure. */
-static int raw_connect(int port, const char *src)
-{
-    int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
-    struct sockaddr_in a;
-    if (fd < 0)
-        return -1;
-    if (src) {
-        memset(&a, 0, sizeof a);
-        a.sin_family = AF_INET;
-        inet_pton(AF_INET, src, &a.sin_addr);
-        if (bind(fd, (struct sockaddr *)&a, sizeof a) != 0) {
-            close(fd);
-            return -1;
-        }
-    }
-    memset(&a, 0, sizeof a);
-    a.sin_family = AF_INET;
-    a.sin_port = htons((uint16_t)port);
-    a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-    if (connect(fd, (struct sockaddr *)&a, sizeof a) != 0) {
-        close(fd);
-        return -1;
-    }
-    return fd;
-}
-
-static int send_all(int fd, const void *p, size_t n)
-{
-    const char *b = p;
-    while (n) {
-        ssize_t k = send(fd, b, n, MSG_NOSIGNAL);
-        if (k <= 0)
-            return -1;
-        b += k;
-        n -= (size_t)k;
-    }
-    return 0;
-}
-
-/* One response read from fd within `timeout` seconds. */
-typedef struct reply {
-    int status;      /* 0: none (timeout or closed first) */
-    char head[2048]; /* the status line and headers */
-    char *body;      /* malloc'd, NUL-terminated ("" when none) */
-    size_t len;      /* body bytes */
-    double secs;     /* time until the response was complete */
-} reply;
-
-static void reply_free(reply *r)
-{
-    free(r->body);
-    r->body = NULL;
-}
-
-/* Contract: reads one response (Content-Length framed, or up to EOF). */
-static void read_reply(int fd, double timeout, reply *r)
-{
-    size_t cap = 65536, n = 0;
-    char *buf = malloc(cap + 1);
-    double t0 = now_s();
-    memset(r, 0, sizeof *r);
-    for (;;) {
-        double left = timeout - (now_s() - t0);
-        struct pollfd pf = {.fd = fd, .events = POLLIN};
-        if (left <= 0 || poll(&pf, 1, (int)(left * 1000) + 1) <= 0)
-            break;
-        if (n == cap) {
-            cap *= 2;
-            buf = realloc(buf, cap + 1);
-        }
-        ssize_t k = recv(fd, buf + n, cap - n, 0);
-        if (k <= 0)
-            break;
-        n += (size_t)k;
-        buf[n] = 0;
-        char *end = strstr(buf, "\r\n\r\n");
-        if (!end)
-            continue;
-        const char *cl = strcasestr(buf, "\r\nContent-Length:");
-        size_t hl = (size_t)(end + 4 - buf);
-        if (cl && cl < end && n >= hl + strtoul(cl + 17, NULL, 10))
-            break;
-    }
-    buf[n] = 0;
-    r->secs = now_s() - t0;
-    char *end = strstr(buf, "\r\n\r\n");
-    if (n >= 12 && !strncmp(buf, "HTTP/1.", 7) && end) {
-        r->status = atoi(buf + 9);
-        size_t hl = (size_t)(end - buf);
-        snprintf(r->head, sizeof r->head, "%.*s", (int)(hl < sizeof r->head ? hl : 0), buf);
-        r->len = n - hl - 4;
-        r->body = malloc(r->len + 1);
-        memcpy(r->body, end + 4, r->len);
-        r->body[r->len] = 0;
-    } else {
-        r->body = calloc(1, 1);
-    }
-    free(buf);
-}
-
-/* One request on a new connection, its reply read within `timeout`. */
-static void raw_request(int port, const char *src, const void *req, size_t len, double timeout,
-                        reply *r)
-{
-    int fd = raw_connect(port, src);
-    memset(r, 0, sizeof *r);
-    if (fd < 0 || send_all(fd, req, len) != 0) {
-        r->body = calloc(1, 1);
-        if (fd >= 0)
-            close(fd);
-        return;
-    }
-    read_reply(fd, timeout, r);
-    close(fd);
-}
-
 /* 1 when r is a JSON error of `status` (and its Content-Type says so). */
-static int json_error_of(const reply *r, int status)
+static int json_error_of(const raw_reply *r, int status)
 {
     json_t *j = json_loadb(r->body, r->len, 0, NULL);
     json_t *e = json_object_get(j, "error");
@@ -144,7 +23,7 @@ static int json_error_of(const reply *r, int status)
     return ok;
 }
 
-static const char *error_message(const reply *r, char *out, size_t n)
+static const char *error_message(const raw_reply *r, char *out, size_t n)
 {
     json_t *j = json_loadb(r->body, r->len, 0, NULL);
     snprintf(out, n, "%s",
@@ -292,7 +171,7 @@ static void test_slowloris(void)
         fds[i] = raw_connect(g_d.port, src);
         got[i] = 0;
         if (fds[i] >= 0) {
-            send_all(fds[i], "GET /healthz HTTP/1.1\r\nX-Slow: ", 31);
+            raw_send_all(fds[i], "GET /healthz HTTP/1.1\r\nX-Slow: ", 31);
             fcntl(fds[i], F_SETFL, O_NONBLOCK);
         }
     }
@@ -320,13 +199,13 @@ static void test_slowloris(void)
             }
         }
         if (now_s() - t0 > 1.2) { /* once the attack's heads are over 1 s old */
-            reply r;
+            raw_reply r;
             const char req[] = "GET /healthz HTTP/1.1\r\nHost: t\r\n\r\n";
             raw_request(g_d.port, "127.0.0.1", req, sizeof req - 1, 2.0, &r);
             health_n++;
             health_ok += r.status == 200;
             worst = r.secs > worst ? r.secs : worst;
-            reply_free(&r);
+            raw_reply_free(&r);
         }
         usleep(200000);
     }
@@ -362,16 +241,16 @@ static void test_body_budget(void)
     NEED_DAEMON();
     for (int i = 0; i < 2; i++) {
         held[i] = raw_connect(g_d.port, NULL);
-        T_REQUIRE(held[i] >= 0 && send_all(held[i], head, sizeof head - 1) == 0, "connect");
+        T_REQUIRE(held[i] >= 0 && raw_send_all(held[i], head, sizeof head - 1) == 0, "connect");
     }
     T_CHECK(wait_metric(g_d.port, "tasam_body_bytes_inflight", 2097152, 3) >= 2097152,
             "two held bodies not reserved");
-    reply r;
+    raw_reply r;
     raw_request(g_d.port, NULL, head, sizeof head - 1, 3.0, &r);
     T_CHECK(json_error_of(&r, 503) && strcasestr(r.head, "Retry-After:") &&
                 strstr(error_message(&r, msg, sizeof msg), "max-inflight-body-bytes"),
             "third body: %d '%s' (%s)", r.status, r.body, r.head);
-    reply_free(&r);
+    raw_reply_free(&r);
     for (int i = 0; i < 2; i++)
         close(held[i]);
     T_CHECK(wait_metric(g_d.port, "tasam_body_bytes_inflight", 0, 0.1) >= 0, "metric");
@@ -382,7 +261,7 @@ static void test_body_budget(void)
     char *req = json_post("/v1/embeddings", "{}", NULL, &len);
     raw_request(g_d.port, NULL, req, len, 5.0, &r);
     T_CHECK(r.status == 400, "a body after the held ones left: %d '%s'", r.status, r.body);
-    reply_free(&r);
+    raw_reply_free(&r);
     free(req);
     T_CHECK(metric_of(g_d.port, "tasam_body_budget_rejected_total") >= 1, "503 not counted");
 }
@@ -404,7 +283,7 @@ static void test_abandoned_jobs(void)
         size_t len;
         char *req = json_post("/v1/embeddings", body, NULL, &len);
         fds[i] = raw_connect(g_d.port, NULL);
-        T_CHECK(fds[i] >= 0 && send_all(fds[i], req, len) == 0, "upload %d", i);
+        T_CHECK(fds[i] >= 0 && raw_send_all(fds[i], req, len) == 0, "upload %d", i);
         free(req);
         free(body);
         free(b64);
@@ -450,12 +329,12 @@ static void test_elongated_image(void)
         sprintf(body, "{\"image\":\"%s\"}", b64);
         size_t len;
         char *req = json_post("/v1/segment", body, NULL, &len);
-        reply r;
+        raw_reply r;
         raw_request(g_d.port, NULL, req, len, 10.0, &r);
         T_CHECK(json_error_of(&r, 400) && strstr(error_message(&r, msg, sizeof msg), "2048") &&
                     strstr(r.body, "\"field\":\"image\""),
                 "%dx%d: %d %s", w, h, r.status, r.body);
-        reply_free(&r);
+        raw_reply_free(&r);
         free(req);
         free(body);
         free(b64);
@@ -502,12 +381,12 @@ static void test_malformed_http(void)
     char msg[512];
     NEED_DAEMON();
     for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
-        reply r;
+        raw_reply r;
         raw_request(g_d.port, NULL, cases[i].req, strlen(cases[i].req), 5.0, &r);
         T_CHECK(json_error_of(&r, cases[i].status) && r.secs < 2.0,
                 "%s: %d in %.1f s, want JSON %d: %.200s", cases[i].what, r.status, r.secs,
                 cases[i].status, r.body);
-        reply_free(&r);
+        raw_reply_free(&r);
     }
     /* a request line over max-header-bytes (414), a head over it (431),
      * and 600 query arguments (held until libmicrohttpd's 60 s timeout) */
@@ -516,16 +395,16 @@ static void test_malformed_http(void)
     int k = snprintf(big, 64, "GET /");
     memset(big + k, 'a', n);
     snprintf(big + k + n, 64, " HTTP/1.1\r\nHost: t\r\n\r\n");
-    reply r;
+    raw_reply r;
     raw_request(g_d.port, NULL, big, strlen(big), 5.0, &r);
     T_CHECK(json_error_of(&r, 414), "long request line: %d %.200s", r.status, r.body);
-    reply_free(&r);
+    raw_reply_free(&r);
     k = snprintf(big, 64, "GET /healthz HTTP/1.1\r\nHost: t\r\nX-A: ");
     memset(big + k, 'b', n);
     snprintf(big + k + n, 64, "\r\n\r\n");
     raw_request(g_d.port, NULL, big, strlen(big), 5.0, &r);
     T_CHECK(json_error_of(&r, 431), "large head: %d %.200s", r.status, r.body);
-    reply_free(&r);
+    raw_reply_free(&r);
     k = snprintf(big, 64, "GET /healthz?");
     for (int a = 0; a < 600; a++)
         k += snprintf(big + k, 16, "a%d=1&", a);
@@ -534,20 +413,20 @@ static void test_malformed_http(void)
     T_CHECK(json_error_of(&r, 400) && r.secs < 2.0 &&
                 strstr(error_message(&r, msg, sizeof msg), "query arguments"),
             "600 query arguments: %d in %.1f s", r.status, r.secs);
-    reply_free(&r);
+    raw_reply_free(&r);
     free(big);
     /* on a kept-alive connection the error waits for the answer before it */
     const char two[] = "GET /healthz HTTP/1.1\r\nHost: t\r\n\r\nGET /readyz HTTP/9.9\r\nHost: "
                        "t\r\n\r\n";
     int fd = raw_connect(g_d.port, NULL);
-    T_REQUIRE(fd >= 0 && send_all(fd, two, sizeof two - 1) == 0, "connect");
-    reply a, b;
-    read_reply(fd, 5.0, &a);
-    read_reply(fd, 5.0, &b);
+    T_REQUIRE(fd >= 0 && raw_send_all(fd, two, sizeof two - 1) == 0, "connect");
+    raw_reply a, b;
+    raw_read_reply(fd, 5.0, &a);
+    raw_read_reply(fd, 5.0, &b);
     T_CHECK(a.status == 200 && strstr(a.body, "\"ok\"") && json_error_of(&b, 505),
             "pipelined: %d then %d", a.status, b.status);
-    reply_free(&a);
-    reply_free(&b);
+    raw_reply_free(&a);
+    raw_reply_free(&b);
     close(fd);
 }
 
@@ -572,11 +451,11 @@ static void test_corrupt_jpeg(void)
     sprintf(body, "{\"image\":\"%s\"}", b64);
     size_t rl;
     char *req = json_post("/v1/embeddings", body, NULL, &rl);
-    reply r;
+    raw_reply r;
     raw_request(g_d.port, NULL, req, rl, 10.0, &r);
     T_CHECK(json_error_of(&r, 400) && strstr(error_message(&r, msg, sizeof msg), "corrupt JPEG"),
             "JPEG with fewer rows than declared: %d %s", r.status, r.body);
-    reply_free(&r);
+    raw_reply_free(&r);
     free(req);
     free(body);
     free(b64);
@@ -614,7 +493,7 @@ static void test_queue_full_first(void)
     size_t len;
     char *req = json_post("/v1/segment", body, NULL, &len);
     int slow = raw_connect(d.port, NULL);
-    T_REQUIRE(slow >= 0 && send_all(slow, req, len) == 0, "slow request");
+    T_REQUIRE(slow >= 0 && raw_send_all(slow, req, len) == 0, "slow request");
     free(req);
     free(body);
     usleep(300000);
@@ -623,25 +502,25 @@ static void test_queue_full_first(void)
     sprintf(body, "{\"image\":\"%s\"}", b64);
     req = json_post("/v1/embeddings", body, NULL, &len);
     int queued = raw_connect(d.port, NULL);
-    T_REQUIRE(queued >= 0 && send_all(queued, req, len) == 0, "queued request");
+    T_REQUIRE(queued >= 0 && raw_send_all(queued, req, len) == 0, "queued request");
     free(req);
     free(body);
     free(b64);
     T_CHECK(wait_metric(d.port, "tasam_queue_depth", 1, 3) >= 1, "the queue did not fill");
     req = json_post("/v1/embeddings", "{\"image\":\"aGVsbG8gd29ybGQ=\"}", NULL, &len);
-    reply rr;
+    raw_reply rr;
     raw_request(d.port, NULL, req, len, 5.0, &rr);
     T_CHECK(json_error_of(&rr, 429) && strcasestr(rr.head, "Retry-After:"),
             "full queue: %d %s (an undecodable image; 415 before the fix)", rr.status, rr.body);
-    reply_free(&rr);
+    raw_reply_free(&rr);
     free(req);
-    reply a;
-    read_reply(slow, 60, &a);
+    raw_reply a;
+    raw_read_reply(slow, 60, &a);
     T_CHECK(a.status == 200, "the long request: %d", a.status);
-    reply_free(&a);
-    read_reply(queued, 60, &a);
+    raw_reply_free(&a);
+    raw_read_reply(queued, 60, &a);
     T_CHECK(a.status == 200, "the queued request: %d", a.status);
-    reply_free(&a);
+    raw_reply_free(&a);
     close(slow);
     close(queued);
     T_CHECK(daemon_stop(&d) == 0, "stop");
@@ -706,13 +585,13 @@ static void test_trust_model(void)
     size_t len;
     char *req = json_post("/v1/embeddings", "{}", "Authorization: Bearer client-tok\r\n", &len);
     int n400 = 0, n429 = 0;
-    reply rr;
+    raw_reply rr;
     for (int i = 0; i < 5; i++) {
         raw_request(d.port, NULL, req, len, 5.0, &rr);
         n400 += rr.status == 400;
         if (json_error_of(&rr, 429) && strcasestr(rr.head, "Retry-After: 1"))
             n429++;
-        reply_free(&rr);
+        raw_reply_free(&rr);
     }
     free(req);
     T_CHECK(n400 >= 3 && n429 >= 1 && n400 + n429 == 5, "rate limit: %d through, %d 429", n400,
