@@ -254,7 +254,8 @@ static int polygon(const opts *o)
     /* the request: 64 full-image boxes as polygons, 1.4 KB */
     size_t cap = 256 + (size_t)o->boxes * 24;
     body = malloc(cap);
-    int n = snprintf(body, cap, "{\"image_id\":\"%s\",\"output\":\"polygon\",\"boxes\":[", image_id);
+    int n =
+        snprintf(body, cap, "{\"image_id\":\"%s\",\"output\":\"polygon\",\"boxes\":[", image_id);
     for (int i = 0; i < o->boxes; i++)
         n += snprintf(body + n, cap - (size_t)n, "%s[0,0,%d,%d]", i ? "," : "", w, h);
     snprintf(body + n, cap - (size_t)n, "]}");

@@ -83,7 +83,7 @@ static const srv_opt_def opt_table[SRV_OPT_COUNT] = {
      "how long the encoder waits to fill a batch"},
     {"cache-bytes", SRV_T_BYTES, "2GiB", 0, 1024 * GiB, NULL, 1, 0,
      "byte budget of the on-disk embedding cache (LRU eviction; 0 disables it)"},
-    {"cache-corrupt-keep", SRV_T_INT, "3", 0, 100, NULL, 1, 0,
+    {"cache-corrupt-keep", SRV_T_INT, "3", 0, 100, NULL, 0, 0,
      "corrupt cache databases kept (renamed cache.db.corrupt-TIME) for inspection; older "
      "ones are deleted"},
     {"gpu-cache-slots", SRV_T_INT, "8", 0, 4096, NULL, 0, 0,

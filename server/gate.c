@@ -581,26 +581,40 @@ static int on_client(srv_gate *g, gconn *c, uint32_t ev, double now)
 }
 
 /*
- * Contract: at max-connections, the connection whose first request head
- * has been arriving longest (at least 1 s; not yet handed to
- * libmicrohttpd) gives way to the new one: it gets a best-effort 408 and is
- * closed. Slow heads from many addresses (a slowloris no per-client limit
- * catches) then cannot keep everyone else out, and a client that sends its
- * request at once is never the one dropped.
+ * Contract: at max-connections, a connection still waiting for its first
+ * request head (not yet handed to libmicrohttpd) may give way to the new
+ * one from `key`: the one of the client holding the most connections (the
+ * longest waiting among its), when that client holds more than the
+ * newcomer will, or else the longest waiting one when it has waited over
+ * 1 s. It gets a best-effort 408 and is closed. So a slowloris from many
+ * addresses, each under max-connections-per-client, cannot keep a client
+ * with few connections out, and a request sent at once is never dropped
+ * for a slow one.
  */
-static void make_room(srv_gate *g, double now)
+static void make_room(srv_gate *g, const srv_client_key *key, double now)
 {
-    gconn *v = NULL;
-    for (gconn *c = g->conns; c; c = c->next)
-        if (c->ph == PH_HEAD && c->mfd < 0 && now - c->t_head >= 1.0 &&
-            (!v || c->t_head < v->t_head))
-            v = c;
+    gconn *heavy = NULL, *oldest = NULL;
+    int heavy_n = 0, mine = srv_clients_conns(g->clients, key); /* the newcomer counted */
+    for (gconn *c = g->conns; c; c = c->next) {
+        if (c->ph != PH_HEAD || c->mfd >= 0)
+            continue;
+        if (!oldest || c->t_head < oldest->t_head)
+            oldest = c;
+        int n = srv_clients_conns(g->clients, &c->key);
+        if (n > heavy_n || (n == heavy_n && heavy && c->t_head < heavy->t_head)) {
+            heavy = c;
+            heavy_n = n;
+        }
+    }
+    gconn *v = heavy && heavy_n > mine                ? heavy
+               : oldest && now - oldest->t_head > 1.0 ? oldest
+                                                      : NULL;
     if (!v)
         return;
     char buf[1024];
     size_t n = error_response(buf, sizeof buf, 408, 0,
-                              "the server is at max-connections and this request head was the "
-                              "slowest to arrive");
+                              "the server is at max-connections and this request head gave way "
+                              "to another client's");
     if (n && send(v->cfd, buf, n, MSG_NOSIGNAL | MSG_DONTWAIT) < 0)
         srv_log_debug("gate: %s: %s", v->peer, strerror(errno));
     srv_metrics_request(g->srv->metrics, SRV_ROUTE_OTHER, 408, now - v->t_head);
@@ -624,16 +638,8 @@ static void on_accept(srv_gate *g, double now)
         char peer[64];
         srv_client_key_of((struct sockaddr *)&ss, sl, &key);
         srv_client_key_str(&key, peer, sizeof peer);
-        int maxc = (int)opt(g, SRV_OPT_MAX_CONNECTIONS);
-        if (__atomic_load_n(&g->n_conns, __ATOMIC_RELAXED) >= maxc)
-            make_room(g, now);
-        if (__atomic_load_n(&g->n_conns, __ATOMIC_RELAXED) >= maxc) {
-            char msg[160];
-            snprintf(msg, sizeof msg,
-                     "the server holds max-connections (%d) connections; retry later", maxc);
-            refuse(g, fd, peer, 503, msg);
-            continue;
-        }
+        /* the client's own limit first: a refused newcomer never costs
+         * another client its connection */
         int per = (int)opt(g, SRV_OPT_MAX_CONNECTIONS_PER_CLIENT);
         int rc = srv_clients_conn_add(g->clients, &key, per);
         if (rc != 0) {
@@ -644,6 +650,17 @@ static void on_accept(srv_gate *g, double now)
                               : "too many clients at once (%d per client); retry later",
                      per);
             refuse(g, fd, peer, 429, msg);
+            continue;
+        }
+        int maxc = (int)opt(g, SRV_OPT_MAX_CONNECTIONS);
+        if (__atomic_load_n(&g->n_conns, __ATOMIC_RELAXED) >= maxc)
+            make_room(g, &key, now);
+        if (__atomic_load_n(&g->n_conns, __ATOMIC_RELAXED) >= maxc) {
+            char msg[160];
+            srv_clients_conn_del(g->clients, &key);
+            snprintf(msg, sizeof msg,
+                     "the server holds max-connections (%d) connections; retry later", maxc);
+            refuse(g, fd, peer, 503, msg);
             continue;
         }
         gconn *c = calloc(1, sizeof *c);

@@ -149,11 +149,12 @@ static void test_response_limit(void)
 
 /* Item 2: slowloris. 56 connections trickle a header byte every 0.2 s:
  * 20 from 127.0.0.2, of which max-connections-per-client (12) are taken
- * and 8 get a 429 at once, and 12 from each of 127.0.0.3-5, which fill
- * max-connections (40; the rest get a 503). The heads are cut off with a
+ * and 8 get a 429 at once, and 12 from each of 127.0.0.3-5, which pass
+ * max-connections (40: some give way to others or get a 503). The heads are cut off with a
  * 408 once they pass header-timeout-ms (1.5 s) though bytes keep coming,
- * and /healthz from 127.0.0.1 answers all along: at max-connections the
- * slowest head (over 1 s old) gives way to a new connection. */
+ * and /healthz from 127.0.0.1 answers all along: at max-connections a
+ * waiting head of the client holding the most connections gives way to a
+ * client holding fewer. */
 static void test_slowloris(void)
 {
     enum { N = 56 };
@@ -198,7 +199,7 @@ static void test_slowloris(void)
                 }
             }
         }
-        if (now_s() - t0 > 1.2) { /* once the attack's heads are over 1 s old */
+        if (now_s() - t0 > 0.2) {
             raw_reply r;
             const char req[] = "GET /healthz HTTP/1.1\r\nHost: t\r\n\r\n";
             raw_request(g_d.port, "127.0.0.1", req, sizeof req - 1, 2.0, &r);
@@ -220,7 +221,6 @@ static void test_slowloris(void)
             "%.0f ms\n",
             n408, n429_2, n503, silent, health_ok, health_n, worst * 1e3);
     T_CHECK(n429_2 == 8, "%d connections of 127.0.0.2 over its limit refused, want 8", n429_2);
-    T_CHECK(n503 >= 1, "max-connections never reached (%d 503s)", n503);
     T_CHECK(n408 + n429_2 + n503 == N && silent == 0 && other == 0,
             "%d 408 + %d 429 + %d 503 of %d; %d unanswered, %d other", n408, n429_2, n503, N,
             silent, other);
@@ -415,19 +415,30 @@ static void test_malformed_http(void)
             "600 query arguments: %d in %.1f s", r.status, r.secs);
     raw_reply_free(&r);
     free(big);
-    /* on a kept-alive connection the error waits for the answer before it */
+    /* on a kept-alive connection the error waits for the answer before it,
+     * then the connection closes: read to EOF, then look at both answers */
     const char two[] = "GET /healthz HTTP/1.1\r\nHost: t\r\n\r\nGET /readyz HTTP/9.9\r\nHost: "
                        "t\r\n\r\n";
     int fd = raw_connect(g_d.port, NULL);
     T_REQUIRE(fd >= 0 && raw_send_all(fd, two, sizeof two - 1) == 0, "connect");
-    raw_reply a, b;
-    raw_read_reply(fd, 5.0, &a);
-    raw_read_reply(fd, 5.0, &b);
-    T_CHECK(a.status == 200 && strstr(a.body, "\"ok\"") && json_error_of(&b, 505),
-            "pipelined: %d then %d", a.status, b.status);
-    raw_reply_free(&a);
-    raw_reply_free(&b);
+    char all[8192];
+    size_t got = 0;
+    double t0 = now_s();
+    while (got < sizeof all - 1 && now_s() - t0 < 5) {
+        struct pollfd pf = {.fd = fd, .events = POLLIN};
+        if (poll(&pf, 1, 500) <= 0)
+            continue;
+        ssize_t k = recv(fd, all + got, sizeof all - 1 - got, 0);
+        if (k <= 0)
+            break;
+        got += (size_t)k;
+    }
+    all[got] = 0;
     close(fd);
+    const char *first = strstr(all, "HTTP/1.1 200"), *second = strstr(all, "HTTP/1.1 505");
+    T_CHECK(first == all && second > first && strstr(first, "{\"status\":\"ok\"}") < second &&
+                strstr(second, "\"code\":505"),
+            "pipelined: 200 then 505 expected: %.300s", all);
 }
 
 /* Item 11: a JPEG whose header declares more rows than its scan holds
