@@ -87,7 +87,8 @@ static const srv_opt_def opt_table[SRV_OPT_COUNT] = {
      "corrupt cache databases kept (renamed cache.db.corrupt-TIME) for inspection; older "
      "ones are deleted"},
     {"gpu-cache-slots", SRV_T_INT, "8", 0, 4096, NULL, 0, 0,
-     "embeddings kept in host memory and on the decoder device, in front of the disk cache"},
+     "embeddings kept resident on the decoder's device, and host copies of as many not yet "
+     "decoded, in front of the disk cache"},
     {"hypernet", SRV_T_STRING, "", 0, 0, NULL, 0, SRV_PRIVATE,
      "hypernetwork file (tasam hypernet init) that turns `task` text into LoRA adapters; "
      "without it `task` answers 501"},
@@ -757,12 +758,12 @@ void srv_config_usage(FILE *out, const char *prog)
     for (int i = 0; i < SRV_OPT_COUNT; i++) {
         const srv_opt_def *d = &opt_table[i];
         env_name(d->name, env, sizeof env);
-        fprintf(out, "  --%-22s %s%s\n", d->name, d->help, d->mutable_ ? " [reload]" : "");
+        fprintf(out, "  --%-27s %s%s\n", d->name, d->help, d->mutable_ ? " [reload]" : "");
         if (d->def[0])
-            fprintf(out, "  %-24s default %s; env %s\n", "", d->def, env);
+            fprintf(out, "  %-29s default %s; env %s\n", "", d->def, env);
         else
-            fprintf(out, "  %-24s env %s\n", "", env);
+            fprintf(out, "  %-29s env %s\n", "", env);
     }
-    fprintf(out,
-            "  --help                   this text\n  --version                print the version\n");
+    fprintf(out, "  --help                        this text\n"
+                 "  --version                     print the version\n");
 }
