@@ -38,7 +38,6 @@
 #include <unistd.h>
 
 #include "engine/image.h"
-#include "server/base64.h"
 #include "tests/rawhttp.h"
 
 typedef struct opts {
@@ -54,20 +53,6 @@ typedef struct tasamd_proc {
     int port;
     char dir[128];
 } tasamd_proc;
-
-static long rss_kb(pid_t pid)
-{
-    char path[64], line[256];
-    long kb = -1;
-    snprintf(path, sizeof path, "/proc/%d/status", (int)pid);
-    FILE *f = fopen(path, "r");
-    while (f && fgets(line, sizeof line, f))
-        if (!strncmp(line, "VmRSS:", 6))
-            kb = atol(line + 6);
-    if (f)
-        fclose(f);
-    return kb;
-}
 
 /* Contract: starts tasamd on a free loopback port in a fresh state folder
  * and waits for /readyz. 0 or -1. */
@@ -142,20 +127,6 @@ static void daemon_stop(tasamd_proc *d)
         fprintf(stderr, "hostile_bench: could not remove %s\n", d->dir);
 }
 
-/* A POST with a JSON body, as raw bytes (malloc'd). */
-static char *post(const char *path, const char *body, size_t *len)
-{
-    size_t bl = strlen(body);
-    char *req = malloc(bl + 256);
-    int n = snprintf(req, 256,
-                     "POST %s HTTP/1.1\r\nHost: b\r\nContent-Type: application/json\r\n"
-                     "Content-Length: %zu\r\n\r\n",
-                     path, bl);
-    memcpy(req + n, body, bl);
-    *len = (size_t)n + bl;
-    return req;
-}
-
 /* ---- polygon ---- */
 
 typedef struct shot {
@@ -177,7 +148,7 @@ static void burst(const tasamd_proc *d, const char *req, size_t len, int n)
 {
     shot *s = calloc((size_t)n, sizeof *s);
     pthread_t *th = calloc((size_t)n, sizeof *th);
-    long idle = rss_kb(d->pid), peak = idle;
+    long idle = raw_rss_kb(d->pid), peak = idle;
     double t0 = raw_now();
     for (int i = 0; i < n; i++) {
         s[i].port = d->port;
@@ -186,7 +157,7 @@ static void burst(const tasamd_proc *d, const char *req, size_t len, int n)
         pthread_create(&th[i], NULL, shot_main, &s[i]);
     }
     for (;;) {
-        long k = rss_kb(d->pid);
+        long k = raw_rss_kb(d->pid);
         peak = k > peak ? k : peak;
         int done = 1;
         for (int i = 0; i < n; i++)
@@ -199,7 +170,7 @@ static void burst(const tasamd_proc *d, const char *req, size_t len, int n)
     for (int i = 0; i < n; i++)
         pthread_join(th[i], NULL);
     sleep(3);
-    long after = rss_kb(d->pid);
+    long after = raw_rss_kb(d->pid);
     printf("  %d at once: %.1f s;", n, dt);
     for (int i = 0; i < n; i++) {
         printf(" %d (%.1f MB)", s[i].r.status, (double)s[i].r.len / 1e6);
@@ -219,21 +190,11 @@ static int polygon(const opts *o)
     if (daemon_start(&d, o) != 0)
         return 1;
     int w = 1800, h = 1200;
-    uint8_t *pix = malloc((size_t)w * h * 3), *png = NULL;
-    for (int y = 0; y < h; y++)
-        for (int x = 0; x < w; x++) {
-            uint8_t *p = pix + ((size_t)y * w + x) * 3;
-            p[0] = (uint8_t)((x / 40) * 37 + (y / 40) * 91);
-            p[1] = (uint8_t)(p[0] * 3);
-            p[2] = (uint8_t)(255 - p[0]);
-        }
+    uint8_t *pix = raw_squares_rgb(w, h), *png = NULL;
     size_t plen = 0, len;
-    if (eng_png_encode(pix, w, h, 3, &png, &plen) != 0)
+    if (!pix || eng_png_encode(pix, w, h, 3, &png, &plen) != 0)
         return 1;
-    char *b64 = srv_base64_encode(png, plen);
-    char *body = malloc(strlen(b64) + 32);
-    sprintf(body, "{\"image\":\"%s\"}", b64);
-    char *req = post("/v1/embeddings", body, &len);
+    char *req = raw_image_post("/v1/embeddings", png, plen, &len);
     raw_reply r;
     raw_request(d.port, NULL, req, len, 300, &r);
     const char *id = strstr(r.body, "\"image_id\":\"");
@@ -242,8 +203,6 @@ static int polygon(const opts *o)
         snprintf(image_id, sizeof image_id, "%.64s", id + 12);
     raw_reply_free(&r);
     free(req);
-    free(body);
-    free(b64);
     free(png);
     free(pix);
     if (!image_id[0]) {
@@ -253,13 +212,13 @@ static int polygon(const opts *o)
     }
     /* the issue's request: 64 full-image boxes as polygons, 1.4 KB */
     size_t cap = 256 + (size_t)o->boxes * 24;
-    body = malloc(cap);
+    char *body = malloc(cap);
     int n =
         snprintf(body, cap, "{\"image_id\":\"%s\",\"output\":\"polygon\",\"boxes\":[", image_id);
     for (int i = 0; i < o->boxes; i++)
         n += snprintf(body + n, cap - (size_t)n, "%s[0,0,%d,%d]", i ? "," : "", w, h);
     snprintf(body + n, cap - (size_t)n, "]}");
-    req = post("/v1/segment", body, &len);
+    req = raw_json_post("/v1/segment", body, NULL, &len);
     printf("== polygon: %d boxes x 3 masks of %dx%d as polygons (request %zu bytes)\n", o->boxes, w,
            h, strlen(body));
     fflush(stdout);

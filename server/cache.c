@@ -84,6 +84,31 @@ static void drop_row(srv_cache *c, int64_t row, int64_t crc)
     srv__cache_enqueue(c, op);
 }
 
+/* Contract: a row whose stored image size no decode could give: logged,
+ * counted and queued for deletion. */
+static void impossible_size(srv_cache *c, const char *sha, int w, int h, int64_t row, int64_t crc)
+{
+    srv_log_warn("cache: embedding %s in %s has an impossible size %dx%d; dropped", sha, c->path, w,
+                 h);
+    if (c->m)
+        srv_metrics_add(&c->m->cache_corrupt, 1);
+    drop_row(c, row, crc);
+}
+
+/* Contract: the size in the current RD_EMB_DIMS row into *w, *h: 0, or 1
+ * when it is impossible (the row is dropped). */
+static int dims_row(srv_cache *c, sqlite3_stmt *st, const char *sha, int *w, int *h)
+{
+    int rw = sqlite3_column_int(st, 2), rh = sqlite3_column_int(st, 3);
+    if (!srv__cache_dims_ok(rw, rh)) {
+        impossible_size(c, sha, rw, rh, sqlite3_column_int64(st, 0), sqlite3_column_int64(st, 1));
+        return 1;
+    }
+    *w = rw;
+    *h = rh;
+    return 0;
+}
+
 /* Contract: the model key under mu into model/precision; 0 when no model
  * is bound yet (every lookup misses then). */
 static int model_key(srv_cache *c, char *model, char *precision)
@@ -151,19 +176,7 @@ int srv_cache_peek(srv_cache *c, const char *sha, int *w, int *h)
     bind_key(st, sha, model, precision);
     int step = sqlite3_step(st);
     if (step == SQLITE_ROW) {
-        int64_t row = sqlite3_column_int64(st, 0), crc = sqlite3_column_int64(st, 1);
-        int rw = sqlite3_column_int(st, 2), rh = sqlite3_column_int(st, 3);
-        if (srv__cache_dims_ok(rw, rh)) {
-            *w = rw;
-            *h = rh;
-            rc = 0;
-        } else {
-            srv_log_warn("cache: embedding %s in %s has an impossible size %dx%d; dropped", sha,
-                         c->path, rw, rh);
-            if (c->m)
-                srv_metrics_add(&c->m->cache_corrupt, 1);
-            drop_row(c, row, crc);
-        }
+        rc = dims_row(c, st, sha, w, h);
     } else if (step != SQLITE_DONE) {
         srv__cache_reader_failed(c, step, "embedding lookup");
         rc = -1;
@@ -218,20 +231,8 @@ int srv_cache_get(srv_cache *c, const char *sha, float *scratch, const float **e
     int step = sqlite3_step(st);
     if (step == SQLITE_ROW && !scratch) {
         /* existence only (an embeddings request): the size is enough */
-        int64_t row = sqlite3_column_int64(st, 0), crc = sqlite3_column_int64(st, 1);
-        int rw = sqlite3_column_int(st, 2), rh = sqlite3_column_int(st, 3);
-        if (srv__cache_dims_ok(rw, rh)) {
-            *w = rw;
-            *h = rh;
-            *tier = SRV_TIER_DISK;
-            rc = 0;
-        } else {
-            srv_log_warn("cache: embedding %s in %s has an impossible size %dx%d; dropped", sha,
-                         c->path, rw, rh);
-            if (c->m)
-                srv_metrics_add(&c->m->cache_corrupt, 1);
-            drop_row(c, row, crc);
-        }
+        rc = dims_row(c, st, sha, w, h);
+        *tier = SRV_TIER_DISK;
     } else if (step == SQLITE_ROW) {
         int64_t row = sqlite3_column_int64(st, 0);
         int rw = sqlite3_column_int(st, 1), rh = sqlite3_column_int(st, 2);
@@ -409,11 +410,8 @@ int srv_cache_meta_get(srv_cache *c, const char *sha, srv_cache_meta *out)
             out->hits = sqlite3_column_int64(st, 5);
             rc = 0;
         } else {
-            srv_log_warn("cache: embedding %s in %s has an impossible size %dx%d; dropped", sha,
-                         c->path, rw, rh);
-            if (c->m)
-                srv_metrics_add(&c->m->cache_corrupt, 1);
-            drop_row(c, sqlite3_column_int64(st, 6), sqlite3_column_int64(st, 7));
+            impossible_size(c, sha, rw, rh, sqlite3_column_int64(st, 6),
+                            sqlite3_column_int64(st, 7));
         }
     } else if (step != SQLITE_DONE) {
         srv__cache_reader_failed(c, step, "embedding lookup");

@@ -78,31 +78,31 @@ static int fault(int fd, int is_write, int is_sync)
 
 #define REAL(name, type) ((type)dlsym(RTLD_NEXT, name))
 
+/* Contract: the real `name` (open or open64) with the mode a caller's
+ * O_CREAT / O_TMPFILE brings, the descriptor tracked by its path. */
+static int open_tracked(const char *name, const char *path, int flags, va_list ap)
+{
+    mode_t m = (flags & (O_CREAT | O_TMPFILE)) ? (mode_t)va_arg(ap, int) : 0;
+    int fd = REAL(name, int (*)(const char *, int, ...))(path, flags, m);
+    track(fd, path);
+    return fd;
+}
+
 int open64(const char *path, int flags, ...)
 {
-    mode_t m = 0;
-    if (flags & (O_CREAT | O_TMPFILE)) {
-        va_list ap;
-        va_start(ap, flags);
-        m = (mode_t)va_arg(ap, int);
-        va_end(ap);
-    }
-    int fd = REAL("open64", int (*)(const char *, int, ...))(path, flags, m);
-    track(fd, path);
+    va_list ap;
+    va_start(ap, flags);
+    int fd = open_tracked("open64", path, flags, ap);
+    va_end(ap);
     return fd;
 }
 
 int open(const char *path, int flags, ...)
 {
-    mode_t m = 0;
-    if (flags & (O_CREAT | O_TMPFILE)) {
-        va_list ap;
-        va_start(ap, flags);
-        m = (mode_t)va_arg(ap, int);
-        va_end(ap);
-    }
-    int fd = REAL("open", int (*)(const char *, int, ...))(path, flags, m);
-    track(fd, path);
+    va_list ap;
+    va_start(ap, flags);
+    int fd = open_tracked("open", path, flags, ap);
+    va_end(ap);
     return fd;
 }
 

@@ -3,8 +3,9 @@
  * for the tests and the benchmark that attack the daemon: a request is
  * whatever bytes the caller writes (malformed on purpose, sent a byte at a
  * time, from another loopback address), and one response is read back with
- * a deadline. Used by tests/test_server_hostile.c and
- * bench/hostile_bench.c.
+ * a deadline; with the few things those callers also share (a JSON POST
+ * carrying an image, a test image, the daemon's resident memory). Used by
+ * tests/test_server_hostile.c and bench/hostile_bench.c.
  */
 #ifndef TASAM_TESTS_RAWHTTP_H
 #define TASAM_TESTS_RAWHTTP_H
@@ -18,6 +19,8 @@
 #include <sys/socket.h>
 #include <time.h>
 #include <unistd.h>
+
+#include "server/base64.h"
 
 static inline double raw_now(void)
 {
@@ -151,6 +154,72 @@ static inline void raw_request(int port, const char *src, const void *req, size_
     }
     raw_read_reply(fd, timeout, r);
     close(fd);
+}
+
+/* A POST of a JSON body as raw bytes (malloc'd; *len bytes); `headers`
+ * (may be NULL) are more header lines, each ending in CRLF. */
+static inline char *raw_json_post(const char *path, const char *body, const char *headers,
+                                  size_t *len)
+{
+    size_t bl = strlen(body);
+    char *req = malloc(bl + 512);
+    int n = snprintf(req, 512,
+                     "POST %s HTTP/1.1\r\nHost: t\r\nContent-Type: application/json\r\n%s"
+                     "Content-Length: %zu\r\n\r\n",
+                     path, headers ? headers : "", bl);
+    memcpy(req + n, body, bl);
+    *len = (size_t)n + bl;
+    return req;
+}
+
+/* A POST of {"image": "<b64>"} (malloc'd; *len bytes). */
+static inline char *raw_b64_post(const char *path, const char *b64, size_t *len)
+{
+    char *body = malloc(strlen(b64) + 16);
+    sprintf(body, "{\"image\":\"%s\"}", b64);
+    char *req = raw_json_post(path, body, NULL, len);
+    free(body);
+    return req;
+}
+
+/* The same with the base64 of `n` bytes. */
+static inline char *raw_image_post(const char *path, const void *bytes, size_t n, size_t *len)
+{
+    char *b64 = srv_base64_encode(bytes, n);
+    char *req = raw_b64_post(path, b64, len);
+    free(b64);
+    return req;
+}
+
+/* A w x h RGB test picture of coloured 40-pixel squares (malloc'd): it
+ * compresses well as PNG and the fixture model's masks of it are
+ * irregular, so their polygons are large. */
+static inline uint8_t *raw_squares_rgb(int w, int h)
+{
+    uint8_t *pix = malloc((size_t)w * h * 3);
+    for (int y = 0; pix && y < h; y++)
+        for (int x = 0; x < w; x++) {
+            uint8_t *p = pix + ((size_t)y * w + x) * 3;
+            p[0] = (uint8_t)((x / 40) * 37 + (y / 40) * 91);
+            p[1] = (uint8_t)(p[0] * 3);
+            p[2] = (uint8_t)(255 - p[0]);
+        }
+    return pix;
+}
+
+/* Resident memory of process pid in kB (/proc), -1 when unknown. */
+static inline long raw_rss_kb(pid_t pid)
+{
+    char path[64], line[256];
+    long kb = -1;
+    snprintf(path, sizeof path, "/proc/%d/status", (int)pid);
+    FILE *f = fopen(path, "r");
+    while (f && fgets(line, sizeof line, f))
+        if (!strncmp(line, "VmRSS:", 6))
+            kb = atol(line + 6);
+    if (f)
+        fclose(f);
+    return kb;
 }
 
 #endif

@@ -32,21 +32,6 @@ static const char *error_message(const raw_reply *r, char *out, size_t n)
     return out;
 }
 
-/* The daemon's resident memory (kB), from /proc. */
-static long rss_kb(pid_t pid)
-{
-    char path[64], line[256];
-    long kb = -1;
-    snprintf(path, sizeof path, "/proc/%d/status", (int)pid);
-    FILE *f = fopen(path, "r");
-    while (f && fgets(line, sizeof line, f))
-        if (!strncmp(line, "VmRSS:", 6))
-            kb = atol(line + 6);
-    if (f)
-        fclose(f);
-    return kb;
-}
-
 static double metric_of(int port, const char *series)
 {
     char *m = get_metrics(port);
@@ -66,20 +51,6 @@ static double wait_metric(int port, const char *series, double v, double secs)
         usleep(50000);
     }
     return got;
-}
-
-/* A POST of `body` (JSON) as raw bytes. */
-static char *json_post(const char *path, const char *body, const char *extra_headers, size_t *len)
-{
-    size_t bl = strlen(body);
-    char *req = malloc(bl + 512);
-    int n = snprintf(req, 512,
-                     "POST %s HTTP/1.1\r\nHost: t\r\nContent-Type: application/json\r\n%s"
-                     "Content-Length: %zu\r\n\r\n",
-                     path, extra_headers ? extra_headers : "", bl);
-    memcpy(req + n, body, bl);
-    *len = (size_t)n + bl;
-    return req;
 }
 
 /* ---- the shared daemon: small limits, one image per encoder call ---- */
@@ -258,7 +229,7 @@ static void test_body_budget(void)
     while (now_s() - t0 < 3 && metric_of(g_d.port, "tasam_body_bytes_inflight") != 0)
         usleep(50000);
     size_t len;
-    char *req = json_post("/v1/embeddings", "{}", NULL, &len);
+    char *req = raw_json_post("/v1/embeddings", "{}", NULL, &len);
     raw_request(g_d.port, NULL, req, len, 5.0, &r);
     T_CHECK(r.status == 400, "a body after the held ones left: %d '%s'", r.status, r.body);
     raw_reply_free(&r);
@@ -278,14 +249,11 @@ static void test_abandoned_jobs(void)
     double ab0 = metric_of(g_d.port, "tasam_jobs_abandoned_total");
     for (int i = 0; i < N; i++) {
         char *b64 = make_png(31000 + (unsigned)i, NULL, 0);
-        char *body = malloc(strlen(b64) + 32);
-        sprintf(body, "{\"image\":\"%s\"}", b64);
         size_t len;
-        char *req = json_post("/v1/embeddings", body, NULL, &len);
+        char *req = raw_b64_post("/v1/embeddings", b64, &len);
         fds[i] = raw_connect(g_d.port, NULL);
         T_CHECK(fds[i] >= 0 && raw_send_all(fds[i], req, len) == 0, "upload %d", i);
         free(req);
-        free(body);
         free(b64);
     }
     double qd = wait_metric(g_d.port, "tasam_queue_depth", 5, 5);
@@ -324,11 +292,8 @@ static void test_elongated_image(void)
         uint8_t *pix = calloc((size_t)w * h, 3), *png = NULL;
         size_t plen = 0;
         T_REQUIRE(eng_png_encode(pix, w, h, 3, &png, &plen) == 0, "png");
-        char *b64 = srv_base64_encode(png, plen);
-        char *body = malloc(strlen(b64) + 32);
-        sprintf(body, "{\"image\":\"%s\"}", b64);
         size_t len;
-        char *req = json_post("/v1/segment", body, NULL, &len);
+        char *req = raw_image_post("/v1/segment", png, plen, &len);
         raw_reply r;
         raw_request(g_d.port, NULL, req, len, 10.0, &r);
         T_CHECK(json_error_of(&r, 400) && strstr(error_message(&r, msg, sizeof msg), "2048") &&
@@ -336,8 +301,6 @@ static void test_elongated_image(void)
                 "%dx%d: %d %s", w, h, r.status, r.body);
         raw_reply_free(&r);
         free(req);
-        free(body);
-        free(b64);
         free(png);
         free(pix);
     }
@@ -457,19 +420,14 @@ static void test_corrupt_jpeg(void)
             jpg[i + 6] = (uint8_t)(2 * h);
             break;
         }
-    char *b64 = srv_base64_encode(jpg, len);
-    char *body = malloc(strlen(b64) + 32);
-    sprintf(body, "{\"image\":\"%s\"}", b64);
     size_t rl;
-    char *req = json_post("/v1/embeddings", body, NULL, &rl);
+    char *req = raw_image_post("/v1/embeddings", jpg, len, &rl);
     raw_reply r;
     raw_request(g_d.port, NULL, req, rl, 10.0, &r);
     T_CHECK(json_error_of(&r, 400) && strstr(error_message(&r, msg, sizeof msg), "corrupt JPEG"),
             "JPEG with fewer rows than declared: %d %s", r.status, r.body);
     raw_reply_free(&r);
     free(req);
-    free(body);
-    free(b64);
     free(jpg);
 }
 
@@ -502,23 +460,20 @@ static void test_queue_full_first(void)
         json_array_append_new(boxes, json_pack("[i,i,i,i]", 0, 0, 800, 534));
     char *body = json_dumps(json_pack("{s:s,s:o}", "image_id", id, "boxes", boxes), JSON_COMPACT);
     size_t len;
-    char *req = json_post("/v1/segment", body, NULL, &len);
+    char *req = raw_json_post("/v1/segment", body, NULL, &len);
     int slow = raw_connect(d.port, NULL);
     T_REQUIRE(slow >= 0 && raw_send_all(slow, req, len) == 0, "slow request");
     free(req);
     free(body);
     usleep(300000);
     char *b64 = make_png(44000, NULL, 0);
-    body = malloc(strlen(b64) + 32);
-    sprintf(body, "{\"image\":\"%s\"}", b64);
-    req = json_post("/v1/embeddings", body, NULL, &len);
+    req = raw_b64_post("/v1/embeddings", b64, &len);
     int queued = raw_connect(d.port, NULL);
     T_REQUIRE(queued >= 0 && raw_send_all(queued, req, len) == 0, "queued request");
     free(req);
-    free(body);
     free(b64);
     T_CHECK(wait_metric(d.port, "tasam_queue_depth", 1, 3) >= 1, "the queue did not fill");
-    req = json_post("/v1/embeddings", "{\"image\":\"aGVsbG8gd29ybGQ=\"}", NULL, &len);
+    req = raw_json_post("/v1/embeddings", "{\"image\":\"aGVsbG8gd29ybGQ=\"}", NULL, &len);
     raw_reply rr;
     raw_request(d.port, NULL, req, len, 5.0, &rr);
     T_CHECK(json_error_of(&rr, 429) && strcasestr(rr.head, "Retry-After:"),
@@ -594,7 +549,7 @@ static void test_trust_model(void)
     expect_error(d.port, "GET", url, NULL, NULL, CLIENT, 404, NULL, "embedding lookup (client)");
     /* the rate limit: a burst of 3, then 1 a second */
     size_t len;
-    char *req = json_post("/v1/embeddings", "{}", "Authorization: Bearer client-tok\r\n", &len);
+    char *req = raw_json_post("/v1/embeddings", "{}", "Authorization: Bearer client-tok\r\n", &len);
     int n400 = 0, n429 = 0;
     raw_reply rr;
     for (int i = 0; i < 5; i++) {
@@ -739,14 +694,14 @@ static void test_full_disk(void)
 /* Item 1: memory after a burst of large responses returns near the idle
  * level (masks are encoded straight into one buffer, no JSON tree, and
  * large freed buffers go back to the system). Sanitizer allocators keep
- * freed memory on purpose: skipped there. */
+ * freed memory on purpose: skipped under them. */
 static void test_memory_after_burst(void)
 {
-#if defined(__SANITIZE_ADDRESS__)
-    T_SKIP("AddressSanitizer keeps freed memory in quarantine");
+#if defined(__SANITIZE_ADDRESS__) || defined(__SANITIZE_THREAD__)
+    T_SKIP("the sanitizer's allocator keeps freed memory on purpose");
 #elif defined(__has_feature)
-#if __has_feature(address_sanitizer)
-    T_SKIP("AddressSanitizer keeps freed memory in quarantine");
+#if __has_feature(address_sanitizer) || __has_feature(thread_sanitizer)
+    T_SKIP("the sanitizer's allocator keeps freed memory on purpose");
 #endif
 #endif
     enum { N = 3 };
@@ -759,14 +714,7 @@ static void test_memory_after_burst(void)
     T_REQUIRE(daemon_start(&d, state, 1, args) == 0, "start");
     /* a 1800x1200 image, cached */
     int w = 1800, h = 1200;
-    uint8_t *pix = malloc((size_t)w * h * 3), *png = NULL;
-    for (int y = 0; y < h; y++)
-        for (int x = 0; x < w; x++) {
-            uint8_t *p = pix + ((size_t)y * w + x) * 3;
-            p[0] = (uint8_t)((x / 40) * 37 + (y / 40) * 91);
-            p[1] = (uint8_t)(p[0] * 3);
-            p[2] = (uint8_t)(255 - p[0]);
-        }
+    uint8_t *pix = raw_squares_rgb(w, h), *png = NULL;
     size_t plen = 0;
     T_REQUIRE(eng_png_encode(pix, w, h, 3, &png, &plen) == 0, "png");
     char *b64 = srv_base64_encode(png, plen);
@@ -796,7 +744,7 @@ static void test_memory_after_burst(void)
     r = http_json(d.port, "POST", "/v1/segment", "application/json", cl[0].file, NULL, &st);
     json_decref(r);
     sleep(2);
-    long idle = rss_kb(d.pid), peak = idle;
+    long idle = raw_rss_kb(d.pid), peak = idle;
     pthread_t th[N];
     for (int i = 0; i < N; i++)
         pthread_create(&th[i], NULL, client_main, &cl[i]);
@@ -804,7 +752,7 @@ static void test_memory_after_burst(void)
     double t0 = now_s();
     int done = 0;
     while (!done && now_s() - t0 < 120) {
-        long k = rss_kb(d.pid);
+        long k = raw_rss_kb(d.pid);
         peak = k > peak ? k : peak;
         usleep(20000);
         done = 1;
@@ -818,7 +766,7 @@ static void test_memory_after_burst(void)
         unlink(cl[i].file);
     }
     sleep(2); /* the 1 s trim of the control loop */
-    long after = rss_kb(d.pid);
+    long after = raw_rss_kb(d.pid);
     fprintf(stderr, "  RSS idle %ld MB, peak %ld MB, after the burst %ld MB\n", idle / 1024,
             peak / 1024, after / 1024);
     T_CHECK(peak - idle > 100 * 1024, "the burst used only %ld MB: the test is too small",
