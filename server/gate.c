@@ -795,13 +795,16 @@ int srv_gate_start(srv_gate **out, srv_server *srv, struct MHD_Daemon *d, int li
         srv_errf(err, errlen, "gate: epoll: %s", strerror(errno));
         goto fail;
     }
+    /* published before the thread runs: libmicrohttpd's threads look the
+     * gate up (srv_gate_link_take) as soon as it hands them a connection */
+    *out = g;
     int rc = pthread_create(&g->thread, NULL, gate_main, g);
     if (rc != 0) {
+        *out = NULL;
         srv_errf(err, errlen, "gate: cannot start its thread: %s", strerror(rc));
         goto fail;
     }
     g->started = 1;
-    *out = g;
     return 0;
 fail:
     if (g->epfd >= 0)
