@@ -447,16 +447,18 @@ static void test_queue_full_first(void)
     int st;
     T_NEED_FIXTURES();
     snprintf(state, sizeof state, "%s/state-q1", g_tmp);
-    static const char *const args[] = {"--queue-depth", "1", "--max-batch", "1", NULL};
+    /* a generous deadline: sanitizer builds decode slowly */
+    static const char *const args[] = {"--queue-depth",        "1",      "--max-batch", "1",
+                                       "--request-timeout-ms", "300000", NULL};
     T_REQUIRE(daemon_start(&d, state, 1, args) == 0, "start");
     write_request(path, sizeof path, g_dog_b64, NULL);
     json_t *r = http_json(d.port, "POST", "/v1/embeddings", "application/json", path, NULL, &st);
     snprintf(id, sizeof id, "%s", json_string_value(json_object_get(r, "image_id")) ?: "");
     json_decref(r);
     T_REQUIRE(st == 200 && id[0], "warm-up: %d", st);
-    /* a long decode (64 prompts) holds the worker; one upload fills the queue */
+    /* a long decode (32 prompts) holds the worker; one upload fills the queue */
     json_t *boxes = json_array();
-    for (int i = 0; i < 64; i++)
+    for (int i = 0; i < 32; i++)
         json_array_append_new(boxes, json_pack("[i,i,i,i]", 0, 0, 800, 534));
     char *body = json_dumps(json_pack("{s:s,s:o}", "image_id", id, "boxes", boxes), JSON_COMPACT);
     size_t len;
@@ -481,10 +483,10 @@ static void test_queue_full_first(void)
     raw_reply_free(&rr);
     free(req);
     raw_reply a;
-    raw_read_reply(slow, 60, &a);
+    raw_read_reply(slow, 300, &a);
     T_CHECK(a.status == 200, "the long request: %d", a.status);
     raw_reply_free(&a);
-    raw_read_reply(queued, 60, &a);
+    raw_read_reply(queued, 300, &a);
     T_CHECK(a.status == 200, "the queued request: %d", a.status);
     raw_reply_free(&a);
     close(slow);
