@@ -92,6 +92,9 @@ int eng_backend_binarize(eng_backend *be, uint8_t *dst, const void *x, int64_t n
                          float hi, uint64_t counts[2]);
 /* Wait for queued work; returns the first asynchronous error. */
 int eng_backend_sync(eng_backend *be);
+/* 1 when the backend implements every backward op below (the CPU backend;
+ * the CUDA backend has none yet). */
+int eng_backend_has_backward(const eng_backend *be);
 
 /* ---- context and tensors ---- */
 
@@ -210,5 +213,51 @@ void eng_window_unpartition_add(eng_ctx *ctx, eng_tensor *y, const eng_tensor *x
  * after its first upscale. */
 void eng_resize_bilinear(eng_ctx *ctx, eng_tensor *y, const eng_tensor *x, int crop_h, int crop_w,
                          int OH, int y0);
+
+/* ---- backward ops (training) ----
+ * Gradients of the ops above, for training the LoRA-adapted mask decoder
+ * (engine/sam_train.h). Conventions, as in llm.c: an activation gradient
+ * dx is written, or added into dx when `acc` is 1; a parameter gradient
+ * (dw, dg, db) is always added, so a trainer zeroes it (eng_fill) once per
+ * step. Any gradient output may be NULL when not wanted. A backend without
+ * backward ops (eng_backend_has_backward() == 0) fails them with ENG_EUNSUP
+ * and a message naming the op. */
+
+/* y[:] = value. */
+void eng_fill(eng_ctx *ctx, eng_tensor *y, float value);
+
+/* Of y[M,N] = x[M,K] . w[N,K]^T + b (eng_linear without act or residual:
+ * those have their own backward): dx[M,K] = dy . w, dw[N,K] += dy^T . x,
+ * db[N] += sum over rows of dy. x may be a strided 2-D row view; it is read
+ * only for dw. dx must not alias dy. */
+void eng_linear_backward(eng_ctx *ctx, eng_tensor *dx, eng_tensor *dw, eng_tensor *db,
+                         const eng_tensor *dy, const eng_tensor *x, const eng_tensor *w, int acc);
+
+/* Of y = LayerNorm(x) g + b over the last dim (x: the normalised input,
+ * after any residual was added; dx then also is the residual's gradient):
+ * dx[M,N], dg[N] += sum dy * xhat, db[N] += sum dy. dx may alias dy when
+ * acc is 0. */
+void eng_layernorm_backward(eng_ctx *ctx, eng_tensor *dx, eng_tensor *dg, eng_tensor *db,
+                            const eng_tensor *dy, const eng_tensor *x, const eng_tensor *g,
+                            float eps, int acc);
+
+/* Of y = act(x) elementwise: dx = dy * act'(x), x the input (for ReLU the
+ * output serves too: both are > 0 at the same places). dx may alias dy. */
+void eng_activate_backward(eng_ctx *ctx, eng_tensor *dx, const eng_tensor *dy, const eng_tensor *x,
+                           eng_act act);
+
+/* Of eng_attention with the same q, k, v and descriptor (key_bias allowed;
+ * relative-position bias not supported: ENG_EUNSUP): dq [B, Tq, H*D] and
+ * dk, dv [B, Tk, H*D], contiguous, written (never accumulated). The
+ * softmax is recomputed from q and k rather than stored. */
+void eng_attention_backward(eng_ctx *ctx, eng_tensor *dq, eng_tensor *dk, eng_tensor *dv,
+                            const eng_tensor *dout, const eng_tensor *q, const eng_tensor *k,
+                            const eng_tensor *v, const eng_attn *a);
+
+/* Of eng_conv_transpose2x2 (x [H*W, Cin], w [Cin, Cout, 2, 2]):
+ * dx [H*W, Cin], dw [Cin, Cout, 2, 2] +=, db [Cout] +=. */
+void eng_conv_transpose2x2_backward(eng_ctx *ctx, eng_tensor *dx, eng_tensor *dw, eng_tensor *db,
+                                    const eng_tensor *dy, const eng_tensor *x, int H, int W,
+                                    const eng_tensor *w, int acc);
 
 #endif

@@ -189,6 +189,27 @@ static void dec_repeat_rows(eng_ctx *ctx, eng_tensor *y, const eng_tensor *x, in
     }
 }
 
+/* sb [P, E] += the dense embedding of a low-res mask input [256, 256]
+ * (host): the prompt encoder's mask downscaling convolutions. */
+void eng__sam_mask_embed(const eng_sam *m, eng_ctx *ctx, eng_tensor *sb, const float *mask_input)
+{
+    size_t mk = eng_ctx_mark(ctx);
+    eng_tensor mi = eng_new3(ctx, 1, ENG_SAM_LOWRES, ENG_SAM_LOWRES);
+    eng__sam_upload(ctx, &mi, mask_input);
+    int h1 = ENG_SAM_LOWRES / 2;
+    eng_tensor d1 = eng_new2(ctx, (int64_t)h1 * h1, 4);
+    eng_conv2d(ctx, &d1, &mi, 1, ENG_SAM_LOWRES, ENG_SAM_LOWRES, &m->md0_w, &m->md0_b, 2, 0);
+    eng_layernorm(ctx, &d1, &d1, NULL, &m->md1.g, &m->md1.b, VIT_EPS);
+    eng_activate(ctx, &d1, &d1, ENG_ACT_GELU);
+    eng_tensor d2 = eng_new2(ctx, P, 16);
+    eng_conv2d(ctx, &d2, &d1, 0, h1, h1, &m->md3_w, &m->md3_b, 2, 0);
+    eng_layernorm(ctx, &d2, &d2, NULL, &m->md4.g, &m->md4.b, VIT_EPS);
+    eng_activate(ctx, &d2, &d2, ENG_ACT_GELU);
+    eng_tensor w6 = eng_reshape2(m->md6_w, E, 16);
+    eng_linear(ctx, sb, &d2, &w6, &m->md6_b, ENG_ACT_NONE, sb);
+    eng_ctx_release(ctx, mk);
+}
+
 /* keys src [B*P, E] = the image embedding emb_hwc [P, E] + each prompt's
  * dense embedding: no_mask_embed, or mask_inputs[b] [256, 256] through the
  * mask downscaling convolutions. */
@@ -205,25 +226,10 @@ static void dec_dense_keys(eng_sam *m, eng_tensor *src, const eng_tensor *emb_hw
     for (int b = 0; b < B; b++) {
         eng_tensor sb = eng_rows(*src, (int64_t)b * P, P);
         const float *mask_input = mask_inputs ? mask_inputs[b] : NULL;
-        if (!mask_input) {
+        if (!mask_input)
             eng_add(ctx, &sb, &sb, &m->no_mask);
-            continue;
-        }
-        size_t mk = eng_ctx_mark(ctx);
-        eng_tensor mi = eng_new3(ctx, 1, ENG_SAM_LOWRES, ENG_SAM_LOWRES);
-        eng__sam_upload(ctx, &mi, mask_input);
-        int h1 = ENG_SAM_LOWRES / 2;
-        eng_tensor d1 = eng_new2(ctx, (int64_t)h1 * h1, 4);
-        eng_conv2d(ctx, &d1, &mi, 1, ENG_SAM_LOWRES, ENG_SAM_LOWRES, &m->md0_w, &m->md0_b, 2, 0);
-        eng_layernorm(ctx, &d1, &d1, NULL, &m->md1.g, &m->md1.b, VIT_EPS);
-        eng_activate(ctx, &d1, &d1, ENG_ACT_GELU);
-        eng_tensor d2 = eng_new2(ctx, P, 16);
-        eng_conv2d(ctx, &d2, &d1, 0, h1, h1, &m->md3_w, &m->md3_b, 2, 0);
-        eng_layernorm(ctx, &d2, &d2, NULL, &m->md4.g, &m->md4.b, VIT_EPS);
-        eng_activate(ctx, &d2, &d2, ENG_ACT_GELU);
-        eng_tensor w6 = eng_reshape2(m->md6_w, E, 16);
-        eng_linear(ctx, &sb, &d2, &w6, &m->md6_b, ENG_ACT_NONE, &sb);
-        eng_ctx_release(ctx, mk);
+        else
+            eng__sam_mask_embed(m, ctx, &sb, mask_input);
     }
 }
 
@@ -416,7 +422,26 @@ int eng_sam_dense_pe(eng_sam *m, float *out)
     return eng__sam_end(m->dctx);
 }
 
-static int sam_check_prompt(const eng_sam *m, const eng_sam_prompt *p, int idx)
+int eng_sam_dense_prompt(eng_sam *m, const float *mask_input, float *out)
+{
+    float *zero = calloc((size_t)P * E, sizeof *zero);
+    if (!zero)
+        return eng_error(ENG_ENOMEM, "out of memory");
+    eng__sam_begin(m->dctx);
+    eng_tensor sb = eng_new2(m->dctx, P, E);
+    eng__sam_upload(m->dctx, &sb, zero);
+    if (mask_input)
+        eng__sam_mask_embed(m, m->dctx, &sb, mask_input);
+    else
+        eng_add(m->dctx, &sb, &sb, &m->no_mask);
+    eng_tensor chw = eng_new2(m->dctx, E, P);
+    eng_transpose(m->dctx, &chw, &sb);
+    eng__sam_download(m->dctx, out, &chw, (size_t)E * P);
+    free(zero);
+    return eng__sam_end(m->dctx);
+}
+
+int eng__sam_check_prompt(const eng_sam *m, const eng_sam_prompt *p, int idx)
 {
     if (p->n_points < 0 || p->n_points > m->opt.max_points)
         return eng_error(ENG_EINVAL, "prompt %d: %d points (at most %d)", idx, p->n_points,
@@ -494,7 +519,7 @@ static int sam_decode_impl(eng_sam *m, const char *key, const float *embedding,
     if (masks && (rc = eng__sam_post_check(info)))
         return rc;
     for (int i = 0; i < n; i++)
-        if ((rc = sam_check_prompt(m, &prompts[i], i)))
+        if ((rc = eng__sam_check_prompt(m, &prompts[i], i)))
             return rc;
     /* the embedding as rows [P, E]: from a resident slot, or uploaded (and
      * kept in the least recently used slot when a key is given) */

@@ -456,27 +456,18 @@ static void cu_destroy(eng_backend *be)
 }
 
 static const eng_backend_ops eng__cuda_ops = {
-    cu_alloc,
-    cu_free,
-    cu_upload,
-    cu_download,
-    cu_sync,
-    cu_destroy,
-    cu_memory,
-    op_linear,
-    op_matmul_nn,
-    op_layernorm,
-    op_activate,
-    op_add,
-    op_copy,
-    op_transpose,
-    op_attention,
-    op_conv2d,
-    op_conv_transpose2x2,
-    op_window_partition,
-    op_window_unpartition_add,
-    op_resize_bilinear,
+    cu_alloc, cu_free, cu_upload, cu_download, cu_sync, cu_destroy, cu_memory, op_linear,
+    op_matmul_nn, op_layernorm, op_activate, op_add, op_copy, op_transpose, op_attention, op_conv2d,
+    op_conv_transpose2x2, op_window_partition, op_window_unpartition_add, op_resize_bilinear,
     op_binarize,
+    /* no backward ops yet (training runs on the CPU backend): the op
+     * wrappers fail them with ENG_EUNSUP naming the op */
+    nullptr, /* fill */
+    nullptr, /* linear_backward */
+    nullptr, /* layernorm_backward */
+    nullptr, /* activate_backward */
+    nullptr, /* attention_backward */
+    nullptr, /* conv_transpose2x2_backward */
 };
 
 /* A kernel compiled into this binary, used to check the fat binary has code
