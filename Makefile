@@ -78,6 +78,7 @@ HYPERNET_SRC := $(wildcard hypernet/*.c)
 ADAPTERS_SRC := $(wildcard adapters/*.c)
 SERVER_SRC   := $(filter-out server/main.c,$(wildcard server/*.c))
 TRAIN_SRC    := $(filter-out train/main.c,$(wildcard train/*.c))
+CLIENTS_SRC  := $(wildcard clients/*.c)
 CLI_SRC      := $(wildcard cli/*.c)
 CLI_OBJ      := $(CLI_SRC:%.c=$(BUILD)/obj/%.o)
 
@@ -89,20 +90,22 @@ else
   CUDA_OBJ :=
 endif
 
-LIB_SRC  := $(ENGINE_SRC) $(HYPERNET_SRC) $(ADAPTERS_SRC) $(SERVER_SRC) $(TRAIN_SRC)
+LIB_SRC  := $(ENGINE_SRC) $(HYPERNET_SRC) $(ADAPTERS_SRC) $(SERVER_SRC) $(TRAIN_SRC) $(CLIENTS_SRC)
 LIB_OBJ  := $(LIB_SRC:%.c=$(BUILD)/obj/%.o) $(CUDA_OBJ)
 LIB      := $(BUILD)/libtasam.a
 
 TEST_SRC := $(wildcard tests/test_*.c)
 TEST_BIN := $(TEST_SRC:tests/%.c=$(BUILD)/tests/%)
 BENCH_SRC := $(wildcard bench/*.c)
-BENCH_BIN := $(BENCH_SRC:bench/%.c=$(BUILD)/bench/%)
+BENCH_BIN := $(BENCH_SRC:bench/%.c=$(BUILD)/bench/%) $(BUILD)/bench/tasam-bench
+# tasam-bench is one program of several files (bench/tasam-bench/tb.h).
+TB_OBJ := $(patsubst %.c,$(BUILD)/obj/%.o,$(wildcard bench/tasam-bench/*.c))
 FUZZ_SRC := $(wildcard tests/fuzz/fuzz_*.c)
 FUZZ_BIN := $(FUZZ_SRC:tests/fuzz/%.c=$(BUILD)/bin/%)
 
 BINS := $(BUILD)/tasam $(BUILD)/tasamd $(BUILD)/tasam-train
 
-.PHONY: all bins deps test test-plain test-san test-tsan cuda-check fuzz fuzz-bins bench clean \
+.PHONY: all bins deps test test-plain test-san test-tsan cuda-check fuzz fuzz-bins bench bench-cluster clean \
         run serve format format-check help reference reference-deps
 all:
 	@deploy/deps.sh
@@ -124,6 +127,7 @@ help:
 	@echo "  make cuda-check   compile and link the CUDA backend for CUDA_CHECK_ARCH (needs nvcc)"
 	@echo "  make fuzz         build the libFuzzer targets and run each for FUZZ_SECONDS"
 	@echo "  make bench        CPU (and GPU where present) benchmarks"
+	@echo "  make bench-cluster  rate sweeps of 1 and 3 replicas behind HAProxy (bench/cluster_sweep.sh)"
 	@echo "  make reference    compare with the official PyTorch SAM (installs Debian's torch)"
 	@echo "  make format       clang-format every C/CUDA source; format-check: check only"
 	@echo "  make clean        remove build/"
@@ -186,6 +190,11 @@ $(BUILD)/tests/faultfs.so: tests/faultfs.c
 	@echo "  CC      $@"
 	@$(CC) -std=c11 -O2 -g -fPIC -shared -Wall -Wextra -Werror -o $@ $< -ldl
 
+$(BUILD)/bench/tasam-bench: $(TB_OBJ) $(LIB)
+	@mkdir -p $(dir $@)
+	@echo "  LD      $@"
+	@$(CC) $(LDFLAGS) -pthread -o $@ $^ $(LDLIBS_ALL)
+
 $(BUILD)/bench/%: $(BUILD)/obj/bench/%.o $(LIB)
 	@mkdir -p $(dir $@)
 	@echo "  LD      $@"
@@ -245,6 +254,11 @@ fuzz-bins: $(FUZZ_BIN)
 
 bench: $(BINS) $(BENCH_BIN)
 	@bench/run.sh $(BUILD)
+
+# The README's scale-out figures: local clusters of the fixture model on the
+# CPU behind HAProxy, open-loop rate sweeps (several minutes).
+bench-cluster: deps $(BUILD)/tasamd $(BUILD)/bench/tasam-bench
+	@bench/cluster_sweep.sh $(BUILD)
 
 # `make run`: the README's first command. Installs what is missing, builds,
 # fetches and verifies the ViT-H checkpoint (unless CHECKPOINT names

@@ -29,6 +29,7 @@ typedef enum srv_opt_id {
     SRV_OPT_CHECKPOINT,
     SRV_OPT_LISTEN,
     SRV_OPT_PORT_FILE,
+    SRV_OPT_INSTANCE,
     SRV_OPT_STATE_DIR,
     SRV_OPT_DEVICE,
     SRV_OPT_PRECISION,
@@ -162,6 +163,14 @@ int srv_config_check_api_token(srv_config *c, const char *token, int *configured
  * secrets as "<set>" or null; SRV_PRIVATE options, the paths, only when
  * `admin`, else "<hidden>"). New reference. */
 json_t *srv_config_to_json(srv_config *c, int admin);
+
+/* Longest instance name (X-Tasam-Instance). */
+#define SRV_INSTANCE_MAX 100
+
+/* 1 when s is a usable instance name: 1..SRV_INSTANCE_MAX characters of
+ * letters, digits and . _ : @ / - (safe in a header, a log line and a JSON
+ * key); "" counts when empty_ok. */
+int srv_config_instance_valid(const char *s, int empty_ok);
 
 /* Print --help generated from the table. */
 void srv_config_usage(FILE *out, const char *prog);

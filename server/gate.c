@@ -253,7 +253,8 @@ static void free_dead(srv_gate *g)
 
 /* Contract: formats a complete JSON error response (Connection: close)
  * into buf; returns its length, 0 when it does not fit. */
-static size_t error_response(char *buf, size_t cap, int status, int retry_after, const char *msg)
+static size_t error_response(const srv_gate *g, char *buf, size_t cap, int status, int retry_after,
+                             const char *msg)
 {
     srv_reply r;
     char date[64];
@@ -265,8 +266,9 @@ static size_t error_response(char *buf, size_t cap, int status, int retry_after,
     const char *reason = MHD_get_reason_phrase_for((unsigned)status);
     int n = snprintf(buf, cap,
                      "HTTP/1.1 %d %s\r\nDate: %s\r\nConnection: close\r\n"
-                     "Content-Type: application/json\r\nContent-Length: %zu\r\n",
-                     status, reason && *reason ? reason : "Error", date, r.len);
+                     "Content-Type: application/json\r\nContent-Length: %zu\r\n"
+                     "X-Tasam-Instance: %s\r\n",
+                     status, reason && *reason ? reason : "Error", date, r.len, g->srv->instance);
     if (n > 0 && retry_after > 0 && (size_t)n < cap)
         n += snprintf(buf + n, cap - (size_t)n, "Retry-After: %d\r\n", retry_after);
     if (n < 0 || (size_t)n + 2 + r.len > cap) {
@@ -285,7 +287,7 @@ static size_t error_response(char *buf, size_t cap, int status, int retry_after,
 static void refuse(srv_gate *g, int fd, const char *peer, int status, const char *msg)
 {
     char buf[1024];
-    size_t n = error_response(buf, sizeof buf, status, 1, msg);
+    size_t n = error_response(g, buf, sizeof buf, status, 1, msg);
     if (n && send(fd, buf, n, MSG_NOSIGNAL | MSG_DONTWAIT) < 0)
         srv_log_debug("gate: %s: %s", peer, strerror(errno));
     shutdown(fd, SHUT_WR);
@@ -507,8 +509,8 @@ static void maybe_reply(srv_gate *g, gconn *c, double now)
         c->out_len -= c->out_off;
         c->out_off = 0;
     }
-    c->out_len += error_response((char *)c->out + c->out_len, OUT_CAP - c->out_len, c->err_status,
-                                 c->err_status == 503 ? 1 : 0, c->err_msg);
+    c->out_len += error_response(g, (char *)c->out + c->out_len, OUT_CAP - c->out_len,
+                                 c->err_status, c->err_status == 503 ? 1 : 0, c->err_msg);
     srv_log_info("gate: %s: %d %s", c->peer, c->err_status, c->err_msg);
     srv_metrics_request(g->srv->metrics, SRV_ROUTE_OTHER, c->err_status,
                         now - (c->t_head ? c->t_head : c->t_phase));
@@ -612,7 +614,7 @@ static void make_room(srv_gate *g, const srv_client_key *key, double now)
     if (!v)
         return;
     char buf[1024];
-    size_t n = error_response(buf, sizeof buf, 408, 0,
+    size_t n = error_response(g, buf, sizeof buf, 408, 0,
                               "the server is at max-connections and this request head gave way "
                               "to another client's");
     if (n && send(v->cfd, buf, n, MSG_NOSIGNAL | MSG_DONTWAIT) < 0)

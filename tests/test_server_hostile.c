@@ -11,14 +11,16 @@
 #include "tests/rawhttp.h"
 #include "tests/tserver.h"
 
-/* 1 when r is a JSON error of `status` (and its Content-Type says so). */
+/* 1 when r is a JSON error of `status` (its Content-Type says so, and it
+ * names the replica, as every answer does, the gate's own included). */
 static int json_error_of(const raw_reply *r, int status)
 {
     json_t *j = json_loadb(r->body, r->len, 0, NULL);
     json_t *e = json_object_get(j, "error");
     int ok = r->status == status && e && json_integer_value(json_object_get(e, "code")) == status &&
              json_is_string(json_object_get(e, "message")) &&
-             strcasestr(r->head, "Content-Type: application/json");
+             strcasestr(r->head, "Content-Type: application/json") &&
+             strcasestr(r->head, "X-Tasam-Instance:");
     json_decref(j);
     return ok;
 }
@@ -519,12 +521,14 @@ static void test_trust_model(void)
     double t0 = now_s();
     while (now_s() - t0 < 30 && http(d.port, "GET", "/readyz", NULL, NULL, NULL, NULL, NULL) != 200)
         usleep(50000);
-    const char *CLIENT = "-H 'Authorization: Bearer client-tok'";
-    const char *ADMIN = "-H 'Authorization: Bearer admin-tok'";
+    static const ts_extra client_x = {.headers = "Authorization: Bearer client-tok\r\n"},
+                          admin_x = {.headers = "Authorization: Bearer admin-tok\r\n"},
+                          wrong_x = {.headers = "Authorization: Bearer nope\r\n"};
+    const ts_extra *CLIENT = &client_x, *ADMIN = &admin_x;
     T_CHECK(http(d.port, "GET", "/healthz", NULL, NULL, NULL, NULL, NULL) == 200, "healthz");
     T_CHECK(http(d.port, "GET", "/metrics", NULL, NULL, NULL, NULL, NULL) == 200, "metrics");
     expect_error(d.port, "GET", "/v1/info", NULL, NULL, NULL, 401, "", "info without a token");
-    expect_error(d.port, "GET", "/v1/info", NULL, NULL, "-H 'Authorization: Bearer nope'", 403, "",
+    expect_error(d.port, "GET", "/v1/info", NULL, NULL, &wrong_x, 403, "",
                  "info with a wrong token");
     json_t *r = http_json(d.port, "GET", "/v1/info", NULL, NULL, CLIENT, &st);
     json_t *cfg = json_object_get(r, "config");
