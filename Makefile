@@ -69,9 +69,13 @@ CUDA_HOME ?= $(patsubst %/bin/nvcc,%,$(NVCC))
 CUDA_ARCHS ?= 75 80 86 89 90
 CUDA_PTX := $(lastword $(sort $(CUDA_ARCHS)))
 CUDA_CHECK_ARCH ?= 80
-NVCCFLAGS = -O3 -std=c++17 -I. -Xcompiler -Wall,-Wextra,-Werror,-Wno-unused-parameter,-fPIC \
-            $(foreach a,$(CUDA_ARCHS),-gencode arch=compute_$(a),code=sm_$(a)) \
+NVCC_COMMON = -O3 -std=c++17 -I. -Xcompiler -Wall,-Wextra,-Werror,-Wno-unused-parameter,-fPIC
+NVCCFLAGS = $(NVCC_COMMON) $(foreach a,$(CUDA_ARCHS),-gencode arch=compute_$(a),code=sm_$(a)) \
             -gencode arch=compute_$(CUDA_PTX),code=compute_$(CUDA_PTX)
+# The sm_75 (T4) kernels, engine/cuda/*_sm75.cu, whatever CUDA_ARCHS says:
+# sm_75 code plus compute_75 PTX, which the driver JIT-compiles on any newer
+# GPU, so TASAM_CUDA_KERNELS=sm75 runs the T4's code path there.
+NVCCFLAGS_SM75 = $(NVCC_COMMON) -gencode arch=compute_75,code=[sm_75,compute_75]
 
 ENGINE_SRC   := $(wildcard engine/*.c)
 HYPERNET_SRC := $(wildcard hypernet/*.c)
@@ -160,6 +164,11 @@ $(BUILD)/obj/%.o: %.cu $(BUILD)/.config
 	@mkdir -p $(dir $@)
 	@echo "  NVCC    $<"
 	@$(NVCC) $(NVCCFLAGS) -MMD -MP -c $< -o $@
+
+$(BUILD)/obj/%_sm75.o: %_sm75.cu $(BUILD)/.config
+	@mkdir -p $(dir $@)
+	@echo "  NVCC    $< (compute_75)"
+	@$(NVCC) $(NVCCFLAGS_SM75) -MMD -MP -c $< -o $@
 
 $(LIB): $(LIB_OBJ)
 	@rm -f $@

@@ -78,7 +78,29 @@ typedef struct eng_backend_ops {
     int (*conv_transpose2x2_backward)(eng_backend *be, void *dx, void *dw, void *db, const void *dy,
                                       const void *x, int H, int W, int Cin, const void *w, int Cout,
                                       int acc);
+
+    /* ---- optional: a fused pass, tuning and graphs (NULL: ops.c composes the
+     * plain ops, or does nothing) ---- */
+
+    /* y = act(LN(conv_transpose2x2(x) + b)) in one pass over y; g, beta the
+     * LayerNorm over each output pixel's Cout channels, or NULL (no norm). */
+    int (*conv_transpose2x2_norm_act)(eng_backend *be, void *y, const void *x, int H, int W,
+                                      int Cin, const void *w, const void *b, int Cout,
+                                      const void *g, const void *beta, float eps, eng_act act);
+    /* eng_backend_set_tuning, eng_backend_graphs_on, eng_backend_graph_begin
+     * / _end (ops.h) */
+    void (*set_tuning)(eng_backend *be, int on);
+    int (*graphs_on)(const eng_backend *be);
+    int (*graph_begin)(eng_backend *be, const void *shape, size_t shape_len, const void *bufs,
+                       size_t bufs_len);
+    int (*graph_end)(eng_backend *be, int keep);
 } eng_backend_ops;
+
+/* The CUDA backend's fixed buffers, made at create (engine/cuda/backend.cu),
+ * which the plan backend (engine/plan.c) counts too. */
+#define ENG_CUDA_STAGE_FLOATS ((size_t)2 << 20)  /* f32 staging, device (and pinned host) */
+#define ENG_CUDA_LT_WS_BYTES  ((size_t)32 << 20) /* cuBLASLt workspace */
+#define ENG_CUDA_TUNE_BYTES   ((size_t)32 << 20) /* GEMM tuning output */
 
 struct eng_backend {
     const eng_backend_ops *ops;

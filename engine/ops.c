@@ -2,6 +2,7 @@
 #include "ops.h"
 
 #include <assert.h>
+#include <stdio.h>
 #include <string.h>
 
 #include "backend.h"
@@ -39,6 +40,29 @@ int eng_backend_download(eng_backend *be, float *dst, const void *src, size_t n)
 }
 int eng_backend_sync(eng_backend *be) { return be->ops->sync(be); }
 
+void eng_backend_set_tuning(eng_backend *be, int on)
+{
+    if (be->ops->set_tuning)
+        be->ops->set_tuning(be, on);
+}
+
+int eng_backend_graphs_on(const eng_backend *be)
+{
+    return be->ops->graphs_on ? be->ops->graphs_on(be) : 0;
+}
+
+int eng_backend_graph_begin(eng_backend *be, const void *shape, size_t shape_len, const void *bufs,
+                            size_t bufs_len)
+{
+    return be->ops->graph_begin ? be->ops->graph_begin(be, shape, shape_len, bufs, bufs_len)
+                                : ENG_GRAPH_EAGER;
+}
+
+int eng_backend_graph_end(eng_backend *be, int keep)
+{
+    return be->ops->graph_end ? be->ops->graph_end(be, keep) : (keep ? 0 : ENG_GRAPH_REDO);
+}
+
 int eng_backend_binarize(eng_backend *be, uint8_t *dst, const void *x, int64_t n, float lo,
                          float hi, uint64_t counts[2])
 {
@@ -54,9 +78,12 @@ int eng_ctx_init(eng_ctx *ctx, eng_backend *be, size_t bytes)
         return 0;
     }
     ctx->base = eng_backend_alloc(be, bytes);
-    if (!ctx->base)
-        return eng_error(ENG_ENOMEM, "cannot allocate a %zu MiB workspace on %s", bytes >> 20,
-                         be->desc);
+    if (!ctx->base) {
+        char why[512]; /* the backend's reason (free and total device memory) */
+        snprintf(why, sizeof why, "%s", eng_last_error());
+        return eng_error(ENG_ENOMEM, "cannot allocate a %zu MiB workspace on %s: %s", bytes >> 20,
+                         be->desc, why);
+    }
     ctx->cap = bytes;
     return 0;
 }
@@ -295,6 +322,30 @@ void eng_conv_transpose2x2(eng_ctx *ctx, eng_tensor *y, const eng_tensor *x, int
     assert(eng_numel(x) == (int64_t)H * W * Cin && eng_numel(y) == (int64_t)4 * H * W * Cout);
     ENG__RUN(ctx, ctx->be->ops->conv_transpose2x2(ctx->be, y->data, x->data, H, W, Cin, w->data,
                                                   ENG__DATA(b), Cout));
+}
+
+void eng_conv_transpose2x2_norm_act(eng_ctx *ctx, eng_tensor *y, const eng_tensor *x, int H, int W,
+                                    const eng_tensor *w, const eng_tensor *b,
+                                    const eng_tensor *norm_g, const eng_tensor *norm_b, float eps,
+                                    eng_act act)
+{
+    int Cin = (int)w->shape[0], Cout = (int)w->shape[1];
+    assert(w->ndim == 4 && w->shape[2] == 2 && w->shape[3] == 2);
+    assert(eng_numel(x) == (int64_t)H * W * Cin && eng_numel(y) == (int64_t)4 * H * W * Cout);
+    assert(!norm_g == !norm_b);
+    assert(!norm_g || (eng_numel(norm_g) == Cout && eng_numel(norm_b) == Cout));
+    if (!ctx->be->ops->conv_transpose2x2_norm_act) {
+        eng_conv_transpose2x2(ctx, y, x, H, W, w, b);
+        eng_tensor rows = eng_reshape2(*y, (int64_t)4 * H * W, Cout);
+        if (norm_g)
+            eng_layernorm(ctx, &rows, &rows, NULL, norm_g, norm_b, eps);
+        if (act != ENG_ACT_NONE)
+            eng_activate(ctx, &rows, &rows, act);
+        return;
+    }
+    ENG__RUN(ctx, ctx->be->ops->conv_transpose2x2_norm_act(
+                      ctx->be, y->data, x->data, H, W, Cin, w->data, ENG__DATA(b), Cout,
+                      ENG__DATA(norm_g), ENG__DATA(norm_b), eps, act));
 }
 
 void eng_window_partition(eng_ctx *ctx, eng_tensor *y, const eng_tensor *x, int H, int W, int ws)

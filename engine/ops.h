@@ -69,6 +69,24 @@ int eng_backend_cpu_create(eng_backend **out, int threads);
  * ENG_BF16; ENG_BF16 needs sm_80+). ENG_EUNSUP when built without CUDA,
  * ENG_EDEVICE with a clear message when no usable GPU/driver is present. */
 int eng_backend_cuda_create(eng_backend **out, int device_index, eng_dtype dtype);
+/* TFLOP/s of the sm_75 kernels' tensor-core instruction (mma.sync m16n8k8,
+ * f16 in, fp32 accumulate) from registers at full occupancy on be's GPU,
+ * compute_75 code as those kernels are built: the denominator of their
+ * efficiency in the T4 estimate (bench_gpu --peaks). ENG_EUNSUP without a
+ * CUDA backend. */
+int eng_backend_cuda_sm75_peak(eng_backend *be, double *tflops);
+/* The plan backend: no device and no memory, it only counts. It presents
+ * itself as a CUDA device in `dtype` with the CUDA backend's fixed buffers;
+ * allocations return addresses never to be dereferenced, ops succeed doing
+ * nothing, and eng_backend_memory reports the bytes a CUDA backend would
+ * hold for the same calls (its scratch as the generic attention, the sm_75
+ * default, would take it). A model loaded on it is planned exactly as on a
+ * GPU (bench/memplan). */
+int eng_backend_plan_create(eng_backend **out, eng_dtype dtype);
+/* A plan backend's bytes: live allocations (weights, resident embeddings,
+ * workspace, ...), the scratch its ops would grow, and the fixed buffers
+ * (all 0 for another backend). */
+void eng_backend_plan_bytes(const eng_backend *be, size_t *allocs, size_t *scratch, size_t *fixed);
 void eng_backend_destroy(eng_backend *be);
 
 eng_device eng_backend_device(const eng_backend *be);
@@ -95,6 +113,43 @@ int eng_backend_sync(eng_backend *be);
 /* 1 when the backend implements every backward op below (the CPU backend;
  * the CUDA backend has none yet). */
 int eng_backend_has_backward(const eng_backend *be);
+
+/* ---- optional backend controls (no-ops where a backend has none) ---- */
+
+/* GEMM algorithm tuning: the CUDA backend times cuBLASLt's candidates the
+ * first time it meets a shape class. On at create; a model turns it off once
+ * it has run every shape it will use (eng_sam_load warms up), so no request
+ * waits for it: a class first met later takes the heuristic's choice. */
+void eng_backend_set_tuning(eng_backend *be, int on);
+
+/* Graphs of queued device work (CUDA graphs, TASAM_CUDA_GRAPHS=1; off by
+ * default until measured): 1 when the backend records them. The caller
+ * brackets ops that only queue device work (no upload, download or wait),
+ * whose sequence and shapes are fixed by the bytes `shape` and whose buffers
+ * by the bytes `bufs`:
+ *
+ *   int r = eng_backend_graph_begin(be, &shape, sizeof shape, &bufs, sizeof bufs);
+ *   if (r != ENG_GRAPH_REPLAYED) {
+ *       ...ops...
+ *       if (r == ENG_GRAPH_CAPTURE &&
+ *           eng_backend_graph_end(be, eng_ctx_status(ctx) == 0) == ENG_GRAPH_REDO)
+ *           ...clear the context's error and run the same ops again (eagerly)...
+ *   }
+ *
+ * The first time a shape is met the ops are recorded (not run) and
+ * eng_backend_graph_end queues the recording (keep = 0 discards it: an op
+ * failed); later the recording is queued at once (same bufs) or refreshed
+ * with the new buffers (other bufs). Buffers are referenced, not copied:
+ * what they hold when the queued work runs is what it reads. A negative
+ * return is an error. */
+#define ENG_GRAPH_EAGER    0 /* run the ops: no graph here */
+#define ENG_GRAPH_REPLAYED 1 /* queued from a recording: skip the ops */
+#define ENG_GRAPH_CAPTURE  2 /* run the ops (recorded), then eng_backend_graph_end */
+#define ENG_GRAPH_REDO     3 /* graph_end: nothing was recorded or queued, run the ops again */
+int eng_backend_graphs_on(const eng_backend *be);
+int eng_backend_graph_begin(eng_backend *be, const void *shape, size_t shape_len, const void *bufs,
+                            size_t bufs_len);
+int eng_backend_graph_end(eng_backend *be, int keep);
 
 /* ---- context and tensors ---- */
 
@@ -197,6 +252,15 @@ void eng_conv2d(eng_ctx *ctx, eng_tensor *y, const eng_tensor *x, int x_chw, int
  * w [Cin, Cout, 2, 2], b [Cout] or NULL, y [(2H)*(2W), Cout]. */
 void eng_conv_transpose2x2(eng_ctx *ctx, eng_tensor *y, const eng_tensor *x, int H, int W,
                            const eng_tensor *w, const eng_tensor *b);
+
+/* The mask decoder's upscaling step: y = act(LN(conv_transpose2x2(x, w) + b))
+ * with the same shapes as eng_conv_transpose2x2, and a LayerNorm over each
+ * output pixel's Cout channels (norm_g, norm_b [Cout]; both NULL: none), in
+ * one pass over y where the backend fuses it (CUDA), else as those ops. */
+void eng_conv_transpose2x2_norm_act(eng_ctx *ctx, eng_tensor *y, const eng_tensor *x, int H, int W,
+                                    const eng_tensor *w, const eng_tensor *b,
+                                    const eng_tensor *norm_g, const eng_tensor *norm_b, float eps,
+                                    eng_act act);
 
 /* Windows of a HWC image x [H*W, C]: zero-pad bottom/right to a multiple of
  * ws, then y [nWin, ws*ws, C] in row-major window order. */
