@@ -127,12 +127,6 @@ static void bind_key(sqlite3_stmt *st, const char *sha, const char *model, const
     sqlite3_bind_text(st, 3, precision, -1, SQLITE_TRANSIENT);
 }
 
-static void stmt_done(sqlite3_stmt *st)
-{
-    sqlite3_reset(st);
-    sqlite3_clear_bindings(st);
-}
-
 /* Contract: sha's size from a write still queued; 1 found. */
 static int from_queue(srv_cache *c, const char *sha, const char *model, const char *precision,
                       float *dst, int *w, int *h)
@@ -151,22 +145,12 @@ static int from_queue(srv_cache *c, const char *sha, const char *model, const ch
     return found;
 }
 
-int srv_cache_peek(srv_cache *c, const char *sha, int *w, int *h)
+/* Contract: sha's size from the disk tier (RD_EMB_DIMS: no blob read);
+ * 0 found, 1 absent (or the tier off or down), -1 on a read error. */
+static int disk_dims(srv_cache *c, const char *sha, const char *model, const char *precision,
+                     int *w, int *h)
 {
-    char model[64], precision[8];
-    mem_entry *e;
-    int found = 0, rc = 1;
-    if (!model_key(c, model, precision))
-        return 1;
-    pthread_mutex_lock(&c->mu);
-    if ((e = mem_find(c, sha))) {
-        *w = e->w;
-        *h = e->h;
-        found = 1;
-    }
-    pthread_mutex_unlock(&c->mu);
-    if (found || from_queue(c, sha, model, precision, NULL, w, h))
-        return 0;
+    int rc = 1;
     if (__atomic_load_n(&c->budget, __ATOMIC_RELAXED) <= 0)
         return 1;
     cache_reader *r = srv__cache_reader_get(c);
@@ -181,9 +165,28 @@ int srv_cache_peek(srv_cache *c, const char *sha, int *w, int *h)
         srv__cache_reader_failed(c, step, "embedding lookup");
         rc = -1;
     }
-    stmt_done(st);
+    srv__cache_stmt_done(st);
     srv__cache_reader_put(r);
     return rc;
+}
+
+int srv_cache_peek(srv_cache *c, const char *sha, int *w, int *h)
+{
+    char model[64], precision[8];
+    mem_entry *e;
+    int found = 0;
+    if (!model_key(c, model, precision))
+        return 1;
+    pthread_mutex_lock(&c->mu);
+    if ((e = mem_find(c, sha))) {
+        *w = e->w;
+        *h = e->h;
+        found = 1;
+    }
+    pthread_mutex_unlock(&c->mu);
+    if (found || from_queue(c, sha, model, precision, NULL, w, h))
+        return 0;
+    return disk_dims(c, sha, model, precision, w, h);
 }
 
 int srv_cache_get(srv_cache *c, const char *sha, float *scratch, const float **emb, int *w, int *h,
@@ -221,19 +224,24 @@ int srv_cache_get(srv_cache *c, const char *sha, float *scratch, const float **e
         *tier = SRV_TIER_MEMORY;
         return 0;
     }
+    if (!scratch) {
+        /* existence only (an embeddings request): the size is enough */
+        rc = disk_dims(c, sha, model, precision, w, h);
+        if (rc == 0) {
+            *tier = SRV_TIER_DISK;
+            srv_cache_touch(c, sha);
+        }
+        return rc;
+    }
     if (__atomic_load_n(&c->budget, __ATOMIC_RELAXED) <= 0)
         return 1;
     cache_reader *r = srv__cache_reader_get(c);
     if (!r)
         return 1;
-    sqlite3_stmt *st = r->st[scratch ? RD_EMB_GET : RD_EMB_DIMS];
+    sqlite3_stmt *st = r->st[RD_EMB_GET];
     bind_key(st, sha, model, precision);
     int step = sqlite3_step(st);
-    if (step == SQLITE_ROW && !scratch) {
-        /* existence only (an embeddings request): the size is enough */
-        rc = dims_row(c, st, sha, w, h);
-        *tier = SRV_TIER_DISK;
-    } else if (step == SQLITE_ROW) {
+    if (step == SQLITE_ROW) {
         int64_t row = sqlite3_column_int64(st, 0);
         int rw = sqlite3_column_int(st, 1), rh = sqlite3_column_int(st, 2);
         int64_t bytes = sqlite3_column_int64(st, 3);
@@ -260,7 +268,7 @@ int srv_cache_get(srv_cache *c, const char *sha, float *scratch, const float **e
         srv__cache_reader_failed(c, step, "embedding lookup");
         rc = -1;
     }
-    stmt_done(st);
+    srv__cache_stmt_done(st);
     srv__cache_reader_put(r);
     if (rc == 0)
         srv_cache_touch(c, sha);
@@ -417,7 +425,7 @@ int srv_cache_meta_get(srv_cache *c, const char *sha, srv_cache_meta *out)
         srv__cache_reader_failed(c, step, "embedding lookup");
         rc = rc == 0 ? 0 : -1;
     }
-    stmt_done(st);
+    srv__cache_stmt_done(st);
     srv__cache_reader_put(r);
     return rc;
 }
@@ -431,7 +439,7 @@ int srv__cache_write_embedding(srv_cache *c, cache_op *op, int64_t stamp)
         st = c->wst[WR_EMB_DEL_KEY];
         bind_key(st, op->key, op->model_id, op->precision);
         rc = sqlite3_step(st);
-        stmt_done(st);
+        srv__cache_stmt_done(st);
         if (rc != SQLITE_DONE)
             return rc;
         st = c->wst[WR_EMB_INS];
@@ -441,17 +449,7 @@ int srv__cache_write_embedding(srv_cache *c, cache_op *op, int64_t stamp)
         sqlite3_bind_int64(st, 6, (int64_t)op->len);
         sqlite3_bind_int64(st, 7, (int64_t)srv__cache_blob_crc(op->blob, op->len));
         sqlite3_bind_int64(st, 8, stamp);
-        rc = sqlite3_step(st);
-        stmt_done(st);
-        if (rc != SQLITE_DONE)
-            return rc;
-        op->row = sqlite3_last_insert_rowid(c->wdb);
-        st = c->wst[WR_EMB_BLOB];
-        sqlite3_bind_int64(st, 1, op->row);
-        sqlite3_bind_blob64(st, 2, op->blob, op->len, SQLITE_STATIC);
-        rc = sqlite3_step(st);
-        stmt_done(st);
-        return rc == SQLITE_DONE ? SQLITE_OK : rc;
+        return srv__cache_insert_with_blob(c, st, c->wst[WR_EMB_BLOB], op);
     case OP_EMB_TOUCH:
         st = c->wst[WR_EMB_TOUCH];
         bind_key(st, op->key, op->model_id, op->precision);
@@ -467,6 +465,6 @@ int srv__cache_write_embedding(srv_cache *c, cache_op *op, int64_t stamp)
         return SQLITE_MISUSE;
     }
     rc = sqlite3_step(st);
-    stmt_done(st);
+    srv__cache_stmt_done(st);
     return rc == SQLITE_DONE ? SQLITE_OK : rc;
 }

@@ -37,12 +37,6 @@ static void ad_row(sqlite3_stmt *st, srv_adapter_meta *m)
 
 static int enabled(srv_cache *c) { return __atomic_load_n(&c->ad_budget, __ATOMIC_RELAXED) > 0; }
 
-static void stmt_done(sqlite3_stmt *st)
-{
-    sqlite3_reset(st);
-    sqlite3_clear_bindings(st);
-}
-
 /*
  * Contract: what the writer's queue says about adapter `id`: 1 with the
  * queued row (meta, and a copy of its blob when blob != NULL) when a put
@@ -149,7 +143,7 @@ int srv_cache_adapter_get(srv_cache *c, const char *id, int touch, uint8_t **blo
         srv__cache_reader_failed(c, step, "adapter lookup");
         rc = -1;
     }
-    stmt_done(st);
+    srv__cache_stmt_done(st);
     srv__cache_reader_put(r);
     if (rc != 0)
         return rc;
@@ -184,7 +178,7 @@ int srv_cache_adapter_meta(srv_cache *c, const char *id, srv_adapter_meta *out)
         srv__cache_reader_failed(c, step, "adapter lookup");
         rc = -1;
     }
-    stmt_done(st);
+    srv__cache_stmt_done(st);
     srv__cache_reader_put(r);
     return rc;
 }
@@ -237,7 +231,7 @@ int srv_cache_adapter_list(srv_cache *c, const char *after, int64_t offset, int 
         srv__cache_reader_failed(c, step, "adapter listing");
         rc = -1;
     }
-    stmt_done(st);
+    srv__cache_stmt_done(st);
     srv__cache_reader_put(r);
     return rc;
 }
@@ -264,7 +258,7 @@ int srv__cache_write_adapter(srv_cache *c, cache_op *op, int64_t stamp)
         st = c->wst[WR_AD_DEL_KEY];
         sqlite3_bind_text(st, 1, m->id, -1, SQLITE_STATIC);
         rc = sqlite3_step(st);
-        stmt_done(st);
+        srv__cache_stmt_done(st);
         if (rc != SQLITE_DONE)
             return rc;
         st = c->wst[WR_AD_INS];
@@ -280,17 +274,7 @@ int srv__cache_write_adapter(srv_cache *c, cache_op *op, int64_t stamp)
         sqlite3_bind_int64(st, 10, (int64_t)srv__cache_blob_crc(op->blob, op->len));
         sqlite3_bind_int64(st, 11, m->created_ms > 0 ? m->created_ms : stamp);
         sqlite3_bind_int64(st, 12, stamp);
-        rc = sqlite3_step(st);
-        stmt_done(st);
-        if (rc != SQLITE_DONE)
-            return rc;
-        op->row = sqlite3_last_insert_rowid(c->wdb);
-        st = c->wst[WR_AD_BLOB];
-        sqlite3_bind_int64(st, 1, op->row);
-        sqlite3_bind_blob64(st, 2, op->blob, op->len, SQLITE_STATIC);
-        rc = sqlite3_step(st);
-        stmt_done(st);
-        return rc == SQLITE_DONE ? SQLITE_OK : rc;
+        return srv__cache_insert_with_blob(c, st, c->wst[WR_AD_BLOB], op);
     }
     case OP_AD_TOUCH:
         st = c->wst[WR_AD_TOUCH];
@@ -315,7 +299,7 @@ int srv__cache_write_adapter(srv_cache *c, cache_op *op, int64_t stamp)
         return SQLITE_MISUSE;
     }
     rc = sqlite3_step(st);
-    stmt_done(st);
+    srv__cache_stmt_done(st);
     if (rc != SQLITE_DONE && op->kind == OP_AD_CLEAR)
         op->result = -1;
     return rc == SQLITE_DONE ? SQLITE_OK : rc;

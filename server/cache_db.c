@@ -660,6 +660,27 @@ static int64_t use_stamp(srv_cache *c)
     return c->clock_ms;
 }
 
+void srv__cache_stmt_done(sqlite3_stmt *st)
+{
+    sqlite3_reset(st);
+    sqlite3_clear_bindings(st);
+}
+
+int srv__cache_insert_with_blob(srv_cache *c, sqlite3_stmt *row_st, sqlite3_stmt *blob_st,
+                                cache_op *op)
+{
+    int rc = sqlite3_step(row_st);
+    srv__cache_stmt_done(row_st);
+    if (rc != SQLITE_DONE)
+        return rc;
+    op->row = sqlite3_last_insert_rowid(c->wdb);
+    sqlite3_bind_int64(blob_st, 1, op->row);
+    sqlite3_bind_blob64(blob_st, 2, op->blob, op->len, SQLITE_STATIC);
+    rc = sqlite3_step(blob_st);
+    srv__cache_stmt_done(blob_st);
+    return rc == SQLITE_DONE ? SQLITE_OK : rc;
+}
+
 static int step_reset(sqlite3_stmt *st)
 {
     int rc = sqlite3_step(st);

@@ -174,6 +174,13 @@ int64_t srv__cache_now_ms(void);
 uint32_t srv__cache_blob_crc(const void *p, size_t n);
 /* The metrics gauges from the totals and the memory tier (takes mu). */
 void srv__cache_gauges(srv_cache *c);
+/* Reset a statement and clear its bindings, ready for the next use. */
+void srv__cache_stmt_done(sqlite3_stmt *st);
+/* Writer thread: step row_st (an INSERT its caller has bound), then store
+ * op's blob under the new rowid with blob_st (bound: 1 rowid, 2 blob) and
+ * set op->row. Returns SQLITE_OK or the failing step's code. */
+int srv__cache_insert_with_blob(srv_cache *c, sqlite3_stmt *row_st, sqlite3_stmt *blob_st,
+                                cache_op *op);
 /* Text column i of a row into out (cap bytes, always terminated). */
 void srv__cache_col_text(sqlite3_stmt *st, int i, char *out, size_t cap);
 
