@@ -219,7 +219,7 @@ int srv_cache_adapter_list(srv_cache *c, const char *after, int64_t offset, int 
     cache_reader *r = srv__cache_reader_get(c);
     if (!r)
         return 0;
-    *total = __atomic_load_n(&c->ad_rows, __ATOMIC_RELAXED);
+    *total = __atomic_load_n(&c->shown_ad_rows, __ATOMIC_RELAXED);
     sqlite3_stmt *st = r->st[RD_AD_LIST];
     sqlite3_bind_text(st, 1, after ? after : "", -1, SQLITE_TRANSIENT);
     sqlite3_bind_int(st, 2, limit);

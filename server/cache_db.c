@@ -175,12 +175,12 @@ void srv__cache_gauges(srv_cache *c)
     for (int i = 0; i < c->n_mem; i++)
         used += c->mem[i].sha[0] && c->mem[i].data;
     pthread_mutex_unlock(&c->mu);
-    srv_metrics_gauge_set(&c->m->cache_bytes_disk, ld(&c->disk_bytes));
-    srv_metrics_gauge_set(&c->m->cache_entries_disk, ld(&c->disk_rows));
+    srv_metrics_gauge_set(&c->m->cache_bytes_disk, ld(&c->shown_disk_bytes));
+    srv_metrics_gauge_set(&c->m->cache_entries_disk, ld(&c->shown_disk_rows));
     srv_metrics_gauge_set(&c->m->cache_bytes_mem,
                           (int64_t)used * (int64_t)(c->floats * sizeof(float)));
-    srv_metrics_gauge_set(&c->m->adapter_bytes_disk, ld(&c->ad_bytes));
-    srv_metrics_gauge_set(&c->m->adapter_entries_disk, ld(&c->ad_rows));
+    srv_metrics_gauge_set(&c->m->adapter_bytes_disk, ld(&c->shown_ad_bytes));
+    srv_metrics_gauge_set(&c->m->adapter_entries_disk, ld(&c->shown_ad_rows));
     srv_metrics_gauge_set(&c->m->cache_disk_available,
                           __atomic_load_n(&c->disk_up, __ATOMIC_RELAXED));
     srv_metrics_gauge_set(&c->m->cache_write_queue_bytes,
@@ -698,6 +698,12 @@ void srv__cache_refresh_totals(srv_cache *c)
             st64(ad ? &c->ad_rows : &c->disk_rows, sqlite3_column_int64(st, 1));
         }
         sqlite3_reset(st);
+    }
+    if (c->wdb && sqlite3_get_autocommit(c->wdb)) {
+        st64(&c->shown_disk_bytes, ld(&c->disk_bytes));
+        st64(&c->shown_disk_rows, ld(&c->disk_rows));
+        st64(&c->shown_ad_bytes, ld(&c->ad_bytes));
+        st64(&c->shown_ad_rows, ld(&c->ad_rows));
     }
 }
 

@@ -145,10 +145,15 @@ struct srv_cache {
     char disk_error[512]; /* why it is down (under mu) */
     int64_t budget;       /* atomic: embedding byte budget; 0 disables the disk tier */
     int64_t ad_budget;    /* atomic: adapter byte budget; 0 disables the adapter tier */
-    int64_t disk_bytes;   /* atomic: SUM(bytes) of the embedding rows */
-    int64_t disk_rows;    /* atomic: COUNT(*) */
-    int64_t ad_bytes;     /* atomic: SUM(bytes) of the adapter rows */
-    int64_t ad_rows;      /* atomic: COUNT(*) */
+    /* The writer's totals, inside its open transaction (what eviction
+     * counts against the budgets). */
+    int64_t disk_bytes; /* atomic: SUM(bytes) of the embedding rows */
+    int64_t disk_rows;  /* atomic: COUNT(*) */
+    int64_t ad_bytes;   /* atomic: SUM(bytes) of the adapter rows */
+    int64_t ad_rows;    /* atomic: COUNT(*) */
+    /* The same as last committed: what metrics and listings show, so that
+     * a row counted there survives a crash. */
+    int64_t shown_disk_bytes, shown_disk_rows, shown_ad_bytes, shown_ad_rows; /* atomic */
 
     cache_reader rd[CACHE_READERS]; /* read connections */
 
@@ -211,7 +216,8 @@ int srv__cache_write_adapter(srv_cache *c, cache_op *op, int64_t stamp);
  * (adapters: `ad`) other than row keep_id until they fit their budget;
  * returns how many went, or a negative SQLite code. */
 int srv__cache_evict(srv_cache *c, int ad, int64_t keep_id);
-/* Writer thread: re-read the row and byte totals. */
+/* Writer thread: re-read the row and byte totals (and publish them as the
+ * shown_* ones when no transaction is open). */
 void srv__cache_refresh_totals(srv_cache *c);
 
 /* 1 when an image size could have come from a decode (1 <= w, h; w * h
