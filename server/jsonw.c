@@ -203,3 +203,25 @@ void srv_jw_null(srv_jw *w)
 }
 
 void srv_jw_raw(srv_jw *w, const char *s, size_t n) { put(w, s, n); }
+
+static int dump_cb(const char *buf, size_t n, void *arg)
+{
+    srv_jw *w = arg;
+    put(w, buf, n);
+    return w->status ? -1 : 0;
+}
+
+void srv_jw_json(srv_jw *w, const json_t *v)
+{
+    value_start(w);
+    if (w->status)
+        return;
+    if (!v) {
+        w->status = SRV_JW_NOMEM;
+        return;
+    }
+    if (json_dump_callback(v, dump_cb, w,
+                           JSON_COMPACT | JSON_REAL_PRECISION(6) | JSON_ENCODE_ANY) &&
+        !w->status)
+        w->status = SRV_JW_NUMBER;
+}

@@ -16,6 +16,8 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include <jansson.h>
+
 #define SRV_JW_DEPTH 16
 
 /* Why a writer stopped. */
@@ -52,6 +54,9 @@ void srv_jw_int(srv_jw *w, int64_t v);
 void srv_jw_real(srv_jw *w, double v); /* as jansson at precision 6 */
 void srv_jw_bool(srv_jw *w, int v);
 void srv_jw_null(srv_jw *w);
+/* A small jansson value, dumped in place as json_dumps would (for parts
+ * built as trees elsewhere, e.g. everything mode's parameters). */
+void srv_jw_json(srv_jw *w, const json_t *v);
 /* n bytes of text as they are (no separator; for a trailing newline). */
 void srv_jw_raw(srv_jw *w, const char *s, size_t n);
 

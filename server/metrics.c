@@ -262,7 +262,8 @@ int srv_metrics_render(srv_metrics *m, char **out, size_t *len)
             "Responses refused because they passed max-response-bytes (413).",
             ld(&m->rejected_response_size));
     counter(&b, "tasam_jobs_abandoned_total",
-            "Queued jobs dropped because their client closed the connection.",
+            "Jobs dropped (queued) or stopped (everything mode) because their client closed the "
+            "connection.",
             ld(&m->jobs_abandoned));
     counter(&b, "tasam_cache_write_dropped_total",
             "Cache writes dropped (writer queue full or disk tier unavailable).",

@@ -22,6 +22,7 @@
 #include "engine/rle.h"
 #include "engine/sha256.h"
 #include "server/base64.h"
+#include "server/everything.h"
 #include "server/jsonw.h"
 #include "server/log.h"
 
@@ -566,6 +567,7 @@ void srv_post_free(srv_post *p)
     srv_request_free(&p->req);
     free(p->resized);
     p->resized = NULL;
+    eng_image_free(&p->pixels);
 }
 
 /* Contract: when the request names its image in X-Tasam-Image-Id (as a
@@ -618,8 +620,14 @@ int srv_routes_post_prepare(srv_server *srv, srv_route route, const srv_http_in 
         return -1;
     lim.max_points = (int)srv_config_int(srv->cfg, SRV_OPT_MAX_POINTS);
     lim.max_prompts = (int)srv_config_int(srv->cfg, SRV_OPT_MAX_PROMPTS);
-    if (kind != SRV_KIND_ADAPTER_FLUSH &&
-        srv_request_parse(in ? in->content_type : NULL, body, len, kind, &lim, &p->req, e) != 0)
+    /* everything mode's defaults (checked when the option was set) */
+    srv_everything ev_defaults;
+    srv_everything_defaults(srv_config_str(srv->cfg, SRV_OPT_EVERYTHING_DEFAULTS), &ev_defaults, e);
+    lim.everything = &ev_defaults;
+    int bad = kind != SRV_KIND_ADAPTER_FLUSH &&
+              srv_request_parse(in ? in->content_type : NULL, body, len, kind, &lim, &p->req, e);
+    srv_everything_free(&ev_defaults);
+    if (bad)
         return -1;
     if (p->req.has_task && srv_sched_is_ready(srv->sched) && need_hypernet(srv, e))
         return -1;
@@ -640,6 +648,12 @@ int srv_routes_post_prepare(srv_server *srv, srv_route route, const srv_http_in 
         return 0;
     j->multimask = p->req.multimask;
     j->max_pixels = srv_config_int(srv->cfg, SRV_OPT_MAX_PIXELS);
+    /* everything mode's crop layers encode crops of the image itself */
+    int crops = p->req.everything && p->req.amg->p.crop_n_layers > 0;
+    if (crops && !p->req.image)
+        return srv_fail(e, 400, "everything.crop_n_layers",
+                        "crop layers encode crops of the image: send the image itself, not only "
+                        "its image_id (or set crop_n_layers to 0)");
     if (p->req.image) {
         uint8_t d[32];
         double t = srv_now();
@@ -649,9 +663,11 @@ int srv_routes_post_prepare(srv_server *srv, srv_route route, const srv_http_in 
             return -1;
         j->raw = p->req.image;
         j->raw_len = p->req.image_len;
-        if (srv_cache_peek(srv->cache, j->sha, &w, &h) != 0) {
-            if (srv_image_prepare(p->req.image, p->req.image_len, j->max_pixels, &p->resized,
-                                  &j->info, e) != 0)
+        int cached = srv_cache_peek(srv->cache, j->sha, &w, &h) == 0;
+        if (!cached || crops) {
+            if (srv_image_prepare(p->req.image, p->req.image_len, j->max_pixels,
+                                  cached ? NULL : &p->resized, &j->info, crops ? &p->pixels : NULL,
+                                  e) != 0)
                 return -1;
             j->resized = p->resized;
             w = j->info.orig_w;
@@ -668,7 +684,11 @@ int srv_routes_post_prepare(srv_server *srv, srv_route route, const srv_http_in 
     }
     j->info.orig_w = w;
     j->info.orig_h = h;
-    if (kind == SRV_KIND_SEGMENT) {
+    if (p->req.everything) {
+        j->everything = p->req.amg;
+        j->pixels = crops ? &p->pixels : NULL;
+        j->max_mask_bytes = srv_config_int(srv->cfg, SRV_OPT_MAX_MASK_BYTES);
+    } else if (kind == SRV_KIND_SEGMENT) {
         if (srv_request_prompts(&p->req, w, h, &p->prompts, e) != 0)
             return -1;
         double bytes = (double)p->prompts.n * (p->req.multimask ? 3 : 1) * (double)w * (double)h;
@@ -694,10 +714,9 @@ static int write_mask(srv_jw *w, const srv_job *j, srv_output fmt, int i, int pr
     int iw = j->info.orig_w, ih = j->info.orig_h, rc = -1;
     const uint8_t *mask = j->masks + (size_t)i * (size_t)iw * (size_t)ih;
     eng_rle rle = {0};
-    char *counts = NULL;
     double bbox[4];
 
-    if (eng_rle_encode(mask, ih, iw, &rle) != 0 || eng_rle_to_string(&rle, &counts) != 0)
+    if (eng_rle_encode(mask, ih, iw, &rle) != 0)
         goto out;
     eng_rle_bbox(&rle, bbox);
     srv_jw_object(w);
@@ -714,55 +733,11 @@ static int write_mask(srv_jw *w, const srv_job *j, srv_output fmt, int i, int pr
     srv_jw_real(w, j->iou[i]);
     srv_jw_key(w, "stability_score");
     srv_jw_real(w, j->stability[i]);
-    if (fmt == SRV_OUT_RLE) {
-        srv_jw_key(w, "rle");
-        srv_jw_object(w);
-        srv_jw_key(w, "size");
-        srv_jw_array(w);
-        srv_jw_int(w, ih);
-        srv_jw_int(w, iw);
-        srv_jw_end(w);
-        srv_jw_key(w, "counts");
-        srv_jw_string(w, counts, strlen(counts));
-        srv_jw_end(w);
-    } else if (fmt == SRV_OUT_PNG) {
-        uint8_t *pix = malloc((size_t)iw * (size_t)ih), *png = NULL;
-        size_t plen = 0;
-        char *b64 = NULL;
-        if (pix) {
-            for (size_t k = 0; k < (size_t)iw * (size_t)ih; k++)
-                pix[k] = mask[k] ? 255 : 0;
-            if (eng_png_encode(pix, iw, ih, 1, &png, &plen) == 0)
-                b64 = srv_base64_encode(png, plen);
-        }
-        free(pix);
-        free(png);
-        if (!b64)
-            goto out;
-        srv_jw_key(w, "png");
-        srv_jw_string(w, b64, strlen(b64));
-        free(b64);
-    } else {
-        eng_polygons polys = {0};
-        if (eng_mask_polygons(mask, ih, iw, &polys) != 0) {
-            eng_polygons_free(&polys);
-            goto out;
-        }
-        srv_jw_key(w, "polygons");
-        srv_jw_array(w);
-        for (size_t k = 0; k < polys.n && !srv_jw_error(w); k++) {
-            srv_jw_array(w);
-            for (size_t v = 0; v < 2 * polys.polys[k].n; v++)
-                srv_jw_int(w, polys.polys[k].xy[v]);
-            srv_jw_end(w);
-        }
-        srv_jw_end(w);
-        eng_polygons_free(&polys);
-    }
+    if (srv_mask_write(w, mask, &rle, fmt) != 0)
+        goto out;
     srv_jw_end(w);
     rc = 0;
 out:
-    free(counts);
     eng_rle_free(&rle);
     return rc;
 }
@@ -785,7 +760,7 @@ void srv__routes_segment_reply(srv_server *srv, srv_post *p, double t_start, srv
     srv_job *j = &p->job;
     srv_jw w;
     int64_t limit = srv_config_int(srv->cfg, SRV_OPT_MAX_RESPONSE_BYTES);
-    int failed_mask = -1;
+    long failed_mask = -1;
 
     srv_jw_init(&w, (size_t)limit);
     srv_jw_object(&w);
@@ -825,16 +800,47 @@ void srv__routes_segment_reply(srv_server *srv, srv_post *p, double t_start, srv
     }
     srv_jw_key(&w, "masks");
     srv_jw_array(&w);
-    for (int i = 0; i < j->n_masks && !srv_jw_error(&w); i++)
-        if (write_mask(&w, j, p->req.output, i, i / (j->per_prompt ? j->per_prompt : 1)) != 0) {
-            failed_mask = i;
-            break;
-        }
+    if (j->everything) {
+        for (size_t i = 0; i < j->amg.n && !srv_jw_error(&w); i++)
+            if (srv_everything_mask_write(&w, &j->amg.masks[i], p->req.output) != 0) {
+                failed_mask = (long)i;
+                break;
+            }
+    } else {
+        for (int i = 0; i < j->n_masks && !srv_jw_error(&w); i++)
+            if (write_mask(&w, j, p->req.output, i, i / (j->per_prompt ? j->per_prompt : 1)) != 0) {
+                failed_mask = i;
+                break;
+            }
+    }
     srv_jw_end(&w);
+    if (j->everything) {
+        const eng_amg_stats *st = &j->amg.stats;
+        json_t *params = srv_everything_params_json(&j->everything->p);
+        srv_jw_key(&w, "mode");
+        srv_jw_string(&w, "everything", 10);
+        srv_jw_key(&w, "everything");
+        srv_jw_json(&w, params);
+        json_decref(params);
+        srv_jw_key(&w, "everything_stats");
+        srv_jw_object(&w);
+        srv_jw_key(&w, "crops");
+        srv_jw_int(&w, st->crops);
+        srv_jw_key(&w, "prompts");
+        srv_jw_int(&w, (int64_t)st->prompts);
+        srv_jw_key(&w, "upscaled");
+        srv_jw_int(&w, (int64_t)st->upscaled);
+        srv_jw_key(&w, "candidates");
+        srv_jw_int(&w, (int64_t)st->candidates);
+        srv_jw_key(&w, "masks");
+        srv_jw_int(&w, (int64_t)j->amg.n);
+        srv_jw_end(&w);
+    } else {
+        srv_jw_key(&w, "multimask");
+        srv_jw_bool(&w, j->per_prompt == 3);
+    }
     /* the masks are in the text (or will not be): give their memory back now */
     srv_job_free_results(j);
-    srv_jw_key(&w, "multimask");
-    srv_jw_bool(&w, j->per_prompt == 3);
     srv_jw_key(&w, "timings_ms");
     srv_jw_object(&w);
     write_ms(&w, "decode", j->t.decode);
@@ -848,7 +854,7 @@ void srv__routes_segment_reply(srv_server *srv, srv_post *p, double t_start, srv
     srv_jw_end(&w);
     if (failed_mask >= 0) {
         srv_jw_free(&w);
-        srv_reply_errorf(out, 500, "", "encoding mask %d failed: %s", failed_mask,
+        srv_reply_errorf(out, 500, "", "encoding mask %ld failed: %s", failed_mask,
                          eng_last_error());
         return;
     }

@@ -33,6 +33,7 @@ void srv_job_free_results(srv_job *j)
     j->masks = NULL;
     j->iou = j->stability = NULL;
     j->n_masks = 0;
+    eng_amg_result_free(&j->amg);
 }
 
 int srv_sched_init(srv_sched *s, srv_config *cfg, srv_cache *cache, srv_metrics *m,
@@ -149,8 +150,10 @@ int srv_sched_cancel(srv_sched *s, srv_job *j)
     if (q)
         unlink_job(s, prev, q);
     pthread_mutex_unlock(&s->mu);
-    if (!q)
+    if (!q) {
+        __atomic_store_n(&j->abandoned, 1, __ATOMIC_RELEASE);
         return 0;
+    }
     j->status = 499;
     srv_fail(&j->err, 499, "", "the client closed the connection while the request was queued");
     srv_metrics_add(&s->metrics->jobs_abandoned, 1);

@@ -265,9 +265,10 @@ static void test_abandoned_jobs(void)
     for (int i = 0; i < N; i++)
         if (fds[i] >= 0)
             close(fds[i]);
+    /* (the GET /metrics asking is in flight itself: 1 is idle) */
     double t0 = now_s();
     while (now_s() - t0 < 20 && (metric_of(g_d.port, "tasam_queue_depth") > 0 ||
-                                 metric_of(g_d.port, "tasam_inflight_requests") > 0))
+                                 metric_of(g_d.port, "tasam_inflight_requests") > 1))
         usleep(50000);
     double enc = metric_of(g_d.port, "tasam_images_encoded_total") - enc0;
     double ab = metric_of(g_d.port, "tasam_jobs_abandoned_total") - ab0;
@@ -281,6 +282,40 @@ static void test_abandoned_jobs(void)
     T_CHECK(st == 200, "a request after the abandoned ones: %d", st);
     json_decref(r);
     unlink(path);
+}
+
+/* Item 6, a running job: everything mode holds the worker for seconds;
+ * when its client leaves, the run stops at its next decoder pass (499)
+ * instead of finishing for nobody. */
+static void test_abandoned_everything(void)
+{
+    NEED_DAEMON();
+    double ab0 = metric_of(g_d.port, "tasam_jobs_abandoned_total");
+    char *body = malloc(strlen(g_dog_b64) + 64);
+    sprintf(body, "{\"image\":\"%s\",\"everything\":{\"points_per_side\":64}}", g_dog_b64);
+    size_t len;
+    char *req = raw_json_post("/v1/segment", body, NULL, &len);
+    free(body);
+    int fd = raw_connect(g_d.port, NULL);
+    T_REQUIRE(fd >= 0 && raw_send_all(fd, req, len) == 0, "send");
+    free(req);
+    /* running: out of the queue, in flight with the /metrics request
+     * (4096 prompts take tens of seconds on a CPU) */
+    double t0 = now_s();
+    while (now_s() - t0 < 10 && (metric_of(g_d.port, "tasam_queue_depth") > 0 ||
+                                 metric_of(g_d.port, "tasam_inflight_requests") < 2))
+        usleep(20000);
+    usleep(300000);
+    close(fd);
+    double t1 = now_s();
+    double ab = wait_metric(g_d.port, "tasam_jobs_abandoned_total", ab0 + 1, 10);
+    double dt = now_s() - t1;
+    fprintf(stderr, "  everything run stopped %.2f s after its client left\n", dt);
+    T_CHECK(ab >= ab0 + 1, "the abandoned everything run was not stopped (%g)", ab - ab0);
+    double t2 = now_s();
+    while (now_s() - t2 < 5 && metric_of(g_d.port, "tasam_inflight_requests") > 1)
+        usleep(50000);
+    T_CHECK(metric_of(g_d.port, "tasam_inflight_requests") == 1, "still in flight");
 }
 
 /* Item 7: an image too elongated for SAM's resize (1 x 2049: the short side
@@ -797,6 +832,7 @@ int main(int argc, char **argv)
     T_RUN(test_slowloris);
     T_RUN(test_body_budget);
     T_RUN(test_abandoned_jobs);
+    T_RUN(test_abandoned_everything);
     T_RUN(test_elongated_image);
     T_RUN(test_malformed_http);
     T_RUN(test_corrupt_jpeg);

@@ -20,6 +20,7 @@
 #include "server/metrics.h"
 #include "engine/error.h"
 #include "server/error.h"
+#include "server/everything.h"
 #include "server/request.h"
 #include "server/routes.h"
 #include "engine/image.h"
@@ -174,7 +175,7 @@ static void test_config_special_files(void)
     srv_log_set_level(SRV_LOG_LEVEL_ERROR);
 }
 
-static const srv_limits LIM = {16, 64};
+static const srv_limits LIM = {16, 64, NULL};
 
 static int parse(const char *json, srv_request *r, srv_error *e)
 {
@@ -875,24 +876,19 @@ static void test_cache_upgrade_v1(void)
 
 /* ---- the streamed segment response against jansson ---- */
 
-/* The mask object as the daemon built it with jansson before it streamed
- * its responses (an independent serializer: the reference). */
-static json_t *ref_mask(const srv_job *j, srv_output fmt, int i, int prompt)
+/* A mask's encoding as the daemon built it with jansson before it
+ * streamed its responses (an independent serializer: the reference):
+ * "rle", "png" or "polygons" added to o from the h x w 0/1 mask. */
+static void ref_encoding(json_t *o, const uint8_t *mask, int w, int h, srv_output fmt)
 {
-    int w = j->info.orig_w, h = j->info.orig_h;
-    const uint8_t *mask = j->masks + (size_t)i * (size_t)w * (size_t)h;
     eng_rle rle = {0};
     char *counts = NULL;
-    double bbox[4];
-    eng_rle_encode(mask, h, w, &rle);
-    eng_rle_to_string(&rle, &counts);
-    eng_rle_bbox(&rle, bbox);
-    json_t *o =
-        json_pack("{s:i,s:[f,f,f,f],s:I,s:o,s:o}", "prompt", prompt, "bbox", bbox[0], bbox[1],
-                  bbox[2], bbox[3], "area", (json_int_t)eng_rle_area(&rle), "predicted_iou",
-                  json_real(j->iou[i]), "stability_score", json_real(j->stability[i]));
     if (fmt == SRV_OUT_RLE) {
+        eng_rle_encode(mask, h, w, &rle);
+        eng_rle_to_string(&rle, &counts);
         json_object_set_new(o, "rle", json_pack("{s:[i,i],s:s}", "size", h, w, "counts", counts));
+        free(counts);
+        eng_rle_free(&rle);
     } else if (fmt == SRV_OUT_PNG) {
         uint8_t *pix = malloc((size_t)w * h), *png = NULL;
         size_t plen = 0;
@@ -917,8 +913,36 @@ static json_t *ref_mask(const srv_job *j, srv_output fmt, int i, int prompt)
         eng_polygons_free(&polys);
         json_object_set_new(o, "polygons", arr);
     }
-    free(counts);
+}
+
+/* A prompt mask's object, the reference's way. */
+static json_t *ref_mask(const srv_job *j, srv_output fmt, int i, int prompt)
+{
+    int w = j->info.orig_w, h = j->info.orig_h;
+    const uint8_t *mask = j->masks + (size_t)i * (size_t)w * (size_t)h;
+    eng_rle rle = {0};
+    double bbox[4];
+    eng_rle_encode(mask, h, w, &rle);
+    eng_rle_bbox(&rle, bbox);
+    json_t *o =
+        json_pack("{s:i,s:[f,f,f,f],s:I,s:o,s:o}", "prompt", prompt, "bbox", bbox[0], bbox[1],
+                  bbox[2], bbox[3], "area", (json_int_t)eng_rle_area(&rle), "predicted_iou",
+                  json_real(j->iou[i]), "stability_score", json_real(j->stability[i]));
+    ref_encoding(o, mask, w, h, fmt);
     eng_rle_free(&rle);
+    return o;
+}
+
+/* An everything-mode mask's object, the reference's way (`pix` its pixels). */
+static json_t *ref_everything_mask(const eng_amg_mask *m, const uint8_t *pix, srv_output fmt)
+{
+    const int *b = m->box, *c = m->crop_box;
+    json_t *o = json_pack("{s:[i,i,i,i],s:I,s:f,s:f,s:[[f,f]],s:[i,i,i,i]}", "bbox", b[0], b[1],
+                          b[2] - b[0], b[3] - b[1], "area", (json_int_t)eng_rle_area(&m->rle),
+                          "predicted_iou", (double)m->predicted_iou, "stability_score",
+                          (double)m->stability_score, "point_coords", m->point[0], m->point[1],
+                          "crop_box", c[0], c[1], c[2] - c[0], c[3] - c[1]);
+    ref_encoding(o, pix, m->rle.w, m->rle.h, fmt);
     return o;
 }
 
@@ -1082,6 +1106,109 @@ static void test_segment_body_bytes(void)
     srv_config_free(&cfg);
 }
 
+/* Everything mode's body, streamed, is byte for byte what jansson gave
+ * (masks, mode, parameters, stats), and the CLI's tree of one mask (built
+ * through the same encoder) equals the reference's tree. */
+static void test_everything_body_bytes(void)
+{
+    srv_config cfg;
+    srv_metrics m;
+    srv_error e;
+    char err[512];
+    const char *args[] = {"--checkpoint", "x", NULL};
+    T_REQUIRE(load(&cfg, err, args) == 0, "config: %s", err);
+    srv_metrics_init(&m);
+    srv_server srv = {.cfg = &cfg, .metrics = &m};
+    srv_everything ev;
+    T_REQUIRE(
+        srv_everything_defaults("{\"points_per_side\": 7, \"box_nms_thresh\": 0.55}", &ev, &e) == 0,
+        "defaults: %s", e.message);
+    enum { W = 53, H = 29, N = 4 };
+    uint8_t *pix = malloc((size_t)N * W * H);
+    unsigned r = 3;
+    for (int k = 0; k < N; k++)
+        for (int x = 0; x < W; x++)
+            for (int y = 0; y < H; y++) {
+                r = r * 1103515245u + 12345u;
+                int in = (x - 12 * k) * (x - 12 * k) + (y - 14) * (y - 14) < 60 + 30 * k;
+                pix[((size_t)k * H + y) * W + x] = (uint8_t)(in ^ ((r >> 16) % 19 == 0));
+            }
+    for (int fmt = SRV_OUT_RLE; fmt <= SRV_OUT_POLYGON; fmt++) {
+        srv_post p;
+        memset(&p, 0, sizeof p);
+        srv_job *j = &p.job;
+        p.req.output = (srv_output)fmt;
+        snprintf(j->sha, sizeof j->sha, "%064d", 5);
+        j->info.orig_w = W;
+        j->info.orig_h = H;
+        j->cache_hit = 1;
+        j->tier = SRV_TIER_MEMORY;
+        j->everything = &ev;
+        j->amg.masks = calloc(N, sizeof *j->amg.masks);
+        j->amg.n = j->amg.cap = N;
+        j->amg.stats = (eng_amg_stats){.crops = 1, .prompts = 49, .upscaled = 9, .candidates = 6};
+        json_t *ref = json_pack("{s:s,s:i,s:i,s:{s:s,s:s}}", "image_id", j->sha, "width", W,
+                                "height", H, "cache", "embedding", "hit", "tier", "memory");
+        json_t *masks = json_array();
+        json_object_set_new(ref, "masks", masks);
+        for (int k = 0; k < N; k++) {
+            eng_amg_mask *mk = &j->amg.masks[k];
+            const uint8_t *mp = pix + (size_t)k * W * H;
+            eng_rle_encode(mp, H, W, &mk->rle);
+            int bx[4] = {k, k + 1, W - 1 - k, H - 2};
+            memcpy(mk->box, bx, sizeof bx);
+            int cb[4] = {0, 0, W, H};
+            memcpy(mk->crop_box, cb, sizeof cb);
+            mk->predicted_iou = k == 0 ? 1.0f : 0.123456789f * (float)k;
+            mk->stability_score = k == 1 ? 0.0f : 0.9876f;
+            mk->point[0] = 3.3125 * k;
+            mk->point[1] = k == 2 ? 1e-7 : 14.5;
+            json_array_append_new(masks, ref_everything_mask(mk, mp, (srv_output)fmt));
+            json_t *tree = srv_everything_mask_json(mk, (srv_output)fmt);
+            json_t *want = ref_everything_mask(mk, mp, (srv_output)fmt);
+            T_CHECK(tree && json_equal(tree, want), "format %d mask %d: the tree differs", fmt, k);
+            json_decref(tree);
+            json_decref(want);
+        }
+        json_object_set_new(ref, "mode", json_string("everything"));
+        json_object_set_new(ref, "everything", srv_everything_params_json(&ev.p));
+        json_object_set_new(ref, "everything_stats",
+                            json_pack("{s:i,s:I,s:I,s:I,s:I}", "crops", 1, "prompts",
+                                      (json_int_t)49, "upscaled", (json_int_t)9, "candidates",
+                                      (json_int_t)6, "masks", (json_int_t)N));
+        json_object_set_new(ref, "timings_ms",
+                            json_pack("{s:f,s:f,s:f,s:f,s:f,s:f,s:f}", "decode", 0.0, "queue", 0.0,
+                                      "encode", 0.0, "adapter", 0.0, "decode_masks", 0.0,
+                                      "postprocess", 0.0, "total", 0.0));
+        char *text = json_dumps(ref, JSON_COMPACT | JSON_REAL_PRECISION(6));
+        json_decref(ref);
+        srv_reply out;
+        srv__routes_segment_reply(&srv, &p, srv_now(), &out);
+        T_REQUIRE(out.status == 200 && out.body, "format %d: status %d %.200s", fmt, out.status,
+                  out.body ? out.body : "");
+        char *got = malloc(out.len + 1);
+        memcpy(got, out.body, out.len);
+        got[out.len] = 0;
+        zero_total(got);
+        size_t at = 0;
+        while (got[at] && got[at] == text[at])
+            at++;
+        size_t n = strlen(got);
+        T_CHECK(n == strlen(text) + 1 && !strncmp(got, text, n - 1) && got[n - 1] == '\n',
+                "format %d differs from jansson at byte %zu: '%.40s' vs '%.40s'", fmt, at, got + at,
+                text + at);
+        T_CHECK(!j->amg.masks, "format %d: the masks were not freed once encoded", fmt);
+        free(text);
+        free(got);
+        free(out.body);
+        j->everything = NULL;
+        srv_post_free(&p);
+    }
+    free(pix);
+    srv_everything_free(&ev);
+    srv_config_free(&cfg);
+}
+
 static void test_metrics_render(void)
 {
     srv_metrics m;
@@ -1133,6 +1260,7 @@ int main(void)
     T_RUN(test_cache_upgrade_v1);
     T_RUN(test_metrics_render);
     T_RUN(test_segment_body_bytes);
+    T_RUN(test_everything_body_bytes);
     char cmd[300];
     snprintf(cmd, sizeof cmd, "rm -rf '%s'", g_tmp);
     if (system(cmd) != 0)
