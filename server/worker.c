@@ -342,13 +342,14 @@ static void serve_everything(worker *w, srv_job *j, const float *emb)
         finish_ok(s, j);
         return;
     }
+    int64_t decoded = st->prompts; /* st is zeroed with the result */
     eng_amg_result_free(&j->amg);
     if (rc == ENG_ECANCELED && __atomic_load_n(&j->abandoned, __ATOMIC_ACQUIRE)) {
         srv_metrics_add(&s->metrics->jobs_abandoned, 1);
         srv_fail(&j->err, 499, "",
                  "the client closed the connection while everything mode ran (%lld of its "
                  "prompts decoded)",
-                 (long long)st->prompts);
+                 (long long)decoded);
     } else if (rc == ENG_ECANCELED && !(j->deadline > 0 && srv_now() >= j->deadline)) {
         srv_fail(&j->err, 503, "", "the server is shutting down");
     } else if (rc == ENG_ECANCELED) {
@@ -357,8 +358,7 @@ static void serve_everything(worker *w, srv_job *j, const float *emb)
                  "everything mode did not finish before the request's deadline "
                  "(request-timeout-ms %lld ms after arrival; %lld of its prompts decoded): lower "
                  "points_per_side or crop_n_layers",
-                 (long long)srv_config_int(s->cfg, SRV_OPT_REQUEST_TIMEOUT_MS),
-                 (long long)st->prompts);
+                 (long long)srv_config_int(s->cfg, SRV_OPT_REQUEST_TIMEOUT_MS), (long long)decoded);
     } else {
         /* the request asked for more than max-mask-bytes (its fault); anything
          * else is the model's or the device's */
