@@ -209,6 +209,13 @@ $(BUILD)/tests/%: $(BUILD)/obj/tests/%.o $(LIB)
 	@echo "  LD      $@"
 	@$(CC) $(LDFLAGS) -pthread -o $@ $^ $(LDLIBS_ALL)
 
+# The LD_PRELOAD library the daemon tests use to make the cache's disk full
+# or failing (tests/faultfs.c); never sanitized: it only forwards calls.
+$(BUILD)/tests/faultfs.so: tests/faultfs.c
+	@mkdir -p $(dir $@)
+	@echo "  CC      $@"
+	@$(CC) -std=c11 -O2 -g -fPIC -shared -Wall -Wextra -Werror -o $@ $< -ldl
+
 $(BUILD)/bench/tasam-bench: $(TB_OBJ) $(LIB)
 	@mkdir -p $(dir $@)
 	@echo "  LD      $@"
@@ -235,7 +242,8 @@ test: deps
 	 tests/summarize.sh build/test.log
 
 test-plain:
-	@$(MAKE) --no-print-directory -j$(JOBS) $(BINS) $(TEST_BIN) $(BUILD)/bench/tasam-bench
+	@$(MAKE) --no-print-directory -j$(JOBS) $(BINS) $(TEST_BIN) $(BUILD)/tests/faultfs.so \
+	  $(BUILD)/bench/tasam-bench
 	@tests/run.sh $(BUILD) plain || true
 	@if $(MAKE) --no-print-directory format-check; then echo "format: 1 passed, 0 failed, 0 skipped"; \
 	 else echo "format: 0 passed, 1 failed, 0 skipped"; fi
@@ -246,7 +254,7 @@ test-san:
 	  tests/run.sh build/asan sanitizers || true
 
 .PHONY: all-tests-san
-all-tests-san: $(BINS) $(TEST_BIN) $(BUILD)/bench/tasam-bench
+all-tests-san: $(BINS) $(TEST_BIN) $(BUILD)/tests/faultfs.so $(BUILD)/bench/tasam-bench
 
 test-tsan:
 	@$(MAKE) --no-print-directory -j$(JOBS) TSAN=1 $(BINS) build/tsan/tests/test_server_units \

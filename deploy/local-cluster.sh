@@ -123,8 +123,11 @@ for k in $(seq 1 "$replicas"); do
     dir="$root/r$k"
     mkdir -p "$dir/state" || fail "cannot create $dir/state"
     rm -f "$dir/port" "$dir/pid"
+    # Every connection comes from HAProxy: no per-client connection limit
+    # (HAProxy's maxconn and its health checks would count as one client).
     "$tasamd" --checkpoint "$ckpt" --device "$device" --listen 127.0.0.1:0 --port-file "$dir/port" \
-        --state-dir "$dir/state" --instance "r$k" "${extra[@]}" >"$dir/tasamd.log" 2>&1 &
+        --state-dir "$dir/state" --instance "r$k" --max-connections-per-client 0 "${extra[@]}" \
+        >"$dir/tasamd.log" 2>&1 &
     pids+=($!)
     names+=("r$k")
     echo $! >"$dir/pid"

@@ -943,7 +943,7 @@ static int process_crop(eng_sam *m, const eng_amg_input *in, const eng_amg_param
     eng_resize_shape(cw, ch, ENG_SAM_IMG, &info.input_w, &info.input_h);
     int rc;
 
-    if (whole && in->embedding) {
+    if (whole && (in->embedding || (in->key && eng_sam_embedding_resident(m, in->key)))) {
         embedding = in->embedding;
         key = in->key;
     } else {
@@ -1084,7 +1084,10 @@ int eng_amg_run(eng_sam *m, const eng_amg_input *in, const eng_amg_params *p,
         return eng_error(ENG_EINVAL, "bad image size %dx%d", W, H);
     if ((uint64_t)W * (uint64_t)H > UINT32_MAX)
         return eng_error(ENG_ELIMIT, "a %dx%d image is too large for RLE masks", W, H);
-    if (!in->image && (!in->embedding || p->crop_n_layers > 0))
+    /* a resident embedding stands for the host copy (the daemon keeps no
+     * second copy of what the decoder's device holds) */
+    int have_emb = in->embedding || (in->key && eng_sam_embedding_resident(m, in->key));
+    if (!in->image && (!have_emb || p->crop_n_layers > 0))
         return eng_error(ENG_EINVAL, p->crop_n_layers > 0
                                          ? "crop layers encode crops of the image: they need its "
                                            "pixels, not only its embedding"
@@ -1095,7 +1098,7 @@ int eng_amg_run(eng_sam *m, const eng_amg_input *in, const eng_amg_params *p,
     int(*boxes)[4] = malloc((size_t)n_crops * sizeof *boxes);
     int *layers = malloc((size_t)n_crops * sizeof *layers);
     float *input = NULL, *emb = NULL;
-    int need_encoder = !in->embedding || p->crop_n_layers > 0;
+    int need_encoder = !have_emb || p->crop_n_layers > 0;
     if (need_encoder) {
         input = malloc((size_t)3 * ENG_SAM_IMG * ENG_SAM_IMG * sizeof *input);
         emb = malloc((size_t)ENG_SAM_EMB_FLOATS * sizeof *emb);

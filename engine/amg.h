@@ -91,7 +91,8 @@ typedef struct eng_amg_input {
     const eng_image *image;   /* RGB pixels; NULL when only the embedding is at hand (then no
                                  crop layers) */
     int width, height;        /* the image size (needed when image is NULL) */
-    const float *embedding;   /* [256,64,64] of the whole image, or NULL: encoded here */
+    const float *embedding;   /* [256,64,64] of the whole image, or NULL: the resident copy
+                                 under key, else encoded here */
     const char *key;          /* resident-embedding key of it (eng_sam_decode_cached), or NULL */
     const eng_sam_lora *lora; /* task adapter on every prompt, or NULL */
     size_t max_mask_bytes;    /* bound on the RLE of the masks kept at once (0: none) */

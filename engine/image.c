@@ -40,6 +40,8 @@
 #include <sys/stat.h>
 
 #include <jpeglib.h>
+/* after jpeglib.h, which it needs */
+#include <jerror.h>
 #include <png.h>
 
 /* Files larger than this are refused by eng_image_load before reading. */
@@ -128,9 +130,22 @@ static void jpeg_on_error(j_common_ptr cinfo)
     longjmp(c->jb, 1);
 }
 
-/* Warnings (corrupt but recoverable data) are ignored as Pillow ignores
- * them; nothing is ever printed. */
-static void jpeg_on_message(j_common_ptr cinfo, int level) { (void)cinfo, (void)level; }
+/* Warnings about the image data (level -1 with a code below: a bad
+ * Huffman or arithmetic code, a scan that ends before the frame its header
+ * declares, data libjpeg must resynchronise over) are errors here: libjpeg
+ * would paper over them with grey or smeared blocks, which no caller wants
+ * segmented. Warnings about metadata (an unknown JFIF revision or Adobe
+ * transform code, a bad ICC marker) do not touch the pixels and are
+ * ignored, as are trace messages; nothing is ever printed. */
+static void jpeg_on_message(j_common_ptr cinfo, int level)
+{
+    int code = cinfo->err->msg_code;
+    if (level < 0 &&
+        (code == JWRN_ARITH_BAD_CODE || code == JWRN_BOGUS_PROGRESSION ||
+         code == JWRN_EXTRANEOUS_DATA || code == JWRN_HIT_MARKER || code == JWRN_HUFF_BAD_CODE ||
+         code == JWRN_JPEG_EOF || code == JWRN_MUST_RESYNC || code == JWRN_NOT_SEQUENTIAL))
+        jpeg_on_error(cinfo);
+}
 static void jpeg_on_output(j_common_ptr cinfo) { (void)cinfo; }
 
 static void jpeg_src_init(j_decompress_ptr cinfo) { (void)cinfo; }

@@ -34,6 +34,12 @@ void eng_image_free(eng_image *img);
  * `target`, each side rounded with int(x + 0.5). */
 void eng_resize_shape(int w, int h, int target, int *out_w, int *out_h);
 
+/* 0 when a w x h image keeps both sides >= 1 pixel at eng_resize_shape's
+ * size for `target`, i.e. when its long side is at most 2 * target times
+ * its short side; otherwise ENG_EINVAL with a message naming that limit
+ * (SAM's own resize would give a zero side and fail later). */
+int eng_resize_check(int w, int h, int target);
+
 /* Pillow's Image.resize(..., BILINEAR) (antialiased: the filter support
  * widens with the downscale factor), on 3-channel u8 images, with Pillow's
  * fixed-point rounding. dst holds dh*dw*3 bytes. */

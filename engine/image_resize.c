@@ -238,6 +238,21 @@ void eng_resize_shape(int w, int h, int target, int *out_w, int *out_h)
     *out_w = (int)((double)w * scale + 0.5);
 }
 
+int eng_resize_check(int w, int h, int target)
+{
+    int nw = 0, nh = 0;
+    if (w < 1 || h < 1)
+        return eng_error(ENG_EINVAL, "a %dx%d image has no pixels", w, h);
+    eng_resize_shape(w, h, target, &nw, &nh);
+    if (nw < 1 || nh < 1)
+        return eng_error(ENG_EINVAL,
+                         "a %dx%d image is too elongated: scaled to a long side of %d its short "
+                         "side would be 0 pixels (the long side may be at most %d times the short "
+                         "side)",
+                         w, h, target, 2 * target);
+    return 0;
+}
+
 void eng_sam_normalize_pad(const uint8_t *resized, int rw, int rh, float *out)
 {
     /* SAM computes (x - mean) / std on float32 tensors: the same two IEEE

@@ -111,11 +111,14 @@ int eng_sam_preprocess(const eng_image *img, float *input, eng_sam_imginfo *info
     int nw, nh;
     if (!img || !img->rgb || img->w <= 0 || img->h <= 0)
         return eng_error(ENG_EINVAL, "empty image");
+    int rc = eng_resize_check(img->w, img->h, ENG_SAM_IMG);
+    if (rc)
+        return rc;
     eng_resize_shape(img->w, img->h, ENG_SAM_IMG, &nw, &nh);
     uint8_t *rs = malloc((size_t)nw * nh * 3);
     if (!rs)
         return eng_error(ENG_ENOMEM, "out of memory resizing a %dx%d image", img->w, img->h);
-    int rc = eng_resize_bilinear_aa(img->rgb, img->w, img->h, rs, nw, nh);
+    rc = eng_resize_bilinear_aa(img->rgb, img->w, img->h, rs, nw, nh);
     if (!rc)
         eng_sam_normalize_pad(rs, nw, nh, input);
     free(rs);

@@ -3,23 +3,39 @@
  * adapter cache (same database; the adapters' memory tier is the worker's,
  * server/adapter_cache.h).
  *
- * Tier 1 is a small LRU of embeddings held in process memory (the engine
- * takes host embeddings, so the "device-resident" tier lives in host memory
- * for now). Tier 2 is an SQLite database in WAL mode, STATE_DIR/cache.db,
- * keyed by (image sha256, model id, precision), with a CRC-32 over every blob
- * checked on read, a byte budget and LRU eviction by last use. Schema and
- * migrations: schema/cache.sql (kept identical to cache_schema[] in cache.c).
+ * Tier 1, memory: embeddings held in memory, each either a host copy (at
+ * most `mem_slots`: computed but not yet decoded, e.g. by POST
+ * /v1/embeddings) or resident in the engine's device slots (the worker
+ * reports those with srv_cache_note_resident; the host copy is then freed:
+ * the engine's copy is enough). Tier 2, disk: an SQLite database in WAL
+ * mode, STATE_DIR/cache.db, keyed by (image sha256, model id, precision),
+ * with a CRC-32 over every blob checked on read, a byte budget and LRU
+ * eviction by last use. Schema and migrations: schema/cache.sql (kept
+ * identical to cache_migrations[] in cache_db.c).
  *
- * Crash safety: every change is one transaction; a kill -9 loses at most the
- * entry being written. At open, a database that fails `PRAGMA quick_check`,
- * cannot be read, or belongs to another application or a newer schema is
- * renamed aside (cache.db.corrupt-<unix time>) with a log line and a fresh
- * one is created.
+ * Disk I/O: reads run on two read connections; every write (insert with
+ * its evictions, last-use bumps, deletions) is queued for one writer
+ * thread with its own connection, so the inference worker and the HTTP
+ * threads never wait for a disk write; statements are prepared once per
+ * connection. A write still queued is visible to every lookup. The queue
+ * is bounded (64 MiB of payload; beyond, puts are dropped and counted).
  *
- * Threads: the inference worker is the only caller of srv_cache_get and
- * srv_cache_put (they mutate the memory tier and hand out pointers into it);
- * every other function may be called from any thread. One mutex guards the
- * memory tier and the SQLite connection.
+ * Crash safety: every insert (with its evictions) is one transaction; a
+ * kill -9 loses at most the writes queued and the one being written.
+ *
+ * Failures: at open (and at every retry) a file SQLite reports corrupt or
+ * not a database, one failing `PRAGMA quick_check`, or one of another
+ * application or a newer schema is renamed aside (cache.db.corrupt-<unix
+ * time>; the newest cache-corrupt-keep are kept) with a log line and a
+ * fresh one is created. Any other error (an I/O error, a full disk,
+ * permissions) leaves the file alone: the disk tier is down (logged, in
+ * tasam_cache_disk_available and /v1/info), lookups miss it and writes are
+ * dropped, and it is retried every 30 s. A full disk while running drops
+ * the writes it refuses and keeps the tier up.
+ *
+ * Threads: any thread may call anything, except that srv_cache_get,
+ * srv_cache_put and srv_cache_note_resident are the inference worker's
+ * (srv_cache_get hands out a pointer into the memory tier).
  */
 #ifndef TASAM_SERVER_CACHE_H
 #define TASAM_SERVER_CACHE_H
@@ -55,13 +71,17 @@ typedef struct srv_cache_meta {
 /*
  * Open (creating the directory and database as needed) STATE_DIR/cache.db.
  * `floats` is the size of one embedding in floats; budget_bytes the disk
- * byte budget (0: disk tier disabled); mem_slots entries in the memory tier.
- * `m` (borrowed, may be NULL) receives counters and gauges. Also takes an
- * exclusive lock on STATE_DIR/tasamd.lock so two daemons never share a state
- * directory. Returns 0 or a negative code with a message in err.
+ * byte budget (0: disk tier disabled); mem_slots the host copies of the
+ * memory tier and the engine's device slots it mirrors; corrupt_keep the
+ * cache.db.corrupt-* files kept. `m` (borrowed, may be NULL) receives
+ * counters and gauges. Also takes an exclusive lock on STATE_DIR/tasamd.lock
+ * so two daemons never share a state directory. A disk tier that cannot
+ * open for any reason but that lock (a full or failing disk) is not an
+ * error: the cache starts without it and retries. Returns 0 or a negative
+ * code with a message in err.
  */
 int srv_cache_open(srv_cache **out, const char *state_dir, size_t floats, int64_t budget_bytes,
-                   int mem_slots, srv_metrics *m, char *err, size_t errlen);
+                   int mem_slots, int corrupt_keep, srv_metrics *m, char *err, size_t errlen);
 
 /* Close the database cleanly (WAL checkpoint) and free everything. NULL ok. */
 void srv_cache_close(srv_cache *c);
@@ -74,34 +94,57 @@ void srv_cache_set_model(srv_cache *c, const char *model_id, const char *precisi
 void srv_cache_set_budget(srv_cache *c, int64_t budget_bytes);
 
 /*
- * Worker only. Look up `sha` (64 lowercase hex). On a hit returns 0 with
- * *emb pointing at the embedding (valid until the next srv_cache_get/put),
- * *w, *h the image size and *tier where it was found; bumps hits and
- * last_used. Returns 1 on a miss (a corrupt row is dropped, logged and
- * reported as a miss), or a negative code on a database error (treated by
- * callers as a miss).
+ * Worker only, for an embedding its engine does not hold: the host copy
+ * (*emb points at it, valid until the next srv_cache_get/put; tier MEMORY),
+ * else a write still queued or the disk row copied into `scratch`
+ * (`floats` floats; *emb = scratch; tier MEMORY or DISK). scratch NULL
+ * asks only whether it is there (*emb NULL). *w, *h get the image size;
+ * hits and last_used are bumped. Returns 0, 1 on a miss (a corrupt or
+ * impossible row is dropped, logged and reported as a miss), or a negative
+ * code on a database error (treated by callers as a miss).
  */
-int srv_cache_get(srv_cache *c, const char *sha, const float **emb, int *w, int *h,
+int srv_cache_get(srv_cache *c, const char *sha, float *scratch, const float **emb, int *w, int *h,
                   srv_cache_tier *tier);
 
-/* Worker only. Store an embedding (copied) in both tiers, evicting by LRU to
- * stay within the budget. Returns 0 or a negative code (the memory tier is
- * updated even when the disk write fails). */
-int srv_cache_put(srv_cache *c, const char *sha, const float *emb, int w, int h);
+/* Worker only. Store an embedding (copied): queued for the disk tier, and
+ * kept as a host copy when keep_host (nobody will decode it soon, e.g.
+ * POST /v1/embeddings). Returns 0 or a negative code (not queued). */
+int srv_cache_put(srv_cache *c, const char *sha, const float *emb, int w, int h, int keep_host);
+
+/* Worker only. The engine now holds sha resident (it was just decoded
+ * under that key): its host copy is freed, and the mirror of the engine's
+ * LRU drops the embedding the engine evicted for it. */
+void srv_cache_note_resident(srv_cache *c, const char *sha, int w, int h);
+
+/* Bump sha's last use (memory and disk) without reading it (a device hit). */
+void srv_cache_touch(srv_cache *c, const char *sha);
 
 /* Any thread. srv_cache_get's answer without reading the blob or counting
- * a hit: 0 when `sha` is in either tier (fills *w, *h), 1 when absent, a
- * negative code on a database error (callers treat it as a miss). A row
- * whose blob turns out corrupt is a hit here and a miss in srv_cache_get. */
+ * a hit: 0 when `sha` is in a tier or queued (fills *w, *h), 1 when
+ * absent, a negative code on a database error (callers treat it as a
+ * miss). A disk row whose stored size is impossible is dropped (a miss); a
+ * row whose blob turns out corrupt is a hit here and a miss in
+ * srv_cache_get. */
 int srv_cache_peek(srv_cache *c, const char *sha, int *w, int *h);
 
 /* Any thread. 0 and *out filled when present, 1 when absent, negative on a
  * database error. */
 int srv_cache_meta_get(srv_cache *c, const char *sha, srv_cache_meta *out);
 
-/* Any thread (the control loop's timer): enforce the budget, checkpoint the
- * WAL and refresh the gauges. */
+/* Any thread (the control loop's timer): queue an eviction to the budgets
+ * and a WAL checkpoint (and, while the disk tier is down, let it retry). */
 void srv_cache_maintain(srv_cache *c);
+
+/* Wait until every write queued before the call is on disk (or dropped). */
+void srv_cache_flush(srv_cache *c);
+
+/* While the disk tier is down, try it again now rather than at the next
+ * 30 s retry (SIGHUP does this: an operator who freed space need not
+ * wait). */
+void srv_cache_retry(srv_cache *c);
+
+/* 1 when the disk tier works; else 0 and why (n bytes) it is down. */
+int srv_cache_disk_status(srv_cache *c, char *why, size_t n);
 
 /* Path of the database file (borrowed). */
 const char *srv_cache_path(const srv_cache *c);
@@ -114,7 +157,7 @@ const char *srv_cache_path(const srv_cache *c);
  * adapter (adapters/adapter.h's safetensors form) in `adapter_blob`, a
  * CRC-32 of it checked on every read, and its own byte budget
  * (adapter-cache-bytes) with LRU eviction by last use. Any thread may call
- * these; they share the cache's mutex and connection.
+ * these; writes are queued for the writer thread like the embeddings'.
  */
 
 /* Task text limit in bytes (AD_TASK_MAX). */
@@ -149,19 +192,20 @@ void srv_cache_set_adapter_budget(srv_cache *c, int64_t budget_bytes);
 int srv_cache_adapter_get(srv_cache *c, const char *id, int touch, uint8_t **blob, size_t *len,
                           srv_adapter_meta *meta);
 
-/* Store (or replace) an adapter row and its blob in one transaction with the
- * evictions the budget needs (never the new row). A blob larger than the
- * whole budget is not stored (returns 1). 0 stored, negative on error. */
+/* Queue storing (or replacing) an adapter row and its blob, one
+ * transaction with the evictions the budget needs (never the new row). A
+ * blob larger than the whole budget is not stored (returns 1). 0 queued,
+ * negative when dropped. */
 int srv_cache_adapter_put(srv_cache *c, const srv_adapter_meta *meta, const uint8_t *blob,
                           size_t len);
 
 /* Metadata only: 0 found, 1 absent, negative on error. No hit is counted. */
 int srv_cache_adapter_meta(srv_cache *c, const char *id, srv_adapter_meta *out);
 
-/* Bump hits and last_used of `id` (a memory-tier hit). */
+/* Queue bumping hits and last_used of `id` (a memory-tier hit). */
 void srv_cache_adapter_touch(srv_cache *c, const char *id);
 
-/* Drop a row (a blob that would not parse). */
+/* Queue dropping a row (a blob that would not parse). */
 void srv_cache_adapter_delete(srv_cache *c, const char *id);
 
 /*
@@ -172,7 +216,8 @@ void srv_cache_adapter_delete(srv_cache *c, const char *id);
 int srv_cache_adapter_list(srv_cache *c, const char *after, int64_t offset, int limit,
                            srv_adapter_meta *out, int *n, int64_t *total);
 
-/* Delete every adapter row; returns how many, or negative on error. */
+/* Delete every adapter row (waits for the writer); returns how many, or
+ * negative on error or while the disk tier is down. */
 int64_t srv_cache_adapter_clear(srv_cache *c);
 
 #endif

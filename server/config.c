@@ -9,9 +9,12 @@
 
 #include <ctype.h>
 #include <errno.h>
+#include <fcntl.h>
 #include <stdarg.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
 
 #include "server/everything.h"
 #include "server/log.h"
@@ -30,13 +33,13 @@ static const char *const log_choices[] = {"error", "warn", "info", "debug", NULL
 
 /* The table. Order must match srv_opt_id. */
 static const srv_opt_def opt_table[SRV_OPT_COUNT] = {
-    {"config", SRV_T_STRING, "", 0, 0, NULL, 0, 0,
+    {"config", SRV_T_STRING, "", 0, 0, NULL, 0, SRV_PRIVATE,
      "config file of `name = value` lines (# comments); re-read on SIGHUP"},
-    {"checkpoint", SRV_T_STRING, "", 0, 0, NULL, 0, 0,
+    {"checkpoint", SRV_T_STRING, "", 0, 0, NULL, 0, SRV_PRIVATE,
      "SAM checkpoint (.pth or .safetensors); required"},
     {"listen", SRV_T_STRING, "127.0.0.1:8080", 0, 0, NULL, 0, 0,
      "HOST:PORT to serve HTTP on ([v6addr]:PORT for IPv6; port 0 picks a free one)"},
-    {"port-file", SRV_T_STRING, "", 0, 0, NULL, 0, 0,
+    {"port-file", SRV_T_STRING, "", 0, 0, NULL, 0, SRV_PRIVATE,
      "write the bound TCP port to this file once listening"},
     {"web", SRV_T_ENUM, "on", 0, 0, off_on_choices, 1, 0,
      "on: serve the demo page at GET / (embedded in tasamd; it calls this daemon only); off: "
@@ -44,7 +47,7 @@ static const srv_opt_def opt_table[SRV_OPT_COUNT] = {
     {"instance", SRV_T_STRING, "", 0, 0, NULL, 0, 0,
      "this replica's name, sent in the X-Tasam-Instance header of every response and in "
      "/v1/info (default HOSTNAME:PORT; letters, digits and . _ : @ / -)"},
-    {"state-dir", SRV_T_STRING, "./state", 0, 0, NULL, 0, 0,
+    {"state-dir", SRV_T_STRING, "./state", 0, 0, NULL, 0, SRV_PRIVATE,
      "directory for the cache database of embeddings and adapters (created if missing)"},
     {"device", SRV_T_ENUM, "auto", 0, 0, device_choices, 0, 0,
      "auto (CUDA if usable, else CPU), cpu or cuda"},
@@ -52,12 +55,22 @@ static const srv_opt_def opt_table[SRV_OPT_COUNT] = {
      "auto, fp32, fp16 or bf16 (CPU runs fp32 only)"},
     {"cpu-threads", SRV_T_INT, "0", 0, 1024, NULL, 0, 0,
      "threads of the CPU backend (0: all cores)"},
-    {"admin-token", SRV_T_STRING, "", 0, 0, NULL, 1, 1,
+    {"admin-token", SRV_T_STRING, "", 0, 0, NULL, 1, SRV_SECRET,
      "bearer token for /admin routes (prefer admin-token-file)"},
-    {"admin-token-file", SRV_T_STRING, "", 0, 0, NULL, 1, 0,
+    {"admin-token-file", SRV_T_STRING, "", 0, 0, NULL, 1, SRV_PRIVATE,
      "file whose first line is the admin token"},
+    {"api-token", SRV_T_STRING, "", 0, 0, NULL, 1, SRV_SECRET,
+     "bearer token every /v1 route requires (the admin token works too); unset: /v1 is open "
+     "(prefer api-token-file)"},
+    {"api-token-file", SRV_T_STRING, "", 0, 0, NULL, 1, SRV_PRIVATE,
+     "file whose first line is the API token"},
     {"max-body-bytes", SRV_T_BYTES, "32MiB", 1 * KiB, 1 * GiB, NULL, 1, 0,
      "largest request body accepted (413 beyond)"},
+    {"max-inflight-body-bytes", SRV_T_BYTES, "256MiB", 1 * MiB, 64 * GiB, NULL, 1, 0,
+     "request bodies being received at once, all clients together (503 with Retry-After "
+     "beyond); at least max-body-bytes"},
+    {"max-header-bytes", SRV_T_BYTES, "16KiB", 1 * KiB, 1 * MiB, NULL, 0, 0,
+     "largest request line and headers (414 / 431 beyond)"},
     {"max-pixels", SRV_T_COUNT, "40M", 1, 1000000000LL, NULL, 1, 0,
      "largest decoded image, width*height (413 beyond)"},
     {"max-points", SRV_T_INT, "16", 1, 64, NULL, 0, 0, "most points in one prompt"},
@@ -65,23 +78,34 @@ static const srv_opt_def opt_table[SRV_OPT_COUNT] = {
     {"max-mask-bytes", SRV_T_BYTES, "512MiB", 1 * MiB, 64 * GiB, NULL, 1, 0,
      "largest full-size mask output of one request, prompts*masks*width*height, and largest RLE "
      "of the masks everything mode keeps (413 beyond)"},
+    {"max-response-bytes", SRV_T_BYTES, "64MiB", 64 * KiB, 16 * GiB, NULL, 1, 0,
+     "largest encoded response (RLE, PNG or polygon JSON) of one request (413 beyond)"},
     {"everything-defaults", SRV_T_STRING, "", 0, 0, NULL, 0, 0,
      "everything mode's parameters where a request leaves them out (a task alone, or "
      "\"everything\": true), as a JSON object, e.g. {\"points_per_side\": 16}; empty: the "
      "reference's (32 points a side)"},
     {"queue-depth", SRV_T_INT, "64", 1, 100000, NULL, 1, 0,
      "jobs waiting for the model before new ones get 429"},
+    {"rate-limit", SRV_T_INT, "0", 0, 1000000, NULL, 1, 0,
+     "requests a second one client may make on the routes that create work (POST /v1/...; "
+     "429 with Retry-After beyond; 0: no limit)"},
+    {"rate-burst", SRV_T_INT, "20", 1, 1000000, NULL, 1, 0,
+     "requests a client may make at once above rate-limit before it applies"},
     {"max-batch", SRV_T_INT, "4", 1, 64, NULL, 0, 0, "images per image-encoder call"},
     {"batch-wait-ms", SRV_T_INT, "2", 0, 1000, NULL, 1, 0,
      "how long the encoder waits to fill a batch"},
     {"cache-bytes", SRV_T_BYTES, "2GiB", 0, 1024 * GiB, NULL, 1, 0,
      "byte budget of the on-disk embedding cache (LRU eviction; 0 disables it)"},
+    {"cache-corrupt-keep", SRV_T_INT, "3", 0, 100, NULL, 0, 0,
+     "corrupt cache databases kept (renamed cache.db.corrupt-TIME) for inspection; older "
+     "ones are deleted"},
     {"gpu-cache-slots", SRV_T_INT, "8", 0, 4096, NULL, 0, 0,
-     "embeddings kept in host memory and on the decoder device, in front of the disk cache"},
-    {"hypernet", SRV_T_STRING, "", 0, 0, NULL, 0, 0,
+     "embeddings kept resident on the decoder's device, and host copies of as many not yet "
+     "decoded, in front of the disk cache"},
+    {"hypernet", SRV_T_STRING, "", 0, 0, NULL, 0, SRV_PRIVATE,
      "hypernetwork file (tasam hypernet init) that turns `task` text into LoRA adapters; "
      "without it `task` answers 501"},
-    {"text-model", SRV_T_STRING, "", 0, 0, NULL, 0, 0,
+    {"text-model", SRV_T_STRING, "", 0, 0, NULL, 0, SRV_PRIVATE,
      "text encoder folder for --hypernet (default: what the hypernetwork names: the hashed "
      "fallback, or models/NAME)"},
     {"adapter-slots", SRV_T_INT, "16", 0, 4096, NULL, 0, 0,
@@ -128,7 +152,18 @@ static const srv_opt_def opt_table[SRV_OPT_COUNT] = {
      "how long SIGTERM waits for in-flight requests"},
     {"threads", SRV_T_INT, "4", 1, 256, NULL, 0, 0,
      "HTTP threads (they parse and decode; they never run the model)"},
-    {"max-connections", SRV_T_INT, "512", 1, 65536, NULL, 0, 0, "simultaneous HTTP connections"},
+    {"max-connections", SRV_T_INT, "512", 1, 65536, NULL, 1, 0,
+     "simultaneous HTTP connections (503 beyond)"},
+    {"max-connections-per-client", SRV_T_INT, "64", 0, 65536, NULL, 1, 0,
+     "simultaneous connections of one client address (IPv6: one /64; 429 beyond; 0: no "
+     "limit; raise it behind a proxy that connects from one address)"},
+    {"header-timeout-ms", SRV_T_INT, "10000", 100, 3600000, NULL, 1, 0,
+     "time a request line and headers may take to arrive, from the connection's start or the "
+     "request's first byte (408 beyond; not reset by each byte)"},
+    {"body-timeout-ms", SRV_T_INT, "60000", 100, 86400000, NULL, 1, 0,
+     "time a request body may take to arrive after its headers (408 beyond)"},
+    {"idle-timeout-ms", SRV_T_INT, "60000", 1000, 3600000, NULL, 0, 0,
+     "a kept-alive connection with nothing to do is closed after this long"},
     {"log-level", SRV_T_ENUM, "info", 0, 0, log_choices, 1, 0, "error, warn, info or debug"},
 };
 
@@ -293,25 +328,107 @@ static char *trim(char *s)
     return s;
 }
 
+/* The largest config or token file read. */
+#define CONFIG_FILE_MAX (1024 * 1024)
+
+/*
+ * Contract: reads a whole regular file of at most CONFIG_FILE_MAX bytes into
+ * *out (malloc'd, NUL-terminated; *len bytes before the terminator). A FIFO,
+ * socket, device or directory is refused without blocking: it is opened
+ * non-blocking and checked with fstat before any read. `what` names the
+ * option in the message ("--config").
+ */
+static int read_regular_file(const char *what, const char *path, char **out, size_t *len, char *err,
+                             size_t errlen)
+{
+    struct stat st;
+    int fd = open(path, O_RDONLY | O_NONBLOCK | O_CLOEXEC | O_NOCTTY);
+    *out = NULL;
+    *len = 0;
+    if (fd < 0)
+        return srv_errf(err, errlen, "option %s: cannot open '%s': %s", what, path,
+                        strerror(errno));
+    if (fstat(fd, &st) != 0) {
+        int e = errno;
+        close(fd);
+        return srv_errf(err, errlen, "option %s: cannot stat '%s': %s", what, path, strerror(e));
+    }
+    if (!S_ISREG(st.st_mode)) {
+        close(fd);
+        return srv_errf(err, errlen, "option %s: '%s' is not a regular file (it is %s)", what, path,
+                        S_ISDIR(st.st_mode)    ? "a directory"
+                        : S_ISFIFO(st.st_mode) ? "a FIFO"
+                        : S_ISSOCK(st.st_mode) ? "a socket"
+                        : S_ISCHR(st.st_mode)  ? "a character device"
+                        : S_ISBLK(st.st_mode)  ? "a block device"
+                                               : "not a file");
+    }
+    if (st.st_size > CONFIG_FILE_MAX) {
+        close(fd);
+        return srv_errf(err, errlen, "option %s: '%s' is larger than %d bytes", what, path,
+                        CONFIG_FILE_MAX);
+    }
+    char *buf = malloc((size_t)st.st_size + 2);
+    size_t n = 0;
+    if (!buf) {
+        close(fd);
+        return srv_errf(err, errlen, "out of memory");
+    }
+    /* Read to the end (the file may have grown since fstat, up to the cap). */
+    for (;;) {
+        ssize_t r = read(fd, buf + n, (size_t)st.st_size + 1 - n);
+        if (r < 0 && errno == EINTR)
+            continue;
+        if (r < 0) {
+            int e = errno;
+            free(buf);
+            close(fd);
+            return srv_errf(err, errlen, "option %s: reading '%s': %s", what, path, strerror(e));
+        }
+        n += (size_t)r;
+        if (r == 0 || n > (size_t)st.st_size)
+            break;
+    }
+    close(fd);
+    if (n > (size_t)st.st_size) {
+        free(buf);
+        return srv_errf(err, errlen, "option %s: '%s' changed while it was read", what, path);
+    }
+    buf[n] = 0;
+    *out = buf;
+    *len = n;
+    return 0;
+}
+
 /* Contract: applies `name = value` lines of `path`. Blank lines and lines
  * starting with '#' are skipped; values may be wrapped in double quotes.
- * Errors name the file and line. */
+ * Errors name the file and line; a NUL byte is reported as one. */
 static int load_file(srv_config *c, const char *path, char *err, size_t errlen)
 {
-    FILE *f = fopen(path, "r");
-    char line[8192], where[600];
+    char *text, line[8192], where[600];
+    size_t len, at = 0;
     int lineno = 0, rc = 0;
-    if (!f)
-        return srv_errf(err, errlen, "option --config: cannot open '%s': %s", path,
-                        strerror(errno));
-    while (fgets(line, sizeof line, f)) {
+    if (read_regular_file("--config", path, &text, &len, err, errlen) != 0)
+        return -1;
+    while (at < len) {
         char *s, *eq, *key, *val;
+        const char *nl = memchr(text + at, '\n', len - at);
+        size_t ll = nl ? (size_t)(nl - (text + at)) : len - at;
         int id;
         lineno++;
-        if (!strchr(line, '\n') && !feof(f)) {
-            rc = srv_errf(err, errlen, "%s:%d: line too long", path, lineno);
+        if (memchr(text + at, 0, ll)) {
+            rc = srv_errf(err, errlen, "%s:%d: the line holds a NUL byte (is this a text file?)",
+                          path, lineno);
             break;
         }
+        if (ll >= sizeof line) {
+            rc = srv_errf(err, errlen, "%s:%d: line too long (over %zu bytes)", path, lineno,
+                          sizeof line - 1);
+            break;
+        }
+        memcpy(line, text + at, ll);
+        line[ll] = 0;
+        at += ll + 1;
         s = trim(line);
         if (!*s || *s == '#')
             continue;
@@ -346,7 +463,7 @@ static int load_file(srv_config *c, const char *path, char *err, size_t errlen)
         if ((rc = set_opt(c, id, val, SRV_SRC_FILE, where, err, errlen)) != 0)
             break;
     }
-    fclose(f);
+    free(text);
     return rc;
 }
 
@@ -421,26 +538,52 @@ static int scan_args(srv_config *c, int argc, char **argv, int apply, int *speci
     return 0;
 }
 
-/* Contract: reads the first line of a token file (trimmed, non-empty). */
-static int read_token_file(const char *path, char **out, char *err, size_t errlen)
+/* Contract: reads the first line of a token file (trimmed, non-empty;
+ * the file must be a regular file without NUL bytes). */
+static int read_token_file(const char *what, const char *path, char **out, char *err, size_t errlen)
 {
-    char buf[1024];
-    FILE *f = fopen(path, "r");
-    if (!f)
-        return srv_errf(err, errlen, "option --admin-token-file: cannot open '%s': %s", path,
-                        strerror(errno));
-    if (!fgets(buf, sizeof buf, f))
-        buf[0] = 0;
-    fclose(f);
-    char *t = trim(buf);
-    if (!*t)
-        return srv_errf(err, errlen,
-                        "option --admin-token-file: '%s' has no token on its first line", path);
+    char *text;
+    size_t len;
+    if (read_regular_file(what, path, &text, &len, err, errlen) != 0)
+        return -1;
+    char *nl = memchr(text, '\n', len);
+    size_t ll = nl ? (size_t)(nl - text) : len;
+    if (memchr(text, 0, ll)) {
+        free(text);
+        return srv_errf(err, errlen, "option %s: '%s' holds a NUL byte on its first line", what,
+                        path);
+    }
+    text[ll] = 0;
+    char *t = trim(text);
+    if (!*t) {
+        free(text);
+        return srv_errf(err, errlen, "option %s: '%s' has no token on its first line", what, path);
+    }
     *out = strdup(t);
+    free(text);
     return *out ? 0 : srv_errf(err, errlen, "out of memory");
 }
 
-/* Contract: checks values that depend on each other; fills admin_token. */
+/* Contract: the effective token of a token option and its -file twin
+ * into *out (NULL when neither is set); they are exclusive. */
+static int token_option(srv_config *c, srv_opt_id tok, srv_opt_id file, char **out, char *err,
+                        size_t errlen)
+{
+    char what[64];
+    free(*out);
+    *out = NULL;
+    if (c->str[tok][0] && c->str[file][0])
+        return srv_errf(err, errlen, "options --%s and --%s are exclusive: give one",
+                        opt_table[tok].name, opt_table[file].name);
+    snprintf(what, sizeof what, "--%s", opt_table[file].name);
+    if (c->str[file][0])
+        return read_token_file(what, c->str[file], out, err, errlen);
+    if (c->str[tok][0] && !(*out = strdup(c->str[tok])))
+        return srv_errf(err, errlen, "out of memory");
+    return 0;
+}
+
+/* Contract: checks values that depend on each other; fills the tokens. */
 static int validate(srv_config *c, char *err, size_t errlen)
 {
     const char *listen = c->str[SRV_OPT_LISTEN];
@@ -474,19 +617,16 @@ static int validate(srv_config *c, char *err, size_t errlen)
         return srv_errf(err, errlen,
                         "option --text-model needs --hypernet (the text encoder only feeds the "
                         "hypernetwork)");
-    free(c->admin_token);
-    c->admin_token = NULL;
-    if (c->str[SRV_OPT_ADMIN_TOKEN][0] && c->str[SRV_OPT_ADMIN_TOKEN_FILE][0])
+    if (c->num[SRV_OPT_MAX_INFLIGHT_BODY_BYTES] < c->num[SRV_OPT_MAX_BODY_BYTES])
         return srv_errf(err, errlen,
-                        "options --admin-token and --admin-token-file are exclusive: give one");
-    if (c->str[SRV_OPT_ADMIN_TOKEN_FILE][0])
-        return read_token_file(c->str[SRV_OPT_ADMIN_TOKEN_FILE], &c->admin_token, err, errlen);
-    if (c->str[SRV_OPT_ADMIN_TOKEN][0]) {
-        c->admin_token = strdup(c->str[SRV_OPT_ADMIN_TOKEN]);
-        if (!c->admin_token)
-            return srv_errf(err, errlen, "out of memory");
-    }
-    return 0;
+                        "option --max-inflight-body-bytes (%lld) must be at least "
+                        "--max-body-bytes (%lld): one largest body must fit",
+                        (long long)c->num[SRV_OPT_MAX_INFLIGHT_BODY_BYTES],
+                        (long long)c->num[SRV_OPT_MAX_BODY_BYTES]);
+    if (token_option(c, SRV_OPT_ADMIN_TOKEN, SRV_OPT_ADMIN_TOKEN_FILE, &c->admin_token, err,
+                     errlen) != 0)
+        return -1;
+    return token_option(c, SRV_OPT_API_TOKEN, SRV_OPT_API_TOKEN_FILE, &c->api_token, err, errlen);
 }
 
 /* Contract: builds a complete config in c (zeroed on entry) from the
@@ -522,6 +662,8 @@ static void free_values(srv_config *c)
     }
     free(c->admin_token);
     c->admin_token = NULL;
+    free(c->api_token);
+    c->api_token = NULL;
 }
 
 int srv_config_load(srv_config *c, int argc, char **argv, FILE *out, char *err, size_t errlen)
@@ -577,7 +719,7 @@ int srv_config_reload(srv_config *c, char *err, size_t errlen)
             continue;
         }
         srv_log_info("config reload: %s = %s", opt_table[i].name,
-                     opt_table[i].secret ? "<set>" : n.str[i]);
+                     opt_table[i].secret == SRV_SECRET ? "<set>" : n.str[i]);
         char *t = c->str[i];
         c->str[i] = n.str[i];
         n.str[i] = t;
@@ -587,6 +729,9 @@ int srv_config_reload(srv_config *c, char *err, size_t errlen)
     char *t = c->admin_token;
     c->admin_token = n.admin_token;
     n.admin_token = t;
+    t = c->api_token;
+    c->api_token = n.api_token;
+    n.api_token = t;
     pthread_mutex_unlock(&c->mu);
     srv_log_set_level((int)srv_config_int(c, SRV_OPT_LOG_LEVEL));
     free_values(&n);
@@ -618,24 +763,41 @@ const char *srv_config_str(const srv_config *c, srv_opt_id id)
     return c->str[id] ? c->str[id] : "";
 }
 
+/* Contract: under c->mu; constant-time comparison of token with want. */
+static int token_equal(const char *want, const char *token)
+{
+    size_t a = strlen(want), b = strlen(token);
+    unsigned char diff = (unsigned char)(a != b);
+    for (size_t i = 0; i < a; i++)
+        diff |= (unsigned char)(want[i] ^ token[i < b ? i : 0]);
+    return diff == 0 && b > 0;
+}
+
 int srv_config_check_token(srv_config *c, const char *token, int *configured)
 {
     int ok = 0;
     pthread_mutex_lock(&c->mu);
     if (configured)
         *configured = c->admin_token != NULL;
-    if (c->admin_token && token) {
-        size_t a = strlen(c->admin_token), b = strlen(token);
-        unsigned char diff = (unsigned char)(a != b);
-        for (size_t i = 0; i < a; i++)
-            diff |= (unsigned char)(c->admin_token[i] ^ token[i < b ? i : 0]);
-        ok = diff == 0 && b > 0;
-    }
+    if (c->admin_token && token)
+        ok = token_equal(c->admin_token, token);
     pthread_mutex_unlock(&c->mu);
     return ok;
 }
 
-json_t *srv_config_to_json(srv_config *c)
+int srv_config_check_api_token(srv_config *c, const char *token, int *configured)
+{
+    int ok = 0;
+    pthread_mutex_lock(&c->mu);
+    if (configured)
+        *configured = c->api_token != NULL;
+    if (c->api_token && token)
+        ok = token_equal(c->api_token, token);
+    pthread_mutex_unlock(&c->mu);
+    return ok;
+}
+
+json_t *srv_config_to_json(srv_config *c, int admin)
 {
     json_t *o = json_object();
     if (!o)
@@ -644,8 +806,9 @@ json_t *srv_config_to_json(srv_config *c)
     for (int i = 0; i < SRV_OPT_COUNT; i++) {
         const srv_opt_def *d = &opt_table[i];
         json_t *v;
-        if (d->secret)
-            v = c->str[i][0] ? json_string("<set>") : json_null();
+        if (d->secret == SRV_SECRET || (d->secret == SRV_PRIVATE && !admin && c->str[i][0]))
+            v = c->str[i][0] ? json_string(d->secret == SRV_SECRET ? "<set>" : "<hidden>")
+                             : json_null();
         else if (d->type == SRV_T_STRING || d->type == SRV_T_ENUM)
             v = json_string(c->str[i]);
         else
@@ -669,12 +832,12 @@ void srv_config_usage(FILE *out, const char *prog)
     for (int i = 0; i < SRV_OPT_COUNT; i++) {
         const srv_opt_def *d = &opt_table[i];
         env_name(d->name, env, sizeof env);
-        fprintf(out, "  --%-22s %s%s\n", d->name, d->help, d->mutable_ ? " [reload]" : "");
+        fprintf(out, "  --%-27s %s%s\n", d->name, d->help, d->mutable_ ? " [reload]" : "");
         if (d->def[0])
-            fprintf(out, "  %-24s default %s; env %s\n", "", d->def, env);
+            fprintf(out, "  %-29s default %s; env %s\n", "", d->def, env);
         else
-            fprintf(out, "  %-24s env %s\n", "", env);
+            fprintf(out, "  %-29s env %s\n", "", env);
     }
-    fprintf(out,
-            "  --help                   this text\n  --version                print the version\n");
+    fprintf(out, "  --help                        this text\n"
+                 "  --version                     print the version\n");
 }

@@ -37,16 +37,24 @@ typedef enum srv_opt_id {
     SRV_OPT_CPU_THREADS,
     SRV_OPT_ADMIN_TOKEN,
     SRV_OPT_ADMIN_TOKEN_FILE,
+    SRV_OPT_API_TOKEN,
+    SRV_OPT_API_TOKEN_FILE,
     SRV_OPT_MAX_BODY_BYTES,
+    SRV_OPT_MAX_INFLIGHT_BODY_BYTES,
+    SRV_OPT_MAX_HEADER_BYTES,
     SRV_OPT_MAX_PIXELS,
     SRV_OPT_MAX_POINTS,
     SRV_OPT_MAX_PROMPTS,
     SRV_OPT_MAX_MASK_BYTES,
+    SRV_OPT_MAX_RESPONSE_BYTES,
     SRV_OPT_EVERYTHING_DEFAULTS,
     SRV_OPT_QUEUE_DEPTH,
+    SRV_OPT_RATE_LIMIT,
+    SRV_OPT_RATE_BURST,
     SRV_OPT_MAX_BATCH,
     SRV_OPT_BATCH_WAIT_MS,
     SRV_OPT_CACHE_BYTES,
+    SRV_OPT_CACHE_CORRUPT_KEEP,
     SRV_OPT_GPU_CACHE_SLOTS,
     SRV_OPT_HYPERNET,
     SRV_OPT_TEXT_MODEL,
@@ -70,6 +78,10 @@ typedef enum srv_opt_id {
     SRV_OPT_SHUTDOWN_TIMEOUT_MS,
     SRV_OPT_THREADS,
     SRV_OPT_MAX_CONNECTIONS,
+    SRV_OPT_MAX_CONNECTIONS_PER_CLIENT,
+    SRV_OPT_HEADER_TIMEOUT_MS,
+    SRV_OPT_BODY_TIMEOUT_MS,
+    SRV_OPT_IDLE_TIMEOUT_MS,
     SRV_OPT_LOG_LEVEL,
     SRV_OPT_COUNT
 } srv_opt_id;
@@ -99,9 +111,13 @@ typedef struct srv_opt_def {
     int64_t min, max;           /* inclusive bounds for numeric types */
     const char *const *choices; /* NULL-terminated, for SRV_T_ENUM */
     int mutable_;               /* 1: SIGHUP may change it at run time */
-    int secret;                 /* 1: never printed or returned by /v1/info */
+    int secret;                 /* SRV_SECRET: never printed or returned by /v1/info;
+                                   SRV_PRIVATE: in /v1/info for the admin only (paths) */
     const char *help;           /* one line for --help */
 } srv_opt_def;
+
+/* srv_opt_def.secret values. */
+enum { SRV_PUBLIC = 0, SRV_SECRET = 1, SRV_PRIVATE = 2 };
 
 /* device choices, in order. */
 enum { SRV_DEVICE_AUTO = 0, SRV_DEVICE_CPU, SRV_DEVICE_CUDA };
@@ -121,6 +137,7 @@ typedef struct srv_config {
     char *str[SRV_OPT_COUNT];          /* text value as given (owned) */
     srv_opt_source src[SRV_OPT_COUNT]; /* where each value came from */
     char *admin_token;  /* effective token (admin-token or the file's first line); guarded by mu */
+    char *api_token;    /* effective token for /v1 routes (api-token or its file); guarded by mu */
     pthread_mutex_t mu; /* guards str[] of mutable options and admin_token during reload */
     int argc;           /* saved command line, replayed by reload */
     char **argv;        /* copy of the command line (owned) */
@@ -157,9 +174,14 @@ const char *srv_config_str(const srv_config *c, srv_opt_id id);
  * 0 otherwise. `configured` (may be NULL) gets 1 when any token is set. */
 int srv_config_check_token(srv_config *c, const char *token, int *configured);
 
+/* The same for the API token (api-token or api-token-file) of the /v1
+ * routes. */
+int srv_config_check_api_token(srv_config *c, const char *token, int *configured);
+
 /* The configuration as a JSON object {name: value} (numbers as numbers,
- * secrets as "<set>" or null). New reference. */
-json_t *srv_config_to_json(srv_config *c);
+ * secrets as "<set>" or null; SRV_PRIVATE options, the paths, only when
+ * `admin`, else "<hidden>"). New reference. */
+json_t *srv_config_to_json(srv_config *c, int admin);
 
 /* Longest instance name (X-Tasam-Instance). */
 #define SRV_INSTANCE_MAX 100

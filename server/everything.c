@@ -15,6 +15,7 @@
 #include "engine/image.h"
 #include "engine/rle.h"
 #include "server/base64.h"
+#include "server/jsonw.h"
 
 void srv_everything_free(srv_everything *x)
 {
@@ -241,17 +242,25 @@ json_t *srv_everything_params_json(const eng_amg_params *p)
     return o;
 }
 
-int srv_mask_json_encode(json_t *o, const uint8_t *mask, const eng_rle *rle, srv_output fmt)
+int srv_mask_write(srv_jw *jw, const uint8_t *mask, const eng_rle *rle, srv_output fmt)
 {
     int w = rle->w, h = rle->h;
     if (fmt == SRV_OUT_RLE) {
         char *counts = NULL;
         if (eng_rle_to_string(rle, &counts) != 0)
             return -1;
-        int rc = json_object_set_new(o, "rle",
-                                     json_pack("{s:[i,i],s:s}", "size", h, w, "counts", counts));
+        srv_jw_key(jw, "rle");
+        srv_jw_object(jw);
+        srv_jw_key(jw, "size");
+        srv_jw_array(jw);
+        srv_jw_int(jw, h);
+        srv_jw_int(jw, w);
+        srv_jw_end(jw);
+        srv_jw_key(jw, "counts");
+        srv_jw_string(jw, counts, strlen(counts));
+        srv_jw_end(jw);
         free(counts);
-        return rc ? -1 : 0;
+        return 0;
     }
     if (fmt == SRV_OUT_PNG) {
         uint8_t *pix = malloc((size_t)w * (size_t)h), *png = NULL;
@@ -267,25 +276,81 @@ int srv_mask_json_encode(json_t *o, const uint8_t *mask, const eng_rle *rle, srv
         free(png);
         if (!b64)
             return -1;
-        int rc = json_object_set_new(o, "png", json_string(b64));
+        srv_jw_key(jw, "png");
+        srv_jw_string(jw, b64, strlen(b64));
         free(b64);
-        return rc ? -1 : 0;
+        return 0;
     }
     eng_polygons polys = {0};
-    json_t *arr = json_array();
-    if (!arr || eng_mask_polygons(mask, h, w, &polys) != 0) {
-        json_decref(arr);
+    if (eng_mask_polygons(mask, h, w, &polys) != 0) {
         eng_polygons_free(&polys);
         return -1;
     }
-    for (size_t k = 0; k < polys.n; k++) {
-        json_t *pa = json_array();
+    srv_jw_key(jw, "polygons");
+    srv_jw_array(jw);
+    for (size_t k = 0; k < polys.n && !srv_jw_error(jw); k++) {
+        srv_jw_array(jw);
         for (size_t v = 0; v < 2 * polys.polys[k].n; v++)
-            json_array_append_new(pa, json_integer(polys.polys[k].xy[v]));
-        json_array_append_new(arr, pa);
+            srv_jw_int(jw, polys.polys[k].xy[v]);
+        srv_jw_end(jw);
     }
+    srv_jw_end(jw);
     eng_polygons_free(&polys);
-    return json_object_set_new(o, "polygons", arr) ? -1 : 0;
+    return 0;
+}
+
+/* Contract: m's pixels (h x w, 0/1) when fmt needs them (png, polygons),
+ * in *mask (malloc'd; NULL for rle). 0, or -1 (memory, a bad RLE). */
+static int pixels_for(const eng_amg_mask *m, srv_output fmt, uint8_t **mask)
+{
+    *mask = NULL;
+    if (fmt == SRV_OUT_RLE)
+        return 0;
+    *mask = malloc((size_t)m->rle.w * (size_t)m->rle.h + 1);
+    if (!*mask || eng_rle_decode(&m->rle, *mask) != 0) {
+        free(*mask);
+        *mask = NULL;
+        return -1;
+    }
+    return 0;
+}
+
+int srv_everything_mask_write(srv_jw *jw, const eng_amg_mask *m, srv_output fmt)
+{
+    const int *b = m->box, *c = m->crop_box;
+    const int xywh[2][4] = {{b[0], b[1], b[2] - b[0], b[3] - b[1]},
+                            {c[0], c[1], c[2] - c[0], c[3] - c[1]}};
+    uint8_t *mask;
+    if (pixels_for(m, fmt, &mask) != 0)
+        return -1;
+    srv_jw_object(jw);
+    srv_jw_key(jw, "bbox");
+    srv_jw_array(jw);
+    for (int k = 0; k < 4; k++)
+        srv_jw_int(jw, xywh[0][k]);
+    srv_jw_end(jw);
+    srv_jw_key(jw, "area");
+    srv_jw_int(jw, (int64_t)eng_rle_area(&m->rle));
+    srv_jw_key(jw, "predicted_iou");
+    srv_jw_real(jw, (double)m->predicted_iou);
+    srv_jw_key(jw, "stability_score");
+    srv_jw_real(jw, (double)m->stability_score);
+    srv_jw_key(jw, "point_coords");
+    srv_jw_array(jw);
+    srv_jw_array(jw);
+    srv_jw_real(jw, m->point[0]);
+    srv_jw_real(jw, m->point[1]);
+    srv_jw_end(jw);
+    srv_jw_end(jw);
+    srv_jw_key(jw, "crop_box");
+    srv_jw_array(jw);
+    for (int k = 0; k < 4; k++)
+        srv_jw_int(jw, xywh[1][k]);
+    srv_jw_end(jw);
+    int rc = srv_mask_write(jw, mask, &m->rle, fmt);
+    srv_jw_end(jw);
+    free(mask);
+    return rc;
 }
 
 json_t *srv_everything_mask_json(const eng_amg_mask *m, srv_output fmt)
@@ -296,21 +361,26 @@ json_t *srv_everything_mask_json(const eng_amg_mask *m, srv_output fmt)
                           "predicted_iou", (double)m->predicted_iou, "stability_score",
                           (double)m->stability_score, "point_coords", m->point[0], m->point[1],
                           "crop_box", c[0], c[1], c[2] - c[0], c[3] - c[1]);
-    if (!o)
-        return NULL;
-    uint8_t *mask = NULL;
-    if (fmt != SRV_OUT_RLE) {
-        mask = malloc((size_t)m->rle.w * (size_t)m->rle.h + 1);
-        if (!mask || eng_rle_decode(&m->rle, mask) != 0) {
-            free(mask);
-            json_decref(o);
-            return NULL;
-        }
-    }
-    if (srv_mask_json_encode(o, mask, &m->rle, fmt) != 0) {
+    uint8_t *mask;
+    if (!o || pixels_for(m, fmt, &mask) != 0) {
         json_decref(o);
-        o = NULL;
+        return NULL;
     }
+    /* The encoding (strings and integers only, so exact either way) from
+     * the one encoder, srv_mask_write, read back into the tree. */
+    srv_jw jw;
+    srv_jw_init(&jw, 0);
+    srv_jw_object(&jw);
+    int rc = srv_mask_write(&jw, mask, &m->rle, fmt);
+    srv_jw_end(&jw);
     free(mask);
+    json_t *enc = rc == 0 && !srv_jw_error(&jw) ? json_loadb(jw.buf, jw.len, 0, NULL) : NULL;
+    srv_jw_free(&jw);
+    if (!enc || json_object_update(o, enc) != 0) {
+        json_decref(enc);
+        json_decref(o);
+        return NULL;
+    }
+    json_decref(enc);
     return o;
 }

@@ -19,6 +19,7 @@
 #include <jansson.h>
 
 #include "engine/amg.h"
+#include "server/jsonw.h"
 #include "server/request.h"
 
 /* Parameters of one everything-mode request, grids included. */
@@ -62,10 +63,16 @@ json_t *srv_everything_params_json(const eng_amg_params *p);
  * memory or an encoder fails. */
 json_t *srv_everything_mask_json(const eng_amg_mask *m, srv_output fmt);
 
-/* Add one mask's encoding to its JSON object o (prompt masks and everything
- * masks alike): "rle" (COCO compressed, from `rle`), or "png" (base64) /
- * "polygons" from the row-major 0/1 `mask` (only read for those; rle->h x
- * rle->w pixels). 0, or -1 when out of memory or an encoder fails. */
-int srv_mask_json_encode(json_t *o, const uint8_t *mask, const eng_rle *rle, srv_output fmt);
+/* The same mask written to a streaming writer (the daemon's answers: one
+ * buffer, no tree), with the daemon's number forms. 0, or -1 when out of
+ * memory or an encoder fails; the writer's own failures stay in jw. */
+int srv_everything_mask_write(srv_jw *jw, const eng_amg_mask *m, srv_output fmt);
+
+/* Write one mask's encoding as the members of jw's open object (prompt
+ * masks and everything masks alike): "rle" (COCO compressed, from `rle`),
+ * or "png" (base64) / "polygons" from the row-major 0/1 `mask` (only read
+ * for those; rle->h x rle->w pixels). 0, or -1 when out of memory or an
+ * encoder fails. */
+int srv_mask_write(srv_jw *jw, const uint8_t *mask, const eng_rle *rle, srv_output fmt);
 
 #endif

@@ -16,6 +16,7 @@
  * trainer is a child process spawned with uv_spawn) and watches the
  * hypernetwork file for new versions (hypernet_swap.c).
  */
+#include <malloc.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -135,6 +136,7 @@ static void on_signal(uv_signal_t *h, int signum)
         srv_cache_set_budget(ds->cache, srv_config_int(&ds->cfg, SRV_OPT_CACHE_BYTES));
         srv_cache_set_adapter_budget(ds->cache,
                                      srv_config_int(&ds->cfg, SRV_OPT_ADAPTER_CACHE_BYTES));
+        srv_cache_retry(ds->cache);
         srv_cache_maintain(ds->cache);
         if (ds->hnswap && srv_sched_is_ready(&ds->sched)) {
             srv_log_info("SIGHUP: re-reading %s", srv_config_str(&ds->cfg, SRV_OPT_HYPERNET));
@@ -150,6 +152,7 @@ static void on_expire(uv_timer_t *t)
 {
     daemon_state *ds = t->data;
     srv_sched_expire(&ds->sched);
+    srv_http_sweep(ds->http);
 }
 
 static void on_maintain(uv_timer_t *t)
@@ -223,6 +226,12 @@ int main(int argc, char **argv)
         return 2;
     }
     signal(SIGPIPE, SIG_IGN);
+    /* Buffers of 1 MiB and up (request bodies, masks, responses,
+     * embeddings) are mapped and unmapped on their own, so their memory
+     * goes back to the system when they are freed; glibc's default would
+     * raise this threshold after the first large free and keep later ones
+     * in the heap. */
+    mallopt(M_MMAP_THRESHOLD, 1 << 20);
     srv_metrics_init(&ds.metrics);
     ds.srv.cfg = &ds.cfg;
     ds.srv.metrics = &ds.metrics;
@@ -231,7 +240,8 @@ int main(int argc, char **argv)
 
     if (srv_cache_open(&ds.cache, srv_config_str(&ds.cfg, SRV_OPT_STATE_DIR), ENG_SAM_EMB_FLOATS,
                        srv_config_int(&ds.cfg, SRV_OPT_CACHE_BYTES),
-                       (int)srv_config_int(&ds.cfg, SRV_OPT_GPU_CACHE_SLOTS), &ds.metrics, err,
+                       (int)srv_config_int(&ds.cfg, SRV_OPT_GPU_CACHE_SLOTS),
+                       (int)srv_config_int(&ds.cfg, SRV_OPT_CACHE_CORRUPT_KEEP), &ds.metrics, err,
                        sizeof err) != 0) {
         srv_log_error("%s", err);
         srv_config_free(&ds.cfg);

@@ -13,8 +13,9 @@ static const double latency_bounds[] = {0.001, 0.0025, 0.005, 0.01, 0.025, 0.05,
                                         0.25,  0.5,    1,     2.5,  5,     10,   30};
 static const double batch_bounds[] = {1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 48, 64};
 
-static const int tracked_codes[SRV_METRIC_CODES] = {200, 202, 400, 401, 403, 404, 405, 408, 409,
-                                                    411, 413, 415, 429, 500, 501, 503, 504, 0};
+static const int tracked_codes[SRV_METRIC_CODES] = {200, 202, 400, 401, 403, 404, 405, 408,
+                                                    409, 411, 413, 414, 415, 429, 431, 499,
+                                                    500, 501, 503, 504, 505, 0};
 
 static const char *const route_names[SRV_ROUTE_COUNT] = {
     "segment",       "embeddings_post", "embeddings_get",
@@ -273,6 +274,32 @@ int srv_metrics_render(srv_metrics *m, char **out, size_t *len)
             ld(&m->rejected_queue_full));
     counter(&b, "tasam_deadline_expired_total",
             "Requests whose deadline passed while queued (504).", ld(&m->deadline_expired));
+    counter(&b, "tasam_rate_limited_total", "Requests refused by the per-client rate limit (429).",
+            ld(&m->rejected_rate_limit));
+    counter(&b, "tasam_body_budget_rejected_total",
+            "Requests refused because max-inflight-body-bytes was reached (503).",
+            ld(&m->rejected_body_budget));
+    counter(&b, "tasam_response_too_large_total",
+            "Responses refused because they passed max-response-bytes (413).",
+            ld(&m->rejected_response_size));
+    counter(&b, "tasam_jobs_abandoned_total",
+            "Jobs dropped (queued) or stopped (everything mode) because their client closed the "
+            "connection.",
+            ld(&m->jobs_abandoned));
+    counter(&b, "tasam_cache_write_dropped_total",
+            "Cache writes dropped (writer queue full or disk tier unavailable).",
+            ld(&m->cache_write_dropped));
+    counter(&b, "tasam_cache_io_errors_total",
+            "Cache database operations that failed with an I/O error (disk full, EIO).",
+            ld(&m->cache_io_errors));
+    gauge(&b, "tasam_http_connections", "HTTP connections open.", ldi(&m->connections));
+    gauge(&b, "tasam_body_bytes_inflight", "Request-body bytes being received.",
+          ldi(&m->body_bytes_inflight));
+    gauge(&b, "tasam_cache_disk_available",
+          "1 when the on-disk cache works, 0 while it is unavailable (retried).",
+          ldi(&m->cache_disk_available));
+    gauge(&b, "tasam_cache_write_queue_bytes", "Bytes waiting for the cache writer thread.",
+          ldi(&m->cache_write_queue_bytes));
     gauge(&b, "tasam_queue_depth", "Jobs waiting for the inference worker.", ldi(&m->queue_depth));
     gauge(&b, "tasam_inflight_requests", "Requests being handled.", ldi(&m->inflight));
     tb_printf(&b,

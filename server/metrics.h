@@ -40,7 +40,7 @@ typedef enum srv_route {
 
 #define SRV_HIST_MAX_BUCKETS 16
 /* Status codes tracked one by one; others are counted under "other". */
-#define SRV_METRIC_CODES 18
+#define SRV_METRIC_CODES 22
 
 /* A histogram with fixed upper bounds (the +Inf bucket is implicit). */
 typedef struct srv_hist {
@@ -73,9 +73,19 @@ typedef struct srv_metrics {
     uint64_t adapter_evictions_disk; /* adapter rows evicted from SQLite by the budget */
     uint64_t adapter_corrupt;        /* adapter rows dropped (checksum or parse failure) */
     uint64_t rejected_queue_full;    /* 429s */
+    uint64_t rejected_rate_limit;    /* 429s of the per-client rate limit */
+    uint64_t rejected_body_budget;   /* 503s of max-inflight-body-bytes */
+    uint64_t rejected_response_size; /* 413s of max-response-bytes */
+    uint64_t jobs_abandoned;         /* queued jobs dropped because their client left */
+    uint64_t cache_write_dropped;    /* cache writes dropped (writer queue full, disk tier down) */
+    uint64_t cache_io_errors;        /* database operations that failed with an I/O error */
     uint64_t deadline_expired;       /* 504s */
     int64_t queue_depth;             /* jobs waiting (gauge) */
     int64_t inflight;                /* requests being handled (gauge) */
+    int64_t connections;             /* HTTP connections the gate holds (gauge) */
+    int64_t body_bytes_inflight;     /* request-body bytes being received (gauge) */
+    int64_t cache_disk_available;    /* 1 when the disk tier works, 0 while it is down (gauge) */
+    int64_t cache_write_queue_bytes; /* bytes waiting for the cache writer (gauge) */
     int64_t cache_bytes_disk;        /* embedding bytes in SQLite (gauge) */
     int64_t cache_bytes_mem;         /* embedding bytes in the in-memory LRU (gauge) */
     int64_t cache_entries_disk;      /* rows in SQLite (gauge) */

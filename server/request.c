@@ -648,6 +648,10 @@ int srv_image_prepare(const uint8_t *bytes, size_t len, int64_t max_pixels, uint
     if (rc != 0)
         return srv_fail(e, srv_status_of(rc, SRV_BLAME_INPUT), "image",
                         "image is corrupt or truncated: %s", eng_last_error());
+    if (eng_resize_check(img.w, img.h, ENG_SAM_IMG) != 0) {
+        eng_image_free(&img);
+        return srv_fail(e, 400, "image", "image: %s", eng_last_error());
+    }
     info->orig_w = img.w;
     info->orig_h = img.h;
     eng_resize_shape(img.w, img.h, ENG_SAM_IMG, &info->input_w, &info->input_h);
@@ -735,28 +739,80 @@ static const uint8_t *find_bytes(const uint8_t *h, size_t hl, const char *needle
     return NULL;
 }
 
-/* Contract: copies parameter `param` (e.g. "name") of a header value into
- * out (quoted or bare). 0 found, -1 absent or too long. */
+static int is_tchar(int c)
+{
+    return (c >= '0' && c <= '9') || (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') ||
+           (c && strchr("!#$%&'*+-.^_`|~", c) != NULL);
+}
+
+/*
+ * Contract: finds parameter `param` (e.g. "name") of a header value of the
+ * form `type; p1=v1; p2="v 2"` (RFC 9110 parameters: a token name, then a
+ * token or a quoted string with backslash escapes, so `;` and `name=` inside
+ * quotes are text, not syntax) and copies its value into out. Returns 0
+ * found, -1 absent, -2 malformed (an unterminated quote, a parameter
+ * without `=`, junk between parameters, the parameter given twice) or
+ * longer than outlen - 1.
+ */
 static int header_param(const char *v, size_t vl, const char *param, char *out, size_t outlen)
 {
-    size_t pl = strlen(param);
-    for (size_t i = 0; i + pl < vl; i++) {
-        if ((i == 0 || v[i - 1] == ';' || v[i - 1] == ' ') && strncasecmp(v + i, param, pl) == 0 &&
-            v[i + pl] == '=') {
-            size_t j = i + pl + 1, k = 0;
-            int quoted = j < vl && v[j] == '"';
-            if (quoted)
-                j++;
-            while (j < vl && (quoted ? v[j] != '"' : (v[j] != ';' && v[j] != ' '))) {
-                if (k + 1 >= outlen)
-                    return -1;
-                out[k++] = v[j++];
+    size_t i = 0, pl = strlen(param);
+    int found = 0;
+    while (i < vl && v[i] != ';') /* the type (form-data, multipart/form-data) */
+        i++;
+    while (i < vl) {
+        size_t name, nl, k = 0;
+        int want;
+        i++; /* ';' */
+        while (i < vl && (v[i] == ' ' || v[i] == '\t'))
+            i++;
+        if (i == vl)
+            break; /* a trailing ';' */
+        for (name = i; i < vl && is_tchar((unsigned char)v[i]); i++)
+            ;
+        nl = i - name;
+        while (i < vl && (v[i] == ' ' || v[i] == '\t'))
+            i++;
+        if (nl == 0 || i == vl || v[i] != '=')
+            return -2;
+        i++;
+        while (i < vl && (v[i] == ' ' || v[i] == '\t'))
+            i++;
+        want = nl == pl && strncasecmp(v + name, param, pl) == 0;
+        if (want && found)
+            return -2;
+        if (i < vl && v[i] == '"') {
+            for (i++; i < vl && v[i] != '"'; i++) {
+                if (v[i] == '\\' && i + 1 < vl)
+                    i++;
+                if (want) {
+                    if (k + 1 >= outlen)
+                        return -2;
+                    out[k++] = v[i];
+                }
             }
-            out[k] = 0;
-            return 0;
+            if (i == vl)
+                return -2; /* unterminated quoted string */
+            i++;
+        } else {
+            for (; i < vl && is_tchar((unsigned char)v[i]); i++) {
+                if (want) {
+                    if (k + 1 >= outlen)
+                        return -2;
+                    out[k++] = v[i];
+                }
+            }
         }
+        if (want) {
+            out[k] = 0;
+            found = 1;
+        }
+        while (i < vl && (v[i] == ' ' || v[i] == '\t'))
+            i++;
+        if (i < vl && v[i] != ';')
+            return -2;
     }
-    return -1;
+    return found ? 0 : -1;
 }
 
 int srv_multipart_parse(const char *content_type, const uint8_t *body, size_t len, srv_part *parts,
@@ -770,7 +826,9 @@ int srv_multipart_parse(const char *content_type, const uint8_t *body, size_t le
     if (header_param(content_type, strlen(content_type), "boundary", boundary, sizeof boundary) !=
             0 ||
         !boundary[0])
-        return srv_fail(e, 400, "", "multipart/form-data without a usable boundary parameter");
+        return srv_fail(e, 400, "",
+                        "multipart/form-data without a usable boundary parameter (1 to 70 "
+                        "characters, quoted or a token)");
     /* Parts are separated by CRLF "--" boundary; the first may start the body. */
     snprintf(delim, sizeof delim, "\r\n--%s", boundary);
     dl = strlen(delim);
@@ -809,9 +867,17 @@ int srv_multipart_parse(const char *content_type, const uint8_t *body, size_t le
             if (hl > sizeof cd - 1 && strncasecmp((const char *)h, cd, sizeof cd - 1) == 0) {
                 const char *v = (const char *)h + sizeof cd - 1;
                 size_t vl = hl - (sizeof cd - 1);
-                if (header_param(v, vl, "name", pt->name, sizeof pt->name) != 0 || !pt->name[0])
-                    return srv_fail(e, 400, "", "multipart part without a (short) name");
-                if (header_param(v, vl, "filename", pt->filename, sizeof pt->filename) != 0)
+                int rn = header_param(v, vl, "name", pt->name, sizeof pt->name);
+                int rf = header_param(v, vl, "filename", pt->filename, sizeof pt->filename);
+                if (rn == -2 || rf == -2)
+                    return srv_fail(e, 400, "",
+                                    "multipart part %d: malformed Content-Disposition parameters "
+                                    "(unterminated quote, a parameter given twice or without a "
+                                    "value, or a value over %zu bytes)",
+                                    n, sizeof pt->filename - 1);
+                if (rn != 0 || !pt->name[0])
+                    return srv_fail(e, 400, "", "multipart part %d without a name", n);
+                if (rf != 0)
                     pt->filename[0] = 0;
                 have_disp = 1;
             }

@@ -24,6 +24,7 @@
 #include "server/base64.h"
 #include "server/everything.h"
 #include "server/hypernet_swap.h"
+#include "server/jsonw.h"
 #include "server/log.h"
 #include "server/web.h"
 #include "server/train_jobs.h"
@@ -202,6 +203,72 @@ void srv_reply_errorf(srv_reply *out, int status, const char *field, const char 
     srv_reply_error(out, &e);
 }
 
+/* Contract: the token of an `Authorization: Bearer TOKEN` header (borrowed,
+ * NULL without one). */
+static const char *bearer(const srv_http_in *in)
+{
+    const char *h = in ? in->authorization : NULL;
+    if (!h)
+        return NULL;
+    while (*h == ' ')
+        h++;
+    if (strncasecmp(h, "Bearer ", 7) != 0)
+        return NULL;
+    for (h += 7; *h == ' ';)
+        h++;
+    return h;
+}
+
+int srv_routes_is_admin(srv_server *srv, const srv_http_in *in)
+{
+    return srv_config_check_token(srv->cfg, bearer(in), NULL);
+}
+
+/* Contract: 0 when the request carries the admin token; else -1 with *e
+ * set: 401 without a token, 403 with a wrong one or when no admin token is
+ * configured. `what` names what needs it. The comparison is constant time
+ * (srv_config_check_token). */
+int srv__check_admin(srv_server *srv, const srv_http_in *in, const char *what, srv_error *e)
+{
+    const char *tok = bearer(in);
+    int configured = 0;
+    if (srv_config_check_token(srv->cfg, tok, &configured))
+        return 0;
+    if (!configured)
+        return srv_fail(e, 403, "",
+                        "%s: it needs the admin token, and none is configured (admin-token or "
+                        "admin-token-file)",
+                        what);
+    if (!tok || !*tok)
+        return srv_fail(e, 401, "",
+                        "%s: it needs the admin token: send `Authorization: Bearer <token>`", what);
+    return srv_fail(e, 403, "", "the admin token is wrong");
+}
+
+/* The routes under /v1 (the API token guards them). */
+static int is_v1(srv_route r)
+{
+    return r == SRV_ROUTE_SEGMENT || r == SRV_ROUTE_EMBED_POST || r == SRV_ROUTE_EMBED_GET ||
+           r == SRV_ROUTE_INFO || r == SRV_ROUTE_ADAPTERS || r == SRV_ROUTE_ADAPTERS_POST ||
+           r == SRV_ROUTE_ADAPTER_GET || r == SRV_ROUTE_ADAPTER_WEIGHTS;
+}
+
+int srv_routes_authorize(srv_server *srv, srv_route route, const srv_http_in *in, srv_error *e)
+{
+    int configured = 0;
+    const char *tok = bearer(in);
+    if (route == SRV_ROUTE_ADMIN ||
+        (route >= SRV_ROUTE_TRAIN_POST && route <= SRV_ROUTE_HYPERNET_ROLLBACK))
+        return srv__check_admin(srv, in, "this is an admin route", e);
+    if (!is_v1(route) || srv_config_check_api_token(srv->cfg, tok, &configured) || !configured ||
+        srv_config_check_token(srv->cfg, tok, NULL))
+        return 0;
+    if (!tok || !*tok)
+        return srv_fail(e, 401, "",
+                        "this server needs its API token: send `Authorization: Bearer <token>`");
+    return srv_fail(e, 403, "", "the token is wrong");
+}
+
 /* Contract: the reply from a handler's outcome: rc 0 keeps *out, else the
  * error e. */
 static void reply_outcome(srv_reply *out, int rc, const srv_error *e)
@@ -210,13 +277,17 @@ static void reply_outcome(srv_reply *out, int rc, const srv_error *e)
         srv_reply_error(out, e);
 }
 
-/* Contract: the /v1/info "hypernetwork" object: the active version. */
-static json_t *hypernet_json(srv_server *srv, int ready)
+/* Contract: the /v1/info "hypernetwork" object: the active version (server
+ * paths for the admin only). */
+static json_t *hypernet_json(srv_server *srv, int ready, int admin)
 {
     const srv_model_info *mi = &srv->sched->info;
     const char *path = srv_config_str(srv->cfg, SRV_OPT_HYPERNET);
+    int configured = path[0] != 0;
     srv_hn_info hi;
-    if (!path[0])
+    if (!admin)
+        path = "<hidden>"; /* server paths are for the admin */
+    if (!configured)
         return json_pack("{s:b,s:s}", "available", 0, "note",
                          "no hypernetwork configured (start tasamd with --hypernet FILE): requests "
                          "with `task` answer 501");
@@ -225,16 +296,16 @@ static json_t *hypernet_json(srv_server *srv, int ready)
                          "the hypernetwork is still loading");
     return json_pack(
         "{s:b,s:s,s:s,s:s,s:s,s:i,s:f,s:i,s:I,s:s,s:s,s:b,s:s,s:I,s:I,s:I}", "available", 1, "path",
-        path, "active_file", hi.file, "id", hi.id, "version", hi.version, "rank", hi.rank, "alpha",
-        hi.alpha, "targets", hi.targets, "parameters", (json_int_t)hi.params, "text_model",
-        hi.text_model, "text_encoder", hi.text_describe, "text_fallback", hi.text_fallback,
-        "adapters", mi->adapter_merged ? "merged" : "unmerged", "adapter_slots",
-        (json_int_t)srv_config_int(srv->cfg, SRV_OPT_ADAPTER_SLOTS), "adapter_cache_bytes",
-        (json_int_t)srv_config_int(srv->cfg, SRV_OPT_ADAPTER_CACHE_BYTES), "swaps",
-        (json_int_t)srv_hnet_swaps(srv->sched));
+        path, "active_file", admin ? hi.file : "<hidden>", "id", hi.id, "version", hi.version,
+        "rank", hi.rank, "alpha", hi.alpha, "targets", hi.targets, "parameters",
+        (json_int_t)hi.params, "text_model", hi.text_model, "text_encoder", hi.text_describe,
+        "text_fallback", hi.text_fallback, "adapters", mi->adapter_merged ? "merged" : "unmerged",
+        "adapter_slots", (json_int_t)srv_config_int(srv->cfg, SRV_OPT_ADAPTER_SLOTS),
+        "adapter_cache_bytes", (json_int_t)srv_config_int(srv->cfg, SRV_OPT_ADAPTER_CACHE_BYTES),
+        "swaps", (json_int_t)srv_hnet_swaps(srv->sched));
 }
 
-static json_t *info_json(srv_server *srv)
+static json_t *info_json(srv_server *srv, int admin)
 {
     srv_sched *s = srv->sched;
     srv_config *cfg = srv->cfg;
@@ -244,8 +315,9 @@ static json_t *info_json(srv_server *srv)
         const srv_model_info *mi = &s->info;
         model = json_pack("{s:s,s:s,s:i,s:i,s:s,s:I,s:f}", "model_id", mi->model_id, "arch",
                           mi->arch, "embed_dim", mi->embed_dim, "depth", mi->depth, "checkpoint",
-                          srv_config_str(cfg, SRV_OPT_CHECKPOINT), "workspace_bytes",
-                          (json_int_t)mi->workspace_bytes, "load_seconds", mi->load_seconds);
+                          admin ? srv_config_str(cfg, SRV_OPT_CHECKPOINT) : "<hidden>",
+                          "workspace_bytes", (json_int_t)mi->workspace_bytes, "load_seconds",
+                          mi->load_seconds);
     }
     o = json_pack("{s:s,s:s,s:s,s:b,s:s,s:o,s:s?,s:s?,s:{s:I,s:I,s:I,s:I,s:I,s:I,s:I,s:I},"
                   "s:{s:s,s:s,s:s,s:s},s:o,s:o,s:f}",
@@ -266,8 +338,17 @@ static json_t *info_json(srv_server *srv)
                   (json_int_t)srv_config_int(cfg, SRV_OPT_REQUEST_TIMEOUT_MS), "versions",
                   "libmicrohttpd", MHD_get_version(), "jansson", JANSSON_VERSION, "sqlite",
                   sqlite3_libversion(), "libuv", uv_version_string(), "hypernetwork",
-                  hypernet_json(srv, ready), "config", srv_config_to_json(cfg), "uptime_seconds",
-                  srv_now() - srv->t_start);
+                  hypernet_json(srv, ready, admin), "config", srv_config_to_json(cfg, admin),
+                  "uptime_seconds", srv_now() - srv->t_start);
+    /* the disk tier may be down (a full or failing disk): say so; why, with
+     * its paths, for the admin */
+    char why[512];
+    int up = srv_cache_disk_status(srv->cache, why, sizeof why);
+    json_object_set_new(o, "cache",
+                        json_pack("{s:b,s:s?}", "disk_available", up, "disk_error",
+                                  up      ? NULL
+                                  : admin ? why
+                                          : "see the daemon's log"));
     return o;
 }
 
@@ -428,6 +509,10 @@ static int get_adapters(srv_server *srv, const srv_http_in *in, srv_reply *out, 
         srv__reply_json(out, 200, adapter_meta_json(active, &m));
         return 0;
     }
+    /* the list shows every client's task text: the admin's only */
+    if (srv__check_admin(srv, in, "listing the cached adapters (GET /v1/adapters without task=)",
+                         e))
+        return -1;
     if (lim && srv__query_int(lim, 1, ADAPTER_LIST_MAX, &limit, e))
         return -1;
     if (off && srv__query_int(off, 0, INT64_MAX / 2, &offset, e))
@@ -530,7 +615,7 @@ void srv_routes_get(srv_server *srv, srv_route route, const char *url, const srv
         return;
     }
     case SRV_ROUTE_INFO:
-        srv__reply_json(out, 200, info_json(srv));
+        srv__reply_json(out, 200, info_json(srv, srv_routes_is_admin(srv, in)));
         return;
     case SRV_ROUTE_EMBED_GET:
         reply_outcome(out, get_embedding(srv, url, out, &e), &e);
@@ -572,35 +657,6 @@ void srv_post_free(srv_post *p)
     free(p->resized);
     p->resized = NULL;
     eng_image_free(&p->pixels);
-}
-
-/* Contract: 0 when the request carries the admin token (Authorization:
- * Bearer TOKEN); else -1 with *e set: 401 without a usable token, 403 with
- * a wrong one or when no token is configured. The comparison is constant
- * time (srv_config_check_token). */
-int srv__check_admin(srv_server *srv, const srv_http_in *in, srv_error *e)
-{
-    const char *h = in ? in->authorization : NULL, *tok = NULL;
-    int configured = 0;
-    if (h) {
-        while (*h == ' ')
-            h++;
-        if (strncasecmp(h, "Bearer ", 7) == 0) {
-            tok = h + 7;
-            while (*tok == ' ')
-                tok++;
-        }
-    }
-    if (srv_config_check_token(srv->cfg, tok, &configured))
-        return 0;
-    if (!configured)
-        return srv_fail(e, 403, "",
-                        "admin routes are disabled: no admin token is configured (admin-token or "
-                        "admin-token-file)");
-    if (!tok || !*tok)
-        return srv_fail(e, 401, "",
-                        "this route needs the admin token: send `Authorization: Bearer <token>`");
-    return srv_fail(e, 403, "", "the admin token is wrong");
 }
 
 /* Contract: when the request names its image in X-Tasam-Image-Id (as a
@@ -649,7 +705,7 @@ int srv_routes_post_prepare(srv_server *srv, srv_route route, const srv_http_in 
     int w = 0, h = 0;
 
     memset(j, 0, sizeof *j);
-    if (kind == SRV_KIND_ADAPTER_FLUSH && srv__check_admin(srv, in, e))
+    if (kind == SRV_KIND_ADAPTER_FLUSH && srv__check_admin(srv, in, "this is an admin route", e))
         return -1;
     lim.max_points = (int)srv_config_int(srv->cfg, SRV_OPT_MAX_POINTS);
     lim.max_prompts = (int)srv_config_int(srv->cfg, SRV_OPT_MAX_PROMPTS);
@@ -746,34 +802,200 @@ int srv_routes_post_prepare(srv_server *srv, srv_route route, const srv_http_in 
 
 static json_t *num3(double v) { return json_real(round(v * 1000.0) / 1000.0); }
 
-/* Contract: one mask's JSON, or NULL (out of memory / encoder error). */
-static json_t *mask_json(const srv_job *j, srv_output fmt, int i, int prompt)
+/* Contract: writes one mask's object to w: prompt, bbox, area,
+ * predicted_iou, stability_score, then rle / png / polygons. 0, or -1 when
+ * an encoder failed (eng_last_error says why); w's own failures (the byte
+ * limit, memory) are left in w. */
+static int write_mask(srv_jw *w, const srv_job *j, srv_output fmt, int i, int prompt)
 {
-    int w = j->info.orig_w, h = j->info.orig_h;
-    const uint8_t *mask = j->masks + (size_t)i * (size_t)w * (size_t)h;
+    int iw = j->info.orig_w, ih = j->info.orig_h, rc = -1;
+    const uint8_t *mask = j->masks + (size_t)i * (size_t)iw * (size_t)ih;
     eng_rle rle = {0};
     double bbox[4];
-    json_t *o = NULL;
 
-    if (eng_rle_encode(mask, h, w, &rle) != 0)
-        return NULL;
+    if (eng_rle_encode(mask, ih, iw, &rle) != 0)
+        goto out;
     eng_rle_bbox(&rle, bbox);
-    o = json_pack("{s:i,s:[f,f,f,f],s:I,s:o,s:o}", "prompt", prompt, "bbox", bbox[0], bbox[1],
-                  bbox[2], bbox[3], "area", (json_int_t)eng_rle_area(&rle), "predicted_iou",
-                  json_real(j->iou[i]), "stability_score", json_real(j->stability[i]));
-    if (o && srv_mask_json_encode(o, mask, &rle, fmt) != 0) {
-        json_decref(o);
-        o = NULL;
-    }
+    srv_jw_object(w);
+    srv_jw_key(w, "prompt");
+    srv_jw_int(w, prompt);
+    srv_jw_key(w, "bbox");
+    srv_jw_array(w);
+    for (int k = 0; k < 4; k++)
+        srv_jw_real(w, bbox[k]);
+    srv_jw_end(w);
+    srv_jw_key(w, "area");
+    srv_jw_int(w, (int64_t)eng_rle_area(&rle));
+    srv_jw_key(w, "predicted_iou");
+    srv_jw_real(w, j->iou[i]);
+    srv_jw_key(w, "stability_score");
+    srv_jw_real(w, j->stability[i]);
+    if (srv_mask_write(w, mask, &rle, fmt) != 0)
+        goto out;
+    srv_jw_end(w);
+    rc = 0;
+out:
     eng_rle_free(&rle);
-    return o;
+    return rc;
+}
+
+static void write_ms(srv_jw *w, const char *key, double v)
+{
+    srv_jw_key(w, key);
+    srv_jw_real(w, round(v * 1000.0) / 1000.0);
+}
+
+/*
+ * Contract: the body of a POST /v1/segment answer, written straight into
+ * one buffer mask by mask (no JSON tree: a tree of polygon vertices takes
+ * about ten times its text), bounded by max-response-bytes (413 beyond).
+ * The raw masks are freed as soon as they are encoded. The bytes are those
+ * json_dumps gave when this was built as a jansson tree.
+ */
+void srv__routes_segment_reply(srv_server *srv, srv_post *p, double t_start, srv_reply *out)
+{
+    srv_job *j = &p->job;
+    srv_jw w;
+    int64_t limit = srv_config_int(srv->cfg, SRV_OPT_MAX_RESPONSE_BYTES);
+    long failed_mask = -1;
+
+    srv_jw_init(&w, (size_t)limit);
+    srv_jw_object(&w);
+    srv_jw_key(&w, "image_id");
+    srv_jw_string(&w, j->sha, strlen(j->sha));
+    srv_jw_key(&w, "width");
+    srv_jw_int(&w, j->info.orig_w);
+    srv_jw_key(&w, "height");
+    srv_jw_int(&w, j->info.orig_h);
+    srv_jw_key(&w, "cache");
+    srv_jw_object(&w);
+    srv_jw_key(&w, "embedding");
+    srv_jw_string(&w, j->cache_hit ? "hit" : "miss", j->cache_hit ? 3 : 4);
+    srv_jw_key(&w, "tier");
+    if (j->tier == SRV_TIER_MEMORY || j->tier == SRV_TIER_DISK)
+        srv_jw_string(&w, j->tier == SRV_TIER_MEMORY ? "memory" : "disk",
+                      j->tier == SRV_TIER_MEMORY ? 6 : 4);
+    else
+        srv_jw_null(&w);
+    srv_jw_end(&w);
+    if (j->task && j->ad_source != SRV_AD_NONE) {
+        const char *src = srv_adapter_source_name(j->ad_source);
+        const srv_adapter_meta *m = &j->ad_meta;
+        srv_jw_key(&w, "adapter");
+        srv_jw_object(&w);
+        srv_jw_key(&w, "id");
+        srv_jw_string(&w, m->id, strlen(m->id));
+        srv_jw_key(&w, "task_normalized");
+        srv_jw_string(&w, m->task_normalized, strlen(m->task_normalized));
+        srv_jw_key(&w, "source");
+        srv_jw_string(&w, src, strlen(src));
+        srv_jw_key(&w, "hypernet_id");
+        srv_jw_string(&w, m->hypernet_id, strlen(m->hypernet_id));
+        srv_jw_key(&w, "hypernet_version");
+        srv_jw_string(&w, m->hypernet_version, strlen(m->hypernet_version));
+        srv_jw_end(&w);
+    }
+    srv_jw_key(&w, "masks");
+    srv_jw_array(&w);
+    if (j->everything) {
+        for (size_t i = 0; i < j->amg.n && !srv_jw_error(&w); i++)
+            if (srv_everything_mask_write(&w, &j->amg.masks[i], p->req.output) != 0) {
+                failed_mask = (long)i;
+                break;
+            }
+    } else {
+        for (int i = 0; i < j->n_masks && !srv_jw_error(&w); i++)
+            if (write_mask(&w, j, p->req.output, i, i / (j->per_prompt ? j->per_prompt : 1)) != 0) {
+                failed_mask = i;
+                break;
+            }
+    }
+    srv_jw_end(&w);
+    if (j->everything) {
+        const eng_amg_stats *st = &j->amg.stats;
+        json_t *params = srv_everything_params_json(&j->everything->p);
+        srv_jw_key(&w, "mode");
+        srv_jw_string(&w, "everything", 10);
+        srv_jw_key(&w, "everything");
+        srv_jw_json(&w, params);
+        json_decref(params);
+        srv_jw_key(&w, "everything_stats");
+        srv_jw_object(&w);
+        srv_jw_key(&w, "crops");
+        srv_jw_int(&w, st->crops);
+        srv_jw_key(&w, "prompts");
+        srv_jw_int(&w, (int64_t)st->prompts);
+        srv_jw_key(&w, "upscaled");
+        srv_jw_int(&w, (int64_t)st->upscaled);
+        srv_jw_key(&w, "candidates");
+        srv_jw_int(&w, (int64_t)st->candidates);
+        srv_jw_key(&w, "masks");
+        srv_jw_int(&w, (int64_t)j->amg.n);
+        srv_jw_end(&w);
+    } else {
+        srv_jw_key(&w, "multimask");
+        srv_jw_bool(&w, j->per_prompt == 3);
+    }
+    /* the masks are in the text (or will not be): give their memory back now */
+    srv_job_free_results(j);
+    srv_jw_key(&w, "timings_ms");
+    srv_jw_object(&w);
+    write_ms(&w, "decode", j->t.decode);
+    write_ms(&w, "queue", j->t.queue);
+    write_ms(&w, "encode", j->t.encode);
+    write_ms(&w, "adapter", j->t.adapter);
+    write_ms(&w, "decode_masks", j->t.decode_masks);
+    write_ms(&w, "postprocess", j->t.postprocess);
+    write_ms(&w, "total", (srv_now() - t_start) * 1e3);
+    srv_jw_end(&w);
+    srv_jw_end(&w);
+    if (failed_mask >= 0) {
+        srv_jw_free(&w);
+        srv_reply_errorf(out, 500, "", "encoding mask %ld failed: %s", failed_mask,
+                         eng_last_error());
+        return;
+    }
+    switch (srv_jw_error(&w)) {
+    case SRV_JW_OK:
+        break;
+    case SRV_JW_LIMIT:
+        srv_jw_free(&w);
+        srv_metrics_add(&srv->metrics->rejected_response_size, 1);
+        srv_reply_errorf(out, 413, "output",
+                         "the response would be larger than max-response-bytes (%lld bytes): ask "
+                         "for fewer masks (fewer boxes, multimask false) or output \"rle\"",
+                         (long long)limit);
+        return;
+    case SRV_JW_NOMEM:
+        srv_jw_free(&w);
+        srv_reply_errorf(out, 503, "", "out of memory for the response; retry later");
+        return;
+    default:
+        srv_jw_free(&w);
+        srv_reply_errorf(out, 500, "", "encoding the response failed");
+        return;
+    }
+    /* newline-terminated like every JSON answer (reply_json); the newline
+     * does not count against the limit */
+    w.limit = 0;
+    srv_jw_raw(&w, "\n", 1);
+    if (srv_jw_error(&w)) {
+        srv_jw_free(&w);
+        srv_reply_errorf(out, 503, "", "out of memory for the response; retry later");
+        return;
+    }
+    memset(out, 0, sizeof *out);
+    out->status = 200;
+    out->content_type = JSON_TYPE;
+    out->body = w.buf;
+    out->len = w.len;
 }
 
 void srv_routes_post_finish(srv_server *srv, srv_route route, srv_post *p, double t_start,
                             srv_reply *out)
 {
     srv_job *j = &p->job;
-    json_t *o, *masks;
+    json_t *o;
     memset(out, 0, sizeof *out);
     if (j->status != 200) {
         srv_reply_error(out, &j->err);
@@ -803,60 +1025,22 @@ void srv_routes_post_finish(srv_server *srv, srv_route route, srv_post *p, doubl
         srv__reply_json(out, 200, o);
         return;
     }
-    json_t *cache = json_pack("{s:s,s:s?}", "embedding", j->cache_hit ? "hit" : "miss", "tier",
-                              j->tier == SRV_TIER_MEMORY ? "memory"
-                              : j->tier == SRV_TIER_DISK ? "disk"
-                                                         : NULL);
-    o = json_pack("{s:s,s:i,s:i,s:o}", "image_id", j->sha, "width", j->info.orig_w, "height",
-                  j->info.orig_h, "cache", cache);
+    if (route == SRV_ROUTE_SEGMENT) {
+        srv__routes_segment_reply(srv, p, t_start, out);
+        return;
+    }
+    o = json_pack("{s:s,s:i,s:i,s:{s:s,s:s?}}", "image_id", j->sha, "width", j->info.orig_w,
+                  "height", j->info.orig_h, "cache", "embedding", j->cache_hit ? "hit" : "miss",
+                  "tier",
+                  j->tier == SRV_TIER_MEMORY ? "memory"
+                  : j->tier == SRV_TIER_DISK ? "disk"
+                                             : NULL);
     if (!o) {
         srv_reply_errorf(out, 500, "", "out of memory");
         return;
     }
-    if (j->task && j->ad_source != SRV_AD_NONE)
-        json_object_set_new(o, "adapter",
-                            json_pack("{s:s,s:s,s:s,s:s,s:s}", "id", j->ad_meta.id,
-                                      "task_normalized", j->ad_meta.task_normalized, "source",
-                                      srv_adapter_source_name(j->ad_source), "hypernet_id",
-                                      j->ad_meta.hypernet_id, "hypernet_version",
-                                      j->ad_meta.hypernet_version));
-    if (route == SRV_ROUTE_SEGMENT && j->everything) {
-        masks = json_array();
-        json_object_set_new(o, "masks", masks);
-        for (size_t i = 0; i < j->amg.n; i++) {
-            json_t *m = srv_everything_mask_json(&j->amg.masks[i], p->req.output);
-            if (!m) {
-                json_decref(o);
-                srv_reply_errorf(out, 500, "", "encoding mask %zu failed: %s", i, eng_last_error());
-                return;
-            }
-            json_array_append_new(masks, m);
-        }
-        const eng_amg_stats *st = &j->amg.stats;
-        json_object_set_new(o, "mode", json_string("everything"));
-        json_object_set_new(o, "everything", srv_everything_params_json(&j->everything->p));
-        json_object_set_new(o, "everything_stats",
-                            json_pack("{s:i,s:I,s:I,s:I,s:I}", "crops", st->crops, "prompts",
-                                      (json_int_t)st->prompts, "upscaled", (json_int_t)st->upscaled,
-                                      "candidates", (json_int_t)st->candidates, "masks",
-                                      (json_int_t)j->amg.n));
-    } else if (route == SRV_ROUTE_SEGMENT) {
-        masks = json_array();
-        json_object_set_new(o, "masks", masks);
-        for (int i = 0; i < j->n_masks; i++) {
-            json_t *m = mask_json(j, p->req.output, i, i / (j->per_prompt ? j->per_prompt : 1));
-            if (!m) {
-                json_decref(o);
-                srv_reply_errorf(out, 500, "", "encoding mask %d failed: %s", i, eng_last_error());
-                return;
-            }
-            json_array_append_new(masks, m);
-        }
-        json_object_set_new(o, "multimask", json_boolean(j->per_prompt == 3));
-    } else {
-        json_object_set_new(o, "model_id", json_string(srv->sched->info.model_id));
-        json_object_set_new(o, "precision", json_string(srv->sched->info.precision));
-    }
+    json_object_set_new(o, "model_id", json_string(srv->sched->info.model_id));
+    json_object_set_new(o, "precision", json_string(srv->sched->info.precision));
     json_object_set_new(o, "timings_ms",
                         json_pack("{s:o,s:o,s:o,s:o,s:o,s:o,s:o}", "decode", num3(j->t.decode),
                                   "queue", num3(j->t.queue), "encode", num3(j->t.encode), "adapter",

@@ -86,6 +86,18 @@ int srv_route_has_body(srv_route r);
  * once by srv_routes_get (which gets the body, if any, in `in`). */
 int srv_route_uses_job(srv_route r);
 
+/*
+ * Who may call `route` (checked on the headers, before any body is read):
+ * /admin routes need the admin token; the /v1 routes need the API token
+ * when one is configured (the admin token works too); /healthz, /readyz and
+ * /metrics are open. Returns 0, or -1 with *e holding the 401 / 403.
+ */
+int srv_routes_authorize(srv_server *srv, srv_route route, const srv_http_in *in, srv_error *e);
+
+/* 1 when the request carries the admin token (what admin-only parts of
+ * responses, such as server paths in /v1/info, need). */
+int srv_routes_is_admin(srv_server *srv, const srv_http_in *in);
+
 /* Fill *out with the JSON error body for e (status e->status), with the
  * headers the status implies (Retry-After for 429 and 503,
  * WWW-Authenticate for 401). The one place errors become replies. */
@@ -100,8 +112,8 @@ void srv_routes_get(srv_server *srv, srv_route route, const char *url, const srv
                     srv_reply *out);
 
 /*
- * First half of a job route: check the admin token (DELETE /admin/adapters),
- * parse and validate the body, hash the image, decode and resize it unless
+ * First half of a job route (authorized by srv_routes_authorize): parse and
+ * validate the body, hash the image, decode and resize it unless
  * its embedding is cached, compute the task's adapter id, and fill p->job
  * (without done/done_arg). Returns 0 when the job is ready to submit, or -1
  * with *e set. The request borrows `body`, which must stay alive until
@@ -115,6 +127,10 @@ int srv_routes_post_prepare(srv_server *srv, srv_route route, const srv_http_in 
 void srv_routes_post_finish(srv_server *srv, srv_route route, srv_post *p, double t_start,
                             srv_reply *out);
 
+/* The body of a completed POST /v1/segment job (srv_routes_post_finish's
+ * segment case; exposed for the byte-for-byte test against jansson). */
+void srv__routes_segment_reply(srv_server *srv, srv_post *p, double t_start, srv_reply *out);
+
 /* Free everything a srv_post holds (not the struct), its hypernetwork pin
  * included. */
 void srv_post_free(srv_post *p);
@@ -125,7 +141,7 @@ void srv_post_free(srv_post *p);
  * serialised. */
 void srv__reply_json(srv_reply *out, int status, json_t *j);
 /* 0 when the request carries the admin token; else -1 with *e (401/403). */
-int srv__check_admin(srv_server *srv, const srv_http_in *in, srv_error *e);
+int srv__check_admin(srv_server *srv, const srv_http_in *in, const char *what, srv_error *e);
 /* The query argument `key`, or NULL. */
 const srv_query_arg *srv__query_get(const srv_http_in *in, const char *key);
 /* Every query argument is one of `allowed` (NULL-terminated) and given

@@ -136,7 +136,7 @@ void srv__routes_admin(srv_server *srv, srv_route route, const char *url, const 
     json_t *o = NULL;
     int rc, status = 200;
     memset(out, 0, sizeof *out);
-    if (srv__check_admin(srv, in, &e) != 0) {
+    if (srv__check_admin(srv, in, "this is an admin route", &e) != 0) {
         srv_reply_error(out, &e);
         return;
     }

@@ -172,6 +172,34 @@ void srv_sched_expire(srv_sched *s)
     }
 }
 
+int srv_sched_cancel(srv_sched *s, srv_job *j)
+{
+    srv_job *prev = NULL, *q;
+    pthread_mutex_lock(&s->mu);
+    for (q = s->head; q && q != j; q = q->next)
+        prev = q;
+    if (q)
+        unlink_job(s, prev, q);
+    pthread_mutex_unlock(&s->mu);
+    if (!q) {
+        __atomic_store_n(&j->abandoned, 1, __ATOMIC_RELEASE);
+        return 0;
+    }
+    j->status = 499;
+    srv_fail(&j->err, 499, "", "the client closed the connection while the request was queued");
+    srv_metrics_add(&s->metrics->jobs_abandoned, 1);
+    j->done(j, j->done_arg);
+    return 1;
+}
+
+int srv_sched_full(srv_sched *s)
+{
+    pthread_mutex_lock(&s->mu);
+    int full = s->depth >= (int)srv_config_int(s->cfg, SRV_OPT_QUEUE_DEPTH);
+    pthread_mutex_unlock(&s->mu);
+    return full;
+}
+
 srv_job *srv__sched_next(srv_sched *s, int *stop)
 {
     srv_job *j = NULL;

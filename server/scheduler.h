@@ -83,6 +83,8 @@ struct srv_job {
     int64_t max_pixels;      /* for a decode in the worker */
     double t_submit;         /* monotonic seconds at submit */
     double deadline;         /* monotonic seconds; expired jobs get 504 */
+    int abandoned;           /* atomic: the client left while the worker had it (everything
+                                mode stops between decoder passes: 499) */
     srv_job_done_fn done;    /* completion callback (see the header comment) */
     void *done_arg;          /* passed to done */
     /* ---- scheduler-private ---- */
@@ -172,6 +174,17 @@ int srv_sched_submit_control(srv_sched *s, srv_job *j, srv_error *e);
 /* Complete queued jobs whose deadline has passed with 504, and wake the
  * worker when a hypernetwork version may be unused. Any thread. */
 void srv_sched_expire(srv_sched *s);
+
+/* Drop job j if it is still waiting in the queue (its client has gone):
+ * completes it with 499 through `done` and returns 1; returns 0 when it is
+ * not queued (the worker has it, or it is complete): then j->abandoned is
+ * set, which stops an everything-mode run at its next decoder pass. Any
+ * thread; j must be alive (its owner frees it only after `done`). */
+int srv_sched_cancel(srv_sched *s, srv_job *j);
+
+/* 1 when the queue holds queue-depth jobs: a submit now would get 429.
+ * Lets the HTTP layer refuse before it reads or decodes anything. */
+int srv_sched_full(srv_sched *s);
 
 /* Stop accepting jobs; drain = 1 lets the worker finish the queue, 0 fails
  * queued jobs with 503. Returns at once. */

@@ -35,6 +35,7 @@ typedef struct worker {
     int max_batch;    /* images per encoder call */
     float *inputs;    /* [max_batch, 3, 1024, 1024] encoder inputs */
     float *embs;      /* [max_batch, 256, 64, 64] encoder outputs */
+    float *scratch;   /* [256, 64, 64] an embedding read from disk for the decoder */
     srv_job **batch;  /* jobs of the current batch */
     int batch_cap;    /* capacity of batch */
 } worker;
@@ -149,7 +150,8 @@ static int worker_load(worker *w)
     w->inputs = malloc((size_t)w->max_batch * IMG_FLOATS * sizeof(float));
     w->embs = malloc((size_t)w->max_batch * ENG_SAM_EMB_FLOATS * sizeof(float));
     w->batch = malloc((size_t)w->batch_cap * sizeof *w->batch);
-    if (!w->inputs || !w->embs || !w->batch) {
+    w->scratch = malloc(ENG_SAM_EMB_FLOATS * sizeof(float));
+    if (!w->inputs || !w->embs || !w->batch || !w->scratch) {
         snprintf(s->load_error, sizeof s->load_error, "out of memory for %d encoder inputs",
                  w->max_batch);
         return -1;
@@ -185,6 +187,7 @@ static void worker_unload(worker *w)
     free(w->inputs);
     free(w->embs);
     free(w->batch);
+    free(w->scratch);
     w->m = NULL;
     w->be = NULL;
 }
@@ -263,11 +266,13 @@ typedef struct ev_watch {
 } ev_watch;
 
 /* Contract: everything mode's cancel hook: the job's deadline has passed,
- * or the daemon stops without draining. */
+ * its client has left, or the daemon stops without draining. */
 static int everything_cancel(void *arg)
 {
     const ev_watch *x = arg;
     if (x->j->deadline > 0 && srv_now() >= x->j->deadline)
+        return 1;
+    if (__atomic_load_n(&x->j->abandoned, __ATOMIC_ACQUIRE))
         return 1;
     pthread_mutex_lock(&x->s->mu);
     int quit = x->s->stopping && !x->s->drain;
@@ -311,8 +316,15 @@ static void serve_everything(worker *w, srv_job *j, const float *emb)
         finish_ok(s, j);
         return;
     }
+    int64_t decoded = st->prompts; /* st is zeroed with the result */
     eng_amg_result_free(&j->amg);
-    if (rc == ENG_ECANCELED && !(j->deadline > 0 && srv_now() >= j->deadline)) {
+    if (rc == ENG_ECANCELED && __atomic_load_n(&j->abandoned, __ATOMIC_ACQUIRE)) {
+        srv_metrics_add(&s->metrics->jobs_abandoned, 1);
+        srv_fail(&j->err, 499, "",
+                 "the client closed the connection while everything mode ran (%lld of its "
+                 "prompts decoded)",
+                 (long long)decoded);
+    } else if (rc == ENG_ECANCELED && !(j->deadline > 0 && srv_now() >= j->deadline)) {
         srv_fail(&j->err, 503, "", "the server is shutting down");
     } else if (rc == ENG_ECANCELED) {
         srv_metrics_add(&s->metrics->deadline_expired, 1);
@@ -320,8 +332,7 @@ static void serve_everything(worker *w, srv_job *j, const float *emb)
                  "everything mode did not finish before the request's deadline "
                  "(request-timeout-ms %lld ms after arrival; %lld of its prompts decoded): lower "
                  "points_per_side or crop_n_layers",
-                 (long long)srv_config_int(s->cfg, SRV_OPT_REQUEST_TIMEOUT_MS),
-                 (long long)st->prompts);
+                 (long long)srv_config_int(s->cfg, SRV_OPT_REQUEST_TIMEOUT_MS), (long long)decoded);
     } else {
         /* the request asked for more than max-mask-bytes (its fault); anything
          * else is the model's or the device's */
@@ -389,6 +400,8 @@ static void serve(worker *w, srv_job *j, const float *emb, int hit, srv_cache_ti
     for (int i = 0; i < pr->n; i++)
         pr->p[i].lora = NULL;
     adapter_done(j, lora);
+    if (rc == 0) /* the engine keeps it under j->sha now */
+        srv_cache_note_resident(s->cache, j->sha, info.orig_w, info.orig_h);
     j->t.decode_masks = tm.decode_ms;
     j->t.postprocess = tm.postprocess_ms;
     srv_hist_observe(&s->metrics->decoder_seconds, j->t.decode_masks * 1e-3);
@@ -473,8 +486,13 @@ static void run_batch(worker *w, char (*shas)[65], int n_shas, srv_job **jobs, i
         if (!ok[k])
             continue;
         const float *emb = w->embs + (size_t)slot[k] * ENG_SAM_EMB_FLOATS;
-        int first = 1;
-        if (rc == 0 && srv_cache_put(s->cache, shas[k], emb, ow[k], oh[k]) != 0)
+        int first = 1, decoded = 0;
+        /* a host copy only when no job of this batch decodes it (the
+         * decoder's device keeps the copy the others need) */
+        for (int i = 0; i < n_jobs; i++)
+            decoded |= jobs[i] && jobs[i]->kind == SRV_KIND_SEGMENT && jobs[i]->prompts &&
+                       strcmp(jobs[i]->sha, shas[k]) == 0;
+        if (rc == 0 && srv_cache_put(s->cache, shas[k], emb, ow[k], oh[k], !decoded) != 0)
             srv_log_warn("worker: could not store the embedding of %s", shas[k]);
         for (int i = 0; i < n_jobs; i++) {
             srv_job *j = jobs[i];
@@ -538,7 +556,16 @@ static void worker_loop(worker *w)
             }
             continue;
         }
-        rc = srv_cache_get(s->cache, j->sha, &emb, &ew, &eh, &tier);
+        if (eng_sam_embedding_resident(w->m, j->sha) && j->info.orig_w > 0 && j->info.orig_h > 0) {
+            /* on the decoder's device already: no copy needed */
+            srv_cache_touch(s->cache, j->sha);
+            srv_metrics_add(&s->metrics->cache_hits_mem, 1);
+            serve(w, j, NULL, 1, SRV_TIER_MEMORY);
+            continue;
+        }
+        emb = NULL;
+        rc = srv_cache_get(s->cache, j->sha, j->kind == SRV_KIND_EMBED ? NULL : w->scratch, &emb,
+                           &ew, &eh, &tier);
         if (rc == 0) {
             srv_metrics_add(tier == SRV_TIER_MEMORY ? &s->metrics->cache_hits_mem
                                                     : &s->metrics->cache_hits_disk,

@@ -386,6 +386,28 @@ static void test_resize_shape(void)
     T_CHECK(w == 1024 && h == 2, "2048x3 -> %dx%d", w, h);
 }
 
+/* The aspect-ratio limit: 1 * 1024 / L + 0.5 >= 1 holds for L <= 2048
+ * (2048 gives exactly 1.0), so 1x2048 scales to 1x1024 and 1x2049 to 0. */
+static void test_resize_check(void)
+{
+    T_CHECK(eng_resize_check(1, 2048, 1024) == 0, "1x2048 refused: %s", eng_last_error());
+    T_CHECK(eng_resize_check(2048, 1, 1024) == 0, "2048x1 refused: %s", eng_last_error());
+    T_CHECK(eng_resize_check(3, 6144, 1024) == 0, "3x6144 refused: %s", eng_last_error());
+    T_CHECK(eng_resize_check(800, 534, 1024) == 0, "800x534 refused");
+    int rc = eng_resize_check(1, 2049, 1024);
+    T_CHECK(rc == ENG_EINVAL && strstr(eng_last_error(), "2048 times"), "1x2049: rc %d (%s)", rc,
+            eng_last_error());
+    T_CHECK(eng_resize_check(2049, 1, 1024) == ENG_EINVAL, "2049x1 accepted");
+    T_CHECK(eng_resize_check(3, 6145, 1024) == ENG_EINVAL, "3x6145 accepted");
+    T_CHECK(eng_resize_check(0, 5, 1024) == ENG_EINVAL, "0x5 accepted");
+    /* the check agrees with the shape it guards, around the limit */
+    for (int L = 2040; L <= 2060; L++) {
+        int w, h;
+        eng_resize_shape(1, L, 1024, &w, &h);
+        T_CHECK((eng_resize_check(1, L, 1024) == 0) == (w >= 1), "1x%d: shape %dx%d", L, w, h);
+    }
+}
+
 static void test_resize_properties(void)
 {
     /* A constant image stays constant at any size: the normalised weights
@@ -803,6 +825,49 @@ static void test_truncated_jpeg(void)
     free(jpg);
 }
 
+/* Data that libjpeg would paper over (it warns, fills the rest of the
+ * frame with grey and returns success) is refused: a run of bytes
+ * overwritten inside the scan, an EOI marker in the middle of it, and a
+ * frame header that declares twice the rows the scan holds. Each of these
+ * decoded "successfully" before warnings were made errors. */
+static void test_jpeg_corrupt_data(void)
+{
+    T_NEED_FIXTURES();
+    size_t len = 0;
+    uint8_t *jpg = t_read_file(t_fixture("images/dog.jpg"), &len);
+    T_REQUIRE(jpg && len > 20000, "dog.jpg");
+    size_t sos = 0, sof = 0;
+    for (size_t i = 0; i + 1 < len && !sos; i++) {
+        if (jpg[i] == 0xFF && jpg[i + 1] == 0xC0 && !sof)
+            sof = i;
+        if (jpg[i] == 0xFF && jpg[i + 1] == 0xDA)
+            sos = i;
+    }
+    T_REQUIRE(sos && sof, "no SOF0/SOS marker in dog.jpg");
+    for (int kind = 0; kind < 3; kind++) {
+        uint8_t *c = malloc(len);
+        memcpy(c, jpg, len);
+        size_t at = sos + (len - sos) / 3;
+        if (kind == 0) {
+            memset(c + at, 0xFE, 64);
+        } else if (kind == 1) {
+            c[at] = 0xFF;
+            c[at + 1] = 0xD9;
+        } else {
+            int h = c[sof + 5] << 8 | c[sof + 6];
+            c[sof + 5] = (uint8_t)((2 * h) >> 8);
+            c[sof + 6] = (uint8_t)(2 * h);
+        }
+        eng_image img = {0};
+        int rc = eng_image_decode(c, len, 0, &img);
+        T_CHECK(rc == ENG_EFORMAT && strstr(eng_last_error(), "corrupt JPEG") && !img.rgb,
+                "corruption %d: rc %d (%s)", kind, rc, rc ? eng_last_error() : "decoded");
+        eng_image_free(&img);
+        free(c);
+    }
+    free(jpg);
+}
+
 static void test_truncated_png(void)
 {
     int w = 40, h = 30;
@@ -1021,6 +1086,7 @@ int main(void)
     T_RUN(test_resize_goldens);
     T_RUN(test_normalize_pad_golden);
     T_RUN(test_resize_shape);
+    T_RUN(test_resize_check);
     T_RUN(test_resize_properties);
     T_RUN(test_resize_pass_order);
     T_RUN(test_png_roundtrip);
@@ -1035,6 +1101,7 @@ int main(void)
     T_RUN(test_jpeg_grey);
     T_RUN(test_jpeg_cmyk);
     T_RUN(test_truncated_jpeg);
+    T_RUN(test_jpeg_corrupt_data);
     T_RUN(test_truncated_png);
     T_RUN(test_decompression_bomb);
     T_RUN(test_pixel_limit_exact);

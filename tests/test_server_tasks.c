@@ -23,6 +23,9 @@ static json_t *g_plain_point;      /* masks of the point request without a task 
 static json_t *g_plain_free;       /* masks of everything mode without a task */
 
 #define TASK "Segment the dog"
+/* the admin token of the daemons here (listing adapters needs it) */
+static const ts_extra g_admin = {.headers = "Authorization: Bearer s3cret\r\n"};
+#define ADMIN (&g_admin)
 
 /* Everything mode's defaults for these daemons (a task alone means
  * everything mode): a 3x3 grid, every mask kept, so that it stays quick on
@@ -242,20 +245,20 @@ static void test_tasks_routes(void)
             "second POST: %d %s", st, json_string_value(json_object_get(r, "source")));
     json_decref(r);
     /* list, paged */
-    r = http_json(p, "GET", "/v1/adapters", NULL, NULL, NULL, &st);
+    r = http_json(p, "GET", "/v1/adapters", NULL, NULL, ADMIN, &st);
     T_CHECK(st == 200 && json_array_size(json_object_get(r, "adapters")) == 2 &&
                 json_integer_value(json_object_get(r, "total")) == 2 &&
                 json_is_null(json_object_get(r, "next_after")),
             "list: %d", st);
     json_decref(r);
-    r = http_json(p, "GET", "/v1/adapters?limit=1", NULL, NULL, NULL, &st);
+    r = http_json(p, "GET", "/v1/adapters?limit=1", NULL, NULL, ADMIN, &st);
     const char *next = json_string_value(json_object_get(r, "next_after"));
     T_CHECK(st == 200 && json_array_size(json_object_get(r, "adapters")) == 1 && next, "page 1: %d",
             st);
     const char *first =
         json_string_value(json_object_get(json_array_get(json_object_get(r, "adapters"), 0), "id"));
     snprintf(url, sizeof url, "/v1/adapters?limit=1&after=%s", next ? next : "x");
-    json_t *r2 = http_json(p, "GET", url, NULL, NULL, NULL, &st);
+    json_t *r2 = http_json(p, "GET", url, NULL, NULL, ADMIN, &st);
     char second[65] = "";
     snprintf(
         second, sizeof second, "%s",
@@ -265,15 +268,15 @@ static void test_tasks_routes(void)
                 json_is_null(json_object_get(r2, "next_after")),
             "page 2 (after): %d", st);
     json_decref(r2);
-    r2 = http_json(p, "GET", "/v1/adapters?limit=1&offset=1", NULL, NULL, NULL, &st);
+    r2 = http_json(p, "GET", "/v1/adapters?limit=1&offset=1", NULL, NULL, ADMIN, &st);
     const char *third = json_string_value(
         json_object_get(json_array_get(json_object_get(r2, "adapters"), 0), "id"));
     T_CHECK(st == 200 && third && !strcmp(third, second), "page 2 (offset): %d", st);
     json_decref(r2);
     json_decref(r);
-    expect_error(p, "GET", "/v1/adapters?limit=0", NULL, NULL, NULL, 400, "limit", "limit 0");
-    expect_error(p, "GET", "/v1/adapters?after=zz", NULL, NULL, NULL, 400, "after", "bad after");
-    expect_error(p, "GET", "/v1/adapters?limit=2&bogus=1", NULL, NULL, NULL, 400, "bogus",
+    expect_error(p, "GET", "/v1/adapters?limit=0", NULL, NULL, ADMIN, 400, "limit", "limit 0");
+    expect_error(p, "GET", "/v1/adapters?after=zz", NULL, NULL, ADMIN, 400, "after", "bad after");
+    expect_error(p, "GET", "/v1/adapters?limit=2&bogus=1", NULL, NULL, ADMIN, 400, "bogus",
                  "unknown query argument");
     /* metadata and weights by id */
     snprintf(url, sizeof url, "/v1/adapters/%s", g_ad_id);
@@ -486,7 +489,7 @@ static void test_tasks_new_hypernet(void)
     r = http_json(g_t.port, "GET", url, NULL, NULL, NULL, &st);
     T_CHECK(st == 200 && json_is_false(json_object_get(r, "current")), "old row: %d", st);
     json_decref(r);
-    r = http_json(g_t.port, "GET", "/v1/adapters", NULL, NULL, NULL, &st);
+    r = http_json(g_t.port, "GET", "/v1/adapters", NULL, NULL, ADMIN, &st);
     T_CHECK(json_integer_value(json_object_get(r, "total")) == 3, "3 rows over two hypernets");
     json_decref(r);
 }
@@ -508,7 +511,7 @@ static void test_tasks_admin_flush(void)
     expect_error(p, "DELETE", "/admin/adapters", NULL, NULL, &wrong, 403, "", "wrong token");
     expect_error(p, "DELETE", "/admin/adapters", NULL, NULL, &longer, 403, "", "longer token");
     expect_error(p, "DELETE", "/admin/adapters", NULL, NULL, &basic, 401, "", "not a bearer token");
-    json_t *r = http_json(p, "GET", "/v1/adapters", NULL, NULL, NULL, &st);
+    json_t *r = http_json(p, "GET", "/v1/adapters", NULL, NULL, &right, &st);
     T_CHECK(json_integer_value(json_object_get(r, "total")) == 3, "a refused flush flushed");
     json_decref(r);
     r = http_json(p, "DELETE", "/admin/adapters", NULL, NULL, &right, &st);
@@ -517,7 +520,7 @@ static void test_tasks_admin_flush(void)
                 json_integer_value(json_object_get(f, "memory")) == 1,
             "flush: %d", st);
     json_decref(r);
-    r = http_json(p, "GET", "/v1/adapters", NULL, NULL, NULL, &st);
+    r = http_json(p, "GET", "/v1/adapters", NULL, NULL, ADMIN, &st);
     T_CHECK(st == 200 && json_integer_value(json_object_get(r, "total")) == 0 &&
                 json_array_size(json_object_get(r, "adapters")) == 0,
             "rows after the flush");

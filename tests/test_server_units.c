@@ -6,6 +6,7 @@
  * checksums, paging, flush), the in-place schema upgrade and the metrics
  * text.
  */
+#include <dirent.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -19,7 +20,11 @@
 #include "server/metrics.h"
 #include "engine/error.h"
 #include "server/error.h"
+#include "server/everything.h"
 #include "server/request.h"
+#include "server/routes.h"
+#include "engine/image.h"
+#include "engine/rle.h"
 #include "server/scheduler.h"
 #include "tests/harness.h"
 
@@ -65,7 +70,7 @@ static void test_config_layers(void)
     T_CHECK(srv_config_int(&c, SRV_OPT_MAX_BODY_BYTES) == 2097152, "quoted 2MiB");
     T_CHECK(srv_config_int(&c, SRV_OPT_MAX_PIXELS) == 40000000, "default 40M pixels");
     T_CHECK(!strcmp(srv_config_str(&c, SRV_OPT_LISTEN), "127.0.0.1:8080"), "default listen");
-    json_t *j = srv_config_to_json(&c);
+    json_t *j = srv_config_to_json(&c, 1);
     T_CHECK(json_integer_value(json_object_get(j, "queue-depth")) == 7, "json");
     T_CHECK(json_is_null(json_object_get(j, "admin-token")), "secret shown as null when unset");
     json_decref(j);
@@ -111,6 +116,64 @@ static void test_config_errors(void)
             "3KiB");
     T_CHECK(srv_config_parse_value(SRV_OPT_MAX_PIXELS, "2k", &v, err, sizeof err) == 0 && v == 2000,
             "2k");
+}
+
+/* A FIFO, a directory or a file with a NUL byte as --config (at start and
+ * on reload) is refused with a message saying what it is, at once: opening
+ * a FIFO used to block until a writer came (the daemon's control loop hung
+ * on SIGHUP) and a directory read as an empty file (a reload reset every
+ * option to its default). alarm() bounds the test if the open blocks. */
+static void test_config_special_files(void)
+{
+    srv_config c;
+    char err[512], fifo[512], dir[512], nul[512], good[512];
+    snprintf(fifo, sizeof fifo, "%s/c.fifo", g_tmp);
+    snprintf(dir, sizeof dir, "%s/c.dir", g_tmp);
+    snprintf(nul, sizeof nul, "%s/c.nul", g_tmp);
+    snprintf(good, sizeof good, "%s/c.good", g_tmp);
+    T_REQUIRE(mkfifo(fifo, 0600) == 0 && mkdir(dir, 0700) == 0, "mkfifo/mkdir");
+    FILE *f = fopen(nul, "wb");
+    fwrite("queue-depth = 5\ncheckpoint = /x\0.pth\n", 1, 38, f);
+    fclose(f);
+    alarm(20);
+    const struct {
+        const char *path, *want;
+    } cases[] = {{fifo, "a FIFO"}, {dir, "a directory"}, {nul, ":2: the line holds a NUL byte"}};
+    for (size_t i = 0; i < 3; i++) {
+        const char *args[] = {"--checkpoint", "x", "--config", cases[i].path, NULL};
+        err[0] = 0;
+        T_CHECK(load(&c, err, args) < 0 && strstr(err, cases[i].want), "%s: '%s'", cases[i].path,
+                err);
+        const char *tok[] = {"--checkpoint", "x", "--admin-token-file", cases[i].path, NULL};
+        if (i == 2) /* the token is the first line; this file's NUL is on the second */
+            continue;
+        err[0] = 0;
+        T_CHECK(load(&c, err, tok) < 0 && strstr(err, "admin-token-file"), "token %s: '%s'",
+                cases[i].path, err);
+    }
+    /* reload: the old values stay when the file becomes a directory */
+    f = fopen(good, "w");
+    fprintf(f, "checkpoint = /x.pth\nqueue-depth = 7\nlog-level = error\n");
+    fclose(f);
+    const char *args[] = {"--config", good, NULL};
+    T_REQUIRE(load(&c, err, args) == 0, "load: %s", err);
+    T_REQUIRE(unlink(good) == 0 && mkdir(good, 0700) == 0, "replace by a directory");
+    T_CHECK(srv_config_reload(&c, err, sizeof err) < 0 && strstr(err, "a directory"),
+            "reload of a directory: '%s'", err);
+    T_CHECK(srv_config_int(&c, SRV_OPT_QUEUE_DEPTH) == 7, "queue-depth changed to %lld",
+            (long long)srv_config_int(&c, SRV_OPT_QUEUE_DEPTH));
+    rmdir(good);
+    T_REQUIRE(mkfifo(good, 0600) == 0, "replace by a FIFO");
+    T_CHECK(srv_config_reload(&c, err, sizeof err) < 0 && strstr(err, "a FIFO"),
+            "reload of a FIFO: '%s'", err);
+    T_CHECK(srv_config_int(&c, SRV_OPT_QUEUE_DEPTH) == 7, "queue-depth changed");
+    alarm(0);
+    srv_config_free(&c);
+    unlink(good);
+    unlink(fifo);
+    unlink(nul);
+    rmdir(dir);
+    srv_log_set_level(SRV_LOG_LEVEL_ERROR);
 }
 
 static const srv_limits LIM = {16, 64, NULL};
@@ -357,6 +420,55 @@ static void squash(const char *in, char *out, size_t n)
     out[k] = 0;
 }
 
+/* Content-Disposition and Content-Type parameters are parsed as RFC 9110
+ * parameters: `;` and `name=` inside a quoted string are text. The first
+ * case used to yield a part named `image"` (the scan found name= inside the
+ * filename), the second a part named after the filename's text. */
+static void test_multipart_quoted_params(void)
+{
+    srv_part parts[SRV_MULTIPART_MAX_PARTS];
+    srv_error e;
+    static const struct {
+        const char *disp;     /* the part's Content-Disposition value */
+        const char *name;     /* expected name, NULL: refused */
+        const char *filename; /* expected filename */
+    } cases[] = {
+        {"form-data; filename=\"a;name=image\"; name=\"x\"", "x", "a;name=image"},
+        {"form-data; filename=\"name=image.png\"; name=request", "request", "name=image.png"},
+        {"form-data; name=\"im\\\"g\"", "im\"g", ""},
+        {"form-data;name=image;filename=a.png", "image", "a.png"},
+        {"form-data; NAME=\"image\" ; filename = \"b c.png\"", "image", "b c.png"},
+        {"form-data; name=\"image", NULL, ""},
+        {"form-data; name=image; name=request", NULL, ""},
+        {"form-data; name", NULL, ""},
+        {"form-data; name=a b", NULL, ""},
+    };
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+        char body[512];
+        int len =
+            snprintf(body, sizeof body, "--B\r\nContent-Disposition: %s\r\n\r\nDATA\r\n--B--\r\n",
+                     cases[i].disp);
+        int n = srv_multipart_parse("multipart/form-data; boundary=\"B\"", (const uint8_t *)body,
+                                    (size_t)len, parts, SRV_MULTIPART_MAX_PARTS, &e);
+        if (!cases[i].name) {
+            T_CHECK(n < 0 && e.status == 400, "case %zu (%s) accepted: %d", i, cases[i].disp, n);
+            continue;
+        }
+        T_CHECK(n == 1 && !strcmp(parts[0].name, cases[i].name) &&
+                    !strcmp(parts[0].filename, cases[i].filename) && parts[0].len == 4,
+                "case %zu (%s): %d parts, name '%s', filename '%s' (%s)", i, cases[i].disp, n,
+                n > 0 ? parts[0].name : "", n > 0 ? parts[0].filename : "", n < 0 ? e.message : "");
+    }
+    /* the request parser names the real part, not the filename's text */
+    const char body[] = "--B\r\nContent-Disposition: form-data; filename=\"a;name=image\"; "
+                        "name=\"x\"\r\n\r\nDATA\r\n--B--\r\n";
+    srv_request r;
+    T_CHECK(srv_request_parse("multipart/form-data; boundary=B", (const uint8_t *)body,
+                              sizeof body - 1, SRV_KIND_SEGMENT, &LIM, &r, &e) < 0 &&
+                e.status == 400 && !strcmp(e.field, "x"),
+            "unknown part x: status %d field '%s'", e.status, e.field);
+}
+
 /* Contract: every "-- migration N" block of the schema file equals the
  * daemon's migration N (comments and whitespace aside). */
 static void schema_matches(const char *file, const char *(*migration)(int), const char *code)
@@ -397,6 +509,7 @@ static void test_cache(void)
     srv_metrics m;
     const size_t F = 1024; /* small embeddings for the test */
     float *e1 = malloc(F * sizeof(float)), *e2 = malloc(F * sizeof(float));
+    float *scratch = malloc(F * sizeof(float));
     for (size_t i = 0; i < F; i++) {
         e1[i] = (float)i;
         e2[i] = -(float)i;
@@ -404,11 +517,11 @@ static void test_cache(void)
     srv_metrics_init(&m);
     snprintf(dir, sizeof dir, "%s/cache1", g_tmp);
     /* budget: two entries; one memory slot */
-    T_REQUIRE(
-        srv_cache_open(&c, dir, F, (int64_t)(2 * F * sizeof(float)), 1, &m, err, sizeof err) == 0,
-        "open: %s", err);
+    T_REQUIRE(srv_cache_open(&c, dir, F, (int64_t)(2 * F * sizeof(float)), 1, 3, &m, err,
+                             sizeof err) == 0,
+              "open: %s", err);
     srv_cache *c2;
-    T_CHECK(srv_cache_open(&c2, dir, F, 1 << 20, 1, NULL, err, sizeof err) < 0 &&
+    T_CHECK(srv_cache_open(&c2, dir, F, 1 << 20, 1, 3, NULL, err, sizeof err) < 0 &&
                 strstr(err, "in use"),
             "second open of the same state dir: %s", err);
     const char *A = "aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa";
@@ -417,20 +530,32 @@ static void test_cache(void)
     const float *got;
     int w, h;
     srv_cache_tier tier;
-    T_CHECK(srv_cache_get(c, A, &got, &w, &h, &tier) == 1, "miss before set_model");
+    T_CHECK(srv_cache_get(c, A, scratch, &got, &w, &h, &tier) == 1, "miss before set_model");
     srv_cache_set_model(c, "test-model", "fp32");
-    T_CHECK(srv_cache_put(c, A, e1, 30, 20) == 0, "put A");
-    T_CHECK(srv_cache_put(c, B, e2, 31, 21) == 0, "put B");
-    /* A left the single memory slot: a disk hit with the right content */
-    T_CHECK(srv_cache_get(c, A, &got, &w, &h, &tier) == 0 && tier == SRV_TIER_DISK && w == 30 &&
-                h == 20 && got[5] == 5.0f,
+    T_CHECK(srv_cache_put(c, A, e1, 30, 20, 1) == 0, "put A");
+    /* a write still queued is visible at once */
+    T_CHECK(srv_cache_peek(c, A, &w, &h) == 0 && w == 30 && h == 20, "A queued or in memory");
+    T_CHECK(srv_cache_put(c, B, e2, 31, 21, 1) == 0, "put B");
+    srv_cache_flush(c);
+    /* A left the single host slot: a disk hit with the right content */
+    T_CHECK(srv_cache_get(c, A, scratch, &got, &w, &h, &tier) == 0 && tier == SRV_TIER_DISK &&
+                w == 30 && h == 20 && got == scratch && got[5] == 5.0f,
             "A from disk");
-    T_CHECK(srv_cache_get(c, A, &got, &w, &h, &tier) == 0 && tier == SRV_TIER_MEMORY,
-            "A from memory");
-    /* C evicts the least recently used (B) from disk */
-    T_CHECK(srv_cache_put(c, C, e1, 1, 1) == 0, "put C");
+    T_CHECK(srv_cache_get(c, B, scratch, &got, &w, &h, &tier) == 0 && tier == SRV_TIER_MEMORY &&
+                got != scratch && got[5] == -5.0f,
+            "B from its host copy");
+    /* decoded: the engine holds B; the host copy goes, the index stays */
+    srv_cache_note_resident(c, B, 31, 21);
+    T_CHECK(m.cache_bytes_mem == 0, "host copy of a resident embedding kept (%lld bytes)",
+            (long long)m.cache_bytes_mem);
+    T_CHECK(srv_cache_peek(c, B, &w, &h) == 0 && w == 31, "resident B known");
+    T_CHECK(srv_cache_get(c, A, scratch, &got, &w, &h, &tier) == 0, "A again");
+    /* C evicts the least recently used row (B) from disk */
+    T_CHECK(srv_cache_put(c, C, e1, 1, 1, 0) == 0, "put C");
+    srv_cache_flush(c);
     srv_cache_meta meta;
-    T_CHECK(srv_cache_meta_get(c, B, &meta) == 1, "B evicted");
+    T_CHECK(srv_cache_meta_get(c, B, &meta) == 0 && meta.in_memory && meta.created_ms == 0,
+            "B only in memory (resident) after its eviction from disk");
     T_CHECK(srv_cache_meta_get(c, A, &meta) == 0 && meta.hits == 2, "A kept, hits %lld",
             (long long)meta.hits);
     T_CHECK(m.cache_evictions == 1, "evictions %llu", (unsigned long long)m.cache_evictions);
@@ -447,12 +572,14 @@ static void test_cache(void)
                          NULL, NULL, NULL) == SQLITE_OK,
             "corrupt");
     sqlite3_close(s);
-    T_REQUIRE(srv_cache_open(&c, dir, F, 1 << 20, 0, &m, err, sizeof err) == 0, "reopen: %s", err);
+    T_REQUIRE(srv_cache_open(&c, dir, F, 1 << 20, 0, 3, &m, err, sizeof err) == 0, "reopen: %s",
+              err);
     srv_cache_set_model(c, "test-model", "fp32");
-    T_CHECK(srv_cache_get(c, A, &got, &w, &h, &tier) == 1, "corrupt row served");
+    T_CHECK(srv_cache_get(c, A, scratch, &got, &w, &h, &tier) == 1, "corrupt row served");
     T_CHECK(m.cache_corrupt == 1, "corrupt not counted");
+    srv_cache_flush(c);
     T_CHECK(srv_cache_meta_get(c, A, &meta) == 1, "corrupt row not dropped");
-    T_CHECK(srv_cache_get(c, C, &got, &w, &h, &tier) == 0 && got[7] == 7.0f, "C intact");
+    T_CHECK(srv_cache_get(c, C, scratch, &got, &w, &h, &tier) == 0 && got[7] == 7.0f, "C intact");
     /* peek answers a hit as get does: 0 with the size; a miss 1 */
     w = h = 0;
     T_CHECK(srv_cache_peek(c, C, &w, &h) == 0 && w == 1 && h == 1, "peek C: %dx%d", w, h);
@@ -463,6 +590,94 @@ static void test_cache(void)
     srv_cache_close(c);
     free(e1);
     free(e2);
+    free(scratch);
+}
+
+/* A row whose stored image size could never have come from a decode (0
+ * wide, a billion pixels, 1 x 5000) is dropped on every path: peek (the
+ * upload and image_id paths), metadata and get. Only get checked before. */
+static void test_cache_impossible_size(void)
+{
+    char dir[512], err[512], db[600];
+    srv_cache *c;
+    srv_metrics m;
+    const size_t F = 256;
+    float *e = calloc(F, sizeof(float)), *scratch = malloc(F * sizeof(float));
+    static const char *const shas[3] = {
+        "1111111111111111111111111111111111111111111111111111111111111111",
+        "2222222222222222222222222222222222222222222222222222222222222222",
+        "3333333333333333333333333333333333333333333333333333333333333333"};
+    static const int sizes[3][2] = {{0, 20}, {100000, 100000}, {1, 5000}};
+    srv_metrics_init(&m);
+    snprintf(dir, sizeof dir, "%s/cache-dims", g_tmp);
+    T_REQUIRE(srv_cache_open(&c, dir, F, 1 << 20, 0, 3, &m, err, sizeof err) == 0, "open: %s", err);
+    srv_cache_set_model(c, "test-model", "fp32");
+    for (int i = 0; i < 3; i++)
+        srv_cache_put(c, shas[i], e, 10, 10, 0);
+    srv_cache_close(c);
+    sqlite3 *s;
+    snprintf(db, sizeof db, "%s/cache.db", dir);
+    T_REQUIRE(sqlite3_open(db, &s) == SQLITE_OK, "sqlite open");
+    for (int i = 0; i < 3; i++) {
+        char sql[256];
+        snprintf(sql, sizeof sql,
+                 "UPDATE embedding SET width=%d, height=%d WHERE image_sha256='%s'", sizes[i][0],
+                 sizes[i][1], shas[i]);
+        T_CHECK(sqlite3_exec(s, sql, NULL, NULL, NULL) == SQLITE_OK, "tamper %d", i);
+    }
+    sqlite3_close(s);
+    T_REQUIRE(srv_cache_open(&c, dir, F, 1 << 20, 0, 3, &m, err, sizeof err) == 0, "reopen: %s",
+              err);
+    srv_cache_set_model(c, "test-model", "fp32");
+    int w = 7, h = 7;
+    const float *got;
+    srv_cache_tier tier;
+    srv_cache_meta meta;
+    T_CHECK(srv_cache_peek(c, shas[0], &w, &h) == 1, "peek served a 0-wide row");
+    T_CHECK(srv_cache_meta_get(c, shas[1], &meta) == 1, "metadata of a 10-gigapixel row");
+    T_CHECK(srv_cache_get(c, shas[2], scratch, &got, &w, &h, &tier) == 1,
+            "get served a 1x5000 row");
+    srv_cache_flush(c);
+    T_CHECK(m.cache_corrupt == 3, "%llu impossible rows counted, want 3",
+            (unsigned long long)m.cache_corrupt);
+    T_CHECK(m.cache_entries_disk == 0, "%lld rows left, want 0 (dropped)",
+            (long long)m.cache_entries_disk);
+    srv_cache_close(c);
+    free(e);
+    free(scratch);
+}
+
+/* A corrupt database is moved aside at open; only the newest
+ * cache-corrupt-keep of those are kept (0: none). */
+static void test_cache_corrupt_keep(void)
+{
+    char dir[512], db[600], err[512];
+    srv_cache *c;
+    snprintf(dir, sizeof dir, "%s/corrupt-keep", g_tmp);
+    mkdir(dir, 0755);
+    snprintf(db, sizeof db, "%s/cache.db", dir);
+    for (int keep = 2; keep >= 0; keep -= 2) {
+        for (int i = 0; i < 4; i++) {
+            char junk[4096];
+            memset(junk, 'x' + i, sizeof junk);
+            memcpy(junk, "SQLite format 3", 16);
+            FILE *f = fopen(db, "wb");
+            fwrite(junk, 1, sizeof junk, f);
+            fclose(f);
+            T_REQUIRE(srv_cache_open(&c, dir, 16, 1 << 20, 0, keep, NULL, err, sizeof err) == 0,
+                      "open over a corrupt file: %s", err);
+            srv_cache_close(c);
+        }
+        int n = 0;
+        DIR *d = opendir(dir);
+        struct dirent *e;
+        while (d && (e = readdir(d)))
+            n += strncmp(e->d_name, "cache.db.corrupt-", 17) == 0 && !strstr(e->d_name, "-wal") &&
+                 !strstr(e->d_name, "-shm");
+        if (d)
+            closedir(d);
+        T_CHECK(n == keep, "%d corrupt files kept with cache-corrupt-keep %d", n, keep);
+    }
 }
 
 static void test_request_task(void)
@@ -552,7 +767,8 @@ static void test_adapter_rows(void)
         blob[i] = (uint8_t)(i * 13 + 1);
     srv_metrics_init(&m);
     snprintf(dir, sizeof dir, "%s/adapters", g_tmp);
-    T_REQUIRE(srv_cache_open(&c, dir, 16, 1 << 20, 0, &m, err, sizeof err) == 0, "open: %s", err);
+    T_REQUIRE(srv_cache_open(&c, dir, 16, 1 << 20, 0, 3, &m, err, sizeof err) == 0, "open: %s",
+              err);
     ad_meta(&a, 'a', "task a");
     ad_meta(&b, 'b', "task b");
     ad_meta(&d, 'd', "task d");
@@ -571,6 +787,7 @@ static void test_adapter_rows(void)
     out = NULL;
     /* d evicts the least recently used: b */
     T_CHECK(srv_cache_adapter_put(c, &d, blob, sizeof blob) == 0, "put d");
+    srv_cache_flush(c);
     T_CHECK(srv_cache_adapter_meta(c, b.id, &got) == 1, "b was not evicted");
     T_CHECK(srv_cache_adapter_meta(c, a.id, &got) == 0 && got.hits == 1,
             "a (used last) was evicted");
@@ -602,15 +819,18 @@ static void test_adapter_rows(void)
                          NULL, NULL, NULL) == SQLITE_OK,
             "corrupt");
     sqlite3_close(s);
-    T_REQUIRE(srv_cache_open(&c, dir, 16, 1 << 20, 0, &m, err, sizeof err) == 0, "reopen: %s", err);
+    T_REQUIRE(srv_cache_open(&c, dir, 16, 1 << 20, 0, 3, &m, err, sizeof err) == 0, "reopen: %s",
+              err);
     srv_cache_set_adapter_budget(c, 1 << 20);
     T_CHECK(srv_cache_adapter_get(c, d.id, 1, &out, &len, NULL) == 1, "corrupt adapter served");
     T_CHECK(m.adapter_corrupt == 1, "corrupt adapter not counted");
+    srv_cache_flush(c);
     T_CHECK(srv_cache_adapter_meta(c, d.id, &got) == 1, "corrupt row kept");
     T_CHECK(srv_cache_adapter_get(c, a.id, 0, &out, &len, &got) == 0 && got.hits == 1,
             "a survives (and no hit counted without touch)");
     free(out);
     srv_cache_adapter_touch(c, a.id);
+    srv_cache_flush(c);
     T_CHECK(srv_cache_adapter_meta(c, a.id, &got) == 0 && got.hits == 2, "touch");
     T_CHECK(srv_cache_adapter_clear(c) == 1, "clear");
     T_CHECK(srv_cache_adapter_meta(c, a.id, &got) == 1 && m.adapter_entries_disk == 0,
@@ -641,7 +861,8 @@ static void test_cache_upgrade_v1(void)
     T_REQUIRE(sqlite3_exec(s, sql, NULL, NULL, NULL) == SQLITE_OK, "v1 database: %s",
               sqlite3_errmsg(s));
     sqlite3_close(s);
-    T_REQUIRE(srv_cache_open(&c, dir, 16, 1 << 20, 0, NULL, err, sizeof err) == 0, "open: %s", err);
+    T_REQUIRE(srv_cache_open(&c, dir, 16, 1 << 20, 0, 3, NULL, err, sizeof err) == 0, "open: %s",
+              err);
     srv_cache_set_model(c, "m", "fp32");
     char sha[65];
     snprintf(sha, sizeof sha, "%064d", 7);
@@ -662,6 +883,341 @@ static void test_cache_upgrade_v1(void)
     sqlite3_finalize(st);
     sqlite3_close(s);
     T_CHECK(ver == SRV_CACHE_SCHEMA_VERSION && ver == 2, "user_version %d after the upgrade", ver);
+}
+
+/* ---- the streamed segment response against jansson ---- */
+
+/* A mask's encoding as the daemon built it with jansson before it
+ * streamed its responses (an independent serializer: the reference):
+ * "rle", "png" or "polygons" added to o from the h x w 0/1 mask. */
+static void ref_encoding(json_t *o, const uint8_t *mask, int w, int h, srv_output fmt)
+{
+    eng_rle rle = {0};
+    char *counts = NULL;
+    if (fmt == SRV_OUT_RLE) {
+        eng_rle_encode(mask, h, w, &rle);
+        eng_rle_to_string(&rle, &counts);
+        json_object_set_new(o, "rle", json_pack("{s:[i,i],s:s}", "size", h, w, "counts", counts));
+        free(counts);
+        eng_rle_free(&rle);
+    } else if (fmt == SRV_OUT_PNG) {
+        uint8_t *pix = malloc((size_t)w * h), *png = NULL;
+        size_t plen = 0;
+        for (size_t k = 0; k < (size_t)w * h; k++)
+            pix[k] = mask[k] ? 255 : 0;
+        eng_png_encode(pix, w, h, 1, &png, &plen);
+        char *b64 = srv_base64_encode(png, plen);
+        json_object_set_new(o, "png", json_string(b64));
+        free(b64);
+        free(png);
+        free(pix);
+    } else {
+        eng_polygons polys = {0};
+        json_t *arr = json_array();
+        eng_mask_polygons(mask, h, w, &polys);
+        for (size_t k = 0; k < polys.n; k++) {
+            json_t *pa = json_array();
+            for (size_t v = 0; v < 2 * polys.polys[k].n; v++)
+                json_array_append_new(pa, json_integer(polys.polys[k].xy[v]));
+            json_array_append_new(arr, pa);
+        }
+        eng_polygons_free(&polys);
+        json_object_set_new(o, "polygons", arr);
+    }
+}
+
+/* A prompt mask's object, the reference's way. */
+static json_t *ref_mask(const srv_job *j, srv_output fmt, int i, int prompt)
+{
+    int w = j->info.orig_w, h = j->info.orig_h;
+    const uint8_t *mask = j->masks + (size_t)i * (size_t)w * (size_t)h;
+    eng_rle rle = {0};
+    double bbox[4];
+    eng_rle_encode(mask, h, w, &rle);
+    eng_rle_bbox(&rle, bbox);
+    json_t *o =
+        json_pack("{s:i,s:[f,f,f,f],s:I,s:o,s:o}", "prompt", prompt, "bbox", bbox[0], bbox[1],
+                  bbox[2], bbox[3], "area", (json_int_t)eng_rle_area(&rle), "predicted_iou",
+                  json_real(j->iou[i]), "stability_score", json_real(j->stability[i]));
+    ref_encoding(o, mask, w, h, fmt);
+    eng_rle_free(&rle);
+    return o;
+}
+
+/* An everything-mode mask's object, the reference's way (`pix` its pixels). */
+static json_t *ref_everything_mask(const eng_amg_mask *m, const uint8_t *pix, srv_output fmt)
+{
+    const int *b = m->box, *c = m->crop_box;
+    json_t *o = json_pack("{s:[i,i,i,i],s:I,s:f,s:f,s:[[f,f]],s:[i,i,i,i]}", "bbox", b[0], b[1],
+                          b[2] - b[0], b[3] - b[1], "area", (json_int_t)eng_rle_area(&m->rle),
+                          "predicted_iou", (double)m->predicted_iou, "stability_score",
+                          (double)m->stability_score, "point_coords", m->point[0], m->point[1],
+                          "crop_box", c[0], c[1], c[2] - c[0], c[3] - c[1]);
+    ref_encoding(o, pix, m->rle.w, m->rle.h, fmt);
+    return o;
+}
+
+static json_t *num3(double v) { return json_real(round(v * 1000.0) / 1000.0); }
+
+/* The whole body, as json_dumps(JSON_COMPACT | JSON_REAL_PRECISION(6)) + "\n". */
+static char *ref_body(const srv_job *j, srv_output fmt)
+{
+    json_t *cache = json_pack("{s:s,s:s?}", "embedding", j->cache_hit ? "hit" : "miss", "tier",
+                              j->tier == SRV_TIER_MEMORY ? "memory"
+                              : j->tier == SRV_TIER_DISK ? "disk"
+                                                         : NULL);
+    json_t *o = json_pack("{s:s,s:i,s:i,s:o}", "image_id", j->sha, "width", j->info.orig_w,
+                          "height", j->info.orig_h, "cache", cache);
+    if (j->task && j->ad_source != SRV_AD_NONE)
+        json_object_set_new(o, "adapter",
+                            json_pack("{s:s,s:s,s:s,s:s,s:s}", "id", j->ad_meta.id,
+                                      "task_normalized", j->ad_meta.task_normalized, "source",
+                                      srv_adapter_source_name(j->ad_source), "hypernet_id",
+                                      j->ad_meta.hypernet_id, "hypernet_version",
+                                      j->ad_meta.hypernet_version));
+    json_t *masks = json_array();
+    json_object_set_new(o, "masks", masks);
+    for (int i = 0; i < j->n_masks; i++)
+        json_array_append_new(masks, ref_mask(j, fmt, i, i / j->per_prompt));
+    json_object_set_new(o, "multimask", json_boolean(j->per_prompt == 3));
+    json_object_set_new(o, "timings_ms",
+                        json_pack("{s:o,s:o,s:o,s:o,s:o,s:o,s:o}", "decode", num3(j->t.decode),
+                                  "queue", num3(j->t.queue), "encode", num3(j->t.encode), "adapter",
+                                  num3(j->t.adapter), "decode_masks", num3(j->t.decode_masks),
+                                  "postprocess", num3(j->t.postprocess), "total", num3(0)));
+    char *text = json_dumps(o, JSON_COMPACT | JSON_REAL_PRECISION(6));
+    json_decref(o);
+    char *nl = malloc(strlen(text) + 2);
+    sprintf(nl, "%s\n", text);
+    free(text);
+    return nl;
+}
+
+/* Contract: replaces the number after "total": (timings: it depends on the
+ * clock) with 0.0 in place. */
+static void zero_total(char *s)
+{
+    char *t = strstr(s, "\"total\":");
+    if (!t)
+        return;
+    t += 8;
+    char *e = t;
+    while (*e && *e != '}')
+        e++;
+    memmove(t + 3, e, strlen(e) + 1);
+    memcpy(t, "0.0", 3);
+}
+
+/* The streamed segment body is byte for byte what jansson gave, for every
+ * output, with values that exercise number formatting (integers as reals,
+ * exponents, negative zero) and string escaping (quotes, backslashes,
+ * control characters, UTF-8), and a small max-response-bytes gives 413. */
+static void test_segment_body_bytes(void)
+{
+    srv_config cfg;
+    srv_metrics m;
+    char err[512];
+    const char *args[] = {"--checkpoint", "x", NULL};
+    T_REQUIRE(load(&cfg, err, args) == 0, "config: %s", err);
+    srv_metrics_init(&m);
+    srv_server srv = {.cfg = &cfg, .metrics = &m};
+    const int W = 61, H = 37, N = 6;
+    static const float iou[6] = {1.0f, 0.5f, 1e-7f, -0.0f, 123.456789f, 0.987654321f};
+    static const float stab[6] = {0.0f, 1.0f, 0.25f, 3.0f, 1e6f, 2.5e-10f};
+    for (int fmt = SRV_OUT_RLE; fmt <= SRV_OUT_POLYGON; fmt++) {
+        srv_post p;
+        memset(&p, 0, sizeof p);
+        srv_job *j = &p.job;
+        p.req.output = (srv_output)fmt;
+        snprintf(j->sha, sizeof j->sha, "%064d", 42);
+        j->info.orig_w = W;
+        j->info.orig_h = H;
+        j->n_masks = N;
+        j->per_prompt = 3;
+        j->cache_hit = fmt != SRV_OUT_PNG;
+        j->tier = fmt == SRV_OUT_RLE ? SRV_TIER_DISK : SRV_TIER_NONE;
+        j->masks = malloc((size_t)N * W * H);
+        j->iou = malloc(N * sizeof(float));
+        j->stability = malloc(N * sizeof(float));
+        memcpy(j->iou, iou, sizeof iou);
+        memcpy(j->stability, stab, sizeof stab);
+        unsigned r = 7;
+        for (int k = 0; k < N; k++)
+            for (int y = 0; y < H; y++)
+                for (int x = 0; x < W; x++) {
+                    r = r * 1103515245u + 12345u;
+                    /* blobs, holes and speckle, different per mask */
+                    int in = (x - 10 * k) * (x - 10 * k) + (y - 15) * (y - 15) < 90 + 40 * k;
+                    j->masks[((size_t)k * H + y) * W + x] =
+                        (uint8_t)(k == 5 ? 0 : in ^ ((r >> 16) % 23 == 0));
+                }
+        if (fmt == SRV_OUT_POLYGON) {
+            j->task = "t";
+            j->ad_source = SRV_AD_CACHE_DISK;
+            snprintf(j->ad_meta.id, sizeof j->ad_meta.id, "%064d", 7);
+            snprintf(j->ad_meta.task_normalized, sizeof j->ad_meta.task_normalized,
+                     "a \"quoted\" \\ task\twith \x01 control and caf\xc3\xa9");
+            snprintf(j->ad_meta.hypernet_id, sizeof j->ad_meta.hypernet_id, "%064d", 9);
+            snprintf(j->ad_meta.hypernet_version, sizeof j->ad_meta.hypernet_version, "v/1");
+        }
+        j->t.decode = 1.23456;
+        j->t.queue = 0;
+        j->t.encode = 1000000.5;
+        j->t.decode_masks = 12.3456789;
+        j->t.postprocess = 3;
+        char *want = ref_body(j, (srv_output)fmt);
+        srv_reply out;
+        srv__routes_segment_reply(&srv, &p, srv_now(), &out);
+        T_REQUIRE(out.status == 200 && out.body, "format %d: status %d", fmt, out.status);
+        char *got = malloc(out.len + 1);
+        memcpy(got, out.body, out.len);
+        got[out.len] = 0;
+        zero_total(got);
+        zero_total(want);
+        size_t at = 0;
+        while (got[at] && got[at] == want[at])
+            at++;
+        T_CHECK(!strcmp(got, want),
+                "format %d differs from jansson at byte %zu: '%.40s' vs '%.40s'", fmt, at, got + at,
+                want + at);
+        T_CHECK(!j->masks, "format %d: the masks were not freed once encoded", fmt);
+        free(got);
+        free(want);
+        free(out.body);
+        srv_post_free(&p);
+    }
+    /* over max-response-bytes: 413 naming the limit */
+    const char *small[] = {"--checkpoint", "x", "--max-response-bytes", "64KiB", NULL};
+    srv_config cfg2;
+    T_REQUIRE(load(&cfg2, err, small) == 0, "config: %s", err);
+    srv.cfg = &cfg2;
+    srv_post p;
+    memset(&p, 0, sizeof p);
+    p.req.output = SRV_OUT_PNG;
+    p.job.info.orig_w = 512;
+    p.job.info.orig_h = 512;
+    p.job.n_masks = 4;
+    p.job.per_prompt = 1;
+    p.job.masks = malloc(4 * 512 * 512);
+    p.job.iou = calloc(4, sizeof(float));
+    p.job.stability = calloc(4, sizeof(float));
+    unsigned r = 1;
+    for (size_t k = 0; k < 4 * 512 * 512; k++) { /* noise: PNGs of about 40 KB each */
+        r = r * 1103515245u + 12345u;
+        p.job.masks[k] = (uint8_t)((r >> 16) & 1);
+    }
+    srv_reply out;
+    srv__routes_segment_reply(&srv, &p, srv_now(), &out);
+    T_CHECK(out.status == 413 && strstr(out.body, "max-response-bytes (65536") &&
+                m.rejected_response_size == 1,
+            "oversized response: %d %.200s", out.status, out.body);
+    free(out.body);
+    srv_post_free(&p);
+    srv_config_free(&cfg2);
+    srv_config_free(&cfg);
+}
+
+/* Everything mode's body, streamed, is byte for byte what jansson gave
+ * (masks, mode, parameters, stats), and the CLI's tree of one mask (built
+ * through the same encoder) equals the reference's tree. */
+static void test_everything_body_bytes(void)
+{
+    srv_config cfg;
+    srv_metrics m;
+    srv_error e;
+    char err[512];
+    const char *args[] = {"--checkpoint", "x", NULL};
+    T_REQUIRE(load(&cfg, err, args) == 0, "config: %s", err);
+    srv_metrics_init(&m);
+    srv_server srv = {.cfg = &cfg, .metrics = &m};
+    srv_everything ev;
+    T_REQUIRE(
+        srv_everything_defaults("{\"points_per_side\": 7, \"box_nms_thresh\": 0.55}", &ev, &e) == 0,
+        "defaults: %s", e.message);
+    enum { W = 53, H = 29, N = 4 };
+    uint8_t *pix = malloc((size_t)N * W * H);
+    unsigned r = 3;
+    for (int k = 0; k < N; k++)
+        for (int x = 0; x < W; x++)
+            for (int y = 0; y < H; y++) {
+                r = r * 1103515245u + 12345u;
+                int in = (x - 12 * k) * (x - 12 * k) + (y - 14) * (y - 14) < 60 + 30 * k;
+                pix[((size_t)k * H + y) * W + x] = (uint8_t)(in ^ ((r >> 16) % 19 == 0));
+            }
+    for (int fmt = SRV_OUT_RLE; fmt <= SRV_OUT_POLYGON; fmt++) {
+        srv_post p;
+        memset(&p, 0, sizeof p);
+        srv_job *j = &p.job;
+        p.req.output = (srv_output)fmt;
+        snprintf(j->sha, sizeof j->sha, "%064d", 5);
+        j->info.orig_w = W;
+        j->info.orig_h = H;
+        j->cache_hit = 1;
+        j->tier = SRV_TIER_MEMORY;
+        j->everything = &ev;
+        j->amg.masks = calloc(N, sizeof *j->amg.masks);
+        j->amg.n = j->amg.cap = N;
+        j->amg.stats = (eng_amg_stats){.crops = 1, .prompts = 49, .upscaled = 9, .candidates = 6};
+        json_t *ref = json_pack("{s:s,s:i,s:i,s:{s:s,s:s}}", "image_id", j->sha, "width", W,
+                                "height", H, "cache", "embedding", "hit", "tier", "memory");
+        json_t *masks = json_array();
+        json_object_set_new(ref, "masks", masks);
+        for (int k = 0; k < N; k++) {
+            eng_amg_mask *mk = &j->amg.masks[k];
+            const uint8_t *mp = pix + (size_t)k * W * H;
+            eng_rle_encode(mp, H, W, &mk->rle);
+            int bx[4] = {k, k + 1, W - 1 - k, H - 2};
+            memcpy(mk->box, bx, sizeof bx);
+            int cb[4] = {0, 0, W, H};
+            memcpy(mk->crop_box, cb, sizeof cb);
+            mk->predicted_iou = k == 0 ? 1.0f : 0.123456789f * (float)k;
+            mk->stability_score = k == 1 ? 0.0f : 0.9876f;
+            mk->point[0] = 3.3125 * k;
+            mk->point[1] = k == 2 ? 1e-7 : 14.5;
+            json_array_append_new(masks, ref_everything_mask(mk, mp, (srv_output)fmt));
+            json_t *tree = srv_everything_mask_json(mk, (srv_output)fmt);
+            json_t *want = ref_everything_mask(mk, mp, (srv_output)fmt);
+            T_CHECK(tree && json_equal(tree, want), "format %d mask %d: the tree differs", fmt, k);
+            json_decref(tree);
+            json_decref(want);
+        }
+        json_object_set_new(ref, "mode", json_string("everything"));
+        json_object_set_new(ref, "everything", srv_everything_params_json(&ev.p));
+        json_object_set_new(ref, "everything_stats",
+                            json_pack("{s:i,s:I,s:I,s:I,s:I}", "crops", 1, "prompts",
+                                      (json_int_t)49, "upscaled", (json_int_t)9, "candidates",
+                                      (json_int_t)6, "masks", (json_int_t)N));
+        json_object_set_new(ref, "timings_ms",
+                            json_pack("{s:f,s:f,s:f,s:f,s:f,s:f,s:f}", "decode", 0.0, "queue", 0.0,
+                                      "encode", 0.0, "adapter", 0.0, "decode_masks", 0.0,
+                                      "postprocess", 0.0, "total", 0.0));
+        char *text = json_dumps(ref, JSON_COMPACT | JSON_REAL_PRECISION(6));
+        json_decref(ref);
+        srv_reply out;
+        srv__routes_segment_reply(&srv, &p, srv_now(), &out);
+        T_REQUIRE(out.status == 200 && out.body, "format %d: status %d %.200s", fmt, out.status,
+                  out.body ? out.body : "");
+        char *got = malloc(out.len + 1);
+        memcpy(got, out.body, out.len);
+        got[out.len] = 0;
+        zero_total(got);
+        size_t at = 0;
+        while (got[at] && got[at] == text[at])
+            at++;
+        size_t n = strlen(got);
+        T_CHECK(n == strlen(text) + 1 && !strncmp(got, text, n - 1) && got[n - 1] == '\n',
+                "format %d differs from jansson at byte %zu: '%.40s' vs '%.40s'", fmt, at, got + at,
+                text + at);
+        T_CHECK(!j->amg.masks, "format %d: the masks were not freed once encoded", fmt);
+        free(text);
+        free(got);
+        free(out.body);
+        j->everything = NULL;
+        srv_post_free(&p);
+    }
+    free(pix);
+    srv_everything_free(&ev);
+    srv_config_free(&cfg);
 }
 
 static void test_metrics_render(void)
@@ -700,16 +1256,22 @@ int main(void)
     srv_log_set_level(SRV_LOG_LEVEL_ERROR);
     T_RUN(test_config_layers);
     T_RUN(test_config_errors);
+    T_RUN(test_config_special_files);
     T_RUN(test_request_validation);
     T_RUN(test_error_status);
     T_RUN(test_queue_bound);
     T_RUN(test_multipart);
+    T_RUN(test_multipart_quoted_params);
     T_RUN(test_schema_file_matches);
     T_RUN(test_cache);
+    T_RUN(test_cache_impossible_size);
+    T_RUN(test_cache_corrupt_keep);
     T_RUN(test_request_task);
     T_RUN(test_adapter_rows);
     T_RUN(test_cache_upgrade_v1);
     T_RUN(test_metrics_render);
+    T_RUN(test_segment_body_bytes);
+    T_RUN(test_everything_body_bytes);
     char cmd[300];
     snprintf(cmd, sizeof cmd, "rm -rf '%s'", g_tmp);
     if (system(cmd) != 0)

@@ -51,10 +51,11 @@
 #include "server/base64.h"
 #include "tests/harness.h"
 
-static char g_tasamd[PATH_MAX]; /* the daemon binary */
-static char g_tasam[PATH_MAX];  /* the CLI (for agreement checks), "" when absent */
-static char g_tmp[256];         /* temp folder for this run */
-static int g_files;             /* counter for temp file names */
+static char g_tasamd[PATH_MAX];   /* the daemon binary */
+static char g_tasam[PATH_MAX];    /* the CLI (for agreement checks), "" when absent */
+static char g_tmp[256];           /* temp folder for this run */
+static char g_test_dir[PATH_MAX]; /* the folder of the test binary (build/tests) */
+static int g_files;               /* counter for temp file names */
 static pthread_mutex_t g_files_mu = PTHREAD_MUTEX_INITIALIZER;
 
 /* A running daemon. */
@@ -666,6 +667,7 @@ static inline int ts_init(const char *argv0)
     char self[PATH_MAX];
     snprintf(self, sizeof self, "%s", argv0);
     char *dir = dirname(self);
+    snprintf(g_test_dir, sizeof g_test_dir, "%s", dir);
     snprintf(g_tasamd, sizeof g_tasamd, "%s/../tasamd", dir);
     char real[PATH_MAX];
     if (realpath(g_tasamd, real))
