@@ -102,8 +102,8 @@ FUZZ_BIN := $(FUZZ_SRC:tests/fuzz/%.c=$(BUILD)/bin/%)
 
 BINS := $(BUILD)/tasam $(BUILD)/tasamd $(BUILD)/tasam-train
 
-.PHONY: all bins deps test test-plain test-san test-tsan cuda-check fuzz fuzz-bins bench clean \
-        run serve format format-check help reference reference-deps
+.PHONY: all bins deps pytools test test-plain test-san test-tsan cuda-check fuzz fuzz-bins bench \
+        clean run serve format format-check help reference reference-deps unicode-tables
 all:
 	@deploy/deps.sh
 	@$(MAKE) --no-print-directory -j$(JOBS) bins
@@ -115,6 +115,8 @@ help:
 	@echo "  make              install missing packages, build build/tasam, build/tasamd and"
 	@echo "                    build/tasam-train"
 	@echo "  make deps         install the Debian packages the build and tests need (deploy/deps.sh)"
+	@echo "  make pytools      the pinned PyPI packages tests compare with, in build/venv"
+	@echo "                    (tokenizers, schemathesis; make test runs it)"
 	@echo "  make serve        build, fetch the ViT-H checkpoint if needed, run tasamd in the foreground"
 	@echo "  make run          build, fetch the checkpoint if needed, segment IMAGE at POINTS into out/"
 	@echo "  make test         every test: plain, ASan+UBSan, CUDA compile check, bounded fuzzing"
@@ -126,6 +128,7 @@ help:
 	@echo "  make bench        CPU (and GPU where present) benchmarks"
 	@echo "  make reference    compare with the official PyTorch SAM (installs Debian's torch)"
 	@echo "  make format       clang-format every C/CUDA source; format-check: check only"
+	@echo "  make unicode-tables  regenerate hypernet/unicode_tables.c from Hugging Face tokenizers"
 	@echo "  make clean        remove build/"
 	@echo "variables:"
 	@echo "  CHECKPOINT=$(CHECKPOINT)   SAM checkpoint (.pth or safetensors) for serve/run"
@@ -137,6 +140,17 @@ help:
 
 deps:
 	@deploy/deps.sh
+
+pytools:
+	@deploy/pytools.sh build/venv
+
+# The tokenizer's character data, asked of the tokenizers library itself
+# (hypernet/wordpiece_tables.py); written to a temporary file first so a
+# failure never leaves a half-written table.
+unicode-tables: pytools
+	@build/venv/bin/python3 hypernet/wordpiece_tables.py > build/unicode_tables.c.tmp
+	@mv build/unicode_tables.c.tmp hypernet/unicode_tables.c
+	@echo "hypernet/unicode_tables.c regenerated"
 
 # Objects rebuild when the compiler command line changes (CUDA on/off, SAN,
 # OPT): the stamp is rewritten only when its content differs.
@@ -192,7 +206,7 @@ $(BUILD)/bin/%: $(BUILD)/obj/tests/fuzz/%.o $(LIB)
 # Tests: the plain build, the sanitizer build, the CUDA compile check, then
 # bounded fuzzing. The last line printed is the total "N passed, N failed,
 # N skipped" (tests/summarize.sh).
-test: deps
+test: deps pytools
 	@mkdir -p build
 	@{ $(MAKE) --no-print-directory test-plain; $(MAKE) --no-print-directory test-san; \
 	   $(MAKE) --no-print-directory cuda-check; $(MAKE) --no-print-directory fuzz; } 2>&1 | \

@@ -3,7 +3,7 @@
 # testing tasam need, when any is missing. Safe to run repeatedly: with
 # everything present it only checks. Needs root (or sudo) to install.
 set -eu
-pkgs=(make gcc clang libclang-rt-14-dev pkg-config curl ca-certificates
+pkgs=(make gcc clang libclang-rt-14-dev pkg-config curl ca-certificates python3 python3-venv
       libopenblas-dev libjpeg62-turbo-dev libpng-dev zlib1g-dev
       libjansson-dev libmicrohttpd-dev libuv1-dev libsqlite3-dev sqlite3)
 missing=()
