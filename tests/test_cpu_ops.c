@@ -4,12 +4,14 @@
  * test_cuda_ops). GELU against libm's erf. Bilinear resize: PyTorch's
  * F.interpolate(mode="bilinear", align_corners=False) written out per output pixel; the backend's
  * separable, row-cached version must give the same bits, for upscales,
- * downscales, crops, several channels and output bands.
+ * downscales, crops, several channels and output bands. Binarize on the
+ * signed zeros and the values next to its thresholds (tests/binarize_case.h).
  */
 #include "harness.h"
 
 #include "engine/error.h"
 #include "engine/ops.h"
+#include "tests/binarize_case.h"
 
 static uint64_t rng = 0x9E3779B97F4A7C15ull;
 static float frand(void)
@@ -146,9 +148,19 @@ static void test_gelu(void)
     eng_backend_destroy(be);
 }
 
+static void test_binarize(void)
+{
+    eng_backend *be = NULL;
+    char why[256];
+    T_REQUIRE(eng_backend_cpu_create(&be, 1) == 0, "%s", eng_last_error());
+    T_CHECK(t_binarize_case(be, nextafterf(1.0f, 2.0f), why, sizeof why) == 0, "cpu: %s", why);
+    eng_backend_destroy(be);
+}
+
 int main(void)
 {
     T_RUN(test_resize_bilinear);
     T_RUN(test_gelu);
+    T_RUN(test_binarize);
     return t_summary("test_cpu_ops");
 }
