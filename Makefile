@@ -261,7 +261,8 @@ POINTS ?= 330,330,1
 run:
 	@deploy/deps.sh
 	@$(MAKE) --no-print-directory $(BUILD)/tasam
-	@BUILD=$(BUILD) CHECKPOINT="$(CHECKPOINT)" IMAGE="$(IMAGE)" POINTS="$(POINTS)" deploy/run-example.sh
+	@BUILD=$(BUILD) CHECKPOINT="$(CHECKPOINT)" IMAGE="$(IMAGE)" POINTS="$(POINTS)" \
+	  TASAM_VIA="make run" deploy/run-example.sh
 
 # `make reference`: tasam against the official PyTorch segment-anything on
 # ViT-B-sized random weights and another photo, both checkpoint formats (not
@@ -287,7 +288,7 @@ serve:
 	@deploy/deps.sh
 	@$(MAKE) --no-print-directory $(BUILD)/tasamd
 	@BUILD=$(BUILD) CHECKPOINT="$(CHECKPOINT)" LISTEN="$(LISTEN)" STATE_DIR="$(STATE_DIR)" \
-	  TASAMD_ARGS="$(TASAMD_ARGS)" deploy/serve.sh
+	  TASAMD_ARGS="$(TASAMD_ARGS)" TASAM_VIA="make serve" deploy/serve.sh
 
 # Every C and CUDA source but generated tables follows .clang-format;
 # format-check (part of test-plain) fails on any difference.

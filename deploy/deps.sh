@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # deploy/deps.sh: install the Debian packages that building, running and
 # testing tasam need, when any is missing. Safe to run repeatedly: with
-# everything present it only checks. Needs root (or sudo) to install.
+# everything present it only checks. Installing needs root: it uses sudo
+# when run as another user, and when that is not possible it prints the one
+# command to run and exits 1.
 set -eu
 pkgs=(make gcc clang libclang-rt-14-dev pkg-config curl ca-certificates python3 python3-venv
       libopenblas-dev libjpeg62-turbo-dev libpng-dev zlib1g-dev
@@ -14,13 +16,23 @@ if [ ${#missing[@]} -eq 0 ]; then
     echo "deps: all ${#pkgs[@]} build and test packages are installed"
     exit 0
 fi
-echo "deps: installing ${missing[*]}"
+install="apt-get update && apt-get install -y --no-install-recommends ${missing[*]}"
+echo "deps: missing Debian packages: ${missing[*]}"
 sudo=""
 if [ "$(id -u)" -ne 0 ]; then
-    command -v sudo >/dev/null || { echo "deps: need root or sudo to install: ${missing[*]}" >&2; exit 1; }
-    sudo=sudo
+    # sudo -n: fail at once rather than wait for a password nobody types
+    # (a terminal user is asked; a script without one gets the message)
+    if command -v sudo >/dev/null && { [ -t 0 ] || sudo -n true 2>/dev/null; }; then
+        sudo=sudo
+    else
+        echo "deps: installing them needs root; run this as root, then make again:" >&2
+        echo "deps:     $install" >&2
+        exit 1
+    fi
 fi
 export DEBIAN_FRONTEND=noninteractive
-$sudo apt-get update -qq
-$sudo apt-get install -y -qq --no-install-recommends "${missing[@]}"
+if ! $sudo apt-get update -qq || ! $sudo apt-get install -y -qq --no-install-recommends "${missing[@]}"; then
+    echo "deps: apt-get failed (see above); as root, run: $install" >&2
+    exit 1
+fi
 echo "deps: done"

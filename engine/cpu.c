@@ -967,6 +967,7 @@ int eng_backend_cpu_create(eng_backend **out, int threads)
 int eng_backend_cuda_create(eng_backend **out, int device_index, eng_dtype dtype)
 {
     *out = NULL;
-    return eng_error(ENG_EUNSUP, "this build has no CUDA backend (rebuild where nvcc is found)");
+    return eng_error(ENG_EUNSUP, "this build has no CUDA backend (make builds it where nvcc and an "
+                                 "NVIDIA GPU are present; CUDA=1 forces it)");
 }
 #endif

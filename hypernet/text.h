@@ -83,6 +83,20 @@ int hn_text_load(hn_text **out, const char *dir, eng_backend *be, int max_batch)
  * gives similar vectors; it carries no meaning beyond shared words. */
 int hn_text_create_hashed(hn_text **out, int dim);
 
+/* The text model hypernetworks are made for unless told otherwise, and where
+ * a name is looked up: models/NAME (deploy/fetch-text-model.sh fills
+ * models/all-MiniLM-L6-v2). */
+#define HN_TEXT_DEFAULT_MODEL "all-MiniLM-L6-v2"
+#define HN_TEXT_MODELS_DIR    "models"
+
+/* Open a text encoder from what a user writes after --text-model (`tasam
+ * hypernet init`, `segment`, `embed-text` and `tasamd` all take the same
+ * values): "hashed" (the built-in fallback, hashed_dim wide: 384 when <= 0)
+ * or "hashed-D"; a folder (hn_text_load); a name without '/', looked up as
+ * HN_TEXT_MODELS_DIR/NAME. NULL or "" means HN_TEXT_DEFAULT_MODEL.
+ * ENG_ENOTFOUND names the folder it looked for and how to get it. */
+int hn_text_open(hn_text **out, const char *spec, int hashed_dim, eng_backend *be, int max_batch);
+
 void hn_text_destroy(hn_text *t);
 
 /* Embedding width (384 for all-MiniLM-L6-v2). */

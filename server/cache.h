@@ -3,12 +3,14 @@
  * adapter cache (same database; the adapters' memory tier is the worker's,
  * server/adapter_cache.h).
  *
- * Tier 1 is a small LRU of embeddings held in process memory (the engine
- * takes host embeddings, so the "device-resident" tier lives in host memory
- * for now). Tier 2 is an SQLite database in WAL mode, STATE_DIR/cache.db,
- * keyed by (image sha256, model id, precision), with a CRC-32 over every blob
- * checked on read, a byte budget and LRU eviction by last use. Schema and
- * migrations: schema/cache.sql (kept identical to cache_schema[] in cache.c).
+ * Tier 1 is a small LRU of embeddings in host memory: what the engine's own
+ * device-resident slots (eng_sam_segment_cached, gpu-cache-slots) are
+ * refilled from, and what the disk tier is written from. Tier 2 is an SQLite
+ * database in WAL mode, STATE_DIR/cache.db, keyed by (image sha256, model
+ * id, precision), with a CRC-32 over every blob checked on read, a byte
+ * budget and LRU eviction by last use. Schema and migrations:
+ * schema/cache.sql, kept identical to cache_migrations[] in cache_db.c (a
+ * unit test compares them).
  *
  * Crash safety: every change is one transaction; a kill -9 loses at most the
  * entry being written. At open, a database that fails `PRAGMA quick_check`,
@@ -117,7 +119,8 @@ const char *srv_cache_path(const srv_cache *c);
  * these; they share the cache's mutex and connection.
  */
 
-/* Task text limit in bytes (AD_TASK_MAX). */
+/* Task text limit in bytes: AD_TASK_MAX (adapters/adapter.h), which this
+ * header does not include; server/adapter_cache.c asserts they agree. */
 #define SRV_TASK_MAX 1000
 
 /* One adapter row's metadata. */

@@ -69,8 +69,8 @@ static const srv_opt_def opt_table[SRV_OPT_COUNT] = {
      "hypernetwork file (tasam hypernet init) that turns `task` text into LoRA adapters; "
      "without it `task` answers 501"},
     {"text-model", SRV_T_STRING, "", 0, 0, NULL, 0, 0,
-     "text encoder folder for --hypernet (default: what the hypernetwork names: the hashed "
-     "fallback, or models/NAME)"},
+     "text encoder for --hypernet, as tasam hypernet init takes it: 'hashed', a name (looked up "
+     "as models/NAME) or a folder (default: what the hypernetwork names)"},
     {"adapter-slots", SRV_T_INT, "16", 0, 4096, NULL, 0, 0,
      "task adapters kept ready on the device in an LRU in front of the disk cache"},
     {"adapter-cache-bytes", SRV_T_BYTES, "256MiB", 0, 1024 * GiB, NULL, 1, 0,

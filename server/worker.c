@@ -22,6 +22,12 @@
 
 #define IMG_FLOATS ((size_t)3 * ENG_SAM_IMG * ENG_SAM_IMG)
 
+/* srv_model_info (scheduler.h) holds these without the hypernetwork header */
+_Static_assert(sizeof(((srv_model_info *)0)->hypernet_id) == HN_ID_LEN + 1, "hypernetwork id size");
+_Static_assert(sizeof(((srv_model_info *)0)->hypernet_version) >= HN_NAME_MAX &&
+                   sizeof(((srv_model_info *)0)->text_model) >= HN_NAME_MAX,
+               "hypernetwork version and text model names fit");
+
 /* The worker's state, on its own stack. */
 typedef struct worker {
     srv_sched *s;     /* the scheduler (borrowed) */

@@ -4,6 +4,7 @@
  * hostile model folders. */
 #include <dirent.h>
 #include <jansson.h>
+#include <limits.h>
 #include <unistd.h>
 
 #include "engine/ckpt.h"
@@ -749,6 +750,53 @@ static void test_bad_weights(void)
     remove_dir(dir);
 }
 
+/* What --text-model takes (hn_text_open): hashed, hashed-D, a folder, a
+ * name looked up as models/NAME (from a temporary working directory with
+ * models/tiny -> the fixture), and the errors for the others. */
+static void test_text_open(void)
+{
+    T_NEED_FIXTURES();
+    eng_backend *be = NULL;
+    hn_text *t = NULL;
+    char cwd[PATH_MAX], dir[] = "/tmp/tasam-textopen-XXXXXX", abs_tiny[PATH_MAX], link[PATH_MAX];
+    T_REQUIRE(eng_backend_cpu_create(&be, 1) == 0 && getcwd(cwd, sizeof cwd), "setup");
+    T_CHECK(hn_text_open(&t, "hashed", 0, be, 1) == 0 && !hn_text_wordpiece(t) &&
+                hn_text_dim(t) == 384,
+            "hashed: %s", eng_last_error());
+    hn_text_destroy(t);
+    T_CHECK(hn_text_open(&t, "hashed", 96, be, 1) == 0 && hn_text_dim(t) == 96, "hashed, 96");
+    hn_text_destroy(t);
+    T_CHECK(hn_text_open(&t, "hashed-64", 384, be, 1) == 0 && hn_text_dim(t) == 64, "hashed-64");
+    hn_text_destroy(t);
+    T_CHECK(hn_text_open(&t, "hashed-8", 0, be, 1) == ENG_EINVAL && !t, "hashed-8 refused");
+    T_CHECK(hn_text_open(&t, tiny_model(), 0, be, 1) == 0 && hn_text_wordpiece(t) &&
+                hn_text_dim(t) == TINY_H,
+            "folder: %s", eng_last_error());
+    hn_text_destroy(t);
+    T_CHECK(hn_text_open(&t, "no/such/dir", 0, be, 1) == ENG_ENOTFOUND && !t &&
+                strstr(eng_last_error(), "no/such/dir"),
+            "missing folder: %s", eng_last_error());
+    T_REQUIRE(realpath(tiny_model(), abs_tiny) && mkdtemp(dir), "temp dir");
+    snprintf(link, sizeof link, "%s/models", dir);
+    T_REQUIRE(mkdir(link, 0755) == 0, "mkdir");
+    snprintf(link, sizeof link, "%s/models/tiny", dir);
+    T_REQUIRE(symlink(abs_tiny, link) == 0 && chdir(dir) == 0, "symlink");
+    T_CHECK(hn_text_open(&t, "tiny", 0, be, 1) == 0 && hn_text_dim(t) == TINY_H,
+            "a name from models/: %s", eng_last_error());
+    hn_text_destroy(t);
+    T_CHECK(hn_text_open(&t, NULL, 0, be, 1) == ENG_ENOTFOUND &&
+                strstr(eng_last_error(), "models/" HN_TEXT_DEFAULT_MODEL) &&
+                strstr(eng_last_error(), "deploy/fetch-text-model.sh") &&
+                strstr(eng_last_error(), "--text-model"),
+            "the default, absent: %s", eng_last_error());
+    T_CHECK(chdir(cwd) == 0, "chdir back");
+    unlink(link);
+    snprintf(link, sizeof link, "%s/models", dir);
+    rmdir(link);
+    rmdir(dir);
+    eng_backend_destroy(be);
+}
+
 int main(void)
 {
     T_RUN(test_wordpiece_basics);
@@ -761,6 +809,7 @@ int main(void)
     T_RUN(test_batch_equals_singles);
     T_RUN(test_hostile_text);
     T_RUN(test_hashed);
+    T_RUN(test_text_open);
     T_RUN(test_bad_folders);
     T_RUN(test_bad_weights);
     return t_summary("test_text");
