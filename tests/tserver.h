@@ -177,6 +177,12 @@ static inline int daemon_start(daemon_proc *d, const char *state, int wait_ready
     argv[n++] = state;
     argv[n++] = "--device";
     argv[n++] = "cpu";
+    /* an instrumented build (make test-tsan) runs the model 10-20 times
+     * slower: deadlines to match, before the test's own options (which win) */
+    if (getenv("TASAM_TEST_SLOW")) {
+        argv[n++] = "--request-timeout-ms";
+        argv[n++] = "600000";
+    }
     for (int i = 0; args && args[i] && n < 62; i++)
         argv[n++] = args[i];
     argv[n] = NULL;
