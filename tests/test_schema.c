@@ -52,26 +52,25 @@ static int run_schemathesis(int port, const char *extra, const char *what)
     return ok ? 0 : -1;
 }
 
-static void test_schema_with_hypernet(void)
+#define NEED_SCHEMATHESIS()                                                                        \
+    do {                                                                                           \
+        T_NEED_FIXTURES();                                                                         \
+        if (!g_st[0])                                                                              \
+            T_SKIP("schemathesis not found in build/venv: make pytools (run by make test) "        \
+                   "installs it from PyPI");                                                       \
+    } while (0)
+
+/* Contract: starts a daemon (with `hypernet` when not NULL) with the admin
+ * token, runs schemathesis against it with `extra` and stops it; 0 when
+ * schemathesis found nothing and the daemon stopped cleanly. */
+static int check_daemon(const char *name, const char *hypernet, const char *extra, const char *what)
 {
-    char hn[PATH_MAX], state[PATH_MAX], ex[64];
+    char state[PATH_MAX];
     daemon_proc d;
-    T_NEED_FIXTURES();
-    if (!g_st[0])
-        T_SKIP("schemathesis not found in build/venv: make pytools (run by make test) installs it "
-               "from PyPI");
-    snprintf(hn, sizeof hn, "%s/hn.safetensors", g_tmp);
-    hn_hypernet_config cfg;
-    hn_hypernet_config_default(&cfg);
-    snprintf(cfg.text_model, sizeof cfg.text_model, "hashed-%d", cfg.text_dim);
-    T_REQUIRE(hn_hypernet_init(hn, &cfg, 3, 1) == 0, "hypernet init: %s", eng_last_error());
-    snprintf(state, sizeof state, "%s/state-schema", g_tmp);
     /* few prompts and points a request: the schema's maxItems are the
      * defaults (64, 16), so larger requests get their 400 at once instead of
      * minutes of CPU decoding */
-    const char *args[] = {"--hypernet",
-                          hn,
-                          "--admin-token",
+    const char *args[] = {"--admin-token",
                           TOKEN,
                           "--max-prompts",
                           "4",
@@ -79,29 +78,45 @@ static void test_schema_with_hypernet(void)
                           "4",
                           "--request-timeout-ms",
                           "60000",
+                          hypernet ? "--hypernet" : NULL,
+                          hypernet,
                           NULL};
-    T_REQUIRE(daemon_start(&d, state, 1, args) == 0, "daemon with --hypernet did not start");
+    snprintf(state, sizeof state, "%s/state-%s", g_tmp, name);
+    if (daemon_start(&d, state, 1, args) != 0) {
+        show_log(&d);
+        fprintf(stderr, "  %s: the daemon did not start\n", what);
+        if (d.pid)
+            daemon_kill9(&d);
+        return -1;
+    }
+    int rc = run_schemathesis(d.port, extra, what);
+    if (daemon_stop(&d) != 0) {
+        fprintf(stderr, "  %s: the daemon did not stop cleanly\n", what);
+        rc = -1;
+    }
+    return rc;
+}
+
+static void test_schema_with_hypernet(void)
+{
+    char hn[PATH_MAX], ex[64];
+    NEED_SCHEMATHESIS();
+    snprintf(hn, sizeof hn, "%s/hn.safetensors", g_tmp);
+    hn_hypernet_config cfg;
+    hn_hypernet_config_default(&cfg);
+    snprintf(cfg.text_model, sizeof cfg.text_model, "hashed-%d", cfg.text_dim);
+    T_REQUIRE(hn_hypernet_init(hn, &cfg, 3, 1) == 0, "hypernet init: %s", eng_last_error());
     const char *n = getenv("TASAM_SCHEMATHESIS_EXAMPLES");
     snprintf(ex, sizeof ex, "-n %s", n && *n ? n : "15");
-    T_CHECK(run_schemathesis(d.port, ex, "with a hypernetwork") == 0,
+    T_CHECK(check_daemon("hn", hn, ex, "with a hypernetwork") == 0,
             "schema/openapi.yaml and tasamd disagree (report above)");
-    T_CHECK(daemon_stop(&d) == 0, "daemon exit status");
 }
 
 static void test_schema_without_hypernet(void)
 {
-    char state[PATH_MAX];
-    daemon_proc d;
-    T_NEED_FIXTURES();
-    if (!g_st[0])
-        T_SKIP("schemathesis not found in build/venv: make pytools (run by make test) installs it "
-               "from PyPI");
-    snprintf(state, sizeof state, "%s/state-schema-nohn", g_tmp);
-    const char *args[] = {"--admin-token", TOKEN, "--max-prompts", "4", "--max-points", "4", NULL};
-    T_REQUIRE(daemon_start(&d, state, 1, args) == 0, "daemon did not start");
-    T_CHECK(run_schemathesis(d.port, "--phases coverage", "without a hypernetwork") == 0,
+    NEED_SCHEMATHESIS();
+    T_CHECK(check_daemon("nohn", NULL, "--phases coverage", "without a hypernetwork") == 0,
             "schema/openapi.yaml and tasamd disagree (report above)");
-    T_CHECK(daemon_stop(&d) == 0, "daemon exit status");
 }
 
 int main(int argc, char **argv)
