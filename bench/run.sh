@@ -12,6 +12,8 @@ if [ -f "$fixtures/sam_tiny.safetensors" ]; then
     echo "== tiny (fixture)"
     "$build/bench/bench_cpu" --checkpoint "$fixtures/sam_tiny.safetensors" --reps "$reps"
     "$build/bench/bench_cpu" --checkpoint "$fixtures/sam_tiny.safetensors" --reps "$reps" --prompts 16
+    echo "== tiny: a sporadic request against back to back (the CPU pool after idle)"
+    "$build/bench/bench_idle" --checkpoint "$fixtures/sam_tiny.safetensors"
 else
     echo "== tiny: fixtures not found at $fixtures (set TASAM_FIXTURES), skipped"
 fi
