@@ -63,6 +63,7 @@ ifeq ($(CUDA),auto)
     CUDA_ARCHS ?= $(GPU_ARCHS)
   else
     CUDA := 0
+    CUDA_NOTE := $(if $(NVCC),no NVIDIA GPU here,no nvcc here): the CPU backend only (CUDA=1 builds the CUDA backend anyway)
   endif
 endif
 CUDA_HOME ?= $(patsubst %/bin/nvcc,%,$(NVCC))
@@ -106,6 +107,7 @@ BINS := $(BUILD)/tasam $(BUILD)/tasamd $(BUILD)/tasam-train
         clean run serve format format-check help reference reference-deps unicode-tables
 all:
 	@deploy/deps.sh
+	@$(if $(CUDA_NOTE),echo "build: $(CUDA_NOTE)")
 	@$(MAKE) --no-print-directory -j$(JOBS) bins
 
 bins: $(BINS)
