@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# bench/run.sh BUILD_DIR: the engine benchmarks (`make bench`). Uses the
-# fixture `tiny` model when ../shared/fixtures (or $TASAM_FIXTURES) exists,
+# bench/run.sh BUILD_DIR: the engine and trainer-data benchmarks (`make
+# bench`). Uses the fixture `tiny` model when ../shared/fixtures (or $TASAM_FIXTURES) exists,
 # and ViT-B-sized random weights it generates into build/bench/. Prints the
 # machine it ran on: figures are only comparable on the same machine.
 set -eu
@@ -21,6 +21,8 @@ vitb="$build/bench/sam_vit_b_random.safetensors"
 [ -f "$vitb" ] || "$build/bench/mkweights" --arch vit_b --out "$vitb"
 echo "== vit_b (random weights)"
 "$build/bench/bench_cpu" --checkpoint "$vitb" --reps "${BENCH_REPS_VITB:-2}"
+echo "== trainer data: synth, COCO load, examples and targets, COCO evaluation (bench_data)"
+"$build/bench/bench_data" --out "$build/bench/synth" --images "${BENCH_DATA_IMAGES:-200}"
 echo "== tasamd over HTTP (tasam-bench)"
 bench/serve_bench.sh "$build"
 if [ -x "$build/bench/bench_gpu" ]; then

@@ -9,6 +9,11 @@
 
 /* Each command file defines its tr_cmd_<name>; add it here. */
 static const tr_command tr__commands[] = {
+    {"synth", "write the procedural synthetic dataset (COCO instances + PNG images)", tr_cmd_synth},
+    {"check-data", "load a COCO dataset as training would, decode its images, describe it",
+     tr_cmd_check_data},
+    {"coco-eval", "COCO evaluation (segm or bbox) of a results file, as pycocotools computes it",
+     tr_cmd_coco_eval},
     {NULL, NULL, NULL},
 };
 

@@ -21,6 +21,11 @@ typedef struct tr_command {
     int (*run)(int argc, char **argv); /* argv after the command word */
 } tr_command;
 
+/* The commands (train/cmd_<name>.c). */
+int tr_cmd_synth(int argc, char **argv);
+int tr_cmd_coco_eval(int argc, char **argv);
+int tr_cmd_check_data(int argc, char **argv);
+
 /* The commands, in the order `tasam-train --help` lists them (train/main.c);
  * n receives the count. */
 const tr_command *tr_commands(int *n);
