@@ -1,15 +1,16 @@
 /*
  * bench/bench_idle.c: what a sporadic request costs on the CPU backend
- * against a request that follows another at once. The serving path of one
- * point prompt (eng_sam_segment_cached: decoder + postprocess to 800x534,
- * three masks, embedding resident) is timed back to back, and after the
- * process has been idle for each of --idle-ms gaps; the rounds alternate
- * (warm, idle gap 1, warm, idle gap 2, ...) so that the drift of a shared
- * machine falls on all of them alike. Reports medians and the extra cost
- * of the first request after a pause. A benchmark: it asserts nothing.
+ * against one that follows another at once, for several spin times of the
+ * CPU pool (eng_cpu_set_spin_us; 0 is a pool whose threads sleep as soon as
+ * a loop ends). The serving path of one point prompt
+ * (eng_sam_segment_cached: decoder + postprocess to 800x534, three masks,
+ * embedding resident) is timed right after another call, and after the
+ * process has been idle for each --idle-ms gap; spin settings and gaps
+ * alternate within every round, so the drift of a shared machine falls on
+ * all of them alike. Reports medians. A benchmark: it asserts nothing.
  *
  *   build/bench/bench_idle --checkpoint FILE [--reps N] [--threads N]
- *                          [--idle-ms 50,500,2000]
+ *                          [--idle-ms 50,500,2000] [--spin-us 0,500]
  */
 #include <stdio.h>
 #include <stdlib.h>
@@ -22,7 +23,7 @@
 
 #include "bench_util.h"
 
-#define MAX_GAPS 8
+#define MAX_LIST 8
 
 static void sleep_ms(int ms)
 {
@@ -31,10 +32,26 @@ static void sleep_ms(int ms)
         ;
 }
 
+/* Contract: parses "a,b,c" into out (at most MAX_LIST values in [lo, hi]);
+ * the count, or -1. */
+static int parse_list(const char *s, int lo, int hi, int *out)
+{
+    int n = 0;
+    while (*s && n < MAX_LIST) {
+        char *end;
+        long v = strtol(s, &end, 10);
+        if (end == s || v < lo || v > hi || (*end && *end != ','))
+            return -1;
+        out[n++] = (int)v;
+        s = *end ? end + 1 : end;
+    }
+    return *s ? -1 : n;
+}
+
 int main(int argc, char **argv)
 {
-    const char *ckpt = NULL, *gaps_s = "50,500,2000";
-    int reps = 9, threads = 0, gaps[MAX_GAPS], n_gaps = 0;
+    const char *ckpt = NULL, *gaps_s = "50,500,2000", *spins_s = "0,500";
+    int reps = 9, threads = 0, gaps[MAX_LIST], spins[MAX_LIST], n_gaps, n_spins;
     for (int i = 1; i < argc; i++) {
         if (!strcmp(argv[i], "--checkpoint") && i + 1 < argc)
             ckpt = argv[++i];
@@ -44,24 +61,21 @@ int main(int argc, char **argv)
             threads = atoi(argv[++i]);
         else if (!strcmp(argv[i], "--idle-ms") && i + 1 < argc)
             gaps_s = argv[++i];
+        else if (!strcmp(argv[i], "--spin-us") && i + 1 < argc)
+            spins_s = argv[++i];
         else {
             fprintf(stderr, "usage: bench_idle --checkpoint FILE [--reps N] [--threads N] "
-                            "[--idle-ms MS,MS,...]\n");
+                            "[--idle-ms MS,...] [--spin-us US,...]\n");
             return 2;
         }
     }
-    for (const char *p = gaps_s; *p && n_gaps < MAX_GAPS;) {
-        char *end;
-        long g = strtol(p, &end, 10);
-        if (end == p || g < 1 || g > 60000) {
-            fprintf(stderr, "bench_idle: --idle-ms takes 1..60000 ms, comma-separated\n");
-            return 2;
-        }
-        gaps[n_gaps++] = (int)g;
-        p = *end == ',' ? end + 1 : end;
-    }
-    if (!ckpt || reps < 1 || reps > 200 || n_gaps == 0) {
-        fprintf(stderr, "bench_idle: --checkpoint is required; reps 1..200\n");
+    n_gaps = parse_list(gaps_s, 1, 60000, gaps);
+    n_spins = parse_list(spins_s, 0, 100000, spins);
+    if (!ckpt || reps < 1 || reps > 200 || n_gaps < 1 || n_spins < 1) {
+        fprintf(stderr,
+                "bench_idle: --checkpoint is required; reps 1..200; --idle-ms 1..60000 "
+                "and --spin-us 0..100000, comma-separated, at most %d each\n",
+                MAX_LIST);
         return 2;
     }
     eng_backend *be = NULL;
@@ -73,17 +87,18 @@ int main(int argc, char **argv)
         return 1;
     }
     const eng_sam_imginfo info = {800, 534, 1024, 684};
+    const size_t cells = (size_t)n_spins * (size_t)(n_gaps + 1);
     float *emb = malloc((size_t)ENG_SAM_EMB_FLOATS * sizeof(float));
     uint8_t *masks = malloc((size_t)3 * 800 * 534);
-    double *warm = malloc((size_t)reps * sizeof(double));
-    double *idle = malloc((size_t)reps * n_gaps * sizeof(double));
-    if (!emb || !masks || !warm || !idle) {
+    /* t[(spin * (n_gaps + 1) + column) * reps + rep]; column 0: back to back */
+    double *t = malloc(cells * (size_t)reps * sizeof(double));
+    if (!emb || !masks || !t) {
         fprintf(stderr, "bench_idle: out of memory\n");
         return 1;
     }
     /* a smooth synthetic embedding: the decoder's cost does not depend on it */
     for (size_t i = 0; i < (size_t)ENG_SAM_EMB_FLOATS; i++)
-        emb[i] = (float)((i % 977) * 1e-3 - 0.5);
+        emb[i] = (float)((double)(i % 977) * 1e-3 - 0.5);
     const float pt[2] = {400, 294};
     const int lab[1] = {1};
     eng_sam_prompt p = {.n_points = 1, .points = pt, .labels = lab};
@@ -98,28 +113,38 @@ int main(int argc, char **argv)
             fprintf(stderr, "bench_idle: %s\n", eng_last_error());
             return 1;
         }
-    for (int r = 0; r < reps; r++) {
-        for (int g = 0; g < n_gaps; g++) {
-            /* warm: right after the previous call */
-            double t0 = bench_now_ms();
-            eng_sam_segment_cached(m, "bench", NULL, &info, &p, 1, 1, iou, masks, stab, &tm);
-            if (g == 0)
-                warm[r] = bench_now_ms() - t0;
-            sleep_ms(gaps[g]);
-            t0 = bench_now_ms();
-            eng_sam_segment_cached(m, "bench", NULL, &info, &p, 1, 1, iou, masks, stab, &tm);
-            idle[(size_t)g * reps + r] = bench_now_ms() - t0;
-        }
+    for (int r = 0; r < reps; r++)
+        for (int g = 0; g < n_gaps; g++)
+            for (int s = 0; s < n_spins; s++) {
+                double *cell = t + (size_t)s * (size_t)(n_gaps + 1) * (size_t)reps;
+                eng_cpu_set_spin_us(spins[s]);
+                /* back to back: right after the previous call */
+                eng_sam_segment_cached(m, "bench", NULL, &info, &p, 1, 1, iou, masks, stab, &tm);
+                double t0 = bench_now_ms();
+                eng_sam_segment_cached(m, "bench", NULL, &info, &p, 1, 1, iou, masks, stab, &tm);
+                if (g == 0)
+                    cell[r] = bench_now_ms() - t0;
+                sleep_ms(gaps[g]);
+                t0 = bench_now_ms();
+                eng_sam_segment_cached(m, "bench", NULL, &info, &p, 1, 1, iou, masks, stab, &tm);
+                cell[(size_t)(g + 1) * (size_t)reps + (size_t)r] = bench_now_ms() - t0;
+            }
+    printf("  median ms of %d runs   back to back", reps);
+    for (int g = 0; g < n_gaps; g++)
+        printf("  after %5d ms idle", gaps[g]);
+    printf("\n");
+    for (int s = 0; s < n_spins; s++) {
+        double *cell = t + (size_t)s * (size_t)(n_gaps + 1) * (size_t)reps;
+        double w = bench_median(cell, reps);
+        printf("  spin %6d us      %12.2f", spins[s], w);
+        for (int g = 0; g < n_gaps; g++)
+            printf("  %10.2f (%+6.2f)", bench_median(cell + (size_t)(g + 1) * (size_t)reps, reps),
+                   bench_median(cell + (size_t)(g + 1) * (size_t)reps, reps) - w);
+        printf("\n");
     }
-    double w = bench_median(warm, reps);
-    printf("  back to back:       median %7.2f ms (%d runs)\n", w, reps);
-    for (int g = 0; g < n_gaps; g++) {
-        double v = bench_median(idle + (size_t)g * reps, reps);
-        printf("  after %5d ms idle: median %7.2f ms, %+6.2f ms against back to back\n", gaps[g], v,
-               v - w);
-    }
+    eng_cpu_set_spin_us(ENG_CPU_SPIN_US_DEFAULT);
     eng_sam_destroy(m);
     eng_backend_destroy(be);
-    free(emb), free(masks), free(warm), free(idle);
+    free(emb), free(masks), free(t);
     return 0;
 }

@@ -963,6 +963,8 @@ int eng_backend_cpu_create(eng_backend **out, int threads)
     return 0;
 }
 
+void eng_cpu_set_spin_us(int us) { eng_parallel_set_spin_us(us); }
+
 #ifndef ENG_HAVE_CUDA
 int eng_backend_cuda_create(eng_backend **out, int device_index, eng_dtype dtype)
 {

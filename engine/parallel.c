@@ -4,7 +4,7 @@
  * A job is published by bumping `generation` (release); workers see it by
  * reading it (acquire), run their chunk, and count `pending` down; the
  * caller runs chunk 0 and waits for `pending` to reach 0. Both waits spin
- * for ENG_POOL_SPIN_NS before they sleep on a condition variable.
+ * for a while (eng__spin_ns) before they sleep on a condition variable.
  *
  * Why spin: a request is hundreds of short parallel loops with a little
  * serial work between them. A worker that sleeps between two of them must
@@ -14,7 +14,8 @@
  * ms more for a decoder call after 2 s idle than back to back; see the
  * README's Performance section). Spinning across the gaps keeps the workers
  * awake for the whole request, so only its first loop wakes them; once the
- * pool has had no job for ENG_POOL_SPIN_NS, they sleep and cost nothing.
+ * pool has had no job for the spin time (eng_cpu_set_spin_us), they sleep
+ * and cost nothing.
  */
 #include "parallel.h"
 
@@ -23,11 +24,21 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "ops.h"
+
 #define ENG_POOL_MAX 64
-/* How long an idle worker (and a waiting caller) spins before sleeping: long
- * enough to span the serial work between two loops of one request, short
- * enough that an idle pool stops burning its cores at once. */
-#define ENG_POOL_SPIN_NS 2000000L
+
+/* How long an idle worker (and a waiting caller) spins before sleeping, in
+ * ns (atomic): long enough to span the serial work between two loops of one
+ * request (measured on the decoder: 62 loops a call, gaps of 2 us at the
+ * median and under 0.5 ms at most), short enough that an idle pool stops
+ * burning its cores at once. */
+static long eng__spin_ns = ENG_CPU_SPIN_US_DEFAULT * 1000L;
+
+void eng_parallel_set_spin_us(int us)
+{
+    __atomic_store_n(&eng__spin_ns, us > 0 ? us * 1000L : 0L, __ATOMIC_RELAXED);
+}
 
 static struct {
     pthread_once_t once;
@@ -79,12 +90,13 @@ static void eng__run_chunk(int idx)
 }
 
 /* Contract: returns once generation differs from `seen`: spinning for
- * ENG_POOL_SPIN_NS, then asleep on work_cv. */
+ * eng__spin_ns, then asleep on work_cv. */
 static unsigned long eng__wait_job(unsigned long seen)
 {
     unsigned long g;
-    long until = eng__now_ns() + ENG_POOL_SPIN_NS;
-    for (int i = 0;; i++) {
+    long spin = __atomic_load_n(&eng__spin_ns, __ATOMIC_RELAXED);
+    long until = eng__now_ns() + spin;
+    for (int i = 0; spin > 0; i++) {
         if ((g = __atomic_load_n(&eng__pool.generation, __ATOMIC_ACQUIRE)) != seen)
             return g;
         /* the clock costs more than a pause: read it now and then, and let
@@ -170,9 +182,10 @@ static void eng__dispatch(int64_t n, eng_range_fn fn, eng_task_fn task, void *ar
         pthread_cond_broadcast(&eng__pool.work_cv);
     pthread_mutex_unlock(&eng__pool.mu);
     eng__run_chunk(0);
-    long until = eng__now_ns() + ENG_POOL_SPIN_NS;
+    long spin = __atomic_load_n(&eng__spin_ns, __ATOMIC_RELAXED);
+    long until = eng__now_ns() + spin;
     for (int i = 0; __atomic_load_n(&eng__pool.pending, __ATOMIC_ACQUIRE) > 0; i++) {
-        if ((i & 255) == 255 && (sched_yield(), eng__now_ns() > until)) {
+        if (spin == 0 || ((i & 255) == 255 && (sched_yield(), eng__now_ns() > until))) {
             pthread_mutex_lock(&eng__pool.mu);
             eng__pool.caller_asleep = 1;
             while (__atomic_load_n(&eng__pool.pending, __ATOMIC_ACQUIRE) > 0)

@@ -24,6 +24,10 @@ void eng_parallel_for(int64_t n, int64_t grain, eng_range_fn fn, void *arg);
 typedef void (*eng_task_fn)(void *arg, int64_t i0, int64_t i1, int worker);
 void eng_parallel_run(int64_t n, eng_task_fn fn, void *arg);
 
+/* How long idle workers and a waiting caller spin before they sleep
+ * (microseconds, >= 0; see eng_cpu_set_spin_us). Any time. */
+void eng_parallel_set_spin_us(int us);
+
 /* Set the pool size, the calling thread included (before first use, which
  * starts the threads; later calls have no effect; <= 0: all cores). */
 void eng_parallel_set_threads(int n);

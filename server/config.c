@@ -27,7 +27,7 @@ static const char *const log_choices[] = {"error", "warn", "info", "debug", NULL
 #define GiB (1024LL * 1024 * 1024)
 
 /* The table. Order must match srv_opt_id. */
-static const srv_opt_def opt_table[SRV_OPT_COUNT] = {
+static const srv_opt_def opt_table[] = {
     {"config", SRV_T_STRING, "", 0, 0, NULL, 0, 0,
      "config file of `name = value` lines (# comments); re-read on SIGHUP"},
     {"checkpoint", SRV_T_STRING, "", 0, 0, NULL, 0, 0,
@@ -44,6 +44,9 @@ static const srv_opt_def opt_table[SRV_OPT_COUNT] = {
      "auto, fp32, fp16 or bf16 (CPU runs fp32 only)"},
     {"cpu-threads", SRV_T_INT, "0", 0, 1024, NULL, 0, 0,
      "threads of the CPU backend (0: all cores)"},
+    {"cpu-spin-us", SRV_T_INT, "500", 0, 100000, NULL, 0, 0,
+     "microseconds the CPU backend's idle threads spin before they sleep, so that a request's "
+     "short parallel loops find them awake (0: sleep at once, for cores busy with other work)"},
     {"admin-token", SRV_T_STRING, "", 0, 0, NULL, 1, 1,
      "bearer token for /admin routes (prefer admin-token-file)"},
     {"admin-token-file", SRV_T_STRING, "", 0, 0, NULL, 1, 0,
@@ -87,6 +90,10 @@ static const srv_opt_def opt_table[SRV_OPT_COUNT] = {
     {"max-connections", SRV_T_INT, "512", 1, 65536, NULL, 0, 0, "simultaneous HTTP connections"},
     {"log-level", SRV_T_ENUM, "info", 0, 0, log_choices, 1, 0, "error, warn, info or debug"},
 };
+
+/* one row per srv_opt_id, in its order */
+_Static_assert(sizeof opt_table / sizeof opt_table[0] == SRV_OPT_COUNT,
+               "opt_table needs a row for every srv_opt_id");
 
 const srv_opt_def *srv_config_table(size_t *n)
 {

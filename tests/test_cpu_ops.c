@@ -163,8 +163,8 @@ static void test_binarize(void)
 
 /* The pool: every item of every job is handled exactly once, by a worker
  * index in range, whether the workers are spinning (jobs back to back) or
- * asleep (a pause longer than the spin), and with jobs from two threads at
- * once (they are serialised). */
+ * asleep (a pause longer than the spin, or no spin at all), and with jobs
+ * from two threads at once (they are serialised). */
 typedef struct {
     int *hits; /* [n] */
     int bad_worker;
@@ -222,6 +222,10 @@ static void test_parallel_pool(void)
     /* 5 ms pauses: past the spin, so every job wakes sleeping workers */
     T_CHECK(pool_rounds(20, 1000, 5000, &bad) == 0, "after pauses: items missed or repeated");
     T_CHECK(pool_rounds(200, 3, 0, &bad) == 0, "fewer items than workers");
+    /* no spinning at all: every job wakes sleeping workers */
+    eng_cpu_set_spin_us(0);
+    T_CHECK(pool_rounds(2000, 1000, 0, &bad) == 0, "without spinning: items missed or repeated");
+    eng_cpu_set_spin_us(ENG_CPU_SPIN_US_DEFAULT);
     pthread_t th;
     int wrong_th = -1;
     T_REQUIRE(pthread_create(&th, NULL, pool_thread, &wrong_th) == 0, "thread");
