@@ -70,15 +70,20 @@ CUDA_HOME ?= $(patsubst %/bin/nvcc,%,$(NVCC))
 CUDA_ARCHS ?= 75 80 86 89 90
 CUDA_PTX := $(lastword $(sort $(CUDA_ARCHS)))
 CUDA_CHECK_ARCH ?= 80
-NVCCFLAGS = -O3 -std=c++17 -I. -Xcompiler -Wall,-Wextra,-Werror,-Wno-unused-parameter,-fPIC \
-            $(foreach a,$(CUDA_ARCHS),-gencode arch=compute_$(a),code=sm_$(a)) \
+NVCC_COMMON = -O3 -std=c++17 -I. -Xcompiler -Wall,-Wextra,-Werror,-Wno-unused-parameter,-fPIC
+NVCCFLAGS = $(NVCC_COMMON) $(foreach a,$(CUDA_ARCHS),-gencode arch=compute_$(a),code=sm_$(a)) \
             -gencode arch=compute_$(CUDA_PTX),code=compute_$(CUDA_PTX)
+# The sm_75 (T4) kernels, engine/cuda/*_sm75.cu, whatever CUDA_ARCHS says:
+# sm_75 code plus compute_75 PTX, which the driver JIT-compiles on any newer
+# GPU, so TASAM_CUDA_KERNELS=sm75 runs the T4's code path there.
+NVCCFLAGS_SM75 = $(NVCC_COMMON) -gencode arch=compute_75,code=[sm_75,compute_75]
 
 ENGINE_SRC   := $(wildcard engine/*.c)
 HYPERNET_SRC := $(wildcard hypernet/*.c)
 ADAPTERS_SRC := $(wildcard adapters/*.c)
 SERVER_SRC   := $(filter-out server/main.c,$(wildcard server/*.c))
 TRAIN_SRC    := $(filter-out train/main.c,$(wildcard train/*.c))
+CLIENTS_SRC  := $(wildcard clients/*.c)
 CLI_SRC      := $(wildcard cli/*.c)
 CLI_OBJ      := $(CLI_SRC:%.c=$(BUILD)/obj/%.o)
 
@@ -90,21 +95,23 @@ else
   CUDA_OBJ :=
 endif
 
-LIB_SRC  := $(ENGINE_SRC) $(HYPERNET_SRC) $(ADAPTERS_SRC) $(SERVER_SRC) $(TRAIN_SRC)
+LIB_SRC  := $(ENGINE_SRC) $(HYPERNET_SRC) $(ADAPTERS_SRC) $(SERVER_SRC) $(TRAIN_SRC) $(CLIENTS_SRC)
 LIB_OBJ  := $(LIB_SRC:%.c=$(BUILD)/obj/%.o) $(CUDA_OBJ)
 LIB      := $(BUILD)/libtasam.a
 
 TEST_SRC := $(wildcard tests/test_*.c)
 TEST_BIN := $(TEST_SRC:tests/%.c=$(BUILD)/tests/%)
 BENCH_SRC := $(wildcard bench/*.c)
-BENCH_BIN := $(BENCH_SRC:bench/%.c=$(BUILD)/bench/%)
+BENCH_BIN := $(BENCH_SRC:bench/%.c=$(BUILD)/bench/%) $(BUILD)/bench/tasam-bench
+# tasam-bench is one program of several files (bench/tasam-bench/tb.h).
+TB_OBJ := $(patsubst %.c,$(BUILD)/obj/%.o,$(wildcard bench/tasam-bench/*.c))
 FUZZ_SRC := $(wildcard tests/fuzz/fuzz_*.c)
 FUZZ_BIN := $(FUZZ_SRC:tests/fuzz/%.c=$(BUILD)/bin/%)
 
 BINS := $(BUILD)/tasam $(BUILD)/tasamd $(BUILD)/tasam-train
 
 .PHONY: all bins deps pytools test test-plain test-san test-tsan cuda-check fuzz fuzz-bins bench \
-        clean run serve format format-check help reference reference-deps unicode-tables
+        bench-cluster clean run serve format format-check help reference reference-deps unicode-tables
 all:
 	@deploy/deps.sh
 	@$(if $(CUDA_NOTE),echo "build: $(CUDA_NOTE)")
@@ -128,6 +135,7 @@ help:
 	@echo "  make cuda-check   compile and link the CUDA backend for CUDA_CHECK_ARCH (needs nvcc)"
 	@echo "  make fuzz         build the libFuzzer targets and run each for FUZZ_SECONDS"
 	@echo "  make bench        CPU (and GPU where present) benchmarks"
+	@echo "  make bench-cluster  rate sweeps of 1 and 3 replicas behind HAProxy (bench/cluster_sweep.sh)"
 	@echo "  make reference    compare with the official PyTorch SAM (installs Debian's torch)"
 	@echo "  make format       clang-format every C/CUDA source; format-check: check only"
 	@echo "  make unicode-tables  regenerate hypernet/unicode_tables.c from Hugging Face tokenizers"
@@ -173,6 +181,11 @@ $(BUILD)/obj/%.o: %.cu $(BUILD)/.config
 	@echo "  NVCC    $<"
 	@$(NVCC) $(NVCCFLAGS) -MMD -MP -c $< -o $@
 
+$(BUILD)/obj/%_sm75.o: %_sm75.cu $(BUILD)/.config
+	@mkdir -p $(dir $@)
+	@echo "  NVCC    $< (compute_75)"
+	@$(NVCC) $(NVCCFLAGS_SM75) -MMD -MP -c $< -o $@
+
 $(LIB): $(LIB_OBJ)
 	@rm -f $@
 	@echo "  AR      $@"
@@ -191,6 +204,11 @@ $(BUILD)/tasam-train: $(BUILD)/obj/train/main.o $(LIB)
 	@$(CC) $(LDFLAGS) -pthread -o $@ $^ $(LDLIBS_ALL)
 
 $(BUILD)/tests/%: $(BUILD)/obj/tests/%.o $(LIB)
+	@mkdir -p $(dir $@)
+	@echo "  LD      $@"
+	@$(CC) $(LDFLAGS) -pthread -o $@ $^ $(LDLIBS_ALL)
+
+$(BUILD)/bench/tasam-bench: $(TB_OBJ) $(LIB)
 	@mkdir -p $(dir $@)
 	@echo "  LD      $@"
 	@$(CC) $(LDFLAGS) -pthread -o $@ $^ $(LDLIBS_ALL)
@@ -266,6 +284,11 @@ fuzz-bins: $(FUZZ_BIN)
 
 bench: $(BINS) $(BENCH_BIN)
 	@bench/run.sh $(BUILD)
+
+# The README's scale-out figures: local clusters of the fixture model on the
+# CPU behind HAProxy, open-loop rate sweeps (several minutes).
+bench-cluster: deps $(BUILD)/tasamd $(BUILD)/bench/tasam-bench
+	@bench/cluster_sweep.sh $(BUILD)
 
 # `make run`: the README's first command. Installs what is missing, builds,
 # fetches and verifies the ViT-H checkpoint (unless CHECKPOINT names

@@ -22,29 +22,11 @@
 
 int main(int argc, char **argv)
 {
-    const char *ckpt = NULL, *device = "cpu";
-    int reps = 5, prompts = 1, threads = 0;
-    for (int i = 1; i < argc; i++) {
-        if (!strcmp(argv[i], "--checkpoint") && i + 1 < argc)
-            ckpt = argv[++i];
-        else if (!strcmp(argv[i], "--reps") && i + 1 < argc)
-            reps = atoi(argv[++i]);
-        else if (!strcmp(argv[i], "--prompts") && i + 1 < argc)
-            prompts = atoi(argv[++i]);
-        else if (!strcmp(argv[i], "--threads") && i + 1 < argc)
-            threads = atoi(argv[++i]);
-        else if (!strcmp(argv[i], "--device") && i + 1 < argc)
-            device = argv[++i];
-        else {
-            fprintf(stderr, "usage: bench_cpu --checkpoint FILE [--reps N] [--prompts N] "
-                            "[--threads N] [--device cpu|cuda]\n");
-            return 2;
-        }
-    }
-    if (!ckpt || reps < 1 || reps > 1000 || prompts < 1 || prompts > 256) {
-        fprintf(stderr, "bench_cpu: --checkpoint is required; reps 1..1000, prompts 1..256\n");
+    bench_args args = {.device = "cpu", .reps = 5, .prompts = 1};
+    if (bench_parse_args("bench_cpu", argc, argv, &args))
         return 2;
-    }
+    const char *ckpt = args.ckpt, *device = args.device;
+    const int reps = args.reps, prompts = args.prompts, threads = args.threads;
     eng_backend *be = NULL;
     int rc = !strcmp(device, "cuda") ? eng_backend_cuda_create(&be, 0, ENG_BF16)
                                      : eng_backend_cpu_create(&be, threads);

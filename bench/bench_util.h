@@ -8,6 +8,7 @@
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <string.h>
 #include <time.h>
 
 #include "engine/error.h"
@@ -26,6 +27,43 @@ static inline int bench__cmp_double(const void *a, const void *b)
 {
     double x = *(const double *)a, y = *(const double *)b;
     return x < y ? -1 : x > y;
+}
+
+/* The options the engine benchmarks share: --checkpoint FILE (required),
+ * --reps N (1..1000), --prompts N (1..256), --threads N and, where
+ * a->device is set on entry (its default), --device cpu|cuda. 0, or 2 after
+ * printing the usage of `prog`. */
+typedef struct bench_args {
+    const char *ckpt, *device;
+    int reps, prompts, threads;
+} bench_args;
+
+static inline int bench_parse_args(const char *prog, int argc, char **argv, bench_args *a)
+{
+    int with_device = a->device != NULL;
+    for (int i = 1; i < argc; i++) {
+        if (!strcmp(argv[i], "--checkpoint") && i + 1 < argc)
+            a->ckpt = argv[++i];
+        else if (!strcmp(argv[i], "--reps") && i + 1 < argc)
+            a->reps = atoi(argv[++i]);
+        else if (!strcmp(argv[i], "--prompts") && i + 1 < argc)
+            a->prompts = atoi(argv[++i]);
+        else if (!strcmp(argv[i], "--threads") && i + 1 < argc)
+            a->threads = atoi(argv[++i]);
+        else if (with_device && !strcmp(argv[i], "--device") && i + 1 < argc)
+            a->device = argv[++i];
+        else {
+            fprintf(stderr,
+                    "usage: %s --checkpoint FILE [--reps N] [--prompts N] [--threads N]%s\n", prog,
+                    with_device ? " [--device cpu|cuda]" : "");
+            return 2;
+        }
+    }
+    if (!a->ckpt || a->reps < 1 || a->reps > 1000 || a->prompts < 1 || a->prompts > 256) {
+        fprintf(stderr, "%s: --checkpoint is required; reps 1..1000, prompts 1..256\n", prog);
+        return 2;
+    }
+    return 0;
 }
 
 /* Median of n timings (sorts them in place). */

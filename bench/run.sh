@@ -12,6 +12,8 @@ if [ -f "$fixtures/sam_tiny.safetensors" ]; then
     echo "== tiny (fixture)"
     "$build/bench/bench_cpu" --checkpoint "$fixtures/sam_tiny.safetensors" --reps "$reps"
     "$build/bench/bench_cpu" --checkpoint "$fixtures/sam_tiny.safetensors" --reps "$reps" --prompts 16
+    echo "== training step (decoder forward + backward with LoRA; the decoder is every SAM's)"
+    "$build/bench/bench_train" --checkpoint "$fixtures/sam_tiny.safetensors" --reps "$reps"
     echo "== tiny: a sporadic request against back to back (the CPU pool after idle)"
     "$build/bench/bench_idle" --checkpoint "$fixtures/sam_tiny.safetensors"
 else
@@ -21,6 +23,10 @@ vitb="$build/bench/sam_vit_b_random.safetensors"
 [ -f "$vitb" ] || "$build/bench/mkweights" --arch vit_b --out "$vitb"
 echo "== vit_b (random weights)"
 "$build/bench/bench_cpu" --checkpoint "$vitb" --reps "${BENCH_REPS_VITB:-2}"
+if [ ! -f "$fixtures/sam_tiny.safetensors" ]; then
+    echo "== training step (decoder forward + backward with LoRA; the decoder is every SAM's)"
+    "$build/bench/bench_train" --checkpoint "$vitb" --reps "$reps"
+fi
 echo "== trainer data: synth, COCO load, examples and targets, COCO evaluation (bench_data)"
 "$build/bench/bench_data" --out "$build/bench/synth" --images "${BENCH_DATA_IMAGES:-200}"
 echo "== tasamd over HTTP (tasam-bench)"

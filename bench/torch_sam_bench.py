@@ -14,6 +14,8 @@ SamPredictor.predict_torch runs them: prompt encoder + mask decoder on one
 image embedding). Medians over --reps after warm-up; on CUDA every timing
 ends with torch.cuda.synchronize(). Weights: an official .pth, or the
 safetensors bench/mkweights writes (read with tests/reference/reference.py).
+Every figure is also one line "FIG torch/ARCH/DTYPE/MODE METRIC VALUE", the
+format of bench/bench_gpu, so bench/gpu_check.sh puts the two side by side.
 A benchmark: it asserts nothing.
 """
 import argparse
@@ -98,12 +100,16 @@ def main():
                         enc(x1)
                 ms = timed(run1, a.reps, sync)
                 print(f"  {dt} {label}: encoder batch 1 {ms:.3f} ms")
+                mode = "compile" if label == "torch.compile" else "eager"
+                print(f"FIG torch/{a.arch}/{dt}/{mode} encoder_b1_ms {ms:.4g}")
                 if xb is not None:
                     def runb(enc=enc):
                         with ctx():
                             enc(xb)
                     ms = timed(runb, max(3, a.reps // 2), sync) / a.batch
                     print(f"  {dt} {label}: encoder batch {a.batch} {ms:.3f} ms per image")
+                    print(f"FIG torch/{a.arch}/{dt}/{mode} encoder_b{a.batch}_ms_per_image "
+                          f"{ms:.4g}")
             with ctx():
                 emb = model.image_encoder(x1)
             pe = model.prompt_encoder.get_dense_pe()
@@ -118,6 +124,7 @@ def main():
                                            multimask_output=True)
                 ms = timed(dec, a.reps, sync)
                 print(f"  {dt}: decoder {n:2d} prompt{'s' if n > 1 else ' '} {ms:.3f} ms per call")
+                print(f"FIG torch/{a.arch}/{dt}/eager decoder_{n}_resident_ms {ms:.4g}")
 
 
 if __name__ == "__main__":

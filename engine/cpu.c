@@ -4,6 +4,9 @@
  * the CUDA backend is checked against, so it favours plain, exact code:
  * two-pass LayerNorm, max-subtracted softmax, erf GELU.
  *
+ * The backward ops (training) are in cpu_backward.c; what both files share
+ * is in cpu_internal.h.
+ *
  * Scratch: im2col buffers and attention score matrices live in one scratch
  * buffer owned by the backend, grown to the largest size a model asks for
  * during its first (measure-free) forward and then reused: steady-state
@@ -17,17 +20,9 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "backend.h"
+#include "cpu_internal.h"
 #include "error.h"
 #include "parallel.h"
-
-typedef struct eng_cpu {
-    eng_backend base;
-    pthread_mutex_t mu; /* guards the counters and scratch growth */
-    size_t used;        /* bytes handed out by alloc */
-    float *scratch;
-    size_t scratch_n; /* floats */
-} eng_cpu;
 
 /* Header before each allocation so free() can account for its size. */
 typedef struct {
@@ -95,7 +90,7 @@ static void cpu_memory(const eng_backend *be, size_t *used, size_t *total)
 
 /* Scratch of at least n floats. Ops are called from one thread per backend
  * (the worker owning the model), so the buffer is not shared concurrently. */
-static float *cpu_scratch(eng_cpu *c, size_t n)
+float *eng__cpu_scratch(eng_cpu *c, size_t n)
 {
     if (n > c->scratch_n) {
         float *p = realloc(c->scratch, n * sizeof(float));
@@ -109,47 +104,14 @@ static float *cpu_scratch(eng_cpu *c, size_t n)
     return c->scratch;
 }
 
-/* exp for x <= 0 (softmax after max subtraction): 2^n * p(r), |r| <= ln2/2,
- * degree-6 polynomial, about 1 ulp; branch-free so the loop vectorises. */
-static inline float eng__exp_neg(float x)
-{
-    x = x < -87.0f ? -87.0f : x;
-    /* round to nearest with the 1.5 * 2^23 trick: no libm call, vectorises */
-    float n = (x * 1.44269504088896341f + 12582912.0f) - 12582912.0f;
-    float r = x - n * 0.693359375f + n * 2.12194440e-4f;
-    float p = 1.0f + r * (1.0f + r * (0.5f + r * (0.166666672f +
-                                                  r * (0.0416666679f + r * (0.00833333377f +
-                                                                            r * 0.00138888892f)))));
-    int32_t e = ((int32_t)n + 127) << 23;
-    float scale;
-    memcpy(&scale, &e, 4);
-    return p * scale;
-}
-
-/* erf to about 1.5e-7 absolute (Abramowitz & Stegun 7.1.26), branch-free so
- * GELU loops vectorise; libm's erff is exact to an ulp but scalar and was a
- * tenth of the decoder's time. The fp32 tolerances (2e-3) leave ample room. */
-static inline float eng__erf(float x)
-{
-    float ax = x < 0 ? -x : x;
-    float t = 1.0f / (1.0f + 0.3275911f * ax);
-    float poly =
-        t * (0.254829592f +
-             t * (-0.284496736f + t * (1.421413741f + t * (-1.453152027f + t * 1.061405429f))));
-    float e = eng__exp_neg(-ax * ax);
-    float y = 1.0f - poly * e;
-    return x < 0 ? -y : y;
-}
-
 /* ---- hot element-wise loops, built twice ----
  * The GELU and softmax loops also get an AVX2 build (8 lanes instead of the
  * baseline's 4), chosen once at run time. Neither build uses FMA, and the
  * reductions keep their explicit 8 partial lanes, so both give the same
  * bits. Each body is always_inline so that each wrapper compiles it for its
  * own target. */
-#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
-#define ENG__TWO_BUILDS 1
-static int eng__have_avx2(void)
+#ifdef ENG__TWO_BUILDS
+int eng__have_avx2(void)
 {
     static int have = -1; /* -1 until probed; threads may probe at once */
     int h = __atomic_load_n(&have, __ATOMIC_RELAXED);
@@ -213,23 +175,6 @@ static void eng__add_vec(float *restrict y, const float *restrict b, int64_t n)
  * inside parallel tasks (attention) without oversubscribing the cores. The
  * epilogue (bias, activation, residual) runs on each block while it is hot. */
 
-typedef struct eng__gemm {
-    int tb; /* B is [N, K] (transposed use) rather than [K, N] */
-    int M, N, K;
-    float alpha, beta;
-    const float *A; /* [M, K], row stride lda */
-    int lda;
-    const float *B;
-    int ldb;
-    float *C; /* [M, N], row stride ldc */
-    int ldc;
-    int split_n;       /* 1: workers take column blocks */
-    const float *bias; /* [N / group] or NULL */
-    int group;
-    const float *res; /* [M, N] contiguous or NULL, added after act */
-    eng_act act;
-} eng__gemm;
-
 static void eng__gemm_epilogue(const eng__gemm *g, int64_t r0, int64_t r1, int64_t c0, int64_t c1);
 
 #ifndef ENG_GEMV_ROWS
@@ -263,7 +208,7 @@ static void eng__gemm_block(void *p, int64_t i0, int64_t i1, int worker)
         eng__gemm_epilogue(g, r0, r1, c0, c1);
 }
 
-static void eng__gemm_run(eng__gemm *g)
+void eng__gemm_run(eng__gemm *g)
 {
     int nt = eng_parallel_threads();
     /* Blocks of at least 16 rows / 64 columns keep the BLAS kernels efficient. */
@@ -374,7 +319,7 @@ typedef struct {
 
 /* Sum of n floats with 8 partial lanes (vectorises without reassociation
  * flags; also more accurate than one running sum). */
-static float eng__sum8(const float *restrict x, int n)
+float eng__sum8(const float *restrict x, int n)
 {
     float s8[8] = {0};
     int j = 0;
@@ -385,6 +330,25 @@ static float eng__sum8(const float *restrict x, int n)
     for (; j < n; j++)
         s += x[j];
     return s + ((s8[0] + s8[1]) + (s8[2] + s8[3])) + ((s8[4] + s8[5]) + (s8[6] + s8[7]));
+}
+
+/* Mean and 1 / sqrt(biased variance + eps) of a row, two-pass with 8
+ * partial lanes: the forward and the backward share it, so the backward
+ * normalises exactly as the forward did. */
+void eng__ln_stats(const float *restrict y, int N, float eps, float *mean_out, float *rstd_out)
+{
+    float mean = eng__sum8(y, N) / (float)N;
+    float d8[8] = {0};
+    int j = 0;
+    for (; j + 8 <= N; j += 8)
+        for (int k = 0; k < 8; k++)
+            d8[k] += (y[j + k] - mean) * (y[j + k] - mean);
+    float var = 0;
+    for (; j < N; j++)
+        var += (y[j] - mean) * (y[j] - mean);
+    var += ((d8[0] + d8[1]) + (d8[2] + d8[3])) + ((d8[4] + d8[5]) + (d8[6] + d8[7]));
+    *mean_out = mean;
+    *rstd_out = 1.0f / sqrtf(var / (float)N + eps);
 }
 
 /* Two-pass mean and variance (biased, as PyTorch) per row. */
@@ -401,19 +365,10 @@ static void eng__ln_rows(void *p, int64_t r0, int64_t r1)
                 y[j] = x[j] + res[j];
         else if (y != x)
             memcpy(y, x, (size_t)N * sizeof(float));
-        float mean = eng__sum8(y, N) / (float)N;
-        float d8[8] = {0};
-        int j = 0;
-        for (; j + 8 <= N; j += 8)
-            for (int k = 0; k < 8; k++)
-                d8[k] += (y[j + k] - mean) * (y[j + k] - mean);
-        float var = 0;
-        for (; j < N; j++)
-            var += (y[j] - mean) * (y[j] - mean);
-        var += ((d8[0] + d8[1]) + (d8[2] + d8[3])) + ((d8[4] + d8[5]) + (d8[6] + d8[7]));
-        float rstd = 1.0f / sqrtf(var / (float)N + l->eps);
+        float mean, rstd;
+        eng__ln_stats(y, N, l->eps, &mean, &rstd);
         const float *restrict g = l->g, *restrict b = l->b;
-        for (j = 0; j < N; j++)
+        for (int j = 0; j < N; j++)
             y[j] = (y[j] - mean) * rstd * g[j] + b[j];
     }
 }
@@ -566,7 +521,7 @@ __attribute__((target("avx2"))) static void eng__softmax_avx2(float *row, const 
 }
 #endif
 
-static void eng__softmax_row(float *row, const float *kbias, int n)
+void eng__softmax_row(float *row, const float *kbias, int n)
 {
 #ifdef ENG__TWO_BUILDS
     if (eng__have_avx2()) {
@@ -640,7 +595,7 @@ static int cpu_attention(eng_backend *be, void *outv, const void *qv, const void
     int nrel = a->relpos ? (2 * a->relpos->h - 1) + (2 * a->relpos->w - 1) : 0;
     size_t per = (size_t)ENG_ATT_QB * (a->Tk + nrel);
     int nt = eng_parallel_threads();
-    float *scratch = cpu_scratch(c, per * nt);
+    float *scratch = eng__cpu_scratch(c, per * nt);
     if (!scratch)
         return ENG_ENOMEM;
     eng__att s = {a,
@@ -698,7 +653,7 @@ static int cpu_conv2d(eng_backend *be, void *y, const void *x, int x_chw, int Ci
     int64_t K = (int64_t)Cin * kh * kw, P = (int64_t)OH * OW;
     const float *col = x;
     if (!(kh == 1 && kw == 1 && stride == 1 && pad == 0 && !x_chw)) {
-        float *buf = cpu_scratch(c, (size_t)(P * K));
+        float *buf = eng__cpu_scratch(c, (size_t)(P * K));
         if (!buf)
             return ENG_ENOMEM;
         eng__im2col m = {buf, x, x_chw, Cin, H, W, kh, kw, stride, pad, OW};
@@ -749,7 +704,7 @@ static int cpu_conv_transpose2x2(eng_backend *be, void *y, const void *x, int H,
 {
     eng_cpu *c = (eng_cpu *)be;
     int64_t P = (int64_t)H * W;
-    float *t = cpu_scratch(c, (size_t)(P * Cout * 4));
+    float *t = eng__cpu_scratch(c, (size_t)(P * Cout * 4));
     if (!t)
         return ENG_ENOMEM;
     eng__gemm g = {.tb = 0,
@@ -941,6 +896,12 @@ static const eng_backend_ops eng__cpu_ops = {
     .window_unpartition_add = cpu_window_unpartition_add,
     .resize_bilinear = cpu_resize_bilinear,
     .binarize = cpu_binarize,
+    .fill = eng__cpu_fill,
+    .linear_backward = eng__cpu_linear_backward,
+    .layernorm_backward = eng__cpu_layernorm_backward,
+    .activate_backward = eng__cpu_activate_backward,
+    .attention_backward = eng__cpu_attention_backward,
+    .conv_transpose2x2_backward = eng__cpu_conv_transpose2x2_backward,
 };
 
 int eng_backend_cpu_create(eng_backend **out, int threads)

@@ -2,6 +2,7 @@
 #include "ops.h"
 
 #include <assert.h>
+#include <stdio.h>
 #include <string.h>
 
 #include "backend.h"
@@ -39,6 +40,29 @@ int eng_backend_download(eng_backend *be, float *dst, const void *src, size_t n)
 }
 int eng_backend_sync(eng_backend *be) { return be->ops->sync(be); }
 
+void eng_backend_set_tuning(eng_backend *be, int on)
+{
+    if (be->ops->set_tuning)
+        be->ops->set_tuning(be, on);
+}
+
+int eng_backend_graphs_on(const eng_backend *be)
+{
+    return be->ops->graphs_on ? be->ops->graphs_on(be) : 0;
+}
+
+int eng_backend_graph_begin(eng_backend *be, const void *shape, size_t shape_len, const void *bufs,
+                            size_t bufs_len)
+{
+    return be->ops->graph_begin ? be->ops->graph_begin(be, shape, shape_len, bufs, bufs_len)
+                                : ENG_GRAPH_EAGER;
+}
+
+int eng_backend_graph_end(eng_backend *be, int keep)
+{
+    return be->ops->graph_end ? be->ops->graph_end(be, keep) : (keep ? 0 : ENG_GRAPH_REDO);
+}
+
 int eng_backend_binarize(eng_backend *be, uint8_t *dst, const void *x, int64_t n, float lo,
                          float hi, uint64_t counts[2])
 {
@@ -54,9 +78,12 @@ int eng_ctx_init(eng_ctx *ctx, eng_backend *be, size_t bytes)
         return 0;
     }
     ctx->base = eng_backend_alloc(be, bytes);
-    if (!ctx->base)
-        return eng_error(ENG_ENOMEM, "cannot allocate a %zu MiB workspace on %s", bytes >> 20,
-                         be->desc);
+    if (!ctx->base) {
+        char why[512]; /* the backend's reason (free and total device memory) */
+        snprintf(why, sizeof why, "%s", eng_last_error());
+        return eng_error(ENG_ENOMEM, "cannot allocate a %zu MiB workspace on %s: %s", bytes >> 20,
+                         be->desc, why);
+    }
     ctx->cap = bytes;
     return 0;
 }
@@ -297,6 +324,30 @@ void eng_conv_transpose2x2(eng_ctx *ctx, eng_tensor *y, const eng_tensor *x, int
                                                   ENG__DATA(b), Cout));
 }
 
+void eng_conv_transpose2x2_norm_act(eng_ctx *ctx, eng_tensor *y, const eng_tensor *x, int H, int W,
+                                    const eng_tensor *w, const eng_tensor *b,
+                                    const eng_tensor *norm_g, const eng_tensor *norm_b, float eps,
+                                    eng_act act)
+{
+    int Cin = (int)w->shape[0], Cout = (int)w->shape[1];
+    assert(w->ndim == 4 && w->shape[2] == 2 && w->shape[3] == 2);
+    assert(eng_numel(x) == (int64_t)H * W * Cin && eng_numel(y) == (int64_t)4 * H * W * Cout);
+    assert(!norm_g == !norm_b);
+    assert(!norm_g || (eng_numel(norm_g) == Cout && eng_numel(norm_b) == Cout));
+    if (!ctx->be->ops->conv_transpose2x2_norm_act) {
+        eng_conv_transpose2x2(ctx, y, x, H, W, w, b);
+        eng_tensor rows = eng_reshape2(*y, (int64_t)4 * H * W, Cout);
+        if (norm_g)
+            eng_layernorm(ctx, &rows, &rows, NULL, norm_g, norm_b, eps);
+        if (act != ENG_ACT_NONE)
+            eng_activate(ctx, &rows, &rows, act);
+        return;
+    }
+    ENG__RUN(ctx, ctx->be->ops->conv_transpose2x2_norm_act(
+                      ctx->be, y->data, x->data, H, W, Cin, w->data, ENG__DATA(b), Cout,
+                      ENG__DATA(norm_g), ENG__DATA(norm_b), eps, act));
+}
+
 void eng_window_partition(eng_ctx *ctx, eng_tensor *y, const eng_tensor *x, int H, int W, int ws)
 {
     int C = (int)eng__cols(x);
@@ -323,4 +374,115 @@ void eng_resize_bilinear(eng_ctx *ctx, eng_tensor *y, const eng_tensor *x, int c
     ENG__RUN(ctx, ctx->be->ops->resize_bilinear(ctx->be, y->data, x->data, (int)x->shape[0],
                                                 (int)x->shape[1], (int)x->shape[2], crop_h, crop_w,
                                                 OH, (int)y->shape[2], y0, (int)y->shape[1]));
+}
+
+/* ---- backward wrappers ---- */
+
+int eng_backend_has_backward(const eng_backend *be)
+{
+    const eng_backend_ops *o = be->ops;
+    return o->fill && o->linear_backward && o->layernorm_backward && o->activate_backward &&
+           o->attention_backward && o->conv_transpose2x2_backward;
+}
+
+/* As ENG__RUN for an optional entry: a backend without it fails the op. */
+#define ENG__RUN_OPT(ctx, entry, call)                                                             \
+    do {                                                                                           \
+        if ((ctx)->measure || (ctx)->status)                                                       \
+            return;                                                                                \
+        if (!(ctx)->be->ops->entry) {                                                              \
+            eng_ctx_fail((ctx), eng_error(ENG_EUNSUP,                                              \
+                                          "%s has no " #entry                                      \
+                                          " (backward ops, for training, run on the CPU "          \
+                                          "backend)",                                              \
+                                          (ctx)->be->desc));                                       \
+            return;                                                                                \
+        }                                                                                          \
+        int rc_ = (call);                                                                          \
+        if (rc_)                                                                                   \
+            eng_ctx_fail((ctx), rc_);                                                              \
+    } while (0)
+
+void eng_fill(eng_ctx *ctx, eng_tensor *y, float value)
+{
+    ENG__RUN_OPT(ctx, fill, ctx->be->ops->fill(ctx->be, y->data, eng_numel(y), value));
+}
+
+void eng_linear_backward(eng_ctx *ctx, eng_tensor *dx, eng_tensor *dw, eng_tensor *db,
+                         const eng_tensor *dy, const eng_tensor *x, const eng_tensor *w, int acc)
+{
+    int64_t M = eng__rows(dy), N = eng__cols(dy), K = w->shape[w->ndim - 1];
+    assert(w->ndim == 2 && w->shape[0] == N);
+    assert(!dx || (eng__rows(dx) == M && eng__cols(dx) == K));
+    assert(!dx || !dx->data || dx->data != dy->data);
+    assert(!dw || (x && eng__rows(x) == M && eng__cols(x) == K && eng_numel(dw) == N * K));
+    assert(!db || eng_numel(db) == N);
+    int64_t ldx = x ? (x->ndim == 2 ? x->stride[0] : K) : K;
+    ENG__RUN_OPT(ctx, linear_backward,
+                 ctx->be->ops->linear_backward(ctx->be, ENG__DATA(dx), ENG__DATA(dw), ENG__DATA(db),
+                                               dy->data, ENG__DATA(x), ldx, w->data, (int)M, (int)K,
+                                               (int)N, acc));
+}
+
+void eng_layernorm_backward(eng_ctx *ctx, eng_tensor *dx, eng_tensor *dg, eng_tensor *db,
+                            const eng_tensor *dy, const eng_tensor *x, const eng_tensor *g,
+                            float eps, int acc)
+{
+    int64_t M = eng__rows(x), N = eng__cols(x);
+    assert(eng_numel(dy) == M * N && eng_numel(g) == N);
+    assert(!dx || eng_numel(dx) == M * N);
+    assert(!dx || !acc || !dx->data || dx->data != dy->data);
+    assert(!dg || eng_numel(dg) == N);
+    assert(!db || eng_numel(db) == N);
+    ENG__RUN_OPT(ctx, layernorm_backward,
+                 ctx->be->ops->layernorm_backward(ctx->be, ENG__DATA(dx), ENG__DATA(dg),
+                                                  ENG__DATA(db), dy->data, x->data, g->data, (int)M,
+                                                  (int)N, eps, acc));
+}
+
+void eng_activate_backward(eng_ctx *ctx, eng_tensor *dx, const eng_tensor *dy, const eng_tensor *x,
+                           eng_act act)
+{
+    assert(eng_numel(dx) == eng_numel(x) && eng_numel(dy) == eng_numel(x));
+    ENG__RUN_OPT(
+        ctx, activate_backward,
+        ctx->be->ops->activate_backward(ctx->be, dx->data, dy->data, x->data, eng_numel(x), act));
+}
+
+void eng_attention_backward(eng_ctx *ctx, eng_tensor *dq, eng_tensor *dk, eng_tensor *dv,
+                            const eng_tensor *dout, const eng_tensor *q, const eng_tensor *k,
+                            const eng_tensor *v, const eng_attn *a)
+{
+    int64_t nq = (int64_t)a->B * a->Tq * a->H * a->D, nk = (int64_t)a->B * a->Tk * a->H * a->D;
+    assert(eng_numel(dout) == nq && eng_numel(dq) == nq);
+    assert(eng_numel(dk) == nk && eng_numel(dv) == nk);
+    assert(!a->key_bias || eng_numel(a->key_bias) == (int64_t)a->B * a->Tk);
+    if (a->relpos && !ctx->measure && !ctx->status) {
+        eng_ctx_fail(ctx, eng_error(ENG_EUNSUP, "attention backward: no relative-position bias"));
+        return;
+    }
+    eng_attn d = *a;
+    if (!d.q_rs)
+        d.q_rs = (int64_t)a->H * a->D;
+    if (!d.kv_rs)
+        d.kv_rs = (int64_t)a->H * a->D;
+    ENG__RUN_OPT(ctx, attention_backward,
+                 ctx->be->ops->attention_backward(ctx->be, dq->data, dk->data, dv->data, dout->data,
+                                                  q->data, k->data, v->data, &d));
+}
+
+void eng_conv_transpose2x2_backward(eng_ctx *ctx, eng_tensor *dx, eng_tensor *dw, eng_tensor *db,
+                                    const eng_tensor *dy, const eng_tensor *x, int H, int W,
+                                    const eng_tensor *w, int acc)
+{
+    int Cin = (int)w->shape[0], Cout = (int)w->shape[1];
+    assert(w->ndim == 4 && w->shape[2] == 2 && w->shape[3] == 2);
+    assert(eng_numel(dy) == (int64_t)4 * H * W * Cout);
+    assert(!dx || eng_numel(dx) == (int64_t)H * W * Cin);
+    assert(!dw || (x && eng_numel(x) == (int64_t)H * W * Cin && eng_numel(dw) == eng_numel(w)));
+    assert(!db || eng_numel(db) == Cout);
+    ENG__RUN_OPT(ctx, conv_transpose2x2_backward,
+                 ctx->be->ops->conv_transpose2x2_backward(ctx->be, ENG__DATA(dx), ENG__DATA(dw),
+                                                          ENG__DATA(db), dy->data, ENG__DATA(x), H,
+                                                          W, Cin, w->data, Cout, acc));
 }

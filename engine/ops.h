@@ -78,6 +78,24 @@ void eng_cpu_set_spin_us(int us);
  * ENG_BF16; ENG_BF16 needs sm_80+). ENG_EUNSUP when built without CUDA,
  * ENG_EDEVICE with a clear message when no usable GPU/driver is present. */
 int eng_backend_cuda_create(eng_backend **out, int device_index, eng_dtype dtype);
+/* TFLOP/s of the sm_75 kernels' tensor-core instruction (mma.sync m16n8k8,
+ * f16 in, fp32 accumulate) from registers at full occupancy on be's GPU,
+ * compute_75 code as those kernels are built: the denominator of their
+ * efficiency in the T4 estimate (bench_gpu --peaks). ENG_EUNSUP without a
+ * CUDA backend. */
+int eng_backend_cuda_sm75_peak(eng_backend *be, double *tflops);
+/* The plan backend: no device and no memory, it only counts. It presents
+ * itself as a CUDA device in `dtype` with the CUDA backend's fixed buffers;
+ * allocations return addresses never to be dereferenced, ops succeed doing
+ * nothing, and eng_backend_memory reports the bytes a CUDA backend would
+ * hold for the same calls (its scratch as the generic attention, the sm_75
+ * default, would take it). A model loaded on it is planned exactly as on a
+ * GPU (bench/memplan). */
+int eng_backend_plan_create(eng_backend **out, eng_dtype dtype);
+/* A plan backend's bytes: live allocations (weights, resident embeddings,
+ * workspace, ...), the scratch its ops would grow, and the fixed buffers
+ * (all 0 for another backend). */
+void eng_backend_plan_bytes(const eng_backend *be, size_t *allocs, size_t *scratch, size_t *fixed);
 void eng_backend_destroy(eng_backend *be);
 
 eng_device eng_backend_device(const eng_backend *be);
@@ -101,6 +119,46 @@ int eng_backend_binarize(eng_backend *be, uint8_t *dst, const void *x, int64_t n
                          float hi, uint64_t counts[2]);
 /* Wait for queued work; returns the first asynchronous error. */
 int eng_backend_sync(eng_backend *be);
+/* 1 when the backend implements every backward op below (the CPU backend;
+ * the CUDA backend has none yet). */
+int eng_backend_has_backward(const eng_backend *be);
+
+/* ---- optional backend controls (no-ops where a backend has none) ---- */
+
+/* GEMM algorithm tuning: the CUDA backend times cuBLASLt's candidates the
+ * first time it meets a shape class. On at create; a model turns it off once
+ * it has run every shape it will use (eng_sam_load warms up), so no request
+ * waits for it: a class first met later takes the heuristic's choice. */
+void eng_backend_set_tuning(eng_backend *be, int on);
+
+/* Graphs of queued device work (CUDA graphs, TASAM_CUDA_GRAPHS=1; off by
+ * default until measured): 1 when the backend records them. The caller
+ * brackets ops that only queue device work (no upload, download or wait),
+ * whose sequence and shapes are fixed by the bytes `shape` and whose buffers
+ * by the bytes `bufs`:
+ *
+ *   int r = eng_backend_graph_begin(be, &shape, sizeof shape, &bufs, sizeof bufs);
+ *   if (r != ENG_GRAPH_REPLAYED) {
+ *       ...ops...
+ *       if (r == ENG_GRAPH_CAPTURE &&
+ *           eng_backend_graph_end(be, eng_ctx_status(ctx) == 0) == ENG_GRAPH_REDO)
+ *           ...clear the context's error and run the same ops again (eagerly)...
+ *   }
+ *
+ * The first time a shape is met the ops are recorded (not run) and
+ * eng_backend_graph_end queues the recording (keep = 0 discards it: an op
+ * failed); later the recording is queued at once (same bufs) or refreshed
+ * with the new buffers (other bufs). Buffers are referenced, not copied:
+ * what they hold when the queued work runs is what it reads. A negative
+ * return is an error. */
+#define ENG_GRAPH_EAGER    0 /* run the ops: no graph here */
+#define ENG_GRAPH_REPLAYED 1 /* queued from a recording: skip the ops */
+#define ENG_GRAPH_CAPTURE  2 /* run the ops (recorded), then eng_backend_graph_end */
+#define ENG_GRAPH_REDO     3 /* graph_end: nothing was recorded or queued, run the ops again */
+int eng_backend_graphs_on(const eng_backend *be);
+int eng_backend_graph_begin(eng_backend *be, const void *shape, size_t shape_len, const void *bufs,
+                            size_t bufs_len);
+int eng_backend_graph_end(eng_backend *be, int keep);
 
 /* ---- context and tensors ---- */
 
@@ -204,6 +262,15 @@ void eng_conv2d(eng_ctx *ctx, eng_tensor *y, const eng_tensor *x, int x_chw, int
 void eng_conv_transpose2x2(eng_ctx *ctx, eng_tensor *y, const eng_tensor *x, int H, int W,
                            const eng_tensor *w, const eng_tensor *b);
 
+/* The mask decoder's upscaling step: y = act(LN(conv_transpose2x2(x, w) + b))
+ * with the same shapes as eng_conv_transpose2x2, and a LayerNorm over each
+ * output pixel's Cout channels (norm_g, norm_b [Cout]; both NULL: none), in
+ * one pass over y where the backend fuses it (CUDA), else as those ops. */
+void eng_conv_transpose2x2_norm_act(eng_ctx *ctx, eng_tensor *y, const eng_tensor *x, int H, int W,
+                                    const eng_tensor *w, const eng_tensor *b,
+                                    const eng_tensor *norm_g, const eng_tensor *norm_b, float eps,
+                                    eng_act act);
+
 /* Windows of a HWC image x [H*W, C]: zero-pad bottom/right to a multiple of
  * ws, then y [nWin, ws*ws, C] in row-major window order. */
 void eng_window_partition(eng_ctx *ctx, eng_tensor *y, const eng_tensor *x, int H, int W, int ws);
@@ -219,5 +286,51 @@ void eng_window_unpartition_add(eng_ctx *ctx, eng_tensor *y, const eng_tensor *x
  * after its first upscale. */
 void eng_resize_bilinear(eng_ctx *ctx, eng_tensor *y, const eng_tensor *x, int crop_h, int crop_w,
                          int OH, int y0);
+
+/* ---- backward ops (training) ----
+ * Gradients of the ops above, for training the LoRA-adapted mask decoder
+ * (engine/sam_train.h). Conventions, as in llm.c: an activation gradient
+ * dx is written, or added into dx when `acc` is 1; a parameter gradient
+ * (dw, dg, db) is always added, so a trainer zeroes it (eng_fill) once per
+ * step. Any gradient output may be NULL when not wanted. A backend without
+ * backward ops (eng_backend_has_backward() == 0) fails them with ENG_EUNSUP
+ * and a message naming the op. */
+
+/* y[:] = value. */
+void eng_fill(eng_ctx *ctx, eng_tensor *y, float value);
+
+/* Of y[M,N] = x[M,K] . w[N,K]^T + b (eng_linear without act or residual:
+ * those have their own backward): dx[M,K] = dy . w, dw[N,K] += dy^T . x,
+ * db[N] += sum over rows of dy. x may be a strided 2-D row view; it is read
+ * only for dw. dx must not alias dy. */
+void eng_linear_backward(eng_ctx *ctx, eng_tensor *dx, eng_tensor *dw, eng_tensor *db,
+                         const eng_tensor *dy, const eng_tensor *x, const eng_tensor *w, int acc);
+
+/* Of y = LayerNorm(x) g + b over the last dim (x: the normalised input,
+ * after any residual was added; dx then also is the residual's gradient):
+ * dx[M,N], dg[N] += sum dy * xhat, db[N] += sum dy. dx may alias dy when
+ * acc is 0. */
+void eng_layernorm_backward(eng_ctx *ctx, eng_tensor *dx, eng_tensor *dg, eng_tensor *db,
+                            const eng_tensor *dy, const eng_tensor *x, const eng_tensor *g,
+                            float eps, int acc);
+
+/* Of y = act(x) elementwise: dx = dy * act'(x), x the input (for ReLU the
+ * output serves too: both are > 0 at the same places). dx may alias dy. */
+void eng_activate_backward(eng_ctx *ctx, eng_tensor *dx, const eng_tensor *dy, const eng_tensor *x,
+                           eng_act act);
+
+/* Of eng_attention with the same q, k, v and descriptor (key_bias allowed;
+ * relative-position bias not supported: ENG_EUNSUP): dq [B, Tq, H*D] and
+ * dk, dv [B, Tk, H*D], contiguous, written (never accumulated). The
+ * softmax is recomputed from q and k rather than stored. */
+void eng_attention_backward(eng_ctx *ctx, eng_tensor *dq, eng_tensor *dk, eng_tensor *dv,
+                            const eng_tensor *dout, const eng_tensor *q, const eng_tensor *k,
+                            const eng_tensor *v, const eng_attn *a);
+
+/* Of eng_conv_transpose2x2 (x [H*W, Cin], w [Cin, Cout, 2, 2]):
+ * dx [H*W, Cin], dw [Cin, Cout, 2, 2] +=, db [Cout] +=. */
+void eng_conv_transpose2x2_backward(eng_ctx *ctx, eng_tensor *dx, eng_tensor *dw, eng_tensor *db,
+                                    const eng_tensor *dy, const eng_tensor *x, int H, int W,
+                                    const eng_tensor *w, int acc);
 
 #endif

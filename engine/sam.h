@@ -163,6 +163,12 @@ int eng_sam_encode_debug(eng_sam *m, const float *input, float *patch, float **b
 /* The prompt encoder's dense positional encoding [256,64,64] host f32. */
 int eng_sam_dense_pe(eng_sam *m, float *out);
 
+/* The prompt encoder's dense embedding [256,64,64] (CHW host f32) of a
+ * low-res mask input [256,256] (host f32), or of no mask (no_mask_embed at
+ * every position) when mask_input is NULL: what the decoder adds to the
+ * image embedding. */
+int eng_sam_dense_prompt(eng_sam *m, const float *mask_input, float *out);
+
 /* Decode n prompts against one embedding [256,64,64] (host f32). Each
  * prompt gives C = 3 masks when multimask, else 1 (SAM's slicing: masks
  * 1..3 or mask 0). iou [n, C] and low_res [n, C, 256, 256] host f32. */

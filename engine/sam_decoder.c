@@ -189,6 +189,27 @@ static void dec_repeat_rows(eng_ctx *ctx, eng_tensor *y, const eng_tensor *x, in
     }
 }
 
+/* sb [P, E] += the dense embedding of a low-res mask input [256, 256]
+ * (host): the prompt encoder's mask downscaling convolutions. */
+void eng__sam_mask_embed(const eng_sam *m, eng_ctx *ctx, eng_tensor *sb, const float *mask_input)
+{
+    size_t mk = eng_ctx_mark(ctx);
+    eng_tensor mi = eng_new3(ctx, 1, ENG_SAM_LOWRES, ENG_SAM_LOWRES);
+    eng__sam_upload(ctx, &mi, mask_input);
+    int h1 = ENG_SAM_LOWRES / 2;
+    eng_tensor d1 = eng_new2(ctx, (int64_t)h1 * h1, 4);
+    eng_conv2d(ctx, &d1, &mi, 1, ENG_SAM_LOWRES, ENG_SAM_LOWRES, &m->md0_w, &m->md0_b, 2, 0);
+    eng_layernorm(ctx, &d1, &d1, NULL, &m->md1.g, &m->md1.b, VIT_EPS);
+    eng_activate(ctx, &d1, &d1, ENG_ACT_GELU);
+    eng_tensor d2 = eng_new2(ctx, P, 16);
+    eng_conv2d(ctx, &d2, &d1, 0, h1, h1, &m->md3_w, &m->md3_b, 2, 0);
+    eng_layernorm(ctx, &d2, &d2, NULL, &m->md4.g, &m->md4.b, VIT_EPS);
+    eng_activate(ctx, &d2, &d2, ENG_ACT_GELU);
+    eng_tensor w6 = eng_reshape2(m->md6_w, E, 16);
+    eng_linear(ctx, sb, &d2, &w6, &m->md6_b, ENG_ACT_NONE, sb);
+    eng_ctx_release(ctx, mk);
+}
+
 /* keys src [B*P, E] = the image embedding emb_hwc [P, E] + each prompt's
  * dense embedding: no_mask_embed, or mask_inputs[b] [256, 256] through the
  * mask downscaling convolutions. */
@@ -205,25 +226,10 @@ static void dec_dense_keys(eng_sam *m, eng_tensor *src, const eng_tensor *emb_hw
     for (int b = 0; b < B; b++) {
         eng_tensor sb = eng_rows(*src, (int64_t)b * P, P);
         const float *mask_input = mask_inputs ? mask_inputs[b] : NULL;
-        if (!mask_input) {
+        if (!mask_input)
             eng_add(ctx, &sb, &sb, &m->no_mask);
-            continue;
-        }
-        size_t mk = eng_ctx_mark(ctx);
-        eng_tensor mi = eng_new3(ctx, 1, ENG_SAM_LOWRES, ENG_SAM_LOWRES);
-        eng__sam_upload(ctx, &mi, mask_input);
-        int h1 = ENG_SAM_LOWRES / 2;
-        eng_tensor d1 = eng_new2(ctx, (int64_t)h1 * h1, 4);
-        eng_conv2d(ctx, &d1, &mi, 1, ENG_SAM_LOWRES, ENG_SAM_LOWRES, &m->md0_w, &m->md0_b, 2, 0);
-        eng_layernorm(ctx, &d1, &d1, NULL, &m->md1.g, &m->md1.b, VIT_EPS);
-        eng_activate(ctx, &d1, &d1, ENG_ACT_GELU);
-        eng_tensor d2 = eng_new2(ctx, P, 16);
-        eng_conv2d(ctx, &d2, &d1, 0, h1, h1, &m->md3_w, &m->md3_b, 2, 0);
-        eng_layernorm(ctx, &d2, &d2, NULL, &m->md4.g, &m->md4.b, VIT_EPS);
-        eng_activate(ctx, &d2, &d2, ENG_ACT_GELU);
-        eng_tensor w6 = eng_reshape2(m->md6_w, E, 16);
-        eng_linear(ctx, &sb, &d2, &w6, &m->md6_b, ENG_ACT_NONE, &sb);
-        eng_ctx_release(ctx, mk);
+        else
+            eng__sam_mask_embed(m, ctx, &sb, mask_input);
     }
 }
 
@@ -267,6 +273,70 @@ static void dec_shared_update(eng_sam *m, dec_shared *sh, const eng_sam_lora *lo
     sh->cur = *d;
 }
 
+/* What fixes a recorded stretch of a group's device work (CUDA graphs,
+ * eng_backend_graph_begin): the op sequence and sizes (the part, the group's
+ * shape, the adapter's layout and the workspace offset the group starts at,
+ * which fixes every workspace address in it), and the buffers it reads
+ * outside that (embedding, shared layer-0 side, mask buffer, adapter and
+ * weight memory, the workspace itself). */
+typedef struct dec_graph_shape {
+    int part, B, T, first, count, shared, rank, merged;
+    size_t mark;
+    unsigned char present[ENG_SAM_LORA_TARGETS];
+} dec_graph_shape;
+typedef struct dec_graph_bufs {
+    const void *emb, *src0, *k, *v, *q, *masks, *lora, *lora_mem, *wts, *dense_pe, *ws;
+} dec_graph_bufs;
+
+static int dec_graph_begin(eng_sam *m, int part, const eng_sam_lora *lo, const eng_tensor *emb_hwc,
+                           const dec_shared *sh, const eng_tensor *masks, int B, int T, int first,
+                           int count, int shared, size_t mark)
+{
+    eng_ctx *ctx = m->dctx;
+    if (ctx->measure || ctx->status)
+        return ENG_GRAPH_EAGER;
+    dec_graph_shape s;
+    dec_graph_bufs u;
+    memset(&s, 0, sizeof s);
+    memset(&u, 0, sizeof u);
+    s.part = part, s.B = B, s.T = T, s.first = first, s.count = count, s.shared = shared;
+    s.mark = mark;
+    if (lo) {
+        s.rank = lo->rank, s.merged = lo->merged;
+        for (int t = 0; t < ENG_SAM_LORA_TARGETS; t++)
+            s.present[t] = (unsigned char)lo->present[t];
+    }
+    u.emb = emb_hwc->data, u.masks = masks->data, u.lora = lo, u.lora_mem = lo ? lo->mem : NULL;
+    if (shared)
+        u.src0 = sh->cur.src0.data, u.k = sh->cur.k.data, u.v = sh->cur.v.data,
+        u.q = sh->cur.q.data;
+    u.wts = m->dwts.mem, u.dense_pe = m->dense_pe.data, u.ws = ctx->base;
+    int g = eng_backend_graph_begin(m->dbe, &s, sizeof s, &u, sizeof u);
+    if (g < 0) {
+        eng_ctx_fail(ctx, g);
+        return ENG_GRAPH_REPLAYED; /* nothing to run: the call has failed */
+    }
+    return g;
+}
+
+/* After a stretch's ops: 1 when they must run again, eagerly (their
+ * recording failed: e.g. scratch had to grow, or an op failed). */
+static int dec_graph_redo(eng_sam *m, int g)
+{
+    eng_ctx *ctx = m->dctx;
+    if (g != ENG_GRAPH_CAPTURE)
+        return 0;
+    int r = eng_backend_graph_end(m->dbe, ctx->status == 0);
+    if (r == ENG_GRAPH_REDO) {
+        ctx->status = 0;
+        eng_clear_error();
+        return 1;
+    }
+    if (r < 0)
+        eng_ctx_fail(ctx, r);
+    return 0;
+}
+
 /* A group of B prompts with the same token count T and the same adapter,
  * decoded in one pass: every activation carries the batch as leading rows
  * (tokens [B*T, E], image side [B*P, E]; the upscaled masks stack the B
@@ -278,7 +348,9 @@ static void dec_shared_update(eng_sam *m, dec_shared *sh, const eng_sam_lora *lo
  * iou_out [B, 4] (host) and, for each prompt, masks `first` .. `first +
  * count - 1` into the first B * count rows of masks [>= B * count, 256*256]
  * on the decoder's backend (the caller's: they outlive the group's
- * activations). */
+ * activations). With CUDA graphs on, the device work between the token upload
+ * and the IoU download runs as two recorded stretches (the two-way
+ * transformer and IoU head, then the masks), see dec_graph_begin. */
 void eng__sam_decode_group(eng_sam *m, const eng_sam_lora *lo, const eng_tensor *emb_hwc,
                            dec_shared *sh, const float *tokens_host, int B, int T,
                            const float *const *mask_inputs, float *iou_out, const eng_tensor *masks,
@@ -302,106 +374,119 @@ void eng__sam_decode_group(eng_sam *m, const eng_sam_lora *lo, const eng_tensor 
     eng_tensor pe_tok = eng_new2(ctx, BT, E); /* query_pe: the prompt tokens themselves */
     eng__sam_upload(ctx, &pe_tok, tokens_host);
     eng_tensor queries = eng_new2(ctx, BT, E);
-    eng_copy(ctx, &queries, &pe_tok);
     eng_tensor qp = eng_new2(ctx, BT, E);             /* queries + query_pe */
     eng_tensor kp = eng_new2(ctx, (int64_t)B * P, E); /* keys + key_pe */
     eng_tensor tmpq = eng_new2(ctx, BT, E);
     eng_tensor mid = eng_new2(ctx, BT, 2048);
-
-    for (int l = 0; l < 2; l++) {
-        const twoway_layer *L = &m->layers[l];
-        if (l == 0) {
-            /* skip_first_layer_pe: queries are replaced, no residual */
-            dec_attention(m, lo, &L->self_attn, B, &tmpq, &queries, &queries, &queries, NULL);
-            eng_copy(ctx, &queries, &tmpq);
-        } else {
-            eng_add(ctx, &qp, &queries, &pe_tok);
-            dec_attention(m, lo, &L->self_attn, B, &queries, &qp, &qp, &queries, &queries);
-        }
-        eng_layernorm(ctx, &queries, &queries, NULL, &L->norm1.g, &L->norm1.b, DEC_EPS);
-
-        eng_add(ctx, &qp, &queries, &pe_tok);
-        if (l == 0 && shared) {
-            /* one key set for all prompts: their B*T query rows attend as
-             * a single batch */
-            size_t mk = eng_ctx_mark(ctx);
-            eng_tensor q = eng_new2(ctx, BT, L->t2i.inner);
-            dec_lin(m, lo, &L->t2i.q, &q, &qp, ENG_ACT_NONE, NULL);
-            dec_attend(m, lo, &L->t2i, 1, &queries, &q, &sh->cur.k, &sh->cur.v, &queries);
-            eng_ctx_release(ctx, mk);
-        } else {
-            eng_add(ctx, &kp, &src, &m->dense_pe); /* dense_pe [P, E] broadcast over the batch */
-            dec_attention(m, lo, &L->t2i, B, &queries, &qp, &kp, &src, &queries);
-        }
-        eng_layernorm(ctx, &queries, &queries, NULL, &L->norm2.g, &L->norm2.b, DEC_EPS);
-
-        dec_lin(m, lo, &L->mlp1, &mid, &queries, ENG_ACT_RELU, NULL);
-        dec_lin(m, lo, &L->mlp2, &queries, &mid, ENG_ACT_NONE, &queries);
-        eng_layernorm(ctx, &queries, &queries, NULL, &L->norm3.g, &L->norm3.b, DEC_EPS);
-
-        eng_add(ctx, &qp, &queries, &pe_tok);
-        if (l == 0 && shared) {
-            /* the shared q_proj(src0 + pe) for every prompt; keys <- src0 +
-             * out_proj(attention) */
-            size_t mk = eng_ctx_mark(ctx);
-            eng_tensor q = sh->cur.q;
-            if (B > 1) {
-                q = eng_new2(ctx, (int64_t)B * P, L->i2t.inner);
-                dec_repeat_rows(ctx, &q, &sh->cur.q, B);
-            }
-            eng_tensor k = eng_new2(ctx, BT, L->i2t.inner);
-            eng_tensor v = eng_new2(ctx, BT, L->i2t.inner);
-            dec_lin(m, lo, &L->i2t.k, &k, &qp, ENG_ACT_NONE, NULL);
-            dec_lin(m, lo, &L->i2t.v, &v, &queries, ENG_ACT_NONE, NULL);
-            /* the residual: src0 itself for one prompt, else B copies of it */
-            const eng_tensor *res = &sh->cur.src0;
-            if (B > 1) {
-                dec_repeat_rows(ctx, &src, &sh->cur.src0, B);
-                res = &src;
-            }
-            dec_attend(m, lo, &L->i2t, B, &src, &q, &k, &v, res);
-            eng_ctx_release(ctx, mk);
-        } else {
-            /* keys + key_pe unchanged since the token-to-image step */
-            dec_attention(m, lo, &L->i2t, B, &src, &kp, &qp, &queries, &src);
-        }
-        eng_layernorm(ctx, &src, &src, NULL, &L->norm4.g, &L->norm4.b, DEC_EPS);
-    }
-    eng_add(ctx, &qp, &queries, &pe_tok);
-    eng_add(ctx, &kp, &src, &m->dense_pe);
-    dec_attention(m, lo, &m->final_attn, B, &queries, &qp, &kp, &src, &queries);
-    eng_layernorm(ctx, &queries, &queries, NULL, &m->norm_final.g, &m->norm_final.b, DEC_EPS);
-
-    /* upscale src [B*P, E] -> [B*(2G)^2, 64] -> [B*(4G)^2, 32], HWC, the B
-     * images stacked vertically */
-    eng_tensor u1 = eng_new2(ctx, (int64_t)B * 4 * P, UPC1);
-    eng_conv_transpose2x2(ctx, &u1, &src, B * G, G, &m->up0_w, &m->up0_b);
-    eng_layernorm(ctx, &u1, &u1, NULL, &m->up1.g, &m->up1.b, VIT_EPS);
-    eng_activate(ctx, &u1, &u1, ENG_ACT_GELU);
-    eng_tensor u2 = eng_new2(ctx, (int64_t)B * 16 * P, UPC2);
-    eng_conv_transpose2x2(ctx, &u2, &u1, 2 * B * G, 2 * G, &m->up3_w, &m->up3_b);
-    eng_activate(ctx, &u2, &u2, ENG_ACT_GELU);
-
-    /* hyper_in [4, B, 32]: one MLP per mask token over the batch, for the
-     * tokens of the masks returned */
-    eng_tensor hyper = eng_new2(ctx, (int64_t)NMASK * B, UPC2);
-    for (int i = first; i < first + count; i++) {
-        eng_tensor tok = rows_every(queries, 1 + i, B, T);
-        eng_tensor out = eng_rows(hyper, (int64_t)i * B, B);
-        dec_mlp3(m, lo, m->hyper[i], &out, &tok);
-    }
-    /* masks [B, count, 256*256]: prompt b's hypernetwork outputs `first` ..
-     * `first + count - 1` against its upscaled image; only the masks the
-     * caller gets, contiguous so that one copy brings them all back */
-    for (int b = 0; b < B; b++) {
-        eng_tensor hb = rows_every(hyper, (int64_t)first * B + b, count, B);
-        eng_tensor ub = eng_rows(u2, (int64_t)b * 16 * P, 16 * P);
-        eng_tensor mb = eng_rows(*masks, (int64_t)b * count, count);
-        eng_linear(ctx, &mb, &hb, &ub, NULL, ENG_ACT_NONE, NULL);
-    }
     eng_tensor iou = eng_new2(ctx, B, NMASK);
-    eng_tensor iou_tok = rows_every(queries, 0, B, T);
-    dec_mlp3(m, lo, m->iou_head, &iou, &iou_tok);
+
+    /* the two-way transformer and the IoU head */
+    for (int g = dec_graph_begin(m, 1, lo, emb_hwc, sh, masks, B, T, first, count, shared, mark);
+         g != ENG_GRAPH_REPLAYED; g = ENG_GRAPH_EAGER) {
+        eng_copy(ctx, &queries, &pe_tok);
+        for (int l = 0; l < 2; l++) {
+            const twoway_layer *L = &m->layers[l];
+            if (l == 0) {
+                /* skip_first_layer_pe: queries are replaced, no residual */
+                dec_attention(m, lo, &L->self_attn, B, &tmpq, &queries, &queries, &queries, NULL);
+                eng_copy(ctx, &queries, &tmpq);
+            } else {
+                eng_add(ctx, &qp, &queries, &pe_tok);
+                dec_attention(m, lo, &L->self_attn, B, &queries, &qp, &qp, &queries, &queries);
+            }
+            eng_layernorm(ctx, &queries, &queries, NULL, &L->norm1.g, &L->norm1.b, DEC_EPS);
+
+            eng_add(ctx, &qp, &queries, &pe_tok);
+            if (l == 0 && shared) {
+                /* one key set for all prompts: their B*T query rows attend
+                 * as a single batch */
+                size_t mk = eng_ctx_mark(ctx);
+                eng_tensor q = eng_new2(ctx, BT, L->t2i.inner);
+                dec_lin(m, lo, &L->t2i.q, &q, &qp, ENG_ACT_NONE, NULL);
+                dec_attend(m, lo, &L->t2i, 1, &queries, &q, &sh->cur.k, &sh->cur.v, &queries);
+                eng_ctx_release(ctx, mk);
+            } else {
+                eng_add(ctx, &kp, &src, &m->dense_pe); /* dense_pe [P, E] broadcast */
+                dec_attention(m, lo, &L->t2i, B, &queries, &qp, &kp, &src, &queries);
+            }
+            eng_layernorm(ctx, &queries, &queries, NULL, &L->norm2.g, &L->norm2.b, DEC_EPS);
+
+            dec_lin(m, lo, &L->mlp1, &mid, &queries, ENG_ACT_RELU, NULL);
+            dec_lin(m, lo, &L->mlp2, &queries, &mid, ENG_ACT_NONE, &queries);
+            eng_layernorm(ctx, &queries, &queries, NULL, &L->norm3.g, &L->norm3.b, DEC_EPS);
+
+            eng_add(ctx, &qp, &queries, &pe_tok);
+            if (l == 0 && shared) {
+                /* the shared q_proj(src0 + pe) for every prompt; keys <-
+                 * src0 + out_proj(attention) */
+                size_t mk = eng_ctx_mark(ctx);
+                eng_tensor q = sh->cur.q;
+                if (B > 1) {
+                    q = eng_new2(ctx, (int64_t)B * P, L->i2t.inner);
+                    dec_repeat_rows(ctx, &q, &sh->cur.q, B);
+                }
+                eng_tensor k = eng_new2(ctx, BT, L->i2t.inner);
+                eng_tensor v = eng_new2(ctx, BT, L->i2t.inner);
+                dec_lin(m, lo, &L->i2t.k, &k, &qp, ENG_ACT_NONE, NULL);
+                dec_lin(m, lo, &L->i2t.v, &v, &queries, ENG_ACT_NONE, NULL);
+                /* the residual: src0 itself for one prompt, else B copies */
+                const eng_tensor *res = &sh->cur.src0;
+                if (B > 1) {
+                    dec_repeat_rows(ctx, &src, &sh->cur.src0, B);
+                    res = &src;
+                }
+                dec_attend(m, lo, &L->i2t, B, &src, &q, &k, &v, res);
+                eng_ctx_release(ctx, mk);
+            } else {
+                /* keys + key_pe unchanged since the token-to-image step */
+                dec_attention(m, lo, &L->i2t, B, &src, &kp, &qp, &queries, &src);
+            }
+            eng_layernorm(ctx, &src, &src, NULL, &L->norm4.g, &L->norm4.b, DEC_EPS);
+        }
+        eng_add(ctx, &qp, &queries, &pe_tok);
+        eng_add(ctx, &kp, &src, &m->dense_pe);
+        dec_attention(m, lo, &m->final_attn, B, &queries, &qp, &kp, &src, &queries);
+        eng_layernorm(ctx, &queries, &queries, NULL, &m->norm_final.g, &m->norm_final.b, DEC_EPS);
+        eng_tensor iou_tok = rows_every(queries, 0, B, T);
+        dec_mlp3(m, lo, m->iou_head, &iou, &iou_tok);
+        if (!dec_graph_redo(m, g))
+            break;
+    }
+
+    /* the masks */
+    for (int g = dec_graph_begin(m, 2, lo, emb_hwc, sh, masks, B, T, first, count, shared, mark);
+         g != ENG_GRAPH_REPLAYED; g = ENG_GRAPH_EAGER) {
+        size_t mk = eng_ctx_mark(ctx);
+        /* upscale src [B*P, E] -> [B*(2G)^2, 64] -> [B*(4G)^2, 32], HWC, the
+         * B images stacked vertically; each step one pass where fused */
+        eng_tensor u1 = eng_new2(ctx, (int64_t)B * 4 * P, UPC1);
+        eng_conv_transpose2x2_norm_act(ctx, &u1, &src, B * G, G, &m->up0_w, &m->up0_b, &m->up1.g,
+                                       &m->up1.b, VIT_EPS, ENG_ACT_GELU);
+        eng_tensor u2 = eng_new2(ctx, (int64_t)B * 16 * P, UPC2);
+        eng_conv_transpose2x2_norm_act(ctx, &u2, &u1, 2 * B * G, 2 * G, &m->up3_w, &m->up3_b, NULL,
+                                       NULL, 0.0f, ENG_ACT_GELU);
+
+        /* hyper_in [4, B, 32]: one MLP per mask token over the batch, for
+         * the tokens of the masks returned */
+        eng_tensor hyper = eng_new2(ctx, (int64_t)NMASK * B, UPC2);
+        for (int i = first; i < first + count; i++) {
+            eng_tensor tok = rows_every(queries, 1 + i, B, T);
+            eng_tensor out = eng_rows(hyper, (int64_t)i * B, B);
+            dec_mlp3(m, lo, m->hyper[i], &out, &tok);
+        }
+        /* masks [B, count, 256*256]: prompt b's hypernetwork outputs `first`
+         * .. `first + count - 1` against its upscaled image; only the masks
+         * the caller gets, contiguous so that one copy brings them all back */
+        for (int b = 0; b < B; b++) {
+            eng_tensor hb = rows_every(hyper, (int64_t)first * B + b, count, B);
+            eng_tensor ub = eng_rows(u2, (int64_t)b * 16 * P, 16 * P);
+            eng_tensor mb = eng_rows(*masks, (int64_t)b * count, count);
+            eng_linear(ctx, &mb, &hb, &ub, NULL, ENG_ACT_NONE, NULL);
+        }
+        eng_ctx_release(ctx, mk);
+        if (!dec_graph_redo(m, g))
+            break;
+    }
 
     eng__sam_download(ctx, iou_out, &iou, (size_t)B * NMASK);
     eng_ctx_release(ctx, mark);
@@ -416,7 +501,26 @@ int eng_sam_dense_pe(eng_sam *m, float *out)
     return eng__sam_end(m->dctx);
 }
 
-static int sam_check_prompt(const eng_sam *m, const eng_sam_prompt *p, int idx)
+int eng_sam_dense_prompt(eng_sam *m, const float *mask_input, float *out)
+{
+    float *zero = calloc((size_t)P * E, sizeof *zero);
+    if (!zero)
+        return eng_error(ENG_ENOMEM, "out of memory");
+    eng__sam_begin(m->dctx);
+    eng_tensor sb = eng_new2(m->dctx, P, E);
+    eng__sam_upload(m->dctx, &sb, zero);
+    if (mask_input)
+        eng__sam_mask_embed(m, m->dctx, &sb, mask_input);
+    else
+        eng_add(m->dctx, &sb, &sb, &m->no_mask);
+    eng_tensor chw = eng_new2(m->dctx, E, P);
+    eng_transpose(m->dctx, &chw, &sb);
+    eng__sam_download(m->dctx, out, &chw, (size_t)E * P);
+    free(zero);
+    return eng__sam_end(m->dctx);
+}
+
+int eng__sam_check_prompt(const eng_sam *m, const eng_sam_prompt *p, int idx)
 {
     if (p->n_points < 0 || p->n_points > m->opt.max_points)
         return eng_error(ENG_EINVAL, "prompt %d: %d points (at most %d)", idx, p->n_points,
@@ -440,6 +544,17 @@ int eng_sam_decode(eng_sam *m, const float *embedding, const eng_sam_imginfo *in
                    const eng_sam_prompt *prompts, int n, int multimask, float *iou, float *low_res)
 {
     return eng_sam_decode_cached(m, NULL, embedding, info, prompts, n, multimask, iou, low_res);
+}
+
+/* The prompt-count bucket of a group of B prompts (at most GB): the counts
+ * CUDA graphs are recorded for. */
+static int dec_bucket(int B, int GB)
+{
+    static const int buckets[] = {1, 2, 4, 8, 16, 24, 32, 48, 64, 96, 128, 192, 256};
+    for (size_t i = 0; i < sizeof buckets / sizeof buckets[0]; i++)
+        if (buckets[i] >= B)
+            return buckets[i] < GB ? buckets[i] : GB;
+    return GB;
 }
 
 /* The least recently used slot, or the one holding `key`. */
@@ -494,7 +609,7 @@ static int sam_decode_impl(eng_sam *m, const char *key, const float *embedding,
     if (masks && (rc = eng__sam_post_check(info)))
         return rc;
     for (int i = 0; i < n; i++)
-        if ((rc = sam_check_prompt(m, &prompts[i], i)))
+        if ((rc = eng__sam_check_prompt(m, &prompts[i], i)))
             return rc;
     /* the embedding as rows [P, E]: from a resident slot, or uploaded (and
      * kept in the least recently used slot when a key is given) */
@@ -515,6 +630,7 @@ static int sam_decode_impl(eng_sam *m, const char *key, const float *embedding,
         return eng_error(ENG_ENOMEM, "out of memory");
     }
     int first = multimask ? 1 : 0, count = multimask ? 3 : 1;
+    int graphs = eng_backend_graphs_on(m->dbe);
     size_t px = (size_t)info->orig_w * (size_t)info->orig_h;
     double t_dec = 0, t_post = 0, t0 = eng__sam_now_ms();
     eng__sam_begin(m->dctx);
@@ -556,8 +672,17 @@ static int sam_decode_impl(eng_sam *m, const char *key, const float *embedding,
             mask_in[B] = prompts[i + B].mask_input;
             B++;
         }
+        /* With CUDA graphs, a group runs at its prompt-count bucket, the
+         * last prompt repeated (its extra masks are never read): one
+         * recording serves every count up to the bucket. */
+        int Bg = graphs ? dec_bucket(B, GB) : B;
+        for (int b = B; b < Bg; b++) {
+            memcpy(tokens + (size_t)b * T * E, tokens + (size_t)(B - 1) * T * E,
+                   (size_t)T * E * sizeof(float));
+            mask_in[b] = mask_in[B - 1];
+        }
         /* (the IoU copy back ends the group: its time is the decoder's) */
-        eng__sam_decode_group(m, prompts[i].lora, &emb, &sh, tokens, B, T, mask_in, iou4, &out,
+        eng__sam_decode_group(m, prompts[i].lora, &emb, &sh, tokens, Bg, T, mask_in, iou4, &out,
                               first, count);
         for (int b = 0; b < B; b++)
             memcpy(iou + (size_t)(i + b) * count, iou4 + (size_t)b * NMASK + first,

@@ -6,7 +6,8 @@
  * accessors), sam_encoder.c (preprocess and the ViT), sam_decoder.c (prompt
  * encoder and mask decoder, resident embeddings), sam_lora.c (adapter
  * targets and engine adapters), sam_postprocess.c (upscale and threshold),
- * sam_backends.c (device and precision choice).
+ * sam_backends.c (device and precision choice), sam_train.c (the decoder's
+ * training forward and backward with LoRA, sam_train.h).
  *
  * Dimension letters used in shape comments:
  *   C   image-encoder width (768 / 1024 / 1280; 64 in the tiny fixture)
@@ -208,6 +209,12 @@ void eng__sam_pe_encode(const eng_sam *m, float x, float y, float *out);
  * n_tokens. */
 int eng__sam_sparse_tokens(const eng_sam *m, const eng_sam_imginfo *info, const eng_sam_prompt *p,
                            float *out);
+/* ENG_EINVAL naming prompt `idx` and what is wrong (point count, labels,
+ * coordinates not finite). */
+int eng__sam_check_prompt(const eng_sam *m, const eng_sam_prompt *p, int idx);
+/* sb [P, E] += the dense embedding of a low-res mask input [256, 256] (host
+ * f32), on ctx (the mask downscaling convolutions). */
+void eng__sam_mask_embed(const eng_sam *m, eng_ctx *ctx, eng_tensor *sb, const float *mask_input);
 void eng__sam_dec_shared_alloc(eng_sam *m, dec_shared *sh, emb_slot *slot);
 /* B prompts of T tokens under one adapter in one pass (see sam_decoder.c). */
 void eng__sam_decode_group(eng_sam *m, const eng_sam_lora *lo, const eng_tensor *emb_hwc,

@@ -452,6 +452,63 @@ static int sam_plan(eng_sam *m)
     return m->dctx != &m->ctx ? eng_ctx_commit(m->dctx) : 0;
 }
 
+/* On a GPU, run every shape the model serves once before the first
+ * request, so that the CUDA backend settles its GEMM algorithms and grows
+ * its scratch now, then turn its tuning off for good (eng_backend_set_tuning):
+ * the encoder on a zero image; the decoder at each prompt-count bucket up to
+ * max_decode_batch (with one point and with max_points points, single and
+ * multimask: every power-of-two class of token rows), and one prompt with a
+ * mask input. Outputs are discarded. TASAM_NO_WARMUP=1 skips it (tuning
+ * then happens on the first calls, as it did before). */
+static int sam_warmup(eng_sam *m)
+{
+    if (getenv("TASAM_NO_WARMUP") ||
+        (eng_backend_device(m->be) != ENG_DEV_CUDA && eng_backend_device(m->dbe) != ENG_DEV_CUDA))
+        return 0;
+    static const int counts[] = {1, 2, 4, 8, 16, 24, 32, 48, 64, 96, 128, 192, 256};
+    int GB = m->opt.max_decode_batch, np = m->opt.max_points;
+    size_t img = (size_t)3 * ENG_SAM_IMG * ENG_SAM_IMG;
+    float *in = calloc(img + ENG_SAM_EMB_FLOATS + ENG_SAM_LOWRES_FLOATS, sizeof(float));
+    float *pts = malloc((size_t)np * 2 * sizeof(float));
+    int *lab = malloc((size_t)np * sizeof(int));
+    float *iou = malloc((size_t)GB * 3 * sizeof(float));
+    eng_sam_prompt *pr = calloc((size_t)GB, sizeof *pr);
+    int rc = in && pts && lab && iou && pr ? 0 : eng_error(ENG_ENOMEM, "out of memory");
+    float *emb = in + img, *mask = emb + ENG_SAM_EMB_FLOATS;
+    for (int i = 0; !rc && i < np; i++) {
+        pts[2 * i] = (float)(64 + (37 * i) % 900);
+        pts[2 * i + 1] = (float)(64 + (53 * i) % 900);
+        lab[i] = i % 2;
+    }
+    const eng_sam_imginfo info = {ENG_SAM_IMG, ENG_SAM_IMG, ENG_SAM_IMG, ENG_SAM_IMG};
+    eng_backend_set_tuning(m->be, 1);
+    eng_backend_set_tuning(m->dbe, 1);
+    if (!rc)
+        rc = eng_sam_encode(m, in, 1, emb);
+    for (size_t c = 0; !rc && c < sizeof counts / sizeof counts[0] && counts[c] <= GB; c++)
+        for (int k = 0; !rc && k < 4; k++) {
+            for (int b = 0; b < counts[c]; b++) {
+                pr[b].n_points = k < 2 ? 1 : np;
+                pr[b].points = pts;
+                pr[b].labels = lab;
+            }
+            rc = eng_sam_decode_cached(m, NULL, emb, &info, pr, counts[c], k % 2, iou, NULL);
+        }
+    if (!rc) {
+        pr[0].mask_input = mask;
+        rc = eng_sam_decode_cached(m, NULL, emb, &info, pr, 1, 0, iou, NULL);
+    }
+    free(in), free(pts), free(lab), free(iou), free(pr);
+    eng_backend_set_tuning(m->be, 0);
+    eng_backend_set_tuning(m->dbe, 0);
+    if (rc) {
+        char msg[512];
+        snprintf(msg, sizeof msg, "%s", eng_last_error());
+        return eng_error(rc, "warming up the model: %s", msg);
+    }
+    return 0;
+}
+
 int eng_sam_load(eng_sam **out, const char *path, eng_backend *be, const eng_sam_options *opt)
 {
     *out = NULL;
@@ -528,6 +585,8 @@ int eng_sam_load(eng_sam **out, const char *path, eng_backend *be, const eng_sam
         }
     }
     if ((rc = sam_plan(m)))
+        goto err;
+    if ((rc = sam_warmup(m)))
         goto err;
     *out = m;
     return 0;

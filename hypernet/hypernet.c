@@ -745,14 +745,7 @@ int hn_hypernet_create(hn_hypernet **out, const hn_params *p, const char *versio
 
     const int64_t H = h->cfg.hidden, D = h->cfg.text_dim, R = h->cfg.rank;
     hn__tables();
-    /* Rows grouped by shape, targets in table order within a group. */
-    for (int s = 0; s < HN_SHAPES; s++) {
-        h->s_off[s] = h->n;
-        for (int t = 0; t < HN_T; t++)
-            if (h->cfg.present[t] && hn__shape_of[t] == s)
-                h->order[h->n++] = t;
-        h->s_n[s] = h->n - h->s_off[s];
-    }
+    h->n = hn_rows_by_shape(&h->cfg, h->order, h->s_off, h->s_n);
     float *pe = malloc((size_t)h->n * H * sizeof(float));
     size_t stage_n = 0;
     for (int s = 0; s < HN_SHAPES; s++) {
@@ -883,19 +876,39 @@ void hn_hypernet_count(const hn_hypernet *h, size_t *trunk, size_t *heads)
         *heads = h->heads_n;
 }
 
-size_t hn_hypernet_factor_size(const hn_hypernet *h, int t, size_t *a_n, size_t *b_n)
+size_t hn_factor_size(const hn_hypernet_config *cfg, int t, size_t *a_n, size_t *b_n)
 {
     size_t a = 0, b = 0;
-    if (t >= 0 && t < HN_T && h->cfg.present[t]) {
+    if (t >= 0 && t < HN_T && cfg->present[t]) {
         const eng_sam_lora_target *tt = eng_sam_lora_targets();
-        a = (size_t)h->cfg.rank * (size_t)tt[t].in;
-        b = (size_t)tt[t].out * (size_t)h->cfg.rank;
+        a = (size_t)cfg->rank * (size_t)tt[t].in;
+        b = (size_t)tt[t].out * (size_t)cfg->rank;
     }
     if (a_n)
         *a_n = a;
     if (b_n)
         *b_n = b;
     return a + b;
+}
+
+size_t hn_hypernet_factor_size(const hn_hypernet *h, int t, size_t *a_n, size_t *b_n)
+{
+    return hn_factor_size(&h->cfg, t, a_n, b_n);
+}
+
+int hn_rows_by_shape(const hn_hypernet_config *cfg, int order[ENG_SAM_LORA_TARGETS],
+                     int s_off[HN_SHAPES], int s_n[HN_SHAPES])
+{
+    hn__tables();
+    int n = 0;
+    for (int s = 0; s < HN_SHAPES; s++) {
+        s_off[s] = n;
+        for (int t = 0; t < HN_T; t++)
+            if (cfg->present[t] && hn__shape_of[t] == s)
+                order[n++] = t;
+        s_n[s] = n - s_off[s];
+    }
+    return n;
 }
 
 int hn_hypernet_generate(hn_hypernet *h, const float *task_emb, float *const *A, float *const *B)

@@ -182,6 +182,16 @@ void hn_hypernet_count(const hn_hypernet *h, size_t *trunk, size_t *heads);
 /* Floats of target t's factors: *a_n = r*in, *b_n = out*r, both 0 when t is
  * not a target of this hypernetwork. Returns the sum. */
 size_t hn_hypernet_factor_size(const hn_hypernet *h, int t, size_t *a_n, size_t *b_n);
+/* The same for configuration cfg. */
+size_t hn_factor_size(const hn_hypernet_config *cfg, int t, size_t *a_n, size_t *b_n);
+
+/* The row order of the per-target activations every forward uses: the
+ * present targets grouped by shape (all of shape 0, then 1, ...), in table
+ * order within a group, so that each head is one GEMM over a block of
+ * rows. order[row] = target; shape s owns rows s_off[s] .. s_off[s] +
+ * s_n[s] - 1. Returns the row count. */
+int hn_rows_by_shape(const hn_hypernet_config *cfg, int order[ENG_SAM_LORA_TARGETS],
+                     int s_off[HN_SHAPES], int s_n[HN_SHAPES]);
 
 /* One forward for all targets: task_emb [d] (host) -> A[t] [r, in] and
  * B[t] [out, r] (host buffers of hn_hypernet_factor_size floats, given by

@@ -36,6 +36,9 @@ static const srv_opt_def opt_table[] = {
      "HOST:PORT to serve HTTP on ([v6addr]:PORT for IPv6; port 0 picks a free one)"},
     {"port-file", SRV_T_STRING, "", 0, 0, NULL, 0, 0,
      "write the bound TCP port to this file once listening"},
+    {"instance", SRV_T_STRING, "", 0, 0, NULL, 0, 0,
+     "this replica's name, sent in the X-Tasam-Instance header of every response and in "
+     "/v1/info (default HOSTNAME:PORT; letters, digits and . _ : @ / -)"},
     {"state-dir", SRV_T_STRING, "./state", 0, 0, NULL, 0, 0,
      "directory for the cache database of embeddings and adapters (created if missing)"},
     {"device", SRV_T_ENUM, "auto", 0, 0, device_choices, 0, 0,
@@ -94,6 +97,19 @@ static const srv_opt_def opt_table[] = {
 /* one row per srv_opt_id, in its order */
 _Static_assert(sizeof opt_table / sizeof opt_table[0] == SRV_OPT_COUNT,
                "opt_table needs a row for every srv_opt_id");
+
+int srv_config_instance_valid(const char *s, int empty_ok)
+{
+    size_t n = strlen(s);
+    if (n == 0)
+        return empty_ok;
+    if (n > SRV_INSTANCE_MAX)
+        return 0;
+    for (size_t i = 0; i < n; i++)
+        if (!isalnum((unsigned char)s[i]) && !strchr("._:@/-", s[i]))
+            return 0;
+    return 1;
+}
 
 const srv_opt_def *srv_config_table(size_t *n)
 {
@@ -403,6 +419,11 @@ static int validate(srv_config *c, char *err, size_t errlen)
                         c->str[SRV_OPT_PRECISION]);
     if (!c->str[SRV_OPT_STATE_DIR][0])
         return srv_errf(err, errlen, "option --state-dir must not be empty");
+    if (!srv_config_instance_valid(c->str[SRV_OPT_INSTANCE], 1))
+        return srv_errf(err, errlen,
+                        "option --instance: '%.120s' must be 1-%d characters of letters, digits "
+                        "and . _ : @ / -",
+                        c->str[SRV_OPT_INSTANCE], SRV_INSTANCE_MAX);
     if (c->str[SRV_OPT_TEXT_MODEL][0] && !c->str[SRV_OPT_HYPERNET][0])
         return srv_errf(err, errlen,
                         "option --text-model needs --hypernet (the text encoder only feeds the "

@@ -29,6 +29,7 @@ typedef enum srv_opt_id {
     SRV_OPT_CHECKPOINT,
     SRV_OPT_LISTEN,
     SRV_OPT_PORT_FILE,
+    SRV_OPT_INSTANCE,
     SRV_OPT_STATE_DIR,
     SRV_OPT_DEVICE,
     SRV_OPT_PRECISION,
@@ -141,6 +142,14 @@ int srv_config_check_token(srv_config *c, const char *token, int *configured);
 /* The configuration as a JSON object {name: value} (numbers as numbers,
  * secrets as "<set>" or null). New reference. */
 json_t *srv_config_to_json(srv_config *c);
+
+/* Longest instance name (X-Tasam-Instance). */
+#define SRV_INSTANCE_MAX 100
+
+/* 1 when s is a usable instance name: 1..SRV_INSTANCE_MAX characters of
+ * letters, digits and . _ : @ / - (safe in a header, a log line and a JSON
+ * key); "" counts when empty_ok. */
+int srv_config_instance_valid(const char *s, int empty_ok);
 
 /* Print --help generated from the table. */
 void srv_config_usage(FILE *out, const char *prog);

@@ -6,6 +6,7 @@
 #include "server/http.h"
 
 #include <arpa/inet.h>
+#include <ctype.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <netdb.h>
@@ -15,6 +16,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 #include <sys/socket.h>
 #include <unistd.h>
 
@@ -88,6 +90,9 @@ static enum MHD_Result send_reply(conn *c, srv_reply *r)
         snprintf(ra, sizeof ra, "%d", r->retry_after);
         MHD_add_response_header(resp, MHD_HTTP_HEADER_RETRY_AFTER, ra);
     }
+    /* Which replica answered: what a client or proxy behind a fleet needs
+     * to see where its image's cache lives. */
+    MHD_add_response_header(resp, "X-Tasam-Instance", c->h->srv->instance);
     if (__atomic_load_n(&c->h->srv->draining, __ATOMIC_RELAXED))
         MHD_add_response_header(resp, MHD_HTTP_HEADER_CONNECTION, "close");
     ok = MHD_queue_response(c->mc, (unsigned)r->status, resp);
@@ -137,11 +142,25 @@ static enum MHD_Result collect_arg(void *cls, enum MHD_ValueKind kind, const cha
     return MHD_YES;
 }
 
+/* MHD iterator: the first X-Tasam-Image-Id and how many were sent. */
+static enum MHD_Result collect_image_id(void *cls, enum MHD_ValueKind kind, const char *key,
+                                        size_t key_size, const char *value, size_t value_size)
+{
+    srv_http_in *in = cls;
+    (void)kind;
+    (void)key_size;
+    (void)value_size;
+    if (key && !strcasecmp(key, SRV_IMAGE_ID_HEADER) && in->image_id_count++ == 0)
+        in->image_id = value ? value : "";
+    return MHD_YES;
+}
+
 /* Contract: the headers and query arguments the routes read (borrowed
  * from MHD, valid while the request lives). */
 static void request_in(conn *c, srv_http_in *in)
 {
     memset(in, 0, sizeof *in);
+    MHD_get_connection_values_n(c->mc, MHD_HEADER_KIND, collect_image_id, in);
     in->content_type =
         MHD_lookup_connection_value(c->mc, MHD_HEADER_KIND, MHD_HTTP_HEADER_CONTENT_TYPE);
     in->authorization =
@@ -403,6 +422,26 @@ static int bind_listen(const char *listen_s, int *port, char *err, size_t errlen
     return fd;
 }
 
+/* Contract: srv->instance from the instance option, else HOSTNAME:PORT
+ * (the host name cut to what the option allows), before any request. */
+static void set_instance(srv_server *srv, int port)
+{
+    const char *opt = srv_config_str(srv->cfg, SRV_OPT_INSTANCE);
+    char host[256] = "";
+    if (opt[0]) {
+        snprintf(srv->instance, sizeof srv->instance, "%s", opt);
+        return;
+    }
+    if (gethostname(host, sizeof host) != 0 || !host[0])
+        snprintf(host, sizeof host, "tasamd");
+    host[sizeof host - 1] = 0;
+    for (char *p = host; *p; p++)
+        if (!isalnum((unsigned char)*p) && !strchr("._-", *p))
+            *p = '_';
+    /* HOST cut so that ":PORT" (at most 6 bytes) still fits. */
+    snprintf(srv->instance, sizeof srv->instance, "%.*s:%d", SRV_INSTANCE_MAX - 6, host, port);
+}
+
 int srv_http_start(srv_http **out, srv_server *srv, const char *listen_s, int *port, char *err,
                    size_t errlen)
 {
@@ -419,6 +458,7 @@ int srv_http_start(srv_http **out, srv_server *srv, const char *listen_s, int *p
         free(h);
         return -1;
     }
+    set_instance(srv, *port);
     unsigned flags = MHD_USE_INTERNAL_POLLING_THREAD | MHD_USE_EPOLL | MHD_ALLOW_SUSPEND_RESUME |
                      MHD_USE_ERROR_LOG;
     h->d = MHD_start_daemon(

@@ -191,9 +191,10 @@ static json_t *info_json(srv_server *srv)
                           srv_config_str(cfg, SRV_OPT_CHECKPOINT), "workspace_bytes",
                           (json_int_t)mi->workspace_bytes, "load_seconds", mi->load_seconds);
     }
-    o = json_pack("{s:s,s:s,s:b,s:s,s:o,s:s?,s:s?,s:{s:I,s:I,s:I,s:I,s:I,s:I,s:I,s:I},"
+    o = json_pack("{s:s,s:s,s:s,s:b,s:s,s:o,s:s?,s:s?,s:{s:I,s:I,s:I,s:I,s:I,s:I,s:I,s:I},"
                   "s:{s:s,s:s,s:s,s:s},s:o,s:o,s:f}",
-                  "name", "tasamd", "version", TASAMD_VERSION_STRING, "ready", ready, "state",
+                  "name", "tasamd", "version", TASAMD_VERSION_STRING, "instance", srv->instance,
+                  "ready", ready, "state",
                   s->failed ? "failed"
                   : ready   ? "ready"
                             : "loading",
@@ -514,6 +515,39 @@ static int check_admin(srv_server *srv, const srv_http_in *in, srv_error *e)
     return srv_fail(e, 403, "", "the admin token is wrong");
 }
 
+/* Contract: when the request names its image in X-Tasam-Image-Id (as a
+ * client does for a proxy that hashes on it), the name must be a sha256
+ * hex string, sent once, equal to `sha` (the image's own hash, or the
+ * body's image_id). Returns 0, or -1 with a 400 in *e. */
+static int check_image_id_header(const srv_http_in *in, const char *sha, int by_id, srv_error *e)
+{
+    char h[65], t[65];
+    if (!in || !in->image_id_count)
+        return 0;
+    if (in->image_id_count > 1)
+        return srv_fail(e, 400, SRV_IMAGE_ID_HEADER, "%s was sent %d times; send it once",
+                        SRV_IMAGE_ID_HEADER, in->image_id_count);
+    /* Field values exclude surrounding whitespace (RFC 9110 5.5); MHD
+     * strips the leading part only. */
+    const char *v = in->image_id;
+    size_t n = strlen(v);
+    while (n && (v[n - 1] == ' ' || v[n - 1] == '\t'))
+        n--;
+    if (n == 64) {
+        memcpy(t, v, 64);
+        t[64] = 0;
+    }
+    if (n != 64 || !srv_sha_hex_valid(t, h))
+        return srv_fail(e, 400, SRV_IMAGE_ID_HEADER,
+                        "%s must be the 64-digit sha256 hex of the image bytes",
+                        SRV_IMAGE_ID_HEADER);
+    if (strcmp(h, sha) != 0)
+        return srv_fail(e, 400, SRV_IMAGE_ID_HEADER, "%s %s does not match %s %s",
+                        SRV_IMAGE_ID_HEADER, h,
+                        by_id ? "the body's image_id" : "the image's sha256", sha);
+    return 0;
+}
+
 int srv_routes_post_prepare(srv_server *srv, srv_route route, const srv_http_in *in,
                             const uint8_t *body, size_t len, double t_start, srv_post *p,
                             srv_error *e)
@@ -558,6 +592,8 @@ int srv_routes_post_prepare(srv_server *srv, srv_route route, const srv_http_in 
         double t = srv_now();
         eng_sha256(p->req.image, p->req.image_len, d);
         eng_sha256_hex(d, j->sha);
+        if (check_image_id_header(in, j->sha, 0, e))
+            return -1;
         j->raw = p->req.image;
         j->raw_len = p->req.image_len;
         if (srv_cache_peek(srv->cache, j->sha, &w, &h) != 0) {
@@ -571,6 +607,8 @@ int srv_routes_post_prepare(srv_server *srv, srv_route route, const srv_http_in 
         j->t.decode = (srv_now() - t) * 1e3;
     } else {
         memcpy(j->sha, p->req.image_id, sizeof j->sha);
+        if (check_image_id_header(in, j->sha, 1, e))
+            return -1;
         if (srv_cache_peek(srv->cache, j->sha, &w, &h) != 0)
             return srv_fail(e, 404, "image_id",
                             "no cached embedding for image_id %s; send the image itself", j->sha);

@@ -28,6 +28,10 @@ typedef struct srv_reply {
 
 #define SRV_QUERY_MAX 8
 
+/* The request header a client (or a proxy hashing on it) names the image
+ * with: the SHA-256 hex of the image bytes, as image_id. */
+#define SRV_IMAGE_ID_HEADER "X-Tasam-Image-Id"
+
 /* One query argument, percent-decoded by the HTTP layer (borrowed). */
 typedef struct srv_query_arg {
     const char *key; /* NUL-terminated name */
@@ -39,6 +43,8 @@ typedef struct srv_query_arg {
 typedef struct srv_http_in {
     const char *content_type;           /* Content-Type header or NULL */
     const char *authorization;          /* Authorization header or NULL */
+    const char *image_id;               /* the first X-Tasam-Image-Id header, or NULL */
+    int image_id_count;                 /* how many X-Tasam-Image-Id headers came */
     int n_query;                        /* entries in query */
     int query_overflow;                 /* 1: more than SRV_QUERY_MAX arguments were sent */
     srv_query_arg query[SRV_QUERY_MAX]; /* the query string's arguments in order */

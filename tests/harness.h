@@ -19,6 +19,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <sys/wait.h>
 
 static int t__passed, t__failed, t__skipped;
 static int t__cur_failed, t__cur_skipped;
@@ -131,6 +132,27 @@ static inline uint8_t *t_read_file(const char *path, size_t *len)
     if (b && len)
         *len = (size_t)n;
     return b;
+}
+
+/* Run a shell command with stderr joined to stdout: its exit status (-1
+ * when it did not exit), its output in out (truncated to cap). */
+static inline int t_run_cmd(const char *cmd, char *out, size_t cap)
+{
+    size_t len = strlen(cmd) + 8;
+    char *full = malloc(len);
+    if (!full)
+        return -1;
+    snprintf(full, len, "%s 2>&1", cmd);
+    FILE *p = popen(full, "r");
+    free(full);
+    if (!p)
+        return -1;
+    size_t n = fread(out, 1, cap - 1, p);
+    out[n] = '\0';
+    while (fgetc(p) != EOF) /* the rest, so the command never dies of a closed pipe */
+        ;
+    int st = pclose(p);
+    return st != -1 && WIFEXITED(st) ? WEXITSTATUS(st) : -1;
 }
 
 /* Max |a-b| over n floats; *worst gets the index of the worst element. */

@@ -1,7 +1,8 @@
 /*
  * tests/tdata.h: helpers shared by the trainer's data and evaluation tests
- * (tests/test_train_data.c, tests/test_cocoeval.c): a scratch folder, files,
- * commands, and small synthetic datasets.
+ * (tests/test_train_data.c, tests/test_cocoeval.c, tests/test_train_grad.c):
+ * a scratch folder, files, sibling programs, and small synthetic datasets
+ * (commands run through harness.h's t_run_cmd).
  */
 #ifndef TASAM_TESTS_TDATA_H
 #define TASAM_TESTS_TDATA_H
@@ -9,7 +10,6 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/wait.h>
 #include <unistd.h>
 
 #include "train/synth.h"
@@ -57,23 +57,6 @@ static inline int td_write(const char *path, const char *text)
     size_t n = strlen(text);
     int ok = fwrite(text, 1, n, f) == n;
     return (fclose(f) == 0 && ok) ? 0 : -1;
-}
-
-/* Run a shell command with stdout+stderr into out (truncated); its exit
- * status, or -1. */
-static inline int td_run(const char *cmd, char *out, size_t cap)
-{
-    char full[8192];
-    snprintf(full, sizeof full, "%s 2>&1", cmd);
-    FILE *p = popen(full, "r");
-    if (!p)
-        return -1;
-    size_t n = fread(out, 1, cap - 1, p);
-    out[n] = '\0';
-    while (fgetc(p) != EOF)
-        ;
-    int st = pclose(p);
-    return WIFEXITED(st) ? WEXITSTATUS(st) : -1;
 }
 
 /* A small synthetic dataset in td_dir/name. */

@@ -8,7 +8,6 @@
 
 #include <jansson.h>
 #include <libgen.h>
-#include <sys/wait.h>
 #include <unistd.h>
 
 #include "engine/ckpt.h"
@@ -17,21 +16,6 @@
 
 static char tasam[4096];
 static char tmpdir[] = "/tmp/tasam-cli-XXXXXX";
-
-/* Run a shell command; returns its exit status, output (stdout+stderr) in
- * out (truncated to cap). */
-static int run(const char *cmd, char *out, size_t cap)
-{
-    char full[40000];
-    snprintf(full, sizeof full, "%s 2>&1", cmd);
-    FILE *p = popen(full, "r");
-    if (!p)
-        return -1;
-    size_t n = fread(out, 1, cap - 1, p);
-    out[n] = '\0';
-    int st = pclose(p);
-    return WIFEXITED(st) ? WEXITSTATUS(st) : -1;
-}
 
 static double agree(const uint8_t *a, const uint8_t *b, size_t n)
 {
@@ -98,7 +82,7 @@ static void segment_case(const char *ckpt_name)
              "%s segment --device cpu --checkpoint %s --image %s --point 240,213.60000000000002,1 "
              "--point 480,267,1 --point 720,53.400000000000006,0 --dump %s --json %s --png %s/p",
              tasam, ck, img, dump, json, tmpdir);
-    int rc = run(cmd, out, sizeof out);
+    int rc = t_run_cmd(cmd, out, sizeof out);
     T_REQUIRE(rc == 0, "exit %d: %s", rc, out);
     check_dump(dump, "points3", 3);
 
@@ -151,7 +135,7 @@ static void test_batch_of_boxes(void)
         "--box 80,53.400000000000006,320,267 --box 400,106.80000000000001,760,427.20000000000005 "
         "--box 0,320.4,240,534 --box 240,160.2,560,373.79999999999995 --dump %s",
         tasam, ck, img, dump);
-    int rc = run(cmd, out, sizeof out);
+    int rc = t_run_cmd(cmd, out, sizeof out);
     T_REQUIRE(rc == 0, "exit %d: %s", rc, out);
     check_dump(dump, "boxes4", 3);
 }
@@ -177,7 +161,7 @@ static void test_bad_invocations(void)
     };
     for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
         snprintf(cmd, sizeof cmd, "%s %s", tasam, cases[i].args);
-        int rc = run(cmd, out, sizeof out);
+        int rc = t_run_cmd(cmd, out, sizeof out);
         T_CHECK(rc == cases[i].status, "`tasam %s`: exit %d, want %d", cases[i].args, rc,
                 cases[i].status);
         T_CHECK(strstr(out, cases[i].says) != NULL, "`tasam %s` does not say '%s': %s",
@@ -189,7 +173,7 @@ static void test_bad_invocations(void)
         snprintf(ck, sizeof ck, "%s", t_fixture("sam_tiny.safetensors"));
         snprintf(cmd, sizeof cmd, "%s segment --device cpu --checkpoint %s --image %s", tasam, ck,
                  t_fixture("cases.json"));
-        int rc = run(cmd, out, sizeof out);
+        int rc = t_run_cmd(cmd, out, sizeof out);
         T_CHECK(rc == 1 && strstr(out, "cases.json"), "non-image: exit %d: %s", rc, out);
     }
 }

@@ -96,7 +96,7 @@ static void test_cli(void)
         snprintf(gtp, sizeof gtp, "%s", t_fixture("coco_eval/gt.json"));
         snprintf(cmd, sizeof cmd, "%s coco-eval --gt %s --pred %s --iou-type %s --json %s",
                  tasam_train, gtp, t_fixture("coco_eval/pred.json"), type, td_path("eval.json"));
-        int st = td_run(cmd, out, sizeof out);
+        int st = t_run_cmd(cmd, out, sizeof out);
         T_CHECK(st == 0, "exit %d: %s", st, out);
         T_CHECK(
             strstr(out, "Average Precision  (AP) @[ IoU=0.50:0.95 | area=   all | maxDets=100 ]"),
@@ -114,19 +114,21 @@ static void test_cli(void)
     json_decref(ref);
     /* usage errors: 2; a bad results file: 1 with the entry named */
     snprintf(cmd, sizeof cmd, "%s coco-eval --gt x.json", tasam_train);
-    T_CHECK(td_run(cmd, out, sizeof out) == 2 && strstr(out, "--pred"), "missing --pred: %s", out);
+    T_CHECK(t_run_cmd(cmd, out, sizeof out) == 2 && strstr(out, "--pred"), "missing --pred: %s",
+            out);
     snprintf(cmd, sizeof cmd, "%s coco-eval --gt a --pred b --iou-type keypoints", tasam_train);
-    T_CHECK(td_run(cmd, out, sizeof out) == 2 && strstr(out, "segm or bbox"), "iou type: %s", out);
+    T_CHECK(t_run_cmd(cmd, out, sizeof out) == 2 && strstr(out, "segm or bbox"), "iou type: %s",
+            out);
     T_REQUIRE(td_write(td_path("bad_pred.json"),
                        "[{\"image_id\": 1, \"category_id\": 1, \"score\": 0.5, \"segmentation\": "
                        "{\"size\": [449, 864], \"counts\": \"??\"}}]") == 0,
               "write");
     snprintf(cmd, sizeof cmd, "%s coco-eval --gt %s --pred %s", tasam_train,
              t_fixture("coco_eval/gt.json"), td_path("bad_pred.json"));
-    T_CHECK(td_run(cmd, out, sizeof out) == 1 && strstr(out, "bad_pred.json: results[0]"),
+    T_CHECK(t_run_cmd(cmd, out, sizeof out) == 1 && strstr(out, "bad_pred.json: results[0]"),
             "bad results: %s", out);
     snprintf(cmd, sizeof cmd, "%s coco-eval --help", tasam_train);
-    T_CHECK(td_run(cmd, out, sizeof out) == 0 && strstr(out, "usage: tasam-train coco-eval"),
+    T_CHECK(t_run_cmd(cmd, out, sizeof out) == 0 && strstr(out, "usage: tasam-train coco-eval"),
             "--help: %s", out);
 }
 
@@ -469,7 +471,7 @@ static void test_pycocotools(void)
 
     snprintf(cmd, sizeof cmd, "build/pycocotools/bin/python3 tests/pycoco/crosscheck.py %s",
              td_dir);
-    int st = td_run(cmd, out, sizeof out);
+    int st = t_run_cmd(cmd, out, sizeof out);
     T_REQUIRE(st == 0, "crosscheck.py exit %d: %s", st, out);
     json_t *ref = json_load_file(td_path("ref.json"), 0, NULL);
     T_REQUIRE(ref, "ref.json");

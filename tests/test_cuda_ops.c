@@ -20,12 +20,17 @@
 #include "engine/ops.h"
 #include "tests/binarize_case.h"
 
-#define N_DT 3
-static const eng_dtype dts[N_DT] = {ENG_BF16, ENG_F16, ENG_F32};
-static const char *dt_names[N_DT] = {"bf16", "fp16", "fp32"};
+/* The GPU sides: each storage dtype with the native kernels, and fp16 with
+ * the sm_75 (T4) kernel set (TASAM_CUDA_KERNELS=sm75, compute_75 PTX
+ * JIT-compiled on newer GPUs), under the T4's shared-memory occupancy
+ * (TASAM_CUDA_EMULATE_SMEM=65536) so the padding path runs too. */
+#define N_DT 4
+static const eng_dtype dts[N_DT] = {ENG_BF16, ENG_F16, ENG_F32, ENG_F16};
+static const char *dt_names[N_DT] = {"bf16", "fp16", "fp32", "sm75"};
+static const char *dt_kernels[N_DT] = {NULL, NULL, NULL, "sm75"};
 /* normalised L2 error allowed per storage dtype: inputs and outputs are
  * rounded to the storage type (bf16 has 8 significant bits, fp16 11) */
-static const double dt_tol[N_DT] = {1.5e-2, 3e-3, 1e-4};
+static const double dt_tol[N_DT] = {1.5e-2, 3e-3, 1e-4, 3e-3};
 
 static eng_backend *cpu, *gpu[N_DT];
 static char gpu_why[1024];
@@ -163,7 +168,7 @@ static int run_case(const char *what, case_fn fn, const void *arg)
 
 #define NEED_GPU()                                                                                 \
     do {                                                                                           \
-        if (!gpu[0] && !gpu[1] && !gpu[2])                                                         \
+        if (!gpu[0] && !gpu[1] && !gpu[2] && !gpu[3])                                              \
             T_SKIP("no CUDA device: %s", gpu_why);                                                 \
     } while (0)
 
@@ -460,12 +465,20 @@ static void test_attention(void)
     att("vit_b global 1x2x4096 D64 relpos", 1, 2, 4096, 4096, 64, 1, 64, 0);
     att("tiny window 25x2x196 D32 relpos", 25, 2, 196, 196, 32, 1, 14, 0);
     att("tiny global 1x2x4096 D32 relpos", 1, 2, 4096, 4096, 32, 1, 64, 0);
+    /* 256 query blocks: no key-range split below 256 SMs (the cases above
+     * split on GPUs with more SMs than their 128 blocks) */
+    att("vit_h global 1x4x4096 D80 relpos", 1, 4, 4096, 4096, 80, 1, 64, 0);
     /* decoder: token->image, image->token, self */
     att("dec t2i 1x8 7x4096 D16", 1, 8, 7, 4096, 16, 0, 0, 0);
     att("dec i2t 1x8 4096x7 D16", 1, 8, 4096, 7, 16, 0, 0, 0);
     att("dec self 1x8 30x30 D32", 1, 8, 30, 30, 32, 0, 0, 0);
+    /* a group of 64 prompts: shared layer-0 keys (one batch of 448 query
+     * rows), per-prompt keys (a mask input each) */
+    att("dec t2i shared 1x8 448x4096 D16", 1, 8, 448, 4096, 16, 0, 0, 0);
+    att("dec t2i group 64x8 7x4096 D16", 64, 8, 7, 4096, 16, 0, 0, 0);
     /* masks, odd sizes, generic head dims */
     att("key_bias 2x2 10x300 D64", 2, 2, 10, 300, 64, 0, 0, 1);
+    att("key_bias 2x2 70x200 D32", 2, 2, 70, 200, 32, 0, 0, 1);
     att("odd grid 3x3 relpos 2x3 9x9 D16", 2, 3, 9, 9, 16, 1, 3, 0);
     att("generic D24 relpos 5 2x2 25x25", 2, 2, 25, 25, 24, 1, 5, 0);
     att("generic D40 1x3 77x130 +mask", 1, 3, 77, 130, 40, 0, 0, 1);
@@ -555,6 +568,87 @@ static void test_conv_transpose(void)
         T_CHECK(run_case(nm, ct_case, &a), "%s", nm);
         free(x), free(w), free(b);
     }
+}
+
+/* The decoder's upscaling step, act(LN(conv_transpose2x2(x) + b)): fused
+ * in one pass on CUDA, the separate ops on the CPU (the reference); `split`
+ * runs the separate ops on the GPU too, so both GPU paths are held to the
+ * same reference. */
+typedef struct {
+    int H, W, Cin, Cout, norm, split;
+    const float *x, *w, *b, *g, *beta;
+} ctn_arg;
+
+static float *ctn_case(side *s, const void *argp, size_t *n)
+{
+    const ctn_arg *a = argp;
+    eng_tensor x = UP(s, a->x, (int64_t)a->H * a->W, a->Cin);
+    eng_tensor w = UP(s, a->w, a->Cin, a->Cout, 2, 2);
+    eng_tensor b = UP(s, a->b, a->Cout);
+    eng_tensor g = UP(s, a->g, a->Cout);
+    eng_tensor beta = UP(s, a->beta, a->Cout);
+    eng_tensor y = OUT(s, (int64_t)4 * a->H * a->W, a->Cout);
+    if (a->split) {
+        eng_conv_transpose2x2(&s->ctx, &y, &x, a->H, a->W, &w, &b);
+        if (a->norm)
+            eng_layernorm(&s->ctx, &y, &y, NULL, &g, &beta, 1e-6f);
+        eng_activate(&s->ctx, &y, &y, ENG_ACT_GELU);
+    } else {
+        eng_conv_transpose2x2_norm_act(&s->ctx, &y, &x, a->H, a->W, &w, &b, a->norm ? &g : NULL,
+                                       a->norm ? &beta : NULL, 1e-6f, ENG_ACT_GELU);
+    }
+    *n = (size_t)4 * a->H * a->W * a->Cout;
+    return down(s, &y);
+}
+
+static void test_conv_transpose_norm_act(void)
+{
+    NEED_GPU();
+    static const int sh[][5] = {
+        /* H W Cin Cout norm */
+        {128, 64, 256, 64, 1}, /* decoder upscaling 1, two prompts stacked */
+        {256, 128, 64, 32, 0}, /* decoder upscaling 2 */
+        {9, 7, 16, 8, 1},      /* one value a lane */
+        {5, 3, 24, 40, 1},     /* five */
+        {6, 5, 8, 12, 1},      /* Cout % 8 != 0: the separate passes */
+    };
+    for (size_t i = 0; i < sizeof sh / sizeof sh[0]; i++)
+        for (int split = 0; split < 2; split++) {
+            ctn_arg a = {sh[i][0], sh[i][1], sh[i][2], sh[i][3], sh[i][4], split,
+                         NULL,     NULL,     NULL,     NULL,     NULL};
+            float *x = rand_buf((size_t)a.H * a.W * a.Cin, 1);
+            float *w = rand_buf((size_t)a.Cin * a.Cout * 4, 1.0f / sqrtf(a.Cin));
+            float *b = rand_buf(a.Cout, 1), *g = rand_buf(a.Cout, 1), *beta = rand_buf(a.Cout, 1);
+            a.x = x, a.w = w, a.b = b, a.g = g, a.beta = beta;
+            char nm[96];
+            snprintf(nm, sizeof nm, "conv_transpose2x2%s+gelu %s %dx%dx%d -> %d",
+                     a.norm ? "+norm" : "", split ? "separate" : "fused", a.H, a.W, a.Cin, a.Cout);
+            T_CHECK(run_case(nm, ctn_case, &a), "%s", nm);
+            free(x), free(w), free(b), free(g), free(beta);
+        }
+}
+
+/* GEMM algorithm classes (gemm.cu): a shape that tunes its class, one that
+ * reuses the class's algorithm, one met with tuning off (heuristic), and an
+ * output larger than the tuning buffer (tuned on its first rows). */
+static void test_gemm_classes(void)
+{
+    NEED_GPU();
+    for (int d = 0; d < N_DT; d++)
+        if (gpu[d])
+            eng_backend_set_tuning(gpu[d], 1);
+    lin("class 40x256x512 (tunes rows 64)", 40, 256, 512, 256, 1, 0, ENG_ACT_NONE);
+    lin("class 37x256x512 (reuses rows 64)", 37, 256, 512, 256, 1, 0, ENG_ACT_NONE);
+    lin("16384x256x1280 +res (output over the tuning buffer)", 16384, 256, 1280, 256, 1, 1,
+        ENG_ACT_NONE);
+    for (int d = 0; d < N_DT; d++)
+        if (gpu[d])
+            eng_backend_set_tuning(gpu[d], 0);
+    lin("class 300x256x512 (tuning off)", 300, 256, 512, 256, 1, 0, ENG_ACT_GELU);
+    lin("class 33x256x512 (tuning off, class known)", 33, 256, 512, 256, 1, 0, ENG_ACT_NONE);
+    for (int d = 0; d < N_DT; d++)
+        if (gpu[d])
+            eng_backend_set_tuning(gpu[d], 1);
 }
 
 /* ---- windows ---- */
@@ -668,6 +762,16 @@ static void test_errors(void)
     printf("  device 999: %s\n", eng_last_error());
     rc = eng_backend_cuda_create(&be, 0, ENG_I32);
     T_CHECK(rc != 0 && !be, "i32 storage refused");
+    /* the sm_75 kernel set is the T4's configuration: no bf16; an unknown
+     * kernel set is an error, not a silent default */
+    setenv("TASAM_CUDA_KERNELS", "sm75", 1);
+    rc = eng_backend_cuda_create(&be, 0, ENG_BF16);
+    T_CHECK(rc != 0 && !be, "bf16 with the sm_75 kernels refused");
+    setenv("TASAM_CUDA_KERNELS", "sm99", 1);
+    rc = eng_backend_cuda_create(&be, 0, ENG_F16);
+    T_CHECK(rc != 0 && !be, "unknown kernel set refused");
+    printf("  TASAM_CUDA_KERNELS=sm99: %s\n", eng_last_error());
+    unsetenv("TASAM_CUDA_KERNELS");
     NEED_GPU();
     /* an allocation larger than the device: ENG_ENOMEM-style failure, no crash */
     eng_backend *g = gpu[0] ? gpu[0] : (gpu[1] ? gpu[1] : gpu[2]);
@@ -687,7 +791,14 @@ static void setup(void)
     if (eng_backend_cpu_create(&cpu, 0) != 0)
         return;
     for (int d = 0; d < N_DT; d++) {
-        if (eng_backend_cuda_create(&gpu[d], 0, dts[d]) != 0) {
+        if (dt_kernels[d]) {
+            setenv("TASAM_CUDA_KERNELS", dt_kernels[d], 1);
+            setenv("TASAM_CUDA_EMULATE_SMEM", "65536", 1);
+        }
+        int rc = eng_backend_cuda_create(&gpu[d], 0, dts[d]);
+        unsetenv("TASAM_CUDA_KERNELS");
+        unsetenv("TASAM_CUDA_EMULATE_SMEM");
+        if (rc != 0) {
             snprintf(gpu_why, sizeof gpu_why, "%s", eng_last_error());
             gpu[d] = NULL;
             continue;
@@ -719,6 +830,8 @@ int main(void)
     T_RUN(test_attention);
     T_RUN(test_conv2d);
     T_RUN(test_conv_transpose);
+    T_RUN(test_conv_transpose_norm_act);
+    T_RUN(test_gemm_classes);
     T_RUN(test_windows);
     T_RUN(test_resize);
     T_RUN(test_binarize);

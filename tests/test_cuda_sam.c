@@ -22,6 +22,10 @@
 #include "engine/ops.h"
 #include "engine/sam.h"
 
+#ifdef ENG_HAVE_CUDA
+#include <cuda_runtime_api.h>
+#endif
+
 #define EMB_REL_L2 1e-2
 #define MEAN_IOU   0.99
 
@@ -159,11 +163,15 @@ out:
 /* The model stored in `dt`; with dec_dt != dt the decoder runs on a second
  * backend in dec_dt (bf16 is served that way: encoder bf16, decoder fp16,
  * as eng_sam_open_backends sets it up). */
-static void run_dtype(eng_dtype dt, eng_dtype dec_dt)
+static void run_dtype(eng_dtype dt, eng_dtype dec_dt, const char *kernels)
 {
     T_NEED_FIXTURES();
     eng_backend *be = NULL, *dbe = NULL;
-    if (eng_backend_cuda_create(&be, 0, dt) != 0) {
+    if (kernels) /* e.g. "sm75": the T4's kernel set on whatever GPU this is */
+        setenv("TASAM_CUDA_KERNELS", kernels, 1);
+    int rc = eng_backend_cuda_create(&be, 0, dt);
+    unsetenv("TASAM_CUDA_KERNELS");
+    if (rc != 0) {
         snprintf(no_gpu, sizeof no_gpu, "%s", eng_last_error());
         T_SKIP("no CUDA backend in %s: %s", eng_dtype_name(dt), no_gpu);
     }
@@ -176,7 +184,7 @@ static void run_dtype(eng_dtype dt, eng_dtype dec_dt)
            dbe ? eng_backend_describe(dbe) : "");
     eng_sam *m = NULL;
     eng_sam_options opt = {.max_points = 8, .max_batch = 1, .decoder_backend = dbe};
-    int rc = eng_sam_load(&m, t_fixture("sam_tiny.safetensors"), be, &opt);
+    rc = eng_sam_load(&m, t_fixture("sam_tiny.safetensors"), be, &opt);
     if (rc) {
         eng_backend_destroy(dbe);
         eng_backend_destroy(be);
@@ -260,9 +268,12 @@ static void run_dtype(eng_dtype dt, eng_dtype dec_dt)
     eng_backend_destroy(be);
 }
 
-static void test_bf16(void) { run_dtype(ENG_BF16, ENG_F16); }
-static void test_fp16(void) { run_dtype(ENG_F16, ENG_F16); }
-static void test_fp32(void) { run_dtype(ENG_F32, ENG_F32); }
+static void test_bf16(void) { run_dtype(ENG_BF16, ENG_F16, NULL); }
+static void test_fp16(void) { run_dtype(ENG_F16, ENG_F16, NULL); }
+static void test_fp32(void) { run_dtype(ENG_F32, ENG_F32, NULL); }
+/* The T4 configuration: fp16 everywhere, the sm_75 kernels (the same
+ * criteria as every other GPU path). */
+static void test_fp16_sm75(void) { run_dtype(ENG_F16, ENG_F16, "sm75"); }
 
 /* Decoder groups on the GPU (sam_case_groups): groups of up to 3 prompts,
  * with and without mask inputs and with layer 0's image side shared, agree
@@ -294,6 +305,104 @@ static void test_groups_fp32(void)
     eng_backend_destroy(be);
 }
 
+/* CUDA graphs (TASAM_CUDA_GRAPHS=1) on the fixture model in fp16, loaded
+ * without the warm-up, so the first recordings need scratch to grow and run
+ * eagerly instead (ENG_GRAPH_REDO). Three of boxes4's prompts, padded to the
+ * bucket of 4: against the same call on a backend without graphs (the
+ * padded group runs other GEMM shapes: close, not equal); a second call
+ * replays the recording and gives the same bits; a resident embedding
+ * (other buffers: the recording is refreshed) agrees too, and its repeat
+ * replays bit for bit. */
+static void test_graphs_fp16(void)
+{
+    T_NEED_FIXTURES();
+    eng_backend *be = NULL, *eager = NULL;
+    setenv("TASAM_CUDA_GRAPHS", "1", 1);
+    int rc = eng_backend_cuda_create(&be, 0, ENG_F16);
+    unsetenv("TASAM_CUDA_GRAPHS");
+    if (rc)
+        T_SKIP("no CUDA backend in fp16: %s", eng_last_error());
+    T_CHECK(eng_backend_graphs_on(be), "graphs on");
+    rc = eng_backend_cuda_create(&eager, 0, ENG_F16);
+    T_CHECK(rc == 0 && !eng_backend_graphs_on(eager), "a second backend without graphs");
+    eng_sam *mg = NULL, *me = NULL;
+    eng_sam_options opt = {
+        .max_points = 8, .max_batch = 1, .max_decode_batch = 8, .embedding_slots = 1};
+    setenv("TASAM_NO_WARMUP", "1", 1);
+    if (!rc)
+        rc = eng_sam_load(&mg, t_fixture("sam_tiny.safetensors"), be, &opt);
+    unsetenv("TASAM_NO_WARMUP");
+    if (!rc)
+        rc = eng_sam_load(&me, t_fixture("sam_tiny.safetensors"), eager, &opt);
+    sam_case sc;
+    memset(&sc, 0, sizeof sc);
+    float *emb = gold_f32("image_embedding", NULL);
+    if (!rc && (!emb || sam_case_load(golden, "boxes4", 4, &sc) != 0))
+        rc = -1;
+    const eng_sam_imginfo info = {800, 534, 1024, 684};
+    enum { N = 3, C = 3, RUNS = 5 };
+    size_t nlo = (size_t)N * C * ENG_SAM_LOWRES_FLOATS;
+    float *iou = calloc((size_t)RUNS * N * C, sizeof(float));
+    float *lo = calloc((size_t)RUNS * nlo, sizeof(float));
+    /* run 0: no graphs; 1, 2: graphs, the embedding passed; 3, 4: resident */
+    for (int r = 0; !rc && r < RUNS; r++)
+        rc = eng_sam_decode_cached(r ? mg : me, r >= 3 ? "dog" : NULL, emb, &info, sc.prompts, N, 1,
+                                   iou + (size_t)r * N * C, lo + (size_t)r * nlo);
+    if (!rc) {
+        double d1 = rel_l2(lo + nlo, lo, nlo, NULL), d3 = rel_l2(lo + 3 * nlo, lo, nlo, NULL);
+        double di = sam_case_maxdiff(iou + N * C, iou, N * C);
+        printf("  graphs vs eager: logits rel L2 %.3g (resident %.3g), IoU max|diff| %.3g\n", d1,
+               d3, di);
+        T_CHECK(d1 <= 1e-2 && d3 <= 1e-2 && di <= 1e-2, "graphs differ from eager: %g %g %g", d1,
+                d3, di);
+        T_CHECK(memcmp(lo + nlo, lo + 2 * nlo, nlo * sizeof(float)) == 0 &&
+                    memcmp(iou + N * C, iou + 2 * N * C, N * C * sizeof(float)) == 0,
+                "a replay differs from its recording");
+        T_CHECK(memcmp(lo + 3 * nlo, lo + 4 * nlo, nlo * sizeof(float)) == 0,
+                "a resident replay differs from its recording");
+    }
+    T_CHECK(rc == 0, "graphs: %s", eng_last_error());
+    free(iou), free(lo), free(emb);
+    sam_case_free(&sc);
+    eng_sam_destroy(mg);
+    eng_sam_destroy(me);
+    eng_backend_destroy(be);
+    eng_backend_destroy(eager);
+}
+
+/* A configuration that does not fit the device is a clear error at load,
+ * never a crash or a failure on a later request: with all but 64 MiB of the
+ * GPU taken, loading the fixture model (its workspace alone is larger)
+ * fails with ENG_ENOMEM and a message that says how much was wanted and
+ * how much is free; once the memory is back, the same backend loads it. */
+static void test_load_out_of_memory(void)
+{
+    T_NEED_FIXTURES();
+    eng_backend *be = NULL;
+    if (eng_backend_cuda_create(&be, 0, ENG_F16) != 0)
+        T_SKIP("no CUDA backend in fp16: %s", eng_last_error());
+    void *hog = NULL;
+#ifdef ENG_HAVE_CUDA
+    size_t fr = 0, tot = 0;
+    if (cudaMemGetInfo(&fr, &tot) == cudaSuccess && fr > ((size_t)128 << 20))
+        hog = eng_backend_alloc(be, fr - ((size_t)64 << 20));
+#endif
+    T_REQUIRE(hog != NULL, "could not take the GPU's free memory: %s", eng_last_error());
+    eng_sam *m = NULL;
+    int rc = eng_sam_load(&m, t_fixture("sam_tiny.safetensors"), be, NULL);
+    printf("  loading with 64 MiB free: %s\n", rc ? eng_last_error() : "loaded");
+    T_CHECK(rc == ENG_ENOMEM && !m, "load with no room: rc %d", rc);
+    T_CHECK(strstr(eng_last_error(), "MiB") != NULL, "the message names the sizes: %s",
+            eng_last_error());
+    eng_sam_destroy(m);
+    eng_backend_free(be, hog);
+    m = NULL;
+    rc = eng_sam_load(&m, t_fixture("sam_tiny.safetensors"), be, NULL);
+    T_CHECK(rc == 0, "load once the memory is back: %s", eng_last_error());
+    eng_sam_destroy(m);
+    eng_backend_destroy(be);
+}
+
 /* The CPU backend must keep working in a binary with the CUDA backend. */
 static void test_cpu_still_works(void)
 {
@@ -320,7 +429,10 @@ int main(void)
     T_RUN(test_bf16);
     T_RUN(test_fp16);
     T_RUN(test_fp32);
+    T_RUN(test_fp16_sm75);
     T_RUN(test_groups_fp32);
+    T_RUN(test_graphs_fp16);
+    T_RUN(test_load_out_of_memory);
     T_RUN(test_cpu_still_works);
     eng_ckpt_close(golden);
     return t_summary("test_cuda_sam");

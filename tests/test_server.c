@@ -29,6 +29,10 @@ static void test_config_errors(void)
         "adapter-slots",
         "--checkpoint x --adapter-merge maybe",
         "adapter-merge",
+        "--checkpoint x --instance 'a b'",
+        "instance",
+        "--checkpoint x --instance $(printf 'r%.0s' $(seq 101))",
+        "instance",
     };
     for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i += 2) {
         tmp_name(logp, sizeof logp, ".log");
@@ -141,21 +145,22 @@ static void test_goldens(void)
 
 static void test_multipart_and_outputs(void)
 {
-    char extra[PATH_MAX + 200];
     int st;
     NEED_DAEMON();
-    snprintf(extra, sizeof extra,
-             "-F 'image=@%s;type=image/jpeg' -F 'request={\"points\":[[400,293.70000000000005,1]],"
-             "\"multimask\":false};type=application/json'",
-             g_dog_path);
-    json_t *r = http_json(g_d.port, "POST", "/v1/segment", NULL, NULL, extra, &st);
+    ts_extra mp = {
+        .form = {{.name = "image", .file = g_dog_path, .filename = "dog.jpg", .type = "image/jpeg"},
+                 {.name = "request",
+                  .data = "{\"points\":[[400,293.70000000000005,1]],"
+                          "\"multimask\":false}",
+                  .type = "application/json"}}};
+    json_t *r = http_json(g_d.port, "POST", "/v1/segment", NULL, NULL, &mp, &st);
     T_CHECK(st == 200 && r, "multipart status %d", st);
     if (r && g_golden)
         T_CHECK(check_masks(r, "point1_single", 1, 1), "multipart masks differ from the goldens");
     json_decref(r);
     /* multipart without a request part: prompt-free output. */
-    snprintf(extra, sizeof extra, "-F 'image=@%s'", g_dog_path);
-    r = http_json(g_d.port, "POST", "/v1/segment", NULL, NULL, extra, &st);
+    ts_extra only = {.form = {{.name = "image", .file = g_dog_path, .filename = "dog.jpg"}}};
+    r = http_json(g_d.port, "POST", "/v1/segment", NULL, NULL, &only, &st);
     T_CHECK(st == 200 && r, "multipart image only: %d", st);
     if (r && g_golden)
         T_CHECK(check_masks(r, "no_prompt", 1, 3), "no_prompt via multipart");
@@ -231,6 +236,86 @@ static void test_cache_hit(void)
     c = json_string_value(json_object_get(json_object_get(r, "cache"), "embedding"));
     T_CHECK(c && !strcmp(c, "hit"), "embeddings hit");
     json_decref(r);
+}
+
+#define DOG_SHA "bf76876b90e3ebd521f9882b9177ba8f33e80cb7ec09c630f179b122edd125e1"
+
+/* Expect a 400 naming X-Tasam-Image-Id for this header block. */
+static void expect_id_400(const char *route, const char *file, const char *headers,
+                          const char *what)
+{
+    ts_extra x = {.headers = headers};
+    expect_error(g_d.port, "POST", route, "application/json", file, &x, 400, "X-Tasam-Image-Id",
+                 what);
+}
+
+/* X-Tasam-Image-Id is checked against the image (or the body's image_id),
+ * and every response names the replica in X-Tasam-Instance: by default
+ * HOSTNAME:PORT, the same as /v1/info's instance. */
+static void test_image_id_header_and_instance(void)
+{
+    char path[PATH_MAX], idreq[PATH_MAX];
+    int st;
+    NEED_DAEMON();
+    hc_response r;
+    st = http_full(g_d.port, "GET", "/healthz", NULL, NULL, NULL, &r);
+    const char *inst = hc_response_header(&r, "X-Tasam-Instance");
+    char host[256] = "", want[300];
+    gethostname(host, sizeof host);
+    for (char *p = host; *p; p++)
+        if (!isalnum((unsigned char)*p) && !strchr("._-", *p))
+            *p = '_';
+    snprintf(want, sizeof want, "%s:%d", host, g_d.port);
+    T_CHECK(st == 200 && inst && !strcmp(inst, want), "instance '%s', want '%s'",
+            inst ? inst : "(none)", want);
+    hc_response_free(&r);
+    json_t *info = http_json(g_d.port, "GET", "/v1/info", NULL, NULL, NULL, &st);
+    const char *ii = json_string_value(json_object_get(info, "instance"));
+    T_CHECK(ii && !strcmp(ii, want), "/v1/info instance '%s'", ii ? ii : "(none)");
+    json_decref(info);
+    st = http_full(g_d.port, "GET", "/nope", NULL, NULL, NULL, &r);
+    inst = hc_response_header(&r, "X-Tasam-Instance");
+    T_CHECK(st == 404 && inst && !strcmp(inst, want), "an error answer names no instance");
+    hc_response_free(&r);
+
+    write_request(path, sizeof path, g_dog_b64, NULL);
+    write_request(idreq, sizeof idreq, NULL,
+                  json_pack("{s:s,s:[[i,i,i]]}", "image_id", DOG_SHA, "points", 400, 294, 1));
+    static const ts_extra right = {.headers = "X-Tasam-Image-Id: " DOG_SHA "\r\n"};
+    char upper[128];
+    snprintf(upper, sizeof upper, "x-tasam-image-id:  %s \r\n", DOG_SHA);
+    for (char *p = upper + 19; *p; p++)
+        *p = (char)toupper((unsigned char)*p);
+    ts_extra up = {.headers = upper};
+    T_CHECK(http(g_d.port, "POST", "/v1/embeddings", "application/json", path, &right, NULL,
+                 NULL) == 200,
+            "embeddings with the right header");
+    T_CHECK(http(g_d.port, "POST", "/v1/segment", "application/json", path, &up, NULL, NULL) == 200,
+            "segment with the right header in upper case");
+    T_CHECK(http(g_d.port, "POST", "/v1/segment", "application/json", idreq, &right, NULL, NULL) ==
+                200,
+            "segment by image_id with the right header");
+#define ZERO_ID "0000000000000000000000000000000000000000000000000000000000000000"
+    static const char *const zero = "X-Tasam-Image-Id: " ZERO_ID "\r\n";
+    expect_id_400("/v1/embeddings", path, zero, "embeddings: another image's id");
+    expect_id_400("/v1/segment", path, zero, "segment: another image's id");
+    expect_id_400("/v1/segment", idreq, zero, "segment: header and image_id differ");
+    expect_id_400("/v1/segment", path, "X-Tasam-Image-Id: bf76\r\n", "segment: short id");
+    expect_id_400("/v1/segment", path, "X-Tasam-Image-Id: \r\n", "segment: empty id");
+    expect_id_400("/v1/segment", path,
+                  "X-Tasam-Image-Id: " DOG_SHA "\r\nX-Tasam-Image-Id: " DOG_SHA "\r\n",
+                  "segment: the header twice");
+    /* An unknown image_id with a matching header is still a 404 (the header
+     * says nothing the body does not), a mismatch a 400 before any lookup. */
+    ts_extra z = {.headers = zero};
+    write_request(idreq, sizeof idreq, NULL, json_pack("{s:s}", "image_id", ZERO_ID));
+    expect_error(g_d.port, "POST", "/v1/segment", "application/json", idreq, &z, 404, "image_id",
+                 "unknown image_id, matching header");
+    expect_id_400("/v1/segment", idreq, "X-Tasam-Image-Id: " DOG_SHA "\r\n",
+                  "unknown image_id, another header");
+    /* Routes without an image ignore it. */
+    T_CHECK(http(g_d.port, "GET", "/healthz", NULL, NULL, &z, NULL, NULL) == 200,
+            "healthz with the header");
 }
 
 static void test_errors(void)
@@ -324,9 +409,8 @@ static void test_errors(void)
         if (pix && eng_png_encode(pix, w, h, 1, &png, &plen) == 0) {
             tmp_name(img, sizeof img, ".png");
             write_file(img, png, plen);
-            char extra[PATH_MAX + 32];
-            snprintf(extra, sizeof extra, "-F 'image=@%s'", img);
-            expect_error(p, "POST", "/v1/segment", NULL, NULL, extra, 413, "image", "PNG bomb");
+            ts_extra bomb = {.form = {{.name = "image", .file = img, .filename = "bomb.png"}}};
+            expect_error(p, "POST", "/v1/segment", NULL, NULL, &bomb, 413, "image", "PNG bomb");
         } else {
             T_CHECK(0, "could not build the PNG bomb");
         }
@@ -344,8 +428,8 @@ static void test_errors(void)
         tmp_name(img, sizeof img, ".bin");
         write_file(img, chunk, 40u << 20);
         free(chunk);
-        int st =
-            http(p, "POST", "/v1/segment", J, img, "-H 'Transfer-Encoding: chunked'", NULL, NULL);
+        ts_extra ch = {.chunked = 1};
+        int st = http(p, "POST", "/v1/segment", J, img, &ch, NULL, NULL);
         T_CHECK(st == 413 || st == 0, "chunked 40 MB body: status %d", st);
         unlink(img);
     }
@@ -438,11 +522,18 @@ static void test_restart_keeps_cache(void)
     g_up = 0;
     T_CHECK(rc == 0, "SIGTERM exit status %d", rc);
     T_CHECK(log_contains(&g_d, "shutdown: drained"), "no drain log line");
-    rc = daemon_start(&g_d, g_d.state, 1, NULL);
+    static const char *const named[] = {"--instance", "replica-7", NULL};
+    rc = daemon_start(&g_d, g_d.state, 1, named);
     if (rc != 0)
         show_log(&g_d);
     T_REQUIRE(rc == 0, "restart failed");
     g_up = 1;
+    hc_response hr;
+    st = http_full(g_d.port, "GET", "/readyz", NULL, NULL, NULL, &hr);
+    const char *inst = hc_response_header(&hr, "X-Tasam-Instance");
+    T_CHECK(st == 200 && inst && !strcmp(inst, "replica-7"), "--instance: '%s'",
+            inst ? inst : "(none)");
+    hc_response_free(&hr);
     char path[PATH_MAX];
     write_request(
         path, sizeof path, g_dog_b64,
@@ -496,6 +587,7 @@ int main(int argc, char **argv)
     T_RUN(test_goldens);
     T_RUN(test_multipart_and_outputs);
     T_RUN(test_cache_hit);
+    T_RUN(test_image_id_header_and_instance);
     T_RUN(test_errors);
     T_RUN(test_metrics_grammar);
     T_RUN(test_restart_keeps_cache);

@@ -208,12 +208,11 @@ static void test_tasks_segment(void)
     T_CHECK(!strcmp(adapter_source(f), "cache-memory"), "prompt-free source %s", adapter_source(f));
     T_CHECK(g_plain_free && !same_masks(f, g_plain_free), "prompt-free masks unchanged by task");
     /* multipart with a `task` part */
-    char extra[PATH_MAX + 200];
-    snprintf(extra, sizeof extra,
-             "-F 'image=@%s' -F 'task=" TASK "' -F 'request={\"points\":[[400,294,1]],"
-             "\"multimask\":false}'",
-             g_dog_path);
-    json_t *mp = http_json(g_t.port, "POST", "/v1/segment", NULL, NULL, extra, &st);
+    ts_extra form = {
+        .form = {{.name = "image", .file = g_dog_path, .filename = "dog.jpg"},
+                 {.name = "task", .data = TASK},
+                 {.name = "request", .data = "{\"points\":[[400,294,1]],\"multimask\":false}"}}};
+    json_t *mp = http_json(g_t.port, "POST", "/v1/segment", NULL, NULL, &form, &st);
     T_CHECK(st == 200 && same_masks(mp, r1), "multipart task part: %d", st);
     json_decref(mp);
     /* the CLI gives the same masks */
@@ -332,17 +331,16 @@ static void test_tasks_routes(void)
     expect_error(p, "GET", url, NULL, NULL, NULL, 404, "id", "absent adapter id");
     expect_error(p, "GET", "/v1/adapters/123", NULL, NULL, NULL, 400, "id", "short adapter id");
     snprintf(url, sizeof url, "/v1/adapters/%s/weights", g_ad_id);
-    char *w = NULL;
-    size_t wn = 0;
-    char hdr[PATH_MAX + 8], hfile[PATH_MAX];
-    tmp_name(hfile, sizeof hfile, ".hdr");
-    snprintf(hdr, sizeof hdr, "-D '%s'", hfile);
-    st = http(p, "GET", url, NULL, NULL, hdr, &w, &wn);
+    hc_response wr;
+    st = http_full(p, "GET", url, NULL, NULL, NULL, &wr);
     T_CHECK(st == 200, "weights: %d", st);
-    size_t hn;
-    char *h = (char *)t_read_file(hfile, &hn);
-    T_CHECK(h && memmem(h, hn, "application/octet-stream", 24), "weights Content-Type");
-    free(h);
+    const char *wct = hc_response_header(&wr, "Content-Type");
+    T_CHECK(wct && !strcmp(wct, "application/octet-stream"), "weights Content-Type %s",
+            wct ? wct : "(none)");
+    char *w = wr.body;
+    size_t wn = wr.len;
+    wr.body = NULL;
+    hc_response_free(&wr);
     ad_adapter *a = NULL;
     T_CHECK(w && ad_adapter_parse(&a, w, wn, "GET weights") == 0, "weights do not parse: %s",
             eng_last_error());
@@ -362,7 +360,7 @@ static void test_tasks_routes(void)
 
 static void test_tasks_bad_text(void)
 {
-    char path[PATH_MAX], extra[2 * PATH_MAX];
+    char path[PATH_MAX];
     NEED_TASKS();
     int p = g_t.port;
     const char *J = "application/json";
@@ -422,20 +420,20 @@ static void test_tasks_bad_text(void)
     char tfile[PATH_MAX];
     tmp_name(tfile, sizeof tfile, ".txt");
     write_file(tfile, "seg\xffment the dog", 16);
-    snprintf(extra, sizeof extra, "-F 'image=@%s' -F 'task=<%s'", g_dog_path, tfile);
-    expect_error(p, "POST", "/v1/segment", NULL, NULL, extra, 400, "task", "multipart raw task");
+    ts_extra rawtask = {.form = {{.name = "image", .file = g_dog_path, .filename = "dog.jpg"},
+                                 {.name = "task", .file = tfile}}};
+    expect_error(p, "POST", "/v1/segment", NULL, NULL, &rawtask, 400, "task", "multipart raw task");
     write_file(tfile,
                "{\"task\":\"seg\xfe"
                "ment\"}",
                strlen("{\"task\":\"seg\xfe"
                       "ment\"}"));
-    snprintf(extra, sizeof extra, "-F 'image=@%s' -F 'request=<%s;type=application/json'",
-             g_dog_path, tfile);
-    expect_error(p, "POST", "/v1/segment", NULL, NULL, extra, 400, "task",
+    ts_extra rawreq = {.form = {{.name = "image", .file = g_dog_path, .filename = "dog.jpg"},
+                                {.name = "request", .file = tfile, .type = "application/json"}}};
+    expect_error(p, "POST", "/v1/segment", NULL, NULL, &rawreq, 400, "task",
                  "multipart request JSON with a raw byte");
     write_file(tfile, "the\x00dog", 7);
-    snprintf(extra, sizeof extra, "-F 'image=@%s' -F 'task=<%s'", g_dog_path, tfile);
-    expect_error(p, "POST", "/v1/segment", NULL, NULL, extra, 400, "task", "multipart NUL task");
+    expect_error(p, "POST", "/v1/segment", NULL, NULL, &rawtask, 400, "task", "multipart NUL task");
     /* the lookup: %FF, %00 and empty */
     expect_error(p, "GET", "/v1/adapters?task=seg%FFment", NULL, NULL, NULL, 400, "task",
                  "GET ?task= with %FF");
@@ -540,27 +538,22 @@ static void test_tasks_admin_flush(void)
     int st;
     NEED_TASKS();
     int p = g_t.port;
-    char *b = NULL;
-    size_t n;
-    char hfile[PATH_MAX], hdr[PATH_MAX + 8];
-    tmp_name(hfile, sizeof hfile, ".hdr");
-    snprintf(hdr, sizeof hdr, "-D '%s'", hfile);
-    st = http(p, "DELETE", "/admin/adapters", NULL, NULL, hdr, &b, &n);
-    free(b);
-    char *h = (char *)t_read_file(hfile, &n);
-    T_CHECK(st == 401 && h && memmem(h, n, "WWW-Authenticate: Bearer", 24), "no token: %d", st);
-    free(h);
-    expect_error(p, "DELETE", "/admin/adapters", NULL, NULL, "-H 'Authorization: Bearer s3creT'",
-                 403, "", "wrong token");
-    expect_error(p, "DELETE", "/admin/adapters", NULL, NULL, "-H 'Authorization: Bearer s3cret0'",
-                 403, "", "longer token");
-    expect_error(p, "DELETE", "/admin/adapters", NULL, NULL, "-H 'Authorization: Basic czNjcmV0'",
-                 401, "", "not a bearer token");
+    hc_response ar;
+    st = http_full(p, "DELETE", "/admin/adapters", NULL, NULL, NULL, &ar);
+    const char *chal = hc_response_header(&ar, "WWW-Authenticate");
+    T_CHECK(st == 401 && chal && !strncmp(chal, "Bearer", 6), "no token: %d", st);
+    hc_response_free(&ar);
+    static const ts_extra wrong = {.headers = "Authorization: Bearer s3creT\r\n"},
+                          longer = {.headers = "Authorization: Bearer s3cret0\r\n"},
+                          basic = {.headers = "Authorization: Basic czNjcmV0\r\n"},
+                          right = {.headers = "Authorization: Bearer s3cret\r\n"};
+    expect_error(p, "DELETE", "/admin/adapters", NULL, NULL, &wrong, 403, "", "wrong token");
+    expect_error(p, "DELETE", "/admin/adapters", NULL, NULL, &longer, 403, "", "longer token");
+    expect_error(p, "DELETE", "/admin/adapters", NULL, NULL, &basic, 401, "", "not a bearer token");
     json_t *r = http_json(p, "GET", "/v1/adapters", NULL, NULL, NULL, &st);
     T_CHECK(json_integer_value(json_object_get(r, "total")) == 3, "a refused flush flushed");
     json_decref(r);
-    r = http_json(p, "DELETE", "/admin/adapters", NULL, NULL, "-H 'Authorization: Bearer s3cret'",
-                  &st);
+    r = http_json(p, "DELETE", "/admin/adapters", NULL, NULL, &right, &st);
     json_t *f = json_object_get(r, "flushed");
     T_CHECK(st == 200 && json_integer_value(json_object_get(f, "disk")) == 3 &&
                 json_integer_value(json_object_get(f, "memory")) == 1,

@@ -989,35 +989,35 @@ static void test_commands(void)
     snprintf(cmd, sizeof cmd,
              "%s synth --out %s --seed 3 --train-images 4 --val-images 2 --size 96x64", tasam_train,
              td_path("cmd"));
-    T_CHECK(td_run(cmd, out, sizeof out) == 0 && strstr(out, "synth: val 2/2 images"), "synth: %s",
-            out);
+    T_CHECK(t_run_cmd(cmd, out, sizeof out) == 0 && strstr(out, "synth: val 2/2 images"),
+            "synth: %s", out);
     tr_coco *c = NULL;
     T_CHECK(tr_coco_open_dir(&c, td_path("cmd/train"), 0) == 0 && c->n_images == 4 &&
                 c->images[0].width == 96 && c->images[0].height == 64,
             "synth output: %s", eng_last_error());
     tr_coco_destroy(c);
-    T_CHECK(td_run(cmd, out, sizeof out) == 1 && strstr(out, "exists"), "overwrite: %s", out);
+    T_CHECK(t_run_cmd(cmd, out, sizeof out) == 1 && strstr(out, "exists"), "overwrite: %s", out);
     snprintf(cmd, sizeof cmd, "%s synth --out %s --size 10x10", tasam_train, td_path("cmd2"));
-    T_CHECK(td_run(cmd, out, sizeof out) == 2 && strstr(out, "--size"), "bad size: %s", out);
+    T_CHECK(t_run_cmd(cmd, out, sizeof out) == 2 && strstr(out, "--size"), "bad size: %s", out);
     snprintf(cmd, sizeof cmd, "%s synth --seed 1", tasam_train);
-    T_CHECK(td_run(cmd, out, sizeof out) == 2 && strstr(out, "--out"), "no --out: %s", out);
+    T_CHECK(t_run_cmd(cmd, out, sizeof out) == 2 && strstr(out, "--out"), "no --out: %s", out);
     snprintf(cmd, sizeof cmd, "%s synth --help", tasam_train);
-    T_CHECK(td_run(cmd, out, sizeof out) == 0 && strstr(out, "usage: tasam-train synth"), "%s",
+    T_CHECK(t_run_cmd(cmd, out, sizeof out) == 0 && strstr(out, "usage: tasam-train synth"), "%s",
             out);
 
     snprintf(cmd, sizeof cmd, "%s check-data --data %s --decode", tasam_train, td_path("cmd/val"));
-    T_CHECK(td_run(cmd, out, sizeof out) == 0 && strstr(out, "2 images, 95 categories") &&
+    T_CHECK(t_run_cmd(cmd, out, sizeof out) == 0 && strstr(out, "2 images, 95 categories") &&
                 strstr(out, "3 heldout_combination, 2 no_objects") &&
                 strstr(out, "every image decodes"),
             "check-data: %s", out);
     /* a truncated image: decoding names it */
     T_REQUIRE(td_write(td_path("cmd/val/images/000001.png"), "\x89PNG\r\n") == 0, "write");
-    T_CHECK(td_run(cmd, out, sizeof out) == 1 && strstr(out, "images[1] (id 2)"),
+    T_CHECK(t_run_cmd(cmd, out, sizeof out) == 1 && strstr(out, "images[1] (id 2)"),
             "check-data on a broken image: %s", out);
     snprintf(cmd, sizeof cmd, "%s check-data", tasam_train);
-    T_CHECK(td_run(cmd, out, sizeof out) == 2, "check-data without data: %s", out);
+    T_CHECK(t_run_cmd(cmd, out, sizeof out) == 2, "check-data without data: %s", out);
     snprintf(cmd, sizeof cmd, "%s no-such-command", tasam_train);
-    T_CHECK(td_run(cmd, out, sizeof out) == 2 && strstr(out, "unknown command"), "%s", out);
+    T_CHECK(t_run_cmd(cmd, out, sizeof out) == 2 && strstr(out, "unknown command"), "%s", out);
 }
 
 int main(int argc, char **argv)

@@ -1,6 +1,8 @@
 /*
  * tests/tserver.h: what the tests of the real daemon share (header-only, as
- * tests/harness.h): temp files, HTTP requests, starting and stopping tasamd
+ * tests/harness.h): temp files, HTTP requests (the shared client of
+ * clients/http_client.h; raw sockets where a request must be malformed),
+ * starting and stopping tasamd
  * on a loopback port, request bodies, the golden comparison, and the setup
  * every tests/test_server*.c main runs (ts_init / ts_cleanup).
  *
@@ -20,6 +22,7 @@
 #endif
 
 #include <arpa/inet.h>
+#include <ctype.h>
 #include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
@@ -38,6 +41,7 @@
 #include <sqlite3.h>
 
 #include "adapters/adapter.h"
+#include "clients/http_client.h"
 #include "engine/ckpt.h"
 #include "engine/error.h"
 #include "engine/image.h"
@@ -86,51 +90,118 @@ static inline int write_file(const char *path, const void *buf, size_t len)
     return w == len ? 0 : -1;
 }
 
+/* One multipart/form-data part of a test request. */
+typedef struct ts_part {
+    const char *name;     /* form field */
+    const char *file;     /* the part's bytes from this file, or NULL for data */
+    const char *filename; /* filename="..." (a file upload), or NULL */
+    const char *data;     /* NUL-terminated bytes when file is NULL */
+    const char *type;     /* the part's Content-Type, or NULL */
+} ts_part;
+
+/* What a test request may add beyond a method, path and body file. */
+typedef struct ts_extra {
+    const char *headers; /* header lines, each "Name: value\r\n", or NULL */
+    int chunked;         /* 1: send the body with Transfer-Encoding: chunked */
+    ts_part form[4];     /* multipart parts (the body), up to the first NULL name */
+} ts_extra;
+
 /*
- * One HTTP request with the curl CLI. `data_file` (may be NULL) is the body,
- * `extra` more curl arguments (already quoted). Returns the status (0 when
- * curl failed) and, when body != NULL, the response body (malloc'd).
+ * One HTTP request to the daemon on 127.0.0.1:port with the shared client
+ * (clients/http_client.h). `data_file` (may be NULL) is the body with
+ * Content-Type `ctype`, or x->form a multipart body. The response lands in
+ * *resp (hc_response_free it). Returns the status, or 0 when no response
+ * came (connect, send, timeout after 120 s, malformed answer).
  */
-static inline int http(int port, const char *method, const char *path, const char *ctype,
-                       const char *data_file, const char *extra, char **body, size_t *blen)
+static inline int http_full(int port, const char *method, const char *path, const char *ctype,
+                            const char *data_file, const ts_extra *x, hc_response *resp)
 {
-    char out[PATH_MAX], cmd[4 * PATH_MAX], code[16] = "";
-    tmp_name(out, sizeof out, ".out");
-    snprintf(cmd, sizeof cmd,
-             "curl -s -S --max-time 120 -o '%s' -w '%%{http_code}' -X %s %s%s%s %s%s%s %s "
-             "'http://127.0.0.1:%d%s' 2>/dev/null",
-             out, method, ctype ? "-H 'Content-Type: " : "", ctype ? ctype : "", ctype ? "'" : "",
-             data_file ? "--data-binary '@" : "", data_file ? data_file : "", data_file ? "'" : "",
-             extra ? extra : "", port, path);
-    FILE *p = popen(cmd, "r");
-    if (!p)
+    hc_target t;
+    hc_conn c;
+    uint8_t *files[4] = {0}, *data = NULL;
+    char *mp = NULL, *req = NULL, mct[128], err[128];
+    size_t dlen = 0, rl = 0;
+    int status = 0;
+    hc_response_init(resp);
+    hc_conn_init(&c);
+    if (hc_target_loopback(&t, port) != 0)
         return 0;
-    if (!fgets(code, sizeof code, p))
-        code[0] = 0;
-    pclose(p);
-    if (body) {
-        *body = (char *)t_read_file(out, blen);
-        if (*body) {
-            char *b = realloc(*body, (blen ? *blen : 0) + 1);
-            if (b) {
-                b[blen ? *blen : 0] = 0;
-                *body = b;
-            }
+    if (data_file && !(data = t_read_file(data_file, &dlen)))
+        goto out;
+    if (x && x->form[0].name) {
+        hc_part parts[4];
+        int n = 0;
+        for (; n < 4 && x->form[n].name; n++) {
+            const ts_part *f = &x->form[n];
+            size_t len = f->data ? strlen(f->data) : 0;
+            if (f->file && !(files[n] = t_read_file(f->file, &len)))
+                goto out;
+            parts[n] = (hc_part){.name = f->name,
+                                 .filename = f->filename,
+                                 .content_type = f->type,
+                                 .data = f->file ? (const void *)files[n] : f->data,
+                                 .len = len};
         }
+        if (hc_multipart_build(parts, n, &mp, &dlen, mct, sizeof mct, err, sizeof err) != 0)
+            goto out;
+        ctype = mct;
     }
-    unlink(out);
-    return atoi(code);
+    hc_request rq = {.method = method,
+                     .path = path,
+                     .headers = x ? x->headers : NULL,
+                     .content_type = ctype,
+                     .body = mp ? (const void *)mp : data,
+                     .body_len = dlen,
+                     .chunked = x ? x->chunked : 0};
+    if (hc_request_build(&t, &rq, &req, &rl) == 0 &&
+        hc_exchange(&c, &t, req, rl, resp, 120, NULL) == 0)
+        status = resp->status;
+out:
+    for (int i = 0; i < 4; i++)
+        free(files[i]);
+    free(data);
+    free(mp);
+    free(req);
+    hc_conn_free(&c);
+    hc_target_free(&t);
+    return status;
+}
+
+/* http_full, keeping only the body: when body != NULL it gets the
+ * response body (malloc'd, NUL-terminated; NULL when none came). */
+static inline int http(int port, const char *method, const char *path, const char *ctype,
+                       const char *data_file, const ts_extra *x, char **body, size_t *blen)
+{
+    hc_response r;
+    int st = http_full(port, method, path, ctype, data_file, x, &r);
+    if (body) {
+        *body = st ? r.body : NULL;
+        if (blen)
+            *blen = st ? r.len : 0;
+        if (st)
+            r.body = NULL;
+    }
+    hc_response_free(&r);
+    return st;
 }
 
 static inline json_t *http_json(int port, const char *method, const char *path, const char *ctype,
-                                const char *data_file, const char *extra, int *status)
+                                const char *data_file, const ts_extra *x, int *status)
 {
     char *b = NULL;
     size_t n = 0;
-    *status = http(port, method, path, ctype, data_file, extra, &b, &n);
+    *status = http(port, method, path, ctype, data_file, x, &b, &n);
     json_t *j = b ? json_loadb(b, n, 0, NULL) : NULL;
     free(b);
     return j;
+}
+
+/* 1 when `prog` is on the PATH (tools some tests need: haproxy, curl). */
+static inline int ts_have(const char *prog)
+{
+    char cmd[256];
+    snprintf(cmd, sizeof cmd, "command -v '%s' >/dev/null 2>&1", prog);
+    return system(cmd) == 0;
 }
 
 /* Wait for a file to hold a port number. */
@@ -539,8 +610,8 @@ static inline char *get_metrics(int port)
 
 /* Expect `status` with the error JSON (and `field` when non-NULL). */
 static inline void expect_error(int port, const char *method, const char *path, const char *ctype,
-                                const char *file, const char *extra, int status, const char *field,
-                                const char *what)
+                                const char *file, const ts_extra *extra, int status,
+                                const char *field, const char *what)
 {
     int st;
     json_t *r = http_json(port, method, path, ctype, file, extra, &st);

@@ -14,6 +14,7 @@ static const tr_command tr__commands[] = {
      tr_cmd_check_data},
     {"coco-eval", "COCO evaluation (segm or bbox) of a results file, as pycocotools computes it",
      tr_cmd_coco_eval},
+    {"grad", "recompute a training golden: loss, logits and LoRA gradients", tr_cmd_grad},
     {NULL, NULL, NULL},
 };
 

@@ -25,6 +25,7 @@ typedef struct tr_command {
 int tr_cmd_synth(int argc, char **argv);
 int tr_cmd_coco_eval(int argc, char **argv);
 int tr_cmd_check_data(int argc, char **argv);
+int tr_cmd_grad(int argc, char **argv);
 
 /* The commands, in the order `tasam-train --help` lists them (train/main.c);
  * n receives the count. */

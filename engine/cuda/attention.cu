@@ -11,7 +11,7 @@
  * softmax over j and out_i = sum_j p(i, j) v_j. cpu.c's eng__softmax_rows is
  * the reference.
  *
- * Two paths:
+ * Three paths:
  *  - flash (sm_80+, f16/bf16, D in {16, 32, 64, 80, 96, 128}, 16-byte
  *    aligned rows, grid side <= 64): one block of 4 warps per 64 queries of
  *    one (b, h); each warp owns 16 query rows. K/V tiles of 64 keys stream
@@ -24,7 +24,12 @@
  *    When there are fewer query blocks than SMs (the decoder's 7 tokens over
  *    4096 image keys), the key range is split over several blocks whose
  *    partial (max, sum, unnormalised O) a small kernel merges.
- *  - generic (everything else: fp32 storage, sm_75, other head dims): per
+ *  - flash for sm_75 (attention_sm75.cu: the same algorithm on m16n8k8 and
+ *    plain loads, fp16, D in {16, 32, 64, 80}), only when
+ *    TASAM_CUDA_KERNELS=sm75 selects the sm_75 kernel set, on any GPU; the
+ *    split planning and the merge of splits here serve both kernels.
+ *  - generic (everything else: fp32 storage, sm_75 by default until the
+ *    sm_75 kernel is measured, other head dims): per
  *    head, S = scale Q K^T by a strided-batched cuBLAS GEMM into fp32 scratch,
  *    a row kernel adding the bias and mask and taking the softmax, and
  *    O = P V by a second batched GEMM.
@@ -33,28 +38,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "cuda_internal.cuh"
-
-#define FA_BR    64 /* query rows per block (4 warps x 16) */
-#define FA_BC    64 /* keys per tile */
-#define FA_WARPS 4
-#define FA_LOG2E 1.4426950408889634f
-
-typedef struct fa_params {
-    void *out;
-    const void *q, *k, *v;
-    const void *rel_h, *rel_w; /* NULL: no rel-pos bias */
-    const void *key_bias;      /* [B, Tk] or NULL */
-    int64_t q_rs, kv_rs;
-    int B, H, Tq, Tk;
-    float scale;
-    int gh, gw;     /* rel-pos grid */
-    int nrh, nrw;   /* 2g-1 rounded up to 16 */
-    int qr_ld;      /* floats per row of a warp's QR table */
-    int splits;     /* key-range splits per query block (1: no split) */
-    float *part_o;  /* splits > 1: unnormalised O [splits][B][H][Tq][D] */
-    float *part_ml; /* splits > 1: running max (log2 domain) and sum [splits][B][H][Tq][2] */
-} fa_params;
+#include "attention.cuh"
 
 // ----------------------------------------------------------------------------
 // CUDA kernels
@@ -79,26 +63,6 @@ __device__ __forceinline__ void cp_async_wait_all()
 {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
     asm volatile("cp.async.wait_group 0;\n" ::);
-#endif
-}
-
-__device__ __forceinline__ void ldmatrix_x4(unsigned r[4], const void *smem)
-{
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 750
-    unsigned s = (unsigned)__cvta_generic_to_shared(smem);
-    asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];\n"
-                 : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
-                 : "r"(s));
-#endif
-}
-
-__device__ __forceinline__ void ldmatrix_x4_trans(unsigned r[4], const void *smem)
-{
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 750
-    unsigned s = (unsigned)__cvta_generic_to_shared(smem);
-    asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0,%1,%2,%3}, [%4];\n"
-                 : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
-                 : "r"(s));
 #endif
 }
 
@@ -128,17 +92,14 @@ __device__ __forceinline__ void mma16816<__half>(float c[4], const unsigned a[4]
 #endif
 }
 
-template <typename T> __device__ __forceinline__ unsigned pack2(float lo, float hi);
-template <> __device__ __forceinline__ unsigned pack2<__nv_bfloat16>(float lo, float hi)
-{
-    __nv_bfloat162 v = __floats2bfloat162_rn(lo, hi);
-    return *(unsigned *)&v;
-}
-template <> __device__ __forceinline__ unsigned pack2<__half>(float lo, float hi)
-{
-    __half2 v = __floats2half2_rn(lo, hi);
-    return *(unsigned *)&v;
-}
+/* The per-tile steps' tensor-core step (attention.cuh) on m16n8k16. */
+template <typename T> struct fa_mma {
+    static __device__ __forceinline__ void run(float c[4], const unsigned a[4], unsigned b0,
+                                               unsigned b1)
+    {
+        mma16816<T>(c, a, b0, b1);
+    }
+};
 
 /* rows [row0, row0 + nrows) of a [*, D] matrix (row stride rs elements,
  * column offset col0) into smem [nrows][LDS]; rows >= valid are zeros. */
@@ -184,7 +145,7 @@ __device__ __forceinline__ void fa_relpos_table(float *qr, int qr_ld, const unsi
     }
 }
 
-/* ROWT: the key tiles are whole rows of the rel-pos grid (see `rowtiles`
+/* ROWT: the key tiles are whole rows of the rel-pos grid (see `bw`
  * below); the other instances drop its 32 registers and fit 3 blocks/SM. */
 template <typename T, int D, bool ROWT>
 __global__ void __launch_bounds__(FA_WARPS * 32, (ROWT || D > 80) ? 2 : 3)
@@ -204,10 +165,8 @@ __global__ void __launch_bounds__(FA_WARPS * 32, (ROWT || D > 80) ? 2 : 3)
     const int g = lane / 4, t = lane % 4;
     const int b = blockIdx.z, h = blockIdx.y, split = blockIdx.x % p.splits;
     const int q0 = blockIdx.x / p.splits * FA_BR;
-    const T *qg = (const T *)p.q + (int64_t)b * p.Tq * p.q_rs + (int64_t)h * D;
-    const T *kg = (const T *)p.k + (int64_t)b * p.Tk * p.kv_rs + (int64_t)h * D;
-    const T *vg = (const T *)p.v + (int64_t)b * p.Tk * p.kv_rs + (int64_t)h * D;
-    const T *kb = p.key_bias ? (const T *)p.key_bias + (int64_t)b * p.Tk : NULL;
+    const fa_ptrs<T> op = fa_block_ptrs<T, D>(p, b, h);
+    const T *qg = op.q, *kg = op.k, *vg = op.v, *kb = op.kb;
     const bool relpos = p.rel_h != NULL;
 
     /* Q tile -> registers (A fragments, 16 rows x D per warp) */
@@ -222,10 +181,7 @@ __global__ void __launch_bounds__(FA_WARPS * 32, (ROWT || D > 80) ? 2 : 3)
     cp_async_wait_all();
     __syncthreads();
     unsigned qf[D / 16][4];
-#pragma unroll
-    for (int kk = 0; kk < D / 16; kk++)
-        ldmatrix_x4(qf[kk], sQ + (warp * 16 + (lane % 8) + 8 * ((lane / 8) % 2)) * LDS + kk * 16 +
-                                8 * (lane / 16));
+    fa_q_frags<T, D>(qf, sQ, warp, lane);
     __syncthreads(); /* sQ is dead: the tables may overwrite it */
 
     float *qrh = sQR + warp * 16 * p.qr_ld, *qrw = qrh + p.nrh;
@@ -237,25 +193,13 @@ __global__ void __launch_bounds__(FA_WARPS * 32, (ROWT || D > 80) ? 2 : 3)
 
     /* this thread's two query rows: r = g and g + 8 of the warp */
     int cy[2] = {0, 0}, cx[2] = {0, 0}; /* QR column bases: qy + gh - 1, qx + gw - 1 */
-    if (relpos) {
-#pragma unroll
-        for (int e = 0; e < 2; e++) {
-            int qi = q0 + warp * 16 + g + 8 * e;
-            if (qi < p.Tq) {
-                cy[e] = qi / p.gw + p.gh - 1;
-                cx[e] = qi % p.gw + p.gw - 1;
-            } else {
-                cy[e] = p.gh - 1;
-                cx[e] = p.gw - 1;
-            }
-        }
-    }
+    if (relpos)
+        fa_grid_bases(p, q0 + warp * 16, g, cy, cx);
     const bool active = q0 + warp * 16 < p.Tq;
     /* Key tiles that are whole rows of the key grid (gw == FA_BC: SAM's
      * 64x64 global attention): ky is the tile index and kx the column, so
      * the rel_w term is the same in every tile and stays in registers, and
      * the rel_h term is one value per row per tile. */
-    constexpr bool rowtiles = ROWT;
     float bw[ROWT ? 8 : 1][4];
     if (ROWT) {
 #pragma unroll
@@ -269,16 +213,12 @@ __global__ void __launch_bounds__(FA_WARPS * 32, (ROWT || D > 80) ? 2 : 3)
     const float sl = p.scale * FA_LOG2E;
     const float inv_gw = relpos ? 1.0f / (float)p.gw : 0.0f;
 
-    float o[D / 8][4];
-#pragma unroll
-    for (int i = 0; i < D / 8; i++)
-        o[i][0] = o[i][1] = o[i][2] = o[i][3] = 0.0f;
-    float m_run[2] = {-INFINITY, -INFINITY}, l_run[2] = {0.0f, 0.0f};
+    float o[D / 8][4], m_run[2], l_run[2];
+    fa_acc_init(o, m_run, l_run);
 
     /* this block's key tiles: [it0, it1) of ceil(Tk / FA_BC) */
-    const int ntiles = (p.Tk + FA_BC - 1) / FA_BC;
-    const int per = (ntiles + p.splits - 1) / p.splits;
-    const int it0 = split * per, it1 = min(ntiles, it0 + per);
+    int it0, it1;
+    fa_tile_range(p, split, FA_BC, &it0, &it1);
     if (it0 < it1) {
         fa_load_rows<T, D>(sK, kg, p.kv_rs, it0 * FA_BC, FA_BC, p.Tk, tid);
         fa_load_rows<T, D>(sV, vg, p.kv_rs, it0 * FA_BC, FA_BC, p.Tk, tid);
@@ -303,166 +243,28 @@ __global__ void __launch_bounds__(FA_WARPS * 32, (ROWT || D > 80) ? 2 : 3)
 
         /* S = Q K^T: 8 n-tiles of 8 keys */
         float s[8][4];
-#pragma unroll
-        for (int i = 0; i < 8; i++)
-            s[i][0] = s[i][1] = s[i][2] = s[i][3] = 0.0f;
-#pragma unroll
-        for (int np = 0; np < 4; np++) {
-            if (np * 16 < kvalid) {
-#pragma unroll
-                for (int kk = 0; kk < D / 16; kk++) {
-                    unsigned bb[4];
-                    ldmatrix_x4(bb, cK + (np * 16 + (lane % 8) + 8 * (lane / 16)) * LDS + kk * 16 +
-                                        8 * ((lane / 8) % 2));
-                    mma16816<T>(s[2 * np], qf[kk], bb[0], bb[1]);
-                    mma16816<T>(s[2 * np + 1], qf[kk], bb[2], bb[3]);
-                }
-            }
-        }
+        fa_qk<fa_mma<T>, T, 8, D>(s, qf, cK, kvalid, lane);
 
-        /* scale, bias, mask (log2 domain); tile row max */
-        float mx[2] = {-INFINITY, -INFINITY};
-        if (rowtiles) {
+        /* scale, bias (log2 domain), mask, online softmax */
+        if constexpr (ROWT) {
             float bh0 = qrh[g * p.qr_ld + cy[0] - it] * FA_LOG2E;
             float bh1 = qrh[(g + 8) * p.qr_ld + cy[1] - it] * FA_LOG2E;
-#pragma unroll
-            for (int nt = 0; nt < 8; nt++)
-#pragma unroll
-                for (int e = 0; e < 4; e++)
-                    s[nt][e] = fmaf(s[nt][e], sl, bw[ROWT ? nt : 0][e] + (e < 2 ? bh0 : bh1));
+            fa_bias_rowtile<8>(s, sl, bw, bh0, bh1);
         } else if (relpos) {
-            const float *h0 = qrh + g * p.qr_ld + cy[0], *h1 = qrh + (g + 8) * p.qr_ld + cy[1];
-            const float *w0 = qrw + g * p.qr_ld + cx[0], *w1 = qrw + (g + 8) * p.qr_ld + cx[1];
-#pragma unroll
-            for (int nt = 0; nt < 8; nt++)
-#pragma unroll
-                for (int e2 = 0; e2 < 2; e2++) {
-                    /* one column, both rows */
-                    int j = k0 + nt * 8 + 2 * t + e2;
-                    int ky = (int)(((float)j + 0.5f) * inv_gw), kx = j - ky * p.gw;
-                    if (j < p.Tk) {
-                        s[nt][e2] = fmaf(s[nt][e2], sl, (h0[-ky] + w0[-kx]) * FA_LOG2E);
-                        s[nt][2 + e2] = fmaf(s[nt][2 + e2], sl, (h1[-ky] + w1[-kx]) * FA_LOG2E);
-                    }
-                }
+            fa_bias_table<8>(s, sl, qrh, qrw, p.qr_ld, cy, cx, g, k0, p.Tk, p.gw, inv_gw, t);
         } else {
-#pragma unroll
-            for (int nt = 0; nt < 8; nt++)
-#pragma unroll
-                for (int e = 0; e < 4; e++)
-                    s[nt][e] *= sl;
+            fa_scale<8>(s, sl);
         }
-#pragma unroll
-        for (int nt = 0; nt < 8; nt++) {
-#pragma unroll
-            for (int e = 0; e < 4; e++) {
-                int c = nt * 8 + 2 * t + (e & 1), r = e >> 1;
-                float x = s[nt][e];
-                if (c >= kvalid)
-                    x = -INFINITY;
-                else if (kb)
-                    x += eng_to_f(kb[k0 + c]) * FA_LOG2E;
-                s[nt][e] = x;
-                mx[r] = fmaxf(mx[r], x);
-            }
-        }
-        float corr[2];
-#pragma unroll
-        for (int r = 0; r < 2; r++) {
-            mx[r] = fmaxf(mx[r], __shfl_xor_sync(0xffffffffu, mx[r], 1));
-            mx[r] = fmaxf(mx[r], __shfl_xor_sync(0xffffffffu, mx[r], 2));
-            float m_new = fmaxf(m_run[r], mx[r]);
-            float m_use = m_new == -INFINITY ? 0.0f : m_new;
-            corr[r] = exp2f(m_run[r] - m_use);
-            m_run[r] = m_new;
-            mx[r] = m_use;
-        }
-        float rs[2] = {0.0f, 0.0f};
-#pragma unroll
-        for (int nt = 0; nt < 8; nt++)
-#pragma unroll
-            for (int e = 0; e < 4; e++) {
-                float pv = exp2f(s[nt][e] - mx[e >> 1]);
-                s[nt][e] = pv;
-                rs[e >> 1] += pv;
-            }
-#pragma unroll
-        for (int r = 0; r < 2; r++)
-            l_run[r] = l_run[r] * corr[r] + rs[r];
-#pragma unroll
-        for (int i = 0; i < D / 8; i++) {
-            o[i][0] *= corr[0];
-            o[i][1] *= corr[0];
-            o[i][2] *= corr[1];
-            o[i][3] *= corr[1];
-        }
+        fa_softmax_tile<T, 8, D / 8>(s, kvalid, kb, k0, t, m_run, l_run, o);
 
         /* O += P V: 4 k-steps of 16 keys */
-#pragma unroll
-        for (int kk = 0; kk < 4; kk++) {
-            if (kk * 16 < kvalid) {
-                unsigned pa[4];
-                pa[0] = pack2<T>(s[2 * kk][0], s[2 * kk][1]);
-                pa[1] = pack2<T>(s[2 * kk][2], s[2 * kk][3]);
-                pa[2] = pack2<T>(s[2 * kk + 1][0], s[2 * kk + 1][1]);
-                pa[3] = pack2<T>(s[2 * kk + 1][2], s[2 * kk + 1][3]);
-#pragma unroll
-                for (int dp = 0; dp < D / 16; dp++) {
-                    unsigned bb[4];
-                    ldmatrix_x4_trans(bb, cV + (kk * 16 + (lane % 8) + 8 * ((lane / 8) % 2)) * LDS +
-                                              dp * 16 + 8 * (lane / 16));
-                    mma16816<T>(o[2 * dp], pa, bb[0], bb[1]);
-                    mma16816<T>(o[2 * dp + 1], pa, bb[2], bb[3]);
-                }
-            }
-        }
+        fa_pv<fa_mma<T>, T, 8, D>(o, s, cV, kvalid, lane);
     }
     cp_async_wait_all();
     if (!active)
         return;
 
-    if (p.splits > 1) {
-        /* partial results; flash_combine_kernel merges the splits */
-#pragma unroll
-        for (int r = 0; r < 2; r++) {
-            float l = l_run[r];
-            l += __shfl_xor_sync(0xffffffffu, l, 1);
-            l += __shfl_xor_sync(0xffffffffu, l, 2);
-            int qi = q0 + warp * 16 + g + 8 * r;
-            if (qi < p.Tq) {
-                int64_t row = (((int64_t)split * p.B + b) * p.H + h) * p.Tq + qi;
-                float *po = p.part_o + row * D;
-#pragma unroll
-                for (int i = 0; i < D / 8; i++) {
-                    po[i * 8 + 2 * t] = o[i][2 * r];
-                    po[i * 8 + 2 * t + 1] = o[i][2 * r + 1];
-                }
-                if (t == 0) {
-                    p.part_ml[row * 2] = m_run[r];
-                    p.part_ml[row * 2 + 1] = l;
-                }
-            }
-        }
-        return;
-    }
-
-    /* out = O / l */
-    T *og = (T *)p.out + (int64_t)b * p.Tq * p.H * D + (int64_t)h * D;
-#pragma unroll
-    for (int r = 0; r < 2; r++) {
-        float l = l_run[r];
-        l += __shfl_xor_sync(0xffffffffu, l, 1);
-        l += __shfl_xor_sync(0xffffffffu, l, 2);
-        float inv = l > 0.0f ? 1.0f / l : 0.0f;
-        int qi = q0 + warp * 16 + g + 8 * r;
-        if (qi < p.Tq) {
-            T *orow = og + (int64_t)qi * p.H * D;
-#pragma unroll
-            for (int i = 0; i < D / 8; i++)
-                *(unsigned *)(orow + i * 8 + 2 * t) =
-                    pack2<T>(o[i][2 * r] * inv, o[i][2 * r + 1] * inv);
-        }
-    }
+    fa_store<T, D>(p, o, m_run, l_run, b, h, split, q0 + warp * 16, g, t);
 #endif
 }
 
@@ -583,22 +385,22 @@ template <typename T, int D> static int flash_launch(eng_cuda *cu, const fa_para
     size_t qr = p->rel_h ? (size_t)FA_WARPS * 16 * p->qr_ld * sizeof(float) : 0;
     size_t smem = kv + (qr > qbytes ? qr : qbytes);
     dim3 grid((unsigned)((p->Tq + FA_BR - 1) / FA_BR * p->splits), (unsigned)p->H, (unsigned)p->B);
+    /* above the default 48 KiB a kernel must be allowed more; only then, so
+     * that a launch inside a graph capture makes no other runtime call */
     if (p->rel_h && p->gw == FA_BC) {
-        ENG_CU_CHECK(cudaFuncSetAttribute(flash_attn_kernel<T, D, true>,
-                                          cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem));
+        if (smem > 48 * 1024)
+            ENG_CU_CHECK(cudaFuncSetAttribute(flash_attn_kernel<T, D, true>,
+                                              cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                              (int)smem));
         flash_attn_kernel<T, D, true><<<grid, FA_WARPS * 32, smem, cu->stream>>>(*p);
     } else {
-        ENG_CU_CHECK(cudaFuncSetAttribute(flash_attn_kernel<T, D, false>,
-                                          cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem));
+        if (smem > 48 * 1024)
+            ENG_CU_CHECK(cudaFuncSetAttribute(flash_attn_kernel<T, D, false>,
+                                              cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                              (int)smem));
         flash_attn_kernel<T, D, false><<<grid, FA_WARPS * 32, smem, cu->stream>>>(*p);
     }
     ENG_CU_LAUNCH_CHECK();
-    if (p->splits > 1) {
-        int64_t n = (int64_t)p->B * p->H * p->Tq * D;
-        flash_combine_kernel<T><<<eng_cu_blocks(n, 256), 256, 0, cu->stream>>>(
-            (T *)p->out, p->part_o, p->part_ml, p->splits, p->B, p->H, p->Tq, D);
-        ENG_CU_LAUNCH_CHECK();
-    }
     return 0;
 }
 
@@ -622,13 +424,31 @@ template <typename T> static int flash_dispatch_d(eng_cuda *cu, const fa_params 
     }
 }
 
-/* Whether the flash kernel handles this call. */
+int eng_cuda_flash_combine(eng_cuda *cu, const fa_params *p, int D)
+{
+    int64_t n = (int64_t)p->B * p->H * p->Tq * D;
+    if (p->splits <= 1 || n <= 0)
+        return 0;
+    ENG_CU_DISPATCH(cu->base.dtype, T, {
+        flash_combine_kernel<T><<<eng_cu_blocks(n, 256), 256, 0, cu->stream>>>(
+            (T *)p->out, p->part_o, p->part_ml, p->splits, p->B, p->H, p->Tq, D);
+    });
+    ENG_CU_LAUNCH_CHECK();
+    return 0;
+}
+
+/* Whether a flash kernel handles this call: the sm_80 one (native kernels,
+ * sm_80+, f16/bf16) or the sm_75 one (TASAM_CUDA_KERNELS=sm75, f16 on any
+ * sm_75+ GPU). */
 static int flash_ok(const eng_cuda *cu, const eng_attn *a, const void *q, const void *k,
                     const void *v, const void *out, const void *rel_h, const void *rel_w)
 {
-    if (cu->cc < 80 || cu->base.dtype == ENG_F32 || getenv("TASAM_CUDA_NO_FLASH"))
+    int sm75 = cu->kernels == ENG_CU_KERNELS_SM75;
+    if (cu->no_flash || cu->base.dtype == ENG_F32 ||
+        (sm75 ? cu->base.dtype != ENG_F16 : cu->cc < 80))
         return 0;
-    if (a->D != 16 && a->D != 32 && a->D != 64 && a->D != 80 && a->D != 96 && a->D != 128)
+    if (sm75 ? (a->D != 16 && a->D != 32 && a->D != 64 && a->D != 80)
+             : (a->D != 16 && a->D != 32 && a->D != 64 && a->D != 80 && a->D != 96 && a->D != 128))
         return 0;
     if ((a->q_rs | a->kv_rs) % 8 ||
         (((uintptr_t)q | (uintptr_t)k | (uintptr_t)v | (uintptr_t)out) & 15))
@@ -731,7 +551,7 @@ int eng_cuda_attention(eng_backend *be, void *out, const void *q, const void *k,
     p.splits = 1;
     int64_t blocks = (int64_t)(a->Tq + FA_BR - 1) / FA_BR * a->H * a->B;
     int ntiles = (a->Tk + FA_BC - 1) / FA_BC;
-    if (blocks < cu->sm_count && ntiles >= 4 && !getenv("TASAM_CUDA_NO_SPLIT")) {
+    if (blocks < cu->sm_count && ntiles >= 4 && !cu->no_split) {
         int s = (int)((2 * cu->sm_count + blocks - 1) / blocks);
         if (s > ntiles / 2)
             s = ntiles / 2;
@@ -749,7 +569,11 @@ int eng_cuda_attention(eng_backend *be, void *out, const void *q, const void *k,
             p.part_ml = (float *)(scr + ob);
         }
     }
-    if (be->dtype == ENG_BF16)
-        return flash_dispatch_d<__nv_bfloat16>(cu, &p, a->D);
-    return flash_dispatch_d<__half>(cu, &p, a->D);
+    if (cu->kernels == ENG_CU_KERNELS_SM75)
+        ENG_TRY(eng_cuda_flash_sm75(cu, &p, a->D));
+    else if (be->dtype == ENG_BF16)
+        ENG_TRY(flash_dispatch_d<__nv_bfloat16>(cu, &p, a->D));
+    else
+        ENG_TRY(flash_dispatch_d<__half>(cu, &p, a->D));
+    return eng_cuda_flash_combine(cu, &p, a->D);
 }

@@ -11,20 +11,23 @@
  * on the stream sees it. Nothing here allocates per request.
  *
  * TASAM_CUDA_PROFILE=1 in the environment times every op with events (each
- * op then synchronises) and prints a table per op and shape at destroy.
+ * op then synchronises) and prints a table per op and shape at destroy,
+ * each op's first call left out (it carries tuning, JIT and scratch
+ * growth), and the GEMM plan counts (classes timed, fallbacks).
  */
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
-#include "cuda_internal.cuh"
+#include "attention.cuh"
 
 extern "C" {
 #include "engine/parallel.h"
 }
 
-#define ENG_CU_STAGE ((size_t)2 << 20)  /* floats of staging: two 4 MiB halves */
-#define ENG_CU_LT_WS ((size_t)32 << 20) /* cuBLASLt workspace bytes */
+#define ENG_CU_STAGE ENG_CUDA_STAGE_FLOATS /* floats of staging: two 4 MiB halves */
+#define ENG_CU_LT_WS ENG_CUDA_LT_WS_BYTES  /* cuBLASLt workspace bytes */
+#define ENG_CU_TUNE  ENG_CUDA_TUNE_BYTES   /* GEMM tuning output bytes (gemm.cu) */
 
 // ----------------------------------------------------------------------------
 // errors
@@ -101,6 +104,14 @@ void *eng_cuda_scratch(eng_cuda *cu, size_t bytes)
 {
     if (bytes <= cu->scratch_bytes)
         return cu->scratch;
+    if (cu->capturing) {
+        /* freeing the old block would synchronise the capturing stream */
+        cu->cap_failed = 1;
+        eng_error(ENG_EDEVICE, "cuda: scratch must grow to %zu MiB inside a graph capture",
+                  bytes >> 20);
+        return NULL;
+    }
+    cu->scratch_gen++;
     bytes = (bytes + ((size_t)1 << 20) - 1) & ~(((size_t)1 << 20) - 1);
     if (cu->scratch) {
         cudaStreamSynchronize(cu->stream);
@@ -112,8 +123,11 @@ void *eng_cuda_scratch(eng_cuda *cu, size_t bytes)
     if (e != cudaSuccess) {
         cudaGetLastError();
         cu->scratch = NULL;
-        eng_error(ENG_ENOMEM, "cuda: cannot grow scratch to %zu MiB: %s", bytes >> 20,
-                  cudaGetErrorString(e));
+        size_t fr = 0, tot = 0;
+        cudaMemGetInfo(&fr, &tot);
+        eng_error(ENG_ENOMEM,
+                  "cuda: cannot grow scratch to %zu MiB on %s (%zu MiB free of %zu): %s",
+                  bytes >> 20, cu->base.desc, fr >> 20, tot >> 20, cudaGetErrorString(e));
         return NULL;
     }
     cu->scratch_bytes = bytes;
@@ -223,6 +237,8 @@ static int cu_sync(eng_backend *be)
 // ----------------------------------------------------------------------------
 // per-op timing (TASAM_CUDA_PROFILE=1)
 
+/* An op's time under its name (op and shape); an op's first call is kept
+ * apart: it carries the one-time costs (GEMM tuning, JIT, scratch growth). */
 static void prof_add(eng_cuda *cu, const char *name, double ms)
 {
     for (int i = 0; i < cu->n_prof; i++)
@@ -237,8 +253,9 @@ static void prof_add(eng_cuda *cu, const char *name, double ms)
         return;
     cu->prof = p;
     snprintf(p[cu->n_prof].name, sizeof p[cu->n_prof].name, "%s", name);
-    p[cu->n_prof].ms = ms;
-    p[cu->n_prof].calls = 1;
+    p[cu->n_prof].ms = 0;
+    p[cu->n_prof].calls = 0;
+    p[cu->n_prof].first_ms = ms;
     cu->n_prof++;
 }
 
@@ -250,16 +267,29 @@ static int prof_cmp(const void *a, const void *b)
 
 static void prof_print(eng_cuda *cu)
 {
+    if (!cu->profile)
+        return;
+    fprintf(stderr,
+            "cuda gemm (%s): %d plans, %d classes, %ld timed, %ld first met with tuning off, "
+            "%ld without a cuBLASLt algorithm\n",
+            cu->base.desc, cu->n_plans, cu->n_classes, cu->gemm_tuned, cu->gemm_untuned,
+            cu->gemm_fallbacks);
     if (!cu->n_prof)
         return;
     qsort(cu->prof, (size_t)cu->n_prof, sizeof(eng_cuda_prof_entry), prof_cmp);
-    double total = 0;
-    for (int i = 0; i < cu->n_prof; i++)
+    double total = 0, first = 0;
+    for (int i = 0; i < cu->n_prof; i++) {
         total += cu->prof[i].ms;
-    fprintf(stderr, "cuda profile (%s): %.3f ms in ops\n", cu->base.desc, total);
+        first += cu->prof[i].first_ms;
+    }
+    fprintf(stderr,
+            "cuda profile (%s): %.3f ms in ops after each op's first call (first calls: %.3f "
+            "ms)\n",
+            cu->base.desc, total, first);
     for (int i = 0; i < cu->n_prof; i++)
-        fprintf(stderr, "  %10.3f ms %7ld calls %8.4f ms/call  %s\n", cu->prof[i].ms,
-                cu->prof[i].calls, cu->prof[i].ms / (double)cu->prof[i].calls, cu->prof[i].name);
+        fprintf(
+            stderr, "  %10.3f ms %7ld calls %8.4f ms/call  %s\n", cu->prof[i].ms, cu->prof[i].calls,
+            cu->prof[i].calls ? cu->prof[i].ms / (double)cu->prof[i].calls : 0.0, cu->prof[i].name);
 }
 
 #define PROF_BEGIN(cu)                                                                             \
@@ -394,6 +424,21 @@ static int op_window_unpartition_add(eng_backend *be, void *y, const void *x, in
     return rc;
 }
 
+static int op_conv_transpose2x2_norm_act(eng_backend *be, void *y, const void *x, int H, int W,
+                                         int Cin, const void *w, const void *b, int Cout,
+                                         const void *g, const void *beta, float eps, eng_act act)
+{
+    eng_cuda *cu = (eng_cuda *)be;
+    PROF_BEGIN(cu);
+    int rc =
+        eng_cuda_conv_transpose2x2_norm_act(be, y, x, H, W, Cin, w, b, Cout, g, beta, eps, act);
+    PROF_END(cu, rc, "conv_transpose2x2%s%s %dx%dx%d -> %d", g ? "+norm" : "",
+             act == ENG_ACT_GELU ? "+gelu" : (act == ENG_ACT_RELU ? "+relu" : ""), H, W, Cin, Cout);
+    return rc;
+}
+
+static void op_set_tuning(eng_backend *be, int on) { ((eng_cuda *)be)->tuning = on != 0; }
+
 static int op_binarize(eng_backend *be, uint8_t *dst, const void *x, int64_t n, float lo, float hi,
                        uint64_t counts[2])
 {
@@ -421,6 +466,12 @@ static void cu_destroy(eng_backend *be)
     prof_print(cu);
     if (cu->stream)
         cudaStreamSynchronize(cu->stream);
+    if (cu->graphs_on)
+        fprintf(stderr,
+                "cuda graphs (%s): %ld replays, %ld recorded, %ld updated, %ld not recordable\n",
+                cu->base.desc, cu->graph_replays, cu->graph_captures, cu->graph_updates,
+                cu->graph_failures);
+    eng_cuda_graphs_free(cu);
     eng_cuda_gemm_plans_free(cu);
     for (int i = 0; i < cu->n_allocs; i++)
         cudaFree(cu->allocs[i].p);
@@ -477,7 +528,27 @@ static const eng_backend_ops eng__cuda_ops = {
     op_window_unpartition_add,
     op_resize_bilinear,
     op_binarize,
+    /* no backward ops yet (training runs on the CPU backend): the op
+     * wrappers fail them with ENG_EUNSUP naming the op */
+    nullptr, /* fill */
+    nullptr, /* linear_backward */
+    nullptr, /* layernorm_backward */
+    nullptr, /* activate_backward */
+    nullptr, /* attention_backward */
+    nullptr, /* conv_transpose2x2_backward */
+    op_conv_transpose2x2_norm_act,
+    op_set_tuning,
+    eng_cuda_graphs_on,
+    eng_cuda_graph_begin,
+    eng_cuda_graph_end,
 };
+
+extern "C" int eng_backend_cuda_sm75_peak(eng_backend *be, double *tflops)
+{
+    if (!be || be->ops != &eng__cuda_ops)
+        return eng_error(ENG_EUNSUP, "the sm_75 tensor-core peak needs a CUDA backend");
+    return eng_cuda_sm75_mma_peak((eng_cuda *)be, tflops);
+}
 
 /* A kernel compiled into this binary, used to check the fat binary has code
  * for the device. */
@@ -502,6 +573,12 @@ static int cu_setup(eng_cuda *cu)
     ENG_CU_CHECK(cudaMalloc(&cu->lt_ws, ENG_CU_LT_WS));
     cu->lt_ws_bytes = ENG_CU_LT_WS;
     ENG_BLAS_CHECK(cublasSetWorkspace(cu->blas, cu->lt_ws, cu->lt_ws_bytes));
+    /* GEMM tuning: a fixed buffer and its events, so no shape ever
+     * allocates on the request path */
+    ENG_CU_CHECK(cudaMalloc(&cu->tune_buf, ENG_CU_TUNE));
+    cu->tune_bytes = ENG_CU_TUNE;
+    for (int i = 0; i < 2; i++)
+        ENG_CU_CHECK(cudaEventCreate(&cu->tune_ev[i]));
     ENG_CU_CHECK(cudaMallocHost((void **)&cu->h_stage, ENG_CU_STAGE * sizeof(float)));
     ENG_CU_CHECK(cudaMalloc((void **)&cu->d_stage, ENG_CU_STAGE * sizeof(float)));
     cu->stage_n = ENG_CU_STAGE;
@@ -547,6 +624,22 @@ extern "C" int eng_backend_cuda_create(eng_backend **out, int device_index, eng_
     if (dtype == ENG_BF16 && cc < 80)
         return eng_error(ENG_EUNSUP, "cuda: bf16 storage needs sm_80+ (%s is sm_%d); use f16",
                          prop.name, cc);
+    /* The sm_75 (T4) kernel set, selectable on any GPU so that it can be
+     * checked and timed where no T4 is at hand; off by default everywhere,
+     * the T4 included, until it has been measured. It is the T4's
+     * configuration: fp16 (or fp32) storage, no bf16. */
+    eng_cu_kernels kern = ENG_CU_KERNELS_NATIVE;
+    const char *ke = getenv("TASAM_CUDA_KERNELS");
+    if (ke && *ke && strcmp(ke, "native") != 0) {
+        if (strcmp(ke, "sm75") != 0)
+            return eng_error(ENG_EINVAL, "cuda: TASAM_CUDA_KERNELS=%s: expected native or sm75",
+                             ke);
+        if (dtype == ENG_BF16)
+            return eng_error(ENG_EUNSUP,
+                             "cuda: the sm_75 kernels (TASAM_CUDA_KERNELS=sm75) run fp16 or fp32 "
+                             "storage, not bf16");
+        kern = ENG_CU_KERNELS_SM75;
+    }
     cudaFuncAttributes fa;
     e = cudaFuncGetAttributes(&fa, eng_cuda_probe_kernel);
     if (e != cudaSuccess) {
@@ -566,8 +659,18 @@ extern "C" int eng_backend_cuda_create(eng_backend **out, int device_index, eng_
     cu->total_mem = prop.totalGlobalMem;
     const char *pe = getenv("TASAM_CUDA_PROFILE");
     cu->profile = pe && *pe && *pe != '0';
-    snprintf(cu->base.desc, sizeof cu->base.desc, "cuda:%d %.100s (sm_%d, %s)", device_index,
-             prop.name, cc, dtype == ENG_BF16 ? "bf16" : (dtype == ENG_F16 ? "fp16" : "fp32"));
+    cu->no_flash = getenv("TASAM_CUDA_NO_FLASH") != NULL;
+    cu->no_tune = getenv("TASAM_CUDA_NO_TUNE") != NULL;
+    const char *ge = getenv("TASAM_CUDA_GRAPHS");
+    cu->graphs_on = ge && *ge && *ge != '0';
+    cu->tuning = 1;
+    cu->no_split = getenv("TASAM_CUDA_NO_SPLIT") != NULL;
+    const char *em = getenv("TASAM_CUDA_EMULATE_SMEM");
+    cu->emulate_smem = em && *em ? atoi(em) : 0;
+    cu->kernels = kern;
+    snprintf(cu->base.desc, sizeof cu->base.desc, "cuda:%d %.100s (sm_%d, %s%s)", device_index,
+             prop.name, cc, dtype == ENG_BF16 ? "bf16" : (dtype == ENG_F16 ? "fp16" : "fp32"),
+             kern == ENG_CU_KERNELS_SM75 ? ", sm_75 kernels" : "");
     int rc = cu_setup(cu);
     if (rc) {
         char msg[1024];

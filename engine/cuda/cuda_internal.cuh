@@ -35,7 +35,8 @@ extern "C" {
 
 /* ---- the backend object ---- */
 
-typedef struct eng_cuda_gemm_plan eng_cuda_gemm_plan; /* gemm.cu: cached cuBLASLt plans */
+typedef struct eng_cuda_gemm_plan eng_cuda_gemm_plan;   /* gemm.cu: cached cuBLASLt plans */
+typedef struct eng_cuda_gemm_class eng_cuda_gemm_class; /* gemm.cu: an algorithm per class */
 
 typedef struct eng_cuda_alloc {
     void *p;
@@ -44,9 +45,25 @@ typedef struct eng_cuda_alloc {
 
 typedef struct eng_cuda_prof_entry {
     char name[64];
-    double ms;
-    long calls;
+    double ms;       /* calls after the first */
+    long calls;      /* after the first */
+    double first_ms; /* the first call: one-time costs (tuning, JIT, scratch) land there */
 } eng_cuda_prof_entry;
+
+/* Which of our own kernels run (TASAM_CUDA_KERNELS): the native ones for the
+ * device, or the sm_75 (T4) set built from compute_75 PTX, on any GPU. */
+typedef enum eng_cu_kernels { ENG_CU_KERNELS_NATIVE = 0, ENG_CU_KERNELS_SM75 = 1 } eng_cu_kernels;
+
+#define ENG_CU_GRAPHS 64 /* executable graphs kept (graph.cu) */
+
+/* One recorded stretch of work (graph.cu). */
+typedef struct eng_cuda_graph {
+    uint64_t skey; /* hash of the caller's shape bytes */
+    uint64_t pkey; /* hash of the buffers it was recorded with */
+    uint64_t tick; /* last use */
+    unsigned gen;  /* scratch generation it was recorded under */
+    cudaGraphExec_t exec;
+} eng_cuda_graph;
 
 typedef struct eng_cuda {
     eng_backend base;
@@ -61,8 +78,9 @@ typedef struct eng_cuda {
     size_t lt_ws_bytes;
     void *scratch; /* grown on first use, see eng_cuda_scratch */
     size_t scratch_bytes;
-    float *h_stage; /* pinned host staging for upload/download, stage_n floats */
-    float *d_stage; /* device f32 staging, stage_n floats */
+    unsigned scratch_gen; /* bumped when scratch moves: graphs recorded before are stale */
+    float *h_stage;       /* pinned host staging for upload/download, stage_n floats */
+    float *d_stage;       /* device f32 staging, stage_n floats */
     size_t stage_n;
     cudaEvent_t stage_ev[2]; /* last transfer through each half of the stage */
     eng_cuda_alloc *allocs;  /* live alloc() results, for free() accounting */
@@ -70,9 +88,34 @@ typedef struct eng_cuda {
     size_t used;               /* bytes handed out by alloc() */
     eng_cuda_gemm_plan *plans; /* gemm.cu's plan cache (owned) */
     int n_plans, cap_plans;
-    void *tune_buf; /* GEMM autotuning output, grown on first use */
+    eng_cuda_gemm_class *classes; /* gemm.cu's tuned algorithm per class (owned) */
+    int n_classes, cap_classes;
+    void *tune_buf; /* GEMM autotuning output, ENG_CU_TUNE bytes, allocated at create */
     size_t tune_bytes;
     cudaEvent_t tune_ev[2];
+    int tuning;          /* 1: a GEMM class first met is timed (eng_backend_set_tuning) */
+    int no_tune;         /* TASAM_CUDA_NO_TUNE: never time, take the heuristic's first */
+    long gemm_tuned;     /* classes timed */
+    long gemm_untuned;   /* classes first met with tuning off (the request path) */
+    long gemm_fallbacks; /* plans cuBLASLt had no algorithm for (cublasGemmEx + epilogue) */
+    int capturing;       /* a CUDA graph capture is open on `stream` (graph.cu) */
+    int cap_failed;      /* something in the open capture could not be recorded */
+    uint64_t cap_skey, cap_pkey;
+    int graphs_on; /* TASAM_CUDA_GRAPHS=1 */
+    eng_cuda_graph graphs[ENG_CU_GRAPHS];
+    int n_graphs;
+    uint64_t graph_tick;
+    long graph_replays, graph_captures, graph_updates, graph_failures;
+    eng_cu_kernels kernels; /* TASAM_CUDA_KERNELS=native|sm75 */
+    int no_flash;           /* TASAM_CUDA_NO_FLASH: the generic attention everywhere */
+    int no_split;           /* TASAM_CUDA_NO_SPLIT: no key-range split in flash attention */
+    int emulate_smem;       /* TASAM_CUDA_EMULATE_SMEM: sm_75 kernels see this many shared
+                               bytes per SM (occupancy emulation; 0: off) */
+    struct {
+        const void *fn;
+        int smem, pad;
+    } occ[32]; /* attention_sm75.cu: occupancy padding per kernel and size */
+    int n_occ;
     int profile; /* TASAM_CUDA_PROFILE=1: time each op (synchronising) */
     cudaEvent_t ev0, ev1;
     eng_cuda_prof_entry *prof;
@@ -109,7 +152,9 @@ int eng_blas_fail(int status, const char *call, const char *file, int line);
     } while (0)
 
 /* Scratch of at least `bytes` (256-byte aligned), NULL + error on failure.
- * Invalidates pointers from earlier calls when it grows. */
+ * Invalidates pointers from earlier calls when it grows (and graphs recorded
+ * before: scratch_gen); it cannot grow inside a graph capture (the capture
+ * fails, see graph.cu). */
 void *eng_cuda_scratch(eng_cuda *cu, size_t bytes);
 
 /* ---- storage types ---- */
@@ -190,6 +235,13 @@ int eng_cuda_matmul_nn(eng_backend *be, void *y, const void *x, const void *w, c
                        int K, int N, int group);
 void eng_cuda_gemm_plans_free(eng_cuda *cu);
 
+/* graph.cu: eng_backend_graph_begin / _end (ops.h) */
+int eng_cuda_graph_begin(eng_backend *be, const void *shape, size_t shape_len, const void *bufs,
+                         size_t bufs_len);
+int eng_cuda_graph_end(eng_backend *be, int keep);
+int eng_cuda_graphs_on(const eng_backend *be);
+void eng_cuda_graphs_free(eng_cuda *cu);
+
 /* layernorm.cu */
 int eng_cuda_layernorm(eng_backend *be, void *y, const void *x, const void *res, const void *g,
                        const void *b, int M, int N, float eps);
@@ -203,6 +255,9 @@ int eng_cuda_conv2d(eng_backend *be, void *y, const void *x, int x_chw, int Cin,
                     const void *w, const void *b, int Cout, int kh, int kw, int stride, int pad);
 int eng_cuda_conv_transpose2x2(eng_backend *be, void *y, const void *x, int H, int W, int Cin,
                                const void *w, const void *b, int Cout);
+int eng_cuda_conv_transpose2x2_norm_act(eng_backend *be, void *y, const void *x, int H, int W,
+                                        int Cin, const void *w, const void *b, int Cout,
+                                        const void *g, const void *beta, float eps, eng_act act);
 
 /* windows.cu */
 int eng_cuda_window_partition(eng_backend *be, void *y, const void *x, int H, int W, int C, int ws);

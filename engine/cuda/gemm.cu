@@ -9,12 +9,22 @@
  *   matmul_nn: y[M,N] = x[M,K] w[K,N]    is  D[N,M] = W[N,K] X[K,M]
  * and the per-output-feature bias is cuBLASLt's per-row bias of D.
  *
- * Plans (descriptors, layouts and the chosen algorithm) are cached per
- * shape, leading dimensions, epilogue and pointer alignment: the heuristic
- * runs once per distinct call site, and its first 8 candidates are timed on
- * that site's first call (into a private buffer) to keep the fastest
- * (TASAM_CUDA_NO_TUNE=1: take the heuristic's first). Where cuBLASLt offers no algorithm, a
- * cublasGemmEx call and the epilogue kernel do the same work.
+ * Plans (descriptors, layouts and the heuristic's candidate algorithms) are
+ * cached per shape, leading dimensions, epilogue and pointer alignment. The
+ * algorithm is chosen once per *class*: the same problem but for the number
+ * of rows of the row-major product (cuBLAS's n: tokens, or a decoder group's
+ * B*T), rounded up to a power of two. The first plan of a class times the
+ * heuristic's first 8 candidates (on at most the first n' columns that fit
+ * the fixed tuning buffer, so the caller's C and D are never touched) and
+ * keeps the fastest; later plans of the class take that algorithm when
+ * cublasLtMatmulAlgoCheck accepts it for their shape, with no timing. A
+ * model warms every class it will use while it loads (eng_sam_load), then
+ * turns tuning off (eng_backend_set_tuning): a class first met on the
+ * request path takes the heuristic's first choice and never synchronises,
+ * and nothing is tuned while a CUDA graph is being captured.
+ * TASAM_CUDA_NO_TUNE=1: always the heuristic's first. Where cuBLASLt offers
+ * no algorithm (counted as a fallback), a cublasGemmEx call and the
+ * epilogue kernel do the same work.
  *
  * Activation: cuBLASLt's GELU epilogue is the tanh approximation; it is used
  * for the half types (its difference from the erf GELU, under 1e-3, is far
@@ -27,21 +37,34 @@
 
 #include "cuda_internal.cuh"
 
+#define ENG_GEMM_CANDIDATES 8
+
+/* The part of a plan's key shared by its class (all but n). */
+typedef struct gemm_key {
+    int transa, m, k, lda, ldb, ldd, has_c, epi, align[4];
+} gemm_key;
+
 struct eng_cuda_gemm_plan {
-    /* key */
-    int transa, m, n, k, lda, ldb, ldd, has_c, epi, align[4];
+    gemm_key key;
+    int n;
     /* value */
     cublasLtMatmulDesc_t desc;
     cublasLtMatrixLayout_t la, lb, ld;
     cublasLtMatmulAlgo_t algo;
     int ok; /* 0: no algorithm, use the fallback */
-    /* up to ENG_GEMM_CANDIDATES of the heuristic's algorithms, timed on the
-     * first call; `algo` is then the fastest */
-    cublasLtMatmulAlgo_t cand[8];
-    int n_cand, tuned;
+    /* up to ENG_GEMM_CANDIDATES of the heuristic's algorithms for this
+     * shape; `algo` is one of them, or the class's when it checks */
+    cublasLtMatmulAlgo_t cand[ENG_GEMM_CANDIDATES];
+    int n_cand, chosen;
 };
 
-#define ENG_GEMM_CANDIDATES 8
+/* A class: a plan key with n rounded up to a power of two, and the
+ * algorithm its first plan's timing chose. */
+struct eng_cuda_gemm_class {
+    gemm_key key;
+    int nb;
+    cublasLtMatmulAlgo_t algo;
+};
 
 // ----------------------------------------------------------------------------
 // kernel launchers (cuBLAS)
@@ -76,13 +99,16 @@ void eng_cuda_gemm_plans_free(eng_cuda *cu)
     free(cu->plans);
     cu->plans = NULL;
     cu->n_plans = cu->cap_plans = 0;
+    free(cu->classes);
+    cu->classes = NULL;
+    cu->n_classes = cu->cap_classes = 0;
 }
 
 static int plan_build(eng_cuda *cu, eng_cuda_gemm_plan *p)
 {
     cudaDataType_t ty = storage_type(cu->base.dtype);
-    cublasOperation_t ta = p->transa ? CUBLAS_OP_T : CUBLAS_OP_N, tb = CUBLAS_OP_N;
-    cublasLtEpilogue_t epi = (cublasLtEpilogue_t)p->epi;
+    cublasOperation_t ta = p->key.transa ? CUBLAS_OP_T : CUBLAS_OP_N, tb = CUBLAS_OP_N;
+    cublasLtEpilogue_t epi = (cublasLtEpilogue_t)p->key.epi;
     ENG_BLAS_CHECK(cublasLtMatmulDescCreate(&p->desc, CUBLAS_COMPUTE_32F, CUDA_R_32F));
     ENG_BLAS_CHECK(
         cublasLtMatmulDescSetAttribute(p->desc, CUBLASLT_MATMUL_DESC_TRANSA, &ta, sizeof ta));
@@ -91,15 +117,15 @@ static int plan_build(eng_cuda *cu, eng_cuda_gemm_plan *p)
     ENG_BLAS_CHECK(
         cublasLtMatmulDescSetAttribute(p->desc, CUBLASLT_MATMUL_DESC_EPILOGUE, &epi, sizeof epi));
     /* A is [k, m] (transposed) or [m, k]; B [k, n]; C = D [m, n] */
-    ENG_BLAS_CHECK(cublasLtMatrixLayoutCreate(&p->la, ty, p->transa ? p->k : p->m,
-                                              p->transa ? p->m : p->k, p->lda));
-    ENG_BLAS_CHECK(cublasLtMatrixLayoutCreate(&p->lb, ty, p->k, p->n, p->ldb));
-    ENG_BLAS_CHECK(cublasLtMatrixLayoutCreate(&p->ld, ty, p->m, p->n, p->ldd));
+    ENG_BLAS_CHECK(cublasLtMatrixLayoutCreate(&p->la, ty, p->key.transa ? p->key.k : p->key.m,
+                                              p->key.transa ? p->key.m : p->key.k, p->key.lda));
+    ENG_BLAS_CHECK(cublasLtMatrixLayoutCreate(&p->lb, ty, p->key.k, p->n, p->key.ldb));
+    ENG_BLAS_CHECK(cublasLtMatrixLayoutCreate(&p->ld, ty, p->key.m, p->n, p->key.ldd));
     cublasLtMatmulPreference_t pref;
     ENG_BLAS_CHECK(cublasLtMatmulPreferenceCreate(&pref));
     uint64_t ws = cu->lt_ws_bytes;
-    uint32_t al[4] = {(uint32_t)p->align[0], (uint32_t)p->align[1], (uint32_t)p->align[2],
-                      (uint32_t)p->align[3]};
+    uint32_t al[4] = {(uint32_t)p->key.align[0], (uint32_t)p->key.align[1],
+                      (uint32_t)p->key.align[2], (uint32_t)p->key.align[3]};
     cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES, &ws,
                                          sizeof ws);
     cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_A_BYTES, &al[0],
@@ -122,19 +148,19 @@ static int plan_build(eng_cuda *cu, eng_cuda_gemm_plan *p)
     p->ok = p->n_cand > 0;
     if (p->ok)
         p->algo = p->cand[0];
-    p->tuned = p->n_cand <= 1 || getenv("TASAM_CUDA_NO_TUNE") != NULL;
+    else
+        cu->gemm_fallbacks++;
     return 0;
 }
 
+static int key_eq(const gemm_key *a, const gemm_key *b) { return memcmp(a, b, sizeof *a) == 0; }
+
 /* The cached plan for a call, built on first use (NULL + error on failure). */
-static eng_cuda_gemm_plan *plan_get(eng_cuda *cu, const eng_cuda_gemm_plan *key)
+static eng_cuda_gemm_plan *plan_get(eng_cuda *cu, const gemm_key *key, int n)
 {
     for (int i = 0; i < cu->n_plans; i++) {
         eng_cuda_gemm_plan *p = &cu->plans[i];
-        if (p->transa == key->transa && p->m == key->m && p->n == key->n && p->k == key->k &&
-            p->lda == key->lda && p->ldb == key->ldb && p->ldd == key->ldd &&
-            p->has_c == key->has_c && p->epi == key->epi &&
-            memcmp(p->align, key->align, sizeof p->align) == 0)
+        if (p->n == n && key_eq(&p->key, key))
             return p;
     }
     if (cu->n_plans == cu->cap_plans) {
@@ -150,16 +176,8 @@ static eng_cuda_gemm_plan *plan_get(eng_cuda *cu, const eng_cuda_gemm_plan *key)
     }
     eng_cuda_gemm_plan *p = &cu->plans[cu->n_plans];
     memset(p, 0, sizeof *p);
-    p->transa = key->transa;
-    p->m = key->m;
-    p->n = key->n;
-    p->k = key->k;
-    p->lda = key->lda;
-    p->ldb = key->ldb;
-    p->ldd = key->ldd;
-    p->has_c = key->has_c;
-    p->epi = key->epi;
-    memcpy(p->align, key->align, sizeof p->align);
+    p->key = *key;
+    p->n = n;
     if (plan_build(cu, p)) {
         if (p->desc)
             cublasLtMatmulDescDestroy(p->desc);
@@ -175,30 +193,61 @@ static eng_cuda_gemm_plan *plan_get(eng_cuda *cu, const eng_cuda_gemm_plan *key)
     return p;
 }
 
-/* Time each candidate algorithm of a plan once (into a private buffer, so
- * the caller's C and D are untouched) and keep the fastest. Failures here
- * only leave the heuristic's first choice in place. */
+static int pow2_at_least(int n)
+{
+    int b = 1;
+    while (b < n && b < (1 << 30))
+        b <<= 1;
+    return b;
+}
+
+/* The class of plan p, or NULL when it has none yet. */
+static eng_cuda_gemm_class *class_find(eng_cuda *cu, const eng_cuda_gemm_plan *p)
+{
+    int nb = pow2_at_least(p->n);
+    for (int i = 0; i < cu->n_classes; i++)
+        if (cu->classes[i].nb == nb && key_eq(&cu->classes[i].key, &p->key))
+            return &cu->classes[i];
+    return NULL;
+}
+
+static void class_add(eng_cuda *cu, const eng_cuda_gemm_plan *p)
+{
+    if (cu->n_classes == cu->cap_classes) {
+        int cap = cu->cap_classes ? 2 * cu->cap_classes : 32;
+        eng_cuda_gemm_class *nc =
+            (eng_cuda_gemm_class *)realloc(cu->classes, (size_t)cap * sizeof(eng_cuda_gemm_class));
+        if (!nc)
+            return; /* the plan keeps its algorithm; the class is just not remembered */
+        cu->classes = nc;
+        cu->cap_classes = cap;
+    }
+    eng_cuda_gemm_class *c = &cu->classes[cu->n_classes++];
+    c->key = p->key;
+    c->nb = pow2_at_least(p->n);
+    c->algo = p->algo;
+}
+
+/* Time each candidate algorithm of plan p once, on its first n' columns
+ * (as many as fit the fixed tuning buffer; beta = 0 into that buffer, so the
+ * caller's C and D are untouched), and keep the fastest. Failures here only
+ * leave the heuristic's first choice in place. */
 static void plan_tune(eng_cuda *cu, eng_cuda_gemm_plan *p, const void *A, const void *B,
                       const void *bias)
 {
-    p->tuned = 1;
     size_t es = cu->base.dtype == ENG_F32 ? 4 : 2;
-    size_t bytes = (size_t)p->ldd * p->n * es;
-    if (bytes > cu->tune_bytes) {
-        if (cu->tune_buf)
-            cudaFree(cu->tune_buf);
-        cu->tune_buf = NULL;
-        cu->tune_bytes = 0;
-        if (cudaMalloc(&cu->tune_buf, bytes) != cudaSuccess) {
-            cudaGetLastError();
-            cu->tune_buf = NULL;
-            return;
-        }
-        cu->tune_bytes = bytes;
-    }
-    if (!cu->tune_ev[0] && (cudaEventCreate(&cu->tune_ev[0]) != cudaSuccess ||
-                            cudaEventCreate(&cu->tune_ev[1]) != cudaSuccess)) {
-        cudaGetLastError();
+    size_t col = (size_t)p->key.ldd * es;
+    int n = p->n;
+    if ((size_t)n * col > cu->tune_bytes)
+        n = (int)(cu->tune_bytes / col);
+    if (n < 1)
+        return;
+    cudaDataType_t ty = storage_type(cu->base.dtype);
+    cublasLtMatrixLayout_t lb = p->lb, ld = p->ld;
+    if (n < p->n && (cublasLtMatrixLayoutCreate(&lb, ty, p->key.k, n, p->key.ldb) ||
+                     cublasLtMatrixLayoutCreate(&ld, ty, p->key.m, n, p->key.ldd))) {
+        if (lb != p->lb)
+            cublasLtMatrixLayoutDestroy(lb);
         return;
     }
     if (bias)
@@ -212,9 +261,9 @@ static void plan_tune(eng_cuda *cu, eng_cuda_gemm_plan *p, const void *A, const 
         for (int rep = 0; rep < 3 && !bad; rep++) {
             if (rep == 1)
                 cudaEventRecord(cu->tune_ev[0], cu->stream);
-            bad = cublasLtMatmul(cu->lt, p->desc, &alpha, A, p->la, B, p->lb, &beta, cu->tune_buf,
-                                 p->ld, cu->tune_buf, p->ld, &p->cand[i], cu->lt_ws,
-                                 cu->lt_ws_bytes, cu->stream) != CUBLAS_STATUS_SUCCESS;
+            bad = cublasLtMatmul(cu->lt, p->desc, &alpha, A, p->la, B, lb, &beta, cu->tune_buf, ld,
+                                 cu->tune_buf, ld, &p->cand[i], cu->lt_ws, cu->lt_ws_bytes,
+                                 cu->stream) != CUBLAS_STATUS_SUCCESS;
         }
         cudaEventRecord(cu->tune_ev[1], cu->stream);
         if (bad || cudaEventSynchronize(cu->tune_ev[1]) != cudaSuccess ||
@@ -227,7 +276,41 @@ static void plan_tune(eng_cuda *cu, eng_cuda_gemm_plan *p, const void *A, const 
             best_i = i;
         }
     }
+    if (lb != p->lb)
+        cublasLtMatrixLayoutDestroy(lb);
+    if (ld != p->ld)
+        cublasLtMatrixLayoutDestroy(ld);
     p->algo = p->cand[best_i];
+    cu->gemm_tuned++;
+}
+
+/* Settle plan p's algorithm before its first run: its class's when that
+ * checks for this shape, else (tuning on, not capturing) the fastest
+ * candidate, else the heuristic's first. */
+static void plan_choose(eng_cuda *cu, eng_cuda_gemm_plan *p, const void *A, const void *B,
+                        const void *bias)
+{
+    eng_cuda_gemm_class *c = class_find(cu, p);
+    if (c) {
+        cublasLtMatmulHeuristicResult_t r;
+        memset(&r, 0, sizeof r);
+        if (cublasLtMatmulAlgoCheck(cu->lt, p->desc, p->la, p->lb, p->ld, p->ld, &c->algo, &r) ==
+                CUBLAS_STATUS_SUCCESS &&
+            r.workspaceSize <= cu->lt_ws_bytes) {
+            p->algo = c->algo;
+            p->chosen = 1;
+            return;
+        }
+    }
+    if (cu->capturing)
+        return; /* no timing inside a graph capture: cand[0] for now, chosen later */
+    p->chosen = 1;
+    if (cu->tuning && !cu->no_tune && p->n_cand > 1 && !c)
+        plan_tune(cu, p, A, B, bias);
+    else if (!cu->tuning)
+        cu->gemm_untuned++;
+    if (!c)
+        class_add(cu, p);
 }
 
 /*
@@ -263,11 +346,10 @@ static int gemm(eng_cuda *cu, int transa, int m, int n, int k, const void *A, in
         else if (bias)
             epi = CUBLASLT_EPILOGUE_BIAS;
     }
-    eng_cuda_gemm_plan key;
+    gemm_key key;
     memset(&key, 0, sizeof key);
     key.transa = transa;
     key.m = m;
-    key.n = n;
     key.k = k;
     key.lda = lda;
     key.ldb = ldb;
@@ -287,13 +369,13 @@ static int gemm(eng_cuda *cu, int transa, int m, int n, int k, const void *A, in
         fuse = 0;
         key.epi = epi = CUBLASLT_EPILOGUE_DEFAULT;
     }
-    eng_cuda_gemm_plan *p = plan_get(cu, &key);
+    eng_cuda_gemm_plan *p = plan_get(cu, &key, n);
     if (!p)
         return eng_last_error()[0] ? ENG_EDEVICE : ENG_ENOMEM;
     float alpha = 1.0f, beta = C ? 1.0f : 0.0f;
     int done = 0;
-    if (p->ok && !p->tuned)
-        plan_tune(cu, p, A, B, epi != CUBLASLT_EPILOGUE_DEFAULT ? bias : NULL);
+    if (p->ok && !p->chosen)
+        plan_choose(cu, p, A, B, epi != CUBLASLT_EPILOGUE_DEFAULT ? bias : NULL);
     if (p->ok) {
         if (bias && epi != CUBLASLT_EPILOGUE_DEFAULT)
             ENG_BLAS_CHECK(cublasLtMatmulDescSetAttribute(
