@@ -14,6 +14,9 @@ if [ -f "$fixtures/sam_tiny.safetensors" ]; then
     "$build/bench/bench_cpu" --checkpoint "$fixtures/sam_tiny.safetensors" --reps "$reps" --prompts 16
     echo "== training step (decoder forward + backward with LoRA; the decoder is every SAM's)"
     "$build/bench/bench_train" --checkpoint "$fixtures/sam_tiny.safetensors" --reps "$reps"
+    echo "== everything mode, tiny (fixture), dog.jpg, 16x16 grid"
+    "$build/bench/bench_amg" --checkpoint "$fixtures/sam_tiny.safetensors" \
+        --image "$fixtures/images/dog.jpg" --points-per-side 16 --reps "${BENCH_REPS_AMG:-3}"
     echo "== tiny: a sporadic request against back to back (the CPU pool after idle)"
     "$build/bench/bench_idle" --checkpoint "$fixtures/sam_tiny.safetensors"
 else
@@ -34,4 +37,11 @@ bench/serve_bench.sh "$build"
 if [ -x "$build/bench/bench_gpu" ]; then
     echo "== GPU"
     "$build/bench/bench_gpu" || echo "bench_gpu: no GPU run (see its message)"
+    vith="$build/bench/sam_vit_h_random.safetensors"
+    [ -f "$vith" ] || "$build/bench/mkweights" --arch vit_h --out "$vith"
+    img="$fixtures/images/dog.jpg"
+    [ -f "$img" ] || img=deploy/example.png
+    echo "== everything mode on the GPU, vit_h (random weights), 32x32 grid"
+    "$build/bench/bench_amg" --device cuda --checkpoint "$vith" --image "$img" \
+        --points-per-side 32 --reps 3 || echo "bench_amg: no GPU run (see its message)"
 fi

@@ -3,6 +3,7 @@
  */
 #include <errno.h>
 #include <jansson.h>
+#include <stddef.h>
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -11,6 +12,7 @@
 #include <time.h>
 
 #include "cli/cli.h"
+#include "engine/amg.h"
 #include "engine/ckpt.h"
 #include "engine/error.h"
 #include "engine/image.h"
@@ -20,6 +22,7 @@
 #include "adapters/adapter.h"
 #include "hypernet/hypernet.h"
 #include "hypernet/text.h"
+#include "server/everything.h"
 
 #define CLI_MAX_POINTS     64
 #define CLI_MAX_BOXES      256
@@ -38,7 +41,22 @@ typedef struct segment_args {
     int labels[CLI_MAX_POINTS];
     int n_boxes;
     float boxes[CLI_MAX_BOXES * 4];
+    int everything;          /* --everything, or a task without a prompt */
+    eng_amg_params amg;      /* its parameters (the reference's defaults unless given) */
+    const char *amg_opt;     /* the first everything option given (for errors), or NULL */
+    const char *point_grids; /* --point-grids FILE, or NULL */
+    srv_everything grids;    /* its grids (a->amg points into them) */
+    int side_given;          /* --points-per-side was given */
 } segment_args;
+
+/* The everything-mode options are the generator's parameters
+ * (eng_amg_param_table) with dashes: --points-per-side for points_per_side. */
+static void amg_option_name(const eng_amg_param_desc *d, char *out, size_t cap)
+{
+    snprintf(out, cap, "--%s", d->name);
+    for (char *c = out; *c; c++)
+        *c = *c == '_' ? '-' : *c;
+}
 
 static void segment_usage(FILE *f)
 {
@@ -76,13 +94,78 @@ static void segment_usage(FILE *f)
             "                        (default: applied unmerged; the masks agree)\n"
             "  --adapter FILE        use a saved adapter (tasam adapter --out) instead\n"
             "\n"
-            "With no point, box or mask, SAM's prompt-free output is returned.\n",
+            "With no point, box or mask, SAM's prompt-free output is returned.\n"
+            "\n"
+            "Segment everything (SAM's automatic mask generator, the reference's defaults):\n"
+            "  --everything          prompt the whole image with a point grid and keep the\n"
+            "                        good, distinct masks; --json gets each mask's rle, bbox,\n"
+            "                        area, predicted_iou, stability_score, point_coords and\n"
+            "                        crop_box in the generator's order\n",
             (long long)ENG_IMAGE_DEFAULT_MAX_PIXELS);
+    size_t np;
+    const eng_amg_param_desc *params = eng_amg_param_table(&np);
+    for (size_t i = 0; i < np; i++) {
+        char opt[64], lhs[80];
+        amg_option_name(&params[i], opt, sizeof opt);
+        snprintf(lhs, sizeof lhs, "%s %s", opt, params[i].is_int ? "N" : "F");
+        if (strlen(lhs) < 22)
+            fprintf(f, "  %-22s%s\n", lhs, params[i].help);
+        else
+            fprintf(f, "  %s\n%24s%s\n", lhs, "", params[i].help);
+    }
+    fprintf(f, "  --point-grids FILE    explicit grids instead of --points-per-side: JSON\n"
+               "                        [[[x, y], ...], ...] in [0, 1], one grid per layer\n"
+               "\n"
+               "A task without a point, box or mask (--hypernet/--task or --adapter alone)\n"
+               "means every object of the task: everything mode under the task's adapter,\n"
+               "whose predicted IoU decides which masks are kept.\n");
+}
+
+/* The everything-mode parameter an option names, or NULL. */
+static const eng_amg_param_desc *amg_option(const char *o)
+{
+    size_t np;
+    const eng_amg_param_desc *params = eng_amg_param_table(&np);
+    for (size_t k = 0; k < np; k++) {
+        char opt[64];
+        amg_option_name(&params[k], opt, sizeof opt);
+        if (!strcmp(o, opt))
+            return &params[k];
+    }
+    return NULL;
+}
+
+/* Contract: one everything-mode option's value into a->amg; 0, or -1 after
+ * saying what is wrong (the bounds are checked later, all together). */
+static int set_amg_option(segment_args *a, const char *o, const eng_amg_param_desc *d,
+                          const char *v)
+{
+    char *dst = (char *)&a->amg + d->offset;
+    a->amg_opt = a->amg_opt ? a->amg_opt : o;
+    a->side_given |= d->offset == offsetof(eng_amg_params, points_per_side);
+    if (d->is_int) {
+        long long x;
+        if (cli_parse_int(v, -1000000000LL, 1000000000LL, &x)) {
+            fprintf(stderr, "tasam segment: %s '%s': expected an integer\n", o, v);
+            return -1;
+        }
+        int iv = (int)x;
+        memcpy(dst, &iv, sizeof iv);
+    } else {
+        double x;
+        if (cli_parse_numbers(v, &x, 1)) {
+            fprintf(stderr, "tasam segment: %s '%s': expected a number\n", o, v);
+            return -1;
+        }
+        memcpy(dst, &x, sizeof x);
+    }
+    return 0;
 }
 
 static int parse_segment_args(int argc, char **argv, segment_args *a)
 {
     memset(a, 0, sizeof *a);
+    eng_amg_defaults(&a->amg);
     a->checkpoint = DEFAULT_CHECKPOINT;
     a->device = "auto";
     a->precision = "auto";
@@ -175,6 +258,16 @@ static int parse_segment_args(int argc, char **argv, segment_args *a)
         } else if (!strcmp(o, "--threads")) {
             NEEDV();
             a->threads = atoi(v);
+        } else if (!strcmp(o, "--everything")) {
+            a->everything = 1;
+        } else if (!strcmp(o, "--point-grids")) {
+            NEEDV();
+            a->point_grids = v;
+            a->amg_opt = a->amg_opt ? a->amg_opt : o;
+        } else if (amg_option(o)) {
+            NEEDV();
+            if (set_amg_option(a, o, amg_option(o), v) != 0)
+                return 2;
         } else if (!strcmp(o, "--max-pixels")) {
             NEEDV();
             a->max_pixels = atoll(v);
@@ -206,6 +299,60 @@ static int parse_segment_args(int argc, char **argv, segment_args *a)
     }
     if (strcmp(a->device, "auto") && strcmp(a->device, "cpu") && strcmp(a->device, "cuda")) {
         fprintf(stderr, "tasam segment: --device must be auto, cpu or cuda\n");
+        return 2;
+    }
+    int prompts = a->n_points || a->n_boxes || a->mask_input;
+    if (a->everything && prompts) {
+        fprintf(stderr, "tasam segment: --everything prompts the whole image with a point grid: "
+                        "drop --point, --box and --mask-input\n");
+        return 2;
+    }
+    /* a task alone: every object of the task */
+    if ((a->hypernet || a->adapter) && !prompts)
+        a->everything = 1;
+    if (a->amg_opt && !a->everything) {
+        fprintf(stderr, "tasam segment: %s needs --everything\n", a->amg_opt);
+        return 2;
+    }
+    if (a->everything && (!a->multimask || a->dump)) {
+        fprintf(stderr, "tasam segment: %s does not apply to --everything\n",
+                a->dump ? "--dump" : "--single-mask");
+        return 2;
+    }
+    if (a->point_grids && a->side_given) {
+        fprintf(stderr, "tasam segment: give --points-per-side or --point-grids, not both\n");
+        return 2;
+    }
+    if (a->everything && a->point_grids) {
+        /* the grids as the API takes them, checked by the same parser */
+        json_error_t jerr;
+        json_t *g = json_load_file(a->point_grids, JSON_REJECT_DUPLICATES, &jerr);
+        if (!g) {
+            fprintf(stderr, "tasam segment: --point-grids %s: line %d: %s\n", a->point_grids,
+                    jerr.line, jerr.text);
+            return 2;
+        }
+        srv_everything base = {.p = a->amg}, ev;
+        srv_error e;
+        json_t *o = json_pack("{s:o}", "point_grids", g);
+        int bad = srv_everything_parse(o, &base, "everything", &ev, &e);
+        json_decref(o);
+        if (bad) {
+            fprintf(stderr, "tasam segment: --point-grids %s: %s\n", a->point_grids, e.message);
+            srv_everything_free(&ev);
+            return 2;
+        }
+        a->grids = ev;
+        a->amg = ev.p;
+        a->amg.grids = a->grids.grids;
+    }
+    char field[64];
+    if (a->everything && eng_amg_check(&a->amg, field)) {
+        char opt[80] = "--";
+        for (size_t i = 0; field[i] && field[i] != '[' && i + 3 < sizeof opt; i++)
+            opt[i + 2] = field[i] == '_' ? '-' : field[i], opt[i + 3] = 0;
+        fprintf(stderr, "tasam segment: %s: %s\n", opt, eng_last_error());
+        srv_everything_free(&a->grids);
         return 2;
     }
     return 0;
@@ -293,13 +440,11 @@ out:
     return rc;
 }
 
-static int write_json(const segment_args *a, const eng_sam *model, const eng_image *img,
-                      const uint8_t *masks, const float *iou, const float *stab, int n_prompts,
-                      int C, const double *timings, const ad_adapter *ad)
+/* The answer's first members: the image, the model, the adapter. */
+static json_t *json_header(const segment_args *a, const eng_sam *model, const eng_image *img,
+                           const ad_adapter *ad)
 {
-    size_t npx = (size_t)img->w * img->h;
-    json_t *root = json_object(), *arr = json_array();
-    int rc = 0;
+    json_t *root = json_object();
     json_object_set_new(root, "image", json_string(a->image));
     json_object_set_new(root, "width", json_integer(img->w));
     json_object_set_new(root, "height", json_integer(img->h));
@@ -311,6 +456,30 @@ static int write_json(const segment_args *a, const eng_sam *model, const eng_ima
                                       "hypernet_id", ad->hypernet_id, "hypernet_version",
                                       ad->hypernet_version, "rank", ad->rank, "alpha",
                                       (double)ad->alpha));
+    return root;
+}
+
+/* Write the answer to --json (stdout for '-'); consumes root. */
+static int json_write(const segment_args *a, json_t *root, int precision)
+{
+    int rc = 0, flags = JSON_INDENT(1) | JSON_REAL_PRECISION(precision);
+    if (!strcmp(a->json, "-")) {
+        json_dumpf(root, stdout, flags);
+        fputc('\n', stdout);
+    } else if (json_dump_file(root, a->json, flags) != 0) {
+        rc = eng_error(ENG_EIO, "%s: cannot write: %s", a->json, strerror(errno));
+    }
+    json_decref(root);
+    return rc;
+}
+
+static int write_json(const segment_args *a, const eng_sam *model, const eng_image *img,
+                      const uint8_t *masks, const float *iou, const float *stab, int n_prompts,
+                      int C, const double *timings, const ad_adapter *ad)
+{
+    size_t npx = (size_t)img->w * img->h;
+    json_t *root = json_header(a, model, img, ad), *arr = json_array();
+    int rc = 0;
     for (int p = 0; p < n_prompts && !rc; p++)
         for (int c = 0; c < C && !rc; c++) {
             eng_rle r = {0};
@@ -339,17 +508,11 @@ static int write_json(const segment_args *a, const eng_sam *model, const eng_ima
     json_object_set_new(root, "timings_ms",
                         json_pack("{s:f,s:f,s:f,s:f}", "image", timings[0], "encode", timings[1],
                                   "decode", timings[2], "postprocess", timings[3]));
-    if (!rc) {
-        int flags = JSON_INDENT(1) | JSON_REAL_PRECISION(7);
-        if (!strcmp(a->json, "-")) {
-            json_dumpf(root, stdout, flags);
-            fputc('\n', stdout);
-        } else if (json_dump_file(root, a->json, flags) != 0) {
-            rc = eng_error(ENG_EIO, "%s: cannot write: %s", a->json, strerror(errno));
-        }
+    if (rc) {
+        json_decref(root);
+        return rc;
     }
-    json_decref(root);
-    return rc;
+    return json_write(a, root, 7);
 }
 
 static int load_mask_input(const char *path, float *dst)
@@ -360,6 +523,158 @@ static int load_mask_input(const char *path, float *dst)
         rc = eng_ckpt_load_f32(c, "mask_input", 3, (int64_t[]){1, 256, 256}, dst);
     eng_ckpt_close(c);
     return rc;
+}
+
+/* Progress of a long everything run on stderr, about once a second. */
+typedef struct amg_progress_state {
+    double last_ms; /* when the last line was printed */
+    double t0;      /* start */
+} amg_progress_state;
+
+static void amg_progress(void *arg, const eng_amg_progress *p)
+{
+    amg_progress_state *st = arg;
+    double now = cli_now_ms();
+    int done = p->points_done == p->points;
+    if (now - st->last_ms < 1000 && !(done && p->n_crops > 1))
+        return;
+    st->last_ms = now;
+    fprintf(stderr, "tasam: everything: crop %d/%d, %d/%d points, %zu masks kept, %.1f s\n",
+            p->crop + 1, p->n_crops, p->points_done, p->points, p->kept, (now - st->t0) / 1e3);
+}
+
+/* The everything-mode JSON: the run's parameters, stats and masks. */
+static int write_everything_json(const segment_args *a, const eng_sam *model, const eng_image *img,
+                                 const eng_amg_result *r, const double *timings,
+                                 const ad_adapter *ad)
+{
+    json_t *root = json_header(a, model, img, ad), *arr = json_array();
+    int rc = 0;
+    json_object_set_new(root, "mode", json_string("everything"));
+    json_object_set_new(root, "everything", srv_everything_params_json(&a->amg));
+    for (size_t i = 0; i < r->n && !rc; i++) {
+        json_t *m = srv_everything_mask_json(&r->masks[i], SRV_OUT_RLE);
+        if (!m)
+            rc = eng_error(ENG_ENOMEM, "encoding mask %zu failed", i);
+        json_array_append_new(arr, m);
+    }
+    json_object_set_new(root, "masks", arr);
+    const eng_amg_stats *st = &r->stats;
+    json_object_set_new(root, "everything_stats",
+                        json_pack("{s:i,s:I,s:I,s:I,s:I}", "crops", st->crops, "prompts",
+                                  (json_int_t)st->prompts, "upscaled", (json_int_t)st->upscaled,
+                                  "candidates", (json_int_t)st->candidates, "masks",
+                                  (json_int_t)r->n));
+    json_object_set_new(root, "timings_ms",
+                        json_pack("{s:f,s:f,s:f,s:f,s:f}", "image", timings[0], "encode",
+                                  timings[1] + st->encode_ms, "decode", st->decode_ms,
+                                  "postprocess", st->postprocess_ms, "nms", st->nms_ms));
+    if (rc) {
+        json_decref(root);
+        return rc;
+    }
+    return json_write(a, root, 9);
+}
+
+/* PREFIX_N.png per mask and PREFIX_overlay.png with every mask tinted, the
+ * largest first so that small ones stay visible. */
+static int write_everything_pngs(const segment_args *a, const eng_image *img,
+                                 const eng_amg_result *r)
+{
+    size_t npx = (size_t)img->w * img->h;
+    char path[4096];
+    uint8_t *mask = malloc(npx), *ov = malloc(npx * 3);
+    size_t *order = malloc((r->n + 1) * sizeof *order);
+    int rc = 0;
+    if (!mask || !ov || !order) {
+        rc = eng_error(ENG_ENOMEM, "out of memory");
+        goto out;
+    }
+    memcpy(ov, img->rgb, npx * 3);
+    for (size_t i = 0; i < r->n; i++)
+        order[i] = i;
+    for (size_t i = 1; i < r->n; i++) /* by decreasing area */
+        for (size_t k = i; k > 0 && eng_rle_area(&r->masks[order[k]].rle) >
+                                        eng_rle_area(&r->masks[order[k - 1]].rle);
+             k--) {
+            size_t t = order[k];
+            order[k] = order[k - 1];
+            order[k - 1] = t;
+        }
+    for (size_t n = 0; n < r->n && !rc; n++) {
+        size_t i = order[n];
+        if ((rc = eng_rle_decode(&r->masks[i].rle, mask)))
+            break;
+        const uint8_t *col = palette[i % 8];
+        for (size_t k = 0; k < npx; k++) {
+            if (mask[k])
+                for (int c = 0; c < 3; c++)
+                    ov[3 * k + c] = (uint8_t)((ov[3 * k + c] + col[c]) / 2);
+            mask[k] = mask[k] ? 255 : 0;
+        }
+        snprintf(path, sizeof path, "%s_%zu.png", a->png, i);
+        rc = eng_png_write(path, mask, img->w, img->h, 1);
+    }
+    if (!rc) {
+        snprintf(path, sizeof path, "%s_overlay.png", a->png);
+        rc = eng_png_write(path, ov, img->w, img->h, 3);
+    }
+out:
+    free(mask);
+    free(ov);
+    free(order);
+    return rc;
+}
+
+/* Contract: everything mode on an encoded image (emb), under the adapter
+ * when there is one; writes --json and --png. Returns the exit status. */
+static int run_everything(const segment_args *a, eng_sam *model, const eng_image *img,
+                          const float *emb, const eng_sam_lora *lora, const ad_adapter *ad,
+                          const double *t)
+{
+    eng_amg_input in = {.image = img, .embedding = emb, .lora = lora};
+    amg_progress_state ps = {0, cli_now_ms()};
+    eng_amg_hooks hooks = {.progress = amg_progress, .arg = &ps};
+    eng_amg_result r;
+    int crops = 1;
+    for (int i = 1, c = 4; i <= a->amg.crop_n_layers; i++, c *= 4)
+        crops += c;
+    fprintf(stderr, "tasam: everything: %d crop(s), %s grid%s\n", crops,
+            a->amg.grids ? "explicit" : "a", a->amg.grids ? "s" : "");
+    if (!a->amg.grids)
+        fprintf(stderr, "tasam: everything: %dx%d points on the whole image\n",
+                a->amg.points_per_side, a->amg.points_per_side);
+    int rc = eng_amg_run(model, &in, &a->amg, &hooks, &r);
+    if (rc) {
+        fprintf(stderr, "tasam: everything: %s\n", eng_last_error());
+        eng_amg_result_free(&r);
+        return 1;
+    }
+    const eng_amg_stats *st = &r.stats;
+    fprintf(stderr,
+            "tasam: everything: %zu masks from %lld prompts (%lld upscaled, %lld past the "
+            "filters) in %.1f s: encoder %.1f ms, decoder %.1f ms, postprocess %.1f ms, NMS "
+            "%.1f ms\n",
+            r.n, (long long)st->prompts, (long long)st->upscaled, (long long)st->candidates,
+            (cli_now_ms() - ps.t0) / 1e3, t[1] + st->encode_ms, st->decode_ms, st->postprocess_ms,
+            st->nms_ms);
+    int status = 0;
+    if (a->json && write_everything_json(a, model, img, &r, t, ad)) {
+        fprintf(stderr, "tasam: %s\n", eng_last_error());
+        status = 1;
+    } else if (a->json && strcmp(a->json, "-")) {
+        fprintf(stderr, "tasam: wrote %s\n", a->json);
+    }
+    if (!status && a->png) {
+        if (write_everything_pngs(a, img, &r)) {
+            fprintf(stderr, "tasam: %s\n", eng_last_error());
+            status = 1;
+        } else {
+            fprintf(stderr, "tasam: wrote %s_overlay.png and %zu mask PNGs\n", a->png, r.n);
+        }
+    }
+    eng_amg_result_free(&r);
+    return status;
 }
 
 int cli_cmd_segment(int argc, char **argv)
@@ -453,6 +768,10 @@ int cli_cmd_segment(int argc, char **argv)
         goto out;
     }
     t[1] = cli_now_ms() - t0;
+    if (a.everything) {
+        status = run_everything(&a, model, &img, emb, lora, ad, t);
+        goto out;
+    }
 
     if (a.mask_input) {
         mask_in = malloc(ENG_SAM_LOWRES_FLOATS * sizeof(float));
@@ -558,6 +877,7 @@ out:
     free(mask_in);
     free(prompts);
     eng_image_free(&img);
+    srv_everything_free(&a.grids);
     eng_sam_lora_destroy(model, lora);
     ad_adapter_destroy(ad);
     hn_text_destroy(text);

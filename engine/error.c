@@ -43,6 +43,8 @@ const char *eng_strerror(int code)
         return "device error";
     case ENG_ESHAPE:
         return "wrong shape";
+    case ENG_ECANCELED:
+        return "canceled";
     default:
         return "unknown error";
     }

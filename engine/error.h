@@ -22,6 +22,7 @@ enum {
     ENG_ENOTFOUND = -7, /* missing key / tensor / file */
     ENG_EDEVICE = -8,   /* accelerator or driver failure */
     ENG_ESHAPE = -9,    /* tensor present but with the wrong shape */
+    ENG_ECANCELED = -10 /* stopped by the caller (a deadline, a cancel request) */
 };
 
 /* Record a printf-style message for the calling thread; returns `code` so a

@@ -515,20 +515,16 @@ static int poly__trace(const poly__img *im, int px, int py, poly__vec *coords)
 }
 
 /*
- * Components are found on runs, not pixels: each row's foreground runs are
- * joined (union-find) to the runs of the row above that overlap them or
- * touch them diagonally. Scanning runs in raster order, the first run met
- * of each component holds its first pixel, where tracing starts. This
+ * Components are found on runs, not pixels: each row's runs are joined
+ * (union-find) to the runs of the row above that overlap them or touch them
+ * diagonally. Scanning runs in raster order, the first run met of each
+ * component holds its first pixel (where polygon tracing starts). This
  * touches each pixel once (finding the runs) and costs near-linear time in
  * the number of runs after that.
  */
-typedef struct {
-    int32_t y, x0, x1; /* pixels x0 .. x1-1 of row y */
-    uint32_t parent;
-} poly__run;
-
-static uint32_t poly__find(poly__run *r, uint32_t i)
+uint32_t eng_mask_run_root(eng_mask_runs *runs, uint32_t i)
 {
+    eng_mask_run *r = runs->r;
     while (r[i].parent != i) {
         r[i].parent = r[r[i].parent].parent; /* path halving */
         i = r[i].parent;
@@ -538,51 +534,71 @@ static uint32_t poly__find(poly__run *r, uint32_t i)
 
 /* Link the later root under the earlier, so a root is always its
  * component's first run in raster order. */
-static void poly__union(poly__run *r, uint32_t a, uint32_t b)
+static void runs__union(eng_mask_runs *runs, uint32_t a, uint32_t b)
 {
-    a = poly__find(r, a);
-    b = poly__find(r, b);
+    a = eng_mask_run_root(runs, a);
+    b = eng_mask_run_root(runs, b);
     if (a < b)
-        r[b].parent = a;
+        runs->r[b].parent = a;
     else if (b < a)
-        r[a].parent = b;
+        runs->r[a].parent = b;
 }
 
-static int poly__runs(const poly__img *im, poly__vec *runs)
+int eng_mask_runs_find(const uint8_t *mask, int h, int w, int fg, eng_mask_runs *out)
 {
-    const size_t w = (size_t)im->w;
-    size_t prev0 = 0, prev1 = 0; /* runs of the previous row: [prev0, prev1) */
-    int rc;
-    for (int y = 0; y < im->h; y++) {
-        const uint8_t *row = im->mask + (size_t)y * w;
-        size_t cur0 = runs->n, x = 0;
-        while (x < w) {
-            while (x < w && !row[x])
+    const size_t wz = (size_t)(w > 0 ? w : 0);
+    size_t prev0 = 0, prev1 = 0, cap = 0; /* runs of the previous row: [prev0, prev1) */
+    memset(out, 0, sizeof *out);
+    if (h < 0 || w < 0)
+        return eng_error(ENG_EINVAL, "mask runs: bad mask size %dx%d", h, w);
+    for (int y = 0; y < h; y++) {
+        const uint8_t *row = mask + (size_t)y * wz;
+        size_t cur0 = out->n, x = 0;
+        while (x < wz) {
+            while (x < wz && (row[x] != 0) != fg)
                 x++;
-            if (x == w)
+            if (x == wz)
                 break;
             size_t x0 = x;
-            while (x < w && row[x])
+            while (x < wz && (row[x] != 0) == fg)
                 x++;
-            if (runs->n >= UINT32_MAX)
-                return eng_error(ENG_ELIMIT, "polygons: too many runs");
-            if ((rc = poly__reserve(runs, 1)) < 0)
-                return rc;
-            poly__run *r = runs->v;
-            uint32_t id = (uint32_t)runs->n++;
-            r[id] = (poly__run){y, (int32_t)x0, (int32_t)x, id};
+            if (out->n >= UINT32_MAX) {
+                eng_mask_runs_free(out);
+                return eng_error(ENG_ELIMIT, "mask runs: too many runs");
+            }
+            if (out->n == cap) {
+                size_t nc = cap ? 2 * cap : 64;
+                eng_mask_run *nr = realloc(out->r, nc * sizeof *nr);
+                if (!nr) {
+                    eng_mask_runs_free(out);
+                    return eng_error(ENG_ENOMEM, "mask runs: out of memory for %zu runs", nc);
+                }
+                out->r = nr;
+                cap = nc;
+            }
+            eng_mask_run *r = out->r;
+            uint32_t id = (uint32_t)out->n++;
+            r[id] = (eng_mask_run){y, (int32_t)x0, (int32_t)x, id};
             /* Skip runs above that end left of this one's diagonal reach,
              * join those that reach it. The last one joined may reach the
              * next run too, so do not move past it. */
             while (prev0 < prev1 && (size_t)r[prev0].x1 < x0)
                 prev0++;
             for (size_t j = prev0; j < prev1 && (size_t)r[j].x0 <= x; j++)
-                poly__union(r, id, (uint32_t)j);
+                runs__union(out, id, (uint32_t)j);
         }
         prev0 = cur0;
-        prev1 = runs->n;
+        prev1 = out->n;
     }
     return 0;
+}
+
+void eng_mask_runs_free(eng_mask_runs *runs)
+{
+    if (!runs)
+        return;
+    free(runs->r);
+    memset(runs, 0, sizeof *runs);
 }
 
 int eng_mask_polygons(const uint8_t *mask, int h, int w, eng_polygons *out)
@@ -601,15 +617,15 @@ int eng_mask_polygons(const uint8_t *mask, int h, int w, eng_polygons *out)
     assert(mask);
 
     const poly__img im = {mask, h, w};
-    poly__vec runs = {.elem = sizeof(poly__run)};
+    eng_mask_runs runs = {0};
     poly__vec coords = {.elem = sizeof(int32_t)};
     poly__vec starts = {.elem = sizeof(size_t)}; /* (vertex offset, count) pairs */
-    if ((rc = poly__runs(&im, &runs)) < 0)
+    if ((rc = eng_mask_runs_find(mask, h, w, 1, &runs)) < 0)
         goto done;
 
-    poly__run *r = runs.v;
+    const eng_mask_run *r = runs.r;
     for (size_t i = 0; i < runs.n; i++) {
-        if (poly__find(r, (uint32_t)i) != i)
+        if (eng_mask_run_root(&runs, (uint32_t)i) != i)
             continue;
         size_t first = coords.n;
         if ((rc = poly__trace(&im, r[i].x0, r[i].y, &coords)) < 0)
@@ -640,7 +656,7 @@ int eng_mask_polygons(const uint8_t *mask, int h, int w, eng_polygons *out)
     rc = 0;
 
 done:
-    free(runs.v);
+    eng_mask_runs_free(&runs);
     free(coords.v);
     free(starts.v);
     return rc;

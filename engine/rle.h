@@ -74,4 +74,29 @@ int eng_mask_polygons(const uint8_t *mask, int h, int w, eng_polygons *out);
 
 void eng_polygons_free(eng_polygons *p);
 
+/*
+ * 8-connected components of a row-major h x w mask's pixels equal to `fg`
+ * (fg 1: the non-zero pixels; fg 0: the zero pixels, e.g. holes), found on
+ * runs: each row's runs of such pixels, joined to the runs of the row above
+ * that overlap them or touch them at a corner. Polygons trace them; the
+ * small-region removal of automatic mask generation (engine/amg.h) sizes
+ * them.
+ */
+typedef struct eng_mask_run {
+    int32_t y, x0, x1; /* pixels x0 .. x1-1 of row y */
+    uint32_t parent;   /* union-find link (see eng_mask_run_root) */
+} eng_mask_run;
+
+typedef struct eng_mask_runs {
+    size_t n;        /* runs, in raster order */
+    eng_mask_run *r; /* [n] (malloc'd) */
+} eng_mask_runs;
+
+/* Find the runs and join them into components. On failure *out is empty. */
+int eng_mask_runs_find(const uint8_t *mask, int h, int w, int fg, eng_mask_runs *out);
+/* The component of run i, named by its root: the component's first run in
+ * raster order (compresses paths as it goes). */
+uint32_t eng_mask_run_root(eng_mask_runs *runs, uint32_t i);
+void eng_mask_runs_free(eng_mask_runs *runs);
+
 #endif

@@ -203,6 +203,49 @@ int eng_sam_segment_cached(eng_sam *m, const char *key, const float *embedding,
                            int multimask, float *iou, uint8_t *masks, float *stability,
                            eng_sam_timing *timing);
 
+/* One postprocessed mask of eng_sam_segment_each. */
+typedef struct eng_sam_mask {
+    int prompt;          /* index into the call's prompts */
+    int index;           /* mask within the prompt: 0..C-1 (multimask: SAM's masks 1..3) */
+    float iou;           /* predicted IoU */
+    const uint8_t *mask; /* [orig_h, orig_w] 0/1 (logits > 0); valid during the callback */
+    uint64_t above_hi;   /* |logits > +offset|: the stability score's intersection */
+    uint64_t above_lo;   /* |logits > -offset|: its union */
+} eng_sam_mask;
+
+/* What eng_sam_segment_each does besides decoding. Callbacks run on the
+ * calling thread; a non-zero return stops the call, which then returns
+ * that code (set the message with eng_error first). */
+typedef struct eng_sam_each {
+    float offset; /* stability thresholds at +-offset (>= 0; SAM's default 1.0) */
+    int batch;    /* prompts per decoder pass, at most the model's max_decode_batch (0: that) */
+    /* before each decoder pass, over prompts [first, first + n) of `total`:
+     * progress, and the place to stop for a deadline. May be NULL. */
+    int (*before)(void *arg, int first, int n, int total);
+    /* after the pass's IoU head, before any mask is made: iou [n, C] of
+     * prompts [first, first + n); keep [n, C] comes in all 1, a 0 skips that
+     * mask, and a prompt with none kept skips its upscaling (the costlier
+     * part of the decoder after the transformer). May be NULL (keep all). */
+    void (*select)(void *arg, int first, int n, const float *iou, uint8_t *keep);
+    /* each kept mask, prompt by prompt, in mask order. Required. */
+    int (*mask)(void *arg, const eng_sam_mask *mk);
+    void *arg;
+} eng_sam_each;
+
+/* eng_sam_decode_cached, then each kept mask postprocessed as
+ * eng_sam_postprocess does (at the size of `info`) into one scratch mask
+ * handed to each->mask: memory stays at one mask whatever n is, and masks
+ * nobody keeps are never upscaled. What automatic mask generation
+ * (engine/amg.h) runs its point grid through. */
+int eng_sam_segment_each(eng_sam *m, const char *key, const float *embedding,
+                         const eng_sam_imginfo *info, const eng_sam_prompt *prompts, int n,
+                         int multimask, const eng_sam_each *each, eng_sam_timing *timing);
+
+/* SAM's stability score from the counts at +-offset, in float32 as
+ * calculate_stability_score divides them (0 when above_lo is 0, where the
+ * reference divides 0 by 0). */
+float eng_sam_stability(uint64_t above_hi, uint64_t above_lo);
+
 /* 1 when `key`'s embedding is resident. */
 int eng_sam_embedding_resident(const eng_sam *m, const char *key);
 

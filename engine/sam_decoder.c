@@ -348,13 +348,16 @@ static int dec_graph_redo(eng_sam *m, int g)
  * iou_out [B, 4] (host) and, for each prompt, masks `first` .. `first +
  * count - 1` into the first B * count rows of masks [>= B * count, 256*256]
  * on the decoder's backend (the caller's: they outlive the group's
- * activations). With CUDA graphs on, the device work between the token upload
- * and the IoU download runs as two recorded stretches (the two-way
- * transformer and IoU head, then the masks), see dec_graph_begin. */
+ * activations); with `need`, only for the prompts it keeps (the rows of the
+ * others are left as they were). With CUDA graphs on, the device work
+ * between the token upload and the IoU download runs as two recorded
+ * stretches (the two-way transformer and IoU head, then the masks), see
+ * dec_graph_begin; a subset of the prompts kept by `need` runs its masks
+ * eagerly. */
 void eng__sam_decode_group(eng_sam *m, const eng_sam_lora *lo, const eng_tensor *emb_hwc,
                            dec_shared *sh, const float *tokens_host, int B, int T,
                            const float *const *mask_inputs, float *iou_out, const eng_tensor *masks,
-                           int first, int count)
+                           int first, int count, const dec_need *need)
 {
     eng_ctx *ctx = m->dctx;
     size_t mark = eng_ctx_mark(ctx);
@@ -453,17 +456,48 @@ void eng__sam_decode_group(eng_sam *m, const eng_sam_lora *lo, const eng_tensor 
             break;
     }
 
-    /* the masks */
-    for (int g = dec_graph_begin(m, 2, lo, emb_hwc, sh, masks, B, T, first, count, shared, mark);
+    /* the prompts whose masks are made: with `need`, decided from the IoU
+     * before any upscaling; keep[0..Bk) their indices, in order (B <= 256:
+     * max_decode_batch is capped there at load) */
+    int Bk = B, keep[256], got_iou = 0;
+    if (need && !ctx->measure && !ctx->status) {
+        uint8_t flags[256];
+        assert(B <= 256);
+        eng__sam_download(ctx, iou_out, &iou, (size_t)B * NMASK);
+        got_iou = 1;
+        memset(flags, 1, (size_t)B);
+        need->fn(need->arg, iou_out, B, flags);
+        Bk = 0;
+        for (int b = 0; b < B; b++)
+            if (flags[b])
+                keep[Bk++] = b;
+    }
+    int subset = Bk < B;
+
+    /* the masks: the whole batch recorded as one stretch; a subset runs
+     * eagerly, the kept prompts' keys first moved to the front of src in
+     * order (a prompt only ever moves down, onto a slot already read) */
+    for (int g = Bk == 0  ? ENG_GRAPH_REPLAYED
+                 : subset ? ENG_GRAPH_EAGER
+                          : dec_graph_begin(m, 2, lo, emb_hwc, sh, masks, B, T, first, count,
+                                            shared, mark);
          g != ENG_GRAPH_REPLAYED; g = ENG_GRAPH_EAGER) {
         size_t mk = eng_ctx_mark(ctx);
-        /* upscale src [B*P, E] -> [B*(2G)^2, 64] -> [B*(4G)^2, 32], HWC, the
-         * B images stacked vertically; each step one pass where fused */
-        eng_tensor u1 = eng_new2(ctx, (int64_t)B * 4 * P, UPC1);
-        eng_conv_transpose2x2_norm_act(ctx, &u1, &src, B * G, G, &m->up0_w, &m->up0_b, &m->up1.g,
+        for (int i = 0; subset && i < Bk; i++) {
+            if (keep[i] == i)
+                continue;
+            eng_tensor dst = eng_rows(src, (int64_t)i * P, P);
+            eng_tensor from = eng_rows(src, (int64_t)keep[i] * P, P);
+            eng_copy(ctx, &dst, &from);
+        }
+        /* upscale src [Bk*P, E] -> [Bk*(2G)^2, 64] -> [Bk*(4G)^2, 32], HWC,
+         * the Bk images stacked vertically; each step one pass where fused */
+        eng_tensor srck = eng_rows(src, 0, (int64_t)Bk * P);
+        eng_tensor u1 = eng_new2(ctx, (int64_t)Bk * 4 * P, UPC1);
+        eng_conv_transpose2x2_norm_act(ctx, &u1, &srck, Bk * G, G, &m->up0_w, &m->up0_b, &m->up1.g,
                                        &m->up1.b, VIT_EPS, ENG_ACT_GELU);
-        eng_tensor u2 = eng_new2(ctx, (int64_t)B * 16 * P, UPC2);
-        eng_conv_transpose2x2_norm_act(ctx, &u2, &u1, 2 * B * G, 2 * G, &m->up3_w, &m->up3_b, NULL,
+        eng_tensor u2 = eng_new2(ctx, (int64_t)Bk * 16 * P, UPC2);
+        eng_conv_transpose2x2_norm_act(ctx, &u2, &u1, 2 * Bk * G, 2 * G, &m->up3_w, &m->up3_b, NULL,
                                        NULL, 0.0f, ENG_ACT_GELU);
 
         /* hyper_in [4, B, 32]: one MLP per mask token over the batch, for
@@ -477,9 +511,10 @@ void eng__sam_decode_group(eng_sam *m, const eng_sam_lora *lo, const eng_tensor 
         /* masks [B, count, 256*256]: prompt b's hypernetwork outputs `first`
          * .. `first + count - 1` against its upscaled image; only the masks
          * the caller gets, contiguous so that one copy brings them all back */
-        for (int b = 0; b < B; b++) {
+        for (int i = 0; i < Bk; i++) {
+            int b = subset ? keep[i] : i;
             eng_tensor hb = rows_every(hyper, (int64_t)first * B + b, count, B);
-            eng_tensor ub = eng_rows(u2, (int64_t)b * 16 * P, 16 * P);
+            eng_tensor ub = eng_rows(u2, (int64_t)i * 16 * P, 16 * P);
             eng_tensor mb = eng_rows(*masks, (int64_t)b * count, count);
             eng_linear(ctx, &mb, &hb, &ub, NULL, ENG_ACT_NONE, NULL);
         }
@@ -487,8 +522,8 @@ void eng__sam_decode_group(eng_sam *m, const eng_sam_lora *lo, const eng_tensor 
         if (!dec_graph_redo(m, g))
             break;
     }
-
-    eng__sam_download(ctx, iou_out, &iou, (size_t)B * NMASK);
+    if (!got_iou)
+        eng__sam_download(ctx, iou_out, &iou, (size_t)B * NMASK);
     eng_ctx_release(ctx, mark);
 }
 
@@ -586,17 +621,50 @@ int eng_sam_embedding_resident(const eng_sam *m, const char *key)
     return 0;
 }
 
+/* What eng_sam_segment_each asks of one call. */
+typedef struct each_state {
+    const eng_sam_each *each;
+    int C;         /* masks per prompt */
+    int first;     /* the group's first prompt index in the call */
+    int real;      /* the group's prompts (a CUDA-graph bucket may pad it) */
+    float *iou;    /* [GB * C] the group's predicted IoU */
+    uint8_t *keep; /* [GB * C] the masks to postprocess */
+    int stop;      /* a callback's non-zero code */
+} each_state;
+
+/* dec_need callback: asks `select` which masks of the group to make. */
+static void each_need(void *arg, const float *iou4, int B, uint8_t *need)
+{
+    each_state *es = arg;
+    const eng_sam_each *ea = es->each;
+    int off = es->C == 3 ? 1 : 0;
+    int n = es->real < B ? es->real : B; /* padding prompts past it need nothing */
+    memset(es->keep, 1, (size_t)n * es->C);
+    for (int b = 0; b < n; b++)
+        for (int k = 0; k < es->C; k++)
+            es->iou[b * es->C + k] = iou4[b * NMASK + off + k];
+    if (ea->select)
+        ea->select(ea->arg, es->first, n, es->iou, es->keep);
+    for (int b = 0; b < B; b++) {
+        need[b] = 0;
+        for (int k = 0; b < n && k < es->C; k++)
+            need[b] |= es->keep[b * es->C + k] != 0;
+    }
+}
+
 /*
- * eng_sam_decode_cached and eng_sam_segment_cached: decode `prompts` in
- * groups; each group's masks land in a device buffer [GB * count, 256*256]
- * below the group's activations, from where they are copied to low_res
- * (when non-NULL) and/or postprocessed to masks + stability on the host
- * (when masks is non-NULL) without leaving the device in between.
+ * eng_sam_decode_cached, eng_sam_segment_cached and eng_sam_segment_each:
+ * decode `prompts` in groups; each group's masks land in a device buffer
+ * [GB * count, 256*256] below the group's activations, from where they are
+ * copied to low_res (when non-NULL) and/or postprocessed to masks +
+ * stability on the host (when masks is non-NULL), or one by one into a
+ * scratch mask handed to each->mask (when `each` is non-NULL), without
+ * leaving the device in between.
  */
 static int sam_decode_impl(eng_sam *m, const char *key, const float *embedding,
                            const eng_sam_imginfo *info, const eng_sam_prompt *prompts, int n,
                            int multimask, float *iou, float *low_res, uint8_t *masks,
-                           float *stability, eng_sam_timing *timing)
+                           float *stability, const eng_sam_each *each, eng_sam_timing *timing)
 {
     if (key && strlen(key) >= sizeof m->slots[0].key)
         return eng_error(ENG_EINVAL, "embedding key longer than %zu bytes",
@@ -606,8 +674,11 @@ static int sam_decode_impl(eng_sam *m, const char *key, const float *embedding,
     if (info->orig_w < 1 || info->orig_h < 1 || info->input_w < 1 || info->input_h < 1)
         return eng_error(ENG_EINVAL, "bad image size");
     int rc;
-    if (masks && (rc = eng__sam_post_check(info)))
+    if ((masks || each) && (rc = eng__sam_post_check(info)))
         return rc;
+    if (each && !(each->offset >= 0.0f && isfinite(each->offset)))
+        return eng_error(ENG_EINVAL, "stability offset %g is not a finite number >= 0",
+                         (double)each->offset);
     for (int i = 0; i < n; i++)
         if ((rc = eng__sam_check_prompt(m, &prompts[i], i)))
             return rc;
@@ -619,19 +690,29 @@ static int sam_decode_impl(eng_sam *m, const char *key, const float *embedding,
         return eng_error(ENG_ENOTFOUND, "embedding '%s' is not resident and none was given",
                          key ? key : "");
     int T_max = 1 + NMASK + m->opt.max_points + 2, GB = m->opt.max_decode_batch;
+    if (each && each->batch > 0 && each->batch < GB)
+        GB = each->batch;
+    int first = multimask ? 1 : 0, count = multimask ? 3 : 1;
+    size_t px = (size_t)info->orig_w * (size_t)info->orig_h;
     /* host staging for one group: tokens [GB, T_max, E], IoU [GB, 4], masks */
     float *tokens = malloc((size_t)GB * T_max * E * sizeof(float));
     float *iou4 = malloc((size_t)GB * NMASK * sizeof(float));
     const float **mask_in = malloc((size_t)GB * sizeof *mask_in);
-    if (!tokens || !iou4 || !mask_in) {
+    float *iou_each = each ? malloc((size_t)GB * count * sizeof(float)) : NULL;
+    uint8_t *keep = each ? malloc((size_t)GB * count) : NULL;
+    uint8_t *scratch = each ? malloc(px) : NULL;
+    if (!tokens || !iou4 || !mask_in || (each && (!iou_each || !keep || !scratch))) {
         free(tokens);
         free(iou4);
         free(mask_in);
+        free(iou_each);
+        free(keep);
+        free(scratch);
         return eng_error(ENG_ENOMEM, "out of memory");
     }
-    int first = multimask ? 1 : 0, count = multimask ? 3 : 1;
+    each_state es = {.each = each, .C = count, .iou = iou_each, .keep = keep};
+    dec_need need = {.fn = each_need, .arg = &es};
     int graphs = eng_backend_graphs_on(m->dbe);
-    size_t px = (size_t)info->orig_w * (size_t)info->orig_h;
     double t_dec = 0, t_post = 0, t0 = eng__sam_now_ms();
     eng__sam_begin(m->dctx);
     eng_tensor emb = slot ? slot->t : eng_new2(m->dctx, P, E);
@@ -654,7 +735,7 @@ static int sam_decode_impl(eng_sam *m, const char *key, const float *embedding,
     dec_shared sh;
     eng__sam_dec_shared_alloc(m, &sh, slot);
     eng_tensor out = eng_new2(m->dctx, (int64_t)GB * count, ENG_SAM_LOWRES_FLOATS);
-    for (int i = 0; i < n && !m->dctx->status;) {
+    for (int i = 0; i < n && !m->dctx->status && !es.stop;) {
         /* a group: consecutive prompts with the same token count, the same
          * adapter and all with or all without a mask input (those without
          * share layer 0's image side), at most max_decode_batch of them */
@@ -672,9 +753,13 @@ static int sam_decode_impl(eng_sam *m, const char *key, const float *embedding,
             mask_in[B] = prompts[i + B].mask_input;
             B++;
         }
+        if (each && each->before && (es.stop = each->before(each->arg, i, B, n)) != 0)
+            break;
+        es.first = i;
+        es.real = B;
         /* With CUDA graphs, a group runs at its prompt-count bucket, the
-         * last prompt repeated (its extra masks are never read): one
-         * recording serves every count up to the bucket. */
+         * last prompt repeated (its extra masks are never read, nor made
+         * under `each`): one recording serves every count up to the bucket. */
         int Bg = graphs ? dec_bucket(B, GB) : B;
         for (int b = B; b < Bg; b++) {
             memcpy(tokens + (size_t)b * T * E, tokens + (size_t)(B - 1) * T * E,
@@ -683,9 +768,10 @@ static int sam_decode_impl(eng_sam *m, const char *key, const float *embedding,
         }
         /* (the IoU copy back ends the group: its time is the decoder's) */
         eng__sam_decode_group(m, prompts[i].lora, &emb, &sh, tokens, Bg, T, mask_in, iou4, &out,
-                              first, count);
+                              first, count, each ? &need : NULL);
+        float *iou_dst = each ? iou_each : iou + (size_t)i * count;
         for (int b = 0; b < B; b++)
-            memcpy(iou + (size_t)(i + b) * count, iou4 + (size_t)b * NMASK + first,
+            memcpy(iou_dst + (size_t)b * count, iou4 + (size_t)b * NMASK + first,
                    (size_t)count * sizeof(float));
         size_t nm = (size_t)B * count, m0 = (size_t)i * count;
         if (low_res)
@@ -695,8 +781,25 @@ static int sam_decode_impl(eng_sam *m, const char *key, const float *embedding,
         t_dec += t1 - t0;
         for (size_t k = 0; masks && k < nm && !m->dctx->status; k++) {
             eng_tensor lo = eng_rows(out, (int64_t)k, 1);
-            float *st = stability ? &stability[m0 + k] : NULL;
-            eng__sam_post_one(m, &lo, info, masks + (m0 + k) * px, st);
+            uint64_t counts[2];
+            eng__sam_post_one(m, &lo, info, 1.0f, masks + (m0 + k) * px, counts);
+            if (stability)
+                stability[m0 + k] = eng_sam_stability(counts[0], counts[1]);
+        }
+        for (size_t k = 0; each && k < nm && !m->dctx->status && !es.stop; k++) {
+            if (!keep[k])
+                continue;
+            eng_tensor lo = eng_rows(out, (int64_t)k, 1);
+            eng_sam_mask mk = {.prompt = i + (int)(k / (size_t)count),
+                               .index = (int)(k % (size_t)count),
+                               .iou = iou_each[k],
+                               .mask = scratch};
+            uint64_t counts[2] = {0, 0};
+            eng__sam_post_one(m, &lo, info, each->offset, scratch, counts);
+            mk.above_hi = counts[0];
+            mk.above_lo = counts[1];
+            if (!m->dctx->status)
+                es.stop = each->mask(each->arg, &mk);
         }
         t0 = eng__sam_now_ms();
         t_post += t0 - t1;
@@ -705,11 +808,17 @@ static int sam_decode_impl(eng_sam *m, const char *key, const float *embedding,
     free(tokens);
     free(iou4);
     free(mask_in);
-    rc = eng__sam_end(m->dctx);
+    free(iou_each);
+    free(keep);
+    free(scratch);
+    /* a callback stops the call only between complete steps: what the slot
+     * holds is whole unless the backend failed */
+    int st = eng__sam_end(m->dctx);
+    rc = st ? st : es.stop;
     if (slot && !found)
-        slot->used = rc == 0;
+        slot->used = st == 0;
     if (slot && slot->side_new)
-        slot->side_ok = rc == 0;
+        slot->side_ok = st == 0;
     if (timing) {
         timing->decode_ms = t_dec + (eng__sam_now_ms() - t0);
         timing->postprocess_ms = t_post;
@@ -722,7 +831,7 @@ int eng_sam_decode_cached(eng_sam *m, const char *key, const float *embedding,
                           int multimask, float *iou, float *low_res)
 {
     return sam_decode_impl(m, key, embedding, info, prompts, n, multimask, iou, low_res, NULL, NULL,
-                           NULL);
+                           NULL, NULL);
 }
 
 int eng_sam_segment_cached(eng_sam *m, const char *key, const float *embedding,
@@ -733,5 +842,15 @@ int eng_sam_segment_cached(eng_sam *m, const char *key, const float *embedding,
     if (!masks)
         return eng_error(ENG_EINVAL, "no mask buffer");
     return sam_decode_impl(m, key, embedding, info, prompts, n, multimask, iou, NULL, masks,
-                           stability, timing);
+                           stability, NULL, timing);
+}
+
+int eng_sam_segment_each(eng_sam *m, const char *key, const float *embedding,
+                         const eng_sam_imginfo *info, const eng_sam_prompt *prompts, int n,
+                         int multimask, const eng_sam_each *each, eng_sam_timing *timing)
+{
+    if (!each || !each->mask)
+        return eng_error(ENG_EINVAL, "no mask callback");
+    return sam_decode_impl(m, key, embedding, info, prompts, n, multimask, NULL, NULL, NULL, NULL,
+                           each, timing);
 }

@@ -216,11 +216,21 @@ int eng__sam_check_prompt(const eng_sam *m, const eng_sam_prompt *p, int idx);
  * f32), on ctx (the mask downscaling convolutions). */
 void eng__sam_mask_embed(const eng_sam *m, eng_ctx *ctx, eng_tensor *sb, const float *mask_input);
 void eng__sam_dec_shared_alloc(eng_sam *m, dec_shared *sh, emb_slot *slot);
-/* B prompts of T tokens under one adapter in one pass (see sam_decoder.c). */
+/* Which prompts of a group need their masks, decided from the group's IoU
+ * predictions before the upscaling (the larger part of a prompt's work
+ * after the transformer): fn gets iou4 [B, 4] (host) and sets need[b] = 0
+ * for a prompt whose masks nobody will read. */
+typedef struct dec_need {
+    void (*fn)(void *arg, const float *iou4, int B, uint8_t *need);
+    void *arg;
+} dec_need;
+
+/* B prompts of T tokens under one adapter in one pass (see sam_decoder.c);
+ * need (may be NULL: every prompt) skips the masks of some prompts. */
 void eng__sam_decode_group(eng_sam *m, const eng_sam_lora *lo, const eng_tensor *emb_hwc,
                            dec_shared *sh, const float *tokens_host, int B, int T,
                            const float *const *mask_inputs, float *iou_out, const eng_tensor *masks,
-                           int first, int count);
+                           int first, int count, const dec_need *need);
 
 /* ---- postprocess (sam_postprocess.c) ---- */
 
@@ -228,8 +238,9 @@ void eng__sam_decode_group(eng_sam *m, const eng_sam_lora *lo, const eng_tensor 
 void eng__sam_post_plan(eng_ctx *ctx);
 int eng__sam_post_check(const eng_sam_imginfo *info);
 /* One low-res logit map (256*256 values on the decoder's backend) to a
- * mask [orig_h, orig_w] on the host and its stability score. */
-void eng__sam_post_one(eng_sam *m, const eng_tensor *lo, const eng_sam_imginfo *info, uint8_t *mask,
-                       float *stability);
+ * mask [orig_h, orig_w] on the host (logits > 0) and the stability counts at
+ * `offset`: counts[0] = |logits > +offset|, counts[1] = |logits > -offset|. */
+void eng__sam_post_one(eng_sam *m, const eng_tensor *lo, const eng_sam_imginfo *info, float offset,
+                       uint8_t *mask, uint64_t counts[2]);
 
 #endif

@@ -433,8 +433,10 @@ static int sam_plan(eng_sam *m)
         dec_shared sh;
         eng__sam_dec_shared_alloc(m, &sh, NULL);
         eng_tensor out = eng_new2(dc, (int64_t)GB * NMASK, ENG_SAM_LOWRES_FLOATS);
-        eng__sam_decode_group(m, plan_lora, &emb, &sh, NULL, GB, T, masks, NULL, &out, 0, NMASK);
-        eng__sam_decode_group(m, plan_lora, &emb, &sh, NULL, GB, T, NULL, NULL, &out, 0, NMASK);
+        eng__sam_decode_group(m, plan_lora, &emb, &sh, NULL, GB, T, masks, NULL, &out, 0, NMASK,
+                              NULL);
+        eng__sam_decode_group(m, plan_lora, &emb, &sh, NULL, GB, T, NULL, NULL, &out, 0, NMASK,
+                              NULL);
         /* eng_sam_segment_cached: a group's masks postprocessed in place */
         eng__sam_post_plan(dc);
         free(plan_lora);

@@ -28,12 +28,20 @@ int eng__sam_post_check(const eng_sam_imginfo *info)
     return 0;
 }
 
+float eng_sam_stability(uint64_t above_hi, uint64_t above_lo)
+{
+    /* calculate_stability_score: int32 counts divided in float32 */
+    return above_lo ? (float)above_hi / (float)above_lo : 0.0f;
+}
+
 /* One low-res logit map lo (256*256 values on the decoder's backend) to
- * mask [orig_h, orig_w] u8 0/1 on the host, and (stability non-NULL) its
- * stability score: bilinear to 1024, crop to the resized input, bilinear
- * to the original, in bands of rows so the workspace stays small. */
-void eng__sam_post_one(eng_sam *m, const eng_tensor *lo, const eng_sam_imginfo *info, uint8_t *mask,
-                       float *stability)
+ * mask [orig_h, orig_w] u8 0/1 on the host (logits > 0), and the counts of
+ * the stability score at `offset`: counts[0] = |logits > +offset|,
+ * counts[1] = |logits > -offset|. Bilinear to 1024, crop to the resized
+ * input, bilinear to the original, in bands of rows so the workspace stays
+ * small. */
+void eng__sam_post_one(eng_sam *m, const eng_tensor *lo, const eng_sam_imginfo *info, float offset,
+                       uint8_t *mask, uint64_t counts[2])
 {
     eng_ctx *ctx = m->dctx;
     int ow = info->orig_w, oh = info->orig_h;
@@ -55,19 +63,20 @@ void eng__sam_post_one(eng_sam *m, const eng_tensor *lo, const eng_sam_imginfo *
         eng_resize_bilinear(ctx, &out, &up, info->input_h, info->input_w, oh, y0);
         /* threshold at 0 (the mask) and at +-1 (the stability score's
          * intersection and union) where the logits are */
-        uint64_t counts[2] = {0, 0};
+        uint64_t band_counts[2] = {0, 0};
         if (!ctx->status) {
+            /* the reference's thresholds: float32(0 - offset), float32(0 + offset) */
             int rc = eng_backend_binarize(ctx->be, mask + (size_t)y0 * ow, out.data,
-                                          (int64_t)rows * ow, -1.0f, 1.0f, counts);
+                                          (int64_t)rows * ow, -offset, offset, band_counts);
             if (rc)
                 eng_ctx_fail(ctx, rc);
         }
         eng_ctx_release(ctx, mk);
-        inter += counts[0];
-        uni += counts[1];
+        inter += band_counts[0];
+        uni += band_counts[1];
     }
-    if (stability)
-        *stability = uni ? (float)((double)inter / (double)uni) : 0.0f;
+    counts[0] = inter;
+    counts[1] = uni;
     eng_ctx_release(ctx, mark);
 }
 
@@ -83,7 +92,10 @@ int eng_sam_postprocess(eng_sam *m, const float *low_res, int n, const eng_sam_i
     eng_tensor lo = eng_new3(ctx, 1, ENG_SAM_LOWRES, ENG_SAM_LOWRES);
     for (int i = 0; i < n && !ctx->status; i++) {
         eng__sam_upload(ctx, &lo, low_res + (size_t)i * ENG_SAM_LOWRES_FLOATS);
-        eng__sam_post_one(m, &lo, info, masks + (size_t)i * px, stability ? &stability[i] : NULL);
+        uint64_t counts[2];
+        eng__sam_post_one(m, &lo, info, 1.0f, masks + (size_t)i * px, counts);
+        if (stability)
+            stability[i] = eng_sam_stability(counts[0], counts[1]);
     }
     return eng__sam_end(ctx);
 }

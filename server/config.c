@@ -13,6 +13,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "server/everything.h"
 #include "server/log.h"
 
 #define TASAMD_VERSION "0.1.0"
@@ -61,7 +62,12 @@ static const srv_opt_def opt_table[] = {
     {"max-points", SRV_T_INT, "16", 1, 64, NULL, 0, 0, "most points in one prompt"},
     {"max-prompts", SRV_T_INT, "64", 1, 256, NULL, 1, 0, "most prompts (boxes) in one request"},
     {"max-mask-bytes", SRV_T_BYTES, "512MiB", 1 * MiB, 64 * GiB, NULL, 1, 0,
-     "largest full-size mask output of one request, prompts*masks*width*height (413 beyond)"},
+     "largest full-size mask output of one request, prompts*masks*width*height, and largest RLE "
+     "of the masks everything mode keeps (413 beyond)"},
+    {"everything-defaults", SRV_T_STRING, "", 0, 0, NULL, 0, 0,
+     "everything mode's parameters where a request leaves them out (a task alone, or "
+     "\"everything\": true), as a JSON object, e.g. {\"points_per_side\": 16}; empty: the "
+     "reference's (32 points a side)"},
     {"queue-depth", SRV_T_INT, "64", 1, 100000, NULL, 1, 0,
      "jobs waiting for the model before new ones get 429"},
     {"max-batch", SRV_T_INT, "4", 1, 64, NULL, 0, 0, "images per image-encoder call"},
@@ -182,6 +188,14 @@ int srv_config_parse_value(srv_opt_id id, const char *text, int64_t *num, char *
     case SRV_T_STRING:
         if (strlen(text) > 4096)
             return srv_errf(err, errlen, "option --%s: value longer than 4096 bytes", d->name);
+        if (id == SRV_OPT_EVERYTHING_DEFAULTS) {
+            srv_everything ev;
+            srv_error e;
+            int bad = srv_everything_defaults(text, &ev, &e);
+            srv_everything_free(&ev);
+            if (bad)
+                return srv_errf(err, errlen, "option --%s: %s", d->name, e.message);
+        }
         *num = 0;
         return 0;
     case SRV_T_ENUM:

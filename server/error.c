@@ -21,6 +21,8 @@ int srv_status_of(int eng_code, srv_blame who)
 {
     if (eng_code == ENG_ENOMEM)
         return 503;
+    if (eng_code == ENG_ECANCELED)
+        return 504;
     if (who == SRV_BLAME_SERVER)
         return 500;
     switch (eng_code) {

@@ -20,6 +20,7 @@
  *   ENG_EUNSUP                 415          500
  *   ENG_ELIMIT                 413          500
  *   ENG_ENOMEM                 503          503   (retry later)
+ *   ENG_ECANCELED              504          504   (a deadline stopped the work)
  *   ENG_EDEVICE                500          500
  */
 #ifndef TASAM_SERVER_ERROR_H

@@ -18,6 +18,7 @@
 #include "engine/error.h"
 #include "engine/image.h"
 #include "server/base64.h"
+#include "server/everything.h"
 
 int srv_utf8_valid(const char *s, size_t len)
 {
@@ -84,6 +85,8 @@ void srv_request_free(srv_request *r)
     free(r->boxes);
     free(r->task);
     free(r->task_norm);
+    srv_everything_free(r->amg);
+    free(r->amg);
     memset(r, 0, sizeof *r);
 }
 
@@ -364,6 +367,35 @@ static int locate_bad_text(const char *json, size_t len, char *field, size_t cap
     return rc;
 }
 
+/*
+ * Contract: everything mode: `everything` (true, false or the generator's
+ * parameters over the configured defaults), or a task with no prompt at
+ * all, which means every object the task names. Called once the rest of
+ * the request is parsed.
+ */
+static int parse_everything(const json_t *root, const srv_limits *lim, srv_request *r, srv_error *e)
+{
+    const json_t *v = json_object_get(root, "everything");
+    int prompts = r->n_points > 0 || r->n_boxes > 0;
+    if (v && json_is_false(v))
+        return 0;
+    if (!v && !(r->has_task && !prompts))
+        return 0;
+    if (v && prompts)
+        return srv_fail(e, 400, "everything",
+                        "everything mode prompts the whole image with a point grid: drop `points` "
+                        "and `boxes`, or drop `everything`");
+    if (v && json_object_get(root, "multimask"))
+        return srv_fail(e, 400, "multimask",
+                        "multimask does not apply to everything mode (it always takes SAM's three "
+                        "masks per point)");
+    r->amg = calloc(1, sizeof *r->amg);
+    if (!r->amg)
+        return srv_fail(e, 503, "", "out of memory; retry later");
+    r->everything = 1;
+    return srv_everything_parse(v, lim ? lim->everything : NULL, "everything", r->amg, e);
+}
+
 /* Contract: checks task text and keeps a copy of it and of its normal
  * form in r (the only place a request's task is normalised). */
 static int take_task(const char *s, size_t len, srv_request *r, srv_error *e)
@@ -430,9 +462,9 @@ int srv_request_parse_json(const char *json, size_t len, srv_kind kind, const ui
     /* Unknown fields first: a typo must not be silently ignored. */
     json_object_foreach(root, key, v)
     {
-        static const char *const seg[] = {"image",  "image_id",      "points",
-                                          "boxes",  "mask_input_id", "multimask",
-                                          "output", "task",          NULL};
+        static const char *const seg[] = {"image",         "image_id",  "points", "boxes",
+                                          "mask_input_id", "multimask", "output", "task",
+                                          "everything",    NULL};
         static const char *const emb[] = {"image", NULL};
         static const char *const ad[] = {"task", NULL};
         const char *const *allowed = kind == SRV_KIND_SEGMENT ? seg
@@ -536,6 +568,8 @@ int srv_request_parse_json(const char *json, size_t len, srv_kind kind, const ui
         srv_fail(e, 400, "task", "task is required: {\"task\": \"segment every ...\"}");
         goto out;
     }
+    if (kind == SRV_KIND_SEGMENT && parse_everything(root, lim, out, e) != 0)
+        goto out;
     rc = 0;
 out:
     json_decref(root);
@@ -595,11 +629,12 @@ int srv_request_parse(const char *content_type, const uint8_t *body, size_t len,
 }
 
 int srv_image_prepare(const uint8_t *bytes, size_t len, int64_t max_pixels, uint8_t **rgb,
-                      eng_sam_imginfo *info, srv_error *e)
+                      eng_sam_imginfo *info, eng_image *keep, srv_error *e)
 {
     eng_image img = {0};
     int rc = eng_image_decode(bytes, len, max_pixels, &img);
-    *rgb = NULL;
+    if (rgb)
+        *rgb = NULL;
     if (rc == ENG_ELIMIT)
         return srv_fail(e, 413, "image", "image: %s (limit %lld pixels)", eng_last_error(),
                         (long long)max_pixels);
@@ -613,13 +648,23 @@ int srv_image_prepare(const uint8_t *bytes, size_t len, int64_t max_pixels, uint
     info->orig_w = img.w;
     info->orig_h = img.h;
     eng_resize_shape(img.w, img.h, ENG_SAM_IMG, &info->input_w, &info->input_h);
+    if (!rgb) {
+        if (keep)
+            *keep = img;
+        else
+            eng_image_free(&img);
+        return 0;
+    }
     *rgb = malloc((size_t)info->input_w * (size_t)info->input_h * 3);
     if (!*rgb) {
         eng_image_free(&img);
         return srv_fail(e, 503, "image", "not enough memory to resize the image; retry later");
     }
     rc = eng_resize_bilinear_aa(img.rgb, img.w, img.h, *rgb, info->input_w, info->input_h);
-    eng_image_free(&img);
+    if (keep && rc == 0)
+        *keep = img;
+    else
+        eng_image_free(&img);
     if (rc != 0) {
         free(*rgb);
         *rgb = NULL;

@@ -15,6 +15,8 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "engine/amg.h"
+#include "engine/image.h"
 #include "engine/sam.h"
 #include "server/error.h"
 
@@ -29,10 +31,14 @@ typedef enum srv_kind {
     SRV_KIND_ADAPTER_FLUSH /* DELETE /admin/adapters: empty both adapter tiers (no body) */
 } srv_kind;
 
-/* Per-request limits (from the config). */
+struct srv_everything;
+
+/* Per-request limits and defaults (from the config). */
 typedef struct srv_limits {
-    int max_points;  /* points per prompt */
-    int max_prompts; /* boxes per request */
+    int max_points;                          /* points per prompt */
+    int max_prompts;                         /* boxes per request */
+    const struct srv_everything *everything; /* everything mode's defaults, or NULL: the
+                                                reference's */
 } srv_limits;
 
 /* A parsed request. Free with srv_request_free(). */
@@ -53,6 +59,8 @@ typedef struct srv_request {
     char *task;        /* the task as given, NUL-terminated (malloc'd), or NULL */
     size_t task_len;   /* bytes at task (it passed ad_normalize_task) */
     char *task_norm;   /* ad_normalize_task(task), computed once here (malloc'd), or NULL */
+    int everything;    /* 1: everything mode (`everything`, or a task without prompts) */
+    struct srv_everything *amg; /* its parameters (malloc'd), when everything */
 } srv_request;
 
 /* The engine prompts of a request, built against an image size. */
@@ -98,12 +106,14 @@ void srv_prompts_free(srv_prompts *p);
  * The daemon's one image decode: JPEG or PNG bytes (at most max_pixels
  * pixels) decoded as Pillow's convert("RGB") and resized for the encoder
  * (long side 1024, Pillow's antialiased bilinear). *rgb gets the malloc'd
- * [info->input_h, info->input_w, 3] pixels, *info all four sizes. Returns
- * 0, or -1 with *e naming `image`: 413 over max_pixels, 415 not a JPEG or
- * PNG we decode, 503 out of memory, 400 corrupt or truncated.
+ * [info->input_h, info->input_w, 3] pixels (rgb NULL: no resize), *info all
+ * four sizes; `keep` (may be NULL) gets the decoded image itself (everything
+ * mode's crop layers encode crops of it). Returns 0, or -1 with *e naming
+ * `image`: 413 over max_pixels, 415 not a JPEG or PNG we decode, 503 out of
+ * memory, 400 corrupt or truncated.
  */
 int srv_image_prepare(const uint8_t *bytes, size_t len, int64_t max_pixels, uint8_t **rgb,
-                      eng_sam_imginfo *info, srv_error *e);
+                      eng_sam_imginfo *info, eng_image *keep, srv_error *e);
 void srv_request_free(srv_request *r);
 
 /* 1 when s[0..len) is valid UTF-8 without NUL bytes. */

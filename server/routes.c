@@ -22,6 +22,7 @@
 #include "engine/rle.h"
 #include "engine/sha256.h"
 #include "server/base64.h"
+#include "server/everything.h"
 #include "server/log.h"
 
 static const char *const JSON_TYPE = "application/json";
@@ -484,6 +485,7 @@ void srv_post_free(srv_post *p)
     srv_request_free(&p->req);
     free(p->resized);
     p->resized = NULL;
+    eng_image_free(&p->pixels);
 }
 
 /* Contract: 0 when the request carries the admin token (Authorization:
@@ -565,8 +567,14 @@ int srv_routes_post_prepare(srv_server *srv, srv_route route, const srv_http_in 
         return -1;
     lim.max_points = (int)srv_config_int(srv->cfg, SRV_OPT_MAX_POINTS);
     lim.max_prompts = (int)srv_config_int(srv->cfg, SRV_OPT_MAX_PROMPTS);
-    if (kind != SRV_KIND_ADAPTER_FLUSH &&
-        srv_request_parse(in ? in->content_type : NULL, body, len, kind, &lim, &p->req, e) != 0)
+    /* everything mode's defaults (checked when the option was set) */
+    srv_everything ev_defaults;
+    srv_everything_defaults(srv_config_str(srv->cfg, SRV_OPT_EVERYTHING_DEFAULTS), &ev_defaults, e);
+    lim.everything = &ev_defaults;
+    int bad = kind != SRV_KIND_ADAPTER_FLUSH &&
+              srv_request_parse(in ? in->content_type : NULL, body, len, kind, &lim, &p->req, e);
+    srv_everything_free(&ev_defaults);
+    if (bad)
         return -1;
     if (p->req.has_task && srv_sched_is_ready(srv->sched) && need_hypernet(srv, e))
         return -1;
@@ -587,6 +595,12 @@ int srv_routes_post_prepare(srv_server *srv, srv_route route, const srv_http_in 
         return 0;
     j->multimask = p->req.multimask;
     j->max_pixels = srv_config_int(srv->cfg, SRV_OPT_MAX_PIXELS);
+    /* everything mode's crop layers encode crops of the image itself */
+    int crops = p->req.everything && p->req.amg->p.crop_n_layers > 0;
+    if (crops && !p->req.image)
+        return srv_fail(e, 400, "everything.crop_n_layers",
+                        "crop layers encode crops of the image: send the image itself, not only "
+                        "its image_id (or set crop_n_layers to 0)");
     if (p->req.image) {
         uint8_t d[32];
         double t = srv_now();
@@ -596,9 +610,11 @@ int srv_routes_post_prepare(srv_server *srv, srv_route route, const srv_http_in 
             return -1;
         j->raw = p->req.image;
         j->raw_len = p->req.image_len;
-        if (srv_cache_peek(srv->cache, j->sha, &w, &h) != 0) {
-            if (srv_image_prepare(p->req.image, p->req.image_len, j->max_pixels, &p->resized,
-                                  &j->info, e) != 0)
+        int cached = srv_cache_peek(srv->cache, j->sha, &w, &h) == 0;
+        if (!cached || crops) {
+            if (srv_image_prepare(p->req.image, p->req.image_len, j->max_pixels,
+                                  cached ? NULL : &p->resized, &j->info, crops ? &p->pixels : NULL,
+                                  e) != 0)
                 return -1;
             j->resized = p->resized;
             w = j->info.orig_w;
@@ -615,7 +631,11 @@ int srv_routes_post_prepare(srv_server *srv, srv_route route, const srv_http_in 
     }
     j->info.orig_w = w;
     j->info.orig_h = h;
-    if (kind == SRV_KIND_SEGMENT) {
+    if (p->req.everything) {
+        j->everything = p->req.amg;
+        j->pixels = crops ? &p->pixels : NULL;
+        j->max_mask_bytes = srv_config_int(srv->cfg, SRV_OPT_MAX_MASK_BYTES);
+    } else if (kind == SRV_KIND_SEGMENT) {
         if (srv_request_prompts(&p->req, w, h, &p->prompts, e) != 0)
             return -1;
         double bytes = (double)p->prompts.n * (p->req.multimask ? 3 : 1) * (double)w * (double)h;
@@ -638,60 +658,19 @@ static json_t *mask_json(const srv_job *j, srv_output fmt, int i, int prompt)
     int w = j->info.orig_w, h = j->info.orig_h;
     const uint8_t *mask = j->masks + (size_t)i * (size_t)w * (size_t)h;
     eng_rle rle = {0};
-    char *counts = NULL;
     double bbox[4];
     json_t *o = NULL;
 
-    if (eng_rle_encode(mask, h, w, &rle) != 0 || eng_rle_to_string(&rle, &counts) != 0)
-        goto out;
+    if (eng_rle_encode(mask, h, w, &rle) != 0)
+        return NULL;
     eng_rle_bbox(&rle, bbox);
     o = json_pack("{s:i,s:[f,f,f,f],s:I,s:o,s:o}", "prompt", prompt, "bbox", bbox[0], bbox[1],
                   bbox[2], bbox[3], "area", (json_int_t)eng_rle_area(&rle), "predicted_iou",
                   json_real(j->iou[i]), "stability_score", json_real(j->stability[i]));
-    if (!o)
-        goto out;
-    if (fmt == SRV_OUT_RLE) {
-        json_object_set_new(o, "rle", json_pack("{s:[i,i],s:s}", "size", h, w, "counts", counts));
-    } else if (fmt == SRV_OUT_PNG) {
-        uint8_t *pix = malloc((size_t)w * (size_t)h), *png = NULL;
-        size_t plen = 0;
-        char *b64 = NULL;
-        if (pix) {
-            for (size_t k = 0; k < (size_t)w * (size_t)h; k++)
-                pix[k] = mask[k] ? 255 : 0;
-            if (eng_png_encode(pix, w, h, 1, &png, &plen) == 0)
-                b64 = srv_base64_encode(png, plen);
-        }
-        free(pix);
-        free(png);
-        if (!b64) {
-            json_decref(o);
-            o = NULL;
-            goto out;
-        }
-        json_object_set_new(o, "png", json_string(b64));
-        free(b64);
-    } else {
-        eng_polygons polys = {0};
-        json_t *arr = json_array();
-        if (!arr || eng_mask_polygons(mask, h, w, &polys) != 0) {
-            json_decref(arr);
-            eng_polygons_free(&polys);
-            json_decref(o);
-            o = NULL;
-            goto out;
-        }
-        for (size_t k = 0; k < polys.n; k++) {
-            json_t *pa = json_array();
-            for (size_t v = 0; v < 2 * polys.polys[k].n; v++)
-                json_array_append_new(pa, json_integer(polys.polys[k].xy[v]));
-            json_array_append_new(arr, pa);
-        }
-        eng_polygons_free(&polys);
-        json_object_set_new(o, "polygons", arr);
+    if (o && srv_mask_json_encode(o, mask, &rle, fmt) != 0) {
+        json_decref(o);
+        o = NULL;
     }
-out:
-    free(counts);
     eng_rle_free(&rle);
     return o;
 }
@@ -745,7 +724,27 @@ void srv_routes_post_finish(srv_server *srv, srv_route route, srv_post *p, doubl
                                       srv_adapter_source_name(j->ad_source), "hypernet_id",
                                       j->ad_meta.hypernet_id, "hypernet_version",
                                       j->ad_meta.hypernet_version));
-    if (route == SRV_ROUTE_SEGMENT) {
+    if (route == SRV_ROUTE_SEGMENT && j->everything) {
+        masks = json_array();
+        json_object_set_new(o, "masks", masks);
+        for (size_t i = 0; i < j->amg.n; i++) {
+            json_t *m = srv_everything_mask_json(&j->amg.masks[i], p->req.output);
+            if (!m) {
+                json_decref(o);
+                srv_reply_errorf(out, 500, "", "encoding mask %zu failed: %s", i, eng_last_error());
+                return;
+            }
+            json_array_append_new(masks, m);
+        }
+        const eng_amg_stats *st = &j->amg.stats;
+        json_object_set_new(o, "mode", json_string("everything"));
+        json_object_set_new(o, "everything", srv_everything_params_json(&j->everything->p));
+        json_object_set_new(o, "everything_stats",
+                            json_pack("{s:i,s:I,s:I,s:I,s:I}", "crops", st->crops, "prompts",
+                                      (json_int_t)st->prompts, "upscaled", (json_int_t)st->upscaled,
+                                      "candidates", (json_int_t)st->candidates, "masks",
+                                      (json_int_t)j->amg.n));
+    } else if (route == SRV_ROUTE_SEGMENT) {
         masks = json_array();
         json_object_set_new(o, "masks", masks);
         for (int i = 0; i < j->n_masks; i++) {

@@ -9,6 +9,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "engine/image.h"
 #include "server/metrics.h"
 #include "server/request.h"
 #include "server/scheduler.h"
@@ -55,6 +56,7 @@ typedef struct srv_post {
     srv_request req;     /* parsed body (borrows the connection's body buffer) */
     srv_prompts prompts; /* engine prompts (segment) */
     uint8_t *resized;    /* resized RGB for the encoder, or NULL (owned) */
+    eng_image pixels;    /* the decoded image, kept for everything mode's crop layers (owned) */
     srv_job job;         /* the scheduler job */
     int queued;          /* 1 once submitted */
 } srv_post;

@@ -33,6 +33,7 @@ void srv_job_free_results(srv_job *j)
     j->masks = NULL;
     j->iou = j->stability = NULL;
     j->n_masks = 0;
+    eng_amg_result_free(&j->amg);
 }
 
 int srv_sched_init(srv_sched *s, srv_config *cfg, srv_cache *cache, srv_metrics *m,

@@ -23,6 +23,8 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "engine/amg.h"
+#include "engine/image.h"
 #include "engine/sam.h"
 #include "server/cache.h"
 #include "server/config.h"
@@ -68,11 +70,16 @@ struct srv_job {
     const char *task_norm; /* ad_normalize_task(task), normalised once at parse (borrowed) */
     char adapter_id[65];   /* ad_task_id(task, hypernetwork) computed at submit */
     int multimask;         /* 3 masks per prompt (1) or 1 (0) */
-    int64_t max_pixels;    /* for a decode in the worker */
-    double t_submit;       /* monotonic seconds at submit */
-    double deadline;       /* monotonic seconds; expired jobs get 504 */
-    srv_job_done_fn done;  /* completion callback (see the header comment) */
-    void *done_arg;        /* passed to done */
+    const struct srv_everything *everything; /* segment in everything mode: its parameters
+                                                (borrowed), else NULL */
+    const eng_image *pixels; /* the decoded image, for everything mode's crop layers (borrowed),
+                                or NULL */
+    int64_t max_mask_bytes;  /* everything mode: bound on the RLE of the masks it keeps */
+    int64_t max_pixels;      /* for a decode in the worker */
+    double t_submit;         /* monotonic seconds at submit */
+    double deadline;         /* monotonic seconds; expired jobs get 504 */
+    srv_job_done_fn done;    /* completion callback (see the header comment) */
+    void *done_arg;          /* passed to done */
     /* ---- scheduler-private ---- */
     srv_job *next; /* queue link */
     /* ---- result, valid in done ---- */
@@ -85,6 +92,7 @@ struct srv_job {
     uint8_t *masks;      /* [n_masks, orig_h, orig_w] 0/1 (malloc'd; the submitter frees) */
     float *iou;          /* [n_masks] predicted IoU (malloc'd) */
     float *stability;    /* [n_masks] stability score (malloc'd) */
+    eng_amg_result amg;  /* everything mode: the masks (the submitter frees them with the rest) */
     srv_adapter_source ad_source; /* where the task adapter came from */
     srv_adapter_meta ad_meta;     /* the adapter's metadata (with a task) */
     int64_t flushed_mem;          /* adapter flush: adapters dropped from the device LRU */
@@ -92,7 +100,7 @@ struct srv_job {
     srv_timings t;                /* stage times */
 };
 
-/* Free a job's result buffers (masks, iou, stability). */
+/* Free a job's result buffers (masks, iou, stability, everything mode's masks). */
 void srv_job_free_results(srv_job *j);
 
 /* Model facts for /v1/info, fixed once the model is loaded. */

@@ -10,6 +10,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "engine/amg.h"
 #include "engine/error.h"
 #include "engine/image.h"
 #include "engine/ops.h"
@@ -17,6 +18,7 @@
 #include "hypernet/hypernet.h"
 #include "hypernet/text.h"
 #include "server/adapter_cache.h"
+#include "server/everything.h"
 #include "server/log.h"
 #include "server/scheduler.h"
 
@@ -287,10 +289,88 @@ static void serve_adapter_job(worker *w, srv_job *j)
     finish_ok(s, j);
 }
 
+/* What everything mode's cancel hook looks at. */
+typedef struct ev_watch {
+    srv_sched *s;     /* the scheduler (its stop flags) */
+    const srv_job *j; /* the job (its deadline) */
+} ev_watch;
+
+/* Contract: everything mode's cancel hook: the job's deadline has passed,
+ * or the daemon stops without draining. */
+static int everything_cancel(void *arg)
+{
+    const ev_watch *x = arg;
+    if (x->j->deadline > 0 && srv_now() >= x->j->deadline)
+        return 1;
+    pthread_mutex_lock(&x->s->mu);
+    int quit = x->s->stopping && !x->s->drain;
+    pthread_mutex_unlock(&x->s->mu);
+    return quit;
+}
+
+/*
+ * Contract: answers an everything-mode job from the image's embedding (and
+ * its pixels for crop layers), under the task's adapter when it has a task:
+ * the point grid through the decoder, the generator's filters and NMS, with
+ * the job's deadline checked between decoder passes (504 when it passes);
+ * then completes the job.
+ */
+static void serve_everything(worker *w, srv_job *j, const float *emb)
+{
+    srv_sched *s = w->s;
+    const eng_sam_lora *lora = NULL;
+    if (j->task && adapter_for(w, j, &lora) != 0) {
+        fail_job(s, j);
+        return;
+    }
+    eng_amg_input in = {.image = j->pixels,
+                        .width = j->info.orig_w,
+                        .height = j->info.orig_h,
+                        .embedding = emb,
+                        .key = j->sha,
+                        .lora = lora,
+                        .max_mask_bytes = (size_t)j->max_mask_bytes};
+    ev_watch watch = {s, j};
+    eng_amg_hooks hooks = {.cancel = everything_cancel, .arg = &watch};
+    int rc = eng_amg_run(w->m, &in, &j->everything->p, &hooks, &j->amg);
+    srv_adapter_cache_release(w->ads, lora);
+    const eng_amg_stats *st = &j->amg.stats;
+    j->t.encode += st->encode_ms;
+    j->t.decode_masks = st->decode_ms;
+    j->t.postprocess = st->postprocess_ms + st->nms_ms;
+    srv_hist_observe(&s->metrics->decoder_seconds, j->t.decode_masks * 1e-3);
+    srv_hist_observe(&s->metrics->postprocess_seconds, j->t.postprocess * 1e-3);
+    if (rc == 0) {
+        finish_ok(s, j);
+        return;
+    }
+    eng_amg_result_free(&j->amg);
+    if (rc == ENG_ECANCELED && !(j->deadline > 0 && srv_now() >= j->deadline)) {
+        srv_fail(&j->err, 503, "", "the server is shutting down");
+    } else if (rc == ENG_ECANCELED) {
+        srv_metrics_add(&s->metrics->deadline_expired, 1);
+        srv_fail(&j->err, srv_status_of(rc, SRV_BLAME_INPUT), "everything",
+                 "everything mode did not finish before the request's deadline "
+                 "(request-timeout-ms %lld ms after arrival; %lld of its prompts decoded): lower "
+                 "points_per_side or crop_n_layers",
+                 (long long)srv_config_int(s->cfg, SRV_OPT_REQUEST_TIMEOUT_MS),
+                 (long long)st->prompts);
+    } else {
+        /* the request asked for more than max-mask-bytes (its fault); anything
+         * else is the model's or the device's */
+        int input = rc == ENG_ELIMIT;
+        if (!input)
+            srv_log_error("worker: everything mode on %s failed: %s", j->sha, eng_last_error());
+        srv_fail_eng(&j->err, rc, input ? SRV_BLAME_INPUT : SRV_BLAME_SERVER,
+                     input ? "everything" : "", "everything mode");
+    }
+    fail_job(s, j);
+}
+
 /*
  * Contract: answers one job from an embedding: for segment jobs the decoder
- * and postprocessing (with the task's adapter when it has a task); then
- * completes the job.
+ * and postprocessing (with the task's adapter when it has a task), or
+ * everything mode; then completes the job.
  */
 static void serve(worker *w, srv_job *j, const float *emb, int hit, srv_cache_tier tier)
 {
@@ -302,6 +382,10 @@ static void serve(worker *w, srv_job *j, const float *emb, int hit, srv_cache_ti
 
     j->cache_hit = hit;
     j->tier = tier;
+    if (j->kind == SRV_KIND_SEGMENT && j->everything) {
+        serve_everything(w, j, emb);
+        return;
+    }
     if (j->kind == SRV_KIND_EMBED || !pr) {
         finish_ok(s, j);
         return;
@@ -363,7 +447,7 @@ static int prepare_input(srv_job *j, float *input)
         eng_sam_normalize_pad(j->resized, j->info.input_w, j->info.input_h, input);
         return 0;
     }
-    if (srv_image_prepare(j->raw, j->raw_len, j->max_pixels, &rgb, &j->info, &j->err) != 0)
+    if (srv_image_prepare(j->raw, j->raw_len, j->max_pixels, &rgb, &j->info, NULL, &j->err) != 0)
         return -1;
     eng_sam_normalize_pad(rgb, j->info.input_w, j->info.input_h, input);
     free(rgb);

@@ -2,7 +2,8 @@
  * tests/test_cli.c: `tasam segment` end to end, as a user runs it: the
  * fixture checkpoint in both formats, a fixture prompt case, --dump checked
  * against the reference goldens, --json RLE decoded back to the dumped masks,
- * and the exit status and message of bad invocations.
+ * --everything on every golden_amg_tiny case, and the exit status and
+ * message of bad invocations.
  */
 #include "harness.h"
 
@@ -13,6 +14,7 @@
 #include "engine/ckpt.h"
 #include "engine/error.h"
 #include "engine/rle.h"
+#include "tests/amg_case.h"
 
 static char tasam[4096];
 static char tmpdir[] = "/tmp/tasam-cli-XXXXXX";
@@ -140,6 +142,65 @@ static void test_batch_of_boxes(void)
     check_dump(dump, "boxes4", 3);
 }
 
+/* `tasam segment --everything` with each fixture case's arguments as flags. */
+static void test_everything_cases(void)
+{
+    T_NEED_FIXTURES();
+    T_REQUIRE(access(tasam, X_OK) == 0, "%s not built", tasam);
+    json_t *cases = amg_cases_load();
+    eng_ckpt *golden = NULL;
+    T_REQUIRE(cases && json_array_size(cases) >= 4, "golden_amg_tiny.json: no cases");
+    T_REQUIRE(eng_ckpt_open(&golden, t_fixture("golden_amg_tiny.safetensors")) == 0, "%s",
+              eng_last_error());
+    char ck[4096], img[4096];
+    snprintf(ck, sizeof ck, "%s", t_fixture("sam_tiny.safetensors"));
+    snprintf(img, sizeof img, "%s", t_fixture("images/dog.jpg"));
+    for (size_t i = 0; i < json_array_size(cases); i++) {
+        const json_t *c = json_array_get(cases, i);
+        const char *name = json_string_value(json_object_get(c, "name"));
+        char cmd[32768], out[16384], json[512], flags[4096] = "";
+        const char *k;
+        json_t *v;
+        json_object_foreach(json_object_get(c, "args"), k, v)
+        {
+            char opt[128];
+            size_t n = strlen(flags);
+            snprintf(opt, sizeof opt, "%s", k);
+            for (char *q = opt; *q; q++)
+                *q = *q == '_' ? '-' : *q;
+            snprintf(flags + n, sizeof flags - n, " --%s %.17g", opt, json_number_value(v));
+        }
+        snprintf(json, sizeof json, "%s/everything-%s.json", tmpdir, name);
+        snprintf(cmd, sizeof cmd,
+                 "%s segment --device cpu --checkpoint %s --image %s --everything%s --json %s "
+                 "--png %s/ev-%s",
+                 tasam, ck, img, flags, json, tmpdir, name);
+        int rc = t_run_cmd(cmd, out, sizeof out);
+        T_CHECK(rc == 0 && strstr(out, "everything:"), "%s: exit %d: %s", name, rc, out);
+        json_error_t jerr;
+        json_t *root = json_load_file(json, 0, &jerr);
+        T_CHECK(root, "%s: %s", name, jerr.text);
+        int n = 0;
+        amg_rec *recs = amg_recs_from_json(json_object_get(root, "masks"), &n);
+        T_CHECK(recs, "%s: masks malformed", name);
+        if (recs)
+            amg_case_check(c, golden, recs, n);
+        T_CHECK(!strcmp(json_string_value(json_object_get(root, "mode")) ?: "", "everything") &&
+                    json_integer_value(
+                        json_object_get(json_object_get(root, "everything"), "points_per_side")) ==
+                        json_integer_value(
+                            json_object_get(json_object_get(c, "args"), "points_per_side")),
+                "%s: the parameters are echoed", name);
+        char png[1024];
+        snprintf(png, sizeof png, "%s/ev-%s_overlay.png", tmpdir, name);
+        T_CHECK(access(png, R_OK) == 0, "%s: overlay written", name);
+        amg_recs_free(recs, n);
+        json_decref(root);
+    }
+    eng_ckpt_close(golden);
+    json_decref(cases);
+}
+
 static void test_bad_invocations(void)
 {
     T_REQUIRE(access(tasam, X_OK) == 0, "%s not built", tasam);
@@ -158,6 +219,19 @@ static void test_bad_invocations(void)
         {"segment --image x.jpg --bogus", 2, "unknown option"},
         {"segment --device cpu --checkpoint /nonexistent.pth --image x.jpg", 1, "/nonexistent.pth"},
         {"segment --help", 0, "--checkpoint"},
+        {"segment --help", 0, "--crop-n-points-downscale-factor N"},
+        {"segment --image x.jpg --points-per-side 8", 2, "--points-per-side needs --everything"},
+        {"segment --image x.jpg --everything --points-per-side 0", 2, "--points-per-side: "},
+        {"segment --image x.jpg --everything --points-per-side 129", 2, "[1, 128]"},
+        {"segment --image x.jpg --everything --points-per-batch 300", 2, "--points-per-batch"},
+        {"segment --image x.jpg --everything --pred-iou-thresh x", 2, "expected a number"},
+        {"segment --image x.jpg --everything --crop-overlap-ratio 1", 2, "--crop-overlap-ratio"},
+        {"segment --image x.jpg --everything --point 1,2,1", 2, "drop --point"},
+        {"segment --image x.jpg --everything --single-mask", 2, "--single-mask does not apply"},
+        {"segment --image x.jpg --everything --point-grids /nonexistent.json", 2,
+         "/nonexistent.json"},
+        {"segment --image x.jpg --everything --points-per-side 4 --point-grids g.json", 2,
+         "not both"},
     };
     for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
         snprintf(cmd, sizeof cmd, "%s %s", tasam, cases[i].args);
@@ -192,6 +266,7 @@ int main(int argc, char **argv)
     T_RUN(test_segment_pth);
     T_RUN(test_segment_safetensors);
     T_RUN(test_batch_of_boxes);
+    T_RUN(test_everything_cases);
     T_RUN(test_bad_invocations);
     char cmd[256];
     snprintf(cmd, sizeof cmd, "rm -rf %s", tmpdir);

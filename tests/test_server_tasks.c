@@ -20,7 +20,7 @@ static int g_t_up;                 /* g_t is ready */
 static char g_t_state[PATH_MAX];   /* its state directory */
 static char g_ad_id[65];           /* adapter id of "Segment the dog" under g_hn_random */
 static json_t *g_plain_point;      /* masks of the point request without a task */
-static json_t *g_plain_free;       /* masks of the prompt-free request without a task */
+static json_t *g_plain_free;       /* masks of everything mode without a task */
 
 #define TASK "Segment the dog"
 
@@ -33,19 +33,29 @@ static int write_hypernet(const char *path, uint64_t seed, int random)
     return hn_hypernet_init(path, &cfg, seed, random);
 }
 
+/* Everything mode's defaults for these daemons (a task alone means
+ * everything mode): a 3x3 grid, every mask kept, so that it stays quick on
+ * the CPU; the CLI gets the same as flags. */
+#define EVERYTHING_SMALL                                                                           \
+    "{\"points_per_side\":3,\"pred_iou_thresh\":0,\"stability_score_thresh\":0,"                   \
+    "\"box_nms_thresh\":1}"
+#define EVERYTHING_SMALL_FLAGS                                                                     \
+    "--points-per-side 3 --pred-iou-thresh 0 --stability-score-thresh 0 --box-nms-thresh 1"
+
 static int t_daemon_start(daemon_proc *d, const char *state, const char *hypernet)
 {
     /* --text-model takes what `tasam hypernet init` takes: here "hashed" */
-    const char *args[] = {"--hypernet", hypernet, "--text-model", "hashed", "--admin-token",
-                          "s3cret",     NULL};
+    const char *args[] = {"--hypernet",     hypernet, "--text-model", "hashed", "--admin-token",
+                          "s3cret", "--everything-defaults", EVERYTHING_SMALL, NULL};
     int rc = daemon_start(d, state, 1, args);
     if (rc != 0)
         show_log(d);
     return rc;
 }
 
-/* The point request (one mask) or the prompt-free one (three masks), with
- * `task` when not NULL (the JSON body goes to a temp file). */
+/* The point request (one mask) or one without a prompt (everything mode:
+ * a task alone, or `everything: true` without a task), with `task` when
+ * not NULL (the JSON body goes to a temp file). */
 static json_t *seg(int port, const char *task, int prompt_free, int *status)
 {
     char path[PATH_MAX];
@@ -53,6 +63,8 @@ static json_t *seg(int port, const char *task, int prompt_free, int *status)
                             : json_pack("{s:[[i,i,i]],s:b}", "points", 400, 294, 1, "multimask", 0);
     if (task)
         json_object_set_new(o, "task", json_string(task));
+    else if (prompt_free)
+        json_object_set_new(o, "everything", json_true());
     write_request(path, sizeof path, g_dog_b64, o);
     json_t *r = http_json(port, "POST", "/v1/segment", "application/json", path, NULL, status);
     unlink(path);
@@ -99,7 +111,8 @@ static json_t *cli_segment(const char *hypernet, const char *task, int prompt_fr
              "'%s' segment --checkpoint '%s' --device cpu --image '%s' %s --hypernet '%s' "
              "--task '%s' --json '%s' >'%s' 2>&1",
              g_tasam, t_fixture("sam_tiny.safetensors"), g_dog_path,
-             prompt_free ? "" : "--point 400,294,1 --single-mask", hypernet, task, out, logp);
+             prompt_free ? EVERYTHING_SMALL_FLAGS : "--point 400,294,1 --single-mask", hypernet,
+             task, out, logp);
     if (system(cmd) != 0)
         return NULL;
     char *s = (char *)t_read_file(out, &n);
@@ -167,7 +180,7 @@ static void test_tasks_start(void)
     g_plain_point = seg(g_t.port, NULL, 0, &st);
     T_CHECK(st == 200, "plain point request %d", st);
     g_plain_free = seg(g_t.port, NULL, 1, &st);
-    T_CHECK(st == 200, "plain prompt-free request %d", st);
+    T_CHECK(st == 200, "plain everything request %d", st);
 }
 
 #define NEED_TASKS()                                                                               \
@@ -202,11 +215,12 @@ static void test_tasks_segment(void)
     T_CHECK(same_masks(r1, r2), "the cached adapter gives other masks");
     T_CHECK(g_plain_point && !same_masks(r1, g_plain_point),
             "masks with a random hypernetwork's task equal the masks without a task");
-    /* prompt-free: the adapted decoder's own answer */
+    /* a task alone: everything mode under the adapter (3x3 grid, all kept) */
     json_t *f = seg(g_t.port, TASK, 1, &st);
-    T_CHECK(st == 200 && json_array_size(json_object_get(f, "masks")) == 3, "prompt-free %d", st);
-    T_CHECK(!strcmp(adapter_source(f), "cache-memory"), "prompt-free source %s", adapter_source(f));
-    T_CHECK(g_plain_free && !same_masks(f, g_plain_free), "prompt-free masks unchanged by task");
+    T_CHECK(st == 200 && json_array_size(json_object_get(f, "masks")) == 27, "task alone %d", st);
+    T_CHECK(!strcmp(adapter_source(f), "cache-memory"), "task alone: source %s", adapter_source(f));
+    T_CHECK(g_plain_free && !same_masks(f, g_plain_free),
+            "everything mode unchanged by a random hypernetwork's task");
     /* multipart with a `task` part */
     ts_extra form = {
         .form = {{.name = "image", .file = g_dog_path, .filename = "dog.jpg"},
@@ -231,7 +245,7 @@ static void test_tasks_segment(void)
                 "CLI adapter id");
         json_decref(c);
         c = cli_segment(g_hn_random, TASK, 1);
-        T_CHECK(c && same_masks(f, c), "prompt-free masks differ from the CLI's");
+        T_CHECK(c && same_masks(f, c), "a task alone: masks differ from the CLI's");
         json_decref(c);
     }
     json_decref(r1);
@@ -520,7 +534,7 @@ static void test_tasks_new_hypernet(void)
     json_decref(r);
     r = seg(g_t.port, TASK, 1, &st);
     T_CHECK(st == 200 && g_plain_free && same_masks(r, g_plain_free),
-            "zero hypernet: prompt-free masks changed");
+            "zero hypernet: everything mode changed by a task");
     json_decref(r);
     /* the old rows stay listed, marked not current */
     char url[128];

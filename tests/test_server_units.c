@@ -112,7 +112,7 @@ static void test_config_errors(void)
             "2k");
 }
 
-static const srv_limits LIM = {16, 64};
+static const srv_limits LIM = {16, 64, NULL};
 
 static int parse(const char *json, srv_request *r, srv_error *e)
 {

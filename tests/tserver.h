@@ -104,6 +104,7 @@ typedef struct ts_extra {
     const char *headers; /* header lines, each "Name: value\r\n", or NULL */
     int chunked;         /* 1: send the body with Transfer-Encoding: chunked */
     ts_part form[4];     /* multipart parts (the body), up to the first NULL name */
+    int timeout_s;       /* seconds to wait for the answer (0: 120) */
 } ts_extra;
 
 /*
@@ -111,7 +112,8 @@ typedef struct ts_extra {
  * (clients/http_client.h). `data_file` (may be NULL) is the body with
  * Content-Type `ctype`, or x->form a multipart body. The response lands in
  * *resp (hc_response_free it). Returns the status, or 0 when no response
- * came (connect, send, timeout after 120 s, malformed answer).
+ * came (connect, send, timeout after x->timeout_s or 120 s, malformed
+ * answer).
  */
 static inline int http_full(int port, const char *method, const char *path, const char *ctype,
                             const char *data_file, const ts_extra *x, hc_response *resp)
@@ -154,7 +156,7 @@ static inline int http_full(int port, const char *method, const char *path, cons
                      .body_len = dlen,
                      .chunked = x ? x->chunked : 0};
     if (hc_request_build(&t, &rq, &req, &rl) == 0 &&
-        hc_exchange(&c, &t, req, rl, resp, 120, NULL) == 0)
+        hc_exchange(&c, &t, req, rl, resp, x && x->timeout_s > 0 ? x->timeout_s : 120, NULL) == 0)
         status = resp->status;
 out:
     for (int i = 0; i < 4; i++)
