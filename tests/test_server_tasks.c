@@ -45,8 +45,15 @@ static int write_hypernet(const char *path, uint64_t seed, int random)
 static int t_daemon_start(daemon_proc *d, const char *state, const char *hypernet)
 {
     /* --text-model takes what `tasam hypernet init` takes: here "hashed" */
-    const char *args[] = {"--hypernet",     hypernet, "--text-model", "hashed", "--admin-token",
-                          "s3cret", "--everything-defaults", EVERYTHING_SMALL, NULL};
+    const char *args[] = {"--hypernet",
+                          hypernet,
+                          "--text-model",
+                          "hashed",
+                          "--admin-token",
+                          "s3cret",
+                          "--everything-defaults",
+                          EVERYTHING_SMALL,
+                          NULL};
     int rc = daemon_start(d, state, 1, args);
     if (rc != 0)
         show_log(d);
