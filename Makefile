@@ -63,6 +63,7 @@ ifeq ($(CUDA),auto)
     CUDA_ARCHS ?= $(GPU_ARCHS)
   else
     CUDA := 0
+    CUDA_NOTE := $(if $(NVCC),no NVIDIA GPU here,no nvcc here): the CPU backend only (CUDA=1 builds the CUDA backend anyway)
   endif
 endif
 CUDA_HOME ?= $(patsubst %/bin/nvcc,%,$(NVCC))
@@ -116,10 +117,11 @@ FUZZ_BIN := $(FUZZ_SRC:tests/fuzz/%.c=$(BUILD)/bin/%)
 
 BINS := $(BUILD)/tasam $(BUILD)/tasamd $(BUILD)/tasam-train
 
-.PHONY: all bins deps test test-plain test-san test-tsan cuda-check fuzz fuzz-bins bench bench-cluster clean \
-        run serve format format-check help reference reference-deps
+.PHONY: all bins deps pytools test test-plain test-san test-tsan cuda-check fuzz fuzz-bins bench \
+        bench-cluster clean run serve format format-check help reference reference-deps unicode-tables
 all:
 	@deploy/deps.sh
+	@$(if $(CUDA_NOTE),echo "build: $(CUDA_NOTE)")
 	@$(MAKE) --no-print-directory -j$(JOBS) bins
 
 bins: $(BINS)
@@ -129,6 +131,8 @@ help:
 	@echo "  make              install missing packages, build build/tasam, build/tasamd and"
 	@echo "                    build/tasam-train"
 	@echo "  make deps         install the Debian packages the build and tests need (deploy/deps.sh)"
+	@echo "  make pytools      the pinned PyPI packages tests compare with, in build/venv"
+	@echo "                    (tokenizers, schemathesis; make test runs it)"
 	@echo "  make serve        build, fetch the ViT-H checkpoint if needed, run tasamd in the foreground"
 	@echo "  make run          build, fetch the checkpoint if needed, segment IMAGE at POINTS into out/"
 	@echo "  make test         every test: plain, ASan+UBSan, CUDA compile check, bounded fuzzing"
@@ -141,6 +145,7 @@ help:
 	@echo "  make bench-cluster  rate sweeps of 1 and 3 replicas behind HAProxy (bench/cluster_sweep.sh)"
 	@echo "  make reference    compare with the official PyTorch SAM (installs Debian's torch)"
 	@echo "  make format       clang-format every C/CUDA source; format-check: check only"
+	@echo "  make unicode-tables  regenerate hypernet/unicode_tables.c from Hugging Face tokenizers"
 	@echo "  make clean        remove build/"
 	@echo "variables:"
 	@echo "  CHECKPOINT=$(CHECKPOINT)   SAM checkpoint (.pth or safetensors) for serve/run"
@@ -152,6 +157,17 @@ help:
 
 deps:
 	@deploy/deps.sh
+
+pytools:
+	@deploy/pytools.sh build/venv
+
+# The tokenizer's character data, asked of the tokenizers library itself
+# (hypernet/wordpiece_tables.py); written to a temporary file first so a
+# failure never leaves a half-written table.
+unicode-tables: pytools
+	@build/venv/bin/python3 hypernet/wordpiece_tables.py > build/unicode_tables.c.tmp
+	@mv build/unicode_tables.c.tmp hypernet/unicode_tables.c
+	@echo "hypernet/unicode_tables.c regenerated"
 
 # Objects rebuild when the compiler command line changes (CUDA on/off, SAN,
 # OPT): the stamp is rewritten only when its content differs.
@@ -234,7 +250,7 @@ $(BUILD)/bin/%: $(BUILD)/obj/tests/fuzz/%.o $(LIB)
 # Tests: the plain build, the sanitizer build, the CUDA compile check, then
 # bounded fuzzing. The last line printed is the total "N passed, N failed,
 # N skipped" (tests/summarize.sh).
-test: deps
+test: deps pytools
 	@mkdir -p build
 	@{ $(MAKE) --no-print-directory test-plain; $(MAKE) --no-print-directory test-san; \
 	   $(MAKE) --no-print-directory cuda-check; $(MAKE) --no-print-directory fuzz; } 2>&1 | \
@@ -256,10 +272,23 @@ test-san:
 .PHONY: all-tests-san
 all-tests-san: $(BINS) $(TEST_BIN) $(BUILD)/tests/faultfs.so $(BUILD)/bench/tasam-bench
 
+# The server tests (tests/test_server*.c) under ThreadSanitizer, daemon
+# included. A race stops the process that saw it (halt_on_error) and leaves
+# its report in build/tsan/reports/, printed here and counted as a failure.
+# TASAM_TEST_SLOW gives the tests' daemons the long deadlines an
+# instrumented build needs.
+TSAN_TESTS := $(patsubst tests/%.c,build/tsan/tests/%,$(wildcard tests/test_server*.c))
 test-tsan:
-	@$(MAKE) --no-print-directory -j$(JOBS) TSAN=1 $(BINS) build/tsan/tests/test_server_units \
-	  build/tsan/tests/test_server
-	@TSAN_OPTIONS="halt_on_error=1 second_deadlock_stack=1" tests/run.sh build/tsan tsan || true
+	@$(MAKE) --no-print-directory -j$(JOBS) TSAN=1 all-tests-tsan
+	@rm -rf build/tsan/reports && mkdir -p build/tsan/reports
+	@TASAM_TEST_SLOW=1 TSAN_OPTIONS="halt_on_error=1 second_deadlock_stack=1 \
+	  log_path=$(CURDIR)/build/tsan/reports/tsan" tests/run.sh build/tsan tsan || true
+	@if ls build/tsan/reports/tsan.* >/dev/null 2>&1; then cat build/tsan/reports/tsan.*; \
+	   echo "tsan-races: 0 passed, 1 failed, 0 skipped (reports above)"; \
+	 else echo "tsan-races: 1 passed, 0 failed, 0 skipped (none reported)"; fi
+
+.PHONY: all-tests-tsan
+all-tests-tsan: $(BINS) $(TSAN_TESTS)
 
 # The CUDA sources compiled and linked (library, tasamd, the CUDA tests) for
 # one architecture: what a machine without a GPU can check.
@@ -295,7 +324,8 @@ POINTS ?= 330,330,1
 run:
 	@deploy/deps.sh
 	@$(MAKE) --no-print-directory $(BUILD)/tasam
-	@BUILD=$(BUILD) CHECKPOINT="$(CHECKPOINT)" IMAGE="$(IMAGE)" POINTS="$(POINTS)" deploy/run-example.sh
+	@BUILD=$(BUILD) CHECKPOINT="$(CHECKPOINT)" IMAGE="$(IMAGE)" POINTS="$(POINTS)" \
+	  TASAM_VIA="make run" deploy/run-example.sh
 
 # `make reference`: tasam against the official PyTorch segment-anything on
 # ViT-B-sized random weights and another photo, both checkpoint formats (not
@@ -321,7 +351,7 @@ serve:
 	@deploy/deps.sh
 	@$(MAKE) --no-print-directory $(BUILD)/tasamd
 	@BUILD=$(BUILD) CHECKPOINT="$(CHECKPOINT)" LISTEN="$(LISTEN)" STATE_DIR="$(STATE_DIR)" \
-	  TASAMD_ARGS="$(TASAMD_ARGS)" deploy/serve.sh
+	  TASAMD_ARGS="$(TASAMD_ARGS)" TASAM_VIA="make serve" deploy/serve.sh
 
 # Every C and CUDA source but generated tables follows .clang-format;
 # format-check (part of test-plain) fails on any difference.

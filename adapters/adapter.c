@@ -15,7 +15,11 @@
 #include "engine/error.h"
 #include "engine/sha256.h"
 
-#define AD_T         ENG_SAM_LORA_TARGETS
+#define AD_T ENG_SAM_LORA_TARGETS
+
+/* Every rank a hypernetwork makes must fit the engine's adapters. */
+_Static_assert(HN_MIN_RANK >= 1 && HN_MAX_RANK <= ENG_SAM_LORA_MAX_RANK,
+               "hypernetwork ranks must fit eng_sam_lora_create's");
 #define AD_MAX_ALPHA 1024.0f
 
 /* ------------------------------------------------------------------ */
@@ -404,7 +408,8 @@ static int ad__parse(ad_adapter **out, const eng_ckpt *c, const char *label)
                          label, fv ? fv : "missing");
     long long rank, created;
     int rc;
-    if ((rc = ad__meta_ll(c, "rank", 1, ENG_SAM_LORA_MAX_RANK, label, &rank)) ||
+    /* the ranks a hypernetwork makes (tasam hypernet init takes the same) */
+    if ((rc = ad__meta_ll(c, "rank", HN_MIN_RANK, HN_MAX_RANK, label, &rank)) ||
         (rc = ad__meta_ll(c, "created", 0, (long long)1 << 40, label, &created)))
         return rc;
     const char *sa = eng_ckpt_meta(c, "alpha");

@@ -70,7 +70,7 @@ typedef struct ad_adapter {
     char hypernet_version[HN_NAME_MAX];
     char text_model[HN_NAME_MAX]; /* encoder that embedded the task */
     int64_t created;              /* Unix seconds */
-    int rank;                     /* 1..ENG_SAM_LORA_MAX_RANK */
+    int rank;                     /* HN_MIN_RANK..HN_MAX_RANK, as hypernetworks make */
     float alpha;                  /* scale = alpha / rank */
     int n_targets;                /* adapted layers */
     unsigned char present[ENG_SAM_LORA_TARGETS];

@@ -19,6 +19,8 @@ if [ -f "$fixtures/sam_tiny.safetensors" ]; then
     echo "== everything mode, tiny (fixture), dog.jpg, 16x16 grid"
     "$build/bench/bench_amg" --checkpoint "$fixtures/sam_tiny.safetensors" \
         --image "$fixtures/images/dog.jpg" --points-per-side 16 --reps "${BENCH_REPS_AMG:-3}"
+    echo "== tiny: a sporadic request against back to back (the CPU pool after idle)"
+    "$build/bench/bench_idle" --checkpoint "$fixtures/sam_tiny.safetensors"
 else
     echo "== tiny: fixtures not found at $fixtures (set TASAM_FIXTURES), skipped"
 fi

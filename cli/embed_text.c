@@ -25,16 +25,19 @@
 
 static void embed_usage(FILE *f)
 {
-    fprintf(f, "usage: tasam embed-text [--text-model DIR] [--dump OUT.safetensors] TEXT...\n"
-               "\n"
-               "Embed texts with the task-text encoder and print a summary per text.\n"
-               "\n"
-               "  --text-model DIR   a Hugging Face BERT folder (config.json, vocab.txt,\n"
-               "                     model.safetensors), e.g. models/all-MiniLM-L6-v2\n"
-               "                     (deploy/fetch-text-model.sh fetches it); without it the\n"
-               "                     built-in hashed n-gram embedding is used\n"
-               "  --dim N            width of the hashed embedding (default 384)\n"
-               "  --dump FILE        write input_ids and attention_mask [n, T] (i32; BERT only)\n"
+    fprintf(f,
+            "usage: tasam embed-text [--text-model M] [--dump OUT.safetensors] TEXT...\n"
+            "\n"
+            "Embed texts with the task-text encoder and print a summary per text.\n"
+            "\n"
+            "  --text-model M     the text encoder, as for hypernet init, segment and tasamd:\n"
+            "                     a name looked up as models/NAME (default %s,\n"
+            "                     which deploy/fetch-text-model.sh fetches), a Hugging Face\n"
+            "                     BERT folder (config.json, vocab.txt, model.safetensors),\n"
+            "                     or 'hashed' for the built-in hashed n-gram embedding\n"
+            "  --dim N            width of the hashed embedding (default 384)\n",
+            HN_TEXT_DEFAULT_MODEL);
+    fprintf(f, "  --dump FILE        write input_ids and attention_mask [n, T] (i32; BERT only)\n"
                "                     and embeddings [n, d] (f32) as safetensors\n"
                "  --device D         auto, cpu (default) or cuda\n");
 }
@@ -94,26 +97,20 @@ int cli_cmd_embed_text(int argc, char **argv)
     int32_t *ids = NULL, *mask = NULL, *ntok = calloc((size_t)n, sizeof *ntok);
     if (!lens || !ntok)
         goto out;
-    if (model) {
-        int rc = cli_open_backend(device, "fp32", 0, &be, NULL);
-        if (rc) {
-            status = rc;
-            goto out;
-        }
-        if (hn_text_load(&t, model, be, n < 16 ? n : 16)) {
-            fprintf(stderr, "tasam: %s\n", eng_last_error());
-            goto out;
-        }
-    } else {
-        if (hn_text_create_hashed(&t, dim)) {
-            fprintf(stderr, "tasam: %s\n", eng_last_error());
-            goto out;
-        }
-        fprintf(stderr,
-                "tasam: no --text-model: using the built-in hashed n-gram embedding "
-                "(%d-d); it carries no meaning beyond shared words\n",
-                dim);
+    int rc = cli_open_backend(device, "fp32", 0, &be, NULL);
+    if (rc) {
+        status = rc;
+        goto out;
     }
+    if (hn_text_open(&t, model, dim, be, n < 16 ? n : 16)) {
+        fprintf(stderr, "tasam: %s\n", eng_last_error());
+        goto out;
+    }
+    if (!hn_text_wordpiece(t))
+        fprintf(stderr,
+                "tasam: the built-in hashed n-gram embedding (%d-d); it carries no meaning "
+                "beyond shared words\n",
+                hn_text_dim(t));
     const int d = hn_text_dim(t), L = hn_text_max_len(t);
     int T = 0;
     for (int i = 0; i < n; i++)

@@ -3,7 +3,9 @@
 # testing tasam need, when any is missing (haproxy, wrk and python3-venv are
 # for the fleet and load-tester tests), and kubernetes-validate from PyPI
 # into build/venv-deploy for the manifest check. Safe to run repeatedly:
-# with everything present it only checks. Needs root (or sudo) to install.
+# with everything present it only checks. Installing needs root: it uses
+# sudo when run as another user, and when that is not possible it prints
+# the one command to run and exits 1.
 set -eu
 # The last line is for the tests only: the fleet and load-tester tests
 # (haproxy, wrk), the Python venvs, and the demo page's browser test
@@ -19,15 +21,25 @@ done
 if [ ${#missing[@]} -eq 0 ]; then
     echo "deps: all ${#pkgs[@]} build and test packages are installed"
 else
-    echo "deps: installing ${missing[*]}"
+    install="apt-get update && apt-get install -y --no-install-recommends ${missing[*]}"
+    echo "deps: missing Debian packages: ${missing[*]}"
     sudo=""
     if [ "$(id -u)" -ne 0 ]; then
-        command -v sudo >/dev/null || { echo "deps: need root or sudo to install: ${missing[*]}" >&2; exit 1; }
-        sudo=sudo
+        # sudo -n: fail at once rather than wait for a password nobody types
+        # (a terminal user is asked; a script without one gets the message)
+        if command -v sudo >/dev/null && { [ -t 0 ] || sudo -n true 2>/dev/null; }; then
+            sudo=sudo
+        else
+            echo "deps: installing them needs root; run this as root, then make again:" >&2
+            echo "deps:     $install" >&2
+            exit 1
+        fi
     fi
     export DEBIAN_FRONTEND=noninteractive
-    $sudo apt-get update -qq
-    $sudo apt-get install -y -qq --no-install-recommends "${missing[@]}"
+    if ! $sudo apt-get update -qq || ! $sudo apt-get install -y -qq --no-install-recommends "${missing[@]}"; then
+        echo "deps: apt-get failed (see above); as root, run: $install" >&2
+        exit 1
+    fi
     echo "deps: done"
 fi
 

@@ -924,10 +924,13 @@ int eng_backend_cpu_create(eng_backend **out, int threads)
     return 0;
 }
 
+void eng_cpu_set_spin_us(int us) { eng_parallel_set_spin_us(us); }
+
 #ifndef ENG_HAVE_CUDA
 int eng_backend_cuda_create(eng_backend **out, int device_index, eng_dtype dtype)
 {
     *out = NULL;
-    return eng_error(ENG_EUNSUP, "this build has no CUDA backend (rebuild where nvcc is found)");
+    return eng_error(ENG_EUNSUP, "this build has no CUDA backend (make builds it where nvcc and an "
+                                 "NVIDIA GPU are present; CUDA=1 forces it)");
 }
 #endif

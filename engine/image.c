@@ -502,15 +502,15 @@ int eng_image_decode(const void *buf, size_t len, int64_t max_pixels, eng_image 
         c.len = len;
         rc = png_decode(&c, max_pixels, out);
     } else {
-        const char *what = "unknown";
+        const char *what = "no image signature at its start";
         if (len >= 4 && memcmp(b, "GIF8", 4) == 0)
-            what = "GIF";
+            what = "a GIF";
         else if (len >= 12 && memcmp(b, "RIFF", 4) == 0 && memcmp(b + 8, "WEBP", 4) == 0)
-            what = "WebP";
+            what = "a WebP";
         else if (len >= 2 && b[0] == 'B' && b[1] == 'M')
-            what = "BMP";
+            what = "a BMP";
         else if (len >= 4 && (memcmp(b, "II*", 4) == 0 || memcmp(b, "MM\0*", 4) == 0))
-            what = "TIFF";
+            what = "a TIFF";
         return eng_error(ENG_EUNSUP, "not a JPEG or PNG image (%s)", what);
     }
     if (rc < 0)

@@ -65,6 +65,15 @@ typedef struct eng_ctx {
 
 /* The CPU backend (fp32, OpenBLAS). `threads` <= 0 means all cores. */
 int eng_backend_cpu_create(eng_backend **out, int threads);
+/* How long the CPU backend's idle threads (and a caller waiting for them)
+ * spin before they sleep, in microseconds: spinning spans the short serial
+ * gaps between the parallel loops of one request, each of which would
+ * otherwise wake the threads through the kernel (100 us or more from an
+ * idle core), at the cost of that much CPU time after each request. 0
+ * sleeps at once, for machines whose cores are busy with other work.
+ * Default ENG_CPU_SPIN_US_DEFAULT; any time, from any thread. */
+#define ENG_CPU_SPIN_US_DEFAULT 500
+void eng_cpu_set_spin_us(int us);
 /* The CUDA backend on `device_index`, storage `dtype` (ENG_F32, ENG_F16 or
  * ENG_BF16; ENG_BF16 needs sm_80+). ENG_EUNSUP when built without CUDA,
  * ENG_EDEVICE with a clear message when no usable GPU/driver is present. */

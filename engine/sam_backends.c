@@ -40,7 +40,11 @@ int eng_sam_open_backends(const char *device, const char *precision, int cpu_thr
         }
         if (want_cuda)
             return rc;
-        snprintf(note, note_cap, "no usable GPU (%s); running on the CPU", eng_last_error());
+        /* one statement: why not the GPU, in the engine's words */
+        if (rc == ENG_EUNSUP)
+            snprintf(note, note_cap, "running on the CPU (this build has no CUDA backend)");
+        else
+            snprintf(note, note_cap, "running on the CPU (%s)", eng_last_error());
     }
     if (!autop && dt != ENG_F32 && note_cap && !note[0])
         snprintf(note, note_cap, "the CPU backend computes in fp32 (precision %s ignored)",

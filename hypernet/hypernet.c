@@ -222,7 +222,7 @@ void hn_hypernet_config_default(hn_hypernet_config *cfg)
     cfg->hidden = HN_DEFAULT_HIDDEN;
     cfg->rank = HN_DEFAULT_RANK;
     cfg->alpha = 2.0f * HN_DEFAULT_RANK;
-    snprintf(cfg->text_model, sizeof cfg->text_model, "all-MiniLM-L6-v2");
+    snprintf(cfg->text_model, sizeof cfg->text_model, "%s", HN_TEXT_DEFAULT_MODEL);
     memset(cfg->present, 1, sizeof cfg->present);
 }
 
@@ -1014,34 +1014,16 @@ int hn_config_check_text(const hn_hypernet_config *cfg, const hn_text *t)
     return 0;
 }
 
-int hn_hypernet_open_text(const hn_hypernet *h, const char *dir, eng_backend *be, hn_text **out)
+int hn_hypernet_open_text(const hn_hypernet *h, const char *spec, eng_backend *be, hn_text **out)
 {
-    return hn_config_open_text(&h->cfg, dir, be, out);
+    return hn_config_open_text(&h->cfg, spec, be, out);
 }
 
-int hn_config_open_text(const hn_hypernet_config *cfg, const char *dir, eng_backend *be,
+int hn_config_open_text(const hn_hypernet_config *cfg, const char *spec, eng_backend *be,
                         hn_text **out)
 {
     *out = NULL;
-    int rc;
-    const char *tm = cfg->text_model;
-    if (!dir && !strncmp(tm, "hashed-", 7)) {
-        rc = hn_text_create_hashed(out, cfg->text_dim);
-    } else {
-        char path[4096];
-        if (!dir) {
-            struct stat st;
-            snprintf(path, sizeof path, "models/%s", tm);
-            if (stat(path, &st) != 0 || !S_ISDIR(st.st_mode))
-                return eng_error(ENG_ENOTFOUND,
-                                 "the hypernetwork needs the text model '%s': "
-                                 "give its folder (--text-model DIR), or fetch "
-                                 "all-MiniLM-L6-v2 into models/ with deploy/fetch-text-model.sh",
-                                 tm);
-            dir = path;
-        }
-        rc = hn_text_load(out, dir, be, 1);
-    }
+    int rc = hn_text_open(out, spec && *spec ? spec : cfg->text_model, cfg->text_dim, be, 1);
     if (rc)
         return rc;
     if ((rc = hn_config_check_text(cfg, *out))) {

@@ -221,14 +221,15 @@ void hn_hypernet_text_name(const hn_text *t, char *out, size_t cap);
  * ENG_EINVAL saying what differs: adapters from another encoder would be
  * meaningless and would share cache keys with the right ones. */
 int hn_hypernet_check_text(const hn_hypernet *h, const hn_text *t);
-/* Open the encoder `h` expects: `dir` when given (it must match), else the
- * hashed fallback for "hashed-<dim>", else models/<text_model> if present;
- * otherwise ENG_ENOTFOUND saying how to get it. */
-int hn_hypernet_open_text(const hn_hypernet *h, const char *dir, eng_backend *be, hn_text **out);
+/* Open the encoder `h` expects: `spec` when given (hn_text_open's values:
+ * "hashed", "hashed-D", a folder or a name looked up as models/NAME; it must
+ * match), else the one h names (text_model: "hashed-D" or models/NAME);
+ * ENG_ENOTFOUND saying how to get it, ENG_EINVAL when it does not match. */
+int hn_hypernet_open_text(const hn_hypernet *h, const char *spec, eng_backend *be, hn_text **out);
 /* The same two for a configuration (a trainer holds hn_params, not a
  * loaded hypernetwork). */
 int hn_config_check_text(const hn_hypernet_config *cfg, const hn_text *t);
-int hn_config_open_text(const hn_hypernet_config *cfg, const char *dir, eng_backend *be,
+int hn_config_open_text(const hn_hypernet_config *cfg, const char *spec, eng_backend *be,
                         hn_text **out);
 
 #endif

@@ -734,6 +734,41 @@ int hn_text_create_hashed(hn_text **out, int dim)
     return 0;
 }
 
+int hn_text_open(hn_text **out, const char *spec, int hashed_dim, eng_backend *be, int max_batch)
+{
+    struct stat st;
+    char path[4096];
+    *out = NULL;
+    if (!spec || !*spec)
+        spec = HN_TEXT_DEFAULT_MODEL;
+    if (!strcmp(spec, "hashed"))
+        return hn_text_create_hashed(out, hashed_dim > 0 ? hashed_dim : 384);
+    if (!strncmp(spec, "hashed-", 7)) {
+        char *end;
+        long d = strtol(spec + 7, &end, 10);
+        if (end == spec + 7 || *end || d < 16 || d > 65536)
+            return eng_error(ENG_EINVAL, "text model '%.100s': hashed-D needs D in 16..65536",
+                             spec);
+        return hn_text_create_hashed(out, (int)d);
+    }
+    if (stat(spec, &st) == 0 && S_ISDIR(st.st_mode))
+        return hn_text_load(out, spec, be, max_batch);
+    if (strchr(spec, '/'))
+        return eng_error(ENG_ENOTFOUND, "text model folder %.300s does not exist", spec);
+    snprintf(path, sizeof path, "%s/%.200s", HN_TEXT_MODELS_DIR, spec);
+    if (stat(path, &st) == 0 && S_ISDIR(st.st_mode))
+        return hn_text_load(out, path, be, max_batch);
+    if (!strcmp(spec, HN_TEXT_DEFAULT_MODEL))
+        return eng_error(ENG_ENOTFOUND,
+                         "text model '%s' not found in %s: fetch it with "
+                         "deploy/fetch-text-model.sh, give its folder with --text-model DIR, or "
+                         "use --text-model hashed for the built-in hashed embedding",
+                         spec, path);
+    return eng_error(ENG_ENOTFOUND,
+                     "text model '%.200s' not found in %s: give its folder with --text-model DIR",
+                     spec, path);
+}
+
 /* ---- embed ---- */
 
 /* Prefix the current message with the text's index. */

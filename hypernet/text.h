@@ -10,10 +10,11 @@
  *     uses where no text model is configured (it says so in its log and in
  *     /v1/info through hn_text_describe()).
  *
- * Text is UTF-8. Invalid UTF-8 and NUL bytes are errors (ENG_EINVAL, the
- * message gives the byte offset), so a server can answer 400. Empty text is
- * valid ([CLS] [SEP]). Over-long text is truncated to the model's maximum
- * sequence length.
+ * Text is UTF-8. Invalid UTF-8 is an error (ENG_EINVAL, the message gives
+ * the byte offset), so a server can answer 400; a NUL byte is dropped like
+ * any control character, as BERT's text cleaning does. Empty text is valid
+ * ([CLS] [SEP]). Over-long text is truncated to the model's maximum sequence
+ * length.
  *
  * Threads: hn_text_tokenize and the accessors may run on any thread at once;
  * hn_text_embed uses the handle's workspace and must not run on two threads
@@ -47,14 +48,15 @@ int hn_wordpiece_size(const hn_wordpiece *wp);
 /* The token of `id` (NUL-terminated, borrowed), NULL when out of range. */
 const char *hn_wordpiece_token(const hn_wordpiece *wp, int32_t id);
 
-/* Tokenize `s` (len bytes of UTF-8) as BERT's uncased BasicTokenizer +
- * WordpieceTokenizer do (where BERT's implementations differ, as Hugging
- * Face's tokenizers library, which sentence-transformers runs: see
- * wordpiece.c), into [CLS] tokens [SEP], truncated to
- * `max_len` (>= 2) ids. ids[max_len] receives the ids padded with 0,
- * mask[max_len] 1 for each real token and 0 for padding (mask may be NULL);
- * *n_tokens the number of real tokens, [CLS] and [SEP] included.
- * ENG_EINVAL on invalid UTF-8 or a NUL byte. */
+/* Tokenize `s` (len bytes of UTF-8) as Hugging Face's tokenizers library
+ * does for sentence-transformers (BERT's uncased BasicTokenizer +
+ * WordpieceTokenizer; see wordpiece.c), into [CLS] tokens [SEP], truncated
+ * to `max_len` (>= 2) ids. The special tokens [PAD] [UNK] [CLS] [SEP]
+ * [MASK] written literally in the text (case-sensitive) are their own ids
+ * when the vocabulary holds them. ids[max_len] receives the ids padded with
+ * 0, mask[max_len] 1 for each real token and 0 for padding (mask may be
+ * NULL); *n_tokens the number of real tokens, [CLS] and [SEP] included.
+ * ENG_EINVAL on invalid UTF-8 (a NUL byte is dropped, not an error). */
 int hn_wordpiece_encode(const hn_wordpiece *wp, const char *s, size_t len, int max_len,
                         int32_t *ids, int32_t *mask, int *n_tokens);
 
@@ -80,6 +82,20 @@ int hn_text_load(hn_text **out, const char *dir, eng_backend *be, int max_batch)
  * one of `dim` buckets chosen by FNV-1a, then L2-normalised. Similar wording
  * gives similar vectors; it carries no meaning beyond shared words. */
 int hn_text_create_hashed(hn_text **out, int dim);
+
+/* The text model hypernetworks are made for unless told otherwise, and where
+ * a name is looked up: models/NAME (deploy/fetch-text-model.sh fills
+ * models/all-MiniLM-L6-v2). */
+#define HN_TEXT_DEFAULT_MODEL "all-MiniLM-L6-v2"
+#define HN_TEXT_MODELS_DIR    "models"
+
+/* Open a text encoder from what a user writes after --text-model (`tasam
+ * hypernet init`, `segment`, `embed-text` and `tasamd` all take the same
+ * values): "hashed" (the built-in fallback, hashed_dim wide: 384 when <= 0)
+ * or "hashed-D"; a folder (hn_text_load); a name without '/', looked up as
+ * HN_TEXT_MODELS_DIR/NAME. NULL or "" means HN_TEXT_DEFAULT_MODEL.
+ * ENG_ENOTFOUND names the folder it looked for and how to get it. */
+int hn_text_open(hn_text **out, const char *spec, int hashed_dim, eng_backend *be, int max_batch);
 
 void hn_text_destroy(hn_text *t);
 

@@ -1,26 +1,33 @@
 /*
- * hypernet/wordpiece.c: BERT's uncased tokenizer (BasicTokenizer with
- * do_lower_case, then WordpieceTokenizer), character for character:
+ * hypernet/wordpiece.c: BERT's uncased tokenizer as Hugging Face's
+ * tokenizers library runs it for sentence-transformers (the special tokens,
+ * BertNormalizer, BertPreTokenizer, WordPiece, [CLS] ... [SEP]), character
+ * for character:
  *
- *   1. clean: drop NUL, U+FFFD and control characters (category C* other
- *      than \t \n \r); whitespace becomes a separator;
+ *   0. the special tokens [PAD] [UNK] [CLS] [SEP] [MASK] written literally in
+ *      the text (case-sensitive, anywhere, as the library's added tokens are
+ *      matched before normalisation) are their own ids;
+ *   1. clean: drop NUL, U+FFFD and control characters (Cc other than
+ *      \t \n \r, Cf, Co); whitespace becomes a separator;
  *   2. every CJK ideograph becomes a word of its own;
- *   3. split on whitespace; for each piece: lower-case, then NFD with the
- *      nonspacing marks (Mn) dropped, then split off every punctuation
- *      character as a word of its own;
+ *   3. split on whitespace; for each piece: NFD with the nonspacing marks
+ *      (Mn) dropped, then lower-case each character, then split off every
+ *      punctuation character as a word of its own;
  *   4. WordPiece each word: greedy longest match first, continuation pieces
  *      spelled "##...", a word over 100 characters or one that cannot be
  *      pieced is [UNK].
  *
- * Where BERT's implementations disagree, this follows Hugging Face's
- * tokenizers library, which sentence-transformers runs and so the one the
- * real model is used with: "control" is Cc, Cf and Co (original BERT: Cc, Cf;
- * transformers' Python tokenizer: all of C*), and lower-casing is per
- * character (CPython's str.lower() turns a word-final capital sigma into
- * U+03C2). Everything else agrees between them and with this file.
+ * Where BERT's implementations disagree this follows the tokenizers library,
+ * the one the real model is used with: "control" is Cc, Cf and Co (original
+ * BERT: Cc, Cf; transformers' Python tokenizer: all of C*), accents are
+ * stripped before lower-casing, lower-casing is per character (CPython's
+ * str.lower() turns a word-final capital sigma into U+03C2), a NUL byte is
+ * dropped, and every character class is the library's own, older Unicode
+ * data (its CJK Extension E starts at U+2B920, not U+2B820).
  *
- * The Unicode data comes from hypernet/unicode_tables.c (generated from
- * Python's unicodedata; see wordpiece_unicode.h).
+ * The character data comes from hypernet/unicode_tables.c, generated from
+ * the library itself (see wordpiece_unicode.h); tests/test_tokenizer_hf.c
+ * compares this file with it on every code point.
  *
  * Cost: linear in the input for steps 1-3 and at most (longest vocabulary
  * entry) lookups per character for step 4; work stops once max_len tokens
@@ -39,6 +46,15 @@
 #define WP_MAX_VOCAB_BYTES (64u << 20)
 #define WP_MAX_VOCAB_IDS   (1 << 24)
 #define WP_MAX_TOKEN_BYTES 1024 /* longer vocabulary lines can never match a word */
+#define WP_N_SPECIAL       5
+/* Cleaned-text entries at or above this stand for special token k (a code
+ * point never reaches it). */
+#define WP_SPECIAL_BASE 0x110000u
+
+/* The tokens sentence-transformers' tokenizer.json lists as special added
+ * tokens (matched in the raw text when the vocabulary holds them). */
+static const char *const wp__special_names[WP_N_SPECIAL] = {"[PAD]", "[UNK]", "[CLS]", "[SEP]",
+                                                            "[MASK]"};
 
 struct hn_wordpiece {
     char *blob;       /* the vocabulary, each line NUL-terminated in place */
@@ -49,6 +65,7 @@ struct hn_wordpiece {
     uint32_t cap;     /* power of two, at least 2n */
     size_t max_bytes; /* longest token, in bytes (bounds the lookups) */
     int32_t unk, cls, sep;
+    int32_t special[WP_N_SPECIAL]; /* ids of wp__special[] (-1: not in the vocabulary) */
 };
 
 /* ---- Unicode helpers (shared with text.c through wordpiece_unicode.h) ---- */
@@ -85,15 +102,10 @@ uint32_t hn__ulower_cp(uint32_t cp)
     return cp;
 }
 
-int hn__cjk(uint32_t cp)
-{
-    /* The blocks BERT's _is_chinese_char lists (not every CJK script: Hangul
-     * and kana are written with spaces and are left to WordPiece). */
-    return (cp >= 0x4E00 && cp <= 0x9FFF) || (cp >= 0x3400 && cp <= 0x4DBF) ||
-           (cp >= 0x20000 && cp <= 0x2A6DF) || (cp >= 0x2A700 && cp <= 0x2B73F) ||
-           (cp >= 0x2B740 && cp <= 0x2B81F) || (cp >= 0x2B820 && cp <= 0x2CEAF) ||
-           (cp >= 0xF900 && cp <= 0xFAFF) || (cp >= 0x2F800 && cp <= 0x2FA1F);
-}
+/* The blocks BERT's _is_chinese_char lists, as the tokenizers library spells
+ * them (not every CJK script: Hangul and kana are written with spaces and
+ * are left to WordPiece). */
+int hn__cjk(uint32_t cp) { return (hn__uflags(cp) & HN__U_CJK) != 0; }
 
 /* Canonical decomposition of cp into d[4]; returns its length (1: none). */
 static int wp__nfd(uint32_t cp, uint32_t d[4])
@@ -135,8 +147,6 @@ int hn__utf8_decode(const char *s, size_t len, uint32_t *cps, size_t *n_out)
     while (i < len) {
         uint32_t c = p[i], min;
         int extra;
-        if (c == 0)
-            return eng_error(ENG_EINVAL, "text has a NUL byte at offset %zu", i);
         if (c < 0x80) {
             if (cps)
                 cps[n] = c;
@@ -319,6 +329,8 @@ int hn_wordpiece_create(hn_wordpiece **out, const char *vocab, size_t len, const
     wp->unk = wp__find(wp, "[UNK]", 5);
     wp->cls = wp__find(wp, "[CLS]", 5);
     wp->sep = wp__find(wp, "[SEP]", 5);
+    for (int k = 0; k < WP_N_SPECIAL; k++)
+        wp->special[k] = wp__find(wp, wp__special_names[k], strlen(wp__special_names[k]));
     if (wp->unk < 0 || wp->cls < 0 || wp->sep < 0) {
         rc = eng_error(ENG_EFORMAT,
                        "%s: no %s token (a BERT vocab.txt has [PAD], [UNK], [CLS], "
@@ -436,7 +448,7 @@ static void wp__word(const hn_wordpiece *wp, const uint32_t *w, int n, wp__out *
 }
 
 /* Normalise one whitespace-delimited piece t[0..n) (cleaned text) into
- * words: lower-case, NFD minus Mn, split at punctuation. nb/cc are scratch of
+ * words: NFD minus Mn, lower-case, split at punctuation. nb/cc are scratch of
  * 4n entries. */
 static void wp__piece(const hn_wordpiece *wp, const uint32_t *t, size_t n, uint32_t *nb,
                       uint8_t *cc, wp__out *o)
@@ -444,12 +456,8 @@ static void wp__piece(const hn_wordpiece *wp, const uint32_t *t, size_t n, uint3
     size_t m = 0;         /* normalised characters so far */
     size_t run_start = 0; /* first index after the last starter: reorder bound */
     for (size_t k = 0; k < n; k++) {
-        /* Lower-case one character at a time, as the tokenizers library
-         * does (so a capital sigma always becomes U+03C3: str.lower()'s
-         * word-final U+03C2 is not applied). */
-        uint32_t lc = hn__ulower_cp(t[k]);
         uint32_t d[4];
-        int nd = wp__nfd(lc, d);
+        int nd = wp__nfd(t[k], d);
         for (int i = 0; i < nd; i++) {
             const hn__uprop *p = wp__prop(d[i]);
             if (p->flags & HN__U_MN) {
@@ -468,7 +476,12 @@ static void wp__piece(const hn_wordpiece *wp, const uint32_t *t, size_t n, uint3
                     nb[j] = nb[j - 1];
                     cc[j] = cc[j - 1];
                 }
-            nb[j] = d[i];
+            /* Lower-cased after NFD and accent stripping, one character at a
+             * time, as the tokenizers library does (a capital sigma always
+             * becomes U+03C3: str.lower()'s word-final U+03C2 is not
+             * applied; a lower-case form is not decomposed again). The
+             * order is by the class of the character NFD gave. */
+            nb[j] = hn__ulower_cp(d[i]);
             cc[j] = p->ccc;
             m++;
             if (!p->ccc)
@@ -489,6 +502,20 @@ static void wp__piece(const hn_wordpiece *wp, const uint32_t *t, size_t n, uint3
         wp__word(wp, nb + w0, (int)(m - w0), o);
 }
 
+/* The special token (index into wp__special_names) spelled at s[0..left), or
+ * -1. Matching is on the raw bytes, case-sensitive, as the tokenizers
+ * library matches added tokens that are not normalised; none of the names
+ * is a prefix of another, so the first match is the longest. */
+static int wp__special_at(const hn_wordpiece *wp, const char *s, size_t left)
+{
+    for (int k = 0; k < WP_N_SPECIAL; k++) {
+        size_t n = strlen(wp__special_names[k]);
+        if (wp->special[k] >= 0 && n <= left && memcmp(s, wp__special_names[k], n) == 0)
+            return k;
+    }
+    return -1;
+}
+
 int hn_wordpiece_encode(const hn_wordpiece *wp, const char *s, size_t len, int max_len,
                         int32_t *ids, int32_t *mask, int *n_tokens)
 {
@@ -501,8 +528,9 @@ int hn_wordpiece_encode(const hn_wordpiece *wp, const char *s, size_t len, int m
     if (rc)
         return rc;
 
-    /* Cleaned text: separators as ' ', each CJK ideograph between two. At
-     * most one entry per input byte (a CJK ideograph takes 3 or 4 bytes). */
+    /* Cleaned text: separators as ' ', each CJK ideograph and each special
+     * token (WP_SPECIAL_BASE + k) between two. At most one entry per input
+     * byte (a CJK ideograph takes 3 or 4 bytes, a special token 5 or 6). */
     uint32_t *cl = malloc((len + 1) * sizeof *cl);
     uint32_t *nb = NULL;
     uint8_t *cc = NULL;
@@ -514,6 +542,15 @@ int hn_wordpiece_encode(const hn_wordpiece *wp, const char *s, size_t len, int m
         size_t i = 0;
         while (i < len) {
             uint32_t c = p[i];
+            int k = c == '[' ? wp__special_at(wp, s + i, len - i) : -1;
+            if (k >= 0) {
+                cl[ncl++] = ' ';
+                cl[ncl++] = WP_SPECIAL_BASE + (uint32_t)k;
+                cl[ncl++] = ' ';
+                cur = 0;
+                i += strlen(wp__special_names[k]);
+                continue;
+            }
             int extra = c < 0x80 ? 0 : c < 0xE0 ? 1 : c < 0xF0 ? 2 : 3;
             c &= extra == 0 ? 0x7F : extra == 1 ? 0x1F : extra == 2 ? 0x0F : 0x07;
             for (int k = 1; k <= extra; k++)
@@ -553,6 +590,11 @@ int hn_wordpiece_encode(const hn_wordpiece *wp, const char *s, size_t len, int m
     ids[0] = wp->cls;
     for (size_t i = 0; i < ncl && o.n < o.limit;) {
         if (cl[i] == ' ') {
+            i++;
+            continue;
+        }
+        if (cl[i] >= WP_SPECIAL_BASE) {
+            ids[1 + o.n++] = wp->special[cl[i] - WP_SPECIAL_BASE];
             i++;
             continue;
         }

@@ -12,6 +12,16 @@
 #include "engine/error.h"
 #include "server/log.h"
 
+/* server/cache.h spells these limits without the adapter and hypernetwork
+ * headers; they must stay what those headers say. */
+_Static_assert(SRV_TASK_MAX == AD_TASK_MAX, "SRV_TASK_MAX must equal AD_TASK_MAX");
+_Static_assert(sizeof(((srv_adapter_meta *)0)->id) == AD_ID_LEN + 1, "adapter id size");
+_Static_assert(sizeof(((srv_adapter_meta *)0)->hypernet_id) == HN_ID_LEN + 1,
+               "hypernetwork id size");
+_Static_assert(sizeof(((srv_adapter_meta *)0)->hypernet_version) >= HN_NAME_MAX &&
+                   sizeof(((srv_adapter_meta *)0)->text_model) >= HN_NAME_MAX,
+               "hypernetwork version and text model names fit");
+
 /* One entry of the memory tier. */
 typedef struct ad_slot {
     char id[65];           /* adapter id ("" when empty) */

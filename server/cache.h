@@ -11,7 +11,7 @@
  * mode, STATE_DIR/cache.db, keyed by (image sha256, model id, precision),
  * with a CRC-32 over every blob checked on read, a byte budget and LRU
  * eviction by last use. Schema and migrations: schema/cache.sql (kept
- * identical to cache_migrations[] in cache_db.c).
+ * identical to cache_migrations[] in cache_db.c; a unit test compares them).
  *
  * Disk I/O: reads run on two read connections; every write (insert with
  * its evictions, last-use bumps, deletions) is queued for one writer
@@ -160,7 +160,8 @@ const char *srv_cache_path(const srv_cache *c);
  * these; writes are queued for the writer thread like the embeddings'.
  */
 
-/* Task text limit in bytes (AD_TASK_MAX). */
+/* Task text limit in bytes: AD_TASK_MAX (adapters/adapter.h), which this
+ * header does not include; server/adapter_cache.c asserts they agree. */
 #define SRV_TASK_MAX 1000
 
 /* One adapter row's metadata. */

@@ -32,7 +32,7 @@ static const char *const log_choices[] = {"error", "warn", "info", "debug", NULL
 #define GiB (1024LL * 1024 * 1024)
 
 /* The table. Order must match srv_opt_id. */
-static const srv_opt_def opt_table[SRV_OPT_COUNT] = {
+static const srv_opt_def opt_table[] = {
     {"config", SRV_T_STRING, "", 0, 0, NULL, 0, SRV_PRIVATE,
      "config file of `name = value` lines (# comments); re-read on SIGHUP"},
     {"checkpoint", SRV_T_STRING, "", 0, 0, NULL, 0, SRV_PRIVATE,
@@ -55,6 +55,9 @@ static const srv_opt_def opt_table[SRV_OPT_COUNT] = {
      "auto, fp32, fp16 or bf16 (CPU runs fp32 only)"},
     {"cpu-threads", SRV_T_INT, "0", 0, 1024, NULL, 0, 0,
      "threads of the CPU backend (0: all cores)"},
+    {"cpu-spin-us", SRV_T_INT, "500", 0, 100000, NULL, 0, 0,
+     "microseconds the CPU backend's idle threads spin before they sleep, so that a request's "
+     "short parallel loops find them awake (0: sleep at once, for cores busy with other work)"},
     {"admin-token", SRV_T_STRING, "", 0, 0, NULL, 1, SRV_SECRET,
      "bearer token for /admin routes (prefer admin-token-file)"},
     {"admin-token-file", SRV_T_STRING, "", 0, 0, NULL, 1, SRV_PRIVATE,
@@ -106,8 +109,8 @@ static const srv_opt_def opt_table[SRV_OPT_COUNT] = {
      "hypernetwork file (tasam hypernet init) that turns `task` text into LoRA adapters; "
      "without it `task` answers 501"},
     {"text-model", SRV_T_STRING, "", 0, 0, NULL, 0, SRV_PRIVATE,
-     "text encoder folder for --hypernet (default: what the hypernetwork names: the hashed "
-     "fallback, or models/NAME)"},
+     "text encoder for --hypernet, as tasam hypernet init takes it: 'hashed', a name (looked up "
+     "as models/NAME) or a folder (default: what the hypernetwork names)"},
     {"adapter-slots", SRV_T_INT, "16", 0, 4096, NULL, 0, 0,
      "task adapters kept ready on the device in an LRU in front of the disk cache"},
     {"adapter-cache-bytes", SRV_T_BYTES, "256MiB", 0, 1024 * GiB, NULL, 1, 0,
@@ -166,6 +169,10 @@ static const srv_opt_def opt_table[SRV_OPT_COUNT] = {
      "a kept-alive connection with nothing to do is closed after this long"},
     {"log-level", SRV_T_ENUM, "info", 0, 0, log_choices, 1, 0, "error, warn, info or debug"},
 };
+
+/* one row per srv_opt_id, in its order */
+_Static_assert(sizeof opt_table / sizeof opt_table[0] == SRV_OPT_COUNT,
+               "opt_table needs a row for every srv_opt_id");
 
 int srv_config_instance_valid(const char *s, int empty_ok)
 {

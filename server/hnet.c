@@ -13,6 +13,12 @@
 #include "server/hypernet_swap.h"
 #include "server/log.h"
 
+/* srv_hn_info (hypernet_swap.h) holds these without the hypernetwork header */
+_Static_assert(sizeof(((srv_hn_info *)0)->id) == HN_ID_LEN + 1, "hypernetwork id size");
+_Static_assert(sizeof(((srv_hn_info *)0)->version) >= HN_NAME_MAX &&
+                   sizeof(((srv_hn_info *)0)->text_model) >= HN_NAME_MAX,
+               "hypernetwork version and text model names fit");
+
 /* A text encoder shared by the versions that name it (worker only). */
 typedef struct hn_text_ref {
     hn_text *t;    /* owned */

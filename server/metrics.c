@@ -13,18 +13,27 @@ static const double latency_bounds[] = {0.001, 0.0025, 0.005, 0.01, 0.025, 0.05,
                                         0.25,  0.5,    1,     2.5,  5,     10,   30};
 static const double batch_bounds[] = {1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 48, 64};
 
-static const int tracked_codes[SRV_METRIC_CODES] = {200, 202, 400, 401, 403, 404, 405, 408,
-                                                    409, 411, 413, 414, 415, 429, 431, 499,
-                                                    500, 501, 503, 504, 505, 0};
+static const int tracked_codes[] = {200, 202, 400, 401, 403, 404, 405, 408, 409, 411, 413,
+                                    414, 415, 429, 431, 499, 500, 501, 503, 504, 505, 0};
 
-static const char *const route_names[SRV_ROUTE_COUNT] = {
-    "segment",       "embeddings_post", "embeddings_get",
-    "healthz",       "readyz",          "metrics",
-    "info",          "admin",           "adapters",
-    "adapters_post", "adapter_get",     "adapter_weights",
-    "web",           "other",           "train_post",
-    "train_list",    "train_get",       "train_cancel",
-    "train_log",     "hypernet_get",    "hypernet_rollback"};
+/* by srv_route, in its order */
+static const char *const route_names[] = {"segment",       "embeddings_post", "embeddings_get",
+                                          "healthz",       "readyz",          "metrics",
+                                          "info",          "admin",           "adapters",
+                                          "adapters_post", "adapter_get",     "adapter_weights",
+                                          "web",           "other",           "train_post",
+                                          "train_list",    "train_get",       "train_cancel",
+                                          "train_log",     "hypernet_get",    "hypernet_rollback"};
+
+/* The tables above mirror metrics.h's sizes: a route or a status slot added
+ * there without its entry here must not compile. */
+_Static_assert(sizeof tracked_codes / sizeof tracked_codes[0] == SRV_METRIC_CODES,
+               "tracked_codes needs SRV_METRIC_CODES entries");
+_Static_assert(sizeof route_names / sizeof route_names[0] == SRV_ROUTE_COUNT,
+               "route_names needs a name for every srv_route");
+_Static_assert(sizeof latency_bounds / sizeof latency_bounds[0] <= SRV_HIST_MAX_BUCKETS &&
+                   sizeof batch_bounds / sizeof batch_bounds[0] <= SRV_HIST_MAX_BUCKETS,
+               "a histogram has at most SRV_HIST_MAX_BUCKETS bounds");
 
 const char *srv_route_name(srv_route r)
 {

@@ -61,6 +61,7 @@ static int make_backend(worker *w)
     int dev = (int)srv_config_int(cfg, SRV_OPT_DEVICE);
     int prec = (int)srv_config_int(cfg, SRV_OPT_PRECISION);
     char note[512];
+    eng_cpu_set_spin_us((int)srv_config_int(cfg, SRV_OPT_CPU_SPIN_US));
     int rc =
         eng_sam_open_backends(devs[dev], precs[prec], (int)srv_config_int(cfg, SRV_OPT_CPU_THREADS),
                               &w->be, &w->dbe, note, sizeof note);

@@ -6,7 +6,7 @@
 set -u
 log=${1:?usage: tests/summarize.sh LOG}
 stages="plain format sanitizers cuda-compile fuzz"
-pat='^(plain|format|sanitizers|cuda-compile|fuzz|tsan): [0-9]+ passed, [0-9]+ failed, [0-9]+ skipped'
+pat='^(plain|format|sanitizers|cuda-compile|fuzz|tsan|tsan-races): [0-9]+ passed, [0-9]+ failed, [0-9]+ skipped'
 read -r p f s < <(grep -E "$pat" "$log" |
     sed -E 's/^[a-z-]+: ([0-9]+) passed, ([0-9]+) failed, ([0-9]+) skipped.*$/\1 \2 \3/' |
     awk '{p+=$1; f+=$2; s+=$3} END {print p+0, f+0, s+0}')

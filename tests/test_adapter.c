@@ -528,6 +528,9 @@ static void test_hostile_adapters(void)
         {F_TASK_NUL, "4", "empty task", "task"},
         {F_NONE, "0", "rank 0", "rank"},
         {F_NONE, "99", "rank 99", "rank"},
+        /* consistent files, but ranks no hypernetwork makes (hypernet init: 2..8) */
+        {F_NONE, "1", "rank 1", "rank"},
+        {F_NONE, "9", "rank 9", "rank"},
         {F_NONE, "4x", "rank 4x", "rank"},
         {F_NONE, "2", "rank 2 metadata, rank 4 tensors", ""},
     };

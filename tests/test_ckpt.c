@@ -722,6 +722,44 @@ static void test_hostile_pickles(void)
     PK_END();
     expect_pickle_fails(&p, "stackglobal.pth", "forbidden global 'builtins.eval'");
 
+    /* The allow-list is exact: module and name both, never "anything under
+     * torch". Each of these must be refused by name, as a GLOBAL and as a
+     * STACK_GLOBAL, even though the rest of the pickle is a valid call. */
+    static const char *const near[][2] = {
+        {"torch", "load"},
+        {"torch.hub", "load"},
+        {"torch._utils", "evil"},
+        {"torchvision", "x"},
+        {"torch._utils", "_rebuild_tensor"},
+        {"torch", "Storage"},
+        {"torch.serialization", "_load"},
+        {"torch", "FloatStorage_"},
+    };
+    for (size_t i = 0; i < sizeof near / sizeof near[0]; i++) {
+        char want[128];
+        snprintf(want, sizeof want, "forbidden global '%s.%s'", near[i][0], near[i][1]);
+        for (int stack = 0; stack <= 1; stack++) {
+            PK_BEGIN();
+            pk_str(&p, "x");
+            if (stack) {
+                tb_u8(&p, 0x8c);
+                tb_u8(&p, (uint8_t)strlen(near[i][0]));
+                tb_str(&p, near[i][0]);
+                tb_u8(&p, 0x8c);
+                tb_u8(&p, (uint8_t)strlen(near[i][1]));
+                tb_str(&p, near[i][1]);
+                tb_u8(&p, 0x93);
+            } else {
+                pk_global(&p, near[i][0], near[i][1]);
+            }
+            pk_str(&p, "/etc/passwd");
+            tb_u8(&p, 0x85);
+            tb_u8(&p, 'R');
+            PK_END();
+            expect_pickle_fails(&p, stack ? "stack_near.pth" : "near.pth", want);
+        }
+    }
+
     PK_BEGIN();
     pk_str(&p, "x");
     tb_u8(&p, 0xff);

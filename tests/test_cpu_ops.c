@@ -4,12 +4,18 @@
  * test_cuda_ops). GELU against libm's erf. Bilinear resize: PyTorch's
  * F.interpolate(mode="bilinear", align_corners=False) written out per output pixel; the backend's
  * separable, row-cached version must give the same bits, for upscales,
- * downscales, crops, several channels and output bands.
+ * downscales, crops, several channels and output bands. Binarize on the
+ * signed zeros and the values next to its thresholds (tests/binarize_case.h).
  */
 #include "harness.h"
 
+#include <pthread.h>
+#include <time.h>
+
 #include "engine/error.h"
 #include "engine/ops.h"
+#include "engine/parallel.h"
+#include "tests/binarize_case.h"
 
 static uint64_t rng = 0x9E3779B97F4A7C15ull;
 static float frand(void)
@@ -146,9 +152,96 @@ static void test_gelu(void)
     eng_backend_destroy(be);
 }
 
+static void test_binarize(void)
+{
+    eng_backend *be = NULL;
+    char why[256];
+    T_REQUIRE(eng_backend_cpu_create(&be, 1) == 0, "%s", eng_last_error());
+    T_CHECK(t_binarize_case(be, nextafterf(1.0f, 2.0f), why, sizeof why) == 0, "cpu: %s", why);
+    eng_backend_destroy(be);
+}
+
+/* The pool: every item of every job is handled exactly once, by a worker
+ * index in range, whether the workers are spinning (jobs back to back) or
+ * asleep (a pause longer than the spin, or no spin at all), and with jobs
+ * from two threads at once (they are serialised). */
+typedef struct {
+    int *hits; /* [n] */
+    int bad_worker;
+} pool_job;
+
+static void pool_range(void *arg, int64_t i0, int64_t i1)
+{
+    pool_job *j = arg;
+    for (int64_t i = i0; i < i1; i++)
+        __atomic_fetch_add(&j->hits[i], 1, __ATOMIC_RELAXED);
+}
+
+static void pool_task(void *arg, int64_t i0, int64_t i1, int worker)
+{
+    pool_job *j = arg;
+    if (worker < 0 || worker >= eng_parallel_threads())
+        __atomic_store_n(&j->bad_worker, 1, __ATOMIC_RELAXED);
+    pool_range(arg, i0, i1);
+}
+
+/* Contract: runs `rounds` jobs of n items, sleeping pause_us between
+ * them; returns the number of items not hit exactly once per job. */
+static int pool_rounds(int rounds, int n, int pause_us, int *bad_worker)
+{
+    int *hits = calloc((size_t)n, sizeof *hits), wrong = 0;
+    pool_job j = {hits, 0};
+    for (int r = 0; r < rounds; r++) {
+        if (r % 2)
+            eng_parallel_for(n, 1, pool_range, &j);
+        else
+            eng_parallel_run(n, pool_task, &j);
+        if (pause_us)
+            nanosleep(&(struct timespec){0, pause_us * 1000L}, NULL);
+    }
+    for (int i = 0; i < n; i++)
+        wrong += hits[i] != rounds;
+    *bad_worker |= j.bad_worker;
+    free(hits);
+    return wrong;
+}
+
+static void *pool_thread(void *arg)
+{
+    int *wrong = arg, bad = 0;
+    *wrong = pool_rounds(2000, 97, 0, &bad) + bad;
+    return NULL;
+}
+
+static void test_parallel_pool(void)
+{
+    int bad = 0;
+    eng_backend *be = NULL;
+    T_REQUIRE(eng_backend_cpu_create(&be, 0) == 0, "%s", eng_last_error());
+    T_CHECK(pool_rounds(5000, 1000, 0, &bad) == 0, "back to back: items missed or repeated");
+    /* 5 ms pauses: past the spin, so every job wakes sleeping workers */
+    T_CHECK(pool_rounds(20, 1000, 5000, &bad) == 0, "after pauses: items missed or repeated");
+    T_CHECK(pool_rounds(200, 3, 0, &bad) == 0, "fewer items than workers");
+    /* no spinning at all: every job wakes sleeping workers */
+    eng_cpu_set_spin_us(0);
+    T_CHECK(pool_rounds(2000, 1000, 0, &bad) == 0, "without spinning: items missed or repeated");
+    eng_cpu_set_spin_us(ENG_CPU_SPIN_US_DEFAULT);
+    pthread_t th;
+    int wrong_th = -1;
+    T_REQUIRE(pthread_create(&th, NULL, pool_thread, &wrong_th) == 0, "thread");
+    int wrong_main = pool_rounds(2000, 89, 0, &bad);
+    pthread_join(th, NULL);
+    T_CHECK(wrong_main == 0 && wrong_th == 0, "two callers at once: %d and %d items wrong",
+            wrong_main, wrong_th);
+    T_CHECK(!bad, "a worker index out of range");
+    eng_backend_destroy(be);
+}
+
 int main(void)
 {
     T_RUN(test_resize_bilinear);
     T_RUN(test_gelu);
+    T_RUN(test_binarize);
+    T_RUN(test_parallel_pool);
     return t_summary("test_cpu_ops");
 }

@@ -5,7 +5,8 @@
  * over random inputs: SAM's real shapes (ViT-H qkv/MLP GEMMs, 14x14 window
  * and 64x64 global attention with the rel-pos bias, the decoder's small
  * attentions, the neck and patch-embed convolutions, the decoder's
- * transposed convolutions, the postprocess resize) and odd sizes that miss
+ * transposed convolutions, the postprocess resize, binarize's thresholds
+ * on signed zeros and neighbouring values) and odd sizes that miss
  * every vector and tile path. Outputs are poisoned with NaN before each GPU
  * run so an unwritten element fails. The error is normalised:
  *   err = ||gpu - cpu||_2 / ||cpu||_2
@@ -17,6 +18,7 @@
 
 #include "engine/error.h"
 #include "engine/ops.h"
+#include "tests/binarize_case.h"
 
 /* The GPU sides: each storage dtype with the native kernels, and fp16 with
  * the sm_75 (T4) kernel set (TASAM_CUDA_KERNELS=sm75, compute_75 PTX
@@ -731,6 +733,24 @@ static void test_resize(void)
     }
 }
 
+/* ---- binarize: hand-computed, per storage dtype ---- */
+
+static void test_binarize(void)
+{
+    char why[256];
+    NEED_GPU();
+    for (int d = 0; d < N_DT; d++) {
+        if (!gpu[d])
+            continue;
+        /* the smallest value above 1 the storage holds (8 and 11 significant
+         * bits for bf16 and fp16) */
+        float a = dts[d] == ENG_BF16  ? 1.0f + 0x1p-7f
+                  : dts[d] == ENG_F16 ? 1.0f + 0x1p-10f
+                                      : nextafterf(1.0f, 2.0f);
+        T_CHECK(t_binarize_case(gpu[d], a, why, sizeof why) == 0, "%s: %s", dt_names[d], why);
+    }
+}
+
 /* ---- errors ---- */
 
 static void test_errors(void)
@@ -814,6 +834,7 @@ int main(void)
     T_RUN(test_gemm_classes);
     T_RUN(test_windows);
     T_RUN(test_resize);
+    T_RUN(test_binarize);
     T_RUN(test_errors);
     for (int d = 0; d < N_DT; d++) {
         if (gpu[d])

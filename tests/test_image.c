@@ -436,6 +436,32 @@ static void test_resize_properties(void)
     T_CHECK(eng_resize_bilinear_aa(one, -1, 1, dst, 1, 1) == ENG_EINVAL, "negative width accepted");
 }
 
+/* The antialias width, computed by hand from the formula of
+ * engine/image_resize.c: 8 -> 2 samples is scale 4, so the triangle is 4
+ * samples wide on each side (support 4), not 1. Output 0 (center 2) reads
+ * sources 0..5 with weights tri((i - 1.5) / 4) = .625 .875 .875 .625 .375
+ * .125 over 3.5; output 1 (center 6) sources 2..7, the same weights
+ * reversed. An impulse of 255 at source 5 gives 255 * .125 / 3.5 = 9.1 -> 9
+ * and 255 * .875 / 3.5 = 63.75 -> 64 (after the 22-bit fixed point), one at
+ * 0 gives 255 * .625 / 3.5 = 45.5 -> 46 and 0, one at 7 gives 0 and 46.
+ * Pillow 13's Image.resize((2, 1), BILINEAR) gives the same. Without the
+ * widening (support 1) output 0 would average sources 1 and 2: all 0. Both
+ * axes (8x1 -> 2x1 and 1x8 -> 1x2). */
+static void test_resize_antialias_width(void)
+{
+    static const uint8_t want[6] = {9, 46, 0, 64, 0, 46};
+    uint8_t src[8 * 3] = {0}, dst[6];
+    src[5 * 3 + 0] = 255;
+    src[0 * 3 + 1] = 255;
+    src[7 * 3 + 2] = 255;
+    T_REQUIRE(eng_resize_bilinear_aa(src, 8, 1, dst, 2, 1) == 0, "%s", eng_last_error());
+    T_CHECK(memcmp(dst, want, 6) == 0, "8x1 -> 2x1: %d %d %d | %d %d %d", dst[0], dst[1], dst[2],
+            dst[3], dst[4], dst[5]);
+    T_REQUIRE(eng_resize_bilinear_aa(src, 1, 8, dst, 1, 2) == 0, "%s", eng_last_error());
+    T_CHECK(memcmp(dst, want, 6) == 0, "1x8 -> 1x2: %d %d %d | %d %d %d", dst[0], dst[1], dst[2],
+            dst[3], dst[4], dst[5]);
+}
+
 /* Pillow 13 runs the vertical pass first when the height shrinks by more
  * than twice as many pixels as the width (12 -> 3 vs 5 -> 4 here). The
  * expected bytes are Pillow 13's Image.resize((4, 3), BILINEAR) of this
@@ -1088,6 +1114,7 @@ int main(void)
     T_RUN(test_resize_shape);
     T_RUN(test_resize_check);
     T_RUN(test_resize_properties);
+    T_RUN(test_resize_antialias_width);
     T_RUN(test_resize_pass_order);
     T_RUN(test_png_roundtrip);
     T_RUN(test_png_write_and_load);

@@ -2,11 +2,16 @@
  * tests/test_lora.c: LoRA adapters on the mask decoder (engine side): a zero
  * adapter is plain SAM exactly, a random one changes the masks
  * deterministically, merged and unmerged application agree, a batch mixing
- * adapters equals separate calls, also on a resident embedding. Uses the fixture `tiny` model and
- * the golden embedding of images/dog.jpg.
+ * adapters equals separate calls, also on a resident embedding, the scale is
+ * applied once, and adapted logits match the training fixture's PyTorch
+ * reference. Uses the fixture `tiny` model and the golden embedding of
+ * images/dog.jpg.
  */
 #include "harness.h"
 
+#include <jansson.h>
+
+#include "adapters/adapter.h"
 #include "engine/ckpt.h"
 #include "engine/error.h"
 #include "engine/ops.h"
@@ -242,6 +247,182 @@ static void test_adapters_on_resident_embedding(void)
     free(plain), free(with), free(got);
 }
 
+/* create(scale = s, A, B) computes what create(scale = 1, A, s B) does, for
+ * s != 1 (2.5 here), merged and unmerged: a scale applied twice, or not at
+ * all, on either path breaks the identity. */
+static void test_scale_is_applied_once(void)
+{
+    T_NEED_FIXTURES();
+    T_REQUIRE(model && emb, "setup failed");
+    const eng_sam_lora_target *tt = eng_sam_lora_targets();
+    const float s = 2.5f;
+    factors f, fs;
+    make_factors(&f, 4, 0.3f, 0.3f, 31, 0);
+    make_factors(&fs, 4, 0.3f, 0.3f, 31, 0);
+    for (int t = 0; t < ENG_SAM_LORA_TARGETS; t++)
+        for (int k = 0; k < 4 * tt[t].out; k++)
+            fs.B[t][k] *= s;
+    float *l0 = malloc(LR * 4), *l1 = malloc(LR * 4), *l2 = malloc(LR * 4);
+    float iou0[3], iou1[3], iou2[3];
+    T_REQUIRE(l0 && l1 && l2, "malloc");
+    T_CHECK(decode(NULL, iou0, l0) == 0, "%s", eng_last_error());
+    for (int merged = 0; merged <= 1; merged++) {
+        eng_sam_lora *a = NULL, *b = NULL;
+        T_REQUIRE(eng_sam_lora_create(model, 4, s, (const float *const *)f.A,
+                                      (const float *const *)f.B, merged, &a) == 0 &&
+                      eng_sam_lora_create(model, 4, 1.0f, (const float *const *)fs.A,
+                                          (const float *const *)fs.B, merged, &b) == 0,
+                  "%s", eng_last_error());
+        T_CHECK(decode(a, iou1, l1) == 0 && decode(b, iou2, l2) == 0, "%s", eng_last_error());
+        double d = t_max_abs_diff(l1, l2, LR, NULL), change = t_max_abs_diff(l0, l1, LR, NULL);
+        printf("  %s: scale 2.5 vs 2.5 B: max diff %.2g (the adapter moves logits by %.2f)\n",
+               merged ? "merged" : "unmerged", d, change);
+        T_CHECK(change > 0.1, "%s: the adapter barely changed the logits (%g)",
+                merged ? "merged" : "unmerged", change);
+        T_CHECK(d <= 1e-4 && t_max_abs_diff(iou1, iou2, 3, NULL) <= 1e-5,
+                "%s: scale s and s B disagree: logits %g", merged ? "merged" : "unmerged", d);
+        eng_sam_lora_destroy(model, a);
+        eng_sam_lora_destroy(model, b);
+    }
+    free_factors(&f);
+    free_factors(&fs);
+    free(l0), free(l1), free(l2);
+}
+
+/* Factors of every adapted layer of one training-fixture case, as f32. */
+static int fixture_factors(eng_ckpt *g, const char *cs, float **A, float **B, int *n_adapted)
+{
+    const eng_sam_lora_target *tt = eng_sam_lora_targets();
+    char name[192];
+    *n_adapted = 0;
+    for (int t = 0; t < ENG_SAM_LORA_TARGETS; t++) {
+        A[t] = B[t] = NULL;
+        snprintf(name, sizeof name, "%s.%s.lora_A", cs, tt[t].name);
+        const eng_ckpt_tensor *a = eng_ckpt_find(g, name);
+        snprintf(name, sizeof name, "%s.%s.lora_B", cs, tt[t].name);
+        const eng_ckpt_tensor *b = eng_ckpt_find(g, name);
+        if (!a && !b)
+            continue;
+        if (!a || !b || a->numel != 4 * tt[t].in || b->numel != 4 * tt[t].out)
+            return -1;
+        A[t] = malloc((size_t)a->numel * sizeof(float));
+        B[t] = malloc((size_t)b->numel * sizeof(float));
+        if (!A[t] || !B[t] || eng_ckpt_read_f32(g, a, A[t]) || eng_ckpt_read_f32(g, b, B[t]))
+            return -1;
+        (*n_adapted)++;
+    }
+    return 0;
+}
+
+/*
+ * The adapted decoder against an independent reference: the training
+ * fixture's low_res_logits and iou_predictions (PyTorch, float64, the
+ * official decoder with y = x W^T + b + scale (x A^T) B^T, rank 4, alpha 8,
+ * scale 2) for its five prompts, every layer or only the attention layers
+ * adapted. Through the engine (eng_sam_lora_create with scale 2, merged and
+ * unmerged) and through the adapter (ad_adapter_to_lora from alpha 8 and
+ * rank 4), so a scale of (alpha/r)^2 or 1 in either place fails.
+ */
+static void test_fixture_adapted_logits(void)
+{
+    T_NEED_FIXTURES();
+    T_REQUIRE(model, "setup failed");
+    static const char *const cases[] = {"pos_point", "pos_points_box", "neg_point", "attn_only",
+                                        "target_mask2"};
+    json_t *js = json_load_file(t_fixture("golden_train_tiny.json"), 0, NULL);
+    eng_ckpt *g = NULL;
+    T_REQUIRE(js && eng_ckpt_open(&g, t_fixture("golden_train_tiny.safetensors")) == 0,
+              "training fixture: %s", eng_last_error());
+    T_CHECK(json_integer_value(json_object_get(js, "rank")) == 4 &&
+                json_number_value(json_object_get(js, "alpha")) == 8.0,
+            "the fixture is rank 4, alpha 8");
+    float *temb = malloc(ENG_SAM_EMB_FLOATS * sizeof(float));
+    float *want = malloc(LR * sizeof(float)), *got = malloc(LR * sizeof(float));
+    T_REQUIRE(temb && want && got, "malloc");
+    const eng_ckpt_tensor *te = eng_ckpt_find(g, "image_embedding");
+    T_REQUIRE(te && te->numel == ENG_SAM_EMB_FLOATS && eng_ckpt_read_f32(g, te, temb) == 0,
+              "image_embedding");
+    json_t *jc = json_object_get(js, "cases");
+    for (size_t c = 0; c < sizeof cases / sizeof cases[0]; c++) {
+        const char *cs = cases[c];
+        json_t *pr = NULL, *v;
+        size_t i;
+        json_array_foreach(jc, i, v) if (!strcmp(json_string_value(json_object_get(v, "name")), cs))
+            pr = json_object_get(v, "prompt");
+        T_REQUIRE(pr, "%s: no prompt in the JSON", cs);
+        float cpts[8];
+        int clab[4], np = (int)json_array_size(json_object_get(pr, "points"));
+        T_REQUIRE(np >= 1 && np <= 4, "%s: %d points", cs, np);
+        eng_sam_prompt p = {.n_points = np, .points = cpts, .labels = clab};
+        for (int k = 0; k < np; k++) {
+            json_t *pt = json_array_get(json_object_get(pr, "points"), (size_t)k);
+            cpts[2 * k] = (float)json_number_value(json_array_get(pt, 0));
+            cpts[2 * k + 1] = (float)json_number_value(json_array_get(pt, 1));
+            clab[k] = (int)json_integer_value(json_array_get(json_object_get(pr, "labels"), k));
+        }
+        if ((v = json_object_get(pr, "box"))) {
+            p.has_box = 1;
+            for (int k = 0; k < 4; k++)
+                p.box[k] = (float)json_number_value(json_array_get(v, (size_t)k));
+        }
+        char name[96];
+        double wiou[3];
+        snprintf(name, sizeof name, "%s.low_res_logits", cs);
+        const eng_ckpt_tensor *tl = eng_ckpt_find(g, name);
+        snprintf(name, sizeof name, "%s.iou_predictions", cs);
+        const eng_ckpt_tensor *ti = eng_ckpt_find(g, name);
+        T_REQUIRE(tl && tl->numel == LR && eng_ckpt_read_f32(g, tl, want) == 0 && ti &&
+                      ti->numel == 3,
+                  "%s: reference logits", cs);
+        memcpy(wiou, ti->data, sizeof wiou);
+
+        float *A[ENG_SAM_LORA_TARGETS], *B[ENG_SAM_LORA_TARGETS], iou[3];
+        int n_adapted = 0;
+        T_CHECK(fixture_factors(g, cs, A, B, &n_adapted) == 0 &&
+                    n_adapted == (strcmp(cs, "attn_only") ? ENG_SAM_LORA_TARGETS : 28),
+                "%s: %d adapted layers", cs, n_adapted);
+        /* plain SAM is far from the reference: the adapter matters here */
+        p.lora = NULL;
+        T_CHECK(eng_sam_decode(model, temb, &info, &p, 1, 1, iou, got) == 0, "%s",
+                eng_last_error());
+        double plain = t_max_abs_diff(got, want, LR, NULL);
+        T_CHECK(plain > 0.05, "%s: the fixture's adapter changes the logits by only %g", cs, plain);
+        ad_adapter ad = {.rank = 4, .alpha = 8.0f};
+        memcpy(ad.A, A, sizeof A);
+        memcpy(ad.B, B, sizeof B);
+        T_CHECK(ad_adapter_scale(&ad) == 2.0f, "adapter scale %g, want alpha / rank = 2",
+                (double)ad_adapter_scale(&ad));
+        for (int way = 0; way < 3; way++) {
+            eng_sam_lora *l = NULL;
+            int rc = way < 2 ? eng_sam_lora_create(model, 4, 2.0f, (const float *const *)A,
+                                                   (const float *const *)B, way, &l)
+                             : ad_adapter_to_lora(&ad, model, 0, &l);
+            T_CHECK(rc == 0, "%s: %s", cs, eng_last_error());
+            p.lora = l;
+            T_CHECK(l && eng_sam_decode(model, temb, &info, &p, 1, 1, iou, got) == 0, "%s: %s", cs,
+                    eng_last_error());
+            size_t worst = 0;
+            double d = t_max_abs_diff(got, want, LR, &worst), di = 0;
+            for (int k = 0; k < 3; k++)
+                di = fmax(di, fabs(iou[k] - wiou[k]));
+            const char *how = way == 0 ? "unmerged" : way == 1 ? "merged" : "ad_adapter_to_lora";
+            printf("  %s, %s: logits max |diff| %.2g (plain SAM %.2g), IoU %.2g\n", cs, how, d,
+                   plain, di);
+            T_CHECK(d <= 2e-3, "%s, %s: logits max |diff| %g at %zu: %g vs %g", cs, how, d, worst,
+                    got[worst], want[worst]);
+            T_CHECK(di <= 1e-3, "%s, %s: IoU max |diff| %g", cs, how, di);
+            eng_sam_lora_destroy(model, l);
+        }
+        for (int t = 0; t < ENG_SAM_LORA_TARGETS; t++) {
+            free(A[t]);
+            free(B[t]);
+        }
+    }
+    free(temb), free(want), free(got);
+    eng_ckpt_close(g);
+    json_decref(js);
+}
+
 static void test_bad_adapters(void)
 {
     T_NEED_FIXTURES();
@@ -279,6 +460,8 @@ int main(void)
     T_RUN(test_random_adapter_changes_and_merge_agrees);
     T_RUN(test_mixed_batch_equals_separate_calls);
     T_RUN(test_adapters_on_resident_embedding);
+    T_RUN(test_scale_is_applied_once);
+    T_RUN(test_fixture_adapted_logits);
     T_RUN(test_bad_adapters);
     free(emb);
     eng_sam_destroy(model);

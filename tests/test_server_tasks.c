@@ -38,9 +38,16 @@ static const ts_extra g_admin = {.headers = "Authorization: Bearer s3cret\r\n"};
 
 static int t_daemon_start(daemon_proc *d, const char *state, const char *hypernet)
 {
-    const char *args[] = {
-        "--hypernet",     hypernet, "--admin-token", "s3cret", "--everything-defaults",
-        EVERYTHING_SMALL, NULL};
+    /* --text-model takes what `tasam hypernet init` takes: here "hashed" */
+    const char *args[] = {"--hypernet",
+                          hypernet,
+                          "--text-model",
+                          "hashed",
+                          "--admin-token",
+                          "s3cret",
+                          "--everything-defaults",
+                          EVERYTHING_SMALL,
+                          NULL};
     int rc = daemon_start(d, state, 1, args);
     if (rc != 0)
         show_log(d);
@@ -106,6 +113,19 @@ static void test_tasks_start(void)
         char *s = (char *)t_read_file(logp, &n);
         T_CHECK(WIFEXITED(rc) && WEXITSTATUS(rc) == 1 && s && memmem(s, n, "hypernetwork", 12),
                 "a bad --hypernet: exit %d", WIFEXITED(rc) ? WEXITSTATUS(rc) : -1);
+        free(s);
+        /* a text model name that is not in models/ stops it too, saying where it looked */
+        snprintf(cmd, sizeof cmd,
+                 "timeout 60 '%s' --checkpoint '%s' --device cpu --listen 127.0.0.1:0 "
+                 "--state-dir '%s/state-badtm' --hypernet '%s' --text-model no-such-model "
+                 ">'%s' 2>&1",
+                 g_tasamd, t_fixture("sam_tiny.safetensors"), g_tmp, g_hn_zero, logp);
+        rc = system(cmd);
+        s = (char *)t_read_file(logp, &n);
+        T_CHECK(WIFEXITED(rc) && WEXITSTATUS(rc) == 1 && s &&
+                    memmem(s, n, "models/no-such-model", 20),
+                "--text-model no-such-model: exit %d: %.*s", WIFEXITED(rc) ? WEXITSTATUS(rc) : -1,
+                s ? (int)n : 0, s ? s : "");
         free(s);
     }
     T_REQUIRE(t_daemon_start(&g_t, g_t_state, g_hn_random) == 0, "start with --hypernet");

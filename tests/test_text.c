@@ -4,6 +4,7 @@
  * hostile model folders. */
 #include <dirent.h>
 #include <jansson.h>
+#include <limits.h>
 #include <unistd.h>
 
 #include "engine/ckpt.h"
@@ -274,7 +275,6 @@ static void test_wordpiece_bad_utf8(void)
         const char *s;
         size_t n;
     } bad[] = {
-        {"ab\0c", 4},            /* NUL */
         {"\x80", 1},             /* lone continuation */
         {"a\xc0\x80", 3},        /* overlong NUL */
         {"\xe0\x80\xaf", 3},     /* overlong '/' */
@@ -298,6 +298,9 @@ static void test_wordpiece_bad_utf8(void)
     T_CHECK(hn_wordpiece_encode(wp, "\xf4\x8f\xbf\xbf \xef\xbf\xbd", 8, 16, ids, NULL, &n) == 0 &&
                 n == 3 && ids[1] == 1,
             "U+10FFFF is [UNK], U+FFFD dropped");
+    /* NUL is dropped as BERT's text cleaning drops control characters */
+    T_CHECK(hn_wordpiece_encode(wp, "ab\0c", 4, 16, ids, NULL, &n) == 0 && n == 3 && ids[1] == 11,
+            "\"ab\\0c\" is \"abc\": n %d id %d", n, ids[1]);
     hn_wordpiece_destroy(wp);
 }
 
@@ -488,11 +491,12 @@ static void test_hostile_text(void)
     T_CHECK(rc == ENG_EINVAL && strstr(eng_last_error(), "text 1:") &&
                 strstr(eng_last_error(), "UTF-8"),
             "invalid UTF-8: rc %d, %s", rc, eng_last_error());
-    const char *nul[1] = {"a\0b"};
-    size_t nl[1] = {3};
-    rc = hn_text_embed(t, nul, nl, 1, e);
-    T_CHECK(rc == ENG_EINVAL && strstr(eng_last_error(), "NUL"), "NUL: rc %d, %s", rc,
-            eng_last_error());
+    /* a NUL byte is dropped like other control characters: "a\0b" is "ab" */
+    const char *nul[2] = {"a\0b", "ab"};
+    size_t nl[2] = {3, 2};
+    rc = hn_text_embed(t, nul, nl, 2, e);
+    T_CHECK(rc == 0 && t_max_abs_diff(e, e + TINY_H, TINY_H, NULL) == 0, "NUL: rc %d, %s", rc,
+            rc ? eng_last_error() : "embeddings differ");
     /* a good call after the errors still works */
     T_CHECK(hn_text_embed(t, bad, bl, 1, e) == 0, "after errors: %s", eng_last_error());
 
@@ -746,6 +750,53 @@ static void test_bad_weights(void)
     remove_dir(dir);
 }
 
+/* What --text-model takes (hn_text_open): hashed, hashed-D, a folder, a
+ * name looked up as models/NAME (from a temporary working directory with
+ * models/tiny -> the fixture), and the errors for the others. */
+static void test_text_open(void)
+{
+    T_NEED_FIXTURES();
+    eng_backend *be = NULL;
+    hn_text *t = NULL;
+    char cwd[PATH_MAX], dir[] = "/tmp/tasam-textopen-XXXXXX", abs_tiny[PATH_MAX], link[PATH_MAX];
+    T_REQUIRE(eng_backend_cpu_create(&be, 1) == 0 && getcwd(cwd, sizeof cwd), "setup");
+    T_CHECK(hn_text_open(&t, "hashed", 0, be, 1) == 0 && !hn_text_wordpiece(t) &&
+                hn_text_dim(t) == 384,
+            "hashed: %s", eng_last_error());
+    hn_text_destroy(t);
+    T_CHECK(hn_text_open(&t, "hashed", 96, be, 1) == 0 && hn_text_dim(t) == 96, "hashed, 96");
+    hn_text_destroy(t);
+    T_CHECK(hn_text_open(&t, "hashed-64", 384, be, 1) == 0 && hn_text_dim(t) == 64, "hashed-64");
+    hn_text_destroy(t);
+    T_CHECK(hn_text_open(&t, "hashed-8", 0, be, 1) == ENG_EINVAL && !t, "hashed-8 refused");
+    T_CHECK(hn_text_open(&t, tiny_model(), 0, be, 1) == 0 && hn_text_wordpiece(t) &&
+                hn_text_dim(t) == TINY_H,
+            "folder: %s", eng_last_error());
+    hn_text_destroy(t);
+    T_CHECK(hn_text_open(&t, "no/such/dir", 0, be, 1) == ENG_ENOTFOUND && !t &&
+                strstr(eng_last_error(), "no/such/dir"),
+            "missing folder: %s", eng_last_error());
+    T_REQUIRE(realpath(tiny_model(), abs_tiny) && mkdtemp(dir), "temp dir");
+    snprintf(link, sizeof link, "%s/models", dir);
+    T_REQUIRE(mkdir(link, 0755) == 0, "mkdir");
+    snprintf(link, sizeof link, "%s/models/tiny", dir);
+    T_REQUIRE(symlink(abs_tiny, link) == 0 && chdir(dir) == 0, "symlink");
+    T_CHECK(hn_text_open(&t, "tiny", 0, be, 1) == 0 && hn_text_dim(t) == TINY_H,
+            "a name from models/: %s", eng_last_error());
+    hn_text_destroy(t);
+    T_CHECK(hn_text_open(&t, NULL, 0, be, 1) == ENG_ENOTFOUND &&
+                strstr(eng_last_error(), "models/" HN_TEXT_DEFAULT_MODEL) &&
+                strstr(eng_last_error(), "deploy/fetch-text-model.sh") &&
+                strstr(eng_last_error(), "--text-model"),
+            "the default, absent: %s", eng_last_error());
+    T_CHECK(chdir(cwd) == 0, "chdir back");
+    unlink(link);
+    snprintf(link, sizeof link, "%s/models", dir);
+    rmdir(link);
+    rmdir(dir);
+    eng_backend_destroy(be);
+}
+
 int main(void)
 {
     T_RUN(test_wordpiece_basics);
@@ -758,6 +809,7 @@ int main(void)
     T_RUN(test_batch_equals_singles);
     T_RUN(test_hostile_text);
     T_RUN(test_hashed);
+    T_RUN(test_text_open);
     T_RUN(test_bad_folders);
     T_RUN(test_bad_weights);
     return t_summary("test_text");

@@ -251,6 +251,12 @@ static inline int daemon_start(daemon_proc *d, const char *state, int wait_ready
     argv[n++] = state;
     argv[n++] = "--device";
     argv[n++] = "cpu";
+    /* an instrumented build (make test-tsan) runs the model 10-20 times
+     * slower: deadlines to match, before the test's own options (which win) */
+    if (getenv("TASAM_TEST_SLOW")) {
+        argv[n++] = "--request-timeout-ms";
+        argv[n++] = "600000";
+    }
     for (int i = 0; args && args[i] && n < 62; i++)
         argv[n++] = args[i];
     argv[n] = NULL;
@@ -441,7 +447,94 @@ static inline json_t *case_request(const json_t *c)
     return o;
 }
 
-/* Check a segment response against the goldens of case `name`. */
+/* PyTorch's F.interpolate(mode="bilinear", align_corners=False) source
+ * index for output o of `out` samples from `in`, written out here so the
+ * reference below shares no code with the engine. */
+static inline void ref_src(int in, int out, int o, int *i0, int *i1, float *l)
+{
+    float src = (float)in / (float)out * ((float)o + 0.5f) - 0.5f;
+    if (src < 0)
+        src = 0;
+    int i = (int)src;
+    if (i > in - 1)
+        i = in - 1;
+    *i0 = i;
+    *i1 = i < in - 1 ? i + 1 : i;
+    *l = src - (float)i;
+}
+
+/* One bilinear resize of the top-left ch x cw crop of x (row stride xw) to
+ * oh x ow. */
+static inline void ref_resize(float *y, int oh, int ow, const float *x, int xw, int ch, int cw)
+{
+    for (int r = 0; r < oh; r++) {
+        int a0, a1, b0, b1;
+        float ly, lx;
+        ref_src(ch, oh, r, &a0, &a1, &ly);
+        for (int c = 0; c < ow; c++) {
+            ref_src(cw, ow, c, &b0, &b1, &lx);
+            float top = (1 - lx) * x[a0 * xw + b0] + lx * x[a0 * xw + b1];
+            float bot = (1 - lx) * x[a1 * xw + b0] + lx * x[a1 * xw + b1];
+            y[r * ow + c] = (1 - ly) * top + ly * bot;
+        }
+    }
+}
+
+/* Reference values of golden mask k of case `name` (dog.jpg, 800x534
+ * resized to 1024x684): the predicted IoU from CASE.iou_predictions, and
+ * SAM's stability score from CASE.low_res_logits, upscaled as the
+ * reference's postprocess_masks does (bilinear to 1024x1024, crop to
+ * 684x1024, bilinear to 534x800) and counted as
+ * calculate_stability_score(threshold 0, offset 1) does: |x > 1| / |x > -1|.
+ * *agree_px gets the fraction of pixels where x > 0 agrees with CASE.masks,
+ * which checks this reference upscale against PyTorch's. 0, or -1. */
+static inline int ref_mask_scores(const char *name, int k, double *iou, double *stability,
+                                  double *agree_px)
+{
+    char tn[128];
+    snprintf(tn, sizeof tn, "%s.low_res_logits", name);
+    const eng_ckpt_tensor *tl = eng_ckpt_find(g_golden, tn);
+    snprintf(tn, sizeof tn, "%s.iou_predictions", name);
+    const eng_ckpt_tensor *ti = eng_ckpt_find(g_golden, tn);
+    snprintf(tn, sizeof tn, "%s.masks", name);
+    const eng_ckpt_tensor *tm = eng_ckpt_find(g_golden, tn);
+    const int L = 256, S = 1024, IH = 684, OH = 534, OW = 800;
+    if (!tl || !ti || !tm || (int64_t)(k + 1) * L * L > tl->numel || k >= ti->numel ||
+        (int64_t)(k + 1) * OH * OW > tm->numel)
+        return -1;
+    float *lo = malloc((size_t)tl->numel * sizeof(float)), *io = malloc(ti->numel * sizeof(float));
+    float *up = malloc((size_t)IH * S * sizeof(float)),
+          *x = malloc((size_t)OH * OW * sizeof(float));
+    int rc = -1;
+    if (lo && io && up && x && eng_ckpt_read_f32(g_golden, tl, lo) == 0 &&
+        eng_ckpt_read_f32(g_golden, ti, io) == 0) {
+        /* rows 0..683 of the 1024x1024 upscale are the crop */
+        float *full = malloc((size_t)S * S * sizeof(float));
+        if (full) {
+            ref_resize(full, S, S, lo + (size_t)k * L * L, L, L, L);
+            memcpy(up, full, (size_t)IH * S * sizeof(float));
+            free(full);
+            ref_resize(x, OH, OW, up, S, IH, S);
+            const uint8_t *g = (const uint8_t *)tm->data + (size_t)k * OH * OW;
+            size_t inter = 0, uni = 0, same = 0;
+            for (size_t i = 0; i < (size_t)OH * OW; i++) {
+                inter += x[i] > 1.0f;
+                uni += x[i] > -1.0f;
+                same += (x[i] > 0.0f) == (g[i] != 0);
+            }
+            *stability = uni ? (double)inter / (double)uni : 0.0;
+            *iou = io[k];
+            *agree_px = (double)same / ((double)OH * OW);
+            rc = 0;
+        }
+    }
+    free(lo), free(io), free(up), free(x);
+    return rc;
+}
+
+/* Check a segment response against the goldens of case `name`: each
+ * mask's pixels (99.9%), its predicted_iou and its stability_score (1e-3,
+ * the fixtures' tolerance; see ref_mask_scores). */
 static inline int check_masks(const json_t *resp, const char *name, int n_prompts, int per_prompt)
 {
     char tname[128];
@@ -454,9 +547,25 @@ static inline int check_masks(const json_t *resp, const char *name, int n_prompt
         return 0;
     }
     for (size_t i = 0; i < json_array_size(masks); i++) {
-        double a = agree(json_object_get(json_array_get(masks, i), "rle"), tname, (int)i);
+        const json_t *m = json_array_get(masks, i);
+        double a = agree(json_object_get(m, "rle"), tname, (int)i), iou = 0, st = 0, ref_agree = 0;
         if (a < 0.999) {
             fprintf(stderr, "  %s mask %zu: %.5f of pixels agree with the golden\n", name, i, a);
+            ok = 0;
+        }
+        if (ref_mask_scores(name, (int)i, &iou, &st, &ref_agree) != 0 || ref_agree < 0.999) {
+            fprintf(stderr, "  %s mask %zu: no reference scores (upscale agrees on %.5f)\n", name,
+                    i, ref_agree);
+            ok = 0;
+            continue;
+        }
+        double gi = json_number_value(json_object_get(m, "predicted_iou"));
+        double gs = json_number_value(json_object_get(m, "stability_score"));
+        if (fabs(gi - iou) > 1e-3 || fabs(gs - st) > 1e-3) {
+            fprintf(stderr,
+                    "  %s mask %zu: predicted_iou %.5f (golden %.5f), stability_score %.5f "
+                    "(reference %.5f)\n",
+                    name, i, gi, iou, gs, st);
             ok = 0;
         }
     }

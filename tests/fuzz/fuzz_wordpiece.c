@@ -17,7 +17,7 @@
 #include "engine/error.h"
 #include "hypernet/text.h"
 
-static const char fz__vocab[] = "[PAD]\n[UNK]\n[CLS]\n[SEP]\nthe\nun\n##want\n##able\n"
+static const char fz__vocab[] = "[PAD]\n[UNK]\n[CLS]\n[SEP]\n[MASK]\nthe\nun\n##want\n##able\n"
                                 "a\n##b\n##c\n##s\n,\n.\n!\n-\ncafe\n\xe4\xb8\xad\n"
                                 "\xcf\x83\n##\xce\xbf\xcf\x82\nseg\n##ment\n##ing\nx\n##x\n";
 
