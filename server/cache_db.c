@@ -919,34 +919,13 @@ static void *writer_main(void *arg)
 
 /* ---- the public part ---- */
 
-static int mkdir_p(const char *dir)
-{
-    char tmp[4096];
-    size_t n = strlen(dir);
-    if (n == 0 || n >= sizeof tmp) {
-        errno = ENAMETOOLONG;
-        return -1;
-    }
-    memcpy(tmp, dir, n + 1);
-    for (size_t i = 1; i <= n; i++) {
-        if (tmp[i] == '/' || tmp[i] == 0) {
-            char s = tmp[i];
-            tmp[i] = 0;
-            if (mkdir(tmp, 0750) != 0 && errno != EEXIST)
-                return -1;
-            tmp[i] = s;
-        }
-    }
-    return 0;
-}
-
 int srv_cache_open(srv_cache **out, const char *state_dir, size_t floats, int64_t budget_bytes,
                    int mem_slots, int corrupt_keep, srv_metrics *m, char *err, size_t errlen)
 {
     srv_cache *c;
     char why[512] = "";
     *out = NULL;
-    if (mkdir_p(state_dir) != 0 && errno != ENOSPC && errno != EIO && errno != EDQUOT &&
+    if (srv_mkdirs(state_dir) != 0 && errno != ENOSPC && errno != EIO && errno != EDQUOT &&
         errno != EROFS)
         return srv_errf(err, errlen, "state dir '%s': cannot create: %s", state_dir,
                         strerror(errno));

@@ -527,14 +527,20 @@ static int step(srv_gate *g, gconn *c, double now)
     forward(g, c);
     if (c->ph == PH_FAIL)
         maybe_reply(g, c, now);
-    if (c->mfd >= 0 && c->ph != PH_FAIL && read_mhd(c)) {
-        /* libmicrohttpd closed (Connection: close, its idle timeout): flush */
-        close_mhd_side(g, c);
-        if (c->ph == PH_HEAD || c->ph == PH_BODY)
-            c->ph = PH_CLOSING;
-    }
-    if (flush_client(c) != 0)
-        goto gone;
+    /* After libmicrohttpd's hang-up its side is no longer polled, so what it
+     * left in the socket pair is read here until the client's socket is full
+     * (then EPOLLOUT brings us back) or its EOF: stopping once `out` was
+     * flushed would strand the rest of a response larger than OUT_CAP. */
+    do {
+        if (c->mfd >= 0 && c->ph != PH_FAIL && read_mhd(c)) {
+            /* libmicrohttpd closed (Connection: close, its idle timeout): flush */
+            close_mhd_side(g, c);
+            if (c->ph == PH_HEAD || c->ph == PH_BODY)
+                c->ph = PH_CLOSING;
+        }
+        if (flush_client(c) != 0)
+            goto gone;
+    } while (c->mfd >= 0 && c->mhd_hup && c->ph != PH_FAIL && c->out_len == 0);
     if ((c->ph == PH_CLOSING || c->ph == PH_REPLY) && c->out_len == 0) {
         shutdown(c->cfd, SHUT_WR);
         c->ph = PH_LINGER;
