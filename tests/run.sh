@@ -10,9 +10,11 @@ for t in "$dir"/tests/test_*; do
     [ -x "$t" ] || continue
     name=$(basename "$t")
     echo "== $label: $name"
+    t0=$(date +%s)
     out=$("$t" 2>&1)
     rc=$?
     printf '%s\n' "$out"
+    echo "  ($name took $(( $(date +%s) - t0 )) s)"
     line=$(printf '%s\n' "$out" | grep -E '^[a-z_0-9]+: [0-9]+ passed, [0-9]+ failed, [0-9]+ skipped$' | tail -n 1)
     if [ -z "$line" ]; then
         echo "  CRASH $name exited $rc without a summary"

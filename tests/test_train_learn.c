@@ -3,7 +3,7 @@
  * fixture `tiny` SAM (random weights) and a small synthetic set (8 train, 4
  * val images), 10 steps of 4 examples from a zero hypernetwork (plain SAM)
  * raise the validation mIoU by at least 0.15: measured 0.024 -> 0.273
- * (+0.25) on the development machine, so the bound leaves room for another
+ * (+0.25) on a 2-core machine, so the bound leaves room for another
  * compiler's rounding without admitting a run that learned nothing (a
  * broken gradient or update leaves it at the baseline). What the random
  * decoder learns this fast is to answer nothing where the task has no
