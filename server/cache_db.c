@@ -565,13 +565,21 @@ void srv__cache_op_free(cache_op *op)
     free(op);
 }
 
-cache_op *srv__cache_queued(srv_cache *c, const char *key, cache_op_kind k1, cache_op_kind k2)
+/* The last op of `list` of kind k1 or k2 on `key`, or NULL. */
+static cache_op *last_of(cache_op *list, const char *key, cache_op_kind k1, cache_op_kind k2)
 {
     cache_op *hit = NULL;
-    for (cache_op *op = c->q_head; op; op = op->next)
+    for (cache_op *op = list; op; op = op->next)
         if ((op->kind == k1 || op->kind == k2) && !strcmp(op->key, key))
             hit = op;
     return hit;
+}
+
+cache_op *srv__cache_queued(srv_cache *c, const char *key, cache_op_kind k1, cache_op_kind k2)
+{
+    /* the queue is newer than the batch being written */
+    cache_op *hit = last_of(c->q_head, key, k1, k2);
+    return hit ? hit : last_of(c->q_busy, key, k1, k2);
 }
 
 int srv__cache_enqueue(srv_cache *c, cache_op *op)
@@ -598,7 +606,7 @@ int srv__cache_enqueue(srv_cache *c, cache_op *op)
             break;
         }
     }
-    if (op->kind == OP_MAINTAIN && srv__cache_queued(c, "", OP_MAINTAIN, OP_MAINTAIN)) {
+    if (op->kind == OP_MAINTAIN && last_of(c->q_head, "", OP_MAINTAIN, OP_MAINTAIN)) {
         pthread_mutex_unlock(&c->wmu);
         srv__cache_op_free(op);
         return 0;
@@ -859,6 +867,7 @@ static void *writer_main(void *arg)
         int retry =
             !__atomic_load_n(&c->disk_up, __ATOMIC_ACQUIRE) && !c->stop && mono_s() >= c->t_retry;
         cache_op *batch = c->q_head;
+        c->q_busy = batch; /* readers still find it until it is committed */
         c->q_head = c->q_tail = NULL;
         __atomic_store_n(&c->q_bytes, 0, __ATOMIC_RELAXED);
         c->q_ops = 0;
@@ -899,6 +908,7 @@ static void *writer_main(void *arg)
         srv__cache_gauges(c);
 
         pthread_mutex_lock(&c->wmu);
+        c->q_busy = NULL;
         int woke = 0;
         while (batch) {
             cache_op *op = batch;

@@ -161,6 +161,7 @@ struct srv_cache {
     pthread_cond_t wcv;          /* work for the writer */
     pthread_cond_t wdone;        /* a synchronous operation finished */
     cache_op *q_head, *q_tail;   /* queued writes, oldest first */
+    cache_op *q_busy;            /* the batch the writer is running, until committed */
     int64_t q_bytes;             /* payload bytes queued */
     int q_ops;                   /* operations queued */
     int stop;                    /* the writer drains the queue and exits */
@@ -203,7 +204,8 @@ int srv__cache_enqueue(srv_cache *c, cache_op *op);
 /* A new operation (zeroed), or NULL. */
 cache_op *srv__cache_op_new(cache_op_kind kind);
 void srv__cache_op_free(cache_op *op);
-/* Under wmu: the newest queued op on `key` among kinds k1/k2 (newest first). */
+/* Under wmu: the newest op on `key` of kinds k1/k2, queued or in the batch
+ * being written (readers see it until its transaction has committed). */
 cache_op *srv__cache_queued(srv_cache *c, const char *key, cache_op_kind k1, cache_op_kind k2);
 
 /* Writer thread: run one operation on the write connection (cache.c and
