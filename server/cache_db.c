@@ -182,15 +182,6 @@ void srv__cache_gauges(srv_cache *c)
                           __atomic_load_n(&c->q_bytes, __ATOMIC_RELAXED));
 }
 
-/* SQLite's verdict on an error: 1 when the file itself is bad (corrupt or
- * not a database), 0 for everything else (I/O errors, a full disk,
- * permissions, locks, memory): those say nothing about the file. */
-static int is_corruption(int rc)
-{
-    rc &= 0xff;
-    return rc == SQLITE_CORRUPT || rc == SQLITE_NOTADB;
-}
-
 /* ---- the read connections ---- */
 
 cache_reader *srv__cache_reader_get(srv_cache *c)
@@ -223,7 +214,7 @@ void srv__cache_reader_failed(srv_cache *c, int rc, const char *what)
     if (c->m && (rc & 0xff) == SQLITE_IOERR)
         srv_metrics_add(&c->m->cache_io_errors, 1);
     srv_log_warn("cache: %s: %s", what, sqlite3_errstr(rc));
-    if ((rc & 0xff) != SQLITE_IOERR && !is_corruption(rc))
+    if ((rc & 0xff) != SQLITE_IOERR && !srv_db_is_corruption(rc))
         return;
     /* the writer takes the tier down and checks the file again */
     pthread_mutex_lock(&c->wmu);
@@ -234,188 +225,8 @@ void srv__cache_reader_failed(srv_cache *c, int rc, const char *what)
 
 /* ---- open, close, move aside ---- */
 
-/* Contract: the single integer a PRAGMA/SELECT returns into *v; 0 or the
- * SQLite code. */
-static int query_int(sqlite3 *db, const char *sql, int64_t *v)
-{
-    sqlite3_stmt *st = NULL;
-    int rc = sqlite3_prepare_v2(db, sql, -1, &st, NULL);
-    if (rc == SQLITE_OK) {
-        rc = sqlite3_step(st);
-        if (rc == SQLITE_ROW) {
-            *v = sqlite3_column_int64(st, 0);
-            rc = SQLITE_OK;
-        }
-    }
-    sqlite3_finalize(st);
-    return rc;
-}
-
-/*
- * Contract: opens the write connection on c->path and brings it to the
- * current schema. Returns 0; 1 when the file is unusable as ours (corrupt,
- * not a database, another application's, a newer schema: the caller moves
- * it aside); 2 for anything else (an I/O error, a full disk, permissions:
- * the file is kept and the disk tier waits). `why` says what happened.
- */
-static int try_open(srv_cache *c, char *why, size_t whylen)
-{
-    sqlite3_stmt *st = NULL;
-    int64_t ver = 0, app = 0, tables = 0;
-    int rc = sqlite3_open_v2(
-        c->path, &c->wdb, SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE | SQLITE_OPEN_NOMUTEX, NULL);
-    if (rc != SQLITE_OK) {
-        snprintf(why, whylen, "cannot open: %s", sqlite3_errstr(rc));
-        return is_corruption(rc) ? 1 : 2;
-    }
-    sqlite3_extended_result_codes(c->wdb, 1);
-    sqlite3_busy_timeout(c->wdb, 5000);
-    /* quick_check first: on a file that is not a database this is where
-     * SQLite notices (SQLITE_NOTADB); an I/O error here is not corruption */
-    rc = sqlite3_prepare_v2(c->wdb, "PRAGMA quick_check", -1, &st, NULL);
-    if (rc == SQLITE_OK)
-        rc = sqlite3_step(st);
-    if (rc != SQLITE_ROW) {
-        snprintf(why, whylen, "PRAGMA quick_check could not run: %s", sqlite3_errstr(rc));
-        sqlite3_finalize(st);
-        return is_corruption(rc) ? 1 : 2;
-    }
-    const char *verdict = (const char *)sqlite3_column_text(st, 0);
-    if (!verdict || strcmp(verdict, "ok") != 0) {
-        snprintf(why, whylen, "fails PRAGMA quick_check (%.200s)", verdict ? verdict : "");
-        sqlite3_finalize(st);
-        return 1;
-    }
-    sqlite3_finalize(st);
-    if ((rc = srv_db_exec(c->wdb, "PRAGMA journal_mode=WAL")) != SQLITE_OK ||
-        (rc = srv_db_exec(c->wdb, "PRAGMA synchronous=NORMAL")) != SQLITE_OK ||
-        (rc = srv_db_exec(c->wdb, "PRAGMA foreign_keys=ON")) != SQLITE_OK) {
-        snprintf(why, whylen, "cannot set WAL mode: %s", sqlite3_errstr(rc));
-        return is_corruption(rc) ? 1 : 2;
-    }
-    if ((rc = query_int(c->wdb, "PRAGMA user_version", &ver)) != SQLITE_OK ||
-        (rc = query_int(c->wdb, "PRAGMA application_id", &app)) != SQLITE_OK ||
-        (rc = query_int(c->wdb, "SELECT COUNT(*) FROM sqlite_master", &tables)) != SQLITE_OK) {
-        snprintf(why, whylen, "cannot read its header: %s", sqlite3_errstr(rc));
-        return is_corruption(rc) ? 1 : 2;
-    }
-    if (app != 0 && app != SRV_CACHE_APP_ID) {
-        snprintf(why, whylen, "belongs to another application (application_id %lld)",
-                 (long long)app);
-        return 1;
-    }
-    if (ver == 0 && tables > 0) {
-        snprintf(why, whylen, "has tables but no tasam schema version");
-        return 1;
-    }
-    if (ver > SRV_CACHE_SCHEMA_VERSION) {
-        snprintf(why, whylen, "has schema version %lld, newer than this build's %d", (long long)ver,
-                 SRV_CACHE_SCHEMA_VERSION);
-        return 1;
-    }
-    for (int64_t v = ver + 1; v <= SRV_CACHE_SCHEMA_VERSION; v++) {
-        char bump[96];
-        snprintf(bump, sizeof bump, "PRAGMA user_version=%lld; PRAGMA application_id=%d;",
-                 (long long)v, SRV_CACHE_APP_ID);
-        if ((rc = srv_db_exec(c->wdb, "BEGIN IMMEDIATE")) != SQLITE_OK)
-            goto fail_migrate;
-        if ((rc = srv_db_exec(c->wdb, cache_migrations[v - 1])) != SQLITE_OK ||
-            (rc = srv_db_exec(c->wdb, bump)) != SQLITE_OK) {
-            srv_db_exec(c->wdb, "ROLLBACK");
-            goto fail_migrate;
-        }
-        if ((rc = srv_db_exec(c->wdb, "COMMIT")) != SQLITE_OK)
-            goto fail_migrate;
-        srv_log_info("cache: %s migrated to schema version %lld", c->path, (long long)v);
-    }
-    return 0;
-fail_migrate:
-    snprintf(why, whylen, "migration failed: %s", sqlite3_errstr(rc));
-    return is_corruption(rc) ? 1 : 2;
-}
-
-/* One cache.db.corrupt-* file found when pruning. */
-typedef struct corrupt_file {
-    char name[256]; /* its name in the state directory */
-    time_t mtime;   /* when it was moved aside */
-} corrupt_file;
-
-static int newest_first(const void *a, const void *b)
-{
-    const corrupt_file *x = a, *y = b;
-    if (x->mtime != y->mtime)
-        return x->mtime < y->mtime ? 1 : -1;
-    return strcmp(y->name, x->name);
-}
-
-/* Contract: deletes all but the newest `keep` cache.db.corrupt-* files
- * (with their -wal and -shm). */
-static void prune_corrupt(srv_cache *c, int keep)
-{
-    DIR *d = opendir(c->dir);
-    corrupt_file *f = NULL;
-    size_t n = 0, cap = 0;
-    struct dirent *e;
-    if (!d)
-        return;
-    while ((e = readdir(d))) {
-        size_t len = strlen(e->d_name);
-        if (strncmp(e->d_name, "cache.db.corrupt-", 17) != 0 || len >= sizeof f->name ||
-            (len > 4 &&
-             (!strcmp(e->d_name + len - 4, "-wal") || !strcmp(e->d_name + len - 4, "-shm"))))
-            continue;
-        if (n == cap) {
-            corrupt_file *g = realloc(f, (cap = cap ? 2 * cap : 16) * sizeof *f);
-            if (!g)
-                break;
-            f = g;
-        }
-        char path[4400];
-        struct stat st;
-        snprintf(path, sizeof path, "%s/%s", c->dir, e->d_name);
-        snprintf(f[n].name, sizeof f[n].name, "%s", e->d_name);
-        f[n].mtime = stat(path, &st) == 0 ? st.st_mtime : 0;
-        n++;
-    }
-    closedir(d);
-    qsort(f, n, sizeof *f, newest_first);
-    for (size_t i = (size_t)(keep > 0 ? keep : 0); i < n; i++) {
-        static const char *const suf[] = {"", "-wal", "-shm"};
-        for (int k = 0; k < 3; k++) {
-            char path[4400];
-            snprintf(path, sizeof path, "%s/%s%s", c->dir, f[i].name, suf[k]);
-            if (unlink(path) == 0 && k == 0)
-                srv_log_info("cache: deleted %s (cache-corrupt-keep %d)", path, keep);
-        }
-    }
-    free(f);
-}
-
-/* Contract: renames the database (and its -wal/-shm files) aside, never
- * over an earlier one. 0, or -1 (logged). */
-static int move_aside(srv_cache *c, const char *why)
-{
-    char dst[4200], a[4300], b[4300];
-    long t = (long)time(NULL);
-    struct stat st;
-    snprintf(dst, sizeof dst, "%s.corrupt-%ld", c->path, t);
-    for (int k = 2; stat(dst, &st) == 0 && k < 1000; k++)
-        snprintf(dst, sizeof dst, "%s.corrupt-%ld-%d", c->path, t, k);
-    if (rename(c->path, dst) != 0 && errno != ENOENT) {
-        srv_log_error("cache: %s %s and cannot be moved aside: %s", c->path, why, strerror(errno));
-        return -1;
-    }
-    for (int k = 0; k < 2; k++) {
-        const char *suf = k ? "-shm" : "-wal";
-        snprintf(a, sizeof a, "%s%s", c->path, suf);
-        snprintf(b, sizeof b, "%s%s", dst, suf);
-        if (rename(a, b) != 0 && errno != ENOENT)
-            unlink(a);
-    }
-    srv_log_warn("cache: %s %s; moved aside to %s, starting an empty cache", c->path, why, dst);
-    prune_corrupt(c, c->corrupt_keep);
-    return 0;
-}
+static const srv_db_schema cache_schema = {"cache", SRV_CACHE_APP_ID, SRV_CACHE_SCHEMA_VERSION,
+                                           cache_migrations};
 
 static void close_disk(srv_cache *c)
 {
@@ -492,15 +303,15 @@ static int open_disk(srv_cache *c, char *why, size_t whylen)
     int rc = take_lock(c, why, whylen);
     if (rc != 0)
         return rc;
-    rc = try_open(c, why, whylen);
+    rc = srv_db_try_open(&c->wdb, c->path, &cache_schema, SQLITE_OPEN_NOMUTEX, why, whylen);
     if (rc == 2 && c->m)
         srv_metrics_add(&c->m->cache_io_errors, 1);
     if (rc == 1) {
         sqlite3_close(c->wdb);
         c->wdb = NULL;
-        if (move_aside(c, why) != 0)
+        if (srv_db_move_aside(c->path, "cache", why, c->corrupt_keep) != 0)
             return 1;
-        rc = try_open(c, why, whylen);
+        rc = srv_db_try_open(&c->wdb, c->path, &cache_schema, SQLITE_OPEN_NOMUTEX, why, whylen);
     }
     if (rc != 0)
         goto fail;
@@ -530,10 +341,10 @@ static int open_disk(srv_cache *c, char *why, size_t whylen)
     }
     srv__cache_refresh_totals(c);
     int64_t last = 0;
-    if (query_int(c->wdb,
-                  "SELECT MAX(COALESCE((SELECT MAX(last_used) FROM embedding), 0), "
-                  "COALESCE((SELECT MAX(last_used) FROM adapter), 0))",
-                  &last) == SQLITE_OK &&
+    if (srv_db_query_rc(c->wdb,
+                        "SELECT MAX(COALESCE((SELECT MAX(last_used) FROM embedding), 0), "
+                        "COALESCE((SELECT MAX(last_used) FROM adapter), 0))",
+                        &last) == SQLITE_OK &&
         last > c->clock_ms)
         c->clock_ms = last;
     pthread_mutex_lock(&c->mu);
@@ -748,10 +559,10 @@ static void write_failed(srv_cache *c, int rc, const char *what)
         }
         return;
     }
-    if ((rc & 0xff) == SQLITE_IOERR || is_corruption(rc)) {
+    if ((rc & 0xff) == SQLITE_IOERR || srv_db_is_corruption(rc)) {
         char why[256];
         snprintf(why, sizeof why, "%s: %s", what, sqlite3_errstr(rc));
-        disk_down(c, why, is_corruption(rc) ? 0 : CACHE_RETRY_S);
+        disk_down(c, why, srv_db_is_corruption(rc) ? 0 : CACHE_RETRY_S);
         return;
     }
     srv_log_warn("cache: %s: %s", what, sqlite3_errstr(rc));

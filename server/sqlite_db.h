@@ -8,7 +8,8 @@
  * first. A file that fails the check, is not SQLite, belongs to another
  * application or carries a newer schema is renamed
  * `<file>.corrupt-<unix time>` (with its -wal and -shm files) with a log line
- * and a fresh database is created in its place.
+ * and a fresh database is created in its place; an I/O error or a full disk
+ * is not corruption, and never moves a file aside.
  *
  * The connection is opened in SQLite's serialized mode; callers still keep
  * their own mutex around multi-statement work.
@@ -31,10 +32,33 @@ typedef struct srv_db_schema {
 
 /*
  * Open `path` (creating it) and bring it to sc's schema, moving an unusable
- * file aside first. Returns 0 with *out set, or -1 with a message in err
- * (the directory is not writable, or even a fresh file cannot be set up).
+ * file aside first (every moved-aside file is kept: these are records).
+ * Returns 0 with *out set, or -1 with a message in err (the directory is
+ * not writable, an I/O error or a full disk: the file is left as it is, or
+ * even a fresh file cannot be set up).
  */
 int srv_db_open(sqlite3 **out, const char *path, const srv_db_schema *sc, char *err, size_t errlen);
+
+/*
+ * One attempt at opening `path` into *db (extended result codes on) with
+ * `mutex_flag` (SQLITE_OPEN_NOMUTEX or SQLITE_OPEN_FULLMUTEX), checking and
+ * migrating it. Returns 0; 1 when the file is unusable as ours (corrupt, not
+ * a database, another application's, a newer schema: move it aside); 2 for
+ * anything else (an I/O error, a full disk, permissions: they say nothing
+ * about the file, which must be kept). `why` says what happened. On a
+ * non-zero return *db may still need closing.
+ */
+int srv_db_try_open(sqlite3 **db, const char *path, const srv_db_schema *sc, int mutex_flag,
+                    char *why, size_t whylen);
+
+/* Rename `path` (and its -wal and -shm) to `<path>.corrupt-<unix time>`,
+ * never over an earlier one, logging `why`; then, when keep >= 0, delete
+ * all but the newest `keep` such files. 0, or -1 (logged). */
+int srv_db_move_aside(const char *path, const char *what, const char *why, int keep);
+
+/* 1 for SQLite's verdict that the file itself is bad (SQLITE_CORRUPT,
+ * SQLITE_NOTADB), 0 for everything else. */
+int srv_db_is_corruption(int rc);
 
 /* Checkpoint the WAL and close. NULL ok. */
 void srv_db_close(sqlite3 *db, const char *path);
@@ -44,6 +68,8 @@ int srv_db_exec(sqlite3 *db, const char *sql);
 
 /* The single integer a PRAGMA/SELECT returns, or -1. */
 int64_t srv_db_query_int(sqlite3 *db, const char *sql);
+/* The same into *v; SQLITE_OK or the failing SQLite code. */
+int srv_db_query_rc(sqlite3 *db, const char *sql, int64_t *v);
 
 /* Text column i of a row into out (cap bytes, always terminated; "" for
  * NULL). */

@@ -4,7 +4,8 @@
  * disk (a tmpfs or loop device needs privileges a CI machine may not give).
  *
  * It follows every file descriptor opened on a path containing "cache.db"
- * (the database, its -wal and -shm). While the file named by the
+ * (the database, its -wal and -shm), or TASAM_FAULTFS_MATCH when set
+ * ("train.db": the training records). While the file named by the
  * environment variable TASAM_FAULTFS holds
  *   "enospc": writes and truncations of those descriptors fail with ENOSPC,
  *   "eio":    reads, writes, truncations and syncs fail with EIO,
@@ -32,6 +33,13 @@ static unsigned char g_tracked[MAX_FD]; /* 1: fd is on a cache.db file */
 
 enum { FAULT_NONE = 0, FAULT_ENOSPC, FAULT_EIO };
 
+/* The part of a path that marks the files to fail. */
+static const char *match(void)
+{
+    const char *m = getenv("TASAM_FAULTFS_MATCH");
+    return m && *m ? m : "cache.db";
+}
+
 /* The mode in the control file, read with raw syscalls (the interposed
  * open/read must not see their own calls). */
 static int mode(void)
@@ -56,7 +64,7 @@ static int tracked(int fd) { return fd >= 0 && fd < MAX_FD && g_tracked[fd]; }
 static void track(int fd, const char *path)
 {
     if (fd >= 0 && fd < MAX_FD)
-        g_tracked[fd] = path && strstr(path, "cache.db") != NULL;
+        g_tracked[fd] = path && strstr(path, match()) != NULL;
 }
 
 /* Contract: -1 with errno set when a fault applies to this call on fd. */

@@ -947,6 +947,53 @@ static void test_train_fake_shutdown(void)
 
 /* Two replicas share the hypernetwork file: one trains, the other follows;
  * a rollback on the first reaches the second too. */
+/* A disk that fails with EIO under train.db at start is not corruption:
+ * tasamd refuses to start (exit 1, saying why) and leaves the file, with its
+ * records, where it is; once the disk works it starts on the same file. The
+ * shared open once moved any file it could not read aside, so a passing I/O
+ * error lost every job record. */
+static void test_train_db_io_error(void)
+{
+    char state[PATH_MAX], db[PATH_MAX], so[PATH_MAX], ctl[PATH_MAX], hn[PATH_MAX];
+    char cmd[5 * PATH_MAX];
+    char out[4096];
+    daemon_proc d;
+    struct stat st;
+    NEED_F();
+    snprintf(so, sizeof so, "%s/faultfs.so", g_test_dir);
+    if (access(so, R_OK) != 0)
+        T_SKIP("%s is not built (make %s)", so, so);
+    snprintf(state, sizeof state, "%s/state-tdb-eio", g_tmp);
+    snprintf(db, sizeof db, "%s/train.db", state);
+    snprintf(hn, sizeof hn, "%s/hn-tdb-eio.safetensors", g_tmp);
+    T_REQUIRE(ts_write_hypernet_h(hn, 3, 1, 32) == 0, "hypernet init: %s", eng_last_error());
+    T_REQUIRE(start_daemon(&d, state, hn, NULL) == 0, "first start");
+    T_CHECK(daemon_stop(&d) == 0, "stop");
+    T_REQUIRE(stat(db, &st) == 0 && st.st_size > 0, "no train.db after the first start");
+    tmp_name(ctl, sizeof ctl, ".fault");
+    FILE *f = fopen(ctl, "w");
+    T_REQUIRE(f && fputs("eio", f) >= 0 && fclose(f) == 0, "fault control file");
+    snprintf(cmd, sizeof cmd,
+             "TASAM_FAULTFS='%s' TASAM_FAULTFS_MATCH=train.db LD_PRELOAD='%s' timeout 60 '%s' "
+             "--checkpoint '%s' --hypernet '%s' --state-dir '%s' --listen 127.0.0.1:0 "
+             "--device cpu",
+             ctl, so, g_tasamd, t_fixture("sam_tiny.safetensors"), hn, state);
+    int rc = t_run_cmd(cmd, out, sizeof out);
+    T_CHECK(rc == 1 && strstr(out, "train.db"), "start with train.db failing: exit %d:\n%s", rc,
+            out);
+    int aside = 0;
+    DIR *dir = opendir(state);
+    for (struct dirent *e; dir && (e = readdir(dir));)
+        aside += strncmp(e->d_name, "train.db.corrupt-", 17) == 0;
+    if (dir)
+        closedir(dir);
+    T_CHECK(aside == 0 && stat(db, &st) == 0 && st.st_size > 0,
+            "a train.db that only failed to read was moved aside (%d files)", aside);
+    unlink(ctl);
+    T_CHECK(start_daemon(&d, state, hn, NULL) == 0, "start once the disk works");
+    T_CHECK(daemon_stop(&d) == 0, "stop");
+}
+
 static void test_train_fleet_follows(void)
 {
     daemon_proc b;
@@ -1193,6 +1240,7 @@ int main(int argc, char **argv)
     T_RUN(test_train_fake_daemon_crash);
     T_RUN(test_train_fake_shutdown);
     T_RUN(test_train_fleet_follows);
+    T_RUN(test_train_db_io_error);
     T_RUN(test_real_start);
     T_RUN(test_real_train_under_load);
     T_RUN(test_real_cancel);
