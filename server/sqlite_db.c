@@ -202,7 +202,7 @@ static void prune_corrupt(const char *dir, const char *base, int keep)
                 break;
             f = g;
         }
-        char path[4400];
+        char path[4608]; /* dir (< 4200) + / + a name (< 256) + a suffix */
         struct stat st;
         snprintf(path, sizeof path, "%s/%s", dir, e->d_name);
         snprintf(f[n].name, sizeof f[n].name, "%s", e->d_name);
@@ -215,7 +215,7 @@ static void prune_corrupt(const char *dir, const char *base, int keep)
     for (size_t i = (size_t)(keep > 0 ? keep : 0); i < n; i++) {
         static const char *const suf[] = {"", "-wal", "-shm"};
         for (int k = 0; k < 3; k++) {
-            char path[4400];
+            char path[4608];
             snprintf(path, sizeof path, "%s/%s%s", dir, f[i].name, suf[k]);
             if (unlink(path) == 0 && k == 0)
                 srv_log_info("deleted %s (keeping the newest %d)", path, keep);
